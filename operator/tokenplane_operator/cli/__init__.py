@@ -1,0 +1,104 @@
+"""The `tokenplane` command line: crd, validate, plan, render, up, model and operator."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="tokenplane",
+    help="LLM inference on AKS: InferenceDeployment -> GPU node pool + Ray Serve + vLLM.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+model_app = typer.Typer(help="Make models for local runs and tests.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True)
+
+
+@app.command()
+def crd() -> None:
+    """Print the InferenceDeployment CRD generated from the API models."""
+    from tokenplane_operator.api.crd import crd_yaml
+
+    sys.stdout.write(crd_yaml())
+
+
+@app.command()
+def validate(
+    files: Annotated[list[Path], typer.Argument(help="InferenceDeployment YAML files (multi-document allowed).")],
+) -> None:
+    """Check InferenceDeployment files; print each problem with its field path and exit 1 if any."""
+    from tokenplane_operator.cli.validate import validate_files
+
+    raise typer.Exit(validate_files(files, out, err))
+
+
+@app.command()
+def plan(
+    file: Annotated[Path | None, typer.Argument(help="An InferenceDeployment YAML file.")] = None,
+    model_config: Annotated[
+        Path | None, typer.Option("--model-config", help="A Hugging Face config.json (or its directory).")
+    ] = None,
+    model: Annotated[str | None, typer.Option("--model", help="A well-known model name, e.g. llama-3.1-8b.")] = None,
+    max_model_len: Annotated[int | None, typer.Option("--max-model-len", help="Context length (tokens).")] = None,
+    concurrency: Annotated[int, typer.Option("--concurrency", help="Concurrent sequences per replica.")] = 1,
+    quantization: Annotated[str | None, typer.Option("--quantization", help="none, fp8, int8, awq, gptq...")] = None,
+    vm_size: Annotated[str | None, typer.Option("--vm-size", help="Plan for this AKS VM size.")] = None,
+    output: Annotated[str, typer.Option("-o", "--output", help="table or json.")] = "table",
+    explain: Annotated[bool, typer.Option("--explain", help="Show the formulas behind the estimates.")] = False,
+) -> None:
+    """Answer which GPU, how many, at what precision and at what cost per token, before provisioning."""
+    from tokenplane_operator.cli.plan import plan_command
+
+    raise typer.Exit(
+        plan_command(
+            file=file,
+            model_config=model_config,
+            model=model,
+            max_model_len=max_model_len,
+            concurrency=concurrency,
+            quantization=quantization,
+            vm_size=vm_size,
+            output=output,
+            explain=explain,
+        )
+    )
+
+
+@app.command()
+def up(
+    file: Annotated[Path, typer.Argument(help="An InferenceDeployment with hardware.accelerator: cpu.")],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+) -> None:
+    """Serve an InferenceDeployment locally on CPU (Ray Serve + vLLM) until Ctrl-C."""
+    from tokenplane_operator.cli.up import up_command
+
+    raise typer.Exit(up_command(file, host=host, port=port, console=err))
+
+
+@model_app.command("tiny")
+def model_tiny(
+    directory: Annotated[Path, typer.Argument(help="Where to write the model.")],
+) -> None:
+    """Write the deterministic tiny Llama-architecture model (seeded weights, offline tokenizer)."""
+    from tokenplane_serving.tinymodel import write_tiny_model
+
+    with err.status(f"writing tiny model to {directory}"):
+        path = write_tiny_model(directory)
+    err.print(f"[green]tiny model ready[/] at {path}")
+
+
+def main() -> None:
+    """Entry point of the `tokenplane` console script."""
+    app()
