@@ -87,6 +87,33 @@ def up(
     raise typer.Exit(up_command(file, host=host, port=port, console=err))
 
 
+@app.command()
+def render(
+    file: Annotated[Path, typer.Argument(help="An InferenceDeployment YAML file.")],
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Write one file per object into this folder.")] = None,
+) -> None:
+    """Print every object the operator would create (ARM agent pool as JSON, Kubernetes objects as YAML)."""
+    from tokenplane_operator.cli.render import render_command
+
+    raise typer.Exit(render_command(file, out_dir))
+
+
+@app.command("operator")
+def run_operator(
+    namespace: Annotated[
+        list[str] | None, typer.Option("--namespace", "-n", help="Watch this namespace (repeatable).")
+    ] = None,
+    all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A", help="Watch every namespace.")] = False,
+) -> None:
+    """Run the operator: reconcile InferenceDeployments into AKS node pools and RayServices."""
+    from tokenplane_operator.cli.operator import operator_command
+
+    if bool(namespace) == all_namespaces:
+        err.print("[red]✗[/] give --namespace NS (repeatable) or --all-namespaces, not both and not neither")
+        raise typer.Exit(2)
+    raise typer.Exit(operator_command(namespaces=namespace or [], all_namespaces=all_namespaces))
+
+
 @model_app.command("tiny")
 def model_tiny(
     directory: Annotated[Path, typer.Argument(help="Where to write the model.")],

@@ -1,0 +1,48 @@
+{{/* Name of the chart, overridable. */}}
+{{- define "tokenplane.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Fully qualified name for resources. */}}
+{{- define "tokenplane.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-operator" (include "tokenplane.name" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+
+{{/* Standard labels on every object. */}}
+{{- define "tokenplane.labels" -}}
+app.kubernetes.io/name: {{ include "tokenplane.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: operator
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end }}
+
+{{/* Selector labels. */}}
+{{- define "tokenplane.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "tokenplane.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* Service account name. */}}
+{{- define "tokenplane.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "tokenplane.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* Fail the install early on values that cannot work. */}}
+{{- define "tokenplane.validateValues" -}}
+{{- if and .Values.azure.subscriptionId (not .Values.azure.resourceGroup) }}
+{{- fail "azure.resourceGroup is required when azure.subscriptionId is set" }}
+{{- end }}
+{{- if and .Values.azure.subscriptionId (not .Values.azure.clusterName) }}
+{{- fail "azure.clusterName is required when azure.subscriptionId is set" }}
+{{- end }}
+{{- end }}

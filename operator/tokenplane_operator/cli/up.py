@@ -1,0 +1,60 @@
+"""`tokenplane up`: serve an InferenceDeployment on this machine's CPU with real Ray Serve + vLLM."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+
+from tokenplane_operator.api.v1alpha1 import AcceleratorKind, SourceScheme, parse_source
+from tokenplane_operator.api.validation import InvalidSpecError, parse_inference_deployment
+from tokenplane_operator.cli.files import ManifestError, load_documents
+from tokenplane_operator.plan.serveconfig import build_serving_args
+
+__all__ = ["up_command"]
+
+
+def up_command(file: Path, *, host: str, port: int, console: Console) -> int:
+    """Serve the one InferenceDeployment in `file` until Ctrl-C.
+
+    Args:
+        file: a YAML file holding one InferenceDeployment with `hardware.accelerator: cpu`.
+        host: address to listen on.
+        port: port to listen on.
+        console: where progress and errors go.
+
+    Returns:
+        The process exit code: 0 after a clean Ctrl-C, 1 when the file cannot be served.
+    """
+    try:
+        documents = load_documents(file)
+        if len(documents) != 1:
+            raise ManifestError(f"{file}: holds {len(documents)} documents; `up` serves exactly one")
+        deployment = parse_inference_deployment(documents[0].body)
+    except ManifestError as exc:
+        console.print(f"[red]✗[/] {escape(str(exc))}")
+        return 1
+    except InvalidSpecError as exc:
+        console.print(f"[red]✗[/] {escape(str(file))} is not a valid InferenceDeployment:")
+        for problem in exc.problems:
+            console.print(f"    {escape(str(problem))}")
+        return 1
+    if deployment.spec.hardware.accelerator is not AcceleratorKind.CPU:
+        console.print(
+            f"[red]✗[/] {escape(str(file))}: spec.hardware.accelerator is gpu; `tokenplane up` runs CPU "
+            "deployments on this machine. Set hardware.accelerator: cpu, or apply it to a cluster."
+        )
+        return 1
+    scheme, location = parse_source(deployment.spec.model.source)
+    if scheme is SourceScheme.LOCAL and not (Path(location) / "config.json").is_file():
+        console.print(
+            f"[red]✗[/] spec.model.source: no model at {escape(location)} (no config.json). "
+            f"Make the tiny model with `tokenplane model tiny {escape(location)}`, or point source at a model."
+        )
+        return 1
+
+    # Ray and vLLM are heavy; import them only when serving.
+    from tokenplane_serving.local import serve_local
+
+    return serve_local(build_serving_args(deployment, local=True), host=host, port=port)

@@ -1,0 +1,204 @@
+"""InferenceDeployment -> ServingArgs: the one mapping used by `tokenplane up` and by the operator."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from tokenplane_serving.args import ServingArgs
+
+from tokenplane_operator.api.v1alpha1 import (
+    AcceleratorKind,
+    AuthMode,
+    InferenceDeployment,
+    Quantization,
+    RoutingPolicy,
+    SourceScheme,
+    SpeculativeMethod,
+    parse_source,
+)
+
+__all__ = [
+    "API_KEYS_DIR",
+    "MODELS_ROOT",
+    "SourceVolume",
+    "build_serving_args",
+    "resolve_source",
+    "source_volumes",
+]
+
+MODELS_ROOT = "/models"
+API_KEYS_DIR = "/etc/tokenplane/api-keys"
+
+_ROUTING = {
+    RoutingPolicy.POWER_OF_TWO: "power_of_two",
+    RoutingPolicy.PREFIX_AFFINITY: "prefix_affinity",
+    RoutingPolicy.SESSION_AFFINITY: "session_affinity",
+}
+_AUTH = {AuthMode.NONE: "none", AuthMode.API_KEY: "api_key", AuthMode.ENTRA_ID: "entra_id"}
+_SPECULATIVE = {
+    SpeculativeMethod.NGRAM: "ngram",
+    SpeculativeMethod.DRAFT_MODEL: "draft_model",
+    SpeculativeMethod.EAGLE: "eagle",
+    SpeculativeMethod.MTP: "mtp",
+}
+
+
+@dataclass(frozen=True)
+class SourceVolume:
+    """A volume the worker pods mount read-only so a pvc:// or Azure Blob source is a local path."""
+
+    kind: Literal["pvc", "blob"]
+    name: str  # the claim, or `<account>/<container>` for blob
+    mount_path: str
+
+
+def resolve_source(uri: str, *, local: bool = False) -> tuple[str, SourceVolume | None]:
+    """Map a spec source to what vLLM reads, and the volume that makes it readable.
+
+    Args:
+        uri: a model or adapter source from the spec.
+        local: resolve relative local paths against the current directory (for `tokenplane up`).
+
+    Returns:
+        The HF id or local path for ServingArgs, and the volume to mount (None for HF ids and local paths).
+
+    Raises:
+        ValueError: for an unsupported URI (the API model rejects those before this runs).
+    """
+    scheme, location = parse_source(uri)
+    if scheme is SourceScheme.HUGGING_FACE:
+        return location, None
+    if scheme is SourceScheme.LOCAL:
+        return (str(Path(location).resolve()) if local else location), None
+    if scheme is SourceScheme.PVC:
+        claim, _, rest = location.partition("/")
+        mount = f"{MODELS_ROOT}/pvc-{claim}"
+        return f"{mount}/{rest}".rstrip("/"), SourceVolume("pvc", claim, mount)
+    # Azure Blob is mounted with the blob CSI driver (workload identity), so vLLM reads a plain directory.
+    if uri.startswith("az://"):
+        account, container, *rest = uri.removeprefix("az://").split("/", 2)
+    else:
+        host, container, *rest = uri.removeprefix("https://").split("/", 2)
+        account = host.split(".", 1)[0]
+    mount = f"{MODELS_ROOT}/blob-{account}-{container}"
+    return f"{mount}/{rest[0] if rest else ''}".rstrip("/"), SourceVolume("blob", f"{account}/{container}", mount)
+
+
+def source_volumes(deployment: InferenceDeployment) -> list[SourceVolume]:
+    """Every distinct volume the model, draft model and adapters need, in a stable order."""
+    spec = deployment.spec
+    uris = [spec.model.source, *(a.source for a in spec.lora.adapters)]
+    if spec.engine.speculative_decoding and spec.engine.speculative_decoding.draft_model:
+        uris.append(spec.engine.speculative_decoding.draft_model)
+    volumes: dict[str, SourceVolume] = {}
+    for uri in uris:
+        _, volume = resolve_source(uri)
+        if volume is not None:
+            volumes.setdefault(volume.mount_path, volume)
+    return list(volumes.values())
+
+
+def build_serving_args(deployment: InferenceDeployment, *, local: bool = False) -> ServingArgs:
+    """Build the serving contract from an InferenceDeployment.
+
+    The operator writes the result into the RayService's serveConfigV2; `tokenplane up` hands it to Ray
+    directly. Both go through here, so a CR means the same thing locally and in the cluster.
+
+    Args:
+        deployment: a validated InferenceDeployment.
+        local: resolve relative local paths against the current directory.
+
+    Returns:
+        The ServingArgs, validated by the serving package's own rules.
+    """
+    spec = deployment.spec
+    engine, hardware, scaling = spec.engine, spec.hardware, spec.scaling
+    cpu = hardware.accelerator is AcceleratorKind.CPU
+    model_source, _ = resolve_source(spec.model.source, local=local)
+    speculative: dict[str, Any] | None = None
+    if engine.speculative_decoding is not None:
+        draft = engine.speculative_decoding
+        speculative = {
+            "method": _SPECULATIVE[draft.method],
+            "model": resolve_source(draft.draft_model, local=local)[0] if draft.draft_model else None,
+            "num_speculative_tokens": draft.num_speculative_tokens,
+            "prompt_lookup_max": draft.prompt_lookup_max,
+        }
+    scale_to_zero = scaling.scale_to_zero
+    auth = spec.endpoint.auth
+    args: dict[str, Any] = {
+        "app_name": "llm",
+        "model": {"id": deployment.served_name, "source": model_source, "revision": spec.model.revision},
+        "engine": {
+            "dtype": spec.model.dtype.value,
+            "quantization": None if spec.model.quantization is Quantization.NONE else spec.model.quantization.value,
+            "max_model_len": spec.model.max_model_len,
+            "tensor_parallel_size": engine.tensor_parallel_size,
+            "pipeline_parallel_size": engine.pipeline_parallel_size,
+            "gpu_memory_utilization": None if cpu else engine.gpu_memory_utilization,
+            "enable_prefix_caching": engine.enable_prefix_caching,
+            "enable_chunked_prefill": engine.enable_chunked_prefill,
+            "max_num_seqs": engine.max_num_seqs,
+            "speculative": speculative,
+            "enforce_eager": engine.enforce_eager,
+            "extra_engine_args": dict(engine.extra_args),
+        },
+        "lora": {
+            "adapters": [
+                {"name": a.name, "source": resolve_source(a.source, local=local)[0]} for a in spec.lora.adapters
+            ],
+            "max_adapters_per_replica": spec.lora.max_adapters_per_replica,
+            "max_lora_rank": spec.lora.max_rank,
+        },
+        "accelerator": _accelerator(deployment),
+        "scaling": {
+            "min_replicas": 0 if scale_to_zero.enabled else scaling.min_replicas,
+            "max_replicas": scaling.max_replicas,
+            "initial_replicas": max(1, scaling.min_replicas) if scale_to_zero.enabled else None,
+            "target_ongoing_requests": scaling.target_queue_depth,
+            "latency_target": (
+                {"metric": scaling.latency_target.metric.value, "p95_ms": scaling.latency_target.p95_milliseconds}
+                if scaling.latency_target
+                else None
+            ),
+            "upscale_delay_s": scaling.upscale_delay_seconds,
+            "downscale_delay_s": scaling.downscale_delay_seconds,
+            "downscale_to_zero_delay_s": scale_to_zero.idle_seconds if scale_to_zero.enabled else None,
+        },
+        "routing": {"policy": _ROUTING[spec.routing.policy], "session_header": spec.routing.session_header},
+        "auth": {
+            "mode": _AUTH[auth.mode],
+            "api_keys_dir": API_KEYS_DIR if auth.mode is AuthMode.API_KEY else None,
+            "entra_tenant_id": auth.entra_tenant_id,
+            "entra_audience": auth.entra_audience,
+        },
+        "disaggregation": {
+            "enabled": spec.disaggregation.enabled,
+            "prefill_replicas": spec.disaggregation.prefill_replicas,
+            "decode_replicas": spec.disaggregation.decode_replicas,
+            "kv_connector": spec.disaggregation.kv_connector,
+        },
+    }
+    return ServingArgs.model_validate(_drop_none(args))
+
+
+def _accelerator(deployment: InferenceDeployment) -> dict[str, Any]:
+    hardware = deployment.spec.hardware
+    if hardware.accelerator is AcceleratorKind.CPU:
+        return {"kind": "cpu", "cpus_per_replica": hardware.cpu.cpus_per_replica,
+                "cpu_kv_cache_gib": hardware.cpu.kv_cache_gib}  # fmt: skip
+    # A MIG slice is one device to Ray and vLLM; a fraction packs replicas onto one GPU.
+    gpus: float = hardware.gpu_fraction if hardware.gpu_fraction is not None else float(hardware.gpus_per_replica)
+    return {"kind": "gpu", "gpus_per_replica": gpus if not math.isclose(gpus, round(gpus)) else int(gpus)}
+
+
+def _drop_none(value: Any) -> Any:
+    """Leave unset fields to the serving defaults instead of sending explicit nulls."""
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_none(v) for v in value]
+    return value
