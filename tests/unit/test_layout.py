@@ -17,7 +17,11 @@ def test_stdlib_operator_is_not_shadowed_from_the_repo_root() -> None:
     # A fresh interpreter with the repo root first on sys.path, as `python` run from the checkout would have.
     code = "import operator, sys; print(operator.__file__); print(operator.itemgetter(1)([0, 7]))"
     result = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
         env={"PYTHONPATH": str(ROOT)},
     )
     origin, value = result.stdout.split()

@@ -320,7 +320,10 @@ class LoraAdapterSpec(_Model):
     """One LoRA adapter served by name on the base model."""
 
     name: str = Field(
-        min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$", description="Model name clients send."
+        min_length=1,
+        max_length=63,
+        pattern=r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$",
+        description="Model name clients send.",
     )
     source: str = Field(min_length=1, description=f"Where the adapter comes from: {SOURCE_FORMS}.")
 
@@ -372,7 +375,10 @@ class ManagedNodePoolSpec(_Model):
 
     min_nodes: int = Field(default=0, ge=0, le=1000, description="Cluster-autoscaler lower bound.")
     max_nodes: int | None = Field(
-        default=None, ge=1, le=1000, description="Cluster-autoscaler upper bound; derived from maxReplicas if unset."
+        default=None,
+        ge=1,
+        le=1000,
+        description="Cluster-autoscaler upper bound; derived from maxReplicas if unset.",
     )
     os_sku: Literal["AzureLinux", "Ubuntu"] = Field(default="AzureLinux", description="Node OS.")
 
@@ -380,7 +386,8 @@ class ManagedNodePoolSpec(_Model):
     def _min_le_max(self) -> ManagedNodePoolSpec:
         if self.max_nodes is not None and self.min_nodes > self.max_nodes:
             raise _problem(
-                "minNodes", f"minNodes ({self.min_nodes}) exceeds maxNodes ({self.max_nodes}); lower it or raise maxNodes"
+                "minNodes",
+                f"minNodes ({self.min_nodes}) exceeds maxNodes ({self.max_nodes}); lower it or raise maxNodes",
             )
         return self
 
@@ -392,7 +399,8 @@ class ExistingNodePoolSpec(_Model):
         min_length=1, description="Node labels that select the pool, e.g. {agentpool: gpu}."
     )
     tolerations_for_taints: list[str] = Field(
-        default_factory=list, description="Taints (key=value:Effect) the pool carries, tolerated by the workers."
+        default_factory=list,
+        description="Taints (key=value:Effect) the pool carries, tolerated by the workers.",
     )
 
 
@@ -414,7 +422,11 @@ class CpuSpec(_Model):
 
     cpus_per_replica: float = Field(default=1.0, gt=0, le=256, description="Ray CPUs reserved per replica.")
     kv_cache_gib: int = Field(
-        default=1, ge=1, le=1024, alias="kvCacheGiB", description="KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE)."
+        default=1,
+        ge=1,
+        le=1024,
+        alias="kvCacheGiB",
+        description="KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE).",
     )
 
 
@@ -429,7 +441,8 @@ class HardwareSpec(_Model):
     )
     gpus_per_replica: int = Field(default=1, ge=1, le=64, description="Whole GPUs per replica (TP x PP).")
     mig_profile: MigProfile | None = Field(
-        default=None, description="MIG slice per replica (MIG1g..MIG7g); the pool is created with this profile."
+        default=None,
+        description="MIG slice per replica (MIG1g..MIG7g); the pool is created with this profile.",
     )
     gpu_fraction: float | None = Field(
         default=None,
@@ -538,7 +551,10 @@ class AuthSpec(_Model):
     @model_validator(mode="after")
     def _mode_fields(self) -> AuthSpec:
         if self.mode is AuthMode.ENTRA_ID:
-            for field, value in (("entraTenantId", self.entra_tenant_id), ("entraAudience", self.entra_audience)):
+            for field, value in (
+                ("entraTenantId", self.entra_tenant_id),
+                ("entraAudience", self.entra_audience),
+            ):
                 if not value:
                     raise _problem(field, f"mode entraId needs {field}")
         return self
@@ -556,10 +572,12 @@ class EndpointSpec(_Model):
 
     auth: AuthSpec = Field(default_factory=AuthSpec, description="Authentication.")
     visibility: Visibility = Field(
-        default=Visibility.CLUSTER, description="cluster (ClusterIP) or private (Azure internal load balancer)."
+        default=Visibility.CLUSTER,
+        description="cluster (ClusterIP) or private (Azure internal load balancer).",
     )
     allowed_namespaces: list[str] = Field(
-        default_factory=list, description="Namespaces whose pods may call the endpoint (NetworkPolicy); empty = own."
+        default_factory=list,
+        description="Namespaces whose pods may call the endpoint (NetworkPolicy); empty = own.",
     )
     rate_limits: RateLimitSpec = Field(default_factory=RateLimitSpec, description="Rate limits.")
     port: int = Field(default=8000, ge=1, le=65535, description="Port of the Service.")
@@ -690,8 +708,8 @@ class InferenceDeployment(_Model):
 
     model_config = ConfigDict(extra="ignore")  # the API server adds fields to the envelope
 
-    api_version: Annotated[Literal["tokenplane.io/v1alpha1"], Field(alias="apiVersion")] = API_VERSION
-    kind: Literal["InferenceDeployment"] = KIND
+    api_version: Annotated[Literal["tokenplane.io/v1alpha1"], Field(alias="apiVersion")] = "tokenplane.io/v1alpha1"
+    kind: Literal["InferenceDeployment"] = "InferenceDeployment"
     metadata: dict[str, Any] = Field(default_factory=dict, description="Standard object metadata.")
     spec: InferenceDeploymentSpec = Field(description="Desired state.")
     status: InferenceDeploymentStatus | None = Field(default=None, description="Observed state.")

@@ -55,6 +55,11 @@ def up_command(file: Path, *, host: str, port: int, console: Console) -> int:
         return 1
 
     # Ray and vLLM are heavy; import them only when serving.
-    from tokenplane_serving.local import serve_local
+    from tokenplane_serving.local import LocalServeError, serve_local
 
-    return serve_local(build_serving_args(deployment, local=True), host=host, port=port)
+    try:
+        serve_local(build_serving_args(deployment, local=True), host=host, port=port, console=console)
+    except LocalServeError as exc:
+        console.print(f"[red]✗[/] {escape(str(exc))}")
+        return 1
+    return 0

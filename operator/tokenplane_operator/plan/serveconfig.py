@@ -7,8 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from tokenplane_serving.args import ServingArgs
-
 from tokenplane_operator.api.v1alpha1 import (
     AcceleratorKind,
     AuthMode,
@@ -19,6 +17,7 @@ from tokenplane_operator.api.v1alpha1 import (
     SpeculativeMethod,
     parse_source,
 )
+from tokenplane_serving.args import ServingArgs
 
 __all__ = [
     "API_KEYS_DIR",
@@ -78,13 +77,10 @@ def resolve_source(uri: str, *, local: bool = False) -> tuple[str, SourceVolume 
         mount = f"{MODELS_ROOT}/pvc-{claim}"
         return f"{mount}/{rest}".rstrip("/"), SourceVolume("pvc", claim, mount)
     # Azure Blob is mounted with the blob CSI driver (workload identity), so vLLM reads a plain directory.
-    if uri.startswith("az://"):
-        account, container, *rest = uri.removeprefix("az://").split("/", 2)
-    else:
-        host, container, *rest = uri.removeprefix("https://").split("/", 2)
-        account = host.split(".", 1)[0]
+    host, container, path = [*uri.split("://", 1)[1].split("/", 2), ""][:3]
+    account = host.split(".", 1)[0]  # az://ACCOUNT/... or https://ACCOUNT.blob.core.windows.net/...
     mount = f"{MODELS_ROOT}/blob-{account}-{container}"
-    return f"{mount}/{rest[0] if rest else ''}".rstrip("/"), SourceVolume("blob", f"{account}/{container}", mount)
+    return f"{mount}/{path}".rstrip("/"), SourceVolume("blob", f"{account}/{container}", mount)
 
 
 def source_volumes(deployment: InferenceDeployment) -> list[SourceVolume]:
@@ -160,7 +156,10 @@ def build_serving_args(deployment: InferenceDeployment, *, local: bool = False) 
             "initial_replicas": max(1, scaling.min_replicas) if scale_to_zero.enabled else None,
             "target_ongoing_requests": scaling.target_queue_depth,
             "latency_target": (
-                {"metric": scaling.latency_target.metric.value, "p95_ms": scaling.latency_target.p95_milliseconds}
+                {
+                    "metric": scaling.latency_target.metric.value,
+                    "p95_ms": scaling.latency_target.p95_milliseconds,
+                }
                 if scaling.latency_target
                 else None
             ),

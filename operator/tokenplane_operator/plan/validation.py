@@ -24,20 +24,28 @@ def check_deployment(deployment: InferenceDeployment) -> list[Problem]:
     sku = find_sku(hardware.vm_size)
     if sku is None:
         known = ", ".join(s.vm_size for s in all_skus())
-        return [Problem("spec.hardware.vmSize", f"{hardware.vm_size} is not a GPU VM size tokenplane knows; use auto "
-                        f"or one of: {known}")]
+        return [
+            Problem(
+                "spec.hardware.vmSize",
+                f"{hardware.vm_size} is not a GPU VM size tokenplane knows; use auto or one of: {known}",
+            )
+        ]
     problems = []
     if hardware.mig_profile is not None and hardware.mig_profile.value not in sku.mig_profiles:
         supported = ", ".join(sorted(sku.mig_profiles)) or "none"
-        problems.append(Problem(
-            "spec.hardware.migProfile",
-            f"{sku.vm_size} ({sku.gpu_model}) does not support MIG profile {hardware.mig_profile.value} "
-            f"(supported: {supported}); remove migProfile or pick an A100/H100 size",
-        ))
+        problems.append(
+            Problem(
+                "spec.hardware.migProfile",
+                f"{sku.vm_size} ({sku.gpu_model}) does not support MIG profile {hardware.mig_profile.value} "
+                f"(supported: {supported}); remove migProfile or pick an A100/H100 size",
+            )
+        )
     if engine.tensor_parallel_size > sku.gpu_count:
-        problems.append(Problem(
-            "spec.engine.tensorParallelSize",
-            f"tensorParallelSize {engine.tensor_parallel_size} exceeds the {sku.gpu_count} GPU(s) of one "
-            f"{sku.vm_size}; keep TP within a node and use pipelineParallelSize across nodes",
-        ))
+        problems.append(
+            Problem(
+                "spec.engine.tensorParallelSize",
+                f"tensorParallelSize {engine.tensor_parallel_size} exceeds the {sku.gpu_count} GPU(s) of one "
+                f"{sku.vm_size}; keep TP within a node and use pipelineParallelSize across nodes",
+            )
+        )
     return problems

@@ -40,7 +40,11 @@ def test_names_and_subresources() -> None:
     crd = build_crd()
     assert crd["metadata"]["name"] == "inferencedeployments.tokenplane.io"
     names = crd["spec"]["names"]
-    assert (names["kind"], names["plural"], names["shortNames"]) == ("InferenceDeployment", "inferencedeployments", ["infd"])
+    assert (names["kind"], names["plural"], names["shortNames"]) == (
+        "InferenceDeployment",
+        "inferencedeployments",
+        ["infd"],
+    )
     assert crd["spec"]["scope"] == "Namespaced"
     version = crd["spec"]["versions"][0]
     assert version["name"] == "v1alpha1" and version["subresources"] == {"status": {}}
@@ -68,9 +72,15 @@ def test_every_field_has_a_description_for_kubectl_explain() -> None:
     ("path", "expected"),
     [
         ("spec.properties.engine.properties.extraArgs", {"x-kubernetes-preserve-unknown-fields": True}),
-        ("spec.properties.hardware.properties.migProfile", {"enum": ["MIG1g", "MIG2g", "MIG3g", "MIG4g", "MIG7g"]}),
+        (
+            "spec.properties.hardware.properties.migProfile",
+            {"enum": ["MIG1g", "MIG2g", "MIG3g", "MIG4g", "MIG7g"]},
+        ),
         ("spec.properties.model.properties.quantization", {"default": "none"}),
-        ("spec.properties.engine.properties.gpuMemoryUtilization", {"exclusiveMinimum": True, "minimum": 0.0}),
+        (
+            "spec.properties.engine.properties.gpuMemoryUtilization",
+            {"exclusiveMinimum": True, "minimum": 0.0},
+        ),
     ],
 )
 def test_schema_details(path: str, expected: dict[str, Any]) -> None:

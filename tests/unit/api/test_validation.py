@@ -45,8 +45,15 @@ def _run(tmp_path: Path, body: dict[str, Any]) -> tuple[int, str]:
 
 def test_examples_cover_the_seed_workloads() -> None:
     names = {p.stem for p in EXAMPLES}
-    assert {"local-tiny", "internal-copilot-mig", "customer-assistant-70b-fp8", "frontier-moe-qwen3-235b",
-            "code-completion-speculative", "department-lora", "pd-disaggregation"} <= names
+    assert {
+        "local-tiny",
+        "internal-copilot-mig",
+        "customer-assistant-70b-fp8",
+        "frontier-moe-qwen3-235b",
+        "code-completion-speculative",
+        "department-lora",
+        "pd-disaggregation",
+    } <= names
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.stem)
@@ -61,38 +68,106 @@ def test_base_is_valid(tmp_path: Path) -> None:
 
 
 MISTAKES = [
-    ("min > max replicas", _with("spec.scaling", {"minReplicas": 3, "maxReplicas": 2}),
-     "spec.scaling.minReplicas", "exceeds maxReplicas"),
-    ("MIG on a SKU without MIG", _with("spec.hardware", {"vmSize": "Standard_NV36ads_A10_v5", "migProfile": "MIG1g"}),
-     "spec.hardware.migProfile", "does not support MIG"),
-    ("TP x PP != GPUs", _with("spec.engine", {"tensorParallelSize": 2, "pipelineParallelSize": 2}),
-     "spec.hardware.gpusPerReplica", "must equal tensorParallelSize x pipelineParallelSize"),
+    (
+        "min > max replicas",
+        _with("spec.scaling", {"minReplicas": 3, "maxReplicas": 2}),
+        "spec.scaling.minReplicas",
+        "exceeds maxReplicas",
+    ),
+    (
+        "MIG on a SKU without MIG",
+        _with("spec.hardware", {"vmSize": "Standard_NV36ads_A10_v5", "migProfile": "MIG1g"}),
+        "spec.hardware.migProfile",
+        "does not support MIG",
+    ),
+    (
+        "TP x PP != GPUs",
+        _with("spec.engine", {"tensorParallelSize": 2, "pipelineParallelSize": 2}),
+        "spec.hardware.gpusPerReplica",
+        "must equal tensorParallelSize x pipelineParallelSize",
+    ),
     ("unknown quantization", _with("spec.model.quantization", "int3"), "spec.model.quantization", "'int3'"),
-    ("bad source URI", _with("spec.model.source", "ftp://models/llama"), "spec.model.source", "unsupported source"),
+    (
+        "bad source URI",
+        _with("spec.model.source", "ftp://models/llama"),
+        "spec.model.source",
+        "unsupported source",
+    ),
     ("negative context", _with("spec.model.maxModelLen", -8), "spec.model.maxModelLen", "greater than 0"),
-    ("unknown field with a hint", _with("spec.scaling.maxReplica", 3), "spec.scaling.maxReplica", "did you mean 'maxReplicas'"),
+    (
+        "unknown field with a hint",
+        _with("spec.scaling.maxReplica", 3),
+        "spec.scaling.maxReplica",
+        "did you mean 'maxReplicas'",
+    ),
     ("unknown top-level spec field", _with("spec.replicas", 3), "spec.replicas", "unknown field"),
     ("missing model", {**BASE, "spec": {"hardware": {"accelerator": "cpu"}}}, "spec.model", "required"),
-    ("unknown VM size", _with("spec.hardware.vmSize", "Standard_D4s_v5"), "spec.hardware.vmSize", "not a GPU VM size"),
-    ("TP beyond one node", _with("spec", {**BASE["spec"], "engine": {"tensorParallelSize": 2},
-                                           "hardware": {"vmSize": "Standard_NC40ads_H100_v5", "gpusPerReplica": 2}}),
-     "spec.engine.tensorParallelSize", "exceeds the 1 GPU(s)"),
-    ("scale to zero not enabled", _with("spec.scaling", {"minReplicas": 0, "maxReplicas": 2}),
-     "spec.scaling.minReplicas", "scaleToZero.enabled"),
-    ("MIG with several GPUs", _with("spec.hardware", {"vmSize": "Standard_ND96isr_H100_v5", "migProfile": "MIG3g",
-                                                      "gpusPerReplica": 2}),
-     "spec.hardware.gpusPerReplica", "exactly one slice"),
-    ("CPU run with a VM size", _with("spec.hardware", {"accelerator": "cpu", "vmSize": "Standard_NC40ads_H100_v5"}),
-     "spec.hardware.vmSize", "provisions no VM"),
+    (
+        "unknown VM size",
+        _with("spec.hardware.vmSize", "Standard_D4s_v5"),
+        "spec.hardware.vmSize",
+        "not a GPU VM size",
+    ),
+    (
+        "TP beyond one node",
+        _with(
+            "spec",
+            {
+                **BASE["spec"],
+                "engine": {"tensorParallelSize": 2},
+                "hardware": {"vmSize": "Standard_NC40ads_H100_v5", "gpusPerReplica": 2},
+            },
+        ),
+        "spec.engine.tensorParallelSize",
+        "exceeds the 1 GPU(s)",
+    ),
+    (
+        "scale to zero not enabled",
+        _with("spec.scaling", {"minReplicas": 0, "maxReplicas": 2}),
+        "spec.scaling.minReplicas",
+        "scaleToZero.enabled",
+    ),
+    (
+        "MIG with several GPUs",
+        _with(
+            "spec.hardware",
+            {"vmSize": "Standard_ND96isr_H100_v5", "migProfile": "MIG3g", "gpusPerReplica": 2},
+        ),
+        "spec.hardware.gpusPerReplica",
+        "exactly one slice",
+    ),
+    (
+        "CPU run with a VM size",
+        _with("spec.hardware", {"accelerator": "cpu", "vmSize": "Standard_NC40ads_H100_v5"}),
+        "spec.hardware.vmSize",
+        "provisions no VM",
+    ),
     ("wrong type", _with("spec.engine.maxNumSeqs", "many"), "spec.engine.maxNumSeqs", "valid integer"),
-    ("draft model missing", _with("spec.engine.speculativeDecoding", {"method": "draftModel"}),
-     "spec.engine.speculativeDecoding.draftModel", "needs a draftModel"),
-    ("duplicate LoRA names", _with("spec.lora.adapters", [{"name": "a", "source": "/a"}, {"name": "a", "source": "/b"}]),
-     "spec.lora.adapters[1].name", "used twice"),
-    ("entra without tenant", _with("spec.endpoint.auth", {"mode": "entraId", "entraAudience": "api://x"}),
-     "spec.endpoint.auth.entraTenantId", "needs entraTenantId"),
+    (
+        "draft model missing",
+        _with("spec.engine.speculativeDecoding", {"method": "draftModel"}),
+        "spec.engine.speculativeDecoding.draftModel",
+        "needs a draftModel",
+    ),
+    (
+        "duplicate LoRA names",
+        _with("spec.lora.adapters", [{"name": "a", "source": "/a"}, {"name": "a", "source": "/b"}]),
+        "spec.lora.adapters[1].name",
+        "used twice",
+    ),
+    (
+        "entra without tenant",
+        _with("spec.endpoint.auth", {"mode": "entraId", "entraAudience": "api://x"}),
+        "spec.endpoint.auth.entraTenantId",
+        "needs entraTenantId",
+    ),
     ("wrong kind", {**BASE, "kind": "Deployment"}, "kind", "expected InferenceDeployment"),
-    ("bad MIG profile name", _with("spec.hardware.migProfile", "MIG5g"), "spec.hardware.migProfile", "'MIG5g'"),
+    (
+        "bad MIG profile name",
+        _with("spec.hardware.migProfile", "MIG5g"),
+        "spec.hardware.migProfile",
+        "'MIG5g'",
+    ),
 ]
 
 

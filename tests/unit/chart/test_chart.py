@@ -37,7 +37,12 @@ def test_lint_has_no_errors() -> None:
 
 def test_default_render_is_valid_kubernetes() -> None:
     objects = _render({})
-    assert {o["kind"] for o in objects} == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment"}
+    assert {o["kind"] for o in objects} == {
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Deployment",
+    }
     for obj in objects:
         kubernetes_validate.validate(obj, "1.33", strict=True)
     container = _kind(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
@@ -46,11 +51,13 @@ def test_default_render_is_valid_kubernetes() -> None:
 
 
 def test_workload_identity_and_namespaces() -> None:
-    objects = _render({
-        "serviceAccount": {"azureClientId": "11111111-2222-3333-4444-555555555555"},
-        "operator": {"watchNamespaces": ["ai", "support"]},
-        "azure": {"subscriptionId": "sub", "resourceGroup": "rg", "clusterName": "aks"},
-    })
+    objects = _render(
+        {
+            "serviceAccount": {"azureClientId": "11111111-2222-3333-4444-555555555555"},
+            "operator": {"watchNamespaces": ["ai", "support"]},
+            "azure": {"subscriptionId": "sub", "resourceGroup": "rg", "clusterName": "aks"},
+        }
+    )
     account = _kind(objects, "ServiceAccount")
     assert account["metadata"]["annotations"]["azure.workload.identity/client-id"].startswith("1111")
     pod = _kind(objects, "Deployment")["spec"]["template"]
@@ -63,8 +70,11 @@ def test_workload_identity_and_namespaces() -> None:
 def test_rbac_covers_what_the_operator_touches() -> None:
     rules = _kind(_render({}), "ClusterRole")["rules"]
     granted = {(g, r) for rule in rules for g in rule["apiGroups"] for r in rule["resources"]}
-    assert {("tokenplane.io", "inferencedeployments/status"), ("ray.io", "rayservices"),
-            ("networking.k8s.io", "networkpolicies")} <= granted
+    assert {
+        ("tokenplane.io", "inferencedeployments/status"),
+        ("ray.io", "rayservices"),
+        ("networking.k8s.io", "networkpolicies"),
+    } <= granted
 
 
 @pytest.mark.parametrize(

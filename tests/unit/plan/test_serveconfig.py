@@ -6,7 +6,12 @@ import pytest
 import yaml
 
 from tokenplane_operator.api.validation import parse_inference_deployment
-from tokenplane_operator.plan.serveconfig import API_KEYS_DIR, build_serving_args, resolve_source, source_volumes
+from tokenplane_operator.plan.serveconfig import (
+    API_KEYS_DIR,
+    build_serving_args,
+    resolve_source,
+    source_volumes,
+)
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "deploy" / "examples"
 
@@ -38,7 +43,11 @@ def test_local_tiny_runs_on_cpu_from_an_absolute_path(monkeypatch: pytest.Monkey
         ("Qwen/Qwen3-8B", "Qwen/Qwen3-8B", None),
         ("pvc://models/llama/8b", "/models/pvc-models/llama/8b", ("pvc", "models")),
         ("az://acct/weights/llama", "/models/blob-acct-weights/llama", ("blob", "acct/weights")),
-        ("https://acct.blob.core.windows.net/weights/x", "/models/blob-acct-weights/x", ("blob", "acct/weights")),
+        (
+            "https://acct.blob.core.windows.net/weights/x",
+            "/models/blob-acct-weights/x",
+            ("blob", "acct/weights"),
+        ),
         ("/models/local", "/models/local", None),
     ],
 )
@@ -51,7 +60,10 @@ def test_sources_resolve_to_what_vllm_reads(uri: str, path: str, volume: tuple[s
 def test_lora_sources_need_their_volumes_once() -> None:
     volumes = source_volumes(_example("department-lora"))
     assert [v.mount_path for v in volumes] == [
-        "/models/blob-tokenplanemodels-base", "/models/blob-tokenplanemodels-adapters", "/models/pvc-adapters"]
+        "/models/blob-tokenplanemodels-base",
+        "/models/blob-tokenplanemodels-adapters",
+        "/models/pvc-adapters",
+    ]
     args = build_serving_args(_example("department-lora"))
     assert [a.name for a in args.lora.adapters] == ["finance", "legal", "hr"]
     assert args.auth.mode == "api_key" and args.auth.api_keys_dir == API_KEYS_DIR
