@@ -1,0 +1,217 @@
+"""AKS agent pools through the async azure-mgmt-containerservice client; Azure errors become domain errors."""
+
+import email.utils
+import time
+from types import TracebackType
+from typing import Any, Self
+
+from azure.core.credentials_async import AsyncTokenCredential
+from azure.core.exceptions import (
+    AzureError,
+    ClientAuthenticationError,
+    HttpResponseError,
+    ResourceNotFoundError,
+)
+from azure.identity.aio import DefaultAzureCredential
+from azure.mgmt.containerservice.aio import ContainerServiceClient
+from azure.mgmt.containerservice.models import AgentPool
+
+from tokenplane_operator.errors import CloudRejectedError, TokenplaneError, TransientCloudError
+from tokenplane_operator.plan.agentpool import DesiredAgentPool, ObservedAgentPool, to_arm_body
+
+__all__ = ["AksAgentPools"]
+
+# Capacity shortages clear by themselves (or in another zone): retry, do not page a human.
+_CAPACITY_CODES = frozenset(
+    {
+        "AllocationFailed",
+        "ZonalAllocationFailed",
+        "OverconstrainedAllocationRequest",
+        "OverconstrainedZonalAllocationRequest",
+    }
+)
+
+
+class AksAgentPools:
+    """Observe, create/update and delete the agent pools of one AKS cluster, never waiting on an LRO.
+
+    ``begin_*`` methods send only the initial request of a long-running operation (``polling=False``)
+    and return once Azure accepted it; callers re-`observe` ``provisioning_state`` from a timer.
+
+    Args:
+        subscription_id: Azure subscription of the cluster.
+        resource_group: Resource group of the cluster.
+        cluster_name: Name of the AKS managed cluster.
+        credential: An async Azure credential; None builds ``DefaultAzureCredential`` (workload
+            identity in AKS), which `close` then closes. An injected credential stays the caller's.
+        arm_endpoint: ARM base URL override (sovereign clouds, emulators); None is public Azure.
+        connection_verify: Path of a CA bundle to trust for TLS, or None for the system store.
+        polling_interval_s: Seconds between LRO polls, for callers that use the SDK's pollers.
+    """
+
+    def __init__(
+        self,
+        *,
+        subscription_id: str,
+        resource_group: str,
+        cluster_name: str,
+        credential: AsyncTokenCredential | None = None,
+        arm_endpoint: str | None = None,
+        connection_verify: str | None = None,
+        polling_interval_s: float = 30.0,
+    ) -> None:
+        self.resource_group = resource_group
+        self.cluster_name = cluster_name
+        self._owned_credential: DefaultAzureCredential | None = None
+        if credential is None:
+            credential = self._owned_credential = DefaultAzureCredential()
+        tls: dict[str, Any] = {} if connection_verify is None else {"connection_verify": connection_verify}
+        self._client = ContainerServiceClient(
+            credential,
+            subscription_id,
+            base_url=arm_endpoint,
+            polling_interval=polling_interval_s,
+            # No SDK retries: they sleep inside the call (up to Retry-After), blocking a handler.
+            # The caller retries instead, from the TransientCloudError's retry_after_s.
+            retry_total=0,
+            **tls,
+        )
+
+    async def observe(self, name: str) -> ObservedAgentPool | None:
+        """Read one agent pool.
+
+        Args:
+            name: The agent pool name.
+
+        Returns:
+            The pool as AKS reports it, or None if it does not exist.
+
+        Raises:
+            TransientCloudError: Throttling, server or network failure; retry.
+            CloudRejectedError: Azure refused the request (e.g. credentials, permissions).
+        """
+        try:
+            pool = await self._client.agent_pools.get(self.resource_group, self.cluster_name, name)
+        except ResourceNotFoundError:
+            return None
+        except AzureError as exc:
+            raise _convert(exc) from exc
+        return ObservedAgentPool.from_arm(pool.as_dict())
+
+    async def list_managed(self) -> list[ObservedAgentPool]:
+        """List the cluster's agent pools that carry tokenplane's managed-by tag.
+
+        Raises:
+            TransientCloudError: Throttling, server or network failure; retry.
+            CloudRejectedError: Azure refused the request.
+        """
+        try:
+            pools = [
+                ObservedAgentPool.from_arm(pool.as_dict())
+                async for pool in self._client.agent_pools.list(self.resource_group, self.cluster_name)
+            ]
+        except AzureError as exc:
+            raise _convert(exc) from exc
+        return [pool for pool in pools if pool.managed]
+
+    async def begin_apply(self, desired: DesiredAgentPool) -> None:
+        """Start creating the pool, or updating it in place, and return once Azure accepted the PUT.
+
+        An existing pool's node count is carried over so the update does not undo the autoscaler.
+        Whether the change is possible in place is the caller's question (`needs_replacement`).
+
+        Args:
+            desired: The pool to create or update.
+
+        Raises:
+            TransientCloudError: Throttling, 5xx, capacity, or another operation still running; retry.
+            CloudRejectedError: Quota, SKU availability, or an invalid/immutable change; a human acts.
+        """
+        current = await self.observe(desired.name)
+        body = to_arm_body(desired, current_count=None if current is None else current.count)
+        try:
+            # polling=False: the SDK sends the PUT, reads the reply and hands back a poller that
+            # never polls. Async pollers start no background task, so dropping it leaks nothing.
+            await self._client.agent_pools.begin_create_or_update(
+                self.resource_group, self.cluster_name, desired.name, AgentPool(body), polling=False
+            )
+        except AzureError as exc:
+            raise _convert(exc) from exc
+
+    async def begin_delete(self, name: str) -> None:
+        """Start deleting the pool and return once Azure accepted it; a missing pool is already deleted.
+
+        Args:
+            name: The agent pool name.
+
+        Raises:
+            TransientCloudError: Throttling, server or network failure; retry.
+            CloudRejectedError: Azure refused the request.
+        """
+        try:
+            await self._client.agent_pools.begin_delete(
+                self.resource_group, self.cluster_name, name, polling=False
+            )
+        except ResourceNotFoundError:
+            return
+        except AzureError as exc:
+            raise _convert(exc) from exc
+
+    async def close(self) -> None:
+        """Close the HTTP session, and the credential if this object created it."""
+        await self._client.close()
+        if self._owned_credential is not None:
+            await self._owned_credential.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+
+def _convert(exc: AzureError) -> TokenplaneError:
+    """Translate an Azure SDK error into the domain's retry semantics (see `tokenplane_operator.errors`)."""
+    if not isinstance(exc, HttpResponseError) or exc.response is None:
+        if isinstance(exc, ClientAuthenticationError):
+            # No token at all: workload identity is not set up (or not yet); a human looks.
+            return CloudRejectedError("InvalidRequest", f"no Azure token: {exc.message}", code="NoToken")
+        return TransientCloudError(f"Azure unreachable: {exc.message}")
+    status = exc.status_code
+    code = (exc.error.code if exc.error else None) or ""
+    message = (exc.error.message if exc.error else None) or exc.message
+    retry_after = _retry_after_s(getattr(exc.response, "headers", {}))
+    if status == 429:
+        return TransientCloudError(message, retry_after_s=retry_after, code=code or None, status=status)
+    if code == "QuotaExceeded" or (code == "OperationNotAllowed" and "quota" in message.lower()):
+        return CloudRejectedError("QuotaExceeded", message, code=code)
+    if code == "SkuNotAvailable":
+        return CloudRejectedError("SkuNotAvailable", message, code=code)
+    # 409: another operation on the pool is still running (OperationNotAllowed); it will finish.
+    if code in _CAPACITY_CODES or status is None or status >= 500 or status == 409:
+        return TransientCloudError(message, retry_after_s=retry_after, code=code or None, status=status)
+    return CloudRejectedError("InvalidRequest", message, code=code or None)
+
+
+def _retry_after_s(headers: Any) -> float | None:
+    """Seconds from ``retry-after-ms``/``x-ms-retry-after-ms`` or ``Retry-After`` (seconds or HTTP date)."""
+    for name in ("retry-after-ms", "x-ms-retry-after-ms"):
+        if value := headers.get(name):
+            try:
+                return float(value) / 1000
+            except ValueError:
+                pass
+    value = headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())

@@ -1,0 +1,1 @@
+"""Capacity planner: model + workload -> AKS GPU SKU, MIG slice, parallelism, memory and cost per token."""

@@ -1,0 +1,66 @@
+"""Fixtures for the operator's adapter and integration tests: the ARM emulator and an AKS client on it."""
+
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import trustme
+from azure.core.credentials import AccessToken, AccessTokenInfo
+
+from tests.support.arm_emulator import ArmEmulator
+from tokenplane_operator.adapters.azure import AksAgentPools
+
+SUBSCRIPTION = "00000000-0000-0000-0000-000000000001"
+RESOURCE_GROUP = "rg-tokenplane"
+CLUSTER = "aks-tokenplane"
+
+
+class FakeCredential:
+    """An async Azure credential that hands out a dummy bearer token and never talks to Entra ID."""
+
+    def __init__(self) -> None:
+        self.expires_on = int((datetime.now(UTC) + timedelta(hours=1)).timestamp())
+
+    async def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+        return AccessToken("fake-token", self.expires_on)
+
+    async def get_token_info(self, *scopes: str, options: Any = None) -> AccessTokenInfo:
+        return AccessTokenInfo("fake-token", self.expires_on)
+
+    async def close(self) -> None:
+        pass
+
+    async def __aenter__(self) -> "FakeCredential":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="session")
+def arm_ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def arm_emulator(arm_ca: trustme.CA) -> Iterator[ArmEmulator]:
+    """A started ARM emulator: operations finish on their second observation."""
+    with ArmEmulator(ca=arm_ca, provisioning_polls=2) as emulator:
+        yield emulator
+
+
+@pytest.fixture
+async def aks_pools(arm_emulator: ArmEmulator) -> AsyncIterator[AksAgentPools]:
+    """The real adapter (real aio ContainerServiceClient) pointed at the emulator over HTTPS."""
+    pools = AksAgentPools(
+        subscription_id=SUBSCRIPTION,
+        resource_group=RESOURCE_GROUP,
+        cluster_name=CLUSTER,
+        credential=FakeCredential(),
+        arm_endpoint=arm_emulator.base_url,
+        connection_verify=str(arm_emulator.ca_pem),
+        polling_interval_s=0.01,
+    )
+    async with pools:
+        yield pools

@@ -1,0 +1,536 @@
+"""An Azure Resource Manager emulator of the AKS agentPools API, over HTTPS, with LROs and fault injection.
+
+The real ``azure.mgmt.containerservice`` client talks to it through ``base_url``; azure-core refuses
+bearer tokens over plain HTTP, so it serves TLS with a throwaway ``trustme`` CA (``ca_pem``).
+
+What it speaks (every request needs ``api-version`` and a bearer token)::
+
+    GET    {cluster}/agentPools                     200 {"value": [...]}
+    GET    {cluster}/agentPools/{name}              200 pool | 404 NotFound
+    PUT    {cluster}/agentPools/{name}              201 (create) | 200 (update), provisioningState
+                                                    Creating/Updating + Azure-AsyncOperation;
+                                                    400 on a bad name/body or an immutable change;
+                                                    409 while another operation runs on the pool
+    DELETE {cluster}/agentPools/{name}              202 + Location + Azure-AsyncOperation | 204 if absent
+    GET    .../locations/{loc}/operations/{id}      {"status": "InProgress" | "Succeeded" | "Failed", "error"}
+    GET    .../locations/{loc}/operationresults/{id}  202 while running, 204 when done
+
+An operation finishes once it has been observed ``provisioning_polls`` times (a GET of the pool, the
+list, or the operation) *and* ``provisioning_seconds`` have passed; ``settle()`` finishes all at once.
+A DELETE preempts a running create/update (AKS allows deleting a pool that is still provisioning).
+
+It runs its own event loop in a daemon thread, so sync and async tests use it alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import itertools
+import json
+import re
+import shutil
+import socket
+import ssl
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trustme
+from aiohttp import web
+
+__all__ = ["ArmEmulator", "Fault", "RecordedRequest"]
+
+_CLUSTER = (
+    r"/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)"
+    r"/providers/Microsoft\.ContainerService/managedClusters/(?P<cluster>[^/]+)/agentPools"
+)
+_POOL_PATH = re.compile(_CLUSTER + r"/(?P<name>[^/]+)$", re.IGNORECASE)
+_LIST_PATH = re.compile(_CLUSTER + r"$", re.IGNORECASE)
+_OP_PATH = re.compile(
+    r"/subscriptions/[^/]+/providers/Microsoft\.ContainerService/locations/[^/]+"
+    r"/(?P<kind>operations|operationresults)/(?P<op>[^/]+)$",
+    re.IGNORECASE,
+)
+_POOL_NAME = re.compile(r"^[a-z][a-z0-9]{0,11}$")
+_TAG_NAME_FORBIDDEN = re.compile(r"[<>%&\\?/]")
+# Fields AKS refuses to change on an existing pool (PropertyChangeNotAllowed).
+_IMMUTABLE = ("vmSize", "gpuInstanceProfile", "scaleSetPriority", "availabilityZones", "osSKU", "nodeTaints")
+_SPOT_TAINT = "kubernetes.azure.com/scalesetpriority=spot:NoSchedule"
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request the emulator received, faulted or not."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    body: Any
+
+
+@dataclass
+class Fault:
+    """The next ``times`` requests matching ``method`` and ``path`` (re.search) get this answer instead.
+
+    ``lro_error`` set means: accept the PUT normally, but its operation ends Failed with that error.
+    """
+
+    method: str
+    path: re.Pattern[str]
+    times: int
+    status: int = 500
+    body: dict[str, Any] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    lro_error: dict[str, str] | None = None
+
+
+@dataclass
+class _Operation:
+    id: str
+    key: tuple[str, str, str, str]
+    kind: str  # create, update, delete
+    started: float
+    error: dict[str, str] | None = None
+    polls: int = 0
+    status: str = "InProgress"
+
+
+class ArmEmulator:
+    """The emulator; use as a context manager or call `start()` / `stop()`.
+
+    Args:
+        location: Azure region the operation URLs name.
+        provisioning_polls: Observations an operation needs before it finishes.
+        provisioning_seconds: Minimum wall time an operation takes.
+        ca: A trustme CA to reuse (making one takes a moment); None makes a fresh one.
+    """
+
+    def __init__(
+        self,
+        *,
+        location: str = "eastus",
+        provisioning_polls: int = 2,
+        provisioning_seconds: float = 0.0,
+        ca: trustme.CA | None = None,
+    ) -> None:
+        self.location = location
+        self.provisioning_polls = provisioning_polls
+        self.provisioning_seconds = provisioning_seconds
+        self._lock = threading.Lock()
+        self._pools: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+        self._ops: dict[str, _Operation] = {}
+        self._faults: list[Fault] = []
+        self._requests: list[RecordedRequest] = []
+        self._ids = itertools.count(1)
+        self._dir = Path(tempfile.mkdtemp(prefix="arm-emulator-"))
+        self._ca = ca or trustme.CA()
+        self.ca_pem = self._dir / "ca.pem"
+        self._ca.cert_pem.write_to_path(str(self.ca_pem))
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self.port: int = self._sock.getsockname()[1]
+        self.base_url = f"https://127.0.0.1:{self.port}"
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runner: web.AppRunner | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def start(self) -> ArmEmulator:
+        """Start serving in a background thread; returns self once the socket accepts connections."""
+        ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self._ca.issue_cert("127.0.0.1", "localhost").configure_cert(ssl_ctx)
+        app = web.Application(client_max_size=1 << 20)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        self._loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        def serve() -> None:
+            assert self._loop is not None and self._runner is not None
+            asyncio.set_event_loop(self._loop)
+            self._loop.run_until_complete(self._runner.setup())
+            site = web.SockSite(self._runner, self._sock, ssl_context=ssl_ctx)
+            self._loop.run_until_complete(site.start())
+            ready.set()
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=serve, name="arm-emulator", daemon=True)
+        self._thread.start()
+        if not ready.wait(10):
+            raise RuntimeError("the ARM emulator did not start")
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and remove the CA files."""
+        if self._loop is not None and self._runner is not None and self._thread is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+            self._loop.close()
+            self._loop = None
+        self._sock.close()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> ArmEmulator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- inspection and control (thread-safe; call from tests) ------------------------------------
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """Every request received so far, in order (faulted ones included)."""
+        with self._lock:
+            return list(self._requests)
+
+    def calls(self, method: str | None = None, path: str = "") -> list[RecordedRequest]:
+        """Recorded requests with this method (any if None) whose path matches ``path`` (re.search)."""
+        return [
+            r for r in self.requests if (method is None or r.method == method) and re.search(path, r.path)
+        ]
+
+    def clear_requests(self) -> None:
+        """Forget the recorded requests."""
+        with self._lock:
+            self._requests.clear()
+
+    def pool(self, name: str) -> dict[str, Any] | None:
+        """A copy of the stored pool resource with this name (any cluster), or None; does not tick LROs."""
+        with self._lock:
+            for key, pool in self._pools.items():
+                if key[3] == name:
+                    return copy.deepcopy(pool)
+        return None
+
+    def pool_names(self) -> list[str]:
+        """Names of every stored pool, sorted."""
+        with self._lock:
+            return sorted(key[3] for key in self._pools)
+
+    def seed(
+        self, sub: str, rg: str, cluster: str, name: str, properties: dict[str, Any], state: str = "Succeeded"
+    ) -> None:
+        """Store a pool directly, as if made earlier (by us before a restart, or by someone else)."""
+        key = (sub.lower(), rg.lower(), cluster.lower(), name)
+        with self._lock:
+            self._pools[key] = self._resource(key, copy.deepcopy(properties), state)
+
+    def settle(self) -> None:
+        """Finish every running operation now, with its planned outcome."""
+        with self._lock:
+            for op in list(self._ops.values()):
+                if op.status == "InProgress":
+                    self._finish(op)
+
+    def inject(
+        self,
+        method: str,
+        path: str,
+        *,
+        status: int = 500,
+        body: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        times: int = 1,
+    ) -> None:
+        """Answer the next ``times`` matching requests with this status, body and headers."""
+        self._add(Fault(method.upper(), re.compile(path), times, status, body, dict(headers or {})))
+
+    def throttle(self, method: str, path: str, *, retry_after_s: int, times: int = 1) -> None:
+        """Answer 429 with ``Retry-After`` as ARM's throttling does."""
+        body = _error("TooManyRequests", "The request is being throttled as the limit has been reached.")
+        self.inject(
+            method, path, status=429, body=body, headers={"Retry-After": str(retry_after_s)}, times=times
+        )
+
+    def server_error(self, method: str, path: str, *, status: int = 500, times: int = 1) -> None:
+        """Answer a 5xx with ARM's InternalServerError body."""
+        body = _error("InternalServerError", "An unexpected error occured while processing the request.")
+        self.inject(method, path, status=status, body=body, times=times)
+
+    def arm_error(
+        self, method: str, path: str, *, code: str, message: str, status: int = 400, times: int = 1
+    ) -> None:
+        """Answer with an ARM error body ``{"error": {"code", "message"}}``."""
+        self.inject(method, path, status=status, body=_error(code, message), times=times)
+
+    def quota_exceeded(
+        self,
+        method: str = "PUT",
+        path: str = "",
+        *,
+        family: str = "standardNCADSH100v5Family",
+        times: int = 1,
+    ) -> None:
+        """Refuse like AKS preflight does when a VM family's core quota would be exceeded."""
+        message = (
+            "Preflight validation check for resource(s) for container service failed. "
+            "Details: Operation could not be completed as it results in exceeding approved "
+            f"{family} Cores quota. Additional details - Deployment Model: Resource Manager, "
+            f"Location: {self.location}, Current Limit: 0, Current Usage: 0, Additional Required: 40, "
+            "(Minimum) New Limit Required: 40."
+        )
+        self.arm_error(method, path, code="QuotaExceeded", message=message, times=times)
+
+    def sku_not_available(
+        self,
+        method: str = "PUT",
+        path: str = "",
+        *,
+        vm_size: str = "Standard_NC40ads_H100_v5",
+        times: int = 1,
+    ) -> None:
+        """Refuse like ARM does when a VM size is not offered in the region or zone."""
+        message = (
+            f"The requested VM size '{vm_size}' is currently not available in location '{self.location}' "
+            "for this subscription. Please try another size or deploy to a different location or zones."
+        )
+        self.arm_error(method, path, code="SkuNotAvailable", message=message, times=times)
+
+    def fail_operation(
+        self,
+        path: str = "",
+        *,
+        code: str = "ReconcileVMSSAgentPoolFailed",
+        message: str = 'Code="AllocationFailed" Message="Allocation failed. We do not have sufficient '
+        'capacity for the requested VM size in this region."',
+        times: int = 1,
+    ) -> None:
+        """Accept the next ``times`` matching PUTs, but end their operations Failed with this error."""
+        self._add(Fault("PUT", re.compile(path), times, lro_error={"code": code, "message": message}))
+
+    # -- the HTTP side (runs on the emulator's loop) ----------------------------------------------
+
+    def _add(self, fault: Fault) -> None:
+        with self._lock:
+            self._faults.append(fault)
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        raw = await request.read()
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = raw.decode(errors="replace")
+        with self._lock:
+            self._requests.append(RecordedRequest(request.method, request.path, dict(request.query), body))
+            fault = self._take_fault(request.method, request.path)
+            if fault is not None and fault.lro_error is None:
+                return _json(fault.status, fault.body, fault.headers)
+            if "api-version" not in request.query:
+                return _json(
+                    400,
+                    _error(
+                        "MissingApiVersionParameter",
+                        "The api-version query parameter (?api-version=) is required for all requests.",
+                    ),
+                )
+            if not request.headers.get("Authorization", "").startswith("Bearer "):
+                return _json(401, _error("AuthenticationFailed", "Authentication failed."))
+            return self._route(request, body, fault)
+
+    def _take_fault(self, method: str, path: str) -> Fault | None:
+        for fault in self._faults:
+            if fault.method == method and fault.path.search(path):
+                fault.times -= 1
+                if fault.times <= 0:
+                    self._faults.remove(fault)
+                return fault
+        return None
+
+    def _route(self, request: web.Request, body: Any, fault: Fault | None) -> web.Response:
+        method, path = request.method, request.path
+        if match := _OP_PATH.match(path):
+            return self._get_operation(match["op"], match["kind"].lower(), request)
+        if match := _LIST_PATH.match(path):
+            if method != "GET":
+                return _json(405, _error("MethodNotAllowed", f"{method} is not allowed here."))
+            prefix = (match["sub"].lower(), match["rg"].lower(), match["cluster"].lower())
+            keys = [key for key in self._pools if key[:3] == prefix]
+            pools = [self._observe(key) for key in keys]
+            return _json(200, {"value": [pool for pool in pools if pool is not None]})
+        if match := _POOL_PATH.match(path):
+            key = (match["sub"].lower(), match["rg"].lower(), match["cluster"].lower(), match["name"])
+            if method == "GET":
+                return self._get_pool(key)
+            if method == "PUT":
+                return self._put_pool(key, body, request, fault)
+            if method == "DELETE":
+                return self._delete_pool(key, request)
+            return _json(405, _error("MethodNotAllowed", f"{method} is not allowed here."))
+        return _json(404, _error("InvalidResourceType", f"No route for {method} {path}."))
+
+    def _get_pool(self, key: tuple[str, str, str, str]) -> web.Response:
+        pool = self._observe(key)  # may finish a delete, so look after observing
+        if pool is None:
+            return _json(404, _error("NotFound", f"Agent pool '{key[3]}' was not found."))
+        return _json(200, pool)
+
+    def _put_pool(
+        self, key: tuple[str, str, str, str], body: Any, request: web.Request, fault: Fault | None
+    ) -> web.Response:
+        props = body.get("properties") if isinstance(body, dict) else None
+        if not isinstance(props, dict) or not props.get("vmSize"):
+            return _json(
+                400, _error("InvalidParameter", "The value of parameter properties.vmSize is invalid.")
+            )
+        if not _POOL_NAME.match(key[3]):
+            return _json(
+                400,
+                _error(
+                    "InvalidParameter",
+                    f"The value of parameter agentPoolProfile.name is invalid: '{key[3]}'. Linux agent pool "
+                    "names must start with a lowercase letter, contain only lowercase letters and numbers, "
+                    "and be at most 12 characters long.",
+                ),
+            )
+        bad_tags = [name for name in props.get("tags") or {} if _TAG_NAME_FORBIDDEN.search(name)]
+        if bad_tags:
+            return _json(
+                400, _error("InvalidTagNameCharacters", f"Tag names contain invalid characters: {bad_tags}")
+            )
+        props = copy.deepcopy(props)
+        if props.get("scaleSetPriority") == "Spot" and _SPOT_TAINT not in props.setdefault("nodeTaints", []):
+            props["nodeTaints"].append(_SPOT_TAINT)  # AKS adds the spot taint itself
+        existing = self._pools.get(key)
+        if existing is not None:
+            op = self._running(key)
+            if op is not None:
+                return _json(
+                    409,
+                    _error(
+                        "OperationNotAllowed",
+                        f"Operation is not allowed because there's an in progress {op.kind} node pool "
+                        f"operation on agent pool '{key[3]}'. Please wait for it to finish.",
+                    ),
+                )
+            old = existing["properties"]
+            for name in _IMMUTABLE:
+                if _canonical(old.get(name)) != _canonical(props.get(name)):
+                    return _json(
+                        400,
+                        _error(
+                            "PropertyChangeNotAllowed",
+                            f"Changing property '{name}' is not allowed.",
+                        ),
+                    )
+        kind = "update" if existing is not None else "create"
+        self._pools[key] = self._resource(key, props, "Updating" if existing else "Creating")
+        op = self._start(key, kind, fault.lro_error if fault else None)
+        headers = {"Azure-AsyncOperation": self._op_url(op, "operations", request)}
+        return _json(200 if existing else 201, copy.deepcopy(self._pools[key]), headers)
+
+    def _delete_pool(self, key: tuple[str, str, str, str], request: web.Request) -> web.Response:
+        if key not in self._pools:
+            return web.Response(status=204)
+        running = self._running(key)
+        if running is not None and running.kind == "delete":
+            op = running
+        else:
+            if running is not None:
+                running.status = "Canceled"  # a delete preempts a create or update
+            op = self._start(key, "delete", None)
+            self._pools[key]["properties"]["provisioningState"] = "Deleting"
+        headers = {
+            "Azure-AsyncOperation": self._op_url(op, "operations", request),
+            "Location": self._op_url(op, "operationresults", request),
+        }
+        return web.Response(status=202, headers=headers)
+
+    def _get_operation(self, op_id: str, kind: str, request: web.Request) -> web.Response:
+        op = self._ops.get(op_id)
+        if op is None:
+            return _json(404, _error("NotFound", f"Operation '{op_id}' was not found."))
+        self._tick(op)
+        if kind == "operationresults":
+            if op.status == "InProgress":
+                return web.Response(status=202, headers={"Location": self._op_url(op, kind, request)})
+            return web.Response(status=204)
+        doc: dict[str, Any] = {"id": op.id, "name": op.id, "status": op.status}
+        if op.status == "Failed" and op.error:
+            doc["error"] = op.error
+        return _json(200, doc)
+
+    # -- state machine (called with the lock held) -------------------------------------------------
+
+    def _start(self, key: tuple[str, str, str, str], kind: str, error: dict[str, str] | None) -> _Operation:
+        op = _Operation(f"op{next(self._ids):06d}", key, kind, time.monotonic(), error)
+        self._ops[op.id] = op
+        return op
+
+    def _running(self, key: tuple[str, str, str, str]) -> _Operation | None:
+        return next((op for op in self._ops.values() if op.key == key and op.status == "InProgress"), None)
+
+    def _observe(self, key: tuple[str, str, str, str]) -> dict[str, Any] | None:
+        op = self._running(key)
+        if op is not None:
+            self._tick(op)
+        pool = self._pools.get(key)
+        return copy.deepcopy(pool) if pool is not None else None
+
+    def _tick(self, op: _Operation) -> None:
+        if op.status != "InProgress":
+            return
+        op.polls += 1
+        elapsed = time.monotonic() - op.started
+        if op.polls >= self.provisioning_polls and elapsed >= self.provisioning_seconds:
+            self._finish(op)
+
+    def _finish(self, op: _Operation) -> None:
+        pool = self._pools.get(op.key)
+        if op.kind == "delete":
+            self._pools.pop(op.key, None)
+            op.status = "Succeeded"
+            return
+        op.status = "Failed" if op.error else "Succeeded"
+        if pool is None:
+            return
+        props = pool["properties"]
+        props["provisioningState"] = op.status
+        if op.error:
+            props["status"] = {"provisioningError": dict(op.error)}
+        else:
+            props.pop("status", None)
+
+    def _resource(self, key: tuple[str, str, str, str], props: dict[str, Any], state: str) -> dict[str, Any]:
+        sub, rg, cluster, name = key
+        props["provisioningState"] = state
+        props.setdefault("powerState", {"code": "Running"})
+        return {
+            "id": f"/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.ContainerService"
+            f"/managedClusters/{cluster}/agentPools/{name}",
+            "name": name,
+            "type": "Microsoft.ContainerService/managedClusters/agentPools",
+            "properties": props,
+        }
+
+    def _op_url(self, op: _Operation, kind: str, request: web.Request) -> str:
+        api_version = request.query.get("api-version", "")
+        return (
+            f"{self.base_url}/subscriptions/{op.key[0]}/providers/Microsoft.ContainerService"
+            f"/locations/{self.location}/{kind}/{op.id}?api-version={api_version}"
+        )
+
+
+def _error(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
+
+
+def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:
+    if body is None:
+        return web.Response(status=status, headers=headers)
+    return web.json_response(body, status=status, headers=headers)
+
+
+def _canonical(value: Any) -> Any:
+    # Lists compare as sets (zones, taints); strings case-insensitively (ARM is case-insensitive).
+    if isinstance(value, list):
+        return sorted(_canonical(v) for v in value)
+    if isinstance(value, str):
+        return value.lower()
+    return value
