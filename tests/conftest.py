@@ -1,0 +1,28 @@
+"""Test tiers and flags: --update-golden rewrites golden files; --benchmark runs benchmarks; e2e needs a cluster."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--update-golden", action="store_true", help="Rewrite golden files from the current output.")
+    parser.addoption("--benchmark", action="store_true", help="Run benchmarks (they report numbers, assert little).")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    skip_benchmark = pytest.mark.skip(reason="benchmark: run with --benchmark (make benchmark)")
+    skip_e2e = pytest.mark.skip(reason="e2e: set TOKENPLANE_E2E_KUBECONFIG to a cluster with KubeRay (make test-e2e)")
+    for item in items:
+        if "benchmark" in item.keywords and not config.getoption("--benchmark"):
+            item.add_marker(skip_benchmark)
+        if "e2e" in item.keywords and not os.environ.get("TOKENPLANE_E2E_KUBECONFIG"):
+            item.add_marker(skip_e2e)
+
+
+@pytest.fixture
+def update_golden(request: pytest.FixtureRequest) -> bool:
+    """Whether golden files should be rewritten instead of compared."""
+    return bool(request.config.getoption("--update-golden"))
