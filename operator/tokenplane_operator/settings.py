@@ -1,0 +1,59 @@
+"""Operator settings from the environment (prefix TOKENPLANE_), validated once at start-up."""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tokenplane_operator.plan.desired import RenderConfig
+
+__all__ = ["OperatorSettings"]
+
+
+class OperatorSettings(BaseSettings):
+    """Where the cluster is, what to run in it, and how often to look again.
+
+    Every field reads from ``TOKENPLANE_<FIELD>`` (e.g. ``TOKENPLANE_SUBSCRIPTION_ID``); lists take JSON.
+    Azure credentials are never settings: the operator uses ``DefaultAzureCredential`` (workload identity).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="TOKENPLANE_", extra="ignore", frozen=True)
+
+    subscription_id: str = Field(default="", description="Azure subscription of the AKS cluster.")
+    resource_group: str = Field(default="", description="Resource group of the AKS cluster.")
+    cluster_name: str = Field(default="", description="Name of the AKS managed cluster.")
+    arm_endpoint: str | None = Field(
+        default=None, description="ARM base URL override (sovereign clouds, emulators); None is public Azure."
+    )
+    arm_ca_bundle: str | None = Field(default=None, description="CA bundle to trust for ARM TLS (tests).")
+    serving_image: str = Field(default="", description="Ray serving image; empty keeps the renderer's default.")
+    ray_version: str = Field(default="", description="Ray version; empty keeps the renderer's default.")
+    namespaces: list[str] = Field(default_factory=list, description="Namespaces to watch.")
+    all_namespaces: bool = Field(default=False, description="Watch every namespace.")
+    poll_interval_s: float = Field(default=30.0, gt=0, description="Timer: re-observe Azure and the RayService.")
+    pool_cache_ttl_s: float = Field(
+        default=10.0, ge=0, description="Share one agent-pool read between deployments for this long."
+    )
+    backoff_base_s: float = Field(default=15.0, gt=0, description="First retry delay after a 5xx or failed LRO.")
+    backoff_max_s: float = Field(default=600.0, gt=0, description="Longest retry delay after repeated failures.")
+    throttle_default_s: float = Field(default=30.0, gt=0, description="Delay after a 429 without Retry-After.")
+    rejected_retry_s: float = Field(
+        default=900.0, gt=0, description="Slow retry after QuotaExceeded/SkuNotAvailable, until a human acts."
+    )
+    max_pool_nodes: int = Field(default=1000, ge=1, le=1000, description="Cap on a shared pool's maxCount.")
+
+    @model_validator(mode="after")
+    def _scope(self) -> OperatorSettings:
+        if self.all_namespaces and self.namespaces:
+            raise ValueError("set either namespaces or all_namespaces, not both")
+        return self
+
+    @property
+    def azure_configured(self) -> bool:
+        """Whether enough is set to manage AKS agent pools (otherwise only BYO and local deployments work)."""
+        return bool(self.subscription_id and self.resource_group and self.cluster_name)
+
+    def render_config(self) -> RenderConfig:
+        """Return the renderer's settings, keeping its defaults for whatever is unset here."""
+        overrides = {"serving_image": self.serving_image, "ray_version": self.ray_version}
+        return RenderConfig(**{key: value for key, value in overrides.items() if value})
