@@ -1,0 +1,230 @@
+"""`tokenplane plan`: print the capacity plan for a CR or a model + workload, as a table or JSON."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from tokenplane_operator.plan.catalog import GIB, load_prices
+from tokenplane_operator.plan.errors import PlanError, PlanErrorReason
+from tokenplane_operator.plan.estimates import COMPUTE_EFFICIENCY, MEMORY_BANDWIDTH_EFFICIENCY
+from tokenplane_operator.plan.modelinfo import ModelInfo, read_model_dir, resolve_model
+from tokenplane_operator.plan.precision import parse_precision
+from tokenplane_operator.plan.sizing import Plan, QuantizationChoice, Workload, plan_for_sku, recommend
+
+__all__ = ["plan_command", "render_table"]
+
+
+def _quantization(value: str | None) -> QuantizationChoice:
+    if value is None or value.lower() == "auto":
+        return "auto"
+    if value.lower() in ("none", "native"):
+        return "native"
+    return parse_precision(value)
+
+
+def _workload_from_file(file: Path, concurrency: int, vm_size: str | None) -> Workload:
+    from tokenplane_operator.api.validation import InvalidSpecError, parse_inference_deployment
+    from tokenplane_operator.plan.spec import workload_from_spec
+
+    try:
+        body = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as err:
+        raise PlanError(PlanErrorReason.INVALID_WORKLOAD, f"{file}: cannot read it as YAML ({err})") from None
+    if not isinstance(body, dict):
+        raise PlanError(PlanErrorReason.INVALID_WORKLOAD, f"{file}: expected one InferenceDeployment object")
+    try:
+        deployment = parse_inference_deployment(body)
+    except InvalidSpecError as err:
+        raise PlanError(PlanErrorReason.INVALID_WORKLOAD, f"{file}: {err}") from None
+    workload = workload_from_spec(deployment.spec, concurrency=concurrency)
+    if vm_size is None:
+        return workload
+    return replace(workload, vm_size=vm_size)
+
+
+def _bytes(value: int) -> str:
+    return f"{value / GIB:,.1f} GiB"
+
+
+def render_table(plan: Plan, console: Console) -> None:
+    """Print a plan for humans: placement, memory, estimates by batch size, and the reasons.
+
+    Args:
+        plan: The plan.
+        console: Where to print.
+    """
+    head = Table(title=f"tokenplane plan: {plan.model}", show_header=False, title_justify="left")
+    head.add_column(style="bold")
+    head.add_column()
+    placement = plan.vm_size + (f"  {plan.mig_profile} ({plan.resource_name})" if plan.mig_profile else "")
+    rows = [
+        ("fits", "[green]yes[/]" if plan.fits else "[red]no[/]"),
+        (
+            "model",
+            f"{plan.architecture}, {plan.params_total / 1e9:.1f}B params ({plan.params_active / 1e9:.1f}B active)",
+        ),
+        ("placement", placement),
+        (
+            "gpu",
+            f"{plan.gpu_model} x {plan.gpus_per_replica} per replica (TP {plan.tensor_parallel_size}, "
+            f"PP {plan.pipeline_parallel_size})",
+        ),
+        ("replicas", f"{plan.replicas} on {plan.nodes} VM(s), {plan.sequences_per_replica} sequences each"),
+        ("precision", f"weights {plan.quantization}, KV cache {plan.kv_cache_dtype}"),
+        ("context", f"{plan.max_model_len:,} tokens x {plan.concurrency} concurrent"),
+        ("weights", _bytes(plan.weights_bytes)),
+        (
+            "KV cache",
+            f"{plan.kv_bytes_per_token:,} B/token, {_bytes(plan.kv_bytes_per_sequence)}/sequence, "
+            f"{_bytes(plan.kv_bytes_per_replica)}/replica",
+        ),
+        (
+            "memory/replica",
+            f"{_bytes(plan.total_bytes_per_replica)} of {_bytes(plan.capacity_bytes_per_replica)} "
+            f"(gpu_memory_utilization {plan.gpu_memory_utilization})",
+        ),
+        (
+            "headroom",
+            f"up to {plan.max_sequences_per_replica} x {plan.max_model_len:,}-token sequences per replica; "
+            f"{plan.sequences_per_replica} sequences fit up to {plan.max_model_len_at_concurrency:,} tokens",
+        ),
+        ("cost", f"${plan.usd_per_hour:,.2f}/h at list price" if plan.usd_per_hour is not None else "no list price"),
+    ]
+    if plan.estimates:
+        e = plan.estimates
+        usd = f", ${e.usd_per_million_output_tokens:,.2f}/M output tokens" if e.usd_per_million_output_tokens else ""
+        rows.append(
+            (
+                "estimate",
+                f"{e.decode_tokens_per_second_per_replica:,.0f} tok/s/replica, "
+                f"{e.tokens_per_gpu_hour:,.0f} tok/GPU-h{usd} (roofline, not measured)",
+            )
+        )
+    for key, value in rows:
+        head.add_row(key, value)
+    console.print(head)
+    if plan.estimates:
+        batches = Table(title="decode estimate by batch size (per replica)", title_justify="left")
+        for name in ("batch", "tok/s", "ITL ms", "bound", "$/M out"):
+            batches.add_column(name, justify="right")
+        for p in plan.estimates.by_batch_size:
+            usd = f"{p.usd_per_million_output_tokens:,.2f}" if p.usd_per_million_output_tokens is not None else "-"
+            batches.add_row(
+                str(p.batch_size),
+                f"{p.decode_tokens_per_second_per_replica:,.0f}",
+                f"{p.inter_token_latency_ms:.1f}",
+                "memory" if p.memory_bound else "compute",
+                usd,
+            )
+        console.print(batches)
+    console.print("[bold]why[/]")
+    for reason in plan.reasons:
+        console.print(f"  - {reason}")
+
+
+def _explain(plan: Plan, model: ModelInfo, console: Console) -> None:
+    e = plan.estimates
+    lines = [
+        "KV bytes/token = 2 x layers x kv_heads x head_dim x bytes"
+        + (" (MLA: layers x (kv_lora_rank + rope_dim) x bytes)" if model.is_mla else "")
+        + f" = {plan.kv_bytes_per_token:,}",
+        f"KV bytes/sequence = bytes/token x max_model_len (whole 16-token blocks; windowed layers hold at most "
+        f"their window) = {plan.kv_bytes_per_sequence:,}",
+        "fits  <=>  weights/GPU + sequences x KV/sequence/GPU + (activations + CUDA context + graphs) "
+        "<= gpu_memory_utilization x device memory",
+    ]
+    if e:
+        lines += [
+            f"decode step = max(bytes_read / (bandwidth x devices x {MEMORY_BANDWIDTH_EFFICIENCY}), "
+            f"2 x active_params x batch / (peak_flops x devices x {COMPUTE_EFFICIENCY}))",
+            "  bytes_read = weights (MoE: touched experts only, 1-(1-k/E)^batch) + batch x KV of an average "
+            f"{e.avg_context_tokens:,}-token context",
+            f"decode tok/s/replica = batch / step = {e.batch_size} / {e.inter_token_latency_ms:.2f} ms "
+            f"= {e.decode_tokens_per_second_per_replica:,.1f}",
+            f"tokens/GPU-hour = tok/s x 3600 / GPUs per replica = {e.tokens_per_gpu_hour:,.0f}",
+            "USD/M output tokens = replica's share of the VM price per hour / (tok/s x 3600) x 1e6",
+            "prefill = max(2 x active_params x prompt / (flops x devices x eff), one weight read) "
+            f"= {e.prefill_seconds_at_max_model_len:.3f} s at max_model_len",
+            "These are estimates from datasheet peaks; measure with vLLM's benchmark client before committing.",
+        ]
+    console.print("[bold]formulas[/]")
+    for line in lines:
+        console.print(f"  {line}")
+
+
+def plan_command(
+    file: Path | None,
+    model_config: Path | None,
+    model: str | None,
+    max_model_len: int | None,
+    concurrency: int,
+    quantization: str | None,
+    vm_size: str | None,
+    output: str,
+    explain: bool,
+    prices_file: Path | None = None,
+    console: Console | None = None,
+) -> int:
+    """Run `tokenplane plan` and print the result.
+
+    Args:
+        file: An InferenceDeployment YAML file, or None.
+        model_config: A config.json (or model directory), or None.
+        model: A built-in model name (or local path), or None.
+        max_model_len: Context length; None means the model's (or the CR's) maximum.
+        concurrency: Concurrent max_model_len sequences the deployment must hold.
+        quantization: A precision or method name; None means auto.
+        vm_size: Plan on this VM size only.
+        output: "table" or "json".
+        explain: Also print the formulas behind the numbers.
+        prices_file: A values file with `prices: {VM size: USD per hour}` overrides.
+        console: Where to print; stdout by default.
+
+    Returns:
+        0 when the workload fits, 1 when it cannot be planned or does not fit (the reason is printed).
+    """
+    out = console or Console(highlight=False, soft_wrap=True)
+    try:
+        if output not in ("table", "json"):
+            raise PlanError(PlanErrorReason.INVALID_WORKLOAD, f"--output must be table or json, not {output!r}")
+        prices = load_prices(prices_file) if prices_file else None
+        if file is not None:
+            workload = _workload_from_file(file, concurrency, vm_size)
+        else:
+            if (model_config is None) == (model is None):
+                raise PlanError(
+                    PlanErrorReason.INVALID_WORKLOAD, "give a FILE, or exactly one of --model-config and --model"
+                )
+            info = read_model_dir(model_config) if model_config is not None else resolve_model(model or "")
+            workload = Workload(
+                model=info,
+                max_model_len=max_model_len,
+                concurrency=concurrency,
+                quantization=_quantization(quantization),
+                vm_size=vm_size,
+            )
+        if workload.vm_size is not None:
+            result = plan_for_sku(workload, workload.vm_size, prices=prices)
+        else:
+            result = recommend(workload, prices=prices)
+    except (PlanError, ValueError) as err:
+        message = err.message if isinstance(err, PlanError) else str(err)
+        reason = err.reason.value if isinstance(err, PlanError) else "InvalidInput"
+        if output == "json":
+            print(json.dumps({"error": {"reason": reason, "message": message}}, indent=2))
+        else:
+            out.print(f"[red]cannot plan[/] ({reason}): {message}", markup=True)
+        return 1
+    if output == "json":
+        print(json.dumps(result.model_dump(mode="json", by_alias=True), indent=2))
+    else:
+        render_table(result, out)
+        if explain:
+            _explain(result, workload.model, out)
+    return 0 if result.fits else 1

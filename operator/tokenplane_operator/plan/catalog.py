@@ -1,0 +1,198 @@
+"""The Azure GPU VM catalog: sizes, GPUs, MIG profiles and list prices, loaded from catalog.yaml."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "GIB",
+    "GpuSku",
+    "MigProfile",
+    "all_skus",
+    "find_sku",
+    "load_prices",
+    "with_prices",
+]
+
+GIB = 1 << 30
+_GB = 10**9
+_MEMORY_SLICES_PER_GPU = 8  # MIG splits memory (and its bandwidth) in eighths, compute in sevenths
+
+
+@dataclass(frozen=True)
+class MigProfile:
+    """One MIG slice size of one GPU model, under the name AKS uses for it.
+
+    Attributes:
+        aks_name: The AKS `gpuInstanceProfile` value (MIG1g..MIG7g).
+        profile: NVIDIA's profile name, e.g. "1g.10gb".
+        memory_gib: Memory of one slice.
+        slices_per_gpu: How many such slices one GPU holds (AKS pools use one profile per pool).
+        compute_slices: Compute sevenths the slice owns.
+        memory_slices: Memory eighths the slice owns; its share of the GPU's bandwidth.
+    """
+
+    aks_name: str
+    profile: str
+    memory_gib: float
+    slices_per_gpu: int
+    compute_slices: int
+    memory_slices: int
+
+    @property
+    def resource_name(self) -> str:
+        """The extended resource the NVIDIA device plugin advertises under `migStrategy=mixed`."""
+        return f"nvidia.com/mig-{self.profile}"
+
+    @property
+    def bandwidth_fraction(self) -> float:
+        """Share of the whole GPU's memory bandwidth this slice gets."""
+        return self.memory_slices / _MEMORY_SLICES_PER_GPU
+
+    @property
+    def compute_fraction(self) -> float:
+        """Share of the whole GPU's compute this slice gets."""
+        return self.compute_slices / 7
+
+
+@dataclass(frozen=True)
+class GpuSku:
+    """An Azure GPU VM size and the GPUs in it.
+
+    Attributes:
+        vm_size: Azure VM size, e.g. "Standard_NC40ads_H100_v5".
+        family: VM family, e.g. "NCads_H100_v5".
+        gpu_model: GPU model key, e.g. "H100-NVL-94GB".
+        gpu_count: GPUs in one VM.
+        gpu_memory_gib: Memory per GPU.
+        memory_bandwidth_gbps: HBM bandwidth per GPU, GB/s.
+        bf16_tflops: Dense BF16 (FP16 where the GPU lacks BF16) peak per GPU.
+        fp8_tflops: Dense FP8 peak per GPU, or None when the GPU has no FP8 tensor cores.
+        nvlink: Whether the GPUs in one VM talk over NVLink/NVSwitch rather than PCIe.
+        mig_profiles: MIG profiles keyed by AKS name; empty when AKS offers no MIG on this size.
+        hourly_usd: List price per VM hour, or None when no price is known.
+    """
+
+    vm_size: str
+    family: str
+    gpu_model: str
+    gpu_count: int
+    gpu_memory_gib: float
+    memory_bandwidth_gbps: float
+    bf16_tflops: float
+    fp8_tflops: float | None
+    nvlink: bool
+    mig_profiles: Mapping[str, MigProfile] = field(default_factory=dict)
+    hourly_usd: float | None = None
+
+    @property
+    def gpu_memory_bytes(self) -> int:
+        """Memory per GPU in bytes."""
+        return int(self.gpu_memory_gib * GIB)
+
+
+def _build(data: Mapping[str, Any]) -> tuple[GpuSku, ...]:
+    gpus: Mapping[str, Any] = data["gpus"]
+    skus: list[GpuSku] = []
+    for row in data["skus"]:
+        gpu = gpus[row["gpu"]]
+        migs = {
+            aks_name: MigProfile(
+                aks_name=aks_name,
+                profile=m["profile"],
+                memory_gib=round(m["memory_gb"] * _GB / GIB, 2),
+                slices_per_gpu=m["slices_per_gpu"],
+                compute_slices=m["compute_slices"],
+                memory_slices=m["memory_slices"],
+            )
+            for aks_name, m in (gpu.get("mig") or {}).items()
+        }
+        skus.append(
+            GpuSku(
+                vm_size=row["vm_size"],
+                family=row["family"],
+                gpu_model=row["gpu"],
+                gpu_count=row["gpu_count"],
+                gpu_memory_gib=gpu["memory_gib"],
+                memory_bandwidth_gbps=gpu["memory_bandwidth_gbps"],
+                bf16_tflops=gpu["bf16_tflops"],
+                fp8_tflops=gpu["fp8_tflops"],
+                nvlink=row["nvlink"],
+                mig_profiles=migs,
+                hourly_usd=row["hourly_usd"],
+            )
+        )
+    return tuple(skus)
+
+
+@cache
+def all_skus() -> tuple[GpuSku, ...]:
+    """Return every VM size in the built-in catalog, at list prices.
+
+    Returns:
+        The catalog, smallest families first, in the order of catalog.yaml.
+    """
+    text = resources.files(__package__).joinpath("catalog.yaml").read_text(encoding="utf-8")
+    return _build(yaml.safe_load(text))
+
+
+def find_sku(vm_size: str, catalog: tuple[GpuSku, ...] | None = None) -> GpuSku | None:
+    """Look up a VM size, ignoring case.
+
+    Args:
+        vm_size: An Azure VM size such as "Standard_NC24ads_A100_v4".
+        catalog: The catalog to search; the built-in one by default.
+
+    Returns:
+        The size, or None when the catalog does not know it.
+    """
+    wanted = vm_size.lower()
+    return next((s for s in catalog or all_skus() if s.vm_size.lower() == wanted), None)
+
+
+def with_prices(prices: Mapping[str, float], catalog: tuple[GpuSku, ...] | None = None) -> tuple[GpuSku, ...]:
+    """Apply price overrides to a catalog.
+
+    Args:
+        prices: USD per VM hour keyed by VM size (case-insensitive); unknown sizes are ignored.
+        catalog: The catalog to reprice; the built-in one by default.
+
+    Returns:
+        A new catalog with the overridden prices.
+    """
+    lowered = {k.lower(): float(v) for k, v in prices.items()}
+    return tuple(replace(s, hourly_usd=lowered.get(s.vm_size.lower(), s.hourly_usd)) for s in catalog or all_skus())
+
+
+def load_prices(path: Path) -> dict[str, float]:
+    """Read price overrides from a values file.
+
+    The file is YAML with a top-level `prices` map (or `planner.prices`), VM size to USD per hour.
+
+    Args:
+        path: The values file.
+
+    Returns:
+        The prices found, possibly none.
+
+    Raises:
+        ValueError: when the file is not YAML or a price is not a number.
+    """
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a YAML map with a `prices` key")
+    section = data.get("planner", data) if isinstance(data.get("planner"), dict) else data
+    raw = section.get("prices") or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: `prices` must map VM sizes to USD per hour")
+    try:
+        return {str(k): float(v) for k, v in raw.items()}
+    except (TypeError, ValueError):
+        raise ValueError(f"{path}: every price must be a number (USD per VM hour)") from None

@@ -1,0 +1,66 @@
+"""Adapter from an InferenceDeployment spec to a planner Workload."""
+
+from __future__ import annotations
+
+from tokenplane_operator.api.v1alpha1 import InferenceDeploymentSpec, Quantization, parse_source
+from tokenplane_operator.plan.errors import PlanError, PlanErrorReason
+from tokenplane_operator.plan.modelinfo import ModelInfo, resolve_model
+from tokenplane_operator.plan.precision import Precision
+from tokenplane_operator.plan.sizing import QuantizationChoice, Workload
+
+__all__ = ["workload_from_spec"]
+
+_QUANTIZATION: dict[Quantization, QuantizationChoice] = {
+    Quantization.NONE: "native",
+    Quantization.FP8: Precision.FP8,
+    Quantization.AWQ: Precision.INT4,
+    Quantization.GPTQ: Precision.INT4,
+    Quantization.INT8: Precision.INT8,
+    Quantization.BITSANDBYTES: Precision.INT4,
+}
+
+
+def workload_from_spec(
+    spec: InferenceDeploymentSpec, *, model: ModelInfo | None = None, concurrency: int = 1
+) -> Workload:
+    """Build the planner's Workload from a CR spec.
+
+    Placement fields the user left at their defaults (vmSize auto, gpusPerReplica, TP, PP) are left to the
+    planner; fields set explicitly are honoured.
+
+    Args:
+        spec: The InferenceDeployment spec.
+        model: The model, when the caller already fetched its config.json; otherwise it is resolved from
+            `spec.model.source` (a built-in name, or a local path).
+        concurrency: Concurrent max_model_len sequences the deployment must hold.
+
+    Returns:
+        The Workload.
+
+    Raises:
+        PlanError: UnknownModel when the source is neither built in nor local; InvalidWorkload or
+            ContextTooLong for impossible settings.
+    """
+    if model is None:
+        try:
+            _, location = parse_source(spec.model.source)
+        except ValueError as err:
+            raise PlanError(PlanErrorReason.UNKNOWN_MODEL, str(err)) from None
+        model = resolve_model(location)
+    hardware, engine = spec.hardware, spec.engine
+    explicit_hw, explicit_engine = hardware.model_fields_set, engine.model_fields_set
+    return Workload(
+        model=model,
+        max_model_len=spec.model.max_model_len,
+        concurrency=concurrency,
+        quantization=_QUANTIZATION[spec.model.quantization],
+        gpu_memory_utilization=engine.gpu_memory_utilization,
+        vm_size=None if hardware.vm_size == "auto" else hardware.vm_size,
+        gpus_per_replica=hardware.gpus_per_replica if "gpus_per_replica" in explicit_hw else None,
+        mig_profile=hardware.mig_profile.value if hardware.mig_profile else None,
+        tensor_parallel_size=engine.tensor_parallel_size if "tensor_parallel_size" in explicit_engine else None,
+        pipeline_parallel_size=engine.pipeline_parallel_size if "pipeline_parallel_size" in explicit_engine else None,
+        max_replicas=spec.scaling.max_replicas,
+        max_num_seqs=engine.max_num_seqs,
+        enforce_eager=engine.enforce_eager,
+    )

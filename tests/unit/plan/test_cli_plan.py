@@ -1,0 +1,122 @@
+"""`tokenplane plan`: table and JSON output, exit codes, plain messages for impossible requests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tokenplane_operator.cli.plan import plan_command
+
+
+def run(capsys: pytest.CaptureFixture[str], **kwargs: object) -> tuple[int, str]:
+    args: dict[str, object] = {
+        "file": None,
+        "model_config": None,
+        "model": None,
+        "max_model_len": None,
+        "concurrency": 1,
+        "quantization": None,
+        "vm_size": None,
+        "output": "table",
+        "explain": False,
+    }
+    args.update(kwargs)
+    code = plan_command(**args)  # type: ignore[arg-type]
+    return code, capsys.readouterr().out
+
+
+def test_json_output(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = run(capsys, model="llama-3.1-8b", max_model_len=8192, concurrency=8, output="json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["fits"] is True and data["kvBytesPerToken"] == 131072
+    assert data["estimates"]["usdPerMillionOutputTokens"] > 0
+
+
+def test_table_output_with_explain(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = run(
+        capsys,
+        model="llama-3.1-8b",
+        max_model_len=8192,
+        concurrency=8,
+        vm_size="Standard_NC40ads_H100_v5",
+        explain=True,
+    )
+    assert code == 0
+    assert "MIG" in out and "formulas" in out and "roofline" in out
+
+
+def test_model_config_path(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(
+        json.dumps(
+            {
+                "hidden_size": 4096,
+                "num_hidden_layers": 32,
+                "num_attention_heads": 32,
+                "num_key_value_heads": 8,
+                "intermediate_size": 14336,
+                "vocab_size": 128256,
+                "max_position_embeddings": 8192,
+            }
+        )
+    )
+    code, out = run(capsys, model_config=tmp_path, max_model_len=8192, output="json")
+    assert code == 0 and json.loads(out)["kvBytesPerSequence"] == 1 << 30
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "reason"),
+    [
+        ({"model": "acme/nonexistent"}, "UnknownModel"),
+        ({"model": "llama-3-8b", "max_model_len": 65536}, "ContextTooLong"),
+        (
+            {
+                "model": "llama-3.1-405b",
+                "quantization": "bf16",
+                "max_model_len": 8192,
+                "vm_size": "Standard_NC4as_T4_v3",
+            },
+            None,
+        ),
+        ({"model": "llama-3.1-8b", "quantization": "fp3"}, "InvalidWorkload"),
+    ],
+)
+def test_impossible_requests_exit_1_without_traceback(
+    capsys: pytest.CaptureFixture[str], kwargs: dict[str, object], reason: str | None
+) -> None:
+    code, out = run(capsys, **kwargs)
+    assert code == 1
+    assert "Traceback" not in out
+    if reason:
+        assert reason in out
+
+
+def test_malformed_config_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text("{oops")
+    code, out = run(capsys, model_config=tmp_path, output="json")
+    assert code == 1 and json.loads(out)["error"]["reason"] == "InvalidModelConfig"
+
+
+def test_cr_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    cr = tmp_path / "cr.yaml"
+    cr.write_text(
+        "apiVersion: tokenplane.io/v1alpha1\nkind: InferenceDeployment\nmetadata: {name: copilot}\n"
+        "spec:\n  model: {source: 'hf://meta-llama/Llama-3.1-8B-Instruct', maxModelLen: 8192}\n"
+        "  hardware: {vmSize: Standard_NC40ads_H100_v5, migProfile: MIG3g}\n"
+    )
+    code, out = run(capsys, file=cr, concurrency=8, output="json")
+    data = json.loads(out)
+    assert code == 0, out
+    assert data["migProfile"] == "MIG3g" and data["vmSize"] == "Standard_NC40ads_H100_v5"
+
+
+def test_cr_file_for_a_model_plan_cannot_know(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    cr = tmp_path / "cr.yaml"
+    cr.write_text(
+        "apiVersion: tokenplane.io/v1alpha1\nkind: InferenceDeployment\nmetadata: {name: x}\n"
+        "spec:\n  model: {source: 'hf://acme/secret-model'}\n"
+    )
+    code, out = run(capsys, file=cr)
+    assert code == 1 and "UnknownModel" in out

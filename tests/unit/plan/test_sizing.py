@@ -1,0 +1,183 @@
+"""Recommendations: the seeds' workload classes, the priority order, the JSON contract, impossible requests."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tokenplane_operator.plan.catalog import find_sku
+from tokenplane_operator.plan.errors import PlanError, PlanErrorReason
+from tokenplane_operator.plan.memory import compute_memory
+from tokenplane_operator.plan.modelinfo import ModelInfo, find_builtin_model
+from tokenplane_operator.plan.precision import Precision
+from tokenplane_operator.plan.sizing import Plan, Workload, plan_for_sku, recommend
+
+
+def model(name: str) -> ModelInfo:
+    info = find_builtin_model(name)
+    assert info is not None
+    return info
+
+
+CONTRACT_KEYS = {
+    "weightsBytes",
+    "kvBytesPerToken",
+    "kvBytesPerSequence",
+    "totalBytesPerReplica",
+    "fits",
+    "vmSize",
+    "gpusPerReplica",
+    "migProfile",
+    "tensorParallelSize",
+    "pipelineParallelSize",
+    "replicas",
+    "reasons",
+    "estimates",
+}
+
+
+def test_json_contract_keys() -> None:
+    data = recommend(Workload(model("llama-3.1-8b"), max_model_len=8192, concurrency=8)).model_dump(by_alias=True)
+    assert set(data) >= CONTRACT_KEYS
+    assert {"decodeTokensPerSecondPerReplica", "tokensPerGpuHour", "usdPerMillionOutputTokens"} <= set(
+        data["estimates"]
+    )
+    assert isinstance(data["reasons"], list) and all(isinstance(r, str) for r in data["reasons"])
+
+
+def test_internal_copilot_8b_lands_on_a_mig_slice() -> None:
+    plan = recommend(
+        Workload(model("llama-3.1-8b"), max_model_len=8192, concurrency=8, vm_size="Standard_NC40ads_H100_v5")
+    )
+    assert plan.fits and plan.mig_profile is not None
+    assert plan.tensor_parallel_size == 1 and plan.quantization == "bf16"
+    assert plan.resource_name.startswith("nvidia.com/mig-")
+
+
+def test_70b_fp8_single_user_fits_one_80gb_class_gpu() -> None:
+    # Seed 001: FP8 "can make single-GPU deployment feasible on an 80GB GPU for low-concurrency" workloads.
+    plan = recommend(Workload(model("llama-3.1-70b"), max_model_len=4096, concurrency=1, quantization=Precision.FP8))
+    assert plan.fits and plan.gpus_per_replica == 1 and plan.tensor_parallel_size == 1
+
+
+def test_quantize_before_sharding_in_auto_mode() -> None:
+    plan = recommend(Workload(model("llama-3.1-70b"), max_model_len=4096, concurrency=1))
+    assert plan.quantization == "fp8" and plan.tensor_parallel_size == 1
+    assert any("quantize before sharding" in r for r in plan.reasons)
+
+
+def test_native_precision_kept_when_it_fits() -> None:
+    assert recommend(Workload(model("llama-3.1-8b"), max_model_len=8192)).quantization == "bf16"
+
+
+def test_moe_235b_shards_within_one_vm() -> None:
+    plan = recommend(Workload(model("qwen3-235b-a22b"), max_model_len=32768, concurrency=16))
+    assert plan.fits and plan.tensor_parallel_size > 1 and plan.pipeline_parallel_size == 1
+
+
+def test_pipeline_parallel_only_when_one_vm_is_not_enough() -> None:
+    plan = recommend(Workload(model("llama-3.1-405b"), max_model_len=8192, concurrency=1, quantization="native"))
+    assert plan.pipeline_parallel_size == 1  # bf16 405B fits 8 x H200 in one VM
+    big = recommend(
+        Workload(model("llama-3.1-405b"), max_model_len=8192, quantization="native", vm_size="Standard_ND96isr_H100_v5")
+    )
+    assert big.pipeline_parallel_size == 2 and big.tensor_parallel_size == 8 and big.nodes_per_replica == 2
+
+
+def test_for_a_given_sku_the_largest_concurrency_and_context() -> None:
+    plan = plan_for_sku(Workload(model("llama-3.1-8b"), max_model_len=8192, concurrency=1), "Standard_NC24ads_A100_v4")
+    assert plan.max_sequences_per_replica >= 1
+    assert plan.max_model_len_at_concurrency >= 8192
+
+
+def test_plan_for_sku_that_cannot_hold_the_model_says_no() -> None:
+    plan = plan_for_sku(Workload(model("llama-3.1-70b"), max_model_len=8192), "Standard_NC4as_T4_v3")
+    assert not plan.fits and plan.estimates is None
+    assert "Does not fit" in plan.reasons[0]
+
+
+def test_estimates_move_with_batch_size() -> None:
+    plan = recommend(
+        Workload(model("llama-3.1-8b"), max_model_len=8192, concurrency=32, vm_size="Standard_NC24ads_A100_v4")
+    )
+    assert plan.estimates is not None
+    points = plan.estimates.by_batch_size
+    rates = [p.decode_tokens_per_second_per_replica for p in points]
+    latencies = [p.inter_token_latency_ms for p in points]
+    assert rates == sorted(rates) and latencies == sorted(latencies)
+    costs = [p.usd_per_million_output_tokens or 0.0 for p in points]
+    assert costs == sorted(costs, reverse=True)  # batching makes tokens cheaper
+
+
+@pytest.mark.parametrize(
+    ("workload", "reason"),
+    [
+        (
+            lambda: Workload(
+                model("llama-3.1-405b"),
+                max_model_len=131072,
+                concurrency=1,
+                max_replicas=1,
+                quantization="native",
+                vm_size="Standard_NC4as_T4_v3",
+            ),
+            PlanErrorReason.DOES_NOT_FIT,
+        ),
+        (lambda: Workload(model("llama-3-8b"), max_model_len=32768), PlanErrorReason.CONTEXT_TOO_LONG),
+        (lambda: Workload(model("llama-3.1-8b"), concurrency=0), PlanErrorReason.INVALID_WORKLOAD),
+        (lambda: Workload(model("llama-3.1-8b"), vm_size="Standard_D4s_v5"), PlanErrorReason.UNKNOWN_VM_SIZE),
+        (lambda: Workload(model("deepseek-v3"), quantization=Precision.BF16), PlanErrorReason.INVALID_WORKLOAD),
+    ],
+)
+def test_impossible_requests_raise_plan_error_with_reason(workload, reason: PlanErrorReason) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(PlanError) as err:
+        recommend(workload())
+    assert err.value.reason is reason
+    assert isinstance(err.value, ValueError) and err.value.message
+
+
+def test_a_model_that_fits_no_catalog_sku() -> None:
+    huge = model("deepseek-v3")
+    with pytest.raises(PlanError) as err:
+        recommend(Workload(huge, max_model_len=163840, concurrency=4096, max_replicas=1))
+    assert err.value.reason is PlanErrorReason.DOES_NOT_FIT
+    assert "closest" in err.value.message
+
+
+def _replica_fits(plan: Plan, workload: Workload) -> bool:
+    sku = find_sku(plan.vm_size)
+    assert sku is not None
+    device = sku.mig_profiles[plan.mig_profile].memory_gib * (1 << 30) if plan.mig_profile else sku.gpu_memory_bytes
+    mem = compute_memory(
+        workload.model,
+        precision=Precision(plan.quantization),
+        kv_dtype_bytes=workload.kv_dtype_bytes,
+        max_model_len=plan.max_model_len,
+        sequences=plan.sequences_per_replica,
+        device_memory_bytes=int(device),
+        gpu_memory_utilization=workload.gpu_memory_utilization,
+        tp=plan.tensor_parallel_size,
+        pp=plan.pipeline_parallel_size,
+    )
+    return mem.fits and plan.replicas * plan.sequences_per_replica >= workload.concurrency
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    name=st.sampled_from(["llama-3.1-8b", "llama-3.1-70b", "qwen3-30b-a3b", "mixtral-8x22b", "gemma-2-9b", "phi-4"]),
+    ctx=st.sampled_from([1024, 4096, 8192]),
+    concurrency=st.integers(1, 128),
+    quantization=st.sampled_from(["auto", "native", Precision.FP8, Precision.INT4]),
+)
+def test_a_recommendation_always_fits_by_the_planners_own_model(
+    name: str, ctx: int, concurrency: int, quantization: Precision | str
+) -> None:
+    workload = Workload(model(name), max_model_len=ctx, concurrency=concurrency, quantization=quantization)  # type: ignore[arg-type]
+    try:
+        plan = recommend(workload)
+    except PlanError as err:
+        assert err.reason is PlanErrorReason.DOES_NOT_FIT
+        return
+    assert plan.fits and _replica_fits(plan, workload)
+    assert plan.total_bytes_per_replica <= plan.capacity_bytes_per_replica
