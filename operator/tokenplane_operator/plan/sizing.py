@@ -356,7 +356,9 @@ def _reasons(workload: Workload, chosen: _Candidate, ranked: list[_Candidate]) -
         reasons.append(f"Fits on {where} of {p.sku.vm_size} ({p.sku.gpu_model}); no sharding needed.")
     elif p.pp == 1:
         link = "NVLink" if p.sku.nvlink else "PCIe (no NVLink: expect slower all-reduce)"
-        reasons.append(f"No single GPU or slice holds it: tensor parallel over {p.tp} GPUs in one VM, over {link}.")
+        single = any(c.tier == 0 for c in ranked)
+        why = "cheaper than one-GPU replicas" if single else "no single GPU or slice holds it"
+        reasons.append(f"Tensor parallel over {p.tp} GPUs in one VM ({why}), over {link}.")
     else:
         reasons.append(f"No single VM holds it: TP {p.tp} inside each VM, pipeline parallel over {p.pp} VMs.")
     if chosen.replicas > 1:
