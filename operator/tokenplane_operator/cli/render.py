@@ -1,0 +1,159 @@
+"""`tokenplane render`: print or write every object the operator would create, without contacting anything."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import yaml
+from rich.console import Console
+from rich.markup import escape
+
+from tokenplane_operator.api.v1alpha1 import AcceleratorKind, InferenceDeployment, Quantization, SourceScheme
+from tokenplane_operator.api.v1alpha1 import parse_source as parse_model_source
+from tokenplane_operator.api.validation import InvalidSpecError, parse_inference_deployment
+from tokenplane_operator.cli.files import ManifestError, load_documents
+from tokenplane_operator.plan.agentpool import to_arm_body
+from tokenplane_operator.plan.desired import DesiredState, RenderConfig, build_desired_state
+from tokenplane_operator.plan.errors import PlanError, PlanErrorReason
+from tokenplane_operator.plan.modelinfo import find_builtin_model
+from tokenplane_operator.plan.precision import parse_precision
+from tokenplane_operator.plan.sizing import Workload, recommend
+from tokenplane_operator.plan.validation import check_deployment
+
+__all__ = ["plan_vm_size", "render_command", "render_files", "render_text"]
+
+
+class _Dumper(yaml.SafeDumper):
+    """Readable manifests: no anchors for repeated values, multi-line strings (serveConfigV2) as `|` blocks."""
+
+    def ignore_aliases(self, data: object) -> bool:
+        return True
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str)
+
+
+def render_files(state: DesiredState) -> dict[str, str]:
+    """Serialize a desired state as files: the ARM agent-pool body as JSON, each Kubernetes object as YAML.
+
+    Args:
+        state: The desired state of one deployment.
+
+    Returns:
+        File name (`<kind>-<name>.yaml`, `agentpool-<pool>.json`) to content, in apply order.
+    """
+    files: dict[str, str] = {}
+    if state.agent_pool is not None:
+        body = to_arm_body(state.agent_pool)
+        files[f"agentpool-{state.agent_pool.name}.json"] = json.dumps(body, indent=2, sort_keys=True) + "\n"
+    for obj in state.kubernetes_objects():
+        name = f"{obj['kind'].lower()}-{obj['metadata']['name']}.yaml"
+        files[name] = yaml.dump(obj, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=120)
+    return files
+
+
+def render_text(state: DesiredState) -> str:
+    """Join a desired state into one YAML stream; the agent pool is a JSON document, which is also YAML."""
+    documents = []
+    for name, content in render_files(state).items():
+        documents.append(f"# {name}\n{content}")
+    return "---\n".join(documents)
+
+
+def plan_vm_size(deployment: InferenceDeployment) -> str:
+    """Ask the capacity planner which VM size `vmSize: auto` becomes, keeping the CR's fixed choices.
+
+    Args:
+        deployment: A validated GPU InferenceDeployment with `vmSize: auto`.
+
+    Returns:
+        The cheapest VM size that fits one replica at the CR's context, precision and parallelism.
+
+    Raises:
+        PlanError: UnknownModel when the model is not in the built-in table (the operator reads the
+            checkpoint's config instead), DoesNotFit when nothing fits.
+    """
+    spec = deployment.spec
+    scheme, location = parse_model_source(spec.model.source)
+    info = find_builtin_model(location) if scheme is SourceScheme.HUGGING_FACE else None
+    if info is None:
+        raise PlanError(
+            PlanErrorReason.UNKNOWN_MODEL,
+            f"vmSize auto: {spec.model.source} is not a built-in model, so render cannot size it offline; "
+            "run `tokenplane plan --model-config config.json` and set spec.hardware.vmSize",
+        )
+    quantization = spec.model.quantization
+    workload = Workload(
+        model=info,
+        max_model_len=spec.model.max_model_len,
+        quantization="native" if quantization is Quantization.NONE else parse_precision(quantization.value),
+        gpu_memory_utilization=spec.engine.gpu_memory_utilization,
+        gpus_per_replica=None if spec.hardware.mig_profile else spec.hardware.gpus_per_replica,
+        mig_profile=spec.hardware.mig_profile.value if spec.hardware.mig_profile else None,
+        tensor_parallel_size=spec.engine.tensor_parallel_size,
+        pipeline_parallel_size=spec.engine.pipeline_parallel_size,
+        max_num_seqs=spec.engine.max_num_seqs,
+        enforce_eager=spec.engine.enforce_eager,
+    )
+    return recommend(workload).vm_size
+
+
+def render_command(file: Path, out_dir: Path | None, *, err: Console | None = None) -> int:
+    """Render every InferenceDeployment in a file.
+
+    Args:
+        file: YAML with one or more InferenceDeployments.
+        out_dir: Write one file per object here (created if missing); None prints one YAML stream to stdout.
+        err: Where problems go; stderr by default.
+
+    Returns:
+        0 on success, 1 when a document is invalid or cannot be planned (nothing is written for it).
+    """
+    err = err or Console(stderr=True, highlight=False, soft_wrap=True)
+    try:
+        documents = load_documents(file)
+    except ManifestError as exc:
+        err.print(f"[red]✗[/] {escape(str(exc))}")
+        return 1
+    config = RenderConfig()
+    failed = 0
+    streams: list[str] = []
+    for document in documents:
+        try:
+            deployment = parse_inference_deployment(document.body)
+            problems = check_deployment(deployment)
+            if problems:
+                raise InvalidSpecError(problems)
+            hardware = deployment.spec.hardware
+            vm_size = None
+            if hardware.accelerator is AcceleratorKind.GPU and hardware.vm_size == "auto":
+                vm_size = plan_vm_size(deployment)
+                err.print(f"[cyan]i[/] {escape(document.label)}: vmSize auto -> {vm_size} (capacity planner)")
+            state = build_desired_state(deployment, config, vm_size=vm_size)
+        except InvalidSpecError as exc:
+            failed += 1
+            err.print(f"[red]✗[/] {escape(document.label)}")
+            for problem in exc.problems:
+                err.print(f"    {escape(str(problem))}")
+            continue
+        except PlanError as exc:
+            failed += 1
+            err.print(f"[red]✗[/] {escape(document.label)}: {exc.reason.value}: {escape(exc.message)}")
+            continue
+        if out_dir is None:
+            streams.append(render_text(state))
+            continue
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name, content in render_files(state).items():
+            (out_dir / name).write_text(content, encoding="utf-8")
+            err.print(f"[green]✓[/] wrote {escape(str(out_dir / name))}")
+    if streams:
+        sys.stdout.write("---\n".join(streams))
+    return 1 if failed else 0

@@ -1,0 +1,161 @@
+"""Desired state of one InferenceDeployment: agent pool, RayService, Service and NetworkPolicy, as one bundle."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tokenplane_operator.api.v1alpha1 import AcceleratorKind, InferenceDeployment
+from tokenplane_operator.plan.agentpool import DesiredAgentPool, MigProfile, hardware_class_key, pool_name_for
+from tokenplane_operator.plan.catalog import GpuSku, all_skus, find_sku
+from tokenplane_operator.plan.errors import PlanError, PlanErrorReason
+from tokenplane_operator.plan.naming import MAX_NAME_LENGTH
+from tokenplane_operator.plan.objects import build_network_policy, build_service, endpoint_url
+from tokenplane_operator.plan.rayservice import build_rayservice, compute_worker_shape
+from tokenplane_operator.plan.serveconfig import build_serving_args
+from tokenplane_serving.args import ServingArgs
+
+__all__ = ["DesiredState", "RenderConfig", "build_desired_state", "desired_agent_pool"]
+
+
+class RenderConfig(BaseModel):
+    """Operator-wide settings that shape rendered objects but are not part of any CR."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    serving_image: str = Field(default="ghcr.io/tokenplane/serving:0.1.0", description="Ray head and worker image.")
+    image_pull_policy: Literal["IfNotPresent", "Always", "Never"] = "IfNotPresent"
+    ray_version: str = Field(default="2.60.0", description="Ray version inside serving_image.")
+    cluster_domain: str = Field(default="cluster.local", description="DNS domain for the endpoint URL.")
+    os_sku: Literal["AzureLinux", "Ubuntu"] = Field(
+        default="AzureLinux", description="Node OS of managed pools whose CR has no nodePool.managed block."
+    )
+    upgrade_strategy: Literal["None", "NewCluster"] = Field(
+        default="None", description="RayService upgradeStrategy.type; NewCluster needs twice the GPUs mid-upgrade."
+    )
+    head_cpu: str = Field(default="2", description="Ray head CPU request.")
+    head_memory: str = Field(default="8Gi", description="Ray head memory request and limit.")
+    worker_cpu_per_gpu: int = Field(default=6, ge=1, description="Worker CPU request per whole GPU held.")
+    worker_memory_gib_per_gpu: int = Field(default=48, ge=1, description="Worker memory (GiB) per whole GPU held.")
+    cpu_worker_base_memory_gib: int = Field(
+        default=4, ge=1, description="CPU workers: memory on top of the KV cache (weights, Ray, Python)."
+    )
+    system_namespaces: tuple[str, ...] = Field(
+        default=("kuberay-system", "tokenplane-system"),
+        description="Namespaces of KubeRay and the operator, admitted to dashboard, metrics and serve ports.",
+    )
+
+
+class DesiredState(BaseModel):
+    """Everything one InferenceDeployment should own, computed without I/O."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    agent_pool: DesiredAgentPool | None = Field(description="Managed AKS pool; None for bring-your-own and CPU.")
+    vm_size: str | None = Field(description="VM size the workers run on; None for CPU.")
+    rayservice: dict[str, Any]
+    service: dict[str, Any]
+    network_policy: dict[str, Any]
+    serving_args: ServingArgs
+    endpoint_url: str
+
+    def kubernetes_objects(self) -> list[dict[str, Any]]:
+        """Return the Kubernetes objects in apply order (the NetworkPolicy before pods exist)."""
+        return [self.network_policy, self.rayservice, self.service]
+
+
+def desired_agent_pool(
+    deployment: InferenceDeployment, sku: GpuSku, *, default_os_sku: Literal["AzureLinux", "Ubuntu"] = "AzureLinux"
+) -> DesiredAgentPool:
+    """Build the managed agent pool for a deployment's hardware class.
+
+    Without `nodePool.managed.maxNodes`, the autoscaler bound is derived from the worker group's maximum:
+    `ceil(max worker pods x GPUs (or MIG slices) per pod / GPUs (or slices) per VM)`.
+
+    Args:
+        deployment: A validated GPU InferenceDeployment without `nodePool.existing`.
+        sku: The VM size (resolved from `auto` by the planner when needed).
+        default_os_sku: Node OS when the CR has no `nodePool.managed` block (the CR's own osSku wins).
+
+    Returns:
+        The pool; its name is shared by every deployment of the same hardware class.
+
+    Raises:
+        PlanError: InvalidWorkload when the hardware cannot be expressed as worker pods on this VM size.
+    """
+    hardware = deployment.spec.hardware
+    managed = hardware.node_pool.managed
+    shape = compute_worker_shape(deployment, sku)
+    mig: MigProfile | None = hardware.mig_profile.value if hardware.mig_profile is not None else None
+    min_nodes = managed.min_nodes if managed is not None else 0
+    max_nodes = managed.max_nodes if managed is not None and managed.max_nodes is not None else shape.max_nodes
+    spot = hardware.spot.enabled
+    return DesiredAgentPool(
+        name=pool_name_for(hardware_class_key(sku.vm_size, mig, spot, hardware.zones)),
+        vm_size=sku.vm_size,
+        mig_profile=mig,
+        min_count=min_nodes,
+        max_count=max(max_nodes, min_nodes, 1),
+        spot=spot,
+        spot_max_price=hardware.spot.max_price if spot else None,
+        zones=tuple(hardware.zones),
+        os_sku=managed.os_sku if managed is not None else default_os_sku,
+    )
+
+
+def build_desired_state(
+    deployment: InferenceDeployment, config: RenderConfig, *, vm_size: str | None = None
+) -> DesiredState:
+    """Compute every object a deployment should own.
+
+    Args:
+        deployment: A validated InferenceDeployment.
+        config: Operator-wide rendering settings.
+        vm_size: The VM size the capacity planner resolved for `vmSize: auto`; overrides the spec's.
+
+    Returns:
+        The desired state bundle.
+
+    Raises:
+        PlanError: InvalidWorkload for an unresolved `auto` or a name KubeRay rejects; UnknownVmSize for a
+            size the catalog lacks; InvalidWorkload for hardware that cannot become a worker group.
+    """
+    if len(deployment.name) > MAX_NAME_LENGTH:
+        raise PlanError(
+            PlanErrorReason.INVALID_WORKLOAD,
+            f"metadata.name {deployment.name!r} has {len(deployment.name)} characters; KubeRay accepts RayService "
+            f"names of at most {MAX_NAME_LENGTH}",
+        )
+    hardware = deployment.spec.hardware
+    sku: GpuSku | None = None
+    pool: DesiredAgentPool | None = None
+    if hardware.accelerator is AcceleratorKind.GPU:
+        sku = _resolve_sku(vm_size or hardware.vm_size)
+        if hardware.node_pool.existing is None:
+            pool = desired_agent_pool(deployment, sku, default_os_sku=config.os_sku)
+    serving_args = build_serving_args(deployment)
+    return DesiredState(
+        agent_pool=pool,
+        vm_size=sku.vm_size if sku else None,
+        rayservice=build_rayservice(deployment, serving_args=serving_args, pool=pool, config=config, sku=sku),
+        service=build_service(deployment),
+        network_policy=build_network_policy(deployment, system_namespaces=config.system_namespaces),
+        serving_args=serving_args,
+        endpoint_url=endpoint_url(deployment, cluster_domain=config.cluster_domain),
+    )
+
+
+def _resolve_sku(vm_size: str) -> GpuSku:
+    if vm_size == "auto":
+        raise PlanError(
+            PlanErrorReason.INVALID_WORKLOAD,
+            "spec.hardware.vmSize is auto and no planned size was given; run the capacity planner "
+            "(`tokenplane plan FILE`) and pass its vmSize",
+        )
+    sku = find_sku(vm_size)
+    if sku is None:
+        known = ", ".join(s.vm_size for s in all_skus())
+        raise PlanError(PlanErrorReason.UNKNOWN_VM_SIZE, f"{vm_size} is not in the GPU catalog; known: {known}")
+    return sku
+

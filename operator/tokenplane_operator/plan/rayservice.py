@@ -1,0 +1,408 @@
+"""The desired KubeRay RayService (`ray.io/v1`): serveConfigV2 from ServingArgs, a CPU head and one worker group."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from tokenplane_operator.api.v1alpha1 import AcceleratorKind, AuthMode, InferenceDeployment
+from tokenplane_operator.plan.agentpool import POOL_LABEL, DesiredAgentPool
+from tokenplane_operator.plan.catalog import GpuSku
+from tokenplane_operator.plan.errors import PlanError, PlanErrorReason
+from tokenplane_operator.plan.naming import (
+    CLUSTER_HASH_ANNOTATION,
+    SPEC_HASH_ANNOTATION,
+    api_keys_secret_name,
+    rayservice_name,
+    spec_hash,
+    standard_labels,
+)
+from tokenplane_operator.plan.serveconfig import API_KEYS_DIR, SourceVolume, source_volumes
+from tokenplane_serving.args import ServingArgs
+
+if TYPE_CHECKING:
+    from tokenplane_operator.plan.desired import RenderConfig
+
+__all__ = [
+    "DASHBOARD_PORT",
+    "GPU_RESOURCE",
+    "IMPORT_PATH",
+    "METRICS_PORT",
+    "SERVE_PORT",
+    "WORKER_GROUP",
+    "WorkerShape",
+    "build_rayservice",
+    "build_serve_config",
+    "cluster_hash",
+    "compute_worker_shape",
+    "tolerations_for",
+]
+
+IMPORT_PATH = "tokenplane_serving.app:build_app"
+SERVE_PORT = 8000  # KubeRay's default serve port; its -serve-svc and our Service both target it
+DASHBOARD_PORT = 8265
+METRICS_PORT = 8080
+GPU_RESOURCE = "nvidia.com/gpu"
+WORKER_GROUP = "gpu"
+CPU_WORKER_GROUP = "cpu"
+_SHM_VOLUME = "dshm"
+_API_KEYS_VOLUME = "api-keys"
+
+
+@dataclass(frozen=True)
+class WorkerShape:
+    """What one Ray worker pod holds and how many of them the deployment may use.
+
+    Attributes:
+        resource_name: Extended resource a pod requests (`nvidia.com/gpu`, `nvidia.com/mig-3g.47gb`), or None
+            for CPU workers.
+        units_per_pod: How many of that resource one pod requests.
+        units_per_node: How many of that resource one node offers (GPUs, or GPUs x slices for MIG).
+        ray_gpus_per_pod: What the pod advertises to Ray as `num-gpus` (a MIG slice is one device to Ray).
+        gpu_share: Whole GPUs' worth of hardware one pod holds (a MIG3g slice of a 2-slice GPU is 0.5); host
+            CPU and memory requests scale with it.
+        min_pods: Worker group minReplicas.
+        max_pods: Worker group maxReplicas.
+    """
+
+    resource_name: str | None
+    units_per_pod: int
+    units_per_node: int
+    ray_gpus_per_pod: int
+    gpu_share: float
+    min_pods: int
+    max_pods: int
+
+    @property
+    def max_nodes(self) -> int:
+        """Nodes needed to run `max_pods` pods (at least 1)."""
+        if self.resource_name is None:
+            return 1
+        return max(1, math.ceil(self.max_pods * self.units_per_pod / self.units_per_node))
+
+
+def compute_worker_shape(deployment: InferenceDeployment, sku: GpuSku | None) -> WorkerShape:
+    """Derive the worker pod size and the worker group bounds from the CR's hardware and scaling.
+
+    One pod holds one replica's GPUs when they fit in a VM; a replica larger than a VM (pipeline parallel
+    across VMs) spans whole-VM pods. A MIG replica is one slice per pod; fractional replicas share one GPU
+    per pod, packed `floor(1 / gpuFraction)` to a pod.
+
+    Args:
+        deployment: A validated InferenceDeployment.
+        sku: The VM size the workers run on; None only for CPU deployments.
+
+    Returns:
+        The worker shape.
+
+    Raises:
+        PlanError: InvalidWorkload when the MIG profile is not offered on the VM size, or a multi-VM replica
+            does not split into whole VMs.
+    """
+    spec = deployment.spec
+    hardware, scaling = spec.hardware, spec.scaling
+    min_replicas = 0 if scaling.scale_to_zero.enabled else scaling.min_replicas
+    max_replicas = scaling.max_replicas
+    if spec.disaggregation.enabled:
+        # Prefill and decode replica counts are fixed, so the group is sized for exactly both pools.
+        max_replicas = min_replicas = spec.disaggregation.prefill_replicas + spec.disaggregation.decode_replicas
+    if hardware.accelerator is AcceleratorKind.CPU or sku is None:
+        return WorkerShape(None, 0, 0, 0, 0.0, min_replicas, max_replicas)
+    if hardware.mig_profile is not None:
+        mig = sku.mig_profiles.get(hardware.mig_profile.value)
+        if mig is None:
+            raise PlanError(
+                PlanErrorReason.INVALID_WORKLOAD,
+                f"{sku.vm_size} ({sku.gpu_model}) has no MIG profile {hardware.mig_profile.value}; "
+                f"supported: {', '.join(sorted(sku.mig_profiles)) or 'none'}",
+            )
+        per_node = sku.gpu_count * mig.slices_per_gpu
+        return WorkerShape(mig.resource_name, 1, per_node, 1, 1 / mig.slices_per_gpu, min_replicas, max_replicas)
+    if hardware.gpu_fraction is not None:
+        per_gpu = max(1, math.floor(1 / hardware.gpu_fraction))
+        return WorkerShape(
+            GPU_RESOURCE,
+            1,
+            sku.gpu_count,
+            1,
+            1.0,
+            math.ceil(min_replicas / per_gpu),
+            math.ceil(max_replicas / per_gpu),
+        )
+    gpus = hardware.gpus_per_replica
+    if gpus <= sku.gpu_count:
+        per_pod, pods_per_replica = gpus, 1
+    elif gpus % sku.gpu_count == 0:
+        per_pod, pods_per_replica = sku.gpu_count, gpus // sku.gpu_count
+    else:
+        raise PlanError(
+            PlanErrorReason.INVALID_WORKLOAD,
+            f"gpusPerReplica {gpus} spans VMs of {sku.gpu_count} GPUs ({sku.vm_size}) but is not a multiple of "
+            f"{sku.gpu_count}; use a multiple so each pipeline stage fills whole VMs",
+        )
+    return WorkerShape(
+        GPU_RESOURCE,
+        per_pod,
+        sku.gpu_count,
+        per_pod,
+        float(per_pod),
+        min_replicas * pods_per_replica,
+        max_replicas * pods_per_replica,
+    )
+
+
+def tolerations_for(taints: tuple[str, ...] | list[str]) -> list[dict[str, str]]:
+    """Turn node taints (`key=value:Effect` or `key:Effect`) into pod tolerations.
+
+    Args:
+        taints: Taints as AKS and the CR write them.
+
+    Returns:
+        One toleration per taint: `Equal` when the taint has a value, `Exists` otherwise.
+    """
+    tolerations = []
+    for taint in taints:
+        key_value, _, effect = taint.rpartition(":")
+        key, has_value, value = key_value.partition("=")
+        if has_value:
+            tolerations.append({"key": key, "operator": "Equal", "value": value, "effect": effect})
+        else:
+            tolerations.append({"key": key, "operator": "Exists", "effect": effect})
+    return tolerations
+
+
+def build_serve_config(serving_args: ServingArgs) -> str:
+    """Render serveConfigV2: one application whose `args` are the serving contract.
+
+    Args:
+        serving_args: The validated serving contract.
+
+    Returns:
+        The Ray Serve deploy config as a YAML string, keys in a stable order.
+    """
+    config = {
+        "proxy_location": "EveryNode",
+        "http_options": {"host": "0.0.0.0", "port": SERVE_PORT},
+        "applications": [
+            {
+                "name": serving_args.app_name,
+                "route_prefix": "/",
+                "import_path": IMPORT_PATH,
+                "args": serving_args.model_dump(mode="json", exclude_none=True),
+            }
+        ],
+    }
+    return yaml.safe_dump(config, sort_keys=False, default_flow_style=False)
+
+
+def cluster_hash(rayservice_spec: dict[str, Any]) -> str:
+    """Hash the part of a RayService spec whose change needs a new Ray cluster.
+
+    Mirrors KubeRay's own cluster hash: worker group replicas and bounds are muted, because changing them
+    rescales the running cluster rather than rebuilding it. serveConfigV2 is outside rayClusterConfig, so
+    engine and routing changes leave this hash alone (Serve redeploys the application in place).
+
+    Args:
+        rayservice_spec: The RayService `spec`.
+
+    Returns:
+        16 hex digits.
+    """
+    cluster = dict(rayservice_spec["rayClusterConfig"])
+    cluster["workerGroupSpecs"] = [
+        {k: v for k, v in group.items() if k not in ("replicas", "minReplicas", "maxReplicas")}
+        for group in cluster.get("workerGroupSpecs", [])
+    ]
+    return spec_hash(cluster)
+
+
+def _volumes(deployment: InferenceDeployment, sources: list[SourceVolume]) -> tuple[list[Any], list[Any]]:
+    # Memory-backed /dev/shm: NCCL and Ray's object store need more than the container runtime's 64 MiB.
+    # It counts against the container memory limit, so it needs no size limit of its own.
+    volumes: list[Any] = [{"name": _SHM_VOLUME, "emptyDir": {"medium": "Memory"}}]
+    mounts: list[Any] = [{"name": _SHM_VOLUME, "mountPath": "/dev/shm"}]
+    auth = deployment.spec.endpoint.auth
+    if auth.mode is AuthMode.API_KEY:
+        secret = auth.api_key_secret_ref.name if auth.api_key_secret_ref else api_keys_secret_name(deployment.name)
+        volumes.append({"name": _API_KEYS_VOLUME, "secret": {"secretName": secret}})
+        mounts.append({"name": _API_KEYS_VOLUME, "mountPath": API_KEYS_DIR, "readOnly": True})
+    for index, source in enumerate(sources):
+        name = f"model-{index}"
+        if source.kind == "pvc":
+            volumes.append({"name": name, "persistentVolumeClaim": {"claimName": source.name, "readOnly": True}})
+        else:
+            # Blob CSI inline volume; the node's kubelet identity (or workload identity) needs read access.
+            account, container = source.name.split("/", 1)
+            volumes.append(
+                {
+                    "name": name,
+                    "csi": {
+                        "driver": "blob.csi.azure.com",
+                        "readOnly": True,
+                        "volumeAttributes": {"storageAccount": account, "containerName": container},
+                    },
+                }
+            )
+        mounts.append({"name": name, "mountPath": source.mount_path, "readOnly": True})
+    return volumes, mounts
+
+
+def _env(deployment: InferenceDeployment) -> list[Any]:
+    ref = deployment.spec.model.access_secret_ref
+    if ref is None:
+        return []
+    return [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}]
+
+
+def _container(name: str, image: str, config: RenderConfig, resources: dict[str, Any], **extra: Any) -> Any:
+    container = {"name": name, "image": image, "imagePullPolicy": config.image_pull_policy, "resources": resources}
+    return container | {key: value for key, value in extra.items() if value}
+
+
+def _head_group(deployment: InferenceDeployment, config: RenderConfig, sources: list[SourceVolume]) -> Any:
+    # The head gets the same mounts and token as the workers: Serve may build the app or place the
+    # CPU-only ingress there, and both read the API keys and the model's config.
+    volumes, mounts = _volumes(deployment, sources)
+    labels = standard_labels(deployment.name)
+    ports = [
+        {"name": "gcs-server", "containerPort": 6379},
+        {"name": "dashboard", "containerPort": DASHBOARD_PORT},
+        {"name": "client", "containerPort": 10001},
+        {"name": "serve", "containerPort": SERVE_PORT},
+        {"name": "metrics", "containerPort": METRICS_PORT},
+    ]
+    resources = {
+        "requests": {"cpu": config.head_cpu, "memory": config.head_memory},
+        "limits": {"memory": config.head_memory},
+    }
+    container = _container(
+        "ray-head", config.serving_image, config, resources, ports=ports, env=_env(deployment), volumeMounts=mounts
+    )
+    return {
+        # Zero CPUs and GPUs for Ray: replicas never land on the head, which has no GPU toleration anyway.
+        "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0", "num-gpus": "0"},
+        "template": {
+            "metadata": {"labels": labels},
+            "spec": {
+                "nodeSelector": {"kubernetes.io/os": "linux"},
+                "containers": [container],
+                "volumes": volumes,
+            },
+        },
+    }
+
+
+def _worker_placement(deployment: InferenceDeployment, pool: DesiredAgentPool | None) -> tuple[Any, Any]:
+    existing = deployment.spec.hardware.node_pool.existing
+    if pool is not None:
+        return {POOL_LABEL: pool.name}, tolerations_for(pool.effective_taints)
+    if existing is not None:
+        return dict(existing.node_selector), tolerations_for(existing.tolerations_for_taints)
+    return {}, []
+
+
+def _worker_group(
+    deployment: InferenceDeployment,
+    shape: WorkerShape,
+    pool: DesiredAgentPool | None,
+    config: RenderConfig,
+    sources: list[SourceVolume],
+) -> Any:
+    volumes, mounts = _volumes(deployment, sources)
+    node_selector, tolerations = _worker_placement(deployment, pool)
+    if shape.resource_name is None:
+        cpus = deployment.spec.hardware.cpu.cpus_per_replica
+        # One CPU on top of the replica's: the head has num-cpus 0, so the ingress lands on a worker too.
+        cpu_units = math.ceil(cpus) + 1
+        memory = f"{deployment.spec.hardware.cpu.kv_cache_gib + config.cpu_worker_base_memory_gib}Gi"
+        group_name = CPU_WORKER_GROUP
+        start_params = {"num-cpus": str(cpu_units), "num-gpus": "0"}
+        resources: dict[str, Any] = {
+            "requests": {"cpu": str(cpu_units), "memory": memory},
+            "limits": {"memory": memory},
+        }
+    else:
+        # Host CPU and memory scale with the GPU share the pod holds, so MIG pods stay small enough to pack.
+        cpu = str(max(1, math.floor(config.worker_cpu_per_gpu * shape.gpu_share)))
+        memory = f"{max(8, math.floor(config.worker_memory_gib_per_gpu * shape.gpu_share))}Gi"
+        group_name = WORKER_GROUP
+        # Explicit: KubeRay counts only `nvidia.com/gpu` limits as Ray GPUs, not MIG resources.
+        start_params = {"num-gpus": str(shape.ray_gpus_per_pod)}
+        resources = {
+            "requests": {"cpu": cpu, "memory": memory},
+            "limits": {"memory": memory, shape.resource_name: str(shape.units_per_pod)},
+        }
+    container = _container(
+        "ray-worker", config.serving_image, config, resources, env=_env(deployment), volumeMounts=mounts
+    )
+    pod_spec: dict[str, Any] = {"containers": [container], "volumes": volumes}
+    if node_selector:
+        pod_spec["nodeSelector"] = node_selector
+    if tolerations:
+        pod_spec["tolerations"] = tolerations
+    return {
+        "groupName": group_name,
+        "replicas": shape.min_pods,
+        "minReplicas": shape.min_pods,
+        "maxReplicas": shape.max_pods,
+        "rayStartParams": start_params,
+        "template": {"metadata": {"labels": standard_labels(deployment.name)}, "spec": pod_spec},
+    }
+
+
+def build_rayservice(
+    deployment: InferenceDeployment,
+    *,
+    serving_args: ServingArgs,
+    pool: DesiredAgentPool | None,
+    config: RenderConfig,
+    sku: GpuSku | None = None,
+) -> dict[str, Any]:
+    """Build the RayService manifest for one InferenceDeployment.
+
+    Args:
+        deployment: A validated InferenceDeployment.
+        serving_args: The serving contract (from `build_serving_args`), embedded in serveConfigV2.
+        pool: The managed agent pool the workers run on, or None (bring-your-own nodes or CPU).
+        config: Operator-wide rendering settings (image, Ray version, sizes).
+        sku: The VM size of the workers; None for CPU deployments.
+
+    Returns:
+        A `ray.io/v1` RayService dict with spec-hash and cluster-hash annotations and no ownerReferences
+        (the reconciler adds the owner with the live uid).
+
+    Raises:
+        PlanError: InvalidWorkload when the hardware cannot be expressed as a worker group.
+    """
+    shape = compute_worker_shape(deployment, sku)
+    sources = source_volumes(deployment)
+    spec: dict[str, Any] = {
+        # "None": a spec change never starts a second cluster, which would need twice the GPUs. serveConfigV2
+        # changes (engine, scaling, routing) are still applied in place by Serve; rayClusterConfig changes are
+        # not rolled out by KubeRay, so the reconciler recreates the RayService when the cluster hash changes.
+        # "NewCluster" (zero downtime, 2x GPUs while both run) is opt-in through the render config.
+        "upgradeStrategy": {"type": config.upgrade_strategy},
+        "serveConfigV2": build_serve_config(serving_args),
+        "rayClusterConfig": {
+            "rayVersion": config.ray_version,
+            # Ray's autoscaler turns pending Serve replicas into worker pods; the cluster autoscaler adds nodes.
+            "enableInTreeAutoscaling": True,
+            "headGroupSpec": _head_group(deployment, config, sources),
+            "workerGroupSpecs": [_worker_group(deployment, shape, pool, config, sources)],
+        },
+    }
+    return {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayService",
+        "metadata": {
+            "name": rayservice_name(deployment.name),
+            "namespace": deployment.namespace,
+            "labels": standard_labels(deployment.name),
+            "annotations": {SPEC_HASH_ANNOTATION: spec_hash(spec), CLUSTER_HASH_ANNOTATION: cluster_hash(spec)},
+        },
+        "spec": spec,
+    }
+
