@@ -380,5 +380,5 @@ def resolve_model(name_or_path: str) -> ModelInfo:
     raise PlanError(
         PlanErrorReason.UNKNOWN_MODEL,
         f"{name_or_path!r} is not a built-in model and not a local path.{hint} "
-        "Pass its config.json with --model-config, or see `tokenplane plan --list-models`.",
+        f"Pass its config.json with --model-config; built-in names: {', '.join(builtin_model_names())}.",
     )
