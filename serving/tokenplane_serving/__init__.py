@@ -1,0 +1,1 @@
+"""tokenplane serving: Ray Serve LLM + vLLM behind the `InferenceDeployment` contract."""

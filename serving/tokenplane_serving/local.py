@@ -1,0 +1,295 @@
+"""Serve ServingArgs on this machine: a local Ray, Ray Serve and the same app the cluster runs."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shlex
+import signal
+import socket
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any
+
+from rich.console import Console
+
+from tokenplane_serving.args import ServingArgs
+
+__all__ = ["LocalServeError", "LocalServer", "main", "serve_local"]
+
+
+class LocalServeError(RuntimeError):
+    """A local serving failure with a one-line, user-facing message (print `str(err)`, no traceback)."""
+
+
+@dataclass
+class LocalServer:
+    """Handle on a running local deployment.
+
+    Attributes:
+        base_url: Root URL, e.g. `http://127.0.0.1:8000`; OpenAI clients want `openai_base_url`.
+        model_id: The served model name.
+        startup_s: Seconds from `serve_local` to the first successful completion.
+    """
+
+    base_url: str
+    model_id: str
+    startup_s: float = 0.0
+    _stopped: bool = field(default=False, repr=False)
+
+    @property
+    def openai_base_url(self) -> str:
+        """`base_url` + `/v1`, the `base_url` argument of `openai.OpenAI`."""
+        return f"{self.base_url}/v1"
+
+    def stop(self) -> None:
+        """Shut down Ray Serve and the local Ray (idempotent)."""
+        if self._stopped:
+            return
+        self._stopped = True
+        _shutdown()
+
+    def __enter__(self) -> LocalServer:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def _shutdown() -> None:
+    import ray
+    from ray import serve
+
+    # Best effort: a half-started Serve must not stop Ray from going down.
+    with contextlib.suppress(Exception):
+        if ray.is_initialized():
+            serve.shutdown()  # type: ignore[no-untyped-call]
+    with contextlib.suppress(Exception):
+        ray.shutdown()
+
+
+def _looks_local(source: str) -> bool:
+    return source.startswith(("/", "./", "../", "~")) or Path(source).exists()
+
+
+def _preflight(args: ServingArgs, host: str, port: int) -> None:
+    source = args.model.source
+    if _looks_local(source):
+        path = Path(source).expanduser()
+        if not (path / "config.json").is_file():
+            raise LocalServeError(f"model directory {path} not found or has no config.json (try `make model`)")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as err:
+            raise LocalServeError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+
+
+def _http_json(url: str, payload: dict[str, Any] | None = None, timeout: float = 30.0) -> Any:
+    data = json.dumps(payload).encode() if payload is not None else None
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def _app_failure(app_name: str) -> str | None:
+    from ray import serve
+
+    try:
+        app = serve.status().applications.get(app_name)
+    except Exception:  # the controller may still be starting
+        return None
+    if app is not None and str(app.status).endswith("DEPLOY_FAILED"):
+        first_line = (app.message or "deployment failed").strip().splitlines()
+        return first_line[-1] if first_line else "deployment failed"
+    return None
+
+
+def _wait_ready(server: LocalServer, app_name: str, deadline: float, console: Console) -> None:
+    models_url = f"{server.openai_base_url}/models"
+    with console.status(f"Loading model [bold]{server.model_id}[/] (vLLM engine starting)") as status:
+        while True:
+            failure = _app_failure(app_name)
+            if failure:
+                raise LocalServeError(f"deployment failed: {failure}")
+            if time.monotonic() > deadline:
+                raise LocalServeError("model did not become ready in time (see Ray logs in /tmp/ray/session_latest)")
+            try:
+                listed = _http_json(models_url, timeout=5)
+            except (urllib.error.URLError, OSError, ValueError):
+                listed = {}
+            if any(m.get("id") == server.model_id for m in listed.get("data", [])):
+                break
+            time.sleep(1.0)
+        console.print(f"[green]✓[/] Model {server.model_id} loaded")
+        # /v1/models answers before the engine has run a step; one real token proves the path end to end.
+        status.update("Warming up (first completion)")
+        while True:
+            try:
+                _http_json(
+                    f"{server.openai_base_url}/completions",
+                    {"model": server.model_id, "prompt": "Hello", "max_tokens": 1},
+                    timeout=max(5.0, deadline - time.monotonic()),
+                )
+                break
+            except (urllib.error.URLError, OSError, ValueError) as err:
+                if time.monotonic() > deadline:
+                    raise LocalServeError(f"first completion failed: {err}") from None
+                time.sleep(1.0)
+
+
+def _curl_line(server: LocalServer) -> str:
+    body = {"model": server.model_id, "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 32}
+    return (
+        f"curl {server.openai_base_url}/chat/completions -H 'Content-Type: application/json' "
+        f"-d {shlex.quote(json.dumps(body))}"
+    )
+
+
+def _wait_for_signal() -> None:
+    stop = threading.Event()
+
+    def _handler(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, _handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def serve_local(
+    args: ServingArgs,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    num_cpus: int | None = None,
+    block: bool = True,
+    timeout_s: float = 600.0,
+    verbose: bool = False,
+    console: Console | None = None,
+) -> LocalServer:
+    """Run `args` on a local Ray and Ray Serve, exactly as `build_app` runs in the cluster.
+
+    Prints progress (Ray up, model loading, ready), then the endpoint and a curl line. Ready means
+    `/v1/models` lists the model *and* a one-token completion succeeded.
+
+    Args:
+        args: What to serve; use `accelerator.kind = "cpu"` on a machine without GPUs.
+        host: Interface the HTTP proxy binds.
+        port: HTTP port.
+        num_cpus: Logical CPUs given to Ray; default: enough for the replicas plus ingress,
+            at least the machine's count (Ray CPUs are scheduling slots, not cores).
+        block: Serve until SIGINT/SIGTERM, then shut down and return the stopped handle. With False,
+            return the running handle at once; call `stop()` (or use it as a context manager).
+        timeout_s: How long the model may take to become ready.
+        verbose: Stream Ray and vLLM logs to this terminal (they always go to /tmp/ray/session_latest).
+        console: Rich console for progress; a stderr console by default.
+
+    Returns:
+        The `LocalServer` handle (`base_url`, `openai_base_url`, `model_id`, `startup_s`, `stop()`).
+
+    Raises:
+        LocalServeError: The model directory is missing, the port is taken, the deployment failed
+            or did not get ready in time. The message is one line; Ray is shut down already.
+    """
+    console = console or Console(stderr=True)
+    started = time.monotonic()
+    _preflight(args, host, port)
+    if num_cpus is None:
+        needed = 2 + (1 + args.accelerator.cpus_per_replica) * args.scaling.max_replicas
+        num_cpus = max(os.cpu_count() or 1, int(needed + 0.999))
+
+    import ray
+    from ray import serve
+
+    from tokenplane_serving.app import build_app
+
+    if not verbose:
+        for name in ("ray", "ray.serve"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    server = LocalServer(base_url=f"http://{host}:{port}", model_id=args.model.id)
+    try:
+        with console.status("Starting Ray"):
+            ray.init(
+                num_cpus=num_cpus,
+                include_dashboard=False,
+                log_to_driver=verbose,
+                logging_level=logging.INFO if verbose else logging.WARNING,
+            )
+            serve.start(http_options={"host": host, "port": port})
+        console.print(f"[green]✓[/] Ray up ({num_cpus} CPUs)")
+        with console.status("Deploying the app"):
+            serve.run(build_app(args), name=args.app_name, route_prefix="/", blocking=False)
+        _wait_ready(server, args.app_name, started + timeout_s, console)
+    except ValueError as err:  # build_app's checks; ValidationError is a ValueError too
+        server.stop()
+        raise LocalServeError(str(err).strip().splitlines()[0]) from None
+    except BaseException:
+        server.stop()
+        raise
+    server.startup_s = time.monotonic() - started
+    console.print(f"[green]✓[/] Ready in {server.startup_s:.0f}s: [bold]{server.openai_base_url}[/]")
+    console.print(f"  {_curl_line(server)}", soft_wrap=True, highlight=False, markup=False)
+    if not block:
+        return server
+    console.print("Serving until Ctrl-C")
+    try:
+        _wait_for_signal()
+    finally:
+        with console.status("Shutting down"):
+            server.stop()
+        console.print("[green]✓[/] Stopped")
+    return server
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m tokenplane_serving.local ARGS.yaml [--port N]`: serve a ServingArgs YAML until Ctrl-C.
+
+    Args:
+        argv: Command-line arguments without the program name.
+
+    Returns:
+        The exit code.
+    """
+    import argparse
+
+    import yaml
+    from pydantic import ValidationError
+
+    parser = argparse.ArgumentParser(prog="python -m tokenplane_serving.local", description=main.__doc__)
+    parser.add_argument("args_file", type=Path, help="YAML file holding a ServingArgs mapping")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--verbose", action="store_true", help="stream Ray and vLLM logs")
+    ns = parser.parse_args(argv)
+    console = Console(stderr=True)
+    try:
+        args = ServingArgs.model_validate(yaml.safe_load(ns.args_file.read_text()))
+        serve_local(args, host=ns.host, port=ns.port, verbose=ns.verbose, console=console)
+    except (LocalServeError, OSError) as err:
+        console.print(f"[red]error:[/] {err}", highlight=False)
+        return 1
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        console.print(f"[red]error:[/] invalid serving args: {where}: {first['msg']}", highlight=False)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

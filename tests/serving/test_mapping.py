@@ -1,0 +1,224 @@
+"""ServingArgs -> Ray Serve LLM config dicts, checked without starting Ray."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tokenplane_serving.args import MANAGED_ENGINE_KEYS, ServingArgs
+from tokenplane_serving.mapping import (
+    CONSISTENT_HASH_ROUTER,
+    PREFIX_AFFINITY_ROUTER,
+    build_llm_config,
+    build_openai_app_args,
+    build_pd_openai_app_args,
+    check_engine_kwargs,
+)
+
+
+def make(**overrides: Any) -> ServingArgs:
+    body: dict[str, Any] = {
+        "model": {"id": "tiny", "source": "/models/tiny"},
+        "accelerator": {"kind": "cpu"},
+        "engine": {"max_num_seqs": 16, "max_model_len": 1024},
+    }
+    body.update(overrides)
+    return ServingArgs.model_validate(body)
+
+
+def gpu(**overrides: Any) -> ServingArgs:
+    return make(accelerator={"kind": "gpu", "accelerator_type": "A100-80G"}, **overrides)
+
+
+def test_cpu_config() -> None:
+    config = build_llm_config(make())
+    assert config["model_loading_config"] == {"model_id": "tiny", "model_source": "/models/tiny"}
+    assert config["accelerator_config"] == {"kind": "cpu"}
+    assert "accelerator_type" not in config
+    assert config["runtime_env"] == {"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1"}}
+    assert config["placement_group_config"]["bundles"] == [{"CPU": 1.0}]
+    assert "lora_config" not in config
+
+
+def test_max_ongoing_requests_derived_from_max_num_seqs() -> None:
+    deployment = build_llm_config(make())["deployment_config"]
+    assert deployment["max_ongoing_requests"] == 16  # not Ray Serve LLM's 1e9
+    assert deployment["autoscaling_config"]["target_ongoing_requests"] == 12  # 3/4 of it
+    explicit = build_llm_config(make(backpressure={"max_ongoing_requests": 40}))["deployment_config"]
+    assert explicit["max_ongoing_requests"] == 40
+
+
+def test_autoscaling_and_backpressure() -> None:
+    deployment = build_llm_config(
+        make(
+            scaling={
+                "min_replicas": 0,
+                "max_replicas": 4,
+                "initial_replicas": 1,
+                "target_ongoing_requests": 5,
+                "upscale_delay_s": 3,
+                "downscale_delay_s": 60,
+                "downscale_to_zero_delay_s": 120,
+            },
+            backpressure={"max_queued_requests": 10, "status_code": 429, "retry_after_s": 2},
+            drain_grace_period_s=45,
+        )
+    )["deployment_config"]
+    assert deployment["autoscaling_config"] == {
+        "min_replicas": 0,
+        "max_replicas": 4,
+        "initial_replicas": 1,
+        "target_ongoing_requests": 5,
+        "upscale_delay_s": 3,
+        "downscale_delay_s": 60,
+        "downscale_to_zero_delay_s": 120,
+    }
+    assert deployment["max_queued_requests"] == 10
+    assert deployment["backpressure_config"] == {"status_code": 429, "retry_after_s": 2}
+    assert deployment["graceful_shutdown_timeout_s"] == 45
+    assert "backpressure_config" not in build_llm_config(make())["deployment_config"]
+
+
+@pytest.mark.parametrize(
+    ("policy", "router"),
+    [("power_of_two", None), ("prefix_affinity", PREFIX_AFFINITY_ROUTER), ("session_affinity", CONSISTENT_HASH_ROUTER)],
+)
+def test_router_per_policy(policy: str, router: str | None) -> None:
+    config = build_llm_config(make(routing={"policy": policy}))["deployment_config"].get("request_router_config")
+    assert (config or {}).get("request_router_class") == router
+
+
+def test_custom_session_header_reaches_ingress_and_replicas() -> None:
+    args = make(routing={"policy": "session_affinity", "session_header": "x-conversation"})
+    app_args = build_openai_app_args(args)
+    ingress_env = app_args["ingress_deployment_config"]["ray_actor_options"]["runtime_env"]["env_vars"]
+    assert ingress_env == {"RAY_SERVE_SESSION_ID_HEADER_KEY": "x-conversation"}
+    assert app_args["llm_configs"][0]["runtime_env"]["env_vars"]["RAY_SERVE_SESSION_ID_HEADER_KEY"] == "x-conversation"
+    assert "ingress_deployment_config" not in build_openai_app_args(make(routing={"policy": "session_affinity"}))
+
+
+def test_engine_kwargs() -> None:
+    kwargs = build_llm_config(
+        make(
+            engine={
+                "dtype": "bfloat16",
+                "max_num_seqs": 8,
+                "quantization": "int8",
+                "enforce_eager": True,
+                "speculative": {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 3},
+                "extra_engine_args": {"block_size": 32},
+            }
+        )
+    )["engine_kwargs"]
+    assert kwargs == {
+        "dtype": "bfloat16",
+        "tensor_parallel_size": 1,
+        "pipeline_parallel_size": 1,
+        "enable_prefix_caching": True,
+        "max_num_seqs": 8,
+        "enforce_eager": True,
+        "quantization": "int8_per_channel_weight_only",
+        "speculative_config": {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 3},
+        "block_size": 32,
+    }
+    assert set(kwargs) - {"block_size"} <= MANAGED_ENGINE_KEYS
+
+
+def test_gpu_placement_and_accelerator_type() -> None:
+    config = build_llm_config(gpu(engine={"tensor_parallel_size": 2, "gpu_memory_utilization": 0.85}))
+    assert config["accelerator_config"] == {"kind": "gpu"}
+    assert config["accelerator_type"] == "A100-80G"
+    assert config["placement_group_config"] == {
+        "bundles": [{"GPU": 1.0, "CPU": 1.0}, {"GPU": 1.0, "CPU": 1.0}],
+        "strategy": "STRICT_PACK",
+    }
+    assert "runtime_env" not in config
+    half = build_llm_config(make(accelerator={"kind": "gpu", "gpus_per_replica": 0.5}))
+    assert half["placement_group_config"]["bundles"] == [{"GPU": 0.5, "CPU": 1.0}]
+
+
+def test_lora_from_azure_blob() -> None:
+    config = build_llm_config(
+        make(
+            lora={
+                "adapters": [
+                    {"name": "a", "source": "az://acct/loras/base/a"},
+                    {"name": "b", "source": "https://acct.blob.core.windows.net/loras/base/b"},
+                ],
+                "max_adapters_per_replica": 4,
+                "max_lora_rank": 8,
+            }
+        )
+    )
+    assert config["lora_config"] == {
+        "dynamic_lora_loading_path": "azure://loras@acct.blob.core.windows.net/base",
+        "max_num_adapters_per_replica": 4,
+    }
+    kwargs = config["engine_kwargs"]
+    assert (kwargs["enable_lora"], kwargs["max_lora_rank"], kwargs["max_loras"]) == (True, 8, 4)
+
+
+@pytest.mark.parametrize(
+    ("adapters", "message"),
+    [
+        ([{"name": "a", "source": "/local/a"}], "local adapter directories are not supported"),
+        ([{"name": "a", "source": "s3://b/x/other"}], "must end in /a"),
+        ([{"name": "a", "source": "s3://b/x/a"}, {"name": "b", "source": "s3://b/y/b"}], "share one parent"),
+    ],
+)
+def test_lora_source_errors(adapters: list[dict[str, str]], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        build_llm_config(make(lora={"adapters": adapters}))
+
+
+def test_pd_args_have_kv_transfer_and_fixed_replicas() -> None:
+    pd = build_pd_openai_app_args(gpu(disaggregation={"enabled": True, "prefill_replicas": 2, "decode_replicas": 3}))
+    for side, replicas in (("prefill_config", 2), ("decode_config", 3)):
+        assert pd[side]["engine_kwargs"]["kv_transfer_config"] == {
+            "kv_connector": "NixlConnector",
+            "kv_role": "kv_both",
+        }
+        scaling = pd[side]["deployment_config"]["autoscaling_config"]
+        assert scaling["min_replicas"] == scaling["max_replicas"] == replicas
+
+
+def test_check_engine_kwargs() -> None:
+    check_engine_kwargs({"dtype": "auto"}, {"dtype", "max_num_seqs"})
+    with pytest.raises(ValueError, match=r"\['bogus', 'device'\]"):
+        check_engine_kwargs({"dtype": "auto", "device": "auto", "bogus": 1}, {"dtype"})
+
+
+def test_engine_kwargs_are_real_vllm_arguments() -> None:
+    """Every key mapping can emit (all typed fields set) exists in the installed vLLM."""
+    pytest.importorskip("vllm")
+    from tokenplane_serving.app import vllm_engine_arg_names
+
+    known = vllm_engine_arg_names()
+    assert known >= MANAGED_ENGINE_KEYS, MANAGED_ENGINE_KEYS - known
+    full = gpu(
+        model={"id": "m", "source": "org/m", "revision": "main"},
+        engine={
+            "quantization": "fp8",
+            "enable_chunked_prefill": True,
+            "gpu_memory_utilization": 0.9,
+            "speculative": {"method": "draft_model", "model": "org/d"},
+            "max_model_len": 4096,
+        },
+        lora={"adapters": [{"name": "a", "source": "s3://b/a"}]},
+    )
+    check_engine_kwargs(build_llm_config(full)["engine_kwargs"], known)
+
+
+def test_ray_accepts_the_dicts() -> None:
+    """LLMConfig (pydantic, no cluster needed) accepts what mapping builds, for each router and GPU."""
+    pytest.importorskip("ray.serve.llm")
+    from ray.serve.llm import LLMConfig
+
+    for args in (
+        make(routing={"policy": "prefix_affinity"}),
+        make(routing={"policy": "session_affinity"}),
+        gpu(engine={"tensor_parallel_size": 2}, backpressure={"status_code": 429, "retry_after_s": 1}),
+    ):
+        config = LLMConfig(**build_llm_config(args))
+        assert config.accelerator_config.kind == args.accelerator.kind
