@@ -58,6 +58,8 @@ __all__ = [
     "SpeculativeDecodingSpec",
     "SpeculativeMethod",
     "SpotSpec",
+    "UpgradeSpec",
+    "UpgradeStrategy",
     "Visibility",
     "parse_source",
 ]
@@ -583,6 +585,22 @@ class EndpointSpec(_Model):
     port: int = Field(default=8000, ge=1, le=65535, description="Port of the Service.")
 
 
+class UpgradeStrategy(StrEnum):
+    """How a change that needs a new Ray cluster (image, resources, nodes) is rolled out."""
+
+    IN_PLACE = "inPlace"  # recreate: a short outage, never more GPUs than the spec asks for
+    BLUE_GREEN = "blueGreen"  # a second cluster takes over: no outage, twice the GPUs while both run
+
+
+class UpgradeSpec(_Model):
+    """Rollout of changes. Engine, scaling and routing changes always apply in place without a new cluster."""
+
+    strategy: UpgradeStrategy = Field(
+        default=UpgradeStrategy.IN_PLACE,
+        description="inPlace (recreate, no extra GPUs) or blueGreen (no downtime, twice the GPUs during the switch).",
+    )
+
+
 class InferenceDeploymentSpec(_Model):
     """Desired state of an InferenceDeployment."""
 
@@ -596,6 +614,7 @@ class InferenceDeploymentSpec(_Model):
         default_factory=DisaggregationSpec, description="Prefill/decode disaggregation."
     )
     endpoint: EndpointSpec = Field(default_factory=EndpointSpec, description="Endpoint.")
+    upgrade: UpgradeSpec = Field(default_factory=UpgradeSpec, description="How changes roll out.")
 
     @model_validator(mode="after")
     def _cross_field(self) -> InferenceDeploymentSpec:

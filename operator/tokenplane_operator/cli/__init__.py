@@ -51,11 +51,16 @@ def plan(
     ] = None,
     model: Annotated[str | None, typer.Option("--model", help="A well-known model name, e.g. llama-3.1-8b.")] = None,
     max_model_len: Annotated[int | None, typer.Option("--max-model-len", help="Context length (tokens).")] = None,
-    concurrency: Annotated[int, typer.Option("--concurrency", help="Concurrent sequences per replica.")] = 1,
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", help="Concurrent max-length sequences for the whole deployment.")
+    ] = 1,
     quantization: Annotated[str | None, typer.Option("--quantization", help="none, fp8, int8, awq, gptq...")] = None,
     vm_size: Annotated[str | None, typer.Option("--vm-size", help="Plan for this AKS VM size.")] = None,
     output: Annotated[str, typer.Option("-o", "--output", help="table or json.")] = "table",
     explain: Annotated[bool, typer.Option("--explain", help="Show the formulas behind the estimates.")] = False,
+    prices: Annotated[
+        Path | None, typer.Option("--prices", help="A values file whose `prices:` map overrides hourly list prices.")
+    ] = None,
 ) -> None:
     """Answer which GPU, how many, at what precision and at what cost per token, before provisioning."""
     from tokenplane_operator.cli.plan import plan_command
@@ -71,6 +76,7 @@ def plan(
             vm_size=vm_size,
             output=output,
             explain=explain,
+            prices_file=prices,
         )
     )
 

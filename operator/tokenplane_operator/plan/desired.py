@@ -31,9 +31,6 @@ class RenderConfig(BaseModel):
     os_sku: Literal["AzureLinux", "Ubuntu"] = Field(
         default="AzureLinux", description="Node OS of managed pools whose CR has no nodePool.managed block."
     )
-    upgrade_strategy: Literal["None", "NewCluster"] = Field(
-        default="None", description="RayService upgradeStrategy.type; NewCluster needs twice the GPUs mid-upgrade."
-    )
     head_cpu: str = Field(default="2", description="Ray head CPU request.")
     head_memory: str = Field(default="8Gi", description="Ray head memory request and limit.")
     worker_cpu_per_gpu: int = Field(default=6, ge=1, description="Worker CPU request per whole GPU held.")

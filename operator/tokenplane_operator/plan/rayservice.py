@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from tokenplane_operator.api.v1alpha1 import AcceleratorKind, AuthMode, InferenceDeployment
+from tokenplane_operator.api.v1alpha1 import AcceleratorKind, AuthMode, InferenceDeployment, UpgradeStrategy
 from tokenplane_operator.plan.agentpool import POOL_LABEL, DesiredAgentPool
 from tokenplane_operator.plan.catalog import GpuSku
 from tokenplane_operator.plan.errors import PlanError, PlanErrorReason
@@ -383,8 +383,10 @@ def build_rayservice(
         # "None": a spec change never starts a second cluster, which would need twice the GPUs. serveConfigV2
         # changes (engine, scaling, routing) are still applied in place by Serve; rayClusterConfig changes are
         # not rolled out by KubeRay, so the reconciler recreates the RayService when the cluster hash changes.
-        # "NewCluster" (zero downtime, 2x GPUs while both run) is opt-in through the render config.
-        "upgradeStrategy": {"type": config.upgrade_strategy},
+        # "NewCluster" (zero downtime, 2x GPUs while both run) is opt-in per CR: spec.upgrade.strategy blueGreen.
+        "upgradeStrategy": {
+            "type": "NewCluster" if deployment.spec.upgrade.strategy is UpgradeStrategy.BLUE_GREEN else "None"
+        },
         "serveConfigV2": build_serve_config(serving_args),
         "rayClusterConfig": {
             "rayVersion": config.ray_version,
