@@ -56,4 +56,4 @@ class OperatorSettings(BaseSettings):
     def render_config(self) -> RenderConfig:
         """Return the renderer's settings, keeping its defaults for whatever is unset here."""
         overrides = {"serving_image": self.serving_image, "ray_version": self.ray_version}
-        return RenderConfig(**{key: value for key, value in overrides.items() if value})
+        return RenderConfig.model_validate({key: value for key, value in overrides.items() if value})

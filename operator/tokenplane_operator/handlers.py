@@ -1,0 +1,133 @@
+"""kopf handlers: bind events and timers to `reconcile`/`release`, then report what they said."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+
+from tokenplane_operator.adapters.azure import AksAgentPools
+from tokenplane_operator.adapters.kube import KubeObjects
+from tokenplane_operator.api.v1alpha1 import GROUP, PLURAL, VERSION
+from tokenplane_operator.errors import TokenplaneError
+from tokenplane_operator.reconcile import Clients, ReconcileResult, pool_demand, reconcile, release, status_patch
+from tokenplane_operator.settings import OperatorSettings
+
+__all__ = ["FINALIZER", "build_clients"]
+
+FINALIZER = "tokenplane.io/finalizer"
+RESOURCE = (GROUP, VERSION, PLURAL)
+# Timer cadence is fixed when handlers register (import time), so it comes straight from the environment.
+_POLL_INTERVAL_S = OperatorSettings().poll_interval_s
+
+
+async def build_clients(config: OperatorSettings) -> Clients:
+    """Connect to Kubernetes (in-cluster or kubeconfig) and, when configured, to Azure."""
+    pools = None
+    if config.azure_configured:
+        pools = AksAgentPools(
+            subscription_id=config.subscription_id,
+            resource_group=config.resource_group,
+            cluster_name=config.cluster_name,
+            arm_endpoint=config.arm_endpoint,
+            connection_verify=config.arm_ca_bundle,
+        )
+    return Clients(kube=await KubeObjects.from_environment(), pools=pools)
+
+
+@kopf.on.startup()
+async def startup(
+    settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any
+) -> None:
+    """Brand kopf's bookkeeping with our prefix and build the clients (unless a test injected them)."""
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    settings.posting.level = logging.INFO
+    if "config" not in memo:
+        memo.config = OperatorSettings()
+    if "clients" not in memo:
+        memo.clients = await build_clients(memo.config)
+    if memo.clients.pools is None:
+        logger.warning("no Azure settings: managed node pools are reported as CloudError, BYO and CPU work")
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    """Close the HTTP sessions."""
+    if "clients" in memo and not memo.get("keep_clients"):
+        await memo.clients.close()
+
+
+@kopf.on.probe(id="azure")
+def azure_probe(memo: kopf.Memo, **_: Any) -> bool:
+    """Report whether Azure agent pools are managed (the liveness endpoint shows it)."""
+    return "clients" in memo and memo.clients.pools is not None
+
+
+@kopf.index(*RESOURCE)
+def pool_demands(body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict[str, Any] | None:
+    """Index what each InferenceDeployment wants of its shared pool, by pool name."""
+    demand = pool_demand(body, memo.config)
+    return None if demand is None else {demand.pool.name: demand}
+
+
+@kopf.on.resume(*RESOURCE)
+@kopf.on.create(*RESOURCE)
+@kopf.on.update(*RESOURCE)
+async def on_change(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **kwargs: Any) -> None:
+    """Reconcile on every spec change and on operator start; faults come back after their delay."""
+    result = await _reconcile(body, patch, memo, kwargs["pool_demands"])
+    if result.invalid:
+        raise kopf.PermanentError(_ready_message(result))
+    if result.retry_after_s is not None:
+        raise kopf.TemporaryError(_ready_message(result), delay=result.retry_after_s)
+
+
+@kopf.timer(*RESOURCE, interval=_POLL_INTERVAL_S, initial_delay=_POLL_INTERVAL_S)
+async def poll(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **kwargs: Any) -> None:
+    """Re-observe Azure LROs and KubeRay on a timer: the only way to notice external progress."""
+    result = await _reconcile(body, patch, memo, kwargs["pool_demands"])
+    if result.retry_after_s is not None and not result.invalid:
+        raise kopf.TemporaryError(_ready_message(result), delay=result.retry_after_s)
+
+
+@kopf.on.delete(*RESOURCE)
+async def on_delete(
+    body: kopf.Body, memo: kopf.Memo, logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any
+) -> None:
+    """Release the pool if this was its last user; the finalizer stays until Azure has deleted it."""
+    try:
+        result = await release(body, clients=memo.clients, settings=memo.config, now=datetime.now(UTC))
+    except TokenplaneError as err:
+        kopf.warn(body, reason="ReleaseFailed", message=str(err))
+        raise kopf.TemporaryError(f"releasing the node pool failed: {err}", delay=memo.config.backoff_base_s) from err
+    for action in result.actions:
+        logger.info("%s %s: %s", action.kind, action.target, action.reason)
+        if action.changes_something:
+            kopf.info(body, reason=action.kind.value, message=f"{action.target}: {action.reason}")
+    if not result.done:
+        raise kopf.TemporaryError("waiting for the node pool deletion to finish", delay=result.retry_after_s)
+
+
+async def _reconcile(
+    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, demands: Mapping[str, Any]
+) -> ReconcileResult:
+    result = await reconcile(body, clients=memo.clients, settings=memo.config, now=datetime.now(UTC), demand=demands)
+    patch.status.update(status_patch(result.status))
+    for action in result.actions:
+        if action.changes_something:
+            kopf.info(body, reason=action.kind.value, message=f"{action.target}: {action.reason}")
+    for fault in result.faults:
+        kopf.warn(body, reason=fault.reason.value, message=fault.message)
+    return result
+
+
+def _ready_message(result: ReconcileResult) -> str:
+    ready = next((c for c in result.status.conditions if c.type == "Ready"), None)
+    return f"{ready.reason}: {ready.message}" if ready else "not ready"

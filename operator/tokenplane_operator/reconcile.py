@@ -1,0 +1,650 @@
+"""The one imperative shell: observe Azure and Kubernetes, plan, diff, apply, and compute status."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+from collections import defaultdict
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from tokenplane_operator.adapters.kube import KubeObjects, KubeRejectedError, TransientKubeError
+from tokenplane_operator.api.conditions import Reason
+from tokenplane_operator.api.v1alpha1 import (
+    AcceleratorKind,
+    InferenceDeployment,
+    InferenceDeploymentStatus,
+    PlanStatus,
+)
+from tokenplane_operator.api.validation import InvalidSpecError, parse_inference_deployment
+from tokenplane_operator.errors import (
+    CloudRejectedError,
+    OperationFailedError,
+    TokenplaneError,
+    TransientCloudError,
+)
+from tokenplane_operator.plan.agentpool import DesiredAgentPool, ObservedAgentPool, needs_replacement
+from tokenplane_operator.plan.desired import DesiredState, build_desired_state
+from tokenplane_operator.plan.diff import (
+    Action,
+    ActionKind,
+    compute_actions,
+    compute_release,
+    merge_pool_demand,
+    object_key,
+)
+from tokenplane_operator.plan.errors import PlanError, PlanErrorReason
+from tokenplane_operator.plan.naming import SPEC_HASH_ANNOTATION
+from tokenplane_operator.plan.sizing import recommend
+from tokenplane_operator.plan.spec import workload_from_spec
+from tokenplane_operator.plan.status import (
+    CloudFault,
+    NodeSource,
+    ObservedState,
+    RayServiceObservation,
+    compute_status,
+)
+from tokenplane_operator.plan.validation import check_deployment
+from tokenplane_operator.settings import OperatorSettings
+
+__all__ = [
+    "AgentPools",
+    "Clients",
+    "PoolDemand",
+    "ReconcileResult",
+    "ReleaseResult",
+    "pool_demand",
+    "reconcile",
+    "release",
+    "status_patch",
+]
+
+_THROTTLE_KEY = "*"  # ARM throttles per subscription: one 429 holds back every pool
+
+
+class AgentPools(Protocol):
+    """What reconcile needs of Azure (implemented by `adapters.azure.AksAgentPools`)."""
+
+    async def observe(self, name: str) -> ObservedAgentPool | None: ...  # noqa: D102
+    async def begin_apply(self, desired: DesiredAgentPool) -> None: ...  # noqa: D102
+    async def begin_delete(self, name: str) -> None: ...  # noqa: D102
+    async def close(self) -> None: ...  # noqa: D102
+
+
+@dataclass(frozen=True)
+class PoolDemand:
+    """What one InferenceDeployment wants of a shared pool (kept in the operator's index).
+
+    Attributes:
+        owner: `namespace/name` of the deployment.
+        pool: Its desired pool (bounds for itself alone).
+    """
+
+    owner: str
+    pool: DesiredAgentPool
+
+
+@dataclass
+class _Fault:
+    fault: CloudFault
+    until: datetime
+    attempts: int
+    retried: bool = False  # a failed pool operation was re-sent after this backoff
+
+
+@dataclass
+class Clients:
+    """The I/O handles and the in-memory bookkeeping one operator process shares between reconciles.
+
+    Attributes:
+        kube: Kubernetes objects.
+        pools: AKS agent pools, or None when no Azure settings are given (BYO and CPU still work).
+    """
+
+    kube: KubeObjects
+    pools: AgentPools | None
+    _faults: dict[str, _Fault] = field(default_factory=dict)
+    _cache: dict[str, tuple[ObservedAgentPool | None, datetime]] = field(default_factory=dict)
+    _locks: defaultdict[str, asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))
+
+    async def close(self) -> None:
+        """Close every client."""
+        await self.kube.close()
+        if self.pools is not None:
+            await self.pools.close()
+
+
+@dataclass(frozen=True)
+class ReconcileResult:
+    """What a reconcile round did and what it found.
+
+    Attributes:
+        status: The status to write.
+        actions: What was done (or waited for), in order, each with its reason.
+        retry_after_s: When to come back sooner than the timer (a fault), or None.
+        faults: Newly hit faults, for warning events.
+        invalid: The spec is invalid: a permanent error until it changes.
+    """
+
+    status: InferenceDeploymentStatus
+    actions: list[Action]
+    retry_after_s: float | None = None
+    faults: list[CloudFault] = field(default_factory=list)
+    invalid: bool = False
+
+
+@dataclass(frozen=True)
+class ReleaseResult:
+    """Progress of releasing what a deleted deployment used.
+
+    Attributes:
+        actions: What was done or is awaited.
+        done: Everything is released (the finalizer may go).
+        retry_after_s: When to look again if not done.
+    """
+
+    actions: list[Action]
+    done: bool
+    retry_after_s: float
+
+
+def status_patch(status: InferenceDeploymentStatus) -> dict[str, Any]:
+    """Return the merge patch for `.status`: our fields set, the ones now empty removed (None).
+
+    `metrics` is left alone: the metrics collector owns it.
+    """
+    dumped = status.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"metrics"})
+    keys = [f.alias or n for n, f in InferenceDeploymentStatus.model_fields.items() if n != "metrics"]
+    return {key: dumped.get(key) for key in keys}
+
+
+def pool_demand(body: Mapping[str, Any], settings: OperatorSettings) -> PoolDemand | None:
+    """Compute which managed pool a CR body wants, or None (invalid, BYO, CPU, or not plannable).
+
+    Args:
+        body: An InferenceDeployment body.
+        settings: Operator settings (for rendering).
+
+    Returns:
+        The deployment's demand on its pool.
+    """
+    try:
+        deployment = parse_inference_deployment(body)
+        if check_deployment(deployment):
+            return None
+        vm_size, _ = _resolve_plan(deployment)
+        pool = build_desired_state(deployment, settings.render_config(), vm_size=vm_size).agent_pool
+    except (InvalidSpecError, PlanError):
+        return None
+    return None if pool is None else PoolDemand(_owner(body), pool)
+
+
+async def reconcile(
+    body: Mapping[str, Any],
+    *,
+    clients: Clients,
+    settings: OperatorSettings,
+    now: datetime,
+    demand: Mapping[str, Collection[PoolDemand]] | None = None,
+) -> ReconcileResult:
+    """Make the cluster match one InferenceDeployment, then say truthfully where it stands.
+
+    Observe (Azure pool, previous pool, owned objects) → plan (desired state) → diff (ordered actions)
+    → apply (start LROs; never wait for them) → status from the snapshot. An invalid spec makes no
+    cloud or cluster call at all.
+
+    Args:
+        body: The InferenceDeployment as the API server has it.
+        clients: Shared clients and bookkeeping.
+        settings: Operator settings.
+        now: The current time (for conditions and backoff).
+        demand: Every deployment's pool demand, by pool name (the kopf index); None to list CRs instead.
+
+    Returns:
+        The result: status, actions with reasons, and when to come back.
+    """
+    meta = body.get("metadata") or {}
+    generation = int(meta.get("generation") or 0)
+    previous_status = _previous_status(body)
+    previous_conditions = previous_status.conditions if previous_status else []
+
+    def result(deployment: InferenceDeployment | None, observed: ObservedState, **kw: Any) -> ReconcileResult:
+        status = compute_status(
+            deployment, observed, generation=generation, now=now, previous_conditions=previous_conditions
+        )
+        return ReconcileResult(status=status, **kw)
+
+    try:
+        deployment = parse_inference_deployment(body)
+        problems = check_deployment(deployment)
+    except InvalidSpecError as err:
+        problems = err.problems
+    if problems:
+        return result(None, ObservedState(problems=tuple(map(str, problems))), actions=[], invalid=True)
+
+    try:
+        vm_size, plan = _resolve_plan(deployment)
+        desired = build_desired_state(deployment, settings.render_config(), vm_size=vm_size)
+    except PlanError as err:
+        reason = Reason.DOES_NOT_FIT if err.reason is PlanErrorReason.DOES_NOT_FIT else Reason.INVALID_SPEC
+        return result(deployment, ObservedState(plan_error=(reason, err.message)), actions=[], invalid=True)
+
+    async with clients._locks[f"cr:{_owner(body)}"]:
+        return await _reconcile_valid(
+            body, deployment, desired, plan, clients=clients, settings=settings, now=now, demand=demand, done=result
+        )
+
+
+async def _reconcile_valid(
+    body: Mapping[str, Any],
+    deployment: InferenceDeployment,
+    desired: DesiredState,
+    plan: PlanStatus,
+    *,
+    clients: Clients,
+    settings: OperatorSettings,
+    now: datetime,
+    demand: Mapping[str, Collection[PoolDemand]] | None,
+    done: Callable[..., ReconcileResult],
+) -> ReconcileResult:
+    hardware = deployment.spec.hardware
+    source = (
+        NodeSource.LOCAL
+        if hardware.accelerator is AcceleratorKind.CPU
+        else NodeSource.EXISTING
+        if hardware.node_pool.existing is not None
+        else NodeSource.MANAGED
+    )
+    owner = _owner(body)
+    previous_status = _previous_status(body)
+    previous_pool = previous_status.node_pool.name if previous_status and previous_status.node_pool else None
+    new_faults: list[CloudFault] = []
+    fault: CloudFault | None = None
+    pool: ObservedAgentPool | None = None
+    merged: DesiredAgentPool | None = None
+    replace_reason: str | None = None
+    previous_claimed = False
+
+    if desired.agent_pool is not None and clients.pools is None:
+        fault = CloudFault(
+            Reason.CLOUD_ERROR, "the operator has no Azure settings (TOKENPLANE_SUBSCRIPTION_ID...)", 3600, True
+        )
+    elif desired.agent_pool is not None or previous_pool is not None:
+        if desired.agent_pool is not None:
+            merged = await _merged_demand(desired.agent_pool, owner, clients, settings, demand)
+        if previous_pool is not None and (merged is None or previous_pool == merged.name):
+            previous_pool = None
+        fault = _active_fault(clients, merged.name if merged else "", now)
+        if fault is None:
+            try:
+                if merged is not None:
+                    pool = await _observe(clients, merged.name, now, settings)
+                if previous_pool is not None:
+                    old = await _observe(clients, previous_pool, now, settings)
+                    if old is None or old.provisioning_state == "Deleting":
+                        previous_pool = None  # already released (perhaps by us before a restart)
+                    elif merged is not None:
+                        replace_reason = needs_replacement(merged, old) or "the hardware class changed"
+                    previous_claimed = previous_pool is not None and bool(
+                        await _users(previous_pool, owner, clients, settings)
+                    )
+                if merged is not None and pool is not None:
+                    fault = _note_pool_failure(clients, merged.name, pool, now, settings, new_faults)
+            except TokenplaneError as err:
+                fault = _record(clients, merged.name if merged else previous_pool or "", err, now, settings)
+                new_faults.append(fault)
+
+    desired_objects = {
+        object_key(obj["kind"], obj["metadata"]["name"]): _owned(obj, body) for obj in desired.kubernetes_objects()
+    }
+    desired_hashes = {key: obj["metadata"]["annotations"][SPEC_HASH_ANNOTATION] for key, obj in desired_objects.items()}
+    try:
+        existing = {key: await _get(clients.kube, obj) for key, obj in desired_objects.items()}
+    except TransientKubeError as err:
+        return done(deployment, ObservedState(plan=plan), actions=[], retry_after_s=err.retry_after_s or 5.0)
+    observed_hashes = {
+        key: ((obj.get("metadata") or {}).get("annotations") or {}).get(SPEC_HASH_ANNOTATION) if obj else None
+        for key, obj in existing.items()
+    }
+    rs_key = object_key("RayService", desired.rayservice["metadata"]["name"])
+    observed = ObservedState(
+        node_source=source,
+        pool_name=merged.name if merged else None,
+        pool=pool,
+        pool_bounds=(merged.min_count, merged.max_count) if merged else None,
+        previous_pool=previous_pool,
+        replace_reason=replace_reason,
+        existing_selector=hardware.node_pool.existing.node_selector if hardware.node_pool.existing else {},
+        cloud_fault=fault,
+        rayservice=_rayservice(existing.get(rs_key), desired_hashes[rs_key]),
+        endpoint_url=desired.endpoint_url
+        if existing.get(object_key("Service", desired.service["metadata"]["name"]))
+        else None,
+        plan=plan,
+    )
+    actions = compute_actions(
+        desired_pool=merged,
+        desired_hashes=desired_hashes,
+        observed_hashes=observed_hashes,
+        observed=observed,
+        previous_pool_claimed=previous_claimed,
+    )
+
+    applied_rayservice = False
+    for action in actions:
+        try:
+            if action.kind in (ActionKind.CREATE_POOL, ActionKind.REPLACE_POOL, ActionKind.UPDATE_POOL):
+                assert clients.pools is not None and merged is not None
+                async with clients._locks[f"pool:{merged.name}"]:
+                    # Another deployment of the same class may have started the same PUT meanwhile.
+                    fresh = await _observe(clients, merged.name, now, settings, fresh=True)
+                    if fresh is None or not fresh.in_progress:
+                        await clients.pools.begin_apply(merged)
+                    clients._cache.pop(merged.name, None)
+            elif action.kind is ActionKind.RELEASE_POOL:
+                assert clients.pools is not None
+                await clients.pools.begin_delete(action.target)
+                clients._cache.pop(action.target, None)
+                observed = _replace(observed, previous_pool=None)
+            elif action.kind is ActionKind.DETACH_POOL:
+                observed = _replace(observed, previous_pool=None)
+            elif action.kind is not ActionKind.WAIT:
+                await clients.kube.apply(desired_objects[action.target])
+                applied_rayservice |= action.kind is ActionKind.APPLY_RAYSERVICE
+                if action.kind is ActionKind.APPLY_SERVICE:
+                    observed = _replace(observed, endpoint_url=desired.endpoint_url)
+        except TransientKubeError as err:
+            return done(deployment, observed, actions=actions, retry_after_s=err.retry_after_s or 5.0)
+        except KubeRejectedError as err:
+            fault = CloudFault(Reason.SERVING_FAILED, str(err), settings.rejected_retry_s, True)
+            return done(
+                deployment,
+                _replace(observed, cloud_fault=fault),
+                actions=actions,
+                retry_after_s=fault.retry_after_s,
+                faults=[fault],
+            )
+        except TokenplaneError as err:
+            key = merged.name if merged else action.target
+            fault = _record(clients, key, err, now, settings)
+            new_faults.append(fault)
+            observed = _replace(observed, cloud_fault=fault)
+            break
+        else:
+            if action.kind in (ActionKind.CREATE_POOL, ActionKind.REPLACE_POOL, ActionKind.UPDATE_POOL):
+                assert merged is not None
+                # A failed operation's backoff keeps growing until the pool is seen Succeeded.
+                _clear(clients, merged.name, keep_failed=True)
+
+    if (
+        observed.cloud_fault is None
+        and merged is not None
+        and any(a.kind in (ActionKind.CREATE_POOL, ActionKind.REPLACE_POOL, ActionKind.UPDATE_POOL) for a in actions)
+    ):
+        # If this read fails the next round observes again; the actions already say what was started.
+        with contextlib.suppress(TokenplaneError):
+            observed = _replace(observed, pool=await _observe(clients, merged.name, now, settings))
+    if applied_rayservice:
+        # KubeRay has not seen the new spec yet: not ready until it says so.
+        observed = _replace(observed, rayservice=RayServiceObservation(current=True, message="spec just applied"))
+    fault = observed.cloud_fault
+    return done(
+        deployment,
+        observed,
+        actions=actions,
+        retry_after_s=fault.retry_after_s if fault else None,
+        faults=new_faults,
+    )
+
+
+async def release(
+    body: Mapping[str, Any], *, clients: Clients, settings: OperatorSettings, now: datetime
+) -> ReleaseResult:
+    """Release the pools a deleted deployment used, unless other deployments still need them.
+
+    Covers the pool in status (also one still provisioning, or the old one mid-move) and the pool the spec
+    asks for. Owned Kubernetes objects go by owner reference; Azure pools need this explicit step.
+
+    Args:
+        body: The InferenceDeployment being deleted.
+        clients: Shared clients.
+        settings: Operator settings.
+        now: The current time.
+
+    Returns:
+        The actions and whether everything is released.
+
+    Raises:
+        TokenplaneError: Azure or Kubernetes failed; the caller retries (the finalizer stays).
+    """
+    owner = _owner(body)
+    names = _pools_in_use(body, settings)
+    if not names or clients.pools is None:
+        return ReleaseResult([], True, 0)
+    actions: list[Action] = []
+    pending = False
+    async with clients._locks[f"cr:{owner}"]:
+        for name in sorted(names):
+            users = await _users(name, owner, clients, settings)
+            observed = None if users else await clients.pools.observe(name)
+            action = compute_release(name, observed, users)
+            if action is None:
+                continue
+            actions.append(action)
+            if action.kind is ActionKind.RELEASE_POOL:
+                await clients.pools.begin_delete(name)
+                clients._cache.pop(name, None)
+            pending |= action.kind in (ActionKind.RELEASE_POOL, ActionKind.WAIT)
+    del now  # deletion has no backoff of its own: kopf retries the handler
+    return ReleaseResult(actions, not pending, settings.poll_interval_s)
+
+
+# --- helpers -------------------------------------------------------------------------------------------
+
+
+def _owner(body: Mapping[str, Any]) -> str:
+    meta = body.get("metadata") or {}
+    return f"{meta.get('namespace') or 'default'}/{meta.get('name')}"
+
+
+def _previous_status(body: Mapping[str, Any]) -> InferenceDeploymentStatus | None:
+    try:
+        return InferenceDeploymentStatus.model_validate(body.get("status") or {})
+    except ValueError:
+        return None  # a status we cannot read is recomputed from scratch
+
+
+def _resolve_plan(deployment: InferenceDeployment) -> tuple[str | None, PlanStatus]:
+    """Resolve `vmSize: auto` with the capacity planner; an explicit size is taken as written."""
+    hardware, engine = deployment.spec.hardware, deployment.spec.engine
+    if hardware.accelerator is AcceleratorKind.CPU:
+        return None, PlanStatus(reasons=["CPU replicas"])
+    if hardware.vm_size != "auto":
+        return hardware.vm_size, PlanStatus(
+            vm_size=hardware.vm_size,
+            gpus_per_replica=hardware.gpu_fraction or hardware.gpus_per_replica,
+            mig_profile=hardware.mig_profile.value if hardware.mig_profile else None,
+            tensor_parallel_size=engine.tensor_parallel_size,
+            pipeline_parallel_size=engine.pipeline_parallel_size,
+            reasons=["vmSize set in the spec"],
+        )
+    plan = recommend(workload_from_spec(deployment.spec))
+    return plan.vm_size, PlanStatus(
+        vm_size=plan.vm_size,
+        gpus_per_replica=plan.gpus_per_replica,
+        mig_profile=plan.mig_profile,
+        tensor_parallel_size=plan.tensor_parallel_size,
+        pipeline_parallel_size=plan.pipeline_parallel_size,
+        weights_bytes=plan.weights_bytes,
+        kv_bytes_per_token=plan.kv_bytes_per_token,
+        fits=plan.fits,
+        usd_per_million_output_tokens=plan.estimates.usd_per_million_output_tokens if plan.estimates else None,
+        reasons=plan.reasons,
+    )
+
+
+def _owned(obj: Mapping[str, Any], owner: Mapping[str, Any]) -> dict[str, Any]:
+    """Return the object with a controller owner reference, so Kubernetes collects it with its owner."""
+    child = copy.deepcopy(dict(obj))
+    meta = owner.get("metadata") or {}
+    child["metadata"]["ownerReferences"] = [
+        {
+            "apiVersion": owner.get("apiVersion", "tokenplane.io/v1alpha1"),
+            "kind": owner.get("kind", "InferenceDeployment"),
+            "name": meta.get("name"),
+            "uid": meta.get("uid"),
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
+    return child
+
+
+async def _get(kube: KubeObjects, obj: Mapping[str, Any]) -> dict[str, Any] | None:
+    meta = obj["metadata"]
+    return await kube.get(obj["kind"], obj["apiVersion"], meta["namespace"], meta["name"])
+
+
+def _rayservice(obj: Mapping[str, Any] | None, want_hash: str) -> RayServiceObservation | None:
+    if obj is None:
+        return None
+    meta = obj.get("metadata") or {}
+    status = obj.get("status") or {}
+    have_hash = (meta.get("annotations") or {}).get(SPEC_HASH_ANNOTATION)
+    # KubeRay's observedGeneration lags metadata.generation until it has acted on our last write.
+    seen = status.get("observedGeneration")
+    caught_up = seen is None or int(seen) >= int(meta.get("generation") or 0)
+    return RayServiceObservation.from_status(status, current=have_hash == want_hash and caught_up)
+
+
+async def _merged_demand(
+    own: DesiredAgentPool,
+    owner: str,
+    clients: Clients,
+    settings: OperatorSettings,
+    demand: Mapping[str, Collection[PoolDemand]] | None,
+) -> DesiredAgentPool:
+    """Return the deployment's pool with the bounds of every deployment sharing it added up."""
+    if demand is None:
+        others = await _demands(clients, settings)
+        users = [d for d in others.get(own.name, ()) if d.owner != owner]
+    else:
+        users = [d for d in demand.get(own.name, ()) if d.owner != owner]
+    ordered = sorted([*users, PoolDemand(owner, own)], key=lambda d: d.owner)
+    return merge_pool_demand([d.pool for d in ordered], max_nodes=settings.max_pool_nodes)
+
+
+async def _demands(clients: Clients, settings: OperatorSettings) -> dict[str, list[PoolDemand]]:
+    found: dict[str, list[PoolDemand]] = defaultdict(list)
+    for item in await clients.kube.list_inference_deployments():
+        if (item.get("metadata") or {}).get("deletionTimestamp"):
+            continue
+        found_demand = pool_demand(item, settings)
+        if found_demand is not None:
+            found[found_demand.pool.name].append(found_demand)
+    return found
+
+
+def _pools_in_use(body: Mapping[str, Any], settings: OperatorSettings) -> set[str]:
+    """Pools a deployment uses: the one its spec asks for and the one its status names (maybe mid-move)."""
+    names = set()
+    demand = pool_demand(body, settings)
+    if demand is not None:
+        names.add(demand.pool.name)
+    status = _previous_status(body)
+    if status is not None and status.node_pool is not None and status.node_pool.managed and status.node_pool.name:
+        names.add(status.node_pool.name)
+    return names
+
+
+async def _users(pool: str, owner: str, clients: Clients, settings: OperatorSettings) -> list[str]:
+    """Other live deployments that need the pool, from an authoritative list (never a cache)."""
+    users = []
+    for item in await clients.kube.list_inference_deployments():
+        if _owner(item) == owner or (item.get("metadata") or {}).get("deletionTimestamp"):
+            continue
+        if pool in _pools_in_use(item, settings):
+            users.append(_owner(item))
+    return users
+
+
+async def _observe(
+    clients: Clients, name: str, now: datetime, settings: OperatorSettings, *, fresh: bool = False
+) -> ObservedAgentPool | None:
+    """Read a pool, sharing one read between the deployments of a class for `pool_cache_ttl_s`."""
+    assert clients.pools is not None
+    cached = clients._cache.get(name)
+    if not fresh and cached is not None and now - cached[1] < timedelta(seconds=settings.pool_cache_ttl_s):
+        return cached[0]
+    observed = await clients.pools.observe(name)
+    clients._cache[name] = (observed, now)
+    return observed
+
+
+def _active_fault(clients: Clients, key: str, now: datetime) -> CloudFault | None:
+    for k in (_THROTTLE_KEY, key):
+        entry = clients._faults.get(k)
+        if entry is not None and now < entry.until:
+            remaining = (entry.until - now).total_seconds()
+            return CloudFault(entry.fault.reason, entry.fault.message, remaining, entry.fault.stalled)
+    return None
+
+
+def _record(clients: Clients, key: str, err: TokenplaneError, now: datetime, settings: OperatorSettings) -> CloudFault:
+    """Classify an error, remember it with its retry time, and return it."""
+    previous = clients._faults.get(key)
+    attempts = previous.attempts + 1 if previous else 1
+    backoff = min(settings.backoff_max_s, settings.backoff_base_s * 2 ** (attempts - 1))
+    if isinstance(err, TransientCloudError) and err.throttled:
+        fault = CloudFault(Reason.THROTTLED, err.message, err.retry_after_s or settings.throttle_default_s)
+        key = _THROTTLE_KEY
+    elif isinstance(err, TransientCloudError | TransientKubeError):
+        fault = CloudFault(Reason.CLOUD_ERROR, str(err), err.retry_after_s or backoff)
+    elif isinstance(err, CloudRejectedError):
+        reason = {"QuotaExceeded": Reason.QUOTA_EXCEEDED, "SkuNotAvailable": Reason.SKU_NOT_AVAILABLE}.get(
+            err.reason, Reason.CLOUD_ERROR
+        )
+        fault = CloudFault(reason, err.message, settings.rejected_retry_s, stalled=True)
+    elif isinstance(err, OperationFailedError):
+        fault = CloudFault(Reason.PROVISIONING_FAILED, str(err), backoff)
+    else:
+        fault = CloudFault(Reason.CLOUD_ERROR, str(err), backoff)
+    clients._faults[key] = _Fault(fault, now + timedelta(seconds=fault.retry_after_s), attempts)
+    return fault
+
+
+def _note_pool_failure(
+    clients: Clients,
+    name: str,
+    pool: ObservedAgentPool,
+    now: datetime,
+    settings: OperatorSettings,
+    new_faults: list[CloudFault],
+) -> CloudFault | None:
+    """Record a Failed pool operation so it is retried after a backoff, not on every round."""
+    if pool.provisioning_state != "Failed":
+        if pool.succeeded:
+            _clear(clients, name)
+        return None
+    entry = clients._faults.get(name)
+    if entry is not None and entry.fault.reason is Reason.PROVISIONING_FAILED and not entry.retried:
+        entry.retried = True  # its backoff ran out (else we would not be here): retry now
+        return None
+    message = ": ".join(p for p in (pool.error_code, pool.error_message) if p) or "the operation failed"
+    fault = _record(clients, name, OperationFailedError(pool.error_code or "Failed", message), now, settings)
+    new_faults.append(fault)
+    return fault
+
+
+def _clear(clients: Clients, key: str, *, keep_failed: bool = False) -> None:
+    entry = clients._faults.get(key)
+    if entry is not None and not (keep_failed and entry.fault.reason is Reason.PROVISIONING_FAILED):
+        del clients._faults[key]
+    clients._faults.pop(_THROTTLE_KEY, None)
+
+
+def _replace(observed: ObservedState, **changes: Any) -> ObservedState:
+    return replace(observed, **changes)
