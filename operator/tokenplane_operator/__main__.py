@@ -1,0 +1,5 @@
+"""`python -m tokenplane_operator`: the same as the `tokenplane` command."""
+
+from tokenplane_operator.cli import main
+
+main()
