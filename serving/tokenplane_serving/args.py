@@ -174,9 +174,8 @@ class LoraAdapter(_Args):
     source: str = Field(
         min_length=1,
         description=(
-            "Adapter directory (PEFT format). Ray Serve LLM loads adapters from s3://, gs://, abfss:// "
-            "or azure:// prefixes; all adapters of one app share the parent directory and the name is "
-            "the last path component."
+            "Absolute adapter directory (PEFT format: adapter_config.json + weights) on the replica's "
+            "node: a local path, or where the operator mounted a pvc:// or Azure Blob source."
         ),
     )
 
@@ -296,9 +295,16 @@ class BackpressureArgs(_Args):
         default=None, ge=1, description="In-flight requests per replica; unset means engine.max_num_seqs."
     )
     max_queued_requests: int | None = Field(
-        default=None, ge=0, description="Requests queued per caller before rejecting; unset means unbounded."
+        default=None,
+        ge=0,
+        description=(
+            "Requests queued per ingress replica before rejecting with `status_code`. Unset: "
+            "max_ongoing_requests x scaling.max_replicas (one full batch per replica the fleet may grow to)."
+        ),
     )
-    retry_after_s: int | None = Field(default=None, ge=0, description="Retry-After header on rejections.")
+    retry_after_s: int | None = Field(
+        default=None, ge=0, description="Seconds in the Retry-After header of rejections; unset means 1."
+    )
     status_code: Literal[429, 503] = Field(default=503, description="HTTP status of a rejection.")
 
 
@@ -407,6 +413,13 @@ class ServingArgs(_Args):
     def effective_max_ongoing_requests(self) -> int:
         """Per-replica in-flight cap: `backpressure.max_ongoing_requests`, else `engine.max_num_seqs`."""
         return self.backpressure.max_ongoing_requests or self.engine.max_num_seqs
+
+    @property
+    def effective_max_queued_requests(self) -> int:
+        """Per-ingress-replica queue bound: `backpressure.max_queued_requests`, else derived from the batch size."""
+        if self.backpressure.max_queued_requests is not None:
+            return self.backpressure.max_queued_requests
+        return self.effective_max_ongoing_requests * self.scaling.max_replicas
 
     def to_serve_yaml_args(self) -> dict[str, Any]:
         """Dump for serveConfigV2 `applications[].args`: JSON-able, snake_case, unset options omitted.

@@ -38,11 +38,14 @@ class LocalServer:
         base_url: Root URL, e.g. `http://127.0.0.1:8000`; OpenAI clients want `openai_base_url`.
         model_id: The served model name.
         startup_s: Seconds from `serve_local` to the first successful completion.
+        metrics_url: Prometheus endpoint of Ray's metrics agent (vLLM, Serve and tokenplane metrics),
+            when `serve_local` was given a `metrics_port`.
     """
 
     base_url: str
     model_id: str
     startup_s: float = 0.0
+    metrics_url: str | None = None
     _stopped: bool = field(default=False, repr=False)
 
     @property
@@ -116,8 +119,8 @@ def _app_failure(app_name: str) -> str | None:
 
 
 def _wait_ready(server: LocalServer, app_name: str, deadline: float, console: Console) -> None:
-    models_url = f"{server.openai_base_url}/models"
-    with console.status(f"Loading model [bold]{server.model_id}[/] (vLLM engine starting)") as status:
+    # /-/ready answers 200 only once a replica generated a token, and it needs no credential.
+    with console.status(f"Loading model [bold]{server.model_id}[/] (vLLM engine starting)"):
         while True:
             failure = _app_failure(app_name)
             if failure:
@@ -125,27 +128,13 @@ def _wait_ready(server: LocalServer, app_name: str, deadline: float, console: Co
             if time.monotonic() > deadline:
                 raise LocalServeError("model did not become ready in time (see Ray logs in /tmp/ray/session_latest)")
             try:
-                listed = _http_json(models_url, timeout=5)
+                ready = _http_json(f"{server.base_url}/-/ready", timeout=10)
             except (urllib.error.URLError, OSError, ValueError):
-                listed = {}
-            if any(m.get("id") == server.model_id for m in listed.get("data", [])):
+                ready = {}
+            if ready.get("ready"):
                 break
             time.sleep(1.0)
-        console.print(f"[green]✓[/] Model {server.model_id} loaded")
-        # /v1/models answers before the engine has run a step; one real token proves the path end to end.
-        status.update("Warming up (first completion)")
-        while True:
-            try:
-                _http_json(
-                    f"{server.openai_base_url}/completions",
-                    {"model": server.model_id, "prompt": "Hello", "max_tokens": 1},
-                    timeout=max(5.0, deadline - time.monotonic()),
-                )
-                break
-            except (urllib.error.URLError, OSError, ValueError) as err:
-                if time.monotonic() > deadline:
-                    raise LocalServeError(f"first completion failed: {err}") from None
-                time.sleep(1.0)
+    console.print(f"[green]✓[/] Model {server.model_id} loaded and generating")
 
 
 def _curl_line(server: LocalServer) -> str:
@@ -181,11 +170,12 @@ def serve_local(
     timeout_s: float = 600.0,
     verbose: bool = False,
     console: Console | None = None,
+    metrics_port: int | None = None,
 ) -> LocalServer:
     """Run `args` on a local Ray and Ray Serve, exactly as `build_app` runs in the cluster.
 
     Prints progress (Ray up, model loading, ready), then the endpoint and a curl line. Ready means
-    `/v1/models` lists the model *and* a one-token completion succeeded.
+    the app's `/-/ready` reports that a replica generated a token.
 
     Args:
         args: What to serve; use `accelerator.kind = "cpu"` on a machine without GPUs.
@@ -198,6 +188,7 @@ def serve_local(
         timeout_s: How long the model may take to become ready.
         verbose: Stream Ray and vLLM logs to this terminal (they always go to /tmp/ray/session_latest).
         console: Rich console for progress; a stderr console by default.
+        metrics_port: Serve Prometheus metrics on this port (refreshed every 2 s); off if None.
 
     Returns:
         The `LocalServer` handle (`base_url`, `openai_base_url`, `model_id`, `startup_s`, `stop()`).
@@ -222,6 +213,10 @@ def serve_local(
         for name in ("ray", "ray.serve"):
             logging.getLogger(name).setLevel(logging.WARNING)
     server = LocalServer(base_url=f"http://{host}:{port}", model_id=args.model.id)
+    metrics: dict[str, Any] = {}
+    if metrics_port is not None:
+        server.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        metrics = {"_metrics_export_port": metrics_port, "_system_config": {"metrics_report_interval_ms": 2000}}
     try:
         with console.status("Starting Ray"):
             ray.init(
@@ -229,6 +224,7 @@ def serve_local(
                 include_dashboard=False,
                 log_to_driver=verbose,
                 logging_level=logging.INFO if verbose else logging.WARNING,
+                **metrics,
             )
             serve.start(http_options={"host": host, "port": port})
         console.print(f"[green]✓[/] Ray up ({num_cpus} CPUs)")

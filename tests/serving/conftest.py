@@ -1,4 +1,9 @@
-"""Shared serving fixtures: one tiny model, served once per session by a real Ray Serve + vLLM."""
+"""Shared serving fixtures: one tiny model, served once per session by a real Ray Serve + vLLM.
+
+The shared server carries everything the single-replica tests need at once (two API keys, a LoRA
+adapter, a small backpressure budget), so the session pays for one engine start. Entra ID and
+two-replica routing share a second instance (test_routing.py).
+"""
 
 from __future__ import annotations
 
@@ -12,10 +17,16 @@ import pytest
 
 from tokenplane_serving.args import ServingArgs
 from tokenplane_serving.local import LocalServer, serve_local
-from tokenplane_serving.tinymodel import write_tiny_model
+from tokenplane_serving.tinymodel import write_tiny_lora, write_tiny_model
+
+_STARTED: list[LocalServer] = []
 
 REPO_TINY = Path(__file__).resolve().parents[2] / "models" / "tiny"
 MODEL_ID = "tiny"
+ADAPTER = "sql"
+API_KEYS = ("tp-key-alpha-0123456789", "tp-key-beta-9876543210")
+# In flight per replica and queued at the ingress: small, so an overload test needs few requests.
+MAX_ONGOING, MAX_QUEUED = 4, 4
 
 
 @pytest.fixture(scope="session")
@@ -26,19 +37,42 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="session")
-def tiny_serving_args(tiny_model_dir: Path) -> ServingArgs:
+def tiny_lora_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_lora(tmp_path_factory.mktemp("adapters") / ADAPTER, tiny_model_dir, rank=8, alpha=16)
+
+
+@pytest.fixture(scope="session")
+def api_keys_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Secret-like mount: one key per file (trailing newline as `kubectl create secret` leaves it)."""
+    keys = tmp_path_factory.mktemp("api-keys")
+    for name, key in zip(("current", "next"), API_KEYS, strict=True):
+        (keys / name).write_text(key + "\n")
+    return keys
+
+
+@pytest.fixture(scope="session")
+def tiny_serving_args(tiny_model_dir: Path, tiny_lora_dir: Path, api_keys_dir: Path) -> ServingArgs:
     return ServingArgs.model_validate(
         {
             "model": {"id": MODEL_ID, "source": str(tiny_model_dir)},
             "accelerator": {"kind": "cpu", "cpu_kv_cache_gib": 1},
             "engine": {"dtype": "bfloat16", "max_model_len": 1024, "enforce_eager": True, "max_num_seqs": 16},
+            "lora": {"adapters": [{"name": ADAPTER, "source": str(tiny_lora_dir)}], "max_lora_rank": 8},
+            "auth": {"mode": "api_key", "api_keys_dir": str(api_keys_dir)},
+            "backpressure": {
+                "max_ongoing_requests": MAX_ONGOING,
+                "max_queued_requests": MAX_QUEUED,
+                "status_code": 429,
+                "retry_after_s": 2,
+            },
         }
     )
 
@@ -48,9 +82,21 @@ def tiny_server(tiny_serving_args: ServingArgs) -> Iterator[LocalServer]:
     """The one real Ray Serve + vLLM instance of the run (about a minute to start on 2 cores)."""
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     started = time.monotonic()
-    server = serve_local(tiny_serving_args, port=_free_port(), block=False, timeout_s=480)
+    server = serve_local(tiny_serving_args, port=free_port(), block=False, timeout_s=480, metrics_port=free_port())
     print(f"\n[tiny_server] ready after {time.monotonic() - started:.1f}s at {server.base_url}")
+    _STARTED.append(server)
     try:
         yield server
     finally:
         server.stop()
+
+
+def stop_shared_server() -> None:
+    """Stop the shared server early: Ray runs once per process, and the routing tests need their own."""
+    for server in _STARTED:
+        server.stop()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Tests on the two-replica server stop the shared one, so they run after everything that uses it.
+    items.sort(key=lambda item: "routing_server" in getattr(item, "fixturenames", ()))

@@ -9,8 +9,10 @@ import pytest
 from tokenplane_serving.args import MANAGED_ENGINE_KEYS, ServingArgs
 from tokenplane_serving.mapping import (
     CONSISTENT_HASH_ROUTER,
+    LATENCY_POLICY,
     PREFIX_AFFINITY_ROUTER,
     build_llm_config,
+    build_lora_adapter_paths,
     build_openai_app_args,
     build_pd_openai_app_args,
     check_engine_kwargs,
@@ -77,7 +79,20 @@ def test_autoscaling_and_backpressure() -> None:
     assert deployment["max_queued_requests"] == 10
     assert deployment["backpressure_config"] == {"status_code": 429, "retry_after_s": 2}
     assert deployment["graceful_shutdown_timeout_s"] == 45
-    assert "backpressure_config" not in build_llm_config(make())["deployment_config"]
+    assert deployment["graceful_shutdown_wait_loop_s"] == 1
+    default = build_llm_config(make(scaling={"max_replicas": 3}))["deployment_config"]
+    assert default["max_queued_requests"] == 16 * 3  # bounded by default: one batch per possible replica
+    assert default["backpressure_config"] == {"status_code": 503, "retry_after_s": 1}
+    assert "policy" not in default["autoscaling_config"]
+
+
+def test_latency_target_selects_the_latency_policy() -> None:
+    scaling = {"max_replicas": 4, "latency_target": {"metric": "ttft", "p95_ms": 500}}
+    autoscaling = build_llm_config(make(scaling=scaling))["deployment_config"]["autoscaling_config"]
+    assert autoscaling["policy"] == {
+        "policy_function": LATENCY_POLICY,
+        "policy_kwargs": {"metric": "ttft", "p95_ms": 500, "target_ongoing_requests": 12},
+    }
 
 
 @pytest.mark.parametrize(
@@ -138,38 +153,31 @@ def test_gpu_placement_and_accelerator_type() -> None:
     assert half["placement_group_config"]["bundles"] == [{"GPU": 0.5, "CPU": 1.0}]
 
 
-def test_lora_from_azure_blob() -> None:
-    config = build_llm_config(
-        make(
-            lora={
-                "adapters": [
-                    {"name": "a", "source": "az://acct/loras/base/a"},
-                    {"name": "b", "source": "https://acct.blob.core.windows.net/loras/base/b"},
-                ],
-                "max_adapters_per_replica": 4,
-                "max_lora_rank": 8,
-            }
-        )
+def test_lora_from_mounted_directories() -> None:
+    args = make(
+        lora={
+            "adapters": [
+                {"name": "a", "source": "/models/pvc-loras/adapters/a/"},
+                {"name": "b", "source": "/models/blob-acct-loras/other/b"},
+            ],
+            "max_adapters_per_replica": 4,
+            "max_lora_rank": 8,
+        }
     )
-    assert config["lora_config"] == {
-        "dynamic_lora_loading_path": "azure://loras@acct.blob.core.windows.net/base",
-        "max_num_adapters_per_replica": 4,
+    config = build_llm_config(args)
+    assert config["lora_config"] == {"max_num_adapters_per_replica": 4}
+    assert build_lora_adapter_paths(args) == {
+        "a": "/models/pvc-loras/adapters/a",
+        "b": "/models/blob-acct-loras/other/b",
     }
     kwargs = config["engine_kwargs"]
     assert (kwargs["enable_lora"], kwargs["max_lora_rank"], kwargs["max_loras"]) == (True, 8, 4)
 
 
-@pytest.mark.parametrize(
-    ("adapters", "message"),
-    [
-        ([{"name": "a", "source": "/local/a"}], "local adapter directories are not supported"),
-        ([{"name": "a", "source": "s3://b/x/other"}], "must end in /a"),
-        ([{"name": "a", "source": "s3://b/x/a"}, {"name": "b", "source": "s3://b/y/b"}], "share one parent"),
-    ],
-)
-def test_lora_source_errors(adapters: list[dict[str, str]], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        build_llm_config(make(lora={"adapters": adapters}))
+@pytest.mark.parametrize("source", ["s3://b/a", "azure://c@acct.blob.core.windows.net/a", "relative/a"])
+def test_lora_source_must_be_a_directory(source: str) -> None:
+    with pytest.raises(ValueError, match="must be an absolute directory"):
+        build_llm_config(make(lora={"adapters": [{"name": "a", "source": source}]}))
 
 
 def test_pd_args_have_kv_transfer_and_fixed_replicas() -> None:
@@ -205,7 +213,7 @@ def test_engine_kwargs_are_real_vllm_arguments() -> None:
             "speculative": {"method": "draft_model", "model": "org/d"},
             "max_model_len": 4096,
         },
-        lora={"adapters": [{"name": "a", "source": "s3://b/a"}]},
+        lora={"adapters": [{"name": "a", "source": "/models/a"}]},
     )
     check_engine_kwargs(build_llm_config(full)["engine_kwargs"], known)
 
@@ -219,6 +227,7 @@ def test_ray_accepts_the_dicts() -> None:
         make(routing={"policy": "prefix_affinity"}),
         make(routing={"policy": "session_affinity"}),
         gpu(engine={"tensor_parallel_size": 2}, backpressure={"status_code": 429, "retry_after_s": 1}),
+        make(scaling={"max_replicas": 2, "latency_target": {"metric": "e2e", "p95_ms": 900}}),
     ):
         config = LLMConfig(**build_llm_config(args))
         assert config.accelerator_config.kind == args.accelerator.kind

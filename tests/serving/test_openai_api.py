@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from openai import OpenAI
 
+from tests.serving.conftest import API_KEYS
 from tokenplane_serving.local import LocalServer
 
 # The shared server starts inside the first test's setup, so that test needs more than the default 300 s.
@@ -15,7 +16,7 @@ MODEL = "tiny"
 
 @pytest.fixture(scope="module")
 def client(tiny_server: LocalServer) -> OpenAI:
-    return OpenAI(base_url=tiny_server.openai_base_url, api_key="unused", max_retries=0, timeout=60)
+    return OpenAI(base_url=tiny_server.openai_base_url, api_key=API_KEYS[0], max_retries=0, timeout=60)
 
 
 def test_models_lists_the_model(client: OpenAI) -> None:

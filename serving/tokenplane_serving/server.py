@@ -1,0 +1,357 @@
+"""The LLMServer replica: local LoRA adapters, honest readiness, profitability metrics, autoscaling stats."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import os
+import threading
+import time
+import uuid
+from typing import Any
+
+from fastapi import HTTPException, status
+from ray.llm._internal.common.models import global_id_manager
+from ray.llm._internal.common.utils.lora_utils import get_lora_id
+from ray.llm._internal.serve.core.configs.llm_config import DiskMultiplexConfig, LLMConfig
+from ray.llm._internal.serve.core.server.llm_server import LLMServer
+from ray.llm._internal.serve.engines.vllm.vllm_engine import VLLMEngine
+from ray.llm._internal.serve.utils.lora_serve_utils import LoraModelLoader
+from ray.serve import metrics
+from vllm.v1.metrics.loggers import AggregateStatLoggerBase
+
+__all__ = ["EngineStats", "LocalLoraLoader", "TokenplaneLLMServer", "TokenplaneVLLMEngine"]
+
+logger = logging.getLogger(__name__)
+
+# Throughput and hit ratio are averaged over this window: long enough to smooth batch steps,
+# short enough that a dashboard sees a load change within a minute.
+_WINDOW_S = 60.0
+# A completion (probe or client traffic) newer than this proves the replica can generate.
+_READY_TTL_S = 15.0
+_PROBE_TIMEOUT_S = 8.0  # below Ray Serve LLM's 10 s health_check_timeout_s
+_LATENCY_SAMPLES = 512
+
+
+class EngineStats:
+    """Per-replica counters fed by vLLM's stat loop and read by metrics, readiness and autoscaling.
+
+    vLLM's own Prometheus logger (re-exported by Ray as `ray_vllm_*`) already covers tokens, latency
+    histograms, queue and KV usage; this adds only what it lacks: windowed tokens/s per GPU, tokens per
+    GPU-hour, the prefix-cache hit ratio, and latency percentiles for the autoscaling policy.
+    """
+
+    def __init__(self, gpus: float, model_id: str) -> None:
+        """Create the stats holder and its Ray metrics.
+
+        Args:
+            gpus: GPUs this replica holds; 0 on CPU replicas, whose per-GPU figures are per replica.
+            model_id: The served model name (metric tag).
+        """
+        self.gpus = gpus
+        self._per = gpus if gpus > 0 else 1.0
+        self._lock = threading.Lock()
+        self._window: collections.deque[tuple[float, int, int, int]] = collections.deque()
+        self._ttft: collections.deque[float] = collections.deque(maxlen=_LATENCY_SAMPLES)
+        self._e2e: collections.deque[float] = collections.deque(maxlen=_LATENCY_SAMPLES)
+        self.last_token_time = 0.0
+        self.running = 0
+        self.waiting = 0
+        self._published = 0.0
+        keys = ("model_name",)
+        self._g_gpus = metrics.Gauge("tokenplane_replica_gpus", "GPUs held by the replica (0: CPU).", tag_keys=keys)
+        self._g_tps = metrics.Gauge(
+            "tokenplane_output_tokens_per_second_per_gpu",
+            f"Generated tokens per second per GPU over {_WINDOW_S:.0f} s (per replica on CPU).",
+            tag_keys=keys,
+        )
+        self._g_gpu_hour = metrics.Gauge(
+            "tokenplane_output_tokens_per_gpu_hour",
+            "Generated tokens per GPU-hour at the current rate (per replica-hour on CPU).",
+            tag_keys=keys,
+        )
+        self._g_hit = metrics.Gauge(
+            "tokenplane_prefix_cache_hit_ratio",
+            f"Prompt tokens served from the prefix cache / prompt tokens looked up, over {_WINDOW_S:.0f} s.",
+            tag_keys=keys,
+        )
+        for gauge in (self._g_gpus, self._g_tps, self._g_gpu_hour, self._g_hit):
+            gauge.set_default_tags({"model_name": model_id})  # Serve adds its tags to the dict it gets
+        self._g_gpus.set(gpus)
+
+    def record(self, now: float, generated: int, queries: int, hits: int) -> None:
+        """Add one engine step's numbers."""
+        with self._lock:
+            self._window.append((now, generated, queries, hits))
+            while self._window and self._window[0][0] < now - _WINDOW_S:
+                self._window.popleft()
+            if generated:
+                self.last_token_time = now
+        if now - self._published >= 1.0:
+            self._published = now
+            self.publish(now)
+
+    def record_latencies(self, ttft_s: list[float], e2e_s: list[float]) -> None:
+        """Keep recent time-to-first-token and end-to-end latencies for percentiles."""
+        with self._lock:
+            self._ttft.extend(ttft_s)
+            self._e2e.extend(e2e_s)
+
+    def snapshot(self, now: float | None = None) -> dict[str, float]:
+        """Windowed rates now.
+
+        Returns:
+            `tokens_per_s_per_gpu`, `tokens_per_gpu_hour` and `prefix_cache_hit_ratio`.
+        """
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            rows = [r for r in self._window if r[0] >= now - _WINDOW_S]
+        generated = sum(r[1] for r in rows)
+        queries = sum(r[2] for r in rows)
+        hits = sum(r[3] for r in rows)
+        # Until a full window has passed, divide by the time actually covered.
+        span = max(1.0, min(_WINDOW_S, now - rows[0][0])) if rows else _WINDOW_S
+        per_s = generated / span / self._per
+        return {
+            "tokens_per_s_per_gpu": per_s,
+            "tokens_per_gpu_hour": per_s * 3600.0,
+            "prefix_cache_hit_ratio": hits / queries if queries else 0.0,
+        }
+
+    def publish(self, now: float | None = None) -> None:
+        """Push the windowed values to the Ray metric gauges."""
+        snap = self.snapshot(now)
+        self._g_tps.set(snap["tokens_per_s_per_gpu"])
+        self._g_gpu_hour.set(snap["tokens_per_gpu_hour"])
+        self._g_hit.set(snap["prefix_cache_hit_ratio"])
+
+    def percentile_ms(self, which: str, q: float = 0.95) -> float:
+        """Return the q-quantile of recent `ttft` or `e2e` latencies in ms (0 without samples)."""
+        with self._lock:
+            values = sorted(self._ttft if which == "ttft" else self._e2e)
+        if not values:
+            return 0.0
+        return values[min(len(values) - 1, int(q * len(values)))] * 1000.0
+
+
+class _StatsLogger(AggregateStatLoggerBase):
+    """Feeds `EngineStats` from vLLM's per-step stats (runs in the replica process)."""
+
+    def __init__(self, stats: EngineStats) -> None:
+        self._stats = stats
+
+    def record(
+        self, scheduler_stats: Any, iteration_stats: Any, mm_cache_stats: Any = None, engine_idx: int = 0
+    ) -> None:
+        generated, queries, hits = 0, 0, 0
+        if iteration_stats is not None:
+            generated = iteration_stats.num_generation_tokens
+            self._stats.record_latencies(
+                list(iteration_stats.time_to_first_tokens_iter),
+                [r.e2e_latency for r in iteration_stats.finished_requests],
+            )
+        if scheduler_stats is not None:
+            queries = scheduler_stats.prefix_cache_stats.queries
+            hits = scheduler_stats.prefix_cache_stats.hits
+            self._stats.running = scheduler_stats.num_running_reqs
+            self._stats.waiting = scheduler_stats.num_waiting_reqs
+        self._stats.record(time.monotonic(), generated, queries, hits)
+
+    def log_engine_initialized(self) -> None:
+        pass
+
+
+def _replica_gpus(llm_config: LLMConfig) -> float:
+    bundles = (llm_config.placement_group_config or {}).get("bundles") or []
+    return float(sum(b.get("GPU", 0) for b in bundles))
+
+
+class TokenplaneVLLMEngine(VLLMEngine):
+    """Ray Serve LLM's vLLM engine plus our stat logger next to Ray's Prometheus one."""
+
+    stats: EngineStats
+
+    def _start_async_llm_engine(self, *args: Any, **kwargs: Any) -> Any:
+        client = super()._start_async_llm_engine(*args, **kwargs)
+        self.stats = EngineStats(_replica_gpus(self.llm_config), self.llm_config.model_id)
+        # AsyncLLM takes stat loggers only at construction, where Ray fixes the list; its manager
+        # iterates `stat_loggers` on every step, so appending is enough.
+        manager = getattr(client, "logger_manager", None)
+        if manager is not None:
+            manager.stat_loggers.append(_StatsLogger(self.stats))
+        return client
+
+    async def generate_probe(self, timeout_s: float) -> float:
+        """Generate one token straight on the engine.
+
+        Args:
+            timeout_s: Give up after this long.
+
+        Returns:
+            The probe's latency in seconds.
+        """
+        from vllm import SamplingParams
+
+        started = time.monotonic()
+        params = SamplingParams(max_tokens=1, temperature=0.0)
+        request_id = f"tokenplane-probe-{uuid.uuid4().hex}"
+
+        client = self._engine_client
+        assert client is not None, "engine not started"
+
+        async def _run() -> None:
+            async for _ in client.generate({"prompt_token_ids": [1]}, params, request_id):
+                pass
+
+        await asyncio.wait_for(_run(), timeout=timeout_s)
+        return time.monotonic() - started
+
+
+class LocalLoraLoader(LoraModelLoader):
+    """Resolves `<model>:<adapter>` to an adapter directory on this node (a local, PVC or blob-CSI mount).
+
+    Ray Serve LLM 2.60 only downloads from object storage; tokenplane mounts adapters instead, so
+    "loading" is a lookup. vLLM reads the weights when the adapter first joins a batch, and
+    `serve.multiplexed` keeps at most `max_adapters_per_replica` per replica (LRU).
+    """
+
+    def __init__(self, adapters: dict[str, str]) -> None:
+        """Create the loader.
+
+        Args:
+            adapters: Adapter name -> directory holding `adapter_config.json`.
+        """
+        super().__init__()
+        self._adapters = dict(adapters)
+        self._ids: dict[str, int] = {}
+
+    async def load_model_from_config(self, lora_model_id: str, llm_config: LLMConfig) -> DiskMultiplexConfig:
+        """Return the on-disk config Ray Serve LLM hands to vLLM.
+
+        Raises:
+            HTTPException: 404 if the adapter is not configured or its directory is missing.
+        """
+        name = get_lora_id(lora_model_id)
+        path = self._adapters.get(name)
+        if path is None or not await asyncio.to_thread(os.path.isfile, os.path.join(path, "adapter_config.json")):
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"LoRA adapter {name!r} is not available")
+        # vLLM keys adapters by this int: stable per name, so an evicted adapter reloads under the same id.
+        if lora_model_id not in self._ids:
+            self._ids[lora_model_id] = global_id_manager.next()
+        return DiskMultiplexConfig.model_validate(
+            {
+                "model_id": lora_model_id,
+                "max_total_tokens": None,
+                "local_path": path,
+                "lora_assigned_int_id": self._ids[lora_model_id],
+            }
+        )
+
+
+class TokenplaneLLMServer(LLMServer):
+    """LLMServer that is ready only once it has generated a token, and loads mounted LoRA adapters."""
+
+    _default_engine_cls = TokenplaneVLLMEngine  # type: ignore[assignment]
+
+    async def __init__(  # type: ignore[misc]  # Ray Serve awaits async constructors
+        self, llm_config: LLMConfig, *, lora_adapters: dict[str, str] | None = None
+    ) -> None:
+        """Start the engine, then prove it generates before Ray routes traffic here.
+
+        Args:
+            llm_config: The model's LLMConfig.
+            lora_adapters: Adapter name -> local directory.
+        """
+        self._lora_adapters = dict(lora_adapters or {})
+        self._last_ok = 0.0
+        self._last_probe_ms: float | None = None
+        self._last_error: str | None = None
+        self._probe_lock = asyncio.Lock()
+        await super().__init__(llm_config)
+        # Raising here fails the replica's constructor: Ray retries it and never routes to it.
+        await self._probe()
+
+    def _init_multiplex_loader(self, model_downloader_cls: Any = None) -> None:
+        adapters = self._lora_adapters
+
+        class _Loader(LocalLoraLoader):
+            def __init__(self, **_: Any) -> None:
+                super().__init__(adapters)
+
+        super()._init_multiplex_loader(_Loader)
+
+    @property
+    def _engine(self) -> TokenplaneVLLMEngine:
+        assert isinstance(self.engine, TokenplaneVLLMEngine), "engine not started"
+        return self.engine
+
+    @property
+    def _stats(self) -> EngineStats | None:
+        return getattr(self.engine, "stats", None)
+
+    async def _probe(self) -> None:
+        async with self._probe_lock:
+            if time.monotonic() - self._last_ok < _READY_TTL_S:
+                return
+            try:
+                latency = await self._engine.generate_probe(_PROBE_TIMEOUT_S)
+            except Exception as err:
+                self._last_error = f"{type(err).__name__}: {err}"[:200]
+                raise
+            self._last_probe_ms = latency * 1000.0
+            self._last_error = None
+            self._last_ok = time.monotonic()
+
+    def _recently_generated(self) -> bool:
+        stats = self._stats
+        return stats is not None and time.monotonic() - stats.last_token_time < _READY_TTL_S
+
+    async def check_health(self) -> None:
+        """Healthy while the engine is alive and a completion succeeded within the last few seconds.
+
+        Client traffic that produced tokens counts as proof; otherwise a one-token probe runs. A
+        saturated replica whose probe waits behind full batches is still healthy if tokens flow.
+        """
+        await super().check_health()
+        if self._recently_generated():
+            self._last_ok = time.monotonic()
+            return
+        try:
+            await self._probe()
+        except Exception:
+            if not self._recently_generated():
+                logger.warning("readiness probe failed: %s", self._last_error)
+                raise
+
+    async def readiness(self) -> dict[str, Any]:
+        """Report this replica's readiness, for the ingress's `/-/ready`.
+
+        Returns:
+            `ready`, `last_success_age_s`, `probe_latency_ms` and `error`.
+        """
+        with contextlib.suppress(Exception):  # reported, not raised: the caller aggregates replicas
+            await self.check_health()
+        age = time.monotonic() - self._last_ok
+        return {
+            "ready": age < _READY_TTL_S * 2,
+            "last_success_age_s": round(age, 3),
+            "probe_latency_ms": None if self._last_probe_ms is None else round(self._last_probe_ms, 3),
+            "error": self._last_error,
+        }
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Report custom autoscaling metrics (Ray Serve calls this on each replica).
+
+        Returns:
+            P95 TTFT and end-to-end latency in ms over recent requests, and vLLM's waiting queue.
+        """
+        stats = self._stats
+        if stats is None:
+            return {"ttft_p95_ms": 0.0, "e2e_p95_ms": 0.0, "engine_waiting": 0.0}
+        return {
+            "ttft_p95_ms": stats.percentile_ms("ttft"),
+            "e2e_p95_ms": stats.percentile_ms("e2e"),
+            "engine_waiting": float(stats.waiting),
+        }
