@@ -123,6 +123,7 @@ class EngineStats:
     def publish(self, now: float | None = None) -> None:
         """Push the windowed values to the Ray metric gauges."""
         snap = self.snapshot(now)
+        self._g_gpus.set(self.gpus)  # re-set: a gauge set only once can miss the first export
         self._g_tps.set(snap["tokens_per_s_per_gpu"])
         self._g_gpu_hour.set(snap["tokens_per_gpu_hour"])
         self._g_hit.set(snap["prefix_cache_hit_ratio"])

@@ -126,9 +126,14 @@ def per_replica(metrics_url: str, name: str) -> Counter[str]:
 
 
 def placement(server: LocalServer, token: str, prefix: str, n: int = 8, concurrency: int = 1) -> Counter[str]:
-    """Send n requests sharing `prefix`, `concurrency` at a time; return how many each replica finished."""
+    """Send n requests sharing `prefix`, `concurrency` at a time; return how many each replica served.
+
+    Counted from prompt tokens per replica (each request brings hundreds), so the one-token readiness
+    probes a replica runs on its own do not count as placements.
+    """
     assert server.metrics_url
-    before = per_replica(server.metrics_url, "ray_vllm_request_success_total")
+    tokens_per_request = len(prefix) // 8  # a safe lower bound for the tiny model's tokenizer
+    before = per_replica(server.metrics_url, "ray_vllm_prompt_tokens_total")
     client = OpenAI(base_url=server.openai_base_url, api_key=token, max_retries=0, timeout=60)
 
     def one(i: int) -> None:
@@ -140,21 +145,19 @@ def placement(server: LocalServer, token: str, prefix: str, n: int = 8, concurre
             t.start()
         for t in batch:
             t.join()
-    deadline = time.monotonic() + 30
-    while True:
-        delta = per_replica(server.metrics_url, "ray_vllm_request_success_total")
-        delta.subtract(before)
-        placed = Counter({k: v for k, v in delta.items() if v > 0})
-        if sum(placed.values()) >= n or time.monotonic() > deadline:
-            return placed
-        time.sleep(1)
+    time.sleep(3)  # one metrics report interval
+    after = per_replica(server.metrics_url, "ray_vllm_prompt_tokens_total")
+    after.subtract(before)
+    total = sum(after.values())
+    # Requests are alike, so each replica's share of prompt tokens is its share of requests.
+    return Counter({k: round(n * v / total) for k, v in after.items() if v >= tokens_per_request})
 
 
 LONG_PREFIX = (
     "Cloud platforms rent computers by the hour. A cluster groups many machines together, and a scheduler "
     "decides where each piece of work should run. Graphics processors are good at the arithmetic that neural "
     "networks need, so they are in high demand and cost more than ordinary processors. "
-) * 3
+) * 8  # several 128-token CPU KV blocks: prefix caching hits whole blocks only
 
 
 # --- Entra ID -------------------------------------------------------------------------------------
@@ -201,12 +204,10 @@ def test_prefix_affinity_keeps_a_shared_prefix_on_one_replica(routing_server: Lo
     assert routing_server.metrics_url
     hits_before = per_replica(routing_server.metrics_url, "ray_vllm_prefix_cache_hits_total")
     placed = placement(routing_server, issuer.token(), "A different shared system prompt. " + LONG_PREFIX)
-    time.sleep(3)  # one metrics report interval
     hits = per_replica(routing_server.metrics_url, "ray_vllm_prefix_cache_hits_total")
     hits.subtract(hits_before)
     print(f"\n[prefix_affinity] per replica: {dict(placed)}; prefix-cache hit tokens: {dict(hits)}")
-    assert sum(placed.values()) == 8
-    assert placed.most_common(1)[0][1] == 8, f"shared-prefix requests were split: {dict(placed)}"
+    assert len(placed) == 1, f"shared-prefix requests were split: {dict(placed)}"
     replica = placed.most_common(1)[0][0]
     assert hits[replica] > 0  # the prefix-cache hit metric moved on the replica that got them
 
@@ -218,7 +219,6 @@ def test_power_of_two_spreads_shared_prefix_requests(
     wait_ready(routing_server, replicas=2)
     placed = placement(routing_server, issuer.token(), LONG_PREFIX, concurrency=2)
     print(f"\n[power_of_two] per replica: {dict(placed)}")
-    assert sum(placed.values()) == 8
     assert len(placed) == 2, f"power-of-two sent every request to one replica: {dict(placed)}"
 
 
