@@ -12,8 +12,9 @@ import pydantic
 from fastapi import FastAPI, HTTPException, Request, status
 from ray import serve
 from ray.llm._internal.common.utils.lora_utils import get_base_model_id, get_lora_id
-from ray.llm._internal.serve.core.configs.openai_api_models import ModelCard, ModelList
+from ray.llm._internal.serve.core.configs.openai_api_models import ChatCompletionRequest, ModelCard, ModelList
 from ray.llm._internal.serve.core.ingress.ingress import DEFAULT_ENDPOINTS, OpenAiIngress, init, make_fastapi_ingress
+from ray.llm._internal.serve.core.ingress.utils import _sanitize_chat_completion_request
 from ray.serve._private.common import ReplicaState
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
@@ -101,12 +102,22 @@ class BodyLimitMiddleware:
         await self.app(scope, replay, send)
 
 
+class _NonFiniteNumberError(ValueError):
+    pass
+
+
+def _reject_constant(name: str) -> Any:
+    raise _NonFiniteNumberError(name)
+
+
 class ValidatorCrashGuard:
-    """400 instead of 500 when a request model's validator crashes on malformed input.
+    """400 instead of 500 for request bodies that crash validation or error rendering.
 
     Some vLLM request validators assume well-typed fields (e.g. `"messages": null` raises TypeError
-    inside validation); FastAPI only turns `ValidationError` into a 400. A crash while validating the
-    client's own body is a client error, so the body is validated here first.
+    inside validation), and FastAPI only turns `ValidationError` into a 400. `NaN`/`Infinity` (not
+    JSON per RFC 8259, but accepted by Python's parser) make the validation-error response itself
+    unserialisable. A crash caused by the client's own body is a client error, so POST bodies are
+    checked here first.
     """
 
     def __init__(self, app: Callable[..., Any]) -> None:
@@ -119,10 +130,21 @@ class ValidatorCrashGuard:
             "/v1/completions": CompletionRequest,
         }
 
+    @staticmethod
+    async def _bad_request(send: _Send, message: str) -> None:
+        error = openai_error_body(message, "invalid_request_error", 400)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 400,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(error)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": error})
+
     async def __call__(self, scope: _Scope, receive: _Receive, send: _Send) -> None:
-        """Validate chat and completion bodies, then replay them to the app."""
-        model = self._models.get(scope.get("path", "")) if scope["type"] == "http" else None
-        if model is None or scope["method"] != "POST":
+        """Check POST bodies, then replay them to the app."""
+        if scope["type"] != "http" or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
         chunks = []
@@ -132,22 +154,18 @@ class ValidatorCrashGuard:
             if message["type"] != "http.request" or not message.get("more_body", False):
                 break
         body = b"".join(chunks)
+        model = self._models.get(scope.get("path", ""))
         try:
-            model.model_validate(json.loads(body))
+            parsed = json.loads(body, parse_constant=_reject_constant)
+            if model is not None:
+                model.model_validate(parsed)
+        except _NonFiniteNumberError as err:
+            await self._bad_request(send, f"Invalid JSON: {err} is not a valid number.")
+            return
         except (ValueError, pydantic.ValidationError):
             pass  # malformed JSON or a normal validation error: FastAPI answers 400 with details
         except Exception as err:
-            error = openai_error_body(
-                f"Invalid request: {type(err).__name__} while validating the body", "invalid_request_error", 400
-            )
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 400,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(error)).encode())],
-                }
-            )
-            await send({"type": "http.response.body", "body": error})
+            await self._bad_request(send, f"Invalid request: {type(err).__name__} while validating the body.")
             return
         replayed = False
 
@@ -221,6 +239,13 @@ class TokenplaneIngress(OpenAiIngress):
         return ModelList(data=cards)
 
     async def _process_llm_request(self, body: Any, call_method: str, raw_request: Request | None = None) -> Response:
+        if isinstance(body, ChatCompletionRequest):
+            # Ray re-checks message contents after validation and raises ValueError (a 500) on bad
+            # parts such as `"content": [null]`; run the same check first and make it a 400.
+            try:
+                _sanitize_chat_completion_request(body)
+            except ValueError as err:
+                raise HTTPException(status.HTTP_400_BAD_REQUEST, str(err)) from None
         try:
             response: Response = await super()._process_llm_request(body, call_method, raw_request)
         except BackPressureError as err:

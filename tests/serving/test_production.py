@@ -124,6 +124,8 @@ def test_lora_adapter_by_name_changes_output_and_base_is_unchanged(tiny_server: 
 BAD_REQUESTS: list[tuple[str, Any]] = [
     ("malformed json", b'{"model": "tiny", "prompt": '),
     ("not an object", b"[1, 2, 3]"),
+    ("non-finite number", b'{"model": "tiny", "prompt": "hi", "max_tokens": 1, "temperature": NaN}'),
+    ("message content not parts", {"model": MODEL_ID, "messages": [{"role": "user", "content": [None]}]}),
     ("unknown model", {"model": "nope", "prompt": "hi", "max_tokens": 1}),
     ("prompt longer than context", {"model": MODEL_ID, "prompt": "word " * 3000, "max_tokens": 1}),
     ("max_tokens beyond context", {"model": MODEL_ID, "prompt": "hi", "max_tokens": 100_000}),
@@ -138,9 +140,10 @@ BAD_REQUESTS: list[tuple[str, Any]] = [
 @pytest.mark.parametrize(("case", "body"), BAD_REQUESTS, ids=[c for c, _ in BAD_REQUESTS])
 def test_bad_input_gets_a_clear_4xx(tiny_server: LocalServer, case: str, body: Any) -> None:
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    endpoint = "/chat/completions" if isinstance(body, dict) and "messages" in body else "/completions"
     with httpx.Client(timeout=60) as http:
         response = http.post(
-            f"{tiny_server.openai_base_url}/completions",
+            f"{tiny_server.openai_base_url}{endpoint}",
             content=content,
             headers={**headers(), "Content-Type": "application/json"},
         )
