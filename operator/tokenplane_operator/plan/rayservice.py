@@ -8,7 +8,13 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from tokenplane_operator.api.v1alpha1 import AcceleratorKind, AuthMode, InferenceDeployment, UpgradeStrategy
+from tokenplane_operator.api.v1alpha1 import (
+    AcceleratorKind,
+    AuthMode,
+    InferenceDeployment,
+    RoutingPolicy,
+    UpgradeStrategy,
+)
 from tokenplane_operator.plan.agentpool import POOL_LABEL, DesiredAgentPool
 from tokenplane_operator.plan.catalog import GpuSku
 from tokenplane_operator.plan.errors import PlanError, PlanErrorReason
@@ -50,6 +56,7 @@ WORKER_GROUP = "gpu"
 CPU_WORKER_GROUP = "cpu"
 _SHM_VOLUME = "dshm"
 _API_KEYS_VOLUME = "api-keys"
+_TERMINATION_MARGIN_S = 30  # Ray's own shutdown after the drain
 
 
 @dataclass(frozen=True)
@@ -251,10 +258,14 @@ def _volumes(deployment: InferenceDeployment, sources: list[SourceVolume]) -> tu
 
 
 def _env(deployment: InferenceDeployment) -> list[Any]:
+    env: list[Any] = []
     ref = deployment.spec.model.access_secret_ref
-    if ref is None:
-        return []
-    return [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}]
+    if ref is not None:
+        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+    if deployment.spec.routing.policy is RoutingPolicy.SESSION_AFFINITY:
+        # Serve's HTTP proxy reads the session header name once per process, so it must be in every pod's env.
+        env.append({"name": "RAY_SERVE_SESSION_ID_HEADER_KEY", "value": deployment.spec.routing.session_header.lower()})
+    return env
 
 
 def _container(name: str, image: str, config: RenderConfig, resources: dict[str, Any], **extra: Any) -> Any:
@@ -310,6 +321,7 @@ def _worker_group(
     pool: DesiredAgentPool | None,
     config: RenderConfig,
     sources: list[SourceVolume],
+    drain_grace_period_s: float,
 ) -> Any:
     volumes, mounts = _volumes(deployment, sources)
     node_selector, tolerations = _worker_placement(deployment, pool)
@@ -338,7 +350,12 @@ def _worker_group(
     container = _container(
         "ray-worker", config.serving_image, config, resources, env=_env(deployment), volumeMounts=mounts
     )
-    pod_spec: dict[str, Any] = {"containers": [container], "volumes": volumes}
+    pod_spec: dict[str, Any] = {
+        "containers": [container],
+        "volumes": volumes,
+        # Serve drains in-flight streams for drain_grace_period_s; the kubelet must not kill the pod first.
+        "terminationGracePeriodSeconds": math.ceil(drain_grace_period_s) + _TERMINATION_MARGIN_S,
+    }
     if node_selector:
         pod_spec["nodeSelector"] = node_selector
     if tolerations:
@@ -393,7 +410,9 @@ def build_rayservice(
             # Ray's autoscaler turns pending Serve replicas into worker pods; the cluster autoscaler adds nodes.
             "enableInTreeAutoscaling": True,
             "headGroupSpec": _head_group(deployment, config, sources),
-            "workerGroupSpecs": [_worker_group(deployment, shape, pool, config, sources)],
+            "workerGroupSpecs": [
+                _worker_group(deployment, shape, pool, config, sources, serving_args.drain_grace_period_s)
+            ],
         },
     }
     return {
@@ -407,4 +426,3 @@ def build_rayservice(
         },
         "spec": spec,
     }
-

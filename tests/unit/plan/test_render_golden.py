@@ -231,7 +231,21 @@ def test_serve_config_parses_back_to_the_serving_args() -> None:
 
 def test_access_secret_becomes_hf_token() -> None:
     env = worker_container(desired(INPUTS["example-customer-assistant-70b-fp8"]))["env"]
-    assert env == [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token"}}}]
+    assert env[0] == {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token"}}}
+
+
+def test_session_affinity_header_reaches_every_pod() -> None:
+    state = desired(INPUTS["example-customer-assistant-70b-fp8"])
+    cluster = rayservice(state)["spec"]["rayClusterConfig"]
+    for template in (cluster["headGroupSpec"]["template"], worker(state)["template"]):
+        env = template["spec"]["containers"][0]["env"]
+        assert {"name": "RAY_SERVE_SESSION_ID_HEADER_KEY", "value": "x-conversation-id"} in env
+
+
+def test_workers_outlive_the_drain_grace_period() -> None:
+    state = desired(INPUTS["example-byo-nodes"])
+    grace = worker(state)["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace > state.serving_args.drain_grace_period_s
 
 
 def test_default_api_key_secret_name() -> None:
