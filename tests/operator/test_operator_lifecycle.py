@@ -6,7 +6,7 @@ import kmock
 import pytest
 
 from tests.support.arm_emulator import ArmEmulator
-from tests.support.kopf_harness import A100, RS_RESOURCE, OperatorHarness, cr_body, declare_resources
+from tests.support.kopf_harness import RS_RESOURCE, OperatorHarness, cr_body, declare_resources
 
 
 @pytest.fixture
@@ -15,7 +15,7 @@ async def op(kmock: kmock.KubernetesEmulator, arm_emulator: ArmEmulator) -> Asyn
     harness = OperatorHarness(kmock, arm_emulator)
     await harness.start()
     yield harness
-    await harness.stop()
+    await harness.stop(kill=True)
 
 
 async def test_create_to_ready(op: OperatorHarness) -> None:
@@ -39,3 +39,112 @@ async def test_create_to_ready(op: OperatorHarness) -> None:
     rs = op.get("m1", resource=RS_RESOURCE)
     assert rs is not None and rs["metadata"]["ownerReferences"][0]["uid"] == "uid-default-m1"
     assert op.get("m1-openai", resource="v1/services") is not None
+
+
+def pool_puts(op: OperatorHarness, name: str) -> int:
+    return len(op.arm.calls("PUT", f"/agentPools/{name}$"))
+
+
+async def test_update_engine_args_changes_rayservice_not_pool(op: OperatorHarness) -> None:
+    await op.create(cr_body("m1"))
+    body = await op.wait_ready("m1")
+    pool = body["status"]["nodePool"]["name"]
+    puts = pool_puts(op, pool)
+    rs_before = op.get("m1", resource=RS_RESOURCE)
+    assert rs_before is not None
+    await op.patch("m1", {"spec": {"engine": {"maxNumSeqs": 32, "extraArgs": {"max_num_batched_tokens": 4096}}}})
+
+    def rayservice_changed() -> bool:
+        rs = op.get("m1", resource=RS_RESOURCE) or {}
+        return rs["metadata"]["annotations"] != rs_before["metadata"]["annotations"]
+
+    await op.wait_for(rayservice_changed, message="RayService spec hash to change")
+    rs_after = op.get("m1", resource=RS_RESOURCE)
+    assert rs_after is not None and rs_after["spec"]["serveConfigV2"] != rs_before["spec"]["serveConfigV2"]
+    await op.wait_ready("m1")
+    assert pool_puts(op, pool) == puts, "the agent pool must not be touched by an engine change"
+    assert op.arm.pool_names() == [pool]
+
+
+async def test_update_vm_size_moves_to_new_pool_and_releases_old(op: OperatorHarness) -> None:
+    await op.create(cr_body("m1"))
+    old = (await op.wait_ready("m1"))["status"]["nodePool"]["name"]
+    await op.patch("m1", {"spec": {"hardware": {"vmSize": "Standard_NC40ads_H100_v5"}}})
+    await op.wait_for(lambda: op.condition("m1", "NodePoolReady").get("reason") == "Replacing", message="Replacing")
+    assert "vmSize cannot change in place" in op.condition("m1", "NodePoolReady")["message"]
+    await op.wait_for(lambda: len(op.arm.pool_names()) == 2, message="the new pool next to the old one")
+
+    def moved() -> bool:
+        body = op.get("m1") or {}
+        return (body.get("status") or {}).get("nodePool", {}).get("name") not in (None, old)
+
+    await op.make_rayservice_ready("m1")
+    await op.wait_for(moved, message="status to name the new pool")
+    new = op.get("m1")["status"]["nodePool"]["name"]  # type: ignore[index]
+    # The release is a started DELETE (Azure finishes it on its own; the emulator needs polls to finish).
+    await op.wait_for(lambda: op.arm.calls("DELETE", f"/agentPools/{old}$"), message="the old pool DELETE")
+    assert op.arm.pool(old) is None or op.arm.pool(old)["properties"]["provisioningState"] == "Deleting"  # type: ignore[index]
+    assert not op.arm.calls("DELETE", f"/agentPools/{new}$")
+    assert op.arm.pool(new)["properties"]["vmSize"] == "Standard_NC40ads_H100_v5"  # type: ignore[index]
+    await op.wait_ready("m1")
+
+
+async def test_two_deployments_share_one_pool_deleted_after_the_last(op: OperatorHarness) -> None:
+    await op.create(cr_body("a", scaling={"maxReplicas": 2}))
+    await op.create(cr_body("b", namespace="team", scaling={"maxReplicas": 3}))
+    pool_a = (await op.wait_ready("a"))["status"]["nodePool"]["name"]
+    pool_b = (await op.wait_ready("b", namespace="team"))["status"]["nodePool"]["name"]
+    assert pool_a == pool_b and op.arm.pool_names() == [pool_a]
+    # Bounds add up: 2 + 3 replicas of one GPU each on a one-GPU VM.
+    await op.wait_for(lambda: op.arm.pool(pool_a)["properties"]["maxCount"] == 5, message="maxCount 5")  # type: ignore[index]
+
+    await op.delete("a")
+    await op.wait_for(lambda: op.get("a") is None, message="a deleted")
+    assert op.arm.pool_names() == [pool_a], "b still uses the pool"
+    assert not op.arm.calls("DELETE")
+    await op.delete("b", namespace="team")
+    await op.wait_for(lambda: op.get("b", namespace="team") is None, message="b deleted")
+    assert op.arm.pool_names() == []
+
+
+async def test_delete_while_provisioning(op: OperatorHarness) -> None:
+    op.arm.provisioning_polls = 10_000  # the pool stays Creating
+    await op.create(cr_body("m1"))
+    await op.wait_for(op.arm.pool_names, message="the pool PUT")
+    name = op.arm.pool_names()[0]
+    assert op.arm.pool(name)["properties"]["provisioningState"] == "Creating"  # type: ignore[index]
+    await op.delete("m1")
+    await op.wait_for(lambda: op.arm.calls("DELETE", f"/agentPools/{name}$"), message="the pool DELETE")
+    assert op.get("m1") is not None, "the finalizer holds the CR until the pool is gone"
+    op.arm.provisioning_polls = 2
+    await op.wait_for(lambda: op.get("m1") is None, message="the CR gone")
+    assert op.arm.pool_names() == []
+
+
+async def test_restart_mid_provisioning_makes_no_duplicate(op: OperatorHarness) -> None:
+    op.arm.provisioning_polls = 10_000
+    await op.create(cr_body("m1"))
+    await op.wait_for(lambda: op.condition("m1", "NodePoolReady").get("reason") == "Provisioning", message="prov")
+    name = op.arm.pool_names()[0]
+    await op.stop(kill=True)
+    await op.start()
+    await op.wait_for(lambda: len(op.arm.calls("GET", f"/agentPools/{name}$")) > 3, message="re-observed")
+    op.arm.provisioning_polls = 2
+    await op.wait_ready("m1")
+    assert op.arm.pool_names() == [name]
+    assert pool_puts(op, name) == 1, "observed first after the restart: no second create"
+
+
+async def test_invalid_spec_sets_condition_and_makes_no_azure_call(op: OperatorHarness) -> None:
+    op.arm.clear_requests()
+    await op.create(cr_body("bad", scaling={"minReplicas": 3, "maxReplicas": 1}))
+    await op.wait_for(lambda: op.condition("bad", "Validated").get("reason") == "InvalidSpec", message="InvalidSpec")
+    body = op.get("bad")
+    assert body is not None
+    assert "spec.scaling.minReplicas" in op.condition("bad", "Validated")["message"]
+    assert op.condition("bad", "Stalled")["status"] == "True"
+    assert op.condition("bad", "Ready")["status"] == "False"
+    assert body["status"]["phase"] == "Failed"
+    await op.delete("bad")
+    await op.wait_for(lambda: op.get("bad") is None, message="deleted")
+    assert op.arm.requests == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 # Timer cadence is read when the handlers register: set it before importing them.
 os.environ.setdefault("TOKENPLANE_POLL_INTERVAL_S", "0.3")
 
+import aiohttp
 import kmock
 import kopf
 
@@ -79,52 +81,78 @@ class OperatorHarness:
             rejected_retry_s=1.0,
             **settings,
         )
-        self._task: asyncio.Task[None] | None = None
-        self._stop: asyncio.Event | None = None
-        self.clients: Clients | None = None
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._main: asyncio.Task[None]
+        self._stop: threading.Event | None = None
 
     async def start(self) -> None:
+        """Start kopf in its own thread and event loop, as a separate process would be."""
         _LOGIN["url"] = self.url
-        pools = AksAgentPools(
-            subscription_id=SUBSCRIPTION,
-            resource_group=RESOURCE_GROUP,
-            cluster_name=CLUSTER,
-            credential=FakeCredential(),
-            arm_endpoint=self.arm.base_url,
-            connection_verify=str(self.arm.ca_pem),
-            polling_interval_s=0.01,
-        )
-        self.clients = Clients(kube=KubeObjects.for_host(self.url), pools=pools)
+        self._stop = threading.Event()
+        ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(ready,), name="kopf", daemon=True)
+        self._thread.start()
+        if not await asyncio.to_thread(ready.wait, 15):
+            raise RuntimeError("kopf did not start")
+
+    def _run(self, ready: threading.Event) -> None:
+        # Its own loop: kopf's shutdown cancels the tasks around it, which must not be the test's or kmock's.
+        loop = asyncio.new_event_loop()
+        self._loop = loop
         settings = kopf.OperatorSettings()
         settings.networking.error_backoffs = [0.1, 0.2]
+        settings.posting.enabled = False  # kmock has no generateName: every event after the first would 409
         settings.watching.reconnect_backoff = 0.1
         settings.persistence.consistency_timeout = 0.5  # kmock never bumps resourceVersion
-        self._stop = asyncio.Event()
-        ready = asyncio.Event()
-        memo = kopf.Memo(config=self.config, clients=self.clients)
-        self._task = asyncio.create_task(
-            kopf.operator(
-                clusterwide=True, standalone=True, settings=settings, stop_flag=self._stop, ready_flag=ready, memo=memo
+
+        async def main() -> None:
+            pools = AksAgentPools(
+                subscription_id=SUBSCRIPTION,
+                resource_group=RESOURCE_GROUP,
+                cluster_name=CLUSTER,
+                credential=FakeCredential(),
+                arm_endpoint=self.arm.base_url,
+                connection_verify=str(self.arm.ca_pem),
+                polling_interval_s=0.01,
             )
-        )
-        await asyncio.wait_for(ready.wait(), 10)
+            clients = Clients(kube=KubeObjects.for_host(self.url), pools=pools)
+            memo = kopf.Memo(config=self.config, clients=clients, keep_clients=True)
+            try:
+                await kopf.operator(
+                    clusterwide=True,
+                    standalone=True,
+                    settings=settings,
+                    stop_flag=self._stop,
+                    ready_flag=ready,
+                    memo=memo,
+                )
+            finally:
+                with contextlib.suppress(Exception):
+                    await clients.close()
+
+        self._main = loop.create_task(main())
+        with contextlib.suppress(BaseException):
+            loop.run_until_complete(self._main)
+        with contextlib.suppress(BaseException):
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
 
     async def stop(self, *, kill: bool = False) -> None:
         """Stop kopf; `kill` cancels it mid-flight like a crashed pod instead of a graceful stop."""
-        if self._task is None:
+        if self._thread is None:
             return
-        if kill:
-            self._task.cancel()
-        else:
+        if not kill:
             assert self._stop is not None
             self._stop.set()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await asyncio.wait_for(self._task, 15)
-        self._task = None
-        if self.clients is not None:
-            with contextlib.suppress(Exception):
-                await self.clients.close()
-            self.clients = None
+        for attempt in range(100):
+            if (kill or attempt >= 10) and self._loop is not None and not self._loop.is_closed():
+                with contextlib.suppress(RuntimeError):
+                    self._loop.call_soon_threadsafe(self._main.cancel)
+            await asyncio.to_thread(self._thread.join, 0.2)
+            if not self._thread.is_alive():
+                break
+        self._thread = None
 
     # -- the Kubernetes side ------------------------------------------------------------------------
 
@@ -134,27 +162,36 @@ class OperatorHarness:
         return f"{path}/{name}" if name else path
 
     async def create(self, body: dict[str, Any]) -> None:
-        async with self.k.post(self._path(body["metadata"]["namespace"]), json=body) as resp:
-            assert resp.status in (200, 201), await resp.text()
+        await self._send("POST", self._path(body["metadata"]["namespace"]), body)
 
     async def patch(self, name: str, patch: dict[str, Any], *, namespace: str = "default") -> None:
-        async with self.k.patch(self._path(namespace, name), json=patch) as resp:
-            assert resp.status == 200, await resp.text()
+        await self._send("PATCH", self._path(namespace, name), patch)
 
     async def delete(self, name: str, *, namespace: str = "default") -> None:
-        async with self.k.delete(self._path(namespace, name)) as resp:
-            assert resp.status in (200, 202), await resp.text()
+        await self._send("DELETE", self._path(namespace, name))
 
     def get(self, name: str, *, namespace: str = "default", resource: str = CR_RESOURCE) -> dict[str, Any] | None:
         try:
-            return dict(self.k.objects[resource, namespace, name])
+            obj = self.k.objects[resource, namespace, name]
         except KeyError:
             return None
+        return None if obj.deleted else dict(obj)
 
     def condition(self, name: str, kind: str, *, namespace: str = "default") -> dict[str, Any]:
         body = self.get(name, namespace=namespace) or {}
         conditions = (body.get("status") or {}).get("conditions") or []
         return next((c for c in conditions if c["type"] == kind), {})
+
+    async def _send(self, method: str, path: str, body: Any = None) -> None:
+        # A keep-alive connection can be dropped when kopf stops; one retry on a fresh one is enough.
+        for attempt in range(3):
+            try:
+                async with self.k.request(method, path, json=body) as resp:
+                    assert resp.status in (200, 201, 202), await resp.text()
+                    return
+            except aiohttp.ServerDisconnectedError:
+                if attempt == 2:
+                    raise
 
     async def make_rayservice_ready(self, name: str, *, namespace: str = "default") -> None:
         """Play KubeRay: mark the RayService Ready with one ready worker."""
@@ -166,12 +203,10 @@ class OperatorHarness:
                 "applicationStatuses": {"llm": {"status": "RUNNING"}},
             },
         }
-        path = self._path(namespace, name, RS_RESOURCE) + "/status"
-        async with self.k.patch(path, json={"status": status}) as resp:
-            assert resp.status == 200, await resp.text()
+        await self._send("PATCH", self._path(namespace, name, RS_RESOURCE) + "/status", {"status": status})
 
-    async def wait_for(self, what: Callable[[], Any], *, timeout: float = 20.0, message: str = "") -> Any:
-        deadline = time.monotonic() + timeout
+    async def wait_for(self, what: Callable[[], Any], *, within: float = 20.0, message: str = "") -> Any:
+        deadline = time.monotonic() + within
         while True:
             value = what()
             if value:
@@ -180,17 +215,17 @@ class OperatorHarness:
                 raise AssertionError(f"timed out waiting for {message or what}")
             await asyncio.sleep(0.05)
 
-    async def wait_ready(self, name: str, *, namespace: str = "default", timeout: float = 20.0) -> dict[str, Any]:
+    async def wait_ready(self, name: str, *, namespace: str = "default", within: float = 20.0) -> dict[str, Any]:
         """Wait for the pool and RayService, playing KubeRay once the RayService exists; returns the CR."""
 
         def rayservice() -> Any:
             return self.get(name, namespace=namespace, resource=RS_RESOURCE)
 
-        await self.wait_for(rayservice, timeout=timeout, message=f"RayService {name}")
+        await self.wait_for(rayservice, within=within, message=f"RayService {name}")
         await self.make_rayservice_ready(name, namespace=namespace)
         await self.wait_for(
             lambda: self.condition(name, "Ready", namespace=namespace).get("status") == "True",
-            timeout=timeout,
+            within=within,
             message=f"{name} Ready",
         )
         body = self.get(name, namespace=namespace)
