@@ -103,7 +103,7 @@ async def on_delete(
 ) -> None:
     """Release the pool if this was its last user; the finalizer stays until Azure has deleted it."""
     try:
-        result = await release(body, clients=memo.clients, settings=memo.config, now=datetime.now(UTC))
+        result = await release(body, clients=memo.clients, settings=memo.config)
     except TokenplaneError as err:
         kopf.warn(body, reason="ReleaseFailed", message=str(err))
         raise kopf.TemporaryError(f"releasing the node pool failed: {err}", delay=memo.config.backoff_base_s) from err

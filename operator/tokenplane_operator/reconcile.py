@@ -400,9 +400,7 @@ async def _reconcile_valid(
     )
 
 
-async def release(
-    body: Mapping[str, Any], *, clients: Clients, settings: OperatorSettings, now: datetime
-) -> ReleaseResult:
+async def release(body: Mapping[str, Any], *, clients: Clients, settings: OperatorSettings) -> ReleaseResult:
     """Release the pools a deleted deployment used, unless other deployments still need them.
 
     Covers the pool in status (also one still provisioning, or the old one mid-move) and the pool the spec
@@ -412,7 +410,6 @@ async def release(
         body: The InferenceDeployment being deleted.
         clients: Shared clients.
         settings: Operator settings.
-        now: The current time.
 
     Returns:
         The actions and whether everything is released.
@@ -438,7 +435,6 @@ async def release(
                 await clients.pools.begin_delete(name)
                 clients._cache.pop(name, None)
             pending |= action.kind in (ActionKind.RELEASE_POOL, ActionKind.WAIT)
-    del now  # deletion has no backoff of its own: kopf retries the handler
     return ReleaseResult(actions, not pending, settings.poll_interval_s)
 
 

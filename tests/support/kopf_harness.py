@@ -67,19 +67,21 @@ class OperatorHarness:
         self.k = k
         self.arm = arm
         self.url = str(k.url).rstrip("/")
+        fast = {
+            "poll_interval_s": float(os.environ["TOKENPLANE_POLL_INTERVAL_S"]),
+            "pool_cache_ttl_s": 0.0,
+            "backoff_base_s": 0.5,
+            "backoff_max_s": 2.0,
+            "throttle_default_s": 1.0,
+            "rejected_retry_s": 1.0,
+        }
         self.config = OperatorSettings(
             subscription_id=SUBSCRIPTION,
             resource_group=RESOURCE_GROUP,
             cluster_name=CLUSTER,
             arm_endpoint=arm.base_url,
             arm_ca_bundle=str(arm.ca_pem),
-            poll_interval_s=float(os.environ["TOKENPLANE_POLL_INTERVAL_S"]),
-            pool_cache_ttl_s=0.0,
-            backoff_base_s=0.5,
-            backoff_max_s=2.0,
-            throttle_default_s=1.0,
-            rejected_retry_s=1.0,
-            **settings,
+            **(fast | settings),
         )
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
