@@ -192,9 +192,7 @@ class ArmEmulator:
 
     def calls(self, method: str | None = None, path: str = "") -> list[RecordedRequest]:
         """Recorded requests with this method (any if None) whose path matches ``path`` (re.search)."""
-        return [
-            r for r in self.requests if (method is None or r.method == method) and re.search(path, r.path)
-        ]
+        return [r for r in self.requests if (method is None or r.method == method) and re.search(path, r.path)]
 
     def clear_requests(self) -> None:
         """Forget the recorded requests."""
@@ -245,18 +243,14 @@ class ArmEmulator:
     def throttle(self, method: str, path: str, *, retry_after_s: int, times: int = 1) -> None:
         """Answer 429 with ``Retry-After`` as ARM's throttling does."""
         body = _error("TooManyRequests", "The request is being throttled as the limit has been reached.")
-        self.inject(
-            method, path, status=429, body=body, headers={"Retry-After": str(retry_after_s)}, times=times
-        )
+        self.inject(method, path, status=429, body=body, headers={"Retry-After": str(retry_after_s)}, times=times)
 
     def server_error(self, method: str, path: str, *, status: int = 500, times: int = 1) -> None:
         """Answer a 5xx with ARM's InternalServerError body."""
         body = _error("InternalServerError", "An unexpected error occured while processing the request.")
         self.inject(method, path, status=status, body=body, times=times)
 
-    def arm_error(
-        self, method: str, path: str, *, code: str, message: str, status: int = 400, times: int = 1
-    ) -> None:
+    def arm_error(self, method: str, path: str, *, code: str, message: str, status: int = 400, times: int = 1) -> None:
         """Answer with an ARM error body ``{"error": {"code", "message"}}``."""
         self.inject(method, path, status=status, body=_error(code, message), times=times)
 
@@ -376,9 +370,7 @@ class ArmEmulator:
     ) -> web.Response:
         props = body.get("properties") if isinstance(body, dict) else None
         if not isinstance(props, dict) or not props.get("vmSize"):
-            return _json(
-                400, _error("InvalidParameter", "The value of parameter properties.vmSize is invalid.")
-            )
+            return _json(400, _error("InvalidParameter", "The value of parameter properties.vmSize is invalid."))
         if not _POOL_NAME.match(key[3]):
             return _json(
                 400,
@@ -391,9 +383,7 @@ class ArmEmulator:
             )
         bad_tags = [name for name in props.get("tags") or {} if _TAG_NAME_FORBIDDEN.search(name)]
         if bad_tags:
-            return _json(
-                400, _error("InvalidTagNameCharacters", f"Tag names contain invalid characters: {bad_tags}")
-            )
+            return _json(400, _error("InvalidTagNameCharacters", f"Tag names contain invalid characters: {bad_tags}"))
         props = copy.deepcopy(props)
         if props.get("scaleSetPriority") == "Spot" and _SPOT_TAINT not in props.setdefault("nodeTaints", []):
             props["nodeTaints"].append(_SPOT_TAINT)  # AKS adds the spot taint itself

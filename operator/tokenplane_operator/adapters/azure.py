@@ -149,9 +149,7 @@ class AksAgentPools:
             CloudRejectedError: Azure refused the request.
         """
         try:
-            await self._client.agent_pools.begin_delete(
-                self.resource_group, self.cluster_name, name, polling=False
-            )
+            await self._client.agent_pools.begin_delete(self.resource_group, self.cluster_name, name, polling=False)
         except ResourceNotFoundError:
             return
         except AzureError as exc:

@@ -155,4 +155,3 @@ def _resolve_sku(vm_size: str) -> GpuSku:
         known = ", ".join(s.vm_size for s in all_skus())
         raise PlanError(PlanErrorReason.UNKNOWN_VM_SIZE, f"{vm_size} is not in the GPU catalog; known: {known}")
     return sku
-

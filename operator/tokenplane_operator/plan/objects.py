@@ -48,9 +48,7 @@ def build_service(deployment: InferenceDeployment) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "type": "LoadBalancer" if private else "ClusterIP",
         "selector": {**selector_labels(deployment.name), SERVE_LABEL: "true"},
-        "ports": [
-            {"name": "http", "port": deployment.spec.endpoint.port, "targetPort": SERVE_PORT, "protocol": "TCP"}
-        ],
+        "ports": [{"name": "http", "port": deployment.spec.endpoint.port, "targetPort": SERVE_PORT, "protocol": "TCP"}],
     }
     annotations = {INTERNAL_LB_ANNOTATION: "true"} if private else {}
     return {

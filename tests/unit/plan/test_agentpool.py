@@ -88,10 +88,7 @@ def test_our_label_and_tag_win_over_user_values() -> None:
 
 @pytest.mark.parametrize(("current", "expected"), [(None, 1), (0, 1), (3, 3), (9, 4)])
 def test_update_keeps_the_autoscaled_count_within_bounds(current: int | None, expected: int) -> None:
-    assert (
-        to_arm_body(desired(min_count=1, max_count=4), current_count=current)["properties"]["count"]
-        == expected
-    )
+    assert to_arm_body(desired(min_count=1, max_count=4), current_count=current)["properties"]["count"] == expected
 
 
 @pytest.mark.parametrize(
@@ -117,9 +114,7 @@ def test_in_place_changes_need_no_replacement() -> None:
     pool = desired(zones=("1",), spot=True)
     current = observed_from(pool)
     assert needs_replacement(pool, current) is None
-    bigger = desired(
-        zones=("1",), spot=True, min_count=2, max_count=10, node_labels={"x": "y"}, tags={"a": "b"}
-    )
+    bigger = desired(zones=("1",), spot=True, min_count=2, max_count=10, node_labels={"x": "y"}, tags={"a": "b"})
     assert needs_replacement(bigger, current) is None
     assert needs_replacement(desired(vm_size=A100.lower()), observed_from(desired())) is None
 
@@ -156,9 +151,7 @@ def test_observation_of_a_failed_operation() -> None:
         "properties": {
             "vmSize": A100,
             "provisioningState": "Failed",
-            "status": {
-                "provisioningError": {"code": "ReconcileVMSSAgentPoolFailed", "message": "no capacity"}
-            },
+            "status": {"provisioningError": {"code": "ReconcileVMSSAgentPoolFailed", "message": "no capacity"}},
         },
     }
     pool = ObservedAgentPool.from_arm(body)

@@ -200,9 +200,10 @@ def test_head_stays_off_gpu_nodes() -> None:
 def test_worker_bounds_follow_scaling_and_gpus_per_pod() -> None:
     tp4 = worker(desired(INPUTS["example-customer-assistant-70b-fp8"]))
     assert (tp4["minReplicas"], tp4["maxReplicas"]) == (2, 6)  # one 4-GPU pod per replica
-    assert worker_container(desired(INPUTS["example-customer-assistant-70b-fp8"]))["resources"]["limits"][
-        "nvidia.com/gpu"
-    ] == "4"
+    assert (
+        worker_container(desired(INPUTS["example-customer-assistant-70b-fp8"]))["resources"]["limits"]["nvidia.com/gpu"]
+        == "4"
+    )
     fraction = worker(desired(INPUTS["spot-fraction"]))
     assert (fraction["minReplicas"], fraction["maxReplicas"]) == (1, 3)  # 3 replicas of 0.3 GPU per pod
     pipeline = desired(INPUTS["pipeline-two-nodes"])
@@ -355,7 +356,9 @@ def test_render_writes_files(tmp_path: Path) -> None:
     assert names[0].startswith("agentpool-") and names[0].endswith(".json")
     json.loads((tmp_path / names[0]).read_text())
     assert names[1:] == [
-        "networkpolicy-departments-ingress.yaml", "rayservice-departments.yaml", "service-departments-openai.yaml"
+        "networkpolicy-departments-ingress.yaml",
+        "rayservice-departments.yaml",
+        "service-departments-openai.yaml",
     ]
 
 
@@ -370,9 +373,7 @@ def test_render_reports_invalid_specs_with_field_paths(tmp_path: Path, capsys: p
     assert "Traceback" not in captured.err and captured.out == ""
 
 
-def test_render_auto_uses_the_capacity_planner_or_says_why(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_render_auto_uses_the_capacity_planner_or_says_why(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     body = yaml.safe_load(INPUTS["example-code-completion-speculative"].read_text())
     body["spec"]["hardware"]["vmSize"] = "auto"
     auto = tmp_path / "auto.yaml"
