@@ -1,0 +1,53 @@
+"""The status economics (tokens per GPU-hour, P95/P99, token mix, KV hit rate) from a real server's metrics."""
+
+import time
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+
+from tests.serving.conftest import API_KEYS, MODEL_ID
+from tokenplane_operator.plan.economics import compute_economics, parse_scrape
+from tokenplane_serving.local import LocalServer
+
+pytestmark = pytest.mark.serving
+
+
+def _scrape(url: str) -> str:
+    return httpx.get(url, timeout=30).text
+
+
+def test_economics_from_two_scrapes_around_real_traffic(tiny_server: LocalServer) -> None:
+    assert tiny_server.metrics_url
+    before, started = parse_scrape(_scrape(tiny_server.metrics_url)), time.monotonic()
+    shared = "Invoices are due thirty days after delivery unless the contract says otherwise. " * 25
+    latencies = []
+    with httpx.Client(timeout=120, headers={"Authorization": f"Bearer {API_KEYS[0]}"}) as http:
+        for i in range(6):
+            sent = time.monotonic()
+            body = {"model": MODEL_ID, "prompt": shared + str(i), "max_tokens": 32, "ignore_eos": True}
+            response = http.post(f"{tiny_server.openai_base_url}/completions", json=body)
+            assert response.status_code == 200, response.text
+            latencies.append(time.monotonic() - sent)
+    # Counters reach the endpoint on Ray's report interval: wait until all 6 x 32 output tokens are in.
+    deadline = time.monotonic() + 60
+    while True:
+        after = parse_scrape(_scrape(tiny_server.metrics_url))
+        if after.delta(before, "ray_vllm_generation_tokens_total") >= 6 * 32 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    elapsed = time.monotonic() - started
+
+    metrics = compute_economics(before, after, elapsed_s=elapsed, gpus=0, now=datetime.now(UTC))
+    print(f"\n[economics] {metrics.model_dump(exclude_none=True)}")
+
+    assert metrics.tokens_per_second_per_gpu == pytest.approx(6 * 32 / elapsed, rel=0.05)
+    assert metrics.tokens_per_gpu_hour == pytest.approx(metrics.tokens_per_second_per_gpu * 3600, rel=0.01)
+    assert metrics.output_input_token_ratio is not None and 0 < metrics.output_input_token_ratio < 1
+    assert metrics.p95_latency_ms is not None and metrics.p99_latency_ms is not None
+    assert 0 < metrics.p95_latency_ms <= metrics.p99_latency_ms
+    # The engine's e2e latency is part of what the client waited for (histogram buckets blur the top end).
+    assert metrics.p95_latency_ms / 1000 <= max(latencies) * 2
+    assert metrics.p95_ttft_ms is not None and metrics.p95_ttft_ms <= metrics.p99_latency_ms
+    # Six prompts share a 25-sentence prefix: later ones hit the prefix cache.
+    assert metrics.kv_cache_hit_rate is not None and metrics.kv_cache_hit_rate > 0.3
