@@ -154,6 +154,10 @@ class OperatorHarness:
             await asyncio.to_thread(self._thread.join, 0.2)
             if not self._thread.is_alive():
                 break
+        # kopf waits for a threading stop flag in an executor thread; a killed kopf leaves that thread
+        # waiting, and the interpreter joins executor threads at exit: release it, or pytest never exits.
+        assert self._stop is not None
+        self._stop.set()
         self._thread = None
 
     # -- the Kubernetes side ------------------------------------------------------------------------
