@@ -16,11 +16,17 @@ def args_for(source: str) -> ServingArgs:
     return ServingArgs.model_validate({"model": {"id": "tiny", "source": source}, "accelerator": {"kind": "cpu"}})
 
 
+def _ray_running() -> bool:
+    return "ray" in sys.modules and bool(__import__("ray").is_initialized())
+
+
 def test_missing_model_dir(tmp_path: Path) -> None:
+    # The shared server may already run in this process; the failed call must not start Ray of its own.
+    running_before = _ray_running()
     with pytest.raises(LocalServeError, match=r"model directory .*missing.* not found") as info:
         serve_local(args_for(str(tmp_path / "missing")), block=False)
     assert "\n" not in str(info.value)
-    assert "ray" not in sys.modules or not __import__("ray").is_initialized()
+    assert _ray_running() == running_before
 
 
 def test_port_in_use(tiny_model_dir: Path) -> None:
