@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import functools
+import json
 from collections import defaultdict
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
@@ -27,7 +29,7 @@ from tokenplane_operator.errors import (
     TransientCloudError,
 )
 from tokenplane_operator.plan.agentpool import DesiredAgentPool, ObservedAgentPool, needs_replacement
-from tokenplane_operator.plan.desired import DesiredState, build_desired_state
+from tokenplane_operator.plan.desired import DesiredState, RenderConfig, build_desired_state
 from tokenplane_operator.plan.diff import (
     Action,
     ActionKind,
@@ -171,15 +173,24 @@ def pool_demand(body: Mapping[str, Any], settings: OperatorSettings) -> PoolDema
     Returns:
         The deployment's demand on its pool.
     """
+    meta = body.get("metadata") or {}
+    spec = json.dumps(body.get("spec"), sort_keys=True)
+    pool = _desired_pool(str(meta.get("namespace")), str(meta.get("name")), spec, settings.render_config())
+    return None if pool is None else PoolDemand(_owner(body), pool)
+
+
+@functools.lru_cache(maxsize=8192)
+def _desired_pool(namespace: str, name: str, spec: str, config: RenderConfig) -> DesiredAgentPool | None:
+    # Cached: the index recomputes on every event of every CR (status writes included), the spec rarely changes.
+    body = {"metadata": {"namespace": namespace, "name": name}, "spec": json.loads(spec)}
     try:
         deployment = parse_inference_deployment(body)
         if check_deployment(deployment):
             return None
         vm_size, _ = _resolve_plan(deployment)
-        pool = build_desired_state(deployment, settings.render_config(), vm_size=vm_size).agent_pool
+        return build_desired_state(deployment, config, vm_size=vm_size).agent_pool
     except (InvalidSpecError, PlanError):
         return None
-    return None if pool is None else PoolDemand(_owner(body), pool)
 
 
 async def reconcile(

@@ -1,9 +1,9 @@
 """Benchmark (not a timed test): 1,000 InferenceDeployments to Ready on kopf + kmock + the ARM emulator."""
 
 import asyncio
+import os
 import resource
 import time
-import tracemalloc
 from collections.abc import AsyncIterator
 
 import kmock
@@ -12,7 +12,7 @@ import pytest
 from tests.support.arm_emulator import ArmEmulator
 from tests.support.kopf_harness import OperatorHarness, cr_body, declare_resources
 
-COUNT = 1000
+COUNT = int(os.environ.get("TOKENPLANE_BENCHMARK_COUNT", "1000"))
 CR_PLURAL = "inferencedeployments"
 # Four hardware classes, so deployments share four pools whose bounds grow as deployments arrive.
 CLASSES = [
@@ -33,7 +33,7 @@ def body(i: int) -> dict:
 @pytest.fixture
 async def op(kmock: kmock.KubernetesEmulator, arm_emulator: ArmEmulator) -> AsyncIterator[OperatorHarness]:
     declare_resources(kmock)
-    harness = OperatorHarness(kmock, arm_emulator, pool_cache_ttl_s=1.0)
+    harness = OperatorHarness(kmock, arm_emulator, pool_cache_ttl_s=5.0)
     await harness.start()
     yield harness
     await harness.stop(kill=True)
@@ -53,6 +53,8 @@ async def play_kuberay(op: OperatorHarness, stop: asyncio.Event) -> None:
     """Mark every new RayService Ready, as KubeRay would once its pods run."""
     done: set[tuple[str, str]] = set()
     while not stop.is_set():
+        # kmock 0.8 re-scans every recorded request on each new one (O(n^2) overall): forget them.
+        op.k._requests.clear()
         for (res, ns, name), obj in list(op.k.objects.items()):
             if getattr(res, "plural", "") == "rayservices" and (ns, name) not in done and not obj.deleted:
                 done.add((ns, name))
@@ -62,17 +64,21 @@ async def play_kuberay(op: OperatorHarness, stop: asyncio.Event) -> None:
 
 @pytest.mark.benchmark
 async def test_benchmark_1000_deployments_converge(op: OperatorHarness) -> None:
-    tracemalloc.start()
+    # ru_maxrss, not tracemalloc: tracing every allocation slows the operator by an order of magnitude.
+    rss_before_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     stop = asyncio.Event()
     kuberay = asyncio.create_task(play_kuberay(op, stop))
     started = time.monotonic()
     for i in range(COUNT):
         await op.create(body(i))
+        if i % 100 == 99:
+            print(f"  {time.monotonic() - started:6.1f}s: {i + 1} applied", flush=True)
     applied = time.monotonic() - started
-    await op.wait_for(lambda: ready_count(op) == COUNT, within=900, message=f"{COUNT} Ready")
+    while (ready := ready_count(op)) < COUNT:
+        assert time.monotonic() - started < 1200, f"only {ready}/{COUNT} Ready after 20 minutes"
+        print(f"  {time.monotonic() - started:6.1f}s: {ready}/{COUNT} Ready", flush=True)
+        await asyncio.sleep(10)
     converged = time.monotonic() - started
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
     stop.set()
     await kuberay
     maxrss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -81,7 +87,7 @@ async def test_benchmark_1000_deployments_converge(op: OperatorHarness) -> None:
     print(
         f"\nBENCHMARK {COUNT} InferenceDeployments, {len(CLASSES)} shared pools: "
         f"applied in {applied:.1f}s, all Ready after {converged:.1f}s; "
-        f"peak traced Python memory {peak / 2**20:.1f} MiB (whole test process: operator + kmock + ARM emulator), "
-        f"max RSS {maxrss_mib:.0f} MiB; ARM requests: {puts} PUT, {gets} GET; pools {op.arm.pool_names()}"
+        f"peak RSS {maxrss_mib:.0f} MiB (+{maxrss_mib - rss_before_mib:.0f} MiB over the idle operator; one "
+        f"process holds the operator, kmock and the ARM emulator); ARM requests: {puts} PUT, {gets} GET"
     )
     assert len(op.arm.pool_names()) == len(CLASSES)
