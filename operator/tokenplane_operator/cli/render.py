@@ -10,16 +10,14 @@ import yaml
 from rich.console import Console
 from rich.markup import escape
 
-from tokenplane_operator.api.v1alpha1 import AcceleratorKind, InferenceDeployment, Quantization, SourceScheme
-from tokenplane_operator.api.v1alpha1 import parse_source as parse_model_source
+from tokenplane_operator.api.v1alpha1 import AcceleratorKind, InferenceDeployment
 from tokenplane_operator.api.validation import InvalidSpecError, parse_inference_deployment
 from tokenplane_operator.cli.files import ManifestError, load_documents
 from tokenplane_operator.plan.agentpool import to_arm_body
 from tokenplane_operator.plan.desired import DesiredState, RenderConfig, build_desired_state
-from tokenplane_operator.plan.errors import PlanError, PlanErrorReason
-from tokenplane_operator.plan.modelinfo import find_builtin_model
-from tokenplane_operator.plan.precision import parse_precision
-from tokenplane_operator.plan.sizing import Workload, recommend
+from tokenplane_operator.plan.errors import PlanError
+from tokenplane_operator.plan.sizing import recommend
+from tokenplane_operator.plan.spec import workload_from_spec
 from tokenplane_operator.plan.validation import check_deployment
 
 __all__ = ["plan_vm_size", "render_command", "render_files", "render_text"]
@@ -80,29 +78,8 @@ def plan_vm_size(deployment: InferenceDeployment) -> str:
         PlanError: UnknownModel when the model is not in the built-in table (the operator reads the
             checkpoint's config instead), DoesNotFit when nothing fits.
     """
-    spec = deployment.spec
-    scheme, location = parse_model_source(spec.model.source)
-    info = find_builtin_model(location) if scheme is SourceScheme.HUGGING_FACE else None
-    if info is None:
-        raise PlanError(
-            PlanErrorReason.UNKNOWN_MODEL,
-            f"vmSize auto: {spec.model.source} is not a built-in model, so render cannot size it offline; "
-            "run `tokenplane plan --model-config config.json` and set spec.hardware.vmSize",
-        )
-    quantization = spec.model.quantization
-    workload = Workload(
-        model=info,
-        max_model_len=spec.model.max_model_len,
-        quantization="native" if quantization is Quantization.NONE else parse_precision(quantization.value),
-        gpu_memory_utilization=spec.engine.gpu_memory_utilization,
-        gpus_per_replica=None if spec.hardware.mig_profile else spec.hardware.gpus_per_replica,
-        mig_profile=spec.hardware.mig_profile.value if spec.hardware.mig_profile else None,
-        tensor_parallel_size=spec.engine.tensor_parallel_size,
-        pipeline_parallel_size=spec.engine.pipeline_parallel_size,
-        max_num_seqs=spec.engine.max_num_seqs,
-        enforce_eager=spec.engine.enforce_eager,
-    )
-    return recommend(workload).vm_size
+    # The same Workload the operator plans with, so render and the cluster resolve `auto` alike.
+    return recommend(workload_from_spec(deployment.spec)).vm_size
 
 
 def render_command(file: Path, out_dir: Path | None, *, err: Console | None = None) -> int:
