@@ -6,6 +6,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+import aiohttp
 from kubernetes.aio import client as k8s
 from kubernetes.aio import config as k8s_config
 from kubernetes.aio.client.exceptions import ApiException
@@ -125,7 +126,7 @@ class KubeObjects:
         try:
             response = await self._api.call_api(method, url, header_params=headers, body=body)
             data = await response.read()  # type: ignore[no-untyped-call]
-        except (OSError, TimeoutError) as exc:
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise TransientKubeError(f"Kubernetes API unreachable: {exc}") from exc
         if response.status >= 400:
             raise ApiException(status=response.status, reason=response.reason, body=data.decode(errors="replace"))
