@@ -7,9 +7,16 @@ import kmock
 import pytest
 
 from tests.support.arm_emulator import ArmEmulator
-from tests.support.kopf_harness import OperatorHarness, cr_body, declare_resources
+from tests.support.kopf_harness import (
+    RS_RESOURCE,
+    ConflictingKubernetesEmulator,
+    OperatorHarness,
+    cr_body,
+    declare_resources,
+)
 
 POOL_PUT = "/agentPools/tp[0-9a-f]+$"
+pytestmark = pytest.mark.kmock(cls=ConflictingKubernetesEmulator)
 
 
 @pytest.fixture
@@ -78,3 +85,19 @@ async def test_failed_lro_reports_provisioning_failed_then_retries(op: OperatorH
     assert "AllocationFailed" in op.condition("m1", "NodePoolReady")["message"]
     await op.wait_ready("m1")
     assert len(op.arm.calls("PUT", POOL_PUT)) == 2, "one retry after the failure, no more"
+
+
+async def test_kubernetes_conflicts_are_retried(op: OperatorHarness) -> None:
+    await op.create(cr_body("m1"))
+    await op.wait_ready("m1")
+    before = (op.get("m1", resource=RS_RESOURCE) or {})["spec"]["serveConfigV2"]
+    assert isinstance(op.k, ConflictingKubernetesEmulator)
+    conflicts = op.k.refuse("PATCH", "rayservices", times=2)
+    await op.patch("m1", {"spec": {"engine": {"maxNumSeqs": 32}}})
+    await op.wait_for(lambda: len(conflicts) == 2, message="two conflicting writes")
+    await op.wait_for(
+        lambda: (op.get("m1", resource=RS_RESOURCE) or {})["spec"]["serveConfigV2"] != before,
+        message="the RayService to change after the conflicts",
+    )
+    assert all(path.endswith("/rayservices/m1") for path in conflicts), conflicts
+    await op.wait_ready("m1")
