@@ -9,14 +9,14 @@ import pytest
 from tests.support.arm_emulator import ArmEmulator
 from tests.support.kopf_harness import (
     RS_RESOURCE,
-    ConflictingKubernetesEmulator,
     OperatorHarness,
     cr_body,
     declare_resources,
 )
+from tests.support.kube_emulator import ApiServerEmulator
 
 POOL_PUT = "/agentPools/tp[0-9a-f]+$"
-pytestmark = pytest.mark.kmock(cls=ConflictingKubernetesEmulator)
+pytestmark = pytest.mark.kmock(cls=ApiServerEmulator)
 
 
 @pytest.fixture
@@ -91,7 +91,7 @@ async def test_kubernetes_conflicts_are_retried(op: OperatorHarness) -> None:
     await op.create(cr_body("m1"))
     await op.wait_ready("m1")
     before = (op.get("m1", resource=RS_RESOURCE) or {})["spec"]["serveConfigV2"]
-    assert isinstance(op.k, ConflictingKubernetesEmulator)
+    assert isinstance(op.k, ApiServerEmulator)
     conflicts = op.k.refuse("PATCH", "rayservices", times=2)
     await op.patch("m1", {"spec": {"engine": {"maxNumSeqs": 32}}})
     await op.wait_for(lambda: len(conflicts) == 2, message="two conflicting writes")

@@ -12,6 +12,9 @@ What it speaks (every request needs ``api-version`` and a bearer token)::
                                                     400 on a bad name/body or an immutable change;
                                                     409 while another operation runs on the pool
     DELETE {cluster}/agentPools/{name}              202 + Location + Azure-AsyncOperation | 204 if absent
+    POST   /{tenant}/oauth2/v2.0/token              Entra ID, when ``workload_identity`` is set: trades the
+                                                    federated service-account token for an access token,
+                                                    and ARM then accepts only tokens it issued
     GET    .../locations/{loc}/operations/{id}      {"status": "InProgress" | "Succeeded" | "Failed", "error"}
     GET    .../locations/{loc}/operationresults/{id}  202 while running, 204 when done
 
@@ -35,6 +38,7 @@ import ssl
 import tempfile
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +59,8 @@ _OP_PATH = re.compile(
     r"/(?P<kind>operations|operationresults)/(?P<op>[^/]+)$",
     re.IGNORECASE,
 )
+_TOKEN_PATH = re.compile(r"^/(?P<tenant>[^/]+)/oauth2/v2\.0/token$")
+_JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 _POOL_NAME = re.compile(r"^[a-z][a-z0-9]{0,11}$")
 _TAG_NAME_FORBIDDEN = re.compile(r"[<>%&\\?/]")
 # Fields AKS refuses to change on an existing pool (PropertyChangeNotAllowed).
@@ -107,6 +113,8 @@ class ArmEmulator:
         provisioning_polls: Observations an operation needs before it finishes.
         provisioning_seconds: Minimum wall time an operation takes.
         ca: A trustme CA to reuse (making one takes a moment); None makes a fresh one.
+        workload_identity: ``(tenant_id, client_id, federated_token)`` to also act as Entra ID for
+            AKS workload identity (``AZURE_AUTHORITY_HOST`` pointed here); None accepts any bearer token.
     """
 
     def __init__(
@@ -116,8 +124,11 @@ class ArmEmulator:
         provisioning_polls: int = 2,
         provisioning_seconds: float = 0.0,
         ca: trustme.CA | None = None,
+        workload_identity: tuple[str, str, str] | None = None,
     ) -> None:
         self.location = location
+        self.workload_identity = workload_identity
+        self.issued_tokens: list[str] = []
         self.provisioning_polls = provisioning_polls
         self.provisioning_seconds = provisioning_seconds
         self._lock = threading.Lock()
@@ -316,6 +327,8 @@ class ArmEmulator:
             fault = self._take_fault(request.method, request.path)
             if fault is not None and fault.lro_error is None:
                 return _json(fault.status, fault.body, fault.headers)
+            if match := _TOKEN_PATH.match(request.path):
+                return self._issue_token(match["tenant"], body)
             if "api-version" not in request.query:
                 return _json(
                     400,
@@ -324,9 +337,32 @@ class ArmEmulator:
                         "The api-version query parameter (?api-version=) is required for all requests.",
                     ),
                 )
-            if not request.headers.get("Authorization", "").startswith("Bearer "):
+            authorization = request.headers.get("Authorization", "")
+            if not authorization.startswith("Bearer "):
                 return _json(401, _error("AuthenticationFailed", "Authentication failed."))
+            if self.workload_identity and authorization.removeprefix("Bearer ") not in self.issued_tokens:
+                return _json(401, _error("InvalidAuthenticationToken", "The access token is invalid."))
             return self._route(request, body, fault)
+
+    def _issue_token(self, tenant: str, body: Any) -> web.Response:
+        # The client-credentials grant with a federated assertion, as WorkloadIdentityCredential sends it.
+        form = {key: values[0] for key, values in urllib.parse.parse_qs(body if isinstance(body, str) else "").items()}
+        expected_tenant, client_id, federated_token = self.workload_identity or ("", "", "")
+        checks = {
+            "tenant": tenant == expected_tenant,
+            "grant_type": form.get("grant_type") == "client_credentials",
+            "client_id": form.get("client_id") == client_id,
+            "client_assertion_type": form.get("client_assertion_type") == _JWT_BEARER,
+            "client_assertion": form.get("client_assertion") == federated_token,
+            "scope": form.get("scope") == "https://management.azure.com/.default",
+        }
+        if self.workload_identity is None or not all(checks.values()):
+            failed = ", ".join(name for name, ok in checks.items() if not ok) or "workload identity is off"
+            description = f"AADSTS700213: No matching federated identity record found ({failed})."
+            return _json(401, {"error": "invalid_client", "error_description": description})
+        token = f"wi-token-{next(self._ids)}"
+        self.issued_tokens.append(token)
+        return _json(200, {"token_type": "Bearer", "expires_in": 3599, "ext_expires_in": 3599, "access_token": token})
 
     def _take_fault(self, method: str, path: str) -> Fault | None:
         for fault in self._faults:

@@ -16,7 +16,6 @@ os.environ.setdefault("TOKENPLANE_POLL_INTERVAL_S", "0.3")
 import aiohttp
 import kmock
 import kopf
-from kmock._internal.k8s import KubernetesObjectConflictError
 
 import tokenplane_operator.handlers  # noqa: F401  (registers the operator's handlers)
 from tests.operator.conftest import CLUSTER, RESOURCE_GROUP, SUBSCRIPTION, FakeCredential
@@ -29,7 +28,6 @@ from tokenplane_operator.settings import OperatorSettings
 __all__ = [
     "CR_RESOURCE",
     "RS_RESOURCE",
-    "ConflictingKubernetesEmulator",
     "OperatorHarness",
     "cr_body",
     "declare_resources",
@@ -245,23 +243,3 @@ class OperatorHarness:
         body = self.get(name, namespace=namespace)
         assert body is not None
         return body
-
-
-class ConflictingKubernetesEmulator(kmock.KubernetesEmulator):
-    """kmock's emulator that can refuse writes with 409 Conflict, as an API server refuses a stale write.
-
-    A kmock DSL reaction cannot do it: kmock applies intercepted writes anyway, and a refused
-    write must change nothing. Use with `pytest.mark.kmock(cls=ConflictingKubernetesEmulator)`.
-    """
-
-    def refuse(self, method: str, resource_plural: str, *, times: int) -> list[str]:
-        """Refuse the next `times` METHOD requests on the resource; returns the paths refused so far."""
-        self._refusal = (method, f"/{resource_plural}/", times, [])
-        return self._refusal[3]
-
-    async def _handle(self, request: Any) -> Any:
-        method, segment, times, refused = getattr(self, "_refusal", ("", "", 0, []))
-        if len(refused) < times and request.method == method and segment in request.url.path:
-            refused.append(request.url.path)
-            raise KubernetesObjectConflictError()
-        return await super()._handle(request)

@@ -1,0 +1,39 @@
+"""kmock's KubernetesEmulator with two API-server behaviours it lacks: generateName and refused writes."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import kmock
+from kmock._internal.k8s import KubernetesObjectConflictError
+
+__all__ = ["ApiServerEmulator"]
+
+
+class ApiServerEmulator(kmock.KubernetesEmulator):
+    """Use with ``pytest.mark.kmock(cls=ApiServerEmulator)``.
+
+    - ``metadata.generateName`` gets a unique suffix on create (kopf names its Events this way; plain
+      kmock stores them all under one empty name and refuses every Event after the first).
+    - `refuse` answers writes with 409 Conflict and changes nothing, as an API server refuses a stale
+      write. A kmock DSL reaction cannot: kmock applies intercepted writes anyway.
+    """
+
+    _suffixes = itertools.count(1)
+
+    def refuse(self, method: str, resource_plural: str, *, times: int) -> list[str]:
+        """Refuse the next `times` METHOD requests on the resource; returns the paths refused so far."""
+        self._refusal = (method, f"/{resource_plural}/", times, [])
+        return self._refusal[3]
+
+    async def _handle(self, request: Any) -> Any:
+        method, segment, times, refused = getattr(self, "_refusal", ("", "", 0, []))
+        if len(refused) < times and request.method == method and segment in request.url.path:
+            refused.append(request.url.path)
+            raise KubernetesObjectConflictError()
+        if request.action == kmock.action.CREATE and isinstance(request.data, dict):
+            meta = request.data.setdefault("metadata", {})
+            if not meta.get("name") and meta.get("generateName"):
+                meta["name"] = f"{meta['generateName']}{next(self._suffixes):05d}"
+        return await super()._handle(request)
