@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -17,7 +19,8 @@ class OperatorSettings(BaseSettings):
     Azure credentials are never settings: the operator uses ``DefaultAzureCredential`` (workload identity).
     """
 
-    model_config = SettingsConfigDict(env_prefix="TOKENPLANE_", extra="ignore", frozen=True)
+    # Empty variables mean "not set": the chart renders every variable, set or not.
+    model_config = SettingsConfigDict(env_prefix="TOKENPLANE_", env_ignore_empty=True, extra="ignore", frozen=True)
 
     subscription_id: str = Field(default="", description="Azure subscription of the AKS cluster.")
     resource_group: str = Field(default="", description="Resource group of the AKS cluster.")
@@ -40,6 +43,8 @@ class OperatorSettings(BaseSettings):
     rejected_retry_s: float = Field(
         default=900.0, gt=0, description="Slow retry after QuotaExceeded/SkuNotAvailable, until a human acts."
     )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level.")
+    health_port: int = Field(default=8080, ge=1, le=65535, description="Port of the /healthz liveness endpoint.")
     max_pool_nodes: int = Field(default=1000, ge=1, le=1000, description="Cap on a shared pool's maxCount.")
 
     @model_validator(mode="after")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import kopf
+from pydantic import ValidationError
 
 from tokenplane_operator.settings import OperatorSettings
 
@@ -21,7 +23,14 @@ def operator_command(namespaces: list[str], all_namespaces: bool) -> int:
     Returns:
         The exit code.
     """
-    base = OperatorSettings()
+    try:
+        base = OperatorSettings()
+    except ValidationError as err:
+        problems = "\n".join(
+            f"  TOKENPLANE_{str(e['loc'][0]).upper()}: {e['msg']}" if e["loc"] else f"  {e['msg']}"
+            for e in err.errors()
+        )
+        raise SystemExit(f"error: invalid operator settings in the environment:\n{problems}") from None
     config = base.model_copy(
         update={
             "namespaces": namespaces or base.namespaces,
@@ -30,6 +39,7 @@ def operator_command(namespaces: list[str], all_namespaces: bool) -> int:
     )
     if config.all_namespaces and config.namespaces:
         raise SystemExit("use either --namespace or --all-namespaces")
+    logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import tokenplane_operator.handlers  # noqa: F401  (registers the handlers)
 
     clusterwide = config.all_namespaces or not config.namespaces
@@ -38,7 +48,7 @@ def operator_command(namespaces: list[str], all_namespaces: bool) -> int:
             clusterwide=clusterwide,
             namespaces=() if clusterwide else config.namespaces,
             memo=kopf.Memo(config=config),
-            liveness_endpoint="http://0.0.0.0:8080/healthz",
+            liveness_endpoint=f"http://0.0.0.0:{config.health_port}/healthz",
         )
     )
     return 0

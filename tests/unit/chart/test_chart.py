@@ -1,6 +1,7 @@
 """The Helm chart renders valid objects with the real Helm engine, and its schema is generated."""
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,8 @@ helm_python = pytest.importorskip("helm_python")
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
 from tokenplane_operator.cli.chartschema import build_values_schema  # noqa: E402
+from tokenplane_operator.cli.operator import operator_command  # noqa: E402
+from tokenplane_operator.settings import OperatorSettings  # noqa: E402
 
 CHART = Path(__file__).resolve().parents[3] / "charts" / "tokenplane"
 
@@ -93,3 +96,26 @@ def test_bad_values_fail_the_install_early(values: dict[str, Any], message: str)
 
 def test_crd_ships_with_the_chart() -> None:
     assert (CHART / "crds" / "inferencedeployments.tokenplane.io.yaml").is_file()
+
+
+def test_every_rendered_setting_is_one_the_operator_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    objects = _render({"operator": {"pollIntervalSeconds": 45, "logLevel": "DEBUG", "healthPort": 9090}})
+    container = _kind(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    fields = {f"TOKENPLANE_{name.upper()}" for name in OperatorSettings.model_fields}
+    assert set(env) <= fields, f"the chart sets variables the operator ignores: {set(env) - fields}"
+    for name in [n for n in os.environ if n.startswith("TOKENPLANE_")]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = OperatorSettings()
+    assert settings.poll_interval_s == 45 and settings.log_level == "DEBUG"
+    assert settings.arm_endpoint is None, "an empty ARM endpoint must mean the public cloud"
+    assert container["ports"][0]["containerPort"] == settings.health_port == 9090
+
+
+def test_bad_operator_settings_fail_with_the_variable_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOKENPLANE_POLL_INTERVAL_S", "-1")
+    with pytest.raises(SystemExit) as exit_info:
+        operator_command([], all_namespaces=True)
+    assert "TOKENPLANE_POLL_INTERVAL_S: Input should be greater than 0" in str(exit_info.value)
