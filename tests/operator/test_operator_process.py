@@ -1,0 +1,63 @@
+"""The operator as a pod runs it: its own process, kubeconfig, workload identity, /healthz, SIGTERM."""
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import kmock
+import pytest
+import trustme
+
+from tests.support.arm_emulator import ArmEmulator
+from tests.support.kopf_harness import RS_RESOURCE, cr_body, declare_resources
+from tests.support.kube_emulator import ApiServerEmulator
+from tests.support.operator_process import WORKLOAD_IDENTITY, OperatorProcess
+
+pytestmark = pytest.mark.kmock(cls=ApiServerEmulator)
+
+FAST = {
+    "TOKENPLANE_POLL_INTERVAL_S": "0.5",
+    "TOKENPLANE_POOL_CACHE_TTL_S": "0",
+    "TOKENPLANE_BACKOFF_BASE_S": "0.5",
+    "TOKENPLANE_BACKOFF_MAX_S": "2",
+}
+
+
+@pytest.fixture
+def wi_arm(arm_ca: trustme.CA) -> Iterator[ArmEmulator]:
+    """An ARM emulator that also plays Entra ID and accepts only the tokens it issued."""
+    with ArmEmulator(ca=arm_ca, provisioning_polls=2, workload_identity=WORKLOAD_IDENTITY) as emulator:
+        yield emulator
+
+
+@pytest.fixture
+async def op(kmock: kmock.KubernetesEmulator, wi_arm: ArmEmulator, tmp_path: Path) -> AsyncIterator[OperatorProcess]:
+    declare_resources(kmock)
+    process = OperatorProcess(kmock, wi_arm, tmp_path, FAST)
+    await process.start()
+    yield process
+    await process.stop(kill=True)
+
+
+async def test_operator_process_reaches_ready_through_workload_identity(op: OperatorProcess) -> None:
+    await op.create(cr_body("m1"))
+    body = await op.wait_ready("m1", within=60)
+    assert op.arm.issued_tokens, "the operator never traded its federated token for an access token"
+    assert op.arm.pool_names() == [body["status"]["nodePool"]["name"]]
+    assert op.get("m1", resource=RS_RESOURCE) is not None
+    reasons = {event["reason"] for event in op.events("m1")}
+    assert {"CreatePool", "ApplyRayService", "ApplyService", "ApplyNetworkPolicy"} <= reasons, reasons
+    assert await op.stop() == 0, f"SIGTERM must stop the operator cleanly:\n{op.log_tail()}"
+
+
+async def test_wrong_federated_token_is_reported_without_retry_storm(op: OperatorProcess) -> None:
+    op.arm.workload_identity = (WORKLOAD_IDENTITY[0], WORKLOAD_IDENTITY[1], "a-token-entra-does-not-trust")
+    await op.create(cr_body("m1"))
+    condition = await op.wait_for(
+        lambda: (c := op.condition("m1", "NodePoolReady")) and c.get("reason") == "CloudError" and c, within=60
+    )
+    assert "AADSTS700213" in condition["message"]
+    token_requests = len(op.arm.calls("POST", "/oauth2/"))
+    await asyncio.sleep(3)  # six timer ticks: a refused credential is not retried at the poll rate
+    assert len(op.arm.calls("POST", "/oauth2/")) == token_requests
+    assert op.arm.pool_names() == []

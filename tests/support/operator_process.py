@@ -1,0 +1,152 @@
+"""Run `tokenplane operator` as its own process, configured as the chart configures the pod.
+
+Kubernetes comes from a kubeconfig pointing at kmock; Azure from AKS workload identity: a federated
+service-account token file that ``DefaultAzureCredential`` trades for an access token at
+``AZURE_AUTHORITY_HOST``, here the ARM emulator acting as Entra ID. Nothing is injected in-process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import kmock
+import yaml
+
+from tests.operator.conftest import CLUSTER, RESOURCE_GROUP, SUBSCRIPTION
+from tests.support.arm_emulator import ArmEmulator
+from tests.support.kopf_harness import OperatorHarness
+
+__all__ = ["WORKLOAD_IDENTITY", "OperatorProcess", "free_port"]
+
+# (tenant id, client id, federated token) as the AKS workload-identity webhook would project them.
+WORKLOAD_IDENTITY = (
+    "72f988bf-86f1-41af-91ab-2d7cd011db47",
+    "11111111-2222-3333-4444-555555555555",
+    "eyJhbGciOiJSUzI1NiJ9.projected-service-account-token.signature",
+)
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class OperatorProcess(OperatorHarness):
+    """The operator CLI in a child process; the driving helpers (create, wait_ready, ...) are the harness's.
+
+    Args:
+        k: The kmock emulator the kubeconfig points at.
+        arm: An ARM emulator started with ``workload_identity=WORKLOAD_IDENTITY``.
+        workdir: Where the kubeconfig, token file and operator log go.
+        env: Extra ``TOKENPLANE_*`` settings (poll interval, backoffs).
+    """
+
+    def __init__(self, k: kmock.KubernetesEmulator, arm: ArmEmulator, workdir: Path, env: dict[str, str]) -> None:
+        super().__init__(k, arm)
+        self.workdir = workdir
+        self.extra_env = env
+        self.health_port = free_port()
+        self.log_path = workdir / "operator.log"
+        self.process: asyncio.subprocess.Process | None = None
+
+    def _environment(self) -> dict[str, str]:
+        kubeconfig = self.workdir / "kubeconfig"
+        kubeconfig.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [{"name": "kmock", "cluster": {"server": self.url}}],
+                    "users": [{"name": "operator", "user": {"token": "service-account-token"}}],
+                    "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "operator"}}],
+                    "current-context": "kmock",
+                }
+            )
+        )
+        tenant, client_id, federated_token = WORKLOAD_IDENTITY
+        token_file = self.workdir / "azure-identity-token"
+        token_file.write_text(federated_token)
+        inherited = {key: value for key, value in os.environ.items() if not key.startswith(("TOKENPLANE_", "AZURE_"))}
+        return inherited | {
+            "KUBECONFIG": str(kubeconfig),
+            "AZURE_TENANT_ID": tenant,
+            "AZURE_CLIENT_ID": client_id,
+            "AZURE_FEDERATED_TOKEN_FILE": str(token_file),
+            "AZURE_AUTHORITY_HOST": self.arm.base_url,
+            "SSL_CERT_FILE": str(self.arm.ca_pem),  # trust the emulator's CA for the Entra ID call too
+            "TOKENPLANE_SUBSCRIPTION_ID": SUBSCRIPTION,
+            "TOKENPLANE_RESOURCE_GROUP": RESOURCE_GROUP,
+            "TOKENPLANE_CLUSTER_NAME": CLUSTER,
+            "TOKENPLANE_ARM_ENDPOINT": self.arm.base_url,
+            "TOKENPLANE_ARM_CA_BUNDLE": str(self.arm.ca_pem),
+            "TOKENPLANE_HEALTH_PORT": str(self.health_port),
+            **self.extra_env,
+        }
+
+    async def start(self) -> None:
+        """Start the process and wait until its /healthz answers."""
+        with self.log_path.open("ab") as log:
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "tokenplane_operator",
+                "operator",
+                "--all-namespaces",
+                env=self._environment(),
+                stdout=log,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 60
+        async with aiohttp.ClientSession() as session:
+            while time.monotonic() < deadline:
+                if self.process.returncode is not None:
+                    raise RuntimeError(f"the operator exited with {self.process.returncode}:\n{self.log_tail()}")
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with session.get(f"http://127.0.0.1:{self.health_port}/healthz") as response:
+                        if response.status == 200:
+                            return
+                await asyncio.sleep(0.2)
+        raise RuntimeError(f"the operator's /healthz did not answer within 60 s:\n{self.log_tail()}")
+
+    async def stop(self, *, kill: bool = False) -> int | None:
+        """SIGTERM (graceful) or SIGKILL (a crashed pod); returns the exit code."""
+        if self.process is None or self.process.returncode is not None:
+            return None if self.process is None else self.process.returncode
+        self.process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            return await asyncio.wait_for(self.process.wait(), 30)
+        except TimeoutError:
+            self.process.kill()
+            return await self.process.wait()
+
+    def peak_rss_mib(self) -> float:
+        """The process's peak resident memory (VmHWM) so far, in MiB."""
+        assert self.process is not None
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        kib = next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))
+        return int(kib) / 1024
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last lines the operator logged."""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def events(self, name: str, *, namespace: str = "default") -> list[dict[str, Any]]:
+        """Kubernetes Events kopf posted about an InferenceDeployment."""
+        return [
+            dict(obj)
+            for (res, ns, _), obj in list(self.k.objects.items())
+            if getattr(res, "plural", "") == "events" and ns == namespace and not obj.deleted
+            if obj.get("involvedObject", {}).get("name") == name
+        ]
