@@ -26,9 +26,3 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def update_golden(request: pytest.FixtureRequest) -> bool:
     """Whether golden files should be rewritten instead of compared."""
     return bool(request.config.getoption("--update-golden"))
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    if config.getoption("--benchmark"):
-        # Benchmarks poll at the production default (30 s); the operator reads it when handlers import.
-        os.environ.setdefault("TOKENPLANE_POLL_INTERVAL_S", "30")

@@ -1,17 +1,26 @@
-"""Benchmark (not a timed test): 1,000 InferenceDeployments to Ready on kopf + kmock + the ARM emulator."""
+"""Benchmark (not a timed test): 1,000 InferenceDeployments to Ready.
+
+The operator runs as its own process (`tokenplane operator`, workload identity, production poll cadence),
+so its peak memory is measured alone; kmock and the ARM emulator live in the test process.
+"""
 
 import asyncio
 import os
-import resource
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import kmock
 import pytest
+import trustme
 
 from tests.support.arm_emulator import ArmEmulator
-from tests.support.kopf_harness import OperatorHarness, cr_body, declare_resources
+from tests.support.kopf_harness import cr_body, declare_resources
+from tests.support.kube_emulator import ApiServerEmulator
+from tests.support.operator_process import WORKLOAD_IDENTITY, OperatorProcess
+
+pytestmark = pytest.mark.kmock(cls=ApiServerEmulator)
 
 COUNT = int(os.environ.get("TOKENPLANE_BENCHMARK_COUNT", "1000"))
 CR_PLURAL = "inferencedeployments"
@@ -32,15 +41,24 @@ def body(i: int) -> dict:
 
 
 @pytest.fixture
-async def op(kmock: kmock.KubernetesEmulator, arm_emulator: ArmEmulator) -> AsyncIterator[OperatorHarness]:
+def wi_arm(arm_ca: trustme.CA) -> Iterator[ArmEmulator]:
+    with ArmEmulator(ca=arm_ca, provisioning_polls=2, workload_identity=WORKLOAD_IDENTITY) as emulator:
+        yield emulator
+
+
+@pytest.fixture
+async def op(kmock: kmock.KubernetesEmulator, wi_arm: ArmEmulator, tmp_path: Path) -> AsyncIterator[OperatorProcess]:
     declare_resources(kmock)
-    harness = OperatorHarness(kmock, arm_emulator, pool_cache_ttl_s=10.0)
-    await harness.start()
-    yield harness
-    await harness.stop(kill=True)
+    assert isinstance(kmock, ApiServerEmulator)
+    kmock.forget = True
+    # Production settings (30 s polls, 10 s shared pool reads), except failures are retried sooner.
+    process = OperatorProcess(kmock, wi_arm, tmp_path, {"TOKENPLANE_LOG_LEVEL": "WARNING"})
+    await process.start()
+    yield process
+    await process.stop(kill=True)
 
 
-def ready_reasons(op: OperatorHarness) -> Counter[str]:
+def ready_reasons(op: OperatorProcess) -> Counter[str]:
     reasons: Counter[str] = Counter()
     for (res, _, _), obj in list(op.k.objects.items()):
         if getattr(res, "plural", "") != CR_PLURAL or obj.deleted:
@@ -51,16 +69,10 @@ def ready_reasons(op: OperatorHarness) -> Counter[str]:
     return reasons
 
 
-async def play_kuberay(op: OperatorHarness, stop: asyncio.Event) -> None:
+async def play_kuberay(op: OperatorProcess, stop: asyncio.Event) -> None:
     """Mark every new RayService Ready, as KubeRay would once its pods run."""
     done: set[tuple[str, str]] = set()
     while not stop.is_set():
-        # kmock 0.8 re-scans every recorded request on each new one (O(n^2) overall) and keeps every
-        # version of every object: forget both, or the emulator, not the operator, is what gets measured.
-        op.k._requests.clear()
-        for obj in list(op.k.objects.values()):
-            if not obj.deleted and len(obj.history) > 1:
-                obj.history = [obj.history[-1]]
         for (res, ns, name), obj in list(op.k.objects.items()):
             if getattr(res, "plural", "") == "rayservices" and (ns, name) not in done and not obj.deleted:
                 done.add((ns, name))
@@ -69,9 +81,8 @@ async def play_kuberay(op: OperatorHarness, stop: asyncio.Event) -> None:
 
 
 @pytest.mark.benchmark
-async def test_benchmark_1000_deployments_converge(op: OperatorHarness) -> None:
-    # ru_maxrss, not tracemalloc: tracing every allocation slows the operator by an order of magnitude.
-    rss_before_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+async def test_benchmark_1000_deployments_converge(op: OperatorProcess) -> None:
+    rss_idle_mib = op.peak_rss_mib()
     stop = asyncio.Event()
     kuberay = asyncio.create_task(play_kuberay(op, stop))
     started = time.monotonic()
@@ -87,13 +98,13 @@ async def test_benchmark_1000_deployments_converge(op: OperatorHarness) -> None:
     converged = time.monotonic() - started
     stop.set()
     await kuberay
-    maxrss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mib = op.peak_rss_mib()
     puts = len(op.arm.calls("PUT"))
     gets = len(op.arm.calls("GET"))
     print(
         f"\nBENCHMARK {COUNT} InferenceDeployments, {len(CLASSES)} shared pools: "
         f"applied in {applied:.1f}s, all Ready after {converged:.1f}s; "
-        f"peak RSS {maxrss_mib:.0f} MiB (+{maxrss_mib - rss_before_mib:.0f} MiB over the idle operator; one "
-        f"process holds the operator, kmock and the ARM emulator); ARM requests: {puts} PUT, {gets} GET"
+        f"operator peak RSS {peak_mib:.0f} MiB (idle {rss_idle_mib:.0f} MiB); "
+        f"ARM requests: {puts} PUT, {gets} GET, {len(op.arm.issued_tokens)} tokens"
     )
     assert len(op.arm.pool_names()) == len(CLASSES)

@@ -18,9 +18,13 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
       kmock stores them all under one empty name and refuses every Event after the first).
     - `refuse` answers writes with 409 Conflict and changes nothing, as an API server refuses a stale
       write. A kmock DSL reaction cannot: kmock applies intercepted writes anyway.
+    - ``forget = True`` keeps only the newest request and object version. kmock 0.8 matches every new
+      request against every recorded one (O(n^2) overall), so at benchmark scale the emulator, not the
+      operator, would be what is measured.
     """
 
     _suffixes = itertools.count(1)
+    forget = False
 
     def refuse(self, method: str, resource_plural: str, *, times: int) -> list[str]:
         """Refuse the next `times` METHOD requests on the resource; returns the paths refused so far."""
@@ -28,6 +32,8 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
         return self._refusal[3]
 
     async def _handle(self, request: Any) -> Any:
+        if self.forget:
+            del self._requests[:-1]
         method, segment, times, refused = getattr(self, "_refusal", ("", "", 0, []))
         if len(refused) < times and request.method == method and segment in request.url.path:
             refused.append(request.url.path)
@@ -36,4 +42,11 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
             meta = request.data.setdefault("metadata", {})
             if not meta.get("name") and meta.get("generateName"):
                 meta["name"] = f"{meta['generateName']}{next(self._suffixes):05d}"
-        return await super()._handle(request)
+        try:
+            return await super()._handle(request)
+        finally:
+            key = (request.resource, request.namespace, request.name)
+            if self.forget and request.resource is not None and request.name and key in self._objects:
+                obj = self._objects[key]
+                if not obj.deleted and len(obj.history) > 1:
+                    obj.history = obj.history[-1:]
