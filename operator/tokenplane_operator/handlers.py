@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -13,7 +14,16 @@ from tokenplane_operator.adapters.azure import AksAgentPools
 from tokenplane_operator.adapters.kube import KubeObjects
 from tokenplane_operator.api.v1alpha1 import GROUP, PLURAL, VERSION
 from tokenplane_operator.errors import TokenplaneError
-from tokenplane_operator.reconcile import Clients, ReconcileResult, pool_demand, reconcile, release, status_patch
+from tokenplane_operator.reconcile import (
+    Clients,
+    ReconcileResult,
+    collect_metrics,
+    forget_metrics,
+    pool_demand,
+    reconcile,
+    release,
+    status_patch,
+)
 from tokenplane_operator.settings import OperatorSettings
 
 __all__ = ["FINALIZER", "build_clients"]
@@ -22,6 +32,7 @@ FINALIZER = "tokenplane.io/finalizer"
 RESOURCE = (GROUP, VERSION, PLURAL)
 # Timer cadence is fixed when handlers register (import time), so it comes straight from the environment.
 _POLL_INTERVAL_S = OperatorSettings().poll_interval_s
+_METRICS_INTERVAL_S = OperatorSettings().metrics_interval_s
 
 
 async def build_clients(config: OperatorSettings) -> Clients:
@@ -97,11 +108,28 @@ async def poll(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **kwargs: An
         raise kopf.TemporaryError(_ready_message(result), delay=result.retry_after_s)
 
 
+@kopf.timer(*RESOURCE, interval=_METRICS_INTERVAL_S, initial_delay=_METRICS_INTERVAL_S)
+async def metrics(
+    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any
+) -> None:
+    """Scrape the serving pods and write the economics (tokens per GPU-hour, tail latency...) to status.metrics."""
+    try:
+        result = await collect_metrics(
+            body, clients=memo.clients, settings=memo.config, now=datetime.now(UTC), clock=time.monotonic()
+        )
+    except TokenplaneError as err:
+        logger.info("metrics not collected: %s", err)  # the next tick tries again; status keeps the last numbers
+        return
+    if result is not None:
+        patch.status["metrics"] = result.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
 @kopf.on.delete(*RESOURCE)
 async def on_delete(
     body: kopf.Body, memo: kopf.Memo, logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any
 ) -> None:
     """Release the pool if this was its last user; the finalizer stays until Azure has deleted it."""
+    forget_metrics(body, memo.clients)
     try:
         result = await release(body, clients=memo.clients, settings=memo.config)
     except TokenplaneError as err:

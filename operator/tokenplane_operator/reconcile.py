@@ -14,11 +14,13 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from tokenplane_operator.adapters.kube import KubeObjects, KubeRejectedError, TransientKubeError
+from tokenplane_operator.adapters.metrics import MetricsScraper
 from tokenplane_operator.api.conditions import Reason
 from tokenplane_operator.api.v1alpha1 import (
     AcceleratorKind,
     InferenceDeployment,
     InferenceDeploymentStatus,
+    MetricsStatus,
     PlanStatus,
 )
 from tokenplane_operator.api.validation import InvalidSpecError, parse_inference_deployment
@@ -38,8 +40,9 @@ from tokenplane_operator.plan.diff import (
     merge_pool_demand,
     object_key,
 )
+from tokenplane_operator.plan.economics import Scrape, compute_economics, gpus_in_pods, merge_window, parse_scrape
 from tokenplane_operator.plan.errors import PlanError, PlanErrorReason
-from tokenplane_operator.plan.naming import SPEC_HASH_ANNOTATION
+from tokenplane_operator.plan.naming import SPEC_HASH_ANNOTATION, selector_labels
 from tokenplane_operator.plan.sizing import recommend
 from tokenplane_operator.plan.spec import workload_from_spec
 from tokenplane_operator.plan.status import (
@@ -58,6 +61,8 @@ __all__ = [
     "PoolDemand",
     "ReconcileResult",
     "ReleaseResult",
+    "collect_metrics",
+    "forget_metrics",
     "pool_demand",
     "reconcile",
     "release",
@@ -104,17 +109,22 @@ class Clients:
     Attributes:
         kube: Kubernetes objects.
         pools: AKS agent pools, or None when no Azure settings are given (BYO and CPU still work).
+        scraper: Reads the serving pods' metrics pages.
     """
 
     kube: KubeObjects
     pools: AgentPools | None
+    scraper: MetricsScraper = field(default_factory=MetricsScraper)
     _faults: dict[str, _Fault] = field(default_factory=dict)
     _cache: dict[str, tuple[ObservedAgentPool | None, datetime]] = field(default_factory=dict)
     _locks: defaultdict[str, asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))
+    # Last metrics scrape per deployment: (pod name -> scrape, monotonic time), the start of the next window.
+    _scrapes: dict[str, tuple[dict[str, Scrape], float]] = field(default_factory=dict)
 
     async def close(self) -> None:
         """Close every client."""
         await self.kube.close()
+        await self.scraper.close()
         if self.pools is not None:
             await self.pools.close()
 
@@ -447,6 +457,54 @@ async def release(body: Mapping[str, Any], *, clients: Clients, settings: Operat
                 clients._cache.pop(name, None)
             pending |= action.kind in (ActionKind.RELEASE_POOL, ActionKind.WAIT)
     return ReleaseResult(actions, not pending, settings.poll_interval_s)
+
+
+async def collect_metrics(
+    body: Mapping[str, Any], *, clients: Clients, settings: OperatorSettings, now: datetime, clock: float
+) -> MetricsStatus | None:
+    """Scrape the deployment's Ray pods and turn the window since the previous scrape into status metrics.
+
+    Args:
+        body: The InferenceDeployment.
+        clients: Shared clients; they keep the previous scrape.
+        settings: Operator settings (the metrics port).
+        now: Wall time, stamped on the result.
+        clock: Monotonic seconds, for the window's length.
+
+    Returns:
+        The metrics, or None for the first scrape, when no pod answered, or when no pod spans the window.
+
+    Raises:
+        TokenplaneError: The pods could not be listed; the next collection tries again.
+    """
+    meta = body.get("metadata") or {}
+    key = str(meta.get("uid") or _owner(body))
+    pods = await clients.kube.list_pods(meta.get("namespace") or "default", selector_labels(str(meta.get("name"))))
+    running = {
+        pod["metadata"]["name"]: pod
+        for pod in pods
+        if (pod.get("status") or {}).get("phase") == "Running" and (pod.get("status") or {}).get("podIP")
+    }
+    urls = {name: f"http://{pod['status']['podIP']}:{settings.metrics_port}/metrics" for name, pod in running.items()}
+    pages = await asyncio.gather(*(clients.scraper.scrape(url) for url in urls.values()), return_exceptions=True)
+    scrapes = {name: parse_scrape(page) for name, page in zip(urls, pages, strict=True) if isinstance(page, str)}
+    previous = clients._scrapes.get(key)
+    if not scrapes:
+        return None
+    clients._scrapes[key] = (scrapes, clock)
+    if previous is None:
+        return None
+    before, after = merge_window(previous[0], scrapes)
+    spanning = [running[name] for name in previous[0].keys() & scrapes.keys()]
+    if not spanning:
+        return None
+    return compute_economics(before, after, elapsed_s=clock - previous[1], gpus=gpus_in_pods(spanning), now=now)
+
+
+def forget_metrics(body: Mapping[str, Any], clients: Clients) -> None:
+    """Drop the scrape kept for a deleted deployment."""
+    meta = body.get("metadata") or {}
+    clients._scrapes.pop(str(meta.get("uid") or _owner(body)), None)
 
 
 # --- helpers -------------------------------------------------------------------------------------------

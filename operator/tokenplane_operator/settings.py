@@ -8,6 +8,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tokenplane_operator.plan.desired import RenderConfig
+from tokenplane_operator.plan.rayservice import METRICS_PORT
 
 __all__ = ["OperatorSettings"]
 
@@ -43,6 +44,10 @@ class OperatorSettings(BaseSettings):
     rejected_retry_s: float = Field(
         default=900.0, gt=0, description="Slow retry after QuotaExceeded/SkuNotAvailable, until a human acts."
     )
+    metrics_interval_s: float = Field(
+        default=60.0, gt=0, description="Timer: scrape the serving pods and update status.metrics."
+    )
+    metrics_port: int = Field(default=METRICS_PORT, ge=1, le=65535, description="Ray metrics port on serving pods.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level.")
     health_port: int = Field(default=8080, ge=1, le=65535, description="Port of the /healthz liveness endpoint.")
     max_pool_nodes: int = Field(default=1000, ge=1, le=1000, description="Cap on a shared pool's maxCount.")

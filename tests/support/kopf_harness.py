@@ -12,6 +12,7 @@ from typing import Any
 
 # Timer cadence is read when the handlers register: set it before importing them.
 os.environ.setdefault("TOKENPLANE_POLL_INTERVAL_S", "0.3")
+os.environ.setdefault("TOKENPLANE_METRICS_INTERVAL_S", "0.5")
 
 import aiohttp
 import kmock
@@ -175,6 +176,10 @@ class OperatorHarness:
 
     async def create(self, body: dict[str, Any]) -> None:
         await self._send("POST", self._path(body["metadata"]["namespace"]), body)
+
+    async def create_pod(self, body: dict[str, Any]) -> None:
+        """Create a Pod (as KubeRay would); kmock keeps its status as given."""
+        await self._send("POST", f"/api/v1/namespaces/{body['metadata']['namespace']}/pods", body)
 
     async def patch(self, name: str, patch: dict[str, Any], *, namespace: str = "default") -> None:
         await self._send("PATCH", self._path(namespace, name), patch)

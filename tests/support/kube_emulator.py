@@ -18,6 +18,7 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
       kmock stores them all under one empty name and refuses every Event after the first).
     - `refuse` answers writes with 409 Conflict and changes nothing, as an API server refuses a stale
       write. A kmock DSL reaction cannot: kmock applies intercepted writes anyway.
+    - LIST honours an equality ``labelSelector`` (``a=b,c=d``); kmock returns every object.
     - ``forget = True`` keeps only the newest request and object version. kmock 0.8 matches every new
       request against every recorded one (O(n^2) overall), so at benchmark scale the emulator, not the
       operator, would be what is measured.
@@ -30,6 +31,17 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
         """Refuse the next `times` METHOD requests on the resource; returns the paths refused so far."""
         self._refusal = (method, f"/{resource_plural}/", times, [])
         return self._refusal[3]
+
+    async def _serve_list(self, request: Any) -> Any:
+        listing = await super()._serve_list(request)
+        if selector := request.params.get("labelSelector"):
+            wanted = dict(term.split("=", 1) for term in selector.split(","))
+            listing["items"] = [
+                item
+                for item in listing["items"]
+                if all(((item.get("metadata") or {}).get("labels") or {}).get(k) == v for k, v in wanted.items())
+            ]
+        return listing
 
     async def _handle(self, request: Any) -> Any:
         if self.forget:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
@@ -112,6 +113,20 @@ class KubeObjects:
         """
         try:
             listing = await self._request("GET", f"/apis/{GROUP}/{VERSION}/{PLURAL}")
+        except ApiException as exc:
+            raise _convert(exc) from exc
+        return list(listing.get("items") or [])
+
+    async def list_pods(self, namespace: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:
+        """List the pods in a namespace that carry all these labels.
+
+        Raises:
+            TransientKubeError: Retry soon.
+            KubeRejectedError: The request is wrong (e.g. RBAC).
+        """
+        selector = urllib.parse.quote(",".join(f"{key}={value}" for key, value in sorted(labels.items())))
+        try:
+            listing = await self._request("GET", f"/api/v1/namespaces/{namespace}/pods?labelSelector={selector}")
         except ApiException as exc:
             raise _convert(exc) from exc
         return list(listing.get("items") or [])

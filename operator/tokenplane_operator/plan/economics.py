@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import math
+import re
 from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from datetime import datetime
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from tokenplane_operator.api.v1alpha1 import MetricsStatus
 
-__all__ = ["Scrape", "compute_economics", "histogram_quantile", "parse_scrape"]
+__all__ = ["Scrape", "compute_economics", "gpus_in_pods", "histogram_quantile", "merge_window", "parse_scrape"]
 
 OUTPUT_TOKENS = "ray_vllm_generation_tokens_total"
 INPUT_TOKENS = "ray_vllm_prompt_tokens_total"
@@ -18,6 +21,8 @@ E2E_LATENCY = "ray_vllm_e2e_request_latency_seconds"
 TTFT = "ray_vllm_time_to_first_token_seconds"
 PREFIX_HITS = "ray_vllm_prefix_cache_hits_total"
 PREFIX_QUERIES = "ray_vllm_prefix_cache_queries_total"
+# A MIG slice `nvidia.com/mig-<g>g.<mem>gb` is g of the GPU's 7 compute slices (A100, H100, H200).
+_MIG_RESOURCE = re.compile(r"^nvidia\.com/mig-(?P<slices>[1-7])g\.")
 
 
 class Scrape:
@@ -118,3 +123,60 @@ def compute_economics(before: Scrape, after: Scrape, *, elapsed_s: float, gpus: 
         kv_cache_hit_rate=round(after.delta(before, PREFIX_HITS) / queries, 4) if queries > 0 else None,
         updated_at=now,
     )
+
+
+def merge_window(before: Mapping[str, Scrape], after: Mapping[str, Scrape]) -> tuple[Scrape, Scrape]:
+    """Sum per-pod scrapes into one window over the pods seen at both ends.
+
+    A pod that appeared since `before` starts counting at the next window; a pod whose counters went
+    down (its process restarted) counts from zero, so a replaced replica never makes a window negative.
+
+    Args:
+        before: pod name -> scrape at the start of the window.
+        after: pod name -> scrape at the end.
+
+    Returns:
+        The summed (start, end) scrapes.
+    """
+    empty = Scrape({}, {})
+    starts: list[Scrape] = []
+    ends: list[Scrape] = []
+    for pod in sorted(before.keys() & after.keys()):
+        start, end = before[pod], after[pod]
+        restarted = any(end.totals.get(name, 0.0) < value for name, value in start.totals.items())
+        starts.append(empty if restarted else start)
+        ends.append(end)
+    return _sum(starts), _sum(ends)
+
+
+def _sum(scrapes: Iterable[Scrape]) -> Scrape:
+    totals: dict[str, float] = defaultdict(float)
+    buckets: dict[str, dict[float, float]] = defaultdict(lambda: defaultdict(float))
+    for scrape in scrapes:
+        for name, value in scrape.totals.items():
+            totals[name] += value
+        for name, cumulative in scrape.buckets.items():
+            for le, count in cumulative.items():
+                buckets[name][le] += count
+    return Scrape(dict(totals), {name: dict(b) for name, b in buckets.items()})
+
+
+def gpus_in_pods(pods: Iterable[Mapping[str, Any]]) -> float:
+    """Count the GPUs the pods hold: whole `nvidia.com/gpu` plus MIG slices as sevenths of a GPU.
+
+    Args:
+        pods: Pod objects as the API server returns them.
+
+    Returns:
+        GPUs, possibly fractional; 0 for CPU-only pods.
+    """
+    total = 0.0
+    for pod in pods:
+        for container in (pod.get("spec") or {}).get("containers") or []:
+            limits = (container.get("resources") or {}).get("limits") or {}
+            for resource, quantity in limits.items():
+                if resource == "nvidia.com/gpu":
+                    total += float(quantity)
+                elif match := _MIG_RESOURCE.match(resource):
+                    total += float(quantity) * int(match["slices"]) / 7
+    return total

@@ -6,7 +6,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tokenplane_operator.plan.economics import compute_economics, histogram_quantile, parse_scrape
+from tokenplane_operator.plan.economics import (
+    E2E_LATENCY,
+    OUTPUT_TOKENS,
+    Scrape,
+    compute_economics,
+    gpus_in_pods,
+    histogram_quantile,
+    merge_window,
+    parse_scrape,
+)
 
 NOW = datetime(2026, 11, 22, tzinfo=UTC)
 
@@ -76,3 +85,31 @@ def test_quantile_matches_promql_on_an_even_histogram(q: float) -> None:
     # 100 observations spread evenly over (0, 10]: PromQL's estimate is q * 10.
     cumulative = {float(le): le * 10.0 for le in range(1, 11)} | {float("inf"): 100.0}
     assert histogram_quantile(q, cumulative) == pytest.approx(q * 10)
+
+
+def _tokens(output: float) -> Scrape:
+    return Scrape({OUTPUT_TOKENS: output}, {})
+
+
+def test_window_spans_only_pods_seen_at_both_ends_and_restarts_count_from_zero() -> None:
+    before = {"a": _tokens(100), "b": _tokens(500), "gone": _tokens(900)}
+    after = {"a": _tokens(160), "b": _tokens(40), "new": _tokens(10_000)}
+    start, end = merge_window(before, after)
+    # a grew by 60; b restarted and counted 40 since; "gone" and "new" do not span the window.
+    assert end.delta(start, OUTPUT_TOKENS) == 100
+
+
+def test_window_sums_histogram_buckets_across_pods() -> None:
+    def latency(fast: float, slow: float) -> Scrape:
+        return Scrape({}, {E2E_LATENCY: {0.5: fast, float("inf"): fast + slow}})
+
+    start, end = merge_window({"a": latency(1, 0), "b": latency(0, 1)}, {"a": latency(5, 0), "b": latency(0, 5)})
+    assert end.bucket_delta(start, E2E_LATENCY) == {0.5: 4, float("inf"): 8}
+
+
+def test_gpus_count_whole_gpus_and_mig_slices_as_sevenths() -> None:
+    def pod(limits: dict[str, str]) -> dict[str, object]:
+        return {"spec": {"containers": [{"resources": {"limits": limits}}]}}
+
+    pods = [pod({"nvidia.com/gpu": "2"}), pod({"nvidia.com/mig-3g.40gb": "1"}), pod({"cpu": "4"}), {"spec": {}}]
+    assert gpus_in_pods(pods) == pytest.approx(2 + 3 / 7)

@@ -1,0 +1,116 @@
+"""status.metrics: the operator scrapes the serving pods' Prometheus pages and reports the seeds' economics."""
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import kmock
+import pytest
+from aiohttp import web
+
+from tests.support.arm_emulator import ArmEmulator
+from tests.support.kopf_harness import OperatorHarness, cr_body, declare_resources
+from tests.support.kube_emulator import ApiServerEmulator
+from tests.support.operator_process import free_port
+
+pytestmark = pytest.mark.kmock(cls=ApiServerEmulator)
+
+
+class MetricsPages:
+    """Serves a Ray worker's /metrics; every scrape finds 10 more requests and 1,000 more output tokens.
+
+    Per scrape: 4,000 prompt tokens, 300 prefix-cache hits in 400 queries, and end-to-end latencies of
+    5 requests under 0.5 s, 4 more under 1 s, 1 under 2.5 s.
+    """
+
+    def __init__(self) -> None:
+        self.scrapes = 0
+        self.hosts: set[str] = set()
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.hosts.add(request.host)
+        self.scrapes += 1
+        n = self.scrapes
+        labels = 'model_name="m1",WorkerId="abc"'
+        lines = [
+            "# TYPE ray_vllm_generation_tokens_total counter",
+            f"ray_vllm_generation_tokens_total{{{labels}}} {1000 * n}.0",
+            "# TYPE ray_vllm_prompt_tokens_total counter",
+            f"ray_vllm_prompt_tokens_total{{{labels}}} {4000 * n}.0",
+            "# TYPE ray_vllm_prefix_cache_hits_total counter",
+            f"ray_vllm_prefix_cache_hits_total{{{labels}}} {300 * n}.0",
+            "# TYPE ray_vllm_prefix_cache_queries_total counter",
+            f"ray_vllm_prefix_cache_queries_total{{{labels}}} {400 * n}.0",
+            "# TYPE ray_vllm_e2e_request_latency_seconds histogram",
+        ]
+        for le, per_scrape in (("0.5", 5), ("1.0", 9), ("2.5", 10), ("+Inf", 10)):
+            lines.append(f'ray_vllm_e2e_request_latency_seconds_bucket{{{labels},le="{le}"}} {per_scrape * n}.0')
+        lines += [
+            f"ray_vllm_e2e_request_latency_seconds_count{{{labels}}} {10 * n}.0",
+            f"ray_vllm_e2e_request_latency_seconds_sum{{{labels}}} {7.5 * n}",
+        ]
+        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+
+
+@pytest.fixture
+async def pages() -> AsyncIterator[tuple[MetricsPages, int]]:
+    served = MetricsPages()
+    app = web.Application()
+    app.router.add_get("/metrics", served.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "0.0.0.0", port).start()
+    yield served, port
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def op(
+    kmock: kmock.KubernetesEmulator, arm_emulator: ArmEmulator, pages: tuple[MetricsPages, int]
+) -> AsyncIterator[OperatorHarness]:
+    declare_resources(kmock)
+    harness = OperatorHarness(kmock, arm_emulator, metrics_port=pages[1])
+    await harness.start()
+    yield harness
+    await harness.stop(kill=True)
+
+
+def pod(name: str, deployment: str, ip: str, phase: str, limits: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default", "labels": {"tokenplane.io/deployment": deployment}},
+        "spec": {"containers": [{"name": "ray-worker", "image": "x", "resources": {"limits": limits}}]},
+        "status": {"phase": phase, "podIP": ip},
+    }
+
+
+async def test_status_metrics_report_the_economics_of_the_serving_pods(
+    op: OperatorHarness, pages: tuple[MetricsPages, int]
+) -> None:
+    served, port = pages
+    await op.create(cr_body("m1", vm_size="Standard_NC24ads_A100_v4"))
+    await op.wait_ready("m1")
+    mig = {"nvidia.com/mig-3g.40gb": "1"}
+    await op.create_pod(pod("m1-worker-a", "m1", "127.0.0.1", "Running", mig))
+    await op.create_pod(pod("m1-worker-b", "m1", "127.0.0.2", "Pending", mig))  # not scraped: not running
+    await op.create_pod(pod("other-worker", "other", "127.0.0.3", "Running", mig))  # another deployment's
+
+    def metrics() -> dict[str, Any]:
+        return ((op.get("m1") or {}).get("status") or {}).get("metrics") or {}
+
+    await op.wait_for(lambda: metrics().get("tokensPerGpuHour"), message="status.metrics")
+    reported = metrics()
+    assert reported["kvCacheHitRate"] == 0.75
+    assert reported["outputInputTokenRatio"] == 0.25
+    # 95th of every 10 requests lies halfway into the (1 s, 2.5 s] bucket; the 99th, 90% of the way.
+    assert reported["p95LatencyMs"] == 1750.0
+    assert reported["p99LatencyMs"] == 2350.0
+    assert reported["tokensPerGpuHour"] == pytest.approx(reported["tokensPerSecondPerGpu"] * 3600, rel=1e-3)
+    # 1,000 tokens per 0.5 s tick on 3/7 of a GPU: about 4,700 tokens/s per GPU (ticks drift, hence the range).
+    assert 1500 < reported["tokensPerSecondPerGpu"] < 9000
+    assert served.hosts == {f"127.0.0.1:{port}"}
+    # The reconcile timer keeps writing its own fields without erasing the collector's.
+    await op.wait_for(lambda: served.scrapes >= 4, message="more scrapes")
+    assert metrics().get("kvCacheHitRate") == 0.75
+    assert op.condition("m1", "Ready")["status"] == "True"
