@@ -6,7 +6,7 @@ import itertools
 from typing import Any
 
 import kmock
-from kmock._internal.k8s import KubernetesObjectConflictError
+from kmock._internal.k8s import KubernetesObjectConflictError, KubernetesObjectNotFoundError
 
 __all__ = ["ApiServerEmulator"]
 
@@ -19,6 +19,7 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
     - `refuse` answers writes with 409 Conflict and changes nothing, as an API server refuses a stale
       write. A kmock DSL reaction cannot: kmock applies intercepted writes anyway.
     - LIST honours an equality ``labelSelector`` (``a=b,c=d``); kmock returns every object.
+    - Reads and writes of one object are dictionary look-ups; kmock scans every object for each.
     - ``forget = True`` keeps only the newest request and object version. kmock 0.8 matches every new
       request against every recorded one (O(n^2) overall), so at benchmark scale the emulator, not the
       operator, would be what is measured.
@@ -31,6 +32,22 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
         """Refuse the next `times` METHOD requests on the resource; returns the paths refused so far."""
         self._refusal = (method, f"/{resource_plural}/", times, [])
         return self._refusal[3]
+
+    def _exact(self, request: Any) -> Any:
+        key = (request.resource, request.namespace, request.name)
+        return self._objects[key] if request.name and key in self._objects else None
+
+    async def _serve_fetch(self, request: Any) -> Any:
+        obj = self._exact(request)
+        if obj is None:
+            return await super()._serve_fetch(request)
+        if obj.deleted:
+            raise KubernetesObjectNotFoundError()
+        return obj.raw
+
+    async def _serve_update(self, request: Any) -> Any:
+        obj = self._exact(request)
+        return await super()._serve_update(request) if obj is None else obj.last.raw
 
     async def _serve_list(self, request: Any) -> Any:
         listing = await super()._serve_list(request)
