@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Mapping
@@ -64,6 +65,8 @@ async def startup(
         memo.config = OperatorSettings()
     if "clients" not in memo:
         memo.clients = await build_clients(memo.config)
+    # Every handler takes a slot: 1,000 deployments reconciling at once would hold 1,000 desired states.
+    memo.slots = asyncio.Semaphore(memo.config.max_concurrent_reconciles)
     if memo.clients.pools is None:
         logger.warning("no Azure settings: managed node pools are reported as CloudError, BYO and CPU work")
 
@@ -114,9 +117,10 @@ async def metrics(
 ) -> None:
     """Scrape the serving pods and write the economics (tokens per GPU-hour, tail latency...) to status.metrics."""
     try:
-        result = await collect_metrics(
-            body, clients=memo.clients, settings=memo.config, now=datetime.now(UTC), clock=time.monotonic()
-        )
+        async with memo.slots:
+            result = await collect_metrics(
+                body, clients=memo.clients, settings=memo.config, now=datetime.now(UTC), clock=time.monotonic()
+            )
     except TokenplaneError as err:
         logger.info("metrics not collected: %s", err)  # the next tick tries again; status keeps the last numbers
         return
@@ -131,7 +135,8 @@ async def on_delete(
     """Release the pool if this was its last user; the finalizer stays until Azure has deleted it."""
     forget_metrics(body, memo.clients)
     try:
-        result = await release(body, clients=memo.clients, settings=memo.config)
+        async with memo.slots:
+            result = await release(body, clients=memo.clients, settings=memo.config)
     except TokenplaneError as err:
         kopf.warn(body, reason="ReleaseFailed", message=str(err))
         raise kopf.TemporaryError(f"releasing the node pool failed: {err}", delay=memo.config.backoff_base_s) from err
@@ -146,7 +151,10 @@ async def on_delete(
 async def _reconcile(
     body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, demands: Mapping[str, Any]
 ) -> ReconcileResult:
-    result = await reconcile(body, clients=memo.clients, settings=memo.config, now=datetime.now(UTC), demand=demands)
+    async with memo.slots:
+        result = await reconcile(
+            body, clients=memo.clients, settings=memo.config, now=datetime.now(UTC), demand=demands
+        )
     patch.status.update(status_patch(result.status))
     for action in result.actions:
         if action.changes_something:

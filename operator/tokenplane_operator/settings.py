@@ -48,6 +48,9 @@ class OperatorSettings(BaseSettings):
         default=60.0, gt=0, description="Timer: scrape the serving pods and update status.metrics."
     )
     metrics_port: int = Field(default=METRICS_PORT, ge=1, le=65535, description="Ray metrics port on serving pods.")
+    max_concurrent_reconciles: int = Field(
+        default=32, ge=1, le=1024, description="Reconciles (and scrapes) in flight at once; bounds memory and API load."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level.")
     health_port: int = Field(default=8080, ge=1, le=65535, description="Port of the /healthz liveness endpoint.")
     max_pool_nodes: int = Field(default=1000, ge=1, le=1000, description="Cap on a shared pool's maxCount.")

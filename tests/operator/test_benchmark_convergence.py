@@ -98,13 +98,13 @@ async def test_benchmark_1000_deployments_converge(op: OperatorProcess) -> None:
     converged = time.monotonic() - started
     stop.set()
     await kuberay
-    peak_mib = op.peak_rss_mib()
+    peak_mib, now_mib = op.peak_rss_mib(), op.rss_mib()
     puts = len(op.arm.calls("PUT"))
     gets = len(op.arm.calls("GET"))
     print(
         f"\nBENCHMARK {COUNT} InferenceDeployments, {len(CLASSES)} shared pools: "
         f"applied in {applied:.1f}s, all Ready after {converged:.1f}s; "
-        f"operator peak RSS {peak_mib:.0f} MiB (idle {rss_idle_mib:.0f} MiB); "
+        f"operator RSS: peak {peak_mib:.0f} MiB, {now_mib:.0f} MiB once converged, {rss_idle_mib:.0f} MiB idle; "
         f"ARM requests: {puts} PUT, {gets} GET, {len(op.arm.issued_tokens)} tokens"
     )
     assert len(op.arm.pool_names()) == len(CLASSES)

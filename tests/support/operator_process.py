@@ -133,9 +133,16 @@ class OperatorProcess(OperatorHarness):
 
     def peak_rss_mib(self) -> float:
         """The process's peak resident memory (VmHWM) so far, in MiB."""
+        return self._memory_mib("VmHWM:")
+
+    def rss_mib(self) -> float:
+        """The process's resident memory (VmRSS) now, in MiB."""
+        return self._memory_mib("VmRSS:")
+
+    def _memory_mib(self, field: str) -> float:
         assert self.process is not None
         status = Path(f"/proc/{self.process.pid}/status").read_text()
-        kib = next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))
+        kib = next(line.split()[1] for line in status.splitlines() if line.startswith(field))
         return int(kib) / 1024
 
     def log_tail(self, lines: int = 40) -> str:
