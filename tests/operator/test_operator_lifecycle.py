@@ -7,6 +7,9 @@ import pytest
 
 from tests.support.arm_emulator import ArmEmulator
 from tests.support.kopf_harness import RS_RESOURCE, OperatorHarness, cr_body, declare_resources
+from tests.support.kube_emulator import ApiServerEmulator
+
+pytestmark = pytest.mark.kmock(cls=ApiServerEmulator)
 
 
 @pytest.fixture
@@ -61,7 +64,11 @@ async def test_update_engine_args_changes_rayservice_not_pool(op: OperatorHarnes
     await op.wait_for(rayservice_changed, message="RayService spec hash to change")
     rs_after = op.get("m1", resource=RS_RESOURCE)
     assert rs_after is not None and rs_after["spec"]["serveConfigV2"] != rs_before["spec"]["serveConfigV2"]
-    await op.wait_ready("m1")
+    body = await op.wait_ready("m1")
+    # What kstatus (Flux, Argo CD) and `kubectl wait` check: the status speaks of the new spec.
+    assert body["metadata"]["generation"] == 2
+    assert body["status"]["observedGeneration"] == 2
+    assert {c["observedGeneration"] for c in body["status"]["conditions"]} == {2}
     assert pool_puts(op, pool) == puts, "the agent pool must not be touched by an engine change"
     assert op.arm.pool_names() == [pool]
 

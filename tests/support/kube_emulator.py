@@ -1,19 +1,33 @@
-"""kmock's KubernetesEmulator with two API-server behaviours it lacks: generateName and refused writes."""
+"""kmock's KubernetesEmulator plus the API-server behaviours the operator relies on and kmock lacks."""
 
 from __future__ import annotations
 
 import itertools
 from typing import Any
 
+import attrs
+import jsonpatch
 import kmock
-from kmock._internal.k8s import KubernetesObjectConflictError, KubernetesObjectNotFoundError
+from kmock._internal.k8s import KubernetesError, KubernetesObjectConflictError, KubernetesObjectNotFoundError
 
 __all__ = ["ApiServerEmulator"]
+
+
+@attrs.frozen
+class PatchTestFailedError(KubernetesError):
+    """A JSON patch whose `test` op failed: the API server answers 422, kmock would answer 500."""
+
+    status: int = 422
+    reason: str = "Invalid"
+    message: str = "the patch's test operation failed: the object has a newer resourceVersion"
 
 
 class ApiServerEmulator(kmock.KubernetesEmulator):
     """Use with ``pytest.mark.kmock(cls=ApiServerEmulator)``.
 
+    - Every write bumps ``metadata.resourceVersion``; a change of ``spec`` bumps ``metadata.generation``
+      (kstatus and ``kubectl wait`` compare it with ``status.observedGeneration``). kmock sets neither.
+    - A JSON patch whose ``test`` op fails gets 422 Invalid, as kopf expects of an API server.
     - ``metadata.generateName`` gets a unique suffix on create (kopf names its Events this way; plain
       kmock stores them all under one empty name and refuses every Event after the first).
     - `refuse` answers writes with 409 Conflict and changes nothing, as an API server refuses a stale
@@ -26,12 +40,30 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
     """
 
     _suffixes = itertools.count(1)
+    _versions = itertools.count(1000)
     forget = False
 
     def refuse(self, method: str, resource_plural: str, *, times: int) -> list[str]:
         """Refuse the next `times` METHOD requests on the resource; returns the paths refused so far."""
         self._refusal = (method, f"/{resource_plural}/", times, [])
         return self._refusal[3]
+
+    def _version(self, request: Any, obj: Any) -> None:
+        """Add a new resourceVersion, and a new generation if the spec changes, to the patch itself."""
+        version = str(next(self._versions))
+        generation = int(obj.get("metadata", {}).get("generation") or 0)
+        if isinstance(request.data, dict):  # a merge patch
+            spec_patch = request.data.get("spec")
+            changes_spec = spec_patch is not None and _merged(obj.get("spec"), spec_patch) != obj.get("spec")
+            meta = request.data.setdefault("metadata", {}) or {}
+            request.data["metadata"] = meta
+            meta["resourceVersion"] = version
+            if changes_spec and request.subresource is None:
+                meta["generation"] = generation + 1
+        elif isinstance(request.data, list):  # a JSON patch; its `test` ops check the old version first
+            request.data.append({"op": "add", "path": "/metadata/resourceVersion", "value": version})
+            if request.subresource is None and any(op.get("path", "").startswith("/spec") for op in request.data):
+                request.data.append({"op": "add", "path": "/metadata/generation", "value": generation + 1})
 
     def _exact(self, request: Any) -> Any:
         key = (request.resource, request.namespace, request.name)
@@ -71,11 +103,29 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
             meta = request.data.setdefault("metadata", {})
             if not meta.get("name") and meta.get("generateName"):
                 meta["name"] = f"{meta['generateName']}{next(self._suffixes):05d}"
+            meta.update(resourceVersion=str(next(self._versions)), generation=1)
+        elif request.action == kmock.action.UPDATE and (obj := self._exact(request)) is not None:
+            self._version(request, obj)
         try:
             return await super()._handle(request)
+        except jsonpatch.JsonPatchTestFailed:
+            raise PatchTestFailedError() from None
         finally:
             key = (request.resource, request.namespace, request.name)
             if self.forget and request.resource is not None and request.name and key in self._objects:
                 obj = self._objects[key]
                 if not obj.deleted and len(obj.history) > 1:
                     obj.history = obj.history[-1:]
+
+
+def _merged(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch, without touching `target`."""
+    if not isinstance(patch, dict):
+        return patch
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = _merged(result.get(key), value)
+    return result
