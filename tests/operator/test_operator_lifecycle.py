@@ -64,8 +64,15 @@ async def test_update_engine_args_changes_rayservice_not_pool(op: OperatorHarnes
     await op.wait_for(rayservice_changed, message="RayService spec hash to change")
     rs_after = op.get("m1", resource=RS_RESOURCE)
     assert rs_after is not None and rs_after["spec"]["serveConfigV2"] != rs_before["spec"]["serveConfigV2"]
-    body = await op.wait_ready("m1")
-    # What kstatus (Flux, Argo CD) and `kubectl wait` check: the status speaks of the new spec.
+    await op.wait_ready("m1")
+
+    def ready_for_generation_2() -> bool:
+        ready = op.condition("m1", "Ready")
+        return ready.get("status") == "True" and ready.get("observedGeneration") == 2
+
+    # What kstatus (Flux, Argo CD) and `kubectl wait` check: Ready speaks of the new spec, not the old one.
+    await op.wait_for(ready_for_generation_2, message="Ready for generation 2")
+    body = op.get("m1") or {}
     assert body["metadata"]["generation"] == 2
     assert body["status"]["observedGeneration"] == 2
     assert {c["observedGeneration"] for c in body["status"]["conditions"]} == {2}
