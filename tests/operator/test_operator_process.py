@@ -61,3 +61,19 @@ async def test_wrong_federated_token_is_reported_without_retry_storm(op: Operato
     await asyncio.sleep(3)  # six timer ticks: a refused credential is not retried at the poll rate
     assert len(op.arm.calls("POST", "/oauth2/")) == token_requests
     assert op.arm.pool_names() == []
+
+
+async def test_killed_process_restarts_without_duplicate_pool_or_lost_status(op: OperatorProcess) -> None:
+    op.arm.provisioning_polls = 10_000
+    await op.create(cr_body("m1"))
+    await op.wait_for(lambda: op.condition("m1", "NodePoolReady").get("reason") == "Provisioning", within=30)
+    name = op.arm.pool_names()[0]
+    assert await op.stop(kill=True) == -9
+    status_while_down = (op.get("m1") or {})["status"]
+    await op.start()
+    await op.wait_for(lambda: len(op.arm.calls("GET", f"/agentPools/{name}$")) > 3, message="re-observed")
+    assert (op.get("m1") or {})["status"]["nodePool"] == status_while_down["nodePool"]
+    op.arm.provisioning_polls = 2
+    await op.wait_ready("m1", within=60)
+    assert op.arm.pool_names() == [name]
+    assert len(op.arm.calls("PUT", f"/agentPools/{name}$")) == 1, "the restarted process observes, not re-creates"
