@@ -14,6 +14,12 @@ from tokenplane_operator.adapters.azure import AksAgentPools
 SUBSCRIPTION = "00000000-0000-0000-0000-000000000001"
 RESOURCE_GROUP = "rg-tokenplane"
 CLUSTER = "aks-tokenplane"
+# (tenant id, client id, federated token) as the AKS workload-identity webhook would project them.
+WORKLOAD_IDENTITY = (
+    "72f988bf-86f1-41af-91ab-2d7cd011db47",
+    "11111111-2222-3333-4444-555555555555",
+    "eyJhbGciOiJSUzI1NiJ9.projected-service-account-token.signature",
+)
 
 
 class FakeCredential:
@@ -47,6 +53,13 @@ def arm_ca() -> trustme.CA:
 def arm_emulator(arm_ca: trustme.CA) -> Iterator[ArmEmulator]:
     """A started ARM emulator: operations finish on their second observation."""
     with ArmEmulator(ca=arm_ca, provisioning_polls=2) as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def wi_arm(arm_ca: trustme.CA) -> Iterator[ArmEmulator]:
+    """An ARM emulator that also plays Entra ID and accepts only the tokens it issued."""
+    with ArmEmulator(ca=arm_ca, provisioning_polls=2, workload_identity=WORKLOAD_IDENTITY) as emulator:
         yield emulator
 
 

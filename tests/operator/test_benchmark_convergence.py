@@ -8,17 +8,16 @@ import asyncio
 import os
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import kmock
 import pytest
-import trustme
 
 from tests.support.arm_emulator import ArmEmulator
 from tests.support.kopf_harness import cr_body, declare_resources
 from tests.support.kube_emulator import ApiServerEmulator
-from tests.support.operator_process import WORKLOAD_IDENTITY, OperatorProcess
+from tests.support.operator_process import OperatorProcess
 
 pytestmark = pytest.mark.kmock(cls=ApiServerEmulator)
 
@@ -40,12 +39,6 @@ def body(i: int) -> dict:
     b = cr_body(f"m{i:04d}", namespace=f"team{i % 10}", vm_size=cls["vm_size"])
     b["spec"]["hardware"].update(cls.get("hardware_extra", {}))
     return b
-
-
-@pytest.fixture
-def wi_arm(arm_ca: trustme.CA) -> Iterator[ArmEmulator]:
-    with ArmEmulator(ca=arm_ca, provisioning_polls=2, workload_identity=WORKLOAD_IDENTITY) as emulator:
-        yield emulator
 
 
 @pytest.fixture

@@ -1,17 +1,17 @@
 """The operator as a pod runs it: its own process, kubeconfig, workload identity, /healthz, SIGTERM."""
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import kmock
 import pytest
-import trustme
 
+from tests.operator.conftest import WORKLOAD_IDENTITY
 from tests.support.arm_emulator import ArmEmulator
 from tests.support.kopf_harness import RS_RESOURCE, cr_body, declare_resources
 from tests.support.kube_emulator import ApiServerEmulator
-from tests.support.operator_process import WORKLOAD_IDENTITY, OperatorProcess
+from tests.support.operator_process import OperatorProcess
 
 pytestmark = pytest.mark.kmock(cls=ApiServerEmulator)
 
@@ -21,13 +21,6 @@ FAST = {
     "TOKENPLANE_BACKOFF_BASE_S": "0.5",
     "TOKENPLANE_BACKOFF_MAX_S": "2",
 }
-
-
-@pytest.fixture
-def wi_arm(arm_ca: trustme.CA) -> Iterator[ArmEmulator]:
-    """An ARM emulator that also plays Entra ID and accepts only the tokens it issued."""
-    with ArmEmulator(ca=arm_ca, provisioning_polls=2, workload_identity=WORKLOAD_IDENTITY) as emulator:
-        yield emulator
 
 
 @pytest.fixture
@@ -51,7 +44,7 @@ async def test_operator_process_reaches_ready_through_workload_identity(op: Oper
 
 
 async def test_wrong_federated_token_is_reported_without_retry_storm(op: OperatorProcess) -> None:
-    op.arm.workload_identity = (WORKLOAD_IDENTITY[0], WORKLOAD_IDENTITY[1], "a-token-entra-does-not-trust")
+    op.arm.workload_identity = (*WORKLOAD_IDENTITY[:2], "a-token-entra-does-not-trust")
     await op.create(cr_body("m1"))
     condition = await op.wait_for(
         lambda: (c := op.condition("m1", "NodePoolReady")) and c.get("reason") == "CloudError" and c, within=60

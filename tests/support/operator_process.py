@@ -20,18 +20,11 @@ import aiohttp
 import kmock
 import yaml
 
-from tests.operator.conftest import CLUSTER, RESOURCE_GROUP, SUBSCRIPTION
+from tests.operator.conftest import CLUSTER, RESOURCE_GROUP, SUBSCRIPTION, WORKLOAD_IDENTITY
 from tests.support.arm_emulator import ArmEmulator
 from tests.support.kopf_harness import OperatorHarness
 
-__all__ = ["WORKLOAD_IDENTITY", "OperatorProcess", "free_port"]
-
-# (tenant id, client id, federated token) as the AKS workload-identity webhook would project them.
-WORKLOAD_IDENTITY = (
-    "72f988bf-86f1-41af-91ab-2d7cd011db47",
-    "11111111-2222-3333-4444-555555555555",
-    "eyJhbGciOiJSUzI1NiJ9.projected-service-account-token.signature",
-)
+__all__ = ["OperatorProcess", "free_port"]
 
 
 def free_port() -> int:
