@@ -32,8 +32,7 @@ __all__ = ["FINALIZER", "build_clients"]
 FINALIZER = "tokenplane.io/finalizer"
 RESOURCE = (GROUP, VERSION, PLURAL)
 # Timer cadence is fixed when handlers register (import time), so it comes straight from the environment.
-_POLL_INTERVAL_S = OperatorSettings().poll_interval_s
-_METRICS_INTERVAL_S = OperatorSettings().metrics_interval_s
+_TIMERS = OperatorSettings()
 
 
 async def build_clients(config: OperatorSettings) -> Clients:
@@ -103,7 +102,7 @@ async def on_change(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **kwarg
         raise kopf.TemporaryError(_ready_message(result), delay=result.retry_after_s)
 
 
-@kopf.timer(*RESOURCE, interval=_POLL_INTERVAL_S, initial_delay=_POLL_INTERVAL_S)
+@kopf.timer(*RESOURCE, interval=_TIMERS.poll_interval_s, initial_delay=_TIMERS.poll_interval_s)
 async def poll(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **kwargs: Any) -> None:
     """Re-observe Azure LROs and KubeRay on a timer: the only way to notice external progress."""
     result = await _reconcile(body, patch, memo, kwargs["pool_demands"])
@@ -111,7 +110,7 @@ async def poll(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **kwargs: An
         raise kopf.TemporaryError(_ready_message(result), delay=result.retry_after_s)
 
 
-@kopf.timer(*RESOURCE, interval=_METRICS_INTERVAL_S, initial_delay=_METRICS_INTERVAL_S)
+@kopf.timer(*RESOURCE, interval=_TIMERS.metrics_interval_s, initial_delay=_TIMERS.metrics_interval_s)
 async def metrics(
     body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any
 ) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 import attrs
 import jsonpatch
 import kmock
+from kmock._internal.dicts import merge_patch_dict
 from kmock._internal.k8s import KubernetesError, KubernetesObjectConflictError, KubernetesObjectNotFoundError
 
 __all__ = ["ApiServerEmulator"]
@@ -54,9 +55,10 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
         generation = int(obj.get("metadata", {}).get("generation") or 0)
         if isinstance(request.data, dict):  # a merge patch
             spec_patch = request.data.get("spec")
-            changes_spec = spec_patch is not None and _merged(obj.get("spec"), spec_patch) != obj.get("spec")
-            meta = request.data.setdefault("metadata", {}) or {}
-            request.data["metadata"] = meta
+            spec = obj.get("spec") or {}
+            # kmock's own merge, so the preview is exactly what it is about to store.
+            changes_spec = isinstance(spec_patch, dict) and merge_patch_dict(spec, spec_patch) != spec
+            meta = request.data["metadata"] = request.data.get("metadata") or {}
             meta["resourceVersion"] = version
             if changes_spec and request.subresource is None:
                 meta["generation"] = generation + 1
@@ -111,21 +113,6 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
         except jsonpatch.JsonPatchTestFailed:
             raise PatchTestFailedError() from None
         finally:
-            key = (request.resource, request.namespace, request.name)
-            if self.forget and request.resource is not None and request.name and key in self._objects:
-                obj = self._objects[key]
-                if not obj.deleted and len(obj.history) > 1:
-                    obj.history = obj.history[-1:]
-
-
-def _merged(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch, without touching `target`."""
-    if not isinstance(patch, dict):
-        return patch
-    result = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = _merged(result.get(key), value)
-    return result
+            kept = self._exact(request) if self.forget else None
+            if kept is not None and not kept.deleted and len(kept.history) > 1:
+                kept.history = kept.history[-1:]

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -29,8 +30,6 @@ __all__ = ["OperatorProcess", "free_port"]
 
 def free_port() -> int:
     """A TCP port nothing listens on right now."""
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
