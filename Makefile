@@ -52,10 +52,10 @@ crd-check: $(STAMP) ## Fail if the chart's CRD drifted from the API models
 	diff -u charts/tokenplane/crds/inferencedeployments.tokenplane.io.yaml <($(BIN)/tokenplane crd)
 
 chart-schema: $(STAMP) ## Regenerate charts/tokenplane/values.schema.json from values.yaml
-	$(BIN)/python -m tokenplane_operator.cli.chartschema charts/tokenplane/values.yaml > charts/tokenplane/values.schema.json
+	$(BIN)/python -m tokenplane_cli.chartschema charts/tokenplane/values.yaml > charts/tokenplane/values.schema.json
 
 chart-schema-check: $(STAMP) ## Fail if values.schema.json drifted from values.yaml
-	diff -u charts/tokenplane/values.schema.json <($(BIN)/python -m tokenplane_operator.cli.chartschema charts/tokenplane/values.yaml)
+	diff -u charts/tokenplane/values.schema.json <($(BIN)/python -m tokenplane_cli.chartschema charts/tokenplane/values.yaml)
 
 test: $(STAMP) lint ## Lint, then the whole suite (real Ray Serve + vLLM on the tiny model included)
 	$(BIN)/pytest

@@ -1,5 +1,5 @@
-"""`python -m tokenplane_operator`: the same as the `tokenplane` command."""
+"""`python -m tokenplane_operator operator [-n NS | -A]`: the operator process, as the chart starts it."""
 
-from tokenplane_operator.cli import main
+from tokenplane_operator.main import operator_app
 
-main()
+operator_app()

@@ -24,15 +24,7 @@ from tokenplane_operator.api.v1alpha1 import (
     PlanStatus,
 )
 from tokenplane_operator.api.validation import InvalidSpecError, parse_inference_deployment
-from tokenplane_operator.errors import (
-    CloudRejectedError,
-    OperationFailedError,
-    TokenplaneError,
-    TransientCloudError,
-)
-from tokenplane_operator.plan.agentpool import DesiredAgentPool, ObservedAgentPool, needs_replacement
-from tokenplane_operator.plan.desired import DesiredState, RenderConfig, build_desired_state
-from tokenplane_operator.plan.diff import (
+from tokenplane_operator.converge.diff import (
     Action,
     ActionKind,
     compute_actions,
@@ -40,18 +32,27 @@ from tokenplane_operator.plan.diff import (
     merge_pool_demand,
     object_key,
 )
-from tokenplane_operator.plan.economics import Scrape, compute_economics, gpus_in_pods, merge_window, parse_scrape
-from tokenplane_operator.plan.errors import PlanError, PlanErrorReason
-from tokenplane_operator.plan.naming import SPEC_HASH_ANNOTATION, selector_labels
-from tokenplane_operator.plan.sizing import recommend
-from tokenplane_operator.plan.spec import workload_from_spec
-from tokenplane_operator.plan.status import (
+from tokenplane_operator.converge.economics import Scrape, compute_economics, gpus_in_pods, merge_window, parse_scrape
+from tokenplane_operator.converge.status import (
     CloudFault,
     NodeSource,
     ObservedState,
     RayServiceObservation,
     compute_status,
 )
+from tokenplane_operator.desired.agentpool import DesiredAgentPool, ObservedAgentPool, needs_replacement
+from tokenplane_operator.desired.bundle import DesiredState, build_desired_state
+from tokenplane_operator.desired.config import RenderConfig
+from tokenplane_operator.desired.naming import SPEC_HASH_ANNOTATION, selector_labels
+from tokenplane_operator.errors import (
+    CloudRejectedError,
+    OperationFailedError,
+    TokenplaneError,
+    TransientCloudError,
+)
+from tokenplane_operator.plan.errors import PlanError, PlanErrorReason
+from tokenplane_operator.plan.sizing import recommend
+from tokenplane_operator.plan.spec import workload_from_spec
 from tokenplane_operator.plan.validation import check_deployment
 from tokenplane_operator.settings import OperatorSettings
 
@@ -259,6 +260,34 @@ async def reconcile(
         )
 
 
+@dataclass
+class _PoolSnapshot:
+    """What Azure said of the deployment's pool (and of the pool it is moving away from) this round."""
+
+    merged: DesiredAgentPool | None = None  # the pool with every sharing deployment's bounds added up
+    observed: ObservedAgentPool | None = None
+    previous_pool: str | None = None  # the pool status named, while a move away from it is unfinished
+    replace_reason: str | None = None
+    previous_claimed: bool = False  # another deployment still needs the previous pool
+    fault: CloudFault | None = None
+    new_faults: list[CloudFault] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _ObjectsSnapshot:
+    """The Kubernetes objects the deployment should own, and what the API server has of each."""
+
+    desired: dict[str, dict[str, Any]]
+    desired_hashes: dict[str, str]
+    existing: dict[str, dict[str, Any] | None]
+
+    def observed_hashes(self) -> dict[str, str | None]:
+        return {
+            key: ((obj.get("metadata") or {}).get("annotations") or {}).get(SPEC_HASH_ANNOTATION) if obj else None
+            for key, obj in self.existing.items()
+        }
+
+
 async def _reconcile_valid(
     body: Mapping[str, Any],
     deployment: InferenceDeployment,
@@ -271,6 +300,110 @@ async def _reconcile_valid(
     demand: Mapping[str, Collection[PoolDemand]] | None,
     done: Callable[..., ReconcileResult],
 ) -> ReconcileResult:
+    """Observe, diff, apply and report, for a deployment whose spec is valid and whose plan is resolved."""
+    pools = await _observe_pools(body, desired, clients=clients, settings=settings, now=now, demand=demand)
+    try:
+        objects = await _observe_objects(body, desired, clients.kube)
+    except TransientKubeError as err:
+        return done(deployment, ObservedState(plan=plan), actions=[], retry_after_s=err.retry_after_s or 5.0)
+    observed = _observed_state(deployment, desired, plan, pools, objects)
+    actions = compute_actions(
+        desired_pool=pools.merged,
+        desired_hashes=objects.desired_hashes,
+        observed_hashes=objects.observed_hashes(),
+        observed=observed,
+        previous_pool_claimed=pools.previous_claimed,
+    )
+    applied = await _apply_actions(
+        actions, desired, objects, pools, observed, clients=clients, settings=settings, now=now
+    )
+    if applied.stop is not None:
+        return done(deployment, applied.observed, actions=actions, **applied.stop)
+    observed = await _after_apply(actions, applied, pools.merged, clients=clients, settings=settings, now=now)
+    fault = observed.cloud_fault
+    return done(
+        deployment,
+        observed,
+        actions=actions,
+        retry_after_s=fault.retry_after_s if fault else None,
+        faults=pools.new_faults,
+    )
+
+
+async def _observe_pools(
+    body: Mapping[str, Any],
+    desired: DesiredState,
+    *,
+    clients: Clients,
+    settings: OperatorSettings,
+    now: datetime,
+    demand: Mapping[str, Collection[PoolDemand]] | None,
+) -> _PoolSnapshot:
+    """Read the deployment's pool and any pool it is moving away from; a failure becomes a fault, never raises."""
+    owner = _owner(body)
+    previous_status = _previous_status(body)
+    snap = _PoolSnapshot(
+        previous_pool=previous_status.node_pool.name if previous_status and previous_status.node_pool else None
+    )
+    if desired.agent_pool is not None and clients.pools is None:
+        snap.fault = CloudFault(
+            Reason.CLOUD_ERROR, "the operator has no Azure settings (TOKENPLANE_SUBSCRIPTION_ID...)", 3600, True
+        )
+        return snap
+    if desired.agent_pool is None and snap.previous_pool is None:
+        return snap
+    if desired.agent_pool is not None:
+        snap.merged = await _merged_demand(desired.agent_pool, owner, clients, settings, demand)
+    merged = snap.merged
+    if snap.previous_pool is not None and (merged is None or snap.previous_pool == merged.name):
+        snap.previous_pool = None
+    snap.fault = _active_fault(clients, merged.name if merged else "", now)
+    if snap.fault is not None:
+        return snap
+    try:
+        if merged is not None:
+            snap.observed = await _observe(clients, merged.name, now, settings)
+        if snap.previous_pool is not None:
+            old = await _observe(clients, snap.previous_pool, now, settings)
+            if old is None or old.provisioning_state == "Deleting":
+                snap.previous_pool = None  # already released (perhaps by us before a restart)
+            elif merged is not None:
+                snap.replace_reason = needs_replacement(merged, old) or "the hardware class changed"
+            snap.previous_claimed = snap.previous_pool is not None and bool(
+                await _users(snap.previous_pool, owner, clients, settings)
+            )
+        if merged is not None and snap.observed is not None:
+            snap.fault = _note_pool_failure(clients, merged.name, snap.observed, now, settings, snap.new_faults)
+    except TokenplaneError as err:
+        snap.fault = _record(clients, merged.name if merged else snap.previous_pool or "", err, now, settings)
+        snap.new_faults.append(snap.fault)
+    return snap
+
+
+async def _observe_objects(body: Mapping[str, Any], desired: DesiredState, kube: KubeObjects) -> _ObjectsSnapshot:
+    """Read each Kubernetes object the deployment should own.
+
+    Raises:
+        TransientKubeError: The API server did not answer; the caller comes back soon.
+    """
+    owned = {
+        object_key(obj["kind"], obj["metadata"]["name"]): _owned(obj, body) for obj in desired.kubernetes_objects()
+    }
+    return _ObjectsSnapshot(
+        desired=owned,
+        desired_hashes={key: obj["metadata"]["annotations"][SPEC_HASH_ANNOTATION] for key, obj in owned.items()},
+        existing={key: await _get(kube, obj) for key, obj in owned.items()},
+    )
+
+
+def _observed_state(
+    deployment: InferenceDeployment,
+    desired: DesiredState,
+    plan: PlanStatus,
+    pools: _PoolSnapshot,
+    objects: _ObjectsSnapshot,
+) -> ObservedState:
+    """Put what was read into the one snapshot that the diff and the status both read."""
     hardware = deployment.spec.hardware
     source = (
         NodeSource.LOCAL
@@ -279,146 +412,127 @@ async def _reconcile_valid(
         if hardware.node_pool.existing is not None
         else NodeSource.MANAGED
     )
-    owner = _owner(body)
-    previous_status = _previous_status(body)
-    previous_pool = previous_status.node_pool.name if previous_status and previous_status.node_pool else None
-    new_faults: list[CloudFault] = []
-    fault: CloudFault | None = None
-    pool: ObservedAgentPool | None = None
-    merged: DesiredAgentPool | None = None
-    replace_reason: str | None = None
-    previous_claimed = False
-
-    if desired.agent_pool is not None and clients.pools is None:
-        fault = CloudFault(
-            Reason.CLOUD_ERROR, "the operator has no Azure settings (TOKENPLANE_SUBSCRIPTION_ID...)", 3600, True
-        )
-    elif desired.agent_pool is not None or previous_pool is not None:
-        if desired.agent_pool is not None:
-            merged = await _merged_demand(desired.agent_pool, owner, clients, settings, demand)
-        if previous_pool is not None and (merged is None or previous_pool == merged.name):
-            previous_pool = None
-        fault = _active_fault(clients, merged.name if merged else "", now)
-        if fault is None:
-            try:
-                if merged is not None:
-                    pool = await _observe(clients, merged.name, now, settings)
-                if previous_pool is not None:
-                    old = await _observe(clients, previous_pool, now, settings)
-                    if old is None or old.provisioning_state == "Deleting":
-                        previous_pool = None  # already released (perhaps by us before a restart)
-                    elif merged is not None:
-                        replace_reason = needs_replacement(merged, old) or "the hardware class changed"
-                    previous_claimed = previous_pool is not None and bool(
-                        await _users(previous_pool, owner, clients, settings)
-                    )
-                if merged is not None and pool is not None:
-                    fault = _note_pool_failure(clients, merged.name, pool, now, settings, new_faults)
-            except TokenplaneError as err:
-                fault = _record(clients, merged.name if merged else previous_pool or "", err, now, settings)
-                new_faults.append(fault)
-
-    desired_objects = {
-        object_key(obj["kind"], obj["metadata"]["name"]): _owned(obj, body) for obj in desired.kubernetes_objects()
-    }
-    desired_hashes = {key: obj["metadata"]["annotations"][SPEC_HASH_ANNOTATION] for key, obj in desired_objects.items()}
-    try:
-        existing = {key: await _get(clients.kube, obj) for key, obj in desired_objects.items()}
-    except TransientKubeError as err:
-        return done(deployment, ObservedState(plan=plan), actions=[], retry_after_s=err.retry_after_s or 5.0)
-    observed_hashes = {
-        key: ((obj.get("metadata") or {}).get("annotations") or {}).get(SPEC_HASH_ANNOTATION) if obj else None
-        for key, obj in existing.items()
-    }
     rs_key = object_key("RayService", desired.rayservice["metadata"]["name"])
-    observed = ObservedState(
+    service_exists = objects.existing.get(object_key("Service", desired.service["metadata"]["name"]))
+    merged = pools.merged
+    return ObservedState(
         node_source=source,
         pool_name=merged.name if merged else None,
-        pool=pool,
+        pool=pools.observed,
         pool_bounds=(merged.min_count, merged.max_count) if merged else None,
-        previous_pool=previous_pool,
-        replace_reason=replace_reason,
+        previous_pool=pools.previous_pool,
+        replace_reason=pools.replace_reason,
         existing_selector=hardware.node_pool.existing.node_selector if hardware.node_pool.existing else {},
-        cloud_fault=fault,
-        rayservice=_rayservice(existing.get(rs_key), desired_hashes[rs_key]),
-        endpoint_url=desired.endpoint_url
-        if existing.get(object_key("Service", desired.service["metadata"]["name"]))
-        else None,
+        cloud_fault=pools.fault,
+        rayservice=_rayservice(objects.existing.get(rs_key), objects.desired_hashes[rs_key]),
+        endpoint_url=desired.endpoint_url if service_exists else None,
         plan=plan,
     )
-    actions = compute_actions(
-        desired_pool=merged,
-        desired_hashes=desired_hashes,
-        observed_hashes=observed_hashes,
-        observed=observed,
-        previous_pool_claimed=previous_claimed,
-    )
 
-    applied_rayservice = False
+
+_POOL_WRITES = (ActionKind.CREATE_POOL, ActionKind.REPLACE_POOL, ActionKind.UPDATE_POOL)
+
+
+@dataclass
+class _Applied:
+    """The snapshot as the applied actions left it; `stop` holds the result's fields when a failure ends the round."""
+
+    observed: ObservedState
+    rayservice_written: bool = False
+    stop: dict[str, Any] | None = None
+
+
+async def _apply_actions(
+    actions: list[Action],
+    desired: DesiredState,
+    objects: _ObjectsSnapshot,
+    pools: _PoolSnapshot,
+    observed: ObservedState,
+    *,
+    clients: Clients,
+    settings: OperatorSettings,
+    now: datetime,
+) -> _Applied:
+    """Carry out the actions in order: start pool operations (never wait for them) and write objects."""
+    applied = _Applied(observed)
+    merged = pools.merged
     for action in actions:
         try:
-            if action.kind in (ActionKind.CREATE_POOL, ActionKind.REPLACE_POOL, ActionKind.UPDATE_POOL):
-                assert clients.pools is not None and merged is not None
-                async with clients._locks[f"pool:{merged.name}"]:
-                    # Another deployment of the same class may have started the same PUT meanwhile.
-                    fresh = await _observe(clients, merged.name, now, settings, fresh=True)
-                    if fresh is None or not fresh.in_progress:
-                        await clients.pools.begin_apply(merged)
-                    clients._cache.pop(merged.name, None)
-            elif action.kind is ActionKind.RELEASE_POOL:
-                assert clients.pools is not None
-                await clients.pools.begin_delete(action.target)
-                clients._cache.pop(action.target, None)
-                observed = _replace(observed, previous_pool=None)
-            elif action.kind is ActionKind.DETACH_POOL:
-                observed = _replace(observed, previous_pool=None)
-            elif action.kind is not ActionKind.WAIT:
-                await clients.kube.apply(desired_objects[action.target])
-                applied_rayservice |= action.kind is ActionKind.APPLY_RAYSERVICE
-                if action.kind is ActionKind.APPLY_SERVICE:
-                    observed = _replace(observed, endpoint_url=desired.endpoint_url)
+            await _apply_one(action, desired, objects, merged, applied, clients=clients, settings=settings, now=now)
         except TransientKubeError as err:
-            return done(deployment, observed, actions=actions, retry_after_s=err.retry_after_s or 5.0)
+            applied.stop = {"retry_after_s": err.retry_after_s or 5.0}
+            return applied
         except KubeRejectedError as err:
             fault = CloudFault(Reason.SERVING_FAILED, str(err), settings.rejected_retry_s, True)
-            return done(
-                deployment,
-                _replace(observed, cloud_fault=fault),
-                actions=actions,
-                retry_after_s=fault.retry_after_s,
-                faults=[fault],
-            )
+            applied.observed = _replace(applied.observed, cloud_fault=fault)
+            applied.stop = {"retry_after_s": fault.retry_after_s, "faults": [fault]}
+            return applied
         except TokenplaneError as err:
-            key = merged.name if merged else action.target
-            fault = _record(clients, key, err, now, settings)
-            new_faults.append(fault)
-            observed = _replace(observed, cloud_fault=fault)
+            fault = _record(clients, merged.name if merged else action.target, err, now, settings)
+            pools.new_faults.append(fault)
+            applied.observed = _replace(applied.observed, cloud_fault=fault)
             break
         else:
-            if action.kind in (ActionKind.CREATE_POOL, ActionKind.REPLACE_POOL, ActionKind.UPDATE_POOL):
+            if action.kind in _POOL_WRITES:
                 assert merged is not None
                 # A failed operation's backoff keeps growing until the pool is seen Succeeded.
                 _clear(clients, merged.name, keep_failed=True)
+    return applied
 
-    if (
-        observed.cloud_fault is None
-        and merged is not None
-        and any(a.kind in (ActionKind.CREATE_POOL, ActionKind.REPLACE_POOL, ActionKind.UPDATE_POOL) for a in actions)
-    ):
+
+async def _apply_one(
+    action: Action,
+    desired: DesiredState,
+    objects: _ObjectsSnapshot,
+    merged: DesiredAgentPool | None,
+    applied: _Applied,
+    *,
+    clients: Clients,
+    settings: OperatorSettings,
+    now: datetime,
+) -> None:
+    """Carry out one action, noting in `applied` what it changed of the snapshot."""
+    if action.kind in _POOL_WRITES:
+        assert clients.pools is not None and merged is not None
+        async with clients._locks[f"pool:{merged.name}"]:
+            # Another deployment of the same class may have started the same PUT meanwhile.
+            fresh = await _observe(clients, merged.name, now, settings, fresh=True)
+            if fresh is None or not fresh.in_progress:
+                await clients.pools.begin_apply(merged)
+            clients._cache.pop(merged.name, None)
+    elif action.kind is ActionKind.RELEASE_POOL:
+        assert clients.pools is not None
+        await clients.pools.begin_delete(action.target)
+        clients._cache.pop(action.target, None)
+        applied.observed = _replace(applied.observed, previous_pool=None)
+    elif action.kind is ActionKind.DETACH_POOL:
+        applied.observed = _replace(applied.observed, previous_pool=None)
+    elif action.kind is not ActionKind.WAIT:
+        await clients.kube.apply(objects.desired[action.target])
+        applied.rayservice_written |= action.kind is ActionKind.APPLY_RAYSERVICE
+        if action.kind is ActionKind.APPLY_SERVICE:
+            applied.observed = _replace(applied.observed, endpoint_url=desired.endpoint_url)
+
+
+async def _after_apply(
+    actions: list[Action],
+    applied: _Applied,
+    merged: DesiredAgentPool | None,
+    *,
+    clients: Clients,
+    settings: OperatorSettings,
+    now: datetime,
+) -> ObservedState:
+    """Re-read a pool whose operation was just started, and mark a just-written RayService as not yet seen."""
+    observed = applied.observed
+    if observed.cloud_fault is None and merged is not None and any(a.kind in _POOL_WRITES for a in actions):
         # If this read fails the next round observes again; the actions already say what was started.
         with contextlib.suppress(TokenplaneError):
             observed = _replace(observed, pool=await _observe(clients, merged.name, now, settings))
-    if applied_rayservice:
+    if applied.rayservice_written:
         # KubeRay has not seen the new spec yet: not ready until it says so.
         observed = _replace(observed, rayservice=RayServiceObservation(current=True, message="spec just applied"))
-    fault = observed.cloud_fault
-    return done(
-        deployment,
-        observed,
-        actions=actions,
-        retry_after_s=fault.retry_after_s if fault else None,
-        faults=new_faults,
-    )
+    return observed
 
 
 async def release(body: Mapping[str, Any], *, clients: Clients, settings: OperatorSettings) -> ReleaseResult:

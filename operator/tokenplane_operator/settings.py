@@ -7,8 +7,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from tokenplane_operator.plan.desired import RenderConfig
-from tokenplane_operator.plan.rayservice import METRICS_PORT
+from tokenplane_operator.desired.config import RenderConfig
+from tokenplane_operator.desired.naming import METRICS_PORT
 
 __all__ = ["OperatorSettings"]
 

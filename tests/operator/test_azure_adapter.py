@@ -18,8 +18,7 @@ from azure.mgmt.containerservice.models import AgentPool
 from tests.operator.conftest import CLUSTER, RESOURCE_GROUP, SUBSCRIPTION, FakeCredential
 from tests.support.arm_emulator import ArmEmulator
 from tokenplane_operator.adapters.azure import AksAgentPools
-from tokenplane_operator.errors import CloudRejectedError, OperationFailedError, TransientCloudError
-from tokenplane_operator.plan.agentpool import (
+from tokenplane_operator.desired.agentpool import (
     SPOT_TAINT,
     DesiredAgentPool,
     ObservedAgentPool,
@@ -27,6 +26,7 @@ from tokenplane_operator.plan.agentpool import (
     operation_failure,
     to_arm_body,
 )
+from tokenplane_operator.errors import CloudRejectedError, OperationFailedError, TransientCloudError
 
 H100 = "Standard_NC40ads_H100_v5"
 POOL = DesiredAgentPool(name="tp1234abcd", vm_size=H100, mig_profile="MIG1g", min_count=0, max_count=4)

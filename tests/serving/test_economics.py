@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from tests.serving.conftest import API_KEYS, MODEL_ID
-from tokenplane_operator.plan.economics import compute_economics, parse_scrape
+from tokenplane_operator.converge.economics import compute_economics, parse_scrape
 from tokenplane_serving.local import LocalServer
 
 pytestmark = pytest.mark.serving

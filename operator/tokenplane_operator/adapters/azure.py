@@ -16,8 +16,8 @@ from azure.identity.aio import DefaultAzureCredential
 from azure.mgmt.containerservice.aio import ContainerServiceClient
 from azure.mgmt.containerservice.models import AgentPool
 
+from tokenplane_operator.desired.agentpool import DesiredAgentPool, ObservedAgentPool, to_arm_body
 from tokenplane_operator.errors import CloudRejectedError, TokenplaneError, TransientCloudError
-from tokenplane_operator.plan.agentpool import DesiredAgentPool, ObservedAgentPool, to_arm_body
 
 __all__ = ["AksAgentPools"]
 

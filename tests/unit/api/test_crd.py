@@ -7,8 +7,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from tokenplane_cli import app
 from tokenplane_operator.api.crd import build_crd, crd_yaml
-from tokenplane_operator.cli import app
 
 ROOT = Path(__file__).resolve().parents[3]
 CHART_CRD = ROOT / "charts" / "tokenplane" / "crds" / "inferencedeployments.tokenplane.io.yaml"

@@ -8,8 +8,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from tokenplane_cli import app
 from tokenplane_operator.api.validation import InvalidSpecError, parse_inference_deployment
-from tokenplane_operator.cli import app
 
 ROOT = Path(__file__).resolve().parents[3]
 EXAMPLES = sorted((ROOT / "deploy" / "examples").glob("*.yaml"))

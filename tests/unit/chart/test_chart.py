@@ -11,8 +11,8 @@ import yaml
 helm_python = pytest.importorskip("helm_python")
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
-from tokenplane_operator.cli.chartschema import build_values_schema  # noqa: E402
-from tokenplane_operator.cli.operator import operator_command  # noqa: E402
+from tokenplane_cli.chartschema import build_values_schema  # noqa: E402
+from tokenplane_operator.main import operator_command  # noqa: E402
 from tokenplane_operator.settings import OperatorSettings  # noqa: E402
 
 CHART = Path(__file__).resolve().parents[3] / "charts" / "tokenplane"

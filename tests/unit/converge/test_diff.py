@@ -1,8 +1,7 @@
 """compute_actions / compute_release / merge_pool_demand: the ordered actions and their reasons."""
 
 from tokenplane_operator.api.conditions import Reason
-from tokenplane_operator.plan.agentpool import DesiredAgentPool, ObservedAgentPool, to_arm_body
-from tokenplane_operator.plan.diff import (
+from tokenplane_operator.converge.diff import (
     Action,
     ActionKind,
     compute_actions,
@@ -10,7 +9,8 @@ from tokenplane_operator.plan.diff import (
     merge_pool_demand,
     pool_drift,
 )
-from tokenplane_operator.plan.status import CloudFault, NodeSource, ObservedState, RayServiceObservation
+from tokenplane_operator.converge.status import CloudFault, NodeSource, ObservedState, RayServiceObservation
+from tokenplane_operator.desired.agentpool import DesiredAgentPool, ObservedAgentPool, to_arm_body
 
 DESIRED = DesiredAgentPool(name="tpnew", vm_size="Standard_NC24ads_A100_v4", min_count=0, max_count=2)
 HASHES = {"Service/m1-openai": "s1", "NetworkPolicy/m1-ingress": "n1", "RayService/m1": "r1"}

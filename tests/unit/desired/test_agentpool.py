@@ -8,8 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from tokenplane_operator.errors import OperationFailedError
-from tokenplane_operator.plan.agentpool import (
+from tokenplane_operator.desired.agentpool import (
     GPU_TAINT,
     MANAGED_BY_TAG,
     POOL_LABEL,
@@ -22,6 +21,7 @@ from tokenplane_operator.plan.agentpool import (
     pool_name_for,
     to_arm_body,
 )
+from tokenplane_operator.errors import OperationFailedError
 
 AKS_LINUX_POOL_NAME = re.compile(r"^[a-z][a-z0-9]{0,11}$")
 A100 = "Standard_NC24ads_A100_v4"

@@ -6,8 +6,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from tokenplane_operator.plan.agentpool import DesiredAgentPool, ObservedAgentPool, needs_replacement
-from tokenplane_operator.plan.status import ObservedState
+from tokenplane_operator.converge.status import ObservedState
+from tokenplane_operator.desired.agentpool import DesiredAgentPool, ObservedAgentPool, needs_replacement
 
 __all__ = [
     "Action",

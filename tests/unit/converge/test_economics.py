@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tokenplane_operator.plan.economics import (
+from tokenplane_operator.converge.economics import (
     E2E_LATENCY,
     OUTPUT_TOKENS,
     Scrape,

@@ -6,14 +6,14 @@ import pytest
 
 from tokenplane_operator.api.conditions import ConditionType, Phase, Reason
 from tokenplane_operator.api.v1alpha1 import InferenceDeployment
-from tokenplane_operator.plan.agentpool import ObservedAgentPool
-from tokenplane_operator.plan.status import (
+from tokenplane_operator.converge.status import (
     CloudFault,
     NodeSource,
     ObservedState,
     RayServiceObservation,
     compute_status,
 )
+from tokenplane_operator.desired.agentpool import ObservedAgentPool
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 T1 = T0 + timedelta(minutes=5)

@@ -5,7 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from tokenplane_operator.api.v1alpha1 import InferenceDeployment, Visibility
-from tokenplane_operator.plan.naming import (
+from tokenplane_operator.desired.naming import (
+    DASHBOARD_PORT,
+    METRICS_PORT,
+    SERVE_PORT,
     SPEC_HASH_ANNOTATION,
     network_policy_name,
     selector_labels,
@@ -13,7 +16,6 @@ from tokenplane_operator.plan.naming import (
     spec_hash,
     standard_labels,
 )
-from tokenplane_operator.plan.rayservice import DASHBOARD_PORT, METRICS_PORT, SERVE_PORT
 
 __all__ = ["INTERNAL_LB_ANNOTATION", "SERVE_LABEL", "build_network_policy", "build_service", "endpoint_url"]
 

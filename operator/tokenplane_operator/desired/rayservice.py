@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
@@ -15,29 +15,27 @@ from tokenplane_operator.api.v1alpha1 import (
     RoutingPolicy,
     UpgradeStrategy,
 )
-from tokenplane_operator.plan.agentpool import POOL_LABEL, DesiredAgentPool
-from tokenplane_operator.plan.catalog import GpuSku
-from tokenplane_operator.plan.errors import PlanError, PlanErrorReason
-from tokenplane_operator.plan.naming import (
+from tokenplane_operator.desired.agentpool import POOL_LABEL, DesiredAgentPool
+from tokenplane_operator.desired.config import RenderConfig
+from tokenplane_operator.desired.naming import (
     CLUSTER_HASH_ANNOTATION,
+    DASHBOARD_PORT,
+    METRICS_PORT,
+    SERVE_PORT,
     SPEC_HASH_ANNOTATION,
     api_keys_secret_name,
     rayservice_name,
     spec_hash,
     standard_labels,
 )
-from tokenplane_operator.plan.serveconfig import API_KEYS_DIR, SourceVolume, source_volumes
+from tokenplane_operator.desired.serveconfig import API_KEYS_DIR, SourceVolume, source_volumes
+from tokenplane_operator.plan.catalog import GpuSku
+from tokenplane_operator.plan.errors import PlanError, PlanErrorReason
 from tokenplane_serving.args import ServingArgs
 
-if TYPE_CHECKING:
-    from tokenplane_operator.plan.desired import RenderConfig
-
 __all__ = [
-    "DASHBOARD_PORT",
     "GPU_RESOURCE",
     "IMPORT_PATH",
-    "METRICS_PORT",
-    "SERVE_PORT",
     "WORKER_GROUP",
     "WorkerShape",
     "build_rayservice",
@@ -48,9 +46,6 @@ __all__ = [
 ]
 
 IMPORT_PATH = "tokenplane_serving.app:build_app"
-SERVE_PORT = 8000  # KubeRay's default serve port; its -serve-svc and our Service both target it
-DASHBOARD_PORT = 8265
-METRICS_PORT = 8080
 GPU_RESOURCE = "nvidia.com/gpu"
 WORKER_GROUP = "gpu"
 CPU_WORKER_GROUP = "cpu"

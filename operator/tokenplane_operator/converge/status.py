@@ -18,7 +18,7 @@ from tokenplane_operator.api.v1alpha1 import (
     PlanStatus,
     ReplicaStatus,
 )
-from tokenplane_operator.plan.agentpool import ObservedAgentPool
+from tokenplane_operator.desired.agentpool import ObservedAgentPool
 
 __all__ = [
     "CloudFault",

@@ -9,11 +9,14 @@ from typing import Any
 __all__ = [
     "API_KEYS_SECRET_SUFFIX",
     "CLUSTER_HASH_ANNOTATION",
+    "DASHBOARD_PORT",
     "DEPLOYMENT_LABEL",
     "MANAGED_BY",
     "MAX_NAME_LENGTH",
+    "METRICS_PORT",
     "NETWORK_POLICY_SUFFIX",
     "PART_OF",
+    "SERVE_PORT",
     "SERVICE_SUFFIX",
     "SPEC_HASH_ANNOTATION",
     "api_keys_secret_name",
@@ -36,6 +39,10 @@ API_KEYS_SECRET_SUFFIX = "-api-keys"
 # KubeRay refuses RayService names over 47 characters (MaxRayServiceNameLength): the RayCluster it makes
 # appends "-xxxxx" and its Services "-serve-svc"/"-head-svc", all within the 63-character DNS label limit.
 MAX_NAME_LENGTH = 47
+
+SERVE_PORT = 8000  # KubeRay's default serve port; its -serve-svc and our Service both target it
+DASHBOARD_PORT = 8265
+METRICS_PORT = 8080
 
 
 def rayservice_name(deployment_name: str) -> str:

@@ -7,10 +7,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
+from tokenplane_cli.files import ManifestError, load_documents
 from tokenplane_operator.api.v1alpha1 import AcceleratorKind, SourceScheme, parse_source
 from tokenplane_operator.api.validation import InvalidSpecError, parse_inference_deployment
-from tokenplane_operator.cli.files import ManifestError, load_documents
-from tokenplane_operator.plan.serveconfig import build_serving_args
+from tokenplane_operator.desired.serveconfig import build_serving_args
 
 __all__ = ["up_command"]
 

@@ -10,11 +10,12 @@ import yaml
 from rich.console import Console
 from rich.markup import escape
 
+from tokenplane_cli.files import ManifestError, load_documents
 from tokenplane_operator.api.v1alpha1 import AcceleratorKind, InferenceDeployment
 from tokenplane_operator.api.validation import InvalidSpecError, parse_inference_deployment
-from tokenplane_operator.cli.files import ManifestError, load_documents
-from tokenplane_operator.plan.agentpool import to_arm_body
-from tokenplane_operator.plan.desired import DesiredState, RenderConfig, build_desired_state
+from tokenplane_operator.desired.agentpool import to_arm_body
+from tokenplane_operator.desired.bundle import DesiredState, build_desired_state
+from tokenplane_operator.desired.config import RenderConfig
 from tokenplane_operator.plan.errors import PlanError
 from tokenplane_operator.plan.sizing import recommend
 from tokenplane_operator.plan.spec import workload_from_spec

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tokenplane_operator.cli.plan import plan_command
+from tokenplane_cli.plan import plan_command
 
 
 def run(capsys: pytest.CaptureFixture[str], **kwargs: object) -> tuple[int, str]:

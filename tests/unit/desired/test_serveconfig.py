@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from tokenplane_operator.api.validation import parse_inference_deployment
-from tokenplane_operator.plan.serveconfig import (
+from tokenplane_operator.desired.serveconfig import (
     API_KEYS_DIR,
     build_serving_args,
     resolve_source,

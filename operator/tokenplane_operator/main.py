@@ -1,16 +1,17 @@
-"""`tokenplane operator`: run the kopf operator in the foreground until SIGINT/SIGTERM."""
+"""The operator process: `tokenplane operator` and `python -m tokenplane_operator operator` run it until SIGTERM."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Annotated
 
-import kopf
+import typer
 from pydantic import ValidationError
 
 from tokenplane_operator.settings import OperatorSettings
 
-__all__ = ["operator_command"]
+__all__ = ["operator_app", "operator_command", "run_operator"]
 
 
 def operator_command(namespaces: list[str], all_namespaces: bool) -> int:
@@ -40,6 +41,8 @@ def operator_command(namespaces: list[str], all_namespaces: bool) -> int:
     if config.all_namespaces and config.namespaces:
         raise SystemExit("use either --namespace or --all-namespaces")
     logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import kopf  # here, not at the top: `tokenplane validate` and friends should not pay for kopf's import
+
     import tokenplane_operator.handlers  # noqa: F401  (registers the handlers)
 
     clusterwide = config.all_namespaces or not config.namespaces
@@ -52,3 +55,26 @@ def operator_command(namespaces: list[str], all_namespaces: bool) -> int:
         )
     )
     return 0
+
+
+def run_operator(
+    namespace: Annotated[
+        list[str] | None, typer.Option("--namespace", "-n", help="Watch this namespace (repeatable).")
+    ] = None,
+    all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A", help="Watch every namespace.")] = False,
+) -> None:
+    """Run the operator: reconcile InferenceDeployments into AKS node pools and RayServices."""
+    if bool(namespace) == all_namespaces:
+        typer.echo("✗ give --namespace NS (repeatable) or --all-namespaces, not both and not neither", err=True)
+        raise typer.Exit(2)
+    raise typer.Exit(operator_command(namespaces=namespace or [], all_namespaces=all_namespaces))
+
+
+# The operator image's entry point: the one command, without the client-side tools of `tokenplane`.
+operator_app = typer.Typer(name="tokenplane-operator", no_args_is_help=True, add_completion=False)
+operator_app.command("operator")(run_operator)
+
+
+@operator_app.callback()
+def _operator_group() -> None:
+    """Run the tokenplane operator (`operator -A` or `operator -n NS`)."""  # a group keeps `operator` a subcommand

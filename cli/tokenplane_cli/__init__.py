@@ -1,4 +1,8 @@
-"""The `tokenplane` command line: crd, validate, plan, render, up, model and operator."""
+"""The `tokenplane` command line: validate, plan, render, up, crd, model, and the operator itself.
+
+This package sits above both halves: it may import the operator's pure layers and the serving package; neither imports
+it back (import-linter checks it). Client-side tools that are neither operator nor serving runtime live here.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,8 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+
+from tokenplane_operator.main import run_operator
 
 __all__ = ["app", "main"]
 
@@ -38,7 +44,7 @@ def validate(
     files: Annotated[list[Path], typer.Argument(help="InferenceDeployment YAML files (multi-document allowed).")],
 ) -> None:
     """Check InferenceDeployment files; print each problem with its field path and exit 1 if any."""
-    from tokenplane_operator.cli.validate import validate_files
+    from tokenplane_cli.validate import validate_files
 
     raise typer.Exit(validate_files(files, out, err))
 
@@ -63,7 +69,7 @@ def plan(
     ] = None,
 ) -> None:
     """Answer which GPU, how many, at what precision and at what cost per token, before provisioning."""
-    from tokenplane_operator.cli.plan import plan_command
+    from tokenplane_cli.plan import plan_command
 
     raise typer.Exit(
         plan_command(
@@ -88,7 +94,7 @@ def up(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
 ) -> None:
     """Serve an InferenceDeployment locally on CPU (Ray Serve + vLLM) until Ctrl-C."""
-    from tokenplane_operator.cli.up import up_command
+    from tokenplane_cli.up import up_command
 
     raise typer.Exit(up_command(file, host=host, port=port, console=err))
 
@@ -99,25 +105,13 @@ def render(
     out_dir: Annotated[Path | None, typer.Option("--out", help="Write one file per object into this folder.")] = None,
 ) -> None:
     """Print every object the operator would create (ARM agent pool as JSON, Kubernetes objects as YAML)."""
-    from tokenplane_operator.cli.render import render_command
+    from tokenplane_cli.render import render_command
 
     raise typer.Exit(render_command(file, out_dir))
 
 
-@app.command("operator")
-def run_operator(
-    namespace: Annotated[
-        list[str] | None, typer.Option("--namespace", "-n", help="Watch this namespace (repeatable).")
-    ] = None,
-    all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A", help="Watch every namespace.")] = False,
-) -> None:
-    """Run the operator: reconcile InferenceDeployments into AKS node pools and RayServices."""
-    from tokenplane_operator.cli.operator import operator_command
-
-    if bool(namespace) == all_namespaces:
-        err.print("[red]✗[/] give --namespace NS (repeatable) or --all-namespaces, not both and not neither")
-        raise typer.Exit(2)
-    raise typer.Exit(operator_command(namespaces=namespace or [], all_namespaces=all_namespaces))
+# The operator's own command, registered as is so the in-cluster entry point and this one cannot drift.
+app.command("operator")(run_operator)
 
 
 @model_app.command("tiny")

@@ -7,8 +7,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
+from tokenplane_cli.files import ManifestError, load_documents
 from tokenplane_operator.api.validation import InvalidSpecError, parse_inference_deployment
-from tokenplane_operator.cli.files import ManifestError, load_documents
 from tokenplane_operator.plan.validation import check_deployment
 
 __all__ = ["validate_files"]

@@ -1,6 +1,6 @@
 """Render golden files: CR -> ARM agent pool + RayService + Service + NetworkPolicy, checked against real schemas.
 
-Rewrite the golden files after an intended change with `pytest tests/unit/plan/test_render_golden.py --update-golden`
+Rewrite the golden files after an intended change with `pytest tests/unit/desired/test_render_golden.py --update-golden`
 and review the diff.
 """
 
@@ -17,13 +17,14 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from tokenplane_cli.render import render_command, render_files
 from tokenplane_operator.api.v1alpha1 import InferenceDeployment
 from tokenplane_operator.api.validation import parse_inference_deployment
-from tokenplane_operator.cli.render import render_command, render_files
-from tokenplane_operator.plan.agentpool import POOL_LABEL, SPOT_TAINT
-from tokenplane_operator.plan.desired import DesiredState, RenderConfig, build_desired_state
+from tokenplane_operator.desired.agentpool import POOL_LABEL, SPOT_TAINT
+from tokenplane_operator.desired.bundle import DesiredState, build_desired_state
+from tokenplane_operator.desired.config import RenderConfig
+from tokenplane_operator.desired.naming import CLUSTER_HASH_ANNOTATION, SPEC_HASH_ANNOTATION, spec_hash
 from tokenplane_operator.plan.errors import PlanError, PlanErrorReason
-from tokenplane_operator.plan.naming import CLUSTER_HASH_ANNOTATION, SPEC_HASH_ANNOTATION, spec_hash
 from tokenplane_serving.args import ServingArgs
 
 ROOT = Path(__file__).resolve().parents[3]

@@ -1,0 +1,1 @@
+"""Desired against observed: the actions to take, the status to report and the economics from scrapes, pure."""
