@@ -11,17 +11,15 @@ from rich.console import Console
 from rich.markup import escape
 
 from tokenplane_cli.files import ManifestError, load_documents
-from tokenplane_operator.api.v1alpha1 import AcceleratorKind, InferenceDeployment
+from tokenplane_operator.api.v1alpha1 import AcceleratorKind
 from tokenplane_operator.api.validation import InvalidSpecError, parse_inference_deployment
 from tokenplane_operator.desired.agentpool import to_arm_body
 from tokenplane_operator.desired.bundle import DesiredState, build_desired_state
 from tokenplane_operator.desired.config import RenderConfig
 from tokenplane_operator.plan.errors import PlanError
-from tokenplane_operator.plan.sizing import recommend
-from tokenplane_operator.plan.spec import workload_from_spec
 from tokenplane_operator.plan.validation import check_deployment
 
-__all__ = ["plan_vm_size", "render_command", "render_files", "render_text"]
+__all__ = ["render_command", "render_files", "render_text"]
 
 
 class _Dumper(yaml.SafeDumper):
@@ -66,21 +64,13 @@ def render_text(state: DesiredState) -> str:
     return "---\n".join(documents)
 
 
-def plan_vm_size(deployment: InferenceDeployment) -> str:
-    """Ask the capacity planner which VM size `vmSize: auto` becomes, keeping the CR's fixed choices.
-
-    Args:
-        deployment: A validated GPU InferenceDeployment with `vmSize: auto`.
-
-    Returns:
-        The cheapest VM size that fits one replica at the CR's context, precision and parallelism.
-
-    Raises:
-        PlanError: UnknownModel when the model is not in the built-in table (the operator reads the
-            checkpoint's config instead), DoesNotFit when nothing fits.
-    """
-    # The same Workload the operator plans with, so render and the cluster resolve `auto` alike.
-    return recommend(workload_from_spec(deployment.spec)).vm_size
+def _placement(state: DesiredState) -> str:
+    plan = state.plan
+    mig = f" {plan.mig_profile}" if plan.mig_profile else ""
+    return (
+        f"{plan.vm_size}{mig}, {plan.gpus_per_replica:g} GPU(s) per replica, TP {plan.tensor_parallel_size} "
+        f"x PP {plan.pipeline_parallel_size} (capacity planner)"
+    )
 
 
 def render_command(file: Path, out_dir: Path | None, *, err: Console | None = None) -> int:
@@ -109,12 +99,11 @@ def render_command(file: Path, out_dir: Path | None, *, err: Console | None = No
             problems = check_deployment(deployment)
             if problems:
                 raise InvalidSpecError(problems)
+            # The operator's own function: `auto` resolves here exactly as it does in the cluster.
+            state = build_desired_state(deployment, config)
             hardware = deployment.spec.hardware
-            vm_size = None
             if hardware.accelerator is AcceleratorKind.GPU and hardware.vm_size == "auto":
-                vm_size = plan_vm_size(deployment)
-                err.print(f"[cyan]i[/] {escape(document.label)}: vmSize auto -> {vm_size} (capacity planner)")
-            state = build_desired_state(deployment, config, vm_size=vm_size)
+                err.print(f"[cyan]i[/] {escape(document.label)}: vmSize auto -> {escape(_placement(state))}")
         except InvalidSpecError as exc:
             failed += 1
             err.print(f"[red]✗[/] {escape(document.label)}")

@@ -51,8 +51,6 @@ from tokenplane_operator.errors import (
     TransientCloudError,
 )
 from tokenplane_operator.plan.errors import PlanError, PlanErrorReason
-from tokenplane_operator.plan.sizing import recommend
-from tokenplane_operator.plan.spec import workload_from_spec
 from tokenplane_operator.plan.validation import check_deployment
 from tokenplane_operator.settings import OperatorSettings
 
@@ -198,8 +196,7 @@ def _desired_pool(namespace: str, name: str, spec: str, config: RenderConfig) ->
         deployment = parse_inference_deployment(body)
         if check_deployment(deployment):
             return None
-        vm_size, _ = _resolve_plan(deployment)
-        return build_desired_state(deployment, config, vm_size=vm_size).agent_pool
+        return build_desired_state(deployment, config).agent_pool
     except (InvalidSpecError, PlanError):
         return None
 
@@ -248,15 +245,14 @@ async def reconcile(
         return result(None, ObservedState(problems=tuple(map(str, problems))), actions=[], invalid=True)
 
     try:
-        vm_size, plan = _resolve_plan(deployment)
-        desired = build_desired_state(deployment, settings.render_config(), vm_size=vm_size)
+        desired = build_desired_state(deployment, settings.render_config())
     except PlanError as err:
         reason = Reason.DOES_NOT_FIT if err.reason is PlanErrorReason.DOES_NOT_FIT else Reason.INVALID_SPEC
         return result(deployment, ObservedState(plan_error=(reason, err.message)), actions=[], invalid=True)
 
     async with clients._locks[f"cr:{_owner(body)}"]:
         return await _reconcile_valid(
-            body, deployment, desired, plan, clients=clients, settings=settings, now=now, demand=demand, done=result
+            body, desired, clients=clients, settings=settings, now=now, demand=demand, done=result
         )
 
 
@@ -290,9 +286,7 @@ class _ObjectsSnapshot:
 
 async def _reconcile_valid(
     body: Mapping[str, Any],
-    deployment: InferenceDeployment,
     desired: DesiredState,
-    plan: PlanStatus,
     *,
     clients: Clients,
     settings: OperatorSettings,
@@ -301,6 +295,7 @@ async def _reconcile_valid(
     done: Callable[..., ReconcileResult],
 ) -> ReconcileResult:
     """Observe, diff, apply and report, for a deployment whose spec is valid and whose plan is resolved."""
+    deployment, plan = desired.deployment, desired.plan
     pools = await _observe_pools(body, desired, clients=clients, settings=settings, now=now, demand=demand)
     try:
         objects = await _observe_objects(body, desired, clients.kube)
@@ -634,35 +629,6 @@ def _previous_status(body: Mapping[str, Any]) -> InferenceDeploymentStatus | Non
         return InferenceDeploymentStatus.model_validate(body.get("status") or {})
     except ValueError:
         return None  # a status we cannot read is recomputed from scratch
-
-
-def _resolve_plan(deployment: InferenceDeployment) -> tuple[str | None, PlanStatus]:
-    """Resolve `vmSize: auto` with the capacity planner; an explicit size is taken as written."""
-    hardware, engine = deployment.spec.hardware, deployment.spec.engine
-    if hardware.accelerator is AcceleratorKind.CPU:
-        return None, PlanStatus(reasons=["CPU replicas"])
-    if hardware.vm_size != "auto":
-        return hardware.vm_size, PlanStatus(
-            vm_size=hardware.vm_size,
-            gpus_per_replica=hardware.gpu_fraction or hardware.gpus_per_replica,
-            mig_profile=hardware.mig_profile.value if hardware.mig_profile else None,
-            tensor_parallel_size=engine.tensor_parallel_size,
-            pipeline_parallel_size=engine.pipeline_parallel_size,
-            reasons=["vmSize set in the spec"],
-        )
-    plan = recommend(workload_from_spec(deployment.spec))
-    return plan.vm_size, PlanStatus(
-        vm_size=plan.vm_size,
-        gpus_per_replica=plan.gpus_per_replica,
-        mig_profile=plan.mig_profile,
-        tensor_parallel_size=plan.tensor_parallel_size,
-        pipeline_parallel_size=plan.pipeline_parallel_size,
-        weights_bytes=plan.weights_bytes,
-        kv_bytes_per_token=plan.kv_bytes_per_token,
-        fits=plan.fits,
-        usd_per_million_output_tokens=plan.estimates.usd_per_million_output_tokens if plan.estimates else None,
-        reasons=plan.reasons,
-    )
 
 
 def _owned(obj: Mapping[str, Any], owner: Mapping[str, Any]) -> dict[str, Any]:

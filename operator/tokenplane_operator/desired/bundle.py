@@ -6,12 +6,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tokenplane_operator.api.v1alpha1 import AcceleratorKind, InferenceDeployment
+from tokenplane_operator.api.v1alpha1 import AcceleratorKind, InferenceDeployment, PlanStatus
 from tokenplane_operator.desired.agentpool import DesiredAgentPool, MigProfile, hardware_class_key, pool_name_for
 from tokenplane_operator.desired.config import RenderConfig
 from tokenplane_operator.desired.naming import MAX_NAME_LENGTH
 from tokenplane_operator.desired.objects import build_network_policy, build_service, endpoint_url
 from tokenplane_operator.desired.rayservice import build_rayservice, compute_worker_shape
+from tokenplane_operator.desired.resolve import resolve_plan
 from tokenplane_operator.desired.serveconfig import build_serving_args
 from tokenplane_operator.plan.catalog import GpuSku, all_skus, find_sku
 from tokenplane_operator.plan.errors import PlanError, PlanErrorReason
@@ -25,6 +26,8 @@ class DesiredState(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    deployment: InferenceDeployment = Field(description="The deployment with its placement resolved (no auto).")
+    plan: PlanStatus = Field(description="status.plan: the resolved placement everything here was built from.")
     agent_pool: DesiredAgentPool | None = Field(description="Managed AKS pool; None for bring-your-own and CPU.")
     vm_size: str | None = Field(description="VM size the workers run on; None for CPU.")
     rayservice: dict[str, Any]
@@ -77,22 +80,23 @@ def desired_agent_pool(
     )
 
 
-def build_desired_state(
-    deployment: InferenceDeployment, config: RenderConfig, *, vm_size: str | None = None
-) -> DesiredState:
-    """Compute every object a deployment should own.
+def build_desired_state(deployment: InferenceDeployment, config: RenderConfig) -> DesiredState:
+    """Compute every object a deployment should own, from one resolved plan.
+
+    `vmSize: auto` is resolved here, by the capacity planner (`resolve_plan`); the VM size, GPUs per replica,
+    MIG profile and TP/PP it chose are what the agent pool, the worker group, the engine arguments and
+    `plan` (status.plan) all say. `tokenplane render` and the operator both call this.
 
     Args:
         deployment: A validated InferenceDeployment.
         config: Operator-wide rendering settings.
-        vm_size: The VM size the capacity planner resolved for `vmSize: auto`; overrides the spec's.
 
     Returns:
         The desired state bundle.
 
     Raises:
-        PlanError: InvalidWorkload for an unresolved `auto` or a name KubeRay rejects; UnknownVmSize for a
-            size the catalog lacks; InvalidWorkload for hardware that cannot become a worker group.
+        PlanError: InvalidWorkload for a name KubeRay rejects or hardware that cannot become a worker group;
+            UnknownVmSize for a size the catalog lacks; UnknownModel / DoesNotFit when `auto` cannot be planned.
     """
     if len(deployment.name) > MAX_NAME_LENGTH:
         raise PlanError(
@@ -100,15 +104,19 @@ def build_desired_state(
             f"metadata.name {deployment.name!r} has {len(deployment.name)} characters; KubeRay accepts RayService "
             f"names of at most {MAX_NAME_LENGTH}",
         )
+    resolved = resolve_plan(deployment)
+    deployment = resolved.deployment
     hardware = deployment.spec.hardware
     sku: GpuSku | None = None
     pool: DesiredAgentPool | None = None
     if hardware.accelerator is AcceleratorKind.GPU:
-        sku = _resolve_sku(vm_size or hardware.vm_size)
+        sku = _resolve_sku(hardware.vm_size)
         if hardware.node_pool.existing is None:
             pool = desired_agent_pool(deployment, sku, default_os_sku=config.os_sku)
     serving_args = build_serving_args(deployment)
     return DesiredState(
+        deployment=deployment,
+        plan=resolved.status,
         agent_pool=pool,
         vm_size=sku.vm_size if sku else None,
         rayservice=build_rayservice(deployment, serving_args=serving_args, pool=pool, config=config, sku=sku),
@@ -120,12 +128,6 @@ def build_desired_state(
 
 
 def _resolve_sku(vm_size: str) -> GpuSku:
-    if vm_size == "auto":
-        raise PlanError(
-            PlanErrorReason.INVALID_WORKLOAD,
-            "spec.hardware.vmSize is auto and no planned size was given; run the capacity planner "
-            "(`tokenplane plan FILE`) and pass its vmSize",
-        )
     sku = find_sku(vm_size)
     if sku is None:
         known = ", ".join(s.vm_size for s in all_skus())

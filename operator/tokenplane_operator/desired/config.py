@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tokenplane_operator.plan.allocatable import NodeOverhead
+
 __all__ = ["RenderConfig"]
 
 
@@ -23,8 +25,18 @@ class RenderConfig(BaseModel):
     )
     head_cpu: str = Field(default="2", description="Ray head CPU request.")
     head_memory: str = Field(default="8Gi", description="Ray head memory request and limit.")
-    worker_cpu_per_gpu: int = Field(default=6, ge=1, description="Worker CPU request per whole GPU held.")
-    worker_memory_gib_per_gpu: int = Field(default=48, ge=1, description="Worker memory (GiB) per whole GPU held.")
+    node_daemonset_cpu_millis: int = Field(
+        default=NodeOverhead.daemonset_cpu_millis, ge=0, description="CPU the DaemonSets of a GPU node request."
+    )
+    node_daemonset_memory_mib: int = Field(
+        default=NodeOverhead.daemonset_memory_mib, ge=0, description="Memory the DaemonSets of a GPU node request."
+    )
+    node_os_disk_gib: int = Field(
+        default=NodeOverhead.os_disk_gib, ge=30, description="OS disk of GPU nodes (the kubelet's ephemeral storage)."
+    )
+    worker_ephemeral_storage_gib: int = Field(
+        default=20, ge=1, description="Most ephemeral storage a worker requests (less when many pods share a node)."
+    )
     cpu_worker_base_memory_gib: int = Field(
         default=4, ge=1, description="CPU workers: memory on top of the KV cache (weights, Ray, Python)."
     )
@@ -32,3 +44,11 @@ class RenderConfig(BaseModel):
         default=("kuberay-system", "tokenplane-system"),
         description="Namespaces of KubeRay and the operator, admitted to dashboard, metrics and serve ports.",
     )
+
+    def node_overhead(self) -> NodeOverhead:
+        """Return what every GPU node keeps from our workers besides AKS's own reservations."""
+        return NodeOverhead(
+            daemonset_cpu_millis=self.node_daemonset_cpu_millis,
+            daemonset_memory_mib=self.node_daemonset_memory_mib,
+            os_disk_gib=self.node_os_disk_gib,
+        )

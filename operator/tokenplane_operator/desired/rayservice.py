@@ -12,6 +12,7 @@ from tokenplane_operator.api.v1alpha1 import (
     AcceleratorKind,
     AuthMode,
     InferenceDeployment,
+    MigProfile,
     RoutingPolicy,
     UpgradeStrategy,
 )
@@ -29,7 +30,8 @@ from tokenplane_operator.desired.naming import (
     standard_labels,
 )
 from tokenplane_operator.desired.serveconfig import API_KEYS_DIR, SourceVolume, source_volumes
-from tokenplane_operator.plan.catalog import GpuSku
+from tokenplane_operator.plan.allocatable import node_allocatable
+from tokenplane_operator.plan.catalog import GIB, GpuSku
 from tokenplane_operator.plan.errors import PlanError, PlanErrorReason
 from tokenplane_serving.args import ServingArgs
 
@@ -64,8 +66,6 @@ class WorkerShape:
         units_per_pod: How many of that resource one pod requests.
         units_per_node: How many of that resource one node offers (GPUs, or GPUs x slices for MIG).
         ray_gpus_per_pod: What the pod advertises to Ray as `num-gpus` (a MIG slice is one device to Ray).
-        gpu_share: Whole GPUs' worth of hardware one pod holds (a MIG3g slice of a 2-slice GPU is 0.5); host
-            CPU and memory requests scale with it.
         min_pods: Worker group minReplicas.
         max_pods: Worker group maxReplicas.
     """
@@ -74,9 +74,15 @@ class WorkerShape:
     units_per_pod: int
     units_per_node: int
     ray_gpus_per_pod: int
-    gpu_share: float
     min_pods: int
     max_pods: int
+
+    @property
+    def pods_per_node(self) -> int:
+        """Worker pods one node holds: its GPUs (or slices) over one pod's."""
+        if self.resource_name is None:
+            return 1
+        return max(1, self.units_per_node // self.units_per_pod)
 
     @property
     def max_nodes(self) -> int:
@@ -112,7 +118,7 @@ def compute_worker_shape(deployment: InferenceDeployment, sku: GpuSku | None) ->
         # Prefill and decode replica counts are fixed, so the group is sized for exactly both pools.
         max_replicas = min_replicas = spec.disaggregation.prefill_replicas + spec.disaggregation.decode_replicas
     if hardware.accelerator is AcceleratorKind.CPU or sku is None:
-        return WorkerShape(None, 0, 0, 0, 0.0, min_replicas, max_replicas)
+        return WorkerShape(None, 0, 0, 0, min_replicas, max_replicas)
     if hardware.mig_profile is not None:
         mig = sku.mig_profiles.get(hardware.mig_profile.value)
         if mig is None:
@@ -122,7 +128,7 @@ def compute_worker_shape(deployment: InferenceDeployment, sku: GpuSku | None) ->
                 f"supported: {', '.join(sorted(sku.mig_profiles)) or 'none'}",
             )
         per_node = sku.gpu_count * mig.slices_per_gpu
-        return WorkerShape(mig.resource_name, 1, per_node, 1, 1 / mig.slices_per_gpu, min_replicas, max_replicas)
+        return WorkerShape(mig.resource_name, 1, per_node, 1, min_replicas, max_replicas)
     if hardware.gpu_fraction is not None:
         per_gpu = max(1, math.floor(1 / hardware.gpu_fraction))
         return WorkerShape(
@@ -130,7 +136,6 @@ def compute_worker_shape(deployment: InferenceDeployment, sku: GpuSku | None) ->
             1,
             sku.gpu_count,
             1,
-            1.0,
             math.ceil(min_replicas / per_gpu),
             math.ceil(max_replicas / per_gpu),
         )
@@ -150,7 +155,6 @@ def compute_worker_shape(deployment: InferenceDeployment, sku: GpuSku | None) ->
         per_pod,
         sku.gpu_count,
         per_pod,
-        float(per_pod),
         min_replicas * pods_per_replica,
         max_replicas * pods_per_replica,
     )
@@ -301,6 +305,24 @@ def _head_group(deployment: InferenceDeployment, config: RenderConfig, sources: 
     }
 
 
+def _gpu_worker_resources(shape: WorkerShape, sku: GpuSku, mig: MigProfile | None, config: RenderConfig) -> Any:
+    """Split a node's allocatable CPU, memory and ephemeral storage evenly between the workers it holds.
+
+    Whole-GPU replicas get one pod per node when they fill it; MIG slices and fractions pack
+    `pods_per_node` pods, each asking for its share, so exactly that many fit next to the node's DaemonSets.
+    """
+    node = node_allocatable(sku, mig.value if mig else None, config.node_overhead())
+    pods = shape.pods_per_node
+    cpu = max(1, node.cpu_millis // pods // 1000)
+    memory = max(1, node.memory_bytes // pods // GIB)
+    ephemeral = max(1, min(config.worker_ephemeral_storage_gib, node.ephemeral_bytes // pods // GIB))
+    assert shape.resource_name is not None
+    return {
+        "requests": {"cpu": str(cpu), "memory": f"{memory}Gi", "ephemeral-storage": f"{ephemeral}Gi"},
+        "limits": {"memory": f"{memory}Gi", shape.resource_name: str(shape.units_per_pod)},
+    }
+
+
 def _worker_placement(deployment: InferenceDeployment, pool: DesiredAgentPool | None) -> tuple[Any, Any]:
     existing = deployment.spec.hardware.node_pool.existing
     if pool is not None:
@@ -317,6 +339,7 @@ def _worker_group(
     config: RenderConfig,
     sources: list[SourceVolume],
     drain_grace_period_s: float,
+    sku: GpuSku | None,
 ) -> Any:
     volumes, mounts = _volumes(deployment, sources)
     node_selector, tolerations = _worker_placement(deployment, pool)
@@ -332,16 +355,11 @@ def _worker_group(
             "limits": {"memory": memory},
         }
     else:
-        # Host CPU and memory scale with the GPU share the pod holds, so MIG pods stay small enough to pack.
-        cpu = str(max(1, math.floor(config.worker_cpu_per_gpu * shape.gpu_share)))
-        memory = f"{max(8, math.floor(config.worker_memory_gib_per_gpu * shape.gpu_share))}Gi"
         group_name = WORKER_GROUP
         # Explicit: KubeRay counts only `nvidia.com/gpu` limits as Ray GPUs, not MIG resources.
         start_params = {"num-gpus": str(shape.ray_gpus_per_pod)}
-        resources = {
-            "requests": {"cpu": cpu, "memory": memory},
-            "limits": {"memory": memory, shape.resource_name: str(shape.units_per_pod)},
-        }
+        assert sku is not None  # a GPU shape comes from a VM size
+        resources = _gpu_worker_resources(shape, sku, deployment.spec.hardware.mig_profile, config)
     container = _container(
         "ray-worker", config.serving_image, config, resources, env=_env(deployment), volumeMounts=mounts
     )
@@ -406,7 +424,7 @@ def build_rayservice(
             "enableInTreeAutoscaling": True,
             "headGroupSpec": _head_group(deployment, config, sources),
             "workerGroupSpecs": [
-                _worker_group(deployment, shape, pool, config, sources, serving_args.drain_grace_period_s)
+                _worker_group(deployment, shape, pool, config, sources, serving_args.drain_grace_period_s, sku)
             ],
         },
     }

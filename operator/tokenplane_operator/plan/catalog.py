@@ -78,6 +78,8 @@ class GpuSku:
         nvlink: Whether the GPUs in one VM talk over NVLink/NVSwitch rather than PCIe.
         mig_profiles: MIG profiles keyed by AKS name; empty when AKS offers no MIG on this size.
         hourly_usd: List price per VM hour, or None when no price is known.
+        vcpus: Host vCPUs of one VM.
+        memory_gib: Host RAM of one VM, GiB (before AKS reservations; see `allocatable.node_allocatable`).
     """
 
     vm_size: str
@@ -91,6 +93,8 @@ class GpuSku:
     nvlink: bool
     mig_profiles: Mapping[str, MigProfile] = field(default_factory=dict)
     hourly_usd: float | None = None
+    vcpus: int = 0
+    memory_gib: float = 0.0
 
     @property
     def gpu_memory_bytes(self) -> int:
@@ -127,6 +131,8 @@ def _build(data: Mapping[str, Any]) -> tuple[GpuSku, ...]:
                 nvlink=row["nvlink"],
                 mig_profiles=migs,
                 hourly_usd=row["hourly_usd"],
+                vcpus=row["vcpus"],
+                memory_gib=float(row["memory_gib"]),
             )
         )
     return tuple(skus)

@@ -329,14 +329,14 @@ def test_network_policy_admits_own_and_allowed_namespaces_on_the_serve_port_only
 # --- errors and the CLI ----------------------------------------------------------------------------------
 
 
-def test_auto_without_a_planned_size_is_a_plan_error() -> None:
+def test_auto_is_resolved_by_the_planner_inside_the_renderer() -> None:
+    # Was: `auto` without a size passed in was a PlanError, and callers passed only the VM size, so TP, GPUs per
+    # replica and MIG profile stayed the spec's defaults. Now one function resolves the whole placement.
     with pytest.raises(PlanError) as info:
         desired(INPUTS["example-byo-nodes"], **{"spec.hardware.vmSize": "auto"})
-    assert info.value.reason is PlanErrorReason.INVALID_WORKLOAD
-    state = build_desired_state(
-        load(INPUTS["example-department-lora"]).model_copy(deep=True), CONFIG, vm_size="Standard_NC48ads_A100_v4"
-    )
-    assert state.agent_pool is not None and state.agent_pool.vm_size == "Standard_NC48ads_A100_v4"
+    assert info.value.reason is PlanErrorReason.UNKNOWN_MODEL  # a PVC checkpoint the planner cannot read
+    state = desired(INPUTS["example-department-lora"], **{"spec.hardware.vmSize": "auto"})
+    assert state.agent_pool is not None and state.agent_pool.vm_size == state.plan.vm_size != "auto"
 
 
 def test_too_long_names_are_rejected() -> None:

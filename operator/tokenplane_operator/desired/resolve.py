@@ -1,0 +1,94 @@
+"""Resolve `vmSize: auto` once, into a deployment whose hardware and engine say exactly what the planner chose.
+
+Everything rendered (agent pool, worker group, engine TP/PP, status.plan) reads the resolved deployment, so the
+status can never describe a placement other than the one deployed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from tokenplane_operator.api.v1alpha1 import AcceleratorKind, InferenceDeployment, MigProfile, PlanStatus
+from tokenplane_operator.plan.catalog import all_skus
+from tokenplane_operator.plan.sizing import Plan, recommend
+from tokenplane_operator.plan.spec import workload_from_spec
+
+__all__ = ["ResolvedPlan", "resolve_plan"]
+
+
+@dataclass(frozen=True)
+class ResolvedPlan:
+    """A deployment with its placement fixed, and the plan status that describes it.
+
+    Attributes:
+        deployment: The deployment with `vmSize`, `gpusPerReplica`, `migProfile` and TP/PP as resolved.
+        status: What `status.plan` reports: read from `deployment`, so the two cannot disagree.
+    """
+
+    deployment: InferenceDeployment
+    status: PlanStatus
+
+
+def resolve_plan(deployment: InferenceDeployment) -> ResolvedPlan:
+    """Resolve a deployment's placement: `vmSize: auto` through the capacity planner, an explicit size as written.
+
+    For `auto`, the planner's VM size, GPUs per replica, MIG profile and TP/PP replace the spec's (fields the
+    user set explicitly narrowed the planner's search, so they are kept). A `gpuFraction` replica is planned
+    without MIG profiles (a fraction and a MIG slice exclude each other).
+
+    Args:
+        deployment: A validated InferenceDeployment.
+
+    Returns:
+        The resolved deployment and its plan status.
+
+    Raises:
+        PlanError: UnknownModel, DoesNotFit or InvalidWorkload from the planner.
+    """
+    hardware = deployment.spec.hardware
+    if hardware.accelerator is AcceleratorKind.CPU:
+        return ResolvedPlan(deployment, PlanStatus(reasons=["CPU replicas"]))
+    if hardware.vm_size != "auto":
+        return ResolvedPlan(deployment, _status(deployment, reasons=["vmSize set in the spec"]))
+    catalog = all_skus()
+    if hardware.gpu_fraction is not None:
+        catalog = tuple(replace(sku, mig_profiles={}) for sku in catalog)
+    plan = recommend(workload_from_spec(deployment.spec), catalog=catalog)
+    resolved = _apply(deployment, plan)
+    return ResolvedPlan(resolved, _status(resolved, plan=plan, reasons=plan.reasons))
+
+
+def _apply(deployment: InferenceDeployment, plan: Plan) -> InferenceDeployment:
+    spec = deployment.spec
+    mig = MigProfile(plan.mig_profile) if plan.mig_profile else None
+    hardware = spec.hardware.model_copy(
+        update={
+            "vm_size": plan.vm_size,
+            "mig_profile": mig,
+            # A MIG replica is one slice; the planner counts slices in gpus_per_replica.
+            "gpus_per_replica": 1 if mig else plan.gpus_per_replica,
+        }
+    )
+    engine = spec.engine.model_copy(
+        update={
+            "tensor_parallel_size": plan.tensor_parallel_size,
+            "pipeline_parallel_size": plan.pipeline_parallel_size,
+        }
+    )
+    return deployment.model_copy(update={"spec": spec.model_copy(update={"hardware": hardware, "engine": engine})})
+
+
+def _status(deployment: InferenceDeployment, *, reasons: list[str], plan: Plan | None = None) -> PlanStatus:
+    hardware, engine = deployment.spec.hardware, deployment.spec.engine
+    return PlanStatus(
+        vm_size=hardware.vm_size,
+        gpus_per_replica=hardware.gpu_fraction or hardware.gpus_per_replica,
+        mig_profile=hardware.mig_profile.value if hardware.mig_profile else None,
+        tensor_parallel_size=engine.tensor_parallel_size,
+        pipeline_parallel_size=engine.pipeline_parallel_size,
+        weights_bytes=plan.weights_bytes if plan else None,
+        kv_bytes_per_token=plan.kv_bytes_per_token if plan else None,
+        fits=plan.fits if plan else None,
+        usd_per_million_output_tokens=plan.estimates.usd_per_million_output_tokens if plan and plan.estimates else None,
+        reasons=list(reasons),
+    )
