@@ -8,9 +8,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TINY_MODEL := models/tiny
 EXAMPLE ?= deploy/examples/local-tiny.yaml
+AZURITE_DIR := tests/support/node
+AZURITE := $(AZURITE_DIR)/node_modules/.bin/azurite-blob
 
 .PHONY: help install run test test-fast test-serving test-e2e lint fmt typecheck imports crd crd-check \
-        chart-schema chart-schema-check model benchmark clean
+        chart-schema chart-schema-check model azurite benchmark clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -31,6 +33,17 @@ $(TINY_MODEL)/config.json: | $(STAMP)
 	$(BIN)/tokenplane model tiny $(TINY_MODEL)
 
 model: $(TINY_MODEL)/config.json ## Make the tiny local model (models/tiny)
+
+# Azurite (Microsoft's Azure Storage emulator, version pinned in tests/support/node/package.json) is the
+# Blob peer of the tests. Node.js and npm come from Debian when missing (needs root, as on CI).
+$(AZURITE): $(AZURITE_DIR)/package.json
+	@command -v npm >/dev/null || { echo "azurite: installing nodejs and npm (apt-get)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; }
+	@echo "azurite: npm install into $(AZURITE_DIR)"
+	npm install --prefix $(AZURITE_DIR) --no-audit --no-fund --no-package-lock --loglevel=error
+	@touch $(AZURITE)
+
+azurite: $(AZURITE) ## Install Azurite (Azure Blob emulator) for the tests (idempotent)
 
 run: $(STAMP) $(TINY_MODEL)/config.json ## Serve deploy/examples/local-tiny.yaml on 127.0.0.1:8000 until Ctrl-C
 	$(BIN)/tokenplane up $(EXAMPLE)
@@ -57,10 +70,10 @@ chart-schema: $(STAMP) ## Regenerate charts/tokenplane/values.schema.json from v
 chart-schema-check: $(STAMP) ## Fail if values.schema.json drifted from values.yaml
 	diff -u charts/tokenplane/values.schema.json <($(BIN)/python -m tokenplane_cli.chartschema charts/tokenplane/values.yaml)
 
-test: $(STAMP) lint ## Lint, then the whole suite (real Ray Serve + vLLM on the tiny model included)
+test: $(STAMP) $(AZURITE) lint ## Lint, then the whole suite (real Ray Serve + vLLM on the tiny model included)
 	$(BIN)/pytest
 
-test-fast: $(STAMP) ## The suite without the real serving stack
+test-fast: $(STAMP) $(AZURITE) ## The suite without the real serving stack
 	$(BIN)/pytest -m 'not serving'
 
 test-e2e: $(STAMP) ## Opt-in tier against a real cluster: TOKENPLANE_E2E_KUBECONFIG=... make test-e2e
@@ -69,5 +82,5 @@ test-e2e: $(STAMP) ## Opt-in tier against a real cluster: TOKENPLANE_E2E_KUBECON
 benchmark: $(STAMP) ## Benchmarks that report numbers (operator convergence, serving overload)
 	$(BIN)/pytest --benchmark -m benchmark -s
 
-clean: ## Remove the venv, caches and the tiny model
-	rm -rf $(VENV) models .mypy_cache .ruff_cache .pytest_cache
+clean: ## Remove the venv, caches, the tiny model and Azurite
+	rm -rf $(VENV) models .mypy_cache .ruff_cache .pytest_cache $(AZURITE_DIR)/node_modules

@@ -1,10 +1,13 @@
-"""Test tiers and flags: --update-golden rewrites golden files; --benchmark runs benchmarks; e2e needs a cluster."""
+"""Test tiers and flags (--update-golden, --benchmark, e2e needs a cluster) and session-wide peers (Azurite)."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
+
+from tests.support.azurite import Azurite, AzuriteError
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -26,3 +29,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def update_golden(request: pytest.FixtureRequest) -> bool:
     """Whether golden files should be rewritten instead of compared."""
     return bool(request.config.getoption("--update-golden"))
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
+    """One Azurite Blob service for the session (free port; `connection_string`, `blob_endpoint`, `upload_dir`).
+
+    Containers are shared across tests: use a container or prefix of your own.
+    """
+    try:
+        instance = Azurite(tmp_path_factory.mktemp("azurite")).start()
+    except AzuriteError as err:
+        pytest.fail(str(err), pytrace=False)
+    try:
+        yield instance
+    finally:
+        instance.stop()
