@@ -7,6 +7,8 @@ from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from tokenplane_serving.schedule import ScheduleWindow
+
 __all__ = [
     "DEFAULT_SESSION_HEADER",
     "MANAGED_ENGINE_KEYS",
@@ -265,8 +267,16 @@ class ScalingArgs(_Args):
             "max_ongoing_requests (Ray Serve LLM's own default is 1e9, which never scales)."
         ),
     )
+    target_queue_depth: float = Field(
+        default=8.0,
+        gt=0,
+        description="Waiting requests (Serve-queued plus engine-waiting) per replica before the policy scales out.",
+    )
     latency_target: LatencyTarget | None = Field(
-        default=None, description="Scale on a latency percentile instead of queue depth alone."
+        default=None, description="Scale on the fleet's latency percentile as well as on queue depth."
+    )
+    schedule: list[ScheduleWindow] = Field(
+        default_factory=list, description="Time windows that keep a minimum replica count."
     )
     upscale_delay_s: float = Field(default=30.0, ge=0, description="How long demand must stay high before adding.")
     downscale_delay_s: float = Field(default=600.0, ge=0, description="How long demand must stay low before removing.")

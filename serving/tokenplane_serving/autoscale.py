@@ -1,58 +1,306 @@
-"""Latency-target autoscaling policy for Ray Serve: queue depth plus the replicas' reported P95."""
+"""Tokenplane's autoscaling policy for Ray Serve: queue depth plus the fleet's P95, node-aware.
+
+Ray Serve calls `TokenplanePolicy.__call__` once per control-loop tick (`autoscaling_config.policy`) with an
+`AutoscalingContext`; `tokenplane simulate` calls the very same object. Replicas report, through
+`record_autoscaling_stats`, their engine queue and a *histogram* of recent latencies (sparse bucket counts,
+`latency_histogram`). The policy sums the fresh replicas' buckets into the fleet's histogram and reads the
+P95 from it: a fleet P95 cannot be recovered from per-replica P95s (their max over-scales when one replica is
+unlucky, their mean hides a slow half).
+
+Decision, per tick (the reasons are the operator's status reasons):
+- `QueueDepth`: requests waiting (Serve-queued + engine waiting) exceed `targetQueueDepth` per replica;
+  grow in proportion, so that the waiting requests fit in the new replicas' batches.
+- `LatencyBreach`: the fleet P95 exceeds the target; grow by the breach ratio (capped at 2x per tick). The
+  per-replica load at which the breach happened is remembered as the replica's *capacity*, so later load
+  changes are sized in advance (`ongoing / (0.8 x capacity)`) instead of waiting for the next breach.
+- `WaitingForCapacity`: replicas have been pending longer than a cold start takes (no node for them): hold
+  at the current target instead of adding more replicas that cannot be placed either.
+- `Idle`: no traffic: go to the floor (zero with scale-to-zero; Serve applies `downscale_to_zero_delay_s`).
+  Scale-in otherwise needs the P95 well under the target (hysteresis band), an empty queue, no scale-up in
+  the last cooldown, and the load to fit the smaller fleet at 60% of capacity; it removes at most a quarter
+  of the replicas per decision.
+- `Schedule`: a time window's minimum (see `tokenplane_serving.schedule`) holds more replicas than load needs.
+Replicas whose last report is older than `stale_after_s` are ignored; with no fresh report at all the
+policy never scales in (it does not know the fleet's state), but still scales out on Serve's own counts.
+"""
 
 from __future__ import annotations
 
+import bisect
 import math
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["LatencyTargetPolicy"]
+from tokenplane_serving.schedule import ScheduleWindow, schedule_minimum
 
-# Below this fraction of the target, latency no longer holds replicas back from scaling in.
-_DOWNSCALE_HEADROOM = 0.5
+__all__ = [
+    "BUCKET_BOUNDS_MS",
+    "REASONS",
+    "FleetMetrics",
+    "TokenplanePolicy",
+    "bucket_key",
+    "latency_histogram",
+    "merge_replica_reports",
+    "quantile_from_histogram",
+]
+
+# Geometric buckets from 5 ms to about 10 min, 15% apart: a quantile read from them is within one bucket.
+_BUCKET_RATIO = 1.15
+BUCKET_BOUNDS_MS: tuple[float, ...] = tuple(5.0 * _BUCKET_RATIO**i for i in range(85))
+REASONS = ("QueueDepth", "LatencyBreach", "Idle", "WaitingForCapacity", "Schedule", "Steady")
+
+_HEADROOM = 0.8  # size the fleet for this fraction of the learned per-replica capacity
+_SCALE_IN_UTILIZATION = 0.6  # scale in only if the smaller fleet runs below this fraction of capacity
+_SCALE_IN_BAND = 0.5  # ... and the fleet P95 is below this fraction of the target
+_MAX_GROWTH_PER_TICK = 2.0
+_CAPACITY_RELAX = 1.05  # a fleet comfortably above its learned capacity raises it by up to this factor per tick
 
 
-class LatencyTargetPolicy:
-    """Ray Serve `autoscaling_config.policy` class (`policy_kwargs` go to the constructor).
+def bucket_key(metric: str, index: int) -> str:
+    """Name of one histogram bucket in a replica's autoscaling report."""
+    return f"{metric}_h{index}"
 
-    Desired replicas are the larger of two views: queue depth (`total_num_requests /
-    target_ongoing_requests`, as Serve's built-in policy) and latency (one more replica while the
-    worst replica's P95 exceeds the target). Scaling in happens only when the queue view allows it and
-    the P95 is well under the target. Serve applies min/max bounds and the up/down delays afterwards,
-    and handles cold start from zero without calling the policy.
+
+def latency_histogram(metric: str, samples_ms: Iterable[float]) -> dict[str, float]:
+    """Encode latency samples as sparse bucket counts (`<metric>_h<i>`) for `record_autoscaling_stats`.
+
+    Ray Serve's custom metrics are one float per name, so a histogram travels as one name per non-empty
+    bucket; bucket `i` counts samples in `(BUCKET_BOUNDS_MS[i-1], BUCKET_BOUNDS_MS[i]]`.
+    """
+    counts: dict[str, float] = {}
+    last = len(BUCKET_BOUNDS_MS) - 1
+    for value in samples_ms:
+        key = bucket_key(metric, min(last, bisect.bisect_left(BUCKET_BOUNDS_MS, value)))
+        counts[key] = counts.get(key, 0.0) + 1.0
+    return counts
+
+
+def quantile_from_histogram(counts: Mapping[int, float], q: float) -> float | None:
+    """Return the q-quantile (ms) of a bucket histogram, interpolated geometrically inside the bucket."""
+    total = sum(counts.values())
+    if total <= 0:
+        return None
+    rank, seen = q * total, 0.0
+    for index in sorted(counts):
+        count = counts[index]
+        if seen + count >= rank:
+            upper = BUCKET_BOUNDS_MS[index]
+            lower = BUCKET_BOUNDS_MS[index - 1] if index > 0 else 0.0
+            frac = (rank - seen) / count if count else 1.0
+            return lower * (upper / lower) ** frac if lower > 0 else upper * frac
+        seen += count
+    return BUCKET_BOUNDS_MS[max(counts)]
+
+
+@dataclass(frozen=True)
+class FleetMetrics:
+    """What the fresh replicas reported, merged over the fleet."""
+
+    fresh_replicas: int
+    stale_replicas: int
+    engine_waiting: float
+    engine_running: float
+    histogram: dict[int, float]
+
+    def p95_ms(self, q: float = 0.95) -> float | None:
+        """Return the fleet's latency quantile from the merged histogram (None without samples)."""
+        return quantile_from_histogram(self.histogram, q)
+
+    @property
+    def samples(self) -> float:
+        """Latency samples in the merged histogram."""
+        return sum(self.histogram.values())
+
+
+def _latest(series: Any) -> tuple[float, float] | None:
+    if not series:
+        return None
+    last = max(series, key=lambda point: point.timestamp)
+    return float(last.timestamp), float(last.value)
+
+
+def merge_replica_reports(
+    raw_metrics: Mapping[str, Mapping[Any, Any]], metric: str, now: float, stale_after_s: float
+) -> FleetMetrics:
+    """Merge each replica's latest report into fleet metrics, skipping replicas whose report is stale.
+
+    Args:
+        raw_metrics: `AutoscalingContext.raw_metrics`: metric name -> replica -> time series.
+        metric: The latency metric whose histogram buckets to merge (`ttft` or `e2e`).
+        now: The controller's clock.
+        stale_after_s: Reports older than this are ignored.
+
+    Returns:
+        FleetMetrics over the fresh replicas. A bucket whose newest point is older than its replica's newest
+        report was absent from that report (the histogram is sparse), so it counts as zero.
+    """
+    latest: dict[Any, dict[str, tuple[float, float]]] = {}
+    for name, per_replica in raw_metrics.items():
+        for replica, series in per_replica.items():
+            point = _latest(series)
+            if point is not None:
+                latest.setdefault(replica, {})[name] = point
+    prefix = f"{metric}_h"
+    waiting = running = 0.0
+    histogram: dict[int, float] = {}
+    fresh = stale = 0
+    for values in latest.values():
+        newest = max(ts for ts, _ in values.values())
+        if now - newest > stale_after_s:
+            stale += 1
+            continue
+        fresh += 1
+        for name, (ts, value) in values.items():
+            if ts < newest - 1e-6:
+                continue  # not in the latest report
+            if name == "engine_waiting":
+                waiting += value
+            elif name == "engine_running":
+                running += value
+            elif name.startswith(prefix) and name[len(prefix) :].isdigit():
+                index = int(name[len(prefix) :])
+                histogram[index] = histogram.get(index, 0.0) + value
+    return FleetMetrics(fresh, stale, waiting, running, histogram)
+
+
+class TokenplanePolicy:
+    """Ray Serve `autoscaling_config.policy` class; `policy_kwargs` go to the constructor.
+
+    Serve applies `min_replicas`/`max_replicas`, `upscale_delay_s`/`downscale_delay_s`/
+    `downscale_to_zero_delay_s` after it, and starts the first replica from zero without calling it; called at
+    zero anyway (by the simulator, or a future Serve), it sizes the cold start from the queue.
     """
 
-    def __init__(self, metric: str, p95_ms: float, target_ongoing_requests: float) -> None:
+    def __init__(
+        self,
+        max_ongoing_requests: float,
+        target_queue_depth: float = 8.0,
+        metric: str = "ttft",
+        p95_ms: float | None = None,
+        stale_after_s: float = 30.0,
+        min_samples: int = 20,
+        cold_start_s: float = 600.0,
+        cooldown_s: float = 120.0,
+        min_replicas: int = 0,
+        schedule: list[dict[str, Any]] | None = None,
+    ) -> None:
         """Configure the policy.
 
         Args:
-            metric: `ttft` or `e2e`; replicas report `<metric>_p95_ms` via `record_autoscaling_stats`.
-            p95_ms: Target P95 in milliseconds.
-            target_ongoing_requests: Requests per replica the queue view aims for.
+            max_ongoing_requests: A replica's batch cap (Serve's `max_ongoing_requests`): its capacity until a
+                latency breach shows a lower one.
+            target_queue_depth: Waiting requests per replica tolerated before scaling out (CR `targetQueueDepth`).
+            metric: `ttft` or `e2e`: whose histogram the latency target applies to.
+            p95_ms: Target P95 in ms; None scales on queue depth and load alone.
+            stale_after_s: Replica reports older than this are ignored (3 push intervals by default).
+            min_samples: Fewer latency samples than this in the fleet histogram are not a P95.
+            cold_start_s: Longest a replica takes from pending to running when a node is free (node provisioning
+                plus model loading); pending longer means no capacity.
+            cooldown_s: No scale-in this long after a scale-out (and no second latency scale-out before the
+                first one's replicas could have changed the latency window).
+            min_replicas: The CR's floor, for the schedule's reason (Serve enforces the bound itself).
+            schedule: Time windows with their own minimum replicas (`ScheduleWindow` fields).
         """
-        self.metric_key = f"{metric}_p95_ms"
+        self.max_ongoing = float(max_ongoing_requests)
+        self.target_queue = float(target_queue_depth)
+        self.metric = metric
         self.p95_ms = p95_ms
-        self.target_ongoing_requests = target_ongoing_requests
+        self.stale_after_s = stale_after_s
+        self.min_samples = min_samples
+        self.cold_start_s = cold_start_s
+        self.cooldown_s = cooldown_s
+        self.min_replicas = min_replicas
+        self.schedule = [ScheduleWindow.model_validate(w) for w in schedule or []]
 
     def __call__(self, ctx: Any) -> tuple[int, dict[str, Any]]:
-        """Decide the replica count for one autoscaling tick.
+        """Decide the replica count for one tick.
 
         Args:
-            ctx: Ray Serve's `AutoscalingContext` (`current_num_replicas`, `total_num_requests`,
-                `aggregated_metrics`).
+            ctx: Ray Serve's `AutoscalingContext`.
 
         Returns:
-            Desired replicas and the state Serve hands back next tick (the inputs, for debugging).
+            Desired replicas, and the state Serve hands back next tick: the decision's `reason`, the fleet
+            `p95_ms`, the `queue`, the learned per-replica `capacity`, the load of the last cooldown, and
+            the timestamps the policy needs.
         """
-        current = int(ctx.current_num_replicas)
-        by_queue = math.ceil(float(ctx.total_num_requests) / self.target_ongoing_requests)
-        reported = (ctx.aggregated_metrics or {}).get(self.metric_key) or {}
-        # Per-replica P95s cannot be merged into a fleet P95; the worst replica is what users feel.
-        worst = max(reported.values(), default=0.0)
-        loaded = ctx.total_num_requests > 0  # an idle replica's P95 is history, not a reason to grow
-        if loaded and worst > self.p95_ms:
-            desired = max(by_queue, current + 1)
-        elif loaded and by_queue < current and worst > self.p95_ms * _DOWNSCALE_HEADROOM:
-            desired = current  # latency is close to the target: shrinking would push it over
+        now = float(ctx.current_time if ctx.current_time is not None else time.time())
+        state = dict(ctx.policy_state or {})
+        current, target = int(ctx.current_num_replicas), int(ctx.target_num_replicas)
+        fleet = merge_replica_reports(ctx.raw_metrics or {}, self.metric, now, self.stale_after_s)
+        ongoing = float(ctx.total_num_requests or 0.0)
+        queue = float(ctx.total_queued_requests or 0.0) + fleet.engine_waiting
+        p95 = fleet.p95_ms() if fleet.samples >= self.min_samples else None
+        capacity = self._learn_capacity(state, current, ongoing, queue, p95, fleet)
+        recent = [(t, v) for t, v in state.get("recent_load", []) if now - t < self.cooldown_s]
+        recent.append((now, ongoing))
+        peak = max(v for _, v in recent)
+
+        needs = {"QueueDepth": ongoing / (_HEADROOM * capacity), "LatencyBreach": 0.0}
+        if queue > self.target_queue * max(current, 1):
+            running_each = max(1.0, (ongoing - queue) / current) if current else capacity
+            needs["QueueDepth"] = max(needs["QueueDepth"], ongoing / (running_each + self.target_queue))
+        last_up = float(state.get("last_up", -math.inf))
+        if p95 is not None and self.p95_ms is not None and p95 > self.p95_ms and now - last_up >= self.cooldown_s:
+            needs["LatencyBreach"] = max(current + 1.0, current * min(_MAX_GROWTH_PER_TICK, p95 / self.p95_ms))
+        reason = max(needs, key=lambda k: needs[k])
+        grow = math.ceil(needs[reason] - 1e-9)
+
+        pending_since = state.get("pending_since") if target > current else None
+        if target > current and pending_since is None:
+            pending_since = now
+        starved = pending_since is not None and now - float(pending_since) > self.cold_start_s
+        floor, window = schedule_minimum(self.schedule, now)
+        if grow > target and not starved:
+            desired, state["last_up"] = grow, now
+        elif peak <= 0 and queue <= 0:
+            desired, reason = 0, "Idle"
+        elif self._may_scale_in(fleet, p95, queue, now, last_up) and grow < current:
+            # Sized for the busiest moment of the last cooldown, so an oscillating load does not flap.
+            in_fleet = math.ceil(peak / (_SCALE_IN_UTILIZATION * capacity) - 1e-9)
+            desired = max(in_fleet, current - max(1, current // 4), 1)
+            reason = "Idle" if desired < current else "Steady"
         else:
-            desired = by_queue
-        return desired, {"worst_p95_ms": worst, "by_queue": by_queue}
+            desired, reason = max(target, current), "Steady"
+        if starved and desired >= target:
+            # More replicas would wait for nodes too: hold, and say so (the operator reports this reason).
+            desired, reason = target, "WaitingForCapacity"
+        if floor is not None and floor > max(desired, self.min_replicas):
+            desired, reason = floor, "Schedule"
+        state.update(
+            reason=reason,
+            p95_ms=p95,
+            queue=queue,
+            capacity=capacity,
+            pending_since=pending_since if desired > current else None,
+            schedule_window=window,
+            stale_replicas=fleet.stale_replicas,
+            recent_load=recent,
+        )
+        return desired, state
+
+    def _learn_capacity(
+        self, state: dict[str, Any], current: int, ongoing: float, queue: float, p95: float | None, fleet: FleetMetrics
+    ) -> float:
+        capacity = float(state.get("capacity") or self.max_ongoing)
+        if current <= 0 or fleet.fresh_replicas == 0:
+            return capacity
+        per_replica = ongoing / current
+        if self.p95_ms is not None and p95 is not None and p95 > self.p95_ms:
+            # The fleet breached at this load: a replica holds at most that much within the target.
+            capacity = min(capacity, max(1.0, per_replica))
+        elif p95 is not None and (self.p95_ms is None or p95 < _SCALE_IN_BAND * self.p95_ms):
+            # Comfortably within target above the learned capacity: the breach was transient, relax slowly.
+            capacity = min(self.max_ongoing, max(capacity, min(per_replica, capacity * _CAPACITY_RELAX)))
+        if queue > self.target_queue * current:
+            # Requests wait: the replicas' batches are full at what they are running now.
+            capacity = min(capacity, max(1.0, (ongoing - queue) / current))
+        return capacity
+
+    def _may_scale_in(self, fleet: FleetMetrics, p95: float | None, queue: float, now: float, last_up: float) -> bool:
+        if fleet.fresh_replicas == 0 or queue > 0 or now - last_up < self.cooldown_s:
+            return False
+        if self.p95_ms is None or p95 is None:
+            return True
+        return p95 < _SCALE_IN_BAND * self.p95_ms

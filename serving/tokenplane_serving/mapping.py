@@ -8,14 +8,15 @@ from typing import Any
 from tokenplane_serving.args import DEFAULT_SESSION_HEADER, ServingArgs
 
 __all__ = [
+    "AUTOSCALING_POLICY",
     "CONSISTENT_HASH_ROUTER",
-    "LATENCY_POLICY",
     "PREFIX_AFFINITY_ROUTER",
     "QUANTIZATION_TO_VLLM",
     "build_llm_config",
     "build_lora_adapter_paths",
     "build_openai_app_args",
     "build_pd_openai_app_args",
+    "build_policy_kwargs",
     "check_engine_kwargs",
     "compute_target_ongoing_requests",
 ]
@@ -40,7 +41,7 @@ QUANTIZATION_TO_VLLM: dict[str, str] = {
 # Adapters are read from directories on the replica's node (local, or a PVC / blob-CSI mount the
 # operator adds); Ray Serve LLM 2.60's own loader only downloads from object storage.
 _REMOTE_PREFIXES = ("s3://", "gs://", "abfss://", "azure://", "az://", "https://", "pvc://", "hf://")
-LATENCY_POLICY = "tokenplane_serving.autoscale:LatencyTargetPolicy"
+AUTOSCALING_POLICY = "tokenplane_serving.autoscale:TokenplanePolicy"
 # Ray Serve LLM's 10 s health-check timeout is tight for a one-token probe behind full CPU batches.
 _HEALTH_CHECK_PERIOD_S = 10.0
 _HEALTH_CHECK_TIMEOUT_S = 20.0
@@ -61,6 +62,29 @@ def compute_target_ongoing_requests(args: ServingArgs) -> float:
     if args.scaling.target_ongoing_requests is not None:
         return args.scaling.target_ongoing_requests
     return float(max(1, args.effective_max_ongoing_requests * 3 // 4))
+
+
+def build_policy_kwargs(args: ServingArgs) -> dict[str, Any]:
+    """Arguments of `TokenplanePolicy` for a deployment (JSON-serialisable, as Serve requires).
+
+    Args:
+        args: Validated serving args.
+
+    Returns:
+        The batch cap, queue and latency targets, floor and schedule windows.
+    """
+    scaling = args.scaling
+    kwargs: dict[str, Any] = {
+        "max_ongoing_requests": args.effective_max_ongoing_requests,
+        "target_queue_depth": scaling.target_queue_depth,
+        "min_replicas": scaling.min_replicas,
+    }
+    if scaling.latency_target is not None:
+        kwargs["metric"] = scaling.latency_target.metric
+        kwargs["p95_ms"] = scaling.latency_target.p95_ms
+    if scaling.schedule:
+        kwargs["schedule"] = [w.model_dump(by_alias=True) for w in scaling.schedule]
+    return kwargs
 
 
 def _engine_kwargs(args: ServingArgs) -> dict[str, Any]:
@@ -167,15 +191,8 @@ def _deployment_config(args: ServingArgs, *, fixed_replicas: int | None = None) 
             autoscaling["downscale_to_zero_delay_s"] = scaling.downscale_to_zero_delay_s
     # Ray Serve LLM defaults both to 1e9: routing would ignore load and autoscaling would never fire.
     autoscaling["target_ongoing_requests"] = compute_target_ongoing_requests(args)
-    if scaling.latency_target is not None and fixed_replicas is None:
-        autoscaling["policy"] = {
-            "policy_function": LATENCY_POLICY,
-            "policy_kwargs": {
-                "metric": scaling.latency_target.metric,
-                "p95_ms": scaling.latency_target.p95_ms,
-                "target_ongoing_requests": autoscaling["target_ongoing_requests"],
-            },
-        }
+    if fixed_replicas is None:
+        autoscaling["policy"] = {"policy_function": AUTOSCALING_POLICY, "policy_kwargs": build_policy_kwargs(args)}
     config: dict[str, Any] = {
         "max_ongoing_requests": args.effective_max_ongoing_requests,
         # Bounded: past it the ingress answers 429/503 + Retry-After at once instead of buffering.

@@ -22,6 +22,8 @@ from ray.llm._internal.serve.utils.lora_serve_utils import LoraModelLoader
 from ray.serve import metrics
 from vllm.v1.metrics.loggers import AggregateStatLoggerBase
 
+from tokenplane_serving.autoscale import latency_histogram
+
 __all__ = ["EngineStats", "LocalLoraLoader", "TokenplaneLLMServer", "TokenplaneVLLMEngine"]
 
 logger = logging.getLogger(__name__)
@@ -32,7 +34,10 @@ _WINDOW_S = 60.0
 # A completion (probe or client traffic) newer than this proves the replica can generate.
 _READY_TTL_S = 15.0
 _PROBE_TIMEOUT_S = 8.0  # below Ray Serve LLM's 10 s health_check_timeout_s
-_LATENCY_SAMPLES = 512
+_LATENCY_SAMPLES = 4096
+# Latencies the autoscaling histogram covers: a few metric pushes (10 s each), so a breach shows within one
+# push and is gone soon after the fleet has grown.
+_LATENCY_WINDOW_S = 30.0
 
 
 class EngineStats:
@@ -54,8 +59,8 @@ class EngineStats:
         self._per = gpus if gpus > 0 else 1.0
         self._lock = threading.Lock()
         self._window: collections.deque[tuple[float, int, int, int]] = collections.deque()
-        self._ttft: collections.deque[float] = collections.deque(maxlen=_LATENCY_SAMPLES)
-        self._e2e: collections.deque[float] = collections.deque(maxlen=_LATENCY_SAMPLES)
+        self._ttft: collections.deque[tuple[float, float]] = collections.deque(maxlen=_LATENCY_SAMPLES)
+        self._e2e: collections.deque[tuple[float, float]] = collections.deque(maxlen=_LATENCY_SAMPLES)
         self.last_token_time = 0.0
         self.running = 0
         self.waiting = 0
@@ -93,11 +98,19 @@ class EngineStats:
             self._published = now
             self.publish(now)
 
-    def record_latencies(self, ttft_s: list[float], e2e_s: list[float]) -> None:
-        """Keep recent time-to-first-token and end-to-end latencies for percentiles."""
+    def record_latencies(self, ttft_s: list[float], e2e_s: list[float], now: float | None = None) -> None:
+        """Keep recent time-to-first-token and end-to-end latencies (seconds) with their time."""
+        now = time.monotonic() if now is None else now
         with self._lock:
-            self._ttft.extend(ttft_s)
-            self._e2e.extend(e2e_s)
+            self._ttft.extend((now, v) for v in ttft_s)
+            self._e2e.extend((now, v) for v in e2e_s)
+
+    def recent_ms(self, which: str, now: float | None = None) -> list[float]:
+        """Return the `ttft` or `e2e` latencies (ms) of the last `_LATENCY_WINDOW_S` seconds."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            rows = list(self._ttft if which == "ttft" else self._e2e)
+        return [v * 1000.0 for t, v in rows if t >= now - _LATENCY_WINDOW_S]
 
     def snapshot(self, now: float | None = None) -> dict[str, float]:
         """Windowed rates now.
@@ -127,14 +140,6 @@ class EngineStats:
         self._g_tps.set(snap["tokens_per_s_per_gpu"])
         self._g_gpu_hour.set(snap["tokens_per_gpu_hour"])
         self._g_hit.set(snap["prefix_cache_hit_ratio"])
-
-    def percentile_ms(self, which: str, q: float = 0.95) -> float:
-        """Return the q-quantile of recent `ttft` or `e2e` latencies in ms (0 without samples)."""
-        with self._lock:
-            values = sorted(self._ttft if which == "ttft" else self._e2e)
-        if not values:
-            return 0.0
-        return values[min(len(values) - 1, int(q * len(values)))] * 1000.0
 
 
 class _StatsLogger(AggregateStatLoggerBase):
@@ -346,13 +351,13 @@ class TokenplaneLLMServer(LLMServer):
         """Report custom autoscaling metrics (Ray Serve calls this on each replica).
 
         Returns:
-            P95 TTFT and end-to-end latency in ms over recent requests, and vLLM's waiting queue.
+            vLLM's waiting and running requests, and the TTFT and end-to-end latency histograms of the last
+            30 s as sparse bucket counts, which the policy sums over replicas into the fleet's P95.
         """
         stats = self._stats
         if stats is None:
-            return {"ttft_p95_ms": 0.0, "e2e_p95_ms": 0.0, "engine_waiting": 0.0}
-        return {
-            "ttft_p95_ms": stats.percentile_ms("ttft"),
-            "e2e_p95_ms": stats.percentile_ms("e2e"),
-            "engine_waiting": float(stats.waiting),
-        }
+            return {"engine_waiting": 0.0, "engine_running": 0.0}
+        report = {"engine_waiting": float(stats.waiting), "engine_running": float(stats.running)}
+        for which in ("ttft", "e2e"):
+            report.update(latency_histogram(which, stats.recent_ms(which)))
+        return report

@@ -1,47 +1,230 @@
-"""The latency-target autoscaling policy against a stub of Ray Serve's AutoscalingContext."""
+"""TokenplanePolicy on real Ray Serve `AutoscalingContext`s, alone and wrapped the way Serve wraps it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import itertools
+import random
+from typing import Any
 
 import pytest
+from ray.serve._private.common import DeploymentID, ReplicaID, TimeStampedValue
+from ray.serve.autoscaling_policy import _apply_autoscaling_config
+from ray.serve.config import AutoscalingConfig, AutoscalingContext
 
-from tokenplane_serving.autoscale import LatencyTargetPolicy
-
-
-@dataclass
-class Ctx:
-    current_num_replicas: int
-    total_num_requests: float
-    aggregated_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
-
-
-def p95(*values: float) -> dict[str, dict[str, float]]:
-    return {"ttft_p95_ms": {f"r{i}": v for i, v in enumerate(values)}}
-
-
-POLICY = LatencyTargetPolicy(metric="ttft", p95_ms=500, target_ongoing_requests=8)
-
-
-@pytest.mark.parametrize(
-    ("ctx", "desired"),
-    [
-        (Ctx(2, 16, p95(100, 120)), 2),  # on target both ways
-        (Ctx(2, 40, p95(100, 120)), 5),  # queue says 5
-        (Ctx(2, 8, p95(200, 900)), 3),  # queue is fine but the worst replica is slow: one more
-        (Ctx(2, 40, p95(900, 900)), 5),  # both say grow; the larger wins
-        (Ctx(3, 4, p95(300, 350, 320)), 3),  # queue would shrink, latency is near target: hold
-        (Ctx(3, 4, p95(50, 60, 40)), 1),  # latency far under target: shrink to the queue view
-        (Ctx(2, 0, p95(2000, 2000)), 0),  # idle: old P95s do not keep replicas (Serve clamps to min)
-        (Ctx(1, 3, {}), 1),  # no custom metrics yet: queue view
-    ],
+from tokenplane_serving.autoscale import (
+    BUCKET_BOUNDS_MS,
+    TokenplanePolicy,
+    latency_histogram,
+    merge_replica_reports,
+    quantile_from_histogram,
 )
-def test_policy(ctx: Ctx, desired: int) -> None:
-    replicas, state = POLICY(ctx)
-    assert replicas == desired
-    assert set(state) == {"worst_p95_ms", "by_queue"}
+
+DEPLOYMENT = DeploymentID(name="LLMServer:tiny", app_name="llm")
+NOW = 1_800_000_000.0
+TARGET_MS = 1000.0
 
 
-def test_e2e_metric_key() -> None:
-    policy = LatencyTargetPolicy(metric="e2e", p95_ms=1000, target_ongoing_requests=4)
-    assert policy(Ctx(1, 4, {"e2e_p95_ms": {"r": 5000}}))[0] == 2
+def replica(i: int) -> ReplicaID:
+    return ReplicaID(unique_id=f"r{i}", deployment_id=DEPLOYMENT)
+
+
+def report(ttft_ms: list[float], waiting: float = 0.0, running: float = 0.0) -> dict[str, float]:
+    """What `TokenplaneLLMServer.record_autoscaling_stats` returns for these latencies."""
+    return {"engine_waiting": waiting, "engine_running": running, **latency_histogram("ttft", ttft_ms)}
+
+
+def context(
+    reports: list[dict[str, float]],
+    *,
+    ongoing: float,
+    queued: float = 0.0,
+    target: int | None = None,
+    current: int | None = None,
+    state: dict[str, Any] | None = None,
+    age_s: list[float] | None = None,
+    now: float = NOW,
+    config: AutoscalingConfig | None = None,
+) -> AutoscalingContext:
+    """A context as Serve's controller builds it: each replica's report is its latest time-stamped point."""
+    ids = [replica(i) for i in range(len(reports))]
+    raw: dict[str, dict[ReplicaID, list[TimeStampedValue]]] = {}
+    for rid, values, age in zip(ids, reports, age_s or [2.0] * len(reports), strict=True):
+        for name, value in values.items():
+            raw.setdefault(name, {})[rid] = [TimeStampedValue(now - age - 10, 0.0), TimeStampedValue(now - age, value)]
+    current = len(reports) if current is None else current
+    return AutoscalingContext(
+        deployment_id=DEPLOYMENT,
+        deployment_name=DEPLOYMENT.name,
+        app_name=DEPLOYMENT.app_name,
+        current_num_replicas=current,
+        target_num_replicas=current if target is None else target,
+        running_replicas=ids[:current],
+        total_num_requests=ongoing,
+        total_queued_requests=queued,
+        aggregated_metrics=None,
+        raw_metrics=raw,
+        capacity_adjusted_min_replicas=0,
+        capacity_adjusted_max_replicas=16,
+        policy_state=dict(state or {}),
+        last_scale_up_time=None,
+        last_scale_down_time=None,
+        current_time=now,
+        config=config or AutoscalingConfig(min_replicas=0, max_replicas=16, upscale_delay_s=0, downscale_delay_s=0),
+    )
+
+
+def policy(**kwargs: Any) -> TokenplanePolicy:
+    return TokenplanePolicy(**{"max_ongoing_requests": 32, "target_queue_depth": 4, "p95_ms": TARGET_MS, **kwargs})
+
+
+def test_histogram_quantile_is_within_a_bucket_of_the_exact_one() -> None:
+    rng = random.Random(7)
+    samples = [rng.lognormvariate(6, 1) for _ in range(5000)]
+    counts = {int(k.split("_h")[1]): v for k, v in latency_histogram("ttft", samples).items()}
+    exact = sorted(samples)[int(0.95 * len(samples))]
+    assert quantile_from_histogram(counts, 0.95) == pytest.approx(exact, rel=0.08)
+    assert quantile_from_histogram({}, 0.95) is None
+    assert BUCKET_BOUNDS_MS[-1] > 600_000
+
+
+def test_breach_scales_out_in_proportion_and_says_why() -> None:
+    # 4 replicas, all slow (P95 ~2.5 s against 1 s): the ratio is capped at 2x per tick.
+    slow = [report([2500.0] * 30, running=8) for _ in range(4)]
+    desired, state = policy()(context(slow, ongoing=32))
+    assert desired == 8
+    assert state["reason"] == "LatencyBreach"
+    assert state["p95_ms"] == pytest.approx(2500, rel=0.08)
+    # The breach at 8 ongoing per replica is remembered as capacity: the fleet is sized from load from now on.
+    assert state["capacity"] == pytest.approx(8)
+    # A mild breach (1.3x) grows by 1.3x, not by a fixed step.
+    mild = [report([1300.0] * 30, running=8) for _ in range(10)]
+    assert policy()(context(mild, ongoing=50))[0] in (13, 14)  # 1.3x within the bucket resolution
+
+
+def test_queue_depth_scales_out_so_waiting_requests_fit() -> None:
+    # 2 replicas full (32 running each) with 40 waiting in the engines and 24 queued in Serve.
+    full = [report([300.0] * 30, waiting=20, running=32) for _ in range(2)]
+    desired, state = policy()(context(full, ongoing=128, queued=24))
+    assert state["reason"] == "QueueDepth"
+    assert desired == 5  # all 128 requests in batches at 80% of the 32 cap: ceil(128 / 25.6)
+
+
+def test_recovery_holds_then_scales_in_slowly() -> None:
+    calm = [report([200.0] * 30, running=2) for _ in range(8)]
+    # Right after a scale-out: no scale-in during the cooldown even though the load is low.
+    just_grown = {"last_up": NOW - 30, "capacity": 8.0}
+    desired, state = policy()(context(calm, ongoing=16, state=just_grown))
+    assert (desired, state["reason"]) == (8, "Steady")
+    # After it: at most a quarter of the fleet per decision, and never below what the load needs.
+    later = {"last_up": NOW - 600, "capacity": 8.0}
+    desired, state = policy()(context(calm, ongoing=16, state=later))
+    assert (desired, state["reason"]) == (6, "Idle")
+    # Latency between half the target and the target: the hysteresis band holds the fleet.
+    warm = [report([700.0] * 30, running=2) for _ in range(8)]
+    assert policy()(context(warm, ongoing=16, state=later))[0] == 8
+
+
+def test_flapping_input_does_not_flap_replicas() -> None:
+    # Load alternates between 20 and 28 requests every tick (10 s) for 20 minutes; a replica breaches the
+    # target above 6 requests. The fleet must settle, not follow the oscillation.
+    pol, state, replicas = policy(), {}, 4
+    history = []
+    for tick in range(120):
+        ongoing = 28.0 if tick % 2 == 0 else 20.0
+        latency = 1800.0 if ongoing / replicas > 6 else 150.0
+        reports = [report([latency] * 30, running=ongoing / replicas) for _ in range(replicas)]
+        desired, state = pol(context(reports, ongoing=ongoing, state=state, now=NOW + 10 * tick))
+        history.append(desired)
+        replicas = desired
+    steps = [b - a for a, b in itertools.pairwise(history) if b != a]
+    reversals = sum(1 for a, b in itertools.pairwise(steps) if (a > 0) != (b > 0))
+    assert reversals <= 1  # up once, then down to a fit, never up and down again
+    assert len(set(history[-60:])) == 1  # settled for the last 10 minutes
+    assert 28 / history[-1] <= 6  # and settled where the peak load meets the target
+
+
+def test_stale_reports_are_ignored() -> None:
+    fresh = report([200.0] * 30, running=2)
+    stale_slow = report([9000.0] * 300, waiting=50)
+    # One replica's report is 2 minutes old: its old breach and queue do not count.
+    desired, state = policy()(context([fresh, stale_slow], ongoing=4, age_s=[2, 120], state={"last_up": NOW - 900}))
+    assert state["stale_replicas"] == 1
+    assert state["queue"] == 0
+    assert state["reason"] != "LatencyBreach"
+    # All reports stale: no scale-in on missing information, even at low load.
+    desired, state = policy()(context([fresh, fresh], ongoing=1, age_s=[120, 120], state={"last_up": NOW - 900}))
+    assert desired == 2
+
+
+def test_pending_replicas_are_discounted_then_reported_as_waiting_for_capacity() -> None:
+    slow = [report([2500.0] * 30, running=8) for _ in range(2)]
+    pol = policy(cold_start_s=300)
+    # Two replicas already starting (target 4, 2 running): the breach is covered, add no more.
+    desired, state = pol(context(slow, ongoing=16, target=4, state={"capacity": 8.0}))
+    assert desired == 4
+    # Queue load that needs 6 grows past the pending ones while they are younger than a cold start.
+    desired, state = pol(context(slow, ongoing=40, target=4, state={"capacity": 8.0, "pending_since": NOW - 60}))
+    assert desired == 7
+    # Pending longer than a cold start: no nodes. Hold at the target and say so.
+    desired, state = pol(context(slow, ongoing=40, target=4, state={"capacity": 8.0, "pending_since": NOW - 400}))
+    assert (desired, state["reason"]) == (4, "WaitingForCapacity")
+
+
+def test_zero_replicas_with_traffic() -> None:
+    # Called at zero, the policy sizes the cold start from the queue, not one replica at a time.
+    desired, state = policy()(context([], ongoing=80, queued=80))
+    assert desired == 4  # 80 requests at 80% of a 32-request batch
+    assert state["reason"] == "QueueDepth"
+    # Serve's wrapper (what Ray runs) takes its own cold-start path at zero: at least one replica, at once.
+    wrapped = _apply_autoscaling_config(policy())
+    assert wrapped(context([], ongoing=1, queued=1))[0] >= 1
+    # No traffic at all: zero, reason Idle.
+    idle = [report([], running=0)]
+    assert policy()(context(idle, ongoing=0, state={"last_up": NOW - 900}))[:1] == (0,)
+
+
+def test_fleet_p95_merges_samples_instead_of_taking_the_worst_replica() -> None:
+    # Nine replicas answer in 300 ms; one unlucky replica's P95 is 5 s, on 5% of the fleet's requests.
+    fast = [report([300.0] * 100, running=4) for _ in range(9)]
+    unlucky = report([300.0] * 40 + [5000.0] * 10, running=4)
+    reports = [*fast, unlucky]
+    worst_replica_p95 = 5000.0  # what a max over per-replica P95s reports: a breach
+    fleet = merge_replica_reports(context(reports, ongoing=40).raw_metrics, "ttft", NOW, 30)
+    assert fleet.samples == 950
+    assert fleet.p95_ms() == pytest.approx(300, rel=0.15)  # within a bucket: 10 slow of 950 (1%)
+    assert worst_replica_p95 > TARGET_MS > fleet.p95_ms()  # type: ignore[operator]
+    desired, state = policy()(context(reports, ongoing=40, state={"last_up": NOW - 900}))
+    assert state["reason"] != "LatencyBreach"
+    assert desired <= 10
+    # And the other way: one replica of ten is all slow (10% of requests); the mean of the per-replica P95s
+    # ((5000 + 9 x 200) / 10 = 680 ms) hides the breach the fleet's P95 shows.
+    skewed = [*(report([200.0] * 100, running=4) for _ in range(9)), report([5000.0] * 100, running=4)]
+    mean_of_p95s = (5000.0 + 9 * 200.0) / 10
+    fleet = merge_replica_reports(context(skewed, ongoing=40).raw_metrics, "ttft", NOW, 30)
+    assert mean_of_p95s < TARGET_MS < fleet.p95_ms()  # type: ignore[operator]
+    assert policy()(context(skewed, ongoing=40))[1]["reason"] == "LatencyBreach"
+
+
+def test_bucket_missing_from_the_latest_report_counts_zero() -> None:
+    # The replica reported a slow bucket 10 s ago; its latest report has only fast samples.
+    rid = replica(0)
+    raw = {
+        "engine_waiting": {rid: [TimeStampedValue(NOW - 12, 0.0), TimeStampedValue(NOW - 2, 0.0)]},
+        "ttft_h60": {rid: [TimeStampedValue(NOW - 12, 50.0)]},
+        "ttft_h10": {rid: [TimeStampedValue(NOW - 2, 30.0)]},
+    }
+    fleet = merge_replica_reports(raw, "ttft", NOW, 30)
+    assert fleet.histogram == {10: 30.0}
+
+
+def test_schedule_keeps_a_floor_in_its_window() -> None:
+    # 2027-01-15 09:00 UTC is a Friday, 10:00 in Berlin; 21:00 UTC is after the window.
+    window = {"days": "1-5", "start": "08:00", "end": "18:00", "timeZone": "Europe/Berlin", "minReplicas": 3}
+    pol = policy(schedule=[window], min_replicas=0)
+    idle = [report([], running=0)]
+    inside = 1_800_003_600.0  # 2027-01-15 09:00 UTC
+    desired, state = pol(context(idle, ongoing=0, now=inside))
+    assert (desired, state["reason"]) == (3, "Schedule")
+    outside = inside + 12 * 3600
+    desired, state = pol(context(idle, ongoing=0, now=outside))
+    assert (desired, state["reason"]) == (0, "Idle")

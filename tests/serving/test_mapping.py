@@ -8,8 +8,8 @@ import pytest
 
 from tokenplane_serving.args import MANAGED_ENGINE_KEYS, ServingArgs
 from tokenplane_serving.mapping import (
+    AUTOSCALING_POLICY,
     CONSISTENT_HASH_ROUTER,
-    LATENCY_POLICY,
     PREFIX_AFFINITY_ROUTER,
     build_llm_config,
     build_lora_adapter_paths,
@@ -67,6 +67,7 @@ def test_autoscaling_and_backpressure() -> None:
             drain_grace_period_s=45,
         )
     )["deployment_config"]
+    assert deployment["autoscaling_config"].pop("policy")["policy_function"] == AUTOSCALING_POLICY
     assert deployment["autoscaling_config"] == {
         "min_replicas": 0,
         "max_replicas": 4,
@@ -83,15 +84,31 @@ def test_autoscaling_and_backpressure() -> None:
     default = build_llm_config(make(scaling={"max_replicas": 3}))["deployment_config"]
     assert default["max_queued_requests"] == 16 * 3  # bounded by default: one batch per possible replica
     assert default["backpressure_config"] == {"status_code": 503, "retry_after_s": 1}
-    assert "policy" not in default["autoscaling_config"]
+    assert default["autoscaling_config"]["policy"] == {
+        "policy_function": AUTOSCALING_POLICY,
+        "policy_kwargs": {"max_ongoing_requests": 16, "target_queue_depth": 8.0, "min_replicas": 1},
+    }
 
 
-def test_latency_target_selects_the_latency_policy() -> None:
-    scaling = {"max_replicas": 4, "latency_target": {"metric": "ttft", "p95_ms": 500}}
+def test_policy_kwargs_carry_the_latency_target_and_schedule() -> None:
+    window = {"days": "1-5", "start": "08:00", "end": "18:00", "timeZone": "Europe/Berlin", "minReplicas": 2}
+    scaling = {
+        "max_replicas": 4,
+        "target_queue_depth": 3,
+        "latency_target": {"metric": "ttft", "p95_ms": 500},
+        "schedule": [window],
+    }
     autoscaling = build_llm_config(make(scaling=scaling))["deployment_config"]["autoscaling_config"]
     assert autoscaling["policy"] == {
-        "policy_function": LATENCY_POLICY,
-        "policy_kwargs": {"metric": "ttft", "p95_ms": 500, "target_ongoing_requests": 12},
+        "policy_function": AUTOSCALING_POLICY,
+        "policy_kwargs": {
+            "max_ongoing_requests": 16,
+            "target_queue_depth": 3.0,
+            "min_replicas": 1,
+            "metric": "ttft",
+            "p95_ms": 500.0,
+            "schedule": [window],
+        },
     }
 
 

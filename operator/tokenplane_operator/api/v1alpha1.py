@@ -496,7 +496,10 @@ class ScalingSpec(_Model):
     min_replicas: int = Field(default=1, ge=0, le=1000, description="Fewest replicas (0 needs scaleToZero).")
     max_replicas: int = Field(default=1, ge=1, le=1000, description="Most replicas; bounds the node pool too.")
     target_queue_depth: int = Field(
-        default=8, ge=1, le=10_000, description="Ongoing requests per replica the autoscaler aims for."
+        default=8,
+        ge=1,
+        le=10_000,
+        description="Waiting requests (Serve-queued + engine-waiting) per replica before scaling out.",
     )
     latency_target: LatencyTargetSpec | None = Field(default=None, description="Optional P95 latency target.")
     scale_to_zero: ScaleToZeroSpec = Field(default_factory=ScaleToZeroSpec, description="Scale to zero when idle.")

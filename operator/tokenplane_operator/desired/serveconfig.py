@@ -154,7 +154,7 @@ def build_serving_args(deployment: InferenceDeployment, *, local: bool = False) 
             "min_replicas": 0 if scale_to_zero.enabled else scaling.min_replicas,
             "max_replicas": scaling.max_replicas,
             "initial_replicas": max(1, scaling.min_replicas) if scale_to_zero.enabled else None,
-            "target_ongoing_requests": scaling.target_queue_depth,
+            "target_queue_depth": scaling.target_queue_depth,
             "latency_target": (
                 {
                     "metric": scaling.latency_target.metric.value,
