@@ -1,4 +1,8 @@
-"""Generate the chart's values.schema.json from values.yaml and its helm-docs `# --` comments."""
+"""Generate the chart's values.schema.json from values.yaml and its helm-docs `# --` comments.
+
+A `# @schema {...}` line above a key adds JSON-schema constraints the value's type cannot say (enum, minimum,
+pattern, items), so a bad value is refused by `helm install` with the value's path named.
+"""
 
 from __future__ import annotations
 
@@ -13,17 +17,21 @@ import yaml
 __all__ = ["build_values_schema", "main"]
 
 _COMMENT = re.compile(r"^(?P<indent>\s*)# -- (?P<text>.+)$")
+_CONSTRAINT = re.compile(r"^\s*# @schema (?P<json>\{.*\})\s*$")
 _KEY = re.compile(r"^(?P<indent>\s*)(?P<key>[A-Za-z0-9_]+):")
 
 
-def _descriptions(text: str) -> dict[tuple[str, ...], str]:
-    """Map each key path to the `# --` comment right above it."""
-    found: dict[tuple[str, ...], str] = {}
+def _descriptions(text: str) -> dict[tuple[str, ...], dict[str, Any]]:
+    """Map each key path to the `# --` description and `# @schema` constraints right above it."""
+    found: dict[tuple[str, ...], dict[str, Any]] = {}
     stack: list[tuple[int, str]] = []
-    pending: str | None = None
+    pending: dict[str, Any] | None = None
     for line in text.splitlines():
         if comment := _COMMENT.match(line):
-            pending = comment["text"].strip()
+            pending = (pending or {}) | {"description": comment["text"].strip()}
+            continue
+        if constraint := _CONSTRAINT.match(line):
+            pending = (pending or {}) | json.loads(constraint["json"])
             continue
         key = _KEY.match(line)
         if not key:
@@ -40,7 +48,7 @@ def _descriptions(text: str) -> dict[tuple[str, ...], str]:
     return found
 
 
-def _schema(value: Any, path: tuple[str, ...], docs: dict[tuple[str, ...], str]) -> dict[str, Any]:
+def _schema(value: Any, path: tuple[str, ...], docs: dict[tuple[str, ...], dict[str, Any]]) -> dict[str, Any]:
     node: dict[str, Any]
     if isinstance(value, bool):
         node = {"type": "boolean"}
@@ -63,9 +71,7 @@ def _schema(value: Any, path: tuple[str, ...], docs: dict[tuple[str, ...], str])
             node["additionalProperties"] = False
     else:
         node = {}
-    if path in docs:
-        node["description"] = docs[path]
-    return node
+    return node | docs.get(path, {})
 
 
 def build_values_schema(values_path: Path) -> dict[str, Any]:

@@ -54,6 +54,14 @@ class OperatorSettings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level.")
     health_port: int = Field(default=8080, ge=1, le=65535, description="Port of the /healthz liveness endpoint.")
     max_pool_nodes: int = Field(default=1000, ge=1, le=1000, description="Cap on a shared pool's maxCount.")
+    peering_name: str = Field(
+        default="",
+        description="kopf peering object (ClusterKopfPeering, or KopfPeering per watched namespace) the replicas "
+        "share; only the highest-priority live one reconciles. Empty: kopf's `default` object if present, else none.",
+    )
+    peering_priority: int | None = Field(
+        default=None, ge=0, description="This replica's peering priority; unset draws a random one (kopf's advice)."
+    )
 
     @model_validator(mode="after")
     def _scope(self) -> OperatorSettings:

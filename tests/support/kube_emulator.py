@@ -11,7 +11,28 @@ import kmock
 from kmock._internal.dicts import merge_patch_dict
 from kmock._internal.k8s import KubernetesError, KubernetesObjectConflictError, KubernetesObjectNotFoundError
 
-__all__ = ["ApiServerEmulator"]
+__all__ = ["Access", "ApiServerEmulator"]
+
+# The RBAC verb an API server checks for each request kind (kubernetes.io/docs/reference/access-authn-authz/
+# authorization/#determine-the-request-verb): PATCH is `patch`; kmock has no PUT (`update`).
+_VERBS = {
+    kmock.action.LIST: "list",
+    kmock.action.WATCH: "watch",
+    kmock.action.FETCH: "get",
+    kmock.action.CREATE: "create",
+    kmock.action.UPDATE: "patch",
+    kmock.action.DELETE: "delete",
+}
+
+
+@attrs.frozen(order=True)
+class Access:
+    """One RBAC grant a request needed: API group, resource[/subresource], verb, and its namespace or None."""
+
+    group: str
+    resource: str
+    verb: str
+    namespace: str | None
 
 
 @attrs.frozen
@@ -35,6 +56,9 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
       write. A kmock DSL reaction cannot: kmock applies intercepted writes anyway.
     - LIST honours an equality ``labelSelector`` (``a=b,c=d``); kmock returns every object.
     - Reads and writes of one object are dictionary look-ups; kmock scans every object for each.
+    - `accessed` records the RBAC grant (`Access`) each authenticated resource request needed, as an API
+      server's authorizer sees it: the operator's, which carry its bearer token, not the test's own (which play
+      the user and KubeRay, unauthenticated). Discovery (/api, /apis) is left out (`system:discovery` allows it).
     - ``forget = True`` keeps only the newest request and object version. kmock 0.8 matches every new
       request against every recorded one (O(n^2) overall), so at benchmark scale the emulator, not the
       operator, would be what is measured.
@@ -94,7 +118,22 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
             ]
         return listing
 
+    @property
+    def accessed(self) -> set[Access]:
+        """The grants the requests so far needed."""
+        return self.__dict__.setdefault("_accessed", set())  # type: ignore[no-any-return]
+
+    def _record(self, request: Any) -> None:
+        resource = request.resource
+        if not request.headers.get("Authorization") or request.action not in _VERBS:
+            return
+        if resource is None or not getattr(resource, "plural", None):
+            return
+        plural = f"{resource.plural}/{request.subresource}" if request.subresource else resource.plural
+        self.accessed.add(Access(resource.group or "", plural, _VERBS[request.action], request.namespace))
+
     async def _handle(self, request: Any) -> Any:
+        self._record(request)
         if self.forget:
             del self._requests[:-1]
         method, segment, times, refused = getattr(self, "_refusal", ("", "", 0, []))

@@ -43,12 +43,21 @@ class OperatorProcess(OperatorHarness):
         arm: An ARM emulator started with ``workload_identity=WORKLOAD_IDENTITY``.
         workdir: Where the kubeconfig, token file and operator log go.
         env: Extra ``TOKENPLANE_*`` settings (poll interval, backoffs).
+        args: The command line after ``operator`` (the chart's ``--all-namespaces`` or ``--namespace=NS``...).
     """
 
-    def __init__(self, k: kmock.KubernetesEmulator, arm: ArmEmulator, workdir: Path, env: dict[str, str]) -> None:
+    def __init__(
+        self,
+        k: kmock.KubernetesEmulator,
+        arm: ArmEmulator,
+        workdir: Path,
+        env: dict[str, str],
+        args: tuple[str, ...] = ("--all-namespaces",),
+    ) -> None:
         super().__init__(k, arm)
         self.workdir = workdir
         self.extra_env = env
+        self.args = args
         self.health_port = free_port()
         self.log_path = workdir / "operator.log"
         self.process: asyncio.subprocess.Process | None = None
@@ -95,7 +104,7 @@ class OperatorProcess(OperatorHarness):
                 "-m",
                 "tokenplane_operator",
                 "operator",
-                "--all-namespaces",
+                *self.args,
                 env=self._environment(),
                 stdout=log,
                 stderr=asyncio.subprocess.STDOUT,

@@ -45,4 +45,18 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if and .Values.azure.subscriptionId (not .Values.azure.clusterName) }}
 {{- fail "azure.clusterName is required when azure.subscriptionId is set" }}
 {{- end }}
+{{- $tested := include "tokenplane.testedRayVersion" . }}
+{{- if and (ne (toString .Values.serving.rayVersion) $tested) (not .Values.serving.forceRayVersion) }}
+{{- fail (printf "serving.rayVersion %s is not %s, the Ray version tokenplane's serving code is tested with; use an image built on Ray %s, or set serving.forceRayVersion=true to run it untested" (toString .Values.serving.rayVersion) $tested $tested) }}
+{{- end }}
+{{- end }}
+
+{{/* The kopf peering object the replicas share. */}}
+{{- define "tokenplane.peeringName" -}}
+{{- include "tokenplane.fullname" . }}
+{{- end }}
+
+{{/* The Ray version the serving code is tested with (pyproject's ray[serve] pin; a test keeps them equal). */}}
+{{- define "tokenplane.testedRayVersion" -}}
+2.60.0
 {{- end }}

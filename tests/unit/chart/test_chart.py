@@ -2,7 +2,8 @@
 
 import json
 import os
-from pathlib import Path
+import re
+import tomllib
 from typing import Any
 
 import pytest
@@ -11,16 +12,18 @@ import yaml
 helm_python = pytest.importorskip("helm_python")
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
+from tests.support.chart import CHART, render  # noqa: E402
 from tokenplane_cli.chartschema import build_values_schema  # noqa: E402
+from tokenplane_operator.desired.config import RenderConfig  # noqa: E402
 from tokenplane_operator.main import operator_command  # noqa: E402
 from tokenplane_operator.settings import OperatorSettings  # noqa: E402
 
-CHART = Path(__file__).resolve().parents[3] / "charts" / "tokenplane"
+ROOT = CHART.parents[1]
+SUBSCRIPTION = "00000000-0000-0000-0000-000000000001"
 
 
 def _render(values: dict[str, Any]) -> list[dict[str, Any]]:
-    rendered = helm_python.Chart.load(str(CHART)).render(values=values, name="tp", namespace="tokenplane")
-    return [doc for path, text in rendered.items() if path.endswith(".yaml") for doc in yaml.safe_load_all(text) if doc]
+    return render(values)
 
 
 def _kind(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
@@ -40,17 +43,29 @@ def test_lint_has_no_errors() -> None:
 
 def test_default_render_is_valid_kubernetes() -> None:
     objects = _render({})
-    assert {o["kind"] for o in objects} == {
+    assert {o["kind"] for o in objects} >= {
         "ServiceAccount",
         "ClusterRole",
         "ClusterRoleBinding",
         "Deployment",
+        "PodDisruptionBudget",
+        "ClusterKopfPeering",
     }
     for obj in objects:
+        if obj["apiVersion"].startswith("kopf.dev/"):
+            continue  # a custom resource: validated against the chart's CRDs in test_manifests.py
         kubernetes_validate.validate(obj, "1.33", strict=True)
-    container = _kind(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    pod = _kind(objects, "Deployment")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
     assert container["args"] == ["operator", "--all-namespaces"]
-    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    hardened = container["securityContext"]
+    assert hardened["readOnlyRootFilesystem"] is True and hardened["allowPrivilegeEscalation"] is False
+    assert hardened["capabilities"]["drop"] == ["ALL"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    assert set(container["resources"]["limits"]) == {"cpu", "memory"} and container["resources"]["requests"]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
 
 
 def test_workload_identity_and_namespaces() -> None:
@@ -58,7 +73,7 @@ def test_workload_identity_and_namespaces() -> None:
         {
             "serviceAccount": {"azureClientId": "11111111-2222-3333-4444-555555555555"},
             "operator": {"watchNamespaces": ["ai", "support"]},
-            "azure": {"subscriptionId": "sub", "resourceGroup": "rg", "clusterName": "aks"},
+            "azure": {"subscriptionId": SUBSCRIPTION, "resourceGroup": "rg", "clusterName": "aks"},
         }
     )
     account = _kind(objects, "ServiceAccount")
@@ -70,23 +85,61 @@ def test_workload_identity_and_namespaces() -> None:
     assert env["TOKENPLANE_CLUSTER_NAME"] == "aks"
 
 
-def test_rbac_covers_what_the_operator_touches() -> None:
-    rules = _kind(_render({}), "ClusterRole")["rules"]
-    granted = {(g, r) for rule in rules for g in rule["apiGroups"] for r in rule["resources"]}
-    assert {
-        ("tokenplane.io", "inferencedeployments/status"),
-        ("ray.io", "rayservices"),
-        ("networking.k8s.io", "networkpolicies"),
-    } <= granted
+def test_watching_namespaces_grants_roles_there_and_peers_there() -> None:
+    objects = _render({"operator": {"watchNamespaces": ["ai", "support"]}})
+    roles = {(o["kind"], o["metadata"].get("namespace")) for o in objects if o["kind"] in ("Role", "RoleBinding")}
+    assert roles == {(k, ns) for k in ("Role", "RoleBinding") for ns in ("ai", "support")}
+    peerings = [(o["kind"], o["metadata"]["namespace"]) for o in objects if o["apiVersion"] == "kopf.dev/v1"]
+    assert peerings == [("KopfPeering", "ai"), ("KopfPeering", "support")]
+    cluster_rules = _kind(objects, "ClusterRole")["rules"]
+    assert cluster_rules == [{"apiGroups": ["tokenplane.io"], "resources": ["inferencedeployments"], "verbs": ["list"]}]
+
+
+def test_one_replica_has_no_disruption_budget() -> None:
+    kinds = {o["kind"] for o in _render({"replicaCount": 1})}
+    assert "PodDisruptionBudget" not in kinds and "Deployment" in kinds
+
+
+def test_the_tested_ray_version_is_one_fact() -> None:
+    pins = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["serving"]
+    pinned = next(re.search(r"==([\d.]+)", p)[1] for p in pins if p.startswith("ray["))  # type: ignore[index]
+    helpers = (CHART / "templates" / "_helpers.tpl").read_text()
+    tested = re.search(r'define "tokenplane.testedRayVersion" -}}\n(\S+)', helpers)
+    assert tested is not None
+    assert (
+        pinned
+        == tested[1]
+        == RenderConfig().ray_version
+        == yaml.safe_load((CHART / "values.yaml").read_text())["serving"]["rayVersion"]
+    )
+    assert "FROM rayproject/ray-llm:" + pinned in (ROOT / "serving" / "Dockerfile").read_text()
+
+
+def test_a_forced_ray_version_renders() -> None:
+    objects = _render({"serving": {"rayVersion": "2.61.0", "forceRayVersion": True}})
+    container = _kind(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["TOKENPLANE_RAY_VERSION"] == "2.61.0"
 
 
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"replicaCount": 2}, "additional properties 'replicaCount' not allowed"),
+        ({"replicas": 2}, "additional properties 'replicas' not allowed"),
         ({"operator": {"pollIntervalSeconds": "often"}}, "pollIntervalSeconds"),
-        ({"azure": {"subscriptionId": "sub"}}, "azure.resourceGroup is required"),
+        ({"operator": {"logLevel": "VERBOSE"}}, "logLevel"),
+        ({"operator": {"watchNamespaces": ["AI_Team"]}}, "watchNamespaces"),
+        ({"operator": {"healthPort": 80}}, "healthPort"),
+        ({"replicaCount": 0}, "replicaCount"),
+        ({"image": {"pullPolicy": "Sometimes"}}, "pullPolicy"),
+        ({"azure": {"subscriptionId": "my-subscription"}}, "subscriptionId"),
+        (
+            {"azure": {"subscriptionId": "00000000-0000-0000-0000-000000000001"}},
+            "azure.resourceGroup is required",
+        ),
+        ({"serving": {"rayVersion": "2.59.0"}}, "serving.rayVersion 2.59.0 is not 2.60.0"),
     ],
+    ids=lambda v: "-" if isinstance(v, str) else json.dumps(v)[:40],
 )
 def test_bad_values_fail_the_install_early(values: dict[str, Any], message: str) -> None:
     with pytest.raises(helm_python.HelmError) as caught:

@@ -1,0 +1,81 @@
+"""Two operator replicas, as the chart runs them (replicaCount 2, one peering object): only one ever acts.
+
+kopf peering (its ClusterKopfPeering, which the chart creates): each replica draws a random priority; the lower
+one pauses while the higher one is alive, and resumes when it leaves (SIGTERM removes it from the peering object
+at once; a killed one expires after the peering lifetime).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.operator.test_rbac import FAST, declare_peering, install, operator_container
+from tests.support.arm_emulator import ArmEmulator
+from tests.support.chart import render
+from tests.support.kopf_harness import cr_body, declare_resources
+from tests.support.kube_emulator import ApiServerEmulator
+from tests.support.operator_process import OperatorProcess
+
+pytest.importorskip("helm_python")
+pytestmark = pytest.mark.kmock(cls=ApiServerEmulator)
+
+# kopf logs one line per handler run on an object: "[default/m1] Handler 'on_change' succeeded."
+HANDLED = re.compile(r"\[(?P<ns>[^/\]]+)/(?P<name>[^\]]+)\] Handler '[^']+' (succeeded|failed)")
+
+
+def handled(op: OperatorProcess) -> set[str]:
+    """Names of the InferenceDeployments this replica ran a handler for."""
+    return {m["name"] for m in HANDLED.finditer(op.log_path.read_text(errors="replace"))}
+
+
+@pytest.fixture
+async def replicas(
+    kmock: ApiServerEmulator, wi_arm: ArmEmulator, tmp_path: Path
+) -> AsyncIterator[tuple[OperatorProcess, OperatorProcess]]:
+    declare_resources(kmock)
+    declare_peering(kmock)
+    objects = render({"replicaCount": 2})
+    container = operator_container(objects)
+    env = FAST | {e["name"]: e["value"] for e in container["env"] if e["name"] == "TOKENPLANE_PEERING_NAME"}
+    pods = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        pods.append(OperatorProcess(kmock, wi_arm, tmp_path / name, env, args=tuple(container["args"][1:])))
+    await install(pods[0], objects)
+    for pod in pods:
+        await pod.start()
+    yield pods[0], pods[1]
+    for pod in pods:
+        await pod.stop(kill=True)
+
+
+async def test_two_replicas_never_both_act_and_the_standby_takes_over(
+    replicas: tuple[OperatorProcess, OperatorProcess],
+) -> None:
+    a, b = replicas
+
+    def peers() -> dict[str, object]:
+        wanted = ("clusterkopfpeerings", a.extra_env["TOKENPLANE_PEERING_NAME"])
+        for (resource, _, name), obj in list(a.k.objects.items()):
+            if (getattr(resource, "plural", ""), name) == wanted:
+                return dict(obj.get("status") or {})
+        return {}
+
+    await a.wait_for(lambda: len(peers()) == 2, within=30, message="both replicas in the peering object")
+    for name in ("m1", "m2", "m3"):
+        await a.create(cr_body(name))
+    for name in ("m1", "m2", "m3"):
+        await a.wait_ready(name, within=60)
+    assert handled(a).isdisjoint(handled(b)), (handled(a), handled(b))
+    active, standby = (a, b) if handled(a) else (b, a)
+    assert handled(active) == {"m1", "m2", "m3"} and handled(standby) == set()
+    assert len(a.arm.pool_names()) == 1, "the three share one pool"
+
+    assert await active.stop() == 0, active.log_tail()  # a rolling update's SIGTERM: it leaves the peering
+    await standby.create(cr_body("m4"))
+    await standby.wait_ready("m4", within=60)
+    assert "m4" in handled(standby) and "m4" not in handled(active)
