@@ -12,7 +12,7 @@ AZURITE_DIR := tests/support/node
 AZURITE := $(AZURITE_DIR)/node_modules/.bin/azurite-blob
 
 .PHONY: help install run test test-fast test-serving test-e2e lint fmt typecheck imports crd crd-check \
-        chart-schema chart-schema-check model azurite benchmark clean
+        chart-schema chart-schema-check model azurite benchmark bench bench-crosscheck clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -81,6 +81,16 @@ test-e2e: $(STAMP) ## Opt-in tier against a real cluster: TOKENPLANE_E2E_KUBECON
 
 benchmark: $(STAMP) ## Benchmarks that report numbers (operator convergence, serving overload)
 	$(BIN)/pytest --benchmark -m benchmark -s
+
+# Both start vLLM and Ray: they take the machine's live lock (do not wrap them in another flock on it).
+LIVE_LOCK ?= flock /tmp/tokenplane-live.lock
+BENCH_OUT ?= results/bench
+
+bench: $(STAMP) $(TINY_MODEL)/config.json ## tokenplane vs bare vLLM on the tiny model: compare.json, sweeps, PNGs in results/bench
+	$(LIVE_LOCK) timeout 3600 $(BIN)/python -m tokenplane_cli.bench.local bench --example $(EXAMPLE) --out $(BENCH_OUT)
+
+bench-crosscheck: $(STAMP) $(TINY_MODEL)/config.json ## tokenplane bench vs vLLM's own client, same endpoints and workload
+	$(LIVE_LOCK) timeout 3600 $(BIN)/python -m tokenplane_cli.bench.local crosscheck --example $(EXAMPLE) --out $(BENCH_OUT)
 
 clean: ## Remove the venv, caches, the tiny model and Azurite
 	rm -rf $(VENV) models .mypy_cache .ruff_cache .pytest_cache $(AZURITE_DIR)/node_modules

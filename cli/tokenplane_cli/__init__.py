@@ -1,4 +1,4 @@
-"""The `tokenplane` command line: validate, plan, render, up, crd, model, and the operator itself.
+"""The `tokenplane` command line: validate, plan, render, up, bench, crd, model, and the operator itself.
 
 This package sits above both halves: it may import the operator's pure layers and the serving package; neither imports
 it back (import-linter checks it). Client-side tools that are neither operator nor serving runtime live here.
@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from tokenplane_cli.bench.cli import bench_app
 from tokenplane_operator.main import run_operator
 
 __all__ = ["app", "main"]
@@ -26,6 +27,8 @@ app = typer.Typer(
 )
 model_app = typer.Typer(help="Make models for local runs and tests.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
+# Parsing only; each bench command imports its work (aiohttp, matplotlib) when it runs.
+app.add_typer(bench_app, name="bench")
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)

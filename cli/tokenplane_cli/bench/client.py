@@ -1,0 +1,179 @@
+"""A streaming OpenAI chat client that times every chunk (aiohttp; the timing rules of vLLM's benchmark client)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from tokenplane_cli.bench.stats import RequestRecord
+
+__all__ = ["Endpoint", "Reply", "chat", "list_models", "normalize_base_url"]
+
+
+def normalize_base_url(url: str) -> str:
+    """`http://host:port`, `http://host:port/` or `http://host:port/v1` -> `http://host:port/v1`."""
+    url = url.rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"URL {url!r} must start with http:// or https://")
+    return url if url.endswith("/v1") else url + "/v1"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """An OpenAI-compatible endpoint.
+
+    Attributes:
+        base_url: Root of the API, ending in /v1.
+        model: The model name to send.
+        api_key: Bearer token, or None.
+        ignore_eos: Send vLLM's `ignore_eos` so every answer is exactly max_tokens long.
+        timeout_s: Per-request timeout.
+    """
+
+    base_url: str
+    model: str
+    api_key: str | None = None
+    ignore_eos: bool = True
+    timeout_s: float = 600.0
+
+    def headers(self) -> dict[str, str]:
+        """Request headers (JSON, and the key when there is one)."""
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        return headers
+
+
+@dataclass
+class Reply:
+    """The answer text (for the next turn of a session)."""
+
+    text: str = ""
+
+
+async def list_models(session: aiohttp.ClientSession, base_url: str, api_key: str | None) -> list[str]:
+    """Model ids the endpoint serves (GET /v1/models)."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    async with session.get(f"{base_url}/models", headers=headers) as response:
+        if response.status != 200:
+            raise ValueError(f"GET {base_url}/models answered {response.status}: {(await response.text())[:200]}")
+        body = await response.json()
+    return [str(m.get("id")) for m in body.get("data", []) if isinstance(m, dict)]
+
+
+def _error_kind(status: int) -> str:
+    return f"http_{status}"
+
+
+async def chat(
+    session: aiohttp.ClientSession,
+    endpoint: Endpoint,
+    messages: list[dict[str, str]],
+    record: RequestRecord,
+    clock_zero: float,
+) -> Reply:
+    """Send one streaming chat completion and fill `record` with its timings, usage and outcome.
+
+    TTFT is taken at the first SSE event that carries `choices`, each later one adds an ITL gap, and E2EL ends at
+    the last such event: vLLM's `async_request_openai_chat_completions` does the same, so the numbers compare.
+
+    Args:
+        session: The HTTP session (its connector bounds nothing: the caller bounds concurrency).
+        endpoint: Where and what to ask.
+        messages: The conversation.
+        record: Filled in place.
+        clock_zero: `time.perf_counter()` at the start of the run; `record.start` is relative to it.
+
+    Returns:
+        The answer's text.
+    """
+    payload: dict[str, Any] = {
+        "model": endpoint.model,
+        "messages": messages,
+        "max_completion_tokens": record.output_tokens_target,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    if endpoint.ignore_eos:
+        payload["ignore_eos"] = True
+    reply = Reply()
+    parts: list[str] = []
+    start = time.perf_counter()
+    record.start = start - clock_zero
+    last = start
+    try:
+        async with asyncio.timeout(endpoint.timeout_s):
+            async with session.post(
+                f"{endpoint.base_url}/chat/completions", json=payload, headers=endpoint.headers()
+            ) as response:
+                if response.status != 200:
+                    record.error_kind = _error_kind(response.status)
+                    record.error = (await response.text())[:300] or response.reason
+                    return reply
+                buffer = b""
+                async for raw in response.content.iter_any():
+                    buffer += raw
+                    # SSE events end with a blank line; a network chunk may hold several events or part of one.
+                    while b"\n\n" in buffer:
+                        event, buffer = buffer.split(b"\n\n", 1)
+                        now = time.perf_counter()
+                        if _on_event(event, record, parts, now - start, now - last):
+                            last = now
+                if buffer.strip():
+                    now = time.perf_counter()
+                    if _on_event(buffer, record, parts, now - start, now - last):
+                        last = now
+    except TimeoutError:
+        record.error_kind, record.error = "timeout", f"no complete answer within {endpoint.timeout_s:g}s"
+        return reply
+    except aiohttp.ClientError as err:
+        record.error_kind, record.error = "connection", f"{type(err).__name__}: {err}"
+        return reply
+    if record.error_kind is None:
+        if record.chunks == 0:
+            record.error_kind, record.error = "no_tokens", "the stream ended without a chunk carrying tokens"
+        else:
+            record.success = True
+            record.e2el = last - start
+    reply.text = "".join(parts)
+    return reply
+
+
+def _on_event(event: bytes, record: RequestRecord, parts: list[str], since_start: float, since_last: float) -> bool:
+    """Account one SSE event; True when it carried tokens (`choices`)."""
+    for line in event.decode("utf-8", errors="replace").splitlines():
+        if not line.startswith("data:"):
+            continue  # comments (":" pings), event names
+        data = line[5:].strip()
+        if data == "[DONE]":
+            return False
+        try:
+            body = json.loads(data)
+        except json.JSONDecodeError:
+            record.error_kind, record.error = "bad_stream", f"not JSON: {data[:120]}"
+            return False
+        if "error" in body and not body.get("choices"):
+            error = body["error"]
+            record.error_kind = "stream_error"
+            record.error = str(error.get("message") if isinstance(error, dict) else error)[:300]
+            return False
+        usage = body.get("usage")
+        if isinstance(usage, dict):
+            record.prompt_tokens = usage.get("prompt_tokens")
+            record.completion_tokens = usage.get("completion_tokens")
+        choices = body.get("choices")
+        if choices:
+            delta = choices[0].get("delta") or {}
+            parts.append(delta.get("content") or "")
+            if record.chunks == 0:
+                record.ttft = since_start
+            else:
+                record.itl.append(since_last)
+            record.chunks += 1
+            return True
+    return False

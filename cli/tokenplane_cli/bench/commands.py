@@ -1,0 +1,305 @@
+"""What `tokenplane bench` commands do once their arguments are parsed (see cli.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from tokenplane_cli.bench.client import Endpoint
+from tokenplane_cli.bench.compare import RATIOS, compare_runs, sweep_runs
+from tokenplane_cli.bench.cost import resolve_cost
+from tokenplane_cli.bench.plots import plot_cdfs, plot_curves, plot_frontier
+from tokenplane_cli.bench.report import render_report, write_requests
+from tokenplane_cli.bench.runner import RunResult, WorkloadSpec, resolve_endpoint, run_sync
+from tokenplane_cli.bench.stats import RequestRecord, parse_goodput
+from tokenplane_cli.bench.workload import BenchInputError
+
+__all__ = ["compare_command", "plot_command", "run_command", "sweep_command"]
+
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _out() -> Console:
+    return Console(highlight=False, soft_wrap=True)
+
+
+def _spec(o: dict[str, Any]) -> WorkloadSpec:
+    return WorkloadSpec(
+        num_prompts=o["num_prompts"],
+        input_tokens=o["input_tokens"],
+        output_tokens=o["output_tokens"],
+        turns=o.get("turns", 1),
+        prefix_tokens=o.get("prefix_tokens", 0),
+        prefix_groups=o.get("prefix_groups", 1),
+        trace_file=o.get("trace_file"),
+        tokenizer=o.get("tokenizer"),
+        seed=o["seed"],
+    )
+
+
+def _endpoint(url: str, o: dict[str, Any], api_key: str | None) -> Endpoint:
+    try:
+        return asyncio.run(
+            resolve_endpoint(url, o.get("model"), api_key, ignore_eos=o["ignore_eos"], timeout_s=o["timeout"])
+        )
+    except ValueError as error:
+        raise BenchInputError(str(error)) from None
+
+
+def _check_output(value: str) -> None:
+    if value not in ("table", "json"):
+        raise BenchInputError(f"--output must be table or json, not {value!r}")
+
+
+@contextmanager
+def _progress(description: str) -> Iterator[tuple[Any, Any]]:
+    """Show a progress bar on stderr; yield (on_start(total), on_done(record)) callbacks."""
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[failed]} failed"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    ) as progress:
+        task = progress.add_task(description, total=None, failed=0)
+        failed = 0
+
+        def on_start(total: int) -> None:
+            progress.update(task, total=total)
+
+        def on_done(record: RequestRecord) -> None:
+            nonlocal failed
+            failed += 0 if record.success else 1
+            progress.update(task, advance=1, failed=failed)
+
+        yield on_start, on_done
+
+
+def _fail(error: Exception) -> int:
+    err.print(f"[red]✗[/] {escape(str(error))}")
+    return 2
+
+
+def run_command(o: dict[str, Any]) -> int:
+    """`tokenplane bench URL`: one run, a table or JSON on stdout; exit 1 when any request failed."""
+    try:
+        _check_output(o["output"])
+        goodput = parse_goodput(o["goodput"])
+        cost = resolve_cost(
+            vm_size=o["vm_size"], vms=o["vms"], prices_file=o["prices"], gpus=o["gpus"], usd_per_hour=o["usd_per_hour"]
+        )
+        if o["concurrency"] is None and o["rate"] is None and o["trace_file"] is None:
+            raise BenchInputError("give --concurrency N (closed loop), --rate R (open loop) or --trace-file FILE")
+        endpoint = _endpoint(o["url"], o, o["api_key"])
+        with _progress(f"{endpoint.model} @ {endpoint.base_url}") as (on_start, on_done):
+            result = run_sync(
+                endpoint,
+                _spec(o),
+                concurrency=o["concurrency"],
+                rate=o["rate"],
+                goodput_ms=goodput,
+                cost=cost,
+                on_start=on_start,
+                on_done=on_done,
+            )
+    except ValueError as error:  # BenchInputError and the option parsers' ValueErrors: bad input, one line
+        return _fail(error)
+    if o["save_requests"] is not None:
+        write_requests(o["save_requests"], result.records)
+    if o["output"] == "json":
+        sys.stdout.write(json.dumps(result.report, indent=2) + "\n")
+    else:
+        render_report(result.report, _out())
+        if result.report["failed"]:
+            first = next(r for r in result.records if not r.success)
+            err.print(f"[yellow]first failure[/] ({first.error_kind}): {escape(str(first.error))}")
+    return 1 if result.report["failed"] else 0
+
+
+def _numbers(option: str, text: str, kind: type, *, increasing: bool) -> list[Any]:
+    try:
+        values = [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise BenchInputError(f"{option}: expected a comma-separated list of numbers, not {text!r}") from None
+    if not values or any(v <= 0 for v in values) or (increasing and values != sorted(values)):
+        order = "increasing " if increasing else ""
+        raise BenchInputError(f"{option}: expected {order}positive numbers, e.g. 1,2,4,8, not {text!r}")
+    return values
+
+
+def sweep_command(o: dict[str, Any]) -> int:
+    """`tokenplane bench sweep URL`: steps until past saturation; JSON and PNGs under --out-dir."""
+    try:
+        _check_output(o["output"])
+        if (o["concurrency"] is None) == (o["rate"] is None):
+            raise BenchInputError("give exactly one of --concurrency 1,2,4,... and --rate 0.5,1,2,...")
+        by = "concurrency" if o["concurrency"] is not None else "rate"
+        loads = (
+            _numbers("--concurrency", o["concurrency"], int, increasing=True)
+            if by == "concurrency"
+            else _numbers("--rate", o["rate"], float, increasing=True)
+        )
+        goodput = parse_goodput(o["goodput"])
+        cost = resolve_cost(
+            vm_size=o["vm_size"], vms=o["vms"], prices_file=o["prices"], gpus=o["gpus"], usd_per_hour=o["usd_per_hour"]
+        )
+        endpoint = _endpoint(o["url"], o, o["api_key"])
+
+        def on_step(load: float, result: RunResult) -> None:
+            r = result.report
+            err.print(
+                f"  {by} {load:g}: {r['output_throughput']:,.0f} tok/s, median TTFT {r['median_ttft_ms']:,.0f} ms, "
+                f"P95 ITL {r['p95_itl_ms']:,.1f} ms, {r['failed']} failed"
+            )
+
+        steps, saturated = sweep_runs(
+            endpoint,
+            _spec(o),
+            loads=loads,
+            by=by,
+            min_gain=o["min_gain"],
+            ttft_growth=o["ttft_growth"],
+            goodput_ms=goodput,
+            cost=cost,
+            on_step=on_step,
+        )
+        doc = write_sweep(o["out_dir"], o["name"], by, steps, saturated)
+    except ValueError as error:  # BenchInputError and the option parsers' ValueErrors: bad input, one line
+        return _fail(error)
+    if o["output"] == "json":
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+    else:
+        table = Table(title=f"sweep {o['name']} ({by})")
+        for column in (by, "out tok/s", "median TTFT ms", "P95 TTFT ms", "P95 ITL ms", "failed"):
+            table.add_column(column, justify="right")
+        for load, r in zip(doc["loads"], doc["steps"], strict=False):
+            table.add_row(
+                f"{load:g}",
+                f"{r['output_throughput']:,.0f}",
+                f"{r['median_ttft_ms']:,.0f}",
+                f"{r['p95_ttft_ms']:,.0f}",
+                f"{r['p95_itl_ms']:,.1f}",
+                str(r["failed"]),
+            )
+        _out().print(table)
+        if saturated is not None:
+            _out().print(f"past saturation at {by} {doc['loads'][saturated]:g}: stopped there")
+        _out().print("wrote " + ", ".join(doc["files"].values()))
+    return 0
+
+
+def write_sweep(out_dir: Path, name: str, by: str, steps: list[RunResult], saturated: int | None) -> dict[str, Any]:
+    """Write `<name>.json`, `<name>-curve.png` and `<name>-cdf.png` under out_dir; return the JSON document."""
+    loads = [s.report["max_concurrency"] if by == "concurrency" else s.report["request_rate"] for s in steps]
+    files = {
+        "json": str(out_dir / f"{name}.json"),
+        "curve": str(plot_curves({name: [s.report for s in steps]}, out_dir / f"{name}-curve.png", by)),
+        "cdf": str(
+            plot_cdfs(
+                {f"{by} {v:g}": s.records for v, s in zip(loads, steps, strict=True)}, out_dir / f"{name}-cdf.png"
+            )
+        ),
+    }
+    doc = {
+        "name": name,
+        "by": by,
+        "loads": loads,
+        "saturated_at": saturated,
+        "steps": [s.report for s in steps],
+        "files": files,
+    }
+    Path(files["json"]).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    return doc
+
+
+def compare_command(o: dict[str, Any]) -> int:
+    """`tokenplane bench compare A B`: interleaved runs, ratio table, compare.json and a CDF chart."""
+    try:
+        _check_output(o["output"])
+        levels = _numbers("--concurrency", o["concurrency"], int, increasing=False)
+        if o["pairs"] < 1:
+            raise BenchInputError("--pairs must be at least 1")
+        a = _endpoint(o["url_a"], o, o["api_key"])
+        b = _endpoint(o["url_b"], o, o["api_key_b"])
+        labels = (o["label_a"], o["label_b"])
+
+        def on_run(label: str, level: int, pair: int, result: RunResult) -> None:
+            r = result.report
+            err.print(
+                f"  c={level} pair {pair + 1}/{o['pairs']} {label}: {r['output_throughput']:,.0f} tok/s, "
+                f"P95 TTFT {r['p95_ttft_ms']:,.0f} ms, P95 ITL {r['p95_itl_ms']:,.1f} ms, {r['failed']} failed"
+            )
+
+        doc, results = compare_runs(
+            a, b, _spec(o), levels=levels, pairs=o["pairs"], warmup=o["warmup"], labels=labels, on_run=on_run
+        )
+        doc["workload"] = _spec(o).describe()
+        doc["endpoints"] = {labels[0]: a.base_url, labels[1]: b.base_url}
+        out: Path = o["out"]
+        cdf = plot_cdfs(
+            {
+                f"{label} c={level}": [r for res in runs for r in res.records]
+                for (label, level), runs in results.items()
+            },
+            out.with_name(out.stem + "-cdf.png"),
+        )
+        doc["files"] = {"json": str(out), "cdf": str(cdf)}
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    except ValueError as error:  # BenchInputError and the option parsers' ValueErrors: bad input, one line
+        return _fail(error)
+    if o["output"] == "json":
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+        return 0
+    table = Table(title=f"{labels[0]} / {labels[1]} over {o['pairs']} interleaved pairs (min / median / max)")
+    table.add_column("concurrency", justify="right")
+    for name in RATIOS:
+        table.add_column(name, justify="right")
+    for level in doc["levels"]:
+        cells = [
+            "/".join("-" if level[n][s] is None else f"{level[n][s]:.2f}" for s in ("min", "median", "max"))
+            for n in RATIOS
+        ]
+        table.add_row(str(level["concurrency"]), *cells)
+    _out().print(table)
+    _out().print(f"wrote {out} and {cdf}")
+    return 0
+
+
+def plot_command(files: list[Path], out_dir: Path, latency_key: str) -> int:
+    """`tokenplane bench plot FILES`: overlay runs on the cost/latency plane with the Pareto frontier."""
+    points: list[tuple[str, float, float]] = []
+    try:
+        for file in files:
+            try:
+                doc = json.loads(file.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError) as error:
+                raise BenchInputError(f"{file}: cannot read it as JSON ({error})") from None
+            reports: list[Any] = doc["steps"] if isinstance(doc, dict) and isinstance(doc.get("steps"), list) else [doc]
+            for i, report in enumerate(reports):
+                if not isinstance(report, dict) or latency_key not in report:
+                    raise BenchInputError(f"{file}: no {latency_key} in it; is it `tokenplane bench -o json` output?")
+                usd = report.get("usd_per_million_output_tokens")
+                if usd is None:
+                    raise BenchInputError(
+                        f"{file}: no cost figures; run the benchmark with --vm-size or --gpus and --usd-per-hour"
+                    )
+                label = file.stem if len(reports) == 1 else f"{file.stem}[{i}]"
+                points.append((label, float(report[latency_key]), float(usd)))
+        path = plot_frontier(points, out_dir / "frontier.png", latency_key)
+    except ValueError as error:  # BenchInputError and the option parsers' ValueErrors: bad input, one line
+        return _fail(error)
+    _out().print(f"wrote {path}")
+    return 0

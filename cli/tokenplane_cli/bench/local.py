@@ -1,0 +1,290 @@
+"""`make bench` and `make bench-crosscheck`: tokenplane against bare vLLM on the tiny model, on this machine.
+
+Starts `tokenplane up <example>` and `python -m vllm.entrypoints.openai.api_server` with the same engine arguments
+(bf16, max-model-len 1024, max-num-seqs 16, enforce-eager, 1 GiB KV cache) on free ports, one after the other so
+each cold start is timed alone, runs the benchmark, and stops both. Run it under the machine's live lock.
+
+    python -m tokenplane_cli.bench.local bench --out results/bench
+    python -m tokenplane_cli.bench.local crosscheck --out results/bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tokenplane_cli.bench.client import Endpoint
+from tokenplane_cli.bench.compare import compare_runs, sweep_runs
+from tokenplane_cli.bench.plots import plot_cdfs, plot_curves
+from tokenplane_cli.bench.runner import WorkloadSpec, run_sync
+
+__all__ = ["main"]
+
+MODEL_ID = "tiny"
+
+
+@dataclass
+class Server:
+    """A server process this harness started."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    base_url: str
+    startup_s: float
+    log: Path
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _answers(base_url: str) -> bool:
+    body = json.dumps({"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}).encode()
+    request = urllib.request.Request(
+        f"{base_url}/v1/chat/completions", data=body, headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _start(name: str, command: list[str], port: int, log: Path, env: dict[str, str], timeout_s: float) -> Server:
+    """Start a server and wait until it answers a chat completion (not just /v1/models, which a proxy answers early)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    with log.open("wb") as sink:
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    base_url = f"http://127.0.0.1:{port}"
+    while time.monotonic() - started < timeout_s:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited with {process.returncode} before it was ready; see {log}")
+        if _answers(base_url):
+            server = Server(name, process, base_url, time.monotonic() - started, log)
+            print(f"[bench] {name} ready in {server.startup_s:.1f}s at {base_url}", flush=True)
+            return server
+        time.sleep(1.0)
+    _stop(Server(name, process, base_url, 0, log))
+    raise RuntimeError(f"{name} was not ready after {timeout_s:.0f}s; see {log}")
+
+
+def _stop(server: Server) -> None:
+    """SIGTERM the server (both shut their engines down on it), then SIGKILL whatever is left in its process group."""
+    if server.process.poll() is None:
+        server.process.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            server.process.wait(timeout=90)
+    # The group is the server's own (start_new_session): engine or Ray workers that outlived it go too.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(server.process.pid, signal.SIGKILL)
+    server.process.wait(timeout=30)
+    print(f"[bench] {server.name} stopped", flush=True)
+
+
+def _engine_args(example: Path) -> dict[str, Any]:
+    """Read the example's model and engine settings, for bare vLLM's command line."""
+    spec = yaml.safe_load(example.read_text(encoding="utf-8"))["spec"]
+    return {
+        "model": spec["model"]["source"],
+        "dtype": spec["model"].get("dtype", "bfloat16"),
+        "max_model_len": spec["model"]["maxModelLen"],
+        "max_num_seqs": spec["engine"]["maxNumSeqs"],
+        "enforce_eager": spec["engine"].get("enforceEager", False),
+        "kv_gib": spec["hardware"]["cpu"]["kvCacheGiB"],
+    }
+
+
+@contextlib.contextmanager
+def servers(example: Path, out: Path) -> Iterator[tuple[Server, Server]]:
+    """Bare vLLM, then tokenplane (each cold start timed alone); both stopped on the way out."""
+    args = _engine_args(example)
+    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=str(args["kv_gib"]))
+    vllm_port, tp_port = _free_port(), _free_port()
+    vllm_cmd = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", args["model"], "--served-model-name", MODEL_ID, "--dtype", args["dtype"],
+        "--max-model-len", str(args["max_model_len"]), "--max-num-seqs", str(args["max_num_seqs"]),
+        "--host", "127.0.0.1", "--port", str(vllm_port),
+    ] + (["--enforce-eager"] if args["enforce_eager"] else [])  # fmt: skip
+    tokenplane = str(Path(sys.executable).with_name("tokenplane"))
+    tp_cmd = [tokenplane, "up", str(example), "--host", "127.0.0.1", "--port", str(tp_port)]
+    started: list[Server] = []
+    try:
+        started.append(_start("vllm", vllm_cmd, vllm_port, out / "logs" / "vllm.log", env, 600))
+        started.append(_start("tokenplane", tp_cmd, tp_port, out / "logs" / "tokenplane.log", env, 600))
+        yield started[1], started[0]
+    finally:
+        for server in reversed(started):
+            _stop(server)
+
+
+def _git_commit() -> str:
+    with contextlib.suppress(OSError, subprocess.CalledProcessError):
+        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True).strip()
+    return "unknown"
+
+
+def bench(example: Path, out: Path, pairs: int, levels: list[int], num_prompts: int, sweep: list[int]) -> None:
+    """Compare (interleaved pairs at each level) and sweep both endpoints; write JSON and PNGs under out."""
+    spec = WorkloadSpec(
+        num_prompts=num_prompts, input_tokens=128, output_tokens=64, tokenizer=_engine_args(example)["model"]
+    )
+    with servers(example, out) as (tp, bare):
+        a, b = Endpoint(f"{tp.base_url}/v1", MODEL_ID), Endpoint(f"{bare.base_url}/v1", MODEL_ID)
+
+        def on_run(label: str, level: int, pair: int, result: Any) -> None:
+            r = result.report
+            print(
+                f"[bench] c={level} pair {pair + 1} {label}: {r['output_throughput']:.0f} tok/s, "
+                f"P95 TTFT {r['p95_ttft_ms']:.0f} ms, P95 ITL {r['p95_itl_ms']:.1f} ms, failed {r['failed']}",
+                flush=True,
+            )
+
+        doc, results = compare_runs(a, b, spec, levels=levels, pairs=pairs, warmup=4, on_run=on_run)
+        doc |= {
+            "workload": spec.describe(),
+            "commit": _git_commit(),
+            "coldStartSeconds": {"tokenplane": tp.startup_s, "vllm": bare.startup_s},
+            "coldStartRatio": tp.startup_s / bare.startup_s,
+        }
+        plot_cdfs(
+            {
+                f"{label} c={level}": [r for res in runs for r in res.records]
+                for (label, level), runs in results.items()
+            },
+            out / "compare-cdf.png",
+        )
+        (out / "compare.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+        print(
+            f"[bench] at c={doc['ratiosAtConcurrency']}: throughput {doc['throughputRatio']:.2f}x, "
+            f"P95 TTFT {doc['p95TtftRatio']:.2f}x, P95 ITL {doc['p95ItlRatio']:.2f}x; cold start "
+            f"{doc['coldStartRatio']:.2f}x",
+            flush=True,
+        )
+        curves = {}
+        for label, endpoint in (("tokenplane", a), ("vllm", b)):
+            steps, saturated = sweep_runs(endpoint, spec, loads=sweep, by="concurrency")
+            curves[label] = [s.report for s in steps]
+            (out / f"sweep-{label}.json").write_text(
+                json.dumps(
+                    {"name": label, "by": "concurrency", "saturated_at": saturated, "steps": curves[label]}, indent=2
+                )
+                + "\n",
+                encoding="utf-8",
+            )
+        plot_curves(curves, out / "throughput-latency.png", "concurrency")
+    print(f"[bench] wrote {out}/compare.json, compare-cdf.png, sweep-*.json, throughput-latency.png", flush=True)
+
+
+def _vllm_client(base_url: str, tokenizer: str, num_prompts: int, concurrency: int, seed: int) -> dict[str, Any]:
+    """Run vLLM's own benchmark client from Python (the `vllm` console script is broken with vllm-cpu)."""
+    from vllm.benchmarks import serve
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    parser = FlexibleArgumentParser()  # type: ignore[no-untyped-call]
+    serve.add_cli_args(parser)
+    args = parser.parse_args(
+        [
+            "--backend", "openai-chat", "--endpoint", "/v1/chat/completions", "--base-url", base_url,
+            "--model", MODEL_ID, "--tokenizer", tokenizer, "--dataset-name", "random",
+            "--random-input-len", "128", "--random-output-len", "64", "--num-prompts", str(num_prompts),
+            "--max-concurrency", str(concurrency), "--ignore-eos", "--seed", str(seed), "--percentile-metrics",
+            "ttft,tpot,itl,e2el", "--metric-percentiles", "50,95,99", "--num-warmups", "0",
+        ]
+    )  # fmt: skip
+    return dict(serve.main(args))
+
+
+def crosscheck(example: Path, out: Path, pairs: int, num_prompts: int, concurrency: int) -> None:
+    """Run our client and vLLM's against the same endpoints and workload, interleaved, and compare."""
+    tokenizer = _engine_args(example)["model"]
+    keys = ("output_throughput", "mean_ttft_ms", "median_ttft_ms", "p95_ttft_ms", "mean_itl_ms", "mean_tpot_ms")
+    doc: dict[str, Any] = {"commit": _git_commit(), "concurrency": concurrency, "num_prompts": num_prompts}
+    with servers(example, out) as (tp, bare):
+        for server in (tp, bare):
+            runs = []
+            for i in range(pairs):
+                theirs = _vllm_client(server.base_url, tokenizer, num_prompts, concurrency, seed=100 + i)
+                spec = WorkloadSpec(
+                    num_prompts=num_prompts, input_tokens=128, output_tokens=64, tokenizer=tokenizer, seed=100 + i
+                )
+                ours = run_sync(
+                    Endpoint(f"{server.base_url}/v1", MODEL_ID), spec, concurrency=concurrency, rate=None
+                ).report
+                runs.append(
+                    {"vllm_client": {k: theirs.get(k) for k in keys}, "tokenplane_bench": {k: ours[k] for k in keys}}
+                )
+                print(
+                    f"[crosscheck] {server.name} pair {i + 1}: throughput ours {ours['output_throughput']:.0f} vs "
+                    f"vLLM's {theirs['output_throughput']:.0f} tok/s; mean TTFT ours {ours['mean_ttft_ms']:.0f} vs "
+                    f"{theirs['mean_ttft_ms']:.0f} ms",
+                    flush=True,
+                )
+            ratios = {
+                k: statistics.median(r["tokenplane_bench"][k] / r["vllm_client"][k] for r in runs)
+                for k in ("output_throughput", "mean_ttft_ms")
+            }
+            doc[server.name] = {
+                "runs": runs,
+                "medianRatioOursOverVllm": ratios,
+                "within10Percent": all(abs(v - 1) <= 0.10 for v in ratios.values()),
+            }
+    (out / "crosscheck.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    for name in ("tokenplane", "vllm"):
+        r = doc[name]["medianRatioOursOverVllm"]
+        print(
+            f"[crosscheck] {name} endpoint: ours/vLLM's throughput {r['output_throughput']:.3f}, "
+            f"mean TTFT {r['mean_ttft_ms']:.3f}; within 10%: {doc[name]['within10Percent']}",
+            flush=True,
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line of `make bench` and `make bench-crosscheck`."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=("bench", "crosscheck"))
+    parser.add_argument("--example", type=Path, default=Path("deploy/examples/local-tiny.yaml"))
+    parser.add_argument("--out", type=Path, default=Path("results/bench"))
+    parser.add_argument("--pairs", type=int, default=5)
+    parser.add_argument("--levels", default="16,1", help="Concurrency levels of the comparison.")
+    parser.add_argument("--num-prompts", type=int, default=64)
+    parser.add_argument("--sweep", default="1,2,4,8,16,32", help="Concurrency steps of the sweeps.")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.what == "bench":
+        bench(
+            args.example,
+            args.out,
+            args.pairs,
+            [int(v) for v in args.levels.split(",")],
+            args.num_prompts,
+            [int(v) for v in args.sweep.split(",")],
+        )
+    else:
+        crosscheck(
+            args.example, args.out, max(1, args.pairs // 2 + 1), args.num_prompts, int(args.levels.split(",")[0])
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

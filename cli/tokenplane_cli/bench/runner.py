@@ -1,0 +1,270 @@
+"""Run a workload against an endpoint: closed loop (concurrency), open loop (Poisson rate) or a trace replay."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from tokenplane_cli.bench.client import Endpoint, chat, list_models, normalize_base_url
+from tokenplane_cli.bench.stats import Cost, RequestRecord, summarize
+from tokenplane_cli.bench.workload import (
+    BenchInputError,
+    PromptMaker,
+    Session,
+    load_tokenizer,
+    poisson_arrivals,
+    read_trace,
+    synthetic_sessions,
+)
+
+__all__ = ["RunResult", "WorkloadSpec", "build_sessions", "calibrate", "resolve_endpoint", "run", "run_sync"]
+
+
+@dataclass(frozen=True)
+class WorkloadSpec:
+    """What to send, independent of how fast.
+
+    Attributes:
+        num_prompts: Requests in all (synthetic workloads).
+        input_tokens: Prompt content tokens per turn.
+        output_tokens: max_tokens per answer.
+        turns: Turns per session.
+        prefix_tokens: Tokens of a shared prefix at the start of each session (0: none).
+        prefix_groups: Distinct shared prefixes.
+        trace_file: Replay this trace instead (arrivals and sizes from the file).
+        tokenizer: The served model's tokenizer (path or hub id); None to size prompts by the server's count.
+        seed: Seed of prompts and arrivals.
+    """
+
+    num_prompts: int = 64
+    input_tokens: int = 128
+    output_tokens: int = 64
+    turns: int = 1
+    prefix_tokens: int = 0
+    prefix_groups: int = 1
+    trace_file: Path | None = None
+    tokenizer: str | None = None
+    seed: int = 0
+
+    def describe(self) -> dict[str, Any]:
+        """Return the spec as JSON-ready settings."""
+        return {
+            "num_prompts": self.num_prompts,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "turns": self.turns,
+            "prefix_tokens": self.prefix_tokens,
+            "prefix_groups": self.prefix_groups,
+            "trace_file": str(self.trace_file) if self.trace_file else None,
+            "tokenizer": self.tokenizer,
+            "seed": self.seed,
+        }
+
+
+@dataclass
+class RunResult:
+    """One benchmark run.
+
+    Attributes:
+        report: The summary (see `stats.summarize`) plus the run's settings.
+        records: Every request.
+    """
+
+    report: dict[str, Any]
+    records: list[RequestRecord] = field(default_factory=list)
+
+
+async def resolve_endpoint(url: str, model: str | None, api_key: str | None, **kwargs: Any) -> Endpoint:
+    """Make an Endpoint for `url`, asking the server for its model when none is given."""
+    base = normalize_base_url(url)
+    if model:
+        return Endpoint(base_url=base, model=model, api_key=api_key, **kwargs)
+    async with aiohttp.ClientSession() as session:
+        try:
+            models = await list_models(session, base, api_key)
+        except aiohttp.ClientError as err:
+            raise BenchInputError(f"cannot reach {base}/models: {err}") from None
+        except ValueError as err:
+            raise BenchInputError(f"{err}; give the model with --model") from None
+    if not models:
+        raise BenchInputError(f"{base}/models lists no model; give one with --model")
+    return Endpoint(base_url=base, model=models[0], api_key=api_key, **kwargs)
+
+
+async def _prompt_tokens(session: aiohttp.ClientSession, endpoint: Endpoint, text: str) -> int:
+    record = RequestRecord(index=-1, session=None, turn=0, start=0, input_tokens_target=0, output_tokens_target=1)
+    await chat(session, replace(endpoint, ignore_eos=False), [{"role": "user", "content": text}], record, 0.0)
+    if not record.success or record.prompt_tokens is None:
+        raise BenchInputError(
+            f"calibration request to {endpoint.base_url} failed ({record.error_kind}: {record.error}) or sent no "
+            "usage; give the served model's tokenizer with --tokenizer"
+        )
+    return record.prompt_tokens
+
+
+async def calibrate(endpoint: Endpoint, seed: int = 0, words: int = 200) -> tuple[float, int]:
+    """Tokens per word and chat-template overhead, as the server counts them (two prompts' `usage`).
+
+    Args:
+        endpoint: The endpoint to ask.
+        seed: Seed of the probe text.
+        words: Words in the longer probe.
+
+    Returns:
+        (tokens per word, prompt tokens the server adds around the content).
+    """
+    maker = PromptMaker(seed=seed + 7919)
+    async with aiohttp.ClientSession() as session:
+        short = await _prompt_tokens(session, endpoint, maker.words(words // 4))
+        long = await _prompt_tokens(session, endpoint, maker.words(words))
+    per_word = max((long - short) / (words - words // 4), 0.05)
+    return per_word, max(0, round(short - per_word * (words // 4)))
+
+
+async def build_sessions(spec: WorkloadSpec, endpoint: Endpoint) -> tuple[list[Session], dict[str, Any]]:
+    """Make the workload's sessions with real token counts; also return how prompts were sized."""
+    if spec.tokenizer:
+        maker = PromptMaker(seed=spec.seed, tokenizer=load_tokenizer(spec.tokenizer))
+        sizing: dict[str, Any] = {"prompt_sizing": "tokenizer", "tokenizer": spec.tokenizer}
+    else:
+        per_word, overhead = await calibrate(endpoint, spec.seed)
+        maker = PromptMaker(seed=spec.seed, tokens_per_word=per_word)
+        sizing = {"prompt_sizing": "server usage", "tokens_per_word": per_word, "template_tokens": overhead}
+    if spec.trace_file is not None:
+        return read_trace(spec.trace_file, maker), sizing
+    sessions = synthetic_sessions(
+        num_prompts=spec.num_prompts,
+        input_tokens=spec.input_tokens,
+        output_tokens=spec.output_tokens,
+        turns=spec.turns,
+        prefix_tokens=spec.prefix_tokens,
+        prefix_groups=spec.prefix_groups,
+        maker=maker,
+    )
+    return sessions, sizing
+
+
+async def run(
+    endpoint: Endpoint,
+    sessions: list[Session],
+    *,
+    concurrency: int | None = None,
+    rate: float | None = None,
+    seed: int = 0,
+    goodput_ms: dict[str, float] | None = None,
+    cost: Cost | None = None,
+    on_done: Callable[[RequestRecord], None] | None = None,
+) -> RunResult:
+    """Send the sessions and measure.
+
+    Closed loop: `concurrency` requests in flight at most and no rate. Open loop: sessions start at Poisson
+    arrivals of `rate` per second (optionally capped by `concurrency`, as vLLM's --max-concurrency), or at the
+    trace's times when the sessions carry them. Turns of a session go one after another, each with the
+    conversation so far, and never before the trace's time for them.
+
+    Args:
+        endpoint: Where to send.
+        sessions: What to send.
+        concurrency: Most requests in flight, or None for no limit.
+        rate: Sessions started per second (Poisson), or None to start them all at once (or by the trace).
+        seed: Seed of the arrivals.
+        goodput_ms: SLOs for goodput.
+        cost: GPUs and price behind the endpoint.
+        on_done: Called after each request (the progress bar).
+
+    Returns:
+        The report and every request's record.
+    """
+    if concurrency is not None and concurrency < 1:
+        raise BenchInputError(f"--concurrency must be at least 1, not {concurrency}")
+    if rate is not None and not (rate > 0 and math.isfinite(rate)):
+        raise BenchInputError(f"--rate must be a positive number of requests per second, not {rate}")
+    starts = poisson_arrivals(len(sessions), rate, seed) if rate else [s.start for s in sessions]
+    limit = asyncio.Semaphore(concurrency) if concurrency else None
+    records: list[RequestRecord] = []
+    connector = aiohttp.TCPConnector(limit=0, force_close=False)
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=30)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
+        zero = time.perf_counter()
+
+        async def one_session(session: Session, start_at: float) -> None:
+            messages: list[dict[str, str]] = []
+            for number, turn in enumerate(session.turns):
+                due = turn.arrival if turn.arrival is not None and rate is None else start_at if number == 0 else 0
+                delay = zero + due - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                messages.append({"role": "user", "content": turn.text})
+                record = RequestRecord(
+                    index=len(records),
+                    session=session.id,
+                    turn=number,
+                    start=0.0,
+                    input_tokens_target=turn.input_tokens,
+                    output_tokens_target=turn.output_tokens,
+                )
+                records.append(record)
+                if limit is not None:
+                    async with limit:
+                        reply = await chat(http, endpoint, list(messages), record, zero)
+                else:
+                    reply = await chat(http, endpoint, list(messages), record, zero)
+                if on_done is not None:
+                    on_done(record)
+                if not record.success:
+                    return  # the conversation cannot go on without its answer
+                messages.append({"role": "assistant", "content": reply.text})
+
+        await asyncio.gather(*(one_session(s, t) for s, t in zip(sessions, starts, strict=True)))
+        duration = time.perf_counter() - zero
+    records.sort(key=lambda r: r.start)
+    report = summarize(records, duration, goodput_ms=goodput_ms, cost=cost)
+    report.update(
+        {
+            "base_url": endpoint.base_url,
+            "model": endpoint.model,
+            "max_concurrency": concurrency,
+            "request_rate": rate if rate is not None else "inf",
+        }
+    )
+    return RunResult(report=report, records=records)
+
+
+def run_sync(
+    endpoint: Endpoint,
+    spec: WorkloadSpec,
+    *,
+    concurrency: int | None,
+    rate: float | None,
+    goodput_ms: dict[str, float] | None = None,
+    cost: Cost | None = None,
+    on_start: Callable[[int], None] | None = None,
+    on_done: Callable[[RequestRecord], None] | None = None,
+) -> RunResult:
+    """Build the workload and run it (one event loop); `on_start` gets the number of requests."""
+
+    async def main() -> RunResult:
+        sessions, sizing = await build_sessions(spec, endpoint)
+        if on_start is not None:
+            on_start(sum(len(s.turns) for s in sessions))
+        result = await run(
+            endpoint,
+            sessions,
+            concurrency=concurrency,
+            rate=rate,
+            seed=spec.seed,
+            goodput_ms=goodput_ms,
+            cost=cost,
+            on_done=on_done,
+        )
+        result.report.update({"workload": spec.describe() | sizing})
+        return result
+
+    return asyncio.run(main())

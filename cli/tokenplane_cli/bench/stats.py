@@ -1,0 +1,310 @@
+"""Benchmark statistics with the names and definitions of vLLM's `vllm bench serve` (vllm/benchmarks/serve.py, 0.32).
+
+- TTFT: request start to the first streamed chunk that carries `choices`.
+- ITL: the gaps between consecutive such chunks, pooled over all requests (a chunk holding several tokens is one gap).
+- TPOT: (E2EL - TTFT) / (output tokens - 1) per request with more than one output token; the first token is excluded.
+- E2EL: request start to the last chunk carrying `choices` (the trailing usage chunk carries no token).
+- Percentiles interpolate linearly between order statistics (numpy's default), std is the population std.
+- Goodput: completed requests per second whose TTFT, TPOT and E2EL all meet the SLOs given; a one-token request
+  counts TPOT as 0, as vLLM does.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "GOODPUT_METRICS",
+    "METRICS",
+    "PERCENTILES",
+    "Cost",
+    "RequestRecord",
+    "SweepPoint",
+    "latency_summary",
+    "pareto_frontier",
+    "parse_goodput",
+    "percentile",
+    "saturation_index",
+    "summarize",
+]
+
+METRICS = ("ttft", "tpot", "itl", "e2el")
+PERCENTILES = (50.0, 90.0, 95.0, 99.0)
+GOODPUT_METRICS = ("ttft", "tpot", "e2el")
+
+
+@dataclass
+class RequestRecord:
+    """What one request did, in seconds since the run started (one line of `--save-requests`).
+
+    Attributes:
+        index: Position in the workload.
+        session: Session id (multi-turn and traces), or None.
+        turn: Turn within the session (0 for single-turn).
+        start: When it was sent, seconds since the run started.
+        input_tokens_target: Prompt content tokens the workload asked for.
+        output_tokens_target: max_tokens asked for.
+        success: Whether a streamed answer arrived in full.
+        error_kind: A short class of failure (`http_429`, `timeout`, `connection`, `no_tokens`...), or None.
+        error: The failure message, or None.
+        ttft: Time to the first chunk with tokens, or None.
+        e2el: Time to the last chunk with tokens, or None.
+        itl: Gaps between chunks with tokens.
+        prompt_tokens: The server's `usage.prompt_tokens`, or None when it sent no usage.
+        completion_tokens: The server's `usage.completion_tokens`, or None when it sent no usage.
+        chunks: How many chunks carried `choices`.
+    """
+
+    index: int
+    session: str | None
+    turn: int
+    start: float
+    input_tokens_target: int
+    output_tokens_target: int
+    success: bool = False
+    error_kind: str | None = None
+    error: str | None = None
+    ttft: float | None = None
+    e2el: float | None = None
+    itl: list[float] = field(default_factory=list)
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    chunks: int = 0
+
+    @property
+    def output_tokens(self) -> int:
+        """Output tokens as the server counted them (usage), else the number of token chunks."""
+        return self.completion_tokens if self.completion_tokens is not None else self.chunks
+
+    @property
+    def tpot(self) -> float | None:
+        """Time per output token after the first, or None for a request with at most one token."""
+        if not self.success or self.ttft is None or self.e2el is None or self.output_tokens <= 1:
+            return None
+        return (self.e2el - self.ttft) / (self.output_tokens - 1)
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """Compute the p-th percentile with linear interpolation between order statistics (numpy's default method).
+
+    Args:
+        values: The sample; empty counts as [0] like vLLM's `np.percentile(x or 0, p)`.
+        p: Percentile in [0, 100].
+
+    Returns:
+        The interpolated value.
+    """
+    if not 0 <= p <= 100:
+        raise ValueError(f"percentile must be within [0, 100], not {p}")
+    ordered = sorted(values) or [0.0]
+    rank = (len(ordered) - 1) * p / 100
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def latency_summary(
+    name: str, seconds: Sequence[float], percentiles: Iterable[float] = PERCENTILES
+) -> dict[str, float]:
+    """Mean, median, std and percentiles of one latency, in milliseconds, under vLLM's keys.
+
+    Args:
+        name: ttft, tpot, itl or e2el.
+        seconds: The sample, in seconds.
+        percentiles: Which percentiles to add as `p<N>_<name>_ms`.
+
+    Returns:
+        e.g. {"mean_ttft_ms": ..., "median_ttft_ms": ..., "std_ttft_ms": ..., "p99_ttft_ms": ...}.
+    """
+    values = list(seconds) or [0.0]
+    out = {
+        f"mean_{name}_ms": statistics.fmean(values) * 1000,
+        f"median_{name}_ms": percentile(values, 50) * 1000,
+        f"std_{name}_ms": statistics.pstdev(values) * 1000,
+    }
+    for p in percentiles:
+        word = str(int(p)) if int(p) == p else str(p)
+        out[f"p{word}_{name}_ms"] = percentile(values, p) * 1000
+    return out
+
+
+def parse_goodput(text: str | None) -> dict[str, float]:
+    """Parse `--goodput ttft:MS,tpot:MS,e2el:MS` (vLLM's syntax; any subset, milliseconds).
+
+    Args:
+        text: The option's value, or None.
+
+    Returns:
+        SLOs in milliseconds keyed by metric name; empty when no SLO was given.
+
+    Raises:
+        ValueError: for an unknown metric, a missing colon or a non-positive number, naming what to write.
+    """
+    slos: dict[str, float] = {}
+    for part in (text or "").replace(" ", ",").split(","):
+        if not part:
+            continue
+        name, sep, value = part.partition(":")
+        if not sep or name not in GOODPUT_METRICS:
+            raise ValueError(f"--goodput: {part!r} is not KEY:MS with KEY one of {', '.join(GOODPUT_METRICS)}")
+        try:
+            ms = float(value)
+        except ValueError:
+            raise ValueError(f"--goodput: {part!r}: {value!r} is not a number of milliseconds") from None
+        if ms <= 0:
+            raise ValueError(f"--goodput: {part!r}: the SLO must be a positive number of milliseconds")
+        slos[name] = ms
+    return slos
+
+
+def _meets(record: RequestRecord, slos_ms: Mapping[str, float]) -> bool:
+    measured = {"ttft": record.ttft or 0.0, "tpot": record.tpot or 0.0, "e2el": record.e2el or 0.0}
+    return all(measured[name] * 1000 <= slo for name, slo in slos_ms.items())
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What the measured endpoint costs to run.
+
+    Attributes:
+        gpus: GPUs behind the endpoint.
+        usd_per_hour: What those GPUs' VMs cost per hour, or None when unknown.
+        source: Where the figures come from, e.g. "Standard_NC24ads_A100_v4 list price".
+    """
+
+    gpus: float
+    usd_per_hour: float | None
+    source: str
+
+    def figures(self, output_tokens_per_s: float) -> dict[str, float | None]:
+        """Tokens per GPU-hour and USD per million output tokens at a measured output throughput.
+
+        Args:
+            output_tokens_per_s: Output tokens per second of the whole endpoint.
+
+        Returns:
+            `output_tokens_per_gpu_hour` and `usd_per_million_output_tokens` (None without a price or throughput).
+        """
+        per_hour = output_tokens_per_s * 3600
+        usd = self.usd_per_hour / per_hour * 1e6 if self.usd_per_hour is not None and per_hour > 0 else None
+        return {
+            "output_tokens_per_gpu_hour": per_hour / self.gpus if self.gpus > 0 else None,
+            "usd_per_million_output_tokens": usd,
+        }
+
+
+def summarize(
+    records: Sequence[RequestRecord],
+    duration_s: float,
+    *,
+    goodput_ms: Mapping[str, float] | None = None,
+    cost: Cost | None = None,
+    percentiles: Iterable[float] = PERCENTILES,
+) -> dict[str, Any]:
+    """Summarize a run: vLLM's keys and definitions, plus goodput, errors by kind, token mix and cost.
+
+    Args:
+        records: Every request of the run.
+        duration_s: Wall time from the first request sent to the last one finished.
+        goodput_ms: SLOs in milliseconds (see `parse_goodput`); request_goodput is None without them.
+        cost: GPUs and price behind the endpoint, for tokens per GPU-hour and USD per million output tokens.
+        percentiles: Percentiles to report for each latency.
+
+    Returns:
+        A flat JSON-ready dict.
+    """
+    done = [r for r in records if r.success]
+    failed = [r for r in records if not r.success]
+    total_input = sum(r.prompt_tokens or 0 for r in done)
+    total_output = sum(r.output_tokens for r in done)
+    duration = max(duration_s, 1e-9)
+    report: dict[str, Any] = {
+        "duration": duration_s,
+        "num_prompts": len(records),
+        "completed": len(done),
+        "failed": len(failed),
+        "errors_by_kind": dict(sorted(Counter(r.error_kind or "unknown" for r in failed).items())),
+        "total_input_tokens": total_input,
+        "total_output_tokens": total_output,
+        "request_throughput": len(done) / duration,
+        "request_goodput": (sum(_meets(r, goodput_ms) for r in done) / duration) if goodput_ms else None,
+        "goodput_slos_ms": dict(goodput_ms or {}),
+        "output_throughput": total_output / duration,
+        "total_token_throughput": (total_input + total_output) / duration,
+        "output_input_ratio": total_output / total_input if total_input else None,
+    }
+    pct = tuple(percentiles)
+    samples: dict[str, list[float]] = {
+        "ttft": [r.ttft for r in done if r.ttft is not None],
+        "tpot": [t for r in done if (t := r.tpot) is not None],
+        "itl": [gap for r in done for gap in r.itl],
+        "e2el": [r.e2el for r in done if r.e2el is not None],
+    }
+    for name in METRICS:
+        report.update(latency_summary(name, samples[name], pct))
+    if cost is not None:
+        report.update(
+            {"gpus": cost.gpus, "usd_per_hour": cost.usd_per_hour, "cost_source": cost.source}
+            | cost.figures(report["output_throughput"])
+        )
+    return report
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One step of a sweep, enough to judge saturation.
+
+    Attributes:
+        load: The concurrency or rate of the step.
+        output_throughput: Output tokens per second.
+        ttft_ms: A TTFT statistic of the step (the sweep uses the median).
+    """
+
+    load: float
+    output_throughput: float
+    ttft_ms: float
+
+
+def saturation_index(points: Sequence[SweepPoint], *, min_gain: float = 0.05, ttft_growth: float = 0.5) -> int | None:
+    """Find the first step past saturation: more load bought no throughput but TTFT climbed (guidellm's stop rule).
+
+    A step is past saturation when its output throughput is less than `min_gain` above the best seen before it,
+    while its TTFT is more than `ttft_growth` above the TTFT of the step that gave that best throughput.
+
+    Args:
+        points: The sweep so far, in order of increasing load.
+        min_gain: Relative throughput gain below which throughput counts as flat.
+        ttft_growth: Relative TTFT increase above which TTFT counts as climbing.
+
+    Returns:
+        The index of the first saturated step, or None.
+    """
+    for i in range(1, len(points)):
+        best = max(points[:i], key=lambda p: p.output_throughput)
+        flat = points[i].output_throughput < best.output_throughput * (1 + min_gain)
+        climbing = points[i].ttft_ms > max(best.ttft_ms, 1e-9) * (1 + ttft_growth)
+        if flat and climbing:
+            return i
+    return None
+
+
+def pareto_frontier(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Find the points no other point beats on both axes (both minimized: latency and cost).
+
+    Args:
+        points: (x, y) pairs, e.g. (P95 latency ms, USD per million output tokens).
+
+    Returns:
+        Indices of the frontier, sorted by x.
+    """
+    frontier = []
+    for i, (x, y) in enumerate(points):
+        dominated = any((ox <= x and oy <= y) and (ox < x or oy < y) for j, (ox, oy) in enumerate(points) if j != i)
+        if not dominated:
+            frontier.append(i)
+    return sorted(frontier, key=lambda i: (points[i][0], points[i][1]))

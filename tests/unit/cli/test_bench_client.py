@@ -1,0 +1,237 @@
+"""`tokenplane bench`'s client and runner against a small OpenAI-compatible peer with known timings.
+
+The peer streams the way vLLM's chat endpoint does (vllm/entrypoints/openai/chat_completion/serving.py in 0.32): a
+first chunk with `delta.role` (and empty content) when the first token is out, one chunk per token, then, with
+`stream_options.include_usage`, a chunk with `choices: []` and `usage`, then `data: [DONE]`. Its prompt count is
+words + 5 (a chat template's overhead), so prompt sizing by the server's usage can be checked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from threading import Thread
+from typing import Any
+
+import pytest
+from aiohttp import web
+from typer.testing import CliRunner
+
+from tokenplane_cli import app
+from tokenplane_cli.bench.client import Endpoint
+from tokenplane_cli.bench.runner import WorkloadSpec, calibrate, run_sync
+
+FIRST_TOKEN_S = 0.05
+TOKEN_GAP_S = 0.01
+TEMPLATE_TOKENS = 5
+
+
+class Peer:
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.requests: list[dict[str, Any]] = []
+        self.refuse_every = 0  # answer every n-th workload request (not calibration probes) with 429
+        self.counted = 0
+
+    async def models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "peer-model", "object": "model"}]})
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.requests.append(body)
+        self.counted += body["max_completion_tokens"] > 1
+        if self.refuse_every and body["max_completion_tokens"] > 1 and self.counted % self.refuse_every == 0:
+            return web.json_response({"error": {"message": "busy"}}, status=429)
+        prompt = sum(len(m["content"].split()) for m in body["messages"]) + TEMPLATE_TOKENS
+        tokens = body["max_completion_tokens"]
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+
+        async def send(data: dict[str, Any] | str) -> None:
+            text = data if isinstance(data, str) else json.dumps(data)
+            await response.write(f"data: {text}\n\n".encode())
+
+        try:
+            await asyncio.sleep(FIRST_TOKEN_S)
+            await send({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})
+            for i in range(tokens):
+                if i:
+                    await asyncio.sleep(TOKEN_GAP_S)
+                await send({"choices": [{"index": 0, "delta": {"content": f" w{i}"}}]})
+            usage = {"prompt_tokens": prompt, "completion_tokens": tokens, "total_tokens": prompt + tokens}
+            if body.get("stream_options", {}).get("include_usage"):
+                await send({"choices": [], "usage": usage})
+            await send("[DONE]")
+        finally:
+            self.in_flight -= 1
+        return response
+
+
+@pytest.fixture(scope="module")
+def peer() -> Iterator[tuple[Peer, str]]:
+    state = Peer()
+    application = web.Application()
+    application.router.add_get("/v1/models", state.models)
+    application.router.add_post("/v1/chat/completions", state.chat)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(application)
+    loop.run_until_complete(runner.setup())
+    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
+    thread = Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    yield state, f"http://127.0.0.1:{port}"
+    asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+
+
+def test_timings_usage_and_closed_loop_concurrency(peer: tuple[Peer, str]) -> None:
+    state, url = peer
+    state.max_in_flight = 0
+    endpoint = Endpoint(f"{url}/v1", "peer-model")
+    spec = WorkloadSpec(num_prompts=12, input_tokens=20, output_tokens=8)
+    result = run_sync(endpoint, spec, concurrency=3, rate=None)
+    report = result.report
+    assert report["completed"] == 12 and report["failed"] == 0
+    assert state.max_in_flight == 3
+    assert report["total_output_tokens"] == 12 * 8
+    for record in result.records:
+        assert record.ttft is not None and record.e2el is not None
+        assert FIRST_TOKEN_S * 0.9 <= record.ttft < FIRST_TOKEN_S + 0.15
+        # The role chunk and the first token are two events: 8 tokens make 9 chunks and 8 gaps.
+        assert record.chunks == 9 and len(record.itl) == 8
+        assert record.e2el == pytest.approx(record.ttft + sum(record.itl), abs=1e-6)
+        # Prompts sized by the server's own count: 20 content tokens + the template's 5.
+        assert record.prompt_tokens == 20 + TEMPLATE_TOKENS
+    assert report["mean_tpot_ms"] >= TOKEN_GAP_S * 1000 * 7 / 8 * 0.9
+    assert report["workload"]["prompt_sizing"] == "server usage"
+    assert report["workload"]["template_tokens"] == TEMPLATE_TOKENS
+    assert state.requests[-1]["ignore_eos"] is True
+
+
+def test_calibration_reads_the_servers_count(peer: tuple[Peer, str]) -> None:
+    _, url = peer
+    per_word, overhead = asyncio.run(calibrate(Endpoint(f"{url}/v1", "peer-model")))
+    assert per_word == pytest.approx(1.0)
+    assert overhead == TEMPLATE_TOKENS
+
+
+def test_multi_turn_sessions_carry_the_conversation(peer: tuple[Peer, str]) -> None:
+    state, url = peer
+    state.requests.clear()
+    spec = WorkloadSpec(num_prompts=6, input_tokens=10, output_tokens=3, turns=3, prefix_tokens=4)
+    result = run_sync(Endpoint(f"{url}/v1", "peer-model"), spec, concurrency=2, rate=None)
+    assert result.report["completed"] == 6
+    third_turns = [r for r in state.requests if len(r["messages"]) == 5]
+    assert len(third_turns) == 2
+    roles = [m["role"] for m in third_turns[0]["messages"]]
+    assert roles == ["user", "assistant", "user", "assistant", "user"]
+    assert third_turns[0]["messages"][1]["content"] == " w0 w1 w2"
+    firsts = [
+        r["messages"][0]["content"].split()[:4]
+        for r in state.requests
+        if len(r["messages"]) == 1 and r["max_completion_tokens"] == 3  # not the calibration probes
+    ]
+    assert len(firsts) == 2 and firsts[0] == firsts[1]  # the shared prefix
+    # Turn 3 resends turns 1-2: the server counts the whole conversation.
+    by_turn = {r.turn: r.prompt_tokens for r in result.records if r.session == "s0"}
+    assert by_turn[2] == 10 + 3 + 10 + 3 + 10 + TEMPLATE_TOKENS
+
+
+def test_open_loop_trace_replay_keeps_arrival_times(peer: tuple[Peer, str], tmp_path: Path) -> None:
+    _, url = peer
+    trace = tmp_path / "trace.jsonl"
+    trace.write_text(
+        "\n".join(json.dumps({"t": t, "input_tokens": 8, "output_tokens": 2}) for t in (0.0, 0.3, 0.6)) + "\n"
+    )
+    result = run_sync(Endpoint(f"{url}/v1", "peer-model"), WorkloadSpec(trace_file=trace), concurrency=None, rate=None)
+    starts = [r.start for r in result.records]
+    assert starts == pytest.approx([0.0, 0.3, 0.6], abs=0.08)
+    assert result.report["request_rate"] == "inf" and result.report["completed"] == 3
+
+
+def test_errors_are_counted_by_kind(peer: tuple[Peer, str]) -> None:
+    state, url = peer
+    state.refuse_every = 2
+    try:
+        spec = WorkloadSpec(num_prompts=8, input_tokens=5, output_tokens=2)
+        result = run_sync(Endpoint(f"{url}/v1", "peer-model"), spec, concurrency=1, rate=None)
+    finally:
+        state.refuse_every = 0
+    assert result.report["failed"] == 4
+    assert set(result.report["errors_by_kind"]) == {"http_429"}
+    assert result.report["completed"] + result.report["failed"] == 8
+
+
+def test_cli_json_report_and_saved_requests(peer: tuple[Peer, str], tmp_path: Path) -> None:
+    _, url = peer
+    saved = tmp_path / "requests.jsonl"
+    args = ["bench", url, "-c", "2", "-n", "4", "--input-tokens", "6", "--output-tokens", "3", "-o", "json"]
+    args += ["--save-requests", str(saved), "--goodput", "ttft:5000", "--gpus", "1", "--usd-per-hour", "3.6"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["model"] == "peer-model"  # from /v1/models
+    assert report["request_goodput"] == pytest.approx(report["request_throughput"])
+    assert report["usd_per_million_output_tokens"] == pytest.approx(1e6 / report["output_throughput"] / 1000)
+    lines = [json.loads(line) for line in saved.read_text().splitlines()]
+    assert len(lines) == 4 and all(line["success"] and line["completion_tokens"] == 3 for line in lines)
+
+
+def test_cli_bad_input_is_one_line_not_a_traceback(peer: tuple[Peer, str]) -> None:
+    _, url = peer
+    runner = CliRunner()
+    result = runner.invoke(app, ["bench", url, "-n", "2"])
+    assert result.exit_code == 2
+    assert "give --concurrency N" in result.output and "Traceback" not in result.output
+    result = runner.invoke(app, ["bench", url, "-c", "1", "--goodput", "ttft=3"])
+    assert result.exit_code == 2 and "KEY:MS" in result.output
+    result = runner.invoke(app, ["bench", url, "-c", "1", "--vm-size", "Standard_Nope"])
+    assert result.exit_code == 2 and "not in the planner's catalog" in result.output
+
+
+def test_sweep_compare_and_plot_write_their_files(peer: tuple[Peer, str], tmp_path: Path) -> None:
+    _, url = peer
+    runner = CliRunner()
+    small = ["-n", "4", "--input-tokens", "6", "--output-tokens", "3", "--gpus", "1", "--usd-per-hour", "2"]
+    result = runner.invoke(
+        app, ["bench", "sweep", url, "-c", "1,2,4", "--out-dir", str(tmp_path), "--name", "s", *small]
+    )
+    assert result.exit_code == 0, result.output
+    sweep = json.loads((tmp_path / "s.json").read_text())
+    assert sweep["by"] == "concurrency" and 1 <= len(sweep["steps"]) <= 3
+    assert sweep["loads"][: len(sweep["steps"])] == [1, 2, 4][: len(sweep["steps"])]
+    assert (tmp_path / "s-curve.png").stat().st_size > 10_000 and (tmp_path / "s-cdf.png").stat().st_size > 10_000
+
+    out = tmp_path / "compare.json"
+    args = ["bench", "compare", url, url, "--pairs", "2", "-c", "2,1", "--warmup", "1", "--out", str(out)]
+    result = runner.invoke(app, [*args, "-n", "4", "--input-tokens", "6", "--output-tokens", "3"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(out.read_text())
+    assert doc["ratiosAtConcurrency"] == 2 and [level["concurrency"] for level in doc["levels"]] == [2, 1]
+    for key in ("throughputRatio", "p95TtftRatio", "p95ItlRatio"):
+        assert 0.2 < doc[key] < 5  # one peer against itself
+        assert doc["levels"][0][key]["min"] <= doc[key] <= doc["levels"][0][key]["max"]
+    runs = doc["levels"][0]["runs"]
+    assert [(r["endpoint"], r["pair"]) for r in runs] == [
+        ("tokenplane", 0),
+        ("vllm", 0),
+        ("tokenplane", 1),
+        ("vllm", 1),
+    ]
+    assert all(r["completed"] == 4 for r in runs)
+
+    result = runner.invoke(app, ["bench", "plot", str(tmp_path / "s.json"), "--out-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "frontier.png").stat().st_size > 10_000
+    result = runner.invoke(app, ["bench", "plot", str(out), "--out-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "no p95_e2el_ms" in result.output
