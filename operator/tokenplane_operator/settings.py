@@ -62,11 +62,22 @@ class OperatorSettings(BaseSettings):
     peering_priority: int | None = Field(
         default=None, ge=0, description="This replica's peering priority; unset draws a random one (kopf's advice)."
     )
+    kuberay_namespace: str = Field(
+        default="kuberay-system", description="Namespace of the KubeRay operator; NetworkPolicies admit it."
+    )
+    operator_namespace: str = Field(
+        default="tokenplane", description="Namespace of this operator (the chart sets its release namespace)."
+    )
+    private_source_ranges: list[str] = Field(
+        default_factory=lambda: ["10.224.0.0/12"],
+        description="CIDRs admitted to private endpoints' serve port (JSON list); never 0.0.0.0/0.",
+    )
 
     @model_validator(mode="after")
     def _scope(self) -> OperatorSettings:
         if self.all_namespaces and self.namespaces:
             raise ValueError("set either namespaces or all_namespaces, not both")
+        self.render_config()  # the render settings' own checks (e.g. no 0.0.0.0/0), at start-up
         return self
 
     @property
@@ -77,4 +88,11 @@ class OperatorSettings(BaseSettings):
     def render_config(self) -> RenderConfig:
         """Return the renderer's settings, keeping its defaults for whatever is unset here."""
         overrides = {"serving_image": self.serving_image, "ray_version": self.ray_version}
-        return RenderConfig.model_validate({key: value for key, value in overrides.items() if value})
+        return RenderConfig.model_validate(
+            {key: value for key, value in overrides.items() if value}
+            | {
+                "kuberay_namespace": self.kuberay_namespace,
+                "operator_namespace": self.operator_namespace,
+                "private_source_ranges": tuple(self.private_source_ranges),
+            }
+        )

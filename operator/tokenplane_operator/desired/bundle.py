@@ -121,7 +121,12 @@ def build_desired_state(deployment: InferenceDeployment, config: RenderConfig) -
         vm_size=sku.vm_size if sku else None,
         rayservice=build_rayservice(deployment, serving_args=serving_args, pool=pool, config=config, sku=sku),
         service=build_service(deployment),
-        network_policy=build_network_policy(deployment, system_namespaces=config.system_namespaces),
+        network_policy=build_network_policy(
+            deployment,
+            kuberay_namespace=config.kuberay_namespace,
+            operator_namespace=config.operator_namespace,
+            private_source_ranges=config.private_source_ranges,
+        ),
         serving_args=serving_args,
         endpoint_url=endpoint_url(deployment, cluster_domain=config.cluster_domain),
     )

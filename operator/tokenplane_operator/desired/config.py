@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tokenplane_operator.plan.allocatable import NodeOverhead
 
@@ -40,10 +41,25 @@ class RenderConfig(BaseModel):
     cpu_worker_base_memory_gib: int = Field(
         default=4, ge=1, description="CPU workers: memory on top of the KV cache (weights, Ray, Python)."
     )
-    system_namespaces: tuple[str, ...] = Field(
-        default=("kuberay-system", "tokenplane-system"),
-        description="Namespaces of KubeRay and the operator, admitted to dashboard, metrics and serve ports.",
+    kuberay_namespace: str = Field(
+        default="kuberay-system", description="Namespace of the KubeRay operator (admitted to dashboard, GCS, serve)."
     )
+    operator_namespace: str = Field(
+        default="tokenplane", description="Namespace of the tokenplane operator (admitted to the metrics port)."
+    )
+    private_source_ranges: tuple[str, ...] = Field(
+        default=("10.224.0.0/12",),
+        description="CIDRs admitted to the serve port of private endpoints (the AKS-created VNet's address space).",
+    )
+
+    @field_validator("private_source_ranges")
+    @classmethod
+    def _no_open_range(cls, ranges: tuple[str, ...]) -> tuple[str, ...]:
+        for cidr in ranges:
+            network = ipaddress.ip_network(cidr, strict=False)  # ValueError names the bad CIDR
+            if network.prefixlen == 0:
+                raise ValueError(f"{cidr} admits every address and would void allowedNamespaces; use the VNet's range")
+        return ranges
 
     def node_overhead(self) -> NodeOverhead:
         """Return what every GPU node keeps from our workers besides AKS's own reservations."""

@@ -11,6 +11,7 @@ __all__ = [
     "CLUSTER_HASH_ANNOTATION",
     "DASHBOARD_PORT",
     "DEPLOYMENT_LABEL",
+    "GCS_PORT",
     "MANAGED_BY",
     "MAX_NAME_LENGTH",
     "METRICS_PORT",
@@ -42,6 +43,7 @@ MAX_NAME_LENGTH = 47
 
 SERVE_PORT = 8000  # KubeRay's default serve port; its -serve-svc and our Service both target it
 DASHBOARD_PORT = 8265
+GCS_PORT = 6379
 METRICS_PORT = 8080
 
 

@@ -7,6 +7,7 @@ from typing import Any
 from tokenplane_operator.api.v1alpha1 import InferenceDeployment, Visibility
 from tokenplane_operator.desired.naming import (
     DASHBOARD_PORT,
+    GCS_PORT,
     METRICS_PORT,
     SERVE_PORT,
     SPEC_HASH_ANNOTATION,
@@ -61,34 +62,45 @@ def build_service(deployment: InferenceDeployment) -> dict[str, Any]:
     }
 
 
-def build_network_policy(deployment: InferenceDeployment, *, system_namespaces: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Build the NetworkPolicy guarding the Ray pods of one deployment.
+def build_network_policy(
+    deployment: InferenceDeployment,
+    *,
+    kuberay_namespace: str = "kuberay-system",
+    operator_namespace: str = "tokenplane",
+    private_source_ranges: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """Build the NetworkPolicy guarding the Ray pods of one deployment: exactly the flows the system needs.
 
-    Admitted: the Ray pods of the same deployment on every port (GCS, object store, workers); pods of the
-    CR's namespace and `allowedNamespaces` on the serve port only; the system namespaces (KubeRay polls the
-    dashboard and proxies, the operator reads metrics) on serve, dashboard and metrics ports. A `private`
-    endpoint also admits the serve port from any address, since VNet clients arrive through the internal
-    load balancer with addresses outside the cluster.
+    Admitted:
+    - the Ray pods of the same deployment, on every port (GCS, object store, Ray workers);
+    - pods of the CR's namespace and of `allowedNamespaces`, on the serve port only;
+    - the KubeRay operator's namespace on the dashboard (KubeRay submits serveConfigV2 and reads application
+      status there), GCS and serve ports (KubeRay checks the head's Serve proxy health on the serve port:
+      `updateHeadPodServeLabel`, ray-operator/controllers/ray/rayservice_controller.go);
+    - the tokenplane operator's namespace on the metrics port (status.metrics scrapes);
+    - for a `private` endpoint, `private_source_ranges` (the VNet clients behind the internal load balancer)
+      on the serve port. Never 0.0.0.0/0: that would void `allowedNamespaces`.
 
     Args:
         deployment: A validated InferenceDeployment.
-        system_namespaces: Namespaces of KubeRay and the tokenplane operator.
+        kuberay_namespace: Namespace the KubeRay operator runs in.
+        operator_namespace: Namespace the tokenplane operator runs in.
+        private_source_ranges: CIDRs admitted to the serve port of private endpoints.
 
     Returns:
         A `networking.k8s.io/v1` NetworkPolicy.
     """
     name = deployment.name
     callers = sorted({deployment.namespace, *deployment.spec.endpoint.allowed_namespaces})
-    serve = [{"protocol": "TCP", "port": SERVE_PORT}]
+    serve = _ports(SERVE_PORT)
     ingress: list[dict[str, Any]] = [
         {"from": [{"podSelector": {"matchLabels": selector_labels(name)}}]},
         {"from": [_namespaces(callers)], "ports": serve},
+        {"from": [_namespaces([kuberay_namespace])], "ports": _ports(DASHBOARD_PORT, GCS_PORT, SERVE_PORT)},
+        {"from": [_namespaces([operator_namespace])], "ports": _ports(METRICS_PORT)},
     ]
-    if system_namespaces:
-        control = [{"protocol": "TCP", "port": port} for port in (SERVE_PORT, DASHBOARD_PORT, METRICS_PORT)]
-        ingress.append({"from": [_namespaces(sorted(set(system_namespaces)))], "ports": control})
-    if deployment.spec.endpoint.visibility is Visibility.PRIVATE:
-        ingress.append({"from": [{"ipBlock": {"cidr": "0.0.0.0/0"}}], "ports": serve})
+    if deployment.spec.endpoint.visibility is Visibility.PRIVATE and private_source_ranges:
+        ingress.append({"from": [{"ipBlock": {"cidr": cidr}} for cidr in private_source_ranges], "ports": serve})
     spec = {"podSelector": {"matchLabels": selector_labels(name)}, "policyTypes": ["Ingress"], "ingress": ingress}
     return {
         "apiVersion": "networking.k8s.io/v1",
@@ -96,6 +108,10 @@ def build_network_policy(deployment: InferenceDeployment, *, system_namespaces: 
         "metadata": _metadata(deployment, network_policy_name(name), spec),
         "spec": spec,
     }
+
+
+def _ports(*ports: int) -> list[dict[str, Any]]:
+    return [{"protocol": "TCP", "port": port} for port in ports]
 
 
 def endpoint_url(deployment: InferenceDeployment, *, cluster_domain: str = "cluster.local") -> str:

@@ -21,6 +21,7 @@ from tokenplane_operator.desired.config import RenderConfig
 from tokenplane_operator.desired.naming import (
     CLUSTER_HASH_ANNOTATION,
     DASHBOARD_PORT,
+    GCS_PORT,
     METRICS_PORT,
     SERVE_PORT,
     SPEC_HASH_ANNOTATION,
@@ -278,7 +279,7 @@ def _head_group(deployment: InferenceDeployment, config: RenderConfig, sources: 
     volumes, mounts = _volumes(deployment, sources)
     labels = standard_labels(deployment.name)
     ports = [
-        {"name": "gcs-server", "containerPort": 6379},
+        {"name": "gcs-server", "containerPort": GCS_PORT},
         {"name": "dashboard", "containerPort": DASHBOARD_PORT},
         {"name": "client", "containerPort": 10001},
         {"name": "serve", "containerPort": SERVE_PORT},

@@ -34,7 +34,7 @@ def resolve_plan(deployment: InferenceDeployment) -> ResolvedPlan:
 
     For `auto`, the planner's VM size, GPUs per replica, MIG profile and TP/PP replace the spec's (fields the
     user set explicitly narrowed the planner's search, so they are kept). A `gpuFraction` replica is planned
-    without MIG profiles (a fraction and a MIG slice exclude each other).
+    on one whole GPU without MIG profiles (a fraction and a MIG slice exclude each other).
 
     Args:
         deployment: A validated InferenceDeployment.
@@ -51,9 +51,12 @@ def resolve_plan(deployment: InferenceDeployment) -> ResolvedPlan:
     if hardware.vm_size != "auto":
         return ResolvedPlan(deployment, _status(deployment, reasons=["vmSize set in the spec"]))
     catalog = all_skus()
+    workload = workload_from_spec(deployment.spec)
     if hardware.gpu_fraction is not None:
+        # A fraction is a share of one whole GPU: no MIG slice, no sharding.
         catalog = tuple(replace(sku, mig_profiles={}) for sku in catalog)
-    plan = recommend(workload_from_spec(deployment.spec), catalog=catalog)
+        workload = replace(workload, gpus_per_replica=1, tensor_parallel_size=1, pipeline_parallel_size=1)
+    plan = recommend(workload, catalog=catalog)
     resolved = _apply(deployment, plan)
     return ResolvedPlan(resolved, _status(resolved, plan=plan, reasons=plan.reasons))
 

@@ -24,6 +24,7 @@ __all__ = [
     "AKS_MAX_PODS",
     "NodeAllocatable",
     "NodeOverhead",
+    "host_allocatable",
     "kube_reserved_cpu_millis",
     "kube_reserved_memory_bytes",
     "node_allocatable",
@@ -125,13 +126,28 @@ def node_allocatable(
         advertises: `nvidia.com/gpu` per GPU, or (MIG, `migStrategy=mixed`) `nvidia.com/mig-<profile>` per slice.
         A profile the size does not offer leaves no GPU resource at all.
     """
-    overhead = overhead or NodeOverhead()
-    memory = int(sku.memory_gib * GIB)
-    cpu = sku.vcpus * 1000 - kube_reserved_cpu_millis(sku.vcpus) - overhead.daemonset_cpu_millis
-    mem = memory - kube_reserved_memory_bytes(memory) - overhead.daemonset_memory_mib * _MIB
-    disk = int(overhead.os_disk_gib * GIB * (1 - _EVICTION_NODEFS_FRACTION))
     extended = {"nvidia.com/gpu": sku.gpu_count}
     if mig_profile is not None:
         mig = sku.mig_profiles.get(mig_profile)
         extended = {mig.resource_name: sku.gpu_count * mig.slices_per_gpu} if mig else {}
-    return NodeAllocatable(max(0, cpu), max(0, mem), disk, extended)
+    host = host_allocatable(sku.vcpus, sku.memory_gib, overhead)
+    return NodeAllocatable(host.cpu_millis, host.memory_bytes, host.ephemeral_bytes, extended)
+
+
+def host_allocatable(vcpus: int, memory_gib: float, overhead: NodeOverhead | None = None) -> NodeAllocatable:
+    """Compute what pods can request on a node of any VM size (no GPU resources).
+
+    Args:
+        vcpus: Host vCPUs.
+        memory_gib: Host RAM, GiB.
+        overhead: DaemonSet budget and OS disk; the defaults when None.
+
+    Returns:
+        CPU, memory and ephemeral storage left after AKS's reservations and the DaemonSets.
+    """
+    overhead = overhead or NodeOverhead()
+    memory = int(memory_gib * GIB)
+    cpu = vcpus * 1000 - kube_reserved_cpu_millis(vcpus) - overhead.daemonset_cpu_millis
+    mem = memory - kube_reserved_memory_bytes(memory) - overhead.daemonset_memory_mib * _MIB
+    disk = int(overhead.os_disk_gib * GIB * (1 - _EVICTION_NODEFS_FRACTION))
+    return NodeAllocatable(max(0, cpu), max(0, mem), disk, {})

@@ -172,3 +172,38 @@ def test_bad_operator_settings_fail_with_the_variable_named(monkeypatch: pytest.
     with pytest.raises(SystemExit) as exit_info:
         operator_command([], all_namespaces=True)
     assert "TOKENPLANE_POLL_INTERVAL_S: Input should be greater than 0" in str(exit_info.value)
+
+
+def test_network_policy_namespaces_come_from_the_chart(monkeypatch: pytest.MonkeyPatch) -> None:
+    """KubeRay's namespace (values) and the operator's (its release namespace) reach every rendered policy."""
+    from tokenplane_operator.api.validation import parse_inference_deployment
+    from tokenplane_operator.desired.bundle import build_desired_state
+    from tokenplane_operator.desired.schedulable import Peer, admits, check_schedulable
+
+    values = {"networkPolicy": {"kubeRayNamespace": "ray", "privateSourceRanges": ["10.50.0.0/16"]}}
+    container = _kind(_render(values), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    for name in [n for n in os.environ if n.startswith("TOKENPLANE_")]:
+        monkeypatch.delenv(name)
+    for env in container["env"]:
+        monkeypatch.setenv(env["name"], env["value"])
+    config = OperatorSettings().render_config()
+    assert (config.kuberay_namespace, config.operator_namespace) == ("ray", "tokenplane")
+    body = {"metadata": {"name": "m", "namespace": "ai"},
+            "spec": {"model": {"source": "org/m"}, "hardware": {"vmSize": "Standard_NC24ads_A100_v4"},
+                     "endpoint": {"visibility": "private"}}}  # fmt: skip
+    state = build_desired_state(parse_inference_deployment(body), config)
+    head = state.rayservice["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["metadata"]["labels"]
+
+    def allowed(source: Peer, port: int) -> bool:
+        return admits([state.network_policy], namespace="ai", pod_labels=head, source=source, port=port)
+
+    assert allowed(Peer("ray"), 8265) and not allowed(Peer("kuberay-system"), 8265)
+    assert allowed(Peer("tokenplane"), 8080)
+    assert allowed(Peer(ip="10.50.3.4"), 8000) and not allowed(Peer(ip="10.60.3.4"), 8000)
+    assert check_schedulable(state, config) == []
+
+
+def test_an_open_private_range_stops_the_operator(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOKENPLANE_PRIVATE_SOURCE_RANGES", '["0.0.0.0/0"]')
+    with pytest.raises(SystemExit):
+        operator_command([], all_namespaces=True)
