@@ -7,11 +7,13 @@ it back (import-linter checks it). Client-side tools that are neither operator n
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from tokenplane_cli.bench.cli import bench_app
 from tokenplane_operator.main import run_operator
@@ -34,6 +36,15 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
 
 
+def _one_line_errors(run: Callable[[], int]) -> int:
+    """Run a file-reading command; an error nobody anticipated still prints one line, never a traceback."""
+    try:
+        return run()
+    except Exception as exc:
+        err.print(f"[red]✗[/] internal error ({escape(str(exc)) or 'no detail'}); please report it with the input")
+        return 2
+
+
 @app.command()
 def crd() -> None:
     """Print the InferenceDeployment CRD generated from the API models."""
@@ -49,7 +60,7 @@ def validate(
     """Check InferenceDeployment files; print each problem with its field path and exit 1 if any."""
     from tokenplane_cli.validate import validate_files
 
-    raise typer.Exit(validate_files(files, out, err))
+    raise typer.Exit(_one_line_errors(lambda: validate_files(files, out, err)))
 
 
 @app.command()
@@ -75,17 +86,19 @@ def plan(
     from tokenplane_cli.plan import plan_command
 
     raise typer.Exit(
-        plan_command(
-            file=file,
-            model_config=model_config,
-            model=model,
-            max_model_len=max_model_len,
-            concurrency=concurrency,
-            quantization=quantization,
-            vm_size=vm_size,
-            output=output,
-            explain=explain,
-            prices_file=prices,
+        _one_line_errors(
+            lambda: plan_command(
+                file=file,
+                model_config=model_config,
+                model=model,
+                max_model_len=max_model_len,
+                concurrency=concurrency,
+                quantization=quantization,
+                vm_size=vm_size,
+                output=output,
+                explain=explain,
+                prices_file=prices,
+            )
         )
     )
 
@@ -110,7 +123,7 @@ def render(
     """Print every object the operator would create (ARM agent pool as JSON, Kubernetes objects as YAML)."""
     from tokenplane_cli.render import render_command
 
-    raise typer.Exit(render_command(file, out_dir))
+    raise typer.Exit(_one_line_errors(lambda: render_command(file, out_dir)))
 
 
 # The operator's own command, registered as is so the in-cluster entry point and this one cannot drift.

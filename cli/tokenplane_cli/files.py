@@ -1,14 +1,18 @@
-"""Read YAML manifests with errors that name the file and line instead of a traceback."""
+"""Read YAML manifests as kubectl does, with one-line errors that name the file (and line) instead of a traceback."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-__all__ = ["Document", "ManifestError", "load_documents"]
+__all__ = ["MAX_FILE_BYTES", "Document", "ManifestError", "load_documents"]
+
+# The API server refuses request bodies over 3 MiB; a manifest file larger than that cannot be applied whole.
+MAX_FILE_BYTES = 3 * 1024 * 1024
 
 
 class ManifestError(ValueError):
@@ -29,6 +33,38 @@ class Document:
         return str(self.file) if self.index is None else f"{self.file}#{self.index}"
 
 
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (as kubectl does) and keeps timestamps as strings (as JSON does)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+            except TypeError:
+                continue  # an unhashable key: the base class reports it with its position
+            if duplicate:
+                first = seen[key].start_mark.line + 1
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first at line {first}); keep one", key_node.start_mark
+                )
+            seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)
+
+
+# Kubernetes reads YAML as JSON: a date-like scalar is a string there, never a timestamp.
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regex) for tag, regex in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_constructor("tag:yaml.org,2002:map", _Loader.construct_mapping)
+
+
+def _one_line(text: object) -> str:
+    return re.sub(r"\s+", " ", str(text)).strip()
+
+
 def load_documents(path: Path) -> list[Document]:
     """Load every non-empty YAML document of a file.
 
@@ -39,24 +75,40 @@ def load_documents(path: Path) -> list[Document]:
         The documents, in order, numbered from 0 when there are several.
 
     Raises:
-        ManifestError: unreadable file, invalid YAML (with line and column), or a document that is not a mapping.
+        ManifestError: unreadable, too large, not UTF-8 text, invalid YAML (with line and column), duplicate keys,
+            or a document that is not a mapping; always one line naming the file.
     """
     try:
-        text = path.read_text(encoding="utf-8")
+        if path.is_file() and path.stat().st_size > MAX_FILE_BYTES:
+            raise ManifestError(
+                f"{path}: {path.stat().st_size:,} bytes; the API server accepts at most {MAX_FILE_BYTES:,} per request"
+            )
+        data = path.read_bytes()
     except OSError as exc:
         raise ManifestError(f"{path}: cannot read: {exc.strerror or exc}") from None
     try:
-        bodies = [b for b in yaml.safe_load_all(text) if b is not None]
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ManifestError(
+            f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); save it as UTF-8 YAML"
+        ) from None
+    try:
+        bodies = [b for b in yaml.load_all(text, Loader=_Loader) if b is not None]  # _Loader is a SafeLoader
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
-        raise ManifestError(f"{path}{where}: invalid YAML: {exc.problem}") from None
+        raise ManifestError(f"{path}{where}: invalid YAML: {_one_line(exc.problem)}") from None
     except yaml.YAMLError as exc:
-        raise ManifestError(f"{path}: invalid YAML: {exc}") from None
+        raise ManifestError(f"{path}: invalid YAML: {_one_line(exc)}") from None
+    except RecursionError:
+        raise ManifestError(f"{path}: invalid YAML: nested too deeply") from None
     documents = []
     for index, body in enumerate(bodies):
         if not isinstance(body, dict):
-            raise ManifestError(f"{path}: document {index} is a {type(body).__name__}, expected a mapping")
+            kind = "list" if isinstance(body, list) else f"{type(body).__name__} value"
+            raise ManifestError(
+                f"{path}: document {index} is a {kind}, expected a mapping (apiVersion: ..., kind: ..., spec: ...)"
+            )
         documents.append(Document(path, index if len(bodies) > 1 else None, body))
     if not documents:
         raise ManifestError(f"{path}: no YAML document found")

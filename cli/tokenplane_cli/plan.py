@@ -6,7 +6,6 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -29,19 +28,25 @@ def _quantization(value: str | None) -> QuantizationChoice:
 
 
 def _workload_from_file(file: Path, concurrency: int, vm_size: str | None) -> Workload:
+    from tokenplane_cli.files import ManifestError, load_documents
     from tokenplane_operator.api.validation import InvalidSpecError, parse_inference_deployment
     from tokenplane_operator.plan.spec import workload_from_spec
 
     try:
-        body = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as err:
-        raise PlanError(PlanErrorReason.INVALID_WORKLOAD, f"{file}: cannot read it as YAML ({err})") from None
-    if not isinstance(body, dict):
-        raise PlanError(PlanErrorReason.INVALID_WORKLOAD, f"{file}: expected one InferenceDeployment object")
+        documents = load_documents(file)
+    except ManifestError as err:
+        raise PlanError(PlanErrorReason.INVALID_WORKLOAD, str(err)) from None
+    if len(documents) > 1:
+        raise PlanError(
+            PlanErrorReason.INVALID_WORKLOAD,
+            f"{file} holds {len(documents)} documents; plan takes one InferenceDeployment: put it in a file of "
+            "its own (`tokenplane validate` and `tokenplane render` take several)",
+        )
     try:
-        deployment = parse_inference_deployment(body)
+        deployment = parse_inference_deployment(documents[0].body)
     except InvalidSpecError as err:
-        raise PlanError(PlanErrorReason.INVALID_WORKLOAD, f"{file}: {err}") from None
+        problems = "; ".join(str(p) for p in err.problems)
+        raise PlanError(PlanErrorReason.INVALID_WORKLOAD, f"{file}: {problems}") from None
     workload = workload_from_spec(deployment.spec, concurrency=concurrency)
     if vm_size is None:
         return workload

@@ -11,13 +11,10 @@ from rich.console import Console
 from rich.markup import escape
 
 from tokenplane_cli.files import ManifestError, load_documents
-from tokenplane_operator.api.v1alpha1 import AcceleratorKind
-from tokenplane_operator.api.validation import InvalidSpecError, parse_inference_deployment
+from tokenplane_cli.validate import check_document
 from tokenplane_operator.desired.agentpool import to_arm_body
-from tokenplane_operator.desired.bundle import DesiredState, build_desired_state
+from tokenplane_operator.desired.bundle import DesiredState
 from tokenplane_operator.desired.config import RenderConfig
-from tokenplane_operator.plan.errors import PlanError
-from tokenplane_operator.plan.validation import check_deployment
 
 __all__ = ["render_command", "render_files", "render_text"]
 
@@ -94,33 +91,31 @@ def render_command(file: Path, out_dir: Path | None, *, err: Console | None = No
     failed = 0
     streams: list[str] = []
     for document in documents:
-        try:
-            deployment = parse_inference_deployment(document.body)
-            problems = check_deployment(deployment)
-            if problems:
-                raise InvalidSpecError(problems)
-            # The operator's own function: `auto` resolves here exactly as it does in the cluster.
-            state = build_desired_state(deployment, config)
-            hardware = deployment.spec.hardware
-            if hardware.accelerator is AcceleratorKind.GPU and hardware.vm_size == "auto":
-                err.print(f"[cyan]i[/] {escape(document.label)}: vmSize auto -> {escape(_placement(state))}")
-        except InvalidSpecError as exc:
+        checked = check_document(document.body, config)
+        if checked.problems or checked.state is None:
             failed += 1
+            if checked.unplanned is not None:
+                reason, message = checked.unplanned.reason.value, checked.unplanned.message
+                err.print(f"[red]✗[/] {escape(document.label)}: {reason}: {escape(message)}")
+                continue
             err.print(f"[red]✗[/] {escape(document.label)}")
-            for problem in exc.problems:
+            for problem in checked.problems:
                 err.print(f"    {escape(str(problem))}")
             continue
-        except PlanError as exc:
-            failed += 1
-            err.print(f"[red]✗[/] {escape(document.label)}: {exc.reason.value}: {escape(exc.message)}")
-            continue
+        state = checked.state
+        if checked.deployment is not None and checked.deployment.spec.hardware.vm_size == "auto" and state.vm_size:
+            err.print(f"[cyan]i[/] {escape(document.label)}: vmSize auto -> {escape(_placement(state))}")
         if out_dir is None:
             streams.append(render_text(state))
             continue
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for name, content in render_files(state).items():
-            (out_dir / name).write_text(content, encoding="utf-8")
-            err.print(f"[green]✓[/] wrote {escape(str(out_dir / name))}")
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            for name, content in render_files(state).items():
+                (out_dir / name).write_text(content, encoding="utf-8")
+                err.print(f"[green]✓[/] wrote {escape(str(out_dir / name))}")
+        except OSError as exc:
+            err.print(f"[red]✗[/] {escape(str(out_dir))}: cannot write: {escape(exc.strerror or str(exc))}")
+            return 1
     if streams:
         sys.stdout.write("---\n".join(streams))
     return 1 if failed else 0

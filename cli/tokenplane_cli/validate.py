@@ -1,17 +1,87 @@
-"""`tokenplane validate`: check InferenceDeployment files and print field-path problems."""
+"""`tokenplane validate`: check InferenceDeployment files and print field-path problems.
+
+A document is valid when the API models accept it, the GPU catalog agrees, and the operator could render it: the
+same pipeline `tokenplane render` and the operator run, so what validate accepts, they accept.
+"""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 
 from tokenplane_cli.files import ManifestError, load_documents
-from tokenplane_operator.api.validation import InvalidSpecError, parse_inference_deployment
+from tokenplane_operator.api.v1alpha1 import InferenceDeployment
+from tokenplane_operator.api.validation import InvalidSpecError, Problem, parse_inference_deployment
+from tokenplane_operator.desired.bundle import DesiredState, build_desired_state
+from tokenplane_operator.desired.config import RenderConfig
+from tokenplane_operator.plan.errors import PlanError, PlanErrorReason
 from tokenplane_operator.plan.validation import check_deployment
 
-__all__ = ["validate_files"]
+__all__ = ["Checked", "check_document", "validate_files"]
+
+# Where a planning failure points in the spec, by reason.
+_PLAN_FIELD = {
+    PlanErrorReason.DOES_NOT_FIT: "spec.hardware.vmSize",
+    PlanErrorReason.UNKNOWN_MODEL: "spec.model.source",
+    PlanErrorReason.UNKNOWN_VM_SIZE: "spec.hardware.vmSize",
+    PlanErrorReason.CONTEXT_TOO_LONG: "spec.model.maxModelLen",
+    PlanErrorReason.INVALID_MODEL_CONFIG: "spec.model.source",
+    PlanErrorReason.INVALID_WORKLOAD: "spec.hardware",
+}
+
+
+@dataclass
+class Checked:
+    """The outcome of checking one document: the deployment, what it renders to, and its problems."""
+
+    deployment: InferenceDeployment | None = None
+    state: DesiredState | None = None
+    problems: list[Problem] = field(default_factory=list)
+    unplanned: PlanError | None = None  # auto with a model only the cluster can read: valid, not renderable here
+
+
+def check_document(body: Mapping[str, Any], config: RenderConfig | None = None) -> Checked:
+    """Check one InferenceDeployment the way the operator treats it, without contacting anything.
+
+    Args:
+        body: the document.
+        config: rendering settings (defaults).
+
+    Returns:
+        The outcome; `problems` is empty when the document is valid.
+    """
+    checked = Checked()
+    try:
+        checked.deployment = deployment = parse_inference_deployment(body)
+    except InvalidSpecError as exc:
+        checked.problems = exc.problems
+        return checked
+    checked.problems = check_deployment(deployment)
+    if checked.problems:
+        return checked
+    try:
+        checked.state = build_desired_state(deployment, config or RenderConfig())  # resolves `vmSize: auto` too
+    except PlanError as exc:
+        if exc.reason is PlanErrorReason.UNKNOWN_MODEL and deployment.spec.hardware.vm_size == "auto":
+            checked.unplanned = exc  # the operator reads the checkpoint's config.json in the cluster
+        else:
+            checked.problems = [Problem(_PLAN_FIELD[exc.reason], exc.message)]
+    except ValidationError as exc:
+        # The serving contract's own check; the API models enforce its rules, so reaching this is a bug to report.
+        details = "; ".join(_one_line(e["msg"]) for e in exc.errors())
+        checked.problems = [Problem("spec", f"the serving contract rejects the rendered arguments: {details}")]
+    return checked
+
+
+def _one_line(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip()
 
 
 def validate_files(files: list[Path], out: Console, err: Console) -> int:
@@ -34,16 +104,12 @@ def validate_files(files: list[Path], out: Console, err: Console) -> int:
             failed += 1
             continue
         for document in documents:
-            try:
-                deployment = parse_inference_deployment(document.body)
-                problems = check_deployment(deployment)
-            except InvalidSpecError as exc:
-                problems = exc.problems
-            if problems:
+            checked = check_document(document.body)
+            if checked.problems or checked.deployment is None:
                 failed += 1
                 err.print(f"[red]✗[/] {escape(document.label)}")
-                for problem in problems:
+                for problem in checked.problems:
                     err.print(f"    {escape(str(problem))}")
             else:
-                out.print(f"[green]✓[/] {escape(document.label)}: {deployment.name} is valid")
+                out.print(f"[green]✓[/] {escape(document.label)}: {escape(checked.deployment.name)} is valid")
     return 1 if failed else 0

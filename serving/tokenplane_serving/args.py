@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -12,6 +13,7 @@ from tokenplane_serving.schedule import ScheduleWindow
 __all__ = [
     "DEFAULT_SESSION_HEADER",
     "MANAGED_ENGINE_KEYS",
+    "MIN_MAX_MODEL_LEN",
     "AcceleratorArgs",
     "AuthArgs",
     "BackpressureArgs",
@@ -25,6 +27,7 @@ __all__ = [
     "ScalingArgs",
     "ServingArgs",
     "SpeculativeArgs",
+    "managed_keys_in",
 ]
 
 DEFAULT_SESSION_HEADER = "x-session-id"
@@ -41,8 +44,15 @@ MANAGED_ENGINE_KEYS = frozenset(
         "max_lora_rank", "max_loras", "max_cpu_loras", "kv_transfer_config", "distributed_executor_backend",
     }
 )  # fmt: skip
+# Shortest context the serving contract accepts: one KV block (vLLM's default block size is 16 tokens).
+MIN_MAX_MODEL_LEN = 16
 # vLLM's accepted LoRA ranks (vllm/config/lora.py).
 LoraRank = Literal[1, 8, 16, 32, 64, 128, 256, 320, 512]
+
+
+def managed_keys_in(extra_engine_args: Mapping[str, Any]) -> list[str]:
+    """Return the pass-through engine keys that tokenplane sets from typed fields (sorted); empty when none."""
+    return sorted(set(extra_engine_args) & MANAGED_ENGINE_KEYS)
 
 
 class _Args(BaseModel):
@@ -123,7 +133,7 @@ class EngineArgs(_Args):
     )
     max_model_len: int | None = Field(
         default=None,
-        ge=16,
+        ge=MIN_MAX_MODEL_LEN,
         description="Longest prompt + completion in tokens; the model's own limit if unset.",
     )
     tensor_parallel_size: int = Field(default=1, ge=1, description="GPUs one replica shards each layer across.")
@@ -163,7 +173,7 @@ class EngineArgs(_Args):
     @field_validator("extra_engine_args")
     @classmethod
     def _not_managed(cls, value: dict[str, Any]) -> dict[str, Any]:
-        clash = sorted(set(value) & MANAGED_ENGINE_KEYS)
+        clash = managed_keys_in(value)
         if clash:
             raise ValueError(f"extra_engine_args may not set {clash}: use the typed engine fields instead")
         return value

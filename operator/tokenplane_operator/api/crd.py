@@ -6,10 +6,12 @@ from typing import Any
 
 import yaml
 
+from tokenplane_operator.api.names import MAX_NAME_LENGTH
 from tokenplane_operator.api.v1alpha1 import (
     GROUP,
     KIND,
     PLURAL,
+    ROOT_RULES,
     SHORT_NAME,
     VERSION,
     InferenceDeploymentSpec,
@@ -22,42 +24,46 @@ __all__ = ["build_crd", "crd_yaml", "structural_schema"]
 _KEPT = {
     "type", "description", "properties", "items", "required", "enum", "default", "format", "pattern",
     "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minLength", "maxLength", "minItems",
-    "maxItems", "uniqueItems", "additionalProperties", "nullable", "x-kubernetes-preserve-unknown-fields",
+    "maxItems", "uniqueItems", "additionalProperties", "minProperties", "maxProperties",
+    "x-kubernetes-preserve-unknown-fields", "x-kubernetes-validations", "x-kubernetes-list-type",
+    "x-kubernetes-list-map-keys",
 }  # fmt: skip
 
 
-def structural_schema(model: type[Any]) -> dict[str, Any]:
+def structural_schema(model: type[Any], *, nullable: bool = True) -> dict[str, Any]:
     """Convert a pydantic model to a Kubernetes structural schema.
 
-    `$ref`s are inlined, `anyOf [X, null]` becomes `X` with `nullable: true`, titles go, free-form maps get
-    `x-kubernetes-preserve-unknown-fields`, and every node has a `type`.
+    `$ref`s are inlined, `anyOf [X, null]` becomes `X` (with `nullable: true` when asked; without it, the API
+    server prunes an explicit null, so CEL's `has()` and the models both read it as unset), titles go,
+    free-form values get `x-kubernetes-preserve-unknown-fields`, and every node has a `type`. A model's CEL
+    rules (`x-kubernetes-validations`) come with it.
 
     Args:
         model: a pydantic model class.
+        nullable: mark optional fields `nullable` (status) instead of letting the API server prune nulls (spec).
 
     Returns:
         The openAPIV3Schema node for it.
     """
     schema = model.model_json_schema(by_alias=True, mode="validation")
-    return _convert(schema, schema.get("$defs", {}))
+    return _convert(schema, schema.get("$defs", {}), nullable)
 
 
-def _convert(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+def _convert(node: dict[str, Any], defs: dict[str, Any], nullable: bool) -> dict[str, Any]:
     if "$ref" in node:
         target = defs[node["$ref"].rsplit("/", 1)[-1]]
         merged = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
-        return _convert(merged, defs)
+        return _convert(merged, defs, nullable)
     if "allOf" in node and len(node["allOf"]) == 1:
         rest = {k: v for k, v in node.items() if k != "allOf"}
-        return _convert({**node["allOf"][0], **rest}, defs)
+        return _convert({**node["allOf"][0], **rest}, defs, nullable)
     if "anyOf" in node:
         options = [o for o in node["anyOf"] if o.get("type") != "null"]
-        nullable = len(options) < len(node["anyOf"])
         if len(options) != 1:
             raise ValueError(f"union without a single non-null type cannot be structural: {node}")
         rest = {k: v for k, v in node.items() if k != "anyOf"}
-        converted = _convert({**options[0], **rest}, defs)
-        if nullable:
+        converted = _convert({**options[0], **rest}, defs, nullable)
+        if nullable and len(options) < len(node["anyOf"]):
             converted["nullable"] = True
         return converted
     out: dict[str, Any] = {}
@@ -65,18 +71,17 @@ def _convert(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         if key not in _KEPT and key != "const":
             continue
         if key == "properties":
-            out[key] = {name: _convert(child, defs) for name, child in value.items()}
+            out[key] = {name: _convert(child, defs, nullable) for name, child in value.items()}
         elif key == "items":
-            out[key] = _convert(value, defs)
+            out[key] = _convert(value, defs, nullable)
         elif key == "additionalProperties":
+            # A map's values keep their own schema (free-form ones too), so CEL can still see the map's keys.
             if isinstance(value, dict) and value:
-                converted = _convert(value, defs)
-                out[key] = converted
-                if converted.get("x-kubernetes-preserve-unknown-fields"):
-                    del out[key]
-                    out["x-kubernetes-preserve-unknown-fields"] = True
-            elif value is True:
-                out["x-kubernetes-preserve-unknown-fields"] = True
+                out[key] = _convert(value, defs, nullable)
+            elif value is True or value == {}:
+                out[key] = {"x-kubernetes-preserve-unknown-fields": True}
+        elif key in ("minLength", "maxLength") and node.get("type") == "object":
+            out["minProperties" if key == "minLength" else "maxProperties"] = value
         elif key == "const":
             out["enum"] = [value]
         elif key == "exclusiveMinimum":
@@ -109,7 +114,7 @@ def build_crd() -> dict[str, Any]:
     Returns:
         The CRD as a dict, ready to dump as YAML.
     """
-    spec = structural_schema(InferenceDeploymentSpec)
+    spec = structural_schema(InferenceDeploymentSpec, nullable=False)
     status = structural_schema(InferenceDeploymentStatus)
     # kopf records handler progress under status; keep what it writes instead of letting the API server prune it.
     status["x-kubernetes-preserve-unknown-fields"] = True
@@ -158,10 +163,15 @@ def build_crd() -> dict[str, Any]:
                             "type": "object",
                             "description": "An LLM served on AKS GPUs (or locally on CPU) through Ray Serve and vLLM.",
                             "required": ["spec"],
+                            "x-kubernetes-validations": [rule.schema() for rule in ROOT_RULES],
                             "properties": {
                                 "apiVersion": {"type": "string", "description": "API version."},
                                 "kind": {"type": "string", "description": "Kind."},
-                                "metadata": {"type": "object"},
+                                # The root may restrict metadata.name, nothing else of metadata.
+                                "metadata": {
+                                    "type": "object",
+                                    "properties": {"name": {"type": "string", "maxLength": MAX_NAME_LENGTH}},
+                                },
                                 "spec": spec,
                                 "status": status,
                             },

@@ -3,26 +3,32 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
 from tokenplane_operator.api.conditions import ConditionType, Phase, Reason
+from tokenplane_operator.api.names import DNS1035_LABEL, DNS1123_LABEL, MAX_NAME_LENGTH
+from tokenplane_serving.args import MANAGED_ENGINE_KEYS, MIN_MAX_MODEL_LEN, LoraRank, managed_keys_in
 
 __all__ = [
     "API_VERSION",
     "GROUP",
     "KIND",
     "PLURAL",
+    "ROOT_RULES",
     "SHORT_NAME",
+    "TAINT_PATTERN",
     "VERSION",
     "AcceleratorKind",
     "AuthMode",
     "AuthSpec",
+    "CelRule",
     "Condition",
     "CpuSpec",
     "DisaggregationSpec",
@@ -61,7 +67,9 @@ __all__ = [
     "UpgradeSpec",
     "UpgradeStrategy",
     "Visibility",
+    "cel_rules",
     "parse_source",
+    "pattern_hint",
 ]
 
 GROUP = "tokenplane.io"
@@ -77,8 +85,91 @@ def _problem(field: str, message: str) -> PydanticCustomError:
     return PydanticCustomError("tokenplane", "{message}", {"field": field, "message": message})
 
 
+@dataclass(frozen=True)
+class CelRule:
+    """A cross-field rule the API server enforces by itself (`x-kubernetes-validations` in the CRD).
+
+    Each rule sits next to the pydantic validator that enforces the same thing for `tokenplane validate` and
+    the operator; tests evaluate both on the same cases and require the same verdict. `self` is the object the
+    rule is declared on, after the API server pruned nulls and applied the schema's defaults.
+    """
+
+    rule: str
+    message: str
+    field_path: str | None = None  # relative to the object, e.g. `.minReplicas`
+
+    def schema(self) -> dict[str, str]:
+        """Return the CRD form: rule, message and fieldPath."""
+        out = {"rule": self.rule, "message": self.message}
+        if self.field_path:
+            out["fieldPath"] = self.field_path
+        return out
+
+
+def _cel(*rules: CelRule) -> ConfigDict:
+    schemas: list[Any] = [rule.schema() for rule in rules]
+    return ConfigDict(json_schema_extra={"x-kubernetes-validations": schemas})
+
+
+def cel_rules(model: type[BaseModel]) -> list[CelRule]:
+    """Return the CEL rules declared on a model (not those of its fields' models)."""
+    extra = model.model_config.get("json_schema_extra")
+    declared = cast(
+        "list[dict[str, str]]", extra.get("x-kubernetes-validations", []) if isinstance(extra, dict) else []
+    )
+    return [CelRule(r["rule"], r["message"], r.get("fieldPath")) for r in declared]
+
+
+def _or_default(parent: str, model: type[BaseModel], field: str) -> str:
+    """CEL for `self.<parent>.<field>` that falls back to the field's default when the parent block is absent.
+
+    Sub-blocks with a default_factory have no schema default, so the API server leaves them absent.
+    """
+    info = model.model_fields[field]
+    default = info.default.value if isinstance(info.default, StrEnum) else info.default
+    literal = f"'{default}'" if isinstance(default, str) else str(default).lower()
+    alias = info.alias or field
+    return f"(has(self.{parent}) ? self.{parent}.{alias} : {literal})"
+
+
+_PATTERN_HINTS: dict[str, str] = {}
+
+
+def _pattern(regex: str, what: str) -> str:
+    """Register a human description of a pattern, shown instead of the regex when a value does not match."""
+    _PATTERN_HINTS[regex] = what
+    return regex
+
+
+def pattern_hint(regex: str) -> str | None:
+    """Return what a field pattern means, in words (None for an unregistered pattern)."""
+    return _PATTERN_HINTS.get(regex)
+
+
+_DNS_LABEL = _pattern(
+    DNS1123_LABEL, "a DNS label: lowercase letters, digits and '-', starting and ending with a letter or digit"
+)
+_DNS_SUBDOMAIN = _pattern(
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+    "a Kubernetes object name: lowercase letters, digits, '-' and '.', starting and ending with a letter or digit",
+)
+_LABEL_KEY = (
+    r"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+)
+_LABEL_VALUE = r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?"
+TAINT_PATTERN = _pattern(
+    rf"^{_LABEL_KEY}(={_LABEL_VALUE})?:(NoSchedule|PreferNoSchedule|NoExecute)$",
+    "a taint written key=value:Effect or key:Effect, with Effect NoSchedule, PreferNoSchedule or NoExecute "
+    "(for example sku=gpu:NoSchedule)",
+)
+_LABEL_VALUE_PATTERN = _pattern(
+    rf"^{_LABEL_VALUE}$",
+    "a label value: at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit",
+)
+
+
 class _Model(BaseModel):
-    """Base: camelCase on the wire, snake_case in Python, unknown fields rejected."""
+    """Base: camelCase on the wire, snake_case in Python, unknown fields rejected, finite numbers only."""
 
     model_config = ConfigDict(
         alias_generator=to_camel,
@@ -86,6 +177,7 @@ class _Model(BaseModel):
         extra="forbid",
         frozen=True,
         use_enum_values=False,
+        allow_inf_nan=False,
     )
 
 
@@ -179,15 +271,29 @@ class SourceScheme(StrEnum):
 
 # --- model source ----------------------------------------------------------------------------------------
 
-_HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-_BLOB_HTTPS = re.compile(r"^https://[a-z0-9]{3,24}\.blob\.core\.(windows\.net|chinacloudapi\.cn|usgovcloudapi\.net)/.+")
-_AZ = re.compile(r"^az://[a-z0-9]{3,24}/[a-z0-9][a-z0-9-]{2,62}(/.*)?$")
-_PVC = re.compile(r"^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/.*)?$")
+# One regex per accepted form, by scheme; the fields' pattern (and so the CRD) is their union, and parse_source
+# classifies with the same regexes. ASCII classes only: the API server's RE2 and pydantic's regex agree on them.
+_HF_ID = r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+"
+_SOURCE_REGEXES: tuple[tuple[SourceScheme, str, str], ...] = (  # scheme, regex, prefix to strip for the location
+    (SourceScheme.HUGGING_FACE, rf"hf://{_HF_ID}", "hf://"),
+    (SourceScheme.AZURE_BLOB, r"az://[a-z0-9]{3,24}/[a-z0-9][a-z0-9-]{2,62}(/.*)?", ""),
+    (
+        SourceScheme.AZURE_BLOB,
+        r"https://[a-z0-9]{3,24}\.blob\.core\.(windows\.net|chinacloudapi\.cn|usgovcloudapi\.net)/.+",
+        "",
+    ),
+    (SourceScheme.PVC, r"pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/.*)?", "pvc://"),
+    (SourceScheme.LOCAL, r"file:///.*", "file://"),
+    (SourceScheme.LOCAL, r"(/|\./|\.\./).*", ""),
+    (SourceScheme.HUGGING_FACE, _HF_ID, ""),
+)
 SOURCE_FORMS = (
     "hf://ORG/NAME or ORG/NAME (Hugging Face), az://ACCOUNT/CONTAINER/PATH or "
     "https://ACCOUNT.blob.core.windows.net/CONTAINER/PATH (Azure Blob), pvc://CLAIM/PATH, "
     "or an absolute local path (/models/x or file:///models/x)"
 )
+SOURCE_PATTERN = _pattern("^(" + "|".join(regex for _, regex, _ in _SOURCE_REGEXES) + ")$", SOURCE_FORMS)
+_SOURCE_MAX_LENGTH = 2048
 
 
 def parse_source(uri: str) -> tuple[SourceScheme, str]:
@@ -202,37 +308,27 @@ def parse_source(uri: str) -> tuple[SourceScheme, str]:
     Raises:
         ValueError: when the URI matches none of the supported forms.
     """
-    if uri.startswith("hf://"):
-        rest = uri.removeprefix("hf://")
-        if _HF_ID.match(rest):
-            return SourceScheme.HUGGING_FACE, rest
-    elif uri.startswith(("az://", "https://")):
-        if _AZ.match(uri) or _BLOB_HTTPS.match(uri):
-            return SourceScheme.AZURE_BLOB, uri
-    elif uri.startswith("pvc://"):
-        if _PVC.match(uri):
-            return SourceScheme.PVC, uri.removeprefix("pvc://")
-    elif uri.startswith("file://"):
-        path = uri.removeprefix("file://")
-        if path.startswith("/"):
-            return SourceScheme.LOCAL, path
-    elif uri.startswith(("/", "./", "../")):
-        return SourceScheme.LOCAL, uri
-    elif _HF_ID.match(uri) and "://" not in uri:
-        return SourceScheme.HUGGING_FACE, uri
+    for scheme, regex, prefix in _SOURCE_REGEXES:
+        if re.fullmatch(regex, uri):
+            return scheme, uri.removeprefix(prefix)
     raise ValueError(f"unsupported source {uri!r}; use {SOURCE_FORMS}")
 
 
-def _quantization_needs_gpu(quantization: Quantization) -> bool:
-    # vLLM's CPU backend runs unquantized (and some int8/AWQ paths); fp8/gptq/bitsandbytes kernels are GPU-only.
-    return quantization in (Quantization.FP8, Quantization.GPTQ, Quantization.BITSANDBYTES)
+# vLLM's CPU backend runs unquantized (and some int8/AWQ paths); fp8/gptq/bitsandbytes kernels are GPU-only.
+_GPU_ONLY_QUANTIZATION = (Quantization.FP8, Quantization.GPTQ, Quantization.BITSANDBYTES)
 
 
 class SecretKeyRef(_Model):
     """A key in a Secret in the InferenceDeployment's namespace."""
 
-    name: str = Field(min_length=1, max_length=253, description="Name of the Secret.")
-    key: str = Field(default="token", min_length=1, description="Key within the Secret.")
+    name: str = Field(min_length=1, max_length=253, pattern=_DNS_SUBDOMAIN, description="Name of the Secret.")
+    key: str = Field(
+        default="token",
+        min_length=1,
+        max_length=253,
+        pattern=_pattern(r"^[-._a-zA-Z0-9]+$", "a Secret key: letters, digits, '-', '_' or '.'"),
+        description="Key within the Secret.",
+    )
 
 
 class ModelSpec(_Model):
@@ -240,13 +336,17 @@ class ModelSpec(_Model):
 
     source: str = Field(
         min_length=1,
+        max_length=_SOURCE_MAX_LENGTH,
+        pattern=SOURCE_PATTERN,
         description=f"Where the weights come from: {SOURCE_FORMS}.",
     )
     served_name: str | None = Field(
         default=None,
         min_length=1,
         max_length=128,
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$",
+        pattern=_pattern(
+            r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$", "a model name: letters, digits, '.', '_', ':', '/' or '-', no spaces"
+        ),
         description="Model name clients send in requests; defaults to the InferenceDeployment's name.",
     )
     revision: str | None = Field(default=None, description="Git revision (branch, tag or commit) for HF sources.")
@@ -257,7 +357,7 @@ class ModelSpec(_Model):
     )
     max_model_len: int | None = Field(
         default=None,
-        gt=0,
+        ge=MIN_MAX_MODEL_LEN,  # the serving contract's minimum (one KV block)
         le=10_485_760,
         description="Longest context (prompt + output tokens) a request may use; sizes the KV cache.",
     )
@@ -265,40 +365,63 @@ class ModelSpec(_Model):
         default=None, description="Secret holding a token to read the weights (HF token or blob SAS)."
     )
 
-    @model_validator(mode="after")
-    def _source_is_supported(self) -> ModelSpec:
-        try:
-            parse_source(self.source)
-        except ValueError as err:
-            raise _problem("source", str(err)) from None
-        return self
+
+_NEEDS_DRAFT = (SpeculativeMethod.DRAFT_MODEL, SpeculativeMethod.EAGLE)
 
 
 class SpeculativeDecodingSpec(_Model):
     """Speculative decoding: a cheap proposer drafts tokens the target model verifies."""
 
+    model_config = _cel(
+        CelRule(
+            f"!(self.method in {[m.value for m in _NEEDS_DRAFT]}) || has(self.draftModel)",
+            "methods draftModel and eagle need a draftModel source",
+            ".draftModel",
+        ),
+        CelRule(
+            "!has(self.promptLookupMax) || self.method == 'ngram'",
+            "promptLookupMax applies only to method ngram; remove it or use method ngram",
+            ".promptLookupMax",
+        ),
+    )
+
     method: SpeculativeMethod = Field(description="ngram, draftModel, eagle or mtp.")
     draft_model: str | None = Field(
-        default=None, description=f"Draft model source for draftModel and eagle ({SOURCE_FORMS})."
+        default=None,
+        min_length=1,
+        max_length=_SOURCE_MAX_LENGTH,
+        pattern=SOURCE_PATTERN,
+        description=f"Draft model source for draftModel and eagle ({SOURCE_FORMS}).",
     )
     num_speculative_tokens: int = Field(default=4, ge=1, le=16, description="Tokens drafted per step.")
     prompt_lookup_max: int | None = Field(default=None, ge=1, le=16, description="ngram: longest n-gram to match.")
 
     @model_validator(mode="after")
     def _draft_model_when_needed(self) -> SpeculativeDecodingSpec:
-        needs_draft = self.method in (SpeculativeMethod.DRAFT_MODEL, SpeculativeMethod.EAGLE)
-        if needs_draft and not self.draft_model:
+        if self.method in _NEEDS_DRAFT and self.draft_model is None:
             raise _problem("draftModel", f"method {self.method.value} needs a draftModel source")
-        if self.draft_model:
-            try:
-                parse_source(self.draft_model)
-            except ValueError as err:
-                raise _problem("draftModel", str(err)) from None
+        if self.prompt_lookup_max is not None and self.method is not SpeculativeMethod.NGRAM:
+            raise _problem(
+                "promptLookupMax",
+                f"promptLookupMax applies only to method ngram, not {self.method.value}; remove it or use ngram",
+            )
         return self
+
+
+_MANAGED_KEYS_CEL = ", ".join(f"'{key}'" for key in sorted(MANAGED_ENGINE_KEYS))
 
 
 class EngineSpec(_Model):
     """vLLM engine settings."""
+
+    model_config = _cel(
+        CelRule(
+            f"!has(self.extraArgs) || ![{_MANAGED_KEYS_CEL}].exists(k, k in self.extraArgs)",
+            "extraArgs may not set an engine argument tokenplane derives from a typed field "
+            f"({', '.join(sorted(MANAGED_ENGINE_KEYS))}); set the typed field instead",
+            ".extraArgs",
+        ),
+    )
 
     tensor_parallel_size: int = Field(default=1, ge=1, le=64, description="GPUs a replica's layers are split over.")
     pipeline_parallel_size: int = Field(default=1, ge=1, le=64, description="Stages across nodes.")
@@ -314,8 +437,22 @@ class EngineSpec(_Model):
     enforce_eager: bool = Field(default=False, description="Disable CUDA graphs (faster start, slower decode).")
     extra_args: dict[str, Any] = Field(
         default_factory=dict,
+        max_length=256,
         description="Extra vLLM engine arguments passed through as-is (snake_case AsyncEngineArgs names).",
     )
+
+    @model_validator(mode="after")
+    def _extra_args_not_managed(self) -> EngineSpec:
+        # The serving contract owns the list of keys it derives from typed fields.
+        clash = managed_keys_in(self.extra_args)
+        if clash:
+            owners = [f"{key} (set by {_TYPED_OWNER[key]})" if key in _TYPED_OWNER else key for key in clash]
+            raise _problem(
+                "extraArgs",
+                f"extraArgs may not set {', '.join(owners)}: tokenplane derives "
+                f"{'it' if len(clash) == 1 else 'them'} from typed fields; use those and remove the key",
+            )
+        return self
 
 
 class LoraAdapterSpec(_Model):
@@ -324,41 +461,54 @@ class LoraAdapterSpec(_Model):
     name: str = Field(
         min_length=1,
         max_length=63,
-        pattern=r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$",
+        pattern=_pattern(
+            r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$",
+            "an adapter name: lowercase letters, digits, '-', '_' or '.', starting and ending with a letter or digit",
+        ),
         description="Model name clients send.",
     )
-    source: str = Field(min_length=1, description=f"Where the adapter comes from: {SOURCE_FORMS}.")
-
-    @model_validator(mode="after")
-    def _source_is_supported(self) -> LoraAdapterSpec:
-        try:
-            parse_source(self.source)
-        except ValueError as err:
-            raise _problem("source", str(err)) from None
-        return self
+    source: str = Field(
+        min_length=1,
+        max_length=_SOURCE_MAX_LENGTH,
+        pattern=SOURCE_PATTERN,
+        description=f"Where the adapter comes from: {SOURCE_FORMS}.",
+    )
 
 
 class LoraSpec(_Model):
     """Multi-LoRA: one base model, many adapters loaded on demand."""
 
-    adapters: list[LoraAdapterSpec] = Field(default_factory=list, description="Adapters served by name.")
+    adapters: list[LoraAdapterSpec] = Field(
+        default_factory=list,
+        max_length=1000,
+        # The API server keeps adapter names unique by itself: a list keyed by name.
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+        description="Adapters served by name.",
+    )
     max_adapters_per_replica: int = Field(default=8, ge=1, le=256, description="LRU cap of loaded adapters.")
-    max_rank: int = Field(default=16, description="Largest adapter rank: 1, 8, 16, 32, 64, 128, 256, 320 or 512.")
+    # The serving contract owns the ranks vLLM accepts.
+    max_rank: LoraRank = Field(default=16, description="Largest adapter rank: 1, 8, 16, 32, 64, 128, 256, 320 or 512.")
 
     @model_validator(mode="after")
-    def _unique_names_and_rank(self) -> LoraSpec:
+    def _unique_names(self) -> LoraSpec:
         seen: set[str] = set()
         for index, adapter in enumerate(self.adapters):
             if adapter.name in seen:
                 raise _problem(f"adapters[{index}].name", f"adapter name {adapter.name!r} is used twice")
             seen.add(adapter.name)
-        if self.max_rank not in (1, 8, 16, 32, 64, 128, 256, 320, 512):
-            raise _problem("maxRank", f"{self.max_rank} is not a vLLM LoRA rank; use 8, 16, 32, 64 or 128")
         return self
 
 
 class SpotSpec(_Model):
     """Azure Spot VMs: cheaper, evictable."""
+
+    model_config = _cel(
+        CelRule(
+            "!has(self.maxPrice) || self.maxPrice == -1.0 || self.maxPrice > 0.0",
+            "maxPrice is a price > 0 in USD per hour, or -1 for up to the on-demand price",
+            ".maxPrice",
+        ),
+    )
 
     enabled: bool = Field(default=False, description="Use Spot priority for the node pool.")
     max_price: float | None = Field(
@@ -368,12 +518,20 @@ class SpotSpec(_Model):
     @model_validator(mode="after")
     def _price_is_positive_or_minus_one(self) -> SpotSpec:
         if self.max_price is not None and self.max_price != -1 and self.max_price <= 0:
-            raise _problem("maxPrice", f"{self.max_price} is invalid: use a price > 0, or -1 for on-demand")
+            raise _problem("maxPrice", f"{self.max_price:g} is invalid: use a price > 0, or -1 for on-demand")
         return self
 
 
 class ManagedNodePoolSpec(_Model):
     """An AKS agent pool tokenplane creates, shares by hardware class, and deletes when unused."""
+
+    model_config = _cel(
+        CelRule(
+            "!has(self.maxNodes) || self.minNodes <= self.maxNodes",
+            "minNodes exceeds maxNodes; lower minNodes or raise maxNodes",
+            ".minNodes",
+        ),
+    )
 
     min_nodes: int = Field(default=0, ge=0, le=1000, description="Cluster-autoscaler lower bound.")
     max_nodes: int | None = Field(
@@ -397,17 +555,26 @@ class ManagedNodePoolSpec(_Model):
 class ExistingNodePoolSpec(_Model):
     """Bring your own nodes: schedule on an existing pool selected by label; no pool is managed."""
 
-    node_selector: dict[str, str] = Field(
-        min_length=1, description="Node labels that select the pool, e.g. {agentpool: gpu}."
+    node_selector: dict[str, Annotated[str, Field(max_length=63, pattern=_LABEL_VALUE_PATTERN)]] = Field(
+        min_length=1, max_length=64, description="Node labels that select the pool, e.g. {agentpool: gpu}."
     )
-    tolerations_for_taints: list[str] = Field(
+    tolerations_for_taints: list[Annotated[str, Field(max_length=317, pattern=TAINT_PATTERN)]] = Field(
         default_factory=list,
-        description="Taints (key=value:Effect) the pool carries, tolerated by the workers.",
+        max_length=64,
+        description="Taints (key=value:Effect or key:Effect) the pool carries, tolerated by the workers.",
     )
 
 
 class NodePoolSpec(_Model):
     """Which nodes serve: a managed pool (default) or an existing one."""
+
+    model_config = _cel(
+        CelRule(
+            "!(has(self.managed) && has(self.existing))",
+            "set either managed or existing, not both",
+            ".existing",
+        ),
+    )
 
     managed: ManagedNodePoolSpec | None = Field(default=None, description="A pool tokenplane manages.")
     existing: ExistingNodePoolSpec | None = Field(default=None, description="An existing pool, selected by label.")
@@ -415,7 +582,11 @@ class NodePoolSpec(_Model):
     @model_validator(mode="after")
     def _one_of(self) -> NodePoolSpec:
         if self.managed is not None and self.existing is not None:
-            raise _problem("existing", "set either managed or existing, not both")
+            raise _problem(
+                "existing",
+                "nodePool.managed and nodePool.existing are both set: keep managed for a pool tokenplane creates, "
+                "or existing to run on your own nodes",
+            )
         return self
 
 
@@ -435,10 +606,47 @@ class CpuSpec(_Model):
 class HardwareSpec(_Model):
     """Where replicas run."""
 
+    model_config = _cel(
+        CelRule(
+            "!(has(self.migProfile) && has(self.gpuFraction))",
+            "use either migProfile (an isolated slice) or gpuFraction (a shared GPU), not both",
+            ".gpuFraction",
+        ),
+        CelRule(
+            "!has(self.migProfile) || self.gpusPerReplica == 1",
+            "a MIG replica runs on one slice: set gpusPerReplica to 1, or remove migProfile to use whole GPUs",
+            ".gpusPerReplica",
+        ),
+        CelRule(
+            "!has(self.gpuFraction) || self.gpusPerReplica == 1",
+            "a fractional replica shares one GPU: set gpusPerReplica to 1, or remove gpuFraction",
+            ".gpusPerReplica",
+        ),
+        CelRule(
+            "self.accelerator != 'cpu' || (!has(self.migProfile) && !has(self.gpuFraction))",
+            "migProfile and gpuFraction need accelerator gpu; remove them for a CPU run",
+            ".accelerator",
+        ),
+        CelRule(
+            "self.accelerator != 'cpu' || self.vmSize == 'auto'",
+            "a CPU run provisions no VM; remove vmSize or set accelerator gpu",
+            ".vmSize",
+        ),
+        CelRule(
+            "self.accelerator != 'cpu' || !has(self.nodePool) || (!has(self.nodePool.managed) && "
+            "!has(self.nodePool.existing))",
+            "a CPU run uses no node pool; remove nodePool or set accelerator gpu",
+            ".nodePool",
+        ),
+    )
+
     accelerator: AcceleratorKind = Field(default=AcceleratorKind.GPU, description="gpu (AKS) or cpu (local runs).")
     vm_size: str = Field(
         default="auto",
-        pattern=r"^(auto|Standard_[A-Za-z0-9_]+)$",
+        max_length=64,
+        pattern=_pattern(
+            r"^(auto|Standard_[A-Za-z0-9_]+)$", "auto, or an Azure VM size such as Standard_NC40ads_H100_v5"
+        ),
         description="AKS VM size such as Standard_NC40ads_H100_v5, or auto to let the capacity planner choose.",
     )
     gpus_per_replica: int = Field(default=1, ge=1, le=64, description="Whole GPUs per replica (TP x PP).")
@@ -453,18 +661,32 @@ class HardwareSpec(_Model):
         description="Share one GPU between replicas (Ray fractional GPU: packing, not isolation).",
     )
     spot: SpotSpec = Field(default_factory=SpotSpec, description="Spot VMs.")
-    zones: list[Literal["1", "2", "3"]] = Field(default_factory=list, description="Availability zones.")
+    zones: list[Literal["1", "2", "3"]] = Field(
+        default_factory=list, max_length=3, description="Availability zones, as strings: '1', '2', '3'."
+    )
     node_pool: NodePoolSpec = Field(default_factory=NodePoolSpec, description="Managed or existing nodes.")
     cpu: CpuSpec = Field(default_factory=CpuSpec, description="CPU replica settings (accelerator cpu).")
 
     @model_validator(mode="after")
     def _consistent(self) -> HardwareSpec:
         if self.mig_profile is not None and self.gpu_fraction is not None:
-            raise _problem("gpuFraction", "use either migProfile (isolated slice) or gpuFraction (shared), not both")
+            raise _problem(
+                "gpuFraction",
+                "migProfile and gpuFraction are both set: use either migProfile (an isolated slice) or gpuFraction "
+                "(a shared GPU), not both",
+            )
         if self.mig_profile is not None and self.gpus_per_replica != 1:
-            raise _problem("gpusPerReplica", "a MIG replica uses exactly one slice; set gpusPerReplica to 1")
+            raise _problem(
+                "gpusPerReplica",
+                f"migProfile {self.mig_profile.value} gives a replica exactly one slice, but gpusPerReplica is "
+                f"{self.gpus_per_replica}: set gpusPerReplica to 1, or remove migProfile to use whole GPUs",
+            )
         if self.gpu_fraction is not None and self.gpus_per_replica != 1:
-            raise _problem("gpusPerReplica", "a fractional replica shares one GPU; set gpusPerReplica to 1")
+            raise _problem(
+                "gpusPerReplica",
+                f"gpuFraction {self.gpu_fraction:g} shares one GPU, but gpusPerReplica is {self.gpus_per_replica}: "
+                "set gpusPerReplica to 1, or remove gpuFraction",
+            )
         if self.accelerator is AcceleratorKind.CPU:
             for field, value in (("migProfile", self.mig_profile), ("gpuFraction", self.gpu_fraction)):
                 if value is not None:
@@ -493,6 +715,24 @@ class LatencyTargetSpec(_Model):
 class ScalingSpec(_Model):
     """Autoscaling on queue depth and P95 latency."""
 
+    model_config = _cel(
+        CelRule(
+            "self.minReplicas <= self.maxReplicas",
+            "minReplicas exceeds maxReplicas; raise maxReplicas or lower minReplicas",
+            ".minReplicas",
+        ),
+        CelRule(
+            "self.minReplicas != 0 || (has(self.scaleToZero) && self.scaleToZero.enabled)",
+            "minReplicas 0 needs scaleToZero.enabled: true (or set minReplicas >= 1)",
+            ".minReplicas",
+        ),
+        CelRule(
+            "!has(self.scaleToZero) || !self.scaleToZero.enabled || self.minReplicas == 0",
+            "scaleToZero.enabled needs minReplicas: 0 (set it, or disable scaleToZero)",
+            ".scaleToZero.enabled",
+        ),
+    )
+
     min_replicas: int = Field(default=1, ge=0, le=1000, description="Fewest replicas (0 needs scaleToZero).")
     max_replicas: int = Field(default=1, ge=1, le=1000, description="Most replicas; bounds the node pool too.")
     target_queue_depth: int = Field(
@@ -516,6 +756,12 @@ class ScalingSpec(_Model):
             )
         if self.min_replicas == 0 and not self.scale_to_zero.enabled:
             raise _problem("minReplicas", "minReplicas 0 needs scaleToZero.enabled: true (or set minReplicas >= 1)")
+        if self.scale_to_zero.enabled and self.min_replicas != 0:
+            raise _problem(
+                "scaleToZero.enabled",
+                f"scaleToZero.enabled needs minReplicas: 0, but minReplicas is {self.min_replicas}: set minReplicas "
+                "to 0 to let the last replica go when idle, or disable scaleToZero",
+            )
         return self
 
 
@@ -527,7 +773,8 @@ class RoutingSpec(_Model):
     )
     session_header: str = Field(
         default="x-session-id",
-        pattern=r"^[A-Za-z0-9-]+$",
+        max_length=256,
+        pattern=_pattern(r"^[A-Za-z0-9-]+$", "an HTTP header name: letters, digits and '-'"),
         description="Header whose value pins a session to a replica (sessionAffinity).",
     )
 
@@ -544,14 +791,24 @@ class DisaggregationSpec(_Model):
 class AuthSpec(_Model):
     """Endpoint authentication."""
 
+    model_config = _cel(
+        CelRule(
+            "self.mode != 'entraId' || (has(self.entraTenantId) && has(self.entraAudience))",
+            "mode entraId needs entraTenantId and entraAudience",
+            ".mode",
+        ),
+    )
+
     mode: AuthMode = Field(default=AuthMode.API_KEY, description="apiKey, entraId or none.")
     api_key_secret_ref: SecretKeyRef | None = Field(
         default=None,
         description="Secret whose values are accepted API keys (several keys allow rotation); "
         "defaults to the Secret <name>-api-keys.",
     )
-    entra_tenant_id: str | None = Field(default=None, description="Entra ID tenant whose tokens are accepted.")
-    entra_audience: str | None = Field(default=None, description="Audience (aud) the tokens must carry.")
+    entra_tenant_id: str | None = Field(
+        default=None, min_length=1, description="Entra ID tenant whose tokens are accepted."
+    )
+    entra_audience: str | None = Field(default=None, min_length=1, description="Audience (aud) the tokens must carry.")
 
     @model_validator(mode="after")
     def _mode_fields(self) -> AuthSpec:
@@ -560,7 +817,7 @@ class AuthSpec(_Model):
                 ("entraTenantId", self.entra_tenant_id),
                 ("entraAudience", self.entra_audience),
             ):
-                if not value:
+                if value is None:
                     raise _problem(field, f"mode entraId needs {field}")
         return self
 
@@ -580,8 +837,9 @@ class EndpointSpec(_Model):
         default=Visibility.CLUSTER,
         description="cluster (ClusterIP) or private (Azure internal load balancer).",
     )
-    allowed_namespaces: list[str] = Field(
+    allowed_namespaces: list[Annotated[str, Field(max_length=63, pattern=_DNS_LABEL)]] = Field(
         default_factory=list,
+        max_length=256,
         description="Namespaces whose pods may call the endpoint (NetworkPolicy); empty = own.",
     )
     rate_limits: RateLimitSpec = Field(default_factory=RateLimitSpec, description="Rate limits.")
@@ -604,8 +862,82 @@ class UpgradeSpec(_Model):
     )
 
 
+# Typed CR fields that own the vLLM engine arguments the serving contract derives (for messages only).
+_TYPED_OWNER = {
+    "model": "spec.model.source",
+    "served_model_name": "spec.model.servedName",
+    "revision": "spec.model.revision",
+    "dtype": "spec.model.dtype",
+    "quantization": "spec.model.quantization",
+    "max_model_len": "spec.model.maxModelLen",
+    "tensor_parallel_size": "spec.engine.tensorParallelSize",
+    "pipeline_parallel_size": "spec.engine.pipelineParallelSize",
+    "gpu_memory_utilization": "spec.engine.gpuMemoryUtilization",
+    "enable_prefix_caching": "spec.engine.enablePrefixCaching",
+    "enable_chunked_prefill": "spec.engine.enableChunkedPrefill",
+    "max_num_seqs": "spec.engine.maxNumSeqs",
+    "speculative_config": "spec.engine.speculativeDecoding",
+    "enforce_eager": "spec.engine.enforceEager",
+    "enable_lora": "spec.lora.adapters",
+    "max_lora_rank": "spec.lora.maxRank",
+    "max_loras": "spec.lora.maxAdaptersPerReplica",
+    "max_cpu_loras": "spec.lora.maxAdaptersPerReplica",
+    "kv_transfer_config": "spec.disaggregation",
+}
+_TP = _or_default("engine", EngineSpec, "tensor_parallel_size")
+_PP = _or_default("engine", EngineSpec, "pipeline_parallel_size")
+_ACCELERATOR = _or_default("hardware", HardwareSpec, "accelerator")
+_GPUS = _or_default("hardware", HardwareSpec, "gpus_per_replica")
+_SLICED = "(has(self.hardware) && (has(self.hardware.migProfile) || has(self.hardware.gpuFraction)))"
+_DISAGGREGATED = _or_default("disaggregation", DisaggregationSpec, "enabled")
+_SCALE_TO_ZERO = "(has(self.scaling) && has(self.scaling.scaleToZero) && self.scaling.scaleToZero.enabled)"
+_QUANTIZATION = "(has(self.model.quantization) ? self.model.quantization : 'none')"
+
+
 class InferenceDeploymentSpec(_Model):
     """Desired state of an InferenceDeployment."""
+
+    model_config = _cel(
+        CelRule(
+            f"{_ACCELERATOR} != 'cpu' || ({_TP} == 1 && {_PP} == 1)",
+            "a CPU replica runs unsharded: set engine.tensorParallelSize and engine.pipelineParallelSize to 1",
+            ".engine",
+        ),
+        CelRule(
+            f"{_ACCELERATOR} != 'cpu' || !{_DISAGGREGATED}",
+            "prefill/decode disaggregation needs GPUs and a KV connector; disable it for a CPU run",
+            ".disaggregation",
+        ),
+        CelRule(
+            f"{_ACCELERATOR} != 'cpu' || !({_QUANTIZATION} in {[q.value for q in _GPU_ONLY_QUANTIZATION]})",
+            f"quantization {', '.join(q.value for q in _GPU_ONLY_QUANTIZATION)} needs a GPU; use none on CPU",
+            ".model.quantization",
+        ),
+        CelRule(
+            f"{_ACCELERATOR} == 'cpu' || !{_SLICED} || ({_TP} == 1 && {_PP} == 1)",
+            "a MIG slice or a GPU fraction cannot be sharded: set engine.tensorParallelSize and "
+            "engine.pipelineParallelSize to 1, or remove hardware.migProfile / hardware.gpuFraction "
+            "to shard over whole GPUs",
+            ".engine",
+        ),
+        CelRule(
+            f"{_ACCELERATOR} == 'cpu' || {_SLICED} || {_GPUS} == {_TP} * {_PP}",
+            "hardware.gpusPerReplica must equal engine.tensorParallelSize x engine.pipelineParallelSize",
+            ".hardware",
+        ),
+        CelRule(
+            f"{_or_default('scaling', ScalingSpec, 'target_queue_depth')} <= "
+            f"{_or_default('engine', EngineSpec, 'max_num_seqs')}",
+            "scaling.targetQueueDepth exceeds engine.maxNumSeqs: a replica never holds more requests than "
+            "maxNumSeqs, so it would never scale up; lower targetQueueDepth or raise maxNumSeqs",
+            ".scaling",
+        ),
+        CelRule(
+            f"!{_DISAGGREGATED} || !{_SCALE_TO_ZERO}",
+            "scale-to-zero is not supported with disaggregation; disable one of them",
+            ".disaggregation",
+        ),
+    )
 
     model: ModelSpec = Field(description="The model to serve.")
     engine: EngineSpec = Field(default_factory=EngineSpec, description="vLLM engine settings.")
@@ -622,22 +954,52 @@ class InferenceDeploymentSpec(_Model):
     @model_validator(mode="after")
     def _cross_field(self) -> InferenceDeploymentSpec:
         engine, hardware = self.engine, self.hardware
-        shards = engine.tensor_parallel_size * engine.pipeline_parallel_size
+        tp, pp = engine.tensor_parallel_size, engine.pipeline_parallel_size
+        shards = tp * pp
+        sliced = "migProfile" if hardware.mig_profile else "gpuFraction" if hardware.gpu_fraction is not None else None
+        sharded_field = "engine.tensorParallelSize" if tp != 1 else "engine.pipelineParallelSize"
         if hardware.accelerator is AcceleratorKind.CPU:
             if shards != 1:
-                raise _problem("engine.tensorParallelSize", "a CPU replica runs unsharded; set TP and PP to 1")
+                raise _problem(
+                    sharded_field,
+                    f"a CPU replica runs unsharded (tensorParallelSize {tp}, pipelineParallelSize {pp}): set both "
+                    "to 1, or use accelerator gpu",
+                )
             if self.disaggregation.enabled:
-                raise _problem("disaggregation.enabled", "prefill/decode split needs GPUs and a KV connector")
-            if _quantization_needs_gpu(self.model.quantization):
-                raise _problem("model.quantization", f"{self.model.quantization.value} needs a GPU; use none")
-        elif shards != hardware.gpus_per_replica:
+                raise _problem(
+                    "disaggregation.enabled",
+                    "prefill/decode disaggregation needs GPUs and a KV connector: disable it, or use accelerator gpu",
+                )
+            if self.model.quantization in _GPU_ONLY_QUANTIZATION:
+                raise _problem(
+                    "model.quantization",
+                    f"{self.model.quantization.value} needs a GPU: use quantization none (or awq/int8) on CPU",
+                )
+        elif sliced and shards != 1:
+            raise _problem(
+                sharded_field,
+                f"hardware.{sliced} gives a replica part of one GPU, which cannot be sharded (tensorParallelSize "
+                f"{tp}, pipelineParallelSize {pp}): set both to 1, or remove hardware.{sliced} to shard over whole "
+                "GPUs (then gpusPerReplica = tensorParallelSize x pipelineParallelSize)",
+            )
+        elif not sliced and shards != hardware.gpus_per_replica:
             raise _problem(
                 "hardware.gpusPerReplica",
                 f"gpusPerReplica ({hardware.gpus_per_replica}) must equal tensorParallelSize x "
-                f"pipelineParallelSize ({engine.tensor_parallel_size} x {engine.pipeline_parallel_size} = {shards})",
+                f"pipelineParallelSize ({tp} x {pp} = {shards}); change gpusPerReplica or the parallel sizes",
+            )
+        if self.scaling.target_queue_depth > engine.max_num_seqs:
+            raise _problem(
+                "scaling.targetQueueDepth",
+                f"scaling.targetQueueDepth ({self.scaling.target_queue_depth}) exceeds engine.maxNumSeqs "
+                f"({engine.max_num_seqs}): a replica never holds more requests than maxNumSeqs, so it would never "
+                "scale up; lower targetQueueDepth or raise maxNumSeqs",
             )
         if self.disaggregation.enabled and self.scaling.scale_to_zero.enabled:
-            raise _problem("scaling.scaleToZero.enabled", "scale-to-zero is not supported with disaggregation")
+            raise _problem(
+                "scaling.scaleToZero.enabled",
+                "scale-to-zero is not supported with disaggregation.enabled: disable one of them",
+            )
         return self
 
 
@@ -723,6 +1085,22 @@ class InferenceDeploymentStatus(_Model):
     endpoint: EndpointStatus | None = Field(default=None, description="Endpoint.")
     replicas: ReplicaStatus | None = Field(default=None, description="Replica counts.")
     metrics: MetricsStatus | None = Field(default=None, description="Profitability metrics.")
+
+
+# Rules on the whole object: CEL at the root may read metadata.name (and generateName), nothing else of metadata.
+ROOT_RULES = (
+    CelRule(
+        f"self.metadata.name.matches('{DNS1035_LABEL}')",
+        "metadata.name must be a DNS-1035 label (lowercase letters, digits and '-', starting with a letter), "
+        "as KubeRay requires for the RayService of the same name",
+        ".metadata.name",
+    ),
+    CelRule(
+        f"self.metadata.name.size() <= {MAX_NAME_LENGTH}",
+        f"metadata.name has at most {MAX_NAME_LENGTH} characters, so every name derived from it fits 63",
+        ".metadata.name",
+    ),
+)
 
 
 class InferenceDeployment(_Model):

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import difflib
+import json
+import math
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from tokenplane_operator.api.v1alpha1 import API_VERSION, KIND, InferenceDeployment
+from tokenplane_operator.api.names import OBJECT_MAX_BYTES, metadata_problems
+from tokenplane_operator.api.v1alpha1 import API_VERSION, KIND, InferenceDeployment, pattern_hint
 
 __all__ = ["InvalidSpecError", "Problem", "parse_inference_deployment", "problems_from_validation_error"]
 
@@ -55,10 +58,57 @@ def parse_inference_deployment(body: Mapping[str, Any]) -> InferenceDeployment:
         problems.append(Problem("kind", f"expected {KIND}, got {body.get('kind')!r}"))
     if problems:
         raise InvalidSpecError(problems)
+    problems = list(_non_json_values(body, ""))
+    if problems:  # the rest assumes a JSON document, as the API server stores
+        raise InvalidSpecError(problems)
+    text = json.dumps(_plain(body), allow_nan=False, separators=(",", ":"))
+    if len(text.encode()) > OBJECT_MAX_BYTES:
+        size = len(text.encode())
+        message = f"{size:,} bytes as JSON; Kubernetes stores at most {OBJECT_MAX_BYTES:,} per object"
+        raise InvalidSpecError([Problem("(document)", message)])
+    metadata = body.get("metadata")
+    if metadata is not None and not isinstance(metadata, Mapping):
+        problems.append(Problem("metadata", f"must be a mapping (name: ..., namespace: ...), got {_kind_of(metadata)}"))
+    else:
+        problems += [Problem(f"metadata.{field}", message) for field, message in metadata_problems(metadata or {})]
     try:
-        return InferenceDeployment.model_validate(dict(body))
+        # Strict JSON validation types values as the API server does: "8" is not an integer, 1.5 is not one either.
+        deployment = InferenceDeployment.model_validate_json(text, strict=True)
     except ValidationError as err:
-        raise InvalidSpecError(problems_from_validation_error(err)) from None
+        problems += problems_from_validation_error(err)
+    if problems:
+        raise InvalidSpecError(problems)
+    return deployment
+
+
+def _plain(value: object) -> object:
+    """Copy a body made of mappings (kopf hands out its own Mapping types) into plain dicts and lists."""
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value
+
+
+def _non_json_values(value: object, path: str) -> Iterator[Problem]:
+    """Values JSON (and so Kubernetes) cannot hold: NaN, infinities, and what YAML tags turn into other types."""
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                yield Problem(path or "(document)", f"key {key!r} is not a string; quote it")
+                continue
+            yield from _non_json_values(item, f"{path}.{key}" if path else key)
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            yield from _non_json_values(item, f"{path}[{index}]")
+    elif isinstance(value, float) and not math.isfinite(value):
+        yield Problem(
+            path or "(document)",
+            f"{value} is not a finite number (.nan, .inf and values beyond 1.8e308 have no JSON form); "
+            "write a plain number",
+        )
+    elif value is not None and not isinstance(value, str | int | float | bool):
+        yield Problem(path or "(document)", f"a {type(value).__name__} value has no JSON form; quote it as a string")
 
 
 def problems_from_validation_error(err: ValidationError) -> list[Problem]:
@@ -66,20 +116,68 @@ def problems_from_validation_error(err: ValidationError) -> list[Problem]:
     return [_problem_from_error(error) for error in err.errors()]
 
 
+# What a value of the wrong type should have been, in YAML terms.
+_EXPECTED = {
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "a whole number",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "string_type": "a string",
+    "list_type": "a list",
+    "dict_type": "a mapping (key: value)",
+    "model_type": "a mapping of fields (field: value)",
+    "model_attributes_type": "a mapping of fields (field: value)",
+}
+
+
 def _problem_from_error(error: ErrorDetails) -> Problem:
     loc = [str(part) if isinstance(part, str) else f"[{part}]" for part in error["loc"]]
     ctx = error.get("ctx") or {}
-    if error["type"] == "tokenplane":
+    kind, value = error["type"], error["input"]
+    if kind == "tokenplane":
         loc.append(str(ctx["field"]))
         return Problem(_join(loc), str(ctx["message"]))
-    if error["type"] == "extra_forbidden":
+    if kind == "extra_forbidden":
         return Problem(_join(loc), _unknown_field_message(error["loc"]))
-    if error["type"] == "missing":
+    if kind == "missing":
         return Problem(_join(loc), "required field is missing; add it")
-    if error["type"] in ("enum", "literal_error"):
-        return Problem(_join(loc), f"{error['input']!r} is not allowed; {error['msg'][0].lower()}{error['msg'][1:]}")
-    message = error["msg"].removeprefix("Value error, ")
-    return Problem(_join(loc), f"{message} (got {error['input']!r})" if _is_scalar(error["input"]) else message)
+    if kind in ("enum", "literal_error"):
+        return Problem(_join(loc), f"{value!r} is not allowed; {_lower(error['msg'])}")
+    if kind in _EXPECTED:
+        quoted = isinstance(value, str) and kind in ("int_type", "float_type", "bool_type")
+        hint = "; remove the quotes" if quoted else ""
+        return Problem(_join(loc), f"expected {_EXPECTED[kind]}, got {_kind_of(value)}{hint}")
+    if kind == "string_pattern_mismatch":
+        what = pattern_hint(str(ctx.get("pattern"))) or "the documented format (see `kubectl explain`)"
+        return Problem(_join(loc), f"{value!r} is not valid: expected {what}")
+    if kind == "finite_number":
+        return Problem(_join(loc), "expected a finite number")
+    message = error["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
+    return Problem(_join(loc), f"{message} (got {value!r})" if _is_scalar(value) else message)
+
+
+def _lower(message: str) -> str:
+    return message[0].lower() + message[1:] if message else message
+
+
+def _kind_of(value: object) -> str:
+    """Describe a value by its YAML type, e.g. `the string '8'`, `a list`."""
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, int | float):
+        return f"the number {value!r}"
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    if value is None:
+        return "null"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return f"a {type(value).__name__}"
 
 
 def _join(parts: list[str]) -> str:

@@ -7,6 +7,7 @@ from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from tokenplane_operator.api.v1alpha1 import TAINT_PATTERN
 from tokenplane_operator.errors import OperationFailedError
 
 __all__ = [
@@ -37,7 +38,7 @@ MANAGED_BY_TAG = "tokenplane-managed-by"
 MANAGED_BY_VALUE = "tokenplane"
 
 _POOL_NAME_PATTERN = r"^[a-z][a-z0-9]{0,11}$"  # AKS: Linux pool names, lowercase alphanumerics, <= 12
-_TAINT_PATTERN = re.compile(r"^[^=:\s]+(=[^:\s]*)?:(NoSchedule|PreferNoSchedule|NoExecute)$")
+_TAINT_PATTERN = re.compile(TAINT_PATTERN)  # the API layer owns the taint syntax
 _TERMINAL_STATES = frozenset({"Succeeded", "Failed", "Canceled"})
 
 

@@ -9,7 +9,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from tokenplane_operator.api.v1alpha1 import AcceleratorKind, InferenceDeployment, PlanStatus
 from tokenplane_operator.desired.agentpool import DesiredAgentPool, MigProfile, hardware_class_key, pool_name_for
 from tokenplane_operator.desired.config import RenderConfig
-from tokenplane_operator.desired.naming import MAX_NAME_LENGTH
 from tokenplane_operator.desired.objects import build_network_policy, build_service, endpoint_url
 from tokenplane_operator.desired.rayservice import build_rayservice, compute_worker_shape
 from tokenplane_operator.desired.resolve import resolve_plan
@@ -95,15 +94,9 @@ def build_desired_state(deployment: InferenceDeployment, config: RenderConfig) -
         The desired state bundle.
 
     Raises:
-        PlanError: InvalidWorkload for a name KubeRay rejects or hardware that cannot become a worker group;
+        PlanError: InvalidWorkload for hardware that cannot become a worker group;
             UnknownVmSize for a size the catalog lacks; UnknownModel / DoesNotFit when `auto` cannot be planned.
     """
-    if len(deployment.name) > MAX_NAME_LENGTH:
-        raise PlanError(
-            PlanErrorReason.INVALID_WORKLOAD,
-            f"metadata.name {deployment.name!r} has {len(deployment.name)} characters; KubeRay accepts RayService "
-            f"names of at most {MAX_NAME_LENGTH}",
-        )
     resolved = resolve_plan(deployment)
     deployment = resolved.deployment
     hardware = deployment.spec.hardware

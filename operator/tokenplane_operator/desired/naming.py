@@ -6,6 +6,13 @@ import hashlib
 import json
 from typing import Any
 
+from tokenplane_operator.api.names import (
+    API_KEYS_SECRET_SUFFIX,
+    MAX_NAME_LENGTH,
+    NETWORK_POLICY_SUFFIX,
+    SERVICE_SUFFIX,
+)
+
 __all__ = [
     "API_KEYS_SECRET_SUFFIX",
     "CLUSTER_HASH_ANNOTATION",
@@ -34,13 +41,6 @@ MANAGED_BY = "tokenplane-operator"
 DEPLOYMENT_LABEL = "tokenplane.io/deployment"
 SPEC_HASH_ANNOTATION = "tokenplane.io/spec-hash"
 CLUSTER_HASH_ANNOTATION = "tokenplane.io/cluster-hash"
-SERVICE_SUFFIX = "-openai"
-NETWORK_POLICY_SUFFIX = "-ingress"
-API_KEYS_SECRET_SUFFIX = "-api-keys"
-# KubeRay refuses RayService names over 47 characters (MaxRayServiceNameLength): the RayCluster it makes
-# appends "-xxxxx" and its Services "-serve-svc"/"-head-svc", all within the 63-character DNS label limit.
-MAX_NAME_LENGTH = 47
-
 SERVE_PORT = 8000  # KubeRay's default serve port; its -serve-svc and our Service both target it
 DASHBOARD_PORT = 8265
 GCS_PORT = 6379

@@ -1,16 +1,21 @@
-"""Rules that need the GPU catalog: VM sizes, MIG support, and how many GPUs a node has."""
+"""Rules that need the GPU catalog or the model's shape: VM sizes, MIG support, GPUs per VM, attention heads."""
 
 from __future__ import annotations
 
-from tokenplane_operator.api.v1alpha1 import AcceleratorKind, InferenceDeployment
+from tokenplane_operator.api.v1alpha1 import AcceleratorKind, InferenceDeployment, parse_source
 from tokenplane_operator.api.validation import Problem
-from tokenplane_operator.plan.catalog import all_skus, find_sku
+from tokenplane_operator.plan.catalog import GpuSku, all_skus, find_sku
+from tokenplane_operator.plan.errors import PlanError
+from tokenplane_operator.plan.modelinfo import ModelInfo, resolve_model
 
 __all__ = ["check_deployment"]
 
 
 def check_deployment(deployment: InferenceDeployment) -> list[Problem]:
-    """Check a parsed InferenceDeployment against the GPU catalog.
+    """Check a parsed InferenceDeployment against the GPU catalog and, when it is known offline, the model.
+
+    Models outside the built-in table (and not a local path) are checked by the operator once it read their
+    config.json; the same rules apply there through the planner.
 
     Args:
         deployment: a spec that already passed the model's own rules.
@@ -18,9 +23,12 @@ def check_deployment(deployment: InferenceDeployment) -> list[Problem]:
     Returns:
         The problems found, each with its field path; empty when the spec is valid.
     """
-    hardware, engine = deployment.spec.hardware, deployment.spec.engine
-    if hardware.accelerator is AcceleratorKind.CPU or hardware.vm_size == "auto":
+    hardware = deployment.spec.hardware
+    if hardware.accelerator is AcceleratorKind.CPU:
         return []
+    problems = _model_problems(deployment, _known_model(deployment))
+    if hardware.vm_size == "auto":
+        return problems
     sku = find_sku(hardware.vm_size)
     if sku is None:
         known = ", ".join(s.vm_size for s in all_skus())
@@ -30,6 +38,44 @@ def check_deployment(deployment: InferenceDeployment) -> list[Problem]:
                 f"{hardware.vm_size} is not a GPU VM size tokenplane knows; use auto or one of: {known}",
             )
         ]
+    return problems + _sku_problems(deployment, sku)
+
+
+def _known_model(deployment: InferenceDeployment) -> ModelInfo | None:
+    try:
+        return resolve_model(parse_source(deployment.spec.model.source)[1])
+    except (PlanError, ValueError, OSError):
+        return None
+
+
+def _model_problems(deployment: InferenceDeployment, model: ModelInfo | None) -> list[Problem]:
+    engine = deployment.spec.engine
+    tp, pp = engine.tensor_parallel_size, engine.pipeline_parallel_size
+    if model is None:
+        return []
+    problems = []
+    if model.num_attention_heads % tp:
+        divisors = [n for n in range(1, model.num_attention_heads + 1) if model.num_attention_heads % n == 0 and n <= 8]
+        problems.append(
+            Problem(
+                "spec.engine.tensorParallelSize",
+                f"tensorParallelSize {tp} does not divide the {model.num_attention_heads} attention heads of "
+                f"{model.name} (vLLM splits heads evenly); use one of {', '.join(map(str, divisors))}",
+            )
+        )
+    if pp > model.num_layers:
+        problems.append(
+            Problem(
+                "spec.engine.pipelineParallelSize",
+                f"pipelineParallelSize {pp} exceeds the {model.num_layers} layers of {model.name}; use at most "
+                f"{model.num_layers}",
+            )
+        )
+    return problems
+
+
+def _sku_problems(deployment: InferenceDeployment, sku: GpuSku) -> list[Problem]:
+    hardware, engine = deployment.spec.hardware, deployment.spec.engine
     problems = []
     if hardware.mig_profile is not None and hardware.mig_profile.value not in sku.mig_profiles:
         supported = ", ".join(sorted(sku.mig_profiles)) or "none"
@@ -46,6 +92,15 @@ def check_deployment(deployment: InferenceDeployment) -> list[Problem]:
                 "spec.engine.tensorParallelSize",
                 f"tensorParallelSize {engine.tensor_parallel_size} exceeds the {sku.gpu_count} GPU(s) of one "
                 f"{sku.vm_size}; keep TP within a node and use pipelineParallelSize across nodes",
+            )
+        )
+    gpus = hardware.gpus_per_replica
+    if hardware.mig_profile is None and hardware.gpu_fraction is None and gpus > sku.gpu_count and gpus % sku.gpu_count:
+        problems.append(
+            Problem(
+                "spec.hardware.gpusPerReplica",
+                f"gpusPerReplica {gpus} spans VMs of {sku.gpu_count} GPUs ({sku.vm_size}) but is not a multiple of "
+                f"{sku.gpu_count}; use a multiple so each pipeline stage fills whole VMs",
             )
         )
     return problems

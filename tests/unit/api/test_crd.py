@@ -71,7 +71,10 @@ def test_every_field_has_a_description_for_kubectl_explain() -> None:
 @pytest.mark.parametrize(
     ("path", "expected"),
     [
-        ("spec.properties.engine.properties.extraArgs", {"x-kubernetes-preserve-unknown-fields": True}),
+        (
+            "spec.properties.engine.properties.extraArgs",
+            {"type": "object", "additionalProperties": {"x-kubernetes-preserve-unknown-fields": True}},
+        ),
         (
             "spec.properties.hardware.properties.migProfile",
             {"enum": ["MIG1g", "MIG2g", "MIG3g", "MIG4g", "MIG7g"]},

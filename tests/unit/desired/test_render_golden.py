@@ -19,7 +19,7 @@ import yaml
 
 from tokenplane_cli.render import render_command, render_files
 from tokenplane_operator.api.v1alpha1 import InferenceDeployment
-from tokenplane_operator.api.validation import parse_inference_deployment
+from tokenplane_operator.api.validation import InvalidSpecError, parse_inference_deployment
 from tokenplane_operator.desired.agentpool import POOL_LABEL, SPOT_TAINT
 from tokenplane_operator.desired.bundle import DesiredState, build_desired_state
 from tokenplane_operator.desired.config import RenderConfig
@@ -340,7 +340,8 @@ def test_auto_is_resolved_by_the_planner_inside_the_renderer() -> None:
 
 
 def test_too_long_names_are_rejected() -> None:
-    with pytest.raises(PlanError, match="at most 47"):
+    # The API layer owns the limit (see tokenplane_operator.api.names), so nothing is rendered for such a name.
+    with pytest.raises(InvalidSpecError, match="at most 47"):
         desired(INPUTS["example-byo-nodes"], **{"metadata.name": "x" * 48})
 
 

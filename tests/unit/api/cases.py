@@ -1,0 +1,167 @@
+# ruff: noqa: E501  (one case per line reads as a table)
+"""Bad and good InferenceDeployments shared by the CLI tests and the CRD (schema + CEL) tests.
+
+Each bad case says who must refuse it besides `tokenplane validate`:
+- `CRD`: the generated CRD by itself (OpenAPI schema or CEL), so `kubectl apply` refuses it without the CLI;
+- `CLI`: only rules that need the GPU catalog, the model's shape or the source URI grammar (the operator applies
+  them at reconcile and reports a Stalled condition);
+- `SERVER`: the API server or kubectl outside the CRD (names, namespaces, metadata limits, what JSON cannot hold).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Literal
+
+BASE: dict[str, Any] = {
+    "apiVersion": "tokenplane.io/v1alpha1",
+    "kind": "InferenceDeployment",
+    "metadata": {"name": "m"},
+    "spec": {
+        "model": {"source": "hf://meta-llama/Llama-3.1-8B-Instruct", "maxModelLen": 8192},
+        "hardware": {"vmSize": "Standard_NC40ads_H100_v5"},
+        "scaling": {"minReplicas": 1, "maxReplicas": 2},
+    },
+}
+
+Who = Literal["CRD", "CLI", "SERVER"]
+
+
+def with_(path: str, value: Any, base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """BASE (or `base`) with the dotted path set to value."""
+    body = copy.deepcopy(base or BASE)
+    node = body
+    *parents, leaf = path.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+    return body
+
+
+def spec(**blocks: Any) -> dict[str, Any]:
+    """BASE with whole spec blocks replaced."""
+    body = copy.deepcopy(BASE)
+    body["spec"].update(blocks)
+    return body
+
+
+@dataclass(frozen=True)
+class Case:
+    """A bad document: the field path and a fragment of the message validate must print, and who else refuses it."""
+
+    id: str
+    body: dict[str, Any]
+    path: str
+    fragment: str
+    who: Who
+
+
+ND96 = "Standard_ND96isr_H100_v5"
+_BYO = {"nodeSelector": {"agentpool": "gpu"}}
+_CPU = {"accelerator": "cpu"}
+
+MISTAKES = [
+    Case("min > max replicas", with_("spec.scaling", {"minReplicas": 3, "maxReplicas": 2}), "spec.scaling.minReplicas", "exceeds maxReplicas", "CRD"),
+    Case("MIG on a SKU without MIG", with_("spec.hardware", {"vmSize": "Standard_NV36ads_A10_v5", "migProfile": "MIG1g"}), "spec.hardware.migProfile", "does not support MIG", "CLI"),
+    Case("TP x PP != GPUs", with_("spec.engine", {"tensorParallelSize": 2, "pipelineParallelSize": 2}), "spec.hardware.gpusPerReplica", "must equal tensorParallelSize x pipelineParallelSize", "CRD"),
+    Case("unknown quantization", with_("spec.model.quantization", "int3"), "spec.model.quantization", "'int3'", "CRD"),
+    Case("bad source URI", with_("spec.model.source", "ftp://models/llama"), "spec.model.source", "expected hf://ORG/NAME or ORG/NAME", "CRD"),
+    Case("negative context", with_("spec.model.maxModelLen", -8), "spec.model.maxModelLen", "greater than or equal to 16", "CRD"),
+    Case("unknown field with a hint", with_("spec.scaling.maxReplica", 3), "spec.scaling.maxReplica", "did you mean 'maxReplicas'", "CRD"),
+    Case("unknown top-level spec field", with_("spec.replicas", 3), "spec.replicas", "unknown field", "CRD"),
+    Case("missing model", {**BASE, "spec": {"hardware": {"accelerator": "cpu"}}}, "spec.model", "required", "CRD"),
+    Case("unknown VM size", with_("spec.hardware.vmSize", "Standard_D4s_v5"), "spec.hardware.vmSize", "not a GPU VM size", "CLI"),
+    Case("TP beyond one node", spec(engine={"tensorParallelSize": 2}, hardware={"vmSize": "Standard_NC40ads_H100_v5", "gpusPerReplica": 2}), "spec.engine.tensorParallelSize", "exceeds the 1 GPU(s)", "CLI"),
+    Case("scale to zero not enabled", with_("spec.scaling", {"minReplicas": 0, "maxReplicas": 2}), "spec.scaling.minReplicas", "scaleToZero.enabled", "CRD"),
+    Case("MIG with several GPUs", with_("spec.hardware", {"vmSize": ND96, "migProfile": "MIG3g", "gpusPerReplica": 2}), "spec.hardware.gpusPerReplica", "exactly one slice", "CRD"),
+    Case("CPU run with a VM size", with_("spec.hardware", {"accelerator": "cpu", "vmSize": "Standard_NC40ads_H100_v5"}), "spec.hardware.vmSize", "provisions no VM", "CRD"),
+    Case("wrong type", with_("spec.engine.maxNumSeqs", "many"), "spec.engine.maxNumSeqs", "expected an integer", "CRD"),
+    Case("draft model missing", with_("spec.engine.speculativeDecoding", {"method": "draftModel"}), "spec.engine.speculativeDecoding.draftModel", "needs a draftModel", "CRD"),
+    Case("duplicate LoRA names", with_("spec.lora.adapters", [{"name": "a", "source": "/a"}, {"name": "a", "source": "/b"}]), "spec.lora.adapters[1].name", "used twice", "CRD"),
+    Case("entra without tenant", with_("spec.endpoint.auth", {"mode": "entraId", "entraAudience": "api://x"}), "spec.endpoint.auth.entraTenantId", "needs entraTenantId", "CRD"),
+    Case("wrong kind", {**BASE, "kind": "Deployment"}, "kind", "expected InferenceDeployment", "SERVER"),
+    Case("bad MIG profile name", with_("spec.hardware.migProfile", "MIG5g"), "spec.hardware.migProfile", "'MIG5g'", "CRD"),
+    # names and metadata
+    Case("upper-case name", with_("metadata.name", "MyModel"), "metadata.name", "lowercase letters", "CRD"),
+    Case("underscore in name", with_("metadata.name", "my_model"), "metadata.name", "DNS-1035", "CRD"),
+    Case("emoji in name", with_("metadata.name", "llama-🦙"), "metadata.name", "DNS-1035", "CRD"),
+    Case("slash in name", with_("metadata.name", "team/llama"), "metadata.name", "DNS-1035", "CRD"),
+    Case("name starts with a digit", with_("metadata.name", "8b-chat"), "metadata.name", "starting with a letter", "CRD"),
+    Case("name of 48 characters", with_("metadata.name", "a" * 48), "metadata.name", "at most 47 fit", "CRD"),
+    Case("no name", {**BASE, "metadata": {"namespace": "ai"}}, "metadata.name", "needs a name", "SERVER"),
+    Case("bad namespace", with_("metadata.namespace", "AI_team"), "metadata.namespace", "not a namespace name", "SERVER"),
+    Case("label value with a space", with_("metadata.labels", {"team": "ml platform"}), "metadata.labels.team", "not a label value", "SERVER"),
+    Case("numeric label value", with_("metadata.labels", {"tier": 1}), "metadata.labels.tier", "quote", "SERVER"),
+    Case("annotations over 256 KiB", with_("metadata.annotations", {"notes": "x" * (256 * 1024)}), "metadata.annotations", "256 KiB", "SERVER"),
+    Case("metadata is a list", {**BASE, "metadata": ["m"]}, "metadata", "must be a mapping", "SERVER"),
+    Case("other API version", {**BASE, "apiVersion": "tokenplane.io/v1beta1"}, "apiVersion", "expected tokenplane.io/v1alpha1", "SERVER"),
+    # strict typing at the edge
+    Case("quoted integer", with_("spec.scaling.maxReplicas", "8"), "spec.scaling.maxReplicas", "remove the quotes", "CRD"),
+    Case("fractional replicas", with_("spec.scaling.maxReplicas", 2.5), "spec.scaling.maxReplicas", "expected an integer, got the number 2.5", "CRD"),
+    Case("quoted boolean", with_("spec.engine.enablePrefixCaching", "true"), "spec.engine.enablePrefixCaching", "expected true or false", "CRD"),
+    Case("spec is a string", {**BASE, "spec": "llama"}, "spec", "expected a mapping of fields", "CRD"),
+    Case("model is a list", with_("spec.model", ["hf://a/b"]), "spec.model", "expected a mapping of fields", "CRD"),
+    Case("zones as numbers", with_("spec.hardware.zones", [1, 2]), "spec.hardware.zones[0]", "'1', '2' or '3'", "CRD"),
+    Case("NaN spot price", with_("spec.hardware.spot", {"enabled": True, "maxPrice": float("nan")}), "spec.hardware.spot.maxPrice", "not a finite number", "SERVER"),
+    Case("infinite spot price", with_("spec.hardware.spot", {"enabled": True, "maxPrice": float("inf")}), "spec.hardware.spot.maxPrice", "not a finite number", "SERVER"),
+    Case("NaN inside extraArgs", with_("spec.engine.extraArgs", {"swap_space": float("nan")}), "spec.engine.extraArgs.swap_space", "not a finite number", "SERVER"),
+    Case("negative spot price", with_("spec.hardware.spot", {"enabled": True, "maxPrice": -2}), "spec.hardware.spot.maxPrice", "-1 for on-demand", "CRD"),
+    Case("port out of range", with_("spec.endpoint.port", 70000), "spec.endpoint.port", "less than or equal to 65535", "CRD"),
+    Case("GPU memory over 1", with_("spec.engine.gpuMemoryUtilization", 1.5), "spec.engine.gpuMemoryUtilization", "less than or equal to 0.99", "CRD"),
+    Case("zero speculative tokens", with_("spec.engine.speculativeDecoding", {"method": "ngram", "numSpeculativeTokens": 0}), "spec.engine.speculativeDecoding.numSpeculativeTokens", "greater than or equal to 1", "CRD"),
+    # formats, without regexes in the message
+    Case("toleration without effect", spec(hardware={"vmSize": "Standard_NC40ads_H100_v5", "nodePool": {"existing": {**_BYO, "tolerationsForTaints": ["sku=gpu"]}}}), "spec.hardware.nodePool.existing.tolerationsForTaints[0]", "key=value:Effect", "CRD"),
+    Case("toleration effect typo", spec(hardware={"vmSize": "Standard_NC40ads_H100_v5", "nodePool": {"existing": {**_BYO, "tolerationsForTaints": ["sku=gpu:NoSchedul"]}}}), "spec.hardware.nodePool.existing.tolerationsForTaints[0]", "NoSchedule, PreferNoSchedule or NoExecute", "CRD"),
+    Case("numeric node selector", spec(hardware={"vmSize": "Standard_NC40ads_H100_v5", "nodePool": {"existing": {"nodeSelector": {"gpu": 1}}}}), "spec.hardware.nodePool.existing.nodeSelector.gpu", "expected a string", "CRD"),
+    Case("bad allowed namespace", with_("spec.endpoint.allowedNamespaces", ["Team_A"]), "spec.endpoint.allowedNamespaces[0]", "a DNS label", "CRD"),
+    Case("served name with a space", with_("spec.model.servedName", "my model"), "spec.model.servedName", "no spaces", "CRD"),
+    Case("session header with a space", with_("spec.routing.sessionHeader", "x session"), "spec.routing.sessionHeader", "an HTTP header name", "CRD"),
+    Case("secret name with upper case", with_("spec.model.accessSecretRef", {"name": "HF_Token"}), "spec.model.accessSecretRef.name", "a Kubernetes object name", "CRD"),
+    Case("upper-case adapter name", with_("spec.lora.adapters", [{"name": "Sales", "source": "/a"}]), "spec.lora.adapters[0].name", "an adapter name", "CRD"),
+    Case("VM size in lower case", with_("spec.hardware.vmSize", "standard_nc40ads_h100_v5"), "spec.hardware.vmSize", "an Azure VM size", "CRD"),
+    Case("empty source", with_("spec.model.source", ""), "spec.model.source", "at least 1 character", "CRD"),
+    Case("empty tenant", with_("spec.endpoint.auth", {"mode": "entraId", "entraTenantId": "", "entraAudience": "api://x"}), "spec.endpoint.auth.entraTenantId", "at least 1 character", "CRD"),
+    # the serving contract's rules, at the API layer
+    Case("extraArgs sets a typed key", with_("spec.engine.extraArgs", {"max_model_len": 4096}), "spec.engine.extraArgs", "spec.model.maxModelLen", "CRD"),
+    Case("extraArgs sets the model", with_("spec.engine.extraArgs", {"model": "x", "swap_space": 4}), "spec.engine.extraArgs", "remove the key", "CRD"),
+    Case("context below the serving minimum", with_("spec.model.maxModelLen", 8), "spec.model.maxModelLen", "greater than or equal to 16", "CRD"),
+    Case("queue depth above the batch", with_("spec.engine.maxNumSeqs", 4), "spec.scaling.targetQueueDepth", "exceeds engine.maxNumSeqs", "CRD"),
+    Case("prompt lookup for eagle", with_("spec.engine.speculativeDecoding", {"method": "eagle", "draftModel": "hf://a/b", "promptLookupMax": 4}), "spec.engine.speculativeDecoding.promptLookupMax", "only to method ngram", "CRD"),
+    Case("LoRA rank vLLM lacks", with_("spec.lora.maxRank", 12), "spec.lora.maxRank", "12", "CRD"),
+    # conflicting fields: both named, and the way out
+    Case("pipeline parallel with MIG", spec(engine={"pipelineParallelSize": 2}, hardware={"vmSize": ND96, "migProfile": "MIG3g"}), "spec.engine.pipelineParallelSize", "remove hardware.migProfile", "CRD"),
+    Case("tensor parallel with a GPU fraction", spec(engine={"tensorParallelSize": 2}, hardware={"vmSize": ND96, "gpuFraction": 0.5}), "spec.engine.tensorParallelSize", "remove hardware.gpuFraction", "CRD"),
+    Case("MIG and a fraction", with_("spec.hardware", {"vmSize": ND96, "migProfile": "MIG3g", "gpuFraction": 0.5}), "spec.hardware.gpuFraction", "not both", "CRD"),
+    Case("scale to zero with replicas kept", with_("spec.scaling", {"minReplicas": 2, "maxReplicas": 3, "scaleToZero": {"enabled": True}}), "spec.scaling.scaleToZero.enabled", "set minReplicas to 0", "CRD"),
+    Case("disaggregation with scale to zero", spec(scaling={"minReplicas": 0, "maxReplicas": 2, "scaleToZero": {"enabled": True}}, disaggregation={"enabled": True}), "spec.scaling.scaleToZero.enabled", "disable one of them", "CRD"),
+    Case("CPU with tensor parallel", spec(hardware=_CPU, engine={"tensorParallelSize": 2}), "spec.engine.tensorParallelSize", "use accelerator gpu", "CRD"),
+    Case("CPU with fp8", spec(hardware=_CPU, model={"source": "/models/x", "quantization": "fp8"}), "spec.model.quantization", "needs a GPU", "CRD"),
+    Case("CPU with disaggregation", spec(hardware=_CPU, disaggregation={"enabled": True}), "spec.disaggregation.enabled", "needs GPUs", "CRD"),
+    Case("CPU with a node pool", spec(hardware={**_CPU, "nodePool": {"existing": _BYO}}), "spec.hardware.nodePool", "uses no node pool", "CRD"),
+    Case("managed and existing pools", with_("spec.hardware.nodePool", {"managed": {}, "existing": _BYO}), "spec.hardware.nodePool.existing", "both set", "CRD"),
+    Case("min nodes over max", with_("spec.hardware.nodePool", {"managed": {"minNodes": 3, "maxNodes": 2}}), "spec.hardware.nodePool.managed.minNodes", "exceeds maxNodes", "CRD"),
+    # the planner's hard constraints, when the model is known offline
+    Case("TP does not divide the heads", spec(engine={"tensorParallelSize": 3}, hardware={"vmSize": ND96, "gpusPerReplica": 3}), "spec.engine.tensorParallelSize", "does not divide the 32 attention heads", "CLI"),
+    Case("TP does not divide the heads (auto)", spec(engine={"tensorParallelSize": 6}, hardware={"gpusPerReplica": 6}), "spec.engine.tensorParallelSize", "does not divide", "CLI"),
+    Case("replica spans part of a VM", spec(engine={"tensorParallelSize": 8, "pipelineParallelSize": 3}, hardware={"vmSize": "Standard_NC96ads_A100_v4", "gpusPerReplica": 24}), "spec.engine.tensorParallelSize", "exceeds the 4 GPU(s)", "CLI"),
+    Case("pipeline stages that split VMs", spec(engine={"tensorParallelSize": 4, "pipelineParallelSize": 3}, hardware={"vmSize": ND96, "gpusPerReplica": 12}), "spec.hardware.gpusPerReplica", "not a multiple of 8", "CLI"),
+]  # fmt: skip
+
+# Valid documents beyond deploy/examples: edge values every layer must accept.
+GOOD = {
+    "base": BASE,
+    "47-character name": with_("metadata.name", "a" * 47),
+    "generate name": {**BASE, "metadata": {"generateName": "llama-"}},
+    "explicit nulls": with_("spec.hardware", {"vmSize": "Standard_NC40ads_H100_v5", "migProfile": None}),
+    "spot at on-demand price": with_("spec.hardware.spot", {"enabled": True, "maxPrice": -1}),
+    "spot price as an integer": with_("spec.hardware.spot", {"enabled": True, "maxPrice": 3}),
+    "taint without a value": spec(hardware={"vmSize": "Standard_NC40ads_H100_v5", "nodePool": {"existing": {**_BYO, "tolerationsForTaints": ["kubernetes.azure.com/scalesetpriority=spot:NoSchedule", "gpu:NoExecute"]}}}),
+    "scale to zero": with_("spec.scaling", {"minReplicas": 0, "maxReplicas": 2, "scaleToZero": {"enabled": True}}),
+    "queue depth equal to the batch": spec(engine={"maxNumSeqs": 8}, scaling={"targetQueueDepth": 8}),
+    "pass-through engine arguments": with_("spec.engine.extraArgs", {"swap_space": 4, "kv_cache_dtype": "fp8"}),
+    "tensor and pipeline parallel": spec(engine={"tensorParallelSize": 8, "pipelineParallelSize": 2}, hardware={"vmSize": ND96, "gpusPerReplica": 16}),
+    "MIG slice": with_("spec.hardware", {"vmSize": ND96, "migProfile": "MIG1g"}),
+    "CPU run": {**BASE, "spec": {"model": {"source": "./models/tiny", "maxModelLen": 1024}, "hardware": _CPU, "endpoint": {"auth": {"mode": "none"}}}},
+    "labels and annotations": with_("metadata", {"name": "m", "namespace": "ai", "labels": {"team": "ml", "app.kubernetes.io/part-of": "chat"}, "annotations": {"note": "free text: anything"}}),
+}  # fmt: skip

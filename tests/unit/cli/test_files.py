@@ -1,0 +1,85 @@
+"""Any bytes in any file: validate, render and plan answer with one line naming the file, never a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from tests.unit.api.cases import BASE
+from tokenplane_cli import app
+from tokenplane_cli.files import MAX_FILE_BYTES
+
+GOOD_YAML = yaml.safe_dump(BASE)
+
+FILES: dict[str, tuple[bytes, str]] = {
+    "binary": (bytes(range(256)) * 4, "not UTF-8 text (byte 0x80 at offset 128)"),
+    "UTF-16": ("apiVersion: x\n".encode("utf-16"), "not UTF-8 text"),
+    "Latin-1": ("metadata: {name: caf\xe9}\n".encode("latin-1"), "not UTF-8 text"),
+    "control character": (b"spec: \x01\n", "invalid YAML: unacceptable character"),
+    "NUL byte": (GOOD_YAML.encode() + b"\x00", "invalid YAML"),
+    "duplicate key": (GOOD_YAML.replace("spec:", "spec: {}\nspec:", 1).encode(), "duplicate key 'spec'"),
+    "duplicate nested key": (
+        b"apiVersion: tokenplane.io/v1alpha1\nkind: InferenceDeployment\nmetadata: {name: m}\n"
+        b"spec:\n  model: {source: hf://a/b}\n  scaling:\n    maxReplicas: 2\n    maxReplicas: 8\n",
+        ":8:5: invalid YAML: duplicate key 'maxReplicas' (first at line 7)",
+    ),
+    "deeply nested": (b"[" * 20000, "invalid YAML"),
+    "a list": (b"- a\n- b\n", "document 0 is a list, expected a mapping"),
+    "a scalar": (b"hello\n", "document 0 is a str value, expected a mapping"),
+    "empty": (b"", "no YAML document found"),
+    "tab indentation": (b"spec:\n\tmodel: x\n", "invalid YAML"),
+    "unhashable key": (b"? [a]\n: 1\n", "found unhashable key"),
+    "binary tag": (b"apiVersion: !!binary aGVsbG8=\nkind: InferenceDeployment\n", "apiVersion"),
+    "python tag": (b"spec: !!python/object:os.system {}\n", "invalid YAML"),
+    "too large": (b"a: " + b"x" * (MAX_FILE_BYTES + 1), f"the API server accepts at most {MAX_FILE_BYTES:,}"),
+}
+
+
+@pytest.mark.parametrize("command", ["validate", "render", "plan"])
+@pytest.mark.parametrize("name", FILES)
+def test_bad_files_give_one_line_naming_the_file(tmp_path: Path, command: str, name: str) -> None:
+    content, fragment = FILES[name]
+    path = tmp_path / "cr.yaml"
+    path.write_bytes(content)
+    result = CliRunner().invoke(app, [command, str(path)])
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert "Traceback" not in result.output and "internal error" not in result.output
+    problem_lines = [line for line in result.output.splitlines() if str(path) in line]
+    assert problem_lines and any(fragment in line for line in result.output.splitlines()), result.output
+
+
+def test_timestamps_stay_strings(tmp_path: Path) -> None:
+    path = tmp_path / "cr.yaml"
+    path.write_text(GOOD_YAML.replace("name: m", "name: m\n  annotations: {built: 2026-11-26T12:00:00Z}"))
+    result = CliRunner().invoke(app, ["validate", str(path)])
+    assert result.exit_code == 0, result.output
+
+
+def test_plan_takes_one_document(tmp_path: Path) -> None:
+    path = tmp_path / "two.yaml"
+    path.write_text(GOOD_YAML + "---\n" + GOOD_YAML)
+    result = CliRunner().invoke(app, ["plan", str(path)])
+    assert result.exit_code == 1
+    assert "holds 2 documents; plan takes one InferenceDeployment" in result.output
+    assert "Traceback" not in result.output and "expected a single document" not in result.output
+
+
+def test_plan_reports_field_paths(tmp_path: Path) -> None:
+    path = tmp_path / "cr.yaml"
+    path.write_text(GOOD_YAML.replace("maxReplicas: 2", "maxReplicas: '8'"))
+    result = CliRunner().invoke(app, ["plan", str(path)])
+    assert result.exit_code == 1
+    assert "spec.scaling.maxReplicas: expected an integer, got the string '8'" in result.output
+
+
+def test_render_never_writes_names_with_a_slash(tmp_path: Path) -> None:
+    path = tmp_path / "cr.yaml"
+    path.write_text(GOOD_YAML.replace("name: m", "name: team/llama"))
+    result = CliRunner().invoke(app, ["render", str(path), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    assert "metadata.name: 'team/llama' is not a valid name" in result.output
+    assert not (tmp_path / "out").exists()
