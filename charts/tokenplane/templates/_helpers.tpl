@@ -60,3 +60,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "tokenplane.testedRayVersion" -}}
 2.60.0
 {{- end }}
+
+{{/* The operator image: repository:tag, or repository@digest when a digest is given. */}}
+{{- define "tokenplane.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+{{- end }}

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import json
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from tests.support.crd_schema import crd_validator
 from tokenplane_cli.render import render_command, render_files
 from tokenplane_operator.api.v1alpha1 import InferenceDeployment
 from tokenplane_operator.api.validation import InvalidSpecError, parse_inference_deployment
@@ -96,29 +96,8 @@ def test_every_gpu_example_renders_a_pool_or_uses_existing_nodes() -> None:
 # --- schemas ---------------------------------------------------------------------------------------------
 
 
-def _strict(node: Any) -> Any:
-    """OpenAPI v3 (structural) -> JSON Schema: int-or-string as anyOf; unknown fields rejected, not pruned."""
-    if isinstance(node, list):
-        return [_strict(item) for item in node]
-    if not isinstance(node, dict):
-        return node
-    out = {key: _strict(value) for key, value in node.items() if not key.startswith("x-kubernetes-")}
-    if node.get("x-kubernetes-int-or-string"):
-        out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
-    # The API server silently prunes unknown fields; failing on them here catches misplaced keys.
-    if "properties" in node and not node.get("x-kubernetes-preserve-unknown-fields"):
-        out.setdefault("additionalProperties", False)
-    return out
-
-
-@cache
 def rayservice_validator() -> jsonschema.Draft7Validator:
-    crd = yaml.safe_load((DATA / "kuberay" / "ray.io_rayservices.yaml").read_text())
-    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
-    schema = _strict(version["schema"]["openAPIV3Schema"])
-    # metadata is validated by the API server, not the CRD schema.
-    schema["properties"]["metadata"] = {"type": "object"}
-    return jsonschema.Draft7Validator(schema)
+    return crd_validator(DATA / "kuberay" / "ray.io_rayservices.yaml", "RayService", "v1")
 
 
 @pytest.mark.parametrize("name", sorted(INPUTS))

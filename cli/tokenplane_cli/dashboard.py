@@ -1,0 +1,193 @@
+"""The Grafana dashboard of the chart, built with grafana-foundation-sdk: the seeds' profitability figures.
+
+`make dashboard` writes `charts/tokenplane/dashboards/tokenplane.json`; the chart ships it as a ConfigMap that
+Grafana's sidecar discovers. Every query reads the series the serving pods export (docs/metrics.md, checked against
+a live scrape in the serving tests), labelled by the chart's PodMonitor with `namespace` and `inference_deployment`;
+the GPU utilization panel reads NVIDIA's DCGM exporter where it runs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["DCGM_METRICS", "PANELS", "Panel", "build_dashboard", "main"]
+
+# The label the PodMonitor copies from the pods' `tokenplane.io/deployment` label, and the dashboard's filter.
+BY = "namespace, inference_deployment"
+SEL = 'namespace=~"$namespace", inference_deployment=~"$inference_deployment"'
+# Series from outside the serving app, and who exports them.
+DCGM_METRICS = {"DCGM_FI_DEV_GPU_UTIL": "NVIDIA DCGM exporter (GPU nodes with the GPU operator or dcgm-exporter)"}
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One time-series panel: its title, unit (Grafana's unit ids), description and (legend, PromQL) queries."""
+
+    title: str
+    unit: str
+    description: str
+    queries: tuple[tuple[str, str], ...]
+
+
+def _quantile(q: float, histogram: str) -> str:
+    return f"histogram_quantile({q}, sum by (le, {BY}) (rate({histogram}_bucket{{{SEL}}}[5m])))"
+
+
+PANELS: tuple[Panel, ...] = (
+    Panel(
+        "Output tokens per GPU-hour",
+        "short",
+        "Tokens one GPU-hour buys at the current load; divide the GPU's hourly price by it for the cost per token.",
+        (
+            (
+                "{{inference_deployment}}",
+                f"sum by ({BY}) (rate(ray_vllm_generation_tokens_total{{{SEL}}}[5m])) * 3600"
+                f" / sum by ({BY}) (ray_tokenplane_replica_gpus{{{SEL}}})",
+            ),
+        ),
+    ),
+    Panel(
+        "Output tokens/s per GPU",
+        "short",
+        "Per replica, over the last 60 s (per replica on CPU, where a replica holds no GPU).",
+        (("{{inference_deployment}}", f"avg by ({BY}) (ray_tokenplane_output_tokens_per_second_per_gpu{{{SEL}}})"),),
+    ),
+    Panel(
+        "Time to first token, P95 and P99",
+        "s",
+        "From arrival at the engine; the latency target of scaling.latencyTarget (metric ttft) is the P95.",
+        (
+            ("P95 {{inference_deployment}}", _quantile(0.95, "ray_vllm_time_to_first_token_seconds")),
+            ("P99 {{inference_deployment}}", _quantile(0.99, "ray_vllm_time_to_first_token_seconds")),
+        ),
+    ),
+    Panel(
+        "End-to-end latency, P95 and P99",
+        "s",
+        "Whole requests in the engine.",
+        (
+            ("P95 {{inference_deployment}}", _quantile(0.95, "ray_vllm_e2e_request_latency_seconds")),
+            ("P99 {{inference_deployment}}", _quantile(0.99, "ray_vllm_e2e_request_latency_seconds")),
+        ),
+    ),
+    Panel(
+        "Output/input token ratio",
+        "short",
+        "Generated tokens per prompt token: prefill-heavy (RAG) below 0.1, generation-heavy above 1.",
+        (
+            (
+                "{{inference_deployment}}",
+                f"sum by ({BY}) (rate(ray_vllm_generation_tokens_total{{{SEL}}}[5m]))"
+                f" / sum by ({BY}) (rate(ray_vllm_prompt_tokens_total{{{SEL}}}[5m]))",
+            ),
+        ),
+    ),
+    Panel(
+        "KV-cache (prefix) hit rate",
+        "percentunit",
+        "Prompt tokens found in the prefix cache: what prefix-affinity routing and shared system prompts save.",
+        (
+            (
+                "{{inference_deployment}}",
+                f"sum by ({BY}) (rate(ray_vllm_prefix_cache_hits_total{{{SEL}}}[5m]))"
+                f" / sum by ({BY}) (rate(ray_vllm_prefix_cache_queries_total{{{SEL}}}[5m]))",
+            ),
+        ),
+    ),
+    Panel(
+        "KV-cache usage",
+        "percentunit",
+        "Share of KV-cache blocks in use; near 1 requests start waiting inside the engine.",
+        (("{{inference_deployment}}", f"max by ({BY}) (ray_vllm_kv_cache_usage_perc{{{SEL}}})"),),
+    ),
+    Panel(
+        "Queue depth",
+        "short",
+        "Requests waiting for a replica (Ray Serve) and inside the engine (vLLM, KV-cache pressure).",
+        (
+            ("Serve {{inference_deployment}}", f"sum by ({BY}) (ray_serve_deployment_queued_queries{{{SEL}}})"),
+            ("engine {{inference_deployment}}", f"sum by ({BY}) (ray_vllm_num_requests_waiting{{{SEL}}})"),
+        ),
+    ),
+    Panel(
+        "Replicas",
+        "short",
+        "Serving replicas (each exports one replica-GPU gauge).",
+        (("{{inference_deployment}}", f"count by ({BY}) (ray_tokenplane_replica_gpus{{{SEL}}})"),),
+    ),
+    Panel(
+        "Scale events (per hour)",
+        "short",
+        "How often the replica count changed in the last hour.",
+        (
+            (
+                "{{inference_deployment}}",
+                f"changes((count by ({BY}) (ray_tokenplane_replica_gpus{{{SEL}}}))[1h:1m])",
+            ),
+        ),
+    ),
+    Panel(
+        "Requests by HTTP status",
+        "reqps",
+        "At the Serve proxy, rejections (401, 413, 429, 503) included.",
+        (("{{inference_deployment}}", f"sum by ({BY}) (rate(ray_serve_num_http_requests_total{{{SEL}}}[5m]))"),),
+    ),
+    Panel(
+        "GPU utilization (DCGM)",
+        "percent",
+        "Needs NVIDIA's DCGM exporter on the GPU nodes; empty without it.",
+        (("{{pod}}", 'avg by (namespace, pod) (DCGM_FI_DEV_GPU_UTIL{namespace=~"$namespace"})'),),
+    ),
+)
+
+
+def build_dashboard() -> dict[str, Any]:
+    """Build the dashboard (Grafana's JSON model) from `PANELS`."""
+    from grafana_foundation_sdk.builders import dashboard, prometheus, timeseries
+    from grafana_foundation_sdk.cog.encoder import JSONEncoder
+    from grafana_foundation_sdk.models.dashboard import DataSourceRef
+
+    source = DataSourceRef(type_val="prometheus", uid="${datasource}")
+    board = (
+        dashboard.Dashboard("tokenplane: inference economics")
+        .uid("tokenplane-economics")
+        .tags(["tokenplane", "llm", "vllm", "ray"])
+        .refresh("1m")
+        .time("now-6h", "now")
+        .with_variable(dashboard.DatasourceVariable("datasource").label("Prometheus").type("prometheus"))
+        .with_variable(
+            dashboard.QueryVariable("namespace")
+            .datasource(source)
+            .query("label_values(ray_tokenplane_replica_gpus, namespace)")
+            .multi(True)
+            .include_all(True)
+        )
+        .with_variable(
+            dashboard.QueryVariable("inference_deployment")
+            .label("InferenceDeployment")
+            .datasource(source)
+            .query('label_values(ray_tokenplane_replica_gpus{namespace=~"$namespace"}, inference_deployment)')
+            .multi(True)
+            .include_all(True)
+        )
+    )
+    for panel in PANELS:
+        built = timeseries.Panel().title(panel.title).description(panel.description).unit(panel.unit)
+        built = built.datasource(source).height(8).span(12)
+        for ref, (legend, expr) in zip("ABCDEFGH", panel.queries, strict=False):
+            built = built.with_target(prometheus.Dataquery().expr(expr).legend_format(legend).ref_id(ref))
+        board = board.with_panel(built)
+    result: dict[str, Any] = json.loads(json.dumps(board.build(), cls=JSONEncoder))
+    return result
+
+
+def main() -> None:
+    """Print the dashboard JSON (`make dashboard` writes it into the chart)."""
+    sys.stdout.write(json.dumps(build_dashboard(), indent=2, sort_keys=True) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""The dashboard and the alerts read only series that exist: every PromQL expression parses (promql-parser, the
+Prometheus grammar) and names a metric the serving pods export.
+
+"Exported" is the docs/metrics.md table, which tests/serving/test_production.py checks against a live scrape of
+the real serving app (histograms as their `_bucket`, `_sum` and `_count` series); DCGM's GPU utilization and
+Prometheus' own `up` are the only other series allowed, each named with its source.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.support.chart import CHART, render
+from tokenplane_cli.dashboard import DCGM_METRICS, PANELS, build_dashboard
+
+promql_parser = pytest.importorskip("promql_parser")
+
+DOC = CHART.parents[1] / "docs" / "metrics.md"
+PROMETHEUS_OWN = {"up"}  # the scrape health series Prometheus writes for every target
+
+
+def exported() -> set[str]:
+    names: set[str] = set()
+    for name, kind in re.findall(r"^\| `(ray_[a-z0-9_]+)` \| (\w+) \|", DOC.read_text(), flags=re.MULTILINE):
+        names |= {f"{name}{s}" for s in ("_bucket", "_sum", "_count")} if kind == "histogram" else {name}
+    assert len(names) > 20, "the metrics table moved: update this parser"
+    return names
+
+
+def metric_names(expr: str) -> set[str]:
+    """Every metric a PromQL expression selects; fails on a syntax error."""
+    found: set[str] = set()
+
+    def visit(node: Any) -> None:
+        if isinstance(node, promql_parser.VectorSelector) and node.name:
+            found.add(node.name)
+
+    promql_parser.walk(promql_parser.parse(expr), visit)
+    return found
+
+
+def test_dashboard_in_the_chart_is_the_generated_one() -> None:
+    committed = json.loads((CHART / "dashboards" / "tokenplane.json").read_text())
+    assert committed == build_dashboard(), "run `make dashboard`"
+
+
+def test_every_dashboard_query_parses_and_reads_an_exported_metric() -> None:
+    serving = exported()
+    panels = build_dashboard()["panels"]
+    assert [p["title"] for p in panels] == [p.title for p in PANELS]
+    for panel in panels:
+        names = set().union(*(metric_names(t["expr"]) for t in panel["targets"]))
+        assert names, panel["title"]
+        unknown = names - serving - set(DCGM_METRICS)
+        assert not unknown, f"{panel['title']}: {unknown} is not exported by the serving pods (docs/metrics.md)"
+
+
+def test_dashboard_covers_the_seeds_profitability_figures() -> None:
+    titles = " | ".join(p.title for p in PANELS).lower()
+    for figure in (
+        "per gpu-hour",
+        "tokens/s per gpu",
+        "time to first token",
+        "end-to-end",
+        "output/input",
+        "hit rate",
+        "queue",
+        "replicas",
+        "scale events",
+        "gpu utilization",
+    ):
+        assert figure in titles, figure
+
+
+def rules(values: dict[str, Any]) -> list[dict[str, Any]]:
+    rule = next(o for o in render(values) if o["kind"] == "PrometheusRule")
+    return [r for group in rule["spec"]["groups"] for r in group["rules"]]
+
+
+def test_every_alert_parses_and_reads_an_exported_metric() -> None:
+    serving = exported()
+    found = rules({"monitoring": {"alerts": {"enabled": True}}})
+    assert {r["alert"] for r in found} == {
+        "TokenplaneTokenRateSpike",
+        "TokenplaneLatencyP95OverTarget",
+        "TokenplaneQueueGrowing",
+        "TokenplaneReplicasAtMax",
+        "TokenplaneDeploymentNotServing",
+    }
+    for rule in found:
+        names = metric_names(rule["expr"])
+        assert names and not names - serving - PROMETHEUS_OWN, (rule["alert"], names - serving)
+        assert rule["labels"]["severity"] and rule["annotations"]["summary"]
+
+
+def test_alert_thresholds_come_from_values() -> None:
+    found = {
+        r["alert"]: r
+        for r in rules(
+            {
+                "monitoring": {
+                    "alerts": {"enabled": True, "p95LatencySeconds": 0.8, "p95For": "3m", "tokenRateSpikeFactor": 5}
+                }
+            }
+        )
+    }
+    p95 = found["TokenplaneLatencyP95OverTarget"]
+    assert p95["for"] == "3m" and p95["expr"].strip().endswith("> 0.8")
+    promql_parser.parse(p95["expr"])
+    assert "> 5 * sum" in found["TokenplaneTokenRateSpike"]["expr"]
+
+
+def test_bad_promql_is_caught_by_this_parser() -> None:
+    with pytest.raises(ValueError):
+        metric_names("sum by (le (rate(x[5m]))")
+
+
+def test_podmonitor_labels_what_the_queries_group_by() -> None:
+    values = yaml.safe_load((CHART / "ci" / "monitoring-values.yaml").read_text())
+    monitor = next(o for o in render(values) if o["kind"] == "PodMonitor")
+    endpoint = monitor["spec"]["podMetricsEndpoints"][0]
+    assert endpoint["relabelings"][0]["targetLabel"] == "inference_deployment"
+    deployment = next(o for o in render(values) if o["kind"] == "Deployment")
+    env = {e["name"]: e["value"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert str(endpoint["portNumber"]) == env["TOKENPLANE_METRICS_PORT"], "scraped where the operator scrapes"
