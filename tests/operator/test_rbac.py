@@ -9,12 +9,14 @@ fails here.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import kmock
 import pytest
 
+from tests.support.aks_script import role_actions
 from tests.support.arm_emulator import ArmEmulator
 from tests.support.chart import granted, render
 from tests.support.kopf_harness import RS_RESOURCE, cr_body, declare_resources
@@ -140,3 +142,27 @@ async def test_rbac_grants_exactly_what_the_operator_uses(
     missing, unused = compare(needed, grants, clusterwide=clusterwide)
     assert not missing, f"the operator made requests the chart does not allow: {sorted(missing)}"
     assert not unused, f"the chart grants what the operator never uses: {sorted(unused)}"
+    assert arm_actions(wi_arm) == role_actions(), "deploy/aks/prepare-cluster.sh's custom role != the ARM calls made"
+
+
+# The Azure RBAC action each ARM request of the operator needs (learn.microsoft.com/azure/role-based-access-control/
+# permissions/containers#microsoftcontainerservice); Entra ID's token endpoint needs none.
+_ARM_ACTIONS = {
+    ("GET", r"/agentPools(/[^/]+)?$"): "Microsoft.ContainerService/managedClusters/agentPools/read",
+    ("PUT", r"/agentPools/[^/]+$"): "Microsoft.ContainerService/managedClusters/agentPools/write",
+    ("DELETE", r"/agentPools/[^/]+$"): "Microsoft.ContainerService/managedClusters/agentPools/delete",
+}
+
+
+def arm_actions(arm: ArmEmulator) -> set[str]:
+    """The Azure RBAC actions the recorded ARM requests needed; an unknown request fails (map it, and grant it)."""
+    actions = set()
+    for call in arm.calls():
+        if call.method == "POST" and "/oauth2/" in call.path:
+            continue
+        matched = [
+            a for (method, path), a in _ARM_ACTIONS.items() if call.method == method and re.search(path, call.path)
+        ]
+        assert matched, f"an ARM request with no known RBAC action: {call.method} {call.path}"
+        actions.add(matched[0])
+    return actions
