@@ -1,0 +1,69 @@
+"""deploy/gitops: every Flux and Argo CD object validates against its published CRD (vendored under tests/data/
+with its license), the paths they point at exist, the values they pass render with the chart, and the Argo CD
+health Lua shipped in the ConfigMap is the tested file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.support.chart import render
+from tests.support.crd_schema import crd_validator
+
+kubernetes_validate = pytest.importorskip("kubernetes_validate")
+
+ROOT = Path(__file__).resolve().parents[3]
+GITOPS = ROOT / "deploy" / "gitops"
+DATA = ROOT / "tests" / "data"
+CRDS = {
+    "GitRepository": DATA / "flux" / "source.toolkit.fluxcd.io_gitrepositories.yaml",
+    "Kustomization": DATA / "flux" / "kustomize.toolkit.fluxcd.io_kustomizations.yaml",
+    "HelmRelease": DATA / "flux" / "helm.toolkit.fluxcd.io_helmreleases.yaml",
+    "Application": DATA / "argocd" / "application-crd.yaml",
+}
+
+
+def objects() -> list[dict[str, Any]]:
+    return [doc for path in sorted(GITOPS.rglob("*.yaml")) for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def test_every_gitops_object_validates() -> None:
+    found = objects()
+    assert {o["kind"] for o in found} == {"GitRepository", "Kustomization", "HelmRelease", "Application", "ConfigMap"}
+    for obj in found:
+        if obj["kind"] in CRDS:
+            version = obj["apiVersion"].split("/")[1]
+            errors = list(crd_validator(CRDS[obj["kind"]], obj["kind"], version).iter_errors(obj))
+            assert not errors, [f"{obj['kind']} {'.'.join(map(str, e.absolute_path))}: {e.message}" for e in errors]
+        else:
+            kubernetes_validate.validate(obj, "1.33", strict=True)
+
+
+def test_a_misplaced_field_is_caught() -> None:
+    release = next(o for o in objects() if o["kind"] == "HelmRelease")
+    release["spec"]["chart"]["spec"]["chartPath"] = "./charts/tokenplane"
+    assert list(crd_validator(CRDS["HelmRelease"], "HelmRelease", "v2").iter_errors(release))
+
+
+def test_paths_exist_and_values_render() -> None:
+    found = objects()
+    paths = [o["spec"]["path"] for o in found if o["kind"] == "Kustomization"]
+    paths += [o["spec"]["source"]["path"] for o in found if o["kind"] == "Application"]
+    paths += [o["spec"]["chart"]["spec"]["chart"] for o in found if o["kind"] == "HelmRelease"]
+    for path in paths:
+        assert (ROOT / path).is_dir(), path
+    for values in [o["spec"]["values"] for o in found if o["kind"] == "HelmRelease"] + [
+        o["spec"]["source"]["helm"]["valuesObject"]
+        for o in found
+        if o["kind"] == "Application" and "helm" in o["spec"]["source"]
+    ]:
+        assert any(obj["kind"] == "Deployment" for obj in render(values))
+
+
+def test_argocd_configmap_ships_the_tested_lua() -> None:
+    config = next(o for o in objects() if o["kind"] == "ConfigMap")
+    lua = config["data"]["resource.customizations.health.tokenplane.io_InferenceDeployment"]
+    assert lua == (GITOPS / "argocd" / "inferencedeployment-health.lua").read_text()
