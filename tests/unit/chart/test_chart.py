@@ -207,3 +207,22 @@ def test_an_open_private_range_stops_the_operator(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("TOKENPLANE_PRIVATE_SOURCE_RANGES", '["0.0.0.0/0"]')
     with pytest.raises(SystemExit):
         operator_command([], all_namespaces=True)
+
+
+def _notes(values: dict[str, Any]) -> str:
+    rendered = helm_python.Chart.load(str(CHART)).render(values=values, name="tp", namespace="tokenplane")
+    return str(next(text for path, text in rendered.items() if path.endswith("NOTES.txt")))
+
+
+def test_notes_tell_what_to_do_next() -> None:
+    bare = _notes({})
+    assert "deploy/aks/prepare-cluster.sh" in bare and "kubectl apply -f" in bare and "docs/install-aks.md" in bare
+    configured = _notes(
+        {
+            "azure": {"subscriptionId": SUBSCRIPTION, "resourceGroup": "rg", "clusterName": "aks"},
+            "serviceAccount": {"azureClientId": "11111111-2222-3333-4444-555555555555"},
+            "operator": {"watchNamespaces": ["ai"]},
+        }
+    )
+    assert "No Azure settings" not in configured and "azureClientId is empty" not in configured
+    assert "watches the namespaces: ai" in configured
