@@ -280,9 +280,7 @@ def main(argv: list[str] | None = None) -> int:
             [int(v) for v in args.sweep.split(",")],
         )
     else:
-        crosscheck(
-            args.example, args.out, max(1, args.pairs // 2 + 1), args.num_prompts, int(args.levels.split(",")[0])
-        )
+        crosscheck(args.example, args.out, args.pairs, args.num_prompts, int(args.levels.split(",")[0]))
     return 0
 
 
