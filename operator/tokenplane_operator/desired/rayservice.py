@@ -14,7 +14,9 @@ from tokenplane_operator.api.v1alpha1 import (
     InferenceDeployment,
     MigProfile,
     RoutingPolicy,
+    SourceScheme,
     UpgradeStrategy,
+    parse_source,
 )
 from tokenplane_operator.desired.agentpool import POOL_LABEL, DesiredAgentPool
 from tokenplane_operator.desired.config import RenderConfig
@@ -30,16 +32,24 @@ from tokenplane_operator.desired.naming import (
     spec_hash,
     standard_labels,
 )
-from tokenplane_operator.desired.serveconfig import API_KEYS_DIR, SourceVolume, source_volumes
+from tokenplane_operator.desired.serveconfig import (
+    API_KEYS_DIR,
+    BLOB_DOWNLOAD_DIR,
+    SourceVolume,
+    has_blob_sources,
+    source_volumes,
+)
 from tokenplane_operator.plan.allocatable import node_allocatable
 from tokenplane_operator.plan.catalog import GIB, GpuSku
 from tokenplane_operator.plan.errors import PlanError, PlanErrorReason
 from tokenplane_serving.args import ServingArgs
+from tokenplane_serving.blob_uri import BLOB_CREDENTIAL_ENV
 
 __all__ = [
     "GPU_RESOURCE",
     "IMPORT_PATH",
     "WORKER_GROUP",
+    "WORKLOAD_IDENTITY_LABEL",
     "WorkerShape",
     "build_rayservice",
     "build_serve_config",
@@ -54,6 +64,8 @@ WORKER_GROUP = "gpu"
 CPU_WORKER_GROUP = "cpu"
 _SHM_VOLUME = "dshm"
 _API_KEYS_VOLUME = "api-keys"
+_BLOB_VOLUME = "blob-downloads"
+WORKLOAD_IDENTITY_LABEL = "azure.workload.identity/use"
 _TERMINATION_MARGIN_S = 30  # Ray's own shutdown after the drain
 
 
@@ -226,7 +238,9 @@ def cluster_hash(rayservice_spec: dict[str, Any]) -> str:
     return spec_hash(cluster)
 
 
-def _volumes(deployment: InferenceDeployment, sources: list[SourceVolume]) -> tuple[list[Any], list[Any]]:
+def _volumes(
+    deployment: InferenceDeployment, sources: list[SourceVolume], *, downloads: bool
+) -> tuple[list[Any], list[Any]]:
     # Memory-backed /dev/shm: NCCL and Ray's object store need more than the container runtime's 64 MiB.
     # It counts against the container memory limit, so it needs no size limit of its own.
     volumes: list[Any] = [{"name": _SHM_VOLUME, "emptyDir": {"medium": "Memory"}}]
@@ -238,22 +252,12 @@ def _volumes(deployment: InferenceDeployment, sources: list[SourceVolume]) -> tu
         mounts.append({"name": _API_KEYS_VOLUME, "mountPath": API_KEYS_DIR, "readOnly": True})
     for index, source in enumerate(sources):
         name = f"model-{index}"
-        if source.kind == "pvc":
-            volumes.append({"name": name, "persistentVolumeClaim": {"claimName": source.name, "readOnly": True}})
-        else:
-            # Blob CSI inline volume; the node's kubelet identity (or workload identity) needs read access.
-            account, container = source.name.split("/", 1)
-            volumes.append(
-                {
-                    "name": name,
-                    "csi": {
-                        "driver": "blob.csi.azure.com",
-                        "readOnly": True,
-                        "volumeAttributes": {"storageAccount": account, "containerName": container},
-                    },
-                }
-            )
+        volumes.append({"name": name, "persistentVolumeClaim": {"claimName": source.claim, "readOnly": True}})
         mounts.append({"name": name, "mountPath": source.mount_path, "readOnly": True})
+    if downloads:
+        # Azure Blob sources: the replica downloads them here (node disk) before its engine starts.
+        volumes.append({"name": _BLOB_VOLUME, "emptyDir": {}})
+        mounts.append({"name": _BLOB_VOLUME, "mountPath": BLOB_DOWNLOAD_DIR})
     return volumes, mounts
 
 
@@ -261,11 +265,29 @@ def _env(deployment: InferenceDeployment) -> list[Any]:
     env: list[Any] = []
     ref = deployment.spec.model.access_secret_ref
     if ref is not None:
-        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+        # The secret reads the model's source: a Hugging Face token, or a SAS / connection string for Azure Blob.
+        blob = parse_source(deployment.spec.model.source)[0] is SourceScheme.AZURE_BLOB
+        name = BLOB_CREDENTIAL_ENV if blob else "HF_TOKEN"
+        env.append({"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
     if deployment.spec.routing.policy is RoutingPolicy.SESSION_AFFINITY:
         # Serve's HTTP proxy reads the session header name once per process, so it must be in every pod's env.
         env.append({"name": "RAY_SERVE_SESSION_ID_HEADER_KEY", "value": deployment.spec.routing.session_header.lower()})
     return env
+
+
+def _pod_metadata_and_identity(deployment: InferenceDeployment) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Pod template metadata and the pod spec fields that give the pods their Azure identity.
+
+    AKS workload identity (https://learn.microsoft.com/azure/aks/workload-identity-deploy-cluster): the pod
+    runs as a ServiceAccount annotated `azure.workload.identity/client-id` and carries the label
+    `azure.workload.identity/use: "true"`; the webhook then injects AZURE_CLIENT_ID, AZURE_TENANT_ID,
+    AZURE_FEDERATED_TOKEN_FILE and AZURE_AUTHORITY_HOST, which `DefaultAzureCredential` reads.
+    """
+    labels = standard_labels(deployment.name)
+    account = deployment.spec.service_account_name
+    if account is None:
+        return {"labels": labels}, {}
+    return {"labels": {**labels, WORKLOAD_IDENTITY_LABEL: "true"}}, {"serviceAccountName": account}
 
 
 def _container(name: str, image: str, config: RenderConfig, resources: dict[str, Any], **extra: Any) -> Any:
@@ -276,8 +298,9 @@ def _container(name: str, image: str, config: RenderConfig, resources: dict[str,
 def _head_group(deployment: InferenceDeployment, config: RenderConfig, sources: list[SourceVolume]) -> Any:
     # The head gets the same mounts and token as the workers: Serve may build the app or place the
     # CPU-only ingress there, and both read the API keys and the model's config.
-    volumes, mounts = _volumes(deployment, sources)
-    labels = standard_labels(deployment.name)
+    # No blob download volume: the head builds the app (which reads no weights) and runs no replica.
+    volumes, mounts = _volumes(deployment, sources, downloads=False)
+    metadata, identity = _pod_metadata_and_identity(deployment)
     ports = [
         {"name": "gcs-server", "containerPort": GCS_PORT},
         {"name": "dashboard", "containerPort": DASHBOARD_PORT},
@@ -296,8 +319,9 @@ def _head_group(deployment: InferenceDeployment, config: RenderConfig, sources: 
         # Zero CPUs and GPUs for Ray: replicas never land on the head, which has no GPU toleration anyway.
         "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0", "num-gpus": "0"},
         "template": {
-            "metadata": {"labels": labels},
+            "metadata": metadata,
             "spec": {
+                **identity,
                 "nodeSelector": {"kubernetes.io/os": "linux"},
                 "containers": [container],
                 "volumes": volumes,
@@ -342,8 +366,9 @@ def _worker_group(
     drain_grace_period_s: float,
     sku: GpuSku | None,
 ) -> Any:
-    volumes, mounts = _volumes(deployment, sources)
+    volumes, mounts = _volumes(deployment, sources, downloads=has_blob_sources(deployment))
     node_selector, tolerations = _worker_placement(deployment, pool)
+    metadata, identity = _pod_metadata_and_identity(deployment)
     if shape.resource_name is None:
         cpus = deployment.spec.hardware.cpu.cpus_per_replica
         # One CPU on top of the replica's: the head has num-cpus 0, so the ingress lands on a worker too.
@@ -365,6 +390,7 @@ def _worker_group(
         "ray-worker", config.serving_image, config, resources, env=_env(deployment), volumeMounts=mounts
     )
     pod_spec: dict[str, Any] = {
+        **identity,
         "containers": [container],
         "volumes": volumes,
         # Serve drains in-flight streams for drain_grace_period_s; the kubelet must not kill the pod first.
@@ -380,7 +406,7 @@ def _worker_group(
         "minReplicas": shape.min_pods,
         "maxReplicas": shape.max_pods,
         "rayStartParams": start_params,
-        "template": {"metadata": {"labels": standard_labels(deployment.name)}, "spec": pod_spec},
+        "template": {"metadata": metadata, "spec": pod_spec},
     }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from tokenplane_operator.api.v1alpha1 import (
     AcceleratorKind,
@@ -21,14 +21,19 @@ from tokenplane_serving.args import ServingArgs
 
 __all__ = [
     "API_KEYS_DIR",
+    "BLOB_DOWNLOAD_DIR",
     "MODELS_ROOT",
     "SourceVolume",
     "build_serving_args",
+    "has_blob_sources",
     "resolve_source",
     "source_volumes",
 ]
 
 MODELS_ROOT = "/models"
+# Where replicas download Azure Blob sources (an emptyDir on each worker: a restarted pod on the node
+# starts from scratch, a restarted replica in the pod skips unchanged files).
+BLOB_DOWNLOAD_DIR = f"{MODELS_ROOT}/blob"
 API_KEYS_DIR = "/etc/tokenplane/api-keys"
 
 _ROUTING = {
@@ -47,22 +52,23 @@ _SPECULATIVE = {
 
 @dataclass(frozen=True)
 class SourceVolume:
-    """A volume the worker pods mount read-only so a pvc:// or Azure Blob source is a local path."""
+    """A PersistentVolumeClaim the pods mount read-only so a pvc:// source is a local path."""
 
-    kind: Literal["pvc", "blob"]
-    name: str  # the claim, or `<account>/<container>` for blob
+    claim: str
     mount_path: str
 
 
 def resolve_source(uri: str, *, local: bool = False) -> tuple[str, SourceVolume | None]:
-    """Map a spec source to what vLLM reads, and the volume that makes it readable.
+    """Map a spec source to what ServingArgs carries, and the volume that makes it readable.
 
     Args:
         uri: a model or adapter source from the spec.
         local: resolve relative local paths against the current directory (for `tokenplane up`).
 
     Returns:
-        The HF id or local path for ServingArgs, and the volume to mount (None for HF ids and local paths).
+        The HF id, local path or Azure Blob URI for ServingArgs, and the claim to mount (pvc:// only).
+        Azure Blob sources stay URIs: each replica downloads them to `BLOB_DOWNLOAD_DIR` before its
+        engine starts, with the pod's workload identity or the `accessSecretRef` credential.
 
     Raises:
         ValueError: for an unsupported URI (the API model rejects those before this runs).
@@ -72,29 +78,34 @@ def resolve_source(uri: str, *, local: bool = False) -> tuple[str, SourceVolume 
         return location, None
     if scheme is SourceScheme.LOCAL:
         return (str(Path(location).resolve()) if local else location), None
-    if scheme is SourceScheme.PVC:
-        claim, _, rest = location.partition("/")
-        mount = f"{MODELS_ROOT}/pvc-{claim}"
-        return f"{mount}/{rest}".rstrip("/"), SourceVolume("pvc", claim, mount)
-    # Azure Blob is mounted with the blob CSI driver (workload identity), so vLLM reads a plain directory.
-    host, container, path = [*uri.split("://", 1)[1].split("/", 2), ""][:3]
-    account = host.split(".", 1)[0]  # az://ACCOUNT/... or https://ACCOUNT.blob.core.windows.net/...
-    mount = f"{MODELS_ROOT}/blob-{account}-{container}"
-    return f"{mount}/{path}".rstrip("/"), SourceVolume("blob", f"{account}/{container}", mount)
+    if scheme is SourceScheme.AZURE_BLOB:
+        return uri, None
+    claim, _, rest = location.partition("/")
+    mount = f"{MODELS_ROOT}/pvc-{claim}"
+    return f"{mount}/{rest}".rstrip("/"), SourceVolume(claim, mount)
 
 
-def source_volumes(deployment: InferenceDeployment) -> list[SourceVolume]:
-    """Every distinct volume the model, draft model and adapters need, in a stable order."""
+def _sources(deployment: InferenceDeployment) -> list[str]:
     spec = deployment.spec
     uris = [spec.model.source, *(a.source for a in spec.lora.adapters)]
     if spec.engine.speculative_decoding and spec.engine.speculative_decoding.draft_model:
         uris.append(spec.engine.speculative_decoding.draft_model)
+    return uris
+
+
+def source_volumes(deployment: InferenceDeployment) -> list[SourceVolume]:
+    """Every distinct claim the model, draft model and adapters need, in a stable order."""
     volumes: dict[str, SourceVolume] = {}
-    for uri in uris:
+    for uri in _sources(deployment):
         _, volume = resolve_source(uri)
         if volume is not None:
             volumes.setdefault(volume.mount_path, volume)
     return list(volumes.values())
+
+
+def has_blob_sources(deployment: InferenceDeployment) -> bool:
+    """Whether any source (model, draft model, adapter) is in Azure Blob, so the pods download it."""
+    return any(parse_source(uri)[0] is SourceScheme.AZURE_BLOB for uri in _sources(deployment))
 
 
 def build_serving_args(deployment: InferenceDeployment, *, local: bool = False) -> ServingArgs:
@@ -174,6 +185,7 @@ def build_serving_args(deployment: InferenceDeployment, *, local: bool = False) 
             "entra_tenant_id": auth.entra_tenant_id,
             "entra_audience": auth.entra_audience,
         },
+        "download_dir": None if local or not has_blob_sources(deployment) else BLOB_DOWNLOAD_DIR,
         "disaggregation": {
             "enabled": spec.disaggregation.enabled,
             "prefill_replicas": spec.disaggregation.prefill_replicas,

@@ -129,6 +129,13 @@ MISTAKES = [
     Case("queue depth above the batch", with_("spec.engine.maxNumSeqs", 4), "spec.scaling.targetQueueDepth", "exceeds engine.maxNumSeqs", "CRD"),
     Case("prompt lookup for eagle", with_("spec.engine.speculativeDecoding", {"method": "eagle", "draftModel": "hf://a/b", "promptLookupMax": 4}), "spec.engine.speculativeDecoding.promptLookupMax", "only to method ngram", "CRD"),
     Case("LoRA rank vLLM lacks", with_("spec.lora.maxRank", 12), "spec.lora.maxRank", "12", "CRD"),
+    # Azure Blob sources: one grammar with the serving loader; what a regex cannot say is the CLI's
+    Case("secret on a pvc source", with_("spec.model", {"source": "pvc://weights/llama", "accessSecretRef": {"name": "x"}}), "spec.model.accessSecretRef", "remove it for pvc://", "CRD"),
+    Case("blob container with a double hyphen", with_("spec.model.source", "az://acct/my--models/llama"), "spec.model.source", "expected hf://ORG/NAME", "CRD"),
+    Case("abfss on the blob host", with_("spec.model.source", "abfss://models@acct.blob.core.windows.net/x"), "spec.model.source", "expected hf://ORG/NAME", "CRD"),
+    Case("blob container over 63 characters", with_("spec.model.source", "az://acct/" + "a" * 64 + "/x"), "spec.model.source", "expected hf://ORG/NAME", "CRD"),
+    Case("hyphenated blob container over 63 characters", with_("spec.model.source", "az://acct/" + "a-" * 32 + "a/x"), "spec.model.source", "container: 3-63", "CLI"),
+    Case("blob path climbing out", with_("spec.lora.adapters", [{"name": "a", "source": "az://acct/models/../x"}]), "spec.lora.adapters[0].source", "may not contain '..'", "CLI"),
     # conflicting fields: both named, and the way out
     Case("pipeline parallel with MIG", spec(engine={"pipelineParallelSize": 2}, hardware={"vmSize": ND96, "migProfile": "MIG3g"}), "spec.engine.pipelineParallelSize", "remove hardware.migProfile", "CRD"),
     Case("tensor parallel with a GPU fraction", spec(engine={"tensorParallelSize": 2}, hardware={"vmSize": ND96, "gpuFraction": 0.5}), "spec.engine.tensorParallelSize", "remove hardware.gpuFraction", "CRD"),
@@ -162,6 +169,7 @@ GOOD = {
     "pass-through engine arguments": with_("spec.engine.extraArgs", {"swap_space": 4, "kv_cache_dtype": "fp8"}),
     "tensor and pipeline parallel": spec(engine={"tensorParallelSize": 8, "pipelineParallelSize": 2}, hardware={"vmSize": ND96, "gpusPerReplica": 16}),
     "MIG slice": with_("spec.hardware", {"vmSize": ND96, "migProfile": "MIG1g"}),
+    "Azure Blob sources with a SAS and a workload identity": spec(model={"source": "abfss://models@acct.dfs.core.windows.net/llama", "accessSecretRef": {"name": "sas", "key": "sas"}}, lora={"adapters": [{"name": "a", "source": "https://acct.blob.core.chinacloudapi.cn/loras/a"}]}, hardware={"vmSize": "Standard_NC40ads_H100_v5"}, serviceAccountName="models-reader"),
     "CPU run": {**BASE, "spec": {"model": {"source": "./models/tiny", "maxModelLen": 1024}, "hardware": _CPU, "endpoint": {"auth": {"mode": "none"}}}},
     "labels and annotations": with_("metadata", {"name": "m", "namespace": "ai", "labels": {"team": "ml", "app.kubernetes.io/part-of": "chat"}, "annotations": {"note": "free text: anything"}}),
 }  # fmt: skip

@@ -8,6 +8,7 @@ import yaml
 from tokenplane_operator.api.validation import parse_inference_deployment
 from tokenplane_operator.desired.serveconfig import (
     API_KEYS_DIR,
+    BLOB_DOWNLOAD_DIR,
     build_serving_args,
     resolve_source,
     source_volumes,
@@ -37,36 +38,39 @@ def test_local_tiny_runs_on_cpu_from_an_absolute_path(monkeypatch: pytest.Monkey
 
 
 @pytest.mark.parametrize(
-    ("uri", "path", "volume"),
+    ("uri", "path", "claim"),
     [
         ("hf://meta-llama/Llama-3.1-8B", "meta-llama/Llama-3.1-8B", None),
         ("Qwen/Qwen3-8B", "Qwen/Qwen3-8B", None),
-        ("pvc://models/llama/8b", "/models/pvc-models/llama/8b", ("pvc", "models")),
-        ("az://acct/weights/llama", "/models/blob-acct-weights/llama", ("blob", "acct/weights")),
-        (
-            "https://acct.blob.core.windows.net/weights/x",
-            "/models/blob-acct-weights/x",
-            ("blob", "acct/weights"),
-        ),
+        ("pvc://models/llama/8b", "/models/pvc-models/llama/8b", "models"),
+        # Azure Blob sources stay URIs: the replica downloads them (no CSI mount, no node identity).
+        ("az://acct/weights/llama", "az://acct/weights/llama", None),
+        ("https://acct.blob.core.windows.net/weights/x", "https://acct.blob.core.windows.net/weights/x", None),
+        ("abfss://weights@acct.dfs.core.windows.net/x", "abfss://weights@acct.dfs.core.windows.net/x", None),
         ("/models/local", "/models/local", None),
     ],
 )
-def test_sources_resolve_to_what_vllm_reads(uri: str, path: str, volume: tuple[str, str] | None) -> None:
+def test_sources_resolve_to_what_serving_reads(uri: str, path: str, claim: str | None) -> None:
     resolved, needed = resolve_source(uri)
     assert resolved == path
-    assert (needed.kind, needed.name) == volume if volume else needed is None
+    assert (needed.claim if needed else None) == claim
 
 
-def test_lora_sources_need_their_volumes_once() -> None:
-    volumes = source_volumes(_example("department-lora"))
-    assert [v.mount_path for v in volumes] == [
-        "/models/blob-tokenplanemodels-base",
-        "/models/blob-tokenplanemodels-adapters",
-        "/models/pvc-adapters",
+def test_lora_sources_mount_claims_once_and_download_blobs() -> None:
+    deployment = _example("department-lora")
+    assert [v.mount_path for v in source_volumes(deployment)] == ["/models/pvc-adapters"]
+    args = build_serving_args(deployment)
+    assert [(a.name, a.source) for a in args.lora.adapters] == [
+        ("finance", "az://tokenplanemodels/adapters/finance"),
+        ("legal", "az://tokenplanemodels/adapters/legal"),
+        ("hr", "/models/pvc-adapters/hr"),
     ]
-    args = build_serving_args(_example("department-lora"))
-    assert [a.name for a in args.lora.adapters] == ["finance", "legal", "hr"]
+    assert args.model.source == "az://tokenplanemodels/base/llama-3.1-8b-instruct"
+    assert args.download_dir == BLOB_DOWNLOAD_DIR
     assert args.auth.mode == "api_key" and args.auth.api_keys_dir == API_KEYS_DIR
+    # Locally (`tokenplane up`) blobs go to the user's cache, not the pod's volume.
+    assert build_serving_args(deployment, local=True).download_dir is None
+    assert build_serving_args(_example("internal-copilot-mig")).download_dir is None
 
 
 def test_scale_to_zero_and_parallelism() -> None:
