@@ -46,7 +46,10 @@ class Peer:
         self.counted += body["max_completion_tokens"] > 1
         if self.refuse_every and body["max_completion_tokens"] > 1 and self.counted % self.refuse_every == 0:
             return web.json_response({"error": {"message": "busy"}}, status=429)
-        prompt = sum(len(m["content"].split()) for m in body["messages"]) + TEMPLATE_TOKENS
+        # OpenAI content is a string or a list of parts (vLLM's own benchmark client sends parts).
+        texts = [m["content"] if isinstance(m["content"], str) else " ".join(p["text"] for p in m["content"])
+                 for m in body["messages"]]  # fmt: skip
+        prompt = sum(len(text.split()) for text in texts) + TEMPLATE_TOKENS
         tokens = body["max_completion_tokens"]
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
