@@ -137,7 +137,7 @@ bench: $(STAMP) $(TINY_MODEL)/config.json ## tokenplane vs bare vLLM on the tiny
 	$(LIVE_LOCK) timeout 3600 $(BIN)/python -m tokenplane_cli.bench.local bench --example $(EXAMPLE) --out $(BENCH_OUT)
 
 bench-crosscheck: $(STAMP) $(TINY_MODEL)/config.json ## tokenplane bench vs vLLM's own client, same endpoints and workload
-	$(LIVE_LOCK) timeout 3600 $(BIN)/python -m tokenplane_cli.bench.local crosscheck --example $(EXAMPLE) --out $(BENCH_OUT) --pairs 3
+	$(LIVE_LOCK) timeout 3600 $(BIN)/python -m tokenplane_cli.bench.local crosscheck --example $(EXAMPLE) --out $(BENCH_OUT) --pairs 5
 
 clean: ## Remove the venvs, caches, the tiny model and Azurite
 	rm -rf $(VENV) $(CHECKOV_VENV) models .mypy_cache .ruff_cache .pytest_cache $(AZURITE_DIR)/node_modules
