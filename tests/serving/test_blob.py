@@ -12,11 +12,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import trustme
 from azure.storage.blob import BlobServiceClient, ContainerSasPermissions, generate_container_sas
 from openai import OpenAI
 
 from tests.serving.conftest import ADAPTER, MODEL_ID, free_port, stop_shared_server
 from tests.support.azurite import ACCOUNT, ACCOUNT_KEY, Azurite
+from tests.support.entra import EntraEmulator, write_pems
 from tokenplane_serving.args import ServingArgs
 from tokenplane_serving.blob import BlobSourceError, download
 from tokenplane_serving.blob_uri import BLOB_CREDENTIAL_ENV, BlobLocation, local_dir_for, parse_blob_uri
@@ -174,6 +176,46 @@ def test_download_errors_name_the_source_and_the_fix(
     with pytest.raises(BlobSourceError, match=message) as raised:
         download(uri, tmp_path / "dest")
     assert str(raised.value).startswith("az://")
+
+
+def test_download_as_the_pods_workload_identity(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No secret: DefaultAzureCredential trades the projected token at Entra ID and reads Azurite with a bearer token.
+
+    The environment is what the AKS workload-identity webhook injects into a pod labelled
+    `azure.workload.identity/use: "true"`; bearer tokens need TLS, so Azurite serves HTTPS with OAuth on.
+    """
+    ca = trustme.CA()
+    ca_pem, cert, key = write_pems(ca, tmp_path)
+    tenant, client_id, projected = (
+        "72f988bf-86f1-41af-91ab-2d7cd011db47",
+        "0f0e0d0c-1111-2222-3333-444455556666",
+        "sa-token",
+    )
+    (tmp_path / "token").write_text(projected)
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "config.json").write_text('{"model_type": "llama"}')
+    entra = EntraEmulator(ca, tenant, client_id, projected).start()
+    try:
+        with Azurite(tmp_path / "azurite", cert=cert, key=key) as secure:
+            monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(ca_pem))  # the SDKs' requests transport trusts the CA
+            uri = secure.upload_dir(source, "identity", "llama")  # as the uploader, with the account key
+            for name, value in {
+                "AZURE_TENANT_ID": tenant,
+                "AZURE_CLIENT_ID": client_id,
+                "AZURE_FEDERATED_TOKEN_FILE": str(tmp_path / "token"),
+                "AZURE_AUTHORITY_HOST": entra.authority_host,
+                # Endpoint only, no secret: Azurite's address; the identity is the pod's.
+                BLOB_CREDENTIAL_ENV: f"BlobEndpoint={secure.blob_endpoint};",
+            }.items():
+                monkeypatch.setenv(name, value)
+            download(uri, tmp_path / "dest")
+    finally:
+        entra.stop()
+    assert _tree(tmp_path / "dest") == _tree(source)
+    assert [(r["client_id"], r["client_assertion"], r["scope"]) for r in entra.requests] == [
+        (client_id, projected, "https://storage.azure.com/.default")
+    ]
 
 
 # --- live: serve the tiny model and its adapter from az:// -----------------------------------------------
