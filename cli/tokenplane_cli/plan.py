@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from tokenplane_operator.api.v1alpha1 import InferenceDeployment
+from tokenplane_operator.converge.quota import QuotaCheck, check_quota
+from tokenplane_operator.desired.agentpool import DesiredAgentPool
+from tokenplane_operator.errors import TokenplaneError
 from tokenplane_operator.plan.catalog import GIB, load_prices
 from tokenplane_operator.plan.errors import PlanError, PlanErrorReason
 from tokenplane_operator.plan.estimates import COMPUTE_EFFICIENCY, MEMORY_BANDWIDTH_EFFICIENCY
@@ -27,7 +33,7 @@ def _quantization(value: str | None) -> QuantizationChoice:
     return parse_precision(value)
 
 
-def _workload_from_file(file: Path, concurrency: int, vm_size: str | None) -> Workload:
+def _workload_from_file(file: Path, concurrency: int, vm_size: str | None) -> tuple[Workload, InferenceDeployment]:
     from tokenplane_cli.files import ManifestError, load_documents
     from tokenplane_operator.api.validation import InvalidSpecError, parse_inference_deployment
     from tokenplane_operator.plan.spec import workload_from_spec
@@ -48,21 +54,101 @@ def _workload_from_file(file: Path, concurrency: int, vm_size: str | None) -> Wo
         problems = "; ".join(str(p) for p in err.problems)
         raise PlanError(PlanErrorReason.INVALID_WORKLOAD, f"{file}: {problems}") from None
     workload = workload_from_spec(deployment.spec, concurrency=concurrency)
-    if vm_size is None:
-        return workload
-    return replace(workload, vm_size=vm_size)
+    return (workload if vm_size is None else replace(workload, vm_size=vm_size)), deployment
+
+
+def _planned_pool(plan: Plan, deployment: InferenceDeployment | None) -> DesiredAgentPool | None:
+    """Return the agent pool the operator would create: the CR's own (maxReplicas), or one of the plan's VMs."""
+    if deployment is None:
+        return DesiredAgentPool(name="tpplan", vm_size=plan.vm_size, min_count=0, max_count=max(1, plan.nodes))
+    from tokenplane_operator.desired.bundle import build_desired_state
+    from tokenplane_operator.desired.config import RenderConfig
+
+    try:
+        pool = build_desired_state(deployment, RenderConfig()).agent_pool
+    except PlanError:
+        return None
+    # `--vm-size` plans the CR on another size: the pool is the CR's, on that size.
+    return pool.model_copy(update={"vm_size": plan.vm_size}) if pool is not None else None
+
+
+def quota_headroom(pool: DesiredAgentPool) -> QuotaCheck | str | None:
+    """Read the region's vCPU quota for a pool as the operator does, when its Azure settings are set.
+
+    The settings (``TOKENPLANE_SUBSCRIPTION_ID``, ``_RESOURCE_GROUP``, ``_CLUSTER_NAME``, optionally
+    ``_ARM_ENDPOINT``) and the credential (``DefaultAzureCredential``) are the operator's.
+
+    Args:
+        pool: The pool the deployment would get (its VM size, maxCount and priority count).
+
+    Returns:
+        The check, a sentence saying why the quota could not be read, or None without Azure settings.
+    """
+    from pydantic import ValidationError
+
+    from tokenplane_operator.adapters.azure import AksAgentPools
+    from tokenplane_operator.settings import OperatorSettings
+
+    try:
+        settings = OperatorSettings()
+    except ValidationError:
+        return None
+    if not settings.azure_configured:
+        return None
+
+    async def read() -> Any:
+        async with AksAgentPools(
+            subscription_id=settings.subscription_id,
+            resource_group=settings.resource_group,
+            cluster_name=settings.cluster_name,
+            arm_endpoint=settings.arm_endpoint,
+            connection_verify=settings.arm_ca_bundle,
+        ) as pools:
+            return await pools.read_quota(pool.vm_size)
+
+    try:
+        reading = asyncio.run(read())
+    except TokenplaneError as err:
+        return f"cannot read the quota: {err}"
+    if reading is None:
+        return f"the cluster's region does not list {pool.vm_size}"
+    return check_quota(pool, 0, reading) or "the usage list has no row for this size's family"
+
+
+def _quota_text(check: QuotaCheck | str) -> str:
+    if isinstance(check, str):
+        return f"[yellow]{check}[/]"
+    verdict = "[green]fits[/]" if check.sufficient else f"[red]short[/]: {check.reachable_nodes} node(s) fit"
+    return f"{verdict}; {check.describe()}"
+
+
+def _quota_json(check: QuotaCheck | str) -> dict[str, Any]:
+    if isinstance(check, str):
+        return {"error": check}
+    return {
+        "family": check.reading.family,
+        "region": check.reading.region,
+        "vcpusPerNode": check.reading.vcpus_per_node,
+        "wantedNodes": check.wanted_nodes,
+        "neededVcpus": check.needed_vcpus,
+        "availableVcpus": check.available_vcpus,
+        "limitingQuota": check.limiting.name,
+        "reachableNodes": check.reachable_nodes,
+        "sufficient": check.sufficient,
+    }
 
 
 def _bytes(value: int) -> str:
     return f"{value / GIB:,.1f} GiB"
 
 
-def render_table(plan: Plan, console: Console) -> None:
-    """Print a plan for humans: placement, memory, estimates by batch size, and the reasons.
+def render_table(plan: Plan, console: Console, quota: QuotaCheck | str | None = None) -> None:
+    """Print a plan for humans: placement, memory, estimates by batch size, quota headroom, and the reasons.
 
     Args:
         plan: The plan.
         console: Where to print.
+        quota: The region's quota against the plan's VMs, when it could be looked at.
     """
     head = Table(title=f"tokenplane plan: {plan.model}", show_header=False, title_justify="left")
     head.add_column(style="bold")
@@ -111,6 +197,8 @@ def render_table(plan: Plan, console: Console) -> None:
                 f"{e.tokens_per_gpu_hour:,.0f} tok/GPU-h{usd} (roofline, not measured)",
             )
         )
+    if quota is not None:
+        rows.append(("quota", _quota_text(quota)))
     for key, value in rows:
         head.add_row(key, value)
     console.print(head)
@@ -199,8 +287,9 @@ def plan_command(
         if output not in ("table", "json"):
             raise PlanError(PlanErrorReason.INVALID_WORKLOAD, f"--output must be table or json, not {output!r}")
         prices = load_prices(prices_file) if prices_file else None
+        deployment = None
         if file is not None:
-            workload = _workload_from_file(file, concurrency, vm_size)
+            workload, deployment = _workload_from_file(file, concurrency, vm_size)
         else:
             if (model_config is None) == (model is None):
                 raise PlanError(
@@ -226,10 +315,13 @@ def plan_command(
         else:
             out.print(f"[red]cannot plan[/] ({reason}): {message}", markup=True)
         return 1
+    pool = _planned_pool(result, deployment) if result.fits else None
+    quota = quota_headroom(pool) if pool is not None else None
     if output == "json":
-        print(json.dumps(result.model_dump(mode="json", by_alias=True), indent=2))
+        doc = result.model_dump(mode="json", by_alias=True)
+        print(json.dumps(doc | ({"quota": _quota_json(quota)} if quota is not None else {}), indent=2))
     else:
-        render_table(result, out)
+        render_table(result, out, quota)
         if explain:
             _explain(result, workload.model, out)
     return 0 if result.fits else 1

@@ -22,11 +22,19 @@ DEVICE_PLUGIN_VERSION="0.17.1"
 SERVICE_ACCOUNT="tokenplane-operator"
 ROLE_NAME="tokenplane agent pool operator"
 # Exactly the ARM operations the operator makes (adapters/azure.py: get, list, create-or-update and delete agent
-# pools); tests/operator/test_rbac.py compares this list with the requests the operator sends the ARM emulator.
+# pools, read the cluster for its region); tests/operator/test_rbac.py compares these lists with the requests the
+# operator sends the ARM emulator.
 ROLE_ACTIONS=(
+  "Microsoft.ContainerService/managedClusters/read"
   "Microsoft.ContainerService/managedClusters/agentPools/read"
   "Microsoft.ContainerService/managedClusters/agentPools/write"
   "Microsoft.ContainerService/managedClusters/agentPools/delete"
+)
+# The region's vCPU quota and the VM sizes' families are subscription-level reads: a second, read-only role there.
+QUOTA_ROLE_NAME="tokenplane quota reader"
+QUOTA_ROLE_ACTIONS=(
+  "Microsoft.Compute/locations/usages/read"
+  "Microsoft.Compute/skus/read"
 )
 
 subscription="" resource_group="" cluster="" namespace="tokenplane" identity="tokenplane-operator"
@@ -93,6 +101,18 @@ else
 fi
 run az role assignment create --assignee-object-id "$principal_id" --assignee-principal-type ServicePrincipal \
   --role "$ROLE_NAME" --scope "$cluster_id" -o none
+subscription_id="/subscriptions/$subscription"
+actions=$(printf '"%s",' "${QUOTA_ROLE_ACTIONS[@]}")
+quota_json=$(printf '{"Name": "%s", "Description": "Read the vCPU quota and VM sizes of the region before creating GPU agent pools (tokenplane operator).", "Actions": [%s], "NotActions": [], "AssignableScopes": ["%s"]}' \
+  "$QUOTA_ROLE_NAME" "${actions%,}" "$subscription_id")
+existing=$(query "existing-quota-role-id-or-empty" az role definition list --name "$QUOTA_ROLE_NAME" --custom-role-only true --scope "$subscription_id" --query "[0].id" -o tsv)
+if [[ -n "$existing" && "$existing" != "<existing-quota-role-id-or-empty>" ]]; then
+  run az role definition update --role-definition "$quota_json"
+else
+  run az role definition create --role-definition "$quota_json"
+fi
+run az role assignment create --assignee-object-id "$principal_id" --assignee-principal-type ServicePrincipal \
+  --role "$QUOTA_ROLE_NAME" --scope "$subscription_id" -o none
 
 step "federated credential: $identity <- ServiceAccount $namespace/$SERVICE_ACCOUNT"
 run az identity federated-credential create --name "$SERVICE_ACCOUNT" --identity-name "$identity" \

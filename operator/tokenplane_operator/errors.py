@@ -19,6 +19,7 @@ __all__ = [
     "RejectionReason",
     "TokenplaneError",
     "TransientCloudError",
+    "is_quota_error",
 ]
 
 RejectionReason = Literal["QuotaExceeded", "SkuNotAvailable", "InvalidRequest"]
@@ -85,3 +86,14 @@ class OperationFailedError(TokenplaneError):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+
+
+def is_quota_error(code: str | None, message: str | None) -> bool:
+    """Whether an Azure error (a refused request, or a long-running operation that ended Failed) is about quota.
+
+    AKS reports quota as `QuotaExceeded`, as `OperationNotAllowed` "... exceeding quota limits of Core", and
+    in a failed operation as another code whose message carries the compute error ("... results in exceeding
+    approved standardNCadsH100v5Family Cores quota").
+    """
+    text = (message or "").lower()
+    return code == "QuotaExceeded" or ("quota" in text and "exceed" in text)

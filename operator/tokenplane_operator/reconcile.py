@@ -33,6 +33,7 @@ from tokenplane_operator.converge.diff import (
     object_key,
 )
 from tokenplane_operator.converge.economics import Scrape, compute_economics, gpus_in_pods, merge_window, parse_scrape
+from tokenplane_operator.converge.quota import QuotaCheck, QuotaReading, bound_pool, check_quota
 from tokenplane_operator.converge.status import (
     CloudFault,
     NodeSource,
@@ -49,6 +50,7 @@ from tokenplane_operator.errors import (
     OperationFailedError,
     TokenplaneError,
     TransientCloudError,
+    is_quota_error,
 )
 from tokenplane_operator.plan.errors import PlanError, PlanErrorReason
 from tokenplane_operator.plan.validation import check_deployment
@@ -69,6 +71,8 @@ __all__ = [
 ]
 
 _THROTTLE_KEY = "*"  # ARM throttles per subscription: one 429 holds back every pool
+# A pool whose operation ended Failed for these is re-sent once the backoff ran out.
+_RETRIED_FAILURES = frozenset({Reason.PROVISIONING_FAILED, Reason.QUOTA_EXCEEDED})
 
 
 class AgentPools(Protocol):
@@ -77,6 +81,7 @@ class AgentPools(Protocol):
     async def observe(self, name: str) -> ObservedAgentPool | None: ...  # noqa: D102
     async def begin_apply(self, desired: DesiredAgentPool) -> None: ...  # noqa: D102
     async def begin_delete(self, name: str) -> None: ...  # noqa: D102
+    async def read_quota(self, vm_size: str) -> QuotaReading | None: ...  # noqa: D102
     async def close(self) -> None: ...  # noqa: D102
 
 
@@ -119,6 +124,8 @@ class Clients:
     _locks: defaultdict[str, asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))
     # Last metrics scrape per deployment: (pod name -> scrape, monotonic time), the start of the next window.
     _scrapes: dict[str, tuple[dict[str, Scrape], float]] = field(default_factory=dict)
+    # Last quota read per VM size: (reading, or why there is none; when).
+    _quota: dict[str, tuple[QuotaReading | str, datetime]] = field(default_factory=dict)
 
     async def close(self) -> None:
         """Close every client."""
@@ -267,6 +274,8 @@ class _PoolSnapshot:
     previous_claimed: bool = False  # another deployment still needs the previous pool
     fault: CloudFault | None = None
     new_faults: list[CloudFault] = field(default_factory=list)
+    quota: QuotaCheck | None = None
+    quota_error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -372,7 +381,34 @@ async def _observe_pools(
     except TokenplaneError as err:
         snap.fault = _record(clients, merged.name if merged else snap.previous_pool or "", err, now, settings)
         snap.new_faults.append(snap.fault)
+    if merged is not None and snap.fault is None:
+        await _bound_by_quota(snap, merged, clients, settings, now)
     return snap
+
+
+async def _bound_by_quota(
+    snap: _PoolSnapshot, merged: DesiredAgentPool, clients: Clients, settings: OperatorSettings, now: datetime
+) -> None:
+    """Check the region's vCPU quota before the pool is created or grown: bound it, or hold it back, by policy."""
+    assert clients.pools is not None
+    key = merged.vm_size.lower()
+    cached = clients._quota.get(key)
+    if cached is None or now - cached[1] >= timedelta(seconds=settings.quota_cache_ttl_s):
+        try:
+            reading = await clients.pools.read_quota(merged.vm_size) or f"the region lists no {merged.vm_size}"
+        except TokenplaneError as err:
+            reading = str(err)  # unreadable quota (permissions, throttling) never blocks the pool
+        clients._quota[key] = cached = (reading, now)
+    if not isinstance(cached[0], QuotaReading):
+        snap.quota_error = cached[0]
+        return
+    current = (snap.observed.count or 0) if snap.observed is not None else 0
+    snap.quota = check_quota(merged, current, cached[0])
+    bounded = bound_pool(merged, snap.quota, settings.quota_policy, snap.observed)
+    if bounded is None and snap.quota is not None:
+        # Not recorded as a fault: the next round reads the quota again and creates the pool once it fits.
+        snap.fault = CloudFault(Reason.QUOTA_EXCEEDED, snap.quota.describe(), settings.poll_interval_s, stalled=True)
+    snap.merged = bounded or merged
 
 
 async def _observe_objects(body: Mapping[str, Any], desired: DesiredState, kube: KubeObjects) -> _ObjectsSnapshot:
@@ -422,6 +458,8 @@ def _observed_state(
         rayservice=_rayservice(objects.existing.get(rs_key), objects.desired_hashes[rs_key]),
         endpoint_url=desired.endpoint_url if service_exists else None,
         plan=plan,
+        quota=pools.quota,
+        quota_error=pools.quota_error,
     )
 
 
@@ -495,6 +533,7 @@ async def _apply_one(
             if fresh is None or not fresh.in_progress:
                 await clients.pools.begin_apply(merged)
             clients._cache.pop(merged.name, None)
+            clients._quota.pop(merged.vm_size.lower(), None)  # the pool's nodes change the usage
     elif action.kind is ActionKind.RELEASE_POOL:
         assert clients.pools is not None
         await clients.pools.begin_delete(action.target)
@@ -753,6 +792,9 @@ def _record(clients: Clients, key: str, err: TokenplaneError, now: datetime, set
             err.reason, Reason.CLOUD_ERROR
         )
         fault = CloudFault(reason, err.message, settings.rejected_retry_s, stalled=True)
+    elif isinstance(err, OperationFailedError) and is_quota_error(err.code, err.message):
+        # The PUT was accepted, then the operation failed for quota: a human acts, as for a refused PUT.
+        fault = CloudFault(Reason.QUOTA_EXCEEDED, str(err), settings.rejected_retry_s, stalled=True)
     elif isinstance(err, OperationFailedError):
         fault = CloudFault(Reason.PROVISIONING_FAILED, str(err), backoff)
     else:
@@ -775,7 +817,7 @@ def _note_pool_failure(
             _clear(clients, name)
         return None
     entry = clients._faults.get(name)
-    if entry is not None and entry.fault.reason is Reason.PROVISIONING_FAILED and not entry.retried:
+    if entry is not None and entry.fault.reason in _RETRIED_FAILURES and not entry.retried:
         entry.retried = True  # its backoff ran out (else we would not be here): retry now
         return None
     message = ": ".join(p for p in (pool.error_code, pool.error_message) if p) or "the operation failed"

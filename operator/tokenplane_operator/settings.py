@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from tokenplane_operator.converge.quota import QuotaPolicy
 from tokenplane_operator.desired.config import RenderConfig
 from tokenplane_operator.desired.naming import METRICS_PORT
 
@@ -71,6 +72,14 @@ class OperatorSettings(BaseSettings):
     private_source_ranges: list[str] = Field(
         default_factory=lambda: ["10.224.0.0/12"],
         description="CIDRs admitted to private endpoints' serve port (JSON list); never 0.0.0.0/0.",
+    )
+    quota_policy: QuotaPolicy = Field(
+        default=QuotaPolicy.BOUND,
+        description="When the vCPU quota cannot cover maxCount: bound (create/grow the pool up to what fits) "
+        "or block (create/grow nothing).",
+    )
+    quota_cache_ttl_s: float = Field(
+        default=60.0, ge=0, description="Reuse one read of the region's vCPU quota and usage for this long."
     )
 
     @model_validator(mode="after")

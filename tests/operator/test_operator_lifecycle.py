@@ -37,6 +37,7 @@ async def test_create_to_ready(op: OperatorHarness) -> None:
         "Ready",
         "Reconciling",
         "Stalled",
+        "QuotaInsufficient",
     }
     assert body["metadata"]["finalizers"] == ["tokenplane.io/finalizer"]
     rs = op.get("m1", resource=RS_RESOURCE)

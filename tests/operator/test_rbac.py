@@ -151,6 +151,10 @@ _ARM_ACTIONS = {
     ("GET", r"/agentPools(/[^/]+)?$"): "Microsoft.ContainerService/managedClusters/agentPools/read",
     ("PUT", r"/agentPools/[^/]+$"): "Microsoft.ContainerService/managedClusters/agentPools/write",
     ("DELETE", r"/agentPools/[^/]+$"): "Microsoft.ContainerService/managedClusters/agentPools/delete",
+    # The quota check (learn.microsoft.com/azure/role-based-access-control/permissions/compute).
+    ("GET", r"/managedClusters/[^/]+$"): "Microsoft.ContainerService/managedClusters/read",
+    ("GET", r"/providers/Microsoft\.Compute/skus$"): "Microsoft.Compute/skus/read",
+    ("GET", r"/providers/Microsoft\.Compute/locations/[^/]+/usages$"): "Microsoft.Compute/locations/usages/read",
 }
 
 

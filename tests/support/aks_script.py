@@ -30,7 +30,9 @@ def dry_run(*args: str) -> tuple[list[list[str]], str]:
 
 
 def role_actions() -> set[str]:
-    """The actions of the custom role the script defines for the operator's identity."""
+    """The actions of the custom roles the script defines for the operator's identity (agent pools, quota)."""
     commands, _ = dry_run()
-    role = next(c for c in commands if c[:3] == ["az", "role", "definition"])
-    return set(json.loads(role[role.index("--role-definition") + 1])["Actions"])
+    roles = [
+        c for c in commands if c[:4] in (["az", "role", "definition", "create"], ["az", "role", "definition", "update"])
+    ]
+    return {action for role in roles for action in json.loads(role[role.index("--role-definition") + 1])["Actions"]}

@@ -1,4 +1,5 @@
-"""An Azure Resource Manager emulator of the AKS agentPools API, over HTTPS, with LROs and fault injection.
+"""An Azure Resource Manager emulator of the AKS agentPools API and the Compute quota APIs, over HTTPS,
+with LROs and fault injection.
 
 The real ``azure.mgmt.containerservice`` client talks to it through ``base_url``; azure-core refuses
 bearer tokens over plain HTTP, so it serves TLS with a throwaway ``trustme`` CA (``ca_pem``).
@@ -17,6 +18,20 @@ What it speaks (every request needs ``api-version`` and a bearer token)::
                                                     and ARM then accepts only tokens it issued
     GET    .../locations/{loc}/operations/{id}      {"status": "InProgress" | "Succeeded" | "Failed", "error"}
     GET    .../locations/{loc}/operationresults/{id}  202 while running, 204 when done
+    GET    {rg}/providers/Microsoft.ContainerService/managedClusters/{cluster}   the cluster (its location)
+    GET    /subscriptions/{sub}/providers/Microsoft.Compute/skus?$filter=location eq '{loc}'
+                                                    resource SKUs: each VM size's quota family and vCPUs
+    GET    /subscriptions/{sub}/providers/Microsoft.Compute/locations/{loc}/usages
+                                                    vCPU quota rows {"unit", "currentValue", "limit",
+                                                    "name": {"value", "localizedValue"}}
+
+Quota follows Compute's rules (REST: learn.microsoft.com/rest/api/compute/usage/list and
+.../resource-skus/list; "vCPU quotas", learn.microsoft.com/azure/virtual-machines/quotas): a regular VM
+counts its vCPUs against its family's row and the regional ``cores`` row, a spot VM only against
+``lowPriorityCores``. Usage is what the stored pools' ``count`` nodes take plus ``set_quota(..., other=)``
+(VMs outside these pools). A PUT that would add nodes beyond a limit is refused as AKS preflight refuses
+it (400 ``QuotaExceeded``, "... exceeding approved <family> Cores quota ..."); maxCount is not checked,
+as the cluster autoscaler's scale-ups are not either.
 
 An operation finishes once it has been observed ``provisioning_polls`` times (a GET of the pool, the
 list, or the operation) *and* ``provisioning_seconds`` have passed; ``settle()`` finishes all at once.
@@ -39,6 +54,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +76,34 @@ _OP_PATH = re.compile(
     re.IGNORECASE,
 )
 _TOKEN_PATH = re.compile(r"^/(?P<tenant>[^/]+)/oauth2/v2\.0/token$")
+_CLUSTER_PATH = re.compile(
+    r"/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)"
+    r"/providers/Microsoft\.ContainerService/managedClusters/(?P<cluster>[^/]+)$",
+    re.IGNORECASE,
+)
+_SKUS_PATH = re.compile(r"/subscriptions/[^/]+/providers/Microsoft\.Compute/skus$", re.IGNORECASE)
+_USAGES_PATH = re.compile(
+    r"/subscriptions/[^/]+/providers/Microsoft\.Compute/locations/(?P<loc>[^/]+)/usages$", re.IGNORECASE
+)
+_LOCATION_FILTER = re.compile(r"^\s*location\s+eq\s+'(?P<loc>[^']+)'\s*$", re.IGNORECASE)
+# VM size -> (quota family as the resource SKU list and usage API name it, vCPUs); from `az vm list-skus`
+# output and Azure's family table (e.g. Standard_NC80adis_H100_v5 is StandardNCadsH100v5Family, 80 vCPUs).
+VM_SKUS: dict[str, tuple[str, int]] = {
+    "Standard_NC4as_T4_v3": ("standardNCASv3_T4Family", 4),
+    "Standard_NC64as_T4_v3": ("standardNCASv3_T4Family", 64),
+    "Standard_NV36ads_A10_v5": ("StandardNVADSA10v5Family", 36),
+    "Standard_NC24ads_A100_v4": ("StandardNCADSA100v4Family", 24),
+    "Standard_NC48ads_A100_v4": ("StandardNCADSA100v4Family", 48),
+    "Standard_NC96ads_A100_v4": ("StandardNCADSA100v4Family", 96),
+    "Standard_NC40ads_H100_v5": ("StandardNCadsH100v5Family", 40),
+    "Standard_NC80adis_H100_v5": ("StandardNCadsH100v5Family", 80),
+    "Standard_ND96asr_v4": ("standardNDASv4_A100Family", 96),
+    "Standard_ND96amsr_A100_v4": ("standardNDAMSv4_A100Family", 96),
+    "Standard_ND96isr_H100_v5": ("standardNDSH100v5Family", 96),
+    "Standard_ND96isr_H200_v5": ("standardNDISRH200V5Family", 96),
+}
+_REGIONAL, _SPOT = "cores", "lowPriorityCores"
+_DEFAULT_LIMIT = 100_000  # generous unless a test sets a quota
 _JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 _POOL_NAME = re.compile(r"^[a-z][a-z0-9]{0,11}$")
 _TAG_NAME_FORBIDDEN = re.compile(r"[<>%&\\?/]")
@@ -135,6 +179,8 @@ class ArmEmulator:
         self._pools: dict[tuple[str, str, str, str], dict[str, Any]] = {}
         self._ops: dict[str, _Operation] = {}
         self._faults: list[Fault] = []
+        self._limits: dict[str, int] = {}  # quota name (lower case) -> limit in vCPUs
+        self._other_usage: dict[str, int] = {}  # quota name (lower case) -> vCPUs used outside the pools
         self._requests: list[RecordedRequest] = []
         self._ids = itertools.count(1)
         self._dir = Path(tempfile.mkdtemp(prefix="arm-emulator-"))
@@ -230,6 +276,19 @@ class ArmEmulator:
         key = (sub.lower(), rg.lower(), cluster.lower(), name)
         with self._lock:
             self._pools[key] = self._resource(key, copy.deepcopy(properties), state)
+
+    def set_quota(self, name: str, limit: int, *, other: int | None = None) -> None:
+        """Set a quota's limit in vCPUs (a family, ``cores`` or ``lowPriorityCores``), and optionally the vCPUs
+        that VMs outside the emulated pools use of it."""
+        with self._lock:
+            self._limits[name.lower()] = limit
+            if other is not None:
+                self._other_usage[name.lower()] = other
+
+    def usage(self, name: str) -> int:
+        """vCPUs in use of one quota now: the pools' nodes plus ``other``."""
+        with self._lock:
+            return self._used()[name.lower()]
 
     def settle(self) -> None:
         """Finish every running operation now, with its planned outcome."""
@@ -342,7 +401,106 @@ class ArmEmulator:
                 return _json(401, _error("AuthenticationFailed", "Authentication failed."))
             if self.workload_identity and authorization.removeprefix("Bearer ") not in self.issued_tokens:
                 return _json(401, _error("InvalidAuthenticationToken", "The access token is invalid."))
+            if match := _USAGES_PATH.match(request.path):
+                return self._usages(match["loc"])
+            if _SKUS_PATH.match(request.path):
+                return self._skus(request.query.get("$filter", ""))
+            if match := _CLUSTER_PATH.match(request.path):
+                return self._cluster(match, request.method)
             return self._route(request, body, fault)
+
+    def _cluster(self, match: re.Match[str], method: str) -> web.Response:
+        if method != "GET":
+            return _json(405, _error("MethodNotAllowed", f"{method} is not allowed here."))
+        return _json(
+            200,
+            {
+                "id": f"/subscriptions/{match['sub']}/resourceGroups/{match['rg']}/providers"
+                f"/Microsoft.ContainerService/managedClusters/{match['cluster']}",
+                "name": match["cluster"],
+                "type": "Microsoft.ContainerService/ManagedClusters",
+                "location": self.location,
+                "properties": {"provisioningState": "Succeeded", "kubernetesVersion": "1.33.2"},
+            },
+        )
+
+    def _skus(self, filter_: str) -> web.Response:
+        # Only the location filter is supported by the real API too ("Only location filter is supported").
+        match = _LOCATION_FILTER.match(filter_) if filter_ else None
+        if filter_ and match is None:
+            return _json(400, _error("InvalidFilter", f"Unsupported $filter: {filter_}"))
+        if match is not None and match["loc"].lower() != self.location.lower():
+            return _json(200, {"value": []})
+        value = [
+            {
+                "resourceType": "virtualMachines",
+                "name": size,
+                "tier": "Standard",
+                "size": size.removeprefix("Standard_"),
+                "family": family,
+                "locations": [self.location],
+                "locationInfo": [{"location": self.location, "zones": ["1", "2", "3"], "zoneDetails": []}],
+                "capabilities": [
+                    {"name": "vCPUs", "value": str(vcpus)},
+                    {"name": "vCPUsAvailable", "value": str(vcpus)},
+                ],
+                "restrictions": [],
+            }
+            for size, (family, vcpus) in VM_SKUS.items()
+        ]
+        return _json(200, {"value": value})
+
+    def _usages(self, location: str) -> web.Response:
+        if location.lower() != self.location.lower():
+            return _json(200, {"value": []})
+        used = self._used()
+        names = [_REGIONAL, _SPOT, *sorted({family for family, _ in VM_SKUS.values()}, key=str.lower)]
+        value = [
+            {
+                "unit": "Count",
+                "currentValue": used[name.lower()],
+                "limit": self._limits.get(name.lower(), _DEFAULT_LIMIT),
+                "name": {"value": name, "localizedValue": _localized(name)},
+            }
+            for name in names
+        ]
+        return _json(200, {"value": value})
+
+    def _used(self) -> defaultdict[str, int]:
+        used: defaultdict[str, int] = defaultdict(int, self._other_usage)
+        for pool in self._pools.values():
+            for name, vcpus in self._quota_rows(pool["properties"], int(pool["properties"].get("count") or 0)):
+                used[name] += vcpus
+        return used
+
+    def _quota_rows(self, props: dict[str, Any], nodes: int) -> list[tuple[str, int]]:
+        """The quota rows (lower-case names) and vCPUs that ``nodes`` VMs of a pool count against."""
+        size = next((s for s in VM_SKUS if s.lower() == str(props.get("vmSize", "")).lower()), None)
+        if size is None:
+            return []
+        family, vcpus = VM_SKUS[size]
+        if props.get("scaleSetPriority") == "Spot":
+            return [(_SPOT.lower(), nodes * vcpus)]
+        return [(family.lower(), nodes * vcpus), (_REGIONAL, nodes * vcpus)]
+
+    def _preflight_quota(self, props: dict[str, Any], existing: dict[str, Any] | None) -> web.Response | None:
+        """Refuse a PUT whose new nodes exceed a quota, with AKS's preflight message."""
+        before = int((existing or {}).get("properties", {}).get("count") or 0)
+        added = self._quota_rows(props, max(0, int(props.get("count") or 0) - before))
+        used = self._used()
+        for name, vcpus in added:
+            limit = self._limits.get(name, _DEFAULT_LIMIT)
+            if vcpus and used[name] + vcpus > limit:
+                family = next(f for f, _ in VM_SKUS.values() if f.lower() == name) if name != _REGIONAL else None
+                what = f"approved {family} Cores quota" if family else "Total Regional Cores quota"
+                message = (
+                    "Preflight validation check for resource(s) for container service failed. Details: Operation "
+                    f"could not be completed as it results in exceeding {what}. Additional details - Deployment "
+                    f"Model: Resource Manager, Location: {self.location}, Current Limit: {limit}, Current Usage: "
+                    f"{used[name]}, Additional Required: {vcpus}, (Minimum) New Limit Required: {used[name] + vcpus}."
+                )
+                return _json(400, _error("QuotaExceeded", message))
+        return None
 
     def _issue_token(self, tenant: str, body: Any) -> web.Response:
         # The client-credentials grant with a federated assertion, as WorkloadIdentityCredential sends it.
@@ -445,6 +603,8 @@ class ArmEmulator:
                             f"Changing property '{name}' is not allowed.",
                         ),
                     )
+        if refused := self._preflight_quota(props, existing):
+            return refused
         kind = "update" if existing is not None else "create"
         self._pools[key] = self._resource(key, props, "Updating" if existing else "Creating")
         op = self._start(key, kind, fault.lro_error if fault else None)
@@ -541,6 +701,14 @@ class ArmEmulator:
             f"{self.base_url}/subscriptions/{op.key[0]}/providers/Microsoft.ContainerService"
             f"/locations/{self.location}/{kind}/{op.id}?api-version={api_version}"
         )
+
+
+def _localized(name: str) -> str:
+    if name == _REGIONAL:
+        return "Total Regional vCPUs"
+    if name == _SPOT:
+        return "Total Regional Low-priority vCPUs"
+    return f"{name.removeprefix('standard').removeprefix('Standard').removesuffix('Family')} Family vCPUs"
 
 
 def _error(code: str, message: str) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""AKS agent pools through the async azure-mgmt-containerservice client; Azure errors become domain errors."""
+"""AKS agent pools and the region's vCPU quota through the async Azure SDKs; Azure errors become domain errors."""
 
 import email.utils
 import time
@@ -13,11 +13,13 @@ from azure.core.exceptions import (
     ResourceNotFoundError,
 )
 from azure.identity.aio import DefaultAzureCredential
+from azure.mgmt.compute.aio import ComputeManagementClient
 from azure.mgmt.containerservice.aio import ContainerServiceClient
 from azure.mgmt.containerservice.models import AgentPool
 
+from tokenplane_operator.converge.quota import QuotaReading, QuotaUsage
 from tokenplane_operator.desired.agentpool import DesiredAgentPool, ObservedAgentPool, to_arm_body
-from tokenplane_operator.errors import CloudRejectedError, TokenplaneError, TransientCloudError
+from tokenplane_operator.errors import CloudRejectedError, TokenplaneError, TransientCloudError, is_quota_error
 
 __all__ = ["AksAgentPools"]
 
@@ -33,7 +35,7 @@ _CAPACITY_CODES = frozenset(
 
 
 class AksAgentPools:
-    """Observe, create/update and delete the agent pools of one AKS cluster, never waiting on an LRO.
+    """Observe, create/update and delete one AKS cluster's agent pools (never waiting on an LRO); read quota.
 
     ``begin_*`` methods send only the initial request of a long-running operation (``polling=False``)
     and return once Azure accepted it; callers re-`observe` ``provisioning_state`` from a timer.
@@ -47,6 +49,7 @@ class AksAgentPools:
         arm_endpoint: ARM base URL override (sovereign clouds, emulators); None is public Azure.
         connection_verify: Path of a CA bundle to trust for TLS, or None for the system store.
         polling_interval_s: Seconds between LRO polls, for callers that use the SDK's pollers.
+        sku_cache_s: How long the region's VM size list (family and vCPUs of each size) is reused.
     """
 
     def __init__(
@@ -59,6 +62,7 @@ class AksAgentPools:
         arm_endpoint: str | None = None,
         connection_verify: str | None = None,
         polling_interval_s: float = 30.0,
+        sku_cache_s: float = 3600.0,
     ) -> None:
         self.resource_group = resource_group
         self.cluster_name = cluster_name
@@ -76,6 +80,13 @@ class AksAgentPools:
             retry_total=0,
             **tls,
         )
+        # The same credential reads quota: Microsoft.Compute/locations/usages/read and skus/read.
+        self._compute = ComputeManagementClient(
+            credential, subscription_id, base_url=arm_endpoint, retry_total=0, **tls
+        )
+        self._region: str | None = None
+        self._sku_cache_s = sku_cache_s
+        self._skus: dict[str, tuple[float, dict[str, tuple[str, int]]]] = {}
 
     async def observe(self, name: str) -> ObservedAgentPool | None:
         """Read one agent pool.
@@ -155,9 +166,63 @@ class AksAgentPools:
         except AzureError as exc:
             raise _convert(exc) from exc
 
+    async def read_quota(self, vm_size: str) -> QuotaReading | None:
+        """Read the vCPU quota and usage of the cluster's region, and the VM size's quota family.
+
+        The region comes from the managed cluster; the size's family and vCPUs from the resource SKU
+        list (``az vm list-skus``), whose ``family`` is the name of the size's row in the usage list.
+
+        Args:
+            vm_size: The pool's VM size.
+
+        Returns:
+            The reading, or None when the region's SKU list does not have the size.
+
+        Raises:
+            TransientCloudError: Throttling, server or network failure; retry.
+            CloudRejectedError: Azure refused (e.g. the identity may not read usages).
+        """
+        try:
+            region = await self._cluster_region()
+            sku = (await self._region_skus(region)).get(vm_size.lower())
+            if sku is None:
+                return None
+            usages = {
+                usage.name.value.lower(): QuotaUsage(usage.name.value, int(usage.current_value), int(usage.limit))
+                async for usage in self._compute.usage.list(region)
+                if usage.name is not None and usage.name.value
+            }
+        except AzureError as exc:
+            raise _convert(exc) from exc
+        return QuotaReading(region=region, vm_size=vm_size, family=sku[0], vcpus_per_node=sku[1], usages=usages)
+
+    async def _cluster_region(self) -> str:
+        if self._region is None:
+            cluster = await self._client.managed_clusters.get(self.resource_group, self.cluster_name)
+            self._region = cluster.location
+        return self._region
+
+    async def _region_skus(self, region: str) -> dict[str, tuple[str, int]]:
+        """VM sizes offered in the region: lower-case name -> (quota family, vCPUs), cached for `sku_cache_s`."""
+        cached = self._skus.get(region)
+        if cached is not None and time.monotonic() - cached[0] < self._sku_cache_s:
+            return cached[1]
+        skus: dict[str, tuple[str, int]] = {}
+        async for sku in self._compute.resource_skus.list(filter=f"location eq '{region}'"):
+            if sku.resource_type != "virtualMachines" or not sku.name or not sku.family:
+                continue
+            capabilities = {c.name: c.value for c in sku.capabilities or ()}
+            try:
+                skus[sku.name.lower()] = (sku.family, int(capabilities.get("vCPUs") or 0))
+            except ValueError:
+                continue
+        self._skus[region] = (time.monotonic(), skus)
+        return skus
+
     async def close(self) -> None:
-        """Close the HTTP session, and the credential if this object created it."""
+        """Close the HTTP sessions, and the credential if this object created it."""
         await self._client.close()
+        await self._compute.close()
         if self._owned_credential is not None:
             await self._owned_credential.close()
 
@@ -183,7 +248,7 @@ def _convert(exc: AzureError) -> TokenplaneError:
     retry_after = _retry_after_s(getattr(exc.response, "headers", {}))
     if status == 429:
         return TransientCloudError(message, retry_after_s=retry_after, code=code or None, status=status)
-    if code == "QuotaExceeded" or (code == "OperationNotAllowed" and "quota" in message.lower()):
+    if is_quota_error(code, message):
         return CloudRejectedError("QuotaExceeded", message, code=code)
     if code == "SkuNotAvailable":
         return CloudRejectedError("SkuNotAvailable", message, code=code)

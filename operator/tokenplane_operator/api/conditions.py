@@ -14,6 +14,9 @@ class ConditionType(StrEnum):
     READY = "Ready"  # all of the above: the endpoint takes traffic
     RECONCILING = "Reconciling"  # kstatus: the operator is still working towards the spec
     STALLED = "Stalled"  # kstatus: progress stopped and needs a human (quota, invalid spec)
+    # True when the region's vCPU quota cannot cover the pool's maxCount (abnormal-true, like Stalled):
+    # the message names the family, region, needed and available vCPUs, and what the operator did.
+    QUOTA_INSUFFICIENT = "QuotaInsufficient"
 
 
 class Reason(StrEnum):
@@ -23,6 +26,9 @@ class Reason(StrEnum):
     INVALID_SPEC = "InvalidSpec"  # a field breaks a rule; the message names the field path
     DOES_NOT_FIT = "DoesNotFit"  # weights + KV cache exceed the hardware the spec asks for
     QUOTA_EXCEEDED = "QuotaExceeded"  # Azure refused for quota; the message names the family and region
+    QUOTA_SUFFICIENT = "QuotaSufficient"  # the quota covers the pool's maxCount
+    QUOTA_INSUFFICIENT = "QuotaInsufficient"  # it does not: the pool is bounded, or not created/grown
+    QUOTA_UNKNOWN = "QuotaUnknown"  # the usage API could not be read (permissions, throttling, unknown size)
     SKU_NOT_AVAILABLE = "SkuNotAvailable"  # the VM size is not offered in the region or zone
     THROTTLED = "Throttled"  # Azure answered 429; retried after Retry-After
     CLOUD_ERROR = "CloudError"  # a transient Azure failure (5xx, capacity); retried with backoff

@@ -1060,7 +1060,9 @@ class InferenceDeploymentSpec(_Model):
 class Condition(_Model):
     """A metav1.Condition: one aspect of the deployment's state."""
 
-    type: ConditionType = Field(description="Validated, NodePoolReady, ServingReady, Ready, Reconciling or Stalled.")
+    type: ConditionType = Field(
+        description="Validated, NodePoolReady, ServingReady, Ready, Reconciling, Stalled or QuotaInsufficient."
+    )
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
     reason: Reason = Field(description="PascalCase reason from a closed vocabulary.")
     message: str = Field(default="", description="Human-readable detail, naming fields, quotas and regions.")

@@ -18,7 +18,9 @@ from tokenplane_operator.api.v1alpha1 import (
     PlanStatus,
     ReplicaStatus,
 )
+from tokenplane_operator.converge.quota import QuotaCheck
 from tokenplane_operator.desired.agentpool import ObservedAgentPool
+from tokenplane_operator.errors import is_quota_error
 
 __all__ = [
     "CloudFault",
@@ -137,6 +139,8 @@ class ObservedState:
         rayservice: The RayService observation, None when it does not exist yet.
         endpoint_url: The URL clients call, once its Service exists.
         plan: The resolved placement (what vmSize auto became).
+        quota: The region's vCPU quota against the pool's maxCount, when it was read.
+        quota_error: Why the quota could not be read, when it could not.
         deleting: The deployment is being deleted.
     """
 
@@ -153,6 +157,8 @@ class ObservedState:
     rayservice: RayServiceObservation | None = None
     endpoint_url: str | None = None
     plan: PlanStatus | None = None
+    quota: QuotaCheck | None = None
+    quota_error: str | None = None
     deleting: bool = False
 
     @property
@@ -227,6 +233,7 @@ def compute_status(
         ConditionType.READY: ready,
         ConditionType.RECONCILING: reconciling,
         ConditionType.STALLED: stalled_cond,
+        ConditionType.QUOTA_INSUFFICIENT: _quota(observed, validated),
     }
     previous = {c.type: c for c in previous_conditions}
     conditions = [
@@ -276,7 +283,10 @@ def _node_pool(observed: ObservedState) -> _Cond:
         return _Cond("False", fault.reason, f"{fault.message} (retrying in {fault.retry_after_s:.0f}s)")
     if pool is not None and pool.provisioning_state == "Failed":
         detail = ": ".join(p for p in (pool.error_code, pool.error_message) if p)
-        return _Cond("False", Reason.PROVISIONING_FAILED, f"agent pool {name} failed: {detail or 'no detail'}")
+        reason = Reason.QUOTA_EXCEEDED if is_quota_error(pool.error_code, pool.error_message) else None
+        return _Cond(
+            "False", reason or Reason.PROVISIONING_FAILED, f"agent pool {name} failed: {detail or 'no detail'}"
+        )
     if pool is None or pool.provisioning_state not in _USABLE_POOL_STATES:
         state = "does not exist yet" if pool is None else f"is {pool.provisioning_state}"
         if observed.previous_pool is not None:
@@ -290,6 +300,35 @@ def _node_pool(observed: ObservedState) -> _Cond:
     bounds = f", autoscaling {pool.min_count}..{pool.max_count} nodes" if pool.max_count is not None else ""
     state = pool.provisioning_state
     return _Cond("True", Reason.RECONCILED, f"agent pool {name} ({pool.vm_size}) is {state}{bounds}")
+
+
+def _quota(observed: ObservedState, validated: _Cond) -> _Cond:
+    if validated.status != "True":
+        return _Cond("Unknown", validated.reason, "the spec must be fixed first")
+    if observed.node_source is NodeSource.LOCAL:
+        return _Cond("False", Reason.LOCAL, "CPU replicas; no Azure quota involved")
+    if observed.node_source is NodeSource.EXISTING:
+        return _Cond("False", Reason.BRING_YOUR_OWN, "nodes come from a pool tokenplane does not size")
+    check = observed.quota
+    if check is None:
+        why = observed.quota_error or "not read yet"
+        return _Cond("Unknown", Reason.QUOTA_UNKNOWN, f"the region's vCPU quota could not be read: {why}")
+    if check.sufficient:
+        reading = check.reading
+        return _Cond(
+            "False",
+            Reason.QUOTA_SUFFICIENT,
+            f"{check.wanted_nodes} x {reading.vm_size} fit the {reading.family} quota in {reading.region}: "
+            f"{check.needed_vcpus} more vCPUs needed, {check.available_vcpus} available",
+        )
+    fault = observed.cloud_fault
+    if observed.pool is None and fault is not None and fault.reason is Reason.QUOTA_EXCEEDED:
+        outcome = "no agent pool is created until the quota allows one node"
+    elif observed.pool_bounds is not None and observed.pool_bounds[1] < check.wanted_nodes:
+        outcome = f"the agent pool is bounded to {observed.pool_bounds[1]} nodes"
+    else:
+        outcome = "the agent pool is not grown"
+    return _Cond("True", Reason.QUOTA_INSUFFICIENT, f"{check.describe()}; {outcome}")
 
 
 def _serving(observed: ObservedState, node_pool: _Cond) -> _Cond:

@@ -57,6 +57,7 @@ def test_ready_when_pool_and_serving_ready() -> None:
         "Ready": ("True", "Serving"),
         "Reconciling": ("False", "Reconciled"),
         "Stalled": ("False", "Reconciled"),
+        "QuotaInsufficient": ("Unknown", "QuotaUnknown"),  # no quota reading in this snapshot
     }
     assert status.phase is Phase.READY
     assert status.observed_generation == 3

@@ -1,0 +1,172 @@
+"""Regional vCPU quota against what a pool's autoscaler bounds can reach, before AKS refuses the PUT.
+
+Azure meters GPU VMs in vCPUs, per region: a regular VM counts against its family's quota (e.g.
+``standardNCadsH100v5Family``) and against the regional total (``cores``); a spot VM counts only against
+the regional spot quota (``lowPriorityCores``). AKS preflight refuses a pool whose nodes would exceed any
+of them (`QuotaExceeded`); the cluster autoscaler silently stops short. Checking first turns both into a
+condition with numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+from tokenplane_operator.desired.agentpool import DesiredAgentPool, ObservedAgentPool
+
+__all__ = [
+    "REGIONAL_CORES",
+    "SPOT_CORES",
+    "QuotaCheck",
+    "QuotaPolicy",
+    "QuotaReading",
+    "QuotaUsage",
+    "bound_pool",
+    "check_quota",
+]
+
+REGIONAL_CORES = "cores"  # "Total Regional vCPUs" in the Compute usage API
+SPOT_CORES = "lowPriorityCores"  # "Total Regional Low-priority vCPUs" (spot)
+
+
+class QuotaPolicy(StrEnum):
+    """What the operator does when the quota cannot cover a pool's maxCount."""
+
+    BOUND = "bound"  # create/grow the pool only up to the nodes that fit (none fit: do not create)
+    BLOCK = "block"  # do not create or grow the pool at all until the quota covers maxCount
+
+
+@dataclass(frozen=True)
+class QuotaUsage:
+    """One row of the Compute usage API: a quota's limit and what is in use, in vCPUs.
+
+    Attributes:
+        name: The quota's name (``name.value``), e.g. ``standardNCadsH100v5Family`` or ``cores``.
+        current: vCPUs in use in the region.
+        limit: vCPUs allowed in the region.
+    """
+
+    name: str
+    current: int
+    limit: int
+
+    @property
+    def free(self) -> int:
+        """Free vCPUs: what is still allowed (never negative: a limit lowered below use frees nothing)."""
+        return max(0, self.limit - self.current)
+
+
+@dataclass(frozen=True)
+class QuotaReading:
+    """What Azure said about one VM size's quota in the cluster's region.
+
+    Attributes:
+        region: The cluster's Azure region.
+        vm_size: The VM size asked about.
+        family: The quota family of the size (the resource SKU's ``family``).
+        vcpus_per_node: vCPUs one VM of the size counts against quota.
+        usages: Every usage row of the region, keyed by name in lower case (Azure's case varies).
+    """
+
+    region: str
+    vm_size: str
+    family: str
+    vcpus_per_node: int
+    usages: Mapping[str, QuotaUsage]
+
+
+@dataclass(frozen=True)
+class QuotaCheck:
+    """A pool's reach against the quotas it counts against.
+
+    Attributes:
+        reading: What the check is based on.
+        limiting: The quota with the least room (family, regional, or spot).
+        wanted_nodes: The pool's maxCount as the deployments sharing it ask for it.
+        current_nodes: Nodes the pool has now (already part of the usage).
+        needed_vcpus: vCPUs the pool still needs to reach `wanted_nodes`.
+        available_vcpus: vCPUs the limiting quota still allows.
+        reachable_nodes: Nodes the pool can reach within every quota.
+    """
+
+    reading: QuotaReading
+    limiting: QuotaUsage
+    wanted_nodes: int
+    current_nodes: int
+    needed_vcpus: int
+    available_vcpus: int
+    reachable_nodes: int
+
+    @property
+    def sufficient(self) -> bool:
+        """Whether maxCount fits within every quota."""
+        return self.reachable_nodes >= self.wanted_nodes
+
+    def describe(self) -> str:
+        """One sentence naming the family, the region, and the needed and available vCPUs."""
+        reading, limiting = self.reading, self.limiting
+        which = "" if limiting.name.lower() == reading.family.lower() else f" (limited by the {limiting.name} quota)"
+        return (
+            f"{self.wanted_nodes} x {reading.vm_size} need {self.needed_vcpus} more vCPUs of "
+            f"{reading.family} in {reading.region}, {self.available_vcpus} available{which}: "
+            f"limit {limiting.limit}, in use {limiting.current}; {self.reachable_nodes} nodes fit"
+        )
+
+
+def check_quota(pool: DesiredAgentPool, current_nodes: int, reading: QuotaReading) -> QuotaCheck | None:
+    """Compare what a pool's maxCount can reach with the quotas its VMs count against.
+
+    Args:
+        pool: The desired (merged) pool.
+        current_nodes: Nodes the pool has now; they are already counted in the usage.
+        reading: The region's usage and the size's family and vCPUs.
+
+    Returns:
+        The check, or None when none of the applicable quotas is in the reading.
+    """
+    names = (SPOT_CORES,) if pool.spot else (reading.family, REGIONAL_CORES)
+    rows = [row for name in names if (row := reading.usages.get(name.lower())) is not None]
+    if not rows or reading.vcpus_per_node <= 0:
+        return None
+    limiting = min(rows, key=lambda row: row.free)
+    vcpus = reading.vcpus_per_node
+    return QuotaCheck(
+        reading=reading,
+        limiting=limiting,
+        wanted_nodes=pool.max_count,
+        current_nodes=current_nodes,
+        needed_vcpus=max(0, pool.max_count - current_nodes) * vcpus,
+        available_vcpus=limiting.free,
+        reachable_nodes=current_nodes + limiting.free // vcpus,
+    )
+
+
+def bound_pool(
+    pool: DesiredAgentPool, check: QuotaCheck | None, policy: QuotaPolicy, existing: ObservedAgentPool | None
+) -> DesiredAgentPool | None:
+    """Return the pool to apply under the quota policy.
+
+    Args:
+        pool: The desired (merged) pool.
+        check: The quota check, or None when the quota could not be read (the pool is applied as is).
+        policy: Bound the pool to the nodes that fit, or never create or grow it past the quota.
+        existing: The pool as it exists, or None.
+
+    Returns:
+        The pool itself when it fits; else, under `bound`, the pool with maxCount (and minCount) lowered to
+        the nodes that fit, and under `block` an existing pool's bounds never raised. When nothing fits an
+        existing pool keeps its bounds, and a missing one is not created (None).
+    """
+    if check is None or check.sufficient:
+        return pool
+    if policy is QuotaPolicy.BOUND:
+        high = check.reachable_nodes
+    else:
+        high = 0 if existing is None else min(pool.max_count, existing.max_count or 0)
+    if high < 1:
+        if existing is None:
+            return None
+        low, high = existing.min_count or 0, max(1, existing.max_count or existing.count or 1)
+        return pool.model_copy(update={"min_count": min(low, high), "max_count": high})
+    return pool.model_copy(update={"max_count": high, "min_count": min(pool.min_count, high)})

@@ -1,0 +1,252 @@
+"""Quota before it bites: the adapter reads the region's vCPU quota through the real Compute SDK, and the
+operator bounds (or holds back) a pool the quota cannot cover, then converges once quota is freed."""
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import kmock
+import pytest
+
+from tests.operator.conftest import CLUSTER, RESOURCE_GROUP, SUBSCRIPTION, WORKLOAD_IDENTITY, FakeCredential
+from tests.support.arm_emulator import ArmEmulator
+from tests.support.kopf_harness import OperatorHarness, cr_body, declare_resources
+from tests.support.kube_emulator import ApiServerEmulator
+from tokenplane_operator.adapters.azure import AksAgentPools
+from tokenplane_operator.desired.agentpool import DesiredAgentPool
+from tokenplane_operator.errors import CloudRejectedError
+
+ROOT = Path(__file__).resolve().parents[2]
+A100_FAMILY = "StandardNCADSA100v4Family"  # Standard_NC24ads_A100_v4: 24 vCPUs, one GPU
+POOL_PUT = "/agentPools/tp[0-9a-f]+$"
+
+
+async def test_adapter_reads_family_vcpus_and_usage(aks_pools: AksAgentPools, arm_emulator: ArmEmulator) -> None:
+    arm_emulator.set_quota(A100_FAMILY, 100, other=24)
+    pool = DesiredAgentPool(name="tpquota1", vm_size="Standard_NC24ads_A100_v4", min_count=2, max_count=3)
+    await aks_pools.begin_apply(pool)  # two nodes now: 48 vCPUs of the family
+    reading = await aks_pools.read_quota("standard_nc24ads_a100_v4")
+    assert reading is not None
+    assert (reading.region, reading.family, reading.vcpus_per_node) == ("eastus", A100_FAMILY, 24)
+    family = reading.usages[A100_FAMILY.lower()]
+    assert (family.current, family.limit) == (24 + 48, 100)
+    assert reading.usages["cores"].current == 24 + 48 - 24  # `other` was set on the family row only
+    # The region, SKU list and usage came from the three Compute/AKS read APIs, with api-versions.
+    paths = [r.path for r in arm_emulator.calls("GET")]
+    assert any(p.endswith(f"/managedClusters/{aks_pools.cluster_name}") for p in paths)
+    skus = arm_emulator.calls("GET", "/Microsoft.Compute/skus$")
+    assert skus and skus[0].query["$filter"] == "location eq 'eastus'" and "api-version" in skus[0].query
+    assert arm_emulator.calls("GET", "/locations/eastus/usages$")
+
+
+async def test_adapter_caches_the_sku_list_and_knows_unknown_sizes(
+    aks_pools: AksAgentPools, arm_emulator: ArmEmulator
+) -> None:
+    assert await aks_pools.read_quota("Standard_Unknown_v9") is None
+    assert await aks_pools.read_quota("Standard_NC40ads_H100_v5") is not None
+    assert len(arm_emulator.calls("GET", "/Microsoft.Compute/skus$")) == 1
+    assert len(arm_emulator.calls("GET", "/usages$")) == 1
+
+
+async def test_adapter_reports_a_refused_usage_read(aks_pools: AksAgentPools, arm_emulator: ArmEmulator) -> None:
+    arm_emulator.arm_error(
+        "GET",
+        "/usages$",
+        code="AuthorizationFailed",
+        message="The client does not have authorization to perform action 'Microsoft.Compute/locations/usages/read'",
+        status=403,
+    )
+    with pytest.raises(CloudRejectedError, match="usages/read"):
+        await aks_pools.read_quota("Standard_NC24ads_A100_v4")
+
+
+def test_emulator_preflight_refuses_nodes_beyond_the_quota(arm_emulator: ArmEmulator) -> None:
+    """AKS preflight refuses a PUT whose nodes exceed the family quota, in its own words."""
+
+    async def put() -> None:
+        async with AksAgentPools(
+            subscription_id=SUBSCRIPTION,
+            resource_group=RESOURCE_GROUP,
+            cluster_name=CLUSTER,
+            credential=FakeCredential(),
+            arm_endpoint=arm_emulator.base_url,
+            connection_verify=str(arm_emulator.ca_pem),
+        ) as pools:
+            pool = DesiredAgentPool(name="tpquota2", vm_size="Standard_NC24ads_A100_v4", min_count=3, max_count=3)
+            await pools.begin_apply(pool)
+
+    arm_emulator.set_quota(A100_FAMILY, 48)
+    with pytest.raises(CloudRejectedError) as caught:
+        asyncio.run(put())
+    assert caught.value.reason == "QuotaExceeded"
+    assert f"exceeding approved {A100_FAMILY} Cores quota" in caught.value.message
+    assert "Current Limit: 48" in caught.value.message and "Additional Required: 72" in caught.value.message
+
+
+# -- the operator ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def op(kmock: kmock.KubernetesEmulator, arm_emulator: ArmEmulator) -> AsyncIterator[OperatorHarness]:
+    declare_resources(kmock)
+    harness = OperatorHarness(kmock, arm_emulator, quota_cache_ttl_s=0.0)
+    await harness.start()
+    yield harness
+    await harness.stop(kill=True)
+
+
+@pytest.fixture
+async def op_block(kmock: kmock.KubernetesEmulator, arm_emulator: ArmEmulator) -> AsyncIterator[OperatorHarness]:
+    declare_resources(kmock)
+    harness = OperatorHarness(kmock, arm_emulator, quota_cache_ttl_s=0.0, quota_policy="block")
+    await harness.start()
+    yield harness
+    await harness.stop(kill=True)
+
+
+def four_replicas(name: str = "m1") -> dict:
+    return cr_body(name, scaling={"minReplicas": 1, "maxReplicas": 4})
+
+
+def pool_bounds(op: OperatorHarness) -> tuple[int, int] | None:
+    names = op.arm.pool_names()
+    if not names:
+        return None
+    props = (op.arm.pool(names[0]) or {})["properties"]
+    return props["minCount"], props["maxCount"]
+
+
+@pytest.mark.kmock(cls=ApiServerEmulator)
+async def test_enough_quota_creates_the_whole_pool(op: OperatorHarness) -> None:
+    op.arm.set_quota(A100_FAMILY, 96)  # exactly 4 x 24 vCPUs
+    await op.create(four_replicas())
+    await op.wait_ready("m1")
+    assert pool_bounds(op) == (0, 4)
+    quota = op.condition("m1", "QuotaInsufficient")
+    assert (quota["status"], quota["reason"]) == ("False", "QuotaSufficient")
+    assert "96 available" in quota["message"] and A100_FAMILY in quota["message"]
+
+
+@pytest.mark.kmock(cls=ApiServerEmulator)
+async def test_too_little_quota_bounds_the_pool_then_converges_when_freed(op: OperatorHarness) -> None:
+    op.arm.set_quota(A100_FAMILY, 100, other=52)  # 48 vCPUs free: two of the four nodes fit
+    await op.create(four_replicas())
+    await op.wait_ready("m1")  # serving on what fits
+    assert pool_bounds(op) == (0, 2)
+    quota = op.condition("m1", "QuotaInsufficient")
+    assert (quota["status"], quota["reason"]) == ("True", "QuotaInsufficient")
+    for part in (A100_FAMILY, "eastus", "96 more vCPUs", "48 available", "bounded to 2 nodes"):
+        assert part in quota["message"], quota["message"]
+    assert op.condition("m1", "Stalled")["status"] == "False"
+    assert not op.arm.calls("PUT", POOL_PUT) or all(
+        r.body["properties"]["maxCount"] <= 2 for r in op.arm.calls("PUT", POOL_PUT)
+    ), "never asked AKS for more than the quota allows"
+
+    op.arm.set_quota(A100_FAMILY, 100, other=0)  # the other VMs went away
+    await op.wait_for(lambda: pool_bounds(op) == (0, 4), message="the pool to grow to maxReplicas")
+    await op.wait_for(
+        lambda: op.condition("m1", "QuotaInsufficient").get("status") == "False", message="QuotaInsufficient False"
+    )
+    await op.wait_for(lambda: op.condition("m1", "Ready").get("status") == "True", message="Ready")
+
+
+@pytest.mark.kmock(cls=ApiServerEmulator)
+async def test_block_policy_creates_nothing_until_the_quota_fits(op_block: OperatorHarness) -> None:
+    op = op_block
+    op.arm.set_quota(A100_FAMILY, 72)  # three of four nodes would fit; `block` creates none
+    await op.create(four_replicas())
+    await op.wait_for(
+        lambda: op.condition("m1", "NodePoolReady").get("reason") == "QuotaExceeded", message="QuotaExceeded"
+    )
+    assert op.arm.pool_names() == [] and not op.arm.calls("PUT", POOL_PUT)
+    quota = op.condition("m1", "QuotaInsufficient")
+    assert quota["status"] == "True" and "no agent pool is created" in quota["message"]
+    assert "96 more vCPUs" in quota["message"] and "72 available" in quota["message"]
+    assert op.condition("m1", "Stalled")["status"] == "True"
+
+    op.arm.set_quota(A100_FAMILY, 96)
+    await op.wait_ready("m1")
+    assert pool_bounds(op) == (0, 4)
+    assert op.condition("m1", "QuotaInsufficient")["status"] == "False"
+
+
+@pytest.mark.kmock(cls=ApiServerEmulator)
+async def test_a_quota_failure_of_the_operation_is_reported_as_quota(op: OperatorHarness) -> None:
+    message = (
+        'Code="OperationNotAllowed" Message="Operation could not be completed as it results in exceeding approved '
+        f'{A100_FAMILY} Cores quota. Additional details - Deployment Model: Resource Manager, Location: eastus."'
+    )
+    op.arm.fail_operation(POOL_PUT, code="ReconcileVMSSAgentPoolFailed", message=message, times=1)
+    await op.create(four_replicas())
+    await op.wait_for(
+        lambda: op.condition("m1", "NodePoolReady").get("reason") == "QuotaExceeded", message="QuotaExceeded"
+    )
+    assert A100_FAMILY in op.condition("m1", "NodePoolReady")["message"]
+    assert op.condition("m1", "Stalled")["status"] == "True"
+    await op.wait_ready("m1")  # the slow retry succeeds once quota was granted
+    assert len(op.arm.calls("PUT", POOL_PUT)) == 2
+
+
+@pytest.mark.kmock(cls=ApiServerEmulator)
+async def test_unreadable_quota_never_blocks_the_pool(op: OperatorHarness) -> None:
+    op.arm.arm_error("GET", "/usages$", code="AuthorizationFailed", message="no usages/read", status=403, times=1000)
+    await op.create(four_replicas())
+    await op.wait_ready("m1")
+    assert pool_bounds(op) == (0, 4)
+    quota = op.condition("m1", "QuotaInsufficient")
+    assert (quota["status"], quota["reason"]) == ("Unknown", "QuotaUnknown") and "usages/read" in quota["message"]
+
+
+# -- tokenplane plan --------------------------------------------------------------------------------
+
+
+def _plan(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    code = "import sys; from tokenplane_cli import main; sys.argv = ['tokenplane', *sys.argv[1:]]; main()"
+    return subprocess.run(
+        [sys.executable, "-c", code, "plan", *args], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def test_plan_shows_quota_headroom_with_the_operators_identity(wi_arm: ArmEmulator, tmp_path: Path) -> None:
+    """`tokenplane plan` reads the quota through workload identity (as the operator does) when it can."""
+    wi_arm.set_quota("StandardNCadsH100v5Family", 60)  # the copilot's pool reaches 2 x 40 vCPUs
+    tenant, client_id, token = WORKLOAD_IDENTITY
+    (tmp_path / "token").write_text(token)
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("TOKENPLANE_", "AZURE_"))}
+    base["PYTHONPATH"] = os.pathsep.join(str(ROOT / part) for part in ("operator", "serving", "cli"))
+    env = base | {
+        "AZURE_TENANT_ID": tenant,
+        "AZURE_CLIENT_ID": client_id,
+        "AZURE_FEDERATED_TOKEN_FILE": str(tmp_path / "token"),
+        "AZURE_AUTHORITY_HOST": wi_arm.base_url,
+        "SSL_CERT_FILE": str(wi_arm.ca_pem),
+        "TOKENPLANE_SUBSCRIPTION_ID": SUBSCRIPTION,
+        "TOKENPLANE_RESOURCE_GROUP": RESOURCE_GROUP,
+        "TOKENPLANE_CLUSTER_NAME": CLUSTER,
+        "TOKENPLANE_ARM_ENDPOINT": wi_arm.base_url,
+        "TOKENPLANE_ARM_CA_BUNDLE": str(wi_arm.ca_pem),
+    }
+    example = str(ROOT / "deploy/examples/internal-copilot-mig.yaml")
+    result = _plan([example, "-o", "json"], env)
+    quota = json.loads(result.stdout)["quota"]
+    assert quota == {
+        "family": "StandardNCadsH100v5Family",
+        "region": "eastus",
+        "vcpusPerNode": 40,
+        "wantedNodes": 2,
+        "neededVcpus": 80,
+        "availableVcpus": 60,
+        "limitingQuota": "StandardNCadsH100v5Family",
+        "reachableNodes": 1,
+        "sufficient": False,
+    }, result.stderr
+    table = _plan([example], env | {"COLUMNS": "400"}).stdout
+    assert "quota" in table and "short" in table and "80 more vCPUs" in table and "60 available" in table
+    # Without Azure settings the plan is the same, minus the quota row; nothing is contacted.
+    before = len(wi_arm.requests)
+    offline = _plan([example, "-o", "json"], base)
+    assert "quota" not in json.loads(offline.stdout) and len(wi_arm.requests) == before

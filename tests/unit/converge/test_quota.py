@@ -1,0 +1,139 @@
+"""Quota against what a pool can reach: which quotas count, how many nodes fit, what the policy applies."""
+
+from datetime import UTC, datetime
+
+import pytest
+
+from tokenplane_operator.api.conditions import Reason
+from tokenplane_operator.api.v1alpha1 import InferenceDeployment
+from tokenplane_operator.converge.quota import (
+    QuotaPolicy,
+    QuotaReading,
+    QuotaUsage,
+    bound_pool,
+    check_quota,
+)
+from tokenplane_operator.converge.status import CloudFault, ObservedState, compute_status
+from tokenplane_operator.desired.agentpool import DesiredAgentPool, ObservedAgentPool
+
+FAMILY = "StandardNCadsH100v5Family"
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def reading(family_limit: int, family_used: int = 0, cores: int = 1000, spot: int = 1000) -> QuotaReading:
+    rows = [
+        QuotaUsage(FAMILY, family_used, family_limit),
+        QuotaUsage("cores", family_used, cores),
+        QuotaUsage("lowPriorityCores", 0, spot),
+    ]
+    return QuotaReading("eastus", "Standard_NC40ads_H100_v5", FAMILY, 40, {r.name.lower(): r for r in rows})
+
+
+def pool(low: int = 1, high: int = 4, spot: bool = False) -> DesiredAgentPool:
+    return DesiredAgentPool(name="tpabc", vm_size="Standard_NC40ads_H100_v5", min_count=low, max_count=high, spot=spot)
+
+
+def observed(count: int, low: int = 1, high: int = 2) -> ObservedAgentPool:
+    return ObservedAgentPool(
+        name="tpabc",
+        vm_size="Standard_NC40ads_H100_v5",
+        provisioning_state="Succeeded",
+        count=count,
+        min_count=low,
+        max_count=high,
+    )
+
+
+def test_enough_quota_leaves_the_pool_alone() -> None:
+    check = check_quota(pool(high=4), 0, reading(family_limit=160))
+    assert check is not None and check.sufficient
+    assert (check.needed_vcpus, check.available_vcpus, check.reachable_nodes) == (160, 160, 4)
+    assert bound_pool(pool(high=4), check, QuotaPolicy.BOUND, None) == pool(high=4)
+
+
+def test_too_little_quota_bounds_the_pool_to_what_fits() -> None:
+    check = check_quota(pool(low=3, high=4), 0, reading(family_limit=100))
+    assert check is not None and not check.sufficient
+    assert (check.needed_vcpus, check.available_vcpus, check.reachable_nodes) == (160, 100, 2)
+    bounded = bound_pool(pool(low=3, high=4), check, QuotaPolicy.BOUND, None)
+    assert bounded is not None and (bounded.min_count, bounded.max_count) == (2, 2)
+    message = check.describe()
+    for part in (FAMILY, "eastus", "160 more vCPUs", "100 available"):
+        assert part in message
+
+
+def test_existing_nodes_are_already_in_the_usage() -> None:
+    # Two nodes run (80 vCPUs in use of 120): one more fits, so the pool reaches 3, not 1.
+    check = check_quota(pool(high=4), 2, reading(family_limit=120, family_used=80))
+    assert check is not None and (check.reachable_nodes, check.needed_vcpus, check.available_vcpus) == (3, 80, 40)
+
+
+def test_the_regional_total_can_be_the_limit() -> None:
+    check = check_quota(pool(high=4), 0, reading(family_limit=1000, cores=50))
+    assert check is not None and check.limiting.name == "cores" and check.reachable_nodes == 1
+    assert "limited by the cores quota" in check.describe()
+
+
+def test_spot_pools_count_against_the_spot_quota_only() -> None:
+    check = check_quota(pool(high=4, spot=True), 0, reading(family_limit=0, cores=0, spot=80))
+    assert check is not None and check.limiting.name == "lowPriorityCores" and check.reachable_nodes == 2
+
+
+def test_nothing_fits_creates_nothing_and_block_never_grows() -> None:
+    none_fit = check_quota(pool(), 0, reading(family_limit=30))
+    assert bound_pool(pool(), none_fit, QuotaPolicy.BOUND, None) is None
+    some_fit = check_quota(pool(high=4), 0, reading(family_limit=100))
+    assert bound_pool(pool(high=4), some_fit, QuotaPolicy.BLOCK, None) is None
+    grown = check_quota(pool(high=4), 2, reading(family_limit=100, family_used=80))
+    kept = bound_pool(pool(high=4), grown, QuotaPolicy.BLOCK, observed(count=2, high=2))
+    assert kept is not None and kept.max_count == 2
+
+
+def test_unknown_quota_names_leave_the_pool_unchecked() -> None:
+    empty = QuotaReading("eastus", "Standard_NC40ads_H100_v5", FAMILY, 40, {})
+    assert check_quota(pool(), 0, empty) is None
+    assert bound_pool(pool(), None, QuotaPolicy.BOUND, None) == pool()
+
+
+def _status(observed_state: ObservedState) -> dict[str, tuple[str, str, str]]:
+    spec = {"model": {"source": "org/model"}, "hardware": {"vmSize": "Standard_NC40ads_H100_v5"}}
+    deployment = InferenceDeployment.model_validate({"metadata": {"name": "m1", "namespace": "t"}, "spec": spec})
+    status = compute_status(deployment, observed_state, generation=1, now=T0)
+    return {c.type.value: (c.status, c.reason.value, c.message) for c in status.conditions}
+
+
+def test_condition_names_family_region_needed_and_available() -> None:
+    check = check_quota(pool(high=4), 0, reading(family_limit=100))
+    state = ObservedState(pool_name="tpabc", pool=observed(count=1), pool_bounds=(1, 2), quota=check)
+    status, reason, message = _status(state)["QuotaInsufficient"]
+    assert (status, reason) == ("True", "QuotaInsufficient")
+    assert "bounded to 2 nodes" in message and "160 more vCPUs" in message and "100 available" in message
+    assert _status(state)["NodePoolReady"][0] == "True"  # bounded, not broken
+
+
+def test_nothing_created_is_a_stalled_quota_failure() -> None:
+    check = check_quota(pool(), 0, reading(family_limit=30))
+    assert check is not None
+    fault = CloudFault(Reason.QUOTA_EXCEEDED, check.describe(), 30, stalled=True)
+    conds = _status(ObservedState(pool_name="tpabc", pool_bounds=(1, 4), quota=check, cloud_fault=fault))
+    assert conds["QuotaInsufficient"][:2] == ("True", "QuotaInsufficient")
+    assert "no agent pool is created" in conds["QuotaInsufficient"][2]
+    assert conds["NodePoolReady"][:2] == ("False", "QuotaExceeded") and conds["Stalled"][0] == "True"
+
+
+@pytest.mark.parametrize(
+    ("code", "message"),
+    [
+        ("QuotaExceeded", "Operation could not be completed as it results in exceeding approved quota."),
+        (
+            "ReconcileVMSSAgentPoolFailed",
+            'Code="OperationNotAllowed" Message="Operation could not be completed as it results in exceeding '
+            'approved StandardNCadsH100v5Family Cores quota."',
+        ),
+    ],
+)
+def test_a_pool_failed_for_quota_reports_quota(code: str, message: str) -> None:
+    failed = observed(count=0).model_copy(
+        update={"provisioning_state": "Failed", "error_code": code, "error_message": message}
+    )
+    assert _status(ObservedState(pool_name="tpabc", pool=failed))["NodePoolReady"][:2] == ("False", "QuotaExceeded")
