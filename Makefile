@@ -40,8 +40,8 @@ $(BIN)/python:
 # pip prints a line per package it collects (about 3 minutes on a clean machine: vLLM, torch, Ray).
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(call phase,installing tokenplane with the serving and dev extras into $(VENV) (pip's progress below))
-	@$(BIN)/pip install --disable-pip-version-check -e '.[serving,dev]' \
-	  | grep --line-buffered -E '^(Collecting|Downloading|Installing|Successfully|ERROR)' || true
+	@$(BIN)/pip install --disable-pip-version-check -e '.[serving,dev]' 2>&1 \
+	  | grep --line-buffered -E '^(Collecting|Downloading|Installing|Successfully|ERROR|error)' || true
 	@$(BIN)/python -c 'import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in ("tokenplane_operator", "tokenplane_serving", "ray", "vllm")))' \
 	  || { echo "error: the install did not complete; run '$(BIN)/pip install -e .[serving,dev]' to see why"; exit 1; }
 	@$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true

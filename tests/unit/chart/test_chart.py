@@ -226,3 +226,25 @@ def test_notes_tell_what_to_do_next() -> None:
     )
     assert "No Azure settings" not in configured and "azureClientId is empty" not in configured
     assert "watches the namespaces: ai" in configured
+
+
+def test_every_value_is_documented() -> None:
+    undocumented = []
+
+    def walk(node: dict[str, Any], path: list[str]) -> None:
+        if "description" in node and node.get("additionalProperties") not in (None, False):
+            return  # an open map (labels): its entries are the user's
+        if props := node.get("properties"):
+            for key, child in props.items():
+                walk(child, [*path, key])
+        elif "description" not in node:
+            undocumented.append(".".join(path))
+
+    walk(json.loads((CHART / "values.schema.json").read_text()), [])
+    assert not undocumented, f"values.yaml needs a `# --` line above: {undocumented}"
+
+
+def test_dashboard_labels_are_an_open_map() -> None:
+    labels = {"grafana_dashboard": "1", "team": "ai"}
+    config = _kind(_render({"monitoring": {"dashboard": {"labels": labels}}}), "ConfigMap")
+    assert config["metadata"]["labels"]["team"] == "ai"
