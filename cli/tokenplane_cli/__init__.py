@@ -126,6 +126,44 @@ def render(
     raise typer.Exit(_one_line_errors(lambda: render_command(file, out_dir)))
 
 
+@app.command()
+def simulate(
+    trace: Annotated[
+        list[str] | None, typer.Option("--trace", help="Built-in trace: steady, diurnal, spike, agentic, ramp, bursty.")
+    ] = None,
+    trace_file: Annotated[
+        Path | None, typer.Option("--trace-file", help='JSONL, one {"t", "input_tokens", "output_tokens"} per line.')
+    ] = None,
+    file: Annotated[
+        Path | None, typer.Option("-f", "--file", help="InferenceDeployment whose scaling and hardware to simulate.")
+    ] = None,
+    vm_size: Annotated[str | None, typer.Option("--vm-size", help="Simulate this GPU VM size (roofline).")] = None,
+    rate_scale: Annotated[float, typer.Option("--rate-scale", help="Multiply built-in traces' rates.")] = 1.0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the built-in traces.")] = 1,
+    output: Annotated[str, typer.Option("-o", "--output", help="table or json.")] = "table",
+    plots: Annotated[
+        Path | None, typer.Option("--plots", help="Write one PNG per trace and results.json here.")
+    ] = None,
+) -> None:
+    """Replay request traces against tokenplane's autoscaling policy and the published baselines."""
+    from tokenplane_cli.simulate import simulate_command
+
+    raise typer.Exit(
+        simulate_command(
+            trace=trace or [],
+            trace_file=trace_file,
+            file=file,
+            vm_size=vm_size,
+            rate_scale=rate_scale,
+            seed=seed,
+            output=output,
+            plots=plots,
+            console=out,
+            err=err,
+        )
+    )
+
+
 # The operator's own command, registered as is so the in-cluster entry point and this one cannot drift.
 app.command("operator")(run_operator)
 

@@ -17,8 +17,8 @@ Decision, per tick (the reasons are the operator's status reasons):
   at the current target instead of adding more replicas that cannot be placed either.
 - `Idle`: no traffic: go to the floor (zero with scale-to-zero; Serve applies `downscale_to_zero_delay_s`).
   Scale-in otherwise needs the P95 well under the target (hysteresis band), an empty queue, no scale-up in
-  the last cooldown, and the load to fit the smaller fleet at 60% of capacity; it removes at most a quarter
-  of the replicas per decision.
+  the last cooldown, and the busiest load of that cooldown to fit the smaller fleet at 60% of capacity; it
+  removes at most half the replicas per decision (Serve's `downscale_delay_s` then holds each decision).
 - `Schedule`: a time window's minimum (see `tokenplane_serving.schedule`) holds more replicas than load needs.
 Replicas whose last report is older than `stale_after_s` are ignored; with no fresh report at all the
 policy never scales in (it does not know the fleet's state), but still scales out on Serve's own counts.
@@ -53,9 +53,10 @@ REASONS = ("QueueDepth", "LatencyBreach", "Idle", "WaitingForCapacity", "Schedul
 
 _HEADROOM = 0.8  # size the fleet for this fraction of the learned per-replica capacity
 _SCALE_IN_UTILIZATION = 0.6  # scale in only if the smaller fleet runs below this fraction of capacity
-_SCALE_IN_BAND = 0.5  # ... and the fleet P95 is below this fraction of the target
+_SCALE_IN_BAND = 0.7  # ... and the fleet P95 is below this fraction of the target
+_LEARNED_BAND = 0.9  # ... or this fraction once a breach has shown where the knee is
+_WINDOW_S = 30.0  # the replicas' latency histogram window (tokenplane_serving.server)
 _MAX_GROWTH_PER_TICK = 2.0
-_CAPACITY_RELAX = 1.05  # a fleet comfortably above its learned capacity raises it by up to this factor per tick
 
 
 def bucket_key(metric: str, index: int) -> str:
@@ -232,6 +233,9 @@ class TokenplanePolicy:
         ongoing = float(ctx.total_num_requests or 0.0)
         queue = float(ctx.total_queued_requests or 0.0) + fleet.engine_waiting
         p95 = fleet.p95_ms() if fleet.samples >= self.min_samples else None
+        if state.get("fleet_size") != current:
+            state["fleet_size"], state["fleet_changed"] = current, now
+        state["stable"] = now - float(state["fleet_changed"]) >= self.stale_after_s + _WINDOW_S
         capacity = self._learn_capacity(state, current, ongoing, queue, p95, fleet)
         recent = [(t, v) for t, v in state.get("recent_load", []) if now - t < self.cooldown_s]
         recent.append((now, ongoing))
@@ -256,10 +260,10 @@ class TokenplanePolicy:
             desired, state["last_up"] = grow, now
         elif peak <= 0 and queue <= 0:
             desired, reason = 0, "Idle"
-        elif self._may_scale_in(fleet, p95, queue, now, last_up) and grow < current:
+        elif self._may_scale_in(fleet, p95, queue, now, last_up, bool(state.get("learned"))) and grow < current:
             # Sized for the busiest moment of the last cooldown, so an oscillating load does not flap.
             in_fleet = math.ceil(peak / (_SCALE_IN_UTILIZATION * capacity) - 1e-9)
-            desired = max(in_fleet, current - max(1, current // 4), 1)
+            desired = max(in_fleet, math.ceil(current / 2), 1)
             reason = "Idle" if desired < current else "Steady"
         else:
             desired, reason = max(target, current), "Steady"
@@ -284,23 +288,29 @@ class TokenplanePolicy:
         self, state: dict[str, Any], current: int, ongoing: float, queue: float, p95: float | None, fleet: FleetMetrics
     ) -> float:
         capacity = float(state.get("capacity") or self.max_ongoing)
-        if current <= 0 or fleet.fresh_replicas == 0:
+        if current <= 0 or fleet.fresh_replicas == 0 or not state.get("stable"):
+            # Right after the fleet changed size, the latency window still holds the old fleet's requests.
             return capacity
         per_replica = ongoing / current
         if self.p95_ms is not None and p95 is not None and p95 > self.p95_ms:
             # The fleet breached at this load: a replica holds at most that much within the target.
             capacity = min(capacity, max(1.0, per_replica))
+            state["learned"] = True
         elif p95 is not None and (self.p95_ms is None or p95 < _SCALE_IN_BAND * self.p95_ms):
-            # Comfortably within target above the learned capacity: the breach was transient, relax slowly.
-            capacity = min(self.max_ongoing, max(capacity, min(per_replica, capacity * _CAPACITY_RELAX)))
+            # Comfortably within target at this load: a replica holds at least that much.
+            capacity = min(self.max_ongoing, max(capacity, per_replica))
         if queue > self.target_queue * current:
             # Requests wait: the replicas' batches are full at what they are running now.
             capacity = min(capacity, max(1.0, (ongoing - queue) / current))
         return capacity
 
-    def _may_scale_in(self, fleet: FleetMetrics, p95: float | None, queue: float, now: float, last_up: float) -> bool:
+    def _may_scale_in(
+        self, fleet: FleetMetrics, p95: float | None, queue: float, now: float, last_up: float, learned: bool
+    ) -> bool:
         if fleet.fresh_replicas == 0 or queue > 0 or now - last_up < self.cooldown_s:
             return False
         if self.p95_ms is None or p95 is None:
             return True
-        return p95 < _SCALE_IN_BAND * self.p95_ms
+        # With a capacity learned from a breach, the load check sizes the smaller fleet; the latency only has to
+        # be inside the target. Without one, the latency must be well inside it (the knee is unknown).
+        return p95 < (_LEARNED_BAND if learned else _SCALE_IN_BAND) * self.p95_ms

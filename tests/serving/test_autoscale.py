@@ -73,6 +73,11 @@ def context(
     )
 
 
+def stable(replicas: int, **state: Any) -> dict[str, Any]:
+    """Policy state of a fleet that has had `replicas` for 10 minutes (its latency window is its own)."""
+    return {"fleet_size": replicas, "fleet_changed": NOW - 600, **state}
+
+
 def policy(**kwargs: Any) -> TokenplanePolicy:
     return TokenplanePolicy(**{"max_ongoing_requests": 32, "target_queue_depth": 4, "p95_ms": TARGET_MS, **kwargs})
 
@@ -90,21 +95,23 @@ def test_histogram_quantile_is_within_a_bucket_of_the_exact_one() -> None:
 def test_breach_scales_out_in_proportion_and_says_why() -> None:
     # 4 replicas, all slow (P95 ~2.5 s against 1 s): the ratio is capped at 2x per tick.
     slow = [report([2500.0] * 30, running=8) for _ in range(4)]
-    desired, state = policy()(context(slow, ongoing=32))
+    desired, state = policy()(context(slow, ongoing=32, state=stable(4)))
     assert desired == 8
     assert state["reason"] == "LatencyBreach"
     assert state["p95_ms"] == pytest.approx(2500, rel=0.08)
     # The breach at 8 ongoing per replica is remembered as capacity: the fleet is sized from load from now on.
     assert state["capacity"] == pytest.approx(8)
+    # A fleet that just changed size learns nothing: its latency window still holds the old fleet's requests.
+    assert policy()(context(slow, ongoing=32))[1]["capacity"] == 32
     # A mild breach (1.3x) grows by 1.3x, not by a fixed step.
     mild = [report([1300.0] * 30, running=8) for _ in range(10)]
-    assert policy()(context(mild, ongoing=50))[0] in (13, 14)  # 1.3x within the bucket resolution
+    assert policy()(context(mild, ongoing=50, state=stable(10)))[0] in (13, 14)  # 1.3x within the bucket resolution
 
 
 def test_queue_depth_scales_out_so_waiting_requests_fit() -> None:
     # 2 replicas full (32 running each) with 40 waiting in the engines and 24 queued in Serve.
     full = [report([300.0] * 30, waiting=20, running=32) for _ in range(2)]
-    desired, state = policy()(context(full, ongoing=128, queued=24))
+    desired, state = policy()(context(full, ongoing=128, queued=24, state=stable(2)))
     assert state["reason"] == "QueueDepth"
     assert desired == 5  # all 128 requests in batches at 80% of the 32 cap: ceil(128 / 25.6)
 
@@ -115,12 +122,13 @@ def test_recovery_holds_then_scales_in_slowly() -> None:
     just_grown = {"last_up": NOW - 30, "capacity": 8.0}
     desired, state = policy()(context(calm, ongoing=16, state=just_grown))
     assert (desired, state["reason"]) == (8, "Steady")
-    # After it: at most a quarter of the fleet per decision, and never below what the load needs.
+    # After it: at most half the fleet per decision, and never below what the load needs (16 / (0.6 x 8) -> 4).
     later = {"last_up": NOW - 600, "capacity": 8.0}
     desired, state = policy()(context(calm, ongoing=16, state=later))
-    assert (desired, state["reason"]) == (6, "Idle")
+    assert (desired, state["reason"]) == (4, "Idle")
+    assert policy()(context(calm, ongoing=2, state=later))[0] == 4  # half of 8, not 1
     # Latency between half the target and the target: the hysteresis band holds the fleet.
-    warm = [report([700.0] * 30, running=2) for _ in range(8)]
+    warm = [report([800.0] * 30, running=2) for _ in range(8)]
     assert policy()(context(warm, ongoing=16, state=later))[0] == 8
 
 

@@ -1,0 +1,353 @@
+"""Discrete-event simulation of a Ray Serve LLM deployment under an autoscaling controller.
+
+Events: arrivals (open-loop, at the trace's times), prefill completions, decode completions, replica ready,
+metric pushes and controller ticks. Each replica admits up to its batch cap; a request beyond every replica's
+cap waits in Serve's queue (bounded: past it, rejected). A replica prefills prompts one at a time and decodes
+its running sequences together; decoding is tracked on a per-replica virtual token clock that advances at
+`1 / step_s(batch)` tokens per second, so a finish is one event whatever the batch. Replicas push their
+autoscaling report (engine queue + 30 s latency histogram, exactly what `TokenplaneLLMServer` reports) every
+push interval; Serve's request counts are averaged over `look_back_period_s` as the controller does.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ray.serve._private.common import DeploymentID, ReplicaID, TimeStampedValue
+from ray.serve.config import AutoscalingConfig, AutoscalingContext
+
+from tokenplane_cli.simulate.physics import NODE_IDLE_S, ReplicaPhysics
+from tokenplane_cli.simulate.traces import Request
+from tokenplane_serving.autoscale import latency_histogram
+
+__all__ = ["Controller", "Job", "SimConfig", "SimResult", "Simulation"]
+
+_DEPLOYMENT = DeploymentID(name="LLMServer:sim", app_name="llm")
+_LATENCY_WINDOW_S = 30.0  # the replica's histogram window (tokenplane_serving.server)
+
+
+@dataclass
+class Job:
+    """One request's life."""
+
+    req: Request
+    first_token: float | None = None
+    done: float | None = None
+    rejected: bool = False
+    cold: bool = False  # arrived while no replica was ready
+
+
+@dataclass
+class Replica:
+    """One replica: cold start, then prefill server + decode batch."""
+
+    rid: ReplicaID
+    started: float
+    ready_at: float
+    state: str = "starting"  # starting, ready, draining, stopped
+    stopped: float | None = None
+    active: int = 0
+    prefill_free: float = 0.0
+    v: float = 0.0
+    v_time: float = 0.0
+    decoding: list[tuple[float, int, Job]] = field(default_factory=list)
+    version: int = 0
+    ttft: deque[tuple[float, float]] = field(default_factory=deque)
+    e2e: deque[tuple[float, float]] = field(default_factory=deque)
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """What the simulated deployment is."""
+
+    physics: ReplicaPhysics
+    metric: str  # ttft or e2e
+    target_ms: float
+    min_replicas: int
+    max_replicas: int
+    initial_replicas: int
+    max_queued: int
+    hold_s: float
+    push_interval_s: float = 10.0
+    look_back_s: float = 30.0
+    tick_s: float = 1.0
+
+
+class Controller(Protocol):
+    """Decides the target replica count; called every tick with the simulation."""
+
+    def decide(self, sim: Simulation, now: float) -> int | None:
+        """Return a new target replica count, or None to keep the current one."""
+
+
+@dataclass
+class SimResult:
+    """What happened."""
+
+    jobs: list[Job]
+    replicas: list[Replica]
+    timeline: list[tuple[float, int, int, float]]  # (t, target, ready, arrivals/s over the last minute)
+    scale_events: int
+    end: float
+
+
+class Simulation:
+    """One run of one controller on one trace."""
+
+    def __init__(self, config: SimConfig, requests: list[Request], controller: Controller) -> None:
+        """Prepare a run; `run()` executes it."""
+        self.cfg = config
+        self.phys = config.physics
+        self.controller = controller
+        self.jobs = [Job(r) for r in requests]
+        self.replicas: list[Replica] = []
+        self.queue: deque[tuple[float, Job]] = deque()
+        self.events: list[tuple[float, int, int, Any]] = []
+        self._seq = itertools.count()
+        self._ids = itertools.count()
+        self.target = config.initial_replicas
+        self.scale_events = 0
+        self.freed_nodes: list[float] = []  # times nodes were freed (warm for NODE_IDLE_S)
+        self.raw: dict[str, dict[ReplicaID, list[TimeStampedValue]]] = {}
+        self.load_samples: deque[tuple[float, float, float]] = deque()  # (t, ongoing+queued, queued)
+        self.policy_state: dict[str, Any] = {}
+        self.timeline: list[tuple[float, int, int, float]] = []
+        self._recent_arrivals: deque[float] = deque()
+
+    # -- events ---------------------------------------------------------------------------------------------
+    def _at(self, t: float, kind: int, payload: Any = None) -> None:
+        heapq.heappush(self.events, (t, next(self._seq), kind, payload))
+
+    def run(self) -> SimResult:
+        """Run to the end of the trace plus the time its last requests need (at most 15 minutes more)."""
+        for _ in range(self.cfg.initial_replicas):
+            self._start_replica(0.0, warm=True)
+        for job in self.jobs:
+            self._at(job.req.t, _ARRIVAL, job)
+        last = self.jobs[-1].req.t if self.jobs else 0.0
+        self._at(0.0, _TICK)
+        self._at(0.0, _PUSH)
+        handlers: dict[int, Callable[[float, Any], None]] = {
+            _ARRIVAL: self._arrival,
+            _PREFILL_DONE: self._prefill_done,
+            _DECODE: self._decode,
+            _READY: self._ready,
+            _TICK: self._tick,
+            _PUSH: self._push,
+        }
+        now = 0.0
+        while self.events:
+            now, _, kind, payload = heapq.heappop(self.events)
+            if kind in (_TICK, _PUSH) and now > last and (self._idle() or now > last + 900):
+                continue  # nothing left to serve: let the clock stop
+            handlers[kind](now, payload)
+        for rep in self.replicas:
+            if rep.stopped is None:
+                rep.stopped = now
+        return SimResult(self.jobs, self.replicas, self.timeline, self.scale_events, now)
+
+    def _idle(self) -> bool:
+        return not self.queue and all(r.active == 0 for r in self.replicas)
+
+    # -- requests -------------------------------------------------------------------------------------------
+    def _ready_replicas(self) -> list[Replica]:
+        return [r for r in self.replicas if r.state == "ready"]
+
+    def _arrival(self, now: float, job: Job) -> None:
+        self._recent_arrivals.append(now)
+        ready = self._ready_replicas()
+        free = [r for r in ready if r.active < self.phys.batch_cap]
+        if free:
+            self._admit(min(free, key=lambda r: r.active), job, now)
+            return
+        if len(self.queue) >= self.cfg.max_queued:
+            job.rejected = True
+            return
+        job.cold = not ready
+        self.queue.append((now, job))
+
+    def _admit(self, rep: Replica, job: Job, now: float) -> None:
+        rep.active += 1
+        start = max(now, rep.prefill_free)
+        rep.prefill_free = start + self.phys.prefill_s(job.req.input_tokens)
+        self._at(rep.prefill_free, _PREFILL_DONE, (rep, job))
+
+    def _prefill_done(self, now: float, payload: tuple[Replica, Job]) -> None:
+        rep, job = payload
+        job.first_token = now
+        rep.ttft.append((now, (now - job.req.t) * 1000.0))
+        self._advance(rep, now)
+        heapq.heappush(rep.decoding, (rep.v + max(0, job.req.output_tokens - 1), next(self._seq), job))
+        self._reschedule(rep, now)
+
+    def _advance(self, rep: Replica, now: float) -> None:
+        if rep.decoding:
+            rep.v += (now - rep.v_time) / self.phys.step_s(len(rep.decoding))
+        rep.v_time = now
+
+    def _reschedule(self, rep: Replica, now: float) -> None:
+        rep.version += 1
+        if rep.decoding:
+            dt = max(0.0, rep.decoding[0][0] - rep.v) * self.phys.step_s(len(rep.decoding))
+            self._at(now + dt, _DECODE, (rep, rep.version))
+
+    def _decode(self, now: float, payload: tuple[Replica, int]) -> None:
+        rep, version = payload
+        if version != rep.version:
+            return
+        self._advance(rep, now)
+        while rep.decoding and rep.decoding[0][0] <= rep.v + 1e-9:
+            _, _, job = heapq.heappop(rep.decoding)
+            job.done = now
+            rep.e2e.append((now, (now - job.req.t) * 1000.0))
+            rep.active -= 1
+        self._reschedule(rep, now)
+        self._fill(rep, now)
+        if rep.state == "draining" and rep.active == 0:
+            self._stop(rep, now)
+
+    def _fill(self, rep: Replica, now: float) -> None:
+        if rep.state != "ready":
+            return
+        while self.queue and rep.active < self.phys.batch_cap:
+            arrived, job = self.queue.popleft()
+            if job.cold and now - arrived > self.cfg.hold_s:
+                job.rejected = True  # held past the hold time: 503 + Retry-After
+                continue
+            self._admit(rep, job, now)
+
+    # -- replicas -------------------------------------------------------------------------------------------
+    def _start_replica(self, now: float, *, warm: bool = False) -> None:
+        rid = ReplicaID(unique_id=f"r{next(self._ids)}", deployment_id=_DEPLOYMENT)
+        self.freed_nodes = [t for t in self.freed_nodes if now - t < NODE_IDLE_S]
+        if warm:
+            delay = 0.0
+        elif self.freed_nodes:
+            self.freed_nodes.pop()
+            delay = self.phys.load_s
+        else:
+            delay = self.phys.provision_s + self.phys.load_s
+        rep = Replica(rid, started=now, ready_at=now + delay, v_time=now)
+        self.replicas.append(rep)
+        if warm:
+            rep.state = "ready"
+        else:
+            self._at(now + delay, _READY, rep)
+
+    def _ready(self, now: float, rep: Replica) -> None:
+        if rep.state != "starting":
+            return
+        rep.state = "ready"
+        self._fill(rep, now)
+
+    def _stop(self, rep: Replica, now: float) -> None:
+        rep.state, rep.stopped = "stopped", now
+        self.freed_nodes.append(now)
+        for series in self.raw.values():
+            series.pop(rep.rid, None)
+
+    def _reconcile(self, now: float) -> None:
+        live = [r for r in self.replicas if r.state in ("starting", "ready")]
+        for _ in range(self.target - len(live)):
+            self._start_replica(now)
+        surplus = len(live) - self.target
+        if surplus <= 0:
+            return
+        # Serve stops starting replicas first, then the least loaded running ones (they drain).
+        order = sorted(live, key=lambda r: (r.state == "ready", r.active, -r.started))
+        for rep in order[:surplus]:
+            if rep.state == "starting" or rep.active == 0:
+                self._stop(rep, now)
+            else:
+                rep.state = "draining"
+
+    # -- metrics and control --------------------------------------------------------------------------------
+    def _push(self, now: float, _: Any) -> None:
+        cutoff = now - _LATENCY_WINDOW_S
+        for rep in self._ready_replicas():
+            for samples in (rep.ttft, rep.e2e):
+                while samples and samples[0][0] < cutoff:
+                    samples.popleft()
+            report = {"engine_waiting": 0.0, "engine_running": float(rep.active)}
+            report.update(latency_histogram("ttft", [v for _, v in rep.ttft]))
+            report.update(latency_histogram("e2e", [v for _, v in rep.e2e]))
+            for name, value in report.items():
+                series = self.raw.setdefault(name, {}).setdefault(rep.rid, [])
+                series.append(TimeStampedValue(now, value))
+                del series[:-2]
+        ongoing = sum(r.active for r in self.replicas if r.state in ("ready", "draining"))
+        self.load_samples.append((now, ongoing + len(self.queue), float(len(self.queue))))
+        while self.load_samples and self.load_samples[0][0] < now - self.cfg.look_back_s:
+            self.load_samples.popleft()
+        self._at(now + self.cfg.push_interval_s, _PUSH)
+
+    def context(self, now: float, config: AutoscalingConfig) -> AutoscalingContext:
+        """Build the AutoscalingContext Serve's controller would build now."""
+        ready = self._ready_replicas()
+        samples = self.load_samples or deque([(now, 0.0, 0.0)])
+        return AutoscalingContext(
+            deployment_id=_DEPLOYMENT,
+            deployment_name=_DEPLOYMENT.name,
+            app_name=_DEPLOYMENT.app_name,
+            current_num_replicas=len(ready),
+            target_num_replicas=self.target,
+            running_replicas=[r.rid for r in ready],
+            total_num_requests=sum(s[1] for s in samples) / len(samples),
+            total_queued_requests=sum(s[2] for s in samples) / len(samples),
+            aggregated_metrics=None,
+            raw_metrics=self.raw,
+            capacity_adjusted_min_replicas=self.cfg.min_replicas,
+            capacity_adjusted_max_replicas=self.cfg.max_replicas,
+            policy_state=self.policy_state,
+            last_scale_up_time=None,
+            last_scale_down_time=None,
+            current_time=now,
+            config=config,
+        )
+
+    def fleet_latencies(self, now: float, window_s: float, metric: str = "ttft") -> list[float]:
+        """Latencies (ms) of the ready replicas in the last window (what a Prometheus histogram shows)."""
+        out: list[float] = []
+        for rep in self.replicas:
+            if rep.state in ("ready", "draining"):
+                out.extend(v for t, v in (rep.ttft if metric == "ttft" else rep.e2e) if t >= now - window_s)
+        return out
+
+    def waiting(self) -> int:
+        """Count requests waiting for a batch slot (vLLM's num_requests_waiting plus Serve's queue)."""
+        return len(self.queue)
+
+    def ready_count(self) -> int:
+        """Count the replicas serving."""
+        return len(self._ready_replicas())
+
+    def _tick(self, now: float, _: Any) -> None:
+        decision = self.controller.decide(self, now)
+        if decision is not None:
+            decision = max(self.cfg.min_replicas, min(self.cfg.max_replicas, int(decision)))
+            if decision != self.target:
+                self.target = decision
+                self.scale_events += 1
+        self._reconcile(now)
+        while self._recent_arrivals and self._recent_arrivals[0] < now - 60:
+            self._recent_arrivals.popleft()
+        if int(now) % 10 == 0:
+            self.timeline.append((now, self.target, self.ready_count(), len(self._recent_arrivals) / 60))
+        self._at(now + self.cfg.tick_s, _TICK)
+
+
+_ARRIVAL, _PREFILL_DONE, _DECODE, _READY, _TICK, _PUSH = range(6)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Return the q-quantile of a list (nearest rank); inf for an empty list."""
+    if not values:
+        return math.inf
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]

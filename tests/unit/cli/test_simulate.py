@@ -1,0 +1,119 @@
+"""`tokenplane simulate`: the JSON contract, the real policy inside, the physics and the oracle, on short traces."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tokenplane_cli import app
+from tokenplane_cli.simulate import DEFAULT_DEPLOYMENT, _deployment
+from tokenplane_cli.simulate.engine import Simulation
+from tokenplane_cli.simulate.physics import TINY_CPU, physics_for
+from tokenplane_cli.simulate.policies import RayController
+from tokenplane_cli.simulate.run import POLICIES, _controller, oracle_plan, run_policies, scenario_for, score
+from tokenplane_cli.simulate.traces import BUILTIN_TRACES, Request, builtin_trace
+from tokenplane_serving.autoscale import TokenplanePolicy
+
+REPO = Path(__file__).resolve().parents[3]
+runner = CliRunner()
+
+
+def step_trace(low: float, high: float, *, start: float, end: float, total: float) -> list[Request]:
+    """Evenly spaced arrivals: `low` req/s, `high` between start and end."""
+    out, t = [], 0.0
+    while t < total:
+        out.append(Request(t, 2000, 150))
+        t += 1.0 / (high if start <= t < end else low)
+    return out
+
+
+def write_trace(path: Path, requests: list[Request]) -> Path:
+    lines = [json.dumps({"t": r.t, "input_tokens": r.input_tokens, "output_tokens": r.output_tokens}) for r in requests]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_json_contract_is_exact(tmp_path: Path) -> None:
+    trace = write_trace(tmp_path / "t.jsonl", step_trace(1, 4, start=60, end=180, total=300))
+    result = runner.invoke(app, ["simulate", "--trace-file", str(trace), "-o", "json"])
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert list(document) == ["policies"]
+    assert list(document["policies"]) == list(POLICIES)
+    fields = {"requestAttainment", "minuteAttainment", "gpuHours", "goodputPerGpu", "scaleEvents",
+              "coldStartWaits", "rejected"}  # fmt: skip
+    for policy, numbers in document["policies"].items():
+        assert set(numbers) == fields, policy
+        assert 0 <= numbers["requestAttainment"] <= 1
+        assert numbers["gpuHours"] > 0
+
+
+def test_the_policy_simulated_is_the_one_ray_runs() -> None:
+    deployment = _deployment(None)
+    scenario = scenario_for(deployment, physics_for(deployment))
+    controller = _controller("tokenplane", scenario)
+    assert isinstance(controller, RayController)
+    assert isinstance(controller.policy, TokenplanePolicy)  # resolved from the operator's autoscaling_config
+    assert scenario.autoscaling["policy"]["policy_function"] == "tokenplane_serving.autoscale:TokenplanePolicy"
+
+
+def test_load_step_scales_out_and_back() -> None:
+    deployment = _deployment(None)
+    scenario = scenario_for(deployment, physics_for(deployment))
+    trace = step_trace(1, 12, start=120, end=900, total=2400)
+    result = Simulation(scenario.sim, trace, _controller("tokenplane", scenario)).run()
+    ready = [r for _, _, r, _ in result.timeline]
+    assert max(ready) >= 4  # 12 req/s of 2,000-token prompts needs several A100s
+    assert ready[-1] <= 2  # and it gives them back
+    # A 12x step meets a 5-minute node cold start: the first minutes breach, the rest meet the target.
+    assert score(result, scenario.sim).minute_attainment > 0.7
+
+
+def test_oracle_meets_the_target_with_fewer_gpu_hours_than_static() -> None:
+    deployment = _deployment(None)
+    scenario = scenario_for(deployment, physics_for(deployment))
+    trace = step_trace(1, 8, start=600, end=900, total=1200)
+    plan = oracle_plan(scenario.sim, trace)
+    lead = int(scenario.sim.physics.provision_s + scenario.sim.physics.load_s)
+    assert plan[600 - lead] == max(plan) > plan[600 - lead - 60]  # the peak's replicas start a cold start early
+    results = run_policies(scenario, trace, ("static", "oracle"))
+    oracle, static = score(results["oracle"], scenario.sim), score(results["static"], scenario.sim)
+    assert oracle.minute_attainment >= 0.9
+    assert oracle.gpu_hours < static.gpu_hours
+
+
+def test_physics_tiny_cpu_and_gpu_roofline() -> None:
+    tiny = _deployment(REPO / "deploy/examples/local-tiny.yaml")
+    assert physics_for(tiny).decode_base_s == TINY_CPU.decode_base_s
+    a100 = physics_for(_deployment(None))
+    h100 = physics_for(_deployment(None), "Standard_NC40ads_H100_v5")
+    assert a100.gpus == 1.0
+    assert h100.prefill_s(2000) < a100.prefill_s(2000)  # more FLOPs
+    assert a100.step_s(64) > a100.step_s(1)
+
+
+@pytest.mark.parametrize("name", sorted(BUILTIN_TRACES))
+def test_builtin_traces_are_reproducible_and_sane(name: str) -> None:
+    first, again = builtin_trace(name), builtin_trace(name)
+    assert first == again
+    assert all(a.t <= b.t for a, b in itertools.pairwise(first))
+    assert len(first) > 1000
+    assert len(builtin_trace(name, rate_scale=0.1)) < len(first) / 5
+
+
+def test_bad_trace_file_is_one_clear_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"t": 0, "input_tokens": 10, "output_tokens": 5}\n{"t": 1, "input_tokens": "x"}\n')
+    result = runner.invoke(app, ["simulate", "--trace-file", str(bad)])
+    assert result.exit_code == 2
+    assert "bad.jsonl:2" in result.stderr
+    assert "Traceback" not in result.output
+    assert runner.invoke(app, ["simulate", "--trace", "nope"]).exit_code == 2
+
+
+def test_default_deployment_is_a_valid_crd_object() -> None:
+    assert _deployment(None).spec.scaling.max_replicas == DEFAULT_DEPLOYMENT["spec"]["scaling"]["maxReplicas"]
