@@ -26,7 +26,7 @@ SYSTEM_DEPS := $(AZURITE) $(CHECKOV)
 
 .PHONY: help install run test test-fast test-serving test-e2e lint fmt typecheck imports crd crd-check \
         chart-schema chart-schema-check dashboard model azurite checkov-install system-deps images benchmark bench \
-        bench-crosscheck clean
+        bench-crosscheck simulate clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)

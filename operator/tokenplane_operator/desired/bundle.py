@@ -45,8 +45,9 @@ def desired_agent_pool(
 ) -> DesiredAgentPool:
     """Build the managed agent pool for a deployment's hardware class.
 
-    Without `nodePool.managed.maxNodes`, the autoscaler bound is derived from the worker group's maximum:
-    `ceil(max worker pods x GPUs (or MIG slices) per pod / GPUs (or slices) per VM)`.
+    Without `nodePool.managed.maxNodes`/`minNodes`, the autoscaler bounds are derived from the worker group's:
+    `ceil(max (min) worker pods x GPUs (or MIG slices) per pod / GPUs (or slices) per VM)`; the minimum is 0 with
+    scale-to-zero (the worker group's minimum is 0 then).
 
     Args:
         deployment: A validated GPU InferenceDeployment without `nodePool.existing`.
@@ -63,7 +64,10 @@ def desired_agent_pool(
     managed = hardware.node_pool.managed
     shape = compute_worker_shape(deployment, sku)
     mig: MigProfile | None = hardware.mig_profile.value if hardware.mig_profile is not None else None
-    min_nodes = managed.min_nodes if managed is not None else 0
+    # Unless the CR pins it, the pool's floor is what the worker group's floor needs: 0 with scale-to-zero,
+    # so an idle deployment holds no GPU node.
+    pinned = managed is not None and "min_nodes" in managed.model_fields_set
+    min_nodes = managed.min_nodes if managed is not None and pinned else shape.min_nodes
     max_nodes = managed.max_nodes if managed is not None and managed.max_nodes is not None else shape.max_nodes
     spot = hardware.spot.enabled
     return DesiredAgentPool(

@@ -98,6 +98,13 @@ class WorkerShape:
         return max(1, self.units_per_node // self.units_per_pod)
 
     @property
+    def min_nodes(self) -> int:
+        """Nodes that `min_pods` pods need (0 when the group may be empty, as with scale-to-zero)."""
+        if self.resource_name is None or self.min_pods == 0:
+            return 0
+        return math.ceil(self.min_pods * self.units_per_pod / self.units_per_node)
+
+    @property
     def max_nodes(self) -> int:
         """Nodes needed to run `max_pods` pods (at least 1)."""
         if self.resource_name is None:

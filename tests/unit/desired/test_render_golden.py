@@ -195,8 +195,8 @@ def test_worker_bounds_follow_scaling_and_gpus_per_pod() -> None:
 
 
 def test_derived_pool_bounds() -> None:
-    state = desired(INPUTS["example-department-lora"])  # 3 replicas x 1 GPU on 1-GPU VMs
-    assert state.agent_pool is not None and (state.agent_pool.min_count, state.agent_pool.max_count) == (0, 3)
+    state = desired(INPUTS["example-department-lora"])  # 1..3 replicas x 1 GPU on 1-GPU VMs
+    assert state.agent_pool is not None and (state.agent_pool.min_count, state.agent_pool.max_count) == (1, 3)
     mig = desired(INPUTS["example-internal-copilot-mig"], **{"spec.hardware.nodePool": {"managed": {}}})
     assert mig.agent_pool is not None and mig.agent_pool.max_count == 2  # 4 slices, 2 per H100 NVL
 

@@ -1,0 +1,99 @@
+"""One scaling section drives all three layers: Ray Serve's replicas, KubeRay's worker pods, AKS's nodes."""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tokenplane_operator.api.validation import parse_inference_deployment
+from tokenplane_operator.desired.bundle import build_desired_state
+from tokenplane_operator.desired.config import RenderConfig
+from tokenplane_operator.desired.rayservice import compute_worker_shape
+from tokenplane_operator.plan.catalog import find_sku
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[3] / "deploy" / "examples").glob("*.yaml"))
+
+
+def bounds(body: dict[str, Any]) -> dict[str, Any]:
+    deployment = parse_inference_deployment(body)
+    state = build_desired_state(deployment, RenderConfig())
+    autoscaling = state.serving_args.scaling
+    (group,) = state.rayservice["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    sku = find_sku(state.vm_size) if state.vm_size else None
+    return {
+        "deployment": state.deployment,
+        "shape": compute_worker_shape(state.deployment, sku),
+        "serve": (autoscaling.min_replicas, autoscaling.max_replicas),
+        "pods": (group["minReplicas"], group["maxReplicas"]),
+        "pool": (state.agent_pool.min_count, state.agent_pool.max_count) if state.agent_pool else None,
+        "pinned": (state.deployment.spec.hardware.node_pool.managed or None),
+    }
+
+
+def assert_layers_agree(b: dict[str, Any]) -> None:
+    spec = b["deployment"].spec
+    shape = b["shape"]
+    serve_min, serve_max = b["serve"]
+    pod_min, pod_max = b["pods"]
+    if spec.disaggregation.enabled:
+        fixed = spec.disaggregation.prefill_replicas + spec.disaggregation.decode_replicas
+        assert pod_min == pod_max >= fixed
+    else:
+        # Replicas -> pods: a replica is one pod, several whole-VM pods, or shares a pod's GPU (fractions).
+        hardware = spec.hardware
+        per_pod = max(1, math.floor(1 / hardware.gpu_fraction)) if hardware.gpu_fraction else 1
+        whole_gpus = shape.resource_name is not None and hardware.mig_profile is None and not hardware.gpu_fraction
+        pods_per_replica = max(1, hardware.gpus_per_replica // shape.units_per_pod) if whole_gpus else 1
+        assert pod_max == math.ceil(serve_max / per_pod) * pods_per_replica
+        assert pod_min == math.ceil(serve_min / per_pod) * pods_per_replica
+        assert (serve_min == 0) == spec.scaling.scale_to_zero.enabled
+    assert (pod_min == 0) == (spec.scaling.scale_to_zero.enabled and not spec.disaggregation.enabled)
+    if b["pool"] is None:
+        return
+    node_min, node_max = b["pool"]
+    # The pool holds every pod the worker group may start: it never caps Serve's maximum by accident.
+    assert node_max * shape.units_per_node >= pod_max * shape.units_per_pod
+    if spec.scaling.scale_to_zero.enabled:
+        assert node_min == 0
+    managed = spec.hardware.node_pool.managed
+    if managed is None or "min_nodes" not in managed.model_fields_set:
+        assert node_min == shape.min_nodes
+        assert node_min * shape.units_per_node >= pod_min * shape.units_per_pod
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_three_layers_agree_for_every_example(path: Path) -> None:
+    body = yaml.safe_load(path.read_text())
+    assert_layers_agree(bounds(body))
+    # The same example with scale-to-zero on (and no pinned floor): zero replicas, pods and nodes.
+    if body["spec"].get("disaggregation", {}).get("enabled"):
+        return
+    zero = copy.deepcopy(body)
+    scaling = zero["spec"].setdefault("scaling", {})
+    scaling["scaleToZero"] = {"enabled": True, "idleSeconds": 300}
+    scaling["minReplicas"] = 0
+    managed = zero["spec"].get("hardware", {}).get("nodePool", {}).get("managed")
+    if managed:
+        managed.pop("minNodes", None)
+    result = bounds(zero)
+    assert_layers_agree(result)
+    assert result["serve"][0] == result["pods"][0] == 0
+    if result["pool"] is not None:
+        assert result["pool"][0] == 0
+
+
+def test_pool_floor_follows_min_replicas_without_scale_to_zero() -> None:
+    body = yaml.safe_load((EXAMPLES[0].parent / "customer-assistant-70b-fp8.yaml").read_text())
+    body["spec"]["scaling"].update(minReplicas=2, maxReplicas=4)
+    body["spec"]["scaling"].pop("scaleToZero", None)
+    managed = body["spec"]["hardware"].get("nodePool", {}).get("managed")
+    if managed:
+        managed.pop("minNodes", None)
+    result = bounds(body)
+    assert result["pool"] is not None
+    assert result["pool"][0] == result["shape"].min_nodes >= 1
