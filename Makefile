@@ -22,10 +22,11 @@ phase = @printf '\033[1m==> [%3ss] %s\033[0m\n' "$$(( $$(date +%s) - $(START) ))
 
 # System packages and tools the tests need beyond the venv (CI starts from a bare machine). Add yours here:
 # SYSTEM_DEPS += <a file target that installs it>; `make system-deps` installs them all, idempotently.
-SYSTEM_DEPS := $(AZURITE) $(CHECKOV)
+REDIS_SERVER := /usr/bin/redis-server
+SYSTEM_DEPS := $(AZURITE) $(CHECKOV) $(REDIS_SERVER)
 
 .PHONY: help install run test test-fast test-serving test-e2e lint fmt typecheck imports crd crd-check \
-        chart-schema chart-schema-check dashboard model azurite checkov-install system-deps images benchmark bench \
+        chart-schema chart-schema-check dashboard model azurite redis checkov-install system-deps images benchmark bench \
         bench-crosscheck simulate clean
 
 help: ## List the targets
@@ -67,6 +68,13 @@ $(AZURITE): $(AZURITE_DIR)/package.json
 	@touch $(AZURITE)
 
 azurite: $(AZURITE) ## Install Azurite (Azure Blob emulator) for the tests (idempotent)
+
+# A real Redis for the response cache's tests (the cluster uses Azure Cache for Redis). Needs root, as on CI.
+$(REDIS_SERVER):
+	$(call phase,installing redis-server (apt-get) for the response cache tests)
+	@apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+
+redis: $(REDIS_SERVER) ## Install redis-server (Debian) for the tests (idempotent)
 
 $(CHECKOV):
 	$(call phase,installing checkov $(CHECKOV_VERSION) into $(CHECKOV_VENV) (its own venv; about 1.5 min once))

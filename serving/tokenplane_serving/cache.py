@@ -1,0 +1,281 @@
+"""The response cache: exact match on the normalized request, per tenant, in Redis, never in the way.
+
+A request qualifies when its answer is reproducible: temperature 0, or a fixed seed (`deterministic`), unless the
+deployment caches every request (`all`). The key hashes the route, the tenant (unless the cache is shared) and the
+request with whitespace in the messages or prompt collapsed and the stream flags removed, so a streamed and a
+plain request share one entry. The value is the complete (non-streamed) OpenAI response; a streamed request is
+answered from it in the `chat.completion.chunk` / `text_completion` SSE shape, and a streamed miss is assembled
+from its chunks before it is stored.
+
+Redis is optional at all times: any Redis error, or a slow answer, counts as a miss (or a skipped write), and
+Redis is left alone for `backoff_s` so an outage costs clients nothing but the hit ratio.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+__all__ = [
+    "CacheSettings",
+    "CacheStats",
+    "ResponseCache",
+    "assemble_stream",
+    "cache_key",
+    "replay_stream",
+]
+
+_KEY_PREFIX = "tokenplane:cache:v1:"
+_STREAM_FIELDS = ("stream", "stream_options")
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """How one deployment caches (from `spec.endpoint.cache`).
+
+    Attributes:
+        url: Redis URL (``rediss://`` for TLS, as Azure Cache for Redis requires), from a Secret.
+        ttl_s: How long an answer stays valid (how quickly the model or its data change).
+        qualify: `deterministic` (temperature 0 or a fixed seed) or `all` requests.
+        shared: Whether tenants (API keys, token subjects) share entries; by default each has its own.
+        timeout_s: Longest wait for Redis before the request goes on without the cache.
+        backoff_s: After a Redis error, how long the cache is skipped before Redis is tried again.
+    """
+
+    url: str
+    ttl_s: int = 3600
+    qualify: Literal["deterministic", "all"] = "deterministic"
+    shared: bool = False
+    timeout_s: float = 0.25
+    backoff_s: float = 5.0
+
+
+@dataclass
+class CacheStats:
+    """Counters since start; the serving metrics export them.
+
+    Attributes:
+        hits: Answers served from the cache.
+        misses: Qualifying requests the cache did not have (Redis down counts as a miss).
+        skipped: Requests that do not qualify (not deterministic).
+        tokens_saved: Completion tokens the engine did not generate thanks to hits.
+        errors: Redis errors and timeouts (each degraded to no cache).
+    """
+
+    hits: int = 0
+    misses: int = 0
+    skipped: int = 0
+    tokens_saved: int = 0
+    errors: int = 0
+
+    @property
+    def hit_ratio(self) -> float | None:
+        """Hits over qualifying lookups, or None before the first."""
+        total = self.hits + self.misses
+        return self.hits / total if total else None
+
+
+def _normalize_text(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _normalize_content(content: Any) -> Any:
+    if isinstance(content, str):
+        return _normalize_text(content)
+    if isinstance(content, list):  # content parts: normalize the text ones, keep the rest as sent
+        return [
+            {**part, "text": _normalize_text(part["text"])}
+            if isinstance(part, dict) and isinstance(part.get("text"), str)
+            else part
+            for part in content
+        ]
+    return content
+
+
+def _deterministic(body: Mapping[str, Any]) -> bool:
+    temperature = body.get("temperature")
+    seed = body.get("seed")
+    return (isinstance(temperature, int | float) and temperature == 0) or (isinstance(seed, int) and seed >= 0)
+
+
+def cache_key(route: str, body: Mapping[str, Any], tenant: str | None, settings: CacheSettings) -> str | None:
+    """Return the cache key of a request, or None when it does not qualify.
+
+    Args:
+        route: The OpenAI route, e.g. ``/v1/chat/completions``.
+        body: The request body as the client sent it.
+        tenant: Who asks (API key or token subject), or None when the endpoint has no auth.
+        settings: The deployment's cache settings.
+
+    Returns:
+        A Redis key, or None (not deterministic and the deployment caches only deterministic requests).
+    """
+    if settings.qualify == "deterministic" and not _deterministic(body):
+        return None
+    normalized = {k: v for k, v in body.items() if k not in _STREAM_FIELDS}
+    if isinstance(normalized.get("messages"), list):
+        normalized["messages"] = [
+            {**m, "content": _normalize_content(m.get("content"))} if isinstance(m, dict) else m
+            for m in normalized["messages"]
+        ]
+    prompt = normalized.get("prompt")
+    if isinstance(prompt, str):
+        normalized["prompt"] = _normalize_text(prompt)
+    elif isinstance(prompt, list) and all(isinstance(p, str) for p in prompt):
+        normalized["prompt"] = [_normalize_text(p) for p in prompt]
+    scope = "" if settings.shared else hashlib.sha256((tenant or "").encode()).hexdigest()
+    material = json.dumps({"route": route, "tenant": scope, "request": normalized}, sort_keys=True, default=str)
+    return _KEY_PREFIX + hashlib.sha256(material.encode()).hexdigest()
+
+
+@dataclass
+class ResponseCache:
+    """Get and put complete OpenAI responses in Redis, degrading to no cache on any Redis trouble.
+
+    Args:
+        settings: The deployment's cache settings.
+    """
+
+    settings: CacheSettings
+    stats: CacheStats = field(default_factory=CacheStats)
+    _skip_until: float = 0.0
+    _client: aioredis.Redis | None = None
+
+    def _redis(self) -> aioredis.Redis:
+        if self._client is None:
+            self._client = aioredis.Redis.from_url(
+                self.settings.url,
+                socket_timeout=self.settings.timeout_s,
+                socket_connect_timeout=self.settings.timeout_s,
+                retry_on_timeout=False,
+            )
+        return self._client
+
+    def _available(self) -> bool:
+        return time.monotonic() >= self._skip_until
+
+    def _failed(self) -> None:
+        self.stats.errors += 1
+        self._skip_until = time.monotonic() + self.settings.backoff_s
+
+    async def get(self, key: str) -> dict[str, Any] | None:
+        """Return the cached response for a key, counting a hit (with its tokens) or a miss; never raises."""
+        cached: bytes | str | None = None
+        if self._available():
+            try:
+                cached = await self._redis().get(key)
+            except (RedisError, OSError, TimeoutError):
+                self._failed()
+        if cached is None:
+            self.stats.misses += 1
+            return None
+        try:
+            response: dict[str, Any] = json.loads(cached)
+        except ValueError:
+            self.stats.misses += 1
+            return None
+        self.stats.hits += 1
+        self.stats.tokens_saved += int((response.get("usage") or {}).get("completion_tokens") or 0)
+        return response
+
+    async def put(self, key: str, response: Mapping[str, Any]) -> None:
+        """Store a complete response for `ttl_s`, unless it failed or was cut short; never raises."""
+        choices = response.get("choices") or []
+        if not choices or any(c.get("finish_reason") not in ("stop", "length") for c in choices):
+            return  # an error, a tool call mid-way or an abort is not an answer worth replaying
+        if not self._available():
+            return
+        try:
+            await self._redis().set(key, json.dumps(response), ex=self.settings.ttl_s)
+        except (RedisError, OSError, TimeoutError):
+            self._failed()
+
+    def note_skipped(self) -> None:
+        """Count a request that does not qualify."""
+        self.stats.skipped += 1
+
+    async def close(self) -> None:
+        """Close the Redis connections."""
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+
+def replay_stream(response: Mapping[str, Any], *, include_usage: bool = False) -> Iterable[bytes]:
+    """Turn a complete response into the SSE events a streamed request gets, ending with ``data: [DONE]``.
+
+    Chat completions become ``chat.completion.chunk`` events (role, then content, then finish_reason, per
+    choice), completions ``text_completion`` events; usage comes last when ``stream_options.include_usage``.
+    """
+    chat = response.get("object") == "chat.completion"
+    base = {k: response[k] for k in ("id", "created", "model") if k in response}
+    base["object"] = "chat.completion.chunk" if chat else "text_completion"
+    for choice in response.get("choices") or []:
+        index = choice.get("index", 0)
+        if chat:
+            message = choice.get("message") or {}
+            deltas = [{"role": message.get("role", "assistant"), "content": ""}, {"content": message.get("content")}]
+            for delta in deltas:
+                yield _event({**base, "choices": [{"index": index, "delta": delta, "finish_reason": None}]})
+            end = {"index": index, "delta": {}, "finish_reason": choice.get("finish_reason")}
+        else:
+            text = {"index": index, "text": choice.get("text", ""), "finish_reason": None, "logprobs": None}
+            yield _event({**base, "choices": [text]})
+            end = {"index": index, "text": "", "finish_reason": choice.get("finish_reason"), "logprobs": None}
+        yield _event({**base, "choices": [end]})
+    if include_usage and response.get("usage") is not None:
+        yield _event({**base, "choices": [], "usage": response["usage"]})
+    yield b"data: [DONE]\n\n"
+
+
+def assemble_stream(events: Iterable[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """Rebuild the complete response from a streamed answer's chunks (the `data:` JSON objects, in order).
+
+    Returns:
+        The response as a non-streamed request would have had it, or None when the chunks are not an answer.
+    """
+    chunks = list(events)
+    if not chunks:
+        return None
+    first = chunks[0]
+    chat = first.get("object") == "chat.completion.chunk"
+    texts: dict[int, list[str]] = {}
+    finish: dict[int, str | None] = {}
+    usage = None
+    for chunk in chunks:
+        usage = chunk.get("usage") or usage
+        for choice in chunk.get("choices") or []:
+            index = int(choice.get("index", 0))
+            piece = (choice.get("delta") or {}).get("content") if chat else choice.get("text")
+            texts.setdefault(index, []).append(piece or "")
+            if choice.get("finish_reason") is not None:
+                finish[index] = choice["finish_reason"]
+    choices = []
+    for index in sorted(texts):
+        text = "".join(texts[index])
+        if chat:
+            message = {"role": "assistant", "content": text}
+            choices.append({"index": index, "message": message, "finish_reason": finish.get(index)})
+        else:
+            choices.append({"index": index, "text": text, "finish_reason": finish.get(index), "logprobs": None})
+    response = {
+        "id": first.get("id"),
+        "object": "chat.completion" if chat else "text_completion",
+        "created": first.get("created"),
+        "model": first.get("model"),
+        "choices": choices,
+    }
+    if usage is not None:
+        response["usage"] = usage
+    return response
+
+
+def _event(obj: Mapping[str, Any]) -> bytes:
+    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"

@@ -1,0 +1,139 @@
+"""The response cache against a real redis-server: what qualifies, per-tenant keys, SSE replay, and outages."""
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.redis_server import RedisServer
+from tokenplane_serving.cache import CacheSettings, ResponseCache, assemble_stream, cache_key, replay_stream
+
+CHAT = "/v1/chat/completions"
+ANSWER: dict[str, Any] = {
+    "id": "chatcmpl-1",
+    "object": "chat.completion",
+    "created": 1700000000,
+    "model": "tiny",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "bonjour le monde"}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12},
+}
+
+
+def chat(content: str = "Hello   world", **params: Any) -> dict[str, Any]:
+    return {"model": "tiny", "messages": [{"role": "user", "content": content}], "max_tokens": 8, **params}
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    with RedisServer(tmp_path) as server:
+        yield server
+
+
+def settings(server: RedisServer, **kw: Any) -> CacheSettings:
+    return CacheSettings(url=server.url, **kw)
+
+
+def test_only_deterministic_requests_qualify(redis_server: RedisServer) -> None:
+    s = settings(redis_server)
+    assert cache_key(CHAT, chat(temperature=0), "k1", s) is not None
+    assert cache_key(CHAT, chat(seed=42, temperature=0.8), "k1", s) is not None
+    assert cache_key(CHAT, chat(temperature=0.7), "k1", s) is None
+    assert cache_key(CHAT, chat(), "k1", s) is None  # OpenAI's default temperature is 1
+    assert cache_key(CHAT, chat(temperature=0.7), "k1", settings(redis_server, qualify="all")) is not None
+
+
+def test_key_normalizes_whitespace_and_ignores_streaming_but_not_sampling(redis_server: RedisServer) -> None:
+    s = settings(redis_server)
+    key = cache_key(CHAT, chat("Hello   world", temperature=0), "k1", s)
+    assert key == cache_key(CHAT, chat(" Hello\n world ", temperature=0), "k1", s)
+    assert key == cache_key(CHAT, chat("Hello world", temperature=0, stream=True, stream_options={}), "k1", s)
+    assert key != cache_key(CHAT, chat("Hello world", temperature=0, max_tokens=9), "k1", s)
+    assert key != cache_key(CHAT, chat("Hello world", temperature=0, model="tiny:adapter"), "k1", s)
+    assert key != cache_key("/v1/completions", chat("Hello world", temperature=0), "k1", s)
+
+
+def test_tenants_do_not_share_unless_the_deployment_says_so(redis_server: RedisServer) -> None:
+    own = settings(redis_server)
+    assert cache_key(CHAT, chat(temperature=0), "key-a", own) != cache_key(CHAT, chat(temperature=0), "key-b", own)
+    shared = settings(redis_server, shared=True)
+    assert cache_key(CHAT, chat(temperature=0), "key-a", shared) == cache_key(
+        CHAT, chat(temperature=0), "key-b", shared
+    )
+
+
+async def test_a_repeat_is_a_hit_with_its_tokens_saved(redis_server: RedisServer) -> None:
+    cache = ResponseCache(settings(redis_server, ttl_s=60))
+    key = cache_key(CHAT, chat(temperature=0), "k1", cache.settings)
+    assert key is not None
+    assert await cache.get(key) is None
+    await cache.put(key, ANSWER)
+    assert await cache.get(key) == ANSWER
+    assert (cache.stats.hits, cache.stats.misses, cache.stats.tokens_saved) == (1, 1, 5)
+    assert cache.stats.hit_ratio == 0.5
+    other_tenant = cache_key(CHAT, chat(temperature=0), "k2", cache.settings)
+    assert other_tenant is not None and await cache.get(other_tenant) is None
+    await cache.close()
+
+
+async def test_unfinished_answers_are_not_stored(redis_server: RedisServer) -> None:
+    cache = ResponseCache(settings(redis_server))
+    cut = {**ANSWER, "choices": [{**ANSWER["choices"][0], "finish_reason": None}]}
+    await cache.put("tokenplane:cache:v1:cut", cut)
+    assert await cache.get("tokenplane:cache:v1:cut") is None
+    await cache.close()
+
+
+async def test_redis_outage_degrades_to_no_cache_then_recovers(redis_server: RedisServer) -> None:
+    cache = ResponseCache(settings(redis_server, backoff_s=0.5, timeout_s=0.2))
+    key = cache_key(CHAT, chat(temperature=0), "k1", cache.settings)
+    assert key is not None
+    await cache.put(key, ANSWER)
+    assert await cache.get(key) == ANSWER
+    redis_server.stop()
+    started = time.monotonic()
+    assert await cache.get(key) is None  # a miss, not an error
+    await cache.put(key, ANSWER)  # skipped, not raised
+    for _ in range(20):
+        assert await cache.get(key) is None
+    elapsed = time.monotonic() - started
+    assert cache.stats.errors == 1, "one failure, then Redis is left alone for backoff_s"
+    assert elapsed < 1.0, f"22 calls during the outage took {elapsed:.2f}s"
+    redis_server.start()  # empty again (no persistence), on the same port
+    await asyncio.sleep(0.6)
+    await cache.put(key, ANSWER)
+    assert await cache.get(key) == ANSWER
+    await cache.close()
+
+
+def _events(stream: list[bytes]) -> list[dict[str, Any]]:
+    assert stream[-1] == b"data: [DONE]\n\n"
+    assert all(event.startswith(b"data: ") and event.endswith(b"\n\n") for event in stream)
+    return [json.loads(event[len(b"data: ") :]) for event in stream[:-1]]
+
+
+def test_replayed_stream_has_the_chunk_shape_and_reassembles() -> None:
+    events = _events(list(replay_stream(ANSWER, include_usage=True)))
+    assert {e["object"] for e in events} == {"chat.completion.chunk"}
+    assert events[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"]) == "bonjour le monde"
+    assert events[-1]["choices"] == [] and events[-1]["usage"] == ANSWER["usage"]
+    assert assemble_stream(events) == ANSWER
+    no_usage = _events(list(replay_stream(ANSWER)))
+    assert all("usage" not in e for e in no_usage)
+
+
+def test_completions_replay_as_text_completion_events() -> None:
+    answer = {
+        "id": "cmpl-1",
+        "object": "text_completion",
+        "created": 1,
+        "model": "tiny",
+        "choices": [{"index": 0, "text": "abc", "finish_reason": "length", "logprobs": None}],
+    }
+    events = _events(list(replay_stream(answer)))
+    assert {e["object"] for e in events} == {"text_completion"}
+    assert assemble_stream(events) == answer
