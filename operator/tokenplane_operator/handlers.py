@@ -14,6 +14,7 @@ import kopf
 from tokenplane_operator.adapters.azure import AksAgentPools
 from tokenplane_operator.adapters.kube import KubeObjects
 from tokenplane_operator.api.v1alpha1 import GROUP, PLURAL, VERSION
+from tokenplane_operator.converge.status import rayservice_fingerprint
 from tokenplane_operator.errors import TokenplaneError
 from tokenplane_operator.reconcile import (
     Clients,
@@ -22,6 +23,7 @@ from tokenplane_operator.reconcile import (
     forget_metrics,
     pool_demand,
     reconcile,
+    reconcile_owner,
     release,
     status_patch,
 )
@@ -66,6 +68,7 @@ async def startup(
         memo.clients = await build_clients(memo.config)
     # Every handler takes a slot: 1,000 deployments reconciling at once would hold 1,000 desired states.
     memo.slots = asyncio.Semaphore(memo.config.max_concurrent_reconciles)
+    memo.rayservices_seen = {}  # RayService namespace/name -> fingerprint of what KubeRay last reported
     if memo.clients.pools is None:
         logger.warning("no Azure settings: managed node pools are reported as CloudError, BYO and CPU work")
 
@@ -125,6 +128,44 @@ async def metrics(
         return
     if result is not None:
         patch.status["metrics"] = result.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+@kopf.on.event("ray.io", "v1", "rayservices")
+async def on_rayservice(
+    body: kopf.Body,
+    type: str | None,  # noqa: A002  (kopf's keyword)
+    memo: kopf.Memo,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+    **kwargs: Any,
+) -> None:
+    """React to what KubeRay reports on an owned RayService: reconcile the owner now, not at the next poll."""
+    owner = next(
+        (ref for ref in body.metadata.get("ownerReferences") or [] if ref.get("kind") == "InferenceDeployment"),
+        None,
+    )
+    if owner is None:
+        return
+    key = f"{body.metadata.namespace}/{body.metadata.name}"
+    seen: dict[str, Any] = memo.rayservices_seen
+    fingerprint = None if type == "DELETED" else rayservice_fingerprint(body)
+    if type is None or seen.get(key) == fingerprint:
+        seen[key] = fingerprint  # the initial listing: on.resume reconciles those owners already
+        return
+    seen[key] = fingerprint
+    if type == "DELETED":
+        del seen[key]
+    try:
+        async with memo.slots:
+            await reconcile_owner(
+                str(body.metadata.namespace),
+                str(owner["name"]),
+                clients=memo.clients,
+                settings=memo.config,
+                now=datetime.now(UTC),
+                demand=kwargs["pool_demands"],
+            )
+    except TokenplaneError as err:
+        logger.info("owner of RayService %s not reconciled now (the poll will): %s", body.metadata.name, err)
 
 
 @kopf.on.delete(*RESOURCE)

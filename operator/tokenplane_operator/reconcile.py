@@ -17,6 +17,8 @@ from tokenplane_operator.adapters.kube import KubeObjects, KubeRejectedError, Tr
 from tokenplane_operator.adapters.metrics import MetricsScraper
 from tokenplane_operator.api.conditions import Reason
 from tokenplane_operator.api.v1alpha1 import (
+    GROUP,
+    VERSION,
     AcceleratorKind,
     InferenceDeployment,
     InferenceDeploymentStatus,
@@ -41,10 +43,10 @@ from tokenplane_operator.converge.status import (
     RayServiceObservation,
     compute_status,
 )
-from tokenplane_operator.desired.agentpool import DesiredAgentPool, ObservedAgentPool, needs_replacement
+from tokenplane_operator.desired.agentpool import POOL_LABEL, DesiredAgentPool, ObservedAgentPool, needs_replacement
 from tokenplane_operator.desired.bundle import DesiredState, build_desired_state
 from tokenplane_operator.desired.config import RenderConfig
-from tokenplane_operator.desired.naming import SPEC_HASH_ANNOTATION, selector_labels
+from tokenplane_operator.desired.naming import CLUSTER_HASH_ANNOTATION, SPEC_HASH_ANNOTATION, selector_labels
 from tokenplane_operator.errors import (
     CloudRejectedError,
     OperationFailedError,
@@ -66,6 +68,7 @@ __all__ = [
     "forget_metrics",
     "pool_demand",
     "reconcile",
+    "reconcile_owner",
     "release",
     "status_patch",
 ]
@@ -263,6 +266,43 @@ async def reconcile(
         )
 
 
+async def reconcile_owner(
+    namespace: str,
+    name: str,
+    *,
+    clients: Clients,
+    settings: OperatorSettings,
+    now: datetime,
+    demand: Mapping[str, Collection[PoolDemand]] | None = None,
+) -> ReconcileResult | None:
+    """Reconcile an InferenceDeployment because something it owns changed, and write its status.
+
+    KubeRay reports progress on the RayService; reacting to that (instead of waiting for the next poll) turns a
+    deployment Ready within seconds of its RayService.
+
+    Args:
+        namespace: The owner's namespace.
+        name: The owner's name.
+        clients: Shared clients and bookkeeping.
+        settings: Operator settings.
+        now: The current time.
+        demand: Every deployment's pool demand (the kopf index), or None to list CRs.
+
+    Returns:
+        The result, or None when the owner is gone or being deleted.
+
+    Raises:
+        TokenplaneError: The API server failed; the poll catches up.
+    """
+    api_version = f"{GROUP}/{VERSION}"
+    body = await clients.kube.get("InferenceDeployment", api_version, namespace, name)
+    if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+        return None
+    result = await reconcile(body, clients=clients, settings=settings, now=now, demand=demand)
+    await clients.kube.patch_status("InferenceDeployment", api_version, namespace, name, status_patch(result.status))
+    return result
+
+
 @dataclass
 class _PoolSnapshot:
     """What Azure said of the deployment's pool (and of the pool it is moving away from) this round."""
@@ -311,12 +351,15 @@ async def _reconcile_valid(
     except TransientKubeError as err:
         return done(deployment, ObservedState(plan=plan), actions=[], retry_after_s=err.retry_after_s or 5.0)
     observed = _observed_state(deployment, desired, plan, pools, objects)
+    if pools.previous_pool is not None:
+        observed = _replace(observed, previous_pool_pods=await _pods_on(clients.kube, deployment, pools.previous_pool))
     actions = compute_actions(
         desired_pool=pools.merged,
         desired_hashes=objects.desired_hashes,
         observed_hashes=objects.observed_hashes(),
         observed=observed,
         previous_pool_claimed=pools.previous_claimed,
+        cluster_change=_cluster_change(objects, desired),
     )
     applied = await _apply_actions(
         actions, desired, objects, pools, observed, clients=clients, settings=settings, now=now
@@ -541,6 +584,11 @@ async def _apply_one(
         applied.observed = _replace(applied.observed, previous_pool=None)
     elif action.kind is ActionKind.DETACH_POOL:
         applied.observed = _replace(applied.observed, previous_pool=None)
+    elif action.kind is ActionKind.REPLACE_RAYSERVICE:
+        await clients.kube.delete(objects.desired[action.target])
+        applied.observed = _replace(
+            applied.observed, rayservice=None, rollout=f"replacing the Ray cluster: {action.reason}"
+        )
     elif action.kind is not ActionKind.WAIT:
         await clients.kube.apply(objects.desired[action.target])
         applied.rayservice_written |= action.kind is ActionKind.APPLY_RAYSERVICE
@@ -668,6 +716,37 @@ def _previous_status(body: Mapping[str, Any]) -> InferenceDeploymentStatus | Non
         return InferenceDeploymentStatus.model_validate(body.get("status") or {})
     except ValueError:
         return None  # a status we cannot read is recomputed from scratch
+
+
+def _cluster_change(objects: _ObjectsSnapshot, desired: DesiredState) -> str | None:
+    """Say why the RayService needs a new Ray cluster KubeRay will not start itself, or None.
+
+    With `upgradeStrategy: None` KubeRay ignores rayClusterConfig changes (shouldPrepareNewCluster,
+    ray-operator/controllers/ray/rayservice_controller.go), so the operator replaces the RayService.
+    """
+    rs = desired.rayservice
+    have = objects.existing.get(object_key("RayService", rs["metadata"]["name"]))
+    if have is None or rs["spec"]["upgradeStrategy"]["type"] != "None":
+        return None
+    old = ((have.get("metadata") or {}).get("annotations") or {}).get(CLUSTER_HASH_ANNOTATION)
+    new = rs["metadata"]["annotations"][CLUSTER_HASH_ANNOTATION]
+    if old is None or old == new:
+        return None
+    return (
+        f"the Ray cluster spec changed (cluster hash {old} -> {new}) and KubeRay's upgradeStrategy None does not "
+        "roll it out; serving pauses until the new cluster is Ready, no extra GPUs are used"
+    )
+
+
+async def _pods_on(kube: KubeObjects, deployment: InferenceDeployment, pool: str) -> int:
+    """Count the deployment's pods scheduled onto a pool (its label in their nodeSelector)."""
+    pods = await kube.list_pods(deployment.namespace, selector_labels(deployment.name))
+    return sum(
+        1
+        for pod in pods
+        if ((pod.get("spec") or {}).get("nodeSelector") or {}).get(POOL_LABEL) == pool
+        and (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+    )
 
 
 def _owned(obj: Mapping[str, Any], owner: Mapping[str, Any]) -> dict[str, Any]:

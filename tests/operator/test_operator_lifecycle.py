@@ -1,5 +1,6 @@
 """kopf + kmock + the ARM emulator: create to Ready, updates, sharing, deletion, restarts."""
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import kmock
@@ -93,7 +94,15 @@ async def test_update_vm_size_moves_to_new_pool_and_releases_old(op: OperatorHar
         body = op.get("m1") or {}
         return (body.get("status") or {}).get("nodePool", {}).get("name") not in (None, old)
 
-    await op.make_rayservice_ready("m1")
+    async def kuberay_until_moved() -> None:
+        # Play KubeRay on whichever RayService exists: the operator replaces it for the new pool's nodeSelector.
+        while not moved():
+            rs = op.get("m1", resource=RS_RESOURCE)
+            if rs is not None and not (rs.get("status") or {}).get("conditions"):
+                await op.make_rayservice_ready("m1")
+            await asyncio.sleep(0.1)
+
+    await asyncio.wait_for(kuberay_until_moved(), timeout=20)
     await op.wait_for(moved, message="status to name the new pool")
     new = op.get("m1")["status"]["nodePool"]["name"]  # type: ignore[index]
     # The release is a started DELETE (Azure finishes it on its own; the emulator needs polls to finish).

@@ -70,3 +70,31 @@ async def test_killed_process_restarts_without_duplicate_pool_or_lost_status(op:
     await op.wait_ready("m1", within=60)
     assert op.arm.pool_names() == [name]
     assert len(op.arm.calls("PUT", f"/agentPools/{name}$")) == 1, "the restarted process observes, not re-creates"
+
+
+@pytest.fixture
+async def slow_poll(
+    kmock: kmock.KubernetesEmulator, wi_arm: ArmEmulator, tmp_path: Path
+) -> AsyncIterator[OperatorProcess]:
+    declare_resources(kmock)
+    process = OperatorProcess(kmock, wi_arm, tmp_path, FAST | {"TOKENPLANE_POLL_INTERVAL_S": "300"})
+    await process.start()
+    yield process
+    await process.stop(kill=True)
+
+
+async def test_rayservice_status_change_reconciles_the_owner_without_waiting_for_the_poll(
+    slow_poll: OperatorProcess,
+) -> None:
+    op = slow_poll
+    existing = {"existing": {"nodeSelector": {"agentpool": "gpu"}}}
+    body = cr_body("m1", hardware={"vmSize": "Standard_NC24ads_A100_v4", "nodePool": existing})
+    await op.create(body)
+    await op.wait_for(lambda: op.get("m1", resource=RS_RESOURCE), within=30, message="the RayService")
+    await op.wait_for(lambda: op.condition("m1", "ServingReady").get("status") == "False", within=30)
+    await asyncio.sleep(1)  # kopf has handled the creation; only the 300 s poll would look again
+    started = asyncio.get_running_loop().time()
+    await op.make_rayservice_ready("m1")
+    await op.wait_for(lambda: op.condition("m1", "Ready").get("status") == "True", within=10, message="Ready")
+    elapsed = asyncio.get_running_loop().time() - started
+    assert elapsed < 10, f"the owner turned Ready {elapsed:.1f} s after its RayService, poll or not"

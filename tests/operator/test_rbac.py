@@ -91,6 +91,10 @@ async def run_lifecycle(
             within=30,
             message="RayService re-applied",
         )
+        # A Ray-cluster change (a new env var on every pod): with upgradeStrategy None the operator replaces it.
+        await op.patch("m1", {"spec": {"model": {"accessSecretRef": {"name": "hf"}}}}, namespace=namespace)
+        replaced = Access("ray.io", "rayservices", "delete", namespace)
+        await op.wait_for(lambda: replaced in k.accessed, within=30, message="RayService replaced")
         await op.delete("m1", namespace=namespace)
         await op.wait_for(lambda: op.get("m1", namespace=namespace) is None, within=60, message="m1 gone")
         assert await op.stop() == 0, op.log_tail()

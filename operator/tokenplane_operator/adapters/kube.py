@@ -18,7 +18,12 @@ from tokenplane_operator.errors import TokenplaneError
 __all__ = ["KubeObjects", "KubeRejectedError", "TransientKubeError"]
 
 # Plural resource names of the kinds we own (no discovery round-trip for three fixed kinds).
-_PLURALS = {"Service": "services", "NetworkPolicy": "networkpolicies", "RayService": "rayservices"}
+_PLURALS = {
+    "Service": "services",
+    "NetworkPolicy": "networkpolicies",
+    "RayService": "rayservices",
+    "InferenceDeployment": PLURAL,
+}
 _MERGE_PATCH = "application/merge-patch+json"
 
 
@@ -101,6 +106,35 @@ class KubeObjects:
                 raise _convert(exc) from exc
         try:
             return await self._request("PATCH", _path(kind, api_version, namespace, name), obj, _MERGE_PATCH)
+        except ApiException as exc:
+            raise _convert(exc) from exc
+
+    async def delete(self, obj: Mapping[str, Any]) -> None:
+        """Delete an object (already gone is fine); its dependents go with it (background propagation).
+
+        Raises:
+            TransientKubeError: Retry soon.
+            KubeRejectedError: The server refused.
+        """
+        meta = obj["metadata"]
+        try:
+            await self._request("DELETE", _path(obj["kind"], obj["apiVersion"], meta["namespace"], meta["name"]))
+        except ApiException as exc:
+            if exc.status != 404:
+                raise _convert(exc) from exc
+
+    async def patch_status(
+        self, kind: str, api_version: str, namespace: str, name: str, status: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Merge-patch an object's `status` subresource.
+
+        Raises:
+            TransientKubeError: Retry soon.
+            KubeRejectedError: The server refused the patch (e.g. the object is gone).
+        """
+        path = _path(kind, api_version, namespace, name) + "/status"
+        try:
+            return await self._request("PATCH", path, {"status": dict(status)}, _MERGE_PATCH)
         except ApiException as exc:
             raise _convert(exc) from exc
 

@@ -31,6 +31,7 @@ class ActionKind(StrEnum):
     APPLY_SERVICE = "ApplyService"
     APPLY_NETWORK_POLICY = "ApplyNetworkPolicy"
     APPLY_RAYSERVICE = "ApplyRayService"
+    REPLACE_RAYSERVICE = "ReplaceRayService"  # delete it so the next round creates it on a new Ray cluster
     WAIT = "Wait"  # nothing to do but look again later
 
 
@@ -105,6 +106,7 @@ def compute_actions(
     observed_hashes: Mapping[str, str | None],
     observed: ObservedState,
     previous_pool_claimed: bool = False,
+    cluster_change: str | None = None,
 ) -> list[Action]:
     """Order what must happen this round: the pool first, then Service, NetworkPolicy, RayService, release.
 
@@ -117,6 +119,8 @@ def compute_actions(
         observed_hashes: The spec-hash annotation of each object as it exists (None: absent).
         observed: This round's snapshot (pool, previous pool, cloud fault, RayService).
         previous_pool_claimed: Whether another deployment still needs `observed.previous_pool`.
+        cluster_change: Why the RayService needs a new Ray cluster that KubeRay will not make itself
+            (`upgradeStrategy: None` ignores rayClusterConfig changes); None when it does not.
 
     Returns:
         The actions in the order to run them.
@@ -129,11 +133,17 @@ def compute_actions(
         kind = key.partition("/")[0]
         if kind == "RayService" and not observed.pool_ready:
             continue  # the pool's wait action already says why
+        if kind == "RayService" and have is not None and cluster_change is not None:
+            actions.append(Action(ActionKind.REPLACE_RAYSERVICE, key, cluster_change))
+            continue
         why = "it does not exist" if have is None else f"spec hash {have} -> {want}"
         actions.append(Action(_APPLY_KINDS.get(kind, ActionKind.APPLY_RAYSERVICE), key, why))
     previous = observed.previous_pool
     if previous is not None and _moved(observed, desired_hashes, observed_hashes):
-        if previous_pool_claimed:
+        if observed.previous_pool_pods:
+            why = f"{observed.previous_pool_pods} pod(s) of the deployment still run there"
+            actions.append(Action(ActionKind.WAIT, previous, why))
+        elif previous_pool_claimed:
             actions.append(Action(ActionKind.DETACH_POOL, previous, "other InferenceDeployments still use it"))
         else:
             actions.append(Action(ActionKind.RELEASE_POOL, previous, "no InferenceDeployment uses it any more"))

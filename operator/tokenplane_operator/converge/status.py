@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -28,6 +29,7 @@ __all__ = [
     "ObservedState",
     "RayServiceObservation",
     "compute_status",
+    "rayservice_fingerprint",
 ]
 
 ConditionStatus = Literal["True", "False", "Unknown"]
@@ -62,6 +64,23 @@ class CloudFault:
     message: str
     retry_after_s: float
     stalled: bool = False
+
+
+def rayservice_fingerprint(obj: Mapping[str, Any]) -> tuple[Any, ...]:
+    """Return what of a RayService our status depends on; equal fingerprints need no new reconcile.
+
+    Timestamps and fields we never read are left out, so KubeRay's periodic status refreshes do not count.
+
+    Args:
+        obj: A RayService as the API server has it.
+
+    Returns:
+        A hashable summary: the observation, the generation and KubeRay's observedGeneration.
+    """
+    status = obj.get("status") or {}
+    observation = RayServiceObservation.from_status(status, current=True)
+    meta = obj.get("metadata") or {}
+    return (*dataclasses.astuple(observation), meta.get("generation"), status.get("observedGeneration"))
 
 
 @dataclass(frozen=True)
@@ -104,15 +123,21 @@ class RayServiceObservation:
         ready = ready_cond.get("status") == "True" if ready_cond else status.get("serviceStatus") == "Running"
         active: Mapping[str, Any] = status.get("activeServiceStatus") or {}
         failure = None
-        for app_name, app in (active.get("applicationStatuses") or {}).items():
+        apps = active.get("applicationStatuses") or {}
+        for app_name, app in apps.items():
             if app.get("status") in _FAILED_APP_STATES:
                 failure = f"Serve application {app_name} is {app['status']}: {app.get('message', '')}".strip()
                 break
         cluster: Mapping[str, Any] = active.get("rayClusterStatus") or {}
         message = ": ".join(str(p) for p in (ready_cond.get("reason"), ready_cond.get("message")) if p)
+        # KubeRay keeps Ready True while Serve redeploys an application in place (it counts serve endpoints,
+        # calculateConditions in rayservice_controller.go): the new spec serves only once every app is RUNNING.
+        deploying = [f"{n} is {a.get('status')}" for n, a in apps.items() if a.get("status") != "RUNNING"]
+        if deploying and not failure:
+            message = f"Serve application {', '.join(deploying)}"
         return cls(
             current=current,
-            ready=ready and not upgrading,
+            ready=ready and not upgrading and not deploying,
             upgrading=upgrading,
             failure=failure,
             message=message,
@@ -142,6 +167,8 @@ class ObservedState:
         quota: The region's vCPU quota against the pool's maxCount, when it was read.
         quota_error: Why the quota could not be read, when it could not.
         deleting: The deployment is being deleted.
+        rollout: A rollout in progress the operator drives (why, and how far), for the ServingReady message.
+        previous_pool_pods: Pods of the deployment still on `previous_pool` (it is released only at 0).
     """
 
     problems: tuple[str, ...] = ()
@@ -160,6 +187,8 @@ class ObservedState:
     quota: QuotaCheck | None = None
     quota_error: str | None = None
     deleting: bool = False
+    rollout: str | None = None
+    previous_pool_pods: int = 0
 
     @property
     def pool_ready(self) -> bool:
@@ -334,6 +363,8 @@ def _quota(observed: ObservedState, validated: _Cond) -> _Cond:
 def _serving(observed: ObservedState, node_pool: _Cond) -> _Cond:
     rayservice = observed.rayservice
     waiting = _Cond("False", Reason.WAITING_FOR_NODE_POOL, "the RayService is applied once its node pool is ready")
+    if observed.rollout is not None and not (rayservice is not None and rayservice.current and rayservice.ready):
+        return _Cond("False", Reason.DEPLOYING, observed.rollout)
     if rayservice is None:
         return waiting if node_pool.status != "True" else _Cond("False", Reason.DEPLOYING, "creating the RayService")
     if rayservice.failure is not None:

@@ -227,9 +227,11 @@ def build_serve_config(serving_args: ServingArgs) -> str:
 def cluster_hash(rayservice_spec: dict[str, Any]) -> str:
     """Hash the part of a RayService spec whose change needs a new Ray cluster.
 
-    Mirrors KubeRay's own cluster hash: worker group replicas and bounds are muted, because changing them
-    rescales the running cluster rather than rebuilding it. serveConfigV2 is outside rayClusterConfig, so
-    engine and routing changes leave this hash alone (Serve redeploys the application in place).
+    Mirrors KubeRay 1.7's `GenerateHashWithoutReplicasAndWorkersToDelete`
+    (ray-operator/controllers/ray/utils/util.go): worker replicas and bounds, tolerations and scheduling gates
+    are muted, because the autoscaler and external controllers change them on a running cluster.
+    serveConfigV2 is outside rayClusterConfig, so engine and routing changes leave this hash alone (Serve
+    redeploys the application in place).
 
     Args:
         rayservice_spec: The RayService `spec`.
@@ -238,11 +240,18 @@ def cluster_hash(rayservice_spec: dict[str, Any]) -> str:
         16 hex digits.
     """
     cluster = dict(rayservice_spec["rayClusterConfig"])
+    cluster["headGroupSpec"] = _mute_pod(cluster["headGroupSpec"])
     cluster["workerGroupSpecs"] = [
-        {k: v for k, v in group.items() if k not in ("replicas", "minReplicas", "maxReplicas")}
+        _mute_pod({k: v for k, v in group.items() if k not in ("replicas", "minReplicas", "maxReplicas")})
         for group in cluster.get("workerGroupSpecs", [])
     ]
     return spec_hash(cluster)
+
+
+def _mute_pod(group: dict[str, Any]) -> dict[str, Any]:
+    template = dict(group["template"])
+    template["spec"] = {k: v for k, v in template["spec"].items() if k not in ("tolerations", "schedulingGates")}
+    return {**group, "template": template}
 
 
 def _volumes(
@@ -446,8 +455,9 @@ def build_rayservice(
     spec: dict[str, Any] = {
         # "None": a spec change never starts a second cluster, which would need twice the GPUs. serveConfigV2
         # changes (engine, scaling, routing) are still applied in place by Serve; rayClusterConfig changes are
-        # not rolled out by KubeRay, so the reconciler recreates the RayService when the cluster hash changes.
-        # "NewCluster" (zero downtime, 2x GPUs while both run) is opt-in per CR: spec.upgrade.strategy blueGreen.
+        # ignored by KubeRay, so the operator replaces the RayService when the cluster hash changes
+        # (ActionKind.REPLACE_RAYSERVICE; docs/rollouts.md). "NewCluster" (zero downtime, 2x GPUs while both
+        # run) is opt-in per CR: spec.upgrade.strategy blueGreen.
         "upgradeStrategy": {
             "type": "NewCluster" if deployment.spec.upgrade.strategy is UpgradeStrategy.BLUE_GREEN else "None"
         },
