@@ -70,7 +70,7 @@ def metadata_problems(metadata: Mapping[str, Any]) -> list[tuple[str, str]]:
         # The API server appends 5 random characters to generateName.
         problems += [("generateName", m) for m in _name_problems(generate_name, MAX_NAME_LENGTH - 5, prefix=True)]
     namespace = metadata.get("namespace")
-    if namespace is not None and (
+    if namespace not in (None, "") and (  # kubectl reads an empty namespace as the default one
         not isinstance(namespace, str) or len(namespace) > DNS_LABEL_MAX or not re.match(DNS1123_LABEL, namespace)
     ):
         problems.append(

@@ -633,7 +633,9 @@ class NodePoolSpec(_Model):
 class CpuSpec(_Model):
     """CPU replicas, for local runs and tests."""
 
-    cpus_per_replica: float = Field(default=1.0, gt=0, le=256, description="Ray CPUs reserved per replica.")
+    cpus_per_replica: float = Field(
+        default=1.0, ge=0.01, le=256, description="Ray CPUs reserved per replica (0.01 to 256)."
+    )
     kv_cache_gib: int = Field(
         default=1,
         ge=1,
@@ -696,9 +698,10 @@ class HardwareSpec(_Model):
     )
     gpu_fraction: float | None = Field(
         default=None,
-        gt=0.0,
+        # Ray counts resources in steps of 0.0001; below 0.01 (100 replicas on one GPU) nothing useful fits.
+        ge=0.01,
         lt=1.0,
-        description="Share one GPU between replicas (Ray fractional GPU: packing, not isolation).",
+        description="Share one GPU between replicas (Ray fractional GPU: packing, not isolation); 0.01 to 0.99.",
     )
     spot: SpotSpec = Field(default_factory=SpotSpec, description="Spot VMs.")
     zones: list[Literal["1", "2", "3"]] = Field(
@@ -1159,7 +1162,8 @@ ROOT_RULES = (
 class InferenceDeployment(_Model):
     """An LLM served on AKS GPUs (or locally on CPU) through Ray Serve and vLLM."""
 
-    model_config = ConfigDict(extra="ignore")  # the API server adds fields to the envelope
+    # The envelope holds apiVersion, kind, metadata, spec and status, nothing else (kubectl's strict field
+    # validation refuses other top-level fields too).
 
     api_version: Annotated[Literal["tokenplane.io/v1alpha1"], Field(alias="apiVersion")] = "tokenplane.io/v1alpha1"
     kind: Literal["InferenceDeployment"] = "InferenceDeployment"

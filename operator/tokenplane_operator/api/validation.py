@@ -193,7 +193,13 @@ def _is_scalar(value: object) -> bool:
 
 def _unknown_field_message(loc: tuple[int | str, ...]) -> str:
     known = _known_fields(loc[:-1])
-    hint = difflib.get_close_matches(str(loc[-1]), known, n=1)
+    name = str(loc[-1]).lower()
+    hint = (
+        difflib.get_close_matches(str(loc[-1]), known, n=1)
+        or [k for k in sorted(known) if len(name) >= 3 and (k.lower().startswith(name) or name.startswith(k.lower()))][
+            :1
+        ]
+    )
     if hint:
         return f"unknown field; did you mean {hint[0]!r}?"
     return "unknown field; remove it" + (f" (allowed: {', '.join(sorted(known))})" if known else "")
