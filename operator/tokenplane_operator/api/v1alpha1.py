@@ -8,7 +8,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal, cast
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
@@ -16,6 +16,7 @@ from tokenplane_operator.api.conditions import ConditionType, Phase, Reason
 from tokenplane_operator.api.names import DNS1035_LABEL, DNS1123_LABEL, MAX_NAME_LENGTH
 from tokenplane_serving.args import MANAGED_ENGINE_KEYS, MIN_MAX_MODEL_LEN, LoraRank, managed_keys_in
 from tokenplane_serving.blob_uri import BLOB_URI_FORMS, BLOB_URI_REGEXES, is_blob_uri, parse_blob_uri
+from tokenplane_serving.schedule import ScheduleWindow
 
 __all__ = [
     "API_VERSION",
@@ -60,6 +61,7 @@ __all__ = [
     "RoutingSpec",
     "ScaleToZeroSpec",
     "ScalingSpec",
+    "ScheduleWindowSpec",
     "SecretKeyRef",
     "SourceScheme",
     "SpeculativeDecodingSpec",
@@ -741,6 +743,35 @@ class HardwareSpec(_Model):
         return self
 
 
+class ScheduleWindowSpec(_Model):
+    """A recurring time window that keeps a minimum replica count (e.g. business hours)."""
+
+    days: str = Field(
+        default="*",
+        pattern=r"^(\*|[0-7](-[0-7])?(,[0-7](-[0-7])?)*)$",
+        description="Cron day-of-week field: '*', '1-5', '0,6' (0 and 7 are Sunday).",
+    )
+    start: str = Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$", description="Local start time, HH:MM.")
+    end: str = Field(
+        pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$",
+        description="Local end time, HH:MM; at or before start means the next day (22:00-06:00).",
+    )
+    time_zone: str = Field(default="UTC", max_length=64, description="IANA time zone, e.g. Europe/Berlin.")
+    min_replicas: int = Field(ge=0, le=1000, description="Replicas kept at least inside the window.")
+
+    @model_validator(mode="after")
+    def _window(self) -> ScheduleWindowSpec:
+        # The serving runtime evaluates the window; its own rules decide what is valid, here as there.
+        try:
+            ScheduleWindow.model_validate(self.model_dump(by_alias=True))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            name = str(first["loc"][0]) if first["loc"] else "start"
+            field = {"time_zone": "timeZone", "min_replicas": "minReplicas"}.get(name, name)
+            raise _problem(field, str(first["msg"]).removeprefix("Value error, ")) from None
+        return self
+
+
 class ScaleToZeroSpec(_Model):
     """Scale to zero replicas when idle; the first request waits for a cold start."""
 
@@ -786,6 +817,11 @@ class ScalingSpec(_Model):
     )
     latency_target: LatencyTargetSpec | None = Field(default=None, description="Optional P95 latency target.")
     scale_to_zero: ScaleToZeroSpec = Field(default_factory=ScaleToZeroSpec, description="Scale to zero when idle.")
+    schedule: list[ScheduleWindowSpec] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Time windows with their own minimum replicas (the largest active one applies).",
+    )
     upscale_delay_seconds: int = Field(default=30, ge=0, le=3600, description="Sustained demand before scaling up.")
     downscale_delay_seconds: int = Field(default=600, ge=0, le=86_400, description="Idle time before scaling down.")
 

@@ -166,6 +166,7 @@ def build_serving_args(deployment: InferenceDeployment, *, local: bool = False) 
             "max_replicas": scaling.max_replicas,
             "initial_replicas": max(1, scaling.min_replicas) if scale_to_zero.enabled else None,
             "target_queue_depth": scaling.target_queue_depth,
+            "schedule": [w.model_dump(by_alias=True) for w in scaling.schedule],
             "latency_target": (
                 {
                     "metric": scaling.latency_target.metric.value,
