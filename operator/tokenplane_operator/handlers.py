@@ -35,6 +35,7 @@ FINALIZER = "tokenplane.io/finalizer"
 RESOURCE = (GROUP, VERSION, PLURAL)
 # Timer cadence is fixed when handlers register (import time), so it comes straight from the environment.
 _TIMERS = OperatorSettings()
+_NOTHING_REPORTED = rayservice_fingerprint({})
 
 
 async def build_clients(config: OperatorSettings) -> Clients:
@@ -148,8 +149,10 @@ async def on_rayservice(
     key = f"{body.metadata.namespace}/{body.metadata.name}"
     seen: dict[str, Any] = memo.rayservices_seen
     fingerprint = None if type == "DELETED" else rayservice_fingerprint(body)
-    if type is None or seen.get(key) == fingerprint:
-        seen[key] = fingerprint  # the initial listing: on.resume reconciles those owners already
+    if type is None or seen.get(key, _NOTHING_REPORTED) == fingerprint:
+        # The initial listing (on.resume reconciles those owners), our own write of a RayService KubeRay has not
+        # reported on yet, or nothing new.
+        seen[key] = fingerprint
         return
     seen[key] = fingerprint
     if type == "DELETED":

@@ -90,7 +90,7 @@ async def test_rayservice_status_change_reconciles_the_owner_without_waiting_for
     existing = {"existing": {"nodeSelector": {"agentpool": "gpu"}}}
     body = cr_body("m1", hardware={"vmSize": "Standard_NC24ads_A100_v4", "nodePool": existing})
     await op.create(body)
-    await op.wait_for(lambda: op.get("m1", resource=RS_RESOURCE), within=30, message="the RayService")
+    await op.wait_for(lambda: op.get("m1", resource=RS_RESOURCE), within=60, message="the RayService")
     await op.wait_for(lambda: op.condition("m1", "ServingReady").get("status") == "False", within=30)
     await asyncio.sleep(1)  # kopf has handled the creation; only the 300 s poll would look again
     started = asyncio.get_running_loop().time()

@@ -67,7 +67,7 @@ class CloudFault:
 
 
 def rayservice_fingerprint(obj: Mapping[str, Any]) -> tuple[Any, ...]:
-    """Return what of a RayService our status depends on; equal fingerprints need no new reconcile.
+    """Return what KubeRay reported on a RayService that our status depends on; equal ones need no reconcile.
 
     Timestamps and fields we never read are left out, so KubeRay's periodic status refreshes do not count.
 
@@ -75,12 +75,12 @@ def rayservice_fingerprint(obj: Mapping[str, Any]) -> tuple[Any, ...]:
         obj: A RayService as the API server has it.
 
     Returns:
-        A hashable summary: the observation, the generation and KubeRay's observedGeneration.
+        A hashable summary: the observation and KubeRay's observedGeneration (our own spec writes, which only
+        bump metadata.generation, do not change it).
     """
     status = obj.get("status") or {}
     observation = RayServiceObservation.from_status(status, current=True)
-    meta = obj.get("metadata") or {}
-    return (*dataclasses.astuple(observation), meta.get("generation"), status.get("observedGeneration"))
+    return (*dataclasses.astuple(observation), status.get("observedGeneration"))
 
 
 @dataclass(frozen=True)
