@@ -391,6 +391,22 @@ class AuthArgs(_Args):
         return self
 
 
+class CacheArgs(_Args):
+    """The response cache (`tokenplane_serving.cache`)."""
+
+    enabled: bool = Field(default=False, description="Answer repeated requests from Redis.")
+    ttl_s: int = Field(default=3600, ge=1, description="Seconds an answer stays valid.")
+    qualify: Literal["deterministic", "all"] = Field(default="deterministic", description="Which requests qualify.")
+    shared: bool = Field(default=False, description="Callers share entries (else keyed per API key / subject).")
+    redis_url_env: str | None = Field(default=None, description="Environment variable holding the Redis URL.")
+
+    @model_validator(mode="after")
+    def _needs_redis(self) -> Self:
+        if self.enabled and not self.redis_url_env:
+            raise ValueError("an enabled cache needs redis_url_env")
+        return self
+
+
 class DisaggregationArgs(_Args):
     """Prefill/decode disaggregation (GPU only: it needs a KV connector such as NIXL)."""
 
@@ -414,6 +430,7 @@ class ServingArgs(_Args):
     backpressure: BackpressureArgs = Field(default_factory=BackpressureArgs, description="Overload behaviour.")
     routing: RoutingArgs = Field(default_factory=RoutingArgs, description="Request routing.")
     auth: AuthArgs = Field(default_factory=AuthArgs, description="Client authentication.")
+    cache: CacheArgs = Field(default_factory=CacheArgs, description="Response cache.")
     disaggregation: DisaggregationArgs = Field(
         default_factory=DisaggregationArgs, description="Prefill/decode disaggregation."
     )

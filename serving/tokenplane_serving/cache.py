@@ -23,6 +23,8 @@ from typing import Any, Literal
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from tokenplane_serving.args import CacheArgs
+
 __all__ = [
     "CacheSettings",
     "CacheStats",
@@ -30,6 +32,7 @@ __all__ = [
     "assemble_stream",
     "cache_key",
     "replay_stream",
+    "settings_from_args",
 ]
 
 _KEY_PREFIX = "tokenplane:cache:v1:"
@@ -55,6 +58,22 @@ class CacheSettings:
     shared: bool = False
     timeout_s: float = 0.25
     backoff_s: float = 5.0
+
+
+def settings_from_args(args: CacheArgs, environ: Mapping[str, str]) -> CacheSettings | None:
+    """Return the cache settings of a deployment (`ServingArgs.cache`), or None when the cache is off.
+
+    Raises:
+        ValueError: The cache is on but the Redis URL's environment variable is empty (the Secret is missing a key).
+    """
+    if not args.enabled or not args.redis_url_env:
+        return None
+    url = environ.get(args.redis_url_env, "")
+    if not url:
+        raise ValueError(
+            f"the response cache needs the Redis URL in ${args.redis_url_env} (spec.endpoint.cache.redisSecretRef)"
+        )
+    return CacheSettings(url=url, ttl_s=args.ttl_s, qualify=args.qualify, shared=args.shared)
 
 
 @dataclass

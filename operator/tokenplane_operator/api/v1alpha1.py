@@ -256,6 +256,13 @@ class AuthMode(StrEnum):
     ENTRA_ID = "entraId"
 
 
+class CacheQualify(StrEnum):
+    """Which requests the response cache answers."""
+
+    DETERMINISTIC = "deterministic"  # temperature 0 or a fixed seed: the same request gets the same answer
+    ALL = "all"  # every request, sampled ones too (the user accepts one answer per distinct request)
+
+
 class Visibility(StrEnum):
     """Who can reach the endpoint."""
 
@@ -908,6 +915,41 @@ class RateLimitSpec(_Model):
     tokens_per_minute: int | None = Field(default=None, ge=1, description="Tokens per minute per caller.")
 
 
+class CacheSpec(_Model):
+    """Response cache (opt-in): repeated requests answered from Redis without reaching the engine."""
+
+    model_config = _cel(
+        CelRule(
+            "!self.enabled || has(self.redisSecretRef)",
+            "an enabled cache needs redisSecretRef (the Redis connection string)",
+            ".redisSecretRef",
+        ),
+    )
+
+    enabled: bool = Field(default=False, description="Answer repeated requests from the cache.")
+    ttl_seconds: int = Field(
+        default=3600, ge=1, le=2_592_000, description="How long an answer stays valid (how fast model or data change)."
+    )
+    qualify: CacheQualify = Field(
+        default=CacheQualify.DETERMINISTIC,
+        description="deterministic (temperature 0 or a seed) or all requests.",
+    )
+    shared: bool = Field(
+        default=False, description="Share answers between callers (API keys, token subjects); off: each has its own."
+    )
+    redis_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description="Secret key holding the Redis URL, e.g. "
+        "rediss://:<access key>@<name>.redis.cache.windows.net:6380/0 (Azure Cache for Redis, TLS).",
+    )
+
+    @model_validator(mode="after")
+    def _needs_redis(self) -> CacheSpec:
+        if self.enabled and self.redis_secret_ref is None:
+            raise _problem("redisSecretRef", "an enabled cache needs redisSecretRef (the Redis connection string)")
+        return self
+
+
 class EndpointSpec(_Model):
     """How clients reach the OpenAI-compatible API."""
 
@@ -923,6 +965,7 @@ class EndpointSpec(_Model):
     )
     rate_limits: RateLimitSpec = Field(default_factory=RateLimitSpec, description="Rate limits.")
     port: int = Field(default=8000, ge=1, le=65535, description="Port of the Service.")
+    cache: CacheSpec = Field(default_factory=CacheSpec, description="Response cache (opt-in).")
 
 
 class UpgradeStrategy(StrEnum):

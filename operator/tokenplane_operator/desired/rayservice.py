@@ -35,6 +35,7 @@ from tokenplane_operator.desired.naming import (
 from tokenplane_operator.desired.serveconfig import (
     API_KEYS_DIR,
     BLOB_DOWNLOAD_DIR,
+    CACHE_REDIS_URL_ENV,
     SourceVolume,
     has_blob_sources,
     source_volumes,
@@ -217,7 +218,10 @@ def build_serve_config(serving_args: ServingArgs) -> str:
                 "name": serving_args.app_name,
                 "route_prefix": "/",
                 "import_path": IMPORT_PATH,
-                "args": serving_args.model_dump(mode="json", exclude_none=True),
+                # A cache that is off is left out: deployments without one keep their spec hash.
+                "args": serving_args.model_dump(
+                    mode="json", exclude_none=True, exclude=None if serving_args.cache.enabled else {"cache"}
+                ),
             }
         ],
     }
@@ -285,6 +289,10 @@ def _env(deployment: InferenceDeployment) -> list[Any]:
         blob = parse_source(deployment.spec.model.source)[0] is SourceScheme.AZURE_BLOB
         name = BLOB_CREDENTIAL_ENV if blob else "HF_TOKEN"
         env.append({"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+    cache = deployment.spec.endpoint.cache
+    if cache.enabled and cache.redis_secret_ref is not None:
+        ref = cache.redis_secret_ref
+        env.append({"name": CACHE_REDIS_URL_ENV, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
     if deployment.spec.routing.policy is RoutingPolicy.SESSION_AFFINITY:
         # Serve's HTTP proxy reads the session header name once per process, so it must be in every pod's env.
         env.append({"name": "RAY_SERVE_SESSION_ID_HEADER_KEY", "value": deployment.spec.routing.session_header.lower()})

@@ -35,6 +35,7 @@ MODELS_ROOT = "/models"
 # starts from scratch, a restarted replica in the pod skips unchanged files).
 BLOB_DOWNLOAD_DIR = f"{MODELS_ROOT}/blob"
 API_KEYS_DIR = "/etc/tokenplane/api-keys"
+CACHE_REDIS_URL_ENV = "TOKENPLANE_CACHE_REDIS_URL"  # from spec.endpoint.cache.redisSecretRef
 
 _ROUTING = {
     RoutingPolicy.POWER_OF_TWO: "power_of_two",
@@ -186,6 +187,16 @@ def build_serving_args(deployment: InferenceDeployment, *, local: bool = False) 
             "entra_tenant_id": auth.entra_tenant_id,
             "entra_audience": auth.entra_audience,
         },
+        # Left out when off, so that deployments without a cache keep their serve config (and spec hash).
+        "cache": {
+            "enabled": True,
+            "ttl_s": spec.endpoint.cache.ttl_seconds,
+            "qualify": spec.endpoint.cache.qualify.value,
+            "shared": spec.endpoint.cache.shared,
+            "redis_url_env": CACHE_REDIS_URL_ENV,
+        }
+        if spec.endpoint.cache.enabled
+        else None,
         "download_dir": None if local or not has_blob_sources(deployment) else BLOB_DOWNLOAD_DIR,
         "disaggregation": {
             "enabled": spec.disaggregation.enabled,
