@@ -1,6 +1,6 @@
 """Scaling schedules: a minimum replica count for recurring time windows, in a named time zone.
 
-A window is cron-like: `days` uses cron's day-of-week syntax (`*`, `1-5`, `0,6`; 0 and 7 are Sunday),
+A window is cron-like: `days` uses cron's day-of-week syntax (`*`, `1-5`, `0,6`; 0 and 7 are Sunday; `5-1` wraps),
 `start`/`end` are local `HH:MM` times in `timeZone` (an IANA name, so daylight saving is handled). A window
 whose end is not after its start runs past midnight into the next day, and belongs to its start day.
 """
@@ -35,9 +35,9 @@ def parse_days(days: str) -> frozenset[int]:
             raise ValueError(f"days {days!r}: use cron day-of-week syntax such as '1-5', '0,6' or '*'")
         first = int(match.group(1))
         last = int(match.group(2)) if match.group(2) is not None else first
-        if last < first:
-            raise ValueError(f"days {days!r}: range {part!r} runs backwards")
-        out.update(7 if d in (0, 7) else d for d in range(first, last + 1))
+        # A range that runs backwards wraps around the week (5-1: Friday to Monday).
+        span = range(first, last + 1) if last >= first else [*range(first, 8), *range(0, last + 1)]
+        out.update(7 if d in (0, 7) else d for d in span)
     return frozenset(out)
 
 
@@ -83,7 +83,7 @@ class ScheduleWindow(BaseModel):
     @model_validator(mode="after")
     def _nonempty(self) -> ScheduleWindow:
         if self.start == self.end:
-            raise ValueError("start equals end: give the window a length (end may be the next day, e.g. 22:00-06:00)")
+            raise ValueError("start equals end: give the window a length")
         return self
 
     def active(self, when: dt.datetime) -> bool:

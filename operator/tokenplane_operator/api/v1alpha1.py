@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import zoneinfo
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -750,8 +751,14 @@ class HardwareSpec(_Model):
         return self
 
 
+# Every IANA zone Python knows (tzdata): an enum in the CRD, so the API server refuses what the models refuse.
+_TIME_ZONES: list[Any] = sorted(zoneinfo.available_timezones())
+
+
 class ScheduleWindowSpec(_Model):
     """A recurring time window that keeps a minimum replica count (e.g. business hours)."""
+
+    model_config = _cel(CelRule("self.start != self.end", "start equals end: give the window a length", ".end"))
 
     days: str = Field(
         default="*",
@@ -763,7 +770,9 @@ class ScheduleWindowSpec(_Model):
         pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$",
         description="Local end time, HH:MM; at or before start means the next day (22:00-06:00).",
     )
-    time_zone: str = Field(default="UTC", max_length=64, description="IANA time zone, e.g. Europe/Berlin.")
+    time_zone: str = Field(
+        default="UTC", json_schema_extra={"enum": _TIME_ZONES}, description="IANA time zone, e.g. Europe/Berlin."
+    )
     min_replicas: int = Field(ge=0, le=1000, description="Replicas kept at least inside the window.")
 
     @model_validator(mode="after")
@@ -773,7 +782,7 @@ class ScheduleWindowSpec(_Model):
             ScheduleWindow.model_validate(self.model_dump(by_alias=True))
         except ValidationError as exc:
             first = exc.errors()[0]
-            name = str(first["loc"][0]) if first["loc"] else "start"
+            name = str(first["loc"][0]) if first["loc"] else "end"
             field = {"time_zone": "timeZone", "min_replicas": "minReplicas"}.get(name, name)
             raise _problem(field, str(first["msg"]).removeprefix("Value error, ")) from None
         return self
