@@ -109,7 +109,8 @@ async def op_block(kmock: kmock.KubernetesEmulator, arm_emulator: ArmEmulator) -
 
 
 def four_replicas(name: str = "m1") -> dict:
-    return cr_body(name, scaling={"minReplicas": 1, "maxReplicas": 4})
+    # Scale-to-zero keeps the pool's floor at 0 (the floor follows minReplicas), so only quota moves the bounds.
+    return cr_body(name, scaling={"minReplicas": 0, "maxReplicas": 4, "scaleToZero": {"enabled": True}})
 
 
 def pool_bounds(op: OperatorHarness) -> tuple[int, int] | None:
