@@ -24,6 +24,7 @@ __all__ = [
     "LoraAdapter",
     "LoraArgs",
     "ModelArgs",
+    "RateLimitArgs",
     "RoutingArgs",
     "ScalingArgs",
     "ServingArgs",
@@ -407,6 +408,20 @@ class CacheArgs(_Args):
         return self
 
 
+class RateLimitArgs(_Args):
+    """Per-caller limits: a caller is an API key (its Secret key name), an Entra subject, or a client address."""
+
+    requests_per_minute: int | None = Field(default=None, ge=1, description="Requests per minute per caller.")
+    tokens_per_minute: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "Tokens per minute per caller, charged at admission as OpenAI does: the prompt's estimated "
+            "tokens plus the request's max_tokens."
+        ),
+    )
+
+
 class DisaggregationArgs(_Args):
     """Prefill/decode disaggregation (GPU only: it needs a KV connector such as NIXL)."""
 
@@ -431,6 +446,7 @@ class ServingArgs(_Args):
     routing: RoutingArgs = Field(default_factory=RoutingArgs, description="Request routing.")
     auth: AuthArgs = Field(default_factory=AuthArgs, description="Client authentication.")
     cache: CacheArgs = Field(default_factory=CacheArgs, description="Response cache.")
+    rate_limits: RateLimitArgs = Field(default_factory=RateLimitArgs, description="Per-caller rate limits.")
     disaggregation: DisaggregationArgs = Field(
         default_factory=DisaggregationArgs, description="Prefill/decode disaggregation."
     )

@@ -65,11 +65,11 @@ class ApiKeyStore:
             directory: The Secret's mount path.
         """
         self._dir = Path(directory)
-        self._keys: tuple[bytes, ...] = ()
+        self._keys: tuple[tuple[str, bytes], ...] = ()
         self._loaded_at = float("-inf")
         self._lock = threading.Lock()
 
-    def _keys_now(self) -> tuple[bytes, ...]:
+    def _keys_now(self) -> tuple[tuple[str, bytes], ...]:
         now = time.monotonic()
         if now - self._loaded_at >= _RELOAD_EVERY_S:
             with self._lock:
@@ -80,23 +80,28 @@ class ApiKeyStore:
                             continue
                         value = entry.read_bytes().strip()
                         if value:
-                            keys.append(value)
+                            keys.append((entry.name, value))
                 self._keys, self._loaded_at = tuple(keys), now
         return self._keys
 
-    def check(self, presented: str) -> None:
+    def check(self, presented: str) -> str:
         """Accept `presented` if it equals one of the keys, comparing in constant time.
+
+        Returns:
+            The principal: `key:<file name>` (the Secret's key name, never the key itself).
 
         Raises:
             AuthError: If it matches no key.
         """
         given = presented.encode()
         # Compare against every key (no early exit), so timing does not reveal which one matched.
-        matched = False
-        for key in self._keys_now():
-            matched |= hmac.compare_digest(given, key)
-        if not matched:
+        matched = None
+        for name, key in self._keys_now():
+            if hmac.compare_digest(given, key):
+                matched = name
+        if matched is None:
             raise AuthError("Incorrect API key provided.", "invalid_api_key")
+        return f"key:{matched}"
 
 
 class EntraVerifier:
@@ -174,7 +179,7 @@ class EntraVerifier:
         return claims
 
 
-Authenticator = Callable[[str], object]
+Authenticator = Callable[[str], str]
 
 
 def build_authenticator(auth: dict[str, Any]) -> Authenticator | None:
@@ -184,17 +189,25 @@ def build_authenticator(auth: dict[str, Any]) -> Authenticator | None:
         auth: The `AuthArgs` fields as a dict.
 
     Returns:
-        A callable that raises `AuthError` for a bad credential, or None when auth is off.
+        A callable that returns the caller's principal (`key:<name>`, `entra:<oid>`) and raises
+        `AuthError` for a bad credential, or None when auth is off.
     """
     if auth["mode"] == "api_key":
         return ApiKeyStore(auth["api_keys_dir"]).check
     if auth["mode"] == "entra_id":
-        return EntraVerifier(
+        verifier = EntraVerifier(
             auth["entra_tenant_id"],
             auth["entra_audience"],
             jwks_path=auth.get("entra_jwks_path"),
             jwks_url=auth.get("entra_jwks_url"),
-        ).check
+        )
+
+        def subject(token: str) -> str:
+            claims = verifier.check(token)
+            # `oid` names the user or app across its tokens; `sub` is per-app and the fallback.
+            return f"entra:{claims.get('oid') or claims.get('sub') or 'unknown'}"
+
+        return subject
     return None
 
 
@@ -211,6 +224,7 @@ class AuthMiddleware:
 
     The credential is `Authorization: Bearer <key or token>` (what OpenAI clients send) or `api-key`
     (Azure OpenAI clients). Public paths and CORS preflights pass. Keys and tokens are never logged.
+    The caller's principal goes into `scope["tokenplane.principal"]` for the features inside (rate limits).
     """
 
     def __init__(self, app: ASGIApp, *, auth: dict[str, Any]) -> None:
@@ -240,7 +254,7 @@ class AuthMiddleware:
         try:
             if not credential:
                 raise AuthError("Missing credential: send 'Authorization: Bearer <key>'.", "missing_api_key")
-            self._authenticate(credential)
+            scope["tokenplane.principal"] = self._authenticate(credential)
         except AuthError as err:
             body = openai_error_body(str(err), "invalid_request_error", err.code)
             await send(

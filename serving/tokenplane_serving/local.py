@@ -10,6 +10,7 @@ import shlex
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -22,6 +23,7 @@ from typing import Any
 from rich.console import Console
 
 from tokenplane_serving.args import ServingArgs
+from tokenplane_serving.mapping import FAST_PATH_ENV, ray_environment
 
 __all__ = ["LocalServeError", "LocalServer", "main", "serve_local"]
 
@@ -118,6 +120,37 @@ def _app_failure(app_name: str) -> str | None:
     return None
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _set_ray_environment(args: ServingArgs) -> None:
+    # Ray's processes inherit this process's environment at ray.init. HAProxy's side ports (stats,
+    # metrics) and files default to fixed values; a local run takes free ports and its own directory.
+    haproxy_dir = tempfile.mkdtemp(prefix="tp-hap-", dir="/tmp")  # HAProxy caps socket paths at 97 bytes
+    env = {
+        **ray_environment(args),
+        # One HAProxy thread moves a laptop's traffic; Ray's default of 4 competes with the engine for cores.
+        "RAY_SERVE_HAPROXY_NBTHREAD": os.environ.get("RAY_SERVE_HAPROXY_NBTHREAD", "1"),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{haproxy_dir}/haproxy.cfg",
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{haproxy_dir}/admin.sock",
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": haproxy_dir,
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{haproxy_dir}/server-state",
+    }
+    os.environ.update(env)
+    from tokenplane_serving.ray_internals import direct_streaming_enabled
+
+    if not direct_streaming_enabled():
+        raise LocalServeError(
+            "ray.serve.llm was imported before serve_local could enable direct streaming; "
+            "set " + " ".join(f"{k}={v}" for k, v in FAST_PATH_ENV.items()) + " in the environment"
+        )
+
+
 def _wait_ready(server: LocalServer, app_name: str, deadline: float, console: Console) -> None:
     # /-/ready answers 200 only once a replica generated a token, and it needs no credential.
     with console.status(f"Loading model [bold]{server.model_id}[/] (vLLM engine starting)"):
@@ -133,7 +166,7 @@ def _wait_ready(server: LocalServer, app_name: str, deadline: float, console: Co
                 ready = {}
             if ready.get("ready"):
                 break
-            time.sleep(1.0)
+            time.sleep(0.25)  # part of the measured cold start: poll often, /-/ready is cheap
     console.print(f"[green]✓[/] Model {server.model_id} loaded and generating")
 
 
@@ -204,6 +237,7 @@ def serve_local(
         needed = 2 + (1 + args.accelerator.cpus_per_replica) * args.scaling.max_replicas
         num_cpus = max(os.cpu_count() or 1, int(needed + 0.999))
 
+    _set_ray_environment(args)
     import ray
     from ray import serve
 

@@ -13,6 +13,7 @@ __all__ = [
     "AUTOSCALING_POLICY",
     "BLOB_DOWNLOAD_CALLBACK",
     "CONSISTENT_HASH_ROUTER",
+    "FAST_PATH_ENV",
     "PREFIX_AFFINITY_ROUTER",
     "QUANTIZATION_TO_VLLM",
     "blob_sources",
@@ -23,6 +24,7 @@ __all__ = [
     "build_policy_kwargs",
     "check_engine_kwargs",
     "compute_target_ongoing_requests",
+    "ray_environment",
 ]
 
 PREFIX_AFFINITY_ROUTER = "ray.serve.llm.request_router:PrefixCacheAffinityRouter"
@@ -31,6 +33,15 @@ PREFIX_AFFINITY_ROUTER = "ray.serve.llm.request_router:PrefixCacheAffinityRouter
 CONSISTENT_HASH_ROUTER = "ray.serve.experimental.consistent_hash_router:ConsistentHashRouter"
 # Ray reads the session header's name from this env var, once per process (proxy and ingress replicas).
 _SESSION_HEADER_ENV = "RAY_SERVE_SESSION_ID_HEADER_KEY"
+# Ray's environment for tokenplane's data plane, on every Ray node before Ray starts (the operator's
+# RayService sets it; `serve_local` sets it for its own Ray). HAProxy replaces Ray's Python HTTP proxy;
+# direct streaming makes the LLMServer replica the ingress (one hop less, no 50 ms response batching);
+# the router gets the request body, so prefix affinity and LoRA routing still see the prompt and model.
+FAST_PATH_ENV: dict[str, str] = {
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING": "1",
+    "RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY": "1",
+}
 
 # Our quantization names -> vLLM's `quantization` values (vllm/model_executor/layers/quantization).
 QUANTIZATION_TO_VLLM: dict[str, str] = {
@@ -161,6 +172,22 @@ def _engine_kwargs(args: ServingArgs) -> dict[str, Any]:
         kwargs["max_cpu_loras"] = args.lora.max_adapters_per_replica
     kwargs.update(args.engine.extra_engine_args)
     return kwargs
+
+
+def ray_environment(args: ServingArgs) -> dict[str, str]:
+    """Environment every Ray node serving `args` needs before Ray starts.
+
+    Args:
+        args: Validated serving args.
+
+    Returns:
+        `FAST_PATH_ENV`, plus the session header's name when session affinity uses a custom one (Ray's
+        router and HAProxy read it from their process environment).
+    """
+    env = dict(FAST_PATH_ENV)
+    if args.routing.policy == "session_affinity" and args.routing.session_header != DEFAULT_SESSION_HEADER:
+        env[_SESSION_HEADER_ENV] = args.routing.session_header
+    return env
 
 
 def build_lora_adapter_paths(args: ServingArgs) -> dict[str, str]:

@@ -1,30 +1,33 @@
-"""The LLMServer replica: local LoRA adapters, honest readiness, profitability metrics, autoscaling stats."""
+"""The LLMServer replica: the feature layer on vLLM's app, local LoRA adapters, honest readiness, metrics."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
 import contextlib
+import functools
+import itertools
 import logging
 import os
 import threading
 import time
 import uuid
-from typing import Any
+from typing import Any, ClassVar, cast
 
 from fastapi import HTTPException, status
-from ray.llm._internal.common.models import global_id_manager
-from ray.llm._internal.common.utils.lora_utils import get_lora_id
-from ray.llm._internal.serve.core.configs.llm_config import DiskMultiplexConfig, LLMConfig
-from ray.llm._internal.serve.core.server.llm_server import LLMServer
-from ray.llm._internal.serve.engines.vllm.vllm_engine import VLLMEngine
-from ray.llm._internal.serve.utils.lora_serve_utils import LoraModelLoader
+from ray import serve
 from ray.serve import metrics
+from ray.serve.llm import LLMConfig
+from ray.serve.llm.deployment import LLMServer, PDDecodeServer
 from vllm.v1.metrics.loggers import AggregateStatLoggerBase
 
+from tokenplane_serving.args import ServingArgs
 from tokenplane_serving.autoscale import latency_histogram
+from tokenplane_serving.features import FeatureContext, install
+from tokenplane_serving.mapping import build_lora_adapter_paths
+from tokenplane_serving.ray_internals import DiskMultiplexConfig, LoraModelLoader, engine_client
 
-__all__ = ["EngineStats", "LocalLoraLoader", "TokenplaneLLMServer", "TokenplaneVLLMEngine"]
+__all__ = ["EngineStats", "LocalLoraLoader", "TokenplaneLLMServer", "TokenplanePDDecodeServer", "TokenplaneServerMixin"]
 
 logger = logging.getLogger(__name__)
 
@@ -174,47 +177,6 @@ def _replica_gpus(llm_config: LLMConfig) -> float:
     return float(sum(b.get("GPU", 0) for b in bundles))
 
 
-class TokenplaneVLLMEngine(VLLMEngine):
-    """Ray Serve LLM's vLLM engine plus our stat logger next to Ray's Prometheus one."""
-
-    stats: EngineStats
-
-    def _start_async_llm_engine(self, *args: Any, **kwargs: Any) -> Any:
-        client = super()._start_async_llm_engine(*args, **kwargs)
-        self.stats = EngineStats(_replica_gpus(self.llm_config), self.llm_config.model_id)
-        # AsyncLLM takes stat loggers only at construction, where Ray fixes the list; its manager
-        # iterates `stat_loggers` on every step, so appending is enough.
-        manager = getattr(client, "logger_manager", None)
-        if manager is not None:
-            manager.stat_loggers.append(_StatsLogger(self.stats))
-        return client
-
-    async def generate_probe(self, timeout_s: float) -> float:
-        """Generate one token straight on the engine.
-
-        Args:
-            timeout_s: Give up after this long.
-
-        Returns:
-            The probe's latency in seconds.
-        """
-        from vllm import SamplingParams
-
-        started = time.monotonic()
-        params = SamplingParams(max_tokens=1, temperature=0.0)
-        request_id = f"tokenplane-probe-{uuid.uuid4().hex}"
-
-        client = self._engine_client
-        assert client is not None, "engine not started"
-
-        async def _run() -> None:
-            async for _ in client.generate({"prompt_token_ids": [1]}, params, request_id):
-                pass
-
-        await asyncio.wait_for(_run(), timeout=timeout_s)
-        return time.monotonic() - started
-
-
 class LocalLoraLoader(LoraModelLoader):
     """Resolves `<model>:<adapter>` to an adapter directory on this node (a local, PVC or blob-CSI mount).
 
@@ -223,15 +185,17 @@ class LocalLoraLoader(LoraModelLoader):
     `serve.multiplexed` keeps at most `max_adapters_per_replica` per replica (LRU).
     """
 
-    def __init__(self, adapters: dict[str, str]) -> None:
+    def __init__(self, adapters: dict[str, str], **kwargs: Any) -> None:
         """Create the loader.
 
         Args:
             adapters: Adapter name -> directory holding `adapter_config.json`.
+            kwargs: What `LLMServer` passes every loader (download timeout and tries; unused here).
         """
-        super().__init__()
+        super().__init__(**kwargs)
         self._adapters = dict(adapters)
         self._ids: dict[str, int] = {}
+        self._next_id = itertools.count(1)  # vLLM wants a positive int per adapter, unique in the engine
 
     async def load_model_from_config(self, lora_model_id: str, llm_config: LLMConfig) -> DiskMultiplexConfig:
         """Return the on-disk config Ray Serve LLM hands to vLLM.
@@ -239,13 +203,13 @@ class LocalLoraLoader(LoraModelLoader):
         Raises:
             HTTPException: 404 if the adapter is not configured or its directory is missing.
         """
-        name = get_lora_id(lora_model_id)
+        name = lora_model_id.partition(":")[2]
         path = self._adapters.get(name)
         if path is None or not await asyncio.to_thread(os.path.isfile, os.path.join(path, "adapter_config.json")):
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"LoRA adapter {name!r} is not available")
-        # vLLM keys adapters by this int: stable per name, so an evicted adapter reloads under the same id.
+        # Stable per name, so an evicted adapter reloads under the same id.
         if lora_model_id not in self._ids:
-            self._ids[lora_model_id] = global_id_manager.next()
+            self._ids[lora_model_id] = next(self._next_id)
         return DiskMultiplexConfig.model_validate(
             {
                 "model_id": lora_model_id,
@@ -256,53 +220,78 @@ class LocalLoraLoader(LoraModelLoader):
         )
 
 
-class TokenplaneLLMServer(LLMServer):
-    """LLMServer that is ready only once it has generated a token, and loads mounted LoRA adapters."""
+class TokenplaneServerMixin:
+    """tokenplane's replica behaviour on any Ray Serve LLM server class (`LLMServer`, `PDDecodeServer`).
 
-    _default_engine_cls = TokenplaneVLLMEngine  # type: ignore[assignment]
+    With direct streaming this replica is the ingress and its app is vLLM's OpenAI server (or Ray's P/D
+    app around it), wrapped here in `tokenplane_serving.features`. The replica is ready only once it has
+    generated a token, loads mounted LoRA adapters and feeds the profitability metrics and autoscaling stats.
+    """
 
-    async def __init__(  # type: ignore[misc]  # Ray Serve awaits async constructors
-        self, llm_config: LLMConfig, *, lora_adapters: dict[str, str] | None = None
-    ) -> None:
+    serving_args: ClassVar[ServingArgs | None] = None
+    engine: Any
+
+    @classmethod
+    def for_args(cls, args: ServingArgs) -> type[Any]:
+        """Bind this class to one deployment's args (they travel with the class to the replicas).
+
+        Returns:
+            A subclass whose `serving_args` is `args`.
+        """
+        return type(cls.__name__, (cls,), {"serving_args": args, "__module__": cls.__module__})
+
+    async def __init__(self, llm_config: LLMConfig, **kwargs: Any) -> None:  # type: ignore[misc]  # Serve awaits it
         """Start the engine, then prove it generates before Ray routes traffic here.
 
         Args:
             llm_config: The model's LLMConfig.
-            lora_adapters: Adapter name -> local directory.
+            kwargs: Passed on to `LLMServer`.
         """
-        self._lora_adapters = dict(lora_adapters or {})
         self._last_ok = 0.0
         self._last_probe_ms: float | None = None
         self._last_error: str | None = None
         self._probe_lock = asyncio.Lock()
-        await super().__init__(llm_config)
+        self.stats: EngineStats | None = None
+        adapters = build_lora_adapter_paths(self.serving_args) if self.serving_args else {}
+        loader = functools.partial(LocalLoraLoader, adapters)
+        await super().__init__(llm_config, model_downloader=cast(Any, loader), **kwargs)  # type: ignore[misc,call-arg]
+        self.stats = EngineStats(_replica_gpus(llm_config), llm_config.model_id)
+        # AsyncLLM takes stat loggers only at construction, where Ray fixes the list; its manager
+        # iterates `stat_loggers` on every step, so appending is enough.
+        manager = getattr(engine_client(self.engine), "logger_manager", None)
+        if manager is not None:
+            manager.stat_loggers.append(_StatsLogger(self.stats))
         # Raising here fails the replica's constructor: Ray retries it and never routes to it.
         await self._probe()
 
-    def _init_multiplex_loader(self, model_downloader_cls: Any = None) -> None:
-        adapters = self._lora_adapters
+    async def __serve_build_asgi_app__(self) -> Any:
+        """Return vLLM's OpenAI app (Ray builds it once the engine runs) inside tokenplane's feature layer."""
+        app = await super().__serve_build_asgi_app__()  # type: ignore[misc]
+        if self.serving_args is None:
+            raise RuntimeError("TokenplaneLLMServer needs serving args: use TokenplaneLLMServer.for_args(args)")
+        return install(app, FeatureContext(self.serving_args, self))
 
-        class _Loader(LocalLoraLoader):
-            def __init__(self, **_: Any) -> None:
-                super().__init__(adapters)
+    async def _generate_probe(self, timeout_s: float) -> float:
+        from vllm import SamplingParams
 
-        super()._init_multiplex_loader(_Loader)
+        started = time.monotonic()
+        params = SamplingParams(max_tokens=1, temperature=0.0)
+        request_id = f"tokenplane-probe-{uuid.uuid4().hex}"
+        client = engine_client(self.engine)
 
-    @property
-    def _engine(self) -> TokenplaneVLLMEngine:
-        assert isinstance(self.engine, TokenplaneVLLMEngine), "engine not started"
-        return self.engine
+        async def _run() -> None:
+            async for _ in client.generate({"prompt_token_ids": [1]}, params, request_id):
+                pass
 
-    @property
-    def _stats(self) -> EngineStats | None:
-        return getattr(self.engine, "stats", None)
+        await asyncio.wait_for(_run(), timeout=timeout_s)
+        return time.monotonic() - started
 
     async def _probe(self) -> None:
         async with self._probe_lock:
             if time.monotonic() - self._last_ok < _READY_TTL_S:
                 return
             try:
-                latency = await self._engine.generate_probe(_PROBE_TIMEOUT_S)
+                latency = await self._generate_probe(_PROBE_TIMEOUT_S)
             except Exception as err:
                 self._last_error = f"{type(err).__name__}: {err}"[:200]
                 raise
@@ -311,7 +300,7 @@ class TokenplaneLLMServer(LLMServer):
             self._last_ok = time.monotonic()
 
     def _recently_generated(self) -> bool:
-        stats = self._stats
+        stats = self.stats
         return stats is not None and time.monotonic() - stats.last_token_time < _READY_TTL_S
 
     async def check_health(self) -> None:
@@ -320,7 +309,7 @@ class TokenplaneLLMServer(LLMServer):
         Client traffic that produced tokens counts as proof; otherwise a one-token probe runs. A
         saturated replica whose probe waits behind full batches is still healthy if tokens flow.
         """
-        await super().check_health()
+        await super().check_health()  # type: ignore[misc]
         if self._recently_generated():
             self._last_ok = time.monotonic()
             return
@@ -332,12 +321,12 @@ class TokenplaneLLMServer(LLMServer):
                 raise
 
     async def readiness(self) -> dict[str, Any]:
-        """Report this replica's readiness, for the ingress's `/-/ready`.
+        """Report this replica's readiness, for `/-/ready`.
 
         Returns:
             `ready`, `last_success_age_s`, `probe_latency_ms` and `error`.
         """
-        with contextlib.suppress(Exception):  # reported, not raised: the caller aggregates replicas
+        with contextlib.suppress(Exception):  # reported, not raised: the caller reports it
             await self.check_health()
         age = time.monotonic() - self._last_ok
         return {
@@ -347,6 +336,18 @@ class TokenplaneLLMServer(LLMServer):
             "error": self._last_error,
         }
 
+    async def running_replicas(self) -> int | None:
+        """Count running replicas of this deployment from the Serve controller (None if it cannot tell)."""
+        try:
+            context = serve.get_replica_context()
+            app = (await asyncio.to_thread(serve.status)).applications.get(context.app_name)
+        except Exception:  # the controller may be briefly unreachable; readiness then reports this replica only
+            return None
+        deployment = app.deployments.get(context.deployment) if app is not None else None
+        if deployment is None:
+            return 0
+        return sum(n for state, n in deployment.replica_states.items() if getattr(state, "value", state) == "RUNNING")
+
     def record_autoscaling_stats(self) -> dict[str, float]:
         """Report custom autoscaling metrics (Ray Serve calls this on each replica).
 
@@ -354,10 +355,22 @@ class TokenplaneLLMServer(LLMServer):
             vLLM's waiting and running requests, and the TTFT and end-to-end latency histograms of the last
             30 s as sparse bucket counts, which the policy sums over replicas into the fleet's P95.
         """
-        stats = self._stats
+        stats = self.stats
         if stats is None:
             return {"engine_waiting": 0.0, "engine_running": 0.0}
         report = {"engine_waiting": float(stats.waiting), "engine_running": float(stats.running)}
         for which in ("ttft", "e2e"):
             report.update(latency_histogram(which, stats.recent_ms(which)))
         return report
+
+
+class TokenplaneLLMServer(TokenplaneServerMixin, LLMServer):
+    """`LLMServer` with tokenplane's features: the ingress of a plain deployment (`LLMConfig.server_cls`)."""
+
+
+class TokenplanePDDecodeServer(TokenplaneServerMixin, PDDecodeServer):
+    """`PDDecodeServer` with tokenplane's features: the ingress of a prefill/decode deployment.
+
+    Ray's P/D app (remote prefill, then local decode) is what the features wrap; the prefill replicas are
+    reached only through it, so they need no features of their own.
+    """

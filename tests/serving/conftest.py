@@ -17,7 +17,12 @@ import pytest
 
 from tokenplane_serving.args import ServingArgs
 from tokenplane_serving.local import LocalServer, serve_local
+from tokenplane_serving.mapping import FAST_PATH_ENV
 from tokenplane_serving.tinymodel import write_tiny_lora, write_tiny_model
+
+# Ray Serve LLM reads its direct-streaming switch once per process, when first imported: set it before
+# any test imports ray.serve.llm (serve_local sets the same for its own Ray).
+os.environ.update(FAST_PATH_ENV)
 
 _STARTED: list[LocalServer] = []
 
@@ -25,6 +30,9 @@ REPO_TINY = Path(__file__).resolve().parents[2] / "models" / "tiny"
 MODEL_ID = "tiny"
 ADAPTER = "sql"
 API_KEYS = ("tp-key-alpha-0123456789", "tp-key-beta-9876543210")
+# A caller of its own for the rate-limit test, so exhausting its budget leaves the other tests' alone.
+LIMITED_KEY = "tp-key-limited-5555555555"
+TOKENS_PER_MINUTE, REQUESTS_PER_MINUTE = 200_000, 6_000
 # In flight per replica and queued at the ingress: small, so an overload test needs few requests.
 MAX_ONGOING, MAX_QUEUED = 4, 4
 
@@ -53,7 +61,7 @@ def tiny_lora_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 def api_keys_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A Secret-like mount: one key per file (trailing newline as `kubectl create secret` leaves it)."""
     keys = tmp_path_factory.mktemp("api-keys")
-    for name, key in zip(("current", "next"), API_KEYS, strict=True):
+    for name, key in zip(("current", "next", "limited"), (*API_KEYS, LIMITED_KEY), strict=True):
         (keys / name).write_text(key + "\n")
     return keys
 
@@ -67,6 +75,7 @@ def tiny_serving_args(tiny_model_dir: Path, tiny_lora_dir: Path, api_keys_dir: P
             "engine": {"dtype": "bfloat16", "max_model_len": 1024, "enforce_eager": True, "max_num_seqs": 16},
             "lora": {"adapters": [{"name": ADAPTER, "source": str(tiny_lora_dir)}], "max_lora_rank": 8},
             "auth": {"mode": "api_key", "api_keys_dir": str(api_keys_dir)},
+            "rate_limits": {"tokens_per_minute": TOKENS_PER_MINUTE, "requests_per_minute": REQUESTS_PER_MINUTE},
             "backpressure": {
                 "max_ongoing_requests": MAX_ONGOING,
                 "max_queued_requests": MAX_QUEUED,

@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from tests.serving.conftest import API_KEYS, MODEL_ID
-from tokenplane_operator.converge.economics import compute_economics, parse_scrape
+from tokenplane_operator.converge.economics import Scrape, compute_economics, parse_scrape
 from tokenplane_serving.local import LocalServer
 
 pytestmark = pytest.mark.serving
@@ -17,9 +17,25 @@ def _scrape(url: str) -> str:
     return httpx.get(url, timeout=30).text
 
 
+def _settled(url: str) -> Scrape:
+    """A scrape once the counters stopped moving: Ray exports every 2 s, so an earlier test's last requests
+    (or this one's) may still be on their way, and one counter's export can land before another's."""
+    current = parse_scrape(_scrape(url))
+    for _ in range(10):
+        time.sleep(2.5)
+        following = parse_scrape(_scrape(url))
+        if all(
+            following.delta(current, name) == 0
+            for name in ("ray_vllm_generation_tokens_total", "ray_vllm_prefix_cache_queries_total")
+        ):
+            return following
+        current = following
+    return current
+
+
 def test_economics_from_two_scrapes_around_real_traffic(tiny_server: LocalServer) -> None:
     assert tiny_server.metrics_url
-    before, started = parse_scrape(_scrape(tiny_server.metrics_url)), time.monotonic()
+    before, started = _settled(tiny_server.metrics_url), time.monotonic()
     shared = "Invoices are due thirty days after delivery unless the contract says otherwise. " * 25
     latencies = []
     with httpx.Client(timeout=120, headers={"Authorization": f"Bearer {API_KEYS[0]}"}) as http:
@@ -37,6 +53,7 @@ def test_economics_from_two_scrapes_around_real_traffic(tiny_server: LocalServer
             break
         time.sleep(1)
     elapsed = time.monotonic() - started
+    after = _settled(tiny_server.metrics_url)
 
     metrics = compute_economics(before, after, elapsed_s=elapsed, gpus=0, now=datetime.now(UTC))
     print(f"\n[economics] {metrics.model_dump(exclude_none=True)}")

@@ -19,7 +19,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from openai import OpenAI
 
-from tests.serving.conftest import ADAPTER, API_KEYS, MAX_ONGOING, MAX_QUEUED, MODEL_ID
+from tests.serving.conftest import (
+    ADAPTER,
+    API_KEYS,
+    LIMITED_KEY,
+    MAX_ONGOING,
+    MAX_QUEUED,
+    MODEL_ID,
+    TOKENS_PER_MINUTE,
+)
 from tokenplane_serving.local import LocalServer
 
 pytestmark = [pytest.mark.serving, pytest.mark.timeout(600)]
@@ -288,6 +296,27 @@ def test_overload_gets_only_200s_and_429s_with_retry_after(tiny_server: LocalSer
     assert rejected, "a burst of 12x capacity should be partly rejected"
     assert all(ra is not None and int(ra) >= 1 for _, ra in rejected)
     assert completes(client_for(tiny_server))  # serves normally afterwards
+
+
+# --- rate limits ---------------------------------------------------------------------------------
+
+
+def test_rate_limit_answers_429_with_retry_after_per_caller(tiny_server: LocalServer) -> None:
+    # Charged at admission (estimated prompt tokens + max_tokens), like OpenAI: one request worth 3/4 of
+    # the caller's minute, which vLLM then refuses as too long, leaves too little for a second one.
+    big = {"model": MODEL_ID, "prompt": "w" * (4 * TOKENS_PER_MINUTE * 3 // 4), "max_tokens": 1}
+    url = f"{tiny_server.openai_base_url}/completions"
+    with httpx.Client(timeout=120) as http:
+        first = http.post(url, json=big, headers=headers(LIMITED_KEY))
+        second = http.post(url, json=big, headers=headers(LIMITED_KEY))
+    assert first.status_code == 400, first.text[:300]  # admitted, then too long for the model
+    assert second.status_code == 429, second.text[:300]
+    error = second.json()["error"]
+    assert (error["type"], error["code"]) == ("tokens", "rate_limit_exceeded")
+    # 1/2 of the minute is missing: refilled in about 30 s
+    assert 20 <= int(second.headers["retry-after"]) <= 31
+    assert second.headers["x-ratelimit-limit-tokens"] == str(TOKENS_PER_MINUTE)
+    assert completes(client_for(tiny_server))  # other callers keep their own budget
 
 
 # --- metrics --------------------------------------------------------------------------------------

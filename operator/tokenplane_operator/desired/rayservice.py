@@ -45,6 +45,7 @@ from tokenplane_operator.plan.catalog import GIB, GpuSku
 from tokenplane_operator.plan.errors import PlanError, PlanErrorReason
 from tokenplane_serving.args import ServingArgs
 from tokenplane_serving.blob_uri import BLOB_CREDENTIAL_ENV
+from tokenplane_serving.mapping import FAST_PATH_ENV
 
 __all__ = [
     "GPU_RESOURCE",
@@ -296,6 +297,9 @@ def _env(deployment: InferenceDeployment) -> list[Any]:
     if deployment.spec.routing.policy is RoutingPolicy.SESSION_AFFINITY:
         # Serve's HTTP proxy reads the session header name once per process, so it must be in every pod's env.
         env.append({"name": "RAY_SERVE_SESSION_ID_HEADER_KEY", "value": deployment.spec.routing.session_header.lower()})
+    # Ray reads these once per process at start: HAProxy and direct streaming (the serving contract's
+    # FAST_PATH_ENV; build_app refuses to build without it rather than serve Ray's featureless ingress).
+    env.extend({"name": name, "value": value} for name, value in FAST_PATH_ENV.items())
     return env
 
 

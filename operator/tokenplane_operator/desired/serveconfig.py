@@ -198,6 +198,10 @@ def build_serving_args(deployment: InferenceDeployment, *, local: bool = False) 
         if spec.endpoint.cache.enabled
         else None,
         "download_dir": None if local or not has_blob_sources(deployment) else BLOB_DOWNLOAD_DIR,
+        "rate_limits": {
+            "requests_per_minute": spec.endpoint.rate_limits.requests_per_minute,
+            "tokens_per_minute": spec.endpoint.rate_limits.tokens_per_minute,
+        },
         "disaggregation": {
             "enabled": spec.disaggregation.enabled,
             "prefill_replicas": spec.disaggregation.prefill_replicas,

@@ -1,0 +1,66 @@
+"""Every private Ray Serve LLM name tokenplane uses, each with the reason no public one serves.
+
+Everything else in `tokenplane_serving` stands on Ray's public API (`ray.serve.llm`,
+`ray.serve.llm.deployment.LLMServer`, `ray.serve.llm.openai_api_models`, `serve.ingress`'s documented
+`__serve_build_asgi_app__` hook). `tests/serving/test_ray_internals.py` checks each name below against the
+installed Ray and fails with the name and what to do when an upgrade moves it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ray
+
+# Reason: `ray.serve.llm.deployment.LLMServer(llm_config, model_downloader=...)` is the public hook for
+# LoRA loading, but the loader's base class and the config it must return are not exported. Ray's own
+# loader only downloads from object storage; tokenplane resolves adapters to mounted directories.
+from ray.llm._internal.serve.core.configs.llm_config import DiskMultiplexConfig
+from ray.llm._internal.serve.utils.lora_serve_utils import LoraModelLoader
+
+__all__ = [
+    "PINNED_RAY",
+    "DiskMultiplexConfig",
+    "LoraModelLoader",
+    "direct_streaming_enabled",
+    "engine_client",
+]
+
+# The Ray these names were checked against (pyproject pins `ray[serve,llm]==` the same).
+PINNED_RAY = "2.60.0"
+
+
+def direct_streaming_enabled() -> bool:
+    """Whether `build_openai_app` in this process builds the direct-streaming app.
+
+    Reason: Ray reads `RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING` once, when `ray.llm` is first imported, into a
+    private constant; the environment variable set later does not change what this process builds.
+
+    Returns:
+        The value `ray.serve.llm.build_openai_app` acts on.
+    """
+    from ray.llm._internal.serve.core.ingress import builder
+
+    return bool(builder.RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING)  # type: ignore[attr-defined]
+
+
+def engine_client(engine: Any) -> Any:
+    """Return the vLLM `AsyncLLM` behind an `LLMServer.engine`.
+
+    Reason: tokenplane adds a stat logger (vLLM takes loggers only at construction, where Ray fixes the list)
+    and runs its one-token readiness probe on the engine directly, not through the HTTP app. Ray keeps
+    the client in the private attribute `VLLMEngine._engine_client`.
+
+    Args:
+        engine: `LLMServer.engine` after the server started.
+
+    Returns:
+        The `vllm.v1.engine.async_llm.AsyncLLM` (an `EngineClient`).
+
+    Raises:
+        RuntimeError: The engine has not started, or Ray renamed the attribute.
+    """
+    client = getattr(engine, "_engine_client", None)
+    if client is None:
+        raise RuntimeError(f"{type(engine).__name__} has no started vLLM engine client (Ray {ray.__version__})")
+    return client
