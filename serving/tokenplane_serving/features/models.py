@@ -80,7 +80,8 @@ class ModelsMiddleware:
             if card is not None:
                 await send_json(send, 200, json.dumps(card).encode())
                 return
-        model = (scope.get(BODY_KEY) or {}).get("model") if method == "POST" else None
+        body = scope.get(BODY_KEY) if method == "POST" else None
+        model = body.get("model") if isinstance(body, dict) else None
         if isinstance(model, str) and model.startswith(self._base + ":") and model not in self._ids:
             body = openai_error_body(f"The model `{model}` does not exist.", "invalid_request_error", "model_not_found")
             await send_json(send, 404, body)
