@@ -26,9 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ray.llm._internal.common.callbacks.base import CallbackBase
-
 from tokenplane_serving.blob_uri import BLOB_CREDENTIAL_ENV, BlobLocation, parse_blob_uri
+from tokenplane_serving.ray_internals import CallbackBase
 
 __all__ = ["BlobDownloadCallback", "BlobSourceError", "DownloadStats", "download"]
 
@@ -202,7 +201,7 @@ class BlobDownloadCallback(CallbackBase):
     """Ray Serve LLM node-initialization callback that downloads a replica's Azure Blob sources.
 
     Ray runs `on_before_download_model_files_distributed` in a task on every node of the replica's
-    placement group (`ray.llm._internal.serve.utils.node_initialization_utils.initialize_node`), so a
+    placement group (`initialize_node` in Ray Serve LLM's node initialization utils), so a
     pipeline-parallel replica spanning nodes finds the weights on each. `callback_kwargs`:
     `{"sources": [[uri, local_dir], ...]}` (built by `tokenplane_serving.mapping`).
     """

@@ -12,6 +12,10 @@ from typing import Any
 
 import ray
 
+# Reason: `LLMConfig.callback_config` is public and runs a callback on every node of a replica before the
+# engine starts (where Blob sources are downloaded), but the base class the callback must extend is not exported.
+from ray.llm._internal.common.callbacks.base import CallbackBase
+
 # Reason: `ray.serve.llm.deployment.LLMServer(llm_config, model_downloader=...)` is the public hook for
 # LoRA loading, but the loader's base class and the config it must return are not exported. Ray's own
 # loader only downloads from object storage; tokenplane resolves adapters to mounted directories.
@@ -20,6 +24,7 @@ from ray.llm._internal.serve.utils.lora_serve_utils import LoraModelLoader
 
 __all__ = [
     "PINNED_RAY",
+    "CallbackBase",
     "DiskMultiplexConfig",
     "LoraModelLoader",
     "direct_streaming_enabled",

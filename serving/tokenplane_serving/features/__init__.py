@@ -13,11 +13,20 @@ zero) is a new module and one line here. Features share per-request facts throug
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any
 
-from tokenplane_serving.args import ServingArgs
+from tokenplane_serving.features import auth, limits, models, ratelimit, readiness
+from tokenplane_serving.features.base import (
+    BODY_KEY,
+    PRINCIPAL_KEY,
+    ASGIApp,
+    FeatureContext,
+    FeatureStack,
+    Replica,
+    Wrapper,
+    send_json,
+)
 
 __all__ = [
     "BODY_KEY",
@@ -33,76 +42,22 @@ __all__ = [
     "send_json",
 ]
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-Wrapper = Callable[[ASGIApp], ASGIApp]
-
-# Scope keys features set for the ones inside them.
-PRINCIPAL_KEY = "tokenplane.principal"
-BODY_KEY = "tokenplane.body"
-
-
-class Replica(Protocol):
-    """What features may ask of the serving replica they run in."""
-
-    async def readiness(self) -> dict[str, Any]:
-        """Report this replica's readiness (`ready`, `last_success_age_s`, ...)."""
-        ...
-
-    async def running_replicas(self) -> int | None:
-        """Count running replicas of this deployment; None when the controller cannot tell."""
-        ...
-
-
-@dataclass(frozen=True)
-class FeatureContext:
-    """What a feature is built from.
-
-    Attributes:
-        args: The deployment's validated `ServingArgs`.
-        replica: The replica the app runs in.
-    """
-
-    args: ServingArgs
-    replica: Replica
-
-
-async def send_json(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    """Answer with a JSON body (features answer without FastAPI, to stay cheap)."""
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                *(headers or []),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+# The features, outermost first: reject strangers before reading bodies (public probes pass auth by
+# path), bound the body before parsing it, parse it once for the features inside (rate limits charge the
+# caller auth found and the tokens the body asks for).
+FEATURES: tuple[Callable[[FeatureContext], Wrapper | None], ...] = (
+    auth.feature,
+    limits.body_limit,
+    limits.validation,
+    ratelimit.feature,
+    models.feature,
+    readiness.feature,
+)
 
 
 def build_wrappers(ctx: FeatureContext) -> list[Wrapper]:
     """Build the wrappers the deployment's args turn on, outermost first."""
     return [w for w in (feature(ctx) for feature in FEATURES) if w is not None]
-
-
-class FeatureStack:
-    """ASGI middleware applying the feature wrappers around the inner app (Starlette `add_middleware` form)."""
-
-    def __init__(self, app: ASGIApp, *, wrappers: list[Wrapper]) -> None:
-        """Wrap `app`, the last wrapper innermost."""
-        for wrap in reversed(wrappers):
-            app = wrap(app)
-        self._app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Run the request through the features."""
-        await self._app(scope, receive, send)
 
 
 def install(app: Any, ctx: FeatureContext) -> Any:
@@ -117,18 +72,3 @@ def install(app: Any, ctx: FeatureContext) -> Any:
     app.middleware_stack = None
     app.add_middleware(FeatureStack, wrappers=build_wrappers(ctx))
     return app
-
-
-# The features, outermost first: reject strangers before reading bodies (public probes pass auth by
-# path), bound the body before parsing it, parse it once for the features inside (rate limits charge the
-# caller auth found and the tokens the body asks for).
-from tokenplane_serving.features import auth, limits, models, ratelimit, readiness  # noqa: E402
-
-FEATURES: tuple[Callable[[FeatureContext], Wrapper | None], ...] = (
-    auth.feature,
-    limits.body_limit,
-    limits.validation,
-    ratelimit.feature,
-    models.feature,
-    readiness.feature,
-)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import partial
 
 from tokenplane_serving.auth import AuthMiddleware
-from tokenplane_serving.features import FeatureContext, Wrapper
+from tokenplane_serving.features.base import FeatureContext, Wrapper
 
 __all__ = ["feature"]
 

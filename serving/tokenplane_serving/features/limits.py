@@ -9,7 +9,7 @@ from typing import Any
 import pydantic
 
 from tokenplane_serving.auth import openai_error_body
-from tokenplane_serving.features import BODY_KEY, ASGIApp, FeatureContext, Receive, Scope, Send, Wrapper, send_json
+from tokenplane_serving.features.base import BODY_KEY, ASGIApp, FeatureContext, Receive, Scope, Send, Wrapper, send_json
 
 __all__ = ["MAX_BODY_BYTES", "BodyLimitMiddleware", "ValidationMiddleware", "body_limit", "validation"]
 

@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from tokenplane_serving.auth import openai_error_body
-from tokenplane_serving.features import BODY_KEY, ASGIApp, FeatureContext, Receive, Scope, Send, Wrapper, send_json
+from tokenplane_serving.features.base import BODY_KEY, ASGIApp, FeatureContext, Receive, Scope, Send, Wrapper, send_json
 
 __all__ = ["ModelsMiddleware", "feature"]
 

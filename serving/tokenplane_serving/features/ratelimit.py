@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tokenplane_serving.auth import openai_error_body
-from tokenplane_serving.features import (
+from tokenplane_serving.features.base import (
     BODY_KEY,
     PRINCIPAL_KEY,
     ASGIApp,

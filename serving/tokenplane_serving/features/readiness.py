@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tokenplane_serving.features import ASGIApp, FeatureContext, Receive, Scope, Send, Wrapper, send_json
+from tokenplane_serving.features.base import ASGIApp, FeatureContext, Receive, Scope, Send, Wrapper, send_json
 
 __all__ = ["READY_PATH", "ReadinessMiddleware", "feature"]
 
