@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from tokenplane_serving.args import ServingArgs
+from tokenplane_serving.auth import ASGIApp, Message, Receive, Scope, Send  # the ASGI types, defined once
 
 __all__ = [
     "BODY_KEY",
@@ -23,11 +24,6 @@ __all__ = [
     "send_json",
 ]
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 Wrapper = Callable[[ASGIApp], ASGIApp]
 
 # Scope keys features set for the ones inside them.
