@@ -3,6 +3,7 @@
 `make dashboard` writes `charts/tokenplane/dashboards/tokenplane.json`; the chart ships it as a ConfigMap that
 Grafana's sidecar discovers. Every query reads the series the serving pods export (docs/metrics.md, checked against
 a live scrape in the serving tests), labelled by the chart's PodMonitor with `namespace` and `inference_deployment`;
+the readiness and replica-bound panels read the operator's own gauges (same labels, `monitoring.operatorMonitor`);
 the GPU utilization panel reads NVIDIA's DCGM exporter where it runs.
 """
 
@@ -117,6 +118,30 @@ PANELS: tuple[Panel, ...] = (
         "short",
         "Serving replicas (each exports one replica-GPU gauge).",
         (("{{inference_deployment}}", f"count by ({BY}) (ray_tokenplane_replica_gpus{{{SEL}}})"),),
+    ),
+    Panel(
+        "Replicas against maxReplicas (operator)",
+        "short",
+        "From the operator: ready and wanted replicas, and spec.scaling's bounds; wanted at max means the ceiling "
+        "holds the deployment back.",
+        (
+            (
+                "ready {{inference_deployment}}",
+                f"max by ({BY}) (tokenplane_inferencedeployment_replicas_ready{{{SEL}}})",
+            ),
+            (
+                "wanted {{inference_deployment}}",
+                f"max by ({BY}) (tokenplane_inferencedeployment_replicas_desired{{{SEL}}})",
+            ),
+            ("max {{inference_deployment}}", f"max by ({BY}) (tokenplane_inferencedeployment_max_replicas{{{SEL}}})"),
+            ("min {{inference_deployment}}", f"max by ({BY}) (tokenplane_inferencedeployment_min_replicas{{{SEL}}})"),
+        ),
+    ),
+    Panel(
+        "Deployment Ready (operator)",
+        "short",
+        "1 while the InferenceDeployment's Ready condition is True; 0 while it provisions, deploys or is stalled.",
+        (("{{inference_deployment}}", f"max by ({BY}) (tokenplane_inferencedeployment_ready{{{SEL}}})"),),
     ),
     Panel(
         "Scale events (per hour)",

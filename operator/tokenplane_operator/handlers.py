@@ -11,6 +11,7 @@ from typing import Any
 
 import kopf
 
+from tokenplane_operator.adapters import exporter
 from tokenplane_operator.adapters.azure import AksAgentPools
 from tokenplane_operator.adapters.kube import KubeObjects
 from tokenplane_operator.api.v1alpha1 import GROUP, PLURAL, VERSION
@@ -99,7 +100,7 @@ def pool_demands(body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict[str, Any] |
 @kopf.on.update(*RESOURCE)
 async def on_change(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **kwargs: Any) -> None:
     """Reconcile on every spec change and on operator start; faults come back after their delay."""
-    result = await _reconcile(body, patch, memo, kwargs["pool_demands"])
+    result = await _reconcile(body, patch, memo, kwargs["pool_demands"], "change")
     if result.invalid:
         raise kopf.PermanentError(_ready_message(result))
     if result.retry_after_s is not None:
@@ -109,7 +110,7 @@ async def on_change(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **kwarg
 @kopf.timer(*RESOURCE, interval=_TIMERS.poll_interval_s, initial_delay=_TIMERS.poll_interval_s)
 async def poll(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **kwargs: Any) -> None:
     """Re-observe Azure LROs and KubeRay on a timer: the only way to notice external progress."""
-    result = await _reconcile(body, patch, memo, kwargs["pool_demands"])
+    result = await _reconcile(body, patch, memo, kwargs["pool_demands"], "poll")
     if result.retry_after_s is not None and not result.invalid:
         raise kopf.TemporaryError(_ready_message(result), delay=result.retry_after_s)
 
@@ -157,18 +158,24 @@ async def on_rayservice(
     seen[key] = fingerprint
     if type == "DELETED":
         del seen[key]
+    namespace, name = str(body.metadata.namespace), str(owner["name"])
     try:
         async with memo.slots:
-            await reconcile_owner(
-                str(body.metadata.namespace),
-                str(owner["name"]),
-                clients=memo.clients,
-                settings=memo.config,
-                now=datetime.now(UTC),
-                demand=kwargs["pool_demands"],
-            )
+            with exporter.reconcile_timer("rayservice") as timed:
+                result = await reconcile_owner(
+                    namespace,
+                    name,
+                    clients=memo.clients,
+                    settings=memo.config,
+                    now=datetime.now(UTC),
+                    demand=kwargs["pool_demands"],
+                )
+                timed.result = result.outcome if result is not None else "success"
     except TokenplaneError as err:
         logger.info("owner of RayService %s not reconciled now (the poll will): %s", body.metadata.name, err)
+        return
+    if result is not None:
+        exporter.DEPLOYMENTS.record(namespace, name, result.gauges)
 
 
 @kopf.on.delete(*RESOURCE)
@@ -177,6 +184,7 @@ async def on_delete(
 ) -> None:
     """Release the pool if this was its last user; the finalizer stays until Azure has deleted it."""
     forget_metrics(body, memo.clients)
+    exporter.DEPLOYMENTS.forget(str(body.metadata.namespace), str(body.metadata.name))
     try:
         async with memo.slots:
             result = await release(body, clients=memo.clients, settings=memo.config)
@@ -192,13 +200,16 @@ async def on_delete(
 
 
 async def _reconcile(
-    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, demands: Mapping[str, Any]
+    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, demands: Mapping[str, Any], trigger: exporter.Trigger
 ) -> ReconcileResult:
     async with memo.slots:
-        result = await reconcile(
-            body, clients=memo.clients, settings=memo.config, now=datetime.now(UTC), demand=demands
-        )
+        with exporter.reconcile_timer(trigger) as timed:
+            result = await reconcile(
+                body, clients=memo.clients, settings=memo.config, now=datetime.now(UTC), demand=demands
+            )
+            timed.result = result.outcome
     patch.status.update(status_patch(result.status))
+    exporter.DEPLOYMENTS.record(str(body.metadata.namespace), str(body.metadata.name), result.gauges)
     for action in result.actions:
         if action.changes_something:
             kopf.info(body, reason=action.kind.value, message=f"{action.target}: {action.reason}")

@@ -48,6 +48,7 @@ def operator_command(namespaces: list[str], all_namespaces: bool) -> int:
     logging.getLogger().setLevel(config.log_level)
 
     import tokenplane_operator.handlers  # noqa: F401  (registers the handlers)
+    from tokenplane_operator.adapters import exporter
 
     clusterwide = config.all_namespaces or not config.namespaces
     # Replicas of equal priority would all pause (kopf's peering rule): each draws its own, as kopf's docs advise.
@@ -56,17 +57,27 @@ def operator_command(namespaces: list[str], all_namespaces: bool) -> int:
     # Watching named namespaces needs no cluster-wide reads: no namespace or CRD scan (the chart installs the CRD
     # before the operator starts), so its RBAC can stay in Roles in those namespaces.
     settings.scanning.disabled = not clusterwide
-    asyncio.run(
-        kopf.operator(
-            clusterwide=clusterwide,
-            namespaces=() if clusterwide else config.namespaces,
-            peering_name=config.peering_name or None,  # a name makes peering mandatory: no silent standalone
-            priority=priority,
-            settings=settings,
-            memo=kopf.Memo(config=config),
-            liveness_endpoint=f"http://0.0.0.0:{config.health_port}/healthz",
+    # Its own thread: a scrape is answered even while the event loop is busy with 1,000 reconciles.
+    try:
+        metrics_server = exporter.serve(config.operator_metrics_port)
+    except OSError as err:
+        raise SystemExit(
+            f"error: cannot serve metrics on TOKENPLANE_OPERATOR_METRICS_PORT={config.operator_metrics_port}: {err}"
+        ) from None
+    try:
+        asyncio.run(
+            kopf.operator(
+                clusterwide=clusterwide,
+                namespaces=() if clusterwide else config.namespaces,
+                peering_name=config.peering_name or None,  # a name makes peering mandatory: no silent standalone
+                priority=priority,
+                settings=settings,
+                memo=kopf.Memo(config=config),
+                liveness_endpoint=f"http://0.0.0.0:{config.health_port}/healthz",
+            )
         )
-    )
+    finally:
+        metrics_server.shutdown()
     return 0
 
 

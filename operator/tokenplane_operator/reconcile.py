@@ -11,7 +11,7 @@ from collections import defaultdict
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from tokenplane_operator.adapters.kube import KubeObjects, KubeRejectedError, TransientKubeError
 from tokenplane_operator.adapters.metrics import MetricsScraper
@@ -35,6 +35,7 @@ from tokenplane_operator.converge.diff import (
     object_key,
 )
 from tokenplane_operator.converge.economics import Scrape, compute_economics, gpus_in_pods, merge_window, parse_scrape
+from tokenplane_operator.converge.gauges import DeploymentGauges, deployment_gauges
 from tokenplane_operator.converge.quota import QuotaCheck, QuotaReading, bound_pool, check_quota
 from tokenplane_operator.converge.status import (
     CloudFault,
@@ -144,6 +145,7 @@ class ReconcileResult:
 
     Attributes:
         status: The status to write.
+        gauges: The status as the operator's per-deployment metrics.
         actions: What was done (or waited for), in order, each with its reason.
         retry_after_s: When to come back sooner than the timer (a fault), or None.
         faults: Newly hit faults, for warning events.
@@ -151,10 +153,18 @@ class ReconcileResult:
     """
 
     status: InferenceDeploymentStatus
+    gauges: DeploymentGauges
     actions: list[Action]
     retry_after_s: float | None = None
     faults: list[CloudFault] = field(default_factory=list)
     invalid: bool = False
+
+    @property
+    def outcome(self) -> Literal["success", "fault", "invalid"]:
+        """How the round ended: the spec is invalid, a fault makes it come back early, or it went through."""
+        if self.invalid:
+            return "invalid"
+        return "fault" if self.retry_after_s is not None else "success"
 
 
 @dataclass(frozen=True)
@@ -244,7 +254,7 @@ async def reconcile(
         status = compute_status(
             deployment, observed, generation=generation, now=now, previous_conditions=previous_conditions
         )
-        return ReconcileResult(status=status, **kw)
+        return ReconcileResult(status=status, gauges=deployment_gauges(status, deployment), **kw)
 
     try:
         deployment = parse_inference_deployment(body)

@@ -54,6 +54,9 @@ class OperatorSettings(BaseSettings):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level.")
     health_port: int = Field(default=8080, ge=1, le=65535, description="Port of the /healthz liveness endpoint.")
+    operator_metrics_port: int = Field(
+        default=8081, ge=1, le=65535, description="Port of the operator's own Prometheus /metrics endpoint."
+    )
     max_pool_nodes: int = Field(default=1000, ge=1, le=1000, description="Cap on a shared pool's maxCount.")
     peering_name: str = Field(
         default="",
@@ -86,6 +89,11 @@ class OperatorSettings(BaseSettings):
     def _scope(self) -> OperatorSettings:
         if self.all_namespaces and self.namespaces:
             raise ValueError("set either namespaces or all_namespaces, not both")
+        if self.operator_metrics_port == self.health_port:
+            raise ValueError(
+                f"TOKENPLANE_OPERATOR_METRICS_PORT and TOKENPLANE_HEALTH_PORT are both {self.health_port}: "
+                "give them different ports"
+            )
         self.render_config()  # the render settings' own checks (e.g. no 0.0.0.0/0), at start-up
         return self
 

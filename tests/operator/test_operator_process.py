@@ -1,11 +1,13 @@
-"""The operator as a pod runs it: its own process, kubeconfig, workload identity, /healthz, SIGTERM."""
+"""The operator as a pod runs it: its own process, kubeconfig, workload identity, /healthz, /metrics, SIGTERM."""
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import aiohttp
 import kmock
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.operator.conftest import WORKLOAD_IDENTITY
 from tests.support.arm_emulator import ArmEmulator
@@ -98,3 +100,77 @@ async def test_rayservice_status_change_reconciles_the_owner_without_waiting_for
     await op.wait_for(lambda: op.condition("m1", "Ready").get("status") == "True", within=10, message="Ready")
     elapsed = asyncio.get_running_loop().time() - started
     assert elapsed < 10, f"the owner turned Ready {elapsed:.1f} s after its RayService, poll or not"
+
+
+async def scrape(op: OperatorProcess) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """The operator's /metrics page as {(series name, labels): value}, parsed by prometheus-client's own parser."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{op.metrics_port}/metrics") as response,
+    ):
+        assert response.status == 200
+        text = await response.text()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(page: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float | None:
+    """The one series of `name` whose labels include `labels`, or None."""
+    found = [v for (n, ls), v in page.items() if n == name and set(labels.items()) <= ls]
+    assert len(found) <= 1, (name, labels, found)
+    return found[0] if found else None
+
+
+async def test_metrics_endpoint_follows_a_deployment_to_ready(op: OperatorProcess) -> None:
+    m1 = {"namespace": "default", "inference_deployment": "m1"}
+    page = await scrape(op)
+    assert value(page, "tokenplane_inferencedeployment_ready", **m1) is None
+    assert not [k for k in page if k[0] == "tokenplane_operator_reconcile_total"], "no reconcile yet"
+    assert (value(page, "process_resident_memory_bytes") or 0) > 10e6
+
+    op.arm.throttle("PUT", "/agentPools/", retry_after_s=1)  # ARM's first answer to the pool's creation: 429
+    await op.create(cr_body("m1", scaling={"minReplicas": 1, "maxReplicas": 3}))
+    # Nobody plays KubeRay yet, so the deployment cannot be Ready whatever Azure does meanwhile.
+    page = await op_wait_scrape(op, lambda p: value(p, "tokenplane_inferencedeployment_max_replicas", **m1) == 3)
+    assert value(page, "tokenplane_inferencedeployment_ready", **m1) == 0
+    assert value(page, "tokenplane_inferencedeployment_min_replicas", **m1) == 1
+
+    body = await op.wait_ready("m1", within=60)
+    pool = body["status"]["nodePool"]["name"]
+    page = await op_wait_scrape(op, lambda p: value(p, "tokenplane_inferencedeployment_ready", **m1) == 1)
+    assert value(page, "tokenplane_inferencedeployment_replicas_ready", **m1) == 1
+    assert value(page, "tokenplane_inferencedeployment_replicas_desired", **m1) == 1
+    assert value(page, "tokenplane_inferencedeployment_stalled", **m1) == 0
+    assert value(page, "tokenplane_inferencedeployment_quota_insufficient", **m1) == 0
+    assert value(page, "tokenplane_inferencedeployment_node_pool_state", **m1, node_pool=pool, state="Succeeded") == 1
+    states = [ls for n, ls in page if n == "tokenplane_inferencedeployment_node_pool_state"]
+    assert len(states) == 1, "one state series per deployment: the Creating one is gone"
+    assert (value(page, "tokenplane_operator_api_errors_total", api="arm", reason="Throttled") or 0) >= 1
+    rounds: dict[str, float] = {}  # summed over the triggers (change, poll, rayservice)
+    for (name, labels), count in page.items():
+        if name == "tokenplane_operator_reconcile_total":
+            rounds[dict(labels)["result"]] = rounds.get(dict(labels)["result"], 0) + count
+    assert rounds.get("success", 0) >= 1 and rounds.get("fault", 0) >= 1, rounds
+    errors = sum(v for (n, _), v in page.items() if n == "tokenplane_operator_reconcile_errors_total")
+    assert errors == rounds["fault"] + rounds.get("error", 0)
+    timed = sum(v for (n, _), v in page.items() if n == "tokenplane_operator_reconcile_duration_seconds_count")
+    assert timed == sum(rounds.values()), "every counted round was timed"
+
+    await op.delete("m1")
+    await op_wait_scrape(op, lambda p: value(p, "tokenplane_inferencedeployment_ready", **m1) is None)
+
+
+async def op_wait_scrape(
+    op: OperatorProcess, predicate: Callable[[dict[tuple[str, frozenset[tuple[str, str]]], float]], bool]
+) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Scrape until `predicate` holds for the page (the gauges follow the status within a reconcile)."""
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:
+        page = await scrape(op)
+        if predicate(page):
+            return page
+        assert asyncio.get_running_loop().time() < deadline, f"metrics never matched:\n{op.log_tail()}"
+        await asyncio.sleep(0.1)

@@ -59,6 +59,7 @@ class OperatorProcess(OperatorHarness):
         self.extra_env = env
         self.args = args
         self.health_port = free_port()
+        self.metrics_port = free_port()
         self.log_path = workdir / "operator.log"
         self.process: asyncio.subprocess.Process | None = None
 
@@ -93,6 +94,7 @@ class OperatorProcess(OperatorHarness):
             "TOKENPLANE_ARM_ENDPOINT": self.arm.base_url,
             "TOKENPLANE_ARM_CA_BUNDLE": str(self.arm.ca_pem),
             "TOKENPLANE_HEALTH_PORT": str(self.health_port),
+            "TOKENPLANE_OPERATOR_METRICS_PORT": str(self.metrics_port),
             **self.extra_env,
         }
 

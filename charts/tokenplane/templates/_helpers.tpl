@@ -45,6 +45,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if and .Values.azure.subscriptionId (not .Values.azure.clusterName) }}
 {{- fail "azure.clusterName is required when azure.subscriptionId is set" }}
 {{- end }}
+{{- if eq (int .Values.operator.metricsPort) (int .Values.operator.healthPort) }}
+{{- fail (printf "operator.metricsPort and operator.healthPort are both %v: give the metrics endpoint another port" .Values.operator.metricsPort) }}
+{{- end }}
 {{- $tested := include "tokenplane.testedRayVersion" . }}
 {{- if and (ne (toString .Values.serving.rayVersion) $tested) (not .Values.serving.forceRayVersion) }}
 {{- fail (printf "serving.rayVersion %s is not %s, the Ray version tokenplane's serving code is tested with; use an image built on Ray %s, or set serving.forceRayVersion=true to run it untested" (toString .Values.serving.rayVersion) $tested $tested) }}

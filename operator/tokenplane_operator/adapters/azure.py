@@ -17,6 +17,7 @@ from azure.mgmt.compute.aio import ComputeManagementClient
 from azure.mgmt.containerservice.aio import ContainerServiceClient
 from azure.mgmt.containerservice.models import AgentPool
 
+from tokenplane_operator.adapters.exporter import count_api_error
 from tokenplane_operator.converge.quota import QuotaReading, QuotaUsage
 from tokenplane_operator.desired.agentpool import DesiredAgentPool, ObservedAgentPool, to_arm_body
 from tokenplane_operator.errors import CloudRejectedError, TokenplaneError, TransientCloudError, is_quota_error
@@ -236,7 +237,20 @@ class AksAgentPools:
 
 
 def _convert(exc: AzureError) -> TokenplaneError:
-    """Translate an Azure SDK error into the domain's retry semantics (see `tokenplane_operator.errors`)."""
+    """Translate an Azure SDK error into the domain's retry semantics, and count it by reason."""
+    error = _classify(exc)
+    if isinstance(error, CloudRejectedError):
+        reason: str = error.reason
+    elif isinstance(error, TransientCloudError) and error.throttled:
+        reason = "Throttled"
+    else:
+        reason = "Transient"
+    count_api_error("arm", reason)
+    return error
+
+
+def _classify(exc: AzureError) -> TokenplaneError:
+    """Map an Azure SDK error to the domain's retry semantics (see `tokenplane_operator.errors`)."""
     if not isinstance(exc, HttpResponseError) or exc.response is None:
         if isinstance(exc, ClientAuthenticationError):
             # No token at all: workload identity is not set up (or not yet); a human looks.

@@ -12,6 +12,7 @@ from kubernetes.aio import client as k8s
 from kubernetes.aio import config as k8s_config
 from kubernetes.aio.client.exceptions import ApiException
 
+from tokenplane_operator.adapters.exporter import count_api_error
 from tokenplane_operator.api.v1alpha1 import GROUP, PLURAL, VERSION
 from tokenplane_operator.errors import TokenplaneError
 
@@ -176,6 +177,7 @@ class KubeObjects:
             response = await self._api.call_api(method, url, header_params=headers, body=body)
             data = await response.read()  # type: ignore[no-untyped-call]
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            count_api_error("kubernetes", "Transient")
             raise TransientKubeError(f"Kubernetes API unreachable: {exc}") from exc
         if response.status >= 400:
             raise ApiException(status=response.status, reason=response.reason, body=data.decode(errors="replace"))
@@ -189,11 +191,16 @@ def _path(kind: str, api_version: str, namespace: str, name: str | None = None) 
 
 
 def _convert(exc: ApiException) -> TokenplaneError:
-    """Map an API error to retry semantics: conflicts, throttling and server errors pass; the rest need a fix."""
+    """Map an API error to retry semantics (conflicts, throttling and server errors pass; the rest need a fix).
+
+    Every call of this counts one failed Kubernetes call; a 404 that means "absent" never gets here.
+    """
     status = exc.status or 0
     message = f"Kubernetes API {status} {exc.reason}: {exc.body or ''}".strip()
     if status in (409, 429) or status >= 500 or status == 0:
+        count_api_error("kubernetes", "Throttled" if status == 429 else "Transient")
         headers = exc.headers or {}
         retry_after = headers.get("Retry-After") if hasattr(headers, "get") else None
         return TransientKubeError(message, retry_after_s=float(retry_after) if retry_after else None)
+    count_api_error("kubernetes", "Rejected")
     return KubeRejectedError(message)

@@ -1,9 +1,11 @@
 """The dashboard and the alerts read only series that exist: every PromQL expression parses (promql-parser, the
-Prometheus grammar) and names a metric the serving pods export.
+Prometheus grammar) and names a metric the serving pods or the operator export.
 
-"Exported" is the docs/metrics.md table, which tests/serving/test_production.py checks against a live scrape of
-the real serving app (histograms as their `_bucket`, `_sum` and `_count` series); DCGM's GPU utilization and
-Prometheus' own `up` are the only other series allowed, each named with its source.
+The serving pods' series are the docs/metrics.md table, which tests/serving/test_production.py checks against a live
+scrape of the real serving app (histograms as their `_bucket`, `_sum` and `_count` series). The operator's are what
+its registry (`tokenplane_operator.adapters.exporter.REGISTRY`) collects, by the same naming rules; the operator
+process test scrapes them live. DCGM's GPU utilization and Prometheus' own `up` are the only other series allowed,
+each named with its source.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import yaml
 
 from tests.support.chart import CHART, render
 from tokenplane_cli.dashboard import DCGM_METRICS, PANELS, build_dashboard
+from tokenplane_operator.adapters.exporter import REGISTRY
 
 promql_parser = pytest.importorskip("promql_parser")
 
@@ -29,6 +32,14 @@ def exported() -> set[str]:
     for name, kind in re.findall(r"^\| `(ray_[a-z0-9_]+)` \| (\w+) \|", DOC.read_text(), flags=re.MULTILINE):
         names |= {f"{name}{s}" for s in ("_bucket", "_sum", "_count")} if kind == "histogram" else {name}
     assert len(names) > 20, "the metrics table moved: update this parser"
+    return names
+
+
+def operator_series() -> set[str]:
+    """Every series name the operator's registry exports (counters as `_total`, histograms as their three)."""
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+    names = {family.name + s for family in REGISTRY.collect() for s in suffixes[family.type]}
+    assert {"tokenplane_inferencedeployment_ready", "tokenplane_operator_reconcile_total"} <= names
     return names
 
 
@@ -50,14 +61,14 @@ def test_dashboard_in_the_chart_is_the_generated_one() -> None:
 
 
 def test_every_dashboard_query_parses_and_reads_an_exported_metric() -> None:
-    serving = exported()
+    serving = exported() | operator_series()
     panels = build_dashboard()["panels"]
     assert [p["title"] for p in panels] == [p.title for p in PANELS]
     for panel in panels:
         names = set().union(*(metric_names(t["expr"]) for t in panel["targets"]))
         assert names, panel["title"]
         unknown = names - serving - set(DCGM_METRICS)
-        assert not unknown, f"{panel['title']}: {unknown} is not exported by the serving pods (docs/metrics.md)"
+        assert not unknown, f"{panel['title']}: {unknown} is exported neither by the serving pods nor the operator"
 
 
 def test_dashboard_covers_the_seeds_profitability_figures() -> None:
@@ -71,6 +82,8 @@ def test_dashboard_covers_the_seeds_profitability_figures() -> None:
         "hit rate",
         "queue",
         "replicas",
+        "maxreplicas",
+        "ready",
         "scale events",
         "gpu utilization",
     ):
@@ -83,7 +96,7 @@ def rules(values: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def test_every_alert_parses_and_reads_an_exported_metric() -> None:
-    serving = exported()
+    known = exported() | operator_series()
     found = rules({"monitoring": {"alerts": {"enabled": True}}})
     assert {r["alert"] for r in found} == {
         "TokenplaneTokenRateSpike",
@@ -91,11 +104,27 @@ def test_every_alert_parses_and_reads_an_exported_metric() -> None:
         "TokenplaneQueueGrowing",
         "TokenplaneReplicasAtMax",
         "TokenplaneDeploymentNotServing",
+        "TokenplaneQuotaInsufficient",
     }
     for rule in found:
         names = metric_names(rule["expr"])
-        assert names and not names - serving - PROMETHEUS_OWN, (rule["alert"], names - serving)
+        assert names and not names - known - PROMETHEUS_OWN, (rule["alert"], names - known)
         assert rule["labels"]["severity"] and rule["annotations"]["summary"]
+
+
+def test_readiness_and_ceiling_alerts_read_the_operator_not_stand_ins() -> None:
+    found = {r["alert"]: metric_names(r["expr"]) for r in rules({"monitoring": {"alerts": {"enabled": True}}})}
+    operator = operator_series()
+    assert found["TokenplaneReplicasAtMax"] == {
+        "tokenplane_inferencedeployment_replicas_desired",
+        "tokenplane_inferencedeployment_max_replicas",
+        "tokenplane_inferencedeployment_min_replicas",
+    }
+    assert found["TokenplaneDeploymentNotServing"] == {
+        "tokenplane_inferencedeployment_ready",
+        "tokenplane_inferencedeployment_stalled",
+    }
+    assert found["TokenplaneQuotaInsufficient"] <= operator
 
 
 def test_alert_thresholds_come_from_values() -> None:
@@ -122,9 +151,39 @@ def test_bad_promql_is_caught_by_this_parser() -> None:
 
 def test_podmonitor_labels_what_the_queries_group_by() -> None:
     values = yaml.safe_load((CHART / "ci" / "monitoring-values.yaml").read_text())
-    monitor = next(o for o in render(values) if o["kind"] == "PodMonitor")
+    monitor = next(
+        o for o in render(values) if o["kind"] == "PodMonitor" and o["metadata"]["name"].endswith("-serving")
+    )
     endpoint = monitor["spec"]["podMetricsEndpoints"][0]
     assert endpoint["relabelings"][0]["targetLabel"] == "inference_deployment"
     deployment = next(o for o in render(values) if o["kind"] == "Deployment")
     env = {e["name"]: e["value"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert str(endpoint["portNumber"]) == env["TOKENPLANE_METRICS_PORT"], "scraped where the operator scrapes"
+
+
+def test_operator_monitor_scrapes_the_port_the_operator_serves_and_the_policy_admits() -> None:
+    values = yaml.safe_load((CHART / "ci" / "monitoring-values.yaml").read_text())
+    objects = render(values)
+    deployment = next(o for o in objects if o["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    port = int(env["TOKENPLANE_OPERATOR_METRICS_PORT"])
+    monitor = next(
+        o for o in objects if o["kind"] == "PodMonitor" and o["metadata"]["name"] == deployment["metadata"]["name"]
+    )
+    endpoint = monitor["spec"]["podMetricsEndpoints"][0]
+    named = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert named[endpoint["port"]] == port, "the monitor's named port is the operator's metrics port"
+    assert endpoint["honorLabels"] is True, "the series keep the InferenceDeployment's namespace"
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items()
+        <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    )
+    policy = next(o for o in objects if o["kind"] == "NetworkPolicy")
+    admitted = [rule for rule in policy["spec"]["ingress"] if {"protocol": "TCP", "port": port} in rule["ports"]]
+    assert len(admitted) == 1 and admitted[0]["from"], "only the Prometheus namespaces may scrape it"
+    selector = admitted[0]["from"][0]["namespaceSelector"]["matchExpressions"][0]
+    assert selector["key"] == "kubernetes.io/metadata.name" and selector["values"] == ["monitoring", "kube-system"]
+    assert not any(
+        o["kind"] == "PodMonitor" and o["metadata"]["name"] == deployment["metadata"]["name"] for o in render({})
+    )

@@ -1,0 +1,67 @@
+"""What a platform engineer graphs and alerts on per InferenceDeployment, read from the status the operator writes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tokenplane_operator.api.conditions import ConditionType
+from tokenplane_operator.api.v1alpha1 import InferenceDeployment, InferenceDeploymentStatus
+
+__all__ = ["DeploymentGauges", "deployment_gauges"]
+
+
+@dataclass(frozen=True)
+class DeploymentGauges:
+    """One deployment's gauge values; None means "not known" and exports no series.
+
+    Attributes:
+        ready: The Ready condition is True (the endpoint serves at the current generation).
+        stalled: The Stalled condition is True (a human must act: quota, SKU, invalid spec).
+        quota_insufficient: QuotaInsufficient is True; None while it is Unknown (quota unreadable, spec invalid).
+        replicas_ready: Ray worker replicas ready, as KubeRay reports them.
+        replicas_desired: Replicas the autoscaler wants (spec.scaling.minReplicas until KubeRay says).
+        min_replicas: spec.scaling.minReplicas; None when the spec does not parse.
+        max_replicas: spec.scaling.maxReplicas; None when the spec does not parse.
+        node_pool: The managed AKS agent pool's name, None for CPU and bring-your-own nodes.
+        node_pool_state: Its Azure provisioningState (or Replacing during a move); None before Azure reported one.
+    """
+
+    ready: bool
+    stalled: bool
+    quota_insufficient: bool | None
+    replicas_ready: int | None
+    replicas_desired: int | None
+    min_replicas: int | None
+    max_replicas: int | None
+    node_pool: str | None
+    node_pool_state: str | None
+
+
+def deployment_gauges(
+    status: InferenceDeploymentStatus, deployment: InferenceDeployment | None = None
+) -> DeploymentGauges:
+    """Turn a computed status (and the parsed spec, for the replica bounds) into gauge values.
+
+    Args:
+        status: The status the operator writes for the deployment this round.
+        deployment: The parsed deployment, or None when its spec did not parse.
+
+    Returns:
+        The values; the same status always gives the same values.
+    """
+    conditions = {c.type: c.status for c in status.conditions}
+    quota = conditions.get(ConditionType.QUOTA_INSUFFICIENT)
+    pool = status.node_pool if status.node_pool is not None and status.node_pool.managed else None
+    scaling = deployment.spec.scaling if deployment is not None else None
+    replicas = status.replicas
+    return DeploymentGauges(
+        ready=conditions.get(ConditionType.READY) == "True",
+        stalled=conditions.get(ConditionType.STALLED) == "True",
+        quota_insufficient=None if quota in (None, "Unknown") else quota == "True",
+        replicas_ready=replicas.ready if replicas is not None else None,
+        replicas_desired=replicas.desired if replicas is not None else None,
+        min_replicas=scaling.min_replicas if scaling is not None else None,
+        max_replicas=scaling.max_replicas if scaling is not None else None,
+        node_pool=pool.name if pool is not None else None,
+        node_pool_state=pool.provisioning_state if pool is not None else None,
+    )
