@@ -41,6 +41,10 @@ FAST_PATH_ENV: dict[str, str] = {
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
     "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING": "1",
     "RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY": "1",
+    # Ray starts worker processes at niceness 15 (ray_config_def.h `worker_niceness`), and the vLLM engine is a
+    # child of its replica's worker: any busy process on the node (Ray's agents, a sidecar) would preempt the
+    # engine. On a serving node the engine is the workload, so it runs at the default priority.
+    "RAY_worker_niceness": "0",
 }
 
 # Our quantization names -> vLLM's `quantization` values (vllm/model_executor/layers/quantization).
