@@ -2,24 +2,44 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
 
 from tokenplane_cli.files import ManifestError, load_documents
-from tokenplane_operator.api.v1alpha1 import AcceleratorKind, SourceScheme, parse_source
+from tokenplane_operator.api.v1alpha1 import (
+    AcceleratorKind,
+    BatchSpec,
+    InferenceDeployment,
+    SourceScheme,
+    parse_source,
+)
 from tokenplane_operator.api.validation import InvalidSpecError, parse_inference_deployment
 from tokenplane_operator.desired.serveconfig import build_serving_args
 
 __all__ = ["up_command"]
 
 
+def _with_local_batch(deployment: InferenceDeployment, console: Console) -> InferenceDeployment:
+    # A local endpoint serves the Batch API unless the file says `batch:` itself: its files go to a local
+    # directory and serve_local starts a redis-server for the queue, so there is nothing to set up.
+    if "batch" in deployment.spec.model_fields_set:
+        return deployment
+    if shutil.which("redis-server") is None:
+        console.print("[yellow]![/] Batch API off: it needs redis-server on this machine (make redis)")
+        return deployment
+    spec = deployment.spec.model_copy(update={"batch": BatchSpec(enabled=True)})
+    return deployment.model_copy(update={"spec": spec})
+
+
 def up_command(file: Path, *, host: str, port: int, console: Console) -> int:
     """Serve the one InferenceDeployment in `file` until Ctrl-C.
 
     Args:
-        file: a YAML file holding one InferenceDeployment with `hardware.accelerator: cpu`.
+        file: a YAML file holding one InferenceDeployment with `hardware.accelerator: cpu`. Unless it
+            sets `spec.batch`, the endpoint also serves the OpenAI Batch API (when redis-server is installed).
         host: address to listen on.
         port: port to listen on.
         console: where progress and errors go.
@@ -54,6 +74,7 @@ def up_command(file: Path, *, host: str, port: int, console: Console) -> int:
         )
         return 1
 
+    deployment = _with_local_batch(deployment, console)
     # Ray and vLLM are heavy; import them only when serving.
     from tokenplane_serving.local import LocalServeError, serve_local
 

@@ -18,6 +18,7 @@ __all__ = [
     "AcceleratorArgs",
     "AuthArgs",
     "BackpressureArgs",
+    "BatchArgs",
     "DisaggregationArgs",
     "EngineArgs",
     "LatencyTarget",
@@ -408,6 +409,66 @@ class CacheArgs(_Args):
         return self
 
 
+class BatchArgs(_Args):
+    """The OpenAI Batch API (`/v1/files`, `/v1/batches`), run at low priority by queue consumers."""
+
+    enabled: bool = Field(default=False, description="Serve the Batch API and run batch consumers.")
+    store: str | None = Field(
+        default=None,
+        description=(
+            "Where files, batch records and results live: an absolute directory shared by the replicas, or "
+            f"an Azure Blob directory ({BLOB_URI_FORMS}). Unset: `~/.cache/tokenplane/batch/<app_name>` of "
+            "each process, for local runs."
+        ),
+    )
+    redis_url_env: str = Field(
+        default="TOKENPLANE_BATCH_REDIS_URL",
+        pattern=r"^[A-Z_][A-Z0-9_]*$",
+        description="Environment variable holding the Redis URL of the batch queue (the Celery broker).",
+    )
+    max_consumers: int = Field(
+        default=1, ge=1, description="Most consumer replicas (scaled on the queue's length, down to zero)."
+    )
+    concurrency: int = Field(
+        default=4,
+        ge=1,
+        description="Batch requests one consumer keeps in flight; with max_consumers, the batch's share of the engine.",
+    )
+    priority: int = Field(
+        default=10,
+        ge=1,
+        description="vLLM priority of batch requests (interactive ones are 0; larger runs later).",
+    )
+    max_replicas: int = Field(
+        default=1,
+        ge=0,
+        description=(
+            "The batch's GPU budget: most LLM replicas batch requests alone may keep running. Batch never makes "
+            "the fleet grow for itself; 0 runs it only on replicas interactive traffic keeps."
+        ),
+    )
+    redelivery_timeout_s: int = Field(
+        default=300,
+        ge=5,
+        description="Seconds before a request whose consumer died is handed to another (longer than one request).",
+    )
+    max_file_mib: int = Field(default=100, ge=1, le=512, description="Largest batch input file accepted, in MiB.")
+
+    @field_validator("store")
+    @classmethod
+    def _store_location(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if is_blob_uri(value):
+            parse_blob_uri(value)  # raises ValueError naming the accepted forms
+            return value
+        if not value.startswith("/"):
+            raise ValueError(
+                f"batch store {value!r} must be an absolute directory or an Azure Blob directory ({BLOB_URI_FORMS})"
+            )
+        return value
+
+
 class RateLimitArgs(_Args):
     """Per-caller limits: a caller is an API key (its Secret key name), an Entra subject, or a client address."""
 
@@ -446,6 +507,7 @@ class ServingArgs(_Args):
     routing: RoutingArgs = Field(default_factory=RoutingArgs, description="Request routing.")
     auth: AuthArgs = Field(default_factory=AuthArgs, description="Client authentication.")
     cache: CacheArgs = Field(default_factory=CacheArgs, description="Response cache.")
+    batch: BatchArgs = Field(default_factory=BatchArgs, description="OpenAI Batch API.")
     rate_limits: RateLimitArgs = Field(default_factory=RateLimitArgs, description="Per-caller rate limits.")
     disaggregation: DisaggregationArgs = Field(
         default_factory=DisaggregationArgs, description="Prefill/decode disaggregation."
@@ -477,6 +539,11 @@ class ServingArgs(_Args):
                 raise ValueError("gpu_memory_utilization is for GPUs; remove it when kind is 'cpu'")
             if self.disaggregation.enabled:
                 raise ValueError("prefill/decode disaggregation needs GPUs and a KV connector; not on kind 'cpu'")
+        policy = engine.extra_engine_args.get("scheduling_policy")
+        if self.batch.enabled and policy not in (None, "priority"):
+            raise ValueError(
+                f"batch needs vLLM's priority scheduling; remove scheduling_policy {policy!r} from extra_engine_args"
+            )
         gpus = accel.gpus_per_replica
         if gpus is not None:
             if gpus < 1 and parallel > 1:

@@ -20,6 +20,9 @@ Decision, per tick (the reasons are the operator's status reasons):
   the last cooldown, and the busiest load of that cooldown to fit the smaller fleet at 60% of capacity; it
   removes at most half the replicas per decision (Serve's `downscale_delay_s` then holds each decision).
 - `Schedule`: a time window's minimum (see `tokenplane_serving.schedule`) holds more replicas than load needs.
+- `Batch`: Batch API requests (which replicas report as `batch_running`) are not demand the fleet grows for: they
+  fill the capacity interactive traffic keeps. Alone, they hold at most `batch_max_replicas` replicas (the
+  batch's GPU budget; Serve starts the first one from zero for a queued request, as for any other).
 Replicas whose last report is older than `stale_after_s` are ignored; with no fresh report at all the
 policy never scales in (it does not know the fleet's state), but still scales out on Serve's own counts.
 """
@@ -49,7 +52,7 @@ __all__ = [
 # Geometric buckets from 5 ms to about 10 min, 15% apart: a quantile read from them is within one bucket.
 _BUCKET_RATIO = 1.15
 BUCKET_BOUNDS_MS: tuple[float, ...] = tuple(5.0 * _BUCKET_RATIO**i for i in range(85))
-REASONS = ("QueueDepth", "LatencyBreach", "Idle", "WaitingForCapacity", "Schedule", "Steady")
+REASONS = ("QueueDepth", "LatencyBreach", "Idle", "WaitingForCapacity", "Schedule", "Batch", "Steady")
 
 _HEADROOM = 0.8  # size the fleet for this fraction of the learned per-replica capacity
 _SCALE_IN_UTILIZATION = 0.6  # scale in only if the smaller fleet runs below this fraction of capacity
@@ -104,6 +107,7 @@ class FleetMetrics:
     engine_waiting: float
     engine_running: float
     histogram: dict[int, float]
+    batch_running: float = 0.0
 
     def p95_ms(self, q: float = 0.95) -> float | None:
         """Return the fleet's latency quantile from the merged histogram (None without samples)."""
@@ -144,7 +148,7 @@ def merge_replica_reports(
             if point is not None:
                 latest.setdefault(replica, {})[name] = point
     prefix = f"{metric}_h"
-    waiting = running = 0.0
+    waiting = running = batch = 0.0
     histogram: dict[int, float] = {}
     fresh = stale = 0
     for values in latest.values():
@@ -160,10 +164,12 @@ def merge_replica_reports(
                 waiting += value
             elif name == "engine_running":
                 running += value
+            elif name == "batch_running":
+                batch += value
             elif name.startswith(prefix) and name[len(prefix) :].isdigit():
                 index = int(name[len(prefix) :])
                 histogram[index] = histogram.get(index, 0.0) + value
-    return FleetMetrics(fresh, stale, waiting, running, histogram)
+    return FleetMetrics(fresh, stale, waiting, running, histogram, batch)
 
 
 class TokenplanePolicy:
@@ -186,6 +192,7 @@ class TokenplanePolicy:
         cooldown_s: float = 120.0,
         min_replicas: int = 0,
         schedule: list[dict[str, Any]] | None = None,
+        batch_max_replicas: int = 0,
     ) -> None:
         """Configure the policy.
 
@@ -203,6 +210,7 @@ class TokenplanePolicy:
                 first one's replicas could have changed the latency window).
             min_replicas: The CR's floor, for the schedule's reason (Serve enforces the bound itself).
             schedule: Time windows with their own minimum replicas (`ScheduleWindow` fields).
+            batch_max_replicas: Most replicas Batch API requests alone may hold (their GPU budget).
         """
         self.max_ongoing = float(max_ongoing_requests)
         self.target_queue = float(target_queue_depth)
@@ -214,6 +222,7 @@ class TokenplanePolicy:
         self.cooldown_s = cooldown_s
         self.min_replicas = min_replicas
         self.schedule = [ScheduleWindow.model_validate(w) for w in schedule or []]
+        self.batch_max_replicas = batch_max_replicas
 
     def __call__(self, ctx: Any) -> tuple[int, dict[str, Any]]:
         """Decide the replica count for one tick.
@@ -230,8 +239,10 @@ class TokenplanePolicy:
         state = dict(ctx.policy_state or {})
         current, target = int(ctx.current_num_replicas), int(ctx.target_num_replicas)
         fleet = merge_replica_reports(ctx.raw_metrics or {}, self.metric, now, self.stale_after_s)
-        ongoing = float(ctx.total_num_requests or 0.0)
-        queue = float(ctx.total_queued_requests or 0.0) + fleet.engine_waiting
+        # Batch requests are left out of the demand; low priority, they also make up the engine's waiting first.
+        batch = min(fleet.batch_running, float(ctx.total_num_requests or 0.0))
+        ongoing = float(ctx.total_num_requests or 0.0) - batch
+        queue = float(ctx.total_queued_requests or 0.0) + max(0.0, fleet.engine_waiting - batch)
         p95 = fleet.p95_ms() if fleet.samples >= self.min_samples else None
         if state.get("fleet_size") != current:
             state["fleet_size"], state["fleet_changed"] = current, now
@@ -272,6 +283,9 @@ class TokenplanePolicy:
             desired, reason = target, "WaitingForCapacity"
         if floor is not None and floor > max(desired, self.min_replicas):
             desired, reason = floor, "Schedule"
+        batch_hold = min(self.batch_max_replicas, math.ceil(batch / (_HEADROOM * capacity) - 1e-9))
+        if batch_hold > desired:
+            desired, reason = batch_hold, "Batch"
         state.update(
             reason=reason,
             p95_ms=p95,

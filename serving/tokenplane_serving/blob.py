@@ -29,7 +29,7 @@ from typing import Any
 from tokenplane_serving.blob_uri import BLOB_CREDENTIAL_ENV, BlobLocation, parse_blob_uri
 from tokenplane_serving.ray_internals import CallbackBase
 
-__all__ = ["BlobDownloadCallback", "BlobSourceError", "DownloadStats", "download"]
+__all__ = ["BlobDownloadCallback", "BlobSourceError", "DownloadStats", "download", "service_client"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,10 +66,20 @@ def _default_credential() -> Any:
     return DefaultAzureCredential(exclude_interactive_browser_credential=True)
 
 
-def _service_client(location: BlobLocation) -> Any:
+def service_client(location: BlobLocation, credential_env: str = BLOB_CREDENTIAL_ENV) -> Any:
+    """Make a `BlobServiceClient` for `location`'s account.
+
+    Args:
+        location: Where the blobs are.
+        credential_env: Environment variable that may hold a connection string or a SAS token; when it is
+            empty, the pod's identity (`DefaultAzureCredential`) is used.
+
+    Raises:
+        BlobSourceError: If the connection string names another account.
+    """
     from azure.storage.blob import BlobServiceClient
 
-    secret = os.environ.get(BLOB_CREDENTIAL_ENV, "").strip()
+    secret = os.environ.get(credential_env, "").strip()
     if not secret:
         return BlobServiceClient(location.account_url, credential=_default_credential())
     fields = _connection_fields(secret)
@@ -78,7 +88,7 @@ def _service_client(location: BlobLocation) -> Any:
     account = fields.get("AccountName")
     if account is not None and account != location.account:
         raise BlobSourceError(
-            f"{location}: the connection string in {BLOB_CREDENTIAL_ENV} (spec.model.accessSecretRef) is for account "
+            f"{location}: the connection string in {credential_env} is for account "
             f"{account!r}; a secret credential serves sources in its own account only"
         )
     has_secret = "AccountKey" in fields or "SharedAccessSignature" in fields
@@ -154,7 +164,7 @@ def _mirror(location: BlobLocation, target: Path, started: float) -> DownloadSta
     manifest_path = target / _MANIFEST
     manifest: dict[str, str] = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     prefix = f"{location.path}/" if location.path else ""
-    with _service_client(location) as service:
+    with service_client(location) as service:
         container = service.get_container_client(location.container)
         # ADLS Gen2 (abfss) accounts list their directories as empty blobs marked hdi_isfolder.
         blobs = {

@@ -14,6 +14,7 @@ __all__ = [
     "BLOB_CREDENTIAL_ENV",
     "BLOB_URI_FORMS",
     "BLOB_URI_REGEXES",
+    "STORE_CREDENTIAL_ENV",
     "BlobLocation",
     "is_blob_uri",
     "local_dir_for",
@@ -23,6 +24,9 @@ __all__ = [
 # The replica's secret credential for Azure Blob sources (a SAS token or a connection string); the operator
 # fills it from spec.model.accessSecretRef, and `tokenplane_serving.blob` reads it.
 BLOB_CREDENTIAL_ENV = "TOKENPLANE_BLOB_CREDENTIAL"
+# The Batch API store's secret credential (a SAS token or a connection string), from spec.batch.storeSecretRef;
+# empty means the pod's workload identity.
+STORE_CREDENTIAL_ENV = "TOKENPLANE_BATCH_STORE_CREDENTIAL"
 BLOB_URI_FORMS = (
     "az://ACCOUNT/CONTAINER/PATH, abfss://CONTAINER@ACCOUNT.dfs.core.windows.net/PATH or "
     "https://ACCOUNT.blob.core.windows.net/CONTAINER/PATH"

@@ -7,8 +7,10 @@ import json
 import logging
 import os
 import shlex
+import shutil
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -23,6 +25,7 @@ from typing import Any
 from rich.console import Console
 
 from tokenplane_serving.args import ServingArgs
+from tokenplane_serving.blob_uri import is_blob_uri
 from tokenplane_serving.mapping import FAST_PATH_ENV, ray_environment
 
 __all__ = ["LocalServeError", "LocalServer", "main", "serve_local"]
@@ -49,6 +52,7 @@ class LocalServer:
     startup_s: float = 0.0
     metrics_url: str | None = None
     _stopped: bool = field(default=False, repr=False)
+    _cleanup: list[Any] = field(default_factory=list, repr=False)
 
     @property
     def openai_base_url(self) -> str:
@@ -61,6 +65,9 @@ class LocalServer:
             return
         self._stopped = True
         _shutdown()
+        for cleanup in reversed(self._cleanup):
+            with contextlib.suppress(Exception):
+                cleanup()
 
     def __enter__(self) -> LocalServer:
         return self
@@ -149,6 +156,43 @@ def _set_ray_environment(args: ServingArgs) -> None:
             "ray.serve.llm was imported before serve_local could enable direct streaming; "
             "set " + " ".join(f"{k}={v}" for k, v in FAST_PATH_ENV.items()) + " in the environment"
         )
+
+
+def _start_batch_redis(args: ServingArgs, server: LocalServer) -> None:
+    # The Batch API's queue: the user's Redis when the variable names one, else a redis-server of this run,
+    # its append-only file next to the batch store so queued work survives a restart of `tokenplane up`.
+    env = args.batch.redis_url_env
+    if os.environ.get(env):
+        return
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise LocalServeError(f"batch is enabled but there is no Redis: set {env} or install redis-server (make redis)")
+    store = args.batch.store if args.batch.store and not is_blob_uri(args.batch.store) else None
+    data_dir = Path(store or os.path.expanduser(f"~/.cache/tokenplane/batch/{args.app_name}")) / "redis"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = _free_port()
+    command = [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data_dir)]
+    process = subprocess.Popen(
+        [*command, "--save", "", "--appendonly", "yes"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def stop() -> None:
+        os.environ.pop(env, None)
+        process.terminate()
+        process.wait(10)
+
+    server._cleanup.append(stop)
+    deadline = time.monotonic() + 10
+    while True:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            break
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise LocalServeError(f"redis-server did not start on port {port} (exit code {process.poll()})")
+        time.sleep(0.05)
+    os.environ[env] = f"redis://127.0.0.1:{port}/0"
 
 
 def _wait_ready(server: LocalServer, app_name: str, deadline: float, console: Console) -> None:
@@ -247,6 +291,8 @@ def serve_local(
         for name in ("ray", "ray.serve"):
             logging.getLogger(name).setLevel(logging.WARNING)
     server = LocalServer(base_url=f"http://{host}:{port}", model_id=args.model.id)
+    if args.batch.enabled:
+        _start_batch_redis(args, server)  # before ray.init: Ray's workers inherit the Redis URL
     metrics: dict[str, Any] = {}
     if metrics_port is not None:
         server.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
@@ -264,6 +310,10 @@ def serve_local(
         console.print(f"[green]✓[/] Ray up ({num_cpus} CPUs)")
         with console.status("Deploying the app"):
             serve.run(build_app(args), name=args.app_name, route_prefix="/", blocking=False)
+            if args.batch.enabled:
+                from tokenplane_serving.batch.consumer import batch_app_name, build_consumer_app
+
+                serve.run(build_consumer_app(args), name=batch_app_name(args), route_prefix=None, blocking=False)
         _wait_ready(server, args.app_name, started + timeout_s, console)
     except ValueError as err:  # build_app's checks; ValidationError is a ValueError too
         server.stop()

@@ -135,6 +135,8 @@ def build_policy_kwargs(args: ServingArgs) -> dict[str, Any]:
         kwargs["p95_ms"] = scaling.latency_target.p95_ms
     if scaling.schedule:
         kwargs["schedule"] = [w.model_dump(by_alias=True) for w in scaling.schedule]
+    if args.batch.enabled:
+        kwargs["batch_max_replicas"] = args.batch.max_replicas
     return kwargs
 
 
@@ -174,6 +176,9 @@ def _engine_kwargs(args: ServingArgs) -> dict[str, Any]:
         # Every adapter Ray keeps resident may join a batch: Ray's multiplexing LRU is the only cap.
         kwargs["max_loras"] = args.lora.max_adapters_per_replica
         kwargs["max_cpu_loras"] = args.lora.max_adapters_per_replica
+    if args.batch.enabled:
+        # Batch requests carry a priority above 0: the engine admits interactive requests (0) first.
+        kwargs["scheduling_policy"] = "priority"
     kwargs.update(args.engine.extra_engine_args)
     return kwargs
 

@@ -252,6 +252,7 @@ class TokenplaneServerMixin:
         self._last_error: str | None = None
         self._probe_lock = asyncio.Lock()
         self.stats: EngineStats | None = None
+        self._batch_running = 0
         adapters = build_lora_adapter_paths(self.serving_args) if self.serving_args else {}
         loader = functools.partial(LocalLoraLoader, adapters)
         await super().__init__(llm_config, model_downloader=cast(Any, loader), **kwargs)  # type: ignore[misc,call-arg]
@@ -348,17 +349,51 @@ class TokenplaneServerMixin:
             return 0
         return sum(n for state, n in deployment.replica_states.items() if getattr(state, "value", state) == "RUNNING")
 
+    async def chat(self, request: Any, raw_request_info: Any = None) -> Any:
+        """Run a chat request that came through a handle (HTTP goes to vLLM's app); count batch ones."""
+        return await self._count_batch(request, super().chat(request, raw_request_info))  # type: ignore[misc]
+
+    async def completions(self, request: Any, raw_request_info: Any = None) -> Any:
+        """Run a completion request that came through a handle; count batch ones."""
+        return await self._count_batch(request, super().completions(request, raw_request_info))  # type: ignore[misc]
+
+    async def _count_batch(self, request: Any, run: Any) -> Any:
+        # The batch consumers send their requests through handles with a priority above 0; the autoscaling
+        # policy leaves those out of the demand it grows the fleet for (the batch's GPU budget).
+        if getattr(request, "priority", 0) <= 0:
+            return await run
+        self._batch_running += 1
+        try:
+            stream = await run
+        except BaseException:
+            self._batch_running -= 1
+            raise
+
+        async def counted() -> Any:
+            try:
+                async for item in stream:
+                    yield item
+            finally:
+                self._batch_running -= 1
+
+        return counted()
+
     def record_autoscaling_stats(self) -> dict[str, float]:
         """Report custom autoscaling metrics (Ray Serve calls this on each replica).
 
         Returns:
-            vLLM's waiting and running requests, and the TTFT and end-to-end latency histograms of the last
-            30 s as sparse bucket counts, which the policy sums over replicas into the fleet's P95.
+            vLLM's waiting and running requests, the Batch API requests in flight, and the TTFT and end-to-end
+            latency histograms of the last 30 s as sparse bucket counts, which the policy sums over replicas into
+            the fleet's P95.
         """
         stats = self.stats
         if stats is None:
-            return {"engine_waiting": 0.0, "engine_running": 0.0}
-        report = {"engine_waiting": float(stats.waiting), "engine_running": float(stats.running)}
+            return {"engine_waiting": 0.0, "engine_running": 0.0, "batch_running": float(self._batch_running)}
+        report = {
+            "engine_waiting": float(stats.waiting),
+            "engine_running": float(stats.running),
+            "batch_running": float(self._batch_running),
+        }
         for which in ("ttft", "e2e"):
             report.update(latency_histogram(which, stats.recent_ms(which)))
         return report

@@ -66,8 +66,14 @@ def api_keys_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return keys
 
 
+# Batch on the shared server: a request whose consumer died is redelivered after this long.
+BATCH_REDELIVERY_S = 8
+
+
 @pytest.fixture(scope="session")
-def tiny_serving_args(tiny_model_dir: Path, tiny_lora_dir: Path, api_keys_dir: Path) -> ServingArgs:
+def tiny_serving_args(
+    tiny_model_dir: Path, tiny_lora_dir: Path, api_keys_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> ServingArgs:
     return ServingArgs.model_validate(
         {
             "model": {"id": MODEL_ID, "source": str(tiny_model_dir)},
@@ -76,6 +82,13 @@ def tiny_serving_args(tiny_model_dir: Path, tiny_lora_dir: Path, api_keys_dir: P
             "lora": {"adapters": [{"name": ADAPTER, "source": str(tiny_lora_dir)}], "max_lora_rank": 8},
             "auth": {"mode": "api_key", "api_keys_dir": str(api_keys_dir)},
             "rate_limits": {"tokens_per_minute": TOKENS_PER_MINUTE, "requests_per_minute": REQUESTS_PER_MINUTE},
+            # serve_local starts a redis-server for the batch queue; the store is a directory of this run.
+            "batch": {
+                "enabled": True,
+                "store": str(tmp_path_factory.mktemp("batch-store")),
+                "concurrency": 2,
+                "redelivery_timeout_s": BATCH_REDELIVERY_S,
+            },
             "backpressure": {
                 "max_ongoing_requests": MAX_ONGOING,
                 "max_queued_requests": MAX_QUEUED,

@@ -236,3 +236,19 @@ def test_schedule_keeps_a_floor_in_its_window() -> None:
     outside = inside + 12 * 3600
     desired, state = pol(context(idle, ongoing=0, now=outside))
     assert (desired, state["reason"]) == (0, "Idle")
+
+
+def test_batch_requests_fill_the_fleet_but_never_grow_it_past_their_budget() -> None:
+    # One replica full of low-priority batch requests (and waiting ones): without batch, this load would scale out.
+    busy = [{**report([50.0] * 30, waiting=20, running=32), "batch_running": 40.0}]
+    assert policy()(context([report([50.0] * 30, waiting=20, running=32)], ongoing=40, state=stable(1)))[0] > 1
+    desired, state = policy(batch_max_replicas=1)(context(busy, ongoing=40, state=stable(1)))
+    assert (desired, state["reason"]) == (1, "Batch")  # kept for the batch, not grown for it
+    # Interactive demand on top still grows the fleet as before.
+    mixed = [{**report([50.0] * 30, waiting=20, running=32), "batch_running": 10.0}]
+    assert policy(batch_max_replicas=1)(context(mixed, ongoing=70, state=stable(1)))[0] > 1
+    # A budget of 0: batch alone holds nothing, the fleet may go to its floor.
+    assert policy(batch_max_replicas=0)(context(busy, ongoing=40, state=stable(1)))[0] == 0
+    # A larger budget lets batch alone keep more replicas, never more than the budget.
+    big = [{**report([50.0] * 30, running=32), "batch_running": 200.0}] * 2
+    assert policy(batch_max_replicas=3)(context(big, ongoing=400, state=stable(2)))[0] == 3

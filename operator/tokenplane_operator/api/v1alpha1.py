@@ -31,6 +31,7 @@ __all__ = [
     "AcceleratorKind",
     "AuthMode",
     "AuthSpec",
+    "BatchSpec",
     "CelRule",
     "Condition",
     "CpuSpec",
@@ -977,6 +978,68 @@ class EndpointSpec(_Model):
     cache: CacheSpec = Field(default_factory=CacheSpec, description="Response cache (opt-in).")
 
 
+_BLOB_STORE_PATTERN = _pattern("^(" + "|".join(BLOB_URI_REGEXES) + ")$", f"an Azure Blob directory: {BLOB_URI_FORMS}")
+
+
+class BatchSpec(_Model):
+    """The OpenAI Batch API (opt-in): `/v1/files` and `/v1/batches`, run at low priority on the same replicas.
+
+    In a cluster it needs `redisSecretRef` (the queue) and `store` (Azure Blob); `tokenplane up` keeps files in
+    a local directory and starts its own redis-server, so there `enabled: true` is all it takes.
+    """
+
+    enabled: bool = Field(default=False, description="Serve the Batch API and run its queue consumers.")
+    store: Annotated[str, AfterValidator(_blob_details)] | None = Field(
+        default=None,
+        max_length=_SOURCE_MAX_LENGTH,
+        pattern=_BLOB_STORE_PATTERN,
+        description=(
+            f"Azure Blob directory for batch input, output and error files and batch records ({BLOB_URI_FORMS}); "
+            "required in a cluster. The pods' identity (serviceAccountName) needs Storage Blob Data Contributor "
+            "on it unless storeSecretRef is set."
+        ),
+    )
+    store_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="Secret key holding a connection string or SAS token for the store."
+    )
+    redis_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description="Secret key holding the Redis URL of the batch queue (required in a cluster), e.g. "
+        "rediss://:<access key>@<name>.redis.cache.windows.net:6380/1 (Azure Cache for Redis, TLS).",
+    )
+    max_consumers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Most queue consumers (scaled on the queue's length, to zero between batches; they hold no GPU).",
+    )
+    concurrency: int = Field(
+        default=4,
+        ge=1,
+        le=1024,
+        description=(
+            "Batch requests one consumer keeps in flight; concurrency x maxConsumers bounds the batch's share of "
+            "the engines (vLLM runs interactive requests first)."
+        ),
+    )
+    priority: int = Field(
+        default=10,
+        ge=1,
+        le=1_000_000,
+        description="vLLM priority of batch requests (interactive: 0; larger runs later).",
+    )
+    max_replicas: int = Field(
+        default=1,
+        ge=0,
+        le=1024,
+        description=(
+            "The batch's GPU budget: most model replicas batch work alone may keep running (e.g. woken from zero). "
+            "Batch requests never make the deployment grow for them: they fill the capacity interactive traffic "
+            "keeps; 0 runs batch only there."
+        ),
+    )
+
+
 class UpgradeStrategy(StrEnum):
     """How a change that needs a new Ray cluster (image, resources, nodes) is rolled out."""
 
@@ -1080,6 +1143,7 @@ class InferenceDeploymentSpec(_Model):
         default_factory=DisaggregationSpec, description="Prefill/decode disaggregation."
     )
     endpoint: EndpointSpec = Field(default_factory=EndpointSpec, description="Endpoint.")
+    batch: BatchSpec = Field(default_factory=BatchSpec, description="OpenAI Batch API (opt-in).")
     upgrade: UpgradeSpec = Field(default_factory=UpgradeSpec, description="How changes roll out.")
     service_account_name: str | None = Field(
         default=None,

@@ -34,6 +34,7 @@ from tokenplane_operator.desired.naming import (
 )
 from tokenplane_operator.desired.serveconfig import (
     API_KEYS_DIR,
+    BATCH_REDIS_URL_ENV,
     BLOB_DOWNLOAD_DIR,
     CACHE_REDIS_URL_ENV,
     SourceVolume,
@@ -44,7 +45,7 @@ from tokenplane_operator.plan.allocatable import node_allocatable
 from tokenplane_operator.plan.catalog import GIB, GpuSku
 from tokenplane_operator.plan.errors import PlanError, PlanErrorReason
 from tokenplane_serving.args import ServingArgs
-from tokenplane_serving.blob_uri import BLOB_CREDENTIAL_ENV
+from tokenplane_serving.blob_uri import BLOB_CREDENTIAL_ENV, STORE_CREDENTIAL_ENV
 from tokenplane_serving.mapping import FAST_PATH_ENV
 
 __all__ = [
@@ -61,6 +62,8 @@ __all__ = [
 ]
 
 IMPORT_PATH = "tokenplane_serving.app:build_app"
+# The batch consumers: a Serve application of their own next to the LLM app (same args), when batch is on.
+BATCH_IMPORT_PATH = "tokenplane_serving.batch.consumer:build_consumer_app"
 GPU_RESOURCE = "nvidia.com/gpu"
 WORKER_GROUP = "gpu"
 CPU_WORKER_GROUP = "cpu"
@@ -211,20 +214,17 @@ def build_serve_config(serving_args: ServingArgs) -> str:
     Returns:
         The Ray Serve deploy config as a YAML string, keys in a stable order.
     """
+    # Features that are off are left out: deployments without them keep their serve config and spec hash.
+    off = {name for name in ("cache", "batch") if not getattr(serving_args, name).enabled}
+    args = serving_args.model_dump(mode="json", exclude_none=True, exclude=off or None)
+    applications = [{"name": serving_args.app_name, "route_prefix": "/", "import_path": IMPORT_PATH, "args": args}]
+    if serving_args.batch.enabled:
+        # No route: the consumers take their work from the queue, not from HTTP.
+        applications.append({"name": f"{serving_args.app_name}-batch", "import_path": BATCH_IMPORT_PATH, "args": args})
     config = {
         "proxy_location": "EveryNode",
         "http_options": {"host": "0.0.0.0", "port": SERVE_PORT},
-        "applications": [
-            {
-                "name": serving_args.app_name,
-                "route_prefix": "/",
-                "import_path": IMPORT_PATH,
-                # A cache that is off is left out: deployments without one keep their spec hash.
-                "args": serving_args.model_dump(
-                    mode="json", exclude_none=True, exclude=None if serving_args.cache.enabled else {"cache"}
-                ),
-            }
-        ],
+        "applications": applications,
     }
     return yaml.safe_dump(config, sort_keys=False, default_flow_style=False)
 
@@ -294,6 +294,14 @@ def _env(deployment: InferenceDeployment) -> list[Any]:
     if cache.enabled and cache.redis_secret_ref is not None:
         ref = cache.redis_secret_ref
         env.append({"name": CACHE_REDIS_URL_ENV, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+    batch = deployment.spec.batch
+    if batch.enabled:
+        for name, secret in (
+            (BATCH_REDIS_URL_ENV, batch.redis_secret_ref),
+            (STORE_CREDENTIAL_ENV, batch.store_secret_ref),
+        ):
+            if secret is not None:
+                env.append({"name": name, "valueFrom": {"secretKeyRef": {"name": secret.name, "key": secret.key}}})
     if deployment.spec.routing.policy is RoutingPolicy.SESSION_AFFINITY:
         # Serve's HTTP proxy reads the session header name once per process, so it must be in every pod's env.
         env.append({"name": "RAY_SERVE_SESSION_ID_HEADER_KEY", "value": deployment.spec.routing.session_header.lower()})

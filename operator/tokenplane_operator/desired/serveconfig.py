@@ -17,10 +17,12 @@ from tokenplane_operator.api.v1alpha1 import (
     SpeculativeMethod,
     parse_source,
 )
+from tokenplane_operator.plan.errors import PlanError, PlanErrorReason
 from tokenplane_serving.args import ServingArgs
 
 __all__ = [
     "API_KEYS_DIR",
+    "BATCH_REDIS_URL_ENV",
     "BLOB_DOWNLOAD_DIR",
     "MODELS_ROOT",
     "SourceVolume",
@@ -36,6 +38,7 @@ MODELS_ROOT = "/models"
 BLOB_DOWNLOAD_DIR = f"{MODELS_ROOT}/blob"
 API_KEYS_DIR = "/etc/tokenplane/api-keys"
 CACHE_REDIS_URL_ENV = "TOKENPLANE_CACHE_REDIS_URL"  # from spec.endpoint.cache.redisSecretRef
+BATCH_REDIS_URL_ENV = "TOKENPLANE_BATCH_REDIS_URL"  # from spec.batch.redisSecretRef
 
 _ROUTING = {
     RoutingPolicy.POWER_OF_TWO: "power_of_two",
@@ -197,6 +200,7 @@ def build_serving_args(deployment: InferenceDeployment, *, local: bool = False) 
         }
         if spec.endpoint.cache.enabled
         else None,
+        "batch": _batch(deployment, local=local),
         "download_dir": None if local or not has_blob_sources(deployment) else BLOB_DOWNLOAD_DIR,
         "rate_limits": {
             "requests_per_minute": spec.endpoint.rate_limits.requests_per_minute,
@@ -210,6 +214,31 @@ def build_serving_args(deployment: InferenceDeployment, *, local: bool = False) 
         },
     }
     return ServingArgs.model_validate(_drop_none(args))
+
+
+def _batch(deployment: InferenceDeployment, *, local: bool) -> dict[str, Any] | None:
+    # Left out when off, so that deployments without batch keep their serve config (and spec hash).
+    batch = deployment.spec.batch
+    if not batch.enabled:
+        return None
+    if not local:
+        # Replicas on several nodes share one store and one queue; `tokenplane up` makes its own of both.
+        for field, value in (("redisSecretRef", batch.redis_secret_ref), ("store", batch.store)):
+            if value is None:
+                raise PlanError(
+                    PlanErrorReason.INVALID_WORKLOAD,
+                    f"spec.batch.{field}: a cluster deployment with batch enabled needs it "
+                    "(redisSecretRef: the Secret key holding the queue's Redis URL; store: an Azure Blob directory)",
+                )
+    return {
+        "enabled": True,
+        "store": None if local else batch.store,
+        "redis_url_env": BATCH_REDIS_URL_ENV,
+        "max_consumers": batch.max_consumers,
+        "concurrency": batch.concurrency,
+        "priority": batch.priority,
+        "max_replicas": batch.max_replicas,
+    }
 
 
 def _accelerator(deployment: InferenceDeployment) -> dict[str, Any]:

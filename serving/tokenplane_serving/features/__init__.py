@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from tokenplane_serving.features import auth, limits, models, ratelimit, readiness
+from tokenplane_serving.features import auth, batch, limits, models, ratelimit, readiness
 from tokenplane_serving.features.base import (
     BODY_KEY,
     PRINCIPAL_KEY,
@@ -43,10 +43,12 @@ __all__ = [
 ]
 
 # The features, outermost first: reject strangers before reading bodies (public probes pass auth by
-# path), bound the body before parsing it, parse it once for the features inside (rate limits charge the
+# path), answer the Batch API (its own upload limit),
+# bound the body before parsing it, parse it once for the features inside (rate limits charge the
 # caller auth found and the tokens the body asks for).
 FEATURES: tuple[Callable[[FeatureContext], Wrapper | None], ...] = (
     auth.feature,
+    batch.feature,  # before the body limit: batch input files are larger than requests
     limits.body_limit,
     limits.validation,
     ratelimit.feature,

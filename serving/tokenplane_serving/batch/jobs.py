@@ -1,0 +1,414 @@
+"""The batch lifecycle, on a `Store` (files, records, results) and Redis (progress sets, the cancel flag).
+
+Delivery is at-least-once: the queue (Celery on Redis, late acknowledgement) hands a request to another
+consumer when the one running it dies. Result writes are idempotent: each request's result is written
+once under its line number (`Store.write_new`), a request whose result exists is not run again, and
+progress is counted in Redis *sets* of line numbers, so a request delivered twice is counted once and
+appears once in the output. Whoever completes the last request queues the finalize task; finalizing is
+idempotent too (output file ids derive from the batch id, the record changes by compare-and-swap).
+
+The API side (`create_file`, `create_batch`, `get_batch`, `cancel_batch`, ...) runs in the serving
+replicas; the worker side (`start`, `run_request`, `finalize`) in the batch consumers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from tokenplane_serving.batch import schema
+from tokenplane_serving.batch.store import Store
+
+__all__ = ["TASK_FINALIZE", "TASK_REQUEST", "TASK_START", "BatchApiError", "BatchJobs", "Call", "Enqueue", "Redis"]
+
+logger = logging.getLogger(__name__)
+
+TASK_START = "tokenplane.batch.start"
+TASK_REQUEST = "tokenplane.batch.request"
+TASK_FINALIZE = "tokenplane.batch.finalize"
+_PROGRESS_TTL_S = 14 * 24 * 3600  # Redis progress keys outlive any batch's 24 h window
+_CAS_TRIES = 20
+
+Enqueue = Callable[[str, list[Any]], None]
+# (endpoint, body) -> (HTTP status, JSON body): one request through the engine.
+Call = Callable[[str, dict[str, Any]], tuple[int, dict[str, Any]]]
+
+
+class Redis(Protocol):
+    """The few redis-py calls the lifecycle uses."""
+
+    def sadd(self, name: str, *values: Any) -> Any: ...  # noqa: D102
+    def scard(self, name: str) -> Any: ...  # noqa: D102
+    def expire(self, name: str, time: int) -> Any: ...  # noqa: D102
+    def set(self, name: str, value: Any, ex: int | None = None) -> Any: ...  # noqa: D102
+    def exists(self, *names: str) -> Any: ...  # noqa: D102
+
+
+class BatchApiError(Exception):
+    """A client error in the OpenAI error shape."""
+
+    def __init__(self, status: int, message: str, code: str, param: str | None = None) -> None:
+        """Create the error: HTTP `status`, a message saying what to change, OpenAI's `code` and `param`."""
+        super().__init__(message)
+        self.status, self.message, self.code, self.param = status, message, code, param
+
+    def body(self) -> dict[str, Any]:
+        """Return the OpenAI error body."""
+        kind = "invalid_request_error" if self.status < 500 else "server_error"
+        return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+class BatchJobs:
+    """Files and batches on one store and one Redis, for one deployment's queue."""
+
+    def __init__(
+        self,
+        store: Store,
+        redis: Redis,
+        enqueue: Enqueue,
+        *,
+        namespace: str,
+        max_file_bytes: int,
+        model: str | None = None,
+    ) -> None:
+        """Bind the lifecycle to its store, Redis and queue.
+
+        Args:
+            store: Files, batch records and results.
+            redis: Progress sets and cancel flags (the broker's Redis).
+            enqueue: Puts a task (name, args) on the deployment's batch queue.
+            namespace: Redis key prefix (one per deployment).
+            max_file_bytes: Largest accepted upload.
+            model: The served model, reported in batch objects.
+        """
+        self.store, self.redis, self.enqueue = store, redis, enqueue
+        self.namespace, self.max_file_bytes, self.model = namespace, max_file_bytes, model
+
+    # Files ---------------------------------------------------------------------------------------
+
+    def create_file(self, owner: str, filename: str, purpose: str, data: bytes) -> dict[str, Any]:
+        """Store an uploaded file (purpose `batch`: a JSONL input) and return its File object.
+
+        Raises:
+            BatchApiError: Wrong purpose, empty or oversize file.
+        """
+        if purpose != "batch":
+            message = f"purpose {purpose!r} is not supported here; use 'batch'"
+            raise BatchApiError(400, message, "invalid_purpose", "purpose")
+        if not data.strip():
+            raise BatchApiError(400, "the file is empty; upload JSONL with one request per line", "empty_file", "file")
+        if len(data) > self.max_file_bytes:
+            raise BatchApiError(
+                413, f"the file has {len(data)} bytes; the limit is {self.max_file_bytes}", "file_too_large", "file"
+            )
+        file_id = schema.new_id("file-")
+        return self._put_file(owner, file_id, filename, purpose, data)
+
+    def _put_file(self, owner: str, file_id: str, filename: str, purpose: str, data: bytes) -> dict[str, Any]:
+        created = int(time.time())
+        obj = schema.file_object(file_id, size=len(data), created_at=created, filename=filename, purpose=purpose)
+        self.store.write(f"files/{file_id}.data", data)
+        self.store.write(f"files/{file_id}.json", _dumps({"file": obj, "owner": owner}))
+        return obj
+
+    def get_file(self, owner: str, file_id: str) -> dict[str, Any]:
+        """Return the File object.
+
+        Raises:
+            BatchApiError: 404 if there is no such file for this caller.
+        """
+        raw = self.store.read(f"files/{file_id}.json") if _safe_id(file_id) else None
+        record = json.loads(raw) if raw else None
+        if record is None or record["owner"] != owner:
+            raise BatchApiError(404, f"No such File object: {file_id}", "file_not_found", "file_id")
+        return dict(record["file"])
+
+    def file_content(self, owner: str, file_id: str) -> bytes:
+        """Return the file's bytes (input, output or error file)."""
+        self.get_file(owner, file_id)
+        return self.store.read(f"files/{file_id}.data") or b""
+
+    # Batches (API side) ---------------------------------------------------------------------------
+
+    def create_batch(
+        self, owner: str, input_file_id: str, endpoint: str, completion_window: str, metadata: Any = None
+    ) -> dict[str, Any]:
+        """Record a batch (status `validating`) and queue its start.
+
+        Raises:
+            BatchApiError: Unsupported endpoint or window, bad metadata, unknown input file.
+        """
+        if endpoint not in schema.SUPPORTED_ENDPOINTS:
+            supported = ", ".join(schema.SUPPORTED_ENDPOINTS)
+            message = f"endpoint {endpoint!r} is not supported; use one of {supported}"
+            raise BatchApiError(400, message, "invalid_endpoint", "endpoint")
+        if completion_window not in schema.COMPLETION_WINDOWS:
+            message = f"completion_window {completion_window!r} is not supported; use '24h'"
+            raise BatchApiError(400, message, "invalid_completion_window", "completion_window")
+        if metadata is not None and not (
+            isinstance(metadata, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())
+        ):
+            raise BatchApiError(400, "metadata must map strings to strings", "invalid_metadata", "metadata")
+        file = self.get_file(owner, input_file_id)
+        if file["purpose"] != "batch":
+            message = f"file {input_file_id} has purpose {file['purpose']!r}, not 'batch'"
+            raise BatchApiError(400, message, "invalid_input_file", "input_file_id")
+        batch_id = schema.new_id("batch_")
+        batch = schema.batch_object(
+            batch_id,
+            endpoint=endpoint,
+            input_file_id=input_file_id,
+            completion_window=completion_window,
+            created_at=int(time.time()),
+            metadata=metadata,
+            model=self.model,
+        )
+        self.store.write(f"batches/{batch_id}.json", _dumps({"batch": batch, "owner": owner, "valid": 0}))
+        self.enqueue(TASK_START, [batch_id])
+        return batch
+
+    def get_batch(self, owner: str, batch_id: str) -> dict[str, Any]:
+        """Return the Batch object, with live request counts while it runs.
+
+        Raises:
+            BatchApiError: 404 if there is no such batch for this caller.
+        """
+        record = self._record(batch_id)
+        if record is None or record["owner"] != owner:
+            raise BatchApiError(404, f"No such Batch object: {batch_id}", "batch_not_found", "batch_id")
+        batch: dict[str, Any] = record["batch"]
+        if batch["status"] in ("in_progress", "finalizing", "cancelling"):
+            batch["request_counts"] = self._counts(batch_id, record)
+        return batch
+
+    def list_batches(self, owner: str, after: str | None = None, limit: int = 20) -> dict[str, Any]:
+        """List the caller's batches, newest first, in OpenAI's list shape (`after` pages on)."""
+        batches = []
+        for key in self.store.list("batches/"):
+            raw = self.store.read(key)
+            record = json.loads(raw) if raw else None
+            if record is not None and record["owner"] == owner:
+                batches.append(record["batch"])
+        batches.sort(key=lambda b: (b["created_at"], b["id"]), reverse=True)
+        if after is not None:
+            ids = [b["id"] for b in batches]
+            batches = batches[ids.index(after) + 1 :] if after in ids else []
+        page = batches[: max(1, min(limit, 100))]
+        return {
+            "object": "list",
+            "data": page,
+            "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None,
+            "has_more": len(batches) > len(page),
+        }
+
+    def cancel_batch(self, owner: str, batch_id: str) -> dict[str, Any]:
+        """Stop a batch: queued requests are skipped, finished ones are kept; status `cancelling`.
+
+        Raises:
+            BatchApiError: 404 for an unknown batch, 409 if it already finished.
+        """
+        batch = self.get_batch(owner, batch_id)
+        if batch["status"] in ("cancelling", "cancelled"):
+            return batch
+        if batch["status"] in schema.TERMINAL_STATUSES:
+            message = f"Cannot cancel a batch with status {batch['status']!r}"
+            raise BatchApiError(409, message, "batch_not_cancellable", "batch_id")
+        self.redis.set(self._key(batch_id, "cancel"), "1", ex=_PROGRESS_TTL_S)
+
+        def cancelling(record: dict[str, Any]) -> bool:
+            if record["batch"]["status"] in schema.TERMINAL_STATUSES:
+                return False
+            record["batch"].update(status="cancelling", cancelling_at=int(time.time()))
+            return True
+
+        record = self._update(batch_id, cancelling)
+        self.enqueue(TASK_FINALIZE, [batch_id])
+        return self.get_batch(owner, batch_id) if record is None else dict(record["batch"])
+
+    # Batches (worker side) ------------------------------------------------------------------------
+
+    def start(self, batch_id: str) -> None:
+        """Validate the input file, record line errors as results, queue one task per runnable request.
+
+        The record says `in_progress` (with the count the finalize trigger needs) before any request is
+        queued, and `queued` once all are: a start redelivered in between queues them again (results are
+        written once, so a request queued twice is still answered once in the output).
+        """
+        record = self._record(batch_id)
+        if record is None or record.get("queued") or record["batch"]["status"] not in ("validating", "in_progress"):
+            return
+        batch = record["batch"]
+        data = self.store.read(f"files/{batch['input_file_id']}.data") or b""
+        parsed = schema.parse_input(data, batch["endpoint"])
+        for error in parsed.errors:
+            entry = schema.error_line(error.custom_id, error.code, error.message)
+            self._write_result(batch_id, error.line, False, entry)
+        if not parsed.requests:
+            self._fail(batch_id, parsed)
+            return
+
+        def in_progress(record: dict[str, Any]) -> bool:
+            if record["batch"]["status"] not in ("validating", "in_progress"):
+                return False
+            record["valid"] = len(parsed.requests)
+            record["failed_lines"] = len(parsed.errors)
+            record["batch"].update(
+                status="in_progress",
+                in_progress_at=record["batch"]["in_progress_at"] or int(time.time()),
+                errors=schema.reported_errors(parsed.errors),
+                request_counts={"total": parsed.total, "completed": 0, "failed": len(parsed.errors)},
+            )
+            return True
+
+        if self._update(batch_id, in_progress) is None:
+            return  # cancelled meanwhile: the cancel queued the finalize
+        for request in parsed.requests:
+            self.enqueue(TASK_REQUEST, [batch_id, request.line, request.custom_id, request.body])
+
+        def queued(record: dict[str, Any]) -> bool:
+            record["queued"] = True
+            return True
+
+        self._update(batch_id, queued)
+
+    def _fail(self, batch_id: str, parsed: schema.ParsedInput) -> None:
+        def failed(record: dict[str, Any]) -> bool:
+            record["batch"].update(
+                status="failed",
+                failed_at=int(time.time()),
+                errors=schema.reported_errors(parsed.errors)
+                or schema.reported_errors([schema.LineError(0, None, "empty_file", "the input file has no requests")]),
+                request_counts={"total": parsed.total, "completed": 0, "failed": parsed.total},
+            )
+            return True
+
+        self._update(batch_id, failed)
+
+    def run_request(self, batch_id: str, line: int, custom_id: str, body: dict[str, Any], call: Call) -> bool:
+        """Run one request unless it was cancelled or already answered; write its result once.
+
+        Returns:
+            Whether the engine was called.
+        """
+        if self.redis.exists(self._key(batch_id, "cancel")):
+            return False
+        called = False
+        if not self.store.exists(self._result_key(batch_id, line)):
+            status, answer = call(self._endpoint(batch_id), body)
+            request_id = str(answer.get("id") or schema.new_id("req_"))
+            ok = 200 <= status < 300
+            self._write_result(batch_id, line, ok, schema.output_line(custom_id, status, answer, request_id))
+            called = True
+        self._count_and_maybe_finalize(batch_id, line)
+        return called
+
+    def finalize(self, batch_id: str) -> None:
+        """Write the output and error files from the results and close the batch (idempotent)."""
+        record = self._record(batch_id)
+        if record is None or record["batch"]["status"] in schema.TERMINAL_STATUSES:
+            return
+        cancelled = bool(self.redis.exists(self._key(batch_id, "cancel")))
+        ok_lines: list[dict[str, Any]] = []
+        error_lines: list[dict[str, Any]] = []
+        for key in self.store.list(f"results/{batch_id}/"):
+            raw = self.store.read(key)
+            if raw:
+                result = json.loads(raw)
+                (ok_lines if result["ok"] else error_lines).append(result["line"])
+        owner = record["owner"]
+        hex_id = batch_id.removeprefix("batch_")
+        output_id = self._result_file(owner, f"file-{hex_id}o", f"{batch_id}_output.jsonl", ok_lines)
+        error_id = self._result_file(owner, f"file-{hex_id}e", f"{batch_id}_error.jsonl", error_lines)
+        now = int(time.time())
+
+        def closed(record: dict[str, Any]) -> bool:
+            batch = record["batch"]
+            if batch["status"] in schema.TERMINAL_STATUSES:
+                return False
+            total = batch["request_counts"]["total"] or len(ok_lines) + len(error_lines)
+            batch.update(
+                output_file_id=output_id,
+                error_file_id=error_id,
+                finalizing_at=batch["finalizing_at"] or now,
+                request_counts={"total": total, "completed": len(ok_lines), "failed": len(error_lines)},
+            )
+            if cancelled:
+                batch.update(status="cancelled", cancelled_at=now)
+            else:
+                batch.update(status="completed", completed_at=now)
+            return True
+
+        self._update(batch_id, closed)
+
+    # Helpers --------------------------------------------------------------------------------------
+
+    def _key(self, batch_id: str, what: str) -> str:
+        return f"{self.namespace}:{batch_id}:{what}"
+
+    @staticmethod
+    def _result_key(batch_id: str, line: int) -> str:
+        return f"results/{batch_id}/{line:08d}.json"
+
+    def _record(self, batch_id: str) -> dict[str, Any] | None:
+        raw = self.store.read(f"batches/{batch_id}.json") if _safe_id(batch_id) else None
+        return json.loads(raw) if raw else None
+
+    def _endpoint(self, batch_id: str) -> str:
+        record = self._record(batch_id)
+        return str(record["batch"]["endpoint"]) if record else schema.SUPPORTED_ENDPOINTS[0]
+
+    def _update(self, batch_id: str, change: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
+        # Compare-and-swap: a cancel, a finalize and a start may race on one record.
+        for _ in range(_CAS_TRIES):
+            found = self.store.read_versioned(f"batches/{batch_id}.json")
+            if found is None:
+                return None
+            record: dict[str, Any] = json.loads(found[0])
+            if not change(record):
+                return None
+            if self.store.replace(f"batches/{batch_id}.json", _dumps(record), found[1]):
+                return record
+        raise RuntimeError(f"batch {batch_id}: the record kept changing under {_CAS_TRIES} updates")
+
+    def _write_result(self, batch_id: str, line: int, ok: bool, entry: dict[str, Any]) -> bool:
+        return self.store.write_new(self._result_key(batch_id, line), _dumps({"ok": ok, "line": entry}))
+
+    def _count_and_maybe_finalize(self, batch_id: str, line: int) -> None:
+        done = self._key(batch_id, "done")
+        self.redis.sadd(done, line)
+        self.redis.expire(done, _PROGRESS_TTL_S)
+        raw = self.store.read(self._result_key(batch_id, line))
+        if raw and not json.loads(raw)["ok"]:
+            failed = self._key(batch_id, "failed")
+            self.redis.sadd(failed, line)
+            self.redis.expire(failed, _PROGRESS_TTL_S)
+        record = self._record(batch_id)
+        if record is not None and int(self.redis.scard(done)) >= int(record.get("valid") or 0) > 0:
+            self.enqueue(TASK_FINALIZE, [batch_id])
+
+    def _counts(self, batch_id: str, record: dict[str, Any]) -> dict[str, int]:
+        done = int(self.redis.scard(self._key(batch_id, "done")))
+        failed = int(self.redis.scard(self._key(batch_id, "failed")))
+        total = int(record["batch"]["request_counts"]["total"])
+        invalid = int(record.get("failed_lines") or 0)
+        return {"total": total, "completed": done - failed, "failed": failed + invalid}
+
+    def _result_file(self, owner: str, file_id: str, filename: str, lines: list[dict[str, Any]]) -> str | None:
+        if not lines:
+            return None
+        data = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+        self._put_file(owner, file_id, filename, "batch_output", data)
+        return file_id
+
+
+def _safe_id(object_id: str) -> bool:
+    # Ids become store keys: letters, digits, '-' and '_' only.
+    return bool(object_id) and len(object_id) <= 128 and all(c.isalnum() or c in "-_" for c in object_id)

@@ -1,0 +1,198 @@
+"""Feature: the OpenAI Batch API endpoints (`/v1/files`, `/v1/batches`), when `batch.enabled`.
+
+Every replica answers them from the shared store and Redis (`tokenplane_serving.batch.jobs`), so any
+replica HAProxy picks serves any batch; the work itself runs in the batch consumers. Files and batches
+belong to the caller auth found (an API key's name, a token's subject): another caller gets a 404.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qs
+
+from tokenplane_serving.args import ServingArgs
+from tokenplane_serving.auth import openai_error_body
+from tokenplane_serving.batch.jobs import BatchApiError, BatchJobs
+from tokenplane_serving.features.base import (
+    PRINCIPAL_KEY,
+    ASGIApp,
+    FeatureContext,
+    Receive,
+    Scope,
+    Send,
+    Wrapper,
+    send_json,
+)
+
+__all__ = ["BatchApiMiddleware", "feature"]
+
+logger = logging.getLogger(__name__)
+
+_ID = r"([A-Za-z0-9_-]{1,128})"
+_ROUTES: list[tuple[str, re.Pattern[str], str]] = [
+    ("POST", re.compile(r"^/v1/files$"), "create_file"),
+    ("GET", re.compile(rf"^/v1/files/{_ID}$"), "get_file"),
+    ("GET", re.compile(rf"^/v1/files/{_ID}/content$"), "file_content"),
+    ("POST", re.compile(r"^/v1/batches$"), "create_batch"),
+    ("GET", re.compile(r"^/v1/batches$"), "list_batches"),
+    ("GET", re.compile(rf"^/v1/batches/{_ID}$"), "get_batch"),
+    ("POST", re.compile(rf"^/v1/batches/{_ID}/cancel$"), "cancel_batch"),
+]
+_MULTIPART_SLACK = 64 * 1024  # form fields and part headers around the file
+
+
+def _route(method: str, path: str) -> tuple[str, tuple[str, ...]] | None:
+    for verb, pattern, handler in _ROUTES:
+        found = pattern.match(path)
+        if found and method == verb:
+            return handler, found.groups()
+    return None
+
+
+class BatchApiMiddleware:
+    """Answers the Batch API routes; everything else goes to the inner app."""
+
+    def __init__(self, app: ASGIApp, *, jobs: Callable[[], BatchJobs], max_file_bytes: int) -> None:
+        """Wrap `app`.
+
+        Args:
+            app: The inner ASGI app.
+            jobs: Returns the batch lifecycle (connected on first use, so a replica starts without Redis).
+            max_file_bytes: Largest accepted upload.
+        """
+        self.app = app
+        self._make_jobs = jobs
+        self._jobs: BatchJobs | None = None
+        self._max = max_file_bytes
+
+    async def _lifecycle(self) -> BatchJobs:
+        if self._jobs is None:
+            self._jobs = await asyncio.to_thread(self._make_jobs)
+        return self._jobs
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Route Batch API requests; pass the rest on."""
+        if scope["type"] != "http" or not scope["path"].startswith(("/v1/files", "/v1/batches")):
+            await self.app(scope, receive, send)
+            return
+        route = _route(scope["method"], scope["path"])
+        if route is None:
+            message = f"Unknown route {scope['method']} {scope['path']} of the Batch API."
+            await send_json(send, 404, openai_error_body(message, "invalid_request_error", "unknown_url"))
+            return
+        owner = str(scope.get(PRINCIPAL_KEY) or "")
+        try:
+            jobs = await self._lifecycle()
+            result = await getattr(self, f"_{route[0]}")(jobs, owner, scope, receive, *route[1])
+        except BatchApiError as err:
+            await send_json(send, err.status, json.dumps(err.body()).encode())
+            return
+        except Exception as err:  # the store or Redis is unreachable: say so, keep serving the rest
+            logger.warning("batch API %s %s failed: %s", scope["method"], scope["path"], err)
+            message = f"The batch store or queue is unavailable ({type(err).__name__}); retry later."
+            await send_json(send, 503, openai_error_body(message, "server_error", "batch_unavailable"))
+            return
+        if isinstance(result, bytes):
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [
+                        (b"content-type", b"application/jsonl"),
+                        (b"content-length", str(len(result)).encode()),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": result})
+            return
+        await send_json(send, 200, json.dumps(result).encode())
+
+    async def _read_json(self, receive: Receive) -> dict[str, Any]:
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > 1024 * 1024:
+                raise BatchApiError(413, "The request body is over 1 MiB.", "request_too_large")
+            if not message.get("more_body", False):
+                break
+        try:
+            body = json.loads(b"".join(chunks))
+        except ValueError as err:
+            raise BatchApiError(400, f"The body is not valid JSON: {err}", "invalid_json") from None
+        if not isinstance(body, dict):
+            raise BatchApiError(400, "The body must be a JSON object.", "invalid_json")
+        return body
+
+    async def _create_file(self, jobs: BatchJobs, owner: str, scope: Scope, receive: Receive) -> Any:
+        from starlette.requests import Request
+
+        length = dict(scope.get("headers", [])).get(b"content-length", b"0")
+        if length.isdigit() and int(length) > self._max + _MULTIPART_SLACK:
+            message = f"The file is over the {self._max} byte limit of batch input files."
+            raise BatchApiError(413, message, "file_too_large", "file")
+        try:
+            form = await Request(scope, receive).form(max_files=1, max_fields=8)
+        except Exception as err:  # starlette's MultiPartException and parser errors
+            message = f"Send multipart/form-data with `file` and `purpose` ({err})."
+            raise BatchApiError(400, message, "invalid_form") from None
+        upload, purpose = form.get("file"), form.get("purpose")
+        if upload is None or isinstance(upload, str):
+            raise BatchApiError(400, "Missing the `file` part (a JSONL file).", "missing_file", "file")
+        if not isinstance(purpose, str):
+            raise BatchApiError(400, "Missing the `purpose` field; use 'batch'.", "missing_purpose", "purpose")
+        data = await upload.read()
+        await form.close()
+        return await asyncio.to_thread(jobs.create_file, owner, upload.filename or "batch.jsonl", purpose, data)
+
+    async def _get_file(self, jobs: BatchJobs, owner: str, scope: Scope, receive: Receive, file_id: str) -> Any:
+        return await asyncio.to_thread(jobs.get_file, owner, file_id)
+
+    async def _file_content(self, jobs: BatchJobs, owner: str, scope: Scope, receive: Receive, file_id: str) -> Any:
+        return await asyncio.to_thread(jobs.file_content, owner, file_id)
+
+    async def _create_batch(self, jobs: BatchJobs, owner: str, scope: Scope, receive: Receive) -> Any:
+        body = await self._read_json(receive)
+        for field in ("input_file_id", "endpoint", "completion_window"):
+            if not isinstance(body.get(field), str):
+                message = f"Missing required parameter: '{field}' (a string)."
+                raise BatchApiError(400, message, "missing_required_parameter", field)
+        create = jobs.create_batch
+        window, metadata = body["completion_window"], body.get("metadata")
+        return await asyncio.to_thread(create, owner, body["input_file_id"], body["endpoint"], window, metadata)
+
+    async def _list_batches(self, jobs: BatchJobs, owner: str, scope: Scope, receive: Receive) -> Any:
+        query = parse_qs(scope.get("query_string", b"").decode())
+        limit = query.get("limit", ["20"])[0]
+        if not limit.isdigit():
+            raise BatchApiError(400, f"limit must be an integer from 1 to 100, not {limit!r}", "invalid_limit", "limit")
+        return await asyncio.to_thread(jobs.list_batches, owner, query.get("after", [None])[0], int(limit))
+
+    async def _get_batch(self, jobs: BatchJobs, owner: str, scope: Scope, receive: Receive, batch_id: str) -> Any:
+        return await asyncio.to_thread(jobs.get_batch, owner, batch_id)
+
+    async def _cancel_batch(self, jobs: BatchJobs, owner: str, scope: Scope, receive: Receive, batch_id: str) -> Any:
+        return await asyncio.to_thread(jobs.cancel_batch, owner, batch_id)
+
+
+def feature(ctx: FeatureContext) -> Wrapper | None:
+    """On when the deployment enables the Batch API."""
+    args: ServingArgs = ctx.args
+    if not args.batch.enabled:
+        return None
+
+    def make_jobs() -> BatchJobs:
+        from tokenplane_serving.batch.consumer import open_jobs
+
+        return open_jobs(args)
+
+    def wrap(app: ASGIApp) -> ASGIApp:
+        return BatchApiMiddleware(app, jobs=make_jobs, max_file_bytes=args.batch.max_file_mib * 1024 * 1024)
+
+    return wrap

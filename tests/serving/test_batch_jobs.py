@@ -1,0 +1,238 @@
+"""The Batch API's lifecycle without the engine: input rules, stores (a directory and Azurite), Redis progress.
+
+The queue is a list the test drains (the consumer's Celery queue in production); the engine is a function
+that answers like vLLM's OpenAI server. Stores and Redis are real: a directory, Azurite, a redis-server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from tests.support.azurite import Azurite
+from tests.support.redis_server import RedisServer
+from tokenplane_serving.batch import schema
+from tokenplane_serving.batch.jobs import TASK_FINALIZE, TASK_REQUEST, TASK_START, BatchApiError, BatchJobs
+from tokenplane_serving.batch.store import STORE_CREDENTIAL_ENV, BlobStore, LocalStore, Store
+
+CHAT = "/v1/chat/completions"
+
+
+def line(custom_id: str, content: str = "hi", url: str = CHAT, **extra: Any) -> str:
+    body = {"model": "tiny", "messages": [{"role": "user", "content": content}], "max_tokens": 4, **extra}
+    return json.dumps({"custom_id": custom_id, "method": "POST", "url": url, "body": body})
+
+
+def test_parse_input_reports_each_bad_line_with_its_number_and_reason() -> None:
+    text = "\n".join(
+        [
+            line("a"),
+            "{not json",
+            "",
+            line("a"),
+            line("c", url="/v1/embeddings"),
+            json.dumps({"custom_id": "d", "method": "GET", "url": CHAT, "body": {}}),
+            line("e", stream=True),
+            json.dumps(["x"]),
+            line("g"),
+        ]
+    ).encode()
+    parsed = schema.parse_input(text, CHAT)
+    assert [(r.line, r.custom_id) for r in parsed.requests] == [(1, "a"), (9, "g")]
+    errors = {e.line: e for e in parsed.errors}
+    assert sorted(errors) == [2, 4, 5, 6, 7, 8]
+    assert errors[2].code == "invalid_json_line" and errors[2].message.startswith("line 2: not valid JSON")
+    assert "used by an earlier line" in errors[4].message
+    assert errors[5].code == "mismatched_url" and "/v1/embeddings" in errors[5].message
+    assert "method must be 'POST'" in errors[6].message
+    assert "stream" in errors[7].message
+    assert "JSON object" in errors[8].message
+    assert parsed.total == 8  # the blank line is not a request
+
+
+def test_parse_input_caps_the_request_count() -> None:
+    parsed = schema.parse_input("\n".join(line(str(i)) for i in range(5)).encode(), CHAT, max_requests=3)
+    assert len(parsed.requests) == 3 and [e.code for e in parsed.errors] == ["too_many_requests"] * 2
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server.url
+
+
+@pytest.fixture(params=["local", "azurite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    if request.param == "local":
+        yield LocalStore(tmp_path / "store")
+        return
+    azurite: Azurite = request.getfixturevalue("azurite")
+    previous = os.environ.get(STORE_CREDENTIAL_ENV)
+    os.environ[STORE_CREDENTIAL_ENV] = azurite.connection_string
+    try:
+        yield BlobStore(f"az://devstoreaccount1/batches/{uuid.uuid4().hex}")
+    finally:
+        if previous is None:
+            os.environ.pop(STORE_CREDENTIAL_ENV, None)
+        else:
+            os.environ[STORE_CREDENTIAL_ENV] = previous
+
+
+def test_store_creates_once_and_swaps_only_the_version_it_read(store: Store) -> None:
+    assert store.read("a/b.json") is None and not store.exists("a/b.json")
+    assert store.write_new("a/b.json", b"one")
+    assert not store.write_new("a/b.json", b"two")  # a second writer of the same result changes nothing
+    assert store.read("a/b.json") == b"one"
+    _, version = store.read_versioned("a/b.json") or (b"", "")
+    assert store.replace("a/b.json", b"three", version)
+    assert not store.replace("a/b.json", b"four", version)  # stale version: someone else wrote since
+    assert store.read("a/b.json") == b"three"
+    store.write("a/c.json", b"x")
+    store.write("z.json", b"y")
+    assert store.list("a/") == ["a/b.json", "a/c.json"]
+
+
+class Harness:
+    """BatchJobs with a drainable queue and a counting engine."""
+
+    def __init__(self, store: Store, redis_url: str) -> None:
+        self.queue: list[tuple[str, list[Any]]] = []
+        self.calls: list[dict[str, Any]] = []
+        client = redis.Redis.from_url(redis_url)
+        self.jobs = BatchJobs(
+            store,
+            client,
+            lambda task, args: self.queue.append((task, args)),
+            namespace=f"test:{uuid.uuid4().hex}",
+            max_file_bytes=10_000,
+            model="tiny",
+        )
+
+    def engine(self, endpoint: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        self.calls.append(body)
+        if body.get("max_tokens", 0) > 100:
+            return 400, {"error": {"message": "max_tokens too large", "type": "BadRequestError", "code": 400}}
+        text = body["messages"][0]["content"].upper()
+        return 200, {"id": f"chatcmpl-{len(self.calls)}", "object": "chat.completion", "choices": [{"text": text}]}
+
+    def drain(self, *, duplicate_requests: bool = False) -> None:
+        while self.queue:
+            task, args = self.queue.pop(0)
+            if task == TASK_START:
+                self.jobs.start(*args)
+            elif task == TASK_REQUEST:
+                self.jobs.run_request(*args, call=self.engine)
+                if duplicate_requests:  # the queue delivered it again (a consumer died before acking)
+                    self.jobs.run_request(*args, call=self.engine)
+            elif task == TASK_FINALIZE:
+                self.jobs.finalize(*args)
+
+    def submit(self, owner: str, lines: list[str]) -> dict[str, Any]:
+        file = self.jobs.create_file(owner, "in.jsonl", "batch", "\n".join(lines).encode())
+        return self.jobs.create_batch(owner, file["id"], CHAT, "24h", {"run": "test"})
+
+    def output(self, owner: str, file_id: str | None) -> list[dict[str, Any]]:
+        assert file_id is not None
+        return [json.loads(x) for x in self.jobs.file_content(owner, file_id).splitlines()]
+
+
+def test_batch_completes_with_one_answer_per_request_even_when_delivered_twice(store: Store, redis_url: str) -> None:
+    h = Harness(store, redis_url)
+    rows = [line(f"r{i}", f"hello {i}") for i in range(5)]
+    batch = h.submit("key:a", [*rows, "{broken", line("big", max_tokens=500)])
+    assert batch["status"] == "validating" and batch["metadata"] == {"run": "test"}
+    h.drain(duplicate_requests=True)
+    done = h.jobs.get_batch("key:a", batch["id"])
+    assert done["status"] == "completed"
+    assert done["request_counts"] == {"total": 7, "completed": 5, "failed": 2}
+    assert len(h.calls) == 6  # five good requests and the oversize one, each run once despite redelivery
+    output = h.output("key:a", done["output_file_id"])
+    assert [o["custom_id"] for o in output] == [f"r{i}" for i in range(5)]
+    assert output[2]["response"]["status_code"] == 200
+    assert output[2]["response"]["body"]["choices"][0]["text"] == "HELLO 2"
+    errors = h.output("key:a", done["error_file_id"])
+    assert [(e["custom_id"], bool(e["error"])) for e in errors] == [(None, True), ("big", False)]
+    assert errors[0]["error"]["message"].startswith("line 6: not valid JSON")
+    assert errors[1]["response"]["status_code"] == 400
+    assert done["errors"]["data"][0]["line"] == 6
+    h.jobs.finalize(batch["id"])  # a late duplicate finalize changes nothing
+    assert h.jobs.get_batch("key:a", batch["id"]) == done
+
+
+def test_cancel_keeps_finished_answers_and_skips_the_rest(store: Store, redis_url: str) -> None:
+    h = Harness(store, redis_url)
+    batch = h.submit("key:a", [line(f"r{i}") for i in range(6)])
+    h.jobs.start(batch["id"])
+    h.queue.pop(0)
+    requests = [args for task, args in h.queue if task == TASK_REQUEST]
+    h.queue.clear()
+    for args in requests[:2]:
+        h.jobs.run_request(*args, call=h.engine)
+    assert h.jobs.get_batch("key:a", batch["id"])["request_counts"] == {"total": 6, "completed": 2, "failed": 0}
+    cancelling = h.jobs.cancel_batch("key:a", batch["id"])
+    assert cancelling["status"] == "cancelling" and cancelling["cancelling_at"]
+    for args in requests[2:]:
+        assert not h.jobs.run_request(*args, call=h.engine)  # queued requests of a cancelled batch never run
+    h.drain()
+    cancelled = h.jobs.get_batch("key:a", batch["id"])
+    assert cancelled["status"] == "cancelled" and cancelled["request_counts"]["completed"] == 2
+    assert [o["custom_id"] for o in h.output("key:a", cancelled["output_file_id"])] == ["r0", "r1"]
+    assert h.jobs.cancel_batch("key:a", batch["id"])["status"] == "cancelled"  # cancelling again is a no-op
+    finished = h.submit("key:a", [line("x")])
+    h.drain()
+    with pytest.raises(BatchApiError) as err:
+        h.jobs.cancel_batch("key:a", finished["id"])
+    assert (err.value.status, err.value.code) == (409, "batch_not_cancellable")
+
+
+def test_a_file_without_a_runnable_request_fails_the_batch_with_line_errors(tmp_path: Path, redis_url: str) -> None:
+    h = Harness(LocalStore(tmp_path), redis_url)
+    batch = h.submit("", ["{", line("a", url="/v1/completions")])
+    h.drain()
+    failed = h.jobs.get_batch("", batch["id"])
+    assert failed["status"] == "failed" and failed["failed_at"]
+    assert [e["line"] for e in failed["errors"]["data"]] == [1, 2]
+    assert h.calls == []
+
+
+@pytest.mark.parametrize(
+    ("call", "status", "code"),
+    [
+        (lambda j, f: j.create_batch("o", f, "/v1/embeddings", "24h"), 400, "invalid_endpoint"),
+        (lambda j, f: j.create_batch("o", f, CHAT, "1h"), 400, "invalid_completion_window"),
+        (lambda j, f: j.create_batch("o", f, CHAT, "24h", {"a": 1}), 400, "invalid_metadata"),
+        (lambda j, f: j.create_batch("o", "file-nope", CHAT, "24h"), 404, "file_not_found"),
+        (lambda j, f: j.create_batch("someone-else", f, CHAT, "24h"), 404, "file_not_found"),
+        (lambda j, f: j.get_batch("o", "batch_../../x"), 404, "batch_not_found"),
+        (lambda j, f: j.create_file("o", "x.jsonl", "fine-tune", b"{}"), 400, "invalid_purpose"),
+        (lambda j, f: j.create_file("o", "x.jsonl", "batch", b"x" * 10_001), 413, "file_too_large"),
+        (lambda j, f: j.create_file("o", "x.jsonl", "batch", b"\n \n"), 400, "empty_file"),
+    ],
+)
+def test_bad_calls_get_openai_errors_that_say_what_to_change(
+    tmp_path: Path, redis_url: str, call: Any, status: int, code: str
+) -> None:
+    h = Harness(LocalStore(tmp_path), redis_url)
+    file_id = h.jobs.create_file("o", "in.jsonl", "batch", line("a").encode())["id"]
+    with pytest.raises(BatchApiError) as err:
+        call(h.jobs, file_id)
+    assert (err.value.status, err.value.code) == (status, code)
+    assert err.value.body()["error"]["message"]
+
+
+def test_list_pages_newest_first_and_only_the_callers_batches(tmp_path: Path, redis_url: str) -> None:
+    h = Harness(LocalStore(tmp_path), redis_url)
+    mine = [h.submit("me", [line("a")])["id"] for _ in range(3)]
+    h.submit("other", [line("a")])
+    first = h.jobs.list_batches("me", limit=2)
+    assert first["has_more"] and len(first["data"]) == 2
+    rest = h.jobs.list_batches("me", after=first["last_id"], limit=2)
+    assert not rest["has_more"]
+    assert sorted(b["id"] for b in first["data"] + rest["data"]) == sorted(mine)
