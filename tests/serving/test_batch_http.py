@@ -1,0 +1,133 @@
+"""The Batch API's HTTP layer (features/batch.py) on a real store and redis-server: routes, bad input, outages."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from tests.support.redis_server import RedisServer
+from tokenplane_serving.batch.jobs import BatchJobs
+from tokenplane_serving.batch.store import LocalStore
+from tokenplane_serving.features.base import PRINCIPAL_KEY
+from tokenplane_serving.features.batch import BatchApiMiddleware
+
+MAX_FILE = 4096
+MULTIPART_X = {"content-type": "multipart/form-data; boundary=x"}
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    with RedisServer(tmp_path) as server:
+        yield server
+
+
+@pytest.fixture
+async def client(tmp_path: Path, redis_server: RedisServer) -> AsyncIterator[httpx.AsyncClient]:
+    queued: list[tuple[str, list[Any]]] = []
+
+    def jobs() -> BatchJobs:
+        client = redis.Redis.from_url(redis_server.url, socket_timeout=1)
+        enqueue = lambda task, args: queued.append((task, args))  # noqa: E731
+        return BatchJobs(LocalStore(tmp_path / "store"), client, enqueue, namespace="t", max_file_bytes=MAX_FILE)
+
+    async def inner(scope: Any, receive: Any, send: Any) -> None:
+        body = b'{"inner": true}'
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": body})
+
+    app = BatchApiMiddleware(inner, jobs=jobs, max_file_bytes=MAX_FILE)
+
+    async def as_caller(scope: Any, receive: Any, send: Any) -> None:
+        # What auth leaves for the features inside: the caller's principal.
+        principal = dict(scope["headers"]).get(b"x-caller", b"").decode()
+        await app({**scope, PRINCIPAL_KEY: principal}, receive, send)
+
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=as_caller), base_url="http://t") as c:
+        yield c
+
+
+def upload(content: bytes, purpose: str = "batch") -> dict[str, Any]:
+    return {"files": {"file": ("in.jsonl", content)}, "data": {"purpose": purpose}}
+
+
+async def test_other_paths_reach_the_model_and_unknown_batch_routes_are_404(client: httpx.AsyncClient) -> None:
+    assert (await client.post("/v1/chat/completions", json={})).json() == {"inner": True}
+    answer = await client.delete("/v1/batches/batch_1")
+    assert answer.status_code == 404 and answer.json()["error"]["code"] == "unknown_url"
+
+
+async def test_upload_create_and_read_back(client: httpx.AsyncClient) -> None:
+    line = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "tiny"}}
+    file = (await client.post("/v1/files", **upload(json.dumps(line).encode()))).json()
+    assert file["object"] == "file" and file["purpose"] == "batch"
+    content = await client.get(f"/v1/files/{file['id']}/content")
+    assert json.loads(content.content) == line
+    created = await client.post(
+        "/v1/batches",
+        json={"input_file_id": file["id"], "endpoint": "/v1/chat/completions", "completion_window": "24h"},
+    )
+    assert created.status_code == 200 and created.json()["status"] == "validating"
+    listed = (await client.get("/v1/batches?limit=5")).json()
+    assert [b["id"] for b in listed["data"]] == [created.json()["id"]]
+    other = await client.get(f"/v1/batches/{created.json()['id']}", headers={"x-caller": "someone-else"})
+    assert other.status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("request_kwargs", "status", "code"),
+    [
+        ({"method": "POST", "url": "/v1/files", **upload(b"x" * (MAX_FILE + 1))}, 413, "file_too_large"),
+        ({"method": "POST", "url": "/v1/files", "data": {"purpose": "batch"}}, 400, "missing_file"),
+        (
+            {
+                "method": "POST",
+                "url": "/v1/files",
+                "content": b"--x\r\nContent-Disposition: form-data\r\n\r\n",
+                "headers": MULTIPART_X,
+            },
+            400,
+            "invalid_form",
+        ),
+        (
+            {"method": "POST", "url": "/v1/files", "files": {"x": ("a", b"1")}, "data": {"purpose": "batch"}},
+            400,
+            "missing_file",
+        ),
+        ({"method": "POST", "url": "/v1/files", "files": {"file": ("a", b"1")}}, 400, "missing_purpose"),
+        ({"method": "POST", "url": "/v1/batches", "content": b"{nope"}, 400, "invalid_json"),
+        (
+            {"method": "POST", "url": "/v1/batches", "json": {"endpoint": "/v1/completions"}},
+            400,
+            "missing_required_parameter",
+        ),
+        ({"method": "GET", "url": "/v1/batches?limit=lots"}, 400, "invalid_limit"),
+        ({"method": "GET", "url": "/v1/files/file-nope/content"}, 404, "file_not_found"),
+        ({"method": "POST", "url": "/v1/batches/batch_nope/cancel"}, 404, "batch_not_found"),
+    ],
+)
+async def test_bad_requests_get_openai_errors(
+    client: httpx.AsyncClient, request_kwargs: dict[str, Any], status: int, code: str
+) -> None:
+    method, url = request_kwargs.pop("method"), request_kwargs.pop("url")
+    answer = await client.request(method, url, **request_kwargs)
+    assert answer.status_code == status, answer.text
+    error = answer.json()["error"]
+    assert error["code"] == code and error["message"] and error["type"] == "invalid_request_error"
+
+
+async def test_a_redis_outage_is_a_503_and_the_rest_keeps_serving(
+    client: httpx.AsyncClient, redis_server: RedisServer
+) -> None:
+    file = (await client.post("/v1/files", **upload(b'{"custom_id": "a"}\n'))).json()
+    body = {"input_file_id": file["id"], "endpoint": "/v1/completions", "completion_window": "24h"}
+    batch = (await client.post("/v1/batches", json=body)).json()
+    redis_server.stop()
+    answer = await client.post(f"/v1/batches/{batch['id']}/cancel")  # the cancel flag lives in Redis
+    assert answer.status_code == 503 and answer.json()["error"]["code"] == "batch_unavailable"
+    assert (await client.post("/v1/chat/completions", json={})).json() == {"inner": True}
