@@ -23,6 +23,7 @@ pytestmark = [pytest.mark.serving, pytest.mark.benchmark]
 
 INTERACTIVE_REQUESTS, INTERACTIVE_CONCURRENCY, INTERACTIVE_TOKENS = 30, 2, 16
 BATCH_REQUESTS, BATCH_TOKENS = 40, 64
+CONSUMER_CONCURRENCY = 2  # tiny_serving_args' batch.concurrency, one consumer
 
 
 def p95(values: list[float]) -> float:
@@ -116,6 +117,33 @@ def test_interactive_p95_with_and_without_a_batch(tiny_server: LocalServer) -> N
     report["tokens_per_replica_hour"] = {
         "interactive_alone": round(alone_tokens / alone_s * 3600),
         "batch_gained": round(batch_tokens / batch_s * 3600),
+    }
+    # The control: the same load sent as interactive traffic (priority 0, same concurrency as the consumers).
+    stop = threading.Event()
+
+    def background() -> None:
+        i = 0
+        while not stop.is_set():
+            client.chat.completions.create(
+                model=MODEL_ID,
+                max_tokens=BATCH_TOKENS,
+                extra_body={"ignore_eos": True},
+                messages=[{"role": "user", "content": f"Write a long story number {i}"}],
+            )
+            i += 1
+
+    loaders = [threading.Thread(target=background) for _ in range(CONSUMER_CONCURRENCY)]
+    for loader in loaders:
+        loader.start()
+    time.sleep(2)
+    same, same_tokens, same_s = interactive_round(client)
+    stop.set()
+    for loader in loaders:
+        loader.join(timeout=120)
+    report["interactive_with_same_load_unprioritized"] = {
+        "p50_s": round(statistics.median(same), 3),
+        "p95_s": round(p95(same), 3),
+        "tokens_per_s": round(same_tokens / same_s, 1),
     }
     report["p95_ratio_with_batch"] = round(
         report["interactive_with_batch"]["p95_s"] / report["interactive_alone"]["p95_s"], 2

@@ -236,3 +236,23 @@ def test_list_pages_newest_first_and_only_the_callers_batches(tmp_path: Path, re
     rest = h.jobs.list_batches("me", after=first["last_id"], limit=2)
     assert not rest["has_more"]
     assert sorted(b["id"] for b in first["data"] + rest["data"]) == sorted(mine)
+
+
+def test_requests_still_queued_when_the_window_ends_are_reported_expired(tmp_path: Path, redis_url: str) -> None:
+    store = LocalStore(tmp_path)
+    h = Harness(store, redis_url)
+    batch = h.submit("o", [line(f"r{i}") for i in range(3)])
+    h.jobs.start(batch["id"])
+    h.queue.pop(0)
+    first = h.queue.pop(0)
+    h.jobs.run_request(*first[1], call=h.engine)
+    # The 24 h window ends with two requests still queued (the record is what a day-old batch's looks like).
+    record = json.loads(store.read(f"batches/{batch['id']}.json") or b"{}")
+    record["batch"]["expires_at"] = record["batch"]["created_at"] - 1
+    store.write(f"batches/{batch['id']}.json", json.dumps(record).encode())
+    h.drain()
+    expired = h.jobs.get_batch("o", batch["id"])
+    assert expired["status"] == "expired" and expired["expired_at"]
+    assert expired["request_counts"] == {"total": 3, "completed": 1, "failed": 2}
+    assert len(h.calls) == 1
+    assert {e["error"]["code"] for e in h.output("o", expired["error_file_id"])} == {"batch_expired"}

@@ -295,19 +295,27 @@ class BatchJobs:
     def run_request(self, batch_id: str, line: int, custom_id: str, body: dict[str, Any], call: Call) -> bool:
         """Run one request unless it was cancelled or already answered; write its result once.
 
+        A request still queued when the batch's completion window ends is not run: it goes to the error file
+        as `batch_expired`, as OpenAI does, and the batch ends `expired`.
+
         Returns:
             Whether the engine was called.
         """
-        if self.redis.exists(self._key(batch_id, "cancel")):
+        record = self._record(batch_id)
+        if record is None or self.redis.exists(self._key(batch_id, "cancel")):
             return False
-        called = False
+        batch, called = record["batch"], False
         if not self.store.exists(self._result_key(batch_id, line)):
-            status, answer = call(self._endpoint(batch_id), body)
-            request_id = str(answer.get("id") or schema.new_id("req_"))
-            ok = 200 <= status < 300
-            self._write_result(batch_id, line, ok, schema.output_line(custom_id, status, answer, request_id))
-            called = True
-        self._count_and_maybe_finalize(batch_id, line)
+            if time.time() > batch["expires_at"]:
+                message = "This request could not be executed before the completion window expired."
+                self._write_result(batch_id, line, False, schema.error_line(custom_id, "batch_expired", message))
+            else:
+                status, answer = call(batch["endpoint"], body)
+                request_id = str(answer.get("id") or schema.new_id("req_"))
+                ok = 200 <= status < 300
+                self._write_result(batch_id, line, ok, schema.output_line(custom_id, status, answer, request_id))
+                called = True
+        self._count_and_maybe_finalize(batch_id, line, record)
         return called
 
     def finalize(self, batch_id: str) -> None:
@@ -323,6 +331,7 @@ class BatchJobs:
             if raw:
                 result = json.loads(raw)
                 (ok_lines if result["ok"] else error_lines).append(result["line"])
+        expired = any((line.get("error") or {}).get("code") == "batch_expired" for line in error_lines)
         owner = record["owner"]
         hex_id = batch_id.removeprefix("batch_")
         output_id = self._result_file(owner, f"file-{hex_id}o", f"{batch_id}_output.jsonl", ok_lines)
@@ -342,6 +351,8 @@ class BatchJobs:
             )
             if cancelled:
                 batch.update(status="cancelled", cancelled_at=now)
+            elif expired:
+                batch.update(status="expired", expired_at=now)
             else:
                 batch.update(status="completed", completed_at=now)
             return True
@@ -361,10 +372,6 @@ class BatchJobs:
         raw = self.store.read(f"batches/{batch_id}.json") if _safe_id(batch_id) else None
         return json.loads(raw) if raw else None
 
-    def _endpoint(self, batch_id: str) -> str:
-        record = self._record(batch_id)
-        return str(record["batch"]["endpoint"]) if record else schema.SUPPORTED_ENDPOINTS[0]
-
     def _update(self, batch_id: str, change: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
         # Compare-and-swap: a cancel, a finalize and a start may race on one record.
         for _ in range(_CAS_TRIES):
@@ -381,7 +388,7 @@ class BatchJobs:
     def _write_result(self, batch_id: str, line: int, ok: bool, entry: dict[str, Any]) -> bool:
         return self.store.write_new(self._result_key(batch_id, line), _dumps({"ok": ok, "line": entry}))
 
-    def _count_and_maybe_finalize(self, batch_id: str, line: int) -> None:
+    def _count_and_maybe_finalize(self, batch_id: str, line: int, record: dict[str, Any]) -> None:
         done = self._key(batch_id, "done")
         self.redis.sadd(done, line)
         self.redis.expire(done, _PROGRESS_TTL_S)
@@ -390,8 +397,7 @@ class BatchJobs:
             failed = self._key(batch_id, "failed")
             self.redis.sadd(failed, line)
             self.redis.expire(failed, _PROGRESS_TTL_S)
-        record = self._record(batch_id)
-        if record is not None and int(self.redis.scard(done)) >= int(record.get("valid") or 0) > 0:
+        if int(self.redis.scard(done)) >= int(record.get("valid") or 0) > 0:
             self.enqueue(TASK_FINALIZE, [batch_id])
 
     def _counts(self, batch_id: str, record: dict[str, Any]) -> dict[str, int]:
