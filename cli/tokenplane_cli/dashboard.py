@@ -99,6 +99,35 @@ PANELS: tuple[Panel, ...] = (
         ),
     ),
     Panel(
+        "Response-cache hit ratio",
+        "percentunit",
+        "Qualifying requests answered from the response cache (spec.endpoint.cache) without reaching the engine; "
+        "empty for deployments without a cache.",
+        (
+            (
+                "{{inference_deployment}}",
+                f"sum by ({BY}) (rate(ray_tokenplane_response_cache_hits_total{{{SEL}}}[5m]))"
+                f" / (sum by ({BY}) (rate(ray_tokenplane_response_cache_hits_total{{{SEL}}}[5m]))"
+                f" + sum by ({BY}) (rate(ray_tokenplane_response_cache_misses_total{{{SEL}}}[5m])))",
+            ),
+        ),
+    ),
+    Panel(
+        "Tokens saved by the response cache",
+        "short",
+        "Prompt + completion tokens per second that cache hits spared the engine; Redis errors (each a miss) beside.",
+        (
+            (
+                "saved {{inference_deployment}}",
+                f"sum by ({BY}) (rate(ray_tokenplane_response_cache_saved_tokens_total{{{SEL}}}[5m]))",
+            ),
+            (
+                "Redis errors/s {{inference_deployment}}",
+                f"sum by ({BY}) (rate(ray_tokenplane_response_cache_errors_total{{{SEL}}}[5m]))",
+            ),
+        ),
+    ),
+    Panel(
         "KV-cache usage",
         "percentunit",
         "Share of KV-cache blocks in use; near 1 requests start waiting inside the engine.",

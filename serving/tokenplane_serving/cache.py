@@ -1,18 +1,21 @@
 """The response cache: exact match on the normalized request, per tenant, in Redis, never in the way.
 
 A request qualifies when its answer is reproducible: temperature 0, or a fixed seed (`deterministic`), unless the
-deployment caches every request (`all`). The key hashes the route, the tenant (unless the cache is shared) and the
+deployment caches every request (`all`); a request asking for logprobs never does (a replayed stream could not carry
+them). The key hashes the route, the tenant (unless the cache is shared) and the
 request with whitespace in the messages or prompt collapsed and the stream flags removed, so a streamed and a
 plain request share one entry. The value is the complete (non-streamed) OpenAI response; a streamed request is
 answered from it in the `chat.completion.chunk` / `text_completion` SSE shape, and a streamed miss is assembled
 from its chunks before it is stored.
 
 Redis is optional at all times: any Redis error, or a slow answer, counts as a miss (or a skipped write), and
-Redis is left alone for `backoff_s` so an outage costs clients nothing but the hit ratio.
+Redis is left alone for `backoff_s` so an outage costs clients nothing but the hit ratio. Answers whose JSON exceeds
+`MAX_ENTRY_BYTES` are not stored.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import time
@@ -26,6 +29,8 @@ from redis.exceptions import RedisError
 from tokenplane_serving.args import CacheArgs
 
 __all__ = [
+    "MAX_ENTRY_BYTES",
+    "REDIS_SCHEMES",
     "CacheSettings",
     "CacheStats",
     "ResponseCache",
@@ -33,10 +38,17 @@ __all__ = [
     "cache_key",
     "replay_stream",
     "settings_from_args",
+    "tokens_of",
 ]
 
 _KEY_PREFIX = "tokenplane:cache:v1:"
 _STREAM_FIELDS = ("stream", "stream_options")
+# Fields whose answers a replayed stream cannot reproduce (per-token logprobs): such requests never qualify.
+_UNCACHEABLE_FIELDS = ("logprobs", "top_logprobs", "prompt_logprobs")
+# Largest answer stored: far above a chat answer (~4 bytes per token), small enough that a hit stays a
+# sub-millisecond Redis read (Azure Cache for Redis advises values well under 1 MB).
+MAX_ENTRY_BYTES = 1024 * 1024
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 @dataclass(frozen=True)
@@ -64,14 +76,20 @@ def settings_from_args(args: CacheArgs, environ: Mapping[str, str]) -> CacheSett
     """Return the cache settings of a deployment (`ServingArgs.cache`), or None when the cache is off.
 
     Raises:
-        ValueError: The cache is on but the Redis URL's environment variable is empty (the Secret is missing a key).
+        ValueError: The cache is on but the Redis URL's environment variable is empty (the Secret is missing a key)
+            or holds something that is not a Redis URL.
     """
     if not args.enabled or not args.redis_url_env:
         return None
-    url = environ.get(args.redis_url_env, "")
+    url = environ.get(args.redis_url_env, "").strip()
     if not url:
         raise ValueError(
             f"the response cache needs the Redis URL in ${args.redis_url_env} (spec.endpoint.cache.redisSecretRef)"
+        )
+    if not url.startswith(REDIS_SCHEMES):
+        raise ValueError(
+            f"${args.redis_url_env} (spec.endpoint.cache.redisSecretRef) must be a redis://, rediss:// or unix:// URL, "
+            f"e.g. rediss://:<access key>@<name>.redis.cache.windows.net:6380/0"
         )
     return CacheSettings(url=url, ttl_s=args.ttl_s, qualify=args.qualify, shared=args.shared)
 
@@ -84,7 +102,7 @@ class CacheStats:
         hits: Answers served from the cache.
         misses: Qualifying requests the cache did not have (Redis down counts as a miss).
         skipped: Requests that do not qualify (not deterministic).
-        tokens_saved: Completion tokens the engine did not generate thanks to hits.
+        tokens_saved: Tokens the engine did not process thanks to hits (prompt + completion).
         errors: Redis errors and timeouts (each degraded to no cache).
     """
 
@@ -118,6 +136,12 @@ def _normalize_content(content: Any) -> Any:
     return content
 
 
+def _asks_logprobs(body: Mapping[str, Any]) -> bool:
+    return any(body.get(name) not in (None, False, 0) for name in _UNCACHEABLE_FIELDS) or (
+        body.get("logprobs") == 0 and "messages" not in body  # completions' `logprobs: 0` still returns logprobs
+    )
+
+
 def _deterministic(body: Mapping[str, Any]) -> bool:
     temperature = body.get("temperature")
     seed = body.get("seed")
@@ -134,9 +158,10 @@ def cache_key(route: str, body: Mapping[str, Any], tenant: str | None, settings:
         settings: The deployment's cache settings.
 
     Returns:
-        A Redis key, or None (not deterministic and the deployment caches only deterministic requests).
+        A Redis key, or None: not deterministic while the deployment caches only deterministic requests, or
+        asking for logprobs.
     """
-    if settings.qualify == "deterministic" and not _deterministic(body):
+    if (settings.qualify == "deterministic" and not _deterministic(body)) or _asks_logprobs(body):
         return None
     normalized = {k: v for k, v in body.items() if k not in _STREAM_FIELDS}
     if isinstance(normalized.get("messages"), list):
@@ -189,7 +214,9 @@ class ResponseCache:
         cached: bytes | str | None = None
         if self._available():
             try:
-                cached = await self._redis().get(key)
+                # One bound on everything (DNS, connect, pool, read): a slow Redis is a miss, not a wait.
+                async with asyncio.timeout(self.settings.timeout_s):
+                    cached = await self._redis().get(key)
             except (RedisError, OSError, TimeoutError):
                 self._failed()
         if cached is None:
@@ -201,7 +228,7 @@ class ResponseCache:
             self.stats.misses += 1
             return None
         self.stats.hits += 1
-        self.stats.tokens_saved += int((response.get("usage") or {}).get("completion_tokens") or 0)
+        self.stats.tokens_saved += tokens_of(response)
         return response
 
     async def put(self, key: str, response: Mapping[str, Any]) -> None:
@@ -209,10 +236,12 @@ class ResponseCache:
         choices = response.get("choices") or []
         if not choices or any(c.get("finish_reason") not in ("stop", "length") for c in choices):
             return  # an error, a tool call mid-way or an abort is not an answer worth replaying
-        if not self._available():
+        value = json.dumps(response, separators=(",", ":"))
+        if len(value) > MAX_ENTRY_BYTES or not self._available():
             return
         try:
-            await self._redis().set(key, json.dumps(response), ex=self.settings.ttl_s)
+            async with asyncio.timeout(self.settings.timeout_s):
+                await self._redis().set(key, value, ex=self.settings.ttl_s)
         except (RedisError, OSError, TimeoutError):
             self._failed()
 
@@ -225,6 +254,14 @@ class ResponseCache:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+
+
+def tokens_of(response: Mapping[str, Any]) -> int:
+    """Prompt plus completion tokens of a response (what a hit saves the engine), 0 when it has no usage."""
+    usage = response.get("usage") or {}
+    if not isinstance(usage, Mapping):
+        return 0
+    return int(usage.get("prompt_tokens") or 0) + int(usage.get("completion_tokens") or 0)
 
 
 def replay_stream(response: Mapping[str, Any], *, include_usage: bool = False) -> Iterable[bytes]:

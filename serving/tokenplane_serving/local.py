@@ -17,6 +17,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
@@ -28,7 +29,7 @@ from tokenplane_serving.args import ServingArgs
 from tokenplane_serving.blob_uri import is_blob_uri
 from tokenplane_serving.mapping import FAST_PATH_ENV, ray_environment
 
-__all__ = ["LocalServeError", "LocalServer", "main", "serve_local"]
+__all__ = ["LocalServeError", "LocalServer", "local_cache_store", "main", "serve_local"]
 
 
 class LocalServeError(RuntimeError):
@@ -52,7 +53,7 @@ class LocalServer:
     startup_s: float = 0.0
     metrics_url: str | None = None
     _stopped: bool = field(default=False, repr=False)
-    _cleanup: list[Any] = field(default_factory=list, repr=False)
+    _cleanup: list[Callable[[], None]] = field(default_factory=list, repr=False)
 
     @property
     def openai_base_url(self) -> str:
@@ -65,7 +66,7 @@ class LocalServer:
             return
         self._stopped = True
         _shutdown()
-        for cleanup in reversed(self._cleanup):
+        for cleanup in reversed(self._cleanup):  # what the run started besides Ray (Redis for batch, cache)
             with contextlib.suppress(Exception):
                 cleanup()
 
@@ -195,6 +196,61 @@ def _start_batch_redis(args: ServingArgs, server: LocalServer) -> None:
     os.environ[env] = f"redis://127.0.0.1:{port}/0"
 
 
+def _redis_answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2) as conn:
+            conn.sendall(b"PING\r\n")
+            return conn.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def local_cache_store(args: ServingArgs, console: Console) -> tuple[ServingArgs, Callable[[], None] | None]:
+    """Give a local run's response cache its Redis, so `tokenplane up` needs nothing typed.
+
+    The URL already in the environment (`cache.redis_url_env`) wins; else a private, non-persistent
+    `redis-server` is started on a free port for this run; without one installed the cache is turned off with a
+    note (it is an optimisation: the endpoint serves the same answers without it).
+
+    Returns:
+        The args to serve, and how to stop the Redis this started (None when it started none).
+    """
+    variable = args.cache.redis_url_env
+    if not args.cache.enabled or not variable or os.environ.get(variable):
+        return args, None
+    binary = shutil.which("redis-server")
+    if binary is None:
+        console.print(
+            f"[yellow]![/] Response cache off: ${variable} is unset and redis-server is not installed "
+            "(`make redis`, or apt-get install redis-server)"
+        )
+        return args.model_copy(update={"cache": args.cache.model_copy(update={"enabled": False})}), None
+    port = _free_port()
+    workdir = tempfile.mkdtemp(prefix="tp-redis-")
+    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", workdir]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop() -> None:
+        os.environ.pop(variable, None)  # the next local run starts its own
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    deadline = time.monotonic() + 10
+    while not _redis_answers(port):
+        if time.monotonic() > deadline or process.poll() is not None:
+            stop()
+            console.print(f"[yellow]![/] Response cache off: redis-server did not start on 127.0.0.1:{port}")
+            return args.model_copy(update={"cache": args.cache.model_copy(update={"enabled": False})}), None
+        time.sleep(0.05)
+    os.environ[variable] = f"redis://127.0.0.1:{port}/0"  # Ray's processes inherit it at ray.init
+    console.print(f"[green]✓[/] Redis for the response cache on 127.0.0.1:{port} (stops with the server)")
+    return args, stop
+
+
 def _wait_ready(server: LocalServer, app_name: str, deadline: float, console: Console) -> None:
     # /-/ready answers 200 only once a replica generated a token, and it needs no credential.
     with console.status(f"Loading model [bold]{server.model_id}[/] (vLLM engine starting)"):
@@ -293,6 +349,9 @@ def serve_local(
     server = LocalServer(base_url=f"http://{host}:{port}", model_id=args.model.id)
     if args.batch.enabled:
         _start_batch_redis(args, server)  # before ray.init: Ray's workers inherit the Redis URL
+    args, stop_redis = local_cache_store(args, console)
+    if stop_redis is not None:
+        server._cleanup.append(stop_redis)
     metrics: dict[str, Any] = {}
     if metrics_port is not None:
         server.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"

@@ -18,8 +18,8 @@ pytestmark = pytest.mark.kmock(cls=ApiServerEmulator)
 class MetricsPages:
     """Serves a Ray worker's /metrics; every scrape finds 10 more requests and 1,000 more output tokens.
 
-    Per scrape: 4,000 prompt tokens, 300 prefix-cache hits in 400 queries, and end-to-end latencies of
-    5 requests under 0.5 s, 4 more under 1 s, 1 under 2.5 s.
+    Per scrape: 4,000 prompt tokens, 300 prefix-cache hits in 400 queries, 2 response-cache hits and 8 misses,
+    and end-to-end latencies of 5 requests under 0.5 s, 4 more under 1 s, 1 under 2.5 s.
     """
 
     def __init__(self) -> None:
@@ -40,6 +40,10 @@ class MetricsPages:
             f"ray_vllm_prefix_cache_hits_total{{{labels}}} {300 * n}.0",
             "# TYPE ray_vllm_prefix_cache_queries_total counter",
             f"ray_vllm_prefix_cache_queries_total{{{labels}}} {400 * n}.0",
+            "# TYPE ray_tokenplane_response_cache_hits_total counter",
+            f"ray_tokenplane_response_cache_hits_total{{{labels}}} {2 * n}.0",
+            "# TYPE ray_tokenplane_response_cache_misses_total counter",
+            f"ray_tokenplane_response_cache_misses_total{{{labels}}} {8 * n}.0",
             "# TYPE ray_vllm_e2e_request_latency_seconds histogram",
         ]
         for le, per_scrape in (("0.5", 5), ("1.0", 9), ("2.5", 10), ("+Inf", 10)):
@@ -102,6 +106,7 @@ async def test_status_metrics_report_the_economics_of_the_serving_pods(
     await op.wait_for(lambda: metrics().get("tokensPerGpuHour"), message="status.metrics")
     reported = metrics()
     assert reported["kvCacheHitRate"] == 0.75
+    assert reported["responseCacheHitRatio"] == 0.2
     assert reported["outputInputTokenRatio"] == 0.25
     # 95th of every 10 requests lies halfway into the (1 s, 2.5 s] bucket; the 99th, 90% of the way.
     assert reported["p95LatencyMs"] == 1750.0

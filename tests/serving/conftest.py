@@ -1,7 +1,9 @@
 """Shared serving fixtures: one tiny model, served once per session by a real Ray Serve + vLLM.
 
 The shared server carries everything the single-replica tests need at once (two API keys, a LoRA
-adapter, a small backpressure budget), so the session pays for one engine start. Entra ID and
+adapter, a small backpressure budget, the response cache), so the session pays for one engine start. The cache's
+Redis runs only while test_cache_live.py runs: for every other test Redis is down, so they see the engine's own
+answers (and the cache's outage path runs all session). Entra ID and
 two-replica routing share a second instance (test_routing.py).
 """
 
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.redis_server import RedisServer
 from tokenplane_serving.args import ServingArgs
 from tokenplane_serving.local import LocalServer, serve_local
 from tokenplane_serving.mapping import FAST_PATH_ENV
@@ -35,6 +38,8 @@ LIMITED_KEY = "tp-key-limited-5555555555"
 TOKENS_PER_MINUTE, REQUESTS_PER_MINUTE = 200_000, 6_000
 # In flight per replica and queued at the ingress: small, so an overload test needs few requests.
 MAX_ONGOING, MAX_QUEUED = 4, 4
+# The environment variable the replicas read the response cache's Redis URL from (the operator's name for it).
+CACHE_REDIS_URL_ENV = "TOKENPLANE_CACHE_REDIS_URL"
 
 
 @pytest.fixture(scope="session")
@@ -71,6 +76,14 @@ BATCH_REDELIVERY_S = 8
 
 
 @pytest.fixture(scope="session")
+def cache_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """The shared server's cache store: its port is reserved here, the server is started only by the cache tests."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def tiny_serving_args(
     tiny_model_dir: Path, tiny_lora_dir: Path, api_keys_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> ServingArgs:
@@ -95,14 +108,16 @@ def tiny_serving_args(
                 "status_code": 429,
                 "retry_after_s": 2,
             },
+            "cache": {"enabled": True, "ttl_s": 600, "redis_url_env": CACHE_REDIS_URL_ENV},
         }
     )
 
 
 @pytest.fixture(scope="session")
-def tiny_server(tiny_serving_args: ServingArgs) -> Iterator[LocalServer]:
+def tiny_server(tiny_serving_args: ServingArgs, cache_redis: RedisServer) -> Iterator[LocalServer]:
     """The one real Ray Serve + vLLM instance of the run (about a minute to start on 2 cores)."""
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    os.environ[CACHE_REDIS_URL_ENV] = cache_redis.url  # Ray's processes inherit it, as pods get it from the Secret
     started = time.monotonic()
     server = serve_local(tiny_serving_args, port=free_port(), block=False, timeout_s=480, metrics_port=free_port())
     print(f"\n[tiny_server] ready after {time.monotonic() - started:.1f}s at {server.base_url}")

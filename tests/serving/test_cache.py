@@ -1,16 +1,30 @@
 """The response cache against a real redis-server: what qualifies, per-tenant keys, SSE replay, and outages."""
 
 import asyncio
+import io
 import json
+import os
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 
 from tests.support.redis_server import RedisServer
-from tokenplane_serving.cache import CacheSettings, ResponseCache, assemble_stream, cache_key, replay_stream
+from tokenplane_serving.args import ServingArgs
+from tokenplane_serving.cache import (
+    MAX_ENTRY_BYTES,
+    CacheSettings,
+    ResponseCache,
+    assemble_stream,
+    cache_key,
+    replay_stream,
+    settings_from_args,
+)
+from tokenplane_serving.local import local_cache_store
 
 CHAT = "/v1/chat/completions"
 ANSWER: dict[str, Any] = {
@@ -44,6 +58,10 @@ def test_only_deterministic_requests_qualify(redis_server: RedisServer) -> None:
     assert cache_key(CHAT, chat(temperature=0.7), "k1", s) is None
     assert cache_key(CHAT, chat(), "k1", s) is None  # OpenAI's default temperature is 1
     assert cache_key(CHAT, chat(temperature=0.7), "k1", settings(redis_server, qualify="all")) is not None
+    # Logprobs cannot be replayed in a stream: never cached, whatever the deployment says.
+    assert cache_key(CHAT, chat(temperature=0, logprobs=True), "k1", s) is None
+    assert cache_key(CHAT, chat(temperature=0, logprobs=False), "k1", s) is not None
+    assert cache_key("/v1/completions", {"prompt": "a", "temperature": 0, "logprobs": 0}, "k1", s) is None
 
 
 def test_key_normalizes_whitespace_and_ignores_streaming_but_not_sampling(redis_server: RedisServer) -> None:
@@ -72,18 +90,22 @@ async def test_a_repeat_is_a_hit_with_its_tokens_saved(redis_server: RedisServer
     assert await cache.get(key) is None
     await cache.put(key, ANSWER)
     assert await cache.get(key) == ANSWER
-    assert (cache.stats.hits, cache.stats.misses, cache.stats.tokens_saved) == (1, 1, 5)
+    assert (cache.stats.hits, cache.stats.misses, cache.stats.tokens_saved) == (1, 1, 12)  # prompt + completion
     assert cache.stats.hit_ratio == 0.5
     other_tenant = cache_key(CHAT, chat(temperature=0), "k2", cache.settings)
     assert other_tenant is not None and await cache.get(other_tenant) is None
     await cache.close()
 
 
-async def test_unfinished_answers_are_not_stored(redis_server: RedisServer) -> None:
+async def test_unfinished_and_oversized_answers_are_not_stored(redis_server: RedisServer) -> None:
     cache = ResponseCache(settings(redis_server))
     cut = {**ANSWER, "choices": [{**ANSWER["choices"][0], "finish_reason": None}]}
     await cache.put("tokenplane:cache:v1:cut", cut)
     assert await cache.get("tokenplane:cache:v1:cut") is None
+    message = {"role": "assistant", "content": "x" * MAX_ENTRY_BYTES}
+    huge = {**ANSWER, "choices": [{**ANSWER["choices"][0], "message": message}]}
+    await cache.put("tokenplane:cache:v1:huge", huge)
+    assert await cache.get("tokenplane:cache:v1:huge") is None
     await cache.close()
 
 
@@ -107,6 +129,31 @@ async def test_redis_outage_degrades_to_no_cache_then_recovers(redis_server: Red
     await cache.put(key, ANSWER)
     assert await cache.get(key) == ANSWER
     await cache.close()
+
+
+async def test_a_hung_redis_costs_one_timeout_then_is_left_alone(redis_server: RedisServer) -> None:
+    cache = ResponseCache(settings(redis_server, timeout_s=0.2, backoff_s=30))
+    key = cache_key(CHAT, chat(temperature=0), "k1", cache.settings)
+    assert key is not None
+    redis_server.pause()  # accepts connections, answers nothing
+    try:
+        started = time.monotonic()
+        for _ in range(10):
+            assert await cache.get(key) is None
+        elapsed = time.monotonic() - started
+    finally:
+        redis_server.resume()
+    assert cache.stats.errors == 1 and cache.stats.misses == 10
+    assert elapsed < 0.6, f"10 lookups against a hung Redis took {elapsed:.2f}s"
+    await cache.close()
+
+
+def test_the_redis_url_must_be_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    args = _cache_args("TOKENPLANE_TEST_CACHE_URL").cache
+    with pytest.raises(ValueError, match="must be a redis://, rediss:// or unix:// URL"):
+        settings_from_args(args, {"TOKENPLANE_TEST_CACHE_URL": "r.redis.cache.windows.net:6380,password=x,ssl=True"})
+    parsed = settings_from_args(args, {"TOKENPLANE_TEST_CACHE_URL": "rediss://:k@r.redis.cache.windows.net:6380/0"})
+    assert parsed is not None and parsed.url.startswith("rediss://")
 
 
 def _events(stream: list[bytes]) -> list[dict[str, Any]]:
@@ -137,3 +184,38 @@ def test_completions_replay_as_text_completion_events() -> None:
     events = _events(list(replay_stream(answer)))
     assert {e["object"] for e in events} == {"text_completion"}
     assert assemble_stream(events) == answer
+
+
+def _cache_args(env: str) -> ServingArgs:
+    return ServingArgs.model_validate(
+        {"model": {"id": "tiny", "source": "/models/tiny"}, "cache": {"enabled": True, "redis_url_env": env}}
+    )
+
+
+def test_a_local_run_starts_its_own_redis_and_stops_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    env = "TOKENPLANE_TEST_CACHE_URL"
+    monkeypatch.delenv(env, raising=False)
+    console = Console(file=io.StringIO())
+    args, stop = local_cache_store(_cache_args(env), console)
+    assert stop is not None and args.cache.enabled
+    url = os.environ[env]
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as conn:
+        conn.sendall(b"PING\r\n")
+        assert conn.recv(16).startswith(b"+PONG")
+    stop()
+    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
+        pass
+    # A URL already in the environment (a Redis of the user's own) is used as it is.
+    args, stop = local_cache_store(_cache_args(env), console)
+    assert stop is None and args.cache.enabled and os.environ[env] == url
+
+
+def test_a_local_run_without_redis_serves_without_the_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    env = "TOKENPLANE_TEST_CACHE_URL"
+    monkeypatch.delenv(env, raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no redis-server on it
+    output = io.StringIO()
+    args, stop = local_cache_store(_cache_args(env), Console(file=output, width=200))
+    assert stop is None and not args.cache.enabled
+    assert "Response cache off" in output.getvalue() and "make redis" in output.getvalue()

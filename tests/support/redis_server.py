@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -46,9 +47,32 @@ class RedisServer:
     def stop(self) -> None:
         """Stop the server (what an outage looks like to clients: connections refused)."""
         if self._process is not None:
+            self._process.send_signal(signal.SIGCONT)  # a paused server cannot act on SIGTERM
             self._process.terminate()
             self._process.wait(10)
             self._process = None
+
+    def kill(self) -> None:
+        """Kill the server at once (SIGKILL: a crash, no goodbye to open connections)."""
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait(10)
+            self._process = None
+
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): connections are accepted by the kernel but nothing answers, a hung Redis."""
+        if self._process is not None:
+            self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Let a paused server run again (SIGCONT)."""
+        if self._process is not None:
+            self._process.send_signal(signal.SIGCONT)
+
+    @property
+    def running(self) -> bool:
+        """Whether this object started the server and it has not been stopped."""
+        return self._process is not None
 
     def __enter__(self) -> RedisServer:
         return self.start()

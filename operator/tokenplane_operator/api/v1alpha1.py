@@ -1276,6 +1276,9 @@ class MetricsStatus(_Model):
     gpu_utilization: float | None = Field(default=None, description="GPU utilization, 0..1.")
     output_input_token_ratio: float | None = Field(default=None, description="Output tokens / input tokens.")
     kv_cache_hit_rate: float | None = Field(default=None, description="Prefix-cache hit rate, 0..1.")
+    response_cache_hit_ratio: float | None = Field(
+        default=None, description="Response-cache hits / (hits + misses), 0..1 (spec.endpoint.cache)."
+    )
     updated_at: datetime | None = Field(default=None, description="When these were computed.")
 
 

@@ -21,6 +21,8 @@ E2E_LATENCY = "ray_vllm_e2e_request_latency_seconds"
 TTFT = "ray_vllm_time_to_first_token_seconds"
 PREFIX_HITS = "ray_vllm_prefix_cache_hits_total"
 PREFIX_QUERIES = "ray_vllm_prefix_cache_queries_total"
+RESPONSE_CACHE_HITS = "ray_tokenplane_response_cache_hits_total"
+RESPONSE_CACHE_MISSES = "ray_tokenplane_response_cache_misses_total"
 # A MIG slice `nvidia.com/mig-<g>g.<mem>gb` is g of the GPU's 7 compute slices (A100, H100, H200).
 _MIG_RESOURCE = re.compile(r"^nvidia\.com/mig-(?P<slices>[1-7])g\.")
 
@@ -90,7 +92,7 @@ def histogram_quantile(quantile: float, cumulative: dict[float, float]) -> float
 
 
 def compute_economics(before: Scrape, after: Scrape, *, elapsed_s: float, gpus: float, now: datetime) -> MetricsStatus:
-    """Turn two scrapes into the status metrics: throughput per GPU, tail latency, token mix, cache hits.
+    """Turn two scrapes into the status metrics: throughput per GPU, tail latency, token mix, cache hit ratios.
 
     Args:
         before: the earlier scrape.
@@ -109,6 +111,8 @@ def compute_economics(before: Scrape, after: Scrape, *, elapsed_s: float, gpus: 
     e2e = after.bucket_delta(before, E2E_LATENCY)
     ttft = after.bucket_delta(before, TTFT)
     queries = after.delta(before, PREFIX_QUERIES)
+    cache_hits = after.delta(before, RESPONSE_CACHE_HITS)
+    lookups = cache_hits + after.delta(before, RESPONSE_CACHE_MISSES)
 
     def ms(seconds: float | None) -> float | None:
         return None if seconds is None else round(seconds * 1000.0, 1)
@@ -121,6 +125,7 @@ def compute_economics(before: Scrape, after: Scrape, *, elapsed_s: float, gpus: 
         p95_ttft_ms=ms(histogram_quantile(0.95, ttft)),
         output_input_token_ratio=round(output / prompt, 3) if prompt > 0 else None,
         kv_cache_hit_rate=round(after.delta(before, PREFIX_HITS) / queries, 4) if queries > 0 else None,
+        response_cache_hit_ratio=round(cache_hits / lookups, 4) if lookups > 0 else None,
         updated_at=now,
     )
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from tokenplane_serving.features import auth, batch, limits, models, ratelimit, readiness
+from tokenplane_serving.features import auth, batch, cache, limits, models, ratelimit, readiness
 from tokenplane_serving.features.base import (
     BODY_KEY,
     PRINCIPAL_KEY,
@@ -45,7 +45,8 @@ __all__ = [
 # The features, outermost first: reject strangers before reading bodies (public probes pass auth by
 # path), answer the Batch API (its own upload limit),
 # bound the body before parsing it, parse it once for the features inside (rate limits charge the
-# caller auth found and the tokens the body asks for).
+# caller auth found and the tokens the body asks for); the response cache answers innermost, once the tenant
+# is known and the request admitted.
 FEATURES: tuple[Callable[[FeatureContext], Wrapper | None], ...] = (
     auth.feature,
     batch.feature,  # before the body limit: batch input files are larger than requests
@@ -54,6 +55,7 @@ FEATURES: tuple[Callable[[FeatureContext], Wrapper | None], ...] = (
     ratelimit.feature,
     models.feature,
     readiness.feature,
+    cache.feature,
 )
 
 

@@ -9,6 +9,8 @@ from hypothesis import strategies as st
 from tokenplane_operator.converge.economics import (
     E2E_LATENCY,
     OUTPUT_TOKENS,
+    RESPONSE_CACHE_HITS,
+    RESPONSE_CACHE_MISSES,
     Scrape,
     compute_economics,
     gpus_in_pods,
@@ -113,3 +115,15 @@ def test_gpus_count_whole_gpus_and_mig_slices_as_sevenths() -> None:
 
     pods = [pod({"nvidia.com/gpu": "2"}), pod({"nvidia.com/mig-3g.40gb": "1"}), pod({"cpu": "4"}), {"spec": {}}]
     assert gpus_in_pods(pods) == pytest.approx(2 + 3 / 7)
+
+
+def test_response_cache_hit_ratio_over_the_window_and_none_without_a_cache() -> None:
+    def cache(hits: float, misses: float) -> Scrape:
+        return Scrape({RESPONSE_CACHE_HITS: hits, RESPONSE_CACHE_MISSES: misses}, {})
+
+    metrics = compute_economics(cache(10, 90), cache(40, 100), elapsed_s=60, gpus=1, now=NOW)
+    assert metrics.response_cache_hit_ratio == 0.75  # 30 hits of 40 lookups in the window, not 40 of 140 ever
+    idle = compute_economics(cache(40, 100), cache(40, 100), elapsed_s=60, gpus=1, now=NOW)
+    assert idle.response_cache_hit_ratio is None
+    no_cache = compute_economics(_tokens(0), _tokens(10), elapsed_s=60, gpus=1, now=NOW)
+    assert no_cache.response_cache_hit_ratio is None
