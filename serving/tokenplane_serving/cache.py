@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
+from urllib.parse import quote
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -36,6 +37,7 @@ __all__ = [
     "ResponseCache",
     "assemble_stream",
     "cache_key",
+    "redis_url",
     "replay_stream",
     "settings_from_args",
     "tokens_of",
@@ -81,17 +83,47 @@ def settings_from_args(args: CacheArgs, environ: Mapping[str, str]) -> CacheSett
     """
     if not args.enabled or not args.redis_url_env:
         return None
-    url = environ.get(args.redis_url_env, "").strip()
-    if not url:
+    value = environ.get(args.redis_url_env, "").strip()
+    if not value:
         raise ValueError(
             f"the response cache needs the Redis URL in ${args.redis_url_env} (spec.endpoint.cache.redisSecretRef)"
         )
-    if not url.startswith(REDIS_SCHEMES):
+    url = redis_url(value)
+    if url is None:
         raise ValueError(
             f"${args.redis_url_env} (spec.endpoint.cache.redisSecretRef) must be a redis://, rediss:// or unix:// URL, "
-            f"e.g. rediss://:<access key>@<name>.redis.cache.windows.net:6380/0"
+            "e.g. rediss://:<access key>@<name>.redis.cache.windows.net:6380/0, or the connection string the Azure "
+            "portal shows (<name>.redis.cache.windows.net:6380,password=<access key>,ssl=True)"
         )
     return CacheSettings(url=url, ttl_s=args.ttl_s, qualify=args.qualify, shared=args.shared)
+
+
+def redis_url(value: str) -> str | None:
+    """Return a Redis URL from a URL or a StackExchange.Redis connection string (what the Azure portal shows).
+
+    ``<name>.redis.cache.windows.net:6380,password=<key>,ssl=True,abortConnect=False`` becomes
+    ``rediss://:<key>@<name>.redis.cache.windows.net:6380/0``; options other than password and ssl are client
+    tuning that has no URL form and is dropped.
+
+    Returns:
+        The URL, or None when `value` is neither form.
+    """
+    if value.startswith(REDIS_SCHEMES):
+        return value
+    endpoint, *options = (part.strip() for part in value.split(","))
+    settings = {}
+    for option in options:
+        name, sep, setting = option.partition("=")
+        if not sep:
+            return None
+        settings[name.strip().lower()] = setting.strip()
+    host, _, port = endpoint.rpartition(":")
+    if not host or not port.isdigit() or "/" in endpoint or "@" in endpoint:
+        return None
+    scheme = "rediss" if settings.get("ssl", "false").lower() == "true" else "redis"
+    password = settings.get("password")
+    auth = f":{quote(password, safe='')}@" if password else ""
+    return f"{scheme}://{auth}{host}:{port}/0"
 
 
 @dataclass

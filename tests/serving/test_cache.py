@@ -3,12 +3,13 @@
 import asyncio
 import io
 import json
+import logging
 import os
 import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from rich.console import Console
@@ -21,9 +22,12 @@ from tokenplane_serving.cache import (
     ResponseCache,
     assemble_stream,
     cache_key,
+    redis_url,
     replay_stream,
     settings_from_args,
 )
+from tokenplane_serving.features.base import FeatureContext, Replica
+from tokenplane_serving.features.cache import feature as cache_feature
 from tokenplane_serving.local import local_cache_store
 
 CHAT = "/v1/chat/completions"
@@ -148,12 +152,31 @@ async def test_a_hung_redis_costs_one_timeout_then_is_left_alone(redis_server: R
     await cache.close()
 
 
-def test_the_redis_url_must_be_one(monkeypatch: pytest.MonkeyPatch) -> None:
-    args = _cache_args("TOKENPLANE_TEST_CACHE_URL").cache
+def test_the_secret_holds_a_redis_url_or_the_portals_connection_string() -> None:
+    env = "TOKENPLANE_TEST_CACHE_URL"
+    args = _cache_args(env).cache
+    url = "rediss://:k@r.redis.cache.windows.net:6380/0"
+    assert (settings_from_args(args, {env: url}) or pytest.fail()).url == url
+    portal = "r.redis.cache.windows.net:6380,password=a+b/c=,ssl=True,abortConnect=False"
+    assert (settings_from_args(args, {env: portal}) or pytest.fail()).url == (
+        "rediss://:a%2Bb%2Fc%3D@r.redis.cache.windows.net:6380/0"
+    )
+    assert redis_url("localhost:6379") == "redis://localhost:6379/0"
     with pytest.raises(ValueError, match="must be a redis://, rediss:// or unix:// URL"):
-        settings_from_args(args, {"TOKENPLANE_TEST_CACHE_URL": "r.redis.cache.windows.net:6380,password=x,ssl=True"})
-    parsed = settings_from_args(args, {"TOKENPLANE_TEST_CACHE_URL": "rediss://:k@r.redis.cache.windows.net:6380/0"})
-    assert parsed is not None and parsed.url.startswith("rediss://")
+        settings_from_args(args, {env: "http://r.example:80"})
+    with pytest.raises(ValueError, match=env):
+        settings_from_args(args, {env: " "})
+
+
+def test_a_misconfigured_cache_leaves_the_endpoint_serving_without_it(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    env = "TOKENPLANE_TEST_CACHE_URL"
+    monkeypatch.setenv(env, "not a url")
+    ctx = FeatureContext(_cache_args(env), replica=cast(Replica, None))
+    with caplog.at_level(logging.ERROR):
+        assert cache_feature(ctx) is None
+    assert "response cache off" in caplog.text and env in caplog.text
 
 
 def _events(stream: list[bytes]) -> list[dict[str, Any]]:

@@ -950,7 +950,8 @@ class CacheSpec(_Model):
     redis_secret_ref: SecretKeyRef | None = Field(
         default=None,
         description="Secret key holding the Redis URL, e.g. "
-        "rediss://:<access key>@<name>.redis.cache.windows.net:6380/0 (Azure Cache for Redis, TLS).",
+        "rediss://:<access key>@<name>.redis.cache.windows.net:6380/0 (Azure Cache for Redis, TLS), or the "
+        "connection string the Azure portal shows (<name>.redis.cache.windows.net:6380,password=...,ssl=True).",
     )
 
     @model_validator(mode="after")
