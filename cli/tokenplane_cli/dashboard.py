@@ -136,9 +136,10 @@ PANELS: tuple[Panel, ...] = (
     Panel(
         "Queue depth",
         "short",
-        "Requests waiting for a replica (Ray Serve) and inside the engine (vLLM, KV-cache pressure).",
+        "Requests waiting in the replicas for a slot (max_ongoing_requests busy; with direct streaming Ray Serve's "
+        "own queue gauge stays 0) and inside the engine (vLLM, KV-cache pressure).",
         (
-            ("Serve {{inference_deployment}}", f"sum by ({BY}) (ray_serve_deployment_queued_queries{{{SEL}}})"),
+            ("replicas {{inference_deployment}}", f"sum by ({BY}) (ray_tokenplane_replica_waiting_requests{{{SEL}}})"),
             ("engine {{inference_deployment}}", f"sum by ({BY}) (ray_vllm_num_requests_waiting{{{SEL}}})"),
         ),
     ),

@@ -8,8 +8,8 @@ P95 from it: a fleet P95 cannot be recovered from per-replica P95s (their max ov
 unlucky, their mean hides a slow half).
 
 Decision, per tick (the reasons are the operator's status reasons):
-- `QueueDepth`: requests waiting (Serve-queued + engine waiting) exceed `targetQueueDepth` per replica;
-  grow in proportion, so that the waiting requests fit in the new replicas' batches.
+- `QueueDepth`: requests waiting (Serve-queued + waiting in a replica for a slot + engine waiting) exceed
+  `targetQueueDepth` per replica; grow in proportion, so that the waiting requests fit in the new replicas' batches.
 - `LatencyBreach`: the fleet P95 exceeds the target; grow by the breach ratio (capped at 2x per tick). The
   per-replica load at which the breach happened is remembered as the replica's *capacity*, so later load
   changes are sized in advance (`ongoing / (0.8 x capacity)`) instead of waiting for the next breach.
@@ -108,6 +108,8 @@ class FleetMetrics:
     engine_running: float
     histogram: dict[int, float]
     batch_running: float = 0.0
+    # Accepted by a replica, waiting for a slot: with direct streaming Serve's own counts miss them.
+    replica_waiting: float = 0.0
 
     def p95_ms(self, q: float = 0.95) -> float | None:
         """Return the fleet's latency quantile from the merged histogram (None without samples)."""
@@ -148,7 +150,7 @@ def merge_replica_reports(
             if point is not None:
                 latest.setdefault(replica, {})[name] = point
     prefix = f"{metric}_h"
-    waiting = running = batch = 0.0
+    waiting = running = batch = replica_waiting = 0.0
     histogram: dict[int, float] = {}
     fresh = stale = 0
     for values in latest.values():
@@ -162,6 +164,8 @@ def merge_replica_reports(
                 continue  # not in the latest report
             if name == "engine_waiting":
                 waiting += value
+            elif name == "replica_waiting":
+                replica_waiting += value
             elif name == "engine_running":
                 running += value
             elif name == "batch_running":
@@ -169,7 +173,7 @@ def merge_replica_reports(
             elif name.startswith(prefix) and name[len(prefix) :].isdigit():
                 index = int(name[len(prefix) :])
                 histogram[index] = histogram.get(index, 0.0) + value
-    return FleetMetrics(fresh, stale, waiting, running, histogram, batch)
+    return FleetMetrics(fresh, stale, waiting, running, histogram, batch, replica_waiting)
 
 
 class TokenplanePolicy:
@@ -241,8 +245,9 @@ class TokenplanePolicy:
         fleet = merge_replica_reports(ctx.raw_metrics or {}, self.metric, now, self.stale_after_s)
         # Batch requests are left out of the demand; low priority, they also make up the engine's waiting first.
         batch = min(fleet.batch_running, float(ctx.total_num_requests or 0.0))
-        ongoing = float(ctx.total_num_requests or 0.0) - batch
-        queue = float(ctx.total_queued_requests or 0.0) + max(0.0, fleet.engine_waiting - batch)
+        # Requests waiting inside replicas are load and queue, as Serve counts its handle-queued ones in both.
+        ongoing = float(ctx.total_num_requests or 0.0) - batch + fleet.replica_waiting
+        queue = float(ctx.total_queued_requests or 0.0) + fleet.replica_waiting + max(0.0, fleet.engine_waiting - batch)
         p95 = fleet.p95_ms() if fleet.samples >= self.min_samples else None
         if state.get("fleet_size") != current:
             state["fleet_size"], state["fleet_changed"] = current, now

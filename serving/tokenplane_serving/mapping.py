@@ -36,7 +36,9 @@ _SESSION_HEADER_ENV = "RAY_SERVE_SESSION_ID_HEADER_KEY"
 # Ray's environment for tokenplane's data plane, on every Ray node before Ray starts (the operator's
 # RayService sets it; `serve_local` sets it for its own Ray). HAProxy replaces Ray's Python HTTP proxy;
 # direct streaming makes the LLMServer replica the ingress (one hop less, no 50 ms response batching);
-# the router gets the request body, so prefix affinity and LoRA routing still see the prompt and model.
+# the router gets the request body, so prefix affinity and LoRA routing still see the prompt and model;
+# Ray's HTTP callback puts tokenplane's counter in front of each replica's admission, so the requests that
+# wait there for a slot are seen (`tokenplane_serving.occupancy`).
 FAST_PATH_ENV: dict[str, str] = {
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
     "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING": "1",
@@ -45,6 +47,7 @@ FAST_PATH_ENV: dict[str, str] = {
     # child of its replica's worker: any busy process on the node (Ray's agents, a sidecar) would preempt the
     # engine. On a serving node the engine is the workload, so it runs at the default priority.
     "RAY_worker_niceness": "0",
+    "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "tokenplane_serving.occupancy:http_middlewares",
 }
 
 # Our quantization names -> vLLM's `quantization` values (vllm/model_executor/layers/quantization).

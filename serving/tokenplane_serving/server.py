@@ -25,6 +25,7 @@ from tokenplane_serving.args import ServingArgs
 from tokenplane_serving.autoscale import latency_histogram
 from tokenplane_serving.features import FeatureContext, install
 from tokenplane_serving.mapping import build_lora_adapter_paths
+from tokenplane_serving.occupancy import OCCUPANCY, Occupancy
 from tokenplane_serving.ray_internals import DiskMultiplexConfig, LoraModelLoader, engine_client
 
 __all__ = ["EngineStats", "LocalLoraLoader", "TokenplaneLLMServer", "TokenplanePDDecodeServer", "TokenplaneServerMixin"]
@@ -38,6 +39,9 @@ _WINDOW_S = 60.0
 _READY_TTL_S = 15.0
 _PROBE_TIMEOUT_S = 8.0  # below Ray Serve LLM's 10 s health_check_timeout_s
 _LATENCY_SAMPLES = 4096
+# How often the gauges are refreshed besides engine steps: an idle engine makes no steps, and the waiting gauge
+# must fall back to 0 when the queue drains.
+_PUBLISH_S = 0.5
 # Latencies the autoscaling histogram covers: a few metric pushes (10 s each), so a breach shows within one
 # push and is gone soon after the fleet has grown.
 _LATENCY_WINDOW_S = 30.0
@@ -48,26 +52,29 @@ class EngineStats:
 
     vLLM's own Prometheus logger (re-exported by Ray as `ray_vllm_*`) already covers tokens, latency
     histograms, queue and KV usage; this adds only what it lacks: windowed tokens/s per GPU, tokens per
-    GPU-hour, the prefix-cache hit ratio, and latency percentiles for the autoscaling policy.
+    GPU-hour, the prefix-cache hit ratio, latency percentiles for the autoscaling policy, and the requests waiting
+    in the replica for a slot (`tokenplane_serving.occupancy`), which no Ray or vLLM metric sees with direct streaming.
     """
 
-    def __init__(self, gpus: float, model_id: str) -> None:
+    def __init__(self, gpus: float, model_id: str, occupancy: Occupancy = OCCUPANCY) -> None:
         """Create the stats holder and its Ray metrics.
 
         Args:
             gpus: GPUs this replica holds; 0 on CPU replicas, whose per-GPU figures are per replica.
             model_id: The served model name (metric tag).
+            occupancy: The replica's request counts (the process-wide one by default).
         """
         self.gpus = gpus
+        self.occupancy = occupancy
         self._per = gpus if gpus > 0 else 1.0
         self._lock = threading.Lock()
         self._window: collections.deque[tuple[float, int, int, int]] = collections.deque()
+        self._sums = [0, 0, 0]  # generated, queries, hits over `_window`: a snapshot costs O(1), not O(steps)
         self._ttft: collections.deque[tuple[float, float]] = collections.deque(maxlen=_LATENCY_SAMPLES)
         self._e2e: collections.deque[tuple[float, float]] = collections.deque(maxlen=_LATENCY_SAMPLES)
         self.last_token_time = 0.0
         self.running = 0
         self.waiting = 0
-        self._published = 0.0
         keys = ("model_name",)
         self._g_gpus = metrics.Gauge("tokenplane_replica_gpus", "GPUs held by the replica (0: CPU).", tag_keys=keys)
         self._g_tps = metrics.Gauge(
@@ -85,21 +92,40 @@ class EngineStats:
             f"Prompt tokens served from the prefix cache / prompt tokens looked up, over {_WINDOW_S:.0f} s.",
             tag_keys=keys,
         )
-        for gauge in (self._g_gpus, self._g_tps, self._g_gpu_hour, self._g_hit):
+        self._g_waiting = metrics.Gauge(
+            "tokenplane_replica_waiting_requests",
+            "Requests the replica accepted that wait for a slot (max_ongoing_requests), not yet in the engine.",
+            tag_keys=keys,
+        )
+        self._g_ongoing = metrics.Gauge(
+            "tokenplane_replica_ongoing_requests",
+            "Requests holding a replica slot (in tokenplane's features or vLLM), at most max_ongoing_requests.",
+            tag_keys=keys,
+        )
+        gauges = (self._g_gpus, self._g_tps, self._g_gpu_hour, self._g_hit, self._g_waiting, self._g_ongoing)
+        for gauge in gauges:
             gauge.set_default_tags({"model_name": model_id})  # Serve adds its tags to the dict it gets
         self._g_gpus.set(gpus)
 
     def record(self, now: float, generated: int, queries: int, hits: int) -> None:
-        """Add one engine step's numbers."""
+        """Add one engine step's numbers (the gauges follow on the next `publish`)."""
         with self._lock:
             self._window.append((now, generated, queries, hits))
-            while self._window and self._window[0][0] < now - _WINDOW_S:
-                self._window.popleft()
+            sums = self._sums
+            sums[0] += generated
+            sums[1] += queries
+            sums[2] += hits
+            self._evict(now)
             if generated:
                 self.last_token_time = now
-        if now - self._published >= 1.0:
-            self._published = now
-            self.publish(now)
+
+    def _evict(self, now: float) -> None:
+        window, sums = self._window, self._sums
+        while window and window[0][0] < now - _WINDOW_S:
+            _, generated, queries, hits = window.popleft()
+            sums[0] -= generated
+            sums[1] -= queries
+            sums[2] -= hits
 
     def record_latencies(self, ttft_s: list[float], e2e_s: list[float], now: float | None = None) -> None:
         """Keep recent time-to-first-token and end-to-end latencies (seconds) with their time."""
@@ -123,12 +149,11 @@ class EngineStats:
         """
         now = time.monotonic() if now is None else now
         with self._lock:
-            rows = [r for r in self._window if r[0] >= now - _WINDOW_S]
-        generated = sum(r[1] for r in rows)
-        queries = sum(r[2] for r in rows)
-        hits = sum(r[3] for r in rows)
+            self._evict(now)
+            generated, queries, hits = self._sums
+            oldest = self._window[0][0] if self._window else None
         # Until a full window has passed, divide by the time actually covered.
-        span = max(1.0, min(_WINDOW_S, now - rows[0][0])) if rows else _WINDOW_S
+        span = max(1.0, min(_WINDOW_S, now - oldest)) if oldest is not None else _WINDOW_S
         per_s = generated / span / self._per
         return {
             "tokens_per_s_per_gpu": per_s,
@@ -143,6 +168,14 @@ class EngineStats:
         self._g_tps.set(snap["tokens_per_s_per_gpu"])
         self._g_gpu_hour.set(snap["tokens_per_gpu_hour"])
         self._g_hit.set(snap["prefix_cache_hit_ratio"])
+        self._g_waiting.set(self.occupancy.waiting)
+        self._g_ongoing.set(self.occupancy.ongoing)
+
+    async def publish_forever(self, interval_s: float = _PUBLISH_S) -> None:
+        """Publish every `interval_s`, engine steps or not (run as a task for the replica's life)."""
+        while True:
+            self.publish()
+            await asyncio.sleep(interval_s)
 
 
 class _StatsLogger(AggregateStatLoggerBase):
@@ -157,10 +190,11 @@ class _StatsLogger(AggregateStatLoggerBase):
         generated, queries, hits = 0, 0, 0
         if iteration_stats is not None:
             generated = iteration_stats.num_generation_tokens
-            self._stats.record_latencies(
-                list(iteration_stats.time_to_first_tokens_iter),
-                [r.e2e_latency for r in iteration_stats.finished_requests],
-            )
+            finished = iteration_stats.finished_requests
+            if iteration_stats.time_to_first_tokens_iter or finished:  # most decode steps have neither
+                self._stats.record_latencies(
+                    list(iteration_stats.time_to_first_tokens_iter), [r.e2e_latency for r in finished]
+                )
         if scheduler_stats is not None:
             queries = scheduler_stats.prefix_cache_stats.queries
             hits = scheduler_stats.prefix_cache_stats.hits
@@ -257,6 +291,7 @@ class TokenplaneServerMixin:
         loader = functools.partial(LocalLoraLoader, adapters)
         await super().__init__(llm_config, model_downloader=cast(Any, loader), **kwargs)  # type: ignore[misc,call-arg]
         self.stats = EngineStats(_replica_gpus(llm_config), llm_config.model_id)
+        self._publisher = asyncio.get_running_loop().create_task(self.stats.publish_forever())
         # AsyncLLM takes stat loggers only at construction, where Ray fixes the list; its manager
         # iterates `stat_loggers` on every step, so appending is enough.
         manager = getattr(engine_client(self.engine), "logger_manager", None)
@@ -382,14 +417,21 @@ class TokenplaneServerMixin:
         """Report custom autoscaling metrics (Ray Serve calls this on each replica).
 
         Returns:
+            The requests waiting in the replica for a slot (which Serve's own counts miss with direct streaming),
             vLLM's waiting and running requests, the Batch API requests in flight, and the TTFT and end-to-end
             latency histograms of the last 30 s as sparse bucket counts, which the policy sums over replicas into
             the fleet's P95.
         """
         stats = self.stats
         if stats is None:
-            return {"engine_waiting": 0.0, "engine_running": 0.0, "batch_running": float(self._batch_running)}
+            return {
+                "replica_waiting": 0.0,
+                "engine_waiting": 0.0,
+                "engine_running": 0.0,
+                "batch_running": float(self._batch_running),
+            }
         report = {
+            "replica_waiting": float(stats.occupancy.waiting),
             "engine_waiting": float(stats.waiting),
             "engine_running": float(stats.running),
             "batch_running": float(self._batch_running),

@@ -28,9 +28,16 @@ def replica(i: int) -> ReplicaID:
     return ReplicaID(unique_id=f"r{i}", deployment_id=DEPLOYMENT)
 
 
-def report(ttft_ms: list[float], waiting: float = 0.0, running: float = 0.0) -> dict[str, float]:
+def report(
+    ttft_ms: list[float], waiting: float = 0.0, running: float = 0.0, replica_waiting: float = 0.0
+) -> dict[str, float]:
     """What `TokenplaneLLMServer.record_autoscaling_stats` returns for these latencies."""
-    return {"engine_waiting": waiting, "engine_running": running, **latency_histogram("ttft", ttft_ms)}
+    return {
+        "replica_waiting": replica_waiting,
+        "engine_waiting": waiting,
+        "engine_running": running,
+        **latency_histogram("ttft", ttft_ms),
+    }
 
 
 def context(
@@ -114,6 +121,18 @@ def test_queue_depth_scales_out_so_waiting_requests_fit() -> None:
     desired, state = policy()(context(full, ongoing=128, queued=24, state=stable(2)))
     assert state["reason"] == "QueueDepth"
     assert desired == 5  # all 128 requests in batches at 80% of the 32 cap: ceil(128 / 25.6)
+
+
+def test_requests_waiting_inside_replicas_are_queue_and_load() -> None:
+    # Direct streaming: 2 replicas hold their 32 slots and 32 more requests each wait inside them for a slot.
+    # Serve counts only the slot holders (64) and queues nothing at handles.
+    full = [report([300.0] * 30, running=32, replica_waiting=32) for _ in range(2)]
+    desired, state = policy()(context(full, ongoing=64, queued=0, state=stable(2)))
+    assert (state["reason"], state["queue"]) == ("QueueDepth", 64)
+    assert desired == 5  # all 128 requests in batches at 80% of the 32 cap: ceil(128 / 25.6)
+    # Without the replicas' count the same fleet looks merely full.
+    blind = [report([300.0] * 30, running=32) for _ in range(2)]
+    assert policy()(context(blind, ongoing=64, queued=0, state=stable(2)))[0] == 3
 
 
 def test_recovery_holds_then_scales_in_slowly() -> None:

@@ -298,6 +298,54 @@ def test_overload_gets_only_200s_and_429s_with_retry_after(tiny_server: LocalSer
     assert completes(client_for(tiny_server))  # serves normally afterwards
 
 
+def labelled(url: str, name: str) -> list[tuple[str, float]]:
+    """Every series of one metric on a Prometheus text page: (labels, value)."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    found = re.finditer(rf"^{name}(\{{.*\}})?\s+(\S+)$", text, re.MULTILINE)
+    return [(m.group(1) or "", float(m.group(2))) for m in found]
+
+
+def test_waiting_gauge_counts_requests_queued_in_the_replica(tiny_server: LocalServer) -> None:
+    # Direct streaming: beyond max_ongoing_requests, requests wait inside the replica, where Serve's queue gauge
+    # does not see them; tokenplane's does, scraped from the real /metrics endpoint.
+    assert tiny_server.metrics_url
+    waiting, ongoing = "ray_tokenplane_replica_waiting_requests", "ray_tokenplane_replica_ongoing_requests"
+    body = {"model": MODEL_ID, "prompt": PROMPT, "max_tokens": 160, "temperature": 0, "ignore_eos": True}
+    samples: list[tuple[float, float, float]] = []
+
+    async def load_and_sample() -> list[int]:
+        async with httpx.AsyncClient(timeout=180) as http:
+            requests = asyncio.gather(
+                *(
+                    http.post(f"{tiny_server.openai_base_url}/completions", json=body, headers=headers())
+                    for _ in range(MAX_ONGOING + MAX_QUEUED)
+                )
+            )
+            started = time.monotonic()
+            while not requests.done():
+                await asyncio.sleep(0.5)
+                page = await asyncio.to_thread(scrape, tiny_server.metrics_url)
+                samples.append((time.monotonic() - started, page.get(waiting, -1.0), page.get(ongoing, -1.0)))
+            return [r.status_code for r in await requests]
+
+    codes = asyncio.run(load_and_sample())
+    print("\n[queue] t, waiting, ongoing: " + " ".join(f"({t:.1f},{w:g},{o:g})" for t, w, o in samples))
+    assert codes == [200] * (MAX_ONGOING + MAX_QUEUED)
+    assert max(w for _, w, _ in samples) > 0, "requests waited for a slot but the gauge never showed them"
+    assert max(w for _, w, _ in samples) <= MAX_QUEUED
+    assert 0 < max(o for _, _, o in samples) <= MAX_ONGOING
+    series = labelled(tiny_server.metrics_url, waiting)
+    assert series and all('model_name="tiny"' in labels and "deployment=" in labels for labels, _ in series), series
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        page = scrape(tiny_server.metrics_url)
+        if page.get(waiting) == 0 and page.get(ongoing) == 0:
+            break
+        time.sleep(1.0)
+    assert (page.get(waiting), page.get(ongoing)) == (0, 0), "the gauges did not fall back to 0 after the load"
+
+
 # --- rate limits ---------------------------------------------------------------------------------
 
 
@@ -324,8 +372,8 @@ def test_rate_limit_answers_429_with_retry_after_per_caller(tiny_server: LocalSe
 METRICS_DOC = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
 # Zero here by design, so only their presence is checked: a CPU replica holds no GPU; with
 # max_ongoing_requests <= max_num_seqs nothing waits inside vLLM; and with direct streaming (HAProxy straight to
-# the replica) no request waits at a Serve handle, so Serve's queue gauge stays 0 (docs/metrics.md says what to
-# watch instead).
+# the replica) no request waits at a Serve handle, so Serve's queue gauge stays 0 (requests wait inside the
+# replica instead: ray_tokenplane_replica_waiting_requests, checked non-zero below).
 ZERO_BY_DESIGN = {
     "ray_tokenplane_replica_gpus",
     "ray_vllm_num_requests_waiting",

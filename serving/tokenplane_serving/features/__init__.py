@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from tokenplane_serving.features import auth, batch, cache, limits, models, ratelimit, readiness
+from tokenplane_serving.features import auth, batch, cache, limits, models, occupancy, ratelimit, readiness
 from tokenplane_serving.features.base import (
     BODY_KEY,
     PRINCIPAL_KEY,
@@ -42,12 +42,12 @@ __all__ = [
     "send_json",
 ]
 
-# The features, outermost first: reject strangers before reading bodies (public probes pass auth by
-# path), answer the Batch API (its own upload limit),
-# bound the body before parsing it, parse it once for the features inside (rate limits charge the
-# caller auth found and the tokens the body asks for); the response cache answers innermost, once the tenant
-# is known and the request admitted.
+# The features, outermost first: count the request as holding a slot, reject strangers before reading bodies
+# (public probes pass auth by path), answer the Batch API (its own upload limit), bound the body before parsing
+# it, parse it once for the features inside (rate limits charge the caller auth found and the tokens the body
+# asks for); the response cache answers innermost, once the tenant is known and the request admitted.
 FEATURES: tuple[Callable[[FeatureContext], Wrapper | None], ...] = (
+    occupancy.feature,
     auth.feature,
     batch.feature,  # before the body limit: batch input files are larger than requests
     limits.body_limit,

@@ -1,0 +1,122 @@
+"""Requests inside a replica: waiting for a slot, and holding one (the queue direct streaming hides).
+
+With direct streaming HAProxy sends each request straight to an LLMServer replica. A request beyond the
+deployment's `max_ongoing_requests` is then accepted by the replica and waits there (up to
+`max_queued_requests`) for a slot, before any user code runs; Serve's handle-queue gauge
+(`ray_serve_deployment_queued_queries`) never sees it. tokenplane counts it from both sides of that wait:
+
+- `AcceptedMiddleware` runs outermost in the replica's HTTP server, before Ray's admission. Ray applies the
+  middlewares returned by the function named in `RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH` to every HTTP
+  server it starts, the replica's direct-ingress server included (ray/serve/_private/replica.py
+  `_maybe_start_direct_ingress_servers` -> http_util.py `configure_http_middlewares`); `mapping.FAST_PATH_ENV`
+  sets it to `http_middlewares` below.
+- The `occupancy` feature (`features/occupancy.py`) runs first in tokenplane's feature layer, which Ray calls
+  only once the request holds a slot: it marks the request admitted.
+
+Both sides share one `Occupancy` per process (the replica's). The two sides run on different event loops
+(Ray runs user code on its own thread), hence the lock; it is taken twice per request, never per token.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from starlette.middleware import Middleware
+
+from tokenplane_serving.auth import ASGIApp, Receive, Scope, Send
+
+__all__ = ["OCCUPANCY", "TICKET_KEY", "AcceptedMiddleware", "Occupancy", "Ticket", "http_middlewares"]
+
+# The scope key the outer middleware leaves for the feature layer (Ray hands the same scope to the app).
+TICKET_KEY = "tokenplane.ticket"
+
+
+class Ticket:
+    """One accepted request: whether it still waits for a slot."""
+
+    __slots__ = ("waiting",)
+
+    def __init__(self) -> None:
+        """Create a waiting ticket."""
+        self.waiting = True
+
+
+class Occupancy:
+    """Counts of requests accepted by this replica: waiting for a slot, and holding one."""
+
+    def __init__(self) -> None:
+        """Start empty."""
+        self._lock = threading.Lock()
+        self._waiting = 0
+        self._ongoing = 0
+
+    @property
+    def waiting(self) -> int:
+        """Requests accepted and not yet holding a slot (Ray's `max_ongoing_requests`)."""
+        return self._waiting
+
+    @property
+    def ongoing(self) -> int:
+        """Requests holding a slot: in tokenplane's features or vLLM's app."""
+        return self._ongoing
+
+    def accept(self) -> Ticket:
+        """Count a request the replica's HTTP server took in; it waits until `admit`."""
+        with self._lock:
+            self._waiting += 1
+        return Ticket()
+
+    def admit(self, ticket: Ticket | None) -> None:
+        """Count a request that got a slot; a request without a ticket (not seen outside) only becomes ongoing."""
+        with self._lock:
+            if ticket is not None and ticket.waiting:
+                ticket.waiting = False
+                self._waiting -= 1
+            self._ongoing += 1
+
+    def finish(self) -> None:
+        """Count the end of a request that held a slot."""
+        with self._lock:
+            self._ongoing -= 1
+
+    def leave(self, ticket: Ticket) -> None:
+        """Count the end of an accepted request; one never admitted (refused, cancelled) stops waiting."""
+        with self._lock:
+            if ticket.waiting:
+                ticket.waiting = False
+                self._waiting -= 1
+
+
+# One per process: a replica process serves one replica.
+OCCUPANCY = Occupancy()
+
+
+class AcceptedMiddleware:
+    """Outermost ASGI layer of the replica's HTTP server: counts HTTP requests from arrival to the end."""
+
+    def __init__(self, app: ASGIApp, occupancy: Occupancy = OCCUPANCY) -> None:
+        """Wrap Ray's direct-ingress app (or any app)."""
+        self.app = app
+        self._occupancy = occupancy
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Count the request while Ray admits (or refuses) it and the app answers."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        ticket = self._occupancy.accept()
+        scope[TICKET_KEY] = ticket
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self._occupancy.leave(ticket)
+
+
+def http_middlewares() -> list[Any]:
+    """Ray's HTTP callback (`RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH`): the middlewares for its HTTP servers.
+
+    Returns:
+        `AcceptedMiddleware`, as a Starlette `Middleware`.
+    """
+    return [Middleware(AcceptedMiddleware)]
