@@ -41,22 +41,8 @@ def operator_command(namespaces: list[str], all_namespaces: bool) -> int:
     )
     if config.all_namespaces and config.namespaces:
         raise SystemExit("use either --namespace or --all-namespaces")
-    import kopf  # here, not at the top: `tokenplane validate` and friends should not pay for kopf's import
-
-    # kopf's formatter prefixes each object's lines with [namespace/name]: which deployment a line is about.
-    kopf.configure(log_format=kopf.LogFormat.FULL, log_prefix=True)
-    logging.getLogger().setLevel(config.log_level)
-
-    import tokenplane_operator.handlers  # noqa: F401  (registers the handlers)
     from tokenplane_operator.adapters import exporter
 
-    clusterwide = config.all_namespaces or not config.namespaces
-    # Replicas of equal priority would all pause (kopf's peering rule): each draws its own, as kopf's docs advise.
-    priority = config.peering_priority if config.peering_priority is not None else secrets.randbelow(2**31)
-    settings = kopf.OperatorSettings()
-    # Watching named namespaces needs no cluster-wide reads: no namespace or CRD scan (the chart installs the CRD
-    # before the operator starts), so its RBAC can stay in Roles in those namespaces.
-    settings.scanning.disabled = not clusterwide
     # Its own thread: a scrape is answered even while the event loop is busy with 1,000 reconciles.
     try:
         metrics_server = exporter.serve(config.operator_metrics_port)
@@ -65,20 +51,39 @@ def operator_command(namespaces: list[str], all_namespaces: bool) -> int:
             f"error: cannot serve metrics on TOKENPLANE_OPERATOR_METRICS_PORT={config.operator_metrics_port}: {err}"
         ) from None
     try:
-        asyncio.run(
-            kopf.operator(
-                clusterwide=clusterwide,
-                namespaces=() if clusterwide else config.namespaces,
-                peering_name=config.peering_name or None,  # a name makes peering mandatory: no silent standalone
-                priority=priority,
-                settings=settings,
-                memo=kopf.Memo(config=config),
-                liveness_endpoint=f"http://0.0.0.0:{config.health_port}/healthz",
-            )
-        )
+        _run_kopf(config)
     finally:
         metrics_server.shutdown()
     return 0
+
+
+def _run_kopf(config: OperatorSettings) -> None:
+    import kopf  # here, not at the top: `tokenplane validate` and friends should not pay for kopf's import
+
+    # kopf's formatter prefixes each object's lines with [namespace/name]: which deployment a line is about.
+    kopf.configure(log_format=kopf.LogFormat.FULL, log_prefix=True)
+    logging.getLogger().setLevel(config.log_level)
+
+    import tokenplane_operator.handlers  # noqa: F401  (registers the handlers)
+
+    clusterwide = config.all_namespaces or not config.namespaces
+    # Replicas of equal priority would all pause (kopf's peering rule): each draws its own, as kopf's docs advise.
+    priority = config.peering_priority if config.peering_priority is not None else secrets.randbelow(2**31)
+    settings = kopf.OperatorSettings()
+    # Watching named namespaces needs no cluster-wide reads: no namespace or CRD scan (the chart installs the CRD
+    # before the operator starts), so its RBAC can stay in Roles in those namespaces.
+    settings.scanning.disabled = not clusterwide
+    asyncio.run(
+        kopf.operator(
+            clusterwide=clusterwide,
+            namespaces=() if clusterwide else config.namespaces,
+            peering_name=config.peering_name or None,  # a name makes peering mandatory: no silent standalone
+            priority=priority,
+            settings=settings,
+            memo=kopf.Memo(config=config),
+            liveness_endpoint=f"http://0.0.0.0:{config.health_port}/healthz",
+        )
+    )
 
 
 def run_operator(

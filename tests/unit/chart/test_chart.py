@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import socket
 import tomllib
 from typing import Any
 
@@ -138,6 +139,8 @@ def test_a_forced_ray_version_renders() -> None:
             "azure.resourceGroup is required",
         ),
         ({"serving": {"rayVersion": "2.59.0"}}, "serving.rayVersion 2.59.0 is not 2.60.0"),
+        ({"operator": {"metricsPort": 8080}}, "operator.metricsPort and operator.healthPort are both 8080"),
+        ({"networkPolicy": {"operator": {"prometheusNamespaces": ["Monitoring"]}}}, "prometheusNamespaces"),
     ],
     ids=lambda v: "-" if isinstance(v, str) else json.dumps(v)[:40],
 )
@@ -152,7 +155,9 @@ def test_crd_ships_with_the_chart() -> None:
 
 
 def test_every_rendered_setting_is_one_the_operator_reads(monkeypatch: pytest.MonkeyPatch) -> None:
-    objects = _render({"operator": {"pollIntervalSeconds": 45, "logLevel": "DEBUG", "healthPort": 9090}})
+    objects = _render(
+        {"operator": {"pollIntervalSeconds": 45, "logLevel": "DEBUG", "healthPort": 9090, "metricsPort": 9091}}
+    )
     container = _kind(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e["value"] for e in container["env"]}
     fields = {f"TOKENPLANE_{name.upper()}" for name in OperatorSettings.model_fields}
@@ -164,7 +169,9 @@ def test_every_rendered_setting_is_one_the_operator_reads(monkeypatch: pytest.Mo
     settings = OperatorSettings()
     assert settings.poll_interval_s == 45 and settings.log_level == "DEBUG"
     assert settings.arm_endpoint is None, "an empty ARM endpoint must mean the public cloud"
-    assert container["ports"][0]["containerPort"] == settings.health_port == 9090
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["health"] == settings.health_port == 9090
+    assert ports["metrics"] == settings.operator_metrics_port == 9091
 
 
 def test_bad_operator_settings_fail_with_the_variable_named(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -172,6 +179,14 @@ def test_bad_operator_settings_fail_with_the_variable_named(monkeypatch: pytest.
     with pytest.raises(SystemExit) as exit_info:
         operator_command([], all_namespaces=True)
     assert "TOKENPLANE_POLL_INTERVAL_S: Input should be greater than 0" in str(exit_info.value)
+
+
+def test_one_port_for_health_and_metrics_stops_the_operator(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOKENPLANE_HEALTH_PORT", "9000")
+    monkeypatch.setenv("TOKENPLANE_OPERATOR_METRICS_PORT", "9000")
+    with pytest.raises(SystemExit) as exit_info:
+        operator_command([], all_namespaces=True)
+    assert "TOKENPLANE_OPERATOR_METRICS_PORT and TOKENPLANE_HEALTH_PORT are both 9000" in str(exit_info.value)
 
 
 def test_network_policy_namespaces_come_from_the_chart(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -248,3 +263,14 @@ def test_dashboard_labels_are_an_open_map() -> None:
     labels = {"grafana_dashboard": "1", "team": "ai"}
     config = _kind(_render({"monitoring": {"dashboard": {"labels": labels}}}), "ConfigMap")
     assert config["metadata"]["labels"]["team"] == "ai"
+
+
+def test_a_taken_metrics_port_stops_the_operator_with_the_variable_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        monkeypatch.setenv("TOKENPLANE_OPERATOR_METRICS_PORT", str(port))
+        with pytest.raises(SystemExit) as exit_info:
+            operator_command([], all_namespaces=True)
+    assert f"cannot serve metrics on TOKENPLANE_OPERATOR_METRICS_PORT={port}" in str(exit_info.value)
