@@ -16,6 +16,7 @@ from tokenplane_operator.adapters.azure import AksAgentPools
 from tokenplane_operator.adapters.kube import KubeObjects
 from tokenplane_operator.api.v1alpha1 import GROUP, PLURAL, VERSION
 from tokenplane_operator.converge.status import rayservice_fingerprint
+from tokenplane_operator.desired.naming import MANAGED_BY, MANAGED_BY_LABEL
 from tokenplane_operator.errors import TokenplaneError
 from tokenplane_operator.reconcile import (
     Clients,
@@ -34,6 +35,9 @@ __all__ = ["FINALIZER", "build_clients"]
 
 FINALIZER = "tokenplane.io/finalizer"
 RESOURCE = (GROUP, VERSION, PLURAL)
+RAYSERVICE = ("ray.io", "v1", "rayservices")
+_OWNED = {MANAGED_BY_LABEL: MANAGED_BY}
+_OWNED_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY}"
 # Timer cadence is fixed when handlers register (import time), so it comes straight from the environment.
 _TIMERS = OperatorSettings()
 _NOTHING_REPORTED = rayservice_fingerprint({})
@@ -64,6 +68,9 @@ async def startup(
         prefix=GROUP, key="last-handled-configuration"
     )
     settings.posting.level = logging.INFO
+    # Only the RayServices we render reach this process: the API server filters the watch (a cluster's other
+    # RayServices cost neither memory nor events here); the handler's `labels` filter says the same client-side.
+    settings.watching.label_selectors[RAYSERVICE] = _OWNED_SELECTOR
     if "config" not in memo:
         memo.config = OperatorSettings()
     if "clients" not in memo:
@@ -89,8 +96,12 @@ def azure_probe(memo: kopf.Memo, **_: Any) -> bool:
 
 
 @kopf.index(*RESOURCE)
-def pool_demands(body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict[str, Any] | None:
-    """Index what each InferenceDeployment wants of its shared pool, by pool name."""
+async def pool_demands(body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict[str, Any] | None:
+    """Index what each InferenceDeployment wants of its shared pool, by pool name.
+
+    Async: kopf runs a sync index function in a thread on every event of every CR; the cached computation is
+    cheaper than the hop.
+    """
     demand = pool_demand(body, memo.config)
     return None if demand is None else {demand.pool.name: demand}
 
@@ -132,7 +143,7 @@ async def metrics(
         patch.status["metrics"] = result.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
-@kopf.on.event("ray.io", "v1", "rayservices")
+@kopf.on.event(*RAYSERVICE, labels=_OWNED)
 async def on_rayservice(
     body: kopf.Body,
     type: str | None,  # noqa: A002  (kopf's keyword)
@@ -208,7 +219,7 @@ async def _reconcile(
                 body, clients=memo.clients, settings=memo.config, now=datetime.now(UTC), demand=demands
             )
             timed.result = result.outcome
-    patch.status.update(status_patch(result.status))
+    patch.status.update(status_patch(result.status, body.get("status") or {}))
     exporter.DEPLOYMENTS.record(str(body.metadata.namespace), str(body.metadata.name), result.gauges)
     for action in result.actions:
         if action.changes_something:

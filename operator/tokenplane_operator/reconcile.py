@@ -130,6 +130,8 @@ class Clients:
     _scrapes: dict[str, tuple[dict[str, Scrape], float]] = field(default_factory=dict)
     # Last quota read per VM size: (reading, or why there is none; when).
     _quota: dict[str, tuple[QuotaReading | str, datetime]] = field(default_factory=dict)
+    # Operations started per pool: a deployment that waited for the pool's lock sees whether another one wrote.
+    _pool_writes: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
 
     async def close(self) -> None:
         """Close every client."""
@@ -182,14 +184,18 @@ class ReleaseResult:
     retry_after_s: float
 
 
-def status_patch(status: InferenceDeploymentStatus) -> dict[str, Any]:
+def status_patch(status: InferenceDeploymentStatus, current: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Return the merge patch for `.status`: our fields set, the ones now empty removed (None).
 
-    `metrics` is left alone: the metrics collector owns it.
+    `metrics` is left alone: the metrics collector owns it. Given the `current` status, only what differs: a
+    round that changes nothing writes nothing (no write, no watch event, for each of thousands of CRs every poll).
     """
     dumped = status.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"metrics"})
     keys = [f.alias or n for n, f in InferenceDeploymentStatus.model_fields.items() if n != "metrics"]
-    return {key: dumped.get(key) for key in keys}
+    patch = {key: dumped.get(key) for key in keys}
+    if current is None:
+        return patch
+    return {key: value for key, value in patch.items() if current.get(key) != value}
 
 
 def pool_demand(body: Mapping[str, Any], settings: OperatorSettings) -> PoolDemand | None:
@@ -309,7 +315,8 @@ async def reconcile_owner(
     if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
         return None
     result = await reconcile(body, clients=clients, settings=settings, now=now, demand=demand)
-    await clients.kube.patch_status("InferenceDeployment", api_version, namespace, name, status_patch(result.status))
+    if patch := status_patch(result.status, body.get("status") or {}):
+        await clients.kube.patch_status("InferenceDeployment", api_version, namespace, name, patch)
     return result
 
 
@@ -447,11 +454,15 @@ async def _bound_by_quota(
     key = merged.vm_size.lower()
     cached = clients._quota.get(key)
     if cached is None or now - cached[1] >= timedelta(seconds=settings.quota_cache_ttl_s):
-        try:
-            reading = await clients.pools.read_quota(merged.vm_size) or f"the region lists no {merged.vm_size}"
-        except TokenplaneError as err:
-            reading = str(err)  # unreadable quota (permissions, throttling) never blocks the pool
-        clients._quota[key] = cached = (reading, now)
+        async with clients._locks[f"quota:{key}"]:  # one read for every deployment that found it stale
+            latest = clients._quota.get(key)
+            if latest is None or latest is cached:
+                try:
+                    reading = await clients.pools.read_quota(merged.vm_size) or f"the region lists no {merged.vm_size}"
+                except TokenplaneError as err:
+                    reading = str(err)  # unreadable quota (permissions, throttling) never blocks the pool
+                clients._quota[key] = (reading, now)
+            cached = clients._quota[key]
     if not isinstance(cached[0], QuotaReading):
         snap.quota_error = cached[0]
         return
@@ -476,7 +487,7 @@ async def _observe_objects(body: Mapping[str, Any], desired: DesiredState, kube:
     return _ObjectsSnapshot(
         desired=owned,
         desired_hashes={key: obj["metadata"]["annotations"][SPEC_HASH_ANNOTATION] for key, obj in owned.items()},
-        existing={key: await _get(kube, obj) for key, obj in owned.items()},
+        existing=dict(zip(owned, await asyncio.gather(*(_get(kube, obj) for obj in owned.values())), strict=True)),
     )
 
 
@@ -580,11 +591,16 @@ async def _apply_one(
     """Carry out one action, noting in `applied` what it changed of the snapshot."""
     if action.kind in _POOL_WRITES:
         assert clients.pools is not None and merged is not None
+        writes = clients._pool_writes[merged.name]
         async with clients._locks[f"pool:{merged.name}"]:
-            # Another deployment of the same class may have started the same PUT meanwhile.
+            if clients._pool_writes[merged.name] != writes:
+                # Another deployment of the class started an operation while this one waited: the pool is busy
+                # now, and a later round sends what this deployment adds (one PUT, not one per deployment).
+                return
             fresh = await _observe(clients, merged.name, now, settings, fresh=True)
             if fresh is None or not fresh.in_progress:
                 await clients.pools.begin_apply(merged)
+                clients._pool_writes[merged.name] += 1
             clients._cache.pop(merged.name, None)
             clients._quota.pop(merged.vm_size.lower(), None)  # the pool's nodes change the usage
     elif action.kind is ActionKind.RELEASE_POOL:
@@ -847,13 +863,22 @@ async def _users(pool: str, owner: str, clients: Clients, settings: OperatorSett
 async def _observe(
     clients: Clients, name: str, now: datetime, settings: OperatorSettings, *, fresh: bool = False
 ) -> ObservedAgentPool | None:
-    """Read a pool, sharing one read between the deployments of a class for `pool_cache_ttl_s`."""
+    """Read a pool, sharing one read between the deployments of a class for `pool_cache_ttl_s`.
+
+    One read at a time per pool: the deployments that find the cache stale together wait for that read instead
+    of each sending its own (1,000 deployments of four classes arriving at once made hundreds of reads).
+    """
     assert clients.pools is not None
+    ttl = timedelta(seconds=settings.pool_cache_ttl_s)
     cached = clients._cache.get(name)
-    if not fresh and cached is not None and now - cached[1] < timedelta(seconds=settings.pool_cache_ttl_s):
+    if not fresh and cached is not None and now - cached[1] < ttl:
         return cached[0]
-    observed = await clients.pools.observe(name)
-    clients._cache[name] = (observed, now)
+    async with clients._locks[f"read:{name}"]:
+        latest = clients._cache.get(name)
+        if not fresh and latest is not None and latest is not cached:
+            return latest[0]  # read by another deployment while this one waited
+        observed = await clients.pools.observe(name)
+        clients._cache[name] = (observed, now)
     return observed
 
 

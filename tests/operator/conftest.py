@@ -1,14 +1,16 @@
-"""Fixtures for the operator's adapter and integration tests: the ARM emulator and an AKS client on it."""
+"""Fixtures for the operator's adapter and integration tests: the ARM emulator, an AKS client on it, and KubeRay."""
 
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import kmock
 import pytest
 import trustme
 from azure.core.credentials import AccessToken, AccessTokenInfo
 
 from tests.support.arm_emulator import ArmEmulator
+from tests.support.kuberay_peer import KubeRayPeer
 from tokenplane_operator.adapters.azure import AksAgentPools
 
 SUBSCRIPTION = "00000000-0000-0000-0000-000000000001"
@@ -77,3 +79,15 @@ async def aks_pools(arm_emulator: ArmEmulator) -> AsyncIterator[AksAgentPools]:
     )
     async with pools:
         yield pools
+
+
+@pytest.fixture
+async def kuberay(kmock: kmock.KubernetesEmulator) -> AsyncIterator[KubeRayPeer]:
+    """KubeRay on the emulated API server: clusters, pods and RayService status as KubeRay 1.7 makes them."""
+    from tests.support.kopf_harness import declare_resources  # the harness imports this module's constants
+
+    declare_resources(kmock)
+    peer = KubeRayPeer(kmock)
+    await peer.start()
+    yield peer
+    await peer.stop()

@@ -20,6 +20,7 @@ import pytest
 from tests.support.arm_emulator import ArmEmulator
 from tests.support.kopf_harness import OperatorHarness, cr_body, declare_resources
 from tests.support.kube_emulator import ApiServerEmulator
+from tests.support.kuberay_peer import KubeRayPeer
 
 lupa = pytest.importorskip("lupa")
 pytestmark = pytest.mark.kmock(cls=ApiServerEmulator)
@@ -63,7 +64,9 @@ AGREE = {"Healthy": "Current", "Progressing": "InProgress", "Degraded": "Failed"
 
 
 @pytest.fixture
-async def op(kmock: kmock.KubernetesEmulator, arm_emulator: ArmEmulator) -> AsyncIterator[OperatorHarness]:
+async def op(
+    kmock: kmock.KubernetesEmulator, arm_emulator: ArmEmulator, kuberay: KubeRayPeer
+) -> AsyncIterator[OperatorHarness]:
     declare_resources(kmock)
     harness = OperatorHarness(kmock, arm_emulator)
     await harness.start()

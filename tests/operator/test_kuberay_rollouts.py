@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from tests.support.arm_emulator import ArmEmulator
-from tests.support.kopf_harness import RS_RESOURCE, OperatorHarness, cr_body, declare_resources
+from tests.support.kopf_harness import RS_RESOURCE, OperatorHarness, cr_body
 from tests.support.kube_emulator import ApiServerEmulator
 from tests.support.kuberay_peer import KubeRayPeer
 from tokenplane_operator.api.validation import parse_inference_deployment
@@ -26,16 +26,7 @@ pytestmark = pytest.mark.kmock(cls=ApiServerEmulator)
 
 
 @pytest.fixture
-async def peer(kmock: kmock.KubernetesEmulator) -> AsyncIterator[KubeRayPeer]:
-    declare_resources(kmock)
-    kuberay = KubeRayPeer(kmock)
-    await kuberay.start()
-    yield kuberay
-    await kuberay.stop()
-
-
-@pytest.fixture
-async def op(kmock: kmock.KubernetesEmulator, arm_emulator: ArmEmulator, peer: KubeRayPeer) -> AsyncIterator[Any]:
+async def op(kmock: kmock.KubernetesEmulator, arm_emulator: ArmEmulator, kuberay: KubeRayPeer) -> AsyncIterator[Any]:
     harness = OperatorHarness(kmock, arm_emulator)
     await harness.start()
     yield harness
@@ -53,53 +44,53 @@ async def ready_at(op: OperatorHarness, generation: int, name: str = "m1") -> di
     return body
 
 
-def clusters(peer: KubeRayPeer, name: str = "m1") -> list[str]:
-    return [e.removeprefix("created ") for e in peer.history[("default", name)] if e.startswith("created ")]
+def clusters(kuberay: KubeRayPeer, name: str = "m1") -> list[str]:
+    return [e.removeprefix("created ") for e in kuberay.history[("default", name)] if e.startswith("created ")]
 
 
-async def test_engine_args_change_applies_in_place(op: OperatorHarness, peer: KubeRayPeer) -> None:
+async def test_engine_args_change_applies_in_place(op: OperatorHarness, kuberay: KubeRayPeer) -> None:
     await op.create(cr_body("m1"))
     await ready_at(op, 1)
-    first = clusters(peer)
-    pods_before = {p["metadata"]["name"] for p in peer.pods()}
+    first = clusters(kuberay)
+    pods_before = {p["metadata"]["name"] for p in kuberay.pods()}
     await op.patch("m1", {"spec": {"engine": {"maxNumSeqs": 32}}})
     await ready_at(op, 2)
-    events = peer.history[("default", "m1")]
-    assert clusters(peer) == first, "an engine change must not start a new Ray cluster"
+    events = kuberay.history[("default", "m1")]
+    assert clusters(kuberay) == first, "an engine change must not start a new Ray cluster"
     assert f"resubmitted serve config to {first[0]}" in events
-    assert {p["metadata"]["name"] for p in peer.pods()} == pods_before
+    assert {p["metadata"]["name"] for p in kuberay.pods()} == pods_before
     app = yaml.safe_load((op.get("m1", resource=RS_RESOURCE) or {})["spec"]["serveConfigV2"])["applications"][0]
     assert app["args"]["engine"]["max_num_seqs"] == 32
 
 
 async def test_image_change_rolls_out_a_new_cluster(
-    kmock: kmock.KubernetesEmulator, arm_emulator: ArmEmulator, peer: KubeRayPeer
+    kmock: kmock.KubernetesEmulator, arm_emulator: ArmEmulator, kuberay: KubeRayPeer
 ) -> None:
     op = OperatorHarness(kmock, arm_emulator)
     await op.start()
     try:
         await op.create(cr_body("m1"))
         await ready_at(op, 1)
-        first = clusters(peer)
+        first = clusters(kuberay)
         await op.stop()
         # A new operator release ships a new serving image: the Ray cluster itself must change.
         op = OperatorHarness(kmock, arm_emulator, serving_image="example.com/serving:2")
         await op.start()
 
         def rolled_out() -> bool:
-            pods = peer.pods()
+            pods = kuberay.pods()
             images = {c["image"] for p in pods for c in p["spec"]["containers"]}
             ready = op.condition("m1", "Ready").get("status") == "True"
             return bool(pods) and images == {"example.com/serving:2"} and ready
 
         await op.wait_for(rolled_out, within=30, message="every pod on the new image, Ready")
-        assert len(clusters(peer)) == 2 and clusters(peer)[0] == first[0]
-        assert f"deleted {first[0]}" in peer.history[("default", "m1")]
+        assert len(clusters(kuberay)) == 2 and clusters(kuberay)[0] == first[0]
+        assert f"deleted {first[0]}" in kuberay.history[("default", "m1")]
     finally:
         await op.stop()
 
 
-async def test_upgrade_strategy_none_alone_would_never_roll_out(peer: KubeRayPeer, op: OperatorHarness) -> None:
+async def test_upgrade_strategy_none_alone_would_never_roll_out(kuberay: KubeRayPeer, op: OperatorHarness) -> None:
     """What the operator works around: KubeRay ignores a cluster change under upgradeStrategy None."""
     await op.create(cr_body("m1", upgrade={"strategy": "inPlace"}))
     await ready_at(op, 1)
@@ -108,27 +99,27 @@ async def test_upgrade_strategy_none_alone_would_never_roll_out(peer: KubeRayPee
     await op.stop(kill=True)  # only KubeRay acts now
     patched = {"spec": {"rayClusterConfig": {"rayVersion": "9.9.9"}}}
     await op._send("PATCH", "/apis/ray.io/v1/namespaces/default/rayservices/m1", patched)
-    await op.wait_for(lambda: any(e.startswith("ignored ") for e in peer.history[("default", "m1")]))
-    assert len(clusters(peer)) == 1
+    await op.wait_for(lambda: any(e.startswith("ignored ") for e in kuberay.history[("default", "m1")]))
+    assert len(clusters(kuberay)) == 1
 
 
 async def test_vm_size_change_releases_the_old_pool_only_after_its_pods_are_gone(
-    op: OperatorHarness, peer: KubeRayPeer
+    op: OperatorHarness, kuberay: KubeRayPeer
 ) -> None:
     await op.create(cr_body("m1"))
     old = (await ready_at(op, 1))["status"]["nodePool"]["name"]
     await op.patch("m1", {"spec": {"hardware": {"vmSize": "Standard_NC40ads_H100_v5"}}})
     await op.wait_for(lambda: op.arm.calls("DELETE", f"/agentPools/{old}$"), within=30, message="old pool DELETE")
-    on_old = [p for p in peer.pods() if (p["spec"].get("nodeSelector") or {}).get(POOL_LABEL) == old]
+    on_old = [p for p in kuberay.pods() if (p["spec"].get("nodeSelector") or {}).get(POOL_LABEL) == old]
     assert on_old == [], f"the old pool was released while {len(on_old)} pod(s) still ran on it"
     body = await ready_at(op, 2)
     new = body["status"]["nodePool"]["name"]
     assert new != old and op.arm.pool(new)["properties"]["vmSize"] == "Standard_NC40ads_H100_v5"  # type: ignore[index]
-    workers = [p for p in peer.pods() if "-worker-" in p["metadata"]["name"]]
+    workers = [p for p in kuberay.pods() if "-worker-" in p["metadata"]["name"]]
     assert {(p["spec"].get("nodeSelector") or {}).get(POOL_LABEL) for p in workers} == {new}
 
 
-async def test_status_equals_what_is_rendered(op: OperatorHarness, peer: KubeRayPeer) -> None:
+async def test_status_equals_what_is_rendered(op: OperatorHarness, kuberay: KubeRayPeer) -> None:
     body = cr_body("m1", model={"source": "hf://meta-llama/Llama-3.1-70B-Instruct", "maxModelLen": 8192})
     body["spec"]["hardware"] = {}  # vmSize auto
     await op.create(body)
@@ -137,7 +128,7 @@ async def test_status_equals_what_is_rendered(op: OperatorHarness, peer: KubeRay
     assert status["plan"] == rendered.plan.model_dump(mode="json", by_alias=True, exclude_none=True)
     rs = op.get("m1", resource=RS_RESOURCE) or {}
     assert rs["spec"] == rendered.rayservice["spec"]
-    worker = next(p for p in peer.pods() if "-worker-" in p["metadata"]["name"])
+    worker = next(p for p in kuberay.pods() if "-worker-" in p["metadata"]["name"])
     limits = worker["spec"]["containers"][0]["resources"]["limits"]
     assert limits["nvidia.com/gpu"] == str(int(status["plan"]["gpusPerReplica"]))
     assert worker["spec"]["nodeSelector"][POOL_LABEL] == status["nodePool"]["name"]

@@ -14,13 +14,16 @@ from tests.support.kopf_harness import (
     declare_resources,
 )
 from tests.support.kube_emulator import ApiServerEmulator
+from tests.support.kuberay_peer import KubeRayPeer
 
 POOL_PUT = "/agentPools/tp[0-9a-f]+$"
 pytestmark = pytest.mark.kmock(cls=ApiServerEmulator)
 
 
 @pytest.fixture
-async def op(kmock: kmock.KubernetesEmulator, arm_emulator: ArmEmulator) -> AsyncIterator[OperatorHarness]:
+async def op(
+    kmock: kmock.KubernetesEmulator, arm_emulator: ArmEmulator, kuberay: KubeRayPeer
+) -> AsyncIterator[OperatorHarness]:
     declare_resources(kmock)
     harness = OperatorHarness(kmock, arm_emulator)
     await harness.start()

@@ -1,6 +1,5 @@
 """kopf + kmock + the ARM emulator: create to Ready, updates, sharing, deletion, restarts."""
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import kmock
@@ -9,12 +8,15 @@ import pytest
 from tests.support.arm_emulator import ArmEmulator
 from tests.support.kopf_harness import RS_RESOURCE, OperatorHarness, cr_body, declare_resources
 from tests.support.kube_emulator import ApiServerEmulator
+from tests.support.kuberay_peer import KubeRayPeer
 
 pytestmark = pytest.mark.kmock(cls=ApiServerEmulator)
 
 
 @pytest.fixture
-async def op(kmock: kmock.KubernetesEmulator, arm_emulator: ArmEmulator) -> AsyncIterator[OperatorHarness]:
+async def op(
+    kmock: kmock.KubernetesEmulator, arm_emulator: ArmEmulator, kuberay: KubeRayPeer
+) -> AsyncIterator[OperatorHarness]:
     declare_resources(kmock)
     harness = OperatorHarness(kmock, arm_emulator)
     await harness.start()
@@ -94,15 +96,7 @@ async def test_update_vm_size_moves_to_new_pool_and_releases_old(op: OperatorHar
         body = op.get("m1") or {}
         return (body.get("status") or {}).get("nodePool", {}).get("name") not in (None, old)
 
-    async def kuberay_until_moved() -> None:
-        # Play KubeRay on whichever RayService exists: the operator replaces it for the new pool's nodeSelector.
-        while not moved():
-            rs = op.get("m1", resource=RS_RESOURCE)
-            if rs is not None and not (rs.get("status") or {}).get("conditions"):
-                await op.make_rayservice_ready("m1")
-            await asyncio.sleep(0.1)
-
-    await asyncio.wait_for(kuberay_until_moved(), timeout=20)
+    # The KubeRay peer runs whichever RayService exists: the operator replaces it for the new pool's nodeSelector.
     await op.wait_for(moved, message="status to name the new pool")
     new = op.get("m1")["status"]["nodePool"]["name"]  # type: ignore[index]
     # The release is a started DELETE (Azure finishes it on its own; the emulator needs polls to finish).

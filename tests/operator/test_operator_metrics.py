@@ -10,6 +10,7 @@ from aiohttp import web
 from tests.support.arm_emulator import ArmEmulator
 from tests.support.kopf_harness import OperatorHarness, cr_body, declare_resources
 from tests.support.kube_emulator import ApiServerEmulator
+from tests.support.kuberay_peer import KubeRayPeer
 from tests.support.operator_process import free_port
 
 pytestmark = pytest.mark.kmock(cls=ApiServerEmulator)
@@ -70,7 +71,10 @@ async def pages() -> AsyncIterator[tuple[MetricsPages, int]]:
 
 @pytest.fixture
 async def op(
-    kmock: kmock.KubernetesEmulator, arm_emulator: ArmEmulator, pages: tuple[MetricsPages, int]
+    kmock: kmock.KubernetesEmulator,
+    arm_emulator: ArmEmulator,
+    pages: tuple[MetricsPages, int],
+    kuberay: KubeRayPeer,
 ) -> AsyncIterator[OperatorHarness]:
     declare_resources(kmock)
     harness = OperatorHarness(kmock, arm_emulator, metrics_port=pages[1])
@@ -90,13 +94,14 @@ def pod(name: str, deployment: str, ip: str, phase: str, limits: dict[str, Any])
 
 
 async def test_status_metrics_report_the_economics_of_the_serving_pods(
-    op: OperatorHarness, pages: tuple[MetricsPages, int]
+    op: OperatorHarness, pages: tuple[MetricsPages, int], kuberay: KubeRayPeer
 ) -> None:
     served, port = pages
     await op.create(cr_body("m1", vm_size="Standard_NC24ads_A100_v4"))
     await op.wait_ready("m1")
+    # KubeRay's head and worker pods (the peer's, Running on 127.0.0.1; the worker holds nvidia.com/gpu: 1).
+    assert {p["metadata"]["labels"]["ray.io/node-type"] for p in kuberay.pods()} == {"head", "worker"}
     mig = {"nvidia.com/mig-3g.40gb": "1"}
-    await op.create_pod(pod("m1-worker-a", "m1", "127.0.0.1", "Running", mig))
     await op.create_pod(pod("m1-worker-b", "m1", "127.0.0.2", "Pending", mig))  # not scraped: not running
     await op.create_pod(pod("other-worker", "other", "127.0.0.3", "Running", mig))  # another deployment's
 
@@ -112,8 +117,9 @@ async def test_status_metrics_report_the_economics_of_the_serving_pods(
     assert reported["p95LatencyMs"] == 1750.0
     assert reported["p99LatencyMs"] == 2350.0
     assert reported["tokensPerGpuHour"] == pytest.approx(reported["tokensPerSecondPerGpu"] * 3600, rel=1e-3)
-    # 1,000 tokens per 0.5 s tick on 3/7 of a GPU: about 4,700 tokens/s per GPU (ticks drift, hence the range).
-    assert 1500 < reported["tokensPerSecondPerGpu"] < 9000
+    # Two pods scraped per 0.5 s tick, each page 2,000 tokens further along (the counter moves on every scrape):
+    # 4,000 tokens per tick on 1 GPU, about 8,000 tokens/s per GPU (ticks drift, hence the range).
+    assert 3000 < reported["tokensPerSecondPerGpu"] < 16000
     assert served.hosts == {f"127.0.0.1:{port}"}
     # The reconcile timer keeps writing its own fields without erasing the collector's.
     await op.wait_for(lambda: served.scrapes >= 4, message="more scrapes")

@@ -13,6 +13,7 @@ from tests.operator.conftest import WORKLOAD_IDENTITY
 from tests.support.arm_emulator import ArmEmulator
 from tests.support.kopf_harness import RS_RESOURCE, cr_body, declare_resources
 from tests.support.kube_emulator import ApiServerEmulator
+from tests.support.kuberay_peer import KubeRayPeer
 from tests.support.operator_process import OperatorProcess
 
 pytestmark = pytest.mark.kmock(cls=ApiServerEmulator)
@@ -26,7 +27,9 @@ FAST = {
 
 
 @pytest.fixture
-async def op(kmock: kmock.KubernetesEmulator, wi_arm: ArmEmulator, tmp_path: Path) -> AsyncIterator[OperatorProcess]:
+async def op(
+    kmock: kmock.KubernetesEmulator, wi_arm: ArmEmulator, tmp_path: Path, kuberay: KubeRayPeer
+) -> AsyncIterator[OperatorProcess]:
     declare_resources(kmock)
     process = OperatorProcess(kmock, wi_arm, tmp_path, FAST)
     await process.start()
@@ -76,9 +79,8 @@ async def test_killed_process_restarts_without_duplicate_pool_or_lost_status(op:
 
 @pytest.fixture
 async def slow_poll(
-    kmock: kmock.KubernetesEmulator, wi_arm: ArmEmulator, tmp_path: Path
+    kmock: kmock.KubernetesEmulator, wi_arm: ArmEmulator, tmp_path: Path, kuberay: KubeRayPeer
 ) -> AsyncIterator[OperatorProcess]:
-    declare_resources(kmock)
     process = OperatorProcess(kmock, wi_arm, tmp_path, FAST | {"TOKENPLANE_POLL_INTERVAL_S": "300"})
     await process.start()
     yield process
@@ -86,19 +88,20 @@ async def slow_poll(
 
 
 async def test_rayservice_status_change_reconciles_the_owner_without_waiting_for_the_poll(
-    slow_poll: OperatorProcess,
+    slow_poll: OperatorProcess, kuberay: KubeRayPeer
 ) -> None:
     op = slow_poll
+    kuberay.paused = True  # KubeRay gets to the new RayService only once kopf has handled the creation
     existing = {"existing": {"nodeSelector": {"agentpool": "gpu"}}}
     body = cr_body("m1", hardware={"vmSize": "Standard_NC24ads_A100_v4", "nodePool": existing})
     await op.create(body)
     await op.wait_for(lambda: op.get("m1", resource=RS_RESOURCE), within=60, message="the RayService")
     await op.wait_for(lambda: op.condition("m1", "ServingReady").get("status") == "False", within=30)
     await asyncio.sleep(1)  # kopf has handled the creation; only the 300 s poll would look again
-    started = asyncio.get_running_loop().time()
-    await op.make_rayservice_ready("m1")
+    kuberay.paused = False
+    await op.wait_for(lambda: ("default", "m1") in kuberay.ready_at, within=10, message="KubeRay reports Ready")
     await op.wait_for(lambda: op.condition("m1", "Ready").get("status") == "True", within=10, message="Ready")
-    elapsed = asyncio.get_running_loop().time() - started
+    elapsed = asyncio.get_running_loop().time() - kuberay.ready_at[("default", "m1")]
     assert elapsed < 10, f"the owner turned Ready {elapsed:.1f} s after its RayService, poll or not"
 
 

@@ -18,6 +18,7 @@ from tests.support.arm_emulator import ArmEmulator
 from tests.support.chart import render
 from tests.support.kopf_harness import cr_body, declare_resources
 from tests.support.kube_emulator import ApiServerEmulator
+from tests.support.kuberay_peer import KubeRayPeer
 from tests.support.operator_process import OperatorProcess
 
 pytest.importorskip("helm_python")
@@ -34,7 +35,7 @@ def handled(op: OperatorProcess) -> set[str]:
 
 @pytest.fixture
 async def replicas(
-    kmock: ApiServerEmulator, wi_arm: ArmEmulator, tmp_path: Path
+    kmock: ApiServerEmulator, wi_arm: ArmEmulator, tmp_path: Path, kuberay: KubeRayPeer
 ) -> AsyncIterator[tuple[OperatorProcess, OperatorProcess]]:
     declare_resources(kmock)
     declare_peering(kmock)

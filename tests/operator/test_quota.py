@@ -16,6 +16,7 @@ from tests.operator.conftest import CLUSTER, RESOURCE_GROUP, SUBSCRIPTION, WORKL
 from tests.support.arm_emulator import ArmEmulator
 from tests.support.kopf_harness import OperatorHarness, cr_body, declare_resources
 from tests.support.kube_emulator import ApiServerEmulator
+from tests.support.kuberay_peer import KubeRayPeer
 from tokenplane_operator.adapters.azure import AksAgentPools
 from tokenplane_operator.desired.agentpool import DesiredAgentPool
 from tokenplane_operator.errors import CloudRejectedError
@@ -91,7 +92,9 @@ def test_emulator_preflight_refuses_nodes_beyond_the_quota(arm_emulator: ArmEmul
 
 
 @pytest.fixture
-async def op(kmock: kmock.KubernetesEmulator, arm_emulator: ArmEmulator) -> AsyncIterator[OperatorHarness]:
+async def op(
+    kmock: kmock.KubernetesEmulator, arm_emulator: ArmEmulator, kuberay: KubeRayPeer
+) -> AsyncIterator[OperatorHarness]:
     declare_resources(kmock)
     harness = OperatorHarness(kmock, arm_emulator, quota_cache_ttl_s=0.0)
     await harness.start()
@@ -100,7 +103,9 @@ async def op(kmock: kmock.KubernetesEmulator, arm_emulator: ArmEmulator) -> Asyn
 
 
 @pytest.fixture
-async def op_block(kmock: kmock.KubernetesEmulator, arm_emulator: ArmEmulator) -> AsyncIterator[OperatorHarness]:
+async def op_block(
+    kmock: kmock.KubernetesEmulator, arm_emulator: ArmEmulator, kuberay: KubeRayPeer
+) -> AsyncIterator[OperatorHarness]:
     declare_resources(kmock)
     harness = OperatorHarness(kmock, arm_emulator, quota_cache_ttl_s=0.0, quota_policy="block")
     await harness.start()

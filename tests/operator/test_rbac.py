@@ -21,6 +21,7 @@ from tests.support.arm_emulator import ArmEmulator
 from tests.support.chart import granted, render
 from tests.support.kopf_harness import RS_RESOURCE, cr_body, declare_resources
 from tests.support.kube_emulator import Access, ApiServerEmulator
+from tests.support.kuberay_peer import KubeRayPeer
 from tests.support.operator_process import OperatorProcess
 
 pytest.importorskip("helm_python")
@@ -135,6 +136,7 @@ async def test_rbac_grants_exactly_what_the_operator_uses(
     values: dict[str, Any],
     namespace: str,
     clusterwide: bool,
+    kuberay: KubeRayPeer,
 ) -> None:
     declare_resources(kmock)
     declare_peering(kmock)

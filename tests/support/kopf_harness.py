@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -32,6 +33,7 @@ __all__ = [
     "OperatorHarness",
     "cr_body",
     "declare_resources",
+    "free_port",
 ]
 
 CR_RESOURCE = "tokenplane.io/v1alpha1/inferencedeployments"
@@ -43,6 +45,13 @@ _LOGIN: dict[str, str] = {}
 @kopf.on.login()
 def _login(**_: Any) -> kopf.ConnectionInfo:
     return kopf.ConnectionInfo(server=_LOGIN["url"], insecure=True)
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def cr_body(name: str, *, namespace: str = "default", vm_size: str = A100, **spec: Any) -> dict[str, Any]:
@@ -81,6 +90,8 @@ class OperatorHarness:
             "backoff_max_s": 2.0,
             "throttle_default_s": 1.0,
             "rejected_retry_s": 1.0,
+            # The KubeRay peer's pods sit on loopback: scrape a port nothing listens on unless a test says.
+            "metrics_port": free_port(),
         }
         self.config = OperatorSettings(
             subscription_id=SUBSCRIPTION,
@@ -210,18 +221,6 @@ class OperatorHarness:
                 if attempt == 2:
                     raise
 
-    async def make_rayservice_ready(self, name: str, *, namespace: str = "default") -> None:
-        """Play KubeRay: mark the RayService Ready with one ready worker."""
-        status = {
-            "conditions": [{"type": "Ready", "status": "True", "reason": "NonZeroServeEndpoints"}],
-            "serviceStatus": "Running",
-            "activeServiceStatus": {
-                "rayClusterStatus": {"readyWorkerReplicas": 1, "desiredWorkerReplicas": 1},
-                "applicationStatuses": {"llm": {"status": "RUNNING"}},
-            },
-        }
-        await self._send("PATCH", self._path(namespace, name, RS_RESOURCE) + "/status", {"status": status})
-
     async def wait_for(self, what: Callable[[], Any], *, within: float = 20.0, message: str = "") -> Any:
         deadline = time.monotonic() + within
         while True:
@@ -233,13 +232,7 @@ class OperatorHarness:
             await asyncio.sleep(0.05)
 
     async def wait_ready(self, name: str, *, namespace: str = "default", within: float = 20.0) -> dict[str, Any]:
-        """Wait for the pool and RayService, playing KubeRay once the RayService exists; returns the CR."""
-
-        def rayservice() -> Any:
-            return self.get(name, namespace=namespace, resource=RS_RESOURCE)
-
-        await self.wait_for(rayservice, within=within, message=f"RayService {name}")
-        await self.make_rayservice_ready(name, namespace=namespace)
+        """Wait until the CR is Ready (the KubeRay peer, tests/support/kuberay_peer.py, runs its RayService)."""
         await self.wait_for(
             lambda: self.condition(name, "Ready", namespace=namespace).get("status") == "True",
             within=within,

@@ -56,7 +56,7 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
       kmock stores them all under one empty name and refuses every Event after the first).
     - `refuse` answers writes with 409 Conflict and changes nothing, as an API server refuses a stale
       write. A kmock DSL reaction cannot: kmock applies intercepted writes anyway.
-    - LIST honours an equality ``labelSelector`` (``a=b,c=d``); kmock returns every object.
+    - LIST and WATCH honour an equality ``labelSelector`` (``a=b,c=d``); kmock returns every object.
     - Reads and writes of one object are dictionary look-ups; kmock scans every object for each.
     - `accessed` records the RBAC grant (`Access`) each authenticated resource request needed, as an API
       server's authorizer sees it: the operator's, which carry its bearer token, not the test's own (which play
@@ -99,26 +99,44 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
 
     async def _serve_fetch(self, request: Any) -> Any:
         obj = self._exact(request)
+        if obj is None and request.name and request.resource is not None:
+            # kmock's keys compare by (group, version, plural, namespace, name): a missing key is a 404, with no
+            # scan of every object (an operator GETs each object it should own before creating it).
+            raise KubernetesObjectNotFoundError()
         if obj is None:
             return await super()._serve_fetch(request)
         if obj.deleted:
             raise KubernetesObjectNotFoundError()
         return obj.raw
 
+    async def _serve_create(self, request: Any) -> Any:
+        meta = request.data.get("metadata", {}) if isinstance(request.data, dict) else {}
+        key = (request.resource, request.namespace or meta.get("namespace"), meta.get("name"))
+        if key in self._objects:  # created in _handle: no scan of every object
+            return self._objects[key].raw
+        return await super()._serve_create(request)
+
     async def _serve_update(self, request: Any) -> Any:
         obj = self._exact(request)
         return await super()._serve_update(request) if obj is None else obj.last.raw
 
     async def _serve_list(self, request: Any) -> Any:
-        listing = await super()._serve_list(request)
-        if selector := request.params.get("labelSelector"):
-            wanted = dict(term.split("=", 1) for term in selector.split(","))
-            listing["items"] = [
-                item
-                for item in listing["items"]
-                if all(((item.get("metadata") or {}).get("labels") or {}).get(k) == v for k, v in wanted.items())
-            ]
+        namespace, resource = request.namespace, request.resource
+        items = [
+            obj.raw
+            for (res, ns, _), obj in self._objects.items()
+            if (namespace is None or ns == namespace) and res == resource and not obj.deleted
+        ]
+        listing = {"metadata": {"resourceVersion": "..."}, "items": items} if items else None
+        if listing is None:
+            listing = await super()._serve_list(request)  # kmock's answer for an unknown resource (404)
+        listing["items"] = [item for item in listing["items"] if _selected(item, request.params)]
         return listing
+
+    async def _serve_watch(self, request: Any) -> Any:
+        async for event in super()._serve_watch(request):
+            if not isinstance(event, dict) or _selected(event.get("object") or {}, request.params):
+                yield event
 
     @property
     def accessed(self) -> set[Access]:
@@ -158,3 +176,12 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
             kept = self._exact(request) if self.forget else None
             if kept is not None and not kept.deleted and len(kept.history) > 1:
                 kept.history = kept.history[-1:]
+
+
+def _selected(obj: Any, params: Any) -> bool:
+    """Whether an object matches the request's equality `labelSelector` (``a=b,c=d``), as the API server filters."""
+    selector = params.get("labelSelector")
+    if not selector:
+        return True
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    return all(labels.get(k) == v for k, v in (term.split("=", 1) for term in selector.split(",")))

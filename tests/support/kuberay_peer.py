@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import functools
 import hashlib
 import itertools
 import json
@@ -67,7 +68,7 @@ class _Cluster:
     spec: dict[str, Any]
     serve_config: str | None = None  # the config last submitted to its dashboard
     app_status: str = "DEPLOYING"
-    ticks: int = 0  # since the last submission (Serve takes a moment to deploy)
+    submitted_at: float = 0.0  # when the serve config was last submitted (Serve takes a moment to deploy)
     pods: list[str] = field(default_factory=list)
     retired_at: float | None = None
 
@@ -89,17 +90,30 @@ class KubeRayPeer:
         history: The event log per (namespace, name), across re-creations ("created X", "ignored <hash>",
             "resubmitted serve config to X", "promoted X", "deleted X").
         deletion_delay_s: KubeRay's RayClusterDeletionDelayDuration (60 s in KubeRay; short in tests).
-        deploy_ticks: Ticks Serve takes to turn a submitted application RUNNING.
+        deploy_s: Seconds Serve takes to turn a submitted application RUNNING.
+        ready_at: When (event-loop time) the peer first reported each RayService Ready.
+        paused: While True, KubeRay does nothing (down, or busy elsewhere).
     """
 
     _suffixes = itertools.count(1)
 
-    def __init__(self, k: kmock.KubernetesEmulator, *, deletion_delay_s: float = 0.5, deploy_ticks: int = 4) -> None:
+    def __init__(
+        self,
+        k: kmock.KubernetesEmulator,
+        *,
+        deletion_delay_s: float = 0.5,
+        deploy_s: float = 0.2,
+        pod_ip: str = "127.0.0.1",
+    ) -> None:
         self.k = k
         self.deletion_delay_s = deletion_delay_s
-        self.deploy_ticks = deploy_ticks
+        self.deploy_s = deploy_s
+        self.pod_ip = pod_ip  # loopback: whatever the operator sends a pod (metrics scrapes) stays on this machine
         self.services: dict[tuple[str, str], _Service] = {}
         self.history: dict[tuple[str, str], list[str]] = {}
+        self.ready_at: dict[tuple[str, str], float] = {}  # when the peer first reported each RayService Ready
+        self.paused = False  # KubeRay not acting (down, or slow to get to it): nothing reconciles while set
+        self._seen: dict[tuple[str, str], str] = {}  # resourceVersion last reconciled, per RayService
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -125,14 +139,23 @@ class KubeRayPeer:
 
     async def _run(self) -> None:
         while True:
-            for (res, ns, name), obj in list(self.k.objects.items()):
+            for (res, ns, name), obj in [] if self.paused else list(self.k.objects.items()):
                 if getattr(res, "plural", "") != _RS_PLURAL:
                     continue
                 if obj.deleted:
                     await self._deleted(ns, name)
-                else:
+                elif self._needs_reconcile(ns, name, obj):
                     await self._reconcile(ns, name, _plain(obj))
+                    self._seen[(ns, name)] = str(obj.get("metadata", {}).get("resourceVersion"))
             await asyncio.sleep(_TICK_S)
+
+    def _needs_reconcile(self, ns: str, name: str, obj: Any) -> bool:
+        """KubeRay requeues every RayService every 2 s, but a settled one changes nothing: skip it (1,000 of them)."""
+        state = self.services.get((ns, name))
+        if state is None or self._seen.get((ns, name)) != str(obj.get("metadata", {}).get("resourceVersion")):
+            return True
+        clusters = [c for c in (state.active, state.pending) if c is not None]
+        return bool(state.pending or state.retired) or any(c.app_status != "RUNNING" for c in clusters)
 
     async def _reconcile(self, ns: str, name: str, rs: dict[str, Any]) -> None:
         uid = (rs.get("metadata") or {}).get("uid")
@@ -200,7 +223,7 @@ class KubeRayPeer:
             "kind": "Pod",
             "metadata": {"name": pod, "namespace": ns, "labels": labels},
             "spec": spec,
-            "status": {"phase": "Running", "podIP": "10.244.0.10"},
+            "status": {"phase": "Running", "podIP": self.pod_ip},
         }
         await self._send("POST", f"/api/v1/namespaces/{ns}/pods", body)
         return pod
@@ -209,9 +232,9 @@ class KubeRayPeer:
         if cluster.serve_config != serve_config:  # checkIfNeedSubmitServeApplications
             if cluster.serve_config is not None:
                 state.events.append(f"resubmitted serve config to {cluster.name}")
-            cluster.serve_config, cluster.app_status, cluster.ticks = serve_config, "DEPLOYING", 0
-        cluster.ticks += 1
-        if cluster.ticks >= self.deploy_ticks:
+            cluster.serve_config, cluster.app_status = serve_config, "DEPLOYING"
+            cluster.submitted_at = asyncio.get_running_loop().time()
+        if asyncio.get_running_loop().time() - cluster.submitted_at >= self.deploy_s:
             cluster.app_status = "RUNNING"
 
     async def _clean_up(self, ns: str, state: _Service) -> None:
@@ -229,6 +252,7 @@ class KubeRayPeer:
 
     async def _deleted(self, ns: str, name: str) -> None:
         state = self.services.pop((ns, name), None)
+        self._seen.pop((ns, name), None)
         if state is None:
             return
         for cluster in (c for c in (state.active, state.pending, *state.retired) if c is not None):
@@ -268,6 +292,8 @@ class KubeRayPeer:
         if (rs.get("status") or {}) != status:
             path = f"/apis/ray.io/v1/namespaces/{ns}/{_RS_PLURAL}/{name}/status"
             await self._send("PATCH", path, {"status": status})
+            if ready:
+                self.ready_at.setdefault((ns, name), asyncio.get_running_loop().time())
 
     async def _send(self, method: str, path: str, body: Any = None) -> None:
         async with self.k.request(method, path, json=body) as resp:
@@ -285,6 +311,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
+@functools.lru_cache(maxsize=4096)
 def _app_name(serve_config: str) -> str:
     import yaml
 

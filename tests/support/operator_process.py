@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import sys
 import time
 from pathlib import Path
@@ -23,16 +22,9 @@ import yaml
 
 from tests.operator.conftest import CLUSTER, RESOURCE_GROUP, SUBSCRIPTION, WORKLOAD_IDENTITY
 from tests.support.arm_emulator import ArmEmulator
-from tests.support.kopf_harness import OperatorHarness
+from tests.support.kopf_harness import OperatorHarness, free_port
 
 __all__ = ["OperatorProcess", "free_port"]
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class OperatorProcess(OperatorHarness):
@@ -95,6 +87,8 @@ class OperatorProcess(OperatorHarness):
             "TOKENPLANE_ARM_CA_BUNDLE": str(self.arm.ca_pem),
             "TOKENPLANE_HEALTH_PORT": str(self.health_port),
             "TOKENPLANE_OPERATOR_METRICS_PORT": str(self.metrics_port),
+            # Pods of the KubeRay peer sit on loopback: scrapes go to a port nothing listens on unless a test says.
+            "TOKENPLANE_METRICS_PORT": str(free_port()),
             **self.extra_env,
         }
 
@@ -141,6 +135,12 @@ class OperatorProcess(OperatorHarness):
     def rss_mib(self) -> float:
         """The process's resident memory (VmRSS) now, in MiB."""
         return self._memory_mib("VmRSS:")
+
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) the process has used so far: a cost the machine's load does not inflate."""
+        assert self.process is not None
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def _memory_mib(self, field: str) -> float:
         assert self.process is not None

@@ -1,10 +1,12 @@
 """AKS agent pools and the region's vCPU quota through the async Azure SDKs; Azure errors become domain errors."""
 
 import email.utils
+import ssl
 import time
 from types import TracebackType
 from typing import Any, Self
 
+import aiohttp
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import (
     AzureError,
@@ -12,6 +14,7 @@ from azure.core.exceptions import (
     HttpResponseError,
     ResourceNotFoundError,
 )
+from azure.core.pipeline.transport import AioHttpTransport
 from azure.identity.aio import DefaultAzureCredential
 from azure.mgmt.compute.aio import ComputeManagementClient
 from azure.mgmt.containerservice.aio import ContainerServiceClient
@@ -70,7 +73,6 @@ class AksAgentPools:
         self._owned_credential: DefaultAzureCredential | None = None
         if credential is None:
             credential = self._owned_credential = DefaultAzureCredential()
-        tls: dict[str, Any] = {} if connection_verify is None else {"connection_verify": connection_verify}
         self._client = ContainerServiceClient(
             credential,
             subscription_id,
@@ -79,11 +81,11 @@ class AksAgentPools:
             # No SDK retries: they sleep inside the call (up to Retry-After), blocking a handler.
             # The caller retries instead, from the TransientCloudError's retry_after_s.
             retry_total=0,
-            **tls,
+            **_tls(connection_verify),
         )
         # The same credential reads quota: Microsoft.Compute/locations/usages/read and skus/read.
         self._compute = ComputeManagementClient(
-            credential, subscription_id, base_url=arm_endpoint, retry_total=0, **tls
+            credential, subscription_id, base_url=arm_endpoint, retry_total=0, **_tls(connection_verify)
         )
         self._region: str | None = None
         self._sku_cache_s = sku_cache_s
@@ -234,6 +236,18 @@ class AksAgentPools:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.close()
+
+
+def _tls(ca_bundle: str | None) -> dict[str, Any]:
+    """Trust a CA bundle through one TLS context per client, so its connections are reused.
+
+    Given `connection_verify` as a path, azure-core builds a new SSLContext for every request, and aiohttp pools
+    connections per context: every ARM call then opened (and kept) its own TLS connection with a 256 KiB buffer.
+    """
+    if ca_bundle is None:
+        return {}
+    connector = aiohttp.TCPConnector(ssl=ssl.create_default_context(cafile=ca_bundle))
+    return {"transport": AioHttpTransport(session=aiohttp.ClientSession(connector=connector), session_owner=True)}
 
 
 def _convert(exc: AzureError) -> TokenplaneError:

@@ -20,6 +20,7 @@ __all__ = [
     "DEPLOYMENT_LABEL",
     "GCS_PORT",
     "MANAGED_BY",
+    "MANAGED_BY_LABEL",
     "MAX_NAME_LENGTH",
     "METRICS_PORT",
     "NETWORK_POLICY_SUFFIX",
@@ -38,6 +39,7 @@ __all__ = [
 
 PART_OF = "tokenplane"
 MANAGED_BY = "tokenplane-operator"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"  # the operator watches only RayServices carrying it
 DEPLOYMENT_LABEL = "tokenplane.io/deployment"
 SPEC_HASH_ANNOTATION = "tokenplane.io/spec-hash"
 CLUSTER_HASH_ANNOTATION = "tokenplane.io/cluster-hash"
@@ -94,7 +96,7 @@ def standard_labels(deployment_name: str) -> dict[str, str]:
     return {
         "app.kubernetes.io/name": PART_OF,
         "app.kubernetes.io/instance": deployment_name,
-        "app.kubernetes.io/managed-by": MANAGED_BY,
+        MANAGED_BY_LABEL: MANAGED_BY,
         **selector_labels(deployment_name),
     }
 
