@@ -112,10 +112,16 @@ class OperatorProcess(OperatorHarness):
                     raise RuntimeError(f"the operator exited with {self.process.returncode}:\n{self.log_tail()}")
                 with contextlib.suppress(aiohttp.ClientError):
                     async with session.get(f"http://127.0.0.1:{self.health_port}/healthz") as response:
-                        if response.status == 200:
+                        if response.status == 200 and self._watching():
                             return
                 await asyncio.sleep(0.2)
         raise RuntimeError(f"the operator's /healthz did not answer within 60 s:\n{self.log_tail()}")
+
+    def _watching(self) -> bool:
+        """Whether kopf has asked to watch InferenceDeployments: kmock streams to a watch only the objects that
+        exist when it starts and the events after it, so a CR created before that would go unseen."""
+        accessed = getattr(self.k, "accessed", None)  # ApiServerEmulator's record of the requests
+        return accessed is None or any(a.resource == "inferencedeployments" and a.verb == "watch" for a in accessed)
 
     async def stop(self, *, kill: bool = False) -> int | None:
         """SIGTERM (graceful) or SIGKILL (a crashed pod); returns the exit code."""
