@@ -1,5 +1,6 @@
 """status.metrics: the operator scrapes the serving pods' Prometheus pages and reports the seeds' economics."""
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,26 +18,29 @@ pytestmark = pytest.mark.kmock(cls=ApiServerEmulator)
 
 
 class MetricsPages:
-    """Serves a Ray worker's /metrics; every scrape finds 10 more requests and 1,000 more output tokens.
+    """Serves a Ray worker's /metrics; every scrape finds 10 more requests, and tokens flow at a steady rate.
 
-    Per scrape: 4,000 prompt tokens, 300 prefix-cache hits in 400 queries, 2 response-cache hits and 8 misses,
-    and end-to-end latencies of 5 requests under 0.5 s, 4 more under 1 s, 1 under 2.5 s.
+    Per scrape: 300 prefix-cache hits in 400 queries, 2 response-cache hits and 8 misses, and end-to-end
+    latencies of 5 requests under 0.5 s, 4 more under 1 s, 1 under 2.5 s. Tokens: 2,000 output and 8,000 prompt
+    tokens per second of wall time, so the rate the operator computes does not depend on how late its timer runs.
     """
 
     def __init__(self) -> None:
         self.scrapes = 0
         self.hosts: set[str] = set()
+        self.started = time.monotonic()
 
     async def handle(self, request: web.Request) -> web.Response:
         self.hosts.add(request.host)
         self.scrapes += 1
         n = self.scrapes
+        tokens = 2000 * (time.monotonic() - self.started)
         labels = 'model_name="m1",WorkerId="abc"'
         lines = [
             "# TYPE ray_vllm_generation_tokens_total counter",
-            f"ray_vllm_generation_tokens_total{{{labels}}} {1000 * n}.0",
+            f"ray_vllm_generation_tokens_total{{{labels}}} {tokens:.3f}",
             "# TYPE ray_vllm_prompt_tokens_total counter",
-            f"ray_vllm_prompt_tokens_total{{{labels}}} {4000 * n}.0",
+            f"ray_vllm_prompt_tokens_total{{{labels}}} {4 * tokens:.3f}",
             "# TYPE ray_vllm_prefix_cache_hits_total counter",
             f"ray_vllm_prefix_cache_hits_total{{{labels}}} {300 * n}.0",
             "# TYPE ray_vllm_prefix_cache_queries_total counter",
@@ -117,9 +121,8 @@ async def test_status_metrics_report_the_economics_of_the_serving_pods(
     assert reported["p95LatencyMs"] == 1750.0
     assert reported["p99LatencyMs"] == 2350.0
     assert reported["tokensPerGpuHour"] == pytest.approx(reported["tokensPerSecondPerGpu"] * 3600, rel=1e-3)
-    # Two pods scraped per 0.5 s tick, each page 2,000 tokens further along (the counter moves on every scrape):
-    # 4,000 tokens per tick on 1 GPU, about 8,000 tokens/s per GPU (ticks drift, hence the range).
-    assert 3000 < reported["tokensPerSecondPerGpu"] < 16000
+    # Two pods (head and worker), each page 2,000 output tokens/s, on 1 GPU: 4,000 tokens/s per GPU.
+    assert reported["tokensPerSecondPerGpu"] == pytest.approx(4000, rel=0.1)
     assert served.hosts == {f"127.0.0.1:{port}"}
     # The reconcile timer keeps writing its own fields without erasing the collector's.
     await op.wait_for(lambda: served.scrapes >= 4, message="more scrapes")
