@@ -58,6 +58,13 @@ UsdPerHour = Annotated[float | None, typer.Option("--usd-per-hour", help="What t
 IgnoreEos = Annotated[
     bool, typer.Option("--ignore-eos/--no-ignore-eos", help="Send vLLM's ignore_eos so answers are full length.")
 ]
+ContentParts = Annotated[
+    bool,
+    typer.Option(
+        "--content-parts/--content-string",
+        help="Send prompts as a list of content parts, as vLLM's benchmark client does, or as a string.",
+    ),
+]
 Timeout = Annotated[float, typer.Option("--timeout", help="Seconds per request before it counts as failed.")]
 
 
@@ -86,6 +93,7 @@ def run(
     gpus: Gpus = None,
     usd_per_hour: UsdPerHour = None,
     ignore_eos: IgnoreEos = True,
+    content_parts: ContentParts = True,
     timeout: Timeout = 600.0,
     output: Annotated[str, typer.Option("-o", "--output", help="table or json.")] = "table",
     save_requests: Annotated[
@@ -130,6 +138,7 @@ def sweep(
     gpus: Gpus = None,
     usd_per_hour: UsdPerHour = None,
     ignore_eos: IgnoreEos = True,
+    content_parts: ContentParts = True,
     timeout: Timeout = 600.0,
     output: Annotated[str, typer.Option("-o", "--output", help="table or json.")] = "table",
 ) -> None:
@@ -158,6 +167,7 @@ def compare(
     tokenizer: Tokenizer = None,
     seed: Seed = 0,
     ignore_eos: IgnoreEos = True,
+    content_parts: ContentParts = True,
     timeout: Timeout = 600.0,
     output: Annotated[str, typer.Option("-o", "--output", help="table or json.")] = "table",
 ) -> None:

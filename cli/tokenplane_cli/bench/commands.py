@@ -50,7 +50,14 @@ def _spec(o: dict[str, Any]) -> WorkloadSpec:
 def _endpoint(url: str, o: dict[str, Any], api_key: str | None) -> Endpoint:
     try:
         return asyncio.run(
-            resolve_endpoint(url, o.get("model"), api_key, ignore_eos=o["ignore_eos"], timeout_s=o["timeout"])
+            resolve_endpoint(
+                url,
+                o.get("model"),
+                api_key,
+                ignore_eos=o["ignore_eos"],
+                timeout_s=o["timeout"],
+                content_parts=o.get("content_parts", True),
+            )
         )
     except ValueError as error:
         raise BenchInputError(str(error)) from None

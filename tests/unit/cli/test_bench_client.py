@@ -139,8 +139,10 @@ def test_multi_turn_sessions_carry_the_conversation(peer: tuple[Peer, str]) -> N
     roles = [m["role"] for m in third_turns[0]["messages"]]
     assert roles == ["user", "assistant", "user", "assistant", "user"]
     assert third_turns[0]["messages"][1]["content"] == " w0 w1 w2"
+    # The prompt goes as one text part, the shape vLLM's benchmark client sends (--content-string: a string).
+    assert all(m["content"][0]["type"] == "text" for r in state.requests for m in r["messages"] if m["role"] == "user")
     firsts = [
-        r["messages"][0]["content"].split()[:4]
+        r["messages"][0]["content"][0]["text"].split()[:4]
         for r in state.requests
         if len(r["messages"]) == 1 and r["max_completion_tokens"] == 3  # not the calibration probes
     ]
@@ -238,3 +240,12 @@ def test_sweep_compare_and_plot_write_their_files(peer: tuple[Peer, str], tmp_pa
     assert (tmp_path / "frontier.png").stat().st_size > 10_000
     result = runner.invoke(app, ["bench", "plot", str(out), "--out-dir", str(tmp_path)])
     assert result.exit_code == 2 and "no p95_e2el_ms" in result.output
+
+
+def test_content_string_sends_plain_strings(peer: tuple[Peer, str]) -> None:
+    state, url = peer
+    state.requests.clear()
+    endpoint = Endpoint(f"{url}/v1", "peer-model", content_parts=False)
+    result = run_sync(endpoint, WorkloadSpec(num_prompts=2, input_tokens=5, output_tokens=2), concurrency=1, rate=None)
+    assert result.report["completed"] == 2
+    assert all(isinstance(m["content"], str) for r in state.requests for m in r["messages"])
