@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from tokenplane_operator.converge.quota import QuotaPolicy
 from tokenplane_operator.desired.config import RenderConfig
 from tokenplane_operator.desired.naming import METRICS_PORT
+from tokenplane_operator.plan.allocatable import NodeOverhead
 
 __all__ = ["OperatorSettings"]
 
@@ -81,6 +82,22 @@ class OperatorSettings(BaseSettings):
         description="When the vCPU quota cannot cover maxCount: bound (create/grow the pool up to what fits) "
         "or block (create/grow nothing).",
     )
+    node_daemonset_cpu_millis: int = Field(
+        default=NodeOverhead.daemonset_cpu_millis,
+        ge=0,
+        description="CPU (millicores) the DaemonSets of a GPU node request; kept from the workers' requests.",
+    )
+    node_daemonset_memory_mib: int = Field(
+        default=NodeOverhead.daemonset_memory_mib,
+        ge=0,
+        description="Memory (MiB) the DaemonSets of a GPU node request; kept from the workers' requests.",
+    )
+    node_os_disk_gib: int = Field(
+        default=NodeOverhead.os_disk_gib,
+        ge=30,
+        le=2048,
+        description="OS disk of GPU nodes (GiB): the kubelet's ephemeral storage, which holds downloaded weights.",
+    )
     quota_cache_ttl_s: float = Field(
         default=60.0, ge=0, description="Reuse one read of the region's vCPU quota and usage for this long."
     )
@@ -111,5 +128,8 @@ class OperatorSettings(BaseSettings):
                 "kuberay_namespace": self.kuberay_namespace,
                 "operator_namespace": self.operator_namespace,
                 "private_source_ranges": tuple(self.private_source_ranges),
+                "node_daemonset_cpu_millis": self.node_daemonset_cpu_millis,
+                "node_daemonset_memory_mib": self.node_daemonset_memory_mib,
+                "node_os_disk_gib": self.node_os_disk_gib,
             }
         )

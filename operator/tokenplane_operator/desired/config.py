@@ -33,7 +33,10 @@ class RenderConfig(BaseModel):
         default=NodeOverhead.daemonset_memory_mib, ge=0, description="Memory the DaemonSets of a GPU node request."
     )
     node_os_disk_gib: int = Field(
-        default=NodeOverhead.os_disk_gib, ge=30, description="OS disk of GPU nodes (the kubelet's ephemeral storage)."
+        default=NodeOverhead.os_disk_gib,
+        ge=30,
+        le=2048,
+        description="OS disk of GPU nodes (the kubelet's ephemeral storage).",
     )
     worker_ephemeral_storage_gib: int = Field(
         default=20, ge=1, description="Most ephemeral storage a worker requests (less when many pods share a node)."

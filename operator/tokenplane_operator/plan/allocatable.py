@@ -46,8 +46,10 @@ class NodeOverhead:
     The defaults budget the requests of the DaemonSets AKS runs on a GPU node: kube-proxy, azure-ip-masq-agent,
     cloud-node-manager, the Azure Disk/File/Blob CSI node plugins, azure-cns, the NVIDIA device plugin and GPU
     driver DaemonSets (`gpuProfile.driver: Install`), and the Container Insights / managed Prometheus node agents
-    when enabled. Their requests change between AKS releases, so this is a budget with headroom, overridable in
-    the operator settings, not a measured sum.
+    when enabled. Their requests change between AKS releases, so this is a budget with headroom, not a measured
+    sum: the operator settings `TOKENPLANE_NODE_DAEMONSET_CPU_MILLIS`, `..._MEMORY_MIB` and
+    `TOKENPLANE_NODE_OS_DISK_GIB` (chart: `operator.nodeOverhead`) override it; `tokenplane render` and `plan` use
+    these defaults.
 
     Attributes:
         daemonset_cpu_millis: CPU requested by the node's DaemonSets.

@@ -17,6 +17,7 @@ from tests.support.chart import CHART, render  # noqa: E402
 from tokenplane_cli.chartschema import build_values_schema  # noqa: E402
 from tokenplane_operator.desired.config import RenderConfig  # noqa: E402
 from tokenplane_operator.main import operator_command  # noqa: E402
+from tokenplane_operator.plan.allocatable import NodeOverhead  # noqa: E402
 from tokenplane_operator.settings import OperatorSettings  # noqa: E402
 
 ROOT = CHART.parents[1]
@@ -155,8 +156,17 @@ def test_crd_ships_with_the_chart() -> None:
 
 
 def test_every_rendered_setting_is_one_the_operator_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    overhead = {"daemonsetCpuMillis": 1500, "daemonsetMemoryMiB": 3072, "osDiskGiB": 256}
     objects = _render(
-        {"operator": {"pollIntervalSeconds": 45, "logLevel": "DEBUG", "healthPort": 9090, "metricsPort": 9091}}
+        {
+            "operator": {
+                "pollIntervalSeconds": 45,
+                "logLevel": "DEBUG",
+                "healthPort": 9090,
+                "metricsPort": 9091,
+                "nodeOverhead": overhead,
+            }
+        }
     )
     container = _kind(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e["value"] for e in container["env"]}
@@ -169,6 +179,8 @@ def test_every_rendered_setting_is_one_the_operator_reads(monkeypatch: pytest.Mo
     settings = OperatorSettings()
     assert settings.poll_interval_s == 45 and settings.log_level == "DEBUG"
     assert settings.arm_endpoint is None, "an empty ARM endpoint must mean the public cloud"
+    # The node overhead reaches the renderer: worker requests are sized from what the chart says a node keeps.
+    assert settings.render_config().node_overhead() == NodeOverhead(1500, 3072, 256)
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports["health"] == settings.health_port == 9090
     assert ports["metrics"] == settings.operator_metrics_port == 9091
