@@ -8,17 +8,24 @@ P95 from it: a fleet P95 cannot be recovered from per-replica P95s (their max ov
 unlucky, their mean hides a slow half).
 
 Decision, per tick (the reasons are the operator's status reasons):
-- `QueueDepth`: requests waiting (Serve-queued + waiting in a replica for a slot + engine waiting) exceed
-  `targetQueueDepth` per replica; grow in proportion, so that the waiting requests fit in the new replicas' batches.
-- `LatencyBreach`: the fleet P95 exceeds the target; grow by the breach ratio (capped at 2x per tick). The
-  per-replica load at which the breach happened is remembered as the replica's *capacity*, so later load
-  changes are sized in advance (`ongoing / (0.8 x capacity)`) instead of waiting for the next breach.
+- `QueueDepth`: the load, or its trend one start-up ahead, needs more replicas at the per-replica load the
+  fleet is sized for; or requests waiting (Serve-queued + waiting in a replica for a slot + engine waiting)
+  exceed `targetQueueDepth` per replica, and the fleet grows so that they fit in the new replicas' batches.
+  The trend is a least-squares slope over 3 minutes, used only when it stands 3 standard errors out of the
+  noise; the horizon is the start-up time last observed (pending -> running), so a ramp is met by replicas
+  that are ready when it arrives.
+- `LatencyBreach`: the fleet P95 exceeds the target while nothing is starting and the latency window shows
+  this fleet; grow by the breach ratio (capped at 2x per tick). The per-replica load of the breach is the
+  *knee* (`capacity`): from then on the fleet is sized at 80% of it. Before any breach, the fleet is sized at
+  1.25x the most a replica has been seen to carry well within the target (`proven`): it approaches the knee
+  in steps instead of jumping past it on an optimistic prior.
 - `WaitingForCapacity`: replicas have been pending longer than a cold start takes (no node for them): hold
   at the current target instead of adding more replicas that cannot be placed either.
-- `Idle`: no traffic: go to the floor (zero with scale-to-zero; Serve applies `downscale_to_zero_delay_s`).
-  Scale-in otherwise needs the P95 well under the target (hysteresis band), an empty queue, no scale-up in
-  the last cooldown, and the busiest load of that cooldown to fit the smaller fleet at 60% of capacity; it
-  removes at most half the replicas per decision (Serve's `downscale_delay_s` then holds each decision).
+- `Idle`: no traffic for a whole downscale window: go to the floor (zero with scale-to-zero; Serve applies
+  `downscale_to_zero_delay_s`). Scale-in otherwise needs the P95 under the target (well under it until the
+  knee is known), an empty queue, no scale-out within the downscale window, and the busiest load of that
+  window to fit the smaller fleet (at 75% of the knee once known); at most half the replicas go per decision.
+  The policy owns this hysteresis: the operator renders Serve's `downscale_delay_s` as 0, so they do not stack.
 - `Schedule`: a time window's minimum (see `tokenplane_serving.schedule`) holds more replicas than load needs.
 - `Batch`: Batch API requests (which replicas report as `batch_running`) are not demand the fleet grows for: they
   fill the capacity interactive traffic keeps. Alone, they hold at most `batch_max_replicas` replicas (the
@@ -55,11 +62,13 @@ BUCKET_BOUNDS_MS: tuple[float, ...] = tuple(5.0 * _BUCKET_RATIO**i for i in rang
 REASONS = ("QueueDepth", "LatencyBreach", "Idle", "WaitingForCapacity", "Schedule", "Batch", "Steady")
 
 _HEADROOM = 0.8  # size the fleet for this fraction of the learned per-replica capacity
-_SCALE_IN_UTILIZATION = 0.6  # scale in only if the smaller fleet runs below this fraction of capacity
+_SCALE_IN_UTILIZATION = 0.75  # scale in only if the smaller fleet runs below this fraction of the learned knee
 _SCALE_IN_BAND = 0.7  # ... and the fleet P95 is below this fraction of the target
 _LEARNED_BAND = 0.9  # ... or this fraction once a breach has shown where the knee is
 _WINDOW_S = 30.0  # the replicas' latency histogram window (tokenplane_serving.server)
 _MAX_GROWTH_PER_TICK = 2.0
+_TREND_S = 180.0  # the load trend is fitted over this window
+_EXPLORE = 1.25  # scale-in may load a replica this much beyond the most it has been seen to carry within target
 
 
 def bucket_key(metric: str, index: int) -> str:
@@ -179,9 +188,11 @@ def merge_replica_reports(
 class TokenplanePolicy:
     """Ray Serve `autoscaling_config.policy` class; `policy_kwargs` go to the constructor.
 
-    Serve applies `min_replicas`/`max_replicas`, `upscale_delay_s`/`downscale_delay_s`/
-    `downscale_to_zero_delay_s` after it, and starts the first replica from zero without calling it; called at
-    zero anyway (by the simulator, or a future Serve), it sizes the cold start from the queue.
+    Serve applies `min_replicas`/`max_replicas`, `upscale_delay_s` and `downscale_to_zero_delay_s` after it (the
+    operator renders Serve's `downscale_delay_s` as 0: this policy's own scale-in rule holds decisions for the
+    CR's downscale delay, and two such holds would stack), and starts the first replica from zero without
+    calling it; called at zero anyway (by the simulator, or a future Serve), it sizes the cold start from the
+    queue.
     """
 
     def __init__(
@@ -193,7 +204,7 @@ class TokenplanePolicy:
         stale_after_s: float = 30.0,
         min_samples: int = 20,
         cold_start_s: float = 600.0,
-        cooldown_s: float = 120.0,
+        downscale_delay_s: float = 300.0,
         min_replicas: int = 0,
         schedule: list[dict[str, Any]] | None = None,
         batch_max_replicas: int = 0,
@@ -209,9 +220,11 @@ class TokenplanePolicy:
             stale_after_s: Replica reports older than this are ignored (3 push intervals by default).
             min_samples: Fewer latency samples than this in the fleet histogram are not a P95.
             cold_start_s: Longest a replica takes from pending to running when a node is free (node provisioning
-                plus model loading); pending longer means no capacity.
-            cooldown_s: No scale-in this long after a scale-out (and no second latency scale-out before the
-                first one's replicas could have changed the latency window).
+                plus model loading); pending longer means no capacity. Half of it is the start-up time assumed
+                until one has been observed.
+            downscale_delay_s: Scale-in needs the load to have been low this long (CR `downscaleDelaySeconds`):
+                the fleet is sized for the busiest moment of this window, and nothing is removed this long after
+                a scale-out.
             min_replicas: The CR's floor, for the schedule's reason (Serve enforces the bound itself).
             schedule: Time windows with their own minimum replicas (`ScheduleWindow` fields).
             batch_max_replicas: Most replicas Batch API requests alone may hold (their GPU budget).
@@ -223,7 +236,7 @@ class TokenplanePolicy:
         self.stale_after_s = stale_after_s
         self.min_samples = min_samples
         self.cold_start_s = cold_start_s
-        self.cooldown_s = cooldown_s
+        self.downscale_delay_s = downscale_delay_s
         self.min_replicas = min_replicas
         self.schedule = [ScheduleWindow.model_validate(w) for w in schedule or []]
         self.batch_max_replicas = batch_max_replicas
@@ -236,8 +249,8 @@ class TokenplanePolicy:
 
         Returns:
             Desired replicas, and the state Serve hands back next tick: the decision's `reason`, the fleet
-            `p95_ms`, the `queue`, the learned per-replica `capacity`, the load of the last cooldown, and
-            the timestamps the policy needs.
+            `p95_ms`, the `queue`, the learned per-replica `capacity` and `proven` load, the observed
+            `startup_s`, the recent load, and the timestamps the policy needs.
         """
         now = float(ctx.current_time if ctx.current_time is not None else time.time())
         state = dict(ctx.policy_state or {})
@@ -247,39 +260,38 @@ class TokenplanePolicy:
         batch = min(fleet.batch_running, float(ctx.total_num_requests or 0.0))
         # Requests waiting inside replicas are load and queue, as Serve counts its handle-queued ones in both.
         ongoing = float(ctx.total_num_requests or 0.0) - batch + fleet.replica_waiting
-        queue = float(ctx.total_queued_requests or 0.0) + fleet.replica_waiting + max(0.0, fleet.engine_waiting - batch)
+        queue = self.waiting_requests(ctx, fleet, batch)
         p95 = fleet.p95_ms() if fleet.samples >= self.min_samples else None
-        if state.get("fleet_size") != current:
-            state["fleet_size"], state["fleet_changed"] = current, now
-        state["stable"] = now - float(state["fleet_changed"]) >= self.stale_after_s + _WINDOW_S
+        self._track_fleet(state, current, target, now)
         capacity = self._learn_capacity(state, current, ongoing, queue, p95, fleet)
-        recent = [(t, v) for t, v in state.get("recent_load", []) if now - t < self.cooldown_s]
-        recent.append((now, ongoing))
-        peak = max(v for _, v in recent)
-
-        needs = {"QueueDepth": ongoing / (_HEADROOM * capacity), "LatencyBreach": 0.0}
+        history = [(t, v) for t, v in state.get("recent_load", []) if now - t < max(self.downscale_delay_s, _TREND_S)]
+        if not history or now - history[-1][0] >= 1.0:  # Serve ticks every 0.1 s: keep one point a second
+            history.append((now, ongoing))
+        peak = max([ongoing, *(v for t, v in history if now - t < self.downscale_delay_s)])
+        forecast = _forecast(history, now, ongoing, float(state["startup_s"]))
+        per_replica = self._per_replica_target(state, capacity)
+        needs = {"QueueDepth": max(ongoing, forecast) / per_replica, "LatencyBreach": 0.0}
         if queue > self.target_queue * max(current, 1):
             running_each = max(1.0, (ongoing - queue) / current) if current else capacity
             needs["QueueDepth"] = max(needs["QueueDepth"], ongoing / (running_each + self.target_queue))
         last_up = float(state.get("last_up", -math.inf))
-        if p95 is not None and self.p95_ms is not None and p95 > self.p95_ms and now - last_up >= self.cooldown_s:
-            needs["LatencyBreach"] = max(current + 1.0, current * min(_MAX_GROWTH_PER_TICK, p95 / self.p95_ms))
+        if self._breached(p95) and state["stable"] and target <= current:
+            # The latency window shows this fleet (not the one before) over the target, and nothing is starting.
+            needs["LatencyBreach"] = max(current + 1.0, current * min(_MAX_GROWTH_PER_TICK, p95 / self.p95_ms))  # type: ignore[operator]
         reason = max(needs, key=lambda k: needs[k])
         grow = math.ceil(needs[reason] - 1e-9)
 
-        pending_since = state.get("pending_since") if target > current else None
-        if target > current and pending_since is None:
-            pending_since = now
+        pending_since = state.get("pending_since")
         starved = pending_since is not None and now - float(pending_since) > self.cold_start_s
         floor, window = schedule_minimum(self.schedule, now)
+        # Scale-in is sized for the busiest moment of the downscale window: only once the policy has seen one.
+        seen_window = now - float(state.setdefault("since", now)) >= self.downscale_delay_s
         if grow > target and not starved:
             desired, state["last_up"] = grow, now
-        elif peak <= 0 and queue <= 0:
+        elif peak <= 0 and queue <= 0 and seen_window:
             desired, reason = 0, "Idle"
-        elif self._may_scale_in(fleet, p95, queue, now, last_up, bool(state.get("learned"))) and grow < current:
-            # Sized for the busiest moment of the last cooldown, so an oscillating load does not flap.
-            in_fleet = math.ceil(peak / (_SCALE_IN_UTILIZATION * capacity) - 1e-9)
-            desired = max(in_fleet, math.ceil(current / 2), 1)
+        elif grow < current and seen_window and self._may_scale_in(fleet, p95, queue, now, last_up, state):
+            desired = self._scale_in_size(current, peak, per_replica, capacity, state)
             reason = "Idle" if desired < current else "Steady"
         else:
             desired, reason = max(target, current), "Steady"
@@ -291,17 +303,67 @@ class TokenplanePolicy:
         batch_hold = min(self.batch_max_replicas, math.ceil(batch / (_HEADROOM * capacity) - 1e-9))
         if batch_hold > desired:
             desired, reason = batch_hold, "Batch"
+        if desired > current and pending_since is None:
+            state["pending_since"] = now
         state.update(
             reason=reason,
             p95_ms=p95,
             queue=queue,
             capacity=capacity,
-            pending_since=pending_since if desired > current else None,
+            forecast=forecast,
             schedule_window=window,
             stale_replicas=fleet.stale_replicas,
-            recent_load=recent,
+            recent_load=history,
         )
         return desired, state
+
+    def waiting_requests(self, ctx: Any, fleet: FleetMetrics, batch: float = 0.0) -> float:
+        """Count the interactive requests waiting for a slot: Serve-queued, waiting in a replica, engine-waiting.
+
+        `batch` Batch API requests are taken off the engines' waiting first (they run at low priority).
+        """
+        return float(ctx.total_queued_requests or 0.0) + fleet.replica_waiting + max(0.0, fleet.engine_waiting - batch)
+
+    def _breached(self, p95: float | None) -> bool:
+        return p95 is not None and self.p95_ms is not None and p95 > self.p95_ms
+
+    def _track_fleet(self, state: dict[str, Any], current: int, target: int, now: float) -> None:
+        """Note when the fleet changed size, and how long started replicas took to run (the forecast horizon)."""
+        state.setdefault("startup_s", self.cold_start_s / 2)
+        previous = state.get("fleet_size")
+        if previous != current:
+            state["fleet_size"], state["fleet_changed"] = current, now
+            pending_since = state.get("pending_since")
+            if pending_since is not None and previous is not None and current > previous:
+                state["startup_s"] = min(self.cold_start_s, now - float(pending_since))
+        if current >= target:
+            state["pending_since"] = None  # nothing starting (any longer)
+        elif state.get("pending_since") is None:
+            state["pending_since"] = now
+        state["stable"] = now - float(state["fleet_changed"]) >= self.stale_after_s + _WINDOW_S
+
+    def _per_replica_target(self, state: dict[str, Any], capacity: float) -> float:
+        """Return the requests per replica the fleet is sized for when it grows.
+
+        After a breach has shown the knee (`capacity`), a margin below it. Before, the knee is unknown: the
+        most a replica has been seen to carry well within the target (`proven`), plus a step, so that the
+        fleet approaches the knee step by step (each step is proven or breaches, and then the knee is known);
+        with nothing seen yet, a margin below the batch cap.
+        """
+        if state.get("learned"):
+            return _HEADROOM * capacity
+        proven = float(state.get("proven", 0.0))
+        return min(_HEADROOM * capacity, _EXPLORE * proven) if proven > 0 else _HEADROOM * capacity
+
+    def _scale_in_size(
+        self, current: int, peak: float, per_replica: float, capacity: float, state: dict[str, Any]
+    ) -> int:
+        # Sized for the busiest moment of the downscale window, so an oscillating load does not flap, at the
+        # per-replica load scale-out sizes for (below the knee once it is known), at most half the fleet a step.
+        if state.get("learned"):
+            per_replica = min(_SCALE_IN_UTILIZATION * capacity, _EXPLORE * float(state.get("proven", capacity)))
+        in_fleet = math.ceil(peak / max(per_replica, 1e-9) - 1e-9)
+        return min(current, max(in_fleet, math.ceil(current / 2), 1))
 
     def _learn_capacity(
         self, state: dict[str, Any], current: int, ongoing: float, queue: float, p95: float | None, fleet: FleetMetrics
@@ -311,25 +373,56 @@ class TokenplanePolicy:
             # Right after the fleet changed size, the latency window still holds the old fleet's requests.
             return capacity
         per_replica = ongoing / current
-        if self.p95_ms is not None and p95 is not None and p95 > self.p95_ms:
+        if self._breached(p95):
             # The fleet breached at this load: a replica holds at most that much within the target.
             capacity = min(capacity, max(1.0, per_replica))
             state["learned"] = True
         elif p95 is not None and (self.p95_ms is None or p95 < _SCALE_IN_BAND * self.p95_ms):
             # Comfortably within target at this load: a replica holds at least that much.
             capacity = min(self.max_ongoing, max(capacity, per_replica))
+            state["proven"] = max(float(state.get("proven", 0.0)), per_replica)
         if queue > self.target_queue * current:
             # Requests wait: the replicas' batches are full at what they are running now.
             capacity = min(capacity, max(1.0, (ongoing - queue) / current))
+            state["learned"] = True
         return capacity
 
     def _may_scale_in(
-        self, fleet: FleetMetrics, p95: float | None, queue: float, now: float, last_up: float, learned: bool
+        self, fleet: FleetMetrics, p95: float | None, queue: float, now: float, last_up: float, state: dict[str, Any]
     ) -> bool:
-        if fleet.fresh_replicas == 0 or queue > 0 or now - last_up < self.cooldown_s:
+        if fleet.fresh_replicas == 0 or queue > 0 or now - last_up < self.downscale_delay_s:
             return False
-        if self.p95_ms is None or p95 is None:
+        if self.p95_ms is None:
             return True
+        if p95 is None:
+            return fleet.samples == 0  # no latency to judge: only a fleet that served nothing lately
+        learned = bool(state.get("learned"))
         # With a capacity learned from a breach, the load check sizes the smaller fleet; the latency only has to
         # be inside the target. Without one, the latency must be well inside it (the knee is unknown).
         return p95 < (_LEARNED_BAND if learned else _SCALE_IN_BAND) * self.p95_ms
+
+
+def _forecast(history: list[tuple[float, float]], now: float, current: float, horizon_s: float) -> float:
+    """Load one start-up time ahead, from the least-squares trend of the last `_TREND_S` (never below now's).
+
+    A replica asked for now serves only after a start-up; on a rising load it must be asked for the load it
+    will meet then. Falling trends are not extrapolated (scale-in has its own, slower rule), and the forecast
+    at most doubles the load, so one noisy minute cannot order a fleet.
+    """
+    points = [(t, v) for t, v in history if now - t <= _TREND_S]
+    if len(points) < 3 or points[-1][0] - points[0][0] < _TREND_S / 2:
+        return current
+    n = len(points)
+    mt = sum(t for t, _ in points) / n
+    mv = sum(v for _, v in points) / n
+    var = sum((t - mt) ** 2 for t, _ in points)
+    if var <= 0:
+        return current
+    slope = sum((t - mt) * (v - mv) for t, v in points) / var
+    residual = sum((v - mv - slope * (t - mt)) ** 2 for t, v in points) / max(1, n - 2)
+    # Only a trend that stands out of the noise (three standard errors; the points are 1 s apart but Serve
+    # averages them over 30 s, so there are about n / 30 independent ones).
+    stderr = math.sqrt(residual / var * max(1.0, 30.0 * n / (points[-1][0] - points[0][0] + 1.0)))
+    if slope <= 3.0 * stderr:
+        return current
+    return min(2.0 * current, current + slope * horizon_s)

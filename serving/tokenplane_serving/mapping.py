@@ -130,13 +130,14 @@ def build_policy_kwargs(args: ServingArgs) -> dict[str, Any]:
         args: Validated serving args.
 
     Returns:
-        The batch cap, queue and latency targets, floor and schedule windows.
+        The batch cap, queue and latency targets, floor, scale-in delay and schedule windows.
     """
     scaling = args.scaling
     kwargs: dict[str, Any] = {
         "max_ongoing_requests": args.effective_max_ongoing_requests,
         "target_queue_depth": scaling.target_queue_depth,
         "min_replicas": scaling.min_replicas,
+        "downscale_delay_s": scaling.downscale_delay_s,
     }
     if scaling.latency_target is not None:
         kwargs["metric"] = scaling.latency_target.metric
@@ -249,11 +250,14 @@ def _deployment_config(args: ServingArgs, *, fixed_replicas: int | None = None) 
             "initial_replicas": fixed_replicas,
         }
     else:
+        # The policy owns scale-in hysteresis (it sizes for the busiest load of the last downscale_delay_s), so
+        # Serve's own downscale delay is 0: Serve holds every scale-in decision that long again otherwise, and
+        # the two stack (600 s + 600 s). The 1 -> 0 step keeps Serve's downscale_to_zero_delay_s (idle time).
         autoscaling = {
             "min_replicas": scaling.min_replicas,
             "max_replicas": scaling.max_replicas,
             "upscale_delay_s": scaling.upscale_delay_s,
-            "downscale_delay_s": scaling.downscale_delay_s,
+            "downscale_delay_s": 0.0,
         }
         if scaling.initial_replicas is not None:
             autoscaling["initial_replicas"] = scaling.initial_replicas

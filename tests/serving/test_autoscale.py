@@ -82,7 +82,12 @@ def context(
 
 def stable(replicas: int, **state: Any) -> dict[str, Any]:
     """Policy state of a fleet that has had `replicas` for 10 minutes (its latency window is its own)."""
-    return {"fleet_size": replicas, "fleet_changed": NOW - 600, **state}
+    return {"fleet_size": replicas, "fleet_changed": NOW - 600, **seen(**state)}
+
+
+def seen(**state: Any) -> dict[str, Any]:
+    """Policy state of a policy that has watched the deployment for an hour (a whole downscale window)."""
+    return {"since": NOW - 3600, **state}
 
 
 def policy(**kwargs: Any) -> TokenplanePolicy:
@@ -142,7 +147,7 @@ def test_recovery_holds_then_scales_in_slowly() -> None:
     desired, state = policy()(context(calm, ongoing=16, state=just_grown))
     assert (desired, state["reason"]) == (8, "Steady")
     # After it: at most half the fleet per decision, and never below what the load needs (16 / (0.6 x 8) -> 4).
-    later = {"last_up": NOW - 600, "capacity": 8.0}
+    later = seen(last_up=NOW - 600, capacity=8.0)
     desired, state = policy()(context(calm, ongoing=16, state=later))
     assert (desired, state["reason"]) == (4, "Idle")
     assert policy()(context(calm, ongoing=2, state=later))[0] == 4  # half of 8, not 1
@@ -187,13 +192,14 @@ def test_pending_replicas_are_discounted_then_reported_as_waiting_for_capacity()
     slow = [report([2500.0] * 30, running=8) for _ in range(2)]
     pol = policy(cold_start_s=300)
     # Two replicas already starting (target 4, 2 running): the breach is covered, add no more.
-    desired, state = pol(context(slow, ongoing=16, target=4, state={"capacity": 8.0}))
+    learned = {"capacity": 8.0, "learned": True}
+    desired, state = pol(context(slow, ongoing=16, target=4, state=learned))
     assert desired == 4
     # Queue load that needs 6 grows past the pending ones while they are younger than a cold start.
-    desired, state = pol(context(slow, ongoing=40, target=4, state={"capacity": 8.0, "pending_since": NOW - 60}))
+    desired, state = pol(context(slow, ongoing=40, target=4, state={**learned, "pending_since": NOW - 60}))
     assert desired == 7
     # Pending longer than a cold start: no nodes. Hold at the target and say so.
-    desired, state = pol(context(slow, ongoing=40, target=4, state={"capacity": 8.0, "pending_since": NOW - 400}))
+    desired, state = pol(context(slow, ongoing=40, target=4, state={**learned, "pending_since": NOW - 400}))
     assert (desired, state["reason"]) == (4, "WaitingForCapacity")
 
 
@@ -207,7 +213,9 @@ def test_zero_replicas_with_traffic() -> None:
     assert wrapped(context([], ongoing=1, queued=1))[0] >= 1
     # No traffic at all: zero, reason Idle.
     idle = [report([], running=0)]
-    assert policy()(context(idle, ongoing=0, state={"last_up": NOW - 900}))[:1] == (0,)
+    assert policy()(context(idle, ongoing=0, state=seen(last_up=NOW - 900)))[:1] == (0,)
+    # ... but only once a whole downscale window has been seen idle: a policy just (re)started knows nothing.
+    assert policy()(context(idle, ongoing=0, state={"last_up": NOW - 900}))[0] == 1
 
 
 def test_fleet_p95_merges_samples_instead_of_taking_the_worst_replica() -> None:
@@ -220,7 +228,7 @@ def test_fleet_p95_merges_samples_instead_of_taking_the_worst_replica() -> None:
     assert fleet.samples == 950
     assert fleet.p95_ms() == pytest.approx(300, rel=0.15)  # within a bucket: 10 slow of 950 (1%)
     assert worst_replica_p95 > TARGET_MS > fleet.p95_ms()  # type: ignore[operator]
-    desired, state = policy()(context(reports, ongoing=40, state={"last_up": NOW - 900}))
+    desired, state = policy()(context(reports, ongoing=40, state=seen(last_up=NOW - 900)))
     assert state["reason"] != "LatencyBreach"
     assert desired <= 10
     # And the other way: one replica of ten is all slow (10% of requests); the mean of the per-replica P95s
@@ -229,7 +237,7 @@ def test_fleet_p95_merges_samples_instead_of_taking_the_worst_replica() -> None:
     mean_of_p95s = (5000.0 + 9 * 200.0) / 10
     fleet = merge_replica_reports(context(skewed, ongoing=40).raw_metrics, "ttft", NOW, 30)
     assert mean_of_p95s < TARGET_MS < fleet.p95_ms()  # type: ignore[operator]
-    assert policy()(context(skewed, ongoing=40))[1]["reason"] == "LatencyBreach"
+    assert policy()(context(skewed, ongoing=40, state=stable(10)))[1]["reason"] == "LatencyBreach"
 
 
 def test_bucket_missing_from_the_latest_report_counts_zero() -> None:
@@ -253,7 +261,7 @@ def test_schedule_keeps_a_floor_in_its_window() -> None:
     desired, state = pol(context(idle, ongoing=0, now=inside))
     assert (desired, state["reason"]) == (3, "Schedule")
     outside = inside + 12 * 3600
-    desired, state = pol(context(idle, ongoing=0, now=outside))
+    desired, state = pol(context(idle, ongoing=0, now=outside, state={"since": outside - 3600}))
     assert (desired, state["reason"]) == (0, "Idle")
 
 

@@ -67,14 +67,16 @@ def test_autoscaling_and_backpressure() -> None:
             drain_grace_period_s=45,
         )
     )["deployment_config"]
-    assert deployment["autoscaling_config"].pop("policy")["policy_function"] == AUTOSCALING_POLICY
+    policy = deployment["autoscaling_config"].pop("policy")
+    assert policy["policy_function"] == AUTOSCALING_POLICY
+    assert policy["policy_kwargs"]["downscale_delay_s"] == 60
     assert deployment["autoscaling_config"] == {
         "min_replicas": 0,
         "max_replicas": 4,
         "initial_replicas": 1,
         "target_ongoing_requests": 5,
         "upscale_delay_s": 3,
-        "downscale_delay_s": 60,
+        "downscale_delay_s": 0.0,  # the policy holds scale-in for the 60 s itself (two holds would stack)
         "downscale_to_zero_delay_s": 120,
     }
     assert deployment["max_queued_requests"] == 10
@@ -86,7 +88,12 @@ def test_autoscaling_and_backpressure() -> None:
     assert default["backpressure_config"] == {"status_code": 503, "retry_after_s": 1}
     assert default["autoscaling_config"]["policy"] == {
         "policy_function": AUTOSCALING_POLICY,
-        "policy_kwargs": {"max_ongoing_requests": 16, "target_queue_depth": 8.0, "min_replicas": 1},
+        "policy_kwargs": {
+            "max_ongoing_requests": 16,
+            "target_queue_depth": 8.0,
+            "min_replicas": 1,
+            "downscale_delay_s": 600.0,
+        },
     }
 
 
@@ -105,6 +112,7 @@ def test_policy_kwargs_carry_the_latency_target_and_schedule() -> None:
             "max_ongoing_requests": 16,
             "target_queue_depth": 3.0,
             "min_replicas": 1,
+            "downscale_delay_s": 600.0,
             "metric": "ttft",
             "p95_ms": 500.0,
             "schedule": [window],

@@ -84,7 +84,8 @@ def simulate_command(
         deployment = _deployment(file)
         physics = physics_for(deployment, vm_size)
         scenario = scenario_for(deployment, physics)
-        traces = {t: builtin_trace(t, rate_scale=rate_scale, seed=seed) for t in trace}
+        limit = physics.max_model_len
+        traces = {t: builtin_trace(t, rate_scale=rate_scale, seed=seed, max_model_len=limit) for t in trace}
         if trace_file is not None:
             traces[trace_file.stem] = load_trace_file(trace_file)
     except (ValueError, PlanError, TraceError, KeyError, OSError) as exc:

@@ -161,6 +161,9 @@ class Simulation:
 
     def _arrival(self, now: float, job: Job) -> None:
         self._recent_arrivals.append(now)
+        if job.req.input_tokens + job.req.output_tokens > self.phys.max_model_len:
+            job.rejected = True  # vLLM answers 400: the request cannot fit the context window
+            return
         ready = self._ready_replicas()
         free = [r for r in ready if r.active < self.phys.batch_cap]
         if free:

@@ -44,6 +44,7 @@ class ReplicaPhysics:
     load_s: float
     gpus: float
     source: str
+    max_model_len: int = 8192  # prompt + output tokens a request may hold (vLLM refuses longer ones)
 
     def prefill_s(self, input_tokens: int) -> float:
         """Time to prefill one prompt."""
@@ -99,7 +100,8 @@ def physics_for(deployment: InferenceDeployment, vm_size: str | None = None) -> 
     """
     spec = deployment.spec
     if spec.hardware.accelerator is AcceleratorKind.CPU and vm_size is None:
-        return ReplicaPhysics(**{**TINY_CPU.__dict__, "batch_cap": spec.engine.max_num_seqs})
+        limit = spec.model.max_model_len or TINY_CPU.max_model_len
+        return ReplicaPhysics(**{**TINY_CPU.__dict__, "batch_cap": spec.engine.max_num_seqs, "max_model_len": limit})
     size = vm_size or spec.hardware.vm_size
     if size == "auto":
         raise PlanError(PlanErrorReason.INVALID_WORKLOAD, "spec.hardware.vmSize is auto: pass --vm-size to simulate")
@@ -132,4 +134,5 @@ def physics_for(deployment: InferenceDeployment, vm_size: str | None = None) -> 
         load_s=math.ceil(load),
         gpus=placement.gpu_equivalents,
         source=f"{workload.model.name} on {plan.vm_size} ({plan.gpu_model}), planner roofline",
+        max_model_len=workload.context,
     )

@@ -127,6 +127,10 @@ class HpaController:
             return None
         self.last_sync = now
         current, ready = sim.target, sim.ready_count()
+        if not self.recommendations:
+            # HPA seeds a new autoscaler's stabilization window with the current replicas (horizontal.go,
+            # reconcileAutoscaler: `a.recommendations[key] = {{currentReplicas, time.Now()}}`).
+            self.recommendations.append((now, current))
         if current == 0:
             return 1 if sim.waiting() else None  # KEDA activation
         if self.scale_to_zero and now - self.last_traffic >= 300.0:

@@ -10,6 +10,11 @@ is then simulated in full like every other policy, so its attainment is measured
 per-minute greedy optimum, not a proof of the global one: a lower bound in spirit, the reference of every
 GPU-hours ratio.
 
+Warm start: the trace is a window of a deployment's life, not its birth. Every policy starts with the replicas
+the oracle plans at t=0 (the most any minute within one cold start needs), ready; static starts at its peak.
+Nothing is excluded from scoring. (Starting every policy at one replica into full-rate traffic with a 5-minute
+node cold start measured the start-up, not the policy.)
+
 Scores: `requestAttainment` is the share of requests meeting the target (rejected ones fail);
 `minuteAttainment` the share of minutes with arrivals whose P95 (rejected counted as infinite) meets it;
 `gpuHours` counts each replica from its start (cold start included) to its stop, times its GPUs (one per
@@ -53,7 +58,8 @@ class Scenario:
     """A deployment, as the simulator needs it."""
 
     sim: SimConfig
-    autoscaling: dict[str, Any]  # the autoscaling_config the operator writes
+    autoscaling: dict[str, Any]  # the autoscaling_config the operator writes (tokenplane's policy)
+    plain_autoscaling: dict[str, Any]  # Serve's built-in policy with the CR's own delays (the baselines)
     target_queue: float
     scale_to_zero: bool
 
@@ -64,6 +70,9 @@ def scenario_for(deployment: InferenceDeployment, physics: ReplicaPhysics) -> Sc
     scaling = deployment.spec.scaling
     autoscaling = dict(build_llm_config(args)["deployment_config"]["autoscaling_config"])
     autoscaling["policy"]["policy_kwargs"]["max_ongoing_requests"] = physics.batch_cap
+    # Without tokenplane's policy, Serve's own downscale delay is the only scale-in hysteresis: the CR's.
+    plain = {k: v for k, v in autoscaling.items() if k != "policy"}
+    plain["downscale_delay_s"] = args.scaling.downscale_delay_s
     latency = scaling.latency_target
     sim = SimConfig(
         physics=physics,
@@ -75,7 +84,7 @@ def scenario_for(deployment: InferenceDeployment, physics: ReplicaPhysics) -> Sc
         max_queued=physics.batch_cap * args.scaling.max_replicas,
         hold_s=float(getattr(scaling.scale_to_zero, "hold_seconds", DEFAULT_HOLD_S)),
     )
-    return Scenario(sim, autoscaling, float(scaling.target_queue_depth), scaling.scale_to_zero.enabled)
+    return Scenario(sim, autoscaling, plain, float(scaling.target_queue_depth), scaling.scale_to_zero.enabled)
 
 
 def _latency(job: Any, metric: str) -> float:
@@ -189,10 +198,12 @@ def oracle_plan(cfg: SimConfig, requests: list[Request]) -> list[int]:
 def run_policies(
     scenario: Scenario, requests: list[Request], policies: tuple[str, ...] = POLICIES
 ) -> dict[str, SimResult]:
-    """Simulate each policy on the trace."""
-    cfg = scenario.sim
-    plan = oracle_plan(cfg, requests) if {"oracle", "static"} & set(policies) else []
-    peak = max(plan) if plan else cfg.max_replicas
+    """Simulate each policy on the trace, each from the same warm start (see the module docstring)."""
+    plan = oracle_plan(scenario.sim, requests)
+    peak = max(plan)
+    # Warm start: the deployment was serving before the trace began, so every policy starts with the replicas
+    # the trace's first minutes need (the oracle's plan at t=0, which looks one cold start ahead), ready.
+    cfg = SimConfig(**{**scenario.sim.__dict__, "initial_replicas": max(1, plan[0])})
     results: dict[str, SimResult] = {}
     for name in policies:
         run_cfg, controller = cfg, _controller(name, scenario)
@@ -200,7 +211,6 @@ def run_policies(
             run_cfg = SimConfig(**{**cfg.__dict__, "initial_replicas": peak, "min_replicas": peak})
             controller = FixedController(peak)
         elif name == "oracle":
-            run_cfg = SimConfig(**{**cfg.__dict__, "initial_replicas": max(1, plan[0])})
             controller = ScheduleController(plan)
         results[name] = Simulation(run_cfg, requests, controller).run()
     return results
@@ -211,10 +221,9 @@ def _controller(name: str, scenario: Scenario) -> Controller:
     if name == "tokenplane":
         return RayController(AutoscalingConfig(**scenario.autoscaling))
     if name == "ray-default":
-        return RayController(AutoscalingConfig(**{k: v for k, v in scenario.autoscaling.items() if k != "policy"}))
+        return RayController(AutoscalingConfig(**scenario.plain_autoscaling))
     if name == "ttft-step":
-        plain = {k: v for k, v in scenario.autoscaling.items() if k != "policy"}
-        return RayController(AutoscalingConfig(**plain), TtftStepPolicy(cfg.target_ms))
+        return RayController(AutoscalingConfig(**scenario.plain_autoscaling), TtftStepPolicy(cfg.target_ms))
     if name in ("keda", "slo-keda"):
         return HpaController(
             slo=name == "slo-keda",

@@ -5,7 +5,8 @@ A trace file has one request per line: `{"t": seconds, "input_tokens": n, "outpu
 
 Built-in traces are sized for the default deployment (Llama-3.1-8B on one A100 80GB per replica, P95 TTFT 1 s):
 prompts around 2,000 tokens and answers around 150, so a replica holds about 3-4 requests/s and peaks need
-several replicas. `rate_scale` multiplies every rate (e.g. 0.05 for the tiny CPU model).
+several replicas. `rate_scale` multiplies every rate (e.g. 0.05 for the tiny CPU model). `max_model_len` is the
+deployment's context window: no built-in request asks for more (an agent compacts its context to fit).
 """
 
 from __future__ import annotations
@@ -50,23 +51,27 @@ def _poisson(rng: random.Random, rate: Callable[[float], float], duration: float
             times.append(t)
 
 
-def _requests(rng: random.Random, times: list[float]) -> list[Request]:
-    return [Request(t, _tokens(rng, 2000, 0.6, 64, 7000), _tokens(rng, 150, 0.7, 8, 1000)) for t in times]
+def _requests(rng: random.Random, times: list[float], max_len: int) -> list[Request]:
+    out = []
+    for t in times:
+        n_in, n_out = _tokens(rng, 2000, 0.6, 64, 7000), _tokens(rng, 150, 0.7, 8, 1000)
+        out.append(Request(t, max(1, min(n_in, max_len - n_out)), n_out))
+    return out
 
 
-def _steady(rng: random.Random, k: float) -> list[Request]:
-    return _requests(rng, _poisson(rng, lambda t: 12 * k, 1800, 12 * k))
+def _steady(rng: random.Random, k: float, max_len: int) -> list[Request]:
+    return _requests(rng, _poisson(rng, lambda t: 12 * k, 1800, 12 * k), max_len)
 
 
-def _diurnal(rng: random.Random, k: float) -> list[Request]:
+def _diurnal(rng: random.Random, k: float, max_len: int) -> list[Request]:
     # A day compressed into an hour: night trough 1 req/s, afternoon peak 24 req/s.
     def rate(t: float) -> float:
         return k * (1 + 23 * 0.5 * (1 - math.cos(2 * math.pi * t / 3600)))
 
-    return _requests(rng, _poisson(rng, rate, 3600, 24 * k))
+    return _requests(rng, _poisson(rng, rate, 3600, 24 * k), max_len)
 
 
-def _spike(rng: random.Random, k: float) -> list[Request]:
+def _spike(rng: random.Random, k: float, max_len: int) -> list[Request]:
     # 2 req/s, then 10x within 30 s at minute 10, held 5 minutes, back down within 30 s.
     def rate(t: float) -> float:
         if t < 600 or t > 930:
@@ -75,20 +80,20 @@ def _spike(rng: random.Random, k: float) -> list[Request]:
             return k * (2 + 18 * (t - 600) / 30)
         return k * (20 - 18 * max(0.0, t - 900) / 30)
 
-    return _requests(rng, _poisson(rng, rate, 2400, 20 * k))
+    return _requests(rng, _poisson(rng, rate, 2400, 20 * k), max_len)
 
 
-def _ramp(rng: random.Random, k: float) -> list[Request]:
+def _ramp(rng: random.Random, k: float, max_len: int) -> list[Request]:
     # 2 -> 10 -> 1 requests/s in stages of 10 minutes.
     stages = [2, 4, 6, 8, 10, 10, 6, 3, 1]
 
     def rate(t: float) -> float:
         return k * stages[min(len(stages) - 1, int(t // 600))]
 
-    return _requests(rng, _poisson(rng, rate, 600 * len(stages), 10 * k))
+    return _requests(rng, _poisson(rng, rate, 600 * len(stages), 10 * k), max_len)
 
 
-def _bursty(rng: random.Random, k: float) -> list[Request]:
+def _bursty(rng: random.Random, k: float, max_len: int) -> list[Request]:
     # On/off bursts: 1 req/s background, bursts of 16 req/s lasting 1-3 minutes every 5-15 minutes.
     bursts, t = [], 120.0
     while t < 3600:
@@ -99,10 +104,10 @@ def _bursty(rng: random.Random, k: float) -> list[Request]:
     def rate(x: float) -> float:
         return k * (16 if any(a <= x < b for a, b in bursts) else 1)
 
-    return _requests(rng, _poisson(rng, rate, 3600, 16 * k))
+    return _requests(rng, _poisson(rng, rate, 3600, 16 * k), max_len)
 
 
-def _agentic(rng: random.Random, k: float) -> list[Request]:
+def _agentic(rng: random.Random, k: float, max_len: int) -> list[Request]:
     # Agent sessions: chains of 4-16 dependent calls; each call's prompt is the previous context plus the
     # last answer and a tool result, so contexts grow. The next call starts when the previous one would
     # finish on an unloaded replica plus a tool time (open-loop: the times are fixed in the trace).
@@ -112,13 +117,14 @@ def _agentic(rng: random.Random, k: float) -> list[Request]:
         context, t = _tokens(rng, 1500, 0.5, 200, 4000), start
         for _ in range(rng.randint(4, 16)):
             answer = _tokens(rng, 120, 0.6, 8, 600)
-            out.append(Request(t, min(context, 30_000), answer, session=f"s{n}"))
+            # Past the window the agent keeps the most recent context that fits (truncation or compaction).
+            out.append(Request(t, max(1, min(context, max_len - answer)), answer, session=f"s{n}"))
             context += answer + _tokens(rng, 400, 0.8, 20, 4000)
             t += 0.2 + answer * 0.02 + rng.uniform(0.5, 4.0)
     return sorted(out, key=lambda r: r.t)
 
 
-BUILTIN_TRACES: dict[str, Callable[[random.Random, float], list[Request]]] = {
+BUILTIN_TRACES: dict[str, Callable[[random.Random, float, int], list[Request]]] = {
     "steady": _steady,
     "diurnal": _diurnal,
     "spike": _spike,
@@ -128,18 +134,19 @@ BUILTIN_TRACES: dict[str, Callable[[random.Random, float], list[Request]]] = {
 }
 
 
-def builtin_trace(name: str, *, rate_scale: float = 1.0, seed: int = 1) -> list[Request]:
+def builtin_trace(name: str, *, rate_scale: float = 1.0, seed: int = 1, max_model_len: int = 8192) -> list[Request]:
     """Generate a built-in trace.
 
     Args:
         name: One of `BUILTIN_TRACES`.
         rate_scale: Multiplies every arrival rate.
         seed: The random seed (the same seed gives the same trace).
+        max_model_len: The deployment's context window; every request's prompt + output fits it.
 
     Returns:
         The requests in arrival order.
     """
-    return BUILTIN_TRACES[name](random.Random(f"{name}-{seed}"), rate_scale)
+    return BUILTIN_TRACES[name](random.Random(f"{name}-{seed}"), rate_scale, max_model_len)
 
 
 def load_trace_file(path: Path) -> list[Request]:

@@ -117,3 +117,45 @@ def test_bad_trace_file_is_one_clear_line(tmp_path: Path) -> None:
 
 def test_default_deployment_is_a_valid_crd_object() -> None:
     assert _deployment(None).spec.scaling.max_replicas == DEFAULT_DEPLOYMENT["spec"]["scaling"]["maxReplicas"]
+
+
+def test_every_policy_starts_warm_with_what_the_first_minutes_need() -> None:
+    deployment = _deployment(None)
+    scenario = scenario_for(deployment, physics_for(deployment))
+    trace = step_trace(6, 6, start=0, end=0, total=600)  # full rate from the first second
+    plan = oracle_plan(scenario.sim, trace)
+    results = run_policies(scenario, trace, ("tokenplane", "keda", "oracle"))
+    for name, result in results.items():
+        assert result.timeline[0][2] == plan[0] > 1, name  # ready at t=0, as many as the oracle plans
+        assert sum(1 for j in result.jobs if j.cold) == 0, name  # nobody arrives at zero replicas
+
+
+def test_agentic_contexts_fit_the_deployments_window() -> None:
+    for limit in (8192, 4096):
+        requests = builtin_trace("agentic", max_model_len=limit)
+        assert max(r.input_tokens + r.output_tokens for r in requests) <= limit
+        assert sum(1 for r in requests if r.input_tokens + r.output_tokens > limit - 600) > 100  # long sessions
+    # The window is the deployment's: the CR's maxModelLen, else the model's.
+    assert physics_for(_deployment(None)).max_model_len == DEFAULT_DEPLOYMENT["spec"]["model"]["maxModelLen"]
+    # A replayed request beyond the window is refused, as vLLM refuses it.
+    deployment = _deployment(None)
+    scenario = scenario_for(deployment, physics_for(deployment))
+    too_long = [Request(0.0, 8000, 500), Request(1.0, 2000, 150)]
+    jobs = Simulation(scenario.sim, too_long, _controller("tokenplane", scenario)).run().jobs
+    assert [j.rejected for j in jobs] == [True, False]
+
+
+def test_scale_in_delay_is_held_once_not_twice() -> None:
+    # The CR's downscale delay goes to the policy; Serve's own is 0, or Serve would hold each decision again.
+    deployment = _deployment(None)
+    scenario = scenario_for(deployment, physics_for(deployment))
+    delay = DEFAULT_DEPLOYMENT["spec"]["scaling"]["downscaleDelaySeconds"]
+    assert scenario.autoscaling["downscale_delay_s"] == 0
+    assert scenario.autoscaling["policy"]["policy_kwargs"]["downscale_delay_s"] == delay
+    assert scenario.plain_autoscaling["downscale_delay_s"] == delay  # the baselines keep Serve's own delay
+    # A load step down: tokenplane releases replicas within one delay of the drop (not two).
+    trace = step_trace(1, 10, start=0, end=900, total=2700)
+    result = run_policies(scenario, trace, ("tokenplane",))["tokenplane"]
+    peak = max(target for _, target, _, _ in result.timeline)
+    first_lower = next(t for t, target, _, _ in result.timeline if t > 900 and target < peak)
+    assert first_lower <= 900 + delay + 60
