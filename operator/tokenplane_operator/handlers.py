@@ -23,6 +23,7 @@ from tokenplane_operator.reconcile import (
     ReconcileResult,
     collect_metrics,
     forget_metrics,
+    latest_scaling,
     pool_demand,
     reconcile,
     reconcile_owner,
@@ -130,7 +131,11 @@ async def poll(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **kwargs: An
 async def metrics(
     body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any
 ) -> None:
-    """Scrape the serving pods and write the economics (tokens per GPU-hour, tail latency...) to status.metrics."""
+    """Scrape the serving pods into status.metrics (the economics) and status.scaling (the policy's decision).
+
+    The metrics are tokens per GPU-hour, tail latency and the like; the decision is the replicas running and
+    wanted, its reason and the time at zero, which the next reconcile turns into the Scaled condition.
+    """
     try:
         async with memo.slots:
             result = await collect_metrics(
@@ -141,6 +146,9 @@ async def metrics(
         return
     if result is not None:
         patch.status["metrics"] = result.model_dump(mode="json", by_alias=True, exclude_none=True)
+    scaling = latest_scaling(body, memo.clients)
+    if scaling is not None:
+        patch.status["scaling"] = scaling.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
 @kopf.on.event(*RAYSERVICE, labels=_OWNED)

@@ -24,6 +24,7 @@ from tokenplane_operator.api.v1alpha1 import (
     InferenceDeploymentStatus,
     MetricsStatus,
     PlanStatus,
+    ScalingStatus,
 )
 from tokenplane_operator.api.validation import InvalidSpecError, parse_inference_deployment
 from tokenplane_operator.converge.diff import (
@@ -37,6 +38,7 @@ from tokenplane_operator.converge.diff import (
 from tokenplane_operator.converge.economics import Scrape, compute_economics, gpus_in_pods, merge_window, parse_scrape
 from tokenplane_operator.converge.gauges import DeploymentGauges, deployment_gauges
 from tokenplane_operator.converge.quota import QuotaCheck, QuotaReading, bound_pool, check_quota
+from tokenplane_operator.converge.scaling import scaling_from_pages
 from tokenplane_operator.converge.status import (
     CloudFault,
     NodeSource,
@@ -67,6 +69,7 @@ __all__ = [
     "ReleaseResult",
     "collect_metrics",
     "forget_metrics",
+    "latest_scaling",
     "pool_demand",
     "reconcile",
     "reconcile_owner",
@@ -128,6 +131,7 @@ class Clients:
     _locks: defaultdict[str, asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))
     # Last metrics scrape per deployment: (pod name -> scrape, monotonic time), the start of the next window.
     _scrapes: dict[str, tuple[dict[str, Scrape], float]] = field(default_factory=dict)
+    _scaling: dict[str, ScalingStatus | None] = field(default_factory=dict)  # the policy's last decision read
     # Last quota read per VM size: (reading, or why there is none; when).
     _quota: dict[str, tuple[QuotaReading | str, datetime]] = field(default_factory=dict)
     # Operations started per pool: a deployment that waited for the pool's lock sees whether another one wrote.
@@ -258,7 +262,12 @@ async def reconcile(
 
     def result(deployment: InferenceDeployment | None, observed: ObservedState, **kw: Any) -> ReconcileResult:
         status = compute_status(
-            deployment, observed, generation=generation, now=now, previous_conditions=previous_conditions
+            deployment,
+            observed,
+            generation=generation,
+            now=now,
+            previous_conditions=previous_conditions,
+            scaling=previous_status.scaling if previous_status else None,
         )
         return ReconcileResult(status=status, gauges=deployment_gauges(status, deployment), **kw)
 
@@ -710,6 +719,7 @@ async def collect_metrics(
     urls = {name: f"http://{pod['status']['podIP']}:{settings.metrics_port}/metrics" for name, pod in running.items()}
     pages = await asyncio.gather(*(clients.scraper.scrape(url) for url in urls.values()), return_exceptions=True)
     scrapes = {name: parse_scrape(page) for name, page in zip(urls, pages, strict=True) if isinstance(page, str)}
+    clients._scaling[key] = scaling_from_pages((page for page in pages if isinstance(page, str)), now)
     previous = clients._scrapes.get(key)
     if not scrapes:
         return None
@@ -723,10 +733,17 @@ async def collect_metrics(
     return compute_economics(before, after, elapsed_s=clock - previous[1], gpus=gpus_in_pods(spanning), now=now)
 
 
+def latest_scaling(body: Mapping[str, Any], clients: Clients) -> ScalingStatus | None:
+    """Return the autoscaling decision read by the deployment's last `collect_metrics`, if the policy reported one."""
+    meta = body.get("metadata") or {}
+    return clients._scaling.get(str(meta.get("uid") or _owner(body)))
+
+
 def forget_metrics(body: Mapping[str, Any], clients: Clients) -> None:
     """Drop the scrape kept for a deleted deployment."""
     meta = body.get("metadata") or {}
     clients._scrapes.pop(str(meta.get("uid") or _owner(body)), None)
+    clients._scaling.pop(str(meta.get("uid") or _owner(body)), None)
 
 
 # --- helpers -------------------------------------------------------------------------------------------

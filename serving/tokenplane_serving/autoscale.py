@@ -47,12 +47,14 @@ from tokenplane_serving.schedule import ScheduleWindow, schedule_minimum
 
 __all__ = [
     "BUCKET_BOUNDS_MS",
+    "DECISION_GAUGES",
     "REASONS",
     "FleetMetrics",
     "TokenplanePolicy",
     "bucket_key",
     "latency_histogram",
     "merge_replica_reports",
+    "publish_decision",
     "quantile_from_histogram",
 ]
 
@@ -305,8 +307,15 @@ class TokenplanePolicy:
             desired, reason = batch_hold, "Batch"
         if desired > current and pending_since is None:
             state["pending_since"] = now
+        if reason != state.get("reason") or desired != state.get("desired"):
+            state["decided_at"] = now  # the last time the decision changed, for the operator's status
+        if current > 0 or target > 0:
+            state["zero_since"] = None
+        elif state.get("zero_since") is None:
+            state["zero_since"] = now
         state.update(
             reason=reason,
+            desired=desired,
             p95_ms=p95,
             queue=queue,
             capacity=capacity,
@@ -315,6 +324,7 @@ class TokenplanePolicy:
             stale_replicas=fleet.stale_replicas,
             recent_load=history,
         )
+        publish_decision(ctx, current, desired, state)
         return desired, state
 
     def waiting_requests(self, ctx: Any, fleet: FleetMetrics, batch: float = 0.0) -> float:
@@ -426,3 +436,44 @@ def _forecast(history: list[tuple[float, float]], now: float, current: float, ho
     if slope <= 3.0 * stderr:
         return current
     return min(2.0 * current, current + slope * horizon_s)
+
+
+# The decision leaves the Serve controller as Prometheus gauges (Ray prefixes them `ray_`); the operator reads
+# them from its scrape of the Ray pods into the InferenceDeployment's status (converge/scaling.py there).
+DECISION_GAUGES = {
+    "replicas": "tokenplane_autoscaler_replicas",
+    "decision": "tokenplane_autoscaler_decision_timestamp_seconds",
+    "zero_since": "tokenplane_autoscaler_zero_since_timestamp_seconds",
+}
+_gauges: dict[str, Any] = {}
+
+
+def publish_decision(ctx: Any, current: int, desired: int, state: Mapping[str, Any]) -> None:
+    """Export the decision from the Serve controller: replicas running and wanted, the reason, time at zero.
+
+    `tokenplane_autoscaler_replicas{kind=current|desired}`; `..._decision_timestamp_seconds{reason}` is the Unix
+    time the decision last changed for the reason in force, 0 for the other reasons; `..._zero_since_timestamp_
+    seconds` is when the deployment reached zero replicas (0 while it has some). Outside a Ray process (the
+    simulator) there is nowhere to export to, and nothing is done.
+    """
+    import ray
+
+    if not ray.is_initialized():
+        return
+    from ray.util.metrics import Gauge
+
+    if not _gauges:
+        keys = ("application", "deployment")
+        _gauges["replicas"] = Gauge(DECISION_GAUGES["replicas"], "Replicas running / wanted by the policy.",
+                                    tag_keys=(*keys, "kind"))  # fmt: skip
+        _gauges["decision"] = Gauge(DECISION_GAUGES["decision"], "When the decision in force was taken, by reason.",
+                                    tag_keys=(*keys, "reason"))  # fmt: skip
+        _gauges["zero_since"] = Gauge(DECISION_GAUGES["zero_since"], "When the deployment reached zero replicas.",
+                                      tag_keys=keys)  # fmt: skip
+    tags = {"application": str(ctx.app_name), "deployment": str(ctx.deployment_name)}
+    _gauges["replicas"].set(current, tags={**tags, "kind": "current"})
+    _gauges["replicas"].set(desired, tags={**tags, "kind": "desired"})
+    for reason in REASONS:
+        value = float(state.get("decided_at") or 0.0) if reason == state.get("reason") else 0.0
+        _gauges["decision"].set(value, tags={**tags, "reason": reason})
+    _gauges["zero_since"].set(float(state.get("zero_since") or 0.0), tags=tags)

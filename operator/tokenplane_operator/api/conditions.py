@@ -17,6 +17,9 @@ class ConditionType(StrEnum):
     # True when the region's vCPU quota cannot cover the pool's maxCount (abnormal-true, like Stalled):
     # the message names the family, region, needed and available vCPUs, and what the operator did.
     QUOTA_INSUFFICIENT = "QuotaInsufficient"
+    # True when the replicas the autoscaling policy wants are running; False while more start (reason: why the
+    # policy wants them) or cannot be placed (WaitingForCapacity); Unknown until the policy has reported.
+    SCALED = "Scaled"
 
 
 class Reason(StrEnum):
@@ -45,6 +48,14 @@ class Reason(StrEnum):
     WAITING_FOR_SERVING = "WaitingForServing"
     RECONCILED = "Reconciled"
     DELETING = "Deleting"
+    # The autoscaling policy's decision reasons (tokenplane_serving.autoscale.REASONS), and its silence.
+    QUEUE_DEPTH = "QueueDepth"
+    LATENCY_BREACH = "LatencyBreach"
+    IDLE = "Idle"
+    WAITING_FOR_CAPACITY = "WaitingForCapacity"  # replicas pending longer than a cold start: no nodes for them
+    SCHEDULE = "Schedule"
+    STEADY = "Steady"
+    NOT_REPORTED = "NotReported"  # no decision scraped from the Serve controller (yet)
 
 
 class Phase(StrEnum):

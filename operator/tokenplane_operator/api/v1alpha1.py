@@ -63,6 +63,7 @@ __all__ = [
     "RoutingSpec",
     "ScaleToZeroSpec",
     "ScalingSpec",
+    "ScalingStatus",
     "ScheduleWindowSpec",
     "SecretKeyRef",
     "SourceScheme",
@@ -1266,6 +1267,20 @@ class ReplicaStatus(_Model):
     ready: int | None = Field(default=None, description="Replicas that answered a real completion.")
 
 
+class ScalingStatus(_Model):
+    """The autoscaling policy's last decision, as the Serve controller exported it."""
+
+    current: int | None = Field(default=None, description="Replicas running (Ray Serve).")
+    desired: int | None = Field(default=None, description="Replicas the policy wants.")
+    reason: str | None = Field(
+        default=None,
+        description="Why: QueueDepth, LatencyBreach, Idle, WaitingForCapacity, Schedule or Steady.",
+    )
+    last_decision_time: datetime | None = Field(default=None, description="When the decision last changed.")
+    zero_since: datetime | None = Field(default=None, description="At zero replicas since then; unset above zero.")
+    updated_at: datetime | None = Field(default=None, description="When this was read.")
+
+
 class MetricsStatus(_Model):
     """The seeds' profitability numbers, from the serving metrics."""
 
@@ -1296,6 +1311,7 @@ class InferenceDeploymentStatus(_Model):
     node_pool: NodePoolStatus | None = Field(default=None, description="Node pool state.")
     endpoint: EndpointStatus | None = Field(default=None, description="Endpoint.")
     replicas: ReplicaStatus | None = Field(default=None, description="Replica counts.")
+    scaling: ScalingStatus | None = Field(default=None, description="The autoscaling policy's last decision.")
     metrics: MetricsStatus | None = Field(default=None, description="Profitability metrics.")
 
 

@@ -18,8 +18,10 @@ from tokenplane_operator.api.v1alpha1 import (
     NodePoolStatus,
     PlanStatus,
     ReplicaStatus,
+    ScalingStatus,
 )
 from tokenplane_operator.converge.quota import QuotaCheck
+from tokenplane_operator.converge.scaling import scaled_condition
 from tokenplane_operator.desired.agentpool import ObservedAgentPool
 from tokenplane_operator.errors import is_quota_error
 
@@ -212,6 +214,7 @@ def compute_status(
     generation: int,
     now: datetime,
     previous_conditions: Sequence[Condition] = (),
+    scaling: ScalingStatus | None = None,
 ) -> InferenceDeploymentStatus:
     """Compute the whole status from one snapshot.
 
@@ -224,6 +227,7 @@ def compute_status(
         generation: metadata.generation the snapshot describes.
         now: The time to stamp on conditions that change.
         previous_conditions: The conditions currently in status.
+        scaling: The autoscaling policy's last decision in status (the metrics timer reads it), for `Scaled`.
 
     Returns:
         The status to write.
@@ -263,6 +267,7 @@ def compute_status(
         ConditionType.RECONCILING: reconciling,
         ConditionType.STALLED: stalled_cond,
         ConditionType.QUOTA_INSUFFICIENT: _quota(observed, validated),
+        ConditionType.SCALED: _Cond(*scaled_condition(scaling)),
     }
     previous = {c.type: c for c in previous_conditions}
     conditions = [
@@ -284,6 +289,7 @@ def compute_status(
         node_pool=_node_pool_status(observed),
         endpoint=_endpoint(deployment, observed),
         replicas=_replicas(deployment, observed),
+        scaling=scaling,
     )
 
 

@@ -58,6 +58,7 @@ def test_ready_when_pool_and_serving_ready() -> None:
         "Reconciling": ("False", "Reconciled"),
         "Stalled": ("False", "Reconciled"),
         "QuotaInsufficient": ("Unknown", "QuotaUnknown"),  # no quota reading in this snapshot
+        "Scaled": ("Unknown", "NotReported"),  # no autoscaling decision scraped yet
     }
     assert status.phase is Phase.READY
     assert status.observed_generation == 3
