@@ -54,6 +54,7 @@ class Reason(StrEnum):
     IDLE = "Idle"
     WAITING_FOR_CAPACITY = "WaitingForCapacity"  # replicas pending longer than a cold start: no nodes for them
     SCHEDULE = "Schedule"
+    BATCH = "Batch"  # Batch API requests alone hold replicas (within spec.batch's budget)
     STEADY = "Steady"
     NOT_REPORTED = "NotReported"  # no decision scraped from the Serve controller (yet)
 

@@ -84,3 +84,8 @@ def test_scaled_condition_reaches_the_status() -> None:
     scaled = next(c for c in compute_status(deployment, observed, generation=1, now=NOW, scaling=growing).conditions
                   if c.type is ConditionType.SCALED)  # fmt: skip
     assert (scaled.status, scaled.reason.value) == ("False", "QueueDepth")
+
+
+def test_every_policy_reason_is_a_status_reason() -> None:
+    for reason in REASONS:
+        assert scaled_condition(scaling_from_pages([page("d", 1, 1, reason, T_DECIDED)], NOW))[1].value == reason
