@@ -41,7 +41,9 @@ async def test_create_to_ready(op: OperatorHarness) -> None:
         "Reconciling",
         "Stalled",
         "QuotaInsufficient",
+        "Scaled",
     }
+    assert op.condition("m1", "Scaled")["reason"] == "NotReported"  # no Serve controller has exported a decision
     assert body["metadata"]["finalizers"] == ["tokenplane.io/finalizer"]
     rs = op.get("m1", resource=RS_RESOURCE)
     assert rs is not None and rs["metadata"]["ownerReferences"][0]["uid"] == "uid-default-m1"

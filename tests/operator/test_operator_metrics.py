@@ -29,6 +29,9 @@ class MetricsPages:
         self.scrapes = 0
         self.hosts: set[str] = set()
         self.started = time.monotonic()
+        # The autoscaling policy's gauges, as the head pod serves them from the Serve controller (when set):
+        # (running, desired, reason, decided at, at zero since).
+        self.decision: tuple[int, int, str, float, float] | None = None
 
     async def handle(self, request: web.Request) -> web.Response:
         self.hosts.add(request.host)
@@ -57,6 +60,19 @@ class MetricsPages:
             f"ray_vllm_e2e_request_latency_seconds_count{{{labels}}} {10 * n}.0",
             f"ray_vllm_e2e_request_latency_seconds_sum{{{labels}}} {7.5 * n}",
         ]
+        if self.decision is not None:
+            current, desired, reason, decided, zero = self.decision
+            controller = 'application="llm",deployment="LLMServer:m1",SessionName="s"'
+            lines += [
+                "# TYPE ray_tokenplane_autoscaler_replicas gauge",
+                f'ray_tokenplane_autoscaler_replicas{{{controller},kind="current"}} {current}',
+                f'ray_tokenplane_autoscaler_replicas{{{controller},kind="desired"}} {desired}',
+                "# TYPE ray_tokenplane_autoscaler_decision_timestamp_seconds gauge",
+                f'ray_tokenplane_autoscaler_decision_timestamp_seconds{{{controller},reason="{reason}"}} {decided}',
+                f'ray_tokenplane_autoscaler_decision_timestamp_seconds{{{controller},reason="Steady"}} 0.0',
+                "# TYPE ray_tokenplane_autoscaler_zero_since_timestamp_seconds gauge",
+                f"ray_tokenplane_autoscaler_zero_since_timestamp_seconds{{{controller}}} {zero}",
+            ]
         return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
 
 
@@ -128,3 +144,28 @@ async def test_status_metrics_report_the_economics_of_the_serving_pods(
     await op.wait_for(lambda: served.scrapes >= 4, message="more scrapes")
     assert metrics().get("kvCacheHitRate") == 0.75
     assert op.condition("m1", "Ready")["status"] == "True"
+
+
+async def test_the_policys_decision_reaches_status_and_the_scaled_condition(
+    op: OperatorHarness, pages: tuple[MetricsPages, int]
+) -> None:
+    served, _ = pages
+    await op.create(cr_body("m1", vm_size="Standard_NC24ads_A100_v4"))
+    await op.wait_ready("m1")
+    await op.create_pod(pod("m1-head", "m1", "127.0.0.1", "Running", {}))
+    served.decision = (2, 4, "WaitingForCapacity", 1_800_000_000.0, 0.0)
+
+    def scaling() -> dict[str, Any]:
+        return ((op.get("m1") or {}).get("status") or {}).get("scaling") or {}
+
+    await op.wait_for(lambda: scaling().get("reason") == "WaitingForCapacity", message="status.scaling")
+    assert scaling()["current"] == 2 and scaling()["desired"] == 4
+    assert scaling()["lastDecisionTime"].startswith("2027-01-15T08:00:00")
+    await op.wait_for(lambda: op.condition("m1", "Scaled")["reason"] == "WaitingForCapacity", message="Scaled")
+    assert op.condition("m1", "Scaled")["status"] == "False"
+    assert op.condition("m1", "Ready")["status"] == "True"  # still serving at the size it has
+    # Then the load goes away and the policy takes the deployment to zero: the time at zero is reported.
+    served.decision = (0, 0, "Idle", 1_800_000_600.0, 1_800_000_900.0)
+    await op.wait_for(lambda: scaling().get("zeroSince", "").startswith("2027-01-15T08:15:00"), message="zeroSince")
+    await op.wait_for(lambda: op.condition("m1", "Scaled")["reason"] == "Idle", message="Scaled Idle")
+    assert "at zero since 2027-01-15T08:15:00Z" in op.condition("m1", "Scaled")["message"]
