@@ -135,7 +135,7 @@ def stop_shared_server() -> None:
 
 
 # Fixtures that stop the shared server to start their own (Ray runs once per process).
-OWN_SERVER_FIXTURES = ("blob_server", "routing_server")
+OWN_SERVER_FIXTURES = ("blob_server", "routing_server", "scaled_server")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -1,0 +1,125 @@
+"""TokenplanePolicy driving a real Ray Serve + vLLM deployment: 1 -> 2 replicas under load, back, to zero, and a
+request that arrives at zero is held (by Ray's fallback proxy, HAProxy's backup server) until a replica serves it.
+
+One own server (Ray runs once per process, so the shared one is stopped first, as the routing tests do), with
+short delays: a 5 s downscale window and idle time, queue target 1 per replica.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.serving.conftest import MODEL_ID, free_port, stop_shared_server
+from tokenplane_serving.args import ServingArgs
+from tokenplane_serving.local import LocalServer, serve_local
+
+pytestmark = pytest.mark.serving
+
+BODY = {"model": MODEL_ID, "messages": [{"role": "user", "content": "Count to one hundred."}]}
+
+
+def running_replicas(app_name: str) -> int:
+    from ray import serve
+
+    app = serve.status().applications.get(app_name)
+    if app is None:
+        return 0
+    states = [dict(d.replica_states) for d in app.deployments.values()]
+    return sum(n for s in states for k, n in s.items() if str(getattr(k, "value", k)) == "RUNNING")
+
+
+def wait_for(predicate, timeout_s: float, what: str) -> float:  # type: ignore[no-untyped-def]
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        if predicate():
+            return time.monotonic() - started
+        time.sleep(1.0)
+    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def scaled_server(tiny_model_dir: Path) -> Iterator[tuple[LocalServer, ServingArgs]]:
+    stop_shared_server()
+    args = ServingArgs.model_validate(
+        {
+            "model": {"id": MODEL_ID, "source": str(tiny_model_dir)},
+            "accelerator": {"kind": "cpu", "cpu_kv_cache_gib": 1},
+            "engine": {"dtype": "bfloat16", "max_model_len": 512, "enforce_eager": True, "max_num_seqs": 2},
+            "scaling": {
+                "min_replicas": 0,
+                "max_replicas": 2,
+                "initial_replicas": 1,
+                "target_queue_depth": 1,
+                "upscale_delay_s": 0,
+                "downscale_delay_s": 5,
+                "downscale_to_zero_delay_s": 5,
+            },
+            "backpressure": {"max_ongoing_requests": 2, "max_queued_requests": 64},
+        }
+    )
+    server = serve_local(args, port=free_port(), block=False, timeout_s=600, metrics_port=free_port())
+    try:
+        yield server, args
+    finally:
+        server.stop()
+
+
+def test_load_step_scales_out_then_in_then_to_zero_and_a_request_at_zero_is_held(
+    scaled_server: tuple[LocalServer, ServingArgs],
+) -> None:
+    server, args = scaled_server
+    url = f"{server.base_url}/v1/chat/completions"
+    assert running_replicas(args.app_name) == 1
+    stop = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(timeout=120) as client:
+            while not stop.is_set():
+                client.post(url, json={**BODY, "max_tokens": 64})
+
+    workers = [threading.Thread(target=load, daemon=True) for _ in range(8)]
+    for worker in workers:
+        worker.start()
+    try:
+        up = wait_for(lambda: running_replicas(args.app_name) >= 2, 300, "a second replica under load")
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(timeout=120)
+    print(f"\n[scale] 2 replicas {up:.0f}s into the load step")
+    down = wait_for(lambda: running_replicas(args.app_name) == 0, 180, "zero replicas once idle")
+    print(f"[scale] zero replicas {down:.0f}s after the load stopped")
+    # Decision gauges, exported from the Serve controller for the operator's scrape.
+    assert server.metrics_url is not None
+    with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
+        page = response.read().decode()
+    assert "ray_tokenplane_autoscaler_decision_timestamp_seconds{" in page
+    zero_since = [line for line in page.splitlines() if line.startswith("ray_tokenplane_autoscaler_zero_since")]
+    assert zero_since and float(zero_since[0].rsplit(" ", 1)[1]) > 0
+
+    results: dict[str, tuple[int, float, str]] = {}
+
+    def call(stream: bool) -> None:
+        started = time.monotonic()
+        with httpx.Client(timeout=300) as client:
+            response = client.post(url, json={**BODY, "max_tokens": 8, "stream": stream})
+        results["stream" if stream else "plain"] = (response.status_code, time.monotonic() - started, response.text)
+
+    calls = [threading.Thread(target=call, args=(stream,)) for stream in (False, True)]
+    for thread in calls:
+        thread.start()
+    for thread in calls:
+        thread.join(timeout=320)
+    print(f"[scale] held at zero: plain {results['plain'][:2]}, streamed {results['stream'][:2]}")
+    for name, (status, waited, text) in results.items():
+        assert status == 200, (name, status, text[:300])
+        assert waited > 5, f"{name} answered in {waited:.1f}s: no replica should have been running"
+    assert results["stream"][2].rstrip().endswith("data: [DONE]")
+    assert '"choices"' in results["plain"][2]
