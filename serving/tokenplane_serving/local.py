@@ -150,6 +150,9 @@ def _set_ray_environment(args: ServingArgs) -> None:
         ),
         "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
+        # HAProxy's backup server at zero replicas: Ray's fallback proxy, on fixed 8500/9500 by default.
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(_free_port()),
+        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(_free_port()),
         "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{haproxy_dir}/haproxy.cfg",
         "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{haproxy_dir}/admin.sock",
         "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": haproxy_dir,
