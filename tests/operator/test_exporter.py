@@ -20,6 +20,8 @@ READY = DeploymentGauges(
     max_replicas=3,
     node_pool="tpabc",
     node_pool_state="Succeeded",
+    scaled=True,
+    waiting_for_capacity=False,
 )
 
 

@@ -1,10 +1,11 @@
 """The operator's own Prometheus metrics and the HTTP endpoint that serves them (prometheus-client).
 
 Per InferenceDeployment (labels `namespace`, `inference_deployment`, the labels the serving pods' PodMonitor gives
-their series, so the two join): Ready, Stalled, QuotaInsufficient, replicas ready and desired, min and max replicas,
-and the node pool's provisioning state. Per process: reconciles by trigger and result, their errors and duration,
-and Azure (ARM) and Kubernetes API errors by reason. Only the replica that holds kopf's peering reconciles, so only
-it exports deployment series; every replica exports its process and API-error series.
+their series, so the two join): Ready, Stalled, QuotaInsufficient, Scaled (and WaitingForCapacity), replicas ready
+and desired, min and max replicas, and the node pool's provisioning state. Per process: reconciles by trigger and
+result, their errors and duration, and Azure (ARM) and Kubernetes API errors by reason. Only the replica that holds
+kopf's peering reconciles, so only it exports deployment series; every replica exports its process and API-error
+series.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ _GAUGES = {
     "replicas_desired": "Replicas the autoscaler wants.",
     "min_replicas": "spec.scaling.minReplicas.",
     "max_replicas": "spec.scaling.maxReplicas.",
+    "scaled": "1 when the Scaled condition is True: the replicas the autoscaling policy wants are running.",
+    "waiting_for_capacity": "1 when wanted replicas stay pending with no node for them (Scaled: WaitingForCapacity).",
 }
 _PREFIX = "tokenplane_inferencedeployment_"
 

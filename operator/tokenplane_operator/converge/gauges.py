@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tokenplane_operator.api.conditions import ConditionType
+from tokenplane_operator.api.conditions import ConditionType, Reason
 from tokenplane_operator.api.v1alpha1 import InferenceDeployment, InferenceDeploymentStatus
 
 __all__ = ["DeploymentGauges", "deployment_gauges"]
@@ -24,6 +24,8 @@ class DeploymentGauges:
         max_replicas: spec.scaling.maxReplicas; None when the spec does not parse.
         node_pool: The managed AKS agent pool's name, None for CPU and bring-your-own nodes.
         node_pool_state: Its Azure provisioningState (or Replacing during a move); None before Azure reported one.
+        scaled: The Scaled condition is True (the replicas the autoscaling policy wants run); None while Unknown.
+        waiting_for_capacity: Scaled is False because wanted replicas found no node; None while Scaled is Unknown.
     """
 
     ready: bool
@@ -35,6 +37,8 @@ class DeploymentGauges:
     max_replicas: int | None
     node_pool: str | None
     node_pool_state: str | None
+    scaled: bool | None
+    waiting_for_capacity: bool | None
 
 
 def deployment_gauges(
@@ -50,6 +54,7 @@ def deployment_gauges(
         The values; the same status always gives the same values.
     """
     conditions = {c.type: c.status for c in status.conditions}
+    scaled = next((c for c in status.conditions if c.type is ConditionType.SCALED and c.status != "Unknown"), None)
     quota = conditions.get(ConditionType.QUOTA_INSUFFICIENT)
     pool = status.node_pool if status.node_pool is not None and status.node_pool.managed else None
     scaling = deployment.spec.scaling if deployment is not None else None
@@ -64,4 +69,6 @@ def deployment_gauges(
         max_replicas=scaling.max_replicas if scaling is not None else None,
         node_pool=pool.name if pool is not None else None,
         node_pool_state=pool.provisioning_state if pool is not None else None,
+        scaled=scaled.status == "True" if scaled is not None else None,
+        waiting_for_capacity=scaled.reason is Reason.WAITING_FOR_CAPACITY if scaled is not None else None,
     )

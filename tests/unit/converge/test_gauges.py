@@ -2,7 +2,7 @@
 
 from tests.unit.converge.test_status import READY_RS, T0, URL, deployment, pool
 from tokenplane_operator.api.conditions import ConditionType
-from tokenplane_operator.api.v1alpha1 import InferenceDeployment
+from tokenplane_operator.api.v1alpha1 import InferenceDeployment, ScalingStatus
 from tokenplane_operator.converge.gauges import deployment_gauges
 from tokenplane_operator.converge.status import NodeSource, ObservedState, RayServiceObservation, compute_status
 
@@ -61,3 +61,16 @@ def test_quota_insufficient_follows_its_condition() -> None:
     ]
     gauges = deployment_gauges(status.model_copy(update={"conditions": conditions}), deployment())
     assert gauges.quota_insufficient is True and gauges.ready
+
+
+def test_scaled_and_waiting_for_capacity_follow_the_scaled_condition() -> None:
+    observed = ObservedState(pool_name="tpabc", pool=pool(), rayservice=READY_RS, endpoint_url=URL)
+    unreported = deployment_gauges(compute_status(deployment(), observed, generation=1, now=T0), deployment())
+    assert unreported.scaled is unreported.waiting_for_capacity is None, "Unknown until the policy reported"
+    waiting = ScalingStatus(current=1, desired=3, reason="WaitingForCapacity")
+    status = compute_status(deployment(), observed, generation=1, now=T0, scaling=waiting)
+    gauges = deployment_gauges(status, deployment())
+    assert (gauges.scaled, gauges.waiting_for_capacity) == (False, True)
+    steady = ScalingStatus(current=2, desired=2, reason="Steady")
+    gauges = deployment_gauges(compute_status(deployment(), observed, generation=1, now=T0, scaling=steady))
+    assert (gauges.scaled, gauges.waiting_for_capacity) == (True, False)
