@@ -108,7 +108,15 @@ _JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 _POOL_NAME = re.compile(r"^[a-z][a-z0-9]{0,11}$")
 _TAG_NAME_FORBIDDEN = re.compile(r"[<>%&\\?/]")
 # Fields AKS refuses to change on an existing pool (PropertyChangeNotAllowed).
-_IMMUTABLE = ("vmSize", "gpuInstanceProfile", "scaleSetPriority", "availabilityZones", "osSKU", "nodeTaints")
+_IMMUTABLE = (
+    "vmSize",
+    "gpuInstanceProfile",
+    "scaleSetPriority",
+    "availabilityZones",
+    "osSKU",
+    "osDiskSizeGB",
+    "nodeTaints",
+)
 _SPOT_TAINT = "kubernetes.azure.com/scalesetpriority=spot:NoSchedule"
 
 

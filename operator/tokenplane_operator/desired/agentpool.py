@@ -14,6 +14,7 @@ __all__ = [
     "GPU_TAINT",
     "MANAGED_BY_TAG",
     "MANAGED_BY_VALUE",
+    "OS_DISK_TIERS_GIB",
     "POOL_LABEL",
     "SPOT_TAINT",
     "DesiredAgentPool",
@@ -22,6 +23,7 @@ __all__ = [
     "hardware_class_key",
     "needs_replacement",
     "operation_failure",
+    "os_disk_tier",
     "pool_name_for",
     "to_arm_body",
 ]
@@ -33,6 +35,7 @@ GPU_TAINT = "sku=gpu:NoSchedule"
 # AKS puts this taint on every spot node itself; we declare it too so desired and observed compare equal.
 SPOT_TAINT = "kubernetes.azure.com/scalesetpriority=spot:NoSchedule"
 POOL_LABEL = "tokenplane.io/pool"
+OS_DISK_TIERS_GIB = (128, 256, 512, 1024, 2048)
 # Azure tag names may not contain "/" (nor < > % & \ ?), so the tag cannot reuse the label's form.
 MANAGED_BY_TAG = "tokenplane-managed-by"
 MANAGED_BY_VALUE = "tokenplane"
@@ -42,7 +45,9 @@ _TAINT_PATTERN = re.compile(TAINT_PATTERN)  # the API layer owns the taint synta
 _TERMINAL_STATES = frozenset({"Succeeded", "Failed", "Canceled"})
 
 
-def hardware_class_key(vm_size: str, mig_profile: str | None, spot: bool, zones: Iterable[str]) -> str:
+def hardware_class_key(
+    vm_size: str, mig_profile: str | None, spot: bool, zones: Iterable[str], os_disk_gib: int | None = None
+) -> str:
     """Return the canonical key of a hardware class; deployments with equal keys share one pool.
 
     Args:
@@ -50,12 +55,35 @@ def hardware_class_key(vm_size: str, mig_profile: str | None, spot: bool, zones:
         mig_profile: AKS GPU instance profile (``MIG1g``...), or None for whole GPUs.
         spot: Whether the pool runs on spot VMs.
         zones: Availability zones; order and duplicates do not matter.
+        os_disk_gib: The pool's OS disk when larger than the default (a disk tier, see `os_disk_tier`); None
+            keeps the key, and so the name, of pools that need no bigger disk.
 
     Returns:
         A stable, human-readable key such as ``standard_nc24ads_a100_v4|MIG1g|spot|1,2``.
     """
     priority = "spot" if spot else "regular"
-    return f"{vm_size.lower()}|{mig_profile or 'full'}|{priority}|{','.join(sorted(set(zones)))}"
+    key = f"{vm_size.lower()}|{mig_profile or 'full'}|{priority}|{','.join(sorted(set(zones)))}"
+    return key if os_disk_gib is None else f"{key}|disk{os_disk_gib}"
+
+
+def os_disk_tier(needed_gib: float, default_gib: int) -> int | None:
+    """Return the OS disk a pool needs for `needed_gib` of pods' ephemeral storage, or None if the default holds it.
+
+    The kubelet keeps 10% of the OS disk (its `nodefs.available<10%` eviction threshold), so a disk of D GiB
+    offers 0.9 x D. Tiers double from 128 GiB to 2048 GiB (the managed OS disk maximum AKS accepts), so
+    deployments of similar models share a pool. None also when even 2048 GiB is too small: the schedulability
+    check then reports the deployment.
+
+    Args:
+        needed_gib: Ephemeral storage the pods of one node request together.
+        default_gib: The OS disk the operator assumes for pools (`TOKENPLANE_NODE_OS_DISK_GIB`).
+
+    Returns:
+        The smallest tier above the default that holds it, or None.
+    """
+    if needed_gib <= 0.9 * default_gib:
+        return None
+    return next((tier for tier in OS_DISK_TIERS_GIB if tier > default_gib and needed_gib <= 0.9 * tier), None)
 
 
 def pool_name_for(class_key: str) -> str:
@@ -80,6 +108,7 @@ class DesiredAgentPool(BaseModel):
     spot_max_price: float | None = None  # None on a spot pool means -1: pay up to the on-demand price
     zones: tuple[str, ...] = ()
     os_sku: OsSku = "AzureLinux"
+    os_disk_size_gb: int | None = Field(default=None, ge=30, le=2048)  # None: AKS's default (128 GiB)
     node_labels: dict[str, str] = Field(default_factory=dict)
     node_taints: tuple[str, ...] = ()  # extra taints; the GPU (and spot) taints are always added
     tags: dict[str, str] = Field(default_factory=dict)
@@ -113,7 +142,7 @@ class DesiredAgentPool(BaseModel):
     @property
     def hardware_class(self) -> str:
         """The key of the hardware class this pool serves (see `hardware_class_key`)."""
-        return hardware_class_key(self.vm_size, self.mig_profile, self.spot, self.zones)
+        return hardware_class_key(self.vm_size, self.mig_profile, self.spot, self.zones, self.os_disk_size_gb)
 
     @property
     def effective_taints(self) -> tuple[str, ...]:
@@ -159,6 +188,8 @@ def to_arm_body(desired: DesiredAgentPool, *, current_count: int | None = None) 
         "nodeTaints": list(desired.effective_taints),
         "tags": desired.effective_tags,
     }
+    if desired.os_disk_size_gb is not None:
+        properties["osDiskSizeGB"] = desired.os_disk_size_gb
     if desired.mig_profile is not None:
         properties["gpuInstanceProfile"] = desired.mig_profile
     if desired.zones:
@@ -192,6 +223,7 @@ class ObservedAgentPool(BaseModel):
     spot_max_price: float | None = None
     zones: tuple[str, ...] = ()
     os_sku: str | None = None
+    os_disk_size_gb: int | None = None
     node_labels: dict[str, str] = Field(default_factory=dict)
     node_taints: tuple[str, ...] = ()
     tags: dict[str, str] = Field(default_factory=dict)
@@ -224,6 +256,7 @@ class ObservedAgentPool(BaseModel):
             spot_max_price=None if spot_price is None else float(spot_price),
             zones=tuple(sorted(props.get("availabilityZones") or ())),
             os_sku=props.get("osSKU"),
+            os_disk_size_gb=props.get("osDiskSizeGB"),
             node_labels=dict(props.get("nodeLabels") or {}),
             node_taints=tuple(props.get("nodeTaints") or ()),
             tags=dict(props.get("tags") or {}),
@@ -268,7 +301,7 @@ def needs_replacement(desired: DesiredAgentPool, observed: ObservedAgentPool) ->
     """Say why the observed pool cannot become the desired one in place, or None if a PUT can do it.
 
     AKS cannot change VM size, GPU instance profile, taints, priority (spot or not), spot max price,
-    zones or OS SKU of an existing pool; autoscaler bounds, labels and tags it can.
+    zones, OS SKU or OS disk size of an existing pool; autoscaler bounds, labels and tags it can.
 
     Args:
         desired: The pool we want.
@@ -292,6 +325,9 @@ def needs_replacement(desired: DesiredAgentPool, observed: ObservedAgentPool) ->
         return f"availabilityZones cannot change in place ({list(observed.zones)} -> {list(desired.zones)})"
     if observed.os_sku is not None and desired.os_sku != observed.os_sku:
         return f"osSKU cannot change in place ({observed.os_sku} -> {desired.os_sku})"
+    disk = desired.os_disk_size_gb
+    if disk is not None and observed.os_disk_size_gb is not None and disk != observed.os_disk_size_gb:
+        return f"osDiskSizeGB cannot change in place ({observed.os_disk_size_gb} -> {disk})"
     if set(desired.effective_taints) != set(observed.node_taints):
         have, want = sorted(observed.node_taints), sorted(desired.effective_taints)
         return f"nodeTaints cannot change in place ({have} -> {want})"

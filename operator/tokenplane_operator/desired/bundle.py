@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from tokenplane_operator.api.v1alpha1 import AcceleratorKind, InferenceDeployment, PlanStatus
-from tokenplane_operator.desired.agentpool import DesiredAgentPool, MigProfile, hardware_class_key, pool_name_for
+from tokenplane_operator.desired.agentpool import (
+    OS_DISK_TIERS_GIB,
+    DesiredAgentPool,
+    MigProfile,
+    hardware_class_key,
+    os_disk_tier,
+    pool_name_for,
+)
 from tokenplane_operator.desired.config import RenderConfig
 from tokenplane_operator.desired.objects import build_network_policy, build_service, endpoint_url
-from tokenplane_operator.desired.rayservice import build_rayservice, compute_worker_shape
+from tokenplane_operator.desired.rayservice import build_rayservice, compute_worker_shape, weights_disk_bytes
 from tokenplane_operator.desired.resolve import resolve_plan
 from tokenplane_operator.desired.serveconfig import build_serving_args
-from tokenplane_operator.plan.catalog import GpuSku, all_skus, find_sku
+from tokenplane_operator.plan.catalog import GIB, GpuSku, all_skus, find_sku
 from tokenplane_operator.plan.errors import PlanError, PlanErrorReason
 from tokenplane_serving.args import ServingArgs
 
@@ -40,8 +48,39 @@ class DesiredState(BaseModel):
         return [self.network_policy, self.rayservice, self.service]
 
 
+def _node_weights_disk_gib(
+    deployment: InferenceDeployment, pods_per_node: int, weights_bytes: int | None, config: RenderConfig
+) -> int:
+    """Ephemeral storage the workers of one node want when they download the weights (0 when they do not).
+
+    Each pod wants its weights plus the base share (`worker_ephemeral_storage_gib`), capped at what the largest
+    OS disk offers; the renderer shrinks the base share (to at least 1 GiB) to fit the disk it gets.
+
+    Raises:
+        PlanError: DoesNotFit when no AKS OS disk holds the weights with 1 GiB beside each.
+    """
+    weights_gib = -(-weights_disk_bytes(deployment, weights_bytes) // GIB)
+    if not weights_gib:
+        return 0
+    largest = 0.9 * max(OS_DISK_TIERS_GIB[-1], config.node_os_disk_gib)  # the kubelet keeps 10%
+    if pods_per_node * (weights_gib + 1) > largest:
+        raise PlanError(
+            PlanErrorReason.DOES_NOT_FIT,
+            f"spec.model.source: the {pods_per_node} worker pod(s) of one node download "
+            f"{pods_per_node * weights_gib} GiB of weights, more than the largest OS disk holds "
+            f"({largest:.0f} GiB allocatable); serve the weights from a PVC (pvc://) or use fewer, larger worker "
+            "pods per node",
+        )
+    return min(pods_per_node * (weights_gib + config.worker_ephemeral_storage_gib), math.floor(largest))
+
+
 def desired_agent_pool(
-    deployment: InferenceDeployment, sku: GpuSku, *, default_os_sku: Literal["AzureLinux", "Ubuntu"] = "AzureLinux"
+    deployment: InferenceDeployment,
+    sku: GpuSku,
+    *,
+    default_os_sku: Literal["AzureLinux", "Ubuntu"] = "AzureLinux",
+    weights_bytes: int | None = None,
+    config: RenderConfig | None = None,
 ) -> DesiredAgentPool:
     """Build the managed agent pool for a deployment's hardware class.
 
@@ -53,12 +92,16 @@ def desired_agent_pool(
         deployment: A validated GPU InferenceDeployment without `nodePool.existing`.
         sku: The VM size (resolved from `auto` by the planner when needed).
         default_os_sku: Node OS when the CR has no `nodePool.managed` block (the CR's own osSku wins).
+        weights_bytes: The plan's weight bytes. When the workers of one node download more than the default
+            OS disk holds, the pool gets the smallest larger `osDiskSizeGB` tier (and its own name).
+        config: Render settings (default OS disk, a worker's base ephemeral storage); the defaults when None.
 
     Returns:
         The pool; its name is shared by every deployment of the same hardware class.
 
     Raises:
-        PlanError: InvalidWorkload when the hardware cannot be expressed as worker pods on this VM size.
+        PlanError: InvalidWorkload when the hardware cannot be expressed as worker pods on this VM size;
+            DoesNotFit when the weights the workers of one node download exceed the largest OS disk.
     """
     hardware = deployment.spec.hardware
     managed = hardware.node_pool.managed
@@ -70,8 +113,12 @@ def desired_agent_pool(
     min_nodes = managed.min_nodes if managed is not None and pinned else shape.min_nodes
     max_nodes = managed.max_nodes if managed is not None and managed.max_nodes is not None else shape.max_nodes
     spot = hardware.spot.enabled
+    config = config or RenderConfig()
+    disk = os_disk_tier(
+        _node_weights_disk_gib(deployment, shape.pods_per_node, weights_bytes, config), config.node_os_disk_gib
+    )
     return DesiredAgentPool(
-        name=pool_name_for(hardware_class_key(sku.vm_size, mig, spot, hardware.zones)),
+        name=pool_name_for(hardware_class_key(sku.vm_size, mig, spot, hardware.zones, disk)),
         vm_size=sku.vm_size,
         mig_profile=mig,
         min_count=min_nodes,
@@ -80,6 +127,7 @@ def desired_agent_pool(
         spot_max_price=hardware.spot.max_price if spot else None,
         zones=tuple(hardware.zones),
         os_sku=managed.os_sku if managed is not None else default_os_sku,
+        os_disk_size_gb=disk,
     )
 
 
@@ -108,15 +156,33 @@ def build_desired_state(deployment: InferenceDeployment, config: RenderConfig) -
     pool: DesiredAgentPool | None = None
     if hardware.accelerator is AcceleratorKind.GPU:
         sku = _resolve_sku(hardware.vm_size)
+        # Refuse, with the fix, weights no node disk holds (bring-your-own nodes too; the checker reports
+        # weights larger than the configured disk).
+        _node_weights_disk_gib(
+            deployment, compute_worker_shape(deployment, sku).pods_per_node, resolved.status.weights_bytes, config
+        )
         if hardware.node_pool.existing is None:
-            pool = desired_agent_pool(deployment, sku, default_os_sku=config.os_sku)
+            pool = desired_agent_pool(
+                deployment,
+                sku,
+                default_os_sku=config.os_sku,
+                weights_bytes=resolved.status.weights_bytes,
+                config=config,
+            )
     serving_args = build_serving_args(deployment)
     return DesiredState(
         deployment=deployment,
         plan=resolved.status,
         agent_pool=pool,
         vm_size=sku.vm_size if sku else None,
-        rayservice=build_rayservice(deployment, serving_args=serving_args, pool=pool, config=config, sku=sku),
+        rayservice=build_rayservice(
+            deployment,
+            serving_args=serving_args,
+            pool=pool,
+            config=config,
+            sku=sku,
+            weights_bytes=resolved.status.weights_bytes,
+        ),
         service=build_service(deployment),
         network_policy=build_network_policy(
             deployment,

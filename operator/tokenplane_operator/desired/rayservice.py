@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import yaml
@@ -59,6 +59,7 @@ __all__ = [
     "cluster_hash",
     "compute_worker_shape",
     "tolerations_for",
+    "weights_disk_bytes",
 ]
 
 IMPORT_PATH = "tokenplane_serving.app:build_app"
@@ -72,6 +73,10 @@ _API_KEYS_VOLUME = "api-keys"
 _BLOB_VOLUME = "blob-downloads"
 WORKLOAD_IDENTITY_LABEL = "azure.workload.identity/use"
 _TERMINATION_MARGIN_S = 30  # Ray's own shutdown after the drain
+# Downloaded weights take the node's OS disk (the Hugging Face cache in the container's writable layer, or the
+# Blob download emptyDir); 10% on top for tokenizer, config and partially written files while a download runs.
+_WEIGHTS_DISK_HEADROOM = 1.1
+_DOWNLOADED = (SourceScheme.HUGGING_FACE, SourceScheme.AZURE_BLOB)
 
 
 @dataclass(frozen=True)
@@ -185,6 +190,22 @@ def compute_worker_shape(deployment: InferenceDeployment, sku: GpuSku | None) ->
     )
 
 
+def weights_disk_bytes(deployment: InferenceDeployment, weights_bytes: int | None) -> int:
+    """Node disk one worker pod fills with the model's downloaded weights.
+
+    Args:
+        deployment: A validated InferenceDeployment.
+        weights_bytes: The plan's weight bytes (status.plan.weightsBytes); None when the model is unknown.
+
+    Returns:
+        `ceil(1.1 x weights_bytes)` for `hf://` and Azure Blob sources, which every worker downloads onto its
+        node; 0 for PVC and local sources (read in place) and for unknown weights.
+    """
+    if weights_bytes is None or parse_source(deployment.spec.model.source)[0] not in _DOWNLOADED:
+        return 0
+    return math.ceil(_WEIGHTS_DISK_HEADROOM * weights_bytes)
+
+
 def tolerations_for(taints: tuple[str, ...] | list[str]) -> list[dict[str, str]]:
     """Turn node taints (`key=value:Effect` or `key:Effect`) into pod tolerations.
 
@@ -264,7 +285,7 @@ def _mute_pod(group: dict[str, Any]) -> dict[str, Any]:
 
 
 def _volumes(
-    deployment: InferenceDeployment, sources: list[SourceVolume], *, downloads: bool
+    deployment: InferenceDeployment, sources: list[SourceVolume], *, downloads: bool, weights_disk: int = 0
 ) -> tuple[list[Any], list[Any]]:
     # Memory-backed /dev/shm: NCCL and Ray's object store need more than the container runtime's 64 MiB.
     # It counts against the container memory limit, so it needs no size limit of its own.
@@ -280,8 +301,12 @@ def _volumes(
         volumes.append({"name": name, "persistentVolumeClaim": {"claimName": source.claim, "readOnly": True}})
         mounts.append({"name": name, "mountPath": source.mount_path, "readOnly": True})
     if downloads:
-        # Azure Blob sources: the replica downloads them here (node disk) before its engine starts.
-        volumes.append({"name": _BLOB_VOLUME, "emptyDir": {}})
+        # Azure Blob sources: the replica downloads them here (node disk) before its engine starts. A Blob model
+        # bounds it at the weights' disk share (the kubelet evicts past it; the request reserves it). Blob
+        # adapters of an hf:// model are unsized: their bytes are unknown here.
+        blob_model = parse_source(deployment.spec.model.source)[0] is SourceScheme.AZURE_BLOB
+        limit = {"sizeLimit": f"{_gib_ceil(weights_disk)}Gi"} if blob_model and weights_disk else {}
+        volumes.append({"name": _BLOB_VOLUME, "emptyDir": limit})
         mounts.append({"name": _BLOB_VOLUME, "mountPath": BLOB_DOWNLOAD_DIR})
     return volumes, mounts
 
@@ -370,17 +395,29 @@ def _head_group(deployment: InferenceDeployment, config: RenderConfig, sources: 
     }
 
 
-def _gpu_worker_resources(shape: WorkerShape, sku: GpuSku, mig: MigProfile | None, config: RenderConfig) -> Any:
+def _gib_ceil(value: int) -> int:
+    return -(-value // GIB)
+
+
+def _gpu_worker_resources(
+    shape: WorkerShape, sku: GpuSku, mig: MigProfile | None, config: RenderConfig, weights_disk: int, os_disk: int
+) -> Any:
     """Split a node's allocatable CPU, memory and ephemeral storage evenly between the workers it holds.
 
     Whole-GPU replicas get one pod per node when they fill it; MIG slices and fractions pack
     `pods_per_node` pods, each asking for its share, so exactly that many fit next to the node's DaemonSets.
+    Each pod's ephemeral storage also counts the weights it downloads (`weights_disk` bytes): the scheduler
+    then refuses a node whose disk cannot hold them instead of the kubelet evicting the pod mid-download.
     """
-    node = node_allocatable(sku, mig.value if mig else None, config.node_overhead())
+    overhead = replace(config.node_overhead(), os_disk_gib=os_disk)
+    node = node_allocatable(sku, mig.value if mig else None, overhead)
     pods = shape.pods_per_node
     cpu = max(1, node.cpu_millis // pods // 1000)
     memory = max(1, node.memory_bytes // pods // GIB)
-    ephemeral = max(1, min(config.worker_ephemeral_storage_gib, node.ephemeral_bytes // pods // GIB))
+    weights_gib = _gib_ceil(weights_disk)
+    # The base share (logs, Ray's session files) gives way to the weights on a crowded disk, down to 1 GiB.
+    base = max(1, min(config.worker_ephemeral_storage_gib, node.ephemeral_bytes // pods // GIB - weights_gib))
+    ephemeral = base + weights_gib
     assert shape.resource_name is not None
     return {
         "requests": {"cpu": str(cpu), "memory": f"{memory}Gi", "ephemeral-storage": f"{ephemeral}Gi"},
@@ -405,8 +442,9 @@ def _worker_group(
     sources: list[SourceVolume],
     drain_grace_period_s: float,
     sku: GpuSku | None,
+    weights_disk: int,
 ) -> Any:
-    volumes, mounts = _volumes(deployment, sources, downloads=has_blob_sources(deployment))
+    volumes, mounts = _volumes(deployment, sources, downloads=has_blob_sources(deployment), weights_disk=weights_disk)
     node_selector, tolerations = _worker_placement(deployment, pool)
     metadata, identity = _pod_metadata_and_identity(deployment)
     if shape.resource_name is None:
@@ -425,7 +463,10 @@ def _worker_group(
         # Explicit: KubeRay counts only `nvidia.com/gpu` limits as Ray GPUs, not MIG resources.
         start_params = {"num-gpus": str(shape.ray_gpus_per_pod)}
         assert sku is not None  # a GPU shape comes from a VM size
-        resources = _gpu_worker_resources(shape, sku, deployment.spec.hardware.mig_profile, config)
+        # A managed pool may have a bigger OS disk for the weights; bring-your-own nodes have the setting's.
+        os_disk = pool.os_disk_size_gb if pool and pool.os_disk_size_gb else config.node_os_disk_gib
+        mig = deployment.spec.hardware.mig_profile
+        resources = _gpu_worker_resources(shape, sku, mig, config, weights_disk, os_disk)
     container = _container(
         "ray-worker", config.serving_image, config, resources, env=_env(deployment), volumeMounts=mounts
     )
@@ -457,6 +498,7 @@ def build_rayservice(
     pool: DesiredAgentPool | None,
     config: RenderConfig,
     sku: GpuSku | None = None,
+    weights_bytes: int | None = None,
 ) -> dict[str, Any]:
     """Build the RayService manifest for one InferenceDeployment.
 
@@ -466,6 +508,7 @@ def build_rayservice(
         pool: The managed agent pool the workers run on, or None (bring-your-own nodes or CPU).
         config: Operator-wide rendering settings (image, Ray version, sizes).
         sku: The VM size of the workers; None for CPU deployments.
+        weights_bytes: The plan's weight bytes; downloaded weights add to the workers' ephemeral storage.
 
     Returns:
         A `ray.io/v1` RayService dict with spec-hash and cluster-hash annotations and no ownerReferences
@@ -492,7 +535,16 @@ def build_rayservice(
             "enableInTreeAutoscaling": True,
             "headGroupSpec": _head_group(deployment, config, sources),
             "workerGroupSpecs": [
-                _worker_group(deployment, shape, pool, config, sources, serving_args.drain_grace_period_s, sku)
+                _worker_group(
+                    deployment,
+                    shape,
+                    pool,
+                    config,
+                    sources,
+                    serving_args.drain_grace_period_s,
+                    sku,
+                    weights_disk_bytes(deployment, weights_bytes),
+                )
             ],
         },
     }

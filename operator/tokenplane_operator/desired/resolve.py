@@ -10,6 +10,9 @@ from dataclasses import dataclass, replace
 
 from tokenplane_operator.api.v1alpha1 import AcceleratorKind, InferenceDeployment, MigProfile, PlanStatus
 from tokenplane_operator.plan.catalog import all_skus
+from tokenplane_operator.plan.errors import PlanError
+from tokenplane_operator.plan.memory import weights_bytes
+from tokenplane_operator.plan.precision import Precision
 from tokenplane_operator.plan.sizing import Plan, recommend
 from tokenplane_operator.plan.spec import workload_from_spec
 
@@ -49,7 +52,8 @@ def resolve_plan(deployment: InferenceDeployment) -> ResolvedPlan:
     if hardware.accelerator is AcceleratorKind.CPU:
         return ResolvedPlan(deployment, PlanStatus(reasons=["CPU replicas"]))
     if hardware.vm_size != "auto":
-        return ResolvedPlan(deployment, _status(deployment, reasons=["vmSize set in the spec"]))
+        status = _status(deployment, reasons=["vmSize set in the spec"], weights=_known_weights_bytes(deployment))
+        return ResolvedPlan(deployment, status)
     catalog = all_skus()
     workload = workload_from_spec(deployment.spec)
     if hardware.gpu_fraction is not None:
@@ -59,6 +63,20 @@ def resolve_plan(deployment: InferenceDeployment) -> ResolvedPlan:
     plan = recommend(workload, catalog=catalog)
     resolved = _apply(deployment, plan)
     return ResolvedPlan(resolved, _status(resolved, plan=plan, reasons=plan.reasons))
+
+
+def _known_weights_bytes(deployment: InferenceDeployment) -> int | None:
+    """Weight bytes of a deployment with an explicit VM size, or None when the model is not one the planner knows.
+
+    The worker's disk request counts the weights it downloads, so they are needed without `auto` too.
+    """
+    try:
+        workload = workload_from_spec(deployment.spec)
+    except PlanError:
+        return None  # a model the planner does not know: nothing to count
+    choice = workload.quantization
+    precision = choice if isinstance(choice, Precision) else workload.model.native_precision
+    return weights_bytes(workload.model, precision)
 
 
 def _apply(deployment: InferenceDeployment, plan: Plan) -> InferenceDeployment:
@@ -81,7 +99,9 @@ def _apply(deployment: InferenceDeployment, plan: Plan) -> InferenceDeployment:
     return deployment.model_copy(update={"spec": spec.model_copy(update={"hardware": hardware, "engine": engine})})
 
 
-def _status(deployment: InferenceDeployment, *, reasons: list[str], plan: Plan | None = None) -> PlanStatus:
+def _status(
+    deployment: InferenceDeployment, *, reasons: list[str], plan: Plan | None = None, weights: int | None = None
+) -> PlanStatus:
     hardware, engine = deployment.spec.hardware, deployment.spec.engine
     return PlanStatus(
         vm_size=hardware.vm_size,
@@ -89,7 +109,7 @@ def _status(deployment: InferenceDeployment, *, reasons: list[str], plan: Plan |
         mig_profile=hardware.mig_profile.value if hardware.mig_profile else None,
         tensor_parallel_size=engine.tensor_parallel_size,
         pipeline_parallel_size=engine.pipeline_parallel_size,
-        weights_bytes=plan.weights_bytes if plan else None,
+        weights_bytes=plan.weights_bytes if plan else weights,
         kv_bytes_per_token=plan.kv_bytes_per_token if plan else None,
         fits=plan.fits if plan else None,
         usd_per_million_output_tokens=plan.estimates.usd_per_million_output_tokens if plan and plan.estimates else None,

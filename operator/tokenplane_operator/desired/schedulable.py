@@ -4,7 +4,8 @@ The rules re-derive their answers from the rendered objects and the catalog (nev
 intermediate values), so a rendering bug shows up as a problem here:
 
 - `fits`: every worker pod, times the pods a node of its pool holds, fits the node's allocatable CPU, memory
-  and ephemeral storage; the head fits a system node.
+  and ephemeral storage (on the OS disk, `TOKENPLANE_NODE_OS_DISK_GIB`); a worker that downloads the weights
+  (hf://, az://) requests disk for them and bounds its Blob download volume; the head fits a system node.
 - `gpu-resource`: each extended resource a worker asks for exists on the pool's VM size with its MIG profile,
   and Ray is told the same number of GPUs.
 - `parallelism`: vLLM's TP x PP equals the GPUs of one replica, which whole worker pods hold; status.plan
@@ -21,7 +22,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import yaml
@@ -35,6 +36,7 @@ from tokenplane_operator.desired.naming import (
     METRICS_PORT,
     selector_labels,
 )
+from tokenplane_operator.desired.rayservice import weights_disk_bytes
 from tokenplane_operator.plan.allocatable import NodeAllocatable, host_allocatable, node_allocatable
 from tokenplane_operator.plan.catalog import find_sku
 
@@ -252,7 +254,10 @@ def _worker_node(state: DesiredState, config: RenderConfig) -> NodeAllocatable |
     mig = state.agent_pool.mig_profile if state.agent_pool else None
     if state.agent_pool is None and state.deployment.spec.hardware.mig_profile is not None:
         mig = state.deployment.spec.hardware.mig_profile.value  # bring-your-own MIG nodes
-    return node_allocatable(sku, mig, config.node_overhead())
+    overhead = config.node_overhead()
+    if state.agent_pool is not None and state.agent_pool.os_disk_size_gb is not None:
+        overhead = replace(overhead, os_disk_gib=state.agent_pool.os_disk_size_gb)  # the pool's osDiskSizeGB
+    return node_allocatable(sku, mig, overhead)
 
 
 def _check_fits(state: DesiredState, config: RenderConfig, system_node: NodeAllocatable) -> list[Problem]:
@@ -274,9 +279,41 @@ def _check_fits(state: DesiredState, config: RenderConfig, system_node: NodeAllo
         per_node = min((node.extended.get(n, 0) // int(u) for n, u in gpus.items() if u), default=0)
         if per_node:
             found += [Problem("fits", where, p) for p in _fit_problems(requests, node, int(per_node))]
+        found += _check_weights_disk(state, group, requests, where)
         ray_gpus = float(group["rayStartParams"].get("num-gpus", "0"))
         if ray_gpus != sum(gpus.values()):
             found.append(Problem("gpu-resource", where, f"Ray num-gpus {ray_gpus:g} but the pod holds {gpus}"))
+    return found
+
+
+def _check_weights_disk(
+    state: DesiredState, group: Mapping[str, Any], requests: Mapping[str, float], where: str
+) -> list[Problem]:
+    """Check that a worker which downloads the weights requests disk for them and bounds its Blob volume."""
+    need = weights_disk_bytes(state.deployment, state.plan.weights_bytes)
+    if not need:
+        return []
+    found = []
+    asked = requests.get("ephemeral-storage", 0.0)
+    if asked < need:
+        found.append(
+            Problem(
+                "fits",
+                f"{where}.template.spec.containers[ray-worker].resources.requests.ephemeral-storage",
+                f"{asked / 2**30:g} GiB does not hold the {need / 2**30:.1f} GiB of weights the pod downloads",
+            )
+        )
+    for volume in group["template"]["spec"].get("volumes") or []:
+        limit = (volume.get("emptyDir") or {}).get("sizeLimit")
+        if limit is not None and not need <= parse_quantity(limit) <= asked:
+            found.append(
+                Problem(
+                    "fits",
+                    f"{where}.template.spec.volumes[{volume['name']}].emptyDir.sizeLimit",
+                    f"{limit} must hold the {need / 2**30:.1f} GiB of weights and stay within the pod's "
+                    f"ephemeral-storage request ({asked / 2**30:g} GiB)",
+                )
+            )
     return found
 
 
@@ -288,9 +325,16 @@ def _fit_problems(requests: Mapping[str, float], node: NodeAllocatable, pods: in
         if need > have:
             unit = "" if name == "cpu" else " GiB"
             scale = 1 if name == "cpu" else 2**30
+            # The OS disk is an operator setting (AKS pools get 128 GiB unless told otherwise): name the fix.
+            fix = (
+                "; the weights need a bigger node OS disk: raise TOKENPLANE_NODE_OS_DISK_GIB (chart "
+                "operator.nodeOverhead.osDiskGiB) to match the pools' osDiskSizeGB, or use a PVC model source"
+                if name == "ephemeral-storage"
+                else ""
+            )
             problems.append(
                 f"{pods} pod(s) x {name} {requests[name] / scale:g}{unit} = {need / scale:g}{unit} exceeds the "
-                f"allocatable {have / scale:.2f}{unit}"
+                f"allocatable {have / scale:.2f}{unit}{fix}"
             )
     return problems
 
