@@ -98,11 +98,17 @@ def test_load_step_scales_out_then_in_then_to_zero_and_a_request_at_zero_is_held
     print(f"[scale] zero replicas {down:.0f}s after the load stopped")
     # Decision gauges, exported from the Serve controller for the operator's scrape.
     assert server.metrics_url is not None
-    with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
-        page = response.read().decode()
-    assert "ray_tokenplane_autoscaler_decision_timestamp_seconds{" in page
-    zero_since = [line for line in page.splitlines() if line.startswith("ray_tokenplane_autoscaler_zero_since")]
-    assert zero_since and float(zero_since[0].rsplit(" ", 1)[1]) > 0
+    metrics_url = server.metrics_url
+
+    def zero_since_reported() -> bool:
+        # Ray's metrics agent exports on its own cadence, so the page can lag the controller's decision.
+        with urllib.request.urlopen(metrics_url, timeout=10) as response:
+            page = response.read().decode()
+        assert "ray_tokenplane_autoscaler_decision_timestamp_seconds{" in page
+        lines = [line for line in page.splitlines() if line.startswith("ray_tokenplane_autoscaler_zero_since")]
+        return any(float(line.rsplit(" ", 1)[1]) > 0 for line in lines)
+
+    wait_for(zero_since_reported, 60, "the zero-since gauge on /metrics")
 
     results: dict[str, tuple[int, float, str]] = {}
 
