@@ -123,7 +123,7 @@ chart-schema-check: $(STAMP) ## Fail if values.schema.json drifted from values.y
 	diff -u charts/tokenplane/values.schema.json <($(BIN)/python -m tokenplane_cli.chartschema charts/tokenplane/values.yaml)
 
 test: $(STAMP) system-deps lint ## Lint, then the whole suite (real Ray Serve + vLLM on the tiny model included)
-	$(call phase,tests: the whole suite (real Ray Serve + vLLM on the tiny model; about 8 minutes))
+	$(call phase,tests: the whole suite (real Ray Serve + vLLM on the tiny model; about 15 minutes))
 	$(BIN)/pytest
 	$(call phase,all tests passed. Next: make run  (serves deploy/examples/local-tiny.yaml on 127.0.0.1:8000))
 

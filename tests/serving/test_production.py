@@ -313,6 +313,11 @@ def test_waiting_gauge_counts_requests_queued_in_the_replica(tiny_server: LocalS
     waiting, ongoing = "ray_tokenplane_replica_waiting_requests", "ray_tokenplane_replica_ongoing_requests"
     body = {"model": MODEL_ID, "prompt": PROMPT, "max_tokens": 160, "temperature": 0, "ignore_eos": True}
     samples: list[tuple[float, float, float]] = []
+    # Work left by earlier tests on the shared server (a batch, a slow stream) would hold a slot and turn the
+    # last of these requests into a queue-full 429: start from an idle replica.
+    deadline = time.monotonic() + 60
+    while scrape(tiny_server.metrics_url).get(ongoing) != 0 and time.monotonic() < deadline:
+        time.sleep(1.0)
 
     async def load_and_sample() -> list[int]:
         async with httpx.AsyncClient(timeout=180) as http:

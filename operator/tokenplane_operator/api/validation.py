@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import functools
 import json
 import math
 import types
@@ -15,7 +14,6 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from tokenplane_operator.api.crd import build_crd
 from tokenplane_operator.api.names import OBJECT_MAX_BYTES, metadata_problems
 from tokenplane_operator.api.v1alpha1 import API_VERSION, KIND, InferenceDeployment, pattern_hint
 
@@ -63,10 +61,7 @@ def parse_inference_deployment(body: Mapping[str, Any]) -> InferenceDeployment:
     problems = list(_non_json_values(body, ""))
     if problems:  # the rest assumes a JSON document, as the API server stores
         raise InvalidSpecError(problems)
-    plain = _plain(body)
-    if isinstance(plain, dict) and isinstance(plain.get("spec"), dict):
-        plain["spec"] = _without_nulls(plain["spec"], _spec_schema())
-    text = json.dumps(plain, allow_nan=False, separators=(",", ":"))
+    text = json.dumps(_plain(body), allow_nan=False, separators=(",", ":"))
     if len(text.encode()) > OBJECT_MAX_BYTES:
         size = len(text.encode())
         message = f"{size:,} bytes as JSON; Kubernetes stores at most {OBJECT_MAX_BYTES:,} per object"
@@ -93,31 +88,6 @@ def _plain(value: object) -> object:
     if isinstance(value, list | tuple):
         return [_plain(item) for item in value]
     return value
-
-
-def _without_nulls(value: object, schema: Mapping[str, Any]) -> object:
-    """Drop null declared fields that are not nullable, as the API server prunes them before validation.
-
-    An undeclared field keeps its null, so it is still reported as unknown (the API server's strict field check).
-    """
-    if isinstance(value, dict):
-        properties = schema.get("properties")
-        if properties is None:
-            properties = {key: schema.get("additionalProperties") or {} for key in value}
-        return {
-            key: _without_nulls(item, properties.get(key) or {})
-            for key, item in value.items()
-            if not (item is None and key in properties and not (properties[key] or {}).get("nullable"))
-        }
-    if isinstance(value, list):
-        return [_without_nulls(item, schema.get("items") or {}) for item in value]
-    return value
-
-
-@functools.cache
-def _spec_schema() -> dict[str, Any]:
-    schema: dict[str, Any] = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
-    return schema
 
 
 def _non_json_values(value: object, path: str) -> Iterator[Problem]:

@@ -100,6 +100,10 @@ def test_cli_commands_agree_with_it(body: dict[str, Any]) -> None:
 
 def _model_verdict(body: dict[str, Any]) -> bool | None:
     """True/False as the API models judge the body; None when only the API server's own checks object."""
+    if _has_null_field(body.get("spec")):
+        # The API server prunes null spec fields before validation (no spec field is nullable), so the CRD
+        # accepts `maxReplicas: ~`; `tokenplane validate` refuses it on purpose, as the likely mistake it is.
+        return None
     try:
         parse_inference_deployment(body)
     except InvalidSpecError as exc:
@@ -109,6 +113,14 @@ def _model_verdict(body: dict[str, Any]) -> bool | None:
             return None
         return False
     return True
+
+
+def _has_null_field(value: object) -> bool:
+    if isinstance(value, dict):
+        return any(item is None or _has_null_field(item) for item in value.values())
+    if isinstance(value, list):
+        return any(_has_null_field(item) for item in value)
+    return False
 
 
 @settings(_FAST, max_examples=500)

@@ -141,6 +141,8 @@ async def _make_peer(tokenizer: Any) -> EnginePeer:
     return EnginePeer(tokenizer)  # its asyncio objects belong to the peer's loop
 
 
+# A comparison of timings: a benchmark (`make benchmark`), not a timed test of `make test`.
+@pytest.mark.benchmark
 def test_our_client_and_vllms_agree_within_ten_percent(
     engine_peer: tuple[EnginePeer, str], tiny_tokenizer_dir: Path
 ) -> None:
