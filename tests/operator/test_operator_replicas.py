@@ -70,7 +70,7 @@ async def test_two_replicas_never_both_act_and_the_standby_takes_over(
     for name in ("m1", "m2", "m3"):
         await a.create(cr_body(name))
     for name in ("m1", "m2", "m3"):
-        await a.wait_ready(name, within=60)
+        await a.wait_ready(name, within=120)
     assert handled(a).isdisjoint(handled(b)), (handled(a), handled(b))
     active, standby = (a, b) if handled(a) else (b, a)
     assert handled(active) == {"m1", "m2", "m3"} and handled(standby) == set()
@@ -78,5 +78,5 @@ async def test_two_replicas_never_both_act_and_the_standby_takes_over(
 
     assert await active.stop() == 0, active.log_tail()  # a rolling update's SIGTERM: it leaves the peering
     await standby.create(cr_body("m4"))
-    await standby.wait_ready("m4", within=60)
+    await standby.wait_ready("m4", within=120)
     assert "m4" in handled(standby) and "m4" not in handled(active)

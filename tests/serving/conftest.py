@@ -1,7 +1,8 @@
 """Shared serving fixtures: one tiny model, served once per session by a real Ray Serve + vLLM.
 
 The shared server carries everything the single-replica tests need at once (two API keys, a LoRA
-adapter, a small backpressure budget, the response cache), so the session pays for one engine start. The cache's
+adapter, a small backpressure budget, the response cache, the Batch API), so the session pays for one engine start.
+Its model and adapter come from Azure Blob (Azurite), as a cluster deployment's `az://` sources do. The cache's
 Redis runs only while test_cache_live.py runs: for every other test Redis is down, so they see the engine's own
 answers (and the cache's outage path runs all session). Entra ID and
 two-replica routing share a second instance (test_routing.py).
@@ -17,8 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.azurite import Azurite
 from tests.support.redis_server import RedisServer
 from tokenplane_serving.args import ServingArgs
+from tokenplane_serving.blob_uri import BLOB_CREDENTIAL_ENV
 from tokenplane_serving.local import LocalServer, serve_local
 from tokenplane_serving.mapping import FAST_PATH_ENV
 from tokenplane_serving.tinymodel import write_tiny_lora, write_tiny_model
@@ -84,15 +87,29 @@ def cache_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServe
 
 
 @pytest.fixture(scope="session")
+def blob_download_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the shared server's replica downloads its `az://` model and adapter (test_blob.py compares them)."""
+    return tmp_path_factory.mktemp("blob-cache")
+
+
+@pytest.fixture(scope="session")
 def tiny_serving_args(
-    tiny_model_dir: Path, tiny_lora_dir: Path, api_keys_dir: Path, tmp_path_factory: pytest.TempPathFactory
+    azurite: Azurite,
+    tiny_model_dir: Path,
+    tiny_lora_dir: Path,
+    api_keys_dir: Path,
+    blob_download_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> ServingArgs:
+    model_uri = azurite.upload_dir(tiny_model_dir, "served", MODEL_ID)
+    adapter_uri = azurite.upload_dir(tiny_lora_dir, "served", f"adapters/{ADAPTER}")
     return ServingArgs.model_validate(
         {
-            "model": {"id": MODEL_ID, "source": str(tiny_model_dir)},
+            "model": {"id": MODEL_ID, "source": model_uri},
+            "download_dir": str(blob_download_dir),
             "accelerator": {"kind": "cpu", "cpu_kv_cache_gib": 1},
             "engine": {"dtype": "bfloat16", "max_model_len": 1024, "enforce_eager": True, "max_num_seqs": 16},
-            "lora": {"adapters": [{"name": ADAPTER, "source": str(tiny_lora_dir)}], "max_lora_rank": 8},
+            "lora": {"adapters": [{"name": ADAPTER, "source": adapter_uri}], "max_lora_rank": 8},
             "auth": {"mode": "api_key", "api_keys_dir": str(api_keys_dir)},
             "rate_limits": {"tokens_per_minute": TOKENS_PER_MINUTE, "requests_per_minute": REQUESTS_PER_MINUTE},
             # serve_local starts a redis-server for the batch queue; the store is a directory of this run.
@@ -114,10 +131,12 @@ def tiny_serving_args(
 
 
 @pytest.fixture(scope="session")
-def tiny_server(tiny_serving_args: ServingArgs, cache_redis: RedisServer) -> Iterator[LocalServer]:
+def tiny_server(tiny_serving_args: ServingArgs, cache_redis: RedisServer, azurite: Azurite) -> Iterator[LocalServer]:
     """The one real Ray Serve + vLLM instance of the run (about a minute to start on 2 cores)."""
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    os.environ[CACHE_REDIS_URL_ENV] = cache_redis.url  # Ray's processes inherit it, as pods get it from the Secret
+    # Ray's processes inherit these, as pods get them from Secrets (spec.model.accessSecretRef, the cache's Redis).
+    os.environ[CACHE_REDIS_URL_ENV] = cache_redis.url
+    os.environ[BLOB_CREDENTIAL_ENV] = azurite.connection_string
     started = time.monotonic()
     server = serve_local(tiny_serving_args, port=free_port(), block=False, timeout_s=480, metrics_port=free_port())
     print(f"\n[tiny_server] ready after {time.monotonic() - started:.1f}s at {server.base_url}")
@@ -135,7 +154,7 @@ def stop_shared_server() -> None:
 
 
 # Fixtures that stop the shared server to start their own (Ray runs once per process).
-OWN_SERVER_FIXTURES = ("blob_server", "routing_server", "scaled_server")
+OWN_SERVER_FIXTURES = ("routing_server", "scaled_server")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

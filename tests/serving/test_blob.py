@@ -7,7 +7,6 @@ the tiny model and its LoRA adapter from `az://` URIs with a real Ray Serve + vL
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,13 +15,12 @@ import trustme
 from azure.storage.blob import BlobServiceClient, ContainerSasPermissions, generate_container_sas
 from openai import OpenAI
 
-from tests.serving.conftest import ADAPTER, MODEL_ID, free_port, stop_shared_server
+from tests.serving.conftest import ADAPTER, API_KEYS, MODEL_ID
 from tests.support.azurite import ACCOUNT, ACCOUNT_KEY, Azurite
 from tests.support.entra import EntraEmulator, write_pems
-from tokenplane_serving.args import ServingArgs
 from tokenplane_serving.blob import BlobSourceError, download
 from tokenplane_serving.blob_uri import BLOB_CREDENTIAL_ENV, BlobLocation, local_dir_for, parse_blob_uri
-from tokenplane_serving.local import LocalServer, serve_local
+from tokenplane_serving.local import LocalServer
 
 
 def test_azurite_fixture_round_trips_a_directory(azurite: Azurite, tmp_path: Path) -> None:
@@ -218,50 +216,15 @@ def test_download_as_the_pods_workload_identity(tmp_path: Path, monkeypatch: pyt
     ]
 
 
-# --- live: serve the tiny model and its adapter from az:// -----------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def blob_server(
-    azurite: Azurite, tiny_model_dir: Path, tiny_lora_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[LocalServer, Path]]:
-    """The tiny model and the `sql` adapter uploaded to Azurite and served from their az:// URIs."""
-    stop_shared_server()  # Ray runs once per process
-    model_uri = azurite.upload_dir(tiny_model_dir, "served", "tiny")
-    adapter_uri = azurite.upload_dir(tiny_lora_dir, "served", f"adapters/{ADAPTER}")
-    download_dir = tmp_path_factory.mktemp("blob-cache")
-    args = ServingArgs.model_validate(
-        {
-            "model": {"id": MODEL_ID, "source": model_uri},
-            "accelerator": {"kind": "cpu", "cpu_kv_cache_gib": 1},
-            "engine": {"dtype": "bfloat16", "max_model_len": 1024, "enforce_eager": True, "max_num_seqs": 4},
-            "lora": {"adapters": [{"name": ADAPTER, "source": adapter_uri}], "max_lora_rank": 8},
-            "download_dir": str(download_dir),
-        }
-    )
-    # As the operator renders it from spec.model.accessSecretRef: the pod's env, which Ray's workers inherit.
-    previous = os.environ.get(BLOB_CREDENTIAL_ENV)
-    os.environ[BLOB_CREDENTIAL_ENV] = azurite.connection_string
-    try:
-        server = serve_local(args, port=free_port(), block=False, timeout_s=300)
-        try:
-            yield server, download_dir
-        finally:
-            server.stop()
-    finally:
-        if previous is None:
-            os.environ.pop(BLOB_CREDENTIAL_ENV, None)
-        else:
-            os.environ[BLOB_CREDENTIAL_ENV] = previous
+# --- live: the shared server's model and adapter come from az:// -----------------------------------------------
 
 
 @pytest.mark.serving
-@pytest.mark.timeout(420)
 def test_serves_model_and_adapter_from_azure_blob(
-    blob_server: tuple[LocalServer, Path], tiny_model_dir: Path, tiny_lora_dir: Path
+    tiny_server: LocalServer, blob_download_dir: Path, tiny_model_dir: Path, tiny_lora_dir: Path
 ) -> None:
-    server, download_dir = blob_server
-    client = OpenAI(base_url=server.openai_base_url, api_key="unused", max_retries=0, timeout=60)
+    # conftest's shared server names its model and `sql` adapter by az:// URIs in Azurite (tiny_serving_args).
+    client = OpenAI(base_url=tiny_server.openai_base_url, api_key=API_KEYS[0], max_retries=0, timeout=60)
     prompt = "The quick brown fox"
 
     base = client.completions.create(model=MODEL_ID, prompt=prompt, max_tokens=12, temperature=0)
@@ -271,6 +234,5 @@ def test_serves_model_and_adapter_from_azure_blob(
     # The adapter's weights reached vLLM: greedy output differs from the base model's.
     assert tuned.choices[0].text != base.choices[0].text
     # What vLLM read is what was uploaded, byte for byte, in the deterministic download directories.
-    assert _tree(download_dir / ACCOUNT / "served" / "tiny") == _tree(tiny_model_dir)
-    assert _tree(download_dir / ACCOUNT / "served" / "adapters" / ADAPTER) == _tree(tiny_lora_dir)
-    print(f"\n[blob_server] ready after {server.startup_s:.1f}s (model and adapter from Azurite)")
+    assert _tree(blob_download_dir / ACCOUNT / "served" / MODEL_ID) == _tree(tiny_model_dir)
+    assert _tree(blob_download_dir / ACCOUNT / "served" / "adapters" / ADAPTER) == _tree(tiny_lora_dir)
