@@ -1,4 +1,4 @@
-"""Two local replicas behind Entra ID auth: token checks, power-of-two vs prefix affinity, draining streams."""
+"""Two local replicas behind Entra ID auth: token checks, prefix affinity, draining streams."""
 
 from __future__ import annotations
 
@@ -125,22 +125,22 @@ def per_replica(metrics_url: str, name: str) -> Counter[str]:
     return counts
 
 
-def placement(server: LocalServer, token: str, prefix: str, n: int = 8, concurrency: int = 1) -> Counter[str]:
-    """Send n requests sharing `prefix`, `concurrency` at a time; return how many each replica served.
+def placement(server: LocalServer, token: str, prompts: list[str], concurrency: int = 1) -> Counter[str]:
+    """Send `prompts`, `concurrency` at a time; return how many each replica served.
 
-    Counted from prompt tokens per replica (each request brings hundreds), so the one-token readiness
+    Counted from prompt tokens per replica (each prompt brings hundreds), so the one-token readiness
     probes a replica runs on its own do not count as placements.
     """
     assert server.metrics_url
-    tokens_per_request = len(prefix) // 8  # a safe lower bound for the tiny model's tokenizer
+    tokens_per_request = min(len(p) for p in prompts) // 8  # a safe lower bound for the tiny model's tokenizer
     before = per_replica(server.metrics_url, "ray_vllm_prompt_tokens_total")
     client = OpenAI(base_url=server.openai_base_url, api_key=token, max_retries=0, timeout=60)
 
-    def one(i: int) -> None:
-        client.completions.create(model=MODEL_ID, prompt=f"{prefix} Question {i}:", max_tokens=16, temperature=0)
+    def one(prompt: str) -> None:
+        client.completions.create(model=MODEL_ID, prompt=prompt, max_tokens=16, temperature=0)
 
-    for start in range(0, n, concurrency):
-        batch = [threading.Thread(target=one, args=(i,)) for i in range(start, min(n, start + concurrency))]
+    for start in range(0, len(prompts), concurrency):
+        batch = [threading.Thread(target=one, args=(p,)) for p in prompts[start : start + concurrency]]
         for t in batch:
             t.start()
         for t in batch:
@@ -149,8 +149,8 @@ def placement(server: LocalServer, token: str, prefix: str, n: int = 8, concurre
     after = per_replica(server.metrics_url, "ray_vllm_prompt_tokens_total")
     after.subtract(before)
     total = sum(after.values())
-    # Requests are alike, so each replica's share of prompt tokens is its share of requests.
-    return Counter({k: round(n * v / total) for k, v in after.items() if v >= tokens_per_request})
+    # Prompts are about as long, so each replica's share of prompt tokens is its share of requests.
+    return Counter({k: round(len(prompts) * v / total) for k, v in after.items() if v >= tokens_per_request})
 
 
 LONG_PREFIX = (
@@ -203,7 +203,8 @@ def test_entra_bad_tokens_rejected(routing_server: LocalServer, issuer: Issuer, 
 def test_prefix_affinity_keeps_a_shared_prefix_on_one_replica(routing_server: LocalServer, issuer: Issuer) -> None:
     assert routing_server.metrics_url
     hits_before = per_replica(routing_server.metrics_url, "ray_vllm_prefix_cache_hits_total")
-    placed = placement(routing_server, issuer.token(), "A different shared system prompt. " + LONG_PREFIX)
+    prefix = "A different shared system prompt. " + LONG_PREFIX
+    placed = placement(routing_server, issuer.token(), [f"{prefix} Question {i}:" for i in range(8)])
     hits = per_replica(routing_server.metrics_url, "ray_vllm_prefix_cache_hits_total")
     hits.subtract(hits_before)
     print(f"\n[prefix_affinity] per replica: {dict(placed)}; prefix-cache hit tokens: {dict(hits)}")
@@ -212,14 +213,12 @@ def test_prefix_affinity_keeps_a_shared_prefix_on_one_replica(routing_server: Lo
     assert hits[replica] > 0  # the prefix-cache hit metric moved on the replica that got them
 
 
-def test_power_of_two_spreads_shared_prefix_requests(
-    routing_server: LocalServer, issuer: Issuer, tiny_model_dir: Path
-) -> None:
-    redeploy(routing_server, routing_args(tiny_model_dir, issuer, policy="power_of_two", replicas=2))
-    wait_ready(routing_server, replicas=2)
-    placed = placement(routing_server, issuer.token(), LONG_PREFIX, concurrency=2)
-    print(f"\n[power_of_two] per replica: {dict(placed)}")
-    assert len(placed) == 2, f"power-of-two sent every request to one replica: {dict(placed)}"
+def serve_replicas() -> set[str]:
+    """The LLM deployment's replica actors Ray has now (Serve names them `SERVE_REPLICA::app#deployment#id`)."""
+    import ray
+
+    names = (actor["name"] for actor in ray.util.list_named_actors(all_namespaces=True))
+    return {name for name in names if name.startswith("SERVE_REPLICA::") and "LLMServer" in name}
 
 
 def test_streams_survive_a_replica_drain(routing_server: LocalServer, issuer: Issuer, tiny_model_dir: Path) -> None:
@@ -249,19 +248,25 @@ def test_streams_survive_a_replica_drain(routing_server: LocalServer, issuer: Is
                 first_chunk.wait()
         results[i] = (chunks, finish)
 
+    serving_streams = serve_replicas()
+    assert len(serving_streams) == 2, serving_streams
     threads = [threading.Thread(target=stream, args=(i,)) for i in range(streams)]
     for t in threads:
         t.start()
-    # All streams are running; power-of-two put them on the less loaded replica each time, so
-    # whichever replica Ray stops holds two of them.
     first_chunk.wait()
     started = time.monotonic()
-    # Scale to one replica: Ray stops one, which must finish its in-flight streams first.
-    redeploy(routing_server, routing_args(tiny_model_dir, issuer, policy="power_of_two", replicas=1))
+    # Down to one replica. The replica count is part of the LLM config Ray hands each replica, so Serve replaces
+    # both replicas with one new one: every stream runs on a replica being stopped, which must finish it first.
+    redeploy(routing_server, routing_args(tiny_model_dir, issuer, policy="prefix_affinity", replicas=1))
     for t in threads:
         t.join(timeout=300)
     print(f"\n[drain] streams {results} finished {time.monotonic() - started:.1f}s after the scale-down")
     assert results == {i: (max_tokens, "length") for i in range(streams)}
-    wait_ready(routing_server, replicas=1, timeout_s=120)
+    wait_ready(routing_server, replicas=1, timeout_s=180)
+    deadline = time.monotonic() + 60
+    while serve_replicas() & serving_streams and time.monotonic() < deadline:
+        time.sleep(1)
+    remaining = serve_replicas()
+    assert len(remaining) == 1 and not remaining & serving_streams, (remaining, serving_streams)
     client = OpenAI(base_url=routing_server.openai_base_url, api_key=token, max_retries=0, timeout=60)
     assert client.completions.create(model=MODEL_ID, prompt="Hello", max_tokens=2).choices
