@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import logging
 import os
@@ -18,9 +19,10 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import FrameType, ModuleType, TracebackType
 from typing import Any
 
 from rich.console import Console
@@ -126,6 +128,20 @@ def _app_failure(app_name: str) -> str | None:
         first_line = (app.message or "deployment failed").strip().splitlines()
         return first_line[-1] if first_line else "deployment failed"
     return None
+
+
+def _import_in_background(module: str) -> Future[ModuleType]:
+    """Import `module` on a daemon thread; `.result()` returns it, or raises what the import raised."""
+    future: Future[ModuleType] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(importlib.import_module(module))
+        except BaseException as err:  # handed to whoever waits for the module
+            future.set_exception(err)
+
+    threading.Thread(target=run, name=f"import {module}", daemon=True).start()
+    return future
 
 
 def _free_port() -> int:
@@ -350,7 +366,9 @@ def serve_local(
     import ray
     from ray import serve
 
-    from tokenplane_serving.app import build_app
+    # Importing the app (Ray Serve LLM and vLLM, about 10 s of one core) overlaps Ray's start, which mostly
+    # waits on its own processes: the cold start is shorter by about the shorter of the two.
+    app_module = _import_in_background("tokenplane_serving.app")
 
     if not verbose:
         for name in ("ray", "ray.serve"):
@@ -377,6 +395,7 @@ def serve_local(
             serve.start(http_options={"host": host, "port": port})
         console.print(f"[green]✓[/] Ray up ({num_cpus} CPUs)")
         with console.status("Deploying the app"):
+            build_app = app_module.result().build_app
             serve.run(build_app(args), name=args.app_name, route_prefix="/", blocking=False)
             if args.batch.enabled:
                 from tokenplane_serving.batch.consumer import batch_app_name, build_consumer_app
