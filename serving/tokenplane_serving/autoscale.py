@@ -263,19 +263,32 @@ class TokenplanePolicy:
         # Requests waiting inside replicas are load and queue, as Serve counts its handle-queued ones in both.
         ongoing = float(ctx.total_num_requests or 0.0) - batch + fleet.replica_waiting
         queue = self.waiting_requests(ctx, fleet, batch)
+        # The load a replica carries is what runs in its batch (the engines' own count, from the same reports as
+        # their waiting one); waiting requests are a backlog, sized apart (by rate, below): by Little's law a
+        # backlog inflates the request count by the wait, not by the demand.
+        running = max(0.0, fleet.engine_running - batch) if fleet.fresh_replicas else max(0.0, ongoing - queue)
         p95 = fleet.p95_ms() if fleet.samples >= self.min_samples else None
         self._track_fleet(state, current, target, now)
-        capacity = self._learn_capacity(state, current, ongoing, queue, p95, fleet)
+        # The engines' counts are snapshots: averaged over a latency window, as Serve averages its own counts.
+        snapshots = [(t, v) for t, v in state.get("recent_running", []) if now - t < _WINDOW_S]
+        snapshots.append((now, running))
+        running = sum(v for _, v in snapshots) / len(snapshots)
         history = [(t, v) for t, v in state.get("recent_load", []) if now - t < max(self.downscale_delay_s, _TREND_S)]
         if not history or now - history[-1][0] >= 1.0:  # Serve ticks every 0.1 s: keep one point a second
-            history.append((now, ongoing))
-        peak = max([ongoing, *(v for t, v in history if now - t < self.downscale_delay_s)])
-        forecast = _forecast(history, now, ongoing, float(state["startup_s"]))
+            history.append((now, running))
+        else:
+            snapshots.pop()
+        capacity = self._learn_capacity(state, current, running, p95, fleet, now)
+        peak = max([running, *(v for t, v in history if now - t < self.downscale_delay_s)])
+        # Overloaded, the backlog hides the trend; the arrival rate below sizes the fleet instead.
+        overloaded = current > 0 and queue > self.target_queue * current
+        forecast = running if overloaded else _forecast(history, now, running, float(state["startup_s"]))
         per_replica = self._per_replica_target(state, capacity)
-        needs = {"QueueDepth": max(ongoing, forecast) / per_replica, "LatencyBreach": 0.0}
-        if queue > self.target_queue * max(current, 1):
-            running_each = max(1.0, (ongoing - queue) / current) if current else capacity
-            needs["QueueDepth"] = max(needs["QueueDepth"], ongoing / (running_each + self.target_queue))
+        needs = {"QueueDepth": max(running, forecast) / per_replica, "LatencyBreach": 0.0}
+        if current <= 0:
+            needs["QueueDepth"] = ongoing / per_replica  # at zero, the queue is all there is to size from
+        elif overloaded:
+            needs["QueueDepth"] = max(needs["QueueDepth"], self._overload_need(state, current, queue, fleet, now))
         last_up = float(state.get("last_up", -math.inf))
         if self._breached(p95) and state["stable"] and target <= current:
             # The latency window shows this fleet (not the one before) over the target, and nothing is starting.
@@ -283,6 +296,8 @@ class TokenplanePolicy:
         reason = max(needs, key=lambda k: needs[k])
         grow = math.ceil(needs[reason] - 1e-9)
 
+        if grow > current or queue > self.target_queue * current:
+            state["needed_since"] = now  # the last time the load needed more than the running replicas
         pending_since = state.get("pending_since")
         starved = pending_since is not None and now - float(pending_since) > self.cold_start_s
         floor, window = schedule_minimum(self.schedule, now)
@@ -295,6 +310,10 @@ class TokenplanePolicy:
         elif grow < current and seen_window and self._may_scale_in(fleet, p95, queue, now, last_up, state):
             desired = self._scale_in_size(current, peak, per_replica, capacity, state)
             reason = "Idle" if desired < current else "Steady"
+        elif target > current and now - float(state.get("needed_since", now)) >= _WINDOW_S:
+            # Replicas still starting that the load no longer needs are cancelled: they serve nobody yet, so
+            # dropping them risks no latency, and each would cost its whole start-up for nothing.
+            desired, reason = current, "Steady"
         else:
             desired, reason = max(target, current), "Steady"
         if starved and desired >= target:
@@ -323,9 +342,35 @@ class TokenplanePolicy:
             schedule_window=window,
             stale_replicas=fleet.stale_replicas,
             recent_load=history,
+            recent_running=snapshots,
         )
         publish_decision(ctx, current, desired, state)
         return desired, state
+
+    def _overload_need(
+        self, state: dict[str, Any], current: int, queue: float, fleet: FleetMetrics, now: float
+    ) -> float:
+        """Replicas for an overloaded fleet, from rates: arrivals = what the fleet serves + how fast the queue grows.
+
+        The fleet's throughput is its latency samples of the last window (one per request served); per replica it
+        is what a saturated replica serves. The arrivals get replicas at `_HEADROOM` of that, and the backlog
+        the replicas that drain it within one start-up (the time the new ones take to arrive).
+        """
+        queued = [(t, q) for t, q in state.get("recent_queue", []) if now - t <= _WINDOW_S]
+        queued.append((now, queue))
+        state["recent_queue"] = queued
+        served = fleet.samples / _WINDOW_S
+        if served <= 0 or fleet.fresh_replicas <= 0:
+            return 0.0
+        # What a saturated replica serves, measured while the window held one fleet (a replica that just started
+        # has a short window and would understate it); until then, the fleet's rate per fresh replica.
+        if state.get("stable"):
+            state["saturated_rate"] = served / max(current, 1)
+        per_replica = max(float(state.get("saturated_rate") or 0.0), served / fleet.fresh_replicas)
+        elapsed = now - queued[0][0]
+        growth = max(0.0, (queue - queued[0][1]) / elapsed) if elapsed >= _WINDOW_S / 3 else 0.0
+        horizon = max(_WINDOW_S, float(state["startup_s"]))
+        return (served + growth) / (_HEADROOM * per_replica) + queue / (per_replica * horizon)
 
     def waiting_requests(self, ctx: Any, fleet: FleetMetrics, batch: float = 0.0) -> float:
         """Count the interactive requests waiting for a slot: Serve-queued, waiting in a replica, engine-waiting.
@@ -345,7 +390,10 @@ class TokenplanePolicy:
             state["fleet_size"], state["fleet_changed"] = current, now
             pending_since = state.get("pending_since")
             if pending_since is not None and previous is not None and current > previous:
-                state["startup_s"] = min(self.cold_start_s, now - float(pending_since))
+                # The longest start-up seen: a load beyond the fleet's past peak needs new nodes, the slowest start.
+                observed = min(self.cold_start_s, now - float(pending_since))
+                state["startup_s"] = max(observed, float(state.get("startup_seen", 0.0)))
+                state["startup_seen"] = state["startup_s"]
         if current >= target:
             state["pending_since"] = None  # nothing starting (any longer)
         elif state.get("pending_since") is None:
@@ -376,25 +424,34 @@ class TokenplanePolicy:
         return min(current, max(in_fleet, math.ceil(current / 2), 1))
 
     def _learn_capacity(
-        self, state: dict[str, Any], current: int, ongoing: float, queue: float, p95: float | None, fleet: FleetMetrics
+        self,
+        state: dict[str, Any],
+        current: int,
+        running: float,
+        p95: float | None,
+        fleet: FleetMetrics,
+        now: float,
     ) -> float:
         capacity = float(state.get("capacity") or self.max_ongoing)
+        breaches = [t for t in state.get("breaches", []) if now - t <= 3 * _WINDOW_S]
+        if self._breached(p95):
+            breaches.append(now)
+        state["breaches"] = breaches
         if current <= 0 or fleet.fresh_replicas == 0 or not state.get("stable"):
             # Right after the fleet changed size, the latency window still holds the old fleet's requests.
             return capacity
-        per_replica = ongoing / current
+        per_replica = running / current
         if self._breached(p95):
-            # The fleet breached at this load: a replica holds at most that much within the target.
-            capacity = min(capacity, max(1.0, per_replica))
-            state["learned"] = True
+            # A breach that recurs a latency window later (two independent windows over the target, not one
+            # unlucky one) shows the knee: a replica holds at most this load within the target. It never goes
+            # below a load already proven well within the target.
+            if now - min(breaches) >= _WINDOW_S:
+                capacity = min(capacity, max(1.0, per_replica, float(state.get("proven", 0.0))))
+                state["learned"] = True
         elif p95 is not None and (self.p95_ms is None or p95 < _SCALE_IN_BAND * self.p95_ms):
             # Comfortably within target at this load: a replica holds at least that much.
             capacity = min(self.max_ongoing, max(capacity, per_replica))
             state["proven"] = max(float(state.get("proven", 0.0)), per_replica)
-        if queue > self.target_queue * current:
-            # Requests wait: the replicas' batches are full at what they are running now.
-            capacity = min(capacity, max(1.0, (ongoing - queue) / current))
-            state["learned"] = True
         return capacity
 
     def _may_scale_in(
@@ -435,7 +492,21 @@ def _forecast(history: list[tuple[float, float]], now: float, current: float, ho
     stderr = math.sqrt(residual / var * max(1.0, 30.0 * n / (points[-1][0] - points[0][0] + 1.0)))
     if slope <= 3.0 * stderr:
         return current
+    # A trend holds over the whole window: a step (a burst starting) has one flat half and is not extrapolated.
+    half = points[0][0] + (points[-1][0] - points[0][0]) / 2
+    if any(_slope([p for p in points if (p[0] <= half) == early]) <= slope / 3 for early in (True, False)):
+        return current
     return min(2.0 * current, current + slope * horizon_s)
+
+
+def _slope(points: list[tuple[float, float]]) -> float:
+    n = len(points)
+    if n < 2:
+        return 0.0
+    mt = sum(t for t, _ in points) / n
+    mv = sum(v for _, v in points) / n
+    var = sum((t - mt) ** 2 for t, _ in points)
+    return sum((t - mt) * (v - mv) for t, v in points) / var if var > 0 else 0.0
 
 
 # The decision leaves the Serve controller as Prometheus gauges (Ray prefixes them `ray_`); the operator reads

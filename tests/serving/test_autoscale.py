@@ -111,8 +111,13 @@ def test_breach_scales_out_in_proportion_and_says_why() -> None:
     assert desired == 8
     assert state["reason"] == "LatencyBreach"
     assert state["p95_ms"] == pytest.approx(2500, rel=0.08)
-    # The breach at 8 ongoing per replica is remembered as capacity: the fleet is sized from load from now on.
-    assert state["capacity"] == pytest.approx(8)
+    # One unlucky latency window scales out but teaches nothing: the knee is not where one window breached.
+    assert state["capacity"] == 32
+    # A breach that recurs a window later (two independent windows) is remembered as capacity: 8 running per replica.
+    desired, state = policy()(context(slow, ongoing=32, state=stable(4, breaches=[NOW - 40])))
+    assert (desired, state["capacity"]) == (8, pytest.approx(8))
+    # ... never below a load already proven well within the target.
+    assert policy()(context(slow, ongoing=32, state=stable(4, breaches=[NOW - 40], proven=10.0)))[1]["capacity"] == 10
     # A fleet that just changed size learns nothing: its latency window still holds the old fleet's requests.
     assert policy()(context(slow, ongoing=32))[1]["capacity"] == 32
     # A mild breach (1.3x) grows by 1.3x, not by a fixed step.
@@ -120,24 +125,31 @@ def test_breach_scales_out_in_proportion_and_says_why() -> None:
     assert policy()(context(mild, ongoing=50, state=stable(10)))[0] in (13, 14)  # 1.3x within the bucket resolution
 
 
-def test_queue_depth_scales_out_so_waiting_requests_fit() -> None:
-    # 2 replicas full (32 running each) with 40 waiting in the engines and 24 queued in Serve.
+def test_queue_depth_scales_out_from_rates_not_from_the_backlog_count() -> None:
+    # 2 replicas full (32 running each) with 40 waiting in the engines and 24 queued in Serve; each served 30
+    # requests in the last 30 s window (1/s). A backlog that does not grow: arrivals are what the fleet serves.
     full = [report([300.0] * 30, waiting=20, running=32) for _ in range(2)]
     desired, state = policy()(context(full, ongoing=128, queued=24, state=stable(2)))
     assert state["reason"] == "QueueDepth"
-    assert desired == 5  # all 128 requests in batches at 80% of the 32 cap: ceil(128 / 25.6)
+    assert desired == 3  # 2/s at 80% of 1/s per replica, + 64 waiting drained within a start-up (300 s)
+    # The same backlog grown from nothing in 30 s: 2.1/s more arrive than are served.
+    growing = stable(2, recent_queue=[(NOW - 30, 0.0)])
+    desired, state = policy()(context(full, ongoing=128, queued=24, state=growing))
+    assert (desired, state["reason"]) == (6, "QueueDepth")  # (2 + 2.13) / 0.8 + 0.21 -> 6
+    # Counting the backlog as load (128 requests at 80% of a 32-request batch) would have asked for 5 either way.
 
 
-def test_requests_waiting_inside_replicas_are_queue_and_load() -> None:
-    # Direct streaming: 2 replicas hold their 32 slots and 32 more requests each wait inside them for a slot.
-    # Serve counts only the slot holders (64) and queues nothing at handles.
+def test_requests_waiting_inside_replicas_are_queue() -> None:
+    # Direct streaming: 2 replicas hold their 32 slots and 32 more requests each wait inside them for a slot,
+    # a backlog grown from nothing in the last 30 s. Serve counts only the slot holders (64), queues nothing.
     full = [report([300.0] * 30, running=32, replica_waiting=32) for _ in range(2)]
-    desired, state = policy()(context(full, ongoing=64, queued=0, state=stable(2)))
+    growing = stable(2, recent_queue=[(NOW - 30, 0.0)])
+    desired, state = policy()(context(full, ongoing=64, queued=0, state=growing))
     assert (state["reason"], state["queue"]) == ("QueueDepth", 64)
-    assert desired == 5  # all 128 requests in batches at 80% of the 32 cap: ceil(128 / 25.6)
+    assert desired == 6
     # Without the replicas' count the same fleet looks merely full.
     blind = [report([300.0] * 30, running=32) for _ in range(2)]
-    assert policy()(context(blind, ongoing=64, queued=0, state=stable(2)))[0] == 3
+    assert policy()(context(blind, ongoing=64, queued=0, state=growing))[0] == 3
 
 
 def test_recovery_holds_then_scales_in_slowly() -> None:
@@ -195,11 +207,12 @@ def test_pending_replicas_are_discounted_then_reported_as_waiting_for_capacity()
     learned = {"capacity": 8.0, "learned": True}
     desired, state = pol(context(slow, ongoing=16, target=4, state=learned))
     assert desired == 4
-    # Queue load that needs 6 grows past the pending ones while they are younger than a cold start.
-    desired, state = pol(context(slow, ongoing=40, target=4, state={**learned, "pending_since": NOW - 60}))
+    # Load that needs 7 grows past the pending ones while they are younger than a cold start.
+    busy = [report([2500.0] * 30, running=20) for _ in range(2)]
+    desired, state = pol(context(busy, ongoing=40, target=4, state={**learned, "pending_since": NOW - 60}))
     assert desired == 7
     # Pending longer than a cold start: no nodes. Hold at the target and say so.
-    desired, state = pol(context(slow, ongoing=40, target=4, state={**learned, "pending_since": NOW - 400}))
+    desired, state = pol(context(busy, ongoing=40, target=4, state={**learned, "pending_since": NOW - 400}))
     assert (desired, state["reason"]) == (4, "WaitingForCapacity")
 
 

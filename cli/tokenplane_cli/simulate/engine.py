@@ -6,7 +6,7 @@ cap waits in Serve's queue (bounded: past it, rejected). A replica prefills prom
 its running sequences together; decoding is tracked on a per-replica virtual token clock that advances at
 `1 / step_s(batch)` tokens per second, so a finish is one event whatever the batch. Replicas push their
 autoscaling report (engine queue + 30 s latency histogram, exactly what `TokenplaneLLMServer` reports) every
-push interval; Serve's request counts are averaged over `look_back_period_s` as the controller does.
+push interval (vLLM's waiting count is the requests admitted whose prefill has not started); Serve's request counts are averaged over `look_back_period_s` as the controller does.
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ class Replica:
     version: int = 0
     ttft: deque[tuple[float, float]] = field(default_factory=deque)
     e2e: deque[tuple[float, float]] = field(default_factory=deque)
+    prefill_starts: deque[float] = field(default_factory=deque)  # admitted requests' prefill start times
 
 
 @dataclass(frozen=True)
@@ -178,6 +179,7 @@ class Simulation:
     def _admit(self, rep: Replica, job: Job, now: float) -> None:
         rep.active += 1
         start = max(now, rep.prefill_free)
+        rep.prefill_starts.append(start)
         rep.prefill_free = start + self.phys.prefill_s(job.req.input_tokens)
         self._at(rep.prefill_free, _PREFILL_DONE, (rep, job))
 
@@ -277,7 +279,11 @@ class Simulation:
             for samples in (rep.ttft, rep.e2e):
                 while samples and samples[0][0] < cutoff:
                     samples.popleft()
-            report = {"engine_waiting": 0.0, "engine_running": float(rep.active)}
+            while rep.prefill_starts and rep.prefill_starts[0] <= now:
+                rep.prefill_starts.popleft()
+            # vLLM's num_requests_waiting: admitted, not yet scheduled (here: waiting for the prefill server).
+            waiting = float(len(rep.prefill_starts))
+            report = {"engine_waiting": waiting, "engine_running": float(rep.active) - waiting}
             report.update(latency_histogram("ttft", [v for _, v in rep.ttft]))
             report.update(latency_histogram("e2e", [v for _, v in rep.e2e]))
             for name, value in report.items():
