@@ -63,8 +63,8 @@ _BUCKET_RATIO = 1.15
 BUCKET_BOUNDS_MS: tuple[float, ...] = tuple(5.0 * _BUCKET_RATIO**i for i in range(85))
 REASONS = ("QueueDepth", "LatencyBreach", "Idle", "WaitingForCapacity", "Schedule", "Batch", "Steady")
 
-_HEADROOM = 0.8  # size the fleet for this fraction of the learned per-replica capacity
-_SCALE_IN_UTILIZATION = 0.75  # scale in only if the smaller fleet runs below this fraction of the learned knee
+_HEADROOM = 0.85  # size the fleet for this fraction of the learned per-replica capacity
+_SCALE_IN_UTILIZATION = 0.85  # scale in to a fleet that runs at most this fraction of the learned knee
 _SCALE_IN_BAND = 0.7  # ... and the fleet P95 is below this fraction of the target
 _LEARNED_BAND = 0.9  # ... or this fraction once a breach has shown where the knee is
 _WINDOW_S = 30.0  # the replicas' latency histogram window (tokenplane_serving.server)
@@ -273,22 +273,37 @@ class TokenplanePolicy:
         snapshots = [(t, v) for t, v in state.get("recent_running", []) if now - t < _WINDOW_S]
         snapshots.append((now, running))
         running = sum(v for _, v in snapshots) / len(snapshots)
+        overloaded = current > 0 and queue > self.target_queue * current
+        backlog_need = 0.0
+        if overloaded:
+            state["overloaded_at"] = now
+            state["arrival_need"], backlog_need = self._overload_need(state, current, queue, fleet, now)
+        since_overload = now - float(state.get("overloaded_at", -math.inf))
+        if since_overload <= 2 * _WINDOW_S:
+            # A backlog being served runs in the batches after it left the queue (and in their average a window
+            # longer): the demand is
+            # the arrivals', as the rates measured it, not the backlog's.
+            previous = self._per_replica_target(state, float(state.get("capacity") or self.max_ongoing))
+            running = min(running, float(state["arrival_need"]) * previous)
         history = [(t, v) for t, v in state.get("recent_load", []) if now - t < max(self.downscale_delay_s, _TREND_S)]
         if not history or now - history[-1][0] >= 1.0:  # Serve ticks every 0.1 s: keep one point a second
             history.append((now, running))
         else:
             snapshots.pop()
-        capacity = self._learn_capacity(state, current, running, p95, fleet, now)
+        # The latency window answers for the load over that window: proven is the least of it, not its last point.
+        low = min(v for t, v in history if now - t <= _WINDOW_S)
+        capacity = self._learn_capacity(state, current, running, low, queue, p95, fleet, now)
         peak = max([running, *(v for t, v in history if now - t < self.downscale_delay_s)])
-        # Overloaded, the backlog hides the trend; the arrival rate below sizes the fleet instead.
-        overloaded = current > 0 and queue > self.target_queue * current
-        forecast = running if overloaded else _forecast(history, now, running, float(state["startup_s"]))
+        # Overloaded, the backlog hides the trend, and draining it makes one up: no trend is read from a window
+        # that saw an overload; the arrival rate sizes the fleet instead.
+        calm = since_overload > _TREND_S
+        forecast = _forecast(history, now, running, float(state["startup_s"])) if calm else running
         per_replica = self._per_replica_target(state, capacity)
         needs = {"QueueDepth": max(running, forecast) / per_replica, "LatencyBreach": 0.0}
         if current <= 0:
             needs["QueueDepth"] = ongoing / per_replica  # at zero, the queue is all there is to size from
         elif overloaded:
-            needs["QueueDepth"] = max(needs["QueueDepth"], self._overload_need(state, current, queue, fleet, now))
+            needs["QueueDepth"] = max(needs["QueueDepth"], float(state["arrival_need"]) + backlog_need)
         last_up = float(state.get("last_up", -math.inf))
         if self._breached(p95) and state["stable"] and target <= current:
             # The latency window shows this fleet (not the one before) over the target, and nothing is starting.
@@ -349,19 +364,22 @@ class TokenplanePolicy:
 
     def _overload_need(
         self, state: dict[str, Any], current: int, queue: float, fleet: FleetMetrics, now: float
-    ) -> float:
+    ) -> tuple[float, float]:
         """Replicas for an overloaded fleet, from rates: arrivals = what the fleet serves + how fast the queue grows.
 
         The fleet's throughput is its latency samples of the last window (one per request served); per replica it
-        is what a saturated replica serves. The arrivals get replicas at `_HEADROOM` of that, and the backlog
-        the replicas that drain it within one start-up (the time the new ones take to arrive).
+        is what a saturated replica serves.
+
+        Returns:
+            The replicas the arrivals need (at `_HEADROOM` of a saturated replica's rate), and those that drain
+            the backlog within one start-up (the time the new ones take to arrive).
         """
         queued = [(t, q) for t, q in state.get("recent_queue", []) if now - t <= _WINDOW_S]
         queued.append((now, queue))
         state["recent_queue"] = queued
         served = fleet.samples / _WINDOW_S
         if served <= 0 or fleet.fresh_replicas <= 0:
-            return 0.0
+            return float(current), 0.0
         # What a saturated replica serves, measured while the window held one fleet (a replica that just started
         # has a short window and would understate it); until then, the fleet's rate per fresh replica.
         if state.get("stable"):
@@ -370,7 +388,7 @@ class TokenplanePolicy:
         elapsed = now - queued[0][0]
         growth = max(0.0, (queue - queued[0][1]) / elapsed) if elapsed >= _WINDOW_S / 3 else 0.0
         horizon = max(_WINDOW_S, float(state["startup_s"]))
-        return (served + growth) / (_HEADROOM * per_replica) + queue / (per_replica * horizon)
+        return (served + growth) / (_HEADROOM * per_replica), queue / (per_replica * horizon)
 
     def waiting_requests(self, ctx: Any, fleet: FleetMetrics, batch: float = 0.0) -> float:
         """Count the interactive requests waiting for a slot: Serve-queued, waiting in a replica, engine-waiting.
@@ -428,36 +446,49 @@ class TokenplanePolicy:
         state: dict[str, Any],
         current: int,
         running: float,
+        low: float,
+        queue: float,
         p95: float | None,
         fleet: FleetMetrics,
         now: float,
     ) -> float:
         capacity = float(state.get("capacity") or self.max_ongoing)
-        breaches = [t for t in state.get("breaches", []) if now - t <= 3 * _WINDOW_S]
-        if self._breached(p95):
-            breaches.append(now)
-        state["breaches"] = breaches
         if current <= 0 or fleet.fresh_replicas == 0 or not state.get("stable"):
             # Right after the fleet changed size, the latency window still holds the old fleet's requests.
+            state["windows"] = []
             return capacity
+        # The knee is read from this fleet's last two disjoint latency windows merged (twice the samples of one:
+        # one unlucky window is not where the knee is); the fast breach response above reads one.
+        windows = [w for w in state.get("windows", []) if now - w[0] < 2 * _WINDOW_S]
+        if not windows or now - windows[-1][0] >= _WINDOW_S:
+            windows.append((now, dict(fleet.histogram)))
+        state["windows"] = windows
         per_replica = running / current
-        if self._breached(p95):
-            # A breach that recurs a latency window later (two independent windows over the target, not one
-            # unlucky one) shows the knee: a replica holds at most this load within the target. It never goes
-            # below a load already proven well within the target.
-            if now - min(breaches) >= _WINDOW_S:
-                capacity = min(capacity, max(1.0, per_replica, float(state.get("proven", 0.0))))
-                state["learned"] = True
+        merged: dict[int, float] = {}
+        for _, histogram in windows:
+            for index, count in histogram.items():
+                merged[int(index)] = merged.get(int(index), 0.0) + count
+        knee_p95 = quantile_from_histogram(merged, 0.95) if len(windows) == 2 else None
+        if self._breached(p95) and self._breached(knee_p95):
+            # This fleet over the target for a minute shows the knee: a replica holds at most this load within
+            # the target. It never goes below a load already proven well within the target.
+            capacity = min(capacity, max(1.0, per_replica, float(state.get("proven", 0.0))))
+            state["learned"] = True
         elif p95 is not None and (self.p95_ms is None or p95 < _SCALE_IN_BAND * self.p95_ms):
             # Comfortably within target at this load: a replica holds at least that much.
-            capacity = min(self.max_ongoing, max(capacity, per_replica))
-            state["proven"] = max(float(state.get("proven", 0.0)), per_replica)
+            capacity = min(self.max_ongoing, max(capacity, low / current))
+            state["proven"] = max(float(state.get("proven", 0.0)), low / current)
+        if queue > self.target_queue * current:
+            # Requests wait: the replicas run all they can, and the knee is at most what they run now.
+            capacity = min(capacity, max(1.0, per_replica))
+            state["learned"] = True
         return capacity
 
     def _may_scale_in(
         self, fleet: FleetMetrics, p95: float | None, queue: float, now: float, last_up: float, state: dict[str, Any]
     ) -> bool:
-        if fleet.fresh_replicas == 0 or queue > 0 or now - last_up < self.downscale_delay_s:
+        # Fewer requests waiting than one replica tolerates (engines always hold a few waiting for their prefill).
+        if fleet.fresh_replicas == 0 or queue >= self.target_queue or now - last_up < self.downscale_delay_s:
             return False
         if self.p95_ms is None:
             return True

@@ -113,11 +113,17 @@ def test_breach_scales_out_in_proportion_and_says_why() -> None:
     assert state["p95_ms"] == pytest.approx(2500, rel=0.08)
     # One unlucky latency window scales out but teaches nothing: the knee is not where one window breached.
     assert state["capacity"] == 32
-    # A breach that recurs a window later (two independent windows) is remembered as capacity: 8 running per replica.
-    desired, state = policy()(context(slow, ongoing=32, state=stable(4, breaches=[NOW - 40])))
+    # Over the target for a minute (the window before this one breached too) is remembered as capacity: 8 running
+    # per replica; the window before that is out of the merge.
+    before = {40: 120.0}  # bucket 40 is about 1.3 s
+    windows = [(NOW - 90, {10: 120.0}), (NOW - 35, before)]
+    desired, state = policy()(context(slow, ongoing=32, state=stable(4, windows=windows)))
     assert (desired, state["capacity"]) == (8, pytest.approx(8))
+    # A breach a window long after a gap (the last window is two windows old): one window, nothing learned.
+    gap = [(NOW - 90, before)]
+    assert policy()(context(slow, ongoing=32, state=stable(4, windows=gap)))[1]["capacity"] == 32
     # ... never below a load already proven well within the target.
-    assert policy()(context(slow, ongoing=32, state=stable(4, breaches=[NOW - 40], proven=10.0)))[1]["capacity"] == 10
+    assert policy()(context(slow, ongoing=32, state=stable(4, windows=windows, proven=10.0)))[1]["capacity"] == 10
     # A fleet that just changed size learns nothing: its latency window still holds the old fleet's requests.
     assert policy()(context(slow, ongoing=32))[1]["capacity"] == 32
     # A mild breach (1.3x) grows by 1.3x, not by a fixed step.
@@ -131,12 +137,12 @@ def test_queue_depth_scales_out_from_rates_not_from_the_backlog_count() -> None:
     full = [report([300.0] * 30, waiting=20, running=32) for _ in range(2)]
     desired, state = policy()(context(full, ongoing=128, queued=24, state=stable(2)))
     assert state["reason"] == "QueueDepth"
-    assert desired == 3  # 2/s at 80% of 1/s per replica, + 64 waiting drained within a start-up (300 s)
+    assert desired == 3  # 2/s at 85% of 1/s per replica, + 64 waiting drained within a start-up (300 s)
     # The same backlog grown from nothing in 30 s: 2.1/s more arrive than are served.
     growing = stable(2, recent_queue=[(NOW - 30, 0.0)])
     desired, state = policy()(context(full, ongoing=128, queued=24, state=growing))
-    assert (desired, state["reason"]) == (6, "QueueDepth")  # (2 + 2.13) / 0.8 + 0.21 -> 6
-    # Counting the backlog as load (128 requests at 80% of a 32-request batch) would have asked for 5 either way.
+    assert (desired, state["reason"]) == (6, "QueueDepth")  # (2 + 2.13) / 0.85 + 0.21 -> 6
+    # Counting the backlog as load (128 requests at 85% of a 32-request batch) would have asked for 5 either way.
 
 
 def test_requests_waiting_inside_replicas_are_queue() -> None:
@@ -208,18 +214,18 @@ def test_pending_replicas_are_discounted_then_reported_as_waiting_for_capacity()
     desired, state = pol(context(slow, ongoing=16, target=4, state=learned))
     assert desired == 4
     # Load that needs 7 grows past the pending ones while they are younger than a cold start.
-    busy = [report([2500.0] * 30, running=20) for _ in range(2)]
-    desired, state = pol(context(busy, ongoing=40, target=4, state={**learned, "pending_since": NOW - 60}))
+    busy = [report([2500.0] * 30, running=22) for _ in range(2)]  # 44 running at 85% of 8 each
+    desired, state = pol(context(busy, ongoing=44, target=4, state={**learned, "pending_since": NOW - 60}))
     assert desired == 7
     # Pending longer than a cold start: no nodes. Hold at the target and say so.
-    desired, state = pol(context(busy, ongoing=40, target=4, state={**learned, "pending_since": NOW - 400}))
+    desired, state = pol(context(busy, ongoing=44, target=4, state={**learned, "pending_since": NOW - 400}))
     assert (desired, state["reason"]) == (4, "WaitingForCapacity")
 
 
 def test_zero_replicas_with_traffic() -> None:
     # Called at zero, the policy sizes the cold start from the queue, not one replica at a time.
-    desired, state = policy()(context([], ongoing=80, queued=80))
-    assert desired == 4  # 80 requests at 80% of a 32-request batch
+    desired, state = policy()(context([], ongoing=100, queued=100))
+    assert desired == 4  # 100 requests at 85% of a 32-request batch
     assert state["reason"] == "QueueDepth"
     # Serve's wrapper (what Ray runs) takes its own cold-start path at zero: at least one replica, at once.
     wrapped = _apply_autoscaling_config(policy())
@@ -292,3 +298,37 @@ def test_batch_requests_fill_the_fleet_but_never_grow_it_past_their_budget() -> 
     # A larger budget lets batch alone keep more replicas, never more than the budget.
     big = [{**report([50.0] * 30, running=32), "batch_running": 200.0}] * 2
     assert policy(batch_max_replicas=3)(context(big, ongoing=400, state=stable(2)))[0] == 3
+
+
+def test_replicas_still_starting_are_cancelled_once_the_load_no_longer_needs_them() -> None:
+    calm = [report([300.0] * 30, running=2) for _ in range(2)]
+    pol = policy()
+    # 2 running, 6 wanted a while ago; the load now fits the 2 running ones.
+    ordered = stable(2, last_up=NOW - 60, needed_since=NOW - 10)
+    desired, state = pol(context(calm, ongoing=4, target=6, state=ordered))
+    assert desired == 6  # not needed for less than a window: they may be needed again, keep them coming
+    desired, state = pol(context(calm, ongoing=4, target=6, state={**ordered, "needed_since": NOW - 40}))
+    assert (desired, state["reason"]) == (2, "Steady")  # a window without need: they serve nobody yet, cancel
+
+
+def test_a_trend_is_extrapolated_a_step_is_not() -> None:
+    from tokenplane_serving.autoscale import _forecast
+
+    ramp = [(NOW - 180 + s, 10.0 + 0.1 * s) for s in range(181)]  # +0.1 request/s, for 3 minutes
+    assert _forecast(ramp, NOW, 28.0, 60.0) == pytest.approx(34.0, rel=0.01)
+    step = [(NOW - 180 + s, 10.0 if s < 120 else 28.0) for s in range(181)]  # a burst, flat since
+    assert _forecast(step, NOW, 28.0, 60.0) == 28.0
+
+
+def test_after_an_overload_the_backlog_being_served_is_not_demand() -> None:
+    # Overloaded: 2 replicas serve 1/s each and the queue grew by 60 in 30 s.
+    full = [report([300.0] * 30, waiting=40, running=8) for _ in range(2)]
+    state = stable(2, recent_queue=[(NOW - 30, 20.0)], capacity=8.0, learned=True)
+    desired, state = policy()(context(full, ongoing=96, state=state))
+    arrivals = state["arrival_need"]
+    assert arrivals == pytest.approx((2 + 2) / 0.85)  # served + growth, at 85% of a saturated replica
+    # 20 s later the queue is gone, and the replicas run the backlog: 30 each. The demand is the arrivals'.
+    drained = [report([300.0] * 30, running=30) for _ in range(2)]
+    state["fleet_changed"] = NOW - 600
+    _, after = policy()(context(drained, ongoing=60, state=state, now=NOW + 20))
+    assert after["recent_load"][-1][1] <= arrivals * 0.85 * 8.0 + 1e-9

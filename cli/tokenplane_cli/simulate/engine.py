@@ -61,6 +61,7 @@ class Replica:
     ttft: deque[tuple[float, float]] = field(default_factory=deque)
     e2e: deque[tuple[float, float]] = field(default_factory=deque)
     prefill_starts: deque[float] = field(default_factory=deque)  # admitted requests' prefill start times
+    node_at: float = 0.0  # when its node is (was) provisioned
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,7 @@ class Simulation:
         self._ids = itertools.count()
         self.target = config.initial_replicas
         self.scale_events = 0
-        self.freed_nodes: list[float] = []  # times nodes were freed (warm for NODE_IDLE_S)
+        self.freed_nodes: list[float] = []  # times nodes were (or will be, once provisioned) free, for NODE_IDLE_S
         self.raw: dict[str, dict[ReplicaID, list[TimeStampedValue]]] = {}
         self.load_samples: deque[tuple[float, float, float]] = deque()  # (t, ongoing+queued, queued)
         self.policy_state: dict[str, Any] = {}
@@ -230,15 +231,18 @@ class Simulation:
     # -- replicas -------------------------------------------------------------------------------------------
     def _start_replica(self, now: float, *, warm: bool = False) -> None:
         rid = ReplicaID(unique_id=f"r{next(self._ids)}", deployment_id=_DEPLOYMENT)
-        self.freed_nodes = [t for t in self.freed_nodes if now - t < NODE_IDLE_S]
+        self.freed_nodes = sorted(t for t in self.freed_nodes if now - t < NODE_IDLE_S)
+        node_at = now
         if warm:
             delay = 0.0
-        elif self.freed_nodes:
-            self.freed_nodes.pop()
-            delay = self.phys.load_s
+        elif self.freed_nodes and self.freed_nodes[0] - now < self.phys.provision_s:
+            # A node in the pool, or one still provisioning for a replica cancelled meanwhile: it comes up anyway.
+            node_at = max(now, self.freed_nodes.pop(0))
+            delay = node_at - now + self.phys.load_s
         else:
+            node_at = now + self.phys.provision_s
             delay = self.phys.provision_s + self.phys.load_s
-        rep = Replica(rid, started=now, ready_at=now + delay, v_time=now)
+        rep = Replica(rid, started=now, ready_at=now + delay, v_time=now, node_at=node_at)
         self.replicas.append(rep)
         if warm:
             rep.state = "ready"
@@ -253,7 +257,7 @@ class Simulation:
 
     def _stop(self, rep: Replica, now: float) -> None:
         rep.state, rep.stopped = "stopped", now
-        self.freed_nodes.append(now)
+        self.freed_nodes.append(max(now, rep.node_at))
         for series in self.raw.values():
             series.pop(rep.rid, None)
 
