@@ -70,6 +70,7 @@ _LEARNED_BAND = 0.9  # ... or this fraction once a breach has shown where the kn
 _WINDOW_S = 30.0  # the replicas' latency histogram window (tokenplane_serving.server)
 _MAX_GROWTH_PER_TICK = 2.0
 _TREND_S = 180.0  # the load trend is fitted over this window
+_BACKLOG_S = 60.0  # an overloaded fleet is sized to drain its backlog within this long
 _EXPLORE = 1.25  # scale-in may load a replica this much beyond the most it has been seen to carry within target
 
 
@@ -294,9 +295,9 @@ class TokenplanePolicy:
         low = min(v for t, v in history if now - t <= _WINDOW_S)
         capacity = self._learn_capacity(state, current, running, low, queue, p95, fleet, now)
         peak = max([running, *(v for t, v in history if now - t < self.downscale_delay_s)])
-        # Overloaded, the backlog hides the trend, and draining it makes one up: no trend is read from a window
-        # that saw an overload; the arrival rate sizes the fleet instead.
-        calm = since_overload > _TREND_S
+        # Overloaded, the backlog hides the trend (the arrival rate sizes the fleet instead); draining, it would
+        # make one up, were it not capped above.
+        calm = since_overload > 2 * _WINDOW_S
         forecast = _forecast(history, now, running, float(state["startup_s"])) if calm else running
         per_replica = self._per_replica_target(state, capacity)
         needs = {"QueueDepth": max(running, forecast) / per_replica, "LatencyBreach": 0.0}
@@ -305,8 +306,9 @@ class TokenplanePolicy:
         elif overloaded:
             needs["QueueDepth"] = max(needs["QueueDepth"], float(state["arrival_need"]) + backlog_need)
         last_up = float(state.get("last_up", -math.inf))
-        if self._breached(p95) and state["stable"] and target <= current:
-            # The latency window shows this fleet (not the one before) over the target, and nothing is starting.
+        if self._breached(p95) and state["stable"]:
+            # The latency window shows this fleet (not the one before) over the target; replicas starting count
+            # towards the growth (it acts only past the target, which includes them).
             needs["LatencyBreach"] = max(current + 1.0, current * min(_MAX_GROWTH_PER_TICK, p95 / self.p95_ms))  # type: ignore[operator]
         reason = max(needs, key=lambda k: needs[k])
         grow = math.ceil(needs[reason] - 1e-9)
@@ -339,8 +341,9 @@ class TokenplanePolicy:
         batch_hold = min(self.batch_max_replicas, math.ceil(batch / (_HEADROOM * capacity) - 1e-9))
         if batch_hold > desired:
             desired, reason = batch_hold, "Batch"
-        if desired > current and pending_since is None:
-            state["pending_since"] = now
+        if desired > max([current, *(n for _, n in state["orders"])]):
+            state["orders"].append((now, desired))
+            state["pending_since"] = state["orders"][0][0]
         if reason != state.get("reason") or desired != state.get("desired"):
             state["decided_at"] = now  # the last time the decision changed, for the operator's status
         if current > 0 or target > 0:
@@ -372,7 +375,7 @@ class TokenplanePolicy:
 
         Returns:
             The replicas the arrivals need (at `_HEADROOM` of a saturated replica's rate), and those that drain
-            the backlog within one start-up (the time the new ones take to arrive).
+            the backlog within `_BACKLOG_S`.
         """
         queued = [(t, q) for t, q in state.get("recent_queue", []) if now - t <= _WINDOW_S]
         queued.append((now, queue))
@@ -387,8 +390,8 @@ class TokenplanePolicy:
         per_replica = max(float(state.get("saturated_rate") or 0.0), served / fleet.fresh_replicas)
         elapsed = now - queued[0][0]
         growth = max(0.0, (queue - queued[0][1]) / elapsed) if elapsed >= _WINDOW_S / 3 else 0.0
-        horizon = max(_WINDOW_S, float(state["startup_s"]))
-        return (served + growth) / (_HEADROOM * per_replica), queue / (per_replica * horizon)
+        # Every request in the backlog is late already: drained within a minute (what attainment is counted in).
+        return (served + growth) / (_HEADROOM * per_replica), queue / (per_replica * _BACKLOG_S)
 
     def waiting_requests(self, ctx: Any, fleet: FleetMetrics, batch: float = 0.0) -> float:
         """Count the interactive requests waiting for a slot: Serve-queued, waiting in a replica, engine-waiting.
@@ -401,21 +404,25 @@ class TokenplanePolicy:
         return p95 is not None and self.p95_ms is not None and p95 > self.p95_ms
 
     def _track_fleet(self, state: dict[str, Any], current: int, target: int, now: float) -> None:
-        """Note when the fleet changed size, and how long started replicas took to run (the forecast horizon)."""
+        """Note when the fleet changed size, and how long started replicas took to run (the forecast horizon).
+
+        Every increase of the target is an order, `(when, replicas)`, open until that many run. A replica that
+        starts running fills the oldest open order (Serve starts replicas in the order asked), so its start-up
+        is measured from that order, not from the first of a series of growing ones.
+        """
         state.setdefault("startup_s", self.cold_start_s / 2)
+        orders = [(float(t), int(n)) for t, n in state.get("orders", [])]
+        if target > current and not any(n >= target for _, n in orders):
+            # Replicas asked for outside this policy's orders (Serve's own start from zero, a restart).
+            orders.append((float(state.get("pending_since") or now), target))
         previous = state.get("fleet_size")
         if previous != current:
             state["fleet_size"], state["fleet_changed"] = current, now
-            pending_since = state.get("pending_since")
-            if pending_since is not None and previous is not None and current > previous:
-                # The longest start-up seen: a load beyond the fleet's past peak needs new nodes, the slowest start.
-                observed = min(self.cold_start_s, now - float(pending_since))
-                state["startup_s"] = max(observed, float(state.get("startup_seen", 0.0)))
-                state["startup_seen"] = state["startup_s"]
-        if current >= target:
-            state["pending_since"] = None  # nothing starting (any longer)
-        elif state.get("pending_since") is None:
-            state["pending_since"] = now
+            if previous is not None and current > previous and orders:
+                state["startup_s"] = min(self.cold_start_s, now - orders[0][0])
+        # Filled orders close; cancelled replicas (the target lowered) shrink the orders that asked for them.
+        state["orders"] = [(t, min(n, target)) for t, n in orders if min(n, target) > current]
+        state["pending_since"] = state["orders"][0][0] if state["orders"] else None
         state["stable"] = now - float(state["fleet_changed"]) >= self.stale_after_s + _WINDOW_S
 
     def _per_replica_target(self, state: dict[str, Any], capacity: float) -> float:
