@@ -137,11 +137,11 @@ def test_queue_depth_scales_out_from_rates_not_from_the_backlog_count() -> None:
     full = [report([300.0] * 30, waiting=20, running=32) for _ in range(2)]
     desired, state = policy()(context(full, ongoing=128, queued=24, state=stable(2)))
     assert state["reason"] == "QueueDepth"
-    assert desired == 3  # 2/s at 85% of 1/s per replica, + 64 waiting drained within a start-up (300 s)
+    assert desired == 4  # 2/s at 85% of 1/s per replica (2.35), + 64 waiting drained within a minute (1.07)
     # The same backlog grown from nothing in 30 s: 2.1/s more arrive than are served.
     growing = stable(2, recent_queue=[(NOW - 30, 0.0)])
     desired, state = policy()(context(full, ongoing=128, queued=24, state=growing))
-    assert (desired, state["reason"]) == (6, "QueueDepth")  # (2 + 2.13) / 0.85 + 0.21 -> 6
+    assert (desired, state["reason"]) == (6, "QueueDepth")  # (2 + 2.13) / 0.85 + 1.07 -> 6
     # Counting the backlog as load (128 requests at 85% of a 32-request batch) would have asked for 5 either way.
 
 
