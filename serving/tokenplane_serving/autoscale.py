@@ -265,9 +265,11 @@ class TokenplanePolicy:
         ongoing = float(ctx.total_num_requests or 0.0) - batch + fleet.replica_waiting
         queue = self.waiting_requests(ctx, fleet, batch)
         # The load a replica carries is what runs in its batch (the engines' own count, from the same reports as
-        # their waiting one); waiting requests are a backlog, sized apart (by rate, below): by Little's law a
-        # backlog inflates the request count by the wait, not by the demand.
-        running = max(0.0, fleet.engine_running - batch) if fleet.fresh_replicas else max(0.0, ongoing - queue)
+        # their waiting one) and what waits for it up to `targetQueueDepth` (an engine always holds some waiting
+        # for prefill, and their wait is part of the latency); more waiting is a backlog, sized apart (by rate,
+        # below): by Little's law a backlog inflates the request count by the wait, not by the demand.
+        tolerated = min(queue, self.target_queue * max(current, 1))
+        running = max(0.0, fleet.engine_running - batch) + tolerated if fleet.fresh_replicas else ongoing
         p95 = fleet.p95_ms() if fleet.samples >= self.min_samples else None
         self._track_fleet(state, current, target, now)
         # The engines' counts are snapshots: averaged over a latency window, as Serve averages its own counts.
@@ -390,8 +392,14 @@ class TokenplanePolicy:
         per_replica = max(float(state.get("saturated_rate") or 0.0), served / fleet.fresh_replicas)
         elapsed = now - queued[0][0]
         growth = max(0.0, (queue - queued[0][1]) / elapsed) if elapsed >= _WINDOW_S / 3 else 0.0
+        # A rising arrival rate is met one start-up ahead, as the load's trend is when the fleet keeps up.
+        arrivals = [(t, a) for t, a in state.get("recent_arrivals", []) if now - t <= _TREND_S]
+        if not arrivals or now - arrivals[-1][0] >= 1.0:
+            arrivals.append((now, served + growth))
+        state["recent_arrivals"] = arrivals
+        ahead = _forecast(arrivals, now, served + growth, float(state["startup_s"]))
         # Every request in the backlog is late already: drained within a minute (what attainment is counted in).
-        return (served + growth) / (_HEADROOM * per_replica), queue / (per_replica * _BACKLOG_S)
+        return ahead / (_HEADROOM * per_replica), queue / (per_replica * _BACKLOG_S)
 
     def waiting_requests(self, ctx: Any, fleet: FleetMetrics, batch: float = 0.0) -> float:
         """Count the interactive requests waiting for a slot: Serve-queued, waiting in a replica, engine-waiting.
