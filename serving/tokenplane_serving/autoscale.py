@@ -7,25 +7,36 @@ Ray Serve calls `TokenplanePolicy.__call__` once per control-loop tick (`autosca
 P95 from it: a fleet P95 cannot be recovered from per-replica P95s (their max over-scales when one replica is
 unlucky, their mean hides a slow half).
 
+The load is what the engines run (their own count, averaged over a latency window) plus what waits for them up
+to `targetQueueDepth` per replica; more waiting is a *backlog*, which by Little's law inflates request counts by
+the wait, not by the demand, so it is sized from rates instead.
+
 Decision, per tick (the reasons are the operator's status reasons):
 - `QueueDepth`: the load, or its trend one start-up ahead, needs more replicas at the per-replica load the
-  fleet is sized for; or requests waiting (Serve-queued + waiting in a replica for a slot + engine waiting)
-  exceed `targetQueueDepth` per replica, and the fleet grows so that they fit in the new replicas' batches.
-  The trend is a least-squares slope over 3 minutes, used only when it stands 3 standard errors out of the
-  noise; the horizon is the start-up time last observed (pending -> running), so a ramp is met by replicas
-  that are ready when it arrives.
-- `LatencyBreach`: the fleet P95 exceeds the target while nothing is starting and the latency window shows
-  this fleet; grow by the breach ratio (capped at 2x per tick). The per-replica load of the breach is the
-  *knee* (`capacity`): from then on the fleet is sized at 80% of it. Before any breach, the fleet is sized at
-  1.25x the most a replica has been seen to carry well within the target (`proven`): it approaches the knee
-  in steps instead of jumping past it on an optimistic prior.
+  fleet is sized for. The trend is a least-squares slope over 3 minutes, used only when it stands 3 standard
+  errors out of the noise and holds in both halves of the window (a burst's step is not a trend); the horizon
+  is the start-up last observed (from the order that asked for the replica to its running), so a ramp is met
+  by replicas that are ready when it arrives. Overloaded (waiting beyond `targetQueueDepth` per replica), the
+  fleet is sized from rates: the arrivals (what the fleet served in the last window, from its latency samples,
+  plus how fast the queue grew; their trend one start-up ahead) at 85% of what a saturated replica serves, plus
+  the replicas that drain the backlog within a minute. For two windows after an overload the load is capped at
+  what those arrivals need: the backlog being served is not demand, and no trend is read from it.
+- `LatencyBreach`: the fleet P95 exceeds the target and the latency window shows this fleet; grow by the
+  breach ratio (at most 2x the running replicas; replicas already starting count towards it). A fleet over the
+  target for a minute (its last two disjoint latency windows merged, not one unlucky window) or overloaded
+  shows the *knee* (`capacity`), never below a load proven well within the target: from then on the fleet is
+  sized at 85% of it. Before, it is sized at 1.25x the most a replica has been seen to carry well within the
+  target for a whole window (`proven`): it approaches the knee in steps instead of jumping past it on an
+  optimistic prior.
 - `WaitingForCapacity`: replicas have been pending longer than a cold start takes (no node for them): hold
   at the current target instead of adding more replicas that cannot be placed either.
 - `Idle`: no traffic for a whole downscale window: go to the floor (zero with scale-to-zero; Serve applies
   `downscale_to_zero_delay_s`). Scale-in otherwise needs the P95 under the target (well under it until the
-  knee is known), an empty queue, no scale-out within the downscale window, and the busiest load of that
-  window to fit the smaller fleet (at 75% of the knee once known); at most half the replicas go per decision.
-  The policy owns this hysteresis: the operator renders Serve's `downscale_delay_s` as 0, so they do not stack.
+  knee is known), fewer requests waiting than one replica tolerates, no scale-out within the downscale window,
+  and the busiest load of that window to fit the smaller fleet (at 85% of the knee once known); at most half
+  the replicas go per decision. The policy owns this hysteresis: the operator renders Serve's
+  `downscale_delay_s` as 0, so they do not stack. Replicas still starting that the load has not needed for a
+  latency window are cancelled (`Steady`): they serve nobody yet, so dropping them risks no latency.
 - `Schedule`: a time window's minimum (see `tokenplane_serving.schedule`) holds more replicas than load needs.
 - `Batch`: Batch API requests (which replicas report as `batch_running`) are not demand the fleet grows for: they
   fill the capacity interactive traffic keeps. Alone, they hold at most `batch_max_replicas` replicas (the

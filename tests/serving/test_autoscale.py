@@ -324,7 +324,7 @@ def test_after_an_overload_the_backlog_being_served_is_not_demand() -> None:
     # Overloaded: 2 replicas serve 1/s each (slowly) and the queue grew by 60 in 30 s.
     full = [report([2500.0] * 30, waiting=40, running=8) for _ in range(2)]
     state = stable(2, recent_queue=[(NOW - 30, 20.0)], capacity=8.0, learned=True)
-    desired, state = policy()(context(full, ongoing=96, state=state))
+    _, state = policy()(context(full, ongoing=96, state=state))
     arrivals = state["arrival_need"]
     assert arrivals == pytest.approx((2 + 2) / 0.85)  # served + growth, at 85% of a saturated replica
     # 20 s later the queue is gone, and the replicas run the backlog: 30 each. The demand is the arrivals'.

@@ -6,7 +6,10 @@ cap waits in Serve's queue (bounded: past it, rejected). A replica prefills prom
 its running sequences together; decoding is tracked on a per-replica virtual token clock that advances at
 `1 / step_s(batch)` tokens per second, so a finish is one event whatever the batch. Replicas push their
 autoscaling report (engine queue + 30 s latency histogram, exactly what `TokenplaneLLMServer` reports) every
-push interval (vLLM's waiting count is the requests admitted whose prefill has not started); Serve's request counts are averaged over `look_back_period_s` as the controller does.
+push interval: vLLM's waiting count is the requests admitted whose prefill has not started, its running count
+the others. Serve's request counts are averaged over `look_back_period_s` as the controller does. A node stays
+in the pool `NODE_IDLE_S` after its replica stops (a replica cancelled while its node provisions leaves that
+node once provisioned); a replica started on such a node loads the model only.
 """
 
 from __future__ import annotations

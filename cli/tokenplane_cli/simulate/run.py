@@ -241,7 +241,7 @@ def _oracle_schedule(cfg: SimConfig, need: list[int]) -> list[int]:
         window = plan[max(0, int(start - NODE_IDLE_S)) : max(0, int(start)) + 1]
         pool = max([*window, initial if start - NODE_IDLE_S < 0 else 0])
         lead = warm if pool >= n else cold
-        for t in range(max(0, int(math.ceil(begin - lead))), end):
+        for t in range(max(0, math.ceil(begin - lead)), end):
             plan[t] = max(plan[t], n)
     plan[0] = max(plan[0], initial)
     return plan
