@@ -513,8 +513,11 @@ class TokenplanePolicy:
     def _may_scale_in(
         self, fleet: FleetMetrics, p95: float | None, queue: float, now: float, last_up: float, state: dict[str, Any]
     ) -> bool:
-        # Fewer requests waiting than one replica tolerates (engines always hold a few waiting for their prefill).
+        # Fewer requests waiting than one replica tolerates (engines always hold a few waiting for their prefill),
+        # and a latency window that shows this fleet (not the one before the last scale-in).
         if fleet.fresh_replicas == 0 or queue >= self.target_queue or now - last_up < self.downscale_delay_s:
+            return False
+        if not state.get("stable"):
             return False
         if self.p95_ms is None:
             return True

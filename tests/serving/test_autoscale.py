@@ -164,14 +164,16 @@ def test_recovery_holds_then_scales_in_slowly() -> None:
     just_grown = {"last_up": NOW - 30, "capacity": 8.0}
     desired, state = policy()(context(calm, ongoing=16, state=just_grown))
     assert (desired, state["reason"]) == (8, "Steady")
-    # After it: at most half the fleet per decision, and never below what the load needs (16 / (0.6 x 8) -> 4).
-    later = seen(last_up=NOW - 600, capacity=8.0)
+    # After it: at most half the fleet per decision, and never below what the load needs (16 / (0.85 x 8) -> 3).
+    later = stable(8, last_up=NOW - 600, capacity=8.0, learned=True, proven=8.0)
     desired, state = policy()(context(calm, ongoing=16, state=later))
     assert (desired, state["reason"]) == (4, "Idle")
     assert policy()(context(calm, ongoing=2, state=later))[0] == 4  # half of 8, not 1
-    # Latency between half the target and the target: the hysteresis band holds the fleet.
+    # Right after that scale-in, the latency window still shows the larger fleet: no second step yet.
+    assert policy()(context(calm[:4], ongoing=8, state={**state, "fleet_size": 8}))[0] == 4
+    # Latency between 70% of the target and the target, the knee unknown: the hysteresis band holds the fleet.
     warm = [report([800.0] * 30, running=2) for _ in range(8)]
-    assert policy()(context(warm, ongoing=16, state=later))[0] == 8
+    assert policy()(context(warm, ongoing=16, state=stable(8, last_up=NOW - 600)))[0] == 8
 
 
 def test_flapping_input_does_not_flap_replicas() -> None:
