@@ -438,7 +438,10 @@ class TokenplanePolicy:
         if previous != current:
             state["fleet_size"], state["fleet_changed"] = current, now
             if previous is not None and current > previous and orders:
-                state["startup_s"] = min(self.cold_start_s, now - orders[0][0])
+                # The longest seen: a load beyond the fleet's recent size needs new nodes, the slowest start-up.
+                observed = min(self.cold_start_s, now - orders[0][0])
+                state["startup_s"] = max(observed, float(state.get("startup_longest", 0.0)))
+                state["startup_longest"] = state["startup_s"]
         # Filled orders close; cancelled replicas (the target lowered) shrink the orders that asked for them.
         state["orders"] = [(t, min(n, target)) for t, n in orders if min(n, target) > current]
         state["pending_since"] = state["orders"][0][0] if state["orders"] else None
