@@ -21,6 +21,7 @@ __all__ = [
     "BatchArgs",
     "DisaggregationArgs",
     "EngineArgs",
+    "HoldArgs",
     "LatencyTarget",
     "LoraAdapter",
     "LoraArgs",
@@ -287,6 +288,13 @@ class LatencyTarget(_Args):
     p95_ms: float = Field(gt=0, description="Target 95th percentile in milliseconds.")
 
 
+class HoldArgs(_Args):
+    """Requests that arrive at zero replicas: how long they wait for one, and how many wait at once."""
+
+    seconds: float = Field(gt=0, description="Wait for a replica this long, then answer 503 with Retry-After.")
+    max_requests: int = Field(ge=1, description="Requests waiting at once; one more is answered 429 with Retry-After.")
+
+
 class ScalingArgs(_Args):
     """Replica autoscaling (Ray Serve `autoscaling_config`)."""
 
@@ -319,6 +327,9 @@ class ScalingArgs(_Args):
     downscale_to_zero_delay_s: float | None = Field(
         default=None, ge=0, description="Extra wait before the last replica goes (needs min_replicas 0)."
     )
+    hold: HoldArgs | None = Field(
+        default=None, description="Hold requests that arrive at zero replicas (needs min_replicas 0); unset: Ray's."
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> Self:
@@ -331,6 +342,8 @@ class ScalingArgs(_Args):
             )
         if self.downscale_to_zero_delay_s is not None and self.min_replicas != 0:
             raise ValueError("downscale_to_zero_delay_s needs min_replicas 0")
+        if self.hold is not None and self.min_replicas != 0:
+            raise ValueError("hold needs min_replicas 0")
         return self
 
 

@@ -29,7 +29,7 @@ from rich.console import Console
 
 from tokenplane_serving.args import ServingArgs
 from tokenplane_serving.blob_uri import is_blob_uri
-from tokenplane_serving.mapping import FAST_PATH_ENV, ray_environment
+from tokenplane_serving.mapping import FAST_PATH_ENV, HOLD_ENV, ray_environment
 
 __all__ = ["LocalServeError", "LocalServer", "local_cache_store", "main", "serve_local"]
 
@@ -174,6 +174,8 @@ def _set_ray_environment(args: ServingArgs) -> None:
         "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": haproxy_dir,
         "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{haproxy_dir}/server-state",
     }
+    for name in HOLD_ENV:  # a server of this process before may have held requests; this one's args decide
+        os.environ.pop(name, None)
     os.environ.update(env)
     from tokenplane_serving.ray_internals import direct_streaming_enabled
 

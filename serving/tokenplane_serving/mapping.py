@@ -14,6 +14,7 @@ __all__ = [
     "BLOB_DOWNLOAD_CALLBACK",
     "CONSISTENT_HASH_ROUTER",
     "FAST_PATH_ENV",
+    "HOLD_ENV",
     "PREFIX_AFFINITY_ROUTER",
     "QUANTIZATION_TO_VLLM",
     "blob_sources",
@@ -24,6 +25,7 @@ __all__ = [
     "build_policy_kwargs",
     "check_engine_kwargs",
     "compute_target_ongoing_requests",
+    "hold_environment",
     "ray_environment",
 ]
 
@@ -54,6 +56,11 @@ FAST_PATH_ENV: dict[str, str] = {
     # `enqueue` was the largest self cost in the replica). Measured at c=1: 176 vs 101 tok/s, mean ITL 6.2 vs 10.6 ms.
     "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
 }
+
+# The hold at zero replicas (`ScalingArgs.hold`), for the middleware of Ray's fallback proxy
+# (`tokenplane_serving.hold`): the seconds a request waits, how many wait at once, and the application whose
+# replicas end the wait. Read once per process, like Ray's own variables, so they are in every pod's env.
+HOLD_ENV = ("TOKENPLANE_HOLD_SECONDS", "TOKENPLANE_HOLD_MAX_REQUESTS", "TOKENPLANE_HOLD_APP")
 
 # Our quantization names -> vLLM's `quantization` values (vllm/model_executor/layers/quantization).
 QUANTIZATION_TO_VLLM: dict[str, str] = {
@@ -200,12 +207,28 @@ def ray_environment(args: ServingArgs) -> dict[str, str]:
 
     Returns:
         `FAST_PATH_ENV`, plus the session header's name when session affinity uses a custom one (Ray's
-        router and HAProxy read it from their process environment).
+        router and HAProxy read it from their process environment), plus `hold_environment`.
     """
     env = dict(FAST_PATH_ENV)
     if args.routing.policy == "session_affinity" and args.routing.session_header != DEFAULT_SESSION_HEADER:
         env[_SESSION_HEADER_ENV] = args.routing.session_header
-    return env
+    return {**env, **hold_environment(args)}
+
+
+def hold_environment(args: ServingArgs) -> dict[str, str]:
+    """Render the hold at zero replicas as the environment of Ray's fallback proxy (`HOLD_ENV`).
+
+    Args:
+        args: Validated serving args.
+
+    Returns:
+        The three variables when `scaling.hold` is set, else none (Ray's fallback proxy as Ray ships it).
+    """
+    hold = args.scaling.hold
+    if hold is None:
+        return {}
+    seconds, max_requests, app = HOLD_ENV
+    return {seconds: f"{hold.seconds:g}", max_requests: str(hold.max_requests), app: args.app_name}
 
 
 def build_lora_adapter_paths(args: ServingArgs) -> dict[str, str]:

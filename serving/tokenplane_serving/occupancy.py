@@ -116,7 +116,17 @@ class AcceptedMiddleware:
 def http_middlewares() -> list[Any]:
     """Ray's HTTP callback (`RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH`): the middlewares for its HTTP servers.
 
+    Ray calls it once per HTTP server it starts. A replica's server gets the counter; Ray's fallback proxy
+    (HAProxy's backup server, which only sees requests that found no replica) gets the hold at zero instead
+    (`tokenplane_serving.hold`).
+
     Returns:
-        `AcceptedMiddleware`, as a Starlette `Middleware`.
+        Starlette `Middleware`s: `AcceptedMiddleware` in a replica, `HoldMiddleware` (or none) in the fallback proxy.
     """
+    from tokenplane_serving.ray_internals import in_fallback_proxy
+
+    if in_fallback_proxy():
+        from tokenplane_serving.hold import fallback_proxy_middlewares
+
+        return fallback_proxy_middlewares()
     return [Middleware(AcceptedMiddleware)]

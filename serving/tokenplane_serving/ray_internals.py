@@ -29,6 +29,7 @@ __all__ = [
     "LoraModelLoader",
     "direct_streaming_enabled",
     "engine_client",
+    "in_fallback_proxy",
 ]
 
 # The Ray these names were checked against (pyproject pins `ray[serve,llm]==` the same).
@@ -69,3 +70,23 @@ def engine_client(engine: Any) -> Any:
     if client is None:
         raise RuntimeError(f"{type(engine).__name__} has no started vLLM engine client (Ray {ray.__version__})")
     return client
+
+
+def in_fallback_proxy() -> bool:
+    """Whether this process is Ray Serve's fallback proxy (HAProxy's backup server at zero replicas).
+
+    Reason: Ray calls the HTTP callback (`RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH`) without arguments in
+    every HTTP server it starts, the replicas' direct-ingress servers and the fallback proxy alike
+    (ray/serve/_private/http_util.py `configure_http_middlewares`), and says nowhere which one it is. The
+    fallback proxy is the actor Ray names `format_actor_name(SERVE_PROXY_NAME, "fallback-" + node_id)`
+    (proxy_state.py `_start_fallback_proxy_if_needed`), from the private `SERVE_PROXY_NAME`.
+
+    Returns:
+        True in the fallback proxy's actor; False in replicas, other proxies and outside Ray.
+    """
+    from ray.serve._private.constants import SERVE_PROXY_NAME
+
+    if not ray.is_initialized():
+        return False
+    name = ray.get_runtime_context().get_actor_name() or ""
+    return name.startswith(f"{SERVE_PROXY_NAME}-fallback-")

@@ -795,6 +795,21 @@ class ScaleToZeroSpec(_Model):
 
     enabled: bool = Field(default=False, description="Allow zero replicas.")
     idle_seconds: int = Field(default=900, ge=0, le=86_400, description="Idle time before the last replica goes.")
+    hold_seconds: int = Field(
+        default=300,
+        ge=1,
+        le=3600,
+        description=(
+            "How long a request that arrives at zero replicas waits for one to start; past it the request gets "
+            "503 with Retry-After (a streamed one, already answered 200 with keep-alives, an SSE error event)."
+        ),
+    )
+    max_held_requests: int = Field(
+        default=100,
+        ge=1,
+        le=10_000,
+        description="Requests held at zero replicas at once; one more gets 429 with Retry-After.",
+    )
 
 
 class LatencyTargetSpec(_Model):

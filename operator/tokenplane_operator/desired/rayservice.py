@@ -46,7 +46,7 @@ from tokenplane_operator.plan.catalog import GIB, GpuSku
 from tokenplane_operator.plan.errors import PlanError, PlanErrorReason
 from tokenplane_serving.args import ServingArgs
 from tokenplane_serving.blob_uri import BLOB_CREDENTIAL_ENV, STORE_CREDENTIAL_ENV
-from tokenplane_serving.mapping import FAST_PATH_ENV
+from tokenplane_serving.mapping import FAST_PATH_ENV, hold_environment
 
 __all__ = [
     "GPU_RESOURCE",
@@ -311,7 +311,7 @@ def _volumes(
     return volumes, mounts
 
 
-def _env(deployment: InferenceDeployment) -> list[Any]:
+def _env(deployment: InferenceDeployment, serving_args: ServingArgs) -> list[Any]:
     env: list[Any] = []
     ref = deployment.spec.model.access_secret_ref
     if ref is not None:
@@ -337,6 +337,8 @@ def _env(deployment: InferenceDeployment) -> list[Any]:
     # Ray reads these once per process at start: HAProxy and direct streaming (the serving contract's
     # FAST_PATH_ENV; build_app refuses to build without it rather than serve Ray's featureless ingress).
     env.extend({"name": name, "value": value} for name, value in FAST_PATH_ENV.items())
+    # Scale to zero: how long, and how many, requests Ray's fallback proxy holds while a replica starts.
+    env.extend({"name": name, "value": value} for name, value in hold_environment(serving_args).items())
     return env
 
 
@@ -360,7 +362,9 @@ def _container(name: str, image: str, config: RenderConfig, resources: dict[str,
     return container | {key: value for key, value in extra.items() if value}
 
 
-def _head_group(deployment: InferenceDeployment, config: RenderConfig, sources: list[SourceVolume]) -> Any:
+def _head_group(
+    deployment: InferenceDeployment, config: RenderConfig, sources: list[SourceVolume], env: list[Any]
+) -> Any:
     # The head gets the same mounts and token as the workers: Serve may build the app or place the
     # CPU-only ingress there, and both read the API keys and the model's config.
     # No blob download volume: the head builds the app (which reads no weights) and runs no replica.
@@ -378,7 +382,7 @@ def _head_group(deployment: InferenceDeployment, config: RenderConfig, sources: 
         "limits": {"memory": config.head_memory},
     }
     container = _container(
-        "ray-head", config.serving_image, config, resources, ports=ports, env=_env(deployment), volumeMounts=mounts
+        "ray-head", config.serving_image, config, resources, ports=ports, env=env, volumeMounts=mounts
     )
     return {
         # Zero CPUs and GPUs for Ray: replicas never land on the head, which has no GPU toleration anyway.
@@ -443,6 +447,7 @@ def _worker_group(
     drain_grace_period_s: float,
     sku: GpuSku | None,
     weights_disk: int,
+    env: list[Any],
 ) -> Any:
     volumes, mounts = _volumes(deployment, sources, downloads=has_blob_sources(deployment), weights_disk=weights_disk)
     node_selector, tolerations = _worker_placement(deployment, pool)
@@ -467,9 +472,7 @@ def _worker_group(
         os_disk = pool.os_disk_size_gb if pool and pool.os_disk_size_gb else config.node_os_disk_gib
         mig = deployment.spec.hardware.mig_profile
         resources = _gpu_worker_resources(shape, sku, mig, config, weights_disk, os_disk)
-    container = _container(
-        "ray-worker", config.serving_image, config, resources, env=_env(deployment), volumeMounts=mounts
-    )
+    container = _container("ray-worker", config.serving_image, config, resources, env=env, volumeMounts=mounts)
     pod_spec: dict[str, Any] = {
         **identity,
         "containers": [container],
@@ -519,6 +522,7 @@ def build_rayservice(
     """
     shape = compute_worker_shape(deployment, sku)
     sources = source_volumes(deployment)
+    env = _env(deployment, serving_args)
     spec: dict[str, Any] = {
         # "None": a spec change never starts a second cluster, which would need twice the GPUs. serveConfigV2
         # changes (engine, scaling, routing) are still applied in place by Serve; rayClusterConfig changes are
@@ -533,7 +537,7 @@ def build_rayservice(
             "rayVersion": config.ray_version,
             # Ray's autoscaler turns pending Serve replicas into worker pods; the cluster autoscaler adds nodes.
             "enableInTreeAutoscaling": True,
-            "headGroupSpec": _head_group(deployment, config, sources),
+            "headGroupSpec": _head_group(deployment, config, sources, env),
             "workerGroupSpecs": [
                 _worker_group(
                     deployment,
@@ -544,6 +548,7 @@ def build_rayservice(
                     serving_args.drain_grace_period_s,
                     sku,
                     weights_disk_bytes(deployment, weights_bytes),
+                    env,
                 )
             ],
         },

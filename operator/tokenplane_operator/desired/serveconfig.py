@@ -182,6 +182,11 @@ def build_serving_args(deployment: InferenceDeployment, *, local: bool = False) 
             "upscale_delay_s": scaling.upscale_delay_seconds,
             "downscale_delay_s": scaling.downscale_delay_seconds,
             "downscale_to_zero_delay_s": scale_to_zero.idle_seconds if scale_to_zero.enabled else None,
+            "hold": (
+                {"seconds": scale_to_zero.hold_seconds, "max_requests": scale_to_zero.max_held_requests}
+                if scale_to_zero.enabled
+                else None
+            ),
         },
         "routing": {"policy": _ROUTING[spec.routing.policy], "session_header": spec.routing.session_header},
         "auth": {
