@@ -82,3 +82,18 @@ def test_late_bound_asgi_hook_exists() -> None:
     assert inspect.iscoroutinefunction(getattr(LLMServer, "__serve_build_asgi_app__", None)), (
         f"LLMServer.__serve_build_asgi_app__ is gone; the feature layer cannot wrap vLLM's app: {WHAT_TO_DO}"
     )
+
+
+def test_the_fallback_proxy_is_haproxys_backup_and_named_as_in_fallback_proxy() -> None:
+    from ray.serve._private import haproxy_templates, proxy, proxy_state
+    from ray.serve._private.constants import SERVE_PROXY_NAME
+    from ray.serve._private.utils import format_actor_name
+
+    # tokenplane_serving.hold relies on: the fallback proxy is each app backend's `backup` server (it sees only
+    # requests that found no replica), it runs Ray's ProxyActor (which applies the HTTP callback), and its name.
+    assert "{{ backend.fallback_server.port }} check backup" in haproxy_templates.HAPROXY_CONFIG_TEMPLATE, WHAT_TO_DO
+    assert "self._http_options = configure_http_middlewares(http_options)" in inspect.getsource(proxy), WHAT_TO_DO
+    start = inspect.getsource(proxy_state.ProxyStateManager._start_fallback_proxy_if_needed)
+    assert 'node_id=f"fallback-{node_id}"' in start and "proxy_actor_class=ProxyActor" in start, WHAT_TO_DO
+    name = format_actor_name(SERVE_PROXY_NAME, "fallback-abc")
+    assert name.startswith(f"{SERVE_PROXY_NAME}-fallback-"), WHAT_TO_DO

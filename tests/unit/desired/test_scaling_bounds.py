@@ -97,3 +97,27 @@ def test_pool_floor_follows_min_replicas_without_scale_to_zero() -> None:
     result = bounds(body)
     assert result["pool"] is not None
     assert result["pool"][0] == result["shape"].min_nodes >= 1
+
+
+def pod_env(rayservice: dict[str, Any]) -> list[dict[str, str]]:
+    cluster = rayservice["spec"]["rayClusterConfig"]
+    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    envs = [group["template"]["spec"]["containers"][0]["env"] for group in groups]
+    assert all(env == envs[0] for env in envs), "every pod, the head's fallback proxy included, gets the same env"
+    return [entry for entry in envs[0] if entry["name"].startswith("TOKENPLANE_HOLD_")]
+
+
+def test_the_hold_at_zero_reaches_the_fallback_proxys_env_only_with_scale_to_zero() -> None:
+    example = EXAMPLES[0].parent / "frontier-moe-qwen3-235b.yaml"  # the example with scaleToZero on
+    body = yaml.safe_load(example.read_text())
+    body["spec"]["scaling"]["scaleToZero"] |= {"holdSeconds": 90, "maxHeldRequests": 12}
+    state = build_desired_state(parse_inference_deployment(body), RenderConfig())
+    assert pod_env(state.rayservice) == [
+        {"name": "TOKENPLANE_HOLD_SECONDS", "value": "90"},
+        {"name": "TOKENPLANE_HOLD_MAX_REQUESTS", "value": "12"},
+        {"name": "TOKENPLANE_HOLD_APP", "value": state.serving_args.app_name},
+    ]
+    assert state.serving_args.scaling.hold is not None and state.serving_args.scaling.hold.seconds == 90
+    body["spec"]["scaling"] |= {"minReplicas": 1, "scaleToZero": {"enabled": False}}
+    state = build_desired_state(parse_inference_deployment(body), RenderConfig())
+    assert pod_env(state.rayservice) == [] and state.serving_args.scaling.hold is None
