@@ -2,11 +2,16 @@
 request that arrives at zero is held (by Ray's fallback proxy, HAProxy's backup server) until a replica serves it.
 
 One own server (Ray runs once per process, so the shared one is stopped first, as the routing tests do), with
-short delays: a 5 s downscale window and idle time, queue target 1 per replica.
+short delays: a 5 s downscale window and idle time, queue target 1 per replica. The hold at zero
+(`tokenplane_serving.hold`) is shown within the one cold start: a request whose hold is shorter than the start
+(the client's `x-tokenplane-hold-seconds`) gets 503 and is never run, one over the bound gets 429, and the
+streamed one that waits gets keep-alives before its tokens.
 """
 
 from __future__ import annotations
 
+import json
+import re
 import threading
 import time
 import urllib.request
@@ -18,6 +23,7 @@ import pytest
 
 from tests.serving.conftest import MODEL_ID, free_port, stop_shared_server
 from tokenplane_serving.args import ServingArgs
+from tokenplane_serving.hold import HOLD_SECONDS_HEADER, KEEPALIVE
 from tokenplane_serving.local import LocalServer, serve_local
 
 pytestmark = pytest.mark.serving
@@ -60,6 +66,8 @@ def scaled_server(tiny_model_dir: Path) -> Iterator[tuple[LocalServer, ServingAr
                 "upscale_delay_s": 0,
                 "downscale_delay_s": 5,
                 "downscale_to_zero_delay_s": 5,
+                # The plain and streamed requests at zero wait out the cold start; a third fills the bound.
+                "hold": {"seconds": 120, "max_requests": 3},
             },
             "backpressure": {"max_ongoing_requests": 2, "max_queued_requests": 64},
         }
@@ -110,22 +118,59 @@ def test_load_step_scales_out_then_in_then_to_zero_and_a_request_at_zero_is_held
 
     wait_for(zero_since_reported, 60, "the zero-since gauge on /metrics")
 
-    results: dict[str, tuple[int, float, str]] = {}
+    replicas_before = served_by_replica(metrics_url)
+    results: dict[str, tuple[int, float, str, httpx.Headers]] = {}
 
-    def call(stream: bool) -> None:
+    def call(name: str, stream: bool, headers: dict[str, str] | None = None) -> None:
         started = time.monotonic()
         with httpx.Client(timeout=300) as client:
-            response = client.post(url, json={**BODY, "max_tokens": 8, "stream": stream})
-        results["stream" if stream else "plain"] = (response.status_code, time.monotonic() - started, response.text)
+            response = client.post(url, json={**BODY, "max_tokens": 8, "stream": stream}, headers=headers)
+        results[name] = (response.status_code, time.monotonic() - started, response.text, response.headers)
 
-    calls = [threading.Thread(target=call, args=(stream,)) for stream in (False, True)]
+    calls = [
+        threading.Thread(target=call, args=("plain", False)),
+        threading.Thread(target=call, args=("stream", True)),
+        threading.Thread(target=call, args=("expired", False, {HOLD_SECONDS_HEADER: "5"})),
+    ]
     for thread in calls:
         thread.start()
+    time.sleep(2)  # all three held at the fallback proxy: the bound (3) is reached
+    call("over", False)
     for thread in calls:
         thread.join(timeout=320)
-    print(f"[scale] held at zero: plain {results['plain'][:2]}, streamed {results['stream'][:2]}")
-    for name, (status, waited, text) in results.items():
+    print(f"[scale] held at zero: { {name: result[:2] for name, result in results.items()} }")
+    for name in ("plain", "stream"):
+        status, waited, text, _ = results[name]
         assert status == 200, (name, status, text[:300])
         assert waited > 5, f"{name} answered in {waited:.1f}s: no replica should have been running"
     assert results["stream"][2].rstrip().endswith("data: [DONE]")
+    assert results["stream"][2].startswith(KEEPALIVE.decode()), "a waiting stream gets keep-alives first"
     assert '"choices"' in results["plain"][2]
+    for name, status, within in (("expired", 503, (4.5, 15.0)), ("over", 429, (0.0, 5.0))):
+        got, waited, text, headers = results[name]
+        assert got == status, (name, got, text[:300])
+        assert within[0] <= waited <= within[1], f"{name} answered after {waited:.1f}s"
+        assert int(headers["retry-after"]) > 0
+        assert json.loads(text)["error"]["code"] == status
+    assert results["expired"][1] < min(results["plain"][1], results["stream"][1]) - 5, "503 while still at zero"
+
+    # The expired request was cancelled in Serve's queue: the replica that started served the other two only.
+    def served() -> int:
+        return sum(n for replica, n in served_by_replica(metrics_url).items() if replica not in replicas_before)
+
+    wait_for(lambda: served() >= 2, 30, "the new replica's request counter")
+    time.sleep(4)  # two metric exports: a third request would show by now
+    assert served() == 2
+
+
+def served_by_replica(metrics_url: str) -> dict[str, float]:
+    """Requests each replica served (`ray_serve_deployment_request_counter`), by replica id."""
+    with urllib.request.urlopen(metrics_url, timeout=10) as response:
+        page = response.read().decode()
+    counts: dict[str, float] = {}
+    for line in page.splitlines():
+        if line.startswith("ray_serve_deployment_request_counter"):
+            match = re.search(r'replica="([^"]+)"', line)
+            if match:
+                counts[match[1]] = counts.get(match[1], 0.0) + float(line.rsplit(" ", 1)[1])
+    return counts
