@@ -7,8 +7,9 @@ and nothing per token.
 
 A feature is a module with one function `feature(ctx) -> Wrapper | None` (None: off for these args). It
 is listed once in `FEATURES`, outermost first; a new feature (as the Batch API and the response cache were) is a
-new module and one line here. (The hold at zero is not one: it runs in Ray's fallback proxy, `tokenplane_serving.hold`.) Features share per-request facts through the ASGI scope:
-`PRINCIPAL_KEY` (who is calling, set by auth) and `BODY_KEY` (the parsed JSON body, set by validation).
+new module and one line here (the hold at zero is not one: it runs in Ray's fallback proxy, `tokenplane_serving.hold`).
+Features share per-request facts through the ASGI scope: `PRINCIPAL_KEY` (who is calling, set by auth) and
+`BODY_KEY` (the parsed JSON body, set by validation).
 """
 
 from __future__ import annotations
