@@ -18,7 +18,8 @@ nothing. It adds what the issue asks of a held request:
   `DeploymentResponse.cancel`: an unassigned request's assignment is cancelled), so it never runs unseen
   on the replica that starts later. Once the application has a running replica (`replicas_up`), a
   request is no longer held: it waits in Serve's queue or generates, and the hold time no longer applies
-  (a non-streamed answer starts only when it is complete).
+  (a non-streamed answer starts only when it is complete), and a request that arrives then passes untouched
+  (HAProxy also falls back here when its health checks mark busy replicas down).
 - A bound (`max_held`): one request more is answered 429 with `Retry-After` at once.
 - SSE keep-alive comments (`: keep-alive`) for a streamed request (`"stream": true`) that waits, from
   `keepalive_after_s` on (a stream answered sooner is untouched), every `keepalive_every_s`. They commit
@@ -143,8 +144,8 @@ class HoldMiddleware:
         Args:
             app: Ray's proxy app (or any ASGI app).
             limits: The hold.
-            replicas_up: Asked when a hold time runs out: True when the application has a running replica,
-                so the request is no longer waiting for one (None: never; every hold runs out).
+            replicas_up: True when the application has a running replica, so a request is not waiting for one;
+                asked when a request arrives and when its hold time runs out (None: never; every request is held).
         """
         self.app = app
         self.limits = limits
@@ -152,8 +153,12 @@ class HoldMiddleware:
         self.held = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Hold an HTTP request; Ray's own endpoints (`/-/healthz`, `/-/routes`) pass untouched."""
-        if scope["type"] != "http" or scope.get("path", "").startswith("/-/"):
+        """Hold an HTTP request; Ray's own endpoints (`/-/healthz`, `/-/routes`) pass untouched.
+
+        So does every request while the application has a running replica: HAProxy also falls back to this proxy
+        when its health checks mark busy replicas down, and such a request is not waiting for a replica to start.
+        """
+        if scope["type"] != "http" or scope.get("path", "").startswith("/-/") or await self.replicas_up():
             await self.app(scope, receive, send)
             return
         limits = self.limits
@@ -327,6 +332,7 @@ class _Hold:
                 if now >= deadline:
                     if await self.owner.replicas_up():
                         deadline = math.inf  # no longer waiting for a replica: Serve's queue or generation
+                        self.release()
                         continue
                     await self.expire(hold_s)
                     break
@@ -365,8 +371,8 @@ class _Hold:
 class _ReplicasUp:
     """Whether an application has a running replica in every deployment, from Serve's public status API.
 
-    Asked only when a hold time runs out, off the proxy's event loop (`serve.status` blocks); one answer
-    serves the holds that run out within a second of each other.
+    Asked off the proxy's event loop (`serve.status` blocks), at most once a second: one answer serves the
+    requests that arrive, or whose hold runs out, within a second of each other.
     """
 
     def __init__(self, app_name: str) -> None:

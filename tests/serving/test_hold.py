@@ -208,14 +208,34 @@ async def test_a_running_replica_ends_the_hold_so_a_long_generation_is_not_cut()
     async def replicas_up() -> bool:
         nonlocal asked
         asked += 1
-        return True
+        return asked > 1
 
-    client = Client(HoldMiddleware(proxy, LIMITS, replicas_up=replicas_up))
+    hold = HoldMiddleware(proxy, LIMITS, replicas_up=replicas_up)
+    client = Client(hold)
     task = asyncio.ensure_future(client())
     await asyncio.sleep(LIMITS.hold_s * 2)  # past the hold time: assigned, still generating
+    assert hold.held == 0, "a request with a replica to go to is no longer held"
     proxy.replica.set()
     await asyncio.wait_for(task, 5)
-    assert client.status == 200 and asked == 1
+    assert client.status == 200 and asked == 2  # on arrival (none yet), then when the hold ran out
+
+
+async def test_with_a_replica_running_requests_pass_as_ray_ships_them() -> None:
+    # HAProxy falls back here too when its health checks mark busy replicas down: those are not held or bounded.
+    proxy = FakeProxy()
+
+    async def replicas_up() -> bool:
+        return True
+
+    hold = HoldMiddleware(proxy, HoldLimits(hold_s=0.1, max_held=1), replicas_up=replicas_up)
+    clients = [Client(hold, stream=True) for _ in range(3)]
+    tasks = [asyncio.ensure_future(client()) for client in clients]
+    await asyncio.sleep(0.3)
+    assert hold.held == 0
+    proxy.replica.set()
+    await asyncio.wait_for(asyncio.gather(*tasks), 5)
+    direct = await Client(proxy, stream=True)()
+    assert all(client.sent == direct.sent for client in clients)
 
 
 async def test_a_client_hint_shortens_the_hold_never_lengthens_it() -> None:

@@ -27,7 +27,8 @@ from tokenplane_serving.args import ServingArgs
 from tokenplane_serving.hold import HOLD_SECONDS_HEADER, KEEPALIVE
 from tokenplane_serving.local import LocalServer, serve_local
 
-pytestmark = pytest.mark.serving
+# Two cold starts and a load step: under the other tests' load on 2 cores the default 300 s is too close.
+pytestmark = [pytest.mark.serving, pytest.mark.timeout(480)]
 
 BODY = {"model": MODEL_ID, "messages": [{"role": "user", "content": "Count to one hundred."}]}
 
