@@ -465,8 +465,13 @@ class TokenplanePolicy:
     ) -> int:
         # Sized for the busiest moment of the downscale window, so an oscillating load does not flap, at the
         # per-replica load scale-out sizes for (below the knee once it is known), at most half the fleet a step.
+        # Beyond proven loads the step is 25%, or one replica when a fleet is too small for 25% to remove one.
+        step = max(_EXPLORE, current / max(current - 1, 1))
+        proven = float(state.get("proven", 0.0))
         if state.get("learned"):
-            per_replica = min(_SCALE_IN_UTILIZATION * capacity, _EXPLORE * float(state.get("proven", capacity)))
+            per_replica = min(_SCALE_IN_UTILIZATION * capacity, step * float(state.get("proven", capacity)))
+        elif proven > 0:
+            per_replica = min(_HEADROOM * capacity, step * proven)
         in_fleet = math.ceil(peak / max(per_replica, 1e-9) - 1e-9)
         return min(current, max(in_fleet, math.ceil(current / 2), 1))
 
@@ -516,9 +521,10 @@ class TokenplanePolicy:
     def _may_scale_in(
         self, fleet: FleetMetrics, p95: float | None, queue: float, now: float, last_up: float, state: dict[str, Any]
     ) -> bool:
-        # Fewer requests waiting than one replica tolerates (engines always hold a few waiting for their prefill),
-        # and a latency window that shows this fleet (not the one before the last scale-in).
-        if fleet.fresh_replicas == 0 or queue >= self.target_queue or now - last_up < self.downscale_delay_s:
+        # Not overloaded (the requests waiting within `targetQueueDepth` are load the size accounts for), and a
+        # latency window that shows this fleet (not the one before the last scale-in).
+        overloaded = queue > self.target_queue * fleet.fresh_replicas
+        if fleet.fresh_replicas == 0 or overloaded or now - last_up < self.downscale_delay_s:
             return False
         if not state.get("stable"):
             return False
