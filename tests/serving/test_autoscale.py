@@ -334,3 +334,12 @@ def test_after_an_overload_the_backlog_being_served_is_not_demand() -> None:
     state["fleet_changed"] = NOW - 600
     _, after = policy()(context(drained, ongoing=60, state=state, now=NOW + 20))
     assert after["recent_load"][-1][1] <= arrivals * 0.85 * 8.0 + 1e-9
+
+
+def test_a_small_fleet_steps_in_by_one_replica_past_proven_loads() -> None:
+    # 4 replicas, well inside the target; the window's busiest moment was 24 requests, 6 per replica, the most
+    # proven. A 25% step (7.5 per replica) cannot remove a replica from 4 (24 / 7.5 -> 4); one replica (8) can.
+    calm = [report([200.0] * 30, running=4.5) for _ in range(4)]
+    state = stable(4, last_up=NOW - 900, proven=6.0, recent_load=[(NOW - 200, 24.0)])
+    desired, state = policy()(context(calm, ongoing=18, state=state))
+    assert (desired, state["reason"]) == (3, "Idle")
