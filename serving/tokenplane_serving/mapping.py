@@ -29,10 +29,11 @@ __all__ = [
     "ray_environment",
 ]
 
-PREFIX_AFFINITY_ROUTER = "ray.serve.llm.request_router:PrefixCacheAffinityRouter"
-# Experimental in Ray 2.60 but the only built-in session router; Ray Serve LLM's ingress forwards the
-# session header to the LLMServer handle, so the ring hashes the client's session id.
-CONSISTENT_HASH_ROUTER = "ray.serve.experimental.consistent_hash_router:ConsistentHashRouter"
+# Ray's prefix-cache and consistent-hash routers, fixed for direct streaming's pick-only routing (routers.py).
+PREFIX_AFFINITY_ROUTER = "tokenplane_serving.routers:PrefixAffinityRouter"
+# Ray's consistent hash is experimental in Ray 2.60 but the only built-in session router; Ray Serve LLM's ingress
+# forwards the session header to the LLMServer handle, so the ring hashes the client's session id.
+CONSISTENT_HASH_ROUTER = "tokenplane_serving.routers:SessionAffinityRouter"
 # Ray reads the session header's name from this env var, once per process (proxy and ingress replicas).
 _SESSION_HEADER_ENV = "RAY_SERVE_SESSION_ID_HEADER_KEY"
 # Ray's environment for tokenplane's data plane, on every Ray node before Ray starts (the operator's

@@ -211,6 +211,12 @@ def test_prefix_affinity_keeps_a_shared_prefix_on_one_replica(routing_server: Lo
     assert len(placed) == 1, f"shared-prefix requests were split: {dict(placed)}"
     replica = placed.most_common(1)[0][0]
     assert hits[replica] > 0  # the prefix-cache hit metric moved on the replica that got them
+    # The control: unrelated prompts (under Ray's 10% match rate) go to the replica holding the least cached text,
+    # so they spread. Before routers.py, Ray's pick-only path sent every request, related or not, to one replica.
+    words = ("Apples", "Bridges", "Comets", "Deserts", "Engines", "Forests", "Glaciers", "Harbors")
+    unrelated = placement(routing_server, issuer.token(), [f"{word}. {LONG_PREFIX}" for word in words])
+    print(f"[prefix_affinity] unrelated prompts per replica: {dict(unrelated)}")
+    assert len(unrelated) == 2, f"unrelated prompts all went to one replica: {dict(unrelated)}"
 
 
 def serve_replicas() -> set[str]:
