@@ -83,6 +83,10 @@ def routing_server(tiny_model_dir: Path, issuer: Issuer) -> Iterator[LocalServer
     args = routing_args(tiny_model_dir, issuer, policy="prefix_affinity", replicas=2)
     started = time.monotonic()
     server = serve_local(args, port=free_port(), block=False, timeout_s=600, metrics_port=free_port())
+    # serve_local is ready when one replica answers; the router spreads requests, so wait for both, and for
+    # HAProxy to load the second replica's server (a request routed there before its reload hung once, 60 s).
+    wait_ready(server, replicas=2)
+    time.sleep(5)
     print(f"\n[routing_server] 2 replicas ready after {time.monotonic() - started:.1f}s")
     try:
         yield server
