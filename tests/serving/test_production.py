@@ -339,7 +339,7 @@ def test_waiting_gauge_counts_requests_queued_in_the_replica(tiny_server: LocalS
             return [r.status_code for r in await requests]
 
     # Admission is not what this test is about, and it is flaky here: in CI all requests beyond max_ongoing were
-    # sometimes refused with 429 at once instead of queued (cause not found; see the closing note of the stop that added this).
+    # sometimes refused with 429 at once instead of queued (cause not found yet).
     # So the load is sent again, up to three times, until some request was admitted to wait.
     for _ in range(3):
         samples.clear()
