@@ -177,6 +177,11 @@ def _set_ray_environment(args: ServingArgs) -> None:
     for name in HOLD_ENV:  # a server of this process before may have held requests; this one's args decide
         os.environ.pop(name, None)
     os.environ.update(env)
+
+
+def _check_direct_streaming() -> None:
+    # After the app's import, not in _set_ray_environment: importing Ray Serve LLM there (about 9 s) would run
+    # before Ray starts instead of beside it.
     from tokenplane_serving.ray_internals import direct_streaming_enabled
 
     if not direct_streaming_enabled():
@@ -398,6 +403,7 @@ def serve_local(
         console.print(f"[green]✓[/] Ray up ({num_cpus} CPUs)")
         with console.status("Deploying the app"):
             build_app = app_module.result().build_app
+            _check_direct_streaming()
             serve.run(build_app(args), name=args.app_name, route_prefix="/", blocking=False)
             if args.batch.enabled:
                 from tokenplane_serving.batch.consumer import batch_app_name, build_consumer_app

@@ -17,6 +17,7 @@ __all__ = [
     "HOLD_ENV",
     "PREFIX_AFFINITY_ROUTER",
     "QUANTIZATION_TO_VLLM",
+    "SKIP_NODE_INIT_CALLBACK",
     "blob_sources",
     "build_llm_config",
     "build_lora_adapter_paths",
@@ -75,6 +76,8 @@ QUANTIZATION_TO_VLLM: dict[str, str] = {
 
 # Ray Serve LLM's node-initialization callback that downloads Azure Blob sources on each node of a replica.
 BLOB_DOWNLOAD_CALLBACK = "tokenplane_serving.blob:BlobDownloadCallback"
+# Without a Blob source Ray's node initialization has nothing to do but still costs a task (node_init.py).
+SKIP_NODE_INIT_CALLBACK = "tokenplane_serving.node_init:SkipNodeInitCallback"
 _DEFAULT_DOWNLOAD_DIR = "~/.cache/tokenplane/blob"
 AUTOSCALING_POLICY = "tokenplane_serving.autoscale:TokenplanePolicy"
 # Ray Serve LLM's 10 s health-check timeout is tight for a one-token probe behind full CPU batches.
@@ -335,7 +338,7 @@ def build_llm_config(args: ServingArgs) -> dict[str, Any]:
         A dict `LLMConfig(**d)` accepts: model_loading_config, accelerator_config, engine_kwargs
         (vLLM argument names only), deployment_config (load-derived max_ongoing_requests, autoscaling,
         backpressure, router), placement_group_config, runtime_env, lora_config when adapters exist, and
-        callback_config (the blob download) when a source is in Azure Blob.
+        callback_config (the blob download when a source is in Azure Blob, else skipping Ray's node initialization).
     """
     accel = args.accelerator
     loading: dict[str, Any] = {"model_id": args.model.id, "model_source": _local(args.model.source, args)}
@@ -369,6 +372,8 @@ def build_llm_config(args: ServingArgs) -> dict[str, Any]:
             "callback_class": BLOB_DOWNLOAD_CALLBACK,
             "callback_kwargs": {"sources": [list(pair) for pair in downloads]},
         }
+    else:
+        config["callback_config"] = {"callback_class": SKIP_NODE_INIT_CALLBACK}
     return config
 
 

@@ -231,7 +231,9 @@ def test_blob_sources_map_to_download_directories_and_the_node_callback() -> Non
         "b": "/models/pvc-loras/b",
         "c": "/models/blob/acct/loras/sql",
     }
-    assert "callback_config" not in build_llm_config(make())
+    assert build_llm_config(make())["callback_config"] == {
+        "callback_class": "tokenplane_serving.node_init:SkipNodeInitCallback"
+    }
 
 
 @pytest.mark.parametrize("source", ["s3://b/a", "azure://c@acct.blob.core.windows.net/a", "relative/a"])

@@ -82,6 +82,7 @@ def compare_runs(
     warmup: int,
     labels: tuple[str, str] = ("tokenplane", "vllm"),
     on_run: Callable[[str, int, int, RunResult], None] | None = None,
+    before_run: Callable[[str], None] | None = None,
 ) -> tuple[dict[str, Any], dict[tuple[str, int], list[RunResult]]]:
     """Run the same workload against A and B, interleaved A B A B, at each concurrency level.
 
@@ -97,6 +98,8 @@ def compare_runs(
         warmup: Unmeasured requests per endpoint before each level.
         labels: Names of A and B.
         on_run: Called after each run with (label, level, pair, result).
+        before_run: Called with the label before each run against that endpoint, warm-ups included (the local
+            bench resumes that server and pauses the other here).
 
     Returns:
         The compare.json document and every run's result keyed by (label, level).
@@ -105,7 +108,9 @@ def compare_runs(
     results: dict[tuple[str, int], list[RunResult]] = {}
     for level in levels:
         if warmup:
-            for endpoint in (a, b):
+            for label, endpoint in zip(labels, (a, b), strict=True):
+                if before_run is not None:
+                    before_run(label)
                 run_sync(
                     endpoint, replace(spec, num_prompts=warmup, seed=spec.seed + 10_000), concurrency=level, rate=None
                 )
@@ -114,6 +119,8 @@ def compare_runs(
         for i in range(pairs):
             pair = []
             for label, endpoint in zip(labels, (a, b), strict=True):
+                if before_run is not None:
+                    before_run(label)
                 result = run_sync(endpoint, replace(spec, seed=spec.seed + i), concurrency=level, rate=None)
                 results.setdefault((label, level), []).append(result)
                 pair.append(result.report)

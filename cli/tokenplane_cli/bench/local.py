@@ -100,6 +100,57 @@ def _stop(server: Server) -> None:
     print(f"[bench] {server.name} stopped", flush=True)
 
 
+def _session_pids(leader: int) -> list[int]:
+    """Every process in the server's session: Ray's workers start their own process groups, but not sessions."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                if os.getsid(int(entry.name)) == leader:
+                    pids.append(int(entry.name))
+    return pids
+
+
+def _signal_session(server: Server, signum: int) -> None:
+    for pid in _session_pids(server.process.pid):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signum)
+
+
+class Pauser:
+    """Keeps only the server being measured running: SIGSTOP the other one's whole session, SIGCONT it back.
+
+    An idle `tokenplane up` still spends about 13% of a core (Ray's controller, agents, GCS, the engine loop), which
+    on a 2-core machine is taken from bare vLLM while it is measured, and the reverse; pausing the idle server
+    measures each alone.
+    """
+
+    def __init__(self, servers: dict[str, Server]) -> None:
+        self.servers = servers
+        self.running = set(servers)
+
+    def only(self, label: str) -> None:
+        """Resume `label` (waiting until it answers again) and pause every other server."""
+        for name, server in self.servers.items():
+            if name != label and name in self.running:
+                _signal_session(server, signal.SIGSTOP)
+                self.running.discard(name)
+        if label not in self.running:
+            server = self.servers[label]
+            _signal_session(server, signal.SIGCONT)
+            self.running.add(label)
+            deadline = time.monotonic() + 120
+            while not _answers(server.base_url) and time.monotonic() < deadline:
+                time.sleep(0.5)
+            time.sleep(2.0)  # timers and health checks that came due while stopped run now, not in the measurement
+
+    def resume_all(self) -> None:
+        """SIGCONT every paused server (before stopping them: a stopped process cannot handle SIGTERM)."""
+        for name in set(self.servers) - self.running:
+            _signal_session(self.servers[name], signal.SIGCONT)
+        self.running = set(self.servers)
+
+
 def _engine_args(example: Path) -> dict[str, Any]:
     """Read the example's model and engine settings, for bare vLLM's command line."""
     spec = yaml.safe_load(example.read_text(encoding="utf-8"))["spec"]
@@ -143,13 +194,16 @@ def _git_commit() -> str:
     return "unknown"
 
 
-def bench(example: Path, out: Path, pairs: int, levels: list[int], num_prompts: int, sweep: list[int]) -> None:
+def bench(
+    example: Path, out: Path, pairs: int, levels: list[int], num_prompts: int, sweep: list[int], pause_idle: bool
+) -> None:
     """Compare (interleaved pairs at each level) and sweep both endpoints; write JSON and PNGs under out."""
     spec = WorkloadSpec(
         num_prompts=num_prompts, input_tokens=128, output_tokens=64, tokenizer=_engine_args(example)["model"]
     )
     with servers(example, out) as (tp, bare):
         a, b = Endpoint(f"{tp.base_url}/v1", MODEL_ID), Endpoint(f"{bare.base_url}/v1", MODEL_ID)
+        pauser = Pauser({"tokenplane": tp, "vllm": bare})
 
         def on_run(label: str, level: int, pair: int, result: Any) -> None:
             r = result.report
@@ -159,8 +213,15 @@ def bench(example: Path, out: Path, pairs: int, levels: list[int], num_prompts: 
                 flush=True,
             )
 
-        doc, results = compare_runs(a, b, spec, levels=levels, pairs=pairs, warmup=4, on_run=on_run)
+        try:
+            doc, results = compare_runs(
+                a, b, spec, levels=levels, pairs=pairs, warmup=4, on_run=on_run,
+                before_run=pauser.only if pause_idle else None,
+            )  # fmt: skip
+        finally:
+            pauser.resume_all()
         doc |= {
+            "idleServerPaused": pause_idle,
             "workload": spec.describe(),
             "commit": _git_commit(),
             "coldStartSeconds": {"tokenplane": tp.startup_s, "vllm": bare.startup_s},
@@ -182,6 +243,8 @@ def bench(example: Path, out: Path, pairs: int, levels: list[int], num_prompts: 
         )
         curves = {}
         for label, endpoint in (("tokenplane", a), ("vllm", b)):
+            if pause_idle:
+                pauser.only(label)
             steps, saturated = sweep_runs(endpoint, spec, loads=sweep, by="concurrency")
             curves[label] = [s.report for s in steps]
             (out / f"sweep-{label}.json").write_text(
@@ -191,6 +254,7 @@ def bench(example: Path, out: Path, pairs: int, levels: list[int], num_prompts: 
                 + "\n",
                 encoding="utf-8",
             )
+        pauser.resume_all()
         plot_curves(curves, out / "throughput-latency.png", "concurrency")
     print(f"[bench] wrote {out}/compare.json, compare-cdf.png, sweep-*.json, throughput-latency.png", flush=True)
 
@@ -280,6 +344,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--levels", default="16,1", help="Concurrency levels of the comparison.")
     parser.add_argument("--num-prompts", type=int, default=64)
     parser.add_argument("--sweep", default="1,2,4,8,16,32", help="Concurrency steps of the sweeps.")
+    parser.add_argument(
+        "--no-pause-idle",
+        dest="pause_idle",
+        action="store_false",
+        help="Keep the server not being measured running (by default its processes are stopped meanwhile).",
+    )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.what == "bench":
@@ -290,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
             [int(v) for v in args.levels.split(",")],
             args.num_prompts,
             [int(v) for v in args.sweep.split(",")],
+            args.pause_idle,
         )
     else:
         crosscheck(args.example, args.out, args.pairs, args.num_prompts, int(args.levels.split(",")[0]))
