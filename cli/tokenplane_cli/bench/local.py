@@ -89,6 +89,7 @@ def _start(name: str, command: list[str], port: int, log: Path, env: dict[str, s
 
 def _stop(server: Server) -> None:
     """SIGTERM the server (both shut their engines down on it), then SIGKILL whatever is left in its process group."""
+    _signal_session(server, signal.SIGCONT)  # a server paused by `Pauser` cannot handle SIGTERM
     if server.process.poll() is None:
         server.process.send_signal(signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -142,13 +143,7 @@ class Pauser:
             deadline = time.monotonic() + 120
             while not _answers(server.base_url) and time.monotonic() < deadline:
                 time.sleep(0.5)
-            time.sleep(2.0)  # timers and health checks that came due while stopped run now, not in the measurement
-
-    def resume_all(self) -> None:
-        """SIGCONT every paused server (before stopping them: a stopped process cannot handle SIGTERM)."""
-        for name in set(self.servers) - self.running:
-            _signal_session(self.servers[name], signal.SIGCONT)
-        self.running = set(self.servers)
+            time.sleep(5.0)  # timers and health checks that came due while stopped run now, not in the measurement
 
 
 def _engine_args(example: Path) -> dict[str, Any]:
@@ -213,13 +208,10 @@ def bench(
                 flush=True,
             )
 
-        try:
-            doc, results = compare_runs(
-                a, b, spec, levels=levels, pairs=pairs, warmup=4, on_run=on_run,
-                before_run=pauser.only if pause_idle else None,
-            )  # fmt: skip
-        finally:
-            pauser.resume_all()
+        doc, results = compare_runs(
+            a, b, spec, levels=levels, pairs=pairs, warmup=4, on_run=on_run,
+            before_run=pauser.only if pause_idle else None,
+        )  # fmt: skip
         doc |= {
             "idleServerPaused": pause_idle,
             "workload": spec.describe(),
@@ -254,7 +246,6 @@ def bench(
                 + "\n",
                 encoding="utf-8",
             )
-        pauser.resume_all()
         plot_curves(curves, out / "throughput-latency.png", "concurrency")
     print(f"[bench] wrote {out}/compare.json, compare-cdf.png, sweep-*.json, throughput-latency.png", flush=True)
 
@@ -286,7 +277,9 @@ def crosscheck(example: Path, out: Path, pairs: int, num_prompts: int, concurren
     keys = ("output_throughput", "mean_ttft_ms", "median_ttft_ms", "p95_ttft_ms", "mean_itl_ms", "mean_tpot_ms")
     doc: dict[str, Any] = {"commit": _git_commit(), "concurrency": concurrency, "num_prompts": num_prompts}
     with servers(example, out) as (tp, bare):
+        pauser = Pauser({"tokenplane": tp, "vllm": bare})
         for server in (tp, bare):
+            pauser.only(server.name)
             runs = []
             for i in range(pairs):
                 spec = WorkloadSpec(
