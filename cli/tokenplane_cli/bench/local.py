@@ -94,9 +94,9 @@ def _stop(server: Server) -> None:
         server.process.send_signal(signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
             server.process.wait(timeout=90)
-    # The group is the server's own (start_new_session): engine or Ray workers that outlived it go too.
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(server.process.pid, signal.SIGKILL)
+    # The session is the server's own (start_new_session): engine or Ray workers that outlived it go too, even
+    # those in process groups of their own.
+    _signal_session(server, signal.SIGKILL)
     server.process.wait(timeout=30)
     print(f"[bench] {server.name} stopped", flush=True)
 
