@@ -10,6 +10,7 @@ from tokenplane_serving.args import DEFAULT_SESSION_HEADER, ServingArgs
 from tokenplane_serving.blob_uri import is_blob_uri, local_dir_for, parse_blob_uri
 
 __all__ = [
+    "ADMISSION_ENV",
     "AUTOSCALING_POLICY",
     "BLOB_DOWNLOAD_CALLBACK",
     "CONSISTENT_HASH_ROUTER",
@@ -63,6 +64,14 @@ FAST_PATH_ENV: dict[str, str] = {
 # (`tokenplane_serving.hold`): the seconds a request waits, how many wait at once, and the application whose
 # replicas end the wait. Read once per process, like Ray's own variables, so they are in every pod's env.
 HOLD_ENV = ("TOKENPLANE_HOLD_SECONDS", "TOKENPLANE_HOLD_MAX_REQUESTS", "TOKENPLANE_HOLD_APP")
+
+# A replica's admission bound, enforced by `tokenplane_serving.occupancy` in the replica's HTTP server: requests
+# running or waiting at most (max_ongoing_requests + max_queued_requests), and the refusal's status and Retry-After.
+ADMISSION_ENV = (
+    "TOKENPLANE_REPLICA_CAPACITY",
+    "TOKENPLANE_BACKPRESSURE_STATUS",
+    "TOKENPLANE_BACKPRESSURE_RETRY_AFTER_S",
+)
 
 # Our quantization names -> vLLM's `quantization` values (vllm/model_executor/layers/quantization).
 QUANTIZATION_TO_VLLM: dict[str, str] = {
@@ -219,6 +228,17 @@ def ray_environment(args: ServingArgs) -> dict[str, str]:
     return {**env, **hold_environment(args)}
 
 
+def _retry_after_s(args: ServingArgs) -> int:
+    retry_after = args.backpressure.retry_after_s
+    return retry_after if retry_after is not None else 1
+
+
+def _admission_environment(args: ServingArgs) -> dict[str, str]:
+    capacity = args.effective_max_ongoing_requests + args.effective_max_queued_requests
+    values = (str(capacity), str(args.backpressure.status_code), str(_retry_after_s(args)))
+    return dict(zip(ADMISSION_ENV, values, strict=True))
+
+
 def hold_environment(args: ServingArgs) -> dict[str, str]:
     """Render the hold at zero replicas as the environment of Ray's fallback proxy (`HOLD_ENV`).
 
@@ -296,8 +316,13 @@ def _deployment_config(args: ServingArgs, *, fixed_replicas: int | None = None) 
         autoscaling["policy"] = {"policy_function": AUTOSCALING_POLICY, "policy_kwargs": build_policy_kwargs(args)}
     config: dict[str, Any] = {
         "max_ongoing_requests": args.effective_max_ongoing_requests,
-        # Bounded: past it the ingress answers 429/503 + Retry-After at once instead of buffering.
-        "max_queued_requests": args.effective_max_queued_requests,
+        # Bounded: past it the ingress answers 429/503 + Retry-After at once instead of buffering. A direct-ingress
+        # replica of Ray 2.60 counts a request as queued from admission until its task takes a slot, even a free
+        # slot (replica.py `_track_queued_request`, "its possible that we drop more requests than actual
+        # max_queued_requests"): a burst in one event-loop turn was refused beyond max_queued_requests with
+        # every slot free. So Ray's bound leaves room for the slots, and the replica's own admission
+        # (occupancy.py, `ADMISSION_ENV`) enforces the exact one.
+        "max_queued_requests": args.effective_max_queued_requests + args.effective_max_ongoing_requests,
         "autoscaling_config": autoscaling,
         "graceful_shutdown_timeout_s": args.drain_grace_period_s,
         "graceful_shutdown_wait_loop_s": _DRAIN_POLL_S,
@@ -307,7 +332,7 @@ def _deployment_config(args: ServingArgs, *, fixed_replicas: int | None = None) 
     # Always set: the handle's BackPressureError carries these, and the ingress answers with them.
     config["backpressure_config"] = {
         "status_code": bp.status_code,
-        "retry_after_s": bp.retry_after_s if bp.retry_after_s is not None else 1,
+        "retry_after_s": _retry_after_s(args),
     }
     router = _request_router_config(args)
     if router is not None:
@@ -349,6 +374,7 @@ def build_llm_config(args: ServingArgs) -> dict[str, Any]:
         env_vars["VLLM_CPU_KVCACHE_SPACE"] = str(accel.cpu_kv_cache_gib)
     if args.routing.policy == "session_affinity" and args.routing.session_header != DEFAULT_SESSION_HEADER:
         env_vars[_SESSION_HEADER_ENV] = args.routing.session_header
+    env_vars.update(_admission_environment(args))
 
     config: dict[str, Any] = {
         "model_loading_config": loading,
@@ -360,8 +386,7 @@ def build_llm_config(args: ServingArgs) -> dict[str, Any]:
     # Ray rejects accelerator_type on CPU configs, so it is only ever set for GPUs.
     if accel.kind == "gpu" and accel.accelerator_type:
         config["accelerator_type"] = accel.accelerator_type
-    if env_vars:
-        config["runtime_env"] = {"env_vars": env_vars}
+    config["runtime_env"] = {"env_vars": env_vars}
     lora = _lora_config(args)
     if lora is not None:
         config["lora_config"] = lora

@@ -15,18 +15,35 @@ deployment's `max_ongoing_requests` is then accepted by the replica and waits th
 
 Both sides share one `Occupancy` per process (the replica's). The two sides run on different event loops
 (Ray runs user code on its own thread), hence the lock; it is taken twice per request, never per token.
+
+The outer side is also the replica's admission: a request that finds (max_ongoing_requests + max_queued_requests)
+requests running or waiting is refused there, with the deployment's backpressure status and Retry-After, in the
+OpenAI error shape. Ray's own check counts requests on their way to a free slot as queued, so a burst in one
+event-loop turn was refused with slots free; `mapping` gives Ray's bound room for the slots (`ADMISSION_ENV`).
 """
 
 from __future__ import annotations
 
+import os
 import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.middleware import Middleware
 
-from tokenplane_serving.auth import ASGIApp, Receive, Scope, Send
+from tokenplane_serving.auth import ASGIApp, Receive, Scope, Send, openai_error_body
+from tokenplane_serving.mapping import ADMISSION_ENV
 
-__all__ = ["OCCUPANCY", "TICKET_KEY", "AcceptedMiddleware", "Occupancy", "Ticket", "http_middlewares"]
+__all__ = [
+    "OCCUPANCY",
+    "TICKET_KEY",
+    "AcceptedMiddleware",
+    "Admission",
+    "Occupancy",
+    "Ticket",
+    "http_middlewares",
+]
 
 # The scope key the outer middleware leaves for the feature layer (Ray hands the same scope to the app).
 TICKET_KEY = "tokenplane.ticket"
@@ -61,9 +78,18 @@ class Occupancy:
         """Requests holding a slot: in tokenplane's features or vLLM's app."""
         return self._ongoing
 
-    def accept(self) -> Ticket:
-        """Count a request the replica's HTTP server took in; it waits until `admit`."""
+    def accept(self, capacity: int | None = None) -> Ticket | None:
+        """Count a request the replica's HTTP server took in; it waits until `admit`.
+
+        Args:
+            capacity: Requests running or waiting at most; None for no bound.
+
+        Returns:
+            Its ticket, or None when `capacity` requests are already in (the request is not counted).
+        """
         with self._lock:
+            if capacity is not None and self._waiting + self._ongoing >= capacity:
+                return None
             self._waiting += 1
         return Ticket()
 
@@ -92,20 +118,60 @@ class Occupancy:
 OCCUPANCY = Occupancy()
 
 
-class AcceptedMiddleware:
-    """Outermost ASGI layer of the replica's HTTP server: counts HTTP requests from arrival to the end."""
+@dataclass(frozen=True)
+class Admission:
+    """A replica's admission bound and how it refuses (rendered by `mapping` into `ADMISSION_ENV`)."""
 
-    def __init__(self, app: ASGIApp, occupancy: Occupancy = OCCUPANCY) -> None:
-        """Wrap Ray's direct-ingress app (or any app)."""
+    capacity: int
+    status: int
+    retry_after_s: int
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] = os.environ) -> Admission | None:
+        """Read the bound of this replica's deployment; None where it is not set (no bound)."""
+        values = [environ.get(name) for name in ADMISSION_ENV]
+        if not all(values):
+            return None
+        capacity, status, retry_after = (int(str(v)) for v in values)
+        return cls(capacity, status, retry_after)
+
+    async def refuse(self, send: Send) -> None:
+        """Answer a request over the bound at once: status, Retry-After, OpenAI error body."""
+        body = openai_error_body(
+            f"the replica is at capacity ({self.capacity} requests running or queued); retry after "
+            f"{self.retry_after_s} s",
+            "rate_limit_error" if self.status == 429 else "service_unavailable",
+            self.status,
+        )
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"retry-after", str(self.retry_after_s).encode()),
+        ]
+        await send({"type": "http.response.start", "status": self.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+class AcceptedMiddleware:
+    """Outermost ASGI layer of the replica's HTTP server: admits HTTP requests and counts them to the end."""
+
+    def __init__(self, app: ASGIApp, occupancy: Occupancy = OCCUPANCY, admission: Admission | None = None) -> None:
+        """Wrap Ray's direct-ingress app (or any app); the bound defaults to the deployment's (`ADMISSION_ENV`)."""
         self.app = app
         self._occupancy = occupancy
+        self._admission = admission if admission is not None else Admission.from_environment()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Count the request while Ray admits (or refuses) it and the app answers."""
+        """Admit (or refuse) the request, and count it while Ray gives it a slot and the app answers."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        ticket = self._occupancy.accept()
+        admission = self._admission
+        ticket = self._occupancy.accept(admission.capacity if admission else None)
+        if ticket is None:  # over the bound (there is one: accept refuses only then)
+            if admission is not None:
+                await admission.refuse(send)
+            return
         scope[TICKET_KEY] = ticket
         try:
             await self.app(scope, receive, send)

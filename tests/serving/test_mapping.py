@@ -38,7 +38,15 @@ def test_cpu_config() -> None:
     assert config["model_loading_config"] == {"model_id": "tiny", "model_source": "/models/tiny"}
     assert config["accelerator_config"] == {"kind": "cpu"}
     assert "accelerator_type" not in config
-    assert config["runtime_env"] == {"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1"}}
+    assert config["runtime_env"] == {
+        "env_vars": {
+            "VLLM_CPU_KVCACHE_SPACE": "1",
+            # The replica's admission: 16 running + 16 queued (one batch per possible replica), 503, Retry-After 1.
+            "TOKENPLANE_REPLICA_CAPACITY": "32",
+            "TOKENPLANE_BACKPRESSURE_STATUS": "503",
+            "TOKENPLANE_BACKPRESSURE_RETRY_AFTER_S": "1",
+        }
+    }
     assert config["placement_group_config"]["bundles"] == [{"CPU": 1.0}]
     assert "lora_config" not in config
 
@@ -79,12 +87,20 @@ def test_autoscaling_and_backpressure() -> None:
         "downscale_delay_s": 0.0,  # the policy holds scale-in for the 60 s itself (two holds would stack)
         "downscale_to_zero_delay_s": 120,
     }
-    assert deployment["max_queued_requests"] == 10
+    # Ray's bound has room for the 16 slots (Ray counts requests on their way to a free slot as queued); the
+    # replica's own admission holds the 16 + 10 exactly.
+    assert deployment["max_queued_requests"] == 10 + 16
+    assert (
+        build_llm_config(make(backpressure={"max_queued_requests": 10, "status_code": 429, "retry_after_s": 2}))[
+            "runtime_env"
+        ]["env_vars"]["TOKENPLANE_REPLICA_CAPACITY"]
+        == "26"
+    )
     assert deployment["backpressure_config"] == {"status_code": 429, "retry_after_s": 2}
     assert deployment["graceful_shutdown_timeout_s"] == 45
     assert deployment["graceful_shutdown_wait_loop_s"] == 1
     default = build_llm_config(make(scaling={"max_replicas": 3}))["deployment_config"]
-    assert default["max_queued_requests"] == 16 * 3  # bounded by default: one batch per possible replica
+    assert default["max_queued_requests"] == 16 * 3 + 16  # bounded by default: one batch per possible replica
     assert default["backpressure_config"] == {"status_code": 503, "retry_after_s": 1}
     assert default["autoscaling_config"]["policy"] == {
         "policy_function": AUTOSCALING_POLICY,
@@ -173,7 +189,11 @@ def test_gpu_placement_and_accelerator_type() -> None:
         "bundles": [{"GPU": 1.0, "CPU": 1.0}, {"GPU": 1.0, "CPU": 1.0}],
         "strategy": "STRICT_PACK",
     }
-    assert "runtime_env" not in config
+    assert set(config["runtime_env"]["env_vars"]) == {
+        "TOKENPLANE_REPLICA_CAPACITY",
+        "TOKENPLANE_BACKPRESSURE_STATUS",
+        "TOKENPLANE_BACKPRESSURE_RETRY_AFTER_S",
+    }
     half = build_llm_config(make(accelerator={"kind": "gpu", "gpus_per_replica": 0.5}))
     assert half["placement_group_config"]["bundles"] == [{"GPU": 0.5, "CPU": 1.0}]
 

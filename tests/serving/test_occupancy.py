@@ -9,10 +9,12 @@ load) is tests/serving/test_production.py::test_waiting_gauge_counts_requests_qu
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 from tokenplane_serving.features.occupancy import AdmittedMiddleware
-from tokenplane_serving.occupancy import AcceptedMiddleware, Occupancy, http_middlewares
+from tokenplane_serving.mapping import ADMISSION_ENV
+from tokenplane_serving.occupancy import AcceptedMiddleware, Admission, Occupancy, http_middlewares
 
 SLOTS, QUEUE = 2, 3
 
@@ -43,7 +45,7 @@ def stack(occupancy: Occupancy, release: asyncio.Event) -> Any:
         finally:
             slots.release()
 
-    return AcceptedMiddleware(ray_admission, occupancy)
+    return AcceptedMiddleware(ray_admission, occupancy, admission=None)
 
 
 async def request(app: Any) -> int:
@@ -102,3 +104,98 @@ def test_the_ray_callback_returns_starlette_middleware() -> None:
 
     (middleware,) = validate_http_proxy_callback_return(http_middlewares())
     assert middleware.cls is AcceptedMiddleware
+
+
+def racy_stack(occupancy: Occupancy, release: asyncio.Event, ray_limit: int, admission: Admission | None) -> Any:
+    """Ray 2.60's direct-ingress admission as written: a request counts as queued from admission until a task,
+    created then and run on a later turn of the loop, takes a slot (replica.py `_track_queued_request`)."""
+
+    async def engine(scope: Any, receive: Any, send: Any) -> None:
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    inner = AdmittedMiddleware(engine, occupancy)
+    slots = asyncio.Semaphore(SLOTS)
+    queued = 0
+
+    async def ray_admission(scope: Any, receive: Any, send: Any) -> None:
+        nonlocal queued
+        if queued >= ray_limit:
+            await send({"type": "http.response.start", "status": 503, "headers": []})
+            await send({"type": "http.response.body", "body": b"Request dropped due to backpressure"})
+            return
+        queued += 1
+
+        async def call_asgi() -> None:
+            nonlocal queued
+            async with slots:
+                queued -= 1
+                await inner(scope, receive, send)
+
+        await asyncio.create_task(call_asgi())
+
+    return AcceptedMiddleware(ray_admission, occupancy, admission)
+
+
+async def burst(app: Any, n: int) -> list[tuple[int, dict[str, str], bytes]]:
+    """n requests that all reach the app in the same turn of the event loop."""
+
+    async def one() -> tuple[int, dict[str, str], bytes]:
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await app({"type": "http", "method": "POST", "path": "/v1/completions", "headers": []}, receive, send)
+        headers = {k.decode(): v.decode() for k, v in sent[0].get("headers", [])}
+        return int(sent[0]["status"]), headers, b"".join(m.get("body", b"") for m in sent[1:])
+
+    return list(await asyncio.gather(*(one() for _ in range(n))))
+
+
+def test_rays_admission_alone_refuses_a_burst_with_slots_free() -> None:
+    # The upstream behaviour tokenplane's admission exists for: SLOTS + QUEUE requests fit, yet only QUEUE get in.
+    async def scenario() -> list[int]:
+        release = asyncio.Event()
+        app = racy_stack(Occupancy(), release, ray_limit=QUEUE, admission=None)
+        pending = asyncio.create_task(burst(app, SLOTS + QUEUE))
+        await asyncio.sleep(0.05)
+        release.set()
+        return [status for status, _, _ in await pending]
+
+    codes = asyncio.run(scenario())
+    assert codes.count(503) == SLOTS, codes
+
+
+def test_a_burst_fills_slots_and_queue_exactly_and_the_rest_get_the_deployments_refusal() -> None:
+    admission = Admission(capacity=SLOTS + QUEUE, status=429, retry_after_s=7)
+
+    async def scenario() -> tuple[list[tuple[int, dict[str, str], bytes]], tuple[int, int]]:
+        occupancy, release = Occupancy(), asyncio.Event()
+        # As mapping renders it: Ray's own bound leaves room for the slots.
+        app = racy_stack(occupancy, release, ray_limit=SLOTS + QUEUE, admission=admission)
+        pending = asyncio.create_task(burst(app, SLOTS + QUEUE + 2))
+        await asyncio.sleep(0.05)
+        counts = (occupancy.ongoing, occupancy.waiting)
+        release.set()
+        return await pending, counts
+
+    results, counts = asyncio.run(scenario())
+    assert counts == (SLOTS, QUEUE)
+    codes = [status for status, _, _ in results]
+    assert codes.count(200) == SLOTS + QUEUE and codes.count(429) == 2, codes
+    for status, headers, body in results:
+        if status == 429:
+            assert headers["retry-after"] == "7"
+            error = json.loads(body)["error"]
+            assert error["code"] == 429 and "at capacity (5 requests" in error["message"]
+
+
+def test_the_bound_is_read_from_the_deployments_environment() -> None:
+    env = dict(zip(ADMISSION_ENV, ("24", "503", "2"), strict=True))
+    assert Admission.from_environment(env) == Admission(capacity=24, status=503, retry_after_s=2)
+    assert Admission.from_environment({}) is None
