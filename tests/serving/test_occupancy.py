@@ -19,21 +19,30 @@ from tokenplane_serving.occupancy import AcceptedMiddleware, Admission, Occupanc
 SLOTS, QUEUE = 2, 3
 
 
-def stack(occupancy: Occupancy, release: asyncio.Event) -> Any:
+def engine_behind_the_feature_layer(occupancy: Occupancy, release: asyncio.Event) -> Any:
+    """vLLM's app stand-in, answering once `release` is set, inside the feature that marks requests admitted."""
+
     async def engine(scope: Any, receive: Any, send: Any) -> None:
         await release.wait()
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"ok"})
+        await answer(send, 200, b"ok")
 
-    inner = AdmittedMiddleware(engine, occupancy)
+    return AdmittedMiddleware(engine, occupancy)
+
+
+async def answer(send: Any, status: int, body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": []})
+    await send({"type": "http.response.body", "body": body})
+
+
+def stack(occupancy: Occupancy, release: asyncio.Event) -> Any:
+    inner = engine_behind_the_feature_layer(occupancy, release)
     slots = asyncio.Semaphore(SLOTS)
     queued = 0
 
     async def ray_admission(scope: Any, receive: Any, send: Any) -> None:
         nonlocal queued
         if queued >= QUEUE:
-            await send({"type": "http.response.start", "status": 429, "headers": []})
-            await send({"type": "http.response.body", "body": b"busy"})
+            await answer(send, 429, b"busy")
             return
         queued += 1
         try:
@@ -48,7 +57,8 @@ def stack(occupancy: Occupancy, release: asyncio.Event) -> Any:
     return AcceptedMiddleware(ray_admission, occupancy, admission=None)
 
 
-async def request(app: Any) -> int:
+async def call(app: Any) -> tuple[int, dict[str, str], bytes]:
+    """One POST through `app`: status, headers, body."""
     sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
@@ -58,7 +68,12 @@ async def request(app: Any) -> int:
         sent.append(message)
 
     await app({"type": "http", "method": "POST", "path": "/v1/completions", "headers": []}, receive, send)
-    return int(sent[0]["status"])
+    headers = {k.decode(): v.decode() for k, v in sent[0].get("headers", [])}
+    return int(sent[0]["status"]), headers, b"".join(m.get("body", b"") for m in sent[1:])
+
+
+async def request(app: Any) -> int:
+    return (await call(app))[0]
 
 
 def test_waiting_and_ongoing_follow_admission_refusal_and_cancellation() -> None:
@@ -110,20 +125,14 @@ def racy_stack(occupancy: Occupancy, release: asyncio.Event, ray_limit: int, adm
     """Ray 2.60's direct-ingress admission as written: a request counts as queued from admission until a task,
     created then and run on a later turn of the loop, takes a slot (replica.py `_track_queued_request`)."""
 
-    async def engine(scope: Any, receive: Any, send: Any) -> None:
-        await release.wait()
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"ok"})
-
-    inner = AdmittedMiddleware(engine, occupancy)
+    inner = engine_behind_the_feature_layer(occupancy, release)
     slots = asyncio.Semaphore(SLOTS)
     queued = 0
 
     async def ray_admission(scope: Any, receive: Any, send: Any) -> None:
         nonlocal queued
         if queued >= ray_limit:
-            await send({"type": "http.response.start", "status": 503, "headers": []})
-            await send({"type": "http.response.body", "body": b"Request dropped due to backpressure"})
+            await answer(send, 503, b"Request dropped due to backpressure")
             return
         queued += 1
 
@@ -140,21 +149,7 @@ def racy_stack(occupancy: Occupancy, release: asyncio.Event, ray_limit: int, adm
 
 async def burst(app: Any, n: int) -> list[tuple[int, dict[str, str], bytes]]:
     """n requests that all reach the app in the same turn of the event loop."""
-
-    async def one() -> tuple[int, dict[str, str], bytes]:
-        sent: list[dict[str, Any]] = []
-
-        async def receive() -> dict[str, Any]:
-            return {"type": "http.request", "body": b"", "more_body": False}
-
-        async def send(message: dict[str, Any]) -> None:
-            sent.append(message)
-
-        await app({"type": "http", "method": "POST", "path": "/v1/completions", "headers": []}, receive, send)
-        headers = {k.decode(): v.decode() for k, v in sent[0].get("headers", [])}
-        return int(sent[0]["status"]), headers, b"".join(m.get("body", b"") for m in sent[1:])
-
-    return list(await asyncio.gather(*(one() for _ in range(n))))
+    return list(await asyncio.gather(*(call(app) for _ in range(n))))
 
 
 def test_rays_admission_alone_refuses_a_burst_with_slots_free() -> None:
