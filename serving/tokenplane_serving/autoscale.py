@@ -9,7 +9,10 @@ unlucky, their mean hides a slow half).
 
 The load is what the engines run (their own count, averaged over a latency window) plus what waits for them up
 to `targetQueueDepth` per replica; more waiting is a *backlog*, which by Little's law inflates request counts by
-the wait, not by the demand, so it is sized from rates instead.
+the wait, not by the demand, so it is sized from rates instead. The load is scaled by the requests that arrived at
+the replicas (`arrivals`, counted by each replica over its latency window) per request they served in that window:
+a saturated replica's engine runs no more when more arrive, so without the arrival rate its rising demand would
+look flat, and no trend could be read from it.
 
 Decision, per tick (the reasons are the operator's status reasons):
 - `QueueDepth`: the load, or its trend one start-up ahead, needs more replicas at the per-replica load the
@@ -17,10 +20,11 @@ Decision, per tick (the reasons are the operator's status reasons):
   errors out of the noise and holds in both halves of the window (a burst's step is not a trend); the horizon
   is the start-up last observed (from the order that asked for the replica to its running), so a ramp is met
   by replicas that are ready when it arrives. Overloaded (waiting beyond `targetQueueDepth` per replica), the
-  fleet is sized from rates: the arrivals (what the fleet served in the last window, from its latency samples,
-  plus how fast the queue grew; their trend one start-up ahead) at 85% of what a saturated replica serves, plus
-  the replicas that drain the backlog within a minute. For two windows after an overload the load is capped at
-  what those arrivals need: the backlog being served is not demand, and no trend is read from it.
+  fleet is sized from rates: the arrivals (as the replicas count them; from replicas that do not, what the fleet
+  served in the last window plus how fast the queue grew; their trend one start-up ahead) at 85% of what a
+  saturated replica serves, plus the replicas that drain the backlog within a minute. For two windows after an
+  overload the load is capped at what those arrivals need: the backlog being served is not demand, and no trend
+  is read from it.
 - `LatencyBreach`: the fleet P95 exceeds the target and the latency window shows this fleet; grow by the
   breach ratio (at most 2x the running replicas; replicas already starting count towards it). A fleet over the
   target for a minute (its last two disjoint latency windows merged, not one unlucky window) or overloaded
@@ -133,6 +137,11 @@ class FleetMetrics:
     batch_running: float = 0.0
     # Accepted by a replica, waiting for a slot: with direct streaming Serve's own counts miss them.
     replica_waiting: float = 0.0
+    # Requests that arrived at the replicas in their last latency window; None unless every fresh replica reports
+    # them (a replica of an older version does not).
+    arrivals: float | None = None
+    # Requests that got their first token in that window (their TTFT samples, whatever metric is targeted).
+    served: float = 0.0
 
     def p95_ms(self, q: float = 0.95) -> float | None:
         """Return the fleet's latency quantile from the merged histogram (None without samples)."""
@@ -173,9 +182,9 @@ def merge_replica_reports(
             if point is not None:
                 latest.setdefault(replica, {})[name] = point
     prefix = f"{metric}_h"
-    waiting = running = batch = replica_waiting = 0.0
+    waiting = running = batch = replica_waiting = arrivals = served = 0.0
     histogram: dict[int, float] = {}
-    fresh = stale = 0
+    fresh = stale = counted = 0
     for values in latest.values():
         newest = max(ts for ts, _ in values.values())
         if now - newest > stale_after_s:
@@ -193,10 +202,16 @@ def merge_replica_reports(
                 running += value
             elif name == "batch_running":
                 batch += value
-            elif name.startswith(prefix) and name[len(prefix) :].isdigit():
+            elif name == "arrivals":
+                arrivals += value
+                counted += 1
+            if name.startswith("ttft_h") and name[6:].isdigit():
+                served += value
+            if name.startswith(prefix) and name[len(prefix) :].isdigit():
                 index = int(name[len(prefix) :])
                 histogram[index] = histogram.get(index, 0.0) + value
-    return FleetMetrics(fresh, stale, waiting, running, histogram, batch, replica_waiting)
+    measured = arrivals if fresh and counted == fresh else None
+    return FleetMetrics(fresh, stale, waiting, running, histogram, batch, replica_waiting, measured, served)
 
 
 class TokenplanePolicy:
@@ -286,7 +301,11 @@ class TokenplanePolicy:
         # The engines' counts are snapshots: averaged over a latency window, as Serve averages its own counts.
         snapshots = [(t, v) for t, v in state.get("recent_running", []) if now - t < _WINDOW_S]
         snapshots.append((now, running))
-        running = sum(v for _, v in snapshots) / len(snapshots)
+        carried = sum(v for _, v in snapshots) / len(snapshots)
+        # Arrivals beyond the requests served in the same window are demand the engines' counts cannot show: a
+        # saturated replica runs no more when more arrive (the excess waits, and past `targetQueueDepth` is not
+        # counted). By Little's law they add to the load in proportion, at the time a request spends running now.
+        running = carried * self._arrival_ratio(fleet)
         overloaded = current > 0 and queue > self.target_queue * current
         backlog_need = 0.0
         if overloaded:
@@ -305,8 +324,9 @@ class TokenplanePolicy:
         else:
             snapshots.pop()
         # The latency window answers for the load over that window: proven is the least of it, not its last point.
-        low = min(v for t, v in history if now - t <= _WINDOW_S)
-        capacity = self._learn_capacity(state, current, running, low, queue, p95, fleet, now)
+        # A knee or a proven load is what the replicas carried, never the demand beyond it.
+        low = min(carried, *(v for t, v in history if now - t <= _WINDOW_S))
+        capacity = self._learn_capacity(state, current, carried, low, queue, p95, fleet, now)
         peak = max([running, *(v for t, v in history if now - t < self.downscale_delay_s)])
         # Overloaded, the backlog hides the trend (the arrival rate sizes the fleet instead); draining, it would
         # make one up, were it not capped above.
@@ -405,12 +425,25 @@ class TokenplanePolicy:
         growth = max(0.0, (queue - queued[0][1]) / elapsed) if elapsed >= _WINDOW_S / 3 else 0.0
         # A rising arrival rate is met one start-up ahead, as the load's trend is when the fleet keeps up.
         arrivals = [(t, a) for t, a in state.get("recent_arrivals", []) if now - t <= _TREND_S]
+        # Counted where the replicas count them; else what the fleet serves plus how fast the queue grows.
+        rate = fleet.arrivals / _WINDOW_S if fleet.arrivals is not None else served + growth
         if not arrivals or now - arrivals[-1][0] >= 1.0:
-            arrivals.append((now, served + growth))
+            arrivals.append((now, rate))
         state["recent_arrivals"] = arrivals
-        ahead = _forecast(arrivals, now, served + growth, float(state["startup_s"]))
+        ahead = _forecast(arrivals, now, rate, float(state["startup_s"]))
         # Every request in the backlog is late already: drained within a minute (what attainment is counted in).
         return ahead / (_HEADROOM * per_replica), queue / (per_replica * _BACKLOG_S)
+
+    def _arrival_ratio(self, fleet: FleetMetrics) -> float:
+        """Return the requests that arrived per request served in the replicas' last latency window (at least 1).
+
+        1 when the replicas do not count arrivals, when too few arrived for a ratio (`min_samples`), or when none
+        was served (the queue sizes that fleet). Never below 1: a backlog being served is not less demand (the cap
+        after an overload handles it), and batch requests, which arrive through handles, are served too.
+        """
+        if fleet.arrivals is None or fleet.arrivals < self.min_samples or fleet.served <= 0:
+            return 1.0
+        return max(1.0, fleet.arrivals / fleet.served)
 
     def waiting_requests(self, ctx: Any, fleet: FleetMetrics, batch: float = 0.0) -> float:
         """Count the interactive requests waiting for a slot: Serve-queued, waiting in a replica, engine-waiting.

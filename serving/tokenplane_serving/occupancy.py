@@ -16,6 +16,12 @@ deployment's `max_ongoing_requests` is then accepted by the replica and waits th
 Both sides share one `Occupancy` per process (the replica's). The two sides run on different event loops
 (Ray runs user code on its own thread), hence the lock; it is taken twice per request, never per token.
 
+The outer side also counts arrivals: inference requests (POSTs) the replica took in over the last
+`ARRIVALS_WINDOW_S`, refused ones included (demand the fleet did not serve is still demand), client errors
+(4xx other than 429) left out (no replica serves them, however many there are). The autoscaling policy compares
+them with the requests served in the same window, so a saturated replica's demand shows although its batch
+cannot grow.
+
 The outer side is also the replica's admission: a request that finds (max_ongoing_requests + max_queued_requests)
 requests running or waiting is refused there, with the deployment's backpressure status and Retry-After, in the
 OpenAI error shape. Ray's own check counts requests on their way to a free slot as queued, so a burst in one
@@ -24,8 +30,10 @@ event-loop turn was refused with slots free; `mapping` gives Ray's bound room fo
 
 from __future__ import annotations
 
+import collections
 import os
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -36,10 +44,12 @@ from tokenplane_serving.auth import ASGIApp, Receive, Scope, Send, openai_error_
 from tokenplane_serving.mapping import ADMISSION_ENV
 
 __all__ = [
+    "ARRIVALS_WINDOW_S",
     "OCCUPANCY",
     "TICKET_KEY",
     "AcceptedMiddleware",
     "Admission",
+    "Arrival",
     "Occupancy",
     "Ticket",
     "http_middlewares",
@@ -47,6 +57,9 @@ __all__ = [
 
 # The scope key the outer middleware leaves for the feature layer (Ray hands the same scope to the app).
 TICKET_KEY = "tokenplane.ticket"
+# The same window as the latency histograms the replica reports (`tokenplane_serving.server`): the policy divides
+# arrivals by the requests served in it.
+ARRIVALS_WINDOW_S = 30.0
 
 
 class Ticket:
@@ -59,14 +72,25 @@ class Ticket:
         self.waiting = True
 
 
+class Arrival:
+    """One inference request that reached the replica: whether it still counts as demand."""
+
+    __slots__ = ("counted",)
+
+    def __init__(self) -> None:
+        """Create a counted arrival."""
+        self.counted = True
+
+
 class Occupancy:
-    """Counts of requests accepted by this replica: waiting for a slot, and holding one."""
+    """Counts of requests accepted by this replica: waiting for a slot, and holding one; and recent arrivals."""
 
     def __init__(self) -> None:
         """Start empty."""
         self._lock = threading.Lock()
         self._waiting = 0
         self._ongoing = 0
+        self._arrivals: collections.deque[tuple[float, Arrival]] = collections.deque()
 
     @property
     def waiting(self) -> int:
@@ -92,6 +116,26 @@ class Occupancy:
                 return None
             self._waiting += 1
         return Ticket()
+
+    def arrive(self, now: float | None = None) -> Arrival:
+        """Count an inference request that reached the replica, admitted or refused (monotonic `now`)."""
+        arrival = Arrival()
+        with self._lock:
+            self._arrivals.append((time.monotonic() if now is None else now, arrival))
+        return arrival
+
+    def void(self, arrival: Arrival) -> None:
+        """Stop counting an arrival answered with a client error: no replica would serve it."""
+        with self._lock:
+            arrival.counted = False
+
+    def arrivals(self, now: float | None = None) -> int:
+        """Count the arrivals of the last `ARRIVALS_WINDOW_S` seconds."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            while self._arrivals and self._arrivals[0][0] < now - ARRIVALS_WINDOW_S:
+                self._arrivals.popleft()
+            return sum(1 for _, arrival in self._arrivals if arrival.counted)
 
     def admit(self, ticket: Ticket | None) -> None:
         """Count a request that got a slot; a request without a ticket (not seen outside) only becomes ongoing."""
@@ -162,12 +206,18 @@ class AcceptedMiddleware:
         self._admission = admission if admission is not None else Admission.from_environment()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Admit (or refuse) the request, and count it while Ray gives it a slot and the app answers."""
+        """Admit (or refuse) the request, and count it while Ray gives it a slot and the app answers.
+
+        A POST is an arrival, refused or not; one answered with a client error is not.
+        """
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        admission = self._admission
-        ticket = self._occupancy.accept(admission.capacity if admission else None)
+        occupancy, admission = self._occupancy, self._admission
+        arrival = occupancy.arrive() if scope.get("method") == "POST" else None
+        if arrival is not None:
+            send = _voiding_client_errors(send, occupancy, arrival)
+        ticket = occupancy.accept(admission.capacity if admission else None)
         if ticket is None:  # over the bound (there is one: accept refuses only then)
             if admission is not None:
                 await admission.refuse(send)
@@ -176,7 +226,18 @@ class AcceptedMiddleware:
         try:
             await self.app(scope, receive, send)
         finally:
-            self._occupancy.leave(ticket)
+            occupancy.leave(ticket)
+
+
+def _voiding_client_errors(send: Send, occupancy: Occupancy, arrival: Arrival) -> Send:
+    async def watched(message: Any) -> None:
+        # 429 is a replica refusing load (demand); other 4xx are requests no replica would serve.
+        status = message["status"] if message["type"] == "http.response.start" else 0
+        if 400 <= status < 500 and status != 429:
+            occupancy.void(arrival)
+        await send(message)
+
+    return watched
 
 
 def http_middlewares() -> list[Any]:

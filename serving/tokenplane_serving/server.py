@@ -418,7 +418,8 @@ class TokenplaneServerMixin:
 
         Returns:
             The requests waiting in the replica for a slot (which Serve's own counts miss with direct streaming),
-            vLLM's waiting and running requests, the Batch API requests in flight, and the TTFT and end-to-end
+            vLLM's waiting and running requests, the Batch API requests in flight, the requests that arrived in the
+            last 30 s (the policy's demand, as opposed to what the replica served), and the TTFT and end-to-end
             latency histograms of the last 30 s as sparse bucket counts, which the policy sums over replicas into
             the fleet's P95.
         """
@@ -429,12 +430,14 @@ class TokenplaneServerMixin:
                 "engine_waiting": 0.0,
                 "engine_running": 0.0,
                 "batch_running": float(self._batch_running),
+                "arrivals": 0.0,
             }
         report = {
             "replica_waiting": float(stats.occupancy.waiting),
             "engine_waiting": float(stats.waiting),
             "engine_running": float(stats.running),
             "batch_running": float(self._batch_running),
+            "arrivals": float(stats.occupancy.arrivals()),
         }
         for which in ("ttft", "e2e"):
             report.update(latency_histogram(which, stats.recent_ms(which)))

@@ -343,3 +343,27 @@ def test_a_small_fleet_steps_in_by_one_replica_past_proven_loads() -> None:
     state = stable(4, last_up=NOW - 900, proven=6.0, recent_load=[(NOW - 200, 24.0)])
     desired, state = policy()(context(calm, ongoing=18, state=state))
     assert (desired, state["reason"]) == (3, "Idle")
+
+
+def test_arrivals_beyond_what_is_served_are_demand_a_saturated_replica_cannot_show() -> None:
+    # One replica at its knee: 10 running, 3 waiting for prefill (within targetQueueDepth), 120 first tokens in the
+    # last window at 800 ms; 12 requests a replica is sized for (1.25 x the 9.6 proven). Its counts are the same
+    # whether 120 or 240 requests arrived: only the arrivals tell them apart.
+    def saturated(arrived: float | None) -> dict[str, float]:
+        values = report([800.0] * 120, waiting=3, running=10)
+        return values if arrived is None else {**values, "arrivals": arrived}
+
+    state = stable(1, proven=9.6, last_up=NOW - 900)
+    assert policy()(context([saturated(120.0)], ongoing=13, state=state))[0] == 2  # 13 / 12
+    desired, after = policy()(context([saturated(240.0)], ongoing=13, state=state))
+    assert (desired, after["reason"]) == (3, "QueueDepth")  # twice the arrivals: 26 / 12
+    assert after["recent_load"][-1][1] == pytest.approx(26.0)
+    # The knee is learned from what the replica carried (13), never from the demand beyond it.
+    slow = {**report([2500.0] * 120, waiting=3, running=10), "arrivals": 240.0}
+    breached = stable(1, windows=[(NOW - 35, {40: 120.0})])
+    assert policy()(context([slow], ongoing=13, state=breached))[1]["capacity"] == pytest.approx(13.0)
+    # No ratio from a replica that does not count arrivals (an older version), nor from too few to count.
+    mixed = [saturated(240.0), saturated(None)]
+    assert merge_replica_reports(context(mixed, ongoing=26).raw_metrics, "ttft", NOW, 30).arrivals is None
+    quiet = {**report([800.0] * 10, waiting=3, running=10), "arrivals": 19.0}
+    assert policy()(context([quiet], ongoing=13, state=state))[1]["recent_load"][-1][1] == pytest.approx(13.0)

@@ -10,11 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 from tokenplane_serving.features.occupancy import AdmittedMiddleware
 from tokenplane_serving.mapping import ADMISSION_ENV
-from tokenplane_serving.occupancy import AcceptedMiddleware, Admission, Occupancy, http_middlewares
+from tokenplane_serving.occupancy import (
+    ARRIVALS_WINDOW_S,
+    AcceptedMiddleware,
+    Admission,
+    Occupancy,
+    http_middlewares,
+)
 
 SLOTS, QUEUE = 2, 3
 
@@ -57,8 +64,8 @@ def stack(occupancy: Occupancy, release: asyncio.Event) -> Any:
     return AcceptedMiddleware(ray_admission, occupancy, admission=None)
 
 
-async def call(app: Any) -> tuple[int, dict[str, str], bytes]:
-    """One POST through `app`: status, headers, body."""
+async def call(app: Any, method: str = "POST") -> tuple[int, dict[str, str], bytes]:
+    """One request (a POST by default) through `app`: status, headers, body."""
     sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
@@ -67,7 +74,7 @@ async def call(app: Any) -> tuple[int, dict[str, str], bytes]:
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    await app({"type": "http", "method": "POST", "path": "/v1/completions", "headers": []}, receive, send)
+    await app({"type": "http", "method": method, "path": "/v1/completions", "headers": []}, receive, send)
     headers = {k.decode(): v.decode() for k, v in sent[0].get("headers", [])}
     return int(sent[0]["status"]), headers, b"".join(m.get("body", b"") for m in sent[1:])
 
@@ -194,3 +201,27 @@ def test_the_bound_is_read_from_the_deployments_environment() -> None:
     env = dict(zip(ADMISSION_ENV, ("24", "503", "2"), strict=True))
     assert Admission.from_environment(env) == Admission(capacity=24, status=503, retry_after_s=2)
     assert Admission.from_environment({}) is None
+
+
+def test_arrivals_count_inference_requests_refused_or_not_but_not_client_errors() -> None:
+    async def scenario() -> None:
+        occupancy, release = Occupancy(), asyncio.Event()
+        app = stack(occupancy, release)
+        tasks = [asyncio.create_task(request(app)) for _ in range(SLOTS + QUEUE)]
+        await asyncio.sleep(0.05)
+        assert await request(app) == 429  # refused for lack of room: demand all the same
+        bounded = AcceptedMiddleware(app.app, occupancy, Admission(capacity=SLOTS + QUEUE, status=503, retry_after_s=1))
+        assert await request(bounded) == 503  # refused by tokenplane's admission: demand too
+        assert occupancy.arrivals() == SLOTS + QUEUE + 2
+
+        async def bad_request(scope: Any, receive: Any, send: Any) -> None:
+            await answer(send, 400, b"too long")
+
+        assert await request(AcceptedMiddleware(bad_request, occupancy, admission=None)) == 400  # none would serve it
+        release.set()
+        await asyncio.gather(*tasks)
+        assert (await call(app, method="GET"))[0] == 200  # not an inference request (a probe, the model list)
+        assert occupancy.arrivals() == SLOTS + QUEUE + 2  # served or refused, they arrived within the window
+        assert occupancy.arrivals(now=time.monotonic() + ARRIVALS_WINDOW_S + 1) == 0  # and leave it
+
+    asyncio.run(scenario())

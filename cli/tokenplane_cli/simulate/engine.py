@@ -5,11 +5,14 @@ metric pushes and controller ticks. Each replica admits up to its batch cap; a r
 cap waits in Serve's queue (bounded: past it, rejected). A replica prefills prompts one at a time and decodes
 its running sequences together; decoding is tracked on a per-replica virtual token clock that advances at
 `1 / step_s(batch)` tokens per second, so a finish is one event whatever the batch. Replicas push their
-autoscaling report (engine queue + 30 s latency histogram, exactly what `TokenplaneLLMServer` reports) every
-push interval: vLLM's waiting count is the requests admitted whose prefill has not started, its running count
-the others. Serve's request counts are averaged over `look_back_period_s` as the controller does. A node stays
-in the pool `NODE_IDLE_S` after its replica stops (a replica cancelled while its node provisions leaves that
-node once provisioned); a replica started on such a node loads the model only.
+autoscaling report (engine queue, arrivals and latency histograms over 30 s, exactly what `TokenplaneLLMServer`
+reports) every push interval: vLLM's waiting count is the requests admitted whose prefill has not started, its
+running count the others. A request counts as an arrival at the replica HAProxy sends it to: the one that admits
+it, or the least busy ready one, where it waits for a slot (or is refused); at zero replicas, none (Ray's fallback
+proxy holds it). A request longer than the context window is a client error, not an arrival. Serve's request
+counts are averaged over `look_back_period_s` as the controller does. A node stays in the pool `NODE_IDLE_S`
+after its replica stops (a replica cancelled while its node provisions leaves that node once provisioned); a
+replica started on such a node loads the model only.
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ class Replica:
     ttft: deque[tuple[float, float]] = field(default_factory=deque)
     e2e: deque[tuple[float, float]] = field(default_factory=deque)
     prefill_starts: deque[float] = field(default_factory=deque)  # admitted requests' prefill start times
+    arrivals: deque[float] = field(default_factory=deque)
     node_at: float = 0.0  # when its node is (was) provisioned
 
 
@@ -170,10 +174,12 @@ class Simulation:
             job.rejected = True  # vLLM answers 400: the request cannot fit the context window
             return
         ready = self._ready_replicas()
-        free = [r for r in ready if r.active < self.phys.batch_cap]
-        if free:
-            self._admit(min(free, key=lambda r: r.active), job, now)
-            return
+        if ready:
+            least = min(ready, key=lambda r: r.active)
+            least.arrivals.append(now)
+            if least.active < self.phys.batch_cap:
+                self._admit(least, job, now)
+                return
         if len(self.queue) >= self.cfg.max_queued:
             job.rejected = True
             return
@@ -288,9 +294,15 @@ class Simulation:
                     samples.popleft()
             while rep.prefill_starts and rep.prefill_starts[0] <= now:
                 rep.prefill_starts.popleft()
+            while rep.arrivals and rep.arrivals[0] < cutoff:
+                rep.arrivals.popleft()
             # vLLM's num_requests_waiting: admitted, not yet scheduled (here: waiting for the prefill server).
             waiting = float(len(rep.prefill_starts))
-            report = {"engine_waiting": waiting, "engine_running": float(rep.active) - waiting}
+            report = {
+                "engine_waiting": waiting,
+                "engine_running": float(rep.active) - waiting,
+                "arrivals": float(len(rep.arrivals)),
+            }
             report.update(latency_histogram("ttft", [v for _, v in rep.ttft]))
             report.update(latency_histogram("e2e", [v for _, v in rep.e2e]))
             for name, value in report.items():

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from tokenplane_cli import app
 from tokenplane_cli.simulate import DEFAULT_DEPLOYMENT, _deployment
-from tokenplane_cli.simulate.engine import Simulation
+from tokenplane_cli.simulate.engine import SimConfig, Simulation
 from tokenplane_cli.simulate.physics import TINY_CPU, physics_for
 from tokenplane_cli.simulate.policies import RayController
 from tokenplane_cli.simulate.run import (
@@ -184,3 +184,29 @@ def test_scale_in_delay_is_held_once_not_twice() -> None:
     peak = max(target for _, target, _, _ in result.timeline)
     first_lower = next(t for t, target, _, _ in result.timeline if t > 900 and target < peak)
     assert first_lower <= 900 + delay + 60
+
+
+class _Probe:
+    """Keeps the deployment at 2 replicas and reads the replicas' latest arrival counts at one moment."""
+
+    def __init__(self, at: float) -> None:
+        self.at = at
+        self.seen: float | None = None
+
+    def decide(self, sim: Simulation, now: float) -> int | None:
+        if self.seen is None and now >= self.at:
+            self.seen = sum(series[-1].value for series in sim.raw["arrivals"].values())
+        return 2
+
+
+def test_replicas_report_the_requests_that_arrived_in_their_latency_window() -> None:
+    # What `TokenplaneLLMServer` reports as `arrivals`: the requests the replicas took in over the last 30 s, counted
+    # at the replica HAProxy sent them to, whether admitted or waiting there; the policy divides them by the first
+    # tokens of the same window. 4 requests/s; the last push before t=105 was at t=100.
+    deployment = _deployment(None)
+    scenario = scenario_for(deployment, physics_for(deployment))
+    trace = step_trace(4, 4, start=0, end=0, total=300)
+    probe = _Probe(at=105.0)
+    cfg = SimConfig(**{**scenario.sim.__dict__, "initial_replicas": 2})
+    Simulation(cfg, trace, probe).run()
+    assert probe.seen == sum(1 for r in trace if 70.0 <= r.t <= 100.0) == 121
