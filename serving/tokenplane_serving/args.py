@@ -166,8 +166,8 @@ class EngineArgs(_Args):
         default=64,
         ge=1,
         description=(
-            "Sequences one engine batches at once. Also the default per-replica `max_ongoing_requests`, so "
-            "extra requests wait in Ray Serve, where routing and backpressure can act, not inside vLLM."
+            "Sequences one engine batches at once. A replica takes a quarter more (`max_ongoing_requests`; they "
+            "wait in vLLM's queue); requests beyond that wait in Ray Serve, where routing and backpressure act."
         ),
     )
     speculative: SpeculativeArgs | None = Field(default=None, description="Speculative decoding; off if unset.")
@@ -351,7 +351,9 @@ class BackpressureArgs(_Args):
     """What happens when replicas are full."""
 
     max_ongoing_requests: int | None = Field(
-        default=None, ge=1, description="In-flight requests per replica; unset means engine.max_num_seqs."
+        default=None,
+        ge=1,
+        description="In-flight requests per replica; unset means engine.max_num_seqs plus a quarter.",
     )
     max_queued_requests: int | None = Field(
         default=None,
@@ -577,8 +579,25 @@ class ServingArgs(_Args):
 
     @property
     def effective_max_ongoing_requests(self) -> int:
-        """Per-replica in-flight cap: `backpressure.max_ongoing_requests`, else `engine.max_num_seqs`."""
+        """The batch the policy and the default queue are sized by.
+
+        `backpressure.max_ongoing_requests`, else `engine.max_num_seqs` (`replica_slots` adds a quarter to the latter).
+        """
         return self.backpressure.max_ongoing_requests or self.engine.max_num_seqs
+
+    @property
+    def replica_slots(self) -> int:
+        """Requests Ray lets one replica run at once (its `max_ongoing_requests`).
+
+        `backpressure.max_ongoing_requests` when set; else the engine's batch plus a quarter (at least one). With
+        exactly the batch, a closed loop at the batch size made new requests wait for a slot in the replica while
+        the engine had room: `tokenplane up` on the tiny model, c=16, 6 runs each, 565-1,446 against 1,475-1,965
+        output tok/s and P95 TTFT up to 4.7 s against 0.13-0.62 s. The spare requests wait in vLLM's queue,
+        which the waiting gauges and the autoscaling policy count; the policy still sizes by the batch.
+        """
+        if self.backpressure.max_ongoing_requests is not None:
+            return self.backpressure.max_ongoing_requests
+        return self.engine.max_num_seqs + max(1, -(-self.engine.max_num_seqs // 4))
 
     @property
     def effective_max_queued_requests(self) -> int:

@@ -234,7 +234,7 @@ def _retry_after_s(args: ServingArgs) -> int:
 
 
 def _admission_environment(args: ServingArgs) -> dict[str, str]:
-    capacity = args.effective_max_ongoing_requests + args.effective_max_queued_requests
+    capacity = args.replica_slots + args.effective_max_queued_requests
     values = (str(capacity), str(args.backpressure.status_code), str(_retry_after_s(args)))
     return dict(zip(ADMISSION_ENV, values, strict=True))
 
@@ -315,14 +315,14 @@ def _deployment_config(args: ServingArgs, *, fixed_replicas: int | None = None) 
     if fixed_replicas is None:
         autoscaling["policy"] = {"policy_function": AUTOSCALING_POLICY, "policy_kwargs": build_policy_kwargs(args)}
     config: dict[str, Any] = {
-        "max_ongoing_requests": args.effective_max_ongoing_requests,
+        "max_ongoing_requests": args.replica_slots,
         # Bounded: past it the ingress answers 429/503 + Retry-After at once instead of buffering. A direct-ingress
         # replica of Ray 2.60 counts a request as queued from admission until its task takes a slot, even a free
         # slot (replica.py `_track_queued_request`, "its possible that we drop more requests than actual
         # max_queued_requests"): a burst in one event-loop turn was refused beyond max_queued_requests with
         # every slot free. So Ray's bound leaves room for the slots, and the replica's own admission
         # (occupancy.py, `ADMISSION_ENV`) enforces the exact one.
-        "max_queued_requests": args.effective_max_queued_requests + args.effective_max_ongoing_requests,
+        "max_queued_requests": args.effective_max_queued_requests + args.replica_slots,
         "autoscaling_config": autoscaling,
         "graceful_shutdown_timeout_s": args.drain_grace_period_s,
         "graceful_shutdown_wait_loop_s": _DRAIN_POLL_S,

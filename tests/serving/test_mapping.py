@@ -41,8 +41,8 @@ def test_cpu_config() -> None:
     assert config["runtime_env"] == {
         "env_vars": {
             "VLLM_CPU_KVCACHE_SPACE": "1",
-            # The replica's admission: 16 running + 16 queued (one batch per possible replica), 503, Retry-After 1.
-            "TOKENPLANE_REPLICA_CAPACITY": "32",
+            # The replica's admission: 20 slots + 16 queued (one batch per possible replica), 503, Retry-After 1.
+            "TOKENPLANE_REPLICA_CAPACITY": "36",
             "TOKENPLANE_BACKPRESSURE_STATUS": "503",
             "TOKENPLANE_BACKPRESSURE_RETRY_AFTER_S": "1",
         }
@@ -53,8 +53,10 @@ def test_cpu_config() -> None:
 
 def test_max_ongoing_requests_derived_from_max_num_seqs() -> None:
     deployment = build_llm_config(make())["deployment_config"]
-    assert deployment["max_ongoing_requests"] == 16  # not Ray Serve LLM's 1e9
-    assert deployment["autoscaling_config"]["target_ongoing_requests"] == 12  # 3/4 of it
+    # The batch (16) plus a quarter, not Ray Serve LLM's 1e9: the spare slots wait in vLLM's queue.
+    assert deployment["max_ongoing_requests"] == 20
+    assert deployment["autoscaling_config"]["target_ongoing_requests"] == 12  # 3/4 of the batch
+    assert build_llm_config(make(engine={"max_num_seqs": 1}))["deployment_config"]["max_ongoing_requests"] == 2
     explicit = build_llm_config(make(backpressure={"max_ongoing_requests": 40}))["deployment_config"]
     assert explicit["max_ongoing_requests"] == 40
 
@@ -87,20 +89,20 @@ def test_autoscaling_and_backpressure() -> None:
         "downscale_delay_s": 0.0,  # the policy holds scale-in for the 60 s itself (two holds would stack)
         "downscale_to_zero_delay_s": 120,
     }
-    # Ray's bound has room for the 16 slots (Ray counts requests on their way to a free slot as queued); the
-    # replica's own admission holds the 16 + 10 exactly.
-    assert deployment["max_queued_requests"] == 10 + 16
+    # Ray's bound has room for the 20 slots (Ray counts requests on their way to a free slot as queued); the
+    # replica's own admission holds the 20 + 10 exactly.
+    assert deployment["max_queued_requests"] == 10 + 20
     assert (
         build_llm_config(make(backpressure={"max_queued_requests": 10, "status_code": 429, "retry_after_s": 2}))[
             "runtime_env"
         ]["env_vars"]["TOKENPLANE_REPLICA_CAPACITY"]
-        == "26"
+        == "30"
     )
     assert deployment["backpressure_config"] == {"status_code": 429, "retry_after_s": 2}
     assert deployment["graceful_shutdown_timeout_s"] == 45
     assert deployment["graceful_shutdown_wait_loop_s"] == 1
     default = build_llm_config(make(scaling={"max_replicas": 3}))["deployment_config"]
-    assert default["max_queued_requests"] == 16 * 3 + 16  # bounded by default: one batch per possible replica
+    assert default["max_queued_requests"] == 16 * 3 + 20  # bounded by default: one batch per possible replica
     assert default["backpressure_config"] == {"status_code": 503, "retry_after_s": 1}
     assert default["autoscaling_config"]["policy"] == {
         "policy_function": AUTOSCALING_POLICY,
