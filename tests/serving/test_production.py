@@ -311,7 +311,9 @@ def test_waiting_gauge_counts_requests_queued_in_the_replica(tiny_server: LocalS
     # does not see them; tokenplane's does, scraped from the real /metrics endpoint.
     assert tiny_server.metrics_url
     waiting, ongoing = "ray_tokenplane_replica_waiting_requests", "ray_tokenplane_replica_ongoing_requests"
-    body = {"model": MODEL_ID, "prompt": PROMPT, "max_tokens": 160, "temperature": 0, "ignore_eos": True}
+    # Long enough that the requests beyond the slots wait several seconds: Ray exports the gauge every 2 s, and in
+    # CI 160 tokens each let all 6 finish within 2 s, the wait unseen.
+    body = {"model": MODEL_ID, "prompt": PROMPT, "max_tokens": 480, "temperature": 0, "ignore_eos": True}
     samples: list[tuple[float, float, float]] = []
     # Work left by earlier tests on the shared server (a batch line redelivered, a slow stream) can hold a slot
     # at any moment, and a queue-full 429 is not what this test is about: start from a replica seen idle twice
