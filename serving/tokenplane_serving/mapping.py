@@ -66,7 +66,7 @@ FAST_PATH_ENV: dict[str, str] = {
 HOLD_ENV = ("TOKENPLANE_HOLD_SECONDS", "TOKENPLANE_HOLD_MAX_REQUESTS", "TOKENPLANE_HOLD_APP")
 
 # A replica's admission bound, enforced by `tokenplane_serving.occupancy` in the replica's HTTP server: requests
-# running or waiting at most (max_ongoing_requests + max_queued_requests), and the refusal's status and Retry-After.
+# running or waiting at most (the replica's slots + max_queued_requests), and the refusal's status and Retry-After.
 ADMISSION_ENV = (
     "TOKENPLANE_REPLICA_CAPACITY",
     "TOKENPLANE_BACKPRESSURE_STATUS",
