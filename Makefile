@@ -160,7 +160,7 @@ bench: $(STAMP) $(TINY_MODEL)/config.json ## tokenplane vs bare vLLM on the tiny
 bench-crosscheck: $(STAMP) $(TINY_MODEL)/config.json ## tokenplane bench vs vLLM's own client, same endpoints and workload
 	$(LIVE_LOCK) timeout 3600 $(BIN)/python -m tokenplane_cli.bench.local crosscheck --example $(EXAMPLE) --out $(BENCH_OUT) --pairs 5
 
-SIM_TRACES := steady diurnal spike agentic ramp bursty
+SIM_TRACES := steady diurnal spike agentic ramp bursty sawtooth
 simulate: $(STAMP) ## Replay every built-in trace against tokenplane's autoscaling and the baselines (results/simulate/)
 	@mkdir -p results/simulate
 	COLUMNS=160 $(BIN)/tokenplane simulate $(foreach t,$(SIM_TRACES),--trace $(t)) --plots results/simulate \

@@ -129,7 +129,8 @@ def render(
 @app.command()
 def simulate(
     trace: Annotated[
-        list[str] | None, typer.Option("--trace", help="Built-in trace: steady, diurnal, spike, agentic, ramp, bursty.")
+        list[str] | None,
+        typer.Option("--trace", help="Built-in trace: steady, diurnal, spike, agentic, ramp, bursty, sawtooth."),
     ] = None,
     trace_file: Annotated[
         Path | None, typer.Option("--trace-file", help='JSONL, one {"t", "input_tokens", "output_tokens"} per line.')

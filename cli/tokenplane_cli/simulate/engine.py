@@ -8,11 +8,13 @@ its running sequences together; decoding is tracked on a per-replica virtual tok
 autoscaling report (engine queue, arrivals and latency histograms over 30 s, exactly what `TokenplaneLLMServer`
 reports) every push interval: vLLM's waiting count is the requests admitted whose prefill has not started, its
 running count the others. A request counts as an arrival at the replica HAProxy sends it to: the one that admits
-it, or the least busy ready one, where it waits for a slot (or is refused); at zero replicas, none (Ray's fallback
-proxy holds it). A request longer than the context window is a client error, not an arrival. Serve's request
-counts are averaged over `look_back_period_s` as the controller does. A node stays in the pool `NODE_IDLE_S`
-after its replica stops (a replica cancelled while its node provisions leaves that node once provisioned); a
-replica started on such a node loads the model only.
+it, or the least busy ready one, where it waits for a slot (or is refused); at zero replicas, none: Ray's fallback
+proxy holds it (`tokenplane_serving.hold`), at most `max_held` requests at once (one more is answered 429 at
+once), each until a replica runs or, at most, the hold time (then 503; once a replica runs, the request is no
+longer held and waits in Serve's queue like any other). A request longer than the context window is a client error,
+not an arrival. Serve's request counts are averaged over `look_back_period_s` as the controller does. A node stays
+in the pool `NODE_IDLE_S` after its replica stops (a replica cancelled while its node provisions leaves that node
+once provisioned); a replica started on such a node loads the model only.
 """
 
 from __future__ import annotations
@@ -44,9 +46,9 @@ class Job:
 
     req: Request
     first_token: float | None = None
-    done: float | None = None
+    done: float | None = None  # when its answer ended: the last token, or the error status of a refused request
     rejected: bool = False
-    cold: bool = False  # arrived while no replica was ready
+    cold: bool = False  # arrived while no replica was ready (held)
 
 
 @dataclass
@@ -82,7 +84,8 @@ class SimConfig:
     max_replicas: int
     initial_replicas: int
     max_queued: int
-    hold_s: float
+    hold_s: float  # a request held at zero replicas gets 503 after this long (CR scaleToZero.holdSeconds)
+    max_held: int = 100  # requests held at zero replicas at once; one more gets 429 (CR scaleToZero.maxHeldRequests)
     push_interval_s: float = 10.0
     look_back_s: float = 30.0
     tick_s: float = 1.0
@@ -128,6 +131,7 @@ class Simulation:
         self.policy_state: dict[str, Any] = {}
         self.timeline: list[tuple[float, int, int, float]] = []
         self._recent_arrivals: deque[float] = deque()
+        self._held: set[int] = set()  # ids of the jobs held now: arrived at zero replicas, no replica ran since
 
     # -- events ---------------------------------------------------------------------------------------------
     def _at(self, t: float, kind: int, payload: Any = None) -> None:
@@ -149,6 +153,7 @@ class Simulation:
             _READY: self._ready,
             _TICK: self._tick,
             _PUSH: self._push,
+            _HOLD_EXPIRED: self._hold_expired,
         }
         now = 0.0
         while self.events:
@@ -171,7 +176,7 @@ class Simulation:
     def _arrival(self, now: float, job: Job) -> None:
         self._recent_arrivals.append(now)
         if job.req.input_tokens + job.req.output_tokens > self.phys.max_model_len:
-            job.rejected = True  # vLLM answers 400: the request cannot fit the context window
+            self._refuse(job, now)  # vLLM answers 400: the request cannot fit the context window
             return
         ready = self._ready_replicas()
         if ready:
@@ -180,11 +185,24 @@ class Simulation:
             if least.active < self.phys.batch_cap:
                 self._admit(least, job, now)
                 return
-        if len(self.queue) >= self.cfg.max_queued:
-            job.rejected = True
+        if len(self.queue) >= self.cfg.max_queued or (not ready and len(self._held) >= self.cfg.max_held):
+            self._refuse(job, now)  # Serve's queue is full (503), or the hold's bound is reached (429)
             return
-        job.cold = not ready
+        if not ready:
+            job.cold = True
+            self._held.add(id(job))
+            self._at(now + self.cfg.hold_s, _HOLD_EXPIRED, job)
         self.queue.append((now, job))
+
+    def _refuse(self, job: Job, now: float) -> None:
+        job.rejected, job.done = True, now
+
+    def _hold_expired(self, now: float, job: Job) -> None:
+        if id(job) in self._held:
+            # Still no replica: 503 with Retry-After, and the request is cancelled in Serve's queue.
+            self._held.discard(id(job))
+            self.queue = deque(entry for entry in self.queue if entry[1] is not job)
+            self._refuse(job, now)
 
     def _admit(self, rep: Replica, job: Job, now: float) -> None:
         rep.active += 1
@@ -231,10 +249,7 @@ class Simulation:
         if rep.state != "ready":
             return
         while self.queue and rep.active < self.phys.batch_cap:
-            arrived, job = self.queue.popleft()
-            if job.cold and now - arrived > self.cfg.hold_s:
-                job.rejected = True  # held past the hold time: 503 + Retry-After
-                continue
+            _, job = self.queue.popleft()
             self._admit(rep, job, now)
 
     # -- replicas -------------------------------------------------------------------------------------------
@@ -262,6 +277,7 @@ class Simulation:
         if rep.state != "starting":
             return
         rep.state = "ready"
+        self._held.clear()  # a replica runs: the held requests go to Serve's queue, and the hold time no longer applies
         self._fill(rep, now)
 
     def _stop(self, rep: Replica, now: float) -> None:
@@ -370,7 +386,7 @@ class Simulation:
         self._at(now + self.cfg.tick_s, _TICK)
 
 
-_ARRIVAL, _PREFILL_DONE, _DECODE, _READY, _TICK, _PUSH = range(6)
+_ARRIVAL, _PREFILL_DONE, _DECODE, _READY, _TICK, _PUSH, _HOLD_EXPIRED = range(7)
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -29,7 +29,9 @@ Scores: `requestAttainment` is the share of requests meeting the target (rejecte
 `gpuHours` counts each replica from its start (cold start included) to its stop, times its GPUs (one per
 replica on CPU); `goodputPerGpu` is SLO-meeting requests per second per average GPU held (= good requests /
 GPU-seconds); `scaleEvents` counts target changes; `coldStartWaits` requests that arrived with no replica
-ready; `rejected` the requests refused (queue full, or held past the hold time).
+ready (held by Ray's fallback proxy); `rejected` the requests refused: Serve's queue full, more than
+`scaleToZero.maxHeldRequests` held (429), held past `scaleToZero.holdSeconds` with no replica running (503), or
+longer than the context window (400).
 """
 
 from __future__ import annotations
@@ -59,7 +61,6 @@ __all__ = ["POLICIES", "Scenario", "Score", "oracle_plan", "run_policies", "scen
 POLICIES = ("tokenplane", "static", "ray-default", "ttft-step", "keda", "slo-keda", "oracle")
 _MINUTE = 60.0
 DEFAULT_TARGET_MS = 1000.0
-DEFAULT_HOLD_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,8 @@ def scenario_for(deployment: InferenceDeployment, physics: ReplicaPhysics) -> Sc
         max_replicas=args.scaling.max_replicas,
         initial_replicas=args.scaling.initial_replicas or max(1, args.scaling.min_replicas),
         max_queued=physics.batch_cap * args.scaling.max_replicas,
-        hold_s=float(getattr(scaling.scale_to_zero, "hold_seconds", DEFAULT_HOLD_S)),
+        hold_s=float(scaling.scale_to_zero.hold_seconds),
+        max_held=scaling.scale_to_zero.max_held_requests,
     )
     return Scenario(sim, autoscaling, plain, float(scaling.target_queue_depth), scaling.scale_to_zero.enabled)
 

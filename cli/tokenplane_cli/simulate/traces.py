@@ -51,10 +51,10 @@ def _poisson(rng: random.Random, rate: Callable[[float], float], duration: float
             times.append(t)
 
 
-def _requests(rng: random.Random, times: list[float], max_len: int) -> list[Request]:
+def _requests(rng: random.Random, times: list[float], max_len: int, prompt: float = 2000) -> list[Request]:
     out = []
     for t in times:
-        n_in, n_out = _tokens(rng, 2000, 0.6, 64, 7000), _tokens(rng, 150, 0.7, 8, 1000)
+        n_in, n_out = _tokens(rng, prompt, 0.6, 64, 7000), _tokens(rng, 150, 0.7, 8, 1000)
         out.append(Request(t, max(1, min(n_in, max_len - n_out)), n_out))
     return out
 
@@ -107,6 +107,15 @@ def _bursty(rng: random.Random, k: float, max_len: int) -> list[Request]:
     return _requests(rng, _poisson(rng, rate, 3600, 16 * k), max_len)
 
 
+def _sawtooth(rng: random.Random, k: float, max_len: int) -> list[Request]:
+    # Batch-like waves: the rate climbs from 1 to 10 req/s over each 10-minute period, then falls back at once;
+    # prompts around 3,000 tokens (documents), so each request costs half as much prefill again as elsewhere.
+    def rate(t: float) -> float:
+        return k * (1 + 9 * (t % 600) / 600)
+
+    return _requests(rng, _poisson(rng, rate, 3600, 10 * k), max_len, prompt=3000)
+
+
 def _agentic(rng: random.Random, k: float, max_len: int) -> list[Request]:
     # Agent sessions: chains of 4-16 dependent calls; each call's prompt is the previous context plus the
     # last answer and a tool result, so contexts grow. The next call starts when the previous one would
@@ -131,6 +140,7 @@ BUILTIN_TRACES: dict[str, Callable[[random.Random, float, int], list[Request]]] 
     "agentic": _agentic,
     "ramp": _ramp,
     "bursty": _bursty,
+    "sawtooth": _sawtooth,
 }
 
 

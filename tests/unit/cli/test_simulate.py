@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 
 from tokenplane_cli import app
 from tokenplane_cli.simulate import DEFAULT_DEPLOYMENT, _deployment
-from tokenplane_cli.simulate.engine import SimConfig, Simulation
+from tokenplane_cli.simulate.engine import Job, SimConfig, Simulation
 from tokenplane_cli.simulate.physics import TINY_CPU, physics_for
-from tokenplane_cli.simulate.policies import RayController
+from tokenplane_cli.simulate.policies import FixedController, RayController
 from tokenplane_cli.simulate.run import (
     POLICIES,
     _controller,
@@ -130,6 +130,33 @@ def test_builtin_traces_are_reproducible_and_sane(name: str) -> None:
     assert len(builtin_trace(name, rate_scale=0.1)) < len(first) / 5
 
 
+def test_sawtooth_climbs_for_ten_minutes_then_drops_at_once() -> None:
+    requests = builtin_trace("sawtooth")
+    per_minute = [sum(1 for r in requests if m * 60 <= r.t < (m + 1) * 60) for m in range(60)]
+    for period in range(6):
+        first, last = per_minute[period * 10], per_minute[period * 10 + 9]
+        assert last > 4 * first  # about 1.5 against 9.5 req/s
+    prompts = sorted(r.input_tokens for r in requests)
+    assert 2500 < prompts[len(prompts) // 2] < 3500  # document-sized prompts
+
+
+def test_mig_deployment_fixture_simulates_on_half_gpus(tmp_path: Path) -> None:
+    # A deployment given with -f, not the default one: MIG 3g slices of an H100 NVL, P95 TTFT 2 s, 1-12 replicas.
+    fixture = REPO / "tests/data/simulate/copilot-mig.yaml"
+    deployment = _deployment(fixture)
+    physics = physics_for(deployment)
+    scenario = scenario_for(deployment, physics)
+    assert physics.gpus == 0.5  # two 3g slices per GPU
+    assert (scenario.sim.min_replicas, scenario.sim.max_replicas, scenario.sim.target_ms) == (1, 12, 2000.0)
+    assert physics.prefill_s(2000) < physics_for(_deployment(None)).prefill_s(2000)  # an H100 slice, not an A100
+    trace = write_trace(tmp_path / "t.jsonl", step_trace(1, 4, start=60, end=180, total=300))
+    result = runner.invoke(app, ["simulate", "-f", str(fixture), "--trace-file", str(trace), "-o", "json"])
+    assert result.exit_code == 0, result.output
+    oracle = json.loads(result.stdout)["policies"]["oracle"]
+    assert oracle["minuteAttainment"] == 1.0
+    assert oracle["gpuHours"] < 12 * 0.5 * 300 / 3600  # fewer than 12 half-GPUs held for the trace
+
+
 def test_bad_trace_file_is_one_clear_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"t": 0, "input_tokens": 10, "output_tokens": 5}\n{"t": 1, "input_tokens": "x"}\n')
@@ -210,3 +237,31 @@ def test_replicas_report_the_requests_that_arrived_in_their_latency_window() -> 
     cfg = SimConfig(**{**scenario.sim.__dict__, "initial_replicas": 2})
     Simulation(cfg, trace, probe).run()
     assert probe.seen == sum(1 for r in trace if 70.0 <= r.t <= 100.0) == 121
+
+
+def test_a_request_at_zero_is_held_until_a_replica_runs_or_its_hold_time() -> None:
+    # Scale-to-zero as Ray's fallback proxy and tokenplane's hold serve it: at zero replicas, at most maxHeldRequests
+    # wait (one more gets 429 at once), each until a replica runs or the hold time ends (then 503). One replica is
+    # asked for at t=0; with no node in the pool it runs after node provisioning + model loading.
+    deployment = _deployment(None)
+    base = scenario_for(deployment, physics_for(deployment)).sim
+    ready_at = base.physics.provision_s + base.physics.load_s
+
+    def run(hold_s: float, max_held: int, requests: list[Request]) -> list[Job]:
+        cfg = SimConfig(**{**base.__dict__, "initial_replicas": 0, "hold_s": hold_s, "max_held": max_held})
+        return Simulation(cfg, requests, FixedController(1)).run().jobs
+
+    burst = [Request(1.0 + i, 2000, 150) for i in range(12)]
+    jobs = run(ready_at + 60, 10, burst)
+    assert [j.rejected for j in jobs] == [False] * 10 + [True] * 2
+    assert all(j.cold and j.first_token is not None and j.first_token >= ready_at for j in jobs[:10])
+    assert [j.done for j in jobs[10:]] == [11.0, 12.0]  # the bound: refused on arrival
+    # A hold shorter than the cold start: every held request gets 503 when its own hold time ends.
+    jobs = run(120.0, 10, burst)
+    assert [j.done for j in jobs[:10]] == [r.t + 120.0 for r in burst[:10]]
+    assert all(j.rejected and j.first_token is None for j in jobs)
+    # Once a replica runs, a request is no longer held: it waits in Serve's queue past the hold time, and is served.
+    crowd = [Request(i / 100, 2000, 150) for i in range(300)]
+    jobs = run(ready_at + 10, 1000, crowd)
+    assert not any(j.rejected for j in jobs)
+    assert max(j.first_token - j.req.t for j in jobs if j.first_token is not None) > ready_at + 10
