@@ -42,6 +42,7 @@ _OWNED_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY}"
 # Timer cadence is fixed when handlers register (import time), so it comes straight from the environment.
 _TIMERS = OperatorSettings()
 _NOTHING_REPORTED = rayservice_fingerprint({})
+_TIMER_EXIT_POLL_S = 1.0  # an in-memory check of a task, cheap at any number of deployments
 
 
 async def build_clients(config: OperatorSettings) -> Clients:
@@ -69,6 +70,9 @@ async def startup(
         prefix=GROUP, key="last-handled-configuration"
     )
     settings.posting.level = logging.INFO
+    # A CR's finalizer waits for its timers to exit; one caught mid-reconcile is rechecked after this long, and
+    # kopf's default (60 s) kept a deleted deployment around for a minute after its deletion handler finished.
+    settings.background.cancellation_polling = _TIMER_EXIT_POLL_S
     # Only the RayServices we render reach this process: the API server filters the watch (a cluster's other
     # RayServices cost neither memory nor events here); the handler's `labels` filter says the same client-side.
     settings.watching.label_selectors[RAYSERVICE] = _OWNED_SELECTOR

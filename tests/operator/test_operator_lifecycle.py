@@ -1,5 +1,6 @@
 """kopf + kmock + the ARM emulator: create to Ready, updates, sharing, deletion, restarts."""
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import kmock
@@ -125,6 +126,27 @@ async def test_two_deployments_share_one_pool_deleted_after_the_last(op: Operato
     await op.delete("b", namespace="team")
     await op.wait_for(lambda: op.get("b", namespace="team") is None, message="b deleted")
     assert op.arm.pool_names() == []
+
+
+async def test_deleted_promptly_while_its_poll_is_mid_reconcile(op: OperatorHarness) -> None:
+    """kopf keeps the finalizer until the CR's timers exit; one caught mid-reconcile must not hold it for a minute.
+
+    Sharing the pool makes the deletion handler finish at once, so only the timer's exit holds the finalizer.
+    """
+    await op.create(cr_body("a"))
+    await op.create(cr_body("b"))
+    name = (await op.wait_ready("a"))["status"]["nodePool"]["name"]
+    await op.wait_ready("b")
+    pool_path = f"/agentPools/{name}$"
+    before = len(op.arm.calls("GET", pool_path))
+    op.arm.stall("GET", pool_path, seconds=4, times=2)
+    # Once Ready, only the poll timers read the pool, one read at a time: a's poll is within this read or
+    # waits for it (the timers tick every 0.3 s), and stays mid-reconcile until the stall ends.
+    await op.wait_for(lambda: len(op.arm.calls("GET", pool_path)) > before, message="a poll's pool read")
+    await asyncio.sleep(1)
+    await op.delete("a")
+    await op.wait_for(lambda: op.get("a") is None, within=8, message="a gone (kopf rechecks its timers every 60 s)")
+    assert op.arm.pool_names() == [name], "b still uses the pool"
 
 
 async def test_delete_while_provisioning(op: OperatorHarness) -> None:

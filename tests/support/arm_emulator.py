@@ -57,7 +57,7 @@ import urllib.parse
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import trustme
 from aiohttp import web
@@ -147,6 +147,30 @@ class Fault:
 
 
 @dataclass
+class Stall:
+    """The next ``times`` requests matching ``method`` and ``path`` are answered normally, ``seconds`` late."""
+
+    method: str
+    path: re.Pattern[str]
+    times: int
+    seconds: float
+
+
+_Pending = TypeVar("_Pending", Fault, Stall)
+
+
+def _take(pending: list[_Pending], method: str, path: str) -> _Pending | None:
+    """The first of ``pending`` that matches the request, used up once."""
+    for item in pending:
+        if item.method == method and item.path.search(path):
+            item.times -= 1
+            if item.times <= 0:
+                pending.remove(item)
+            return item
+    return None
+
+
+@dataclass
 class _Operation:
     id: str
     key: tuple[str, str, str, str]
@@ -187,6 +211,7 @@ class ArmEmulator:
         self._pools: dict[tuple[str, str, str, str], dict[str, Any]] = {}
         self._ops: dict[str, _Operation] = {}
         self._faults: list[Fault] = []
+        self._stalls: list[Stall] = []
         self._limits: dict[str, int] = {}  # quota name (lower case) -> limit in vCPUs
         self._other_usage: dict[str, int] = {}  # quota name (lower case) -> vCPUs used outside the pools
         self._requests: list[RecordedRequest] = []
@@ -318,6 +343,11 @@ class ArmEmulator:
         """Answer the next ``times`` matching requests with this status, body and headers."""
         self._add(Fault(method.upper(), re.compile(path), times, status, body, dict(headers or {})))
 
+    def stall(self, method: str, path: str, *, seconds: float, times: int = 1) -> None:
+        """Hold the next ``times`` matching requests for ``seconds`` before answering them normally (a slow ARM)."""
+        with self._lock:
+            self._stalls.append(Stall(method.upper(), re.compile(path), times, seconds))
+
     def throttle(self, method: str, path: str, *, retry_after_s: int, times: int = 1) -> None:
         """Answer 429 with ``Retry-After`` as ARM's throttling does."""
         body = _error("TooManyRequests", "The request is being throttled as the limit has been reached.")
@@ -391,7 +421,11 @@ class ArmEmulator:
             body = raw.decode(errors="replace")
         with self._lock:
             self._requests.append(RecordedRequest(request.method, request.path, dict(request.query), body))
-            fault = self._take_fault(request.method, request.path)
+            stall = _take(self._stalls, request.method, request.path)
+        if stall is not None:
+            await asyncio.sleep(stall.seconds)
+        with self._lock:
+            fault = _take(self._faults, request.method, request.path)
             if fault is not None and fault.lro_error is None:
                 return _json(fault.status, fault.body, fault.headers)
             if match := _TOKEN_PATH.match(request.path):
@@ -529,15 +563,6 @@ class ArmEmulator:
         token = f"wi-token-{next(self._ids)}"
         self.issued_tokens.append(token)
         return _json(200, {"token_type": "Bearer", "expires_in": 3599, "ext_expires_in": 3599, "access_token": token})
-
-    def _take_fault(self, method: str, path: str) -> Fault | None:
-        for fault in self._faults:
-            if fault.method == method and fault.path.search(path):
-                fault.times -= 1
-                if fault.times <= 0:
-                    self._faults.remove(fault)
-                return fault
-        return None
 
     def _route(self, request: web.Request, body: Any, fault: Fault | None) -> web.Response:
         method, path = request.method, request.path
