@@ -203,29 +203,44 @@ def _start_batch_redis(args: ServingArgs, server: LocalServer) -> None:
     store = args.batch.store if args.batch.store and not is_blob_uri(args.batch.store) else None
     data_dir = Path(store or os.path.expanduser(f"~/.cache/tokenplane/batch/{args.app_name}")) / "redis"
     data_dir.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
-    command = [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data_dir)]
-    process = subprocess.Popen(
-        [*command, "--save", "", "--appendonly", "yes"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    started = _spawn_redis(binary, data_dir, persistent=True)
+    if started is None:
+        raise LocalServeError(f"redis-server did not start for the batch queue (its data: {data_dir})")
+    port, stop_redis = started
 
     def stop() -> None:
         os.environ.pop(env, None)
-        process.terminate()
-        process.wait(10)
+        stop_redis()
 
     server._cleanup.append(stop)
-    deadline = time.monotonic() + 10
-    while True:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
-            break
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise LocalServeError(f"redis-server did not start on port {port} (exit code {process.poll()})")
-        time.sleep(0.05)
     os.environ[env] = f"redis://127.0.0.1:{port}/0"
+
+
+def _spawn_redis(binary: str, data_dir: Path, *, persistent: bool) -> tuple[int, Callable[[], None]] | None:
+    """Start a redis-server on a free loopback port, with an append-only file in `data_dir` if `persistent`.
+
+    Returns:
+        Its port and how to stop it; None (and stopped) when it did not answer PING within 10 s.
+    """
+    port = _free_port()
+    command = [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data_dir), "--save", ""]
+    command += ["--appendonly", "yes" if persistent else "no"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop() -> None:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+    deadline = time.monotonic() + 10
+    while not _redis_answers(port):
+        if time.monotonic() > deadline or process.poll() is not None:
+            stop()
+            return None
+        time.sleep(0.05)
+    return port, stop
 
 
 def _redis_answers(port: int) -> bool:
@@ -251,33 +266,26 @@ def local_cache_store(args: ServingArgs, console: Console) -> tuple[ServingArgs,
     if not args.cache.enabled or not variable or os.environ.get(variable):
         return args, None
     binary = shutil.which("redis-server")
+    off = args.model_copy(update={"cache": args.cache.model_copy(update={"enabled": False})})
     if binary is None:
         console.print(
             f"[yellow]![/] Response cache off: ${variable} is unset and redis-server is not installed "
             "(`make redis`, or apt-get install redis-server)"
         )
-        return args.model_copy(update={"cache": args.cache.model_copy(update={"enabled": False})}), None
-    port = _free_port()
+        return off, None
     workdir = tempfile.mkdtemp(prefix="tp-redis-")
-    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", workdir]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    started = _spawn_redis(binary, Path(workdir), persistent=False)
+    if started is None:
+        shutil.rmtree(workdir, ignore_errors=True)
+        console.print("[yellow]![/] Response cache off: redis-server did not start on 127.0.0.1")
+        return off, None
+    port, stop_redis = started
 
     def stop() -> None:
         os.environ.pop(variable, None)  # the next local run starts its own
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_redis()
         shutil.rmtree(workdir, ignore_errors=True)
 
-    deadline = time.monotonic() + 10
-    while not _redis_answers(port):
-        if time.monotonic() > deadline or process.poll() is not None:
-            stop()
-            console.print(f"[yellow]![/] Response cache off: redis-server did not start on 127.0.0.1:{port}")
-            return args.model_copy(update={"cache": args.cache.model_copy(update={"enabled": False})}), None
-        time.sleep(0.05)
     os.environ[variable] = f"redis://127.0.0.1:{port}/0"  # Ray's processes inherit it at ray.init
     console.print(f"[green]✓[/] Redis for the response cache on 127.0.0.1:{port} (stops with the server)")
     return args, stop
