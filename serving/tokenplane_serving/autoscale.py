@@ -5,7 +5,10 @@ Ray Serve calls `TokenplanePolicy.__call__` once per control-loop tick (`autosca
 `record_autoscaling_stats`, their engine queue and a *histogram* of recent latencies (sparse bucket counts,
 `latency_histogram`). The policy sums the fresh replicas' buckets into the fleet's histogram and reads the
 P95 from it: a fleet P95 cannot be recovered from per-replica P95s (their max over-scales when one replica is
-unlucky, their mean hides a slow half).
+unlucky, their mean hides a slow half). With the TTFT histogram come histograms of the finished requests' wait
+before prefill and of their prefill (vLLM's `queued_time`, `prefill_time`): the P95 the rules below judge is the
+part of the TTFT more replicas can remove (`TokenplanePolicy.judged_p95`), so long prompts, whose own prefill takes
+most of the target, neither breach it nor keep every load from being proven within it.
 
 The load is what the engines run (their own count, averaged over a latency window) plus what waits for them up
 to `targetQueueDepth` per replica; more waiting is a *backlog*, which by Little's law inflates request counts by
@@ -55,7 +58,7 @@ import bisect
 import math
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from tokenplane_serving.schedule import ScheduleWindow, schedule_minimum
@@ -86,6 +89,7 @@ _WINDOW_S = 30.0  # the replicas' latency histogram window (tokenplane_serving.s
 _MAX_GROWTH_PER_TICK = 2.0
 _TREND_S = 180.0  # the load trend is fitted over this window
 _BACKLOG_S = 60.0  # an overloaded fleet is sized to drain its backlog within this long
+_MIN_BUDGET = 0.2  # waits are judged against at least this fraction of the target (prompts longer than it)
 _EXPLORE = 1.25  # scale-in may load a replica this much beyond the most it has been seen to carry within target
 
 
@@ -142,6 +146,10 @@ class FleetMetrics:
     arrivals: float | None = None
     # Requests that got their first token in that window (their TTFT samples, whatever metric is targeted).
     served: float = 0.0
+    # Of the requests that finished in that window: their wait before prefill, and their prefill (`wait_h<i>`,
+    # `prefill_h<i>`): the part of the TTFT more replicas remove, and the part the prompts themselves set.
+    wait_histogram: dict[int, float] = field(default_factory=dict)
+    prefill_histogram: dict[int, float] = field(default_factory=dict)
 
     def p95_ms(self, q: float = 0.95) -> float | None:
         """Return the fleet's latency quantile from the merged histogram (None without samples)."""
@@ -181,9 +189,8 @@ def merge_replica_reports(
             point = _latest(series)
             if point is not None:
                 latest.setdefault(replica, {})[name] = point
-    prefix = f"{metric}_h"
+    prefixes: dict[str, dict[int, float]] = {f"{metric}_h": {}, "wait_h": {}, "prefill_h": {}}
     waiting = running = batch = replica_waiting = arrivals = served = 0.0
-    histogram: dict[int, float] = {}
     fresh = stale = counted = 0
     for values in latest.values():
         newest = max(ts for ts, _ in values.values())
@@ -207,11 +214,15 @@ def merge_replica_reports(
                 counted += 1
             if name.startswith("ttft_h") and name[6:].isdigit():
                 served += value
-            if name.startswith(prefix) and name[len(prefix) :].isdigit():
-                index = int(name[len(prefix) :])
-                histogram[index] = histogram.get(index, 0.0) + value
+            prefix, _, index = name.rpartition("_h")
+            if index.isdigit() and f"{prefix}_h" in prefixes:
+                histogram = prefixes[f"{prefix}_h"]
+                histogram[int(index)] = histogram.get(int(index), 0.0) + value
     measured = arrivals if fresh and counted == fresh else None
-    return FleetMetrics(fresh, stale, waiting, running, histogram, batch, replica_waiting, measured, served)
+    histograms = list(prefixes.values())
+    return FleetMetrics(
+        fresh, stale, waiting, running, histograms[0], batch, replica_waiting, measured, served, *histograms[1:]
+    )
 
 
 class TokenplanePolicy:
@@ -296,7 +307,8 @@ class TokenplanePolicy:
         # below): by Little's law a backlog inflates the request count by the wait, not by the demand.
         tolerated = min(queue, self.target_queue * max(current, 1))
         running = max(0.0, fleet.engine_running - batch) + tolerated if fleet.fresh_replicas else ongoing
-        p95 = fleet.p95_ms() if fleet.samples >= self.min_samples else None
+        raw_p95 = fleet.p95_ms() if fleet.samples >= self.min_samples else None
+        p95 = self.judged_p95(fleet.histogram, fleet.wait_histogram, fleet.prefill_histogram)
         self._track_fleet(state, current, target, now)
         # The engines' counts are snapshots: averaged over a latency window, as Serve averages its own counts.
         snapshots = [(t, v) for t, v in state.get("recent_running", []) if now - t < _WINDOW_S]
@@ -386,7 +398,8 @@ class TokenplanePolicy:
         state.update(
             reason=reason,
             desired=desired,
-            p95_ms=p95,
+            p95_ms=raw_p95,
+            judged_p95_ms=p95,
             queue=queue,
             capacity=capacity,
             forecast=forecast,
@@ -451,6 +464,35 @@ class TokenplanePolicy:
         `batch` Batch API requests are taken off the engines' waiting first (they run at low priority).
         """
         return float(ctx.total_queued_requests or 0.0) + fleet.replica_waiting + max(0.0, fleet.engine_waiting - batch)
+
+    def judged_p95(
+        self, ttft: Mapping[int, float], wait: Mapping[int, float], prefill: Mapping[int, float]
+    ) -> float | None:
+        """Return the fleet P95 (ms) the policy judges against the target: the part more replicas can remove.
+
+        A request's TTFT is its wait before prefill plus its prefill, which its prompt sets whatever the fleet
+        size (a 3k-token prompt's own prefill can take most of the target). The waits are judged against what
+        the prompts leave of the target (the target less the P95 prefill, at least `_MIN_BUDGET` of it), scaled
+        to the target, so that the bands below apply to them unchanged; never above the raw P95, so a fleet
+        within the target is never judged in breach. The raw P95 without wait and prefill samples (replicas of
+        an older version), or when the target is on end-to-end latency.
+
+        Args:
+            ttft: The fleet's histogram of the targeted metric (`metric`).
+            wait: Its histogram of the finished requests' wait before prefill.
+            prefill: Its histogram of their prefill.
+        """
+        if sum(ttft.values()) < self.min_samples:
+            return None
+        raw = quantile_from_histogram(ttft, 0.95)
+        if self.metric != "ttft" or self.p95_ms is None or raw is None:
+            return raw
+        waited = quantile_from_histogram(wait, 0.95) if sum(wait.values()) >= self.min_samples else None
+        floor = quantile_from_histogram(prefill, 0.95) if sum(prefill.values()) >= self.min_samples else None
+        if waited is None or floor is None:
+            return raw
+        budget = max(self.p95_ms - floor, _MIN_BUDGET * self.p95_ms)
+        return min(raw, self.p95_ms * waited / budget)
 
     def _breached(self, p95: float | None) -> bool:
         return p95 is not None and self.p95_ms is not None and p95 > self.p95_ms
@@ -528,14 +570,15 @@ class TokenplanePolicy:
         # one unlucky window is not where the knee is); the fast breach response above reads one.
         windows = [w for w in state.get("windows", []) if now - w[0] < 2 * _WINDOW_S]
         if not windows or now - windows[-1][0] >= _WINDOW_S:
-            windows.append((now, dict(fleet.histogram)))
+            windows.append((now, dict(fleet.histogram), dict(fleet.wait_histogram), dict(fleet.prefill_histogram)))
         state["windows"] = windows
         per_replica = running / current
-        merged: dict[int, float] = {}
-        for _, histogram in windows:
-            for index, count in histogram.items():
-                merged[int(index)] = merged.get(int(index), 0.0) + count
-        knee_p95 = quantile_from_histogram(merged, 0.95) if len(windows) == 2 else None
+        merged: list[dict[int, float]] = [{}, {}, {}]
+        for _, *histograms in windows:
+            for into, histogram in zip(merged, histograms, strict=False):  # a 2-tuple: an older version's state
+                for index, count in histogram.items():
+                    into[int(index)] = into.get(int(index), 0.0) + count
+        knee_p95 = self.judged_p95(*merged) if len(windows) == 2 else None
         if self._breached(p95) and self._breached(knee_p95):
             # This fleet over the target for a minute shows the knee: a replica holds at most this load within
             # the target. It never goes below a load already proven well within the target.

@@ -12,6 +12,7 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any, ClassVar, cast
 
 from fastapi import HTTPException, status
@@ -72,6 +73,9 @@ class EngineStats:
         self._sums = [0, 0, 0]  # generated, queries, hits over `_window`: a snapshot costs O(1), not O(steps)
         self._ttft: collections.deque[tuple[float, float]] = collections.deque(maxlen=_LATENCY_SAMPLES)
         self._e2e: collections.deque[tuple[float, float]] = collections.deque(maxlen=_LATENCY_SAMPLES)
+        # Per finished request: its wait before its prefill began (vLLM's queued_time), and its prefill.
+        self._wait: collections.deque[tuple[float, float]] = collections.deque(maxlen=_LATENCY_SAMPLES)
+        self._prefill: collections.deque[tuple[float, float]] = collections.deque(maxlen=_LATENCY_SAMPLES)
         self.last_token_time = 0.0
         self.running = 0
         self.waiting = 0
@@ -127,18 +131,37 @@ class EngineStats:
             sums[1] -= queries
             sums[2] -= hits
 
-    def record_latencies(self, ttft_s: list[float], e2e_s: list[float], now: float | None = None) -> None:
-        """Keep recent time-to-first-token and end-to-end latencies (seconds) with their time."""
+    def record_latencies(
+        self,
+        ttft_s: list[float],
+        e2e_s: list[float],
+        now: float | None = None,
+        wait_s: Sequence[float] = (),
+        prefill_s: Sequence[float] = (),
+    ) -> None:
+        """Keep recent latencies (seconds) with their time.
+
+        Args:
+            ttft_s: Times to first token of the requests that got one.
+            e2e_s: End-to-end latencies of the requests that finished.
+            now: The time they are recorded at (monotonic clock).
+            wait_s: Of the finished requests, the time each waited before its prefill started (the part of its
+                TTFT that more replicas can remove).
+            prefill_s: Of the same requests, their prefill (the part their prompt itself sets).
+        """
         now = time.monotonic() if now is None else now
         with self._lock:
             self._ttft.extend((now, v) for v in ttft_s)
             self._e2e.extend((now, v) for v in e2e_s)
+            self._wait.extend((now, v) for v in wait_s)
+            self._prefill.extend((now, v) for v in prefill_s)
 
     def recent_ms(self, which: str, now: float | None = None) -> list[float]:
-        """Return the `ttft` or `e2e` latencies (ms) of the last `_LATENCY_WINDOW_S` seconds."""
+        """Return the `ttft`, `e2e`, `wait` or `prefill` latencies (ms) of the last `_LATENCY_WINDOW_S` seconds."""
         now = time.monotonic() if now is None else now
+        series = {"ttft": self._ttft, "e2e": self._e2e, "wait": self._wait, "prefill": self._prefill}[which]
         with self._lock:
-            rows = list(self._ttft if which == "ttft" else self._e2e)
+            rows = list(series)
         return [v * 1000.0 for t, v in rows if t >= now - _LATENCY_WINDOW_S]
 
     def snapshot(self, now: float | None = None) -> dict[str, float]:
@@ -193,7 +216,10 @@ class _StatsLogger(AggregateStatLoggerBase):
             finished = iteration_stats.finished_requests
             if iteration_stats.time_to_first_tokens_iter or finished:  # most decode steps have neither
                 self._stats.record_latencies(
-                    list(iteration_stats.time_to_first_tokens_iter), [r.e2e_latency for r in finished]
+                    list(iteration_stats.time_to_first_tokens_iter),
+                    [r.e2e_latency for r in finished],
+                    wait_s=[max(0.0, r.queued_time) for r in finished],
+                    prefill_s=[max(0.0, r.prefill_time) for r in finished],
                 )
         if scheduler_stats is not None:
             queries = scheduler_stats.prefix_cache_stats.queries
@@ -421,7 +447,9 @@ class TokenplaneServerMixin:
             vLLM's waiting and running requests, the Batch API requests in flight, the requests that arrived in the
             last 30 s (the policy's demand, as opposed to what the replica served), and the TTFT and end-to-end
             latency histograms of the last 30 s as sparse bucket counts, which the policy sums over replicas into
-            the fleet's P95.
+            the fleet's P95; with them, the histograms of the finished requests' wait before prefill and of their
+            prefill (vLLM's `queued_time` and `prefill_time`): what more replicas can remove of the TTFT and what
+            the prompts themselves set.
         """
         stats = self.stats
         if stats is None:
@@ -439,7 +467,7 @@ class TokenplaneServerMixin:
             "batch_running": float(self._batch_running),
             "arrivals": float(stats.occupancy.arrivals()),
         }
-        for which in ("ttft", "e2e"):
+        for which in ("ttft", "e2e", "wait", "prefill"):
             report.update(latency_histogram(which, stats.recent_ms(which)))
         return report
 

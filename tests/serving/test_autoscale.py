@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -29,7 +30,13 @@ def replica(i: int) -> ReplicaID:
 
 
 def report(
-    ttft_ms: list[float], waiting: float = 0.0, running: float = 0.0, replica_waiting: float = 0.0
+    ttft_ms: list[float],
+    waiting: float = 0.0,
+    running: float = 0.0,
+    replica_waiting: float = 0.0,
+    *,
+    wait_ms: Sequence[float] = (),
+    prefill_ms: Sequence[float] = (),
 ) -> dict[str, float]:
     """What `TokenplaneLLMServer.record_autoscaling_stats` returns for these latencies."""
     return {
@@ -37,6 +44,8 @@ def report(
         "engine_waiting": waiting,
         "engine_running": running,
         **latency_histogram("ttft", ttft_ms),
+        **latency_histogram("wait", wait_ms),
+        **latency_histogram("prefill", prefill_ms),
     }
 
 
@@ -367,3 +376,52 @@ def test_arrivals_beyond_what_is_served_are_demand_a_saturated_replica_cannot_sh
     assert merge_replica_reports(context(mixed, ongoing=26).raw_metrics, "ttft", NOW, 30).arrivals is None
     quiet = {**report([800.0] * 10, waiting=3, running=10), "arrivals": 19.0}
     assert policy()(context([quiet], ongoing=13, state=state))[1]["recent_load"][-1][1] == pytest.approx(13.0)
+
+
+def long_prompts(wait_ms: float, prefill_ms: float, running: float = 2.0) -> dict[str, float]:
+    """A replica serving prompts whose own prefill takes `prefill_ms`, each after `wait_ms` in the queue."""
+    return report([wait_ms + prefill_ms] * 30, running=running, wait_ms=[wait_ms] * 30, prefill_ms=[prefill_ms] * 30)
+
+
+def test_the_latency_judged_is_what_more_replicas_can_remove() -> None:
+    # 3k-token prompts: each one's own prefill takes 800 ms of the 1 s target; they wait 40 ms before it. The P95
+    # (840 ms) is above 70% of the target, but the waits are 20% of the 200 ms the prompts leave: well within.
+    calm = [long_prompts(40.0, 800.0) for _ in range(8)]
+    state = stable(8, last_up=NOW - 600, recent_load=[(NOW - 200, 16.0)])
+    desired, after = policy()(context(calm, ongoing=16, state=state))
+    assert after["p95_ms"] == pytest.approx(840, rel=0.08)
+    assert after["judged_p95_ms"] == pytest.approx(200, rel=0.1)
+    assert after["proven"] == pytest.approx(2.0)  # this load is proven
+    assert (desired, after["reason"]) == (7, "Idle")  # and the fleet scales in: 16 at 1.25x the 2 proven
+    # Prompts longer than the target breach it whatever the fleet size: not a breach more replicas can remove,
+    # and nothing learned about the knee from it, even over a minute.
+    long = [long_prompts(20.0, 1150.0) for _ in range(4)]
+    windows = [(NOW - 35, {40: 120.0}, {0: 120.0}, {40: 120.0})]
+    desired, after = policy()(context(long, ongoing=8, state=stable(4, windows=windows)))
+    assert (desired, after["reason"], after["capacity"]) == (4, "Steady", 32)
+    # Requests that queue behind each other do breach: 600 ms waits against the 300 ms a 700 ms prefill leaves,
+    # growing by the P95's ratio (1.3 s: 4 -> 6), never by more than the raw latency shows.
+    queued = [long_prompts(600.0, 700.0, running=8) for _ in range(4)]
+    desired, after = policy()(context(queued, ongoing=32, state=stable(4)))
+    assert (desired, after["reason"]) == (6, "LatencyBreach")
+    # Replicas that report no waits (an older version) are judged on the raw P95, as before.
+    older = [report([840.0] * 30, running=2) for _ in range(8)]
+    assert policy()(context(older, ongoing=16, state=state))[0] == 8
+
+
+def test_replicas_record_each_finished_requests_wait_and_prefill_from_vllm() -> None:
+    # vLLM's per-step stats, as its engine hands them to stat loggers: one request finished after 300 ms queued
+    # and a 700 ms prefill. The replica keeps both for its report, beside the end-to-end latency.
+    from vllm.v1.engine import FinishReason
+    from vllm.v1.metrics.stats import FinishedRequestStats, IterationStats
+
+    from tokenplane_serving.occupancy import Occupancy
+    from tokenplane_serving.server import EngineStats, _StatsLogger
+
+    stats = EngineStats(0, "tiny", Occupancy())
+    step = IterationStats()
+    step.finished_requests.append(
+        FinishedRequestStats(FinishReason.LENGTH, e2e_latency=2.0, queued_time=0.3, prefill_time=0.7)
+    )
+    _StatsLogger(stats).record(None, step)
+    assert (stats.recent_ms("wait"), stats.recent_ms("prefill"), stats.recent_ms("e2e")) == ([300.0], [700.0], [2000.0])

@@ -6,9 +6,10 @@ cap waits in Serve's queue (bounded: past it, rejected). A replica prefills prom
 its running sequences together; decoding is tracked on a per-replica virtual token clock that advances at
 `1 / step_s(batch)` tokens per second, so a finish is one event whatever the batch. Replicas push their
 autoscaling report (engine queue, arrivals and latency histograms over 30 s, exactly what `TokenplaneLLMServer`
-reports) every push interval: vLLM's waiting count is the requests admitted whose prefill has not started, its
-running count the others. A request counts as an arrival at the replica HAProxy sends it to: the one that admits
-it, or the least busy ready one, where it waits for a slot (or is refused); at zero replicas, none: Ray's fallback
+reports: TTFT and end-to-end; of the finished requests, their wait before prefill and their prefill) every push
+interval: vLLM's waiting count is the requests admitted whose prefill has not started, its running count the
+others. A request counts as an arrival at the replica HAProxy sends it to: the one that admits it, or the least
+busy ready one, where it waits for a slot (or is refused); at zero replicas, none: Ray's fallback
 proxy holds it (`tokenplane_serving.hold`), at most `max_held` requests at once (one more is answered 429 at
 once), each until a replica runs or, at most, the hold time (then 503; once a replica runs, the request is no
 longer held and waits in Serve's queue like any other). A request longer than the context window is a client error,
@@ -49,6 +50,7 @@ class Job:
     done: float | None = None  # when its answer ended: the last token, or the error status of a refused request
     rejected: bool = False
     cold: bool = False  # arrived while no replica was ready (held)
+    prefill_start: float | None = None
 
 
 @dataclass
@@ -68,6 +70,8 @@ class Replica:
     version: int = 0
     ttft: deque[tuple[float, float]] = field(default_factory=deque)
     e2e: deque[tuple[float, float]] = field(default_factory=deque)
+    wait: deque[tuple[float, float]] = field(default_factory=deque)  # finished requests' wait before prefill
+    prefill: deque[tuple[float, float]] = field(default_factory=deque)  # ... and their prefill
     prefill_starts: deque[float] = field(default_factory=deque)  # admitted requests' prefill start times
     arrivals: deque[float] = field(default_factory=deque)
     node_at: float = 0.0  # when its node is (was) provisioned
@@ -206,7 +210,7 @@ class Simulation:
 
     def _admit(self, rep: Replica, job: Job, now: float) -> None:
         rep.active += 1
-        start = max(now, rep.prefill_free)
+        start = job.prefill_start = max(now, rep.prefill_free)
         rep.prefill_starts.append(start)
         rep.prefill_free = start + self.phys.prefill_s(job.req.input_tokens)
         self._at(rep.prefill_free, _PREFILL_DONE, (rep, job))
@@ -239,6 +243,10 @@ class Simulation:
             _, _, job = heapq.heappop(rep.decoding)
             job.done = now
             rep.e2e.append((now, (now - job.req.t) * 1000.0))
+            # vLLM reports a request's queued and prefill time when it finishes (FinishedRequestStats).
+            if job.prefill_start is not None and job.first_token is not None:
+                rep.wait.append((now, (job.prefill_start - job.req.t) * 1000.0))
+                rep.prefill.append((now, (job.first_token - job.prefill_start) * 1000.0))
             rep.active -= 1
         self._reschedule(rep, now)
         self._fill(rep, now)
@@ -305,7 +313,7 @@ class Simulation:
     def _push(self, now: float, _: Any) -> None:
         cutoff = now - _LATENCY_WINDOW_S
         for rep in self._ready_replicas():
-            for samples in (rep.ttft, rep.e2e):
+            for samples in (rep.ttft, rep.e2e, rep.wait, rep.prefill):
                 while samples and samples[0][0] < cutoff:
                     samples.popleft()
             while rep.prefill_starts and rep.prefill_starts[0] <= now:
@@ -321,6 +329,8 @@ class Simulation:
             }
             report.update(latency_histogram("ttft", [v for _, v in rep.ttft]))
             report.update(latency_histogram("e2e", [v for _, v in rep.e2e]))
+            report.update(latency_histogram("wait", [v for _, v in rep.wait]))
+            report.update(latency_histogram("prefill", [v for _, v in rep.prefill]))
             for name, value in report.items():
                 series = self.raw.setdefault(name, {}).setdefault(rep.rid, [])
                 series.append(TimeStampedValue(now, value))
