@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from typing import Any, Literal, Self
@@ -589,7 +590,7 @@ class ServingArgs(_Args):
     def replica_slots(self) -> int:
         """Requests Ray lets one replica run at once (its `max_ongoing_requests`).
 
-        `backpressure.max_ongoing_requests` when set; else the engine's batch plus a quarter (at least one). With
+        `backpressure.max_ongoing_requests` when set; else the engine's batch plus a quarter, rounded up. With
         exactly the batch, a closed loop at the batch size made new requests wait for a slot in the replica while
         the engine had room: `tokenplane up` on the tiny model, c=16, 6 runs each, 565-1,446 against 1,475-1,965
         output tok/s and P95 TTFT up to 4.7 s against 0.13-0.62 s. The spare requests wait in vLLM's queue,
@@ -597,7 +598,7 @@ class ServingArgs(_Args):
         """
         if self.backpressure.max_ongoing_requests is not None:
             return self.backpressure.max_ongoing_requests
-        return self.engine.max_num_seqs + max(1, -(-self.engine.max_num_seqs // 4))
+        return self.engine.max_num_seqs + math.ceil(self.engine.max_num_seqs / 4)
 
     @property
     def effective_max_queued_requests(self) -> int:

@@ -66,6 +66,7 @@ from tokenplane_serving.schedule import ScheduleWindow, schedule_minimum
 __all__ = [
     "BUCKET_BOUNDS_MS",
     "DECISION_GAUGES",
+    "LATENCY_SERIES",
     "REASONS",
     "FleetMetrics",
     "TokenplanePolicy",
@@ -91,6 +92,11 @@ _TREND_S = 180.0  # the load trend is fitted over this window
 _BACKLOG_S = 60.0  # an overloaded fleet is sized to drain its backlog within this long
 _MIN_BUDGET = 0.2  # waits are judged against at least this fraction of the target (prompts longer than it)
 _EXPLORE = 1.25  # scale-in may load a replica this much beyond the most it has been seen to carry within target
+
+
+# The latency series each replica reports as histograms (`latency_histogram`): TTFT and end-to-end, and of the
+# finished requests their wait before prefill and their prefill.
+LATENCY_SERIES = ("ttft", "e2e", "wait", "prefill")
 
 
 def bucket_key(metric: str, index: int) -> str:
@@ -189,7 +195,7 @@ def merge_replica_reports(
             point = _latest(series)
             if point is not None:
                 latest.setdefault(replica, {})[name] = point
-    prefixes: dict[str, dict[int, float]] = {f"{metric}_h": {}, "wait_h": {}, "prefill_h": {}}
+    histograms: dict[str, dict[int, float]] = {metric: {}, "wait": {}, "prefill": {}}
     waiting = running = batch = replica_waiting = arrivals = served = 0.0
     fresh = stale = counted = 0
     for values in latest.values():
@@ -214,14 +220,23 @@ def merge_replica_reports(
                 counted += 1
             if name.startswith("ttft_h") and name[6:].isdigit():
                 served += value
-            prefix, _, index = name.rpartition("_h")
-            if index.isdigit() and f"{prefix}_h" in prefixes:
-                histogram = prefixes[f"{prefix}_h"]
+            series_name, _, index = name.rpartition("_h")
+            if index.isdigit() and series_name in histograms:
+                histogram = histograms[series_name]
                 histogram[int(index)] = histogram.get(int(index), 0.0) + value
     measured = arrivals if fresh and counted == fresh else None
-    histograms = list(prefixes.values())
     return FleetMetrics(
-        fresh, stale, waiting, running, histograms[0], batch, replica_waiting, measured, served, *histograms[1:]
+        fresh,
+        stale,
+        waiting,
+        running,
+        histograms[metric],
+        batch,
+        replica_waiting,
+        measured,
+        served,
+        wait_histogram=histograms["wait"],
+        prefill_histogram=histograms["prefill"],
     )
 
 

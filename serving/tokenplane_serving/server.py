@@ -23,7 +23,7 @@ from ray.serve.llm.deployment import LLMServer, PDDecodeServer
 from vllm.v1.metrics.loggers import AggregateStatLoggerBase
 
 from tokenplane_serving.args import ServingArgs
-from tokenplane_serving.autoscale import latency_histogram
+from tokenplane_serving.autoscale import LATENCY_SERIES, latency_histogram
 from tokenplane_serving.features import FeatureContext, install
 from tokenplane_serving.mapping import build_lora_adapter_paths
 from tokenplane_serving.occupancy import OCCUPANCY, Occupancy
@@ -467,7 +467,7 @@ class TokenplaneServerMixin:
             "batch_running": float(self._batch_running),
             "arrivals": float(stats.occupancy.arrivals()),
         }
-        for which in ("ttft", "e2e", "wait", "prefill"):
+        for which in LATENCY_SERIES:
             report.update(latency_histogram(which, stats.recent_ms(which)))
         return report
 

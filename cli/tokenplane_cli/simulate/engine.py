@@ -33,7 +33,7 @@ from ray.serve.config import AutoscalingConfig, AutoscalingContext
 
 from tokenplane_cli.simulate.physics import NODE_IDLE_S, ReplicaPhysics
 from tokenplane_cli.simulate.traces import Request
-from tokenplane_serving.autoscale import latency_histogram
+from tokenplane_serving.autoscale import LATENCY_SERIES, latency_histogram
 
 __all__ = ["Controller", "Job", "SimConfig", "SimResult", "Simulation"]
 
@@ -313,7 +313,7 @@ class Simulation:
     def _push(self, now: float, _: Any) -> None:
         cutoff = now - _LATENCY_WINDOW_S
         for rep in self._ready_replicas():
-            for samples in (rep.ttft, rep.e2e, rep.wait, rep.prefill):
+            for samples in (getattr(rep, which) for which in LATENCY_SERIES):
                 while samples and samples[0][0] < cutoff:
                     samples.popleft()
             while rep.prefill_starts and rep.prefill_starts[0] <= now:
@@ -327,10 +327,8 @@ class Simulation:
                 "engine_running": float(rep.active) - waiting,
                 "arrivals": float(len(rep.arrivals)),
             }
-            report.update(latency_histogram("ttft", [v for _, v in rep.ttft]))
-            report.update(latency_histogram("e2e", [v for _, v in rep.e2e]))
-            report.update(latency_histogram("wait", [v for _, v in rep.wait]))
-            report.update(latency_histogram("prefill", [v for _, v in rep.prefill]))
+            for which in LATENCY_SERIES:  # the replica's deques are named after the series
+                report.update(latency_histogram(which, [v for _, v in getattr(rep, which)]))
             for name, value in report.items():
                 series = self.raw.setdefault(name, {}).setdefault(rep.rid, [])
                 series.append(TimeStampedValue(now, value))
