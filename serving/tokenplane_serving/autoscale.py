@@ -41,9 +41,12 @@ Decision, per tick (the reasons are the operator's status reasons):
   `downscale_to_zero_delay_s`). Scale-in otherwise needs the P95 under the target (well under it until the
   knee is known), fewer requests waiting than one replica tolerates, no scale-out within the downscale window,
   and the busiest load of that window to fit the smaller fleet (at 85% of the knee once known); at most half
-  the replicas go per decision. The policy owns this hysteresis: the operator renders Serve's
-  `downscale_delay_s` as 0, so they do not stack. Replicas still starting that the load has not needed for a
-  latency window are cancelled (`Steady`): they serve nobody yet, so dropping them risks no latency.
+  the replicas go per decision. After a clear fall of a load the fleet kept up with (a minute at most 35% of
+  the window's busiest load, with no overload or breach in the window: a wave that broke) the load since sizes
+  the fleet instead, and a minute after a scale-out suffices; a load that outran the fleet is held for. The
+  policy owns this hysteresis: the operator renders Serve's `downscale_delay_s` as 0, so they do not stack.
+  Replicas still starting that the load has not needed for a latency window are cancelled
+  (`Steady`): they serve nobody yet, so dropping them risks no latency.
 - `Schedule`: a time window's minimum (see `tokenplane_serving.schedule`) holds more replicas than load needs.
 - `Batch`: Batch API requests (which replicas report as `batch_running`) are not demand the fleet grows for: they
   fill the capacity interactive traffic keeps. Alone, they hold at most `batch_max_replicas` replicas (the
@@ -91,6 +94,8 @@ _MAX_GROWTH_PER_TICK = 2.0
 _TREND_S = 180.0  # the load trend is fitted over this window
 _BACKLOG_S = 60.0  # an overloaded fleet is sized to drain its backlog within this long
 _MIN_BUDGET = 0.2  # waits are judged against at least this fraction of the target (prompts longer than it)
+_FALL = 0.35  # a load at most this fraction of the downscale window's busiest moment, for `_FALL_S`, has fallen
+_FALL_S = 60.0
 _EXPLORE = 1.25  # scale-in may load a replica this much beyond the most it has been seen to carry within target
 
 
@@ -355,6 +360,15 @@ class TokenplanePolicy:
         low = min(carried, *(v for t, v in history if now - t <= _WINDOW_S))
         capacity = self._learn_capacity(state, current, carried, low, queue, p95, fleet, now)
         peak = max([running, *(v for t, v in history if now - t < self.downscale_delay_s)])
+        # A clear fall: the load of the last `_FALL_S` is at most `_FALL` of the window's busiest moment, and that
+        # moment is older. The busiest moment no longer sizes the fleet: the load since does, and so soon after a
+        # scale-out (a wave that broke). Only a load the fleet kept up with: one that overloaded it or breached the
+        # target within the window outran the fleet's start-up, and when it comes back it would again.
+        if self._breached(p95):
+            state["breached_at"] = now
+        outran = now - max(float(state.get("breached_at", -math.inf)), float(state.get("overloaded_at", -math.inf)))
+        recent = max([running, *(v for t, v in history if now - t < _FALL_S)])
+        fell = recent <= _FALL * peak and now - history[0][0] >= _FALL_S and outran >= self.downscale_delay_s
         # Overloaded, the backlog hides the trend (the arrival rate sizes the fleet instead); draining, it would
         # make one up, were it not capped above.
         calm = since_overload > 2 * _WINDOW_S
@@ -384,8 +398,8 @@ class TokenplanePolicy:
             desired, state["last_up"] = grow, now
         elif peak <= 0 and queue <= 0 and seen_window:
             desired, reason = 0, "Idle"
-        elif grow < current and seen_window and self._may_scale_in(fleet, p95, queue, now, last_up, state):
-            desired = self._scale_in_size(current, peak, per_replica, capacity, state)
+        elif grow < current and seen_window and self._may_scale_in(fleet, p95, queue, now, last_up, state, fell):
+            desired = self._scale_in_size(current, recent if fell else peak, per_replica, capacity, state)
             reason = "Idle" if desired < current else "Steady"
         elif target > current and now - float(state.get("needed_since", now)) >= _WINDOW_S:
             # Replicas still starting that the load no longer needs are cancelled: they serve nobody yet, so
@@ -610,12 +624,20 @@ class TokenplanePolicy:
         return capacity
 
     def _may_scale_in(
-        self, fleet: FleetMetrics, p95: float | None, queue: float, now: float, last_up: float, state: dict[str, Any]
+        self,
+        fleet: FleetMetrics,
+        p95: float | None,
+        queue: float,
+        now: float,
+        last_up: float,
+        state: dict[str, Any],
+        fell: bool = False,
     ) -> bool:
         # Not overloaded (the requests waiting within `targetQueueDepth` are load the size accounts for), and a
         # latency window that shows this fleet (not the one before the last scale-in).
         overloaded = queue > self.target_queue * fleet.fresh_replicas
-        if fleet.fresh_replicas == 0 or overloaded or now - last_up < self.downscale_delay_s:
+        hold = min(_FALL_S, self.downscale_delay_s) if fell else self.downscale_delay_s
+        if fleet.fresh_replicas == 0 or overloaded or now - last_up < hold:
             return False
         if not state.get("stable"):
             return False

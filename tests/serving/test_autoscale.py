@@ -345,6 +345,24 @@ def test_after_an_overload_the_backlog_being_served_is_not_demand() -> None:
     assert after["recent_load"][-1][1] <= arrivals * 0.85 * 8.0 + 1e-9
 
 
+def test_a_clear_fall_scales_in_before_the_downscale_window_ends() -> None:
+    # 8 replicas grown 90 s ago, in time, for a wave of 40 requests; for the last minute the load has been 6 (15%
+    # of it). The wave no longer sizes the fleet, nor does the 5-minute window hold it: half goes at once.
+    calm = [report([200.0] * 30, running=0.75) for _ in range(8)]
+    burst = [(NOW - 200, 40.0), (NOW - 150, 40.0)]
+    after = stable(8, last_up=NOW - 90, capacity=8.0, learned=True, proven=8.0, recent_load=[*burst, (NOW - 50, 6.0)])
+    desired, state = policy()(context(calm, ongoing=6, state=after))
+    assert (desired, state["reason"]) == (4, "Idle")
+    # Half the burst is no clear fall, and a burst 30 s ago is not a minute of low load: the window holds.
+    halved = {**after, "recent_load": [*burst, (NOW - 50, 20.0)]}
+    assert policy()(context(calm, ongoing=6, state=halved))[0] == 8
+    just_ended = {**after, "recent_load": [(NOW - 200, 40.0), (NOW - 30, 40.0)]}
+    assert policy()(context(calm, ongoing=6, state=just_ended))[0] == 8
+    # A burst that overloaded the fleet (or breached the target) outran its start-up: the window holds for it.
+    assert policy()(context(calm, ongoing=6, state={**after, "overloaded_at": NOW - 150}))[0] == 8
+    assert policy()(context(calm, ongoing=6, state={**after, "breached_at": NOW - 150}))[0] == 8
+
+
 def test_a_small_fleet_steps_in_by_one_replica_past_proven_loads() -> None:
     # 4 replicas, well inside the target; the window's busiest moment was 24 requests, 6 per replica, the most
     # proven. A 25% step (7.5 per replica) cannot remove a replica from 4 (24 / 7.5 -> 4); one replica (8) can.
