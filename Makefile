@@ -27,7 +27,7 @@ SYSTEM_DEPS := $(AZURITE) $(CHECKOV) $(REDIS_SERVER)
 
 .PHONY: help install prerequisites run test test-fast test-serving test-e2e lint fmt typecheck imports crd crd-check \
         chart-schema chart-schema-check dashboard model azurite redis checkov-install system-deps images benchmark bench \
-        bench-crosscheck simulate clean
+        bench-crosscheck bench-coldstart simulate clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -159,6 +159,9 @@ bench: $(STAMP) $(TINY_MODEL)/config.json ## tokenplane vs bare vLLM on the tiny
 
 bench-crosscheck: $(STAMP) $(TINY_MODEL)/config.json ## tokenplane bench vs vLLM's own client, same endpoints and workload
 	$(LIVE_LOCK) timeout 3600 $(BIN)/python -m tokenplane_cli.bench.local crosscheck --example $(EXAMPLE) --out $(BENCH_OUT) --pairs 5
+
+bench-coldstart: $(STAMP) $(TINY_MODEL)/config.json ## Cold starts alone, bare vLLM and tokenplane alternating: coldstart.json
+	$(LIVE_LOCK) timeout 1800 $(BIN)/python -m tokenplane_cli.bench.local coldstart --example $(EXAMPLE) --out $(BENCH_OUT) --pairs 3
 
 SIM_TRACES := steady diurnal spike agentic ramp bursty sawtooth
 simulate: $(STAMP) ## Replay every built-in trace against tokenplane's autoscaling and the baselines (results/simulate/)

@@ -1,15 +1,17 @@
-"""serve_local's preflight errors: one clear line, raised before Ray starts."""
+"""serve_local's preflight errors (one clear line, raised before Ray starts) and what its start runs early."""
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tokenplane_serving.args import ServingArgs
-from tokenplane_serving.local import LocalServeError, main, serve_local
+from tokenplane_serving.local import LocalServeError, LocalServer, main, serve_local
 
 
 def args_for(source: str) -> ServingArgs:
@@ -48,3 +50,30 @@ def test_main_prints_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     args_file.write_text("model: {id: tiny}\n")
     assert main([str(args_file)]) == 1
     assert "invalid serving args" in capsys.readouterr().err
+
+
+def _process_started(actor: Any) -> int:
+    """The actor's process start time, in clock ticks since boot (/proc/PID/stat, field 22)."""
+    import ray
+
+    pid = ray.get(actor.__ray_call__.remote(lambda self: os.getpid()))
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def test_the_telemetry_agent_starts_before_the_replica_that_waits_for_it(
+    tiny_server: LocalServer, tiny_serving_args: ServingArgs
+) -> None:
+    import ray
+    from ray.util import list_named_actors
+
+    # A replica blocks on Ray Serve LLM's telemetry actor once its engine runs; build_app starts that actor
+    # first, so its worker boots while the replica starts instead of after the engine (3.6-4.7 s measured).
+    agent = ray.get_actor("llm_serve_telemetry", namespace="llm_serve_telemetry")
+    replicas = [
+        ray.get_actor(named["name"], namespace=named["namespace"])
+        for named in list_named_actors(all_namespaces=True)
+        if named["name"].startswith(f"SERVE_REPLICA::{tiny_serving_args.app_name}#")
+    ]
+    assert replicas, "no replica of the served app found"
+    assert _process_started(agent) < min(_process_started(replica) for replica in replicas)

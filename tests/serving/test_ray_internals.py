@@ -97,3 +97,16 @@ def test_the_fallback_proxy_is_haproxys_backup_and_named_as_in_fallback_proxy() 
     assert 'node_id=f"fallback-{node_id}"' in start and "proxy_actor_class=ProxyActor" in start, WHAT_TO_DO
     name = format_actor_name(SERVE_PROXY_NAME, "fallback-abc")
     assert name.startswith(f"{SERVE_PROXY_NAME}-fallback-"), WHAT_TO_DO
+
+
+def test_replicas_reuse_the_telemetry_agent_start_llm_telemetry_agent_creates() -> None:
+    from ray.llm._internal.serve.core.server import llm_server
+    from ray.llm._internal.serve.observability.usage_telemetry import usage
+
+    # start_llm_telemetry_agent only saves time if replicas, once their engine runs, reach the agent through
+    # the same get-or-create by name (so they find the one build_app started instead of waiting for their own).
+    assert "push_telemetry_report_for_all_models" in inspect.getsource(llm_server.LLMServer._start_engine), (
+        f"LLMServer no longer reports telemetry when its engine starts; start_llm_telemetry_agent may go: {WHAT_TO_DO}"
+    )
+    assert "_get_or_create_telemetry_agent()" in inspect.getsource(usage._retry_get_telemetry_agent), WHAT_TO_DO
+    assert "get_if_exists=True" in inspect.getsource(usage._get_or_create_telemetry_agent), WHAT_TO_DO

@@ -1,4 +1,4 @@
-"""`make bench` and `make bench-crosscheck`: tokenplane against bare vLLM on the tiny model, on this machine.
+"""`make bench`, `make bench-crosscheck`, `make bench-coldstart`: tokenplane against bare vLLM on the tiny model.
 
 Starts `tokenplane up <example>` and `python -m vllm.entrypoints.openai.api_server` with the same engine arguments
 (bf16, max-model-len 1024, max-num-seqs 16, enforce-eager, 1 GiB KV cache) on free ports, one after the other so
@@ -6,6 +6,7 @@ each cold start is timed alone, runs the benchmark, and stops both. Run it under
 
     python -m tokenplane_cli.bench.local bench --out results/bench
     python -m tokenplane_cli.bench.local crosscheck --out results/bench
+    python -m tokenplane_cli.bench.local coldstart --pairs 3 --out results/bench
 """
 
 from __future__ import annotations
@@ -159,28 +160,68 @@ def _engine_args(example: Path) -> dict[str, Any]:
     }
 
 
+def _launch(name: str, example: Path, out: Path, log_name: str | None = None) -> Server:
+    """Start bare vLLM (`name` "vllm") or `tokenplane up` on `example` on a free port; return once it answers.
+
+    Both get the example's engine arguments; `startup_s` is the cold start to the first answered completion.
+    """
+    args = _engine_args(example)
+    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=str(args["kv_gib"]))
+    port = _free_port()
+    if name == "vllm":
+        command = [
+            sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+            "--model", args["model"], "--served-model-name", MODEL_ID, "--dtype", args["dtype"],
+            "--max-model-len", str(args["max_model_len"]), "--max-num-seqs", str(args["max_num_seqs"]),
+            "--host", "127.0.0.1", "--port", str(port),
+        ] + (["--enforce-eager"] if args["enforce_eager"] else [])  # fmt: skip
+    else:
+        tokenplane = str(Path(sys.executable).with_name("tokenplane"))
+        command = [tokenplane, "up", str(example), "--host", "127.0.0.1", "--port", str(port)]
+    return _start(name, command, port, out / "logs" / f"{log_name or name}.log", env, 600)
+
+
 @contextlib.contextmanager
 def servers(example: Path, out: Path) -> Iterator[tuple[Server, Server]]:
     """Bare vLLM, then tokenplane (each cold start timed alone); both stopped on the way out."""
-    args = _engine_args(example)
-    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=str(args["kv_gib"]))
-    vllm_port, tp_port = _free_port(), _free_port()
-    vllm_cmd = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-        "--model", args["model"], "--served-model-name", MODEL_ID, "--dtype", args["dtype"],
-        "--max-model-len", str(args["max_model_len"]), "--max-num-seqs", str(args["max_num_seqs"]),
-        "--host", "127.0.0.1", "--port", str(vllm_port),
-    ] + (["--enforce-eager"] if args["enforce_eager"] else [])  # fmt: skip
-    tokenplane = str(Path(sys.executable).with_name("tokenplane"))
-    tp_cmd = [tokenplane, "up", str(example), "--host", "127.0.0.1", "--port", str(tp_port)]
     started: list[Server] = []
     try:
-        started.append(_start("vllm", vllm_cmd, vllm_port, out / "logs" / "vllm.log", env, 600))
-        started.append(_start("tokenplane", tp_cmd, tp_port, out / "logs" / "tokenplane.log", env, 600))
+        started.append(_launch("vllm", example, out))
+        started.append(_launch("tokenplane", example, out))
         yield started[1], started[0]
     finally:
         for server in reversed(started):
             _stop(server)
+
+
+def coldstart(example: Path, out: Path, pairs: int) -> None:
+    """Time cold starts alone, alternating bare vLLM and tokenplane (A B A B ...); write coldstart.json.
+
+    Each server is stopped before the next starts, so every cold start has the machine to itself. The ratio is
+    tokenplane's median over bare vLLM's median; every run's seconds are kept beside it.
+    """
+    seconds: dict[str, list[float]] = {"vllm": [], "tokenplane": []}
+    for pair in range(pairs):
+        for name in ("vllm", "tokenplane"):
+            server = _launch(name, example, out, log_name=f"coldstart-{name}-{pair + 1}")
+            _stop(server)
+            seconds[name].append(round(server.startup_s, 2))
+    medians = {name: statistics.median(values) for name, values in seconds.items()}
+    doc = {
+        "commit": _git_commit(),
+        "example": str(example),
+        "ready": "first chat completion answered (1 token), timed from the process start",
+        "coldStartSeconds": seconds,
+        "medianSeconds": medians,
+        "coldStartRatio": medians["tokenplane"] / medians["vllm"],
+        "pairRatios": [round(t / v, 3) for v, t in zip(seconds["vllm"], seconds["tokenplane"], strict=True)],
+    }
+    (out / "coldstart.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    print(
+        f"[coldstart] vLLM {seconds['vllm']} s, tokenplane {seconds['tokenplane']} s; "
+        f"ratio of medians {doc['coldStartRatio']:.2f}",
+        flush=True,
+    )
 
 
 def _git_commit() -> str:
@@ -328,9 +369,9 @@ def crosscheck(example: Path, out: Path, pairs: int, num_prompts: int, concurren
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line of `make bench` and `make bench-crosscheck`."""
+    """Command line of `make bench`, `make bench-crosscheck` and `make bench-coldstart`."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("bench", "crosscheck"))
+    parser.add_argument("what", choices=("bench", "crosscheck", "coldstart"))
     parser.add_argument("--example", type=Path, default=Path("deploy/examples/local-tiny.yaml"))
     parser.add_argument("--out", type=Path, default=Path("results/bench"))
     parser.add_argument("--pairs", type=int, default=5)
@@ -355,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
             [int(v) for v in args.sweep.split(",")],
             args.pause_idle,
         )
+    elif args.what == "coldstart":
+        coldstart(args.example, args.out, args.pairs)
     else:
         crosscheck(args.example, args.out, args.pairs, args.num_prompts, int(args.levels.split(",")[0]))
     return 0
