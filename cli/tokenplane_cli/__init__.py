@@ -139,6 +139,10 @@ def simulate(
         Path | None, typer.Option("-f", "--file", help="InferenceDeployment whose scaling and hardware to simulate.")
     ] = None,
     vm_size: Annotated[str | None, typer.Option("--vm-size", help="Simulate this GPU VM size (roofline).")] = None,
+    model_config: Annotated[
+        Path | None,
+        typer.Option("--model-config", help="The model's config.json (or its directory), when -f's source is a PVC."),
+    ] = None,
     rate_scale: Annotated[float, typer.Option("--rate-scale", help="Multiply built-in traces' rates.")] = 1.0,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the built-in traces.")] = 1,
     output: Annotated[str, typer.Option("-o", "--output", help="table or json.")] = "table",
@@ -155,6 +159,7 @@ def simulate(
             trace_file=trace_file,
             file=file,
             vm_size=vm_size,
+            model_config=model_config,
             rate_scale=rate_scale,
             seed=seed,
             output=output,

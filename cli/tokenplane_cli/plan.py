@@ -33,7 +33,25 @@ def _quantization(value: str | None) -> QuantizationChoice:
     return parse_precision(value)
 
 
-def _workload_from_file(file: Path, concurrency: int, vm_size: str | None) -> tuple[Workload, InferenceDeployment]:
+def model_override(model_config: Path | None, model: str | None) -> ModelInfo | None:
+    """Return the model `--model-config` or `--model` names, for a FILE whose source the CLI cannot read.
+
+    A CR's `spec.model.source` may be a PVC or a blob the planner cannot open here; the model's config.json
+    (or a built-in name) stands in for it. None when neither is given.
+
+    Raises:
+        PlanError: Both are given, or the model is unknown or unreadable.
+    """
+    if model_config is not None and model is not None:
+        raise PlanError(PlanErrorReason.INVALID_WORKLOAD, "give one of --model-config and --model, not both")
+    if model_config is not None:
+        return read_model_dir(model_config)
+    return resolve_model(model) if model is not None else None
+
+
+def _workload_from_file(
+    file: Path, concurrency: int, vm_size: str | None, model: ModelInfo | None = None
+) -> tuple[Workload, InferenceDeployment]:
     from tokenplane_cli.files import ManifestError, load_documents
     from tokenplane_operator.api.validation import InvalidSpecError, parse_inference_deployment
     from tokenplane_operator.plan.spec import workload_from_spec
@@ -53,7 +71,7 @@ def _workload_from_file(file: Path, concurrency: int, vm_size: str | None) -> tu
     except InvalidSpecError as err:
         problems = "; ".join(str(p) for p in err.problems)
         raise PlanError(PlanErrorReason.INVALID_WORKLOAD, f"{file}: {problems}") from None
-    workload = workload_from_spec(deployment.spec, concurrency=concurrency)
+    workload = workload_from_spec(deployment.spec, model=model, concurrency=concurrency)
     return (workload if vm_size is None else replace(workload, vm_size=vm_size)), deployment
 
 
@@ -289,7 +307,15 @@ def plan_command(
         prices = load_prices(prices_file) if prices_file else None
         deployment = None
         if file is not None:
-            workload, deployment = _workload_from_file(file, concurrency, vm_size)
+            ignored = [flag for flag, value in (("--max-model-len", max_model_len), ("--quantization", quantization))
+                       if value is not None]  # fmt: skip
+            if ignored:
+                raise PlanError(
+                    PlanErrorReason.INVALID_WORKLOAD,
+                    f"{' and '.join(ignored)} apply without a FILE; with one, set spec.model.maxModelLen and "
+                    "spec.model.quantization in it",
+                )
+            workload, deployment = _workload_from_file(file, concurrency, vm_size, model_override(model_config, model))
         else:
             if (model_config is None) == (model is None):
                 raise PlanError(

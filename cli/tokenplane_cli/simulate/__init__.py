@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 from rich.console import Console
 
+from tokenplane_cli.plan import model_override
 from tokenplane_cli.simulate.physics import physics_for
 from tokenplane_cli.simulate.report import plot, table
 from tokenplane_cli.simulate.run import POLICIES, run_policies, scenario_for, score
@@ -66,6 +67,7 @@ def simulate_command(
     trace_file: Path | None,
     file: Path | None,
     vm_size: str | None,
+    model_config: Path | None = None,
     rate_scale: float,
     seed: int,
     output: str,
@@ -75,14 +77,15 @@ def simulate_command(
 ) -> int:
     """Run every policy on each trace; print a table per trace (or the JSON contract); write plots and JSON.
 
-    With `plots`, each trace's PNG and `results.json` (the contract per trace name) go into that folder.
+    With `plots`, each trace's PNG and `results.json` (the contract per trace name) go into that folder; with
+    `model_config`, that config.json stands for the model of a CR whose source the planner cannot read here.
 
     Returns:
         The exit code: 0, or 2 for bad input (printed as one line, never a traceback).
     """
     try:
         deployment = _deployment(file)
-        physics = physics_for(deployment, vm_size)
+        physics = physics_for(deployment, vm_size, model_override(model_config, None))
         scenario = scenario_for(deployment, physics)
         limit = physics.max_model_len
         traces = {t: builtin_trace(t, rate_scale=rate_scale, seed=seed, max_model_len=limit) for t in trace}

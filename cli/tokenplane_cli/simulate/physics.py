@@ -16,6 +16,7 @@ from tokenplane_operator.plan.catalog import find_sku
 from tokenplane_operator.plan.errors import PlanError, PlanErrorReason
 from tokenplane_operator.plan.estimates import Placement, decode_point, prefill_seconds
 from tokenplane_operator.plan.memory import weights_bytes
+from tokenplane_operator.plan.modelinfo import ModelInfo
 from tokenplane_operator.plan.precision import parse_precision
 from tokenplane_operator.plan.sizing import plan_for_sku
 from tokenplane_operator.plan.spec import workload_from_spec
@@ -85,12 +86,15 @@ def _fit(points: list[tuple[float, float]]) -> tuple[float, float]:
     return max(0.0, my - slope * mx), max(0.0, slope)
 
 
-def physics_for(deployment: InferenceDeployment, vm_size: str | None = None) -> ReplicaPhysics:
+def physics_for(
+    deployment: InferenceDeployment, vm_size: str | None = None, model: ModelInfo | None = None
+) -> ReplicaPhysics:
     """Service-time model for a deployment: the tiny CPU measurement, or the planner's roofline on a GPU SKU.
 
     Args:
         deployment: The InferenceDeployment (hardware, model, engine).
         vm_size: Override the CR's VM size.
+        model: The model, when the CR's source is not one the planner can read here (`--model-config`).
 
     Returns:
         The replica model; the roofline is fitted linearly over the batch sizes the cap allows.
@@ -105,7 +109,7 @@ def physics_for(deployment: InferenceDeployment, vm_size: str | None = None) -> 
     size = vm_size or spec.hardware.vm_size
     if size == "auto":
         raise PlanError(PlanErrorReason.INVALID_WORKLOAD, "spec.hardware.vmSize is auto: pass --vm-size to simulate")
-    workload = workload_from_spec(spec)
+    workload = workload_from_spec(spec, model=model)
     plan = plan_for_sku(workload, size)  # for the precision; the placement is the CR's, not the cheapest
     sku = find_sku(plan.vm_size)
     assert sku is not None  # plan_for_sku resolved it

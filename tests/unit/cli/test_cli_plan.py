@@ -48,20 +48,19 @@ def test_table_output_with_explain(capsys: pytest.CaptureFixture[str]) -> None:
     assert "MIG" in out and "formulas" in out and "roofline" in out
 
 
+LLAMA_8B_CONFIG = {
+    "hidden_size": 4096,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "intermediate_size": 14336,
+    "vocab_size": 128256,
+    "max_position_embeddings": 8192,
+}
+
+
 def test_model_config_path(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    (tmp_path / "config.json").write_text(
-        json.dumps(
-            {
-                "hidden_size": 4096,
-                "num_hidden_layers": 32,
-                "num_attention_heads": 32,
-                "num_key_value_heads": 8,
-                "intermediate_size": 14336,
-                "vocab_size": 128256,
-                "max_position_embeddings": 8192,
-            }
-        )
-    )
+    (tmp_path / "config.json").write_text(json.dumps(LLAMA_8B_CONFIG))
     code, out = run(capsys, model_config=tmp_path, max_model_len=8192, output="json")
     assert code == 0 and json.loads(out)["kvBytesPerSequence"] == 1 << 30
 
@@ -120,3 +119,23 @@ def test_cr_file_for_a_model_plan_cannot_know(capsys: pytest.CaptureFixture[str]
     )
     code, out = run(capsys, file=cr)
     assert code == 1 and "UnknownModel" in out
+
+
+def test_cr_file_on_a_pvc_plans_with_its_config(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    # The planner cannot open a PVC from here: the model's config.json stands in for it, as the error suggests.
+    cr = Path(__file__).parents[3] / "deploy" / "examples" / "byo-nodes.yaml"
+    code, out = run(capsys, file=cr, output="json")
+    assert code == 1 and "UnknownModel" in out and "--model-config" in out
+    (tmp_path / "config.json").write_text(json.dumps(LLAMA_8B_CONFIG))
+    code, out = run(capsys, file=cr, model_config=tmp_path, output="json")
+    assert code == 0, out
+    assert json.loads(out)["kvBytesPerToken"] == 131072  # the config's model, not a guess from the name
+    code, out = run(capsys, file=cr, model="llama-3.1-8b", model_config=tmp_path, output="json")
+    assert code == 1 and "not both" in out
+
+
+def test_flags_a_cr_file_sets_itself_are_refused_not_ignored(capsys: pytest.CaptureFixture[str]) -> None:
+    cr = Path(__file__).parents[3] / "deploy" / "examples" / "local-tiny.yaml"
+    code, out = run(capsys, file=cr, max_model_len=4096, quantization="fp8", output="json")
+    message = json.loads(out)["error"]["message"]
+    assert code == 1 and "--max-model-len and --quantization" in message and "spec.model.maxModelLen" in message

@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tokenplane_cli import app
+from tokenplane_cli.plan import model_override
 from tokenplane_cli.simulate import DEFAULT_DEPLOYMENT, _deployment
 from tokenplane_cli.simulate.engine import Job, SimConfig, Simulation
 from tokenplane_cli.simulate.physics import TINY_CPU, physics_for
@@ -165,6 +166,32 @@ def test_bad_trace_file_is_one_clear_line(tmp_path: Path) -> None:
     assert "bad.jsonl:2" in result.stderr
     assert "Traceback" not in result.output
     assert runner.invoke(app, ["simulate", "--trace", "nope"]).exit_code == 2
+
+
+@pytest.mark.parametrize("scale", ["0", "-1", "nan", "1000"])
+def test_a_rate_scale_no_trace_can_take_is_one_clear_line(scale: str) -> None:
+    # Not above 0, the arrivals would never end (the generator thins against a peak rate of 0 or less).
+    result = runner.invoke(app, ["simulate", "--trace", "steady", "--rate-scale", scale])
+    assert result.exit_code == 2, result.output
+    assert "--rate-scale must be above 0 and at most 100" in result.stderr
+
+
+def test_a_deployment_whose_model_is_on_a_pvc_simulates_with_its_config(tmp_path: Path) -> None:
+    # The planner cannot open the PVC from here; its config.json (Llama-3.1-8B's shape) stands in for the model.
+    cr = REPO / "deploy" / "examples" / "byo-nodes.yaml"
+    trace = tmp_path / "few.jsonl"
+    trace.write_text("".join(json.dumps({"t": t, "input_tokens": 500, "output_tokens": 50}) + "\n" for t in range(5)))
+    result = runner.invoke(app, ["simulate", "--trace-file", str(trace), "-f", str(cr)])
+    assert result.exit_code == 2 and "UnknownModel" in result.stderr and "--model-config" in result.stderr
+    config = {"hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+              "intermediate_size": 14336, "vocab_size": 128256, "max_position_embeddings": 8192}  # fmt: skip
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    result = runner.invoke(app, ["simulate", "--trace-file", str(trace), "-f", str(cr), "--model-config", str(tmp_path),
+                                 "-o", "json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["policies"]["tokenplane"]["requestAttainment"] == 1.0
+    physics = physics_for(_deployment(cr), model=model_override(tmp_path, None))
+    assert f"on {_deployment(cr).spec.hardware.vm_size}" in physics.source and physics.prefill_per_token_s > 0
 
 
 def test_default_deployment_is_a_valid_crd_object() -> None:
