@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["MAX_FILE_BYTES", "Document", "ManifestError", "load_documents"]
+__all__ = ["MAX_FILE_BYTES", "Document", "ManifestError", "load_documents", "load_one_document"]
 
 # The API server refuses request bodies over 3 MiB; a manifest file larger than that cannot be applied whole.
 MAX_FILE_BYTES = 3 * 1024 * 1024
@@ -113,3 +113,18 @@ def load_documents(path: Path) -> list[Document]:
     if not documents:
         raise ManifestError(f"{path}: no YAML document found")
     return documents
+
+
+def load_one_document(path: Path, command: str) -> Document:
+    """Load a file that must hold exactly one document: the InferenceDeployment `tokenplane <command>` takes.
+
+    Raises:
+        ManifestError: As `load_documents`, or the file holds several documents.
+    """
+    documents = load_documents(path)
+    if len(documents) > 1:
+        raise ManifestError(
+            f"{path} holds {len(documents)} documents; {command} takes one InferenceDeployment: put it in a file of "
+            "its own (`tokenplane validate` and `tokenplane render` take several)"
+        )
+    return documents[0]

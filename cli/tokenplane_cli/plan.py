@@ -52,22 +52,16 @@ def model_override(model_config: Path | None, model: str | None) -> ModelInfo | 
 def _workload_from_file(
     file: Path, concurrency: int, vm_size: str | None, model: ModelInfo | None = None
 ) -> tuple[Workload, InferenceDeployment]:
-    from tokenplane_cli.files import ManifestError, load_documents
+    from tokenplane_cli.files import ManifestError, load_one_document
     from tokenplane_operator.api.validation import InvalidSpecError, parse_inference_deployment
     from tokenplane_operator.plan.spec import workload_from_spec
 
     try:
-        documents = load_documents(file)
+        document = load_one_document(file, "plan")
     except ManifestError as err:
         raise PlanError(PlanErrorReason.INVALID_WORKLOAD, str(err)) from None
-    if len(documents) > 1:
-        raise PlanError(
-            PlanErrorReason.INVALID_WORKLOAD,
-            f"{file} holds {len(documents)} documents; plan takes one InferenceDeployment: put it in a file of "
-            "its own (`tokenplane validate` and `tokenplane render` take several)",
-        )
     try:
-        deployment = parse_inference_deployment(documents[0].body)
+        deployment = parse_inference_deployment(document.body)
     except InvalidSpecError as err:
         problems = "; ".join(str(p) for p in err.problems)
         raise PlanError(PlanErrorReason.INVALID_WORKLOAD, f"{file}: {problems}") from None

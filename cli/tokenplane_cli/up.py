@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
-from tokenplane_cli.files import ManifestError, load_documents
+from tokenplane_cli.files import ManifestError, load_one_document
 from tokenplane_operator.api.v1alpha1 import (
     AcceleratorKind,
     BatchSpec,
@@ -48,10 +48,7 @@ def up_command(file: Path, *, host: str, port: int, console: Console) -> int:
         The process exit code: 0 after a clean Ctrl-C, 1 when the file cannot be served.
     """
     try:
-        documents = load_documents(file)
-        if len(documents) != 1:
-            raise ManifestError(f"{file}: holds {len(documents)} documents; `up` serves exactly one")
-        deployment = parse_inference_deployment(documents[0].body)
+        deployment = parse_inference_deployment(load_one_document(file, "up").body)
     except ManifestError as exc:
         console.print(f"[red]✗[/] {escape(str(exc))}")
         return 1

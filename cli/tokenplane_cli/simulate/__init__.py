@@ -11,9 +11,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
 from rich.console import Console
 
+from tokenplane_cli.files import load_one_document
 from tokenplane_cli.plan import model_override
 from tokenplane_cli.simulate.physics import physics_for
 from tokenplane_cli.simulate.report import plot, table
@@ -49,12 +49,7 @@ DEFAULT_DEPLOYMENT: dict[str, Any] = {
 def _deployment(file: Path | None) -> InferenceDeployment:
     if file is None:
         return parse_inference_deployment(DEFAULT_DEPLOYMENT)
-    try:
-        body = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as err:
-        raise ValueError(f"{file}: cannot read it as YAML ({err})") from None
-    if not isinstance(body, dict):
-        raise ValueError(f"{file}: expected one InferenceDeployment object")
+    body = load_one_document(file, "simulate").body  # a ManifestError is a ValueError, with the file's name
     try:
         return parse_inference_deployment(body)
     except InvalidSpecError as err:
@@ -84,6 +79,13 @@ def simulate_command(
         The exit code: 0, or 2 for bad input (printed as one line, never a traceback).
     """
     try:
+        if output not in ("table", "json"):
+            raise ValueError(f"--output must be table or json, not {output!r}")
+        if plots is not None:
+            try:  # before minutes of simulation, not after them
+                plots.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ValueError(f"--plots {plots}: cannot make that folder ({exc.strerror or exc})") from None
         deployment = _deployment(file)
         physics = physics_for(deployment, vm_size, model_override(model_config, None))
         scenario = scenario_for(deployment, physics)

@@ -59,12 +59,13 @@ def test_timestamps_stay_strings(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
 
 
-def test_plan_takes_one_document(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("command", "code"), [(["plan"], 1), (["simulate", "--trace", "steady", "-f"], 2)])
+def test_commands_of_one_deployment_take_one_document(tmp_path: Path, command: list[str], code: int) -> None:
     path = tmp_path / "two.yaml"
     path.write_text(GOOD_YAML + "---\n" + GOOD_YAML)
-    result = CliRunner().invoke(app, ["plan", str(path)])
-    assert result.exit_code == 1
-    assert "holds 2 documents; plan takes one InferenceDeployment" in result.output
+    result = CliRunner().invoke(app, [*command, str(path)])
+    assert result.exit_code == code
+    assert f"holds 2 documents; {command[0]} takes one InferenceDeployment" in result.output
     assert "Traceback" not in result.output and "expected a single document" not in result.output
 
 

@@ -168,6 +168,16 @@ def test_bad_trace_file_is_one_clear_line(tmp_path: Path) -> None:
     assert runner.invoke(app, ["simulate", "--trace", "nope"]).exit_code == 2
 
 
+def test_a_bad_output_or_plots_folder_is_refused_before_simulating(tmp_path: Path) -> None:
+    taken = tmp_path / "a-file"
+    taken.write_text("")
+    for args, message in ((["-o", "yaml"], "--output must be table or json"),
+                          (["--plots", str(taken)], "cannot make that folder")):  # fmt: skip
+        result = runner.invoke(app, ["simulate", "--trace", "steady", *args])
+        assert result.exit_code == 2 and message in result.stderr, result.output
+        assert "tokenplane" not in result.stdout  # no table: refused before any policy ran
+
+
 @pytest.mark.parametrize("scale", ["0", "-1", "nan", "1000"])
 def test_a_rate_scale_no_trace_can_take_is_one_clear_line(scale: str) -> None:
     # Not above 0, the arrivals would never end (the generator thins against a peak rate of 0 or less).
