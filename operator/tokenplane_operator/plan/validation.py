@@ -1,12 +1,13 @@
-"""Rules that need the GPU catalog or the model's shape: VM sizes, MIG support, GPUs per VM, attention heads."""
+"""Rules that need the GPU catalog or the model's shape: VM sizes, MIG, GPUs per VM, attention heads, context."""
 
 from __future__ import annotations
 
 from tokenplane_operator.api.v1alpha1 import AcceleratorKind, InferenceDeployment, parse_source
 from tokenplane_operator.api.validation import Problem
 from tokenplane_operator.plan.catalog import GpuSku, all_skus, find_sku
-from tokenplane_operator.plan.errors import PlanError
+from tokenplane_operator.plan.errors import PlanError, PlanErrorReason
 from tokenplane_operator.plan.modelinfo import ModelInfo, resolve_model
+from tokenplane_operator.plan.spec import workload_from_spec
 
 __all__ = ["check_deployment"]
 
@@ -54,6 +55,11 @@ def _model_problems(deployment: InferenceDeployment, model: ModelInfo | None) ->
     if model is None:
         return []
     problems = []
+    try:
+        workload_from_spec(deployment.spec, model=model)  # the planner's own rules on the model's shape
+    except PlanError as err:
+        field = "spec.model.maxModelLen" if err.reason is PlanErrorReason.CONTEXT_TOO_LONG else "spec"
+        problems.append(Problem(field, f"{err.message}; lower it, or leave it unset for the model's own"))
     if model.num_attention_heads % tp:
         divisors = [n for n in range(1, model.num_attention_heads + 1) if model.num_attention_heads % n == 0 and n <= 8]
         problems.append(

@@ -152,6 +152,7 @@ MISTAKES = [
     Case("TP does not divide the heads", spec(engine={"tensorParallelSize": 3}, hardware={"vmSize": ND96, "gpusPerReplica": 3}), "spec.engine.tensorParallelSize", "does not divide the 32 attention heads", "CLI"),
     Case("TP does not divide the heads (auto)", spec(engine={"tensorParallelSize": 6}, hardware={"gpusPerReplica": 6}), "spec.engine.tensorParallelSize", "does not divide", "CLI"),
     Case("replica spans part of a VM", spec(engine={"tensorParallelSize": 8, "pipelineParallelSize": 3}, hardware={"vmSize": "Standard_NC96ads_A100_v4", "gpusPerReplica": 24}), "spec.engine.tensorParallelSize", "exceeds the 4 GPU(s)", "CLI"),
+    Case("context longer than the model's", with_("spec.model.maxModelLen", 1_000_000), "spec.model.maxModelLen", "exceeds what meta-llama/Llama-3.1-8B-Instruct supports (131072 tokens", "CLI"),
     Case("pipeline stages that split VMs", spec(engine={"tensorParallelSize": 4, "pipelineParallelSize": 3}, hardware={"vmSize": ND96, "gpusPerReplica": 12}), "spec.hardware.gpusPerReplica", "not a multiple of 8", "CLI"),
 ]  # fmt: skip
 
