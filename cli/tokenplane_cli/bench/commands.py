@@ -20,7 +20,7 @@ from tokenplane_cli.bench.compare import RATIOS, compare_runs, sweep_runs
 from tokenplane_cli.bench.cost import resolve_cost
 from tokenplane_cli.bench.plots import plot_cdfs, plot_curves, plot_frontier
 from tokenplane_cli.bench.report import render_report, write_requests
-from tokenplane_cli.bench.runner import RunResult, WorkloadSpec, resolve_endpoint, run_sync
+from tokenplane_cli.bench.runner import RunResult, WorkloadSpec, check_load, resolve_endpoint, run_sync
 from tokenplane_cli.bench.stats import RequestRecord, parse_goodput
 from tokenplane_cli.bench.workload import BenchInputError
 
@@ -109,6 +109,7 @@ def run_command(o: dict[str, Any]) -> int:
         )
         if o["concurrency"] is None and o["rate"] is None and o["trace_file"] is None:
             raise BenchInputError("give --concurrency N (closed loop), --rate R (open loop) or --trace-file FILE")
+        check_load(o["concurrency"], o["rate"])  # before reaching the endpoint, which may be down too
         endpoint = _endpoint(o["url"], o, o["api_key"])
         with _progress(f"{endpoint.model} @ {endpoint.base_url}") as (on_start, on_done):
             result = run_sync(

@@ -24,7 +24,16 @@ from tokenplane_cli.bench.workload import (
     synthetic_sessions,
 )
 
-__all__ = ["RunResult", "WorkloadSpec", "build_sessions", "calibrate", "resolve_endpoint", "run", "run_sync"]
+__all__ = [
+    "RunResult",
+    "WorkloadSpec",
+    "build_sessions",
+    "calibrate",
+    "check_load",
+    "resolve_endpoint",
+    "run",
+    "run_sync",
+]
 
 
 @dataclass(frozen=True)
@@ -151,6 +160,18 @@ async def build_sessions(spec: WorkloadSpec, endpoint: Endpoint) -> tuple[list[S
     return sessions, sizing
 
 
+def check_load(concurrency: int | None, rate: float | None) -> None:
+    """Refuse a closed-loop concurrency below 1, or an open-loop rate that is not a positive number.
+
+    Raises:
+        BenchInputError: Naming the option and the value.
+    """
+    if concurrency is not None and concurrency < 1:
+        raise BenchInputError(f"--concurrency must be at least 1, not {concurrency}")
+    if rate is not None and not (rate > 0 and math.isfinite(rate)):
+        raise BenchInputError(f"--rate must be a positive number of requests per second, not {rate}")
+
+
 async def run(
     endpoint: Endpoint,
     sessions: list[Session],
@@ -182,10 +203,7 @@ async def run(
     Returns:
         The report and every request's record.
     """
-    if concurrency is not None and concurrency < 1:
-        raise BenchInputError(f"--concurrency must be at least 1, not {concurrency}")
-    if rate is not None and not (rate > 0 and math.isfinite(rate)):
-        raise BenchInputError(f"--rate must be a positive number of requests per second, not {rate}")
+    check_load(concurrency, rate)
     starts = poisson_arrivals(len(sessions), rate, seed) if rate else [s.start for s in sessions]
     limit = asyncio.Semaphore(concurrency) if concurrency else None
     records: list[RequestRecord] = []

@@ -202,6 +202,10 @@ def test_cli_bad_input_is_one_line_not_a_traceback(peer: tuple[Peer, str]) -> No
     assert result.exit_code == 2 and "KEY:MS" in result.output
     result = runner.invoke(app, ["bench", url, "-c", "1", "--vm-size", "Standard_Nope"])
     assert result.exit_code == 2 and "not in the planner's catalog" in result.output
+    # A load no run can take is named as such, even when the endpoint is down too (port 9: discard, closed here).
+    for args, message in ((["-c", "0"], "--concurrency must be at least 1"), (["--rate", "-1"], "--rate must be")):
+        result = runner.invoke(app, ["bench", "http://127.0.0.1:9", *args])
+        assert result.exit_code == 2 and message in result.output, result.output
 
 
 def test_sweep_compare_and_plot_write_their_files(peer: tuple[Peer, str], tmp_path: Path) -> None:
