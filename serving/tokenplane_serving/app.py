@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, cast
 
-import ray
 from ray import serve
 from ray.serve import Application
 from ray.serve.llm import LLMConfig, build_llm_deployment, build_openai_app
@@ -18,7 +17,7 @@ from tokenplane_serving.mapping import (
     build_pd_openai_app_args,
     check_engine_kwargs,
 )
-from tokenplane_serving.ray_internals import direct_streaming_enabled, start_llm_telemetry_agent
+from tokenplane_serving.ray_internals import direct_streaming_enabled
 from tokenplane_serving.server import TokenplaneLLMServer, TokenplanePDDecodeServer
 
 __all__ = ["build_app", "vllm_engine_arg_names"]
@@ -76,10 +75,6 @@ def build_app(args: dict[str, Any] | ServingArgs) -> Application:
             f"Ray Serve LLM direct streaming is off in this process: set {missing} in the environment of "
             "every Ray node before Ray (and ray.serve.llm) start"
         )
-    if ray.is_initialized():
-        # In the cluster Ray calls build_app on the head node before it starts any replica; locally
-        # serve_local does. Either way the telemetry actor each replica waits for boots meanwhile.
-        start_llm_telemetry_agent()
     if serving.disaggregation.enabled:
         return _build_pd_app(serving)
     app_args = build_openai_app_args(serving)

@@ -94,15 +94,15 @@ def in_fallback_proxy() -> bool:
 
 
 def start_llm_telemetry_agent() -> None:
-    """Create Ray Serve LLM's telemetry actor now, without waiting for it to start.
+    """Ask for Ray Serve LLM's telemetry actor now, without waiting for it to start.
 
     Reason: once its engine runs, every `LLMServer` replica gets or creates Ray Serve LLM's detached
     `TelemetryAgent` on the head node and blocks on a call to it before it takes traffic (usage.py
     `push_telemetry_report_for_all_models`, a `ray.get` in the replica's constructor). The first replica of a
-    fresh Ray thus waited for a new worker to boot and import Ray Serve LLM: 3.6-4.7 s of every local cold start
-    on the tiny model. Created here, with Ray's own get-or-create (same name, namespace and placement), that
-    worker boots while the replica imports and starts vLLM, and the replica finds it running. Ray exports no
-    way to do it.
+    fresh Ray thus waited for a new worker to boot and import Ray Serve LLM: 3.4-4.5 s of every local cold start
+    on the tiny model. Asked for with Ray's own get-or-create (same name, namespace and placement) before the
+    engine starts, that worker boots while vLLM starts and the replica finds it running. Ray exports no way
+    to do it.
     """
     from ray.llm._internal.serve.observability.usage_telemetry.usage import _get_or_create_telemetry_agent
 

@@ -27,7 +27,12 @@ from tokenplane_serving.autoscale import LATENCY_SERIES, latency_histogram
 from tokenplane_serving.features import FeatureContext, install
 from tokenplane_serving.mapping import build_lora_adapter_paths
 from tokenplane_serving.occupancy import OCCUPANCY, Occupancy
-from tokenplane_serving.ray_internals import DiskMultiplexConfig, LoraModelLoader, engine_client
+from tokenplane_serving.ray_internals import (
+    DiskMultiplexConfig,
+    LoraModelLoader,
+    engine_client,
+    start_llm_telemetry_agent,
+)
 
 __all__ = ["EngineStats", "LocalLoraLoader", "TokenplaneLLMServer", "TokenplanePDDecodeServer", "TokenplaneServerMixin"]
 
@@ -315,6 +320,9 @@ class TokenplaneServerMixin:
         self._batch_running = 0
         adapters = build_lora_adapter_paths(self.serving_args) if self.serving_args else {}
         loader = functools.partial(LocalLoraLoader, adapters)
+        # Ray Serve LLM blocks this constructor on its telemetry actor once the engine runs; asked for now, a
+        # new one boots while vLLM starts (its processes import on one core at a time) instead of after.
+        start_llm_telemetry_agent()
         await super().__init__(llm_config, model_downloader=cast(Any, loader), **kwargs)  # type: ignore[misc,call-arg]
         self.stats = EngineStats(_replica_gpus(llm_config), llm_config.model_id)
         self._publisher = asyncio.get_running_loop().create_task(self.stats.publish_forever())
