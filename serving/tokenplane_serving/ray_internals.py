@@ -100,9 +100,8 @@ def start_llm_telemetry_agent() -> None:
     `TelemetryAgent` on the head node and blocks on a call to it before it takes traffic (usage.py
     `push_telemetry_report_for_all_models`, a `ray.get` in the replica's constructor). The first replica of a
     fresh Ray thus waited for a new worker to boot and import Ray Serve LLM: 3.4-4.5 s of every local cold start
-    on the tiny model. Asked for with Ray's own get-or-create (same name, namespace and placement) before the
-    engine starts, that worker boots while vLLM starts and the replica finds it running. Ray exports no way
-    to do it.
+    on the tiny model. Asked for with Ray's own get-or-create (same name, namespace and placement) while the
+    engine starts, that worker boots meanwhile and the replica finds it running. Ray exports no way to do it.
     """
     from ray.llm._internal.serve.observability.usage_telemetry.usage import _get_or_create_telemetry_agent
 

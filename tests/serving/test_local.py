@@ -78,9 +78,9 @@ def test_the_telemetry_agent_boots_while_vllm_starts_not_after(
     import ray
     from ray.util import list_named_actors
 
-    # A replica blocks on Ray Serve LLM's telemetry actor once its engine runs; it asks for that actor before
-    # starting the engine, so the actor's process starts before vLLM's last process (its model worker), not
-    # after the engine is up (3.4-4.5 s more of every cold start).
+    # A replica blocks on Ray Serve LLM's telemetry actor once its engine runs; it asks for that actor as soon
+    # as vLLM's engine process runs, so the actor's process starts before vLLM's last process (its model
+    # worker), not after the engine is up (3.4-4.5 s more of every cold start).
     agent = ray.get_actor("llm_serve_telemetry", namespace="llm_serve_telemetry")
     agent_pid = ray.get(agent.__ray_call__.remote(lambda self: os.getpid()))
     replicas = [
