@@ -72,6 +72,7 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
+@pytest.mark.serving  # on the shared live server
 def test_the_telemetry_agent_boots_while_vllm_starts_not_after(
     tiny_server: LocalServer, tiny_serving_args: ServingArgs
 ) -> None:
