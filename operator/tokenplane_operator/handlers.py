@@ -143,7 +143,7 @@ async def metrics(
     try:
         async with memo.slots:
             result = await collect_metrics(
-                body, clients=memo.clients, settings=memo.config, now=datetime.now(UTC), clock=time.monotonic()
+                body, clients=memo.clients, settings=memo.config, now=datetime.now(UTC), clock=time.monotonic
             )
     except TokenplaneError as err:
         logger.info("metrics not collected: %s", err)  # the next tick tries again; status keeps the last numbers

@@ -691,7 +691,7 @@ async def release(body: Mapping[str, Any], *, clients: Clients, settings: Operat
 
 
 async def collect_metrics(
-    body: Mapping[str, Any], *, clients: Clients, settings: OperatorSettings, now: datetime, clock: float
+    body: Mapping[str, Any], *, clients: Clients, settings: OperatorSettings, now: datetime, clock: Callable[[], float]
 ) -> MetricsStatus | None:
     """Scrape the deployment's Ray pods and turn the window since the previous scrape into status metrics.
 
@@ -700,7 +700,8 @@ async def collect_metrics(
         clients: Shared clients; they keep the previous scrape.
         settings: Operator settings (the metrics port).
         now: Wall time, stamped on the result.
-        clock: Monotonic seconds, for the window's length.
+        clock: Monotonic seconds, read once the pages are in: a window is the time between two scrapes, not
+            between two timer ticks (a tick may wait for a reconcile slot, and the pods' counters do not).
 
     Returns:
         The metrics, or None for the first scrape, when no pod answered, or when no pod spans the window.
@@ -718,19 +719,20 @@ async def collect_metrics(
     }
     urls = {name: f"http://{pod['status']['podIP']}:{settings.metrics_port}/metrics" for name, pod in running.items()}
     pages = await asyncio.gather(*(clients.scraper.scrape(url) for url in urls.values()), return_exceptions=True)
+    scraped_at = clock()
     scrapes = {name: parse_scrape(page) for name, page in zip(urls, pages, strict=True) if isinstance(page, str)}
     clients._scaling[key] = scaling_from_pages((page for page in pages if isinstance(page, str)), now)
     previous = clients._scrapes.get(key)
     if not scrapes:
         return None
-    clients._scrapes[key] = (scrapes, clock)
+    clients._scrapes[key] = (scrapes, scraped_at)
     if previous is None:
         return None
     before, after = merge_window(previous[0], scrapes)
     spanning = [running[name] for name in previous[0].keys() & scrapes.keys()]
     if not spanning:
         return None
-    return compute_economics(before, after, elapsed_s=clock - previous[1], gpus=gpus_in_pods(spanning), now=now)
+    return compute_economics(before, after, elapsed_s=scraped_at - previous[1], gpus=gpus_in_pods(spanning), now=now)
 
 
 def latest_scaling(body: Mapping[str, Any], clients: Clients) -> ScalingStatus | None:
