@@ -311,11 +311,11 @@ def plan_command(
                 )
             workload, deployment = _workload_from_file(file, concurrency, vm_size, model_override(model_config, model))
         else:
-            if (model_config is None) == (model is None):
+            info = model_override(model_config, model)
+            if info is None:
                 raise PlanError(
                     PlanErrorReason.INVALID_WORKLOAD, "give a FILE, or exactly one of --model-config and --model"
                 )
-            info = read_model_dir(model_config) if model_config is not None else resolve_model(model or "")
             workload = Workload(
                 model=info,
                 max_model_len=max_model_len,

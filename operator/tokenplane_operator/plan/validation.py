@@ -58,8 +58,10 @@ def _model_problems(deployment: InferenceDeployment, model: ModelInfo | None) ->
     try:
         workload_from_spec(deployment.spec, model=model)  # the planner's own rules on the model's shape
     except PlanError as err:
-        field = "spec.model.maxModelLen" if err.reason is PlanErrorReason.CONTEXT_TOO_LONG else "spec"
-        problems.append(Problem(field, f"{err.message}; lower it, or leave it unset for the model's own"))
+        if err.reason is PlanErrorReason.CONTEXT_TOO_LONG:
+            problems.append(Problem("spec.model.maxModelLen", f"{err.message}; lower it, or leave it unset"))
+        else:
+            problems.append(Problem("spec", err.message))
     if model.num_attention_heads % tp:
         divisors = [n for n in range(1, model.num_attention_heads + 1) if model.num_attention_heads % n == 0 and n <= 8]
         problems.append(
