@@ -26,7 +26,7 @@ from tokenplane_operator.plan.validation import check_deployment
 
 __all__ = ["Checked", "check_document", "validate_files"]
 
-# Where a planning failure points in the spec, by reason.
+# Where a planning failure points in the spec, by reason, when it names no field itself.
 _PLAN_FIELD = {
     PlanErrorReason.DOES_NOT_FIT: "spec.hardware.vmSize",
     PlanErrorReason.UNKNOWN_MODEL: "spec.model.source",
@@ -72,7 +72,7 @@ def check_document(body: Mapping[str, Any], config: RenderConfig | None = None) 
         if exc.reason is PlanErrorReason.UNKNOWN_MODEL and deployment.spec.hardware.vm_size == "auto":
             checked.unplanned = exc  # the operator reads the checkpoint's config.json in the cluster
         else:
-            checked.problems = [Problem(_PLAN_FIELD[exc.reason], exc.message)]
+            checked.problems = [Problem(exc.field or _PLAN_FIELD[exc.reason], exc.message)]
     except ValidationError as exc:
         # The serving contract's own check; the API models enforce its rules, so reaching this is a bug to report.
         details = "; ".join(_one_line(e["msg"]) for e in exc.errors())

@@ -283,7 +283,8 @@ async def reconcile(
         desired = build_desired_state(deployment, settings.render_config())
     except PlanError as err:
         reason = Reason.DOES_NOT_FIT if err.reason is PlanErrorReason.DOES_NOT_FIT else Reason.INVALID_SPEC
-        return result(deployment, ObservedState(plan_error=(reason, err.message)), actions=[], invalid=True)
+        message = err.message if err.field is None else f"{err.field}: {err.message}"
+        return result(deployment, ObservedState(plan_error=(reason, message)), actions=[], invalid=True)
 
     async with clients._locks[f"cr:{_owner(body)}"]:
         return await _reconcile_valid(

@@ -190,3 +190,19 @@ async def test_invalid_spec_sets_condition_and_makes_no_azure_call(op: OperatorH
     await op.delete("bad")
     await op.wait_for(lambda: op.get("bad") is None, message="deleted")
     assert op.arm.requests == []
+
+
+async def test_replicas_beyond_pinned_max_nodes_are_refused_before_any_azure_call(op: OperatorHarness) -> None:
+    # The rule `tokenplane validate` applies (tests/unit/api/cases.py), seen through the operator: 3 one-GPU
+    # replicas on one-GPU VMs need 3 nodes, the CR caps the pool at 1.
+    op.arm.clear_requests()
+    hardware = {"vmSize": "Standard_NC24ads_A100_v4", "nodePool": {"managed": {"maxNodes": 1}}}
+    await op.create(cr_body("capped", hardware=hardware, scaling={"minReplicas": 1, "maxReplicas": 3}))
+    await op.wait_for(lambda: op.condition("capped", "Validated").get("reason") == "InvalidSpec", message="refused")
+    message = op.condition("capped", "Validated")["message"]
+    assert message.startswith("spec.scaling.maxReplicas: 3 replicas need 3 nodes of Standard_NC24ads_A100_v4"), message
+    assert "lower maxReplicas to 1 or raise maxNodes to 3" in message
+    assert op.condition("capped", "Stalled")["status"] == "True"
+    await op.delete("capped")
+    await op.wait_for(lambda: op.get("capped") is None, message="deleted")
+    assert op.arm.requests == []

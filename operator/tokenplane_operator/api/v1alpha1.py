@@ -585,12 +585,17 @@ class ManagedNodePoolSpec(_Model):
         ),
     )
 
-    min_nodes: int = Field(default=0, ge=0, le=1000, description="Cluster-autoscaler lower bound.")
+    min_nodes: int = Field(
+        default=0,
+        ge=0,
+        le=1000,
+        description="Cluster-autoscaler lower bound; at most the nodes maxReplicas can use.",
+    )
     max_nodes: int | None = Field(
         default=None,
         ge=1,
         le=1000,
-        description="Cluster-autoscaler upper bound; derived from maxReplicas if unset.",
+        description="Cluster-autoscaler upper bound; derived from maxReplicas if unset; must hold maxReplicas.",
     )
     os_sku: Literal["AzureLinux", "Ubuntu"] = Field(default="AzureLinux", description="Node OS.")
 

@@ -18,7 +18,12 @@ from tokenplane_operator.desired.agentpool import (
 )
 from tokenplane_operator.desired.config import RenderConfig
 from tokenplane_operator.desired.objects import build_network_policy, build_service, endpoint_url
-from tokenplane_operator.desired.rayservice import build_rayservice, compute_worker_shape, weights_disk_bytes
+from tokenplane_operator.desired.rayservice import (
+    WorkerShape,
+    build_rayservice,
+    compute_worker_shape,
+    weights_disk_bytes,
+)
 from tokenplane_operator.desired.resolve import resolve_plan
 from tokenplane_operator.desired.serveconfig import build_serving_args
 from tokenplane_operator.plan.catalog import GIB, GpuSku, all_skus, find_sku
@@ -66,12 +71,73 @@ def _node_weights_disk_gib(
     if pods_per_node * (weights_gib + 1) > largest:
         raise PlanError(
             PlanErrorReason.DOES_NOT_FIT,
-            f"spec.model.source: the {pods_per_node} worker pod(s) of one node download "
+            f"the {pods_per_node} worker pod(s) of one node download "
             f"{pods_per_node * weights_gib} GiB of weights, more than the largest OS disk holds "
             f"({largest:.0f} GiB allocatable); serve the weights from a PVC (pvc://) or use fewer, larger worker "
             "pods per node",
+            field="spec.model.source",
         )
     return min(pods_per_node * (weights_gib + config.worker_ephemeral_storage_gib), math.floor(largest))
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _check_pinned_nodes(deployment: InferenceDeployment, shape: WorkerShape, vm_size: str) -> None:
+    """Refuse `nodePool.managed` bounds that disagree with the replicas: too few nodes, or a floor left idle.
+
+    A `maxNodes` below what `maxReplicas` (or `minReplicas`) needs leaves the autoscaler's extra replicas
+    Pending forever; a pinned `minNodes` above what `maxReplicas` can ever use bills GPU nodes that never run a
+    worker. Replicas per node come from the worker shape the renderer sizes the group with (MIG slices,
+    fractions, replicas spanning several VMs).
+
+    Raises:
+        PlanError: InvalidWorkload, naming the field to change, the numbers, and the ways out.
+    """
+    managed = deployment.spec.hardware.node_pool.managed
+    if managed is None:
+        return
+    fixed = deployment.spec.disaggregation.enabled  # prefill + decode replicas: one fixed count
+    needed = shape.nodes_for(shape.max_replicas)
+    per_node = shape.replicas_on(1)
+    density = (
+        f"{_count(per_node, 'replica')} per node" if per_node else f"{_count(shape.nodes_for(1), 'node')} per replica"
+    )
+    if managed.max_nodes is not None and needed > managed.max_nodes:
+        below_min = shape.nodes_for(shape.min_replicas) > managed.max_nodes  # it could never reach its minimum
+        if fixed:
+            field, lower = "spec.disaggregation", "prefillReplicas + decodeReplicas"
+        elif below_min:
+            field, lower = "spec.scaling.minReplicas", "minReplicas and maxReplicas"
+        else:
+            field, lower = "spec.scaling.maxReplicas", "maxReplicas"
+        replicas = shape.min_replicas if below_min else shape.max_replicas
+        held = shape.replicas_on(managed.max_nodes)
+        fix = f"lower {lower} to {held} or raise maxNodes to {needed}" if held else f"raise maxNodes to {needed}"
+        effect = "it could never reach its minimum" if below_min else f"replicas beyond {held} would stay Pending"
+        raise PlanError(
+            PlanErrorReason.INVALID_WORKLOAD,
+            f"{_count(replicas, 'replica')} {'needs' if replicas == 1 else 'need'} "
+            f"{_count(shape.nodes_for(replicas), 'node')} of {vm_size} ({density}); nodePool.managed.maxNodes is "
+            f"{managed.max_nodes}, which holds {_count(held, 'replica') if held else 'no replica'}, so {effect}; "
+            f"{fix}",
+            field=field,
+        )
+    if "min_nodes" in managed.model_fields_set and managed.min_nodes > needed:
+        users = (
+            f"the {shape.max_replicas} prefill + decode replicas use"
+            if fixed
+            else f"maxReplicas {shape.max_replicas} uses"
+        )
+        more = "" if fixed else f" or raise maxReplicas to {shape.replicas_on(managed.min_nodes)}"
+        raise PlanError(
+            PlanErrorReason.INVALID_WORKLOAD,
+            f"{_count(managed.min_nodes, 'node')} of {vm_size} stay up, but {users} at most "
+            f"{_count(needed, 'node')} ({density}), so {_count(managed.min_nodes - needed, 'GPU node')} would be "
+            f"billed with nothing to run; lower minNodes to {needed}{more}",
+            field="spec.hardware.nodePool.managed.minNodes",
+        )
 
 
 def desired_agent_pool(
@@ -100,12 +166,14 @@ def desired_agent_pool(
         The pool; its name is shared by every deployment of the same hardware class.
 
     Raises:
-        PlanError: InvalidWorkload when the hardware cannot be expressed as worker pods on this VM size;
-            DoesNotFit when the weights the workers of one node download exceed the largest OS disk.
+        PlanError: InvalidWorkload when the hardware cannot be expressed as worker pods on this VM size, or the
+            pinned node bounds disagree with the replicas; DoesNotFit when the weights the workers of one node
+            download exceed the largest OS disk.
     """
     hardware = deployment.spec.hardware
     managed = hardware.node_pool.managed
     shape = compute_worker_shape(deployment, sku)
+    _check_pinned_nodes(deployment, shape, sku.vm_size)
     mig: MigProfile | None = hardware.mig_profile.value if hardware.mig_profile is not None else None
     # Unless the CR pins it, the pool's floor is what the worker group's floor needs: 0 with scale-to-zero,
     # so an idle deployment holds no GPU node.

@@ -81,7 +81,7 @@ _DOWNLOADED = (SourceScheme.HUGGING_FACE, SourceScheme.AZURE_BLOB)
 
 @dataclass(frozen=True)
 class WorkerShape:
-    """What one Ray worker pod holds and how many of them the deployment may use.
+    """What one Ray worker pod holds and how many replicas, pods and nodes the deployment may use.
 
     Attributes:
         resource_name: Extended resource a pod requests (`nvidia.com/gpu`, `nvidia.com/mig-3g.47gb`), or None
@@ -89,16 +89,20 @@ class WorkerShape:
         units_per_pod: How many of that resource one pod requests.
         units_per_node: How many of that resource one node offers (GPUs, or GPUs x slices for MIG).
         ray_gpus_per_pod: What the pod advertises to Ray as `num-gpus` (a MIG slice is one device to Ray).
-        min_pods: Worker group minReplicas.
-        max_pods: Worker group maxReplicas.
+        min_replicas: Serve replicas the worker group must hold at least (0 with scale-to-zero).
+        max_replicas: Serve replicas the worker group may hold at most.
+        replicas_per_pod: Fractional replicas packed onto one pod's GPU (1 otherwise).
+        pods_per_replica: Whole-VM pods one replica spans (pipeline parallel across VMs; 1 otherwise).
     """
 
     resource_name: str | None
     units_per_pod: int
     units_per_node: int
     ray_gpus_per_pod: int
-    min_pods: int
-    max_pods: int
+    min_replicas: int
+    max_replicas: int
+    replicas_per_pod: int = 1
+    pods_per_replica: int = 1
 
     @property
     def pods_per_node(self) -> int:
@@ -108,18 +112,40 @@ class WorkerShape:
         return max(1, self.units_per_node // self.units_per_pod)
 
     @property
+    def min_pods(self) -> int:
+        """Worker group minReplicas."""
+        return self.pods_for(self.min_replicas)
+
+    @property
+    def max_pods(self) -> int:
+        """Worker group maxReplicas."""
+        return self.pods_for(self.max_replicas)
+
+    @property
     def min_nodes(self) -> int:
         """Nodes that `min_pods` pods need (0 when the group may be empty, as with scale-to-zero)."""
-        if self.resource_name is None or self.min_pods == 0:
+        if self.resource_name is None:
             return 0
-        return math.ceil(self.min_pods * self.units_per_pod / self.units_per_node)
+        return self.nodes_for(self.min_replicas)
 
     @property
     def max_nodes(self) -> int:
         """Nodes needed to run `max_pods` pods (at least 1)."""
         if self.resource_name is None:
             return 1
-        return max(1, math.ceil(self.max_pods * self.units_per_pod / self.units_per_node))
+        return max(1, self.nodes_for(self.max_replicas))
+
+    def pods_for(self, replicas: int) -> int:
+        """Count the worker pods `replicas` Serve replicas take."""
+        return math.ceil(replicas / self.replicas_per_pod) * self.pods_per_replica
+
+    def nodes_for(self, replicas: int) -> int:
+        """Count the GPU nodes `replicas` Serve replicas need: whole pods per node, as the scheduler places them."""
+        return math.ceil(self.pods_for(replicas) / self.pods_per_node)
+
+    def replicas_on(self, nodes: int) -> int:
+        """Count the Serve replicas `nodes` GPU nodes hold (0 when one replica needs more nodes than that)."""
+        return nodes * self.pods_per_node // self.pods_per_replica * self.replicas_per_pod
 
 
 def compute_worker_shape(deployment: InferenceDeployment, sku: GpuSku | None) -> WorkerShape:
@@ -161,14 +187,7 @@ def compute_worker_shape(deployment: InferenceDeployment, sku: GpuSku | None) ->
         return WorkerShape(mig.resource_name, 1, per_node, 1, min_replicas, max_replicas)
     if hardware.gpu_fraction is not None:
         per_gpu = max(1, math.floor(1 / hardware.gpu_fraction))
-        return WorkerShape(
-            GPU_RESOURCE,
-            1,
-            sku.gpu_count,
-            1,
-            math.ceil(min_replicas / per_gpu),
-            math.ceil(max_replicas / per_gpu),
-        )
+        return WorkerShape(GPU_RESOURCE, 1, sku.gpu_count, 1, min_replicas, max_replicas, replicas_per_pod=per_gpu)
     gpus = hardware.gpus_per_replica
     if gpus <= sku.gpu_count:
         per_pod, pods_per_replica = gpus, 1
@@ -181,12 +200,7 @@ def compute_worker_shape(deployment: InferenceDeployment, sku: GpuSku | None) ->
             f"{sku.gpu_count}; use a multiple so each pipeline stage fills whole VMs",
         )
     return WorkerShape(
-        GPU_RESOURCE,
-        per_pod,
-        sku.gpu_count,
-        per_pod,
-        min_replicas * pods_per_replica,
-        max_replicas * pods_per_replica,
+        GPU_RESOURCE, per_pod, sku.gpu_count, per_pod, min_replicas, max_replicas, pods_per_replica=pods_per_replica
     )
 
 

@@ -22,9 +22,11 @@ class PlanError(ValueError):
     Attributes:
         reason: The machine-readable reason.
         message: What is wrong and what to change, for a human.
+        field: The spec's field path to change (`spec.scaling.maxReplicas`), when one field is the one to fix.
     """
 
-    def __init__(self, reason: PlanErrorReason, message: str) -> None:
-        super().__init__(f"{reason.value}: {message}")
+    def __init__(self, reason: PlanErrorReason, message: str, *, field: str | None = None) -> None:
+        super().__init__(f"{reason.value}: {message}" if field is None else f"{reason.value}: {field}: {message}")
         self.reason = reason
         self.message = message
+        self.field = field

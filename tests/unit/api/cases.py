@@ -58,6 +58,13 @@ class Case:
 
 
 ND96 = "Standard_ND96isr_H100_v5"
+# deploy/examples/internal-copilot-mig.yaml's shape: MIG3g on a 1-GPU H100 NVL VM, 2 slices (replicas) per node.
+_MIG_POOL = {"vmSize": "Standard_NC40ads_H100_v5", "migProfile": "MIG3g", "nodePool": {"managed": {"maxNodes": 2}}}
+# Pipeline parallel across two 8-GPU VMs: one replica takes 2 nodes.
+_TWO_VMS = {
+    "engine": {"tensorParallelSize": 8, "pipelineParallelSize": 2},
+    "hardware": {"vmSize": ND96, "gpusPerReplica": 16},
+}
 _BYO = {"nodeSelector": {"agentpool": "gpu"}}
 _CPU = {"accelerator": "cpu"}
 
@@ -153,6 +160,15 @@ MISTAKES = [
     Case("TP does not divide the heads (auto)", spec(engine={"tensorParallelSize": 6}, hardware={"gpusPerReplica": 6}), "spec.engine.tensorParallelSize", "does not divide", "CLI"),
     Case("replica spans part of a VM", spec(engine={"tensorParallelSize": 8, "pipelineParallelSize": 3}, hardware={"vmSize": "Standard_NC96ads_A100_v4", "gpusPerReplica": 24}), "spec.engine.tensorParallelSize", "exceeds the 4 GPU(s)", "CLI"),
     Case("context longer than the model's", with_("spec.model.maxModelLen", 1_000_000), "spec.model.maxModelLen", "exceeds what meta-llama/Llama-3.1-8B-Instruct supports (131072 tokens", "CLI"),
+    # pinned node bounds against the replicas (nodes per replica from the renderer's worker shape)
+    Case("MIG replicas beyond maxNodes", spec(hardware=_MIG_POOL, scaling={"minReplicas": 1, "maxReplicas": 12}), "spec.scaling.maxReplicas", "12 replicas need 6 nodes of Standard_NC40ads_H100_v5 (2 replicas per node); nodePool.managed.maxNodes is 2, which holds 4 replicas, so replicas beyond 4 would stay Pending; lower maxReplicas to 4 or raise maxNodes to 6", "CLI"),
+    Case("minReplicas beyond maxNodes", spec(hardware=_MIG_POOL, scaling={"minReplicas": 5, "maxReplicas": 8}), "spec.scaling.minReplicas", "5 replicas need 3 nodes of Standard_NC40ads_H100_v5 (2 replicas per node); nodePool.managed.maxNodes is 2, which holds 4 replicas, so it could never reach its minimum; lower minReplicas and maxReplicas to 4 or raise maxNodes to 4", "CLI"),
+    Case("whole-GPU replicas beyond maxNodes", with_("spec.hardware.nodePool", {"managed": {"maxNodes": 1}}), "spec.scaling.maxReplicas", "2 replicas need 2 nodes of Standard_NC40ads_H100_v5 (1 replica per node); nodePool.managed.maxNodes is 1, which holds 1 replica", "CLI"),
+    Case("multi-VM replicas beyond maxNodes", spec(engine=_TWO_VMS["engine"], hardware={**_TWO_VMS["hardware"], "nodePool": {"managed": {"maxNodes": 3}}}, scaling={"minReplicas": 1, "maxReplicas": 2}), "spec.scaling.maxReplicas", "2 replicas need 4 nodes of Standard_ND96isr_H100_v5 (2 nodes per replica); nodePool.managed.maxNodes is 3, which holds 1 replica", "CLI"),
+    Case("one multi-VM replica beyond maxNodes", spec(engine=_TWO_VMS["engine"], hardware={**_TWO_VMS["hardware"], "nodePool": {"managed": {"maxNodes": 1}}}, scaling={"minReplicas": 1, "maxReplicas": 1}), "spec.scaling.minReplicas", "which holds no replica, so it could never reach its minimum; raise maxNodes to 2", "CLI"),
+    Case("GPU-fraction replicas beyond maxNodes", spec(hardware={"vmSize": ND96, "gpuFraction": 0.5, "nodePool": {"managed": {"maxNodes": 1}}}, scaling={"minReplicas": 1, "maxReplicas": 17}), "spec.scaling.maxReplicas", "17 replicas need 2 nodes of Standard_ND96isr_H100_v5 (16 replicas per node)", "CLI"),
+    Case("fixed prefill and decode replicas beyond maxNodes", spec(hardware=_MIG_POOL, disaggregation={"enabled": True, "prefillReplicas": 3, "decodeReplicas": 2}), "spec.disaggregation", "lower prefillReplicas + decodeReplicas to 4 or raise maxNodes to 3", "CLI"),
+    Case("minNodes no replica can use", spec(hardware={**_MIG_POOL, "nodePool": {"managed": {"minNodes": 2, "maxNodes": 2}}}, scaling={"minReplicas": 1, "maxReplicas": 2}), "spec.hardware.nodePool.managed.minNodes", "2 nodes of Standard_NC40ads_H100_v5 stay up, but maxReplicas 2 uses at most 1 node (2 replicas per node), so 1 GPU node would be billed with nothing to run; lower minNodes to 1 or raise maxReplicas to 4", "CLI"),
     Case("pipeline stages that split VMs", spec(engine={"tensorParallelSize": 4, "pipelineParallelSize": 3}, hardware={"vmSize": ND96, "gpusPerReplica": 12}), "spec.hardware.gpusPerReplica", "not a multiple of 8", "CLI"),
 ]  # fmt: skip
 
@@ -170,6 +186,9 @@ GOOD = {
     "pass-through engine arguments": with_("spec.engine.extraArgs", {"swap_space": 4, "kv_cache_dtype": "fp8"}),
     "tensor and pipeline parallel": spec(engine={"tensorParallelSize": 8, "pipelineParallelSize": 2}, hardware={"vmSize": ND96, "gpusPerReplica": 16}),
     "MIG slice": with_("spec.hardware", {"vmSize": ND96, "migProfile": "MIG1g"}),
+    "MIG replicas filling maxNodes exactly": spec(hardware=_MIG_POOL, scaling={"minReplicas": 4, "maxReplicas": 4}),
+    "multi-VM replicas filling pinned node bounds exactly": spec(engine=_TWO_VMS["engine"], hardware={**_TWO_VMS["hardware"], "nodePool": {"managed": {"minNodes": 4, "maxNodes": 4}}}, scaling={"minReplicas": 1, "maxReplicas": 2}),
+    "maxNodes above what maxReplicas needs": spec(hardware={**_MIG_POOL, "nodePool": {"managed": {"maxNodes": 5}}}, scaling={"minReplicas": 1, "maxReplicas": 4}),
     "Azure Blob sources with a SAS and a workload identity": spec(model={"source": "abfss://models@acct.dfs.core.windows.net/llama", "accessSecretRef": {"name": "sas", "key": "sas"}}, lora={"adapters": [{"name": "a", "source": "https://acct.blob.core.chinacloudapi.cn/loras/a"}]}, hardware={"vmSize": "Standard_NC40ads_H100_v5"}, serviceAccountName="models-reader"),
     "CPU run": {**BASE, "spec": {"model": {"source": "./models/tiny", "maxModelLen": 1024}, "hardware": _CPU, "endpoint": {"auth": {"mode": "none"}}}},
     "labels and annotations": with_("metadata", {"name": "m", "namespace": "ai", "labels": {"team": "ml", "app.kubernetes.io/part-of": "chat"}, "annotations": {"note": "free text: anything"}}),

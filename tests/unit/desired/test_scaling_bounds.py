@@ -57,13 +57,14 @@ def assert_layers_agree(b: dict[str, Any]) -> None:
         return
     node_min, node_max = b["pool"]
     # The pool holds every pod the worker group may start: it never caps Serve's maximum by accident.
-    assert node_max * shape.units_per_node >= pod_max * shape.units_per_pod
+    # Whole pods per node: a pod cannot straddle two nodes, so GPUs (slices) left over on each node do not count.
+    assert node_max * shape.pods_per_node >= pod_max
     if spec.scaling.scale_to_zero.enabled:
         assert node_min == 0
     managed = spec.hardware.node_pool.managed
     if managed is None or "min_nodes" not in managed.model_fields_set:
         assert node_min == shape.min_nodes
-        assert node_min * shape.units_per_node >= pod_min * shape.units_per_pod
+        assert node_min * shape.pods_per_node >= pod_min
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
@@ -97,6 +98,19 @@ def test_pool_floor_follows_min_replicas_without_scale_to_zero() -> None:
     result = bounds(body)
     assert result["pool"] is not None
     assert result["pool"][0] == result["shape"].min_nodes >= 1
+
+
+def test_pods_that_leave_part_of_a_node_free_get_one_node_each() -> None:
+    # 6-GPU replicas (TP 2 x PP 3) on 8-GPU VMs: one pod per node, 2 GPUs idle. Counting GPUs instead of pods
+    # (ceil(4 x 6 / 8) = 3 nodes) would leave the 4th replica Pending.
+    body = yaml.safe_load((EXAMPLES[0].parent / "customer-assistant-70b-fp8.yaml").read_text())
+    body["spec"]["engine"] = {"tensorParallelSize": 2, "pipelineParallelSize": 3}
+    body["spec"]["hardware"] = {"vmSize": "Standard_ND96isr_H100_v5", "gpusPerReplica": 6}
+    body["spec"]["scaling"] = {"minReplicas": 3, "maxReplicas": 4}
+    result = bounds(body)
+    assert_layers_agree(result)
+    assert result["shape"].pods_per_node == 1
+    assert result["pool"] == (3, 4)
 
 
 def pod_env(rayservice: dict[str, Any]) -> list[dict[str, str]]:
