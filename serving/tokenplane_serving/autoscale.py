@@ -34,7 +34,8 @@ Decision, per tick (the reasons are the operator's status reasons):
   shows the *knee* (`capacity`), never below a load proven well within the target: from then on the fleet is
   sized at 85% of it. Before, it is sized at 1.25x the most a replica has been seen to carry well within the
   target for a whole window (`proven`): it approaches the knee in steps instead of jumping past it on an
-  optimistic prior.
+  optimistic prior; never below the most a replica has carried within the target for a minute (`within`), since
+  a light load proves little and would size a burst's fleet at a fraction of what the replicas do carry.
 - `WaitingForCapacity`: replicas have been pending longer than a cold start takes (no node for them): hold
   at the current target instead of adding more replicas that cannot be placed either.
 - `Idle`: no traffic for a whole downscale window: go to the floor (zero with scale-to-zero; Serve applies
@@ -45,7 +46,7 @@ Decision, per tick (the reasons are the operator's status reasons):
   the window's busiest load, with no overload or breach in the window: a wave that broke) the load since sizes
   the fleet instead, and a minute after a scale-out suffices; a load that outran the fleet is held for. The
   policy owns this hysteresis: the operator renders Serve's `downscale_delay_s` as 0, so they do not stack.
-  Replicas still starting that the load has not needed for a latency window are cancelled
+  Replicas still starting beyond the most the load needed over a latency window are cancelled
   (`Steady`): they serve nobody yet, so dropping them risks no latency.
 - `Schedule`: a time window's minimum (see `tokenplane_serving.schedule`) holds more replicas than load needs.
 - `Batch`: Batch API requests (which replicas report as `batch_running`) are not demand the fleet grows for: they
@@ -387,8 +388,16 @@ class TokenplanePolicy:
         reason = max(needs, key=lambda k: needs[k])
         grow = math.ceil(needs[reason] - 1e-9)
 
-        if grow > current or queue > self.target_queue * current:
-            state["needed_since"] = now  # the last time the load needed more than the running replicas
+        # What the load needed over the last latency window, one point a second (an overload needs every replica
+        # ordered): replicas still starting beyond it are not needed.
+        needed = [(t, n) for t, n in state.get("recent_need", []) if now - t < _WINDOW_S]
+        need_now = max(grow, target) if queue > self.target_queue * current else grow
+        if needed and now - needed[-1][0] < 1.0:
+            needed[-1] = (needed[-1][0], max(needed[-1][1], need_now))
+        else:
+            needed.append((now, need_now))
+        state["recent_need"] = needed
+        still_needed = max(current, *(n for _, n in needed))
         pending_since = state.get("pending_since")
         starved = pending_since is not None and now - float(pending_since) > self.cold_start_s
         floor, window = schedule_minimum(self.schedule, now)
@@ -401,10 +410,10 @@ class TokenplanePolicy:
         elif grow < current and seen_window and self._may_scale_in(fleet, p95, queue, now, last_up, state, fell):
             desired = self._scale_in_size(current, recent if fell else peak, per_replica, capacity, state)
             reason = "Idle" if desired < current else "Steady"
-        elif target > current and now - float(state.get("needed_since", now)) >= _WINDOW_S:
-            # Replicas still starting that the load no longer needs are cancelled: they serve nobody yet, so
-            # dropping them risks no latency, and each would cost its whole start-up for nothing.
-            desired, reason = current, "Steady"
+        elif target > still_needed and now - max(last_up, float(state["since"])) >= _WINDOW_S:
+            # Replicas still starting that the load has not needed for a window are cancelled: they serve nobody
+            # yet, so dropping them risks no latency, and each would cost its whole start-up for nothing.
+            desired, reason = still_needed, "Steady"
         else:
             desired, reason = max(target, current), "Steady"
         if starved and desired >= target:
@@ -562,7 +571,10 @@ class TokenplanePolicy:
         if state.get("learned"):
             return _HEADROOM * capacity
         proven = float(state.get("proven", 0.0))
-        return min(_HEADROOM * capacity, _EXPLORE * proven) if proven > 0 else _HEADROOM * capacity
+        if proven <= 0:
+            return _HEADROOM * capacity
+        # A light load proves little: never below a load the replicas have carried within the target.
+        return min(_HEADROOM * capacity, max(_EXPLORE * proven, float(state.get("within", 0.0))))
 
     def _scale_in_size(
         self, current: int, peak: float, per_replica: float, capacity: float, state: dict[str, Any]
@@ -617,6 +629,9 @@ class TokenplanePolicy:
             # Comfortably within target at this load: a replica holds at least that much.
             capacity = min(self.max_ongoing, max(capacity, low / current))
             state["proven"] = max(float(state.get("proven", 0.0)), low / current)
+        if knee_p95 is not None and p95 is not None and not self._breached(p95) and not self._breached(knee_p95):
+            # Within the target for a minute at this load (not well within it: not proven, no step beyond it).
+            state["within"] = max(float(state.get("within", 0.0)), low / current)
         if queue > self.target_queue * current:
             # Requests wait: the replicas run all they can, and the knee is at most what they run now.
             capacity = min(capacity, max(1.0, per_replica))

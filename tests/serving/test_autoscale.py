@@ -311,15 +311,21 @@ def test_batch_requests_fill_the_fleet_but_never_grow_it_past_their_budget() -> 
     assert policy(batch_max_replicas=3)(context(big, ongoing=400, state=stable(2)))[0] == 3
 
 
-def test_replicas_still_starting_are_cancelled_once_the_load_no_longer_needs_them() -> None:
+def test_replicas_still_starting_beyond_what_the_load_needed_for_a_window_are_cancelled() -> None:
     calm = [report([300.0] * 30, running=2) for _ in range(2)]
     pol = policy()
     # 2 running, 6 wanted a while ago; the load now fits the 2 running ones.
-    ordered = stable(2, last_up=NOW - 60, needed_since=NOW - 10)
+    ordered = stable(2, last_up=NOW - 60, recent_need=[(NOW - 10, 6)])
     desired, state = pol(context(calm, ongoing=4, target=6, state=ordered))
-    assert desired == 6  # not needed for less than a window: they may be needed again, keep them coming
-    desired, state = pol(context(calm, ongoing=4, target=6, state={**ordered, "needed_since": NOW - 40}))
+    assert desired == 6  # needed within the window: they may be needed again, keep them coming
+    desired, state = pol(context(calm, ongoing=4, target=6, state={**ordered, "recent_need": [(NOW - 40, 6)]}))
     assert (desired, state["reason"]) == (2, "Steady")  # a window without need: they serve nobody yet, cancel
+    # Needed only in part over the window: the replicas beyond the most it needed are cancelled, not all.
+    desired, state = pol(context(calm, ongoing=4, target=6, state={**ordered, "recent_need": [(NOW - 10, 4)]}))
+    assert (desired, state["reason"]) == (4, "Steady")
+    # Ordered less than a window ago: kept, whatever the load says now.
+    fresh = {**ordered, "last_up": NOW - 10, "recent_need": [(NOW - 40, 6)]}
+    assert pol(context(calm, ongoing=4, target=6, state=fresh))[0] == 6
 
 
 def test_a_trend_is_extrapolated_a_step_is_not() -> None:
@@ -443,3 +449,18 @@ def test_replicas_record_each_finished_requests_wait_and_prefill_from_vllm() -> 
     )
     _StatsLogger(stats).record(None, step)
     assert (stats.recent_ms("wait"), stats.recent_ms("prefill"), stats.recent_ms("e2e")) == ([300.0], [700.0], [2000.0])
+
+
+def test_a_load_carried_within_the_target_for_a_minute_is_not_grown_for() -> None:
+    # 7 replicas proven only on a light load (0.4 each, so 0.5 a replica before the knee is known); a burst of 40
+    # running (5.7 each) has been served at 850 ms, within the 1 s target but not well within it, for a minute.
+    busy = [report([850.0] * 10, running=40 / 7) for _ in range(7)]
+    state = stable(7, proven=0.4, last_up=NOW - 900, recent_load=[(NOW - 60 + s, 40.0) for s in range(60)])
+    first = policy()(context(busy, ongoing=40, state=state, now=NOW - 31))[1]
+    assert first["desired"] == 80  # one window: not yet a minute within the target, sized at 0.5 a replica
+    desired, after = policy()(context(busy, ongoing=40, state=first))
+    assert (desired, after["within"]) == (7, pytest.approx(40 / 7))  # the fleet that carried it holds it
+    # A minute over the target is no such proof: the fleet grows.
+    slow = [report([1500.0] * 10, running=40 / 7) for _ in range(7)]
+    first = policy()(context(slow, ongoing=40, state=state, now=NOW - 31))[1]
+    assert policy()(context(slow, ongoing=40, state=first))[0] > 7
