@@ -14,8 +14,9 @@ proxy holds it (`tokenplane_serving.hold`), at most `max_held` requests at once 
 once), each until a replica runs or, at most, the hold time (then 503; once a replica runs, the request is no
 longer held and waits in Serve's queue like any other). A request longer than the context window is a client error,
 not an arrival. Serve's request counts are averaged over `look_back_period_s` as the controller does. A node stays
-in the pool `NODE_IDLE_S` after its replica stops (a replica cancelled while its node provisions leaves that node
-once provisioned); a replica started on such a node loads the model only.
+in the pool `NODE_IDLE_S` after its last replica stops (a replica cancelled while its node provisions leaves that
+node once provisioned); a replica started on a node with room (such a node, or one running fewer replicas than it
+holds: MIG slices, a multi-GPU VM) loads the model only.
 """
 
 from __future__ import annotations
@@ -74,7 +75,20 @@ class Replica:
     prefill: deque[tuple[float, float]] = field(default_factory=deque)  # ... and their prefill
     prefill_starts: deque[float] = field(default_factory=deque)  # admitted requests' prefill start times
     arrivals: deque[float] = field(default_factory=deque)
-    node_at: float = 0.0  # when its node is (was) provisioned
+    node: Node | None = None  # the node it runs on
+
+
+@dataclass(eq=False)  # nodes are told apart by identity
+class Node:
+    """A GPU node of the pool: provisioned at `ready_at`, running `replicas` (at most `replicas_per_node`)."""
+
+    ready_at: float
+    replicas: int = 0
+    idle_since: float = 0.0  # when its last replica stopped, or when it comes up if that is later
+
+    def free_at(self) -> float:
+        """When a replica could start on it (it has room): once provisioned, and once emptied if it is empty."""
+        return self.ready_at if self.replicas else self.idle_since
 
 
 @dataclass(frozen=True)
@@ -129,7 +143,7 @@ class Simulation:
         self._ids = itertools.count()
         self.target = config.initial_replicas
         self.scale_events = 0
-        self.freed_nodes: list[float] = []  # times nodes were (or will be, once provisioned) free, for NODE_IDLE_S
+        self.nodes: list[Node] = []  # the pool: nodes running replicas, and emptied ones for NODE_IDLE_S
         self.raw: dict[str, dict[ReplicaID, list[TimeStampedValue]]] = {}
         self.load_samples: deque[tuple[float, float, float]] = deque()  # (t, ongoing+queued, queued)
         self.policy_state: dict[str, Any] = {}
@@ -263,18 +277,23 @@ class Simulation:
     # -- replicas -------------------------------------------------------------------------------------------
     def _start_replica(self, now: float, *, warm: bool = False) -> None:
         rid = ReplicaID(unique_id=f"r{next(self._ids)}", deployment_id=_DEPLOYMENT)
-        self.freed_nodes = sorted(t for t in self.freed_nodes if now - t < NODE_IDLE_S)
-        node_at = now
-        if warm:
-            delay = 0.0
-        elif self.freed_nodes and self.freed_nodes[0] - now < self.phys.provision_s:
-            # A node in the pool, or one still provisioning for a replica cancelled meanwhile: it comes up anyway.
-            node_at = max(now, self.freed_nodes.pop(0))
-            delay = node_at - now + self.phys.load_s
+        # Emptied nodes leave the pool NODE_IDLE_S after their last replica stopped.
+        self.nodes = [n for n in self.nodes if n.replicas or now - n.idle_since < NODE_IDLE_S]
+        roomy = [n for n in self.nodes if n.replicas < self.phys.replicas_per_node]
+        if warm:  # the deployment was serving before the trace: its nodes are up
+            node, delay = next((n for n in roomy if n.free_at() <= now), None) or Node(ready_at=now), 0.0
+            if node not in self.nodes:
+                self.nodes.append(node)
+        elif roomy:
+            # A node with room (a free slice or GPU, an emptied node, or one still provisioning for a replica
+            # cancelled meanwhile: it comes up anyway): the model loads once the node is up.
+            node = min(roomy, key=Node.free_at)
+            delay = max(0.0, node.free_at() - now) + self.phys.load_s
         else:
-            node_at = now + self.phys.provision_s
-            delay = self.phys.provision_s + self.phys.load_s
-        rep = Replica(rid, started=now, ready_at=now + delay, v_time=now, node_at=node_at)
+            node, delay = Node(ready_at=now + self.phys.provision_s), self.phys.provision_s + self.phys.load_s
+            self.nodes.append(node)
+        node.replicas += 1
+        rep = Replica(rid, started=now, ready_at=now + delay, v_time=now, node=node)
         self.replicas.append(rep)
         if warm:
             rep.state = "ready"
@@ -290,7 +309,10 @@ class Simulation:
 
     def _stop(self, rep: Replica, now: float) -> None:
         rep.state, rep.stopped = "stopped", now
-        self.freed_nodes.append(max(now, rep.node_at))
+        if rep.node is not None:
+            rep.node.replicas -= 1
+            if not rep.node.replicas:
+                rep.node.idle_since = max(now, rep.node.ready_at)
         for series in self.raw.values():
             series.pop(rep.rid, None)
 

@@ -3,7 +3,8 @@
 A replica has a batch cap (vLLM's `max_num_seqs`), prefills prompts one at a time (time from the prompt's
 tokens) and decodes every admitted sequence together, one token per step, the step time depending on the
 batch size. A cold start is node provisioning (skipped when a recently freed node is still in the pool) plus
-model loading.
+model loading; a replica started on a node that still has room for one (MIG slices, a multi-GPU VM) loads the
+model only.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import math
 from dataclasses import dataclass
 
 from tokenplane_operator.api.v1alpha1 import AcceleratorKind, InferenceDeployment
+from tokenplane_operator.desired.rayservice import compute_worker_shape
 from tokenplane_operator.plan.catalog import find_sku
 from tokenplane_operator.plan.errors import PlanError, PlanErrorReason
 from tokenplane_operator.plan.estimates import Placement, decode_point, prefill_seconds
@@ -46,6 +48,7 @@ class ReplicaPhysics:
     gpus: float
     source: str
     max_model_len: int = 8192  # prompt + output tokens a request may hold (vLLM refuses longer ones)
+    replicas_per_node: int = 1  # replicas one node holds (MIG slices, GPUs, fractions), as the renderer packs them
 
     def prefill_s(self, input_tokens: int) -> float:
         """Time to prefill one prompt."""
@@ -139,4 +142,5 @@ def physics_for(
         gpus=placement.gpu_equivalents,
         source=f"{workload.model.name} on {plan.vm_size} ({plan.gpu_model}), planner roofline",
         max_model_len=workload.context,
+        replicas_per_node=max(1, compute_worker_shape(deployment, sku).replicas_on(1)),
     )

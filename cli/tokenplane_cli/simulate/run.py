@@ -230,10 +230,12 @@ def _oracle_schedule(cfg: SimConfig, need: list[int]) -> list[int]:
     """Targets per second that have `need[k]` replicas ready through minute k, each started one start-up early.
 
     The start-up is model loading when the pool holds enough nodes (a node stays this long after its
-    replica stops: the most replicas of the last `NODE_IDLE_S` before the start), provisioning + loading
-    otherwise. Replicas needed within the first cold start are the warm start's (ready at t=0).
+    replica stops: the nodes of the most replicas of the last `NODE_IDLE_S` before the start, each holding
+    `replicas_per_node`), provisioning + loading otherwise. Replicas needed within the first cold start are the
+    warm start's (ready at t=0).
     """
     warm, cold = cfg.physics.load_s, cfg.physics.provision_s + cfg.physics.load_s
+    per_node = cfg.physics.replicas_per_node
     horizon = int(len(need) * _MINUTE) + 1
     plan = [cfg.min_replicas] * horizon
     initial = max([cfg.min_replicas, *(n for k, n in enumerate(need) if k * _MINUTE <= cold)])
@@ -242,7 +244,8 @@ def _oracle_schedule(cfg: SimConfig, need: list[int]) -> list[int]:
         start = begin - warm
         window = plan[max(0, int(start - NODE_IDLE_S)) : max(0, int(start)) + 1]
         pool = max([*window, initial if start - NODE_IDLE_S < 0 else 0])
-        lead = warm if pool >= n else cold
+        room = math.ceil(pool / per_node) * per_node  # the replicas those replicas' nodes hold
+        lead = warm if room >= n else cold
         for t in range(max(0, math.ceil(begin - lead)), end):
             plan[t] = max(plan[t], n)
     plan[0] = max(plan[0], initial)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 from pathlib import Path
@@ -110,6 +111,31 @@ def test_oracle_restarts_a_replica_on_a_warm_node_one_model_load_ahead() -> None
     late = [4] * 8 + [1] * 15 + [4] * 2
     plan = _oracle_schedule(cfg, late)
     assert plan[23 * 60 - cold] == 4 > plan[23 * 60 - cold - 1]
+
+
+def test_a_replica_starts_on_a_node_with_room_after_loading_the_model_only() -> None:
+    # MIG 3g on an H100 VM: two replicas a node, as the renderer packs the worker pods. From 1 running replica,
+    # a second one fits on its node (a model load), a third needs a new node (provisioning + load); with one
+    # replica a node, the second needs a new node too.
+    mig = physics_for(_deployment(REPO / "tests/data/simulate/copilot-mig.yaml"))
+    assert (mig.replicas_per_node, physics_for(_deployment(None)).replicas_per_node) == (2, 1)
+    base = scenario_for(_deployment(None), physics_for(_deployment(None))).sim
+    load, cold = 50.0, 350.0
+
+    def ready_times(per_node: int, target: int) -> list[float]:
+        physics = dataclasses.replace(base.physics, load_s=load, provision_s=cold - load, replicas_per_node=per_node)
+        cfg = SimConfig(**{**base.__dict__, "physics": physics, "initial_replicas": 1, "min_replicas": 1})
+        replicas = Simulation(cfg, [Request(600.0, 100, 10)], FixedController(target)).run().replicas
+        return sorted(r.ready_at for r in replicas)
+
+    assert ready_times(2, 3) == [0.0, load, cold]
+    assert ready_times(1, 2) == [0.0, cold]
+    # The oracle plans with the same packing: a second replica one model load ahead, a third one cold start ahead.
+    cfg = SimConfig(**{**base.__dict__, "physics": dataclasses.replace(base.physics, replicas_per_node=2)})
+    warm, start = int(cfg.physics.load_s), int(cfg.physics.provision_s + cfg.physics.load_s)
+    plan = _oracle_schedule(cfg, [1] * 10 + [2] * 10 + [3] * 10)
+    assert plan[10 * 60 - warm] == 2 > plan[10 * 60 - warm - 1]
+    assert plan[20 * 60 - start] == 3 > plan[20 * 60 - start - 1]
 
 
 def test_physics_tiny_cpu_and_gpu_roofline() -> None:
