@@ -21,11 +21,14 @@ Decision, per tick (the reasons are the operator's status reasons):
 - `QueueDepth`: the load, or its trend one start-up ahead, needs more replicas at the per-replica load the
   fleet is sized for. The trend is a least-squares slope over 3 minutes, used only when it stands 3 standard
   errors out of the noise and holds in both halves of the window (a burst's step is not a trend); the horizon
-  is the start-up last observed (from the order that asked for the replica to its running), so a ramp is met
-  by replicas that are ready when it arrives. Overloaded (waiting beyond `targetQueueDepth` per replica), the
-  fleet is sized from rates: the arrivals (as the replicas count them; from replicas that do not, what the fleet
-  served in the last window plus how fast the queue grew; their trend one start-up ahead) at 85% of what a
-  saturated replica serves, plus the replicas that drain the backlog within a minute. For two windows after an
+  is the longest start-up observed (from the order that asked for a replica to its running: a new node), or,
+  when the replicas the load needs fit the nodes the fleet held within the last 10 minutes (an emptied node
+  stays in the pool that long), the quickest observed (a model load) plus a latency window, so a ramp is met by
+  replicas that are ready when it arrives, and a wave's replicas do not idle a node provisioning ahead.
+  Overloaded (waiting beyond `targetQueueDepth` per replica), the fleet is sized from rates: the arrivals (as
+  the replicas count them; from replicas that do not, what the fleet served in the last window plus how fast
+  the queue grew; their trend one start-up ahead) at 85% of what a saturated replica serves, plus the replicas
+  that drain the backlog within a minute. For two windows after an
   overload the load is capped at what those arrivals need: the backlog being served is not demand, and no trend
   is read from it.
 - `LatencyBreach`: the fleet P95 exceeds the target and the latency window shows this fleet; grow by the
@@ -97,6 +100,9 @@ _BACKLOG_S = 60.0  # an overloaded fleet is sized to drain its backlog within th
 _MIN_BUDGET = 0.2  # waits are judged against at least this fraction of the target (prompts longer than it)
 _FALL = 0.35  # a load at most this fraction of the downscale window's busiest moment, for `_FALL_S`, has fallen
 _FALL_S = 60.0
+# An emptied node stays in an AKS pool this long (the cluster autoscaler's default scale-down-unneeded-time,
+# 10 minutes): a replica started on it loads the model only.
+_NODE_IDLE_S = 600.0
 _EXPLORE = 1.25  # scale-in may load a replica this much beyond the most it has been seen to carry within target
 
 
@@ -373,8 +379,8 @@ class TokenplanePolicy:
         # Overloaded, the backlog hides the trend (the arrival rate sizes the fleet instead); draining, it would
         # make one up, were it not capped above.
         calm = since_overload > 2 * _WINDOW_S
-        forecast = _forecast(history, now, running, float(state["startup_s"])) if calm else running
         per_replica = self._per_replica_target(state, capacity)
+        forecast = self._forecast_load(state, history, now, running, per_replica, current) if calm else running
         needs = {"QueueDepth": max(running, forecast) / per_replica, "LatencyBreach": 0.0}
         if current <= 0:
             needs["QueueDepth"] = ongoing / per_replica  # at zero, the queue is all there is to size from
@@ -551,14 +557,46 @@ class TokenplanePolicy:
         if previous != current:
             state["fleet_size"], state["fleet_changed"] = current, now
             if previous is not None and current > previous and orders:
-                # The longest seen: a load beyond the fleet's recent size needs new nodes, the slowest start-up.
+                # The longest seen: a load beyond the fleet's recent size needs new nodes, the slowest start-up;
+                # the quickest seen is a replica on a node still in the pool (a model load).
                 observed = min(self.cold_start_s, now - orders[0][0])
                 state["startup_s"] = max(observed, float(state.get("startup_longest", 0.0)))
                 state["startup_longest"] = state["startup_s"]
+                state["startup_warm"] = min(observed, float(state.get("startup_warm") or observed))
+            elif previous is not None and current < previous:
+                # The nodes of the replicas that stopped stay in the pool for a while: note how many there were.
+                freed = [(t, n) for t, n in state.get("freed", []) if now - float(t) < _NODE_IDLE_S]
+                state["freed"] = [*freed, (now, int(previous))]
         # Filled orders close; cancelled replicas (the target lowered) shrink the orders that asked for them.
         state["orders"] = [(t, min(n, target)) for t, n in orders if min(n, target) > current]
         state["pending_since"] = state["orders"][0][0] if state["orders"] else None
         state["stable"] = now - float(state["fleet_changed"]) >= self.stale_after_s + _WINDOW_S
+
+    def _forecast_load(
+        self,
+        state: dict[str, Any],
+        history: list[tuple[float, float]],
+        now: float,
+        running: float,
+        per_replica: float,
+        current: int,
+    ) -> float:
+        """Return the load one start-up ahead: a model load when the replicas it needs fit the warm pool.
+
+        Replicas up to the most the fleet ran within the last `_NODE_IDLE_S` start on nodes still in the pool
+        (the cluster autoscaler keeps an emptied node that long), in the quickest start-up observed; beyond that
+        they need new nodes, the longest start-up observed. Ordering everything a new node ahead would run
+        the warm replicas idle for the difference, on every wave.
+        """
+        slow = float(state["startup_s"])
+        forecast = _forecast(history, now, running, slow)
+        quick = state.get("startup_warm")
+        if quick is None or float(quick) >= slow:
+            return forecast
+        freed = [(t, n) for t, n in state.get("freed", []) if now - float(t) < _NODE_IDLE_S]
+        warm_pool = max([current, *(int(n) for _, n in freed)])
+        near = _forecast(history, now, running, float(quick) + _WINDOW_S)
+        return near if near / per_replica <= warm_pool else forecast
 
     def _per_replica_target(self, state: dict[str, Any], capacity: float) -> float:
         """Return the requests per replica the fleet is sized for when it grows.

@@ -464,3 +464,28 @@ def test_a_load_carried_within_the_target_for_a_minute_is_not_grown_for() -> Non
     slow = [report([1500.0] * 10, running=40 / 7) for _ in range(7)]
     first = policy()(context(slow, ongoing=40, state=state, now=NOW - 31))[1]
     assert policy()(context(slow, ongoing=40, state=first))[0] > 7
+
+
+def test_a_trend_is_met_a_model_load_ahead_when_the_pool_still_holds_the_nodes() -> None:
+    # A ramp of +0.1 request/s over 3 minutes, 10 requests now, 2 a replica, 5 replicas. A replica has taken
+    # 347 s on a new node and 47 s on a node still in the pool.
+    ramp = [(NOW - 180 + s, 10.0 - 18.0 + 0.1 * s) for s in range(181)]
+    starts = {"startup_s": 347.0, "startup_warm": 47.0}
+    forecast = policy()._forecast_load
+    # The fleet ran 10 replicas 100 s ago: their nodes are in the pool, the load 77 s ahead (a model load and a
+    # latency window: 17.7, 9 replicas) fits them, so it is forecast that far only.
+    warm = {**starts, "freed": [(NOW - 100, 10)]}
+    assert forecast(warm, ramp, NOW, 10.0, 2.0, 5) == pytest.approx(17.7, rel=0.01)
+    # Without those nodes (or once the pool has let them go), the 9 replicas need new nodes: 347 s ahead.
+    for state in (starts, {**starts, "freed": [(NOW - 700, 10)]}):
+        assert forecast(state, ramp, NOW, 10.0, 2.0, 5) == pytest.approx(20.0)  # at most twice the load
+    # The fleet's own start-ups are where the two horizons come from.
+    pol, grown = policy(cold_start_s=600), stable(2, orders=[(NOW - 47, 3)], fleet_size=2)
+    state = pol(context([report([300.0] * 30, running=2)] * 3, ongoing=6, target=3, state=grown))[1]
+    assert (state["startup_warm"], state["startup_s"]) == (47.0, 47.0)
+    later = {**state, "orders": [(NOW + 600 - 347, 4)]}
+    state = pol(context([report([300.0] * 30, running=2)] * 4, ongoing=8, target=4, state=later, now=NOW + 600))[1]
+    assert (state["startup_warm"], state["startup_s"]) == (47.0, 347.0)
+    # A fleet that shrinks notes how many replicas' nodes it leaves in the pool.
+    state = pol(context([report([300.0] * 30, running=2)] * 2, ongoing=4, target=2, state=state, now=NOW + 700))[1]
+    assert state["freed"] == [(NOW + 700, 4)]
