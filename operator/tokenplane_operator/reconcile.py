@@ -129,8 +129,8 @@ class Clients:
     _faults: dict[str, _Fault] = field(default_factory=dict)
     _cache: dict[str, tuple[ObservedAgentPool | None, datetime]] = field(default_factory=dict)
     _locks: defaultdict[str, asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))
-    # Last metrics scrape per deployment: (pod name -> scrape, monotonic time), the start of the next window.
-    _scrapes: dict[str, tuple[dict[str, Scrape], float]] = field(default_factory=dict)
+    # Last metrics scrape per deployment: pod name -> (scrape, monotonic time its page came in), the next window.
+    _scrapes: dict[str, dict[str, tuple[Scrape, float]]] = field(default_factory=dict)
     _scaling: dict[str, ScalingStatus | None] = field(default_factory=dict)  # the policy's last decision read
     # Last quota read per VM size: (reading, or why there is none; when).
     _quota: dict[str, tuple[QuotaReading | str, datetime]] = field(default_factory=dict)
@@ -701,11 +701,12 @@ async def collect_metrics(
         clients: Shared clients; they keep the previous scrape.
         settings: Operator settings (the metrics port).
         now: Wall time, stamped on the result.
-        clock: Monotonic seconds, read once the pages are in: a window is the time between two scrapes, not
-            between two timer ticks (a tick may wait for a reconcile slot, and the pods' counters do not).
+        clock: Monotonic seconds, read as each pod's page comes in: a pod's window runs between its own two pages,
+            not between two timer ticks (a tick may wait for a reconcile slot) nor until the slowest pod answered.
 
     Returns:
-        The metrics, or None for the first scrape, when no pod answered, or when no pod spans the window.
+        The metrics, or None for the first scrape, when no pod answered, or when no pod spans the window (no
+        GPU pod, when the deployment has GPU pods: the head alone says nothing per GPU).
 
     Raises:
         TokenplaneError: The pods could not be listed; the next collection tries again.
@@ -718,22 +719,31 @@ async def collect_metrics(
         for pod in pods
         if (pod.get("status") or {}).get("phase") == "Running" and (pod.get("status") or {}).get("podIP")
     }
+
+    async def timed_scrape(url: str) -> tuple[str, float]:
+        page = await clients.scraper.scrape(url)
+        return page, clock()
+
     urls = {name: f"http://{pod['status']['podIP']}:{settings.metrics_port}/metrics" for name, pod in running.items()}
-    pages = await asyncio.gather(*(clients.scraper.scrape(url) for url in urls.values()), return_exceptions=True)
-    scraped_at = clock()
-    scrapes = {name: parse_scrape(page) for name, page in zip(urls, pages, strict=True) if isinstance(page, str)}
-    clients._scaling[key] = scaling_from_pages((page for page in pages if isinstance(page, str)), now)
+    pages = await asyncio.gather(*(timed_scrape(url) for url in urls.values()), return_exceptions=True)
+    answered = {name: page for name, page in zip(urls, pages, strict=True) if isinstance(page, tuple)}
+    clients._scaling[key] = scaling_from_pages((text for text, _ in answered.values()), now)
     previous = clients._scrapes.get(key)
-    if not scrapes:
+    if not answered:
         return None
-    clients._scrapes[key] = (scrapes, scraped_at)
+    scrapes = clients._scrapes[key] = {name: (parse_scrape(text), at) for name, (text, at) in answered.items()}
     if previous is None:
         return None
-    before, after = merge_window(previous[0], scrapes)
-    spanning = [running[name] for name in previous[0].keys() & scrapes.keys()]
-    if not spanning:
+    spanning = sorted(previous.keys() & scrapes.keys())
+    gpus = gpus_in_pods(running[name] for name in spanning)
+    # No GPU pod spans the window though the deployment has some (KubeRay creates the head first; a worker may be
+    # Pending or just started): the head's tokens per deployment are not a per-GPU number, as they are on CPUs.
+    if not spanning or (not gpus and gpus_in_pods(pods)):
         return None
-    return compute_economics(before, after, elapsed_s=scraped_at - previous[1], gpus=gpus_in_pods(spanning), now=now)
+    before, after = merge_window({n: previous[n][0] for n in spanning}, {n: scrapes[n][0] for n in spanning})
+    # Each pod counted over its own window: the tokens summed over their mean is the sum of rates of pods alike.
+    elapsed_s = sum(scrapes[n][1] - previous[n][1] for n in spanning) / len(spanning)
+    return compute_economics(before, after, elapsed_s=elapsed_s, gpus=gpus, now=now)
 
 
 def latest_scaling(body: Mapping[str, Any], clients: Clients) -> ScalingStatus | None:

@@ -9,7 +9,7 @@ import pytest
 from aiohttp import web
 
 from tests.support.arm_emulator import ArmEmulator
-from tests.support.kopf_harness import OperatorHarness, cr_body, declare_resources
+from tests.support.kopf_harness import CR_RESOURCE, OperatorHarness, cr_body, declare_resources
 from tests.support.kube_emulator import ApiServerEmulator
 from tests.support.kuberay_peer import KubeRayPeer
 from tests.support.operator_process import free_port
@@ -144,6 +144,30 @@ async def test_status_metrics_report_the_economics_of_the_serving_pods(
     await op.wait_for(lambda: served.scrapes >= 4, message="more scrapes")
     assert metrics().get("kvCacheHitRate") == 0.75
     assert op.condition("m1", "Ready")["status"] == "True"
+
+
+async def test_no_throughput_per_gpu_is_reported_until_a_gpu_worker_spans_the_window(
+    op: OperatorHarness, pages: tuple[MetricsPages, int], kuberay: KubeRayPeer
+) -> None:
+    served, port = pages
+    kuberay.paused = True  # the test makes the pods: the head first, as KubeRay does, a worker waiting for a node
+    await op.create(cr_body("m1", vm_size="Standard_NC24ads_A100_v4"))
+    await op.create_pod(pod("m1-head", "m1", "127.0.0.1", "Running", {}))
+    await op.create_pod(pod("m1-worker-0", "m1", "127.0.0.3", "Pending", {"nvidia.com/gpu": "1"}))
+    await op.wait_for(lambda: served.scrapes >= 3, message="two windows over the head alone")
+    await op.create_pod(pod("m1-worker-1", "m1", "127.0.0.2", "Running", {"nvidia.com/gpu": "1"}))
+    await op.wait_for(lambda: f"127.0.0.2:{port}" in served.hosts, message="a window the worker started in")
+    # Neither the head's windows nor the one the worker started in hold a GPU's tokens: the first number reported
+    # is the next window's, over both pods, 4,000 tokens/s on the worker's GPU (the head's 2,000 alone, per GPU,
+    # would be half of it).
+    cr = op.k.objects[CR_RESOURCE, "default", "m1"]
+    await op.wait_for(lambda: ((cr.last.get("status") or {}).get("metrics") or {}).get("tokensPerGpuHour"))
+    reported = [
+        version["status"]["metrics"]["tokensPerSecondPerGpu"]
+        for version in cr.history
+        if version is not None and "tokensPerSecondPerGpu" in ((version.get("status") or {}).get("metrics") or {})
+    ]
+    assert reported and all(value == pytest.approx(4000, rel=0.1) for value in reported), reported
 
 
 async def test_the_policys_decision_reaches_status_and_the_scaled_condition(
