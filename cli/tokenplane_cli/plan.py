@@ -6,9 +6,10 @@ import asyncio
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from tokenplane_operator.api.v1alpha1 import InferenceDeployment
@@ -21,6 +22,9 @@ from tokenplane_operator.plan.estimates import COMPUTE_EFFICIENCY, MEMORY_BANDWI
 from tokenplane_operator.plan.modelinfo import ModelInfo, read_model_dir, resolve_model
 from tokenplane_operator.plan.precision import parse_precision
 from tokenplane_operator.plan.sizing import Plan, QuantizationChoice, Workload, plan_for_sku, recommend
+
+if TYPE_CHECKING:
+    from tokenplane_cli.validate import Checked
 
 __all__ = ["plan_command", "render_table"]
 
@@ -69,19 +73,39 @@ def _workload_from_file(
     return (workload if vm_size is None else replace(workload, vm_size=vm_size)), deployment
 
 
-def _planned_pool(plan: Plan, deployment: InferenceDeployment | None) -> DesiredAgentPool | None:
-    """Return the agent pool the operator would create: the CR's own (maxReplicas), or one of the plan's VMs."""
-    if deployment is None:
-        return DesiredAgentPool(name="tpplan", vm_size=plan.vm_size, min_count=0, max_count=max(1, plan.nodes))
-    from tokenplane_operator.desired.bundle import build_desired_state
-    from tokenplane_operator.desired.config import RenderConfig
+def _planned_pool(plan: Plan, deployment: InferenceDeployment | None) -> tuple[DesiredAgentPool | None, Checked | None]:
+    """Return the agent pool the operator would create (the CR's own, or one of the plan's VMs) and the CR's check.
 
-    try:
-        pool = build_desired_state(deployment, RenderConfig()).agent_pool
-    except PlanError:
-        return None
+    The check is validate's render of the CR: its `problems` are why `tokenplane validate` refuses the CR.
+    """
+    if deployment is None:
+        vms = DesiredAgentPool(name="tpplan", vm_size=plan.vm_size, min_count=0, max_count=max(1, plan.nodes))
+        return vms, None
+    from tokenplane_cli.validate import render_checked
+
+    # Rendered from the CR as written (its own vmSize), as validate and the operator render it: a refusal is the
+    # file's, whatever `--vm-size` asks.
+    checked = render_checked(deployment)
+    pool = checked.state.agent_pool if checked.state is not None else None
     # `--vm-size` plans the CR on another size: the pool is the CR's, on that size.
-    return pool.model_copy(update={"vm_size": plan.vm_size}) if pool is not None else None
+    return (pool.model_copy(update={"vm_size": plan.vm_size}) if pool is not None else None), checked
+
+
+def _refusal_json(checked: Checked) -> dict[str, str]:
+    """Return the CR's problem in plan's error shape (reason, message), with the field path to change."""
+    problem = checked.problems[0]  # a render stops at its first refusal
+    reason = checked.refused.reason.value if checked.refused is not None else "InvalidSpec"
+    return {"reason": reason, "field": problem.path, "message": problem.message}
+
+
+def _print_refusal(checked: Checked, file: Path, vm_size: str | None, console: Console) -> None:
+    """Say, after the plan, that the CR as written cannot be deployed, with validate's problem lines."""
+    from tokenplane_cli.validate import print_problems
+
+    own = checked.deployment.spec.hardware.vm_size if checked.deployment is not None else None
+    where = f" (on its own vmSize {own}, not --vm-size {vm_size})" if vm_size is not None and own != vm_size else ""
+    console.print(f"[red]cannot deploy[/] {escape(str(file))} as written{where}: `tokenplane validate` refuses it")
+    print_problems(checked.problems, console)
 
 
 def quota_headroom(pool: DesiredAgentPool) -> QuotaCheck | str | None:
@@ -292,7 +316,8 @@ def plan_command(
         console: Where to print; stdout by default.
 
     Returns:
-        0 when the workload fits, 1 when it cannot be planned or does not fit (the reason is printed).
+        0 when the workload fits, 1 when it cannot be planned or does not fit, or when `tokenplane validate`
+        refuses the FILE as written (the plan is printed, then the field path and message; in JSON, `error`).
     """
     out = console or Console(highlight=False, soft_wrap=True)
     try:
@@ -335,13 +360,18 @@ def plan_command(
         else:
             out.print(f"[red]cannot plan[/] ({reason}): {message}", markup=True)
         return 1
-    pool = _planned_pool(result, deployment) if result.fits else None
+    pool, checked = _planned_pool(result, deployment) if result.fits else (None, None)
+    refusal = checked if checked is not None and checked.problems else None  # the CR as written cannot deploy
     quota = quota_headroom(pool) if pool is not None else None
     if output == "json":
         doc = result.model_dump(mode="json", by_alias=True)
-        print(json.dumps(doc | ({"quota": _quota_json(quota)} if quota is not None else {}), indent=2))
+        doc |= {"quota": _quota_json(quota)} if quota is not None else {}
+        doc |= {"error": _refusal_json(refusal)} if refusal is not None else {}
+        print(json.dumps(doc, indent=2))
     else:
         render_table(result, out, quota)
         if explain:
             _explain(result, workload.model, out)
-    return 0 if result.fits else 1
+        if refusal is not None and file is not None:
+            _print_refusal(refusal, file, vm_size, out)
+    return 0 if result.fits and refusal is None else 1

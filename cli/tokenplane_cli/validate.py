@@ -24,7 +24,7 @@ from tokenplane_operator.desired.config import RenderConfig
 from tokenplane_operator.plan.errors import PlanError, PlanErrorReason
 from tokenplane_operator.plan.validation import check_deployment
 
-__all__ = ["Checked", "check_document", "validate_files"]
+__all__ = ["Checked", "check_document", "print_problems", "render_checked", "validate_files"]
 
 # Where a planning failure points in the spec, by reason, when it names no field itself.
 _PLAN_FIELD = {
@@ -45,6 +45,7 @@ class Checked:
     state: DesiredState | None = None
     problems: list[Problem] = field(default_factory=list)
     unplanned: PlanError | None = None  # auto with a model only the cluster can read: valid, not renderable here
+    refused: PlanError | None = None  # the renderer's refusal behind `problems`, with its reason
 
 
 def check_document(body: Mapping[str, Any], config: RenderConfig | None = None) -> Checked:
@@ -66,18 +67,42 @@ def check_document(body: Mapping[str, Any], config: RenderConfig | None = None) 
     checked.problems = check_deployment(deployment)
     if checked.problems:
         return checked
+    return render_checked(deployment, config)
+
+
+def render_checked(deployment: InferenceDeployment, config: RenderConfig | None = None) -> Checked:
+    """Render a parsed deployment as the operator would, and report a refusal as validate reports it.
+
+    `tokenplane plan FILE` calls this too, so plan and validate refuse the same CRs with the same words.
+
+    Args:
+        deployment: a deployment the API models and the catalog checks accepted.
+        config: rendering settings (defaults).
+
+    Returns:
+        The outcome: `state`, or `problems` naming the field to change (and `refused`, the renderer's PlanError),
+        or `unplanned` when only the cluster can read the model.
+    """
+    checked = Checked(deployment=deployment)
     try:
         checked.state = build_desired_state(deployment, config or RenderConfig())  # resolves `vmSize: auto` too
     except PlanError as exc:
         if exc.reason is PlanErrorReason.UNKNOWN_MODEL and deployment.spec.hardware.vm_size == "auto":
             checked.unplanned = exc  # the operator reads the checkpoint's config.json in the cluster
         else:
+            checked.refused = exc
             checked.problems = [Problem(exc.field or _PLAN_FIELD[exc.reason], exc.message)]
     except ValidationError as exc:
         # The serving contract's own check; the API models enforce its rules, so reaching this is a bug to report.
         details = "; ".join(_one_line(e["msg"]) for e in exc.errors())
         checked.problems = [Problem("spec", f"the serving contract rejects the rendered arguments: {details}")]
     return checked
+
+
+def print_problems(problems: list[Problem], console: Console) -> None:
+    """Print each problem on its own indented line: its field path, then what is wrong and what to do."""
+    for problem in problems:
+        console.print(f"    {escape(str(problem))}")
 
 
 def _one_line(text: str) -> str:
@@ -108,8 +133,7 @@ def validate_files(files: list[Path], out: Console, err: Console) -> int:
             if checked.problems or checked.deployment is None:
                 failed += 1
                 err.print(f"[red]✗[/] {escape(document.label)}")
-                for problem in checked.problems:
-                    err.print(f"    {escape(str(problem))}")
+                print_problems(checked.problems, err)
             else:
                 out.print(f"[green]✓[/] {escape(document.label)}: {escape(checked.deployment.name)} is valid")
     return 1 if failed else 0

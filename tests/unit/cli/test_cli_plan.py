@@ -6,7 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
+from tests.unit.api.cases import GOOD, MISTAKES, Case
 from tokenplane_cli.plan import plan_command
 
 
@@ -139,3 +141,41 @@ def test_flags_a_cr_file_sets_itself_are_refused_not_ignored(capsys: pytest.Capt
     code, out = run(capsys, file=cr, max_model_len=4096, quantization="fp8", output="json")
     message = json.loads(out)["error"]["message"]
     assert code == 1 and "--max-model-len and --quantization" in message and "spec.model.maxModelLen" in message
+
+
+# The pinned node bounds `tokenplane validate` refuses though the planner sizes them (it ignores nodePool).
+PINNED = [case for case in MISTAKES if "maxNodes" in case.id or "minNodes" in case.id]
+
+
+@pytest.mark.parametrize("case", PINNED, ids=lambda case: case.id)
+def test_cr_file_validate_refuses_still_plans_but_exits_1(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, case: Case
+) -> None:
+    cr = tmp_path / "cr.yaml"
+    cr.write_text(yaml.safe_dump(case.body))
+    code, out = run(capsys, file=cr)
+    assert code == 1, out
+    assert "fits" in out and "why" in out  # the sizing answer is still printed
+    assert f"\n    {case.path}: " in out and case.fragment in out  # validate's problem line
+    assert "`tokenplane validate` refuses it" in out
+    code, out = run(capsys, file=cr, output="json")
+    data = json.loads(out)
+    assert code == 1
+    assert data["fits"] is True and data["vmSize"] == case.body["spec"]["hardware"]["vmSize"]  # keys kept
+    assert data["error"]["reason"] == "InvalidWorkload" and data["error"]["field"] == case.path
+    assert case.fragment in data["error"]["message"]
+
+
+def test_cr_file_refused_as_written_whatever_vm_size_plans(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    # The pool is rendered from the CR's own vmSize, as validate and the operator render it: the file is refused.
+    case = next(case for case in MISTAKES if case.id == "MIG replicas beyond maxNodes")
+    cr = tmp_path / "cr.yaml"
+    cr.write_text(yaml.safe_dump(case.body))
+    code, out = run(capsys, file=cr, vm_size="Standard_ND96isr_H100_v5")
+    assert code == 1, out
+    assert "on its own vmSize Standard_NC40ads_H100_v5, not --vm-size Standard_ND96isr_H100_v5" in out
+    assert "spec.scaling.maxReplicas: 12 replicas need 6 nodes" in out
+    # The fix the message names (maxReplicas 4) deploys: exit 0, no error.
+    cr.write_text(yaml.safe_dump(GOOD["MIG replicas filling maxNodes exactly"]))
+    code, out = run(capsys, file=cr, output="json")
+    assert code == 0 and "error" not in json.loads(out), out
