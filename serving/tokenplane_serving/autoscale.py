@@ -74,6 +74,7 @@ __all__ = [
     "BUCKET_BOUNDS_MS",
     "DECISION_GAUGES",
     "LATENCY_SERIES",
+    "NODE_IDLE_S",
     "REASONS",
     "FleetMetrics",
     "TokenplanePolicy",
@@ -101,8 +102,8 @@ _MIN_BUDGET = 0.2  # waits are judged against at least this fraction of the targ
 _FALL = 0.35  # a load at most this fraction of the downscale window's busiest moment, for `_FALL_S`, has fallen
 _FALL_S = 60.0
 # An emptied node stays in an AKS pool this long (the cluster autoscaler's default scale-down-unneeded-time,
-# 10 minutes): a replica started on it loads the model only.
-_NODE_IDLE_S = 600.0
+# 10 minutes): a replica started on it loads the model only. The simulator's pool keeps nodes as long.
+NODE_IDLE_S = 600.0
 _EXPLORE = 1.25  # scale-in may load a replica this much beyond the most it has been seen to carry within target
 
 
@@ -565,8 +566,7 @@ class TokenplanePolicy:
                 state["startup_warm"] = min(observed, float(state.get("startup_warm") or observed))
             elif previous is not None and current < previous:
                 # The nodes of the replicas that stopped stay in the pool for a while: note how many there were.
-                freed = [(t, n) for t, n in state.get("freed", []) if now - float(t) < _NODE_IDLE_S]
-                state["freed"] = [*freed, (now, int(previous))]
+                state["freed"] = [*_recently_freed(state, now), (now, int(previous))]
         # Filled orders close; cancelled replicas (the target lowered) shrink the orders that asked for them.
         state["orders"] = [(t, min(n, target)) for t, n in orders if min(n, target) > current]
         state["pending_since"] = state["orders"][0][0] if state["orders"] else None
@@ -583,7 +583,7 @@ class TokenplanePolicy:
     ) -> float:
         """Return the load one start-up ahead: a model load when the replicas it needs fit the warm pool.
 
-        Replicas up to the most the fleet ran within the last `_NODE_IDLE_S` start on nodes still in the pool
+        Replicas up to the most the fleet ran within the last `NODE_IDLE_S` start on nodes still in the pool
         (the cluster autoscaler keeps an emptied node that long), in the quickest start-up observed; beyond that
         they need new nodes, the longest start-up observed. Ordering everything a new node ahead would run
         the warm replicas idle for the difference, on every wave.
@@ -593,8 +593,7 @@ class TokenplanePolicy:
         quick = state.get("startup_warm")
         if quick is None or float(quick) >= slow:
             return forecast
-        freed = [(t, n) for t, n in state.get("freed", []) if now - float(t) < _NODE_IDLE_S]
-        warm_pool = max([current, *(int(n) for _, n in freed)])
+        warm_pool = max([current, *(n for _, n in _recently_freed(state, now))])
         near = _forecast(history, now, running, float(quick) + _WINDOW_S)
         return near if near / per_replica <= warm_pool else forecast
 
@@ -702,6 +701,11 @@ class TokenplanePolicy:
         # With a capacity learned from a breach, the load check sizes the smaller fleet; the latency only has to
         # be inside the target. Without one, the latency must be well inside it (the knee is unknown).
         return p95 < (_LEARNED_BAND if learned else _SCALE_IN_BAND) * self.p95_ms
+
+
+def _recently_freed(state: Mapping[str, Any], now: float) -> list[tuple[float, int]]:
+    """Return the fleet sizes the policy shrank from within the last `NODE_IDLE_S`: their nodes are still up."""
+    return [(float(t), int(n)) for t, n in state.get("freed", []) if now - float(t) < NODE_IDLE_S]
 
 
 def _forecast(history: list[tuple[float, float]], now: float, current: float, horizon_s: float) -> float:

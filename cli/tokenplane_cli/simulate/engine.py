@@ -32,9 +32,9 @@ from typing import Any, Protocol
 from ray.serve._private.common import DeploymentID, ReplicaID, TimeStampedValue
 from ray.serve.config import AutoscalingConfig, AutoscalingContext
 
-from tokenplane_cli.simulate.physics import NODE_IDLE_S, ReplicaPhysics
+from tokenplane_cli.simulate.physics import ReplicaPhysics
 from tokenplane_cli.simulate.traces import Request
-from tokenplane_serving.autoscale import LATENCY_SERIES, latency_histogram
+from tokenplane_serving.autoscale import LATENCY_SERIES, NODE_IDLE_S, latency_histogram
 
 __all__ = ["Controller", "Job", "SimConfig", "SimResult", "Simulation"]
 

@@ -30,8 +30,6 @@ __all__ = ["TINY_CPU", "ReplicaPhysics", "physics_for"]
 GPU_NODE_PROVISION_S = 300.0
 _LOAD_BYTES_PER_S = 1e9
 _ENGINE_INIT_S = 30.0  # vLLM engine start besides weights (CUDA graphs, KV allocation, Ray actor)
-# A freed node stays in the pool this long before the cluster autoscaler removes it (scale-down-unneeded-time).
-NODE_IDLE_S = 600.0
 
 
 @dataclass(frozen=True)

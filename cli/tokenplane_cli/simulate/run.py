@@ -43,7 +43,7 @@ from typing import Any
 from ray.serve.config import AutoscalingConfig
 
 from tokenplane_cli.simulate.engine import Controller, SimConfig, SimResult, Simulation, percentile
-from tokenplane_cli.simulate.physics import NODE_IDLE_S, ReplicaPhysics
+from tokenplane_cli.simulate.physics import ReplicaPhysics
 from tokenplane_cli.simulate.policies import (
     FixedController,
     HpaController,
@@ -54,6 +54,7 @@ from tokenplane_cli.simulate.policies import (
 from tokenplane_cli.simulate.traces import Request
 from tokenplane_operator.api.v1alpha1 import InferenceDeployment
 from tokenplane_operator.desired.serveconfig import build_serving_args
+from tokenplane_serving.autoscale import NODE_IDLE_S
 from tokenplane_serving.mapping import build_llm_config
 
 __all__ = ["POLICIES", "Scenario", "Score", "oracle_plan", "run_policies", "scenario_for", "score"]

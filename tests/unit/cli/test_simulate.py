@@ -14,7 +14,7 @@ from tokenplane_cli import app
 from tokenplane_cli.plan import model_override
 from tokenplane_cli.simulate import DEFAULT_DEPLOYMENT, _deployment
 from tokenplane_cli.simulate.engine import Job, SimConfig, Simulation
-from tokenplane_cli.simulate.physics import NODE_IDLE_S, TINY_CPU, physics_for
+from tokenplane_cli.simulate.physics import TINY_CPU, physics_for
 from tokenplane_cli.simulate.policies import FixedController, RayController
 from tokenplane_cli.simulate.run import (
     POLICIES,
@@ -131,7 +131,7 @@ def test_a_replica_starts_on_a_node_with_room_after_loading_the_model_only() -> 
 
     assert ready_times(2, 3) == [0.0, load, cold]
     # The pool the simulator models is the one the policy assumes (AKS's default scale-down-unneeded-time).
-    assert NODE_IDLE_S == autoscale._NODE_IDLE_S == 600.0
+    assert autoscale.NODE_IDLE_S == 600.0
     assert ready_times(1, 2) == [0.0, cold]
     # The oracle plans with the same packing: a second replica one model load ahead, a third one cold start ahead.
     cfg = SimConfig(**{**base.__dict__, "physics": dataclasses.replace(base.physics, replicas_per_node=2)})
