@@ -80,6 +80,7 @@ async def chat(
     messages: list[dict[str, str]],
     record: RequestRecord,
     clock_zero: float,
+    request_id: str | None = None,
 ) -> Reply:
     """Send one streaming chat completion and fill `record` with its timings, usage and outcome.
 
@@ -92,6 +93,7 @@ async def chat(
         messages: The conversation.
         record: Filled in place.
         clock_zero: `time.perf_counter()` at the start of the run; `record.start` is relative to it.
+        request_id: Sent as `x-request-id` (as vLLM's client does), so the server's logs name the request.
 
     Returns:
         The answer's text.
@@ -106,6 +108,9 @@ async def chat(
     }
     if endpoint.ignore_eos:
         payload["ignore_eos"] = True
+    headers = endpoint.headers()
+    if request_id is not None:
+        headers["x-request-id"] = request_id
     reply = Reply()
     parts: list[str] = []
     start = time.perf_counter()
@@ -113,9 +118,7 @@ async def chat(
     last = start
     try:
         async with asyncio.timeout(endpoint.timeout_s):
-            async with session.post(
-                f"{endpoint.base_url}/chat/completions", json=payload, headers=endpoint.headers()
-            ) as response:
+            async with session.post(f"{endpoint.base_url}/chat/completions", json=payload, headers=headers) as response:
                 if response.status != 200:
                     record.error_kind = _error_kind(response.status)
                     record.error = (await response.text())[:300] or response.reason

@@ -34,6 +34,7 @@ from tokenplane_cli.bench.client import Endpoint
 from tokenplane_cli.bench.compare import compare_runs, sweep_runs
 from tokenplane_cli.bench.plots import plot_cdfs, plot_curves
 from tokenplane_cli.bench.runner import WorkloadSpec, run_sync
+from tokenplane_cli.bench.stats import RequestRecord
 
 __all__ = ["main"]
 
@@ -156,8 +157,21 @@ def _engine_args(example: Path) -> dict[str, Any]:
         "max_model_len": spec["model"]["maxModelLen"],
         "max_num_seqs": spec["engine"]["maxNumSeqs"],
         "enforce_eager": spec["engine"].get("enforceEager", False),
+        "prefix_caching": spec["engine"].get("enablePrefixCaching", True),
         "kv_gib": spec["hardware"]["cpu"]["kvCacheGiB"],
     }
+
+
+def bare_vllm_command(args: dict[str, Any], port: int) -> list[str]:
+    """Bare vLLM's command line with the example's engine arguments (`_engine_args`), prefix cache included."""
+    return [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", args["model"], "--served-model-name", MODEL_ID, "--dtype", args["dtype"],
+        "--max-model-len", str(args["max_model_len"]), "--max-num-seqs", str(args["max_num_seqs"]),
+        "--host", "127.0.0.1", "--port", str(port),
+    ] + (["--enforce-eager"] if args["enforce_eager"] else []) + (
+        [] if args["prefix_caching"] else ["--no-enable-prefix-caching"]
+    )  # fmt: skip
 
 
 def _launch(name: str, example: Path, out: Path, log_name: str | None = None) -> Server:
@@ -169,12 +183,7 @@ def _launch(name: str, example: Path, out: Path, log_name: str | None = None) ->
     env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=str(args["kv_gib"]))
     port = _free_port()
     if name == "vllm":
-        command = [
-            sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-            "--model", args["model"], "--served-model-name", MODEL_ID, "--dtype", args["dtype"],
-            "--max-model-len", str(args["max_model_len"]), "--max-num-seqs", str(args["max_num_seqs"]),
-            "--host", "127.0.0.1", "--port", str(port),
-        ] + (["--enforce-eager"] if args["enforce_eager"] else [])  # fmt: skip
+        command = bare_vllm_command(args, port)
     else:
         tokenplane = str(Path(sys.executable).with_name("tokenplane"))
         command = [tokenplane, "up", str(example), "--host", "127.0.0.1", "--port", str(port)]
@@ -292,9 +301,18 @@ def bench(
 
 
 def _vllm_client(
-    base_url: str, tokenizer: str, num_prompts: int, concurrency: int, seed: int, output_len: int = 64
+    base_url: str,
+    tokenizer: str,
+    num_prompts: int,
+    concurrency: int,
+    seed: int,
+    output_len: int = 64,
+    detailed: bool = False,
 ) -> dict[str, Any]:
-    """Run vLLM's own benchmark client from Python (the `vllm` console script is broken with vllm-cpu)."""
+    """Run vLLM's own benchmark client from Python (the `vllm` console script is broken with vllm-cpu).
+
+    With `detailed`, the result keeps vLLM's per-request lists (`start_times`, `ttfts`, `itls`, `latencies`...).
+    """
     from vllm.benchmarks import serve
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
@@ -307,17 +325,78 @@ def _vllm_client(
             "--random-input-len", "128", "--random-output-len", str(output_len), "--num-prompts", str(num_prompts),
             "--max-concurrency", str(concurrency), "--ignore-eos", "--seed", str(seed), "--percentile-metrics",
             "ttft,tpot,itl,e2el", "--metric-percentiles", "50,95,99", "--num-warmups", "0",
-        ]
+        ] + (["--save-detailed"] if detailed else [])
     )  # fmt: skip
     return dict(serve.main(args))
 
 
+def without_prefix_caching(example: Path, out: Path) -> Path:
+    """Write a copy of `example` with the engine's prefix cache off (`spec.engine.enablePrefixCaching: false`).
+
+    vLLM's random dataset makes each prompt a run of consecutive token ids from a random start; with the tiny
+    model's tokenizer (about 1,100 usable ids) starts repeat: of 64 prompts, 5-8 repeat one of their own run and
+    9-20 one of an earlier run's (seeds 100-104), and a server with a prefix cache answers those without their
+    prefill. Our prompts (random words) never repeat, so with the cache on the two clients' workloads differ.
+    """
+    doc = yaml.safe_load(example.read_text(encoding="utf-8"))
+    doc["spec"].setdefault("engine", {})["enablePrefixCaching"] = False
+    copy = out / f"{example.stem}-no-prefix-cache.yaml"
+    copy.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    return copy
+
+
+CROSSCHECK_KEYS = (
+    "duration", "completed", "total_input_tokens", "total_output_tokens", "output_throughput", "mean_ttft_ms",
+    "median_ttft_ms", "p95_ttft_ms", "mean_itl_ms", "median_itl_ms", "p95_itl_ms", "mean_tpot_ms", "mean_e2el_ms",
+)  # fmt: skip
+CROSSCHECK_RATIOS = ("output_throughput", "mean_ttft_ms", "mean_itl_ms")
+
+
+def timeline(report: dict[str, Any], records: list[RequestRecord] | None = None) -> list[list[float]]:
+    """Per request, in send order: [start, ttft, e2el] in ms (start from the run's first send) and token events.
+
+    Reads our records, or a detailed vLLM result (`start_times`, `ttfts`, `latencies`, `itls`), so the two
+    clients' requests can be laid side by side.
+    """
+    if records is not None:
+        done = [r for r in records if r.success and r.ttft is not None and r.e2el is not None]
+        rows = [(r.start, r.ttft or 0.0, r.e2el or 0.0, r.chunks) for r in done]
+    else:
+        rows = [
+            (start, ttft, latency, len(itl) + 1)
+            for start, ttft, latency, itl in zip(
+                report["start_times"], report["ttfts"], report["latencies"], report["itls"], strict=True
+            )
+            if ttft > 0
+        ]
+    rows.sort()
+    zero = rows[0][0] if rows else 0.0
+    return [[round((s - zero) * 1000, 1), round(t * 1000, 1), round(e * 1000, 1), n] for s, t, e, n in rows]
+
+
+def _ours(endpoint: Endpoint, spec: WorkloadSpec, concurrency: int) -> tuple[dict[str, Any], list[list[float]]]:
+    result = run_sync(endpoint, spec, concurrency=concurrency, rate=None)
+    return result.report, timeline(result.report, result.records)
+
+
 def crosscheck(example: Path, out: Path, pairs: int, num_prompts: int, concurrency: int) -> None:
-    """Run our client and vLLM's against the same endpoints and workload, interleaved, and compare."""
+    """Run our client and vLLM's against the same endpoints and workload, interleaved, and compare.
+
+    Both run in this process, one after the other, on the same workload: 128 prompt tokens (vLLM's random dataset
+    for its client, random words cut with the model's tokenizer for ours), 64 output tokens with ignore-eos, on
+    servers with the example's engine settings but the prefix cache off (see `without_prefix_caching`).
+    crosscheck.json keeps each run's figures, the ratios (ours over vLLM's, of each client's medians over the
+    pairs) and every request's [start, TTFT, E2EL, token events] of both clients, for a side-by-side look at any
+    gap.
+    """
     tokenizer = _engine_args(example)["model"]
-    keys = ("output_throughput", "mean_ttft_ms", "median_ttft_ms", "p95_ttft_ms", "mean_itl_ms", "mean_tpot_ms")
-    doc: dict[str, Any] = {"commit": _git_commit(), "concurrency": concurrency, "num_prompts": num_prompts}
-    with servers(example, out) as (tp, bare):
+    doc: dict[str, Any] = {
+        "commit": _git_commit(),
+        "concurrency": concurrency,
+        "num_prompts": num_prompts,
+        "prefixCaching": False,
+    }
+    with servers(without_prefix_caching(example, out), out) as (tp, bare):
         pauser = Pauser({"tokenplane": tp, "vllm": bare})
         for server in (tp, bare):
             pauser.only(server.name)
@@ -329,43 +408,58 @@ def crosscheck(example: Path, out: Path, pairs: int, num_prompts: int, concurren
                 endpoint = Endpoint(f"{server.base_url}/v1", MODEL_ID)
                 # Alternate who goes first, so a drift in the machine's load does not favour one client.
                 if i % 2:
-                    ours = run_sync(endpoint, spec, concurrency=concurrency, rate=None).report
-                    theirs = _vllm_client(server.base_url, tokenizer, num_prompts, concurrency, seed=100 + i)
-                else:
-                    theirs = _vllm_client(server.base_url, tokenizer, num_prompts, concurrency, seed=100 + i)
-                    ours = run_sync(endpoint, spec, concurrency=concurrency, rate=None).report
+                    mine, my_requests = _ours(endpoint, spec, concurrency)
+                vllm = _vllm_client(server.base_url, tokenizer, num_prompts, concurrency, 100 + i, detailed=True)
+                if not i % 2:
+                    mine, my_requests = _ours(endpoint, spec, concurrency)
                 runs.append(
-                    {"vllm_client": {k: theirs.get(k) for k in keys}, "tokenplane_bench": {k: ours[k] for k in keys}}
+                    {
+                        "first": "tokenplane_bench" if i % 2 else "vllm_client",
+                        "vllm_client": {k: vllm.get(k) for k in CROSSCHECK_KEYS},
+                        "tokenplane_bench": {k: mine[k] for k in CROSSCHECK_KEYS},
+                        "requests": {"vllm_client": timeline(vllm), "tokenplane_bench": my_requests},
+                    }
                 )
                 print(
-                    f"[crosscheck] {server.name} pair {i + 1}: throughput ours {ours['output_throughput']:.0f} vs "
-                    f"vLLM's {theirs['output_throughput']:.0f} tok/s; mean TTFT ours {ours['mean_ttft_ms']:.0f} vs "
-                    f"{theirs['mean_ttft_ms']:.0f} ms",
+                    f"[crosscheck] {server.name} pair {i + 1}: throughput ours {mine['output_throughput']:.0f} vs "
+                    f"vLLM's {vllm['output_throughput']:.0f} tok/s; mean TTFT ours {mine['mean_ttft_ms']:.0f} vs "
+                    f"{vllm['mean_ttft_ms']:.0f} ms; mean ITL ours {mine['mean_itl_ms']:.1f} vs "
+                    f"{vllm['mean_itl_ms']:.1f} ms",
                     flush=True,
                 )
-            # Per-pair ratios swing with the machine's load; the medians of each client's runs are steadier.
-            ratios = {
-                k: statistics.median(r["tokenplane_bench"][k] for r in runs)
-                / statistics.median(r["vllm_client"][k] for r in runs)
-                for k in ("output_throughput", "mean_ttft_ms")
-            }
-            doc[server.name] = {
-                "runs": runs,
-                "oursOverVllmOfMedians": ratios,
-                "medianOfPairRatios": {
-                    k: statistics.median(r["tokenplane_bench"][k] / r["vllm_client"][k] for r in runs)
-                    for k in ("output_throughput", "mean_ttft_ms")
-                },
-                "within10Percent": all(abs(v - 1) <= 0.10 for v in ratios.values()),
-            }
-    (out / "crosscheck.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+            doc[server.name] = crosscheck_summary(runs)
+    (out / "crosscheck.json").write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
     for name in ("tokenplane", "vllm"):
         r = doc[name]["oursOverVllmOfMedians"]
         print(
             f"[crosscheck] {name} endpoint: ours/vLLM's throughput {r['output_throughput']:.3f}, "
-            f"mean TTFT {r['mean_ttft_ms']:.3f}; within 10%: {doc[name]['within10Percent']}",
+            f"mean TTFT {r['mean_ttft_ms']:.3f}, mean ITL {r['mean_itl_ms']:.3f}; within 10% (throughput and "
+            f"mean TTFT): {doc[name]['within10Percent']}",
             flush=True,
         )
+
+
+def crosscheck_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each client's medians over the pairs, their ratios (ours over vLLM's) and whether the two agree.
+
+    Per-pair ratios swing with the machine's load; the ratio of each client's medians is the steadier figure.
+    The target (within 10%) is on output throughput and mean TTFT; mean ITL's ratio is reported beside them.
+    """
+    medians = {
+        client: {k: statistics.median(r[client][k] for r in runs) for k in CROSSCHECK_RATIOS}
+        for client in ("tokenplane_bench", "vllm_client")
+    }
+    ratios = {k: medians["tokenplane_bench"][k] / medians["vllm_client"][k] for k in CROSSCHECK_RATIOS}
+    return {
+        "runs": runs,
+        "medians": medians,
+        "oursOverVllmOfMedians": ratios,
+        "medianOfPairRatios": {
+            k: statistics.median(r["tokenplane_bench"][k] / r["vllm_client"][k] for r in runs)
+            for k in CROSSCHECK_RATIOS
+        },
+        "within10Percent": all(abs(ratios[k] - 1) <= 0.10 for k in ("output_throughput", "mean_ttft_ms")),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,9 +1,23 @@
 """Benchmark statistics with the names and definitions of vLLM's `vllm bench serve` (vllm/benchmarks/serve.py, 0.32).
 
-- TTFT: request start to the first streamed chunk that carries `choices`.
-- ITL: the gaps between consecutive such chunks, pooled over all requests (a chunk holding several tokens is one gap).
+Per request, timed from just before the request is sent (after the client's concurrency limit let it go, so time
+queued in the client is not in it; the connection, if a new one is needed, is):
+
+- TTFT: to the first streamed SSE event whose `choices` is not empty. vLLM's chat server sends its `delta.role`
+  chunk (empty content) together with the first token, so the role chunk counts, as in vLLM's client.
+- ITL: the gaps between consecutive such events, pooled over all requests. A gap is per event, not per token: an
+  event holding several tokens is one gap, and events that arrive in one network read are stamped microseconds
+  apart (a server that sends tokens in clumps shows near-zero gaps and a long one per clump).
+- E2EL: to the last such event (the trailing `usage` event carries no token).
+- Output tokens: the server's `usage.completion_tokens`; without usage, the served model's tokenizer's count of
+  the answer text when the run has the tokenizer (vLLM's fallback), else the number of token events.
+- Input tokens: the server's `usage.prompt_tokens`; without usage, the prompt tokens the workload asked for.
 - TPOT: (E2EL - TTFT) / (output tokens - 1) per request with more than one output token; the first token is excluded.
-- E2EL: request start to the last chunk carrying `choices` (the trailing usage chunk carries no token).
+
+Per run:
+
+- Duration: from the first request's dispatch to the last answer's end; the untimed initial request before it
+  (vLLM's "initial single prompt test run") is not in it. Rates are completed requests or tokens over it.
 - Percentiles interpolate linearly between order statistics (numpy's default), std is the population std.
 - Goodput: completed requests per second whose TTFT, TPOT and E2EL all meet the SLOs given; a one-token request
   counts TPOT as 0, as vLLM does.
@@ -58,6 +72,8 @@ class RequestRecord:
         prompt_tokens: The server's `usage.prompt_tokens`, or None when it sent no usage.
         completion_tokens: The server's `usage.completion_tokens`, or None when it sent no usage.
         chunks: How many chunks carried `choices`.
+        text_tokens: The tokenizer's count of the answer text, when the server sent no usage and the run had the
+            served model's tokenizer; else None.
     """
 
     index: int
@@ -75,11 +91,19 @@ class RequestRecord:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     chunks: int = 0
+    text_tokens: int | None = None
 
     @property
     def output_tokens(self) -> int:
-        """Output tokens as the server counted them (usage), else the number of token chunks."""
-        return self.completion_tokens if self.completion_tokens is not None else self.chunks
+        """Output tokens as the server counted them (usage), else the tokenizer's count, else token chunks."""
+        if self.completion_tokens is not None:
+            return self.completion_tokens
+        return self.text_tokens if self.text_tokens is not None else self.chunks
+
+    @property
+    def input_tokens(self) -> int:
+        """Prompt tokens as the server counted them (usage), else as the workload asked for."""
+        return self.prompt_tokens if self.prompt_tokens is not None else self.input_tokens_target
 
     @property
     def tpot(self) -> float | None:
@@ -220,7 +244,7 @@ def summarize(
     """
     done = [r for r in records if r.success]
     failed = [r for r in records if not r.success]
-    total_input = sum(r.prompt_tokens or 0 for r in done)
+    total_input = sum(r.input_tokens for r in done)
     total_output = sum(r.output_tokens for r in done)
     duration = max(duration_s, 1e-9)
     report: dict[str, Any] = {

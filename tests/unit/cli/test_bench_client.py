@@ -22,7 +22,8 @@ from typer.testing import CliRunner
 
 from tokenplane_cli import app
 from tokenplane_cli.bench.client import Endpoint
-from tokenplane_cli.bench.runner import WorkloadSpec, calibrate, run_sync
+from tokenplane_cli.bench.runner import WorkloadSpec, calibrate, run, run_sync
+from tokenplane_cli.bench.workload import Session, Turn
 
 FIRST_TOKEN_S = 0.05
 TOKEN_GAP_S = 0.01
@@ -34,8 +35,10 @@ class Peer:
         self.in_flight = 0
         self.max_in_flight = 0
         self.requests: list[dict[str, Any]] = []
+        self.request_ids: list[str | None] = []  # each request's x-request-id, beside `requests`
         self.refuse_every = 0  # answer every n-th workload request (not calibration probes) with 429
         self.counted = 0
+        self.no_usage = False  # send no usage, and two tokens per event (a server that batches its chunks)
 
     async def models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": "peer-model", "object": "model"}]})
@@ -43,6 +46,7 @@ class Peer:
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.requests.append(body)
+        self.request_ids.append(request.headers.get("x-request-id"))
         self.counted += body["max_completion_tokens"] > 1
         if self.refuse_every and body["max_completion_tokens"] > 1 and self.counted % self.refuse_every == 0:
             return web.json_response({"error": {"message": "busy"}}, status=429)
@@ -63,12 +67,14 @@ class Peer:
         try:
             await asyncio.sleep(FIRST_TOKEN_S)
             await send({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})
-            for i in range(tokens):
+            step = 2 if self.no_usage else 1
+            for i in range(0, tokens, step):
                 if i:
                     await asyncio.sleep(TOKEN_GAP_S)
-                await send({"choices": [{"index": 0, "delta": {"content": f" w{i}"}}]})
+                text = "".join(f" w{j}" for j in range(i, min(i + step, tokens)))
+                await send({"choices": [{"index": 0, "delta": {"content": text}}]})
             usage = {"prompt_tokens": prompt, "completion_tokens": tokens, "total_tokens": prompt + tokens}
-            if body.get("stream_options", {}).get("include_usage"):
+            if body.get("stream_options", {}).get("include_usage") and not self.no_usage:
                 await send({"choices": [], "usage": usage})
             await send("[DONE]")
         finally:
@@ -131,6 +137,7 @@ def test_calibration_reads_the_servers_count(peer: tuple[Peer, str]) -> None:
 def test_multi_turn_sessions_carry_the_conversation(peer: tuple[Peer, str]) -> None:
     state, url = peer
     state.requests.clear()
+    state.request_ids.clear()
     spec = WorkloadSpec(num_prompts=6, input_tokens=10, output_tokens=3, turns=3, prefix_tokens=4)
     result = run_sync(Endpoint(f"{url}/v1", "peer-model"), spec, concurrency=2, rate=None)
     assert result.report["completed"] == 6
@@ -143,8 +150,9 @@ def test_multi_turn_sessions_carry_the_conversation(peer: tuple[Peer, str]) -> N
     assert all(m["content"][0]["type"] == "text" for r in state.requests for m in r["messages"] if m["role"] == "user")
     firsts = [
         r["messages"][0]["content"][0]["text"].split()[:4]
-        for r in state.requests
-        if len(r["messages"]) == 1 and r["max_completion_tokens"] == 3  # not the calibration probes
+        for r, request_id in zip(state.requests, state.request_ids, strict=True)
+        # not the calibration probes, nor the untimed initial request (both without a request id)
+        if len(r["messages"]) == 1 and r["max_completion_tokens"] == 3 and request_id
     ]
     assert len(firsts) == 2 and firsts[0] == firsts[1]  # the shared prefix
     # Turn 3 resends turns 1-2: the server counts the whole conversation.
@@ -249,7 +257,55 @@ def test_sweep_compare_and_plot_write_their_files(peer: tuple[Peer, str], tmp_pa
 def test_content_string_sends_plain_strings(peer: tuple[Peer, str]) -> None:
     state, url = peer
     state.requests.clear()
+    state.request_ids.clear()
     endpoint = Endpoint(f"{url}/v1", "peer-model", content_parts=False)
     result = run_sync(endpoint, WorkloadSpec(num_prompts=2, input_tokens=5, output_tokens=2), concurrency=1, rate=None)
     assert result.report["completed"] == 2
     assert all(isinstance(m["content"], str) for r in state.requests for m in r["messages"])
+
+
+def test_an_untimed_initial_request_then_the_run_with_request_ids(peer: tuple[Peer, str]) -> None:
+    state, url = peer
+    state.requests.clear()
+    state.request_ids.clear()
+    spec = WorkloadSpec(num_prompts=6, input_tokens=10, output_tokens=4)
+    result = run_sync(Endpoint(f"{url}/v1", "peer-model"), spec, concurrency=3, rate=None)
+    # Calibration's two probes, then vLLM's "initial single prompt test run": the first prompt once, untimed and
+    # unrecorded, then the 6 timed requests, each named by an x-request-id of the run.
+    workload = [
+        (r, i) for r, i in zip(state.requests, state.request_ids, strict=True) if r["max_completion_tokens"] == 4
+    ]
+    assert len(workload) == 7 and workload[0][1] is None
+    assert workload[0][0]["messages"] == workload[1][0]["messages"]
+    ids = [i for _, i in workload[1:]]
+    assert all(ids) and len(set(ids)) == 6 and len({i.rsplit("-", 1)[0] for i in ids if i}) == 1
+    assert len(result.records) == 6 and result.report["completed"] == 6
+    # The clock starts after the initial request: the first timed request is sent at 0.
+    assert min(r.start for r in result.records) < 0.05
+
+
+def test_without_usage_the_tokenizer_counts_the_answer(peer: tuple[Peer, str]) -> None:
+    state, url = peer
+    state.no_usage = True
+    try:
+        endpoint = Endpoint(f"{url}/v1", "peer-model")
+        tokenizer = WordTokenizer()
+        sessions = [Session(id=f"s{i}", turns=[Turn(5, 8, text="a b c d e")]) for i in range(2)]
+        counted = asyncio.run(run(endpoint, sessions, concurrency=1, tokenizer=tokenizer)).report
+        chunks = asyncio.run(run(endpoint, sessions, concurrency=1)).report
+    finally:
+        state.no_usage = False
+    # 8 words in 4 events of 2 (after the role chunk): the tokenizer counts 8 per answer, the events only 5.
+    assert counted["total_output_tokens"] == 16 and chunks["total_output_tokens"] == 10
+    # No usage either for the prompt: the workload's 5 tokens each.
+    assert counted["total_input_tokens"] == 10
+
+
+class WordTokenizer:
+    """A tokenizer with one token per word."""
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return list(range(len(text.split())))
+
+    def decode(self, ids: list[int]) -> str:
+        return " ".join("w" for _ in ids)

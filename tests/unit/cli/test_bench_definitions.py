@@ -1,0 +1,241 @@
+"""Our client's per-request figures and vLLM's client's, on the same SSE byte stream read at known times.
+
+A fake aiohttp session plays back network reads at set clock times (`time.perf_counter`, which both clients
+read); our `chat` and vLLM's `async_request_openai_chat_completions` (vllm/benchmarks/lib/endpoint_request_func.py)
+each read it, and their TTFT, ITL, E2EL and token counts must be the stated values, and equal. Without vLLM
+installed, only our side runs. Also the pieces of `make bench-crosscheck` that set the two clients side by side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tokenplane_cli.bench import client as client_module
+from tokenplane_cli.bench.client import Endpoint, chat
+from tokenplane_cli.bench.local import (
+    _engine_args,
+    bare_vllm_command,
+    crosscheck_summary,
+    timeline,
+    without_prefix_caching,
+)
+from tokenplane_cli.bench.stats import RequestRecord, summarize
+
+ROLE = {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}
+
+
+def event(body: dict[str, Any] | str) -> bytes:
+    return f"data: {body if isinstance(body, str) else json.dumps(body)}\n\n".encode()
+
+
+def token(text: str) -> dict[str, Any]:
+    return {"choices": [{"index": 0, "delta": {"content": text}}]}
+
+
+def usage(prompt: int, completion: int) -> dict[str, Any]:
+    return {"choices": [], "usage": {"prompt_tokens": prompt, "completion_tokens": completion}}
+
+
+class Clock:
+    """`time.perf_counter` for both clients: set by the stream as each read arrives."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class _Content:
+    def __init__(self, reads: list[tuple[float, bytes]], clock: Clock) -> None:
+        self._reads, self._clock = reads, clock
+
+    async def iter_any(self) -> AsyncIterator[bytes]:
+        for at, data in self._reads:
+            self._clock.now = 100.0 + at
+            yield data
+
+
+class _Response:
+    status = 200
+    reason = "OK"
+
+    def __init__(self, content: _Content) -> None:
+        self.content = content
+
+    async def __aenter__(self) -> _Response:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+class FakeSession:
+    """Answers every POST with the same reads; keeps the headers it was sent."""
+
+    def __init__(self, reads: list[tuple[float, bytes]], clock: Clock) -> None:
+        self._reads, self._clock = reads, clock
+        self.headers: list[dict[str, str]] = []
+
+    def post(self, url: str, json: Any = None, headers: dict[str, str] | None = None) -> _Response:
+        self.headers.append(dict(headers or {}))
+        return _Response(_Content(self._reads, self._clock))
+
+
+# vLLM's chat server: the role chunk goes with the first token, one event per token, then usage and [DONE]; each
+# event in a network read of its own. TTFT 0.20 s, gaps 0.01 (role -> token 0), 0.05, 0.05, E2EL 0.31 s.
+ONE_EVENT_PER_READ = [
+    (0.20, event(ROLE)),
+    (0.21, event(token(" a"))),
+    (0.26, event(token(" b"))),
+    (0.31, event(token(" c"))),
+    (0.32, event(usage(140, 3))),
+    (0.33, event("[DONE]")),
+]
+# A server that sends tokens in clumps: three events in one read, a ping comment, an event cut across two reads,
+# usage and [DONE] in one read. Events of one read are stamped at that read's time: gaps 0, 0, 0.35, 0. (The ping
+# shares its read with the next event: in a read of its own, vLLM's client strips its blank line and drops the
+# event after it as part of the comment; ours keeps it.)
+CLUMPED = [
+    (0.50, event(ROLE) + event(token(" a")) + event(token(" b"))),
+    (0.80, b": ping\n\n" + event(token(" c"))[:20]),
+    (0.85, event(token(" c"))[20:] + event(token(" d"))),
+    (0.90, event(usage(140, 4)) + event("[DONE]")),
+]
+CASES = {
+    "one event per read": (ONE_EVENT_PER_READ, 0.20, [0.01, 0.05, 0.05], 0.31, 3, " a b c"),
+    "clumped": (CLUMPED, 0.50, [0.0, 0.0, 0.35, 0.0], 0.85, 4, " a b c d"),
+}
+
+
+def _ours(reads: list[tuple[float, bytes]], clock: Clock) -> tuple[RequestRecord, str, FakeSession]:
+    session = FakeSession(reads, clock)
+    record = RequestRecord(index=0, session=None, turn=0, start=0.0, input_tokens_target=128, output_tokens_target=4)
+    clock.now = 100.0
+    reply = asyncio.run(
+        chat(session, Endpoint("http://x/v1", "m"), [{"role": "user", "content": "hi"}], record, 100.0, "run-0")  # type: ignore[arg-type]
+    )
+    return record, reply.text, session
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_ttft_itl_e2el_and_tokens_on_a_known_stream(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    reads, ttft, itl, e2el, tokens, text = CASES[case]
+    clock = Clock()
+    monkeypatch.setattr(client_module.time, "perf_counter", clock)
+    record, answer, session = _ours(reads, clock)
+    assert record.success and answer == text
+    # The role chunk (empty content) is the first token event, as in vLLM's client.
+    assert record.ttft == pytest.approx(ttft)
+    assert record.itl == pytest.approx(itl)
+    # E2EL ends at the last token event, not at the usage event or [DONE] after it.
+    assert record.e2el == pytest.approx(e2el)
+    assert record.e2el == pytest.approx(record.ttft + sum(record.itl))
+    assert record.output_tokens == tokens and record.prompt_tokens == 140
+    assert record.chunks == tokens + 1  # the role chunk is an event, not a token
+    assert session.headers[0]["x-request-id"] == "run-0"
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_vllms_client_reads_the_same_stream_alike(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    functions = pytest.importorskip("vllm.benchmarks.lib.endpoint_request_func")
+    reads, *_ = CASES[case]
+    clock = Clock()
+    monkeypatch.setattr(time, "perf_counter", clock)
+    ours, answer, _ = _ours(reads, clock)
+    clock.now = 100.0
+    request = functions.RequestFuncInput(
+        prompt="hi", api_url="http://x/v1/chat/completions", prompt_len=128, output_len=4, model="m"
+    )
+    theirs = asyncio.run(functions.async_request_openai_chat_completions(request, FakeSession(reads, clock)))
+    assert theirs.success and theirs.generated_text == answer
+    assert ours.ttft == pytest.approx(theirs.ttft)
+    assert ours.itl == pytest.approx(theirs.itl)
+    assert ours.e2el == pytest.approx(theirs.latency)
+    assert (ours.output_tokens, ours.prompt_tokens) == (theirs.output_tokens, theirs.prompt_len)
+
+
+def _no_usage(tokens: int, chunks: int, text_tokens: int | None, target: int = 128) -> RequestRecord:
+    return RequestRecord(
+        index=0, session=None, turn=0, start=0.0, input_tokens_target=target, output_tokens_target=tokens,
+        success=True, ttft=0.1, e2el=1.0, itl=[0.9 / (chunks - 1)] * (chunks - 1), chunks=chunks,
+        text_tokens=text_tokens,
+    )  # fmt: skip
+
+
+def test_without_usage_tokens_are_counted_as_vllm_counts_them() -> None:
+    # 64 tokens in 17 events (a role chunk, then 4 tokens per event), the server sent no usage.
+    counted = _no_usage(64, 17, text_tokens=64)
+    # Output: the tokenizer's count of the answer (vLLM's fallback), not the 17 events.
+    assert counted.output_tokens == 64
+    assert counted.tpot == pytest.approx(0.9 / 63)
+    # Without a tokenizer, the events are all there is to count.
+    assert _no_usage(64, 17, text_tokens=None).output_tokens == 17
+    # Input: the prompt tokens the workload sent (vLLM's `prompt_len`), not 0.
+    report = summarize([counted, _no_usage(64, 17, 64, target=100)], duration_s=2.0)
+    assert report["total_input_tokens"] == 228
+    assert report["total_output_tokens"] == 128 and report["output_throughput"] == 64.0
+
+
+def test_a_ping_in_a_read_of_its_own_hides_no_event(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = Clock()
+    monkeypatch.setattr(client_module.time, "perf_counter", clock)
+    reads = [(0.5, event(ROLE)), (0.6, b": ping\n\n"), (0.7, event(token(" a"))), (0.8, event(usage(140, 1)))]
+    record, answer, _ = _ours(reads, clock)
+    assert answer == " a" and record.itl == pytest.approx([0.2]) and record.e2el == pytest.approx(0.7)
+
+
+def test_crosscheck_lays_both_clients_requests_side_by_side() -> None:
+    ours = [
+        RequestRecord(index=i, session=None, turn=0, start=start, input_tokens_target=8, output_tokens_target=2,
+                      success=True, ttft=ttft, e2el=e2el, itl=[e2el - ttft], chunks=2)
+        for i, (start, ttft, e2el) in enumerate([(0.5, 0.2, 0.3), (0.0, 0.1, 0.25)])
+    ]  # fmt: skip
+    # vLLM's detailed result: perf_counter start times, and a failed request (TTFT 0) that is left out.
+    theirs = {
+        "start_times": [1000.5, 1000.0, 1000.7],
+        "ttfts": [0.2, 0.1, 0.0],
+        "latencies": [0.3, 0.25, 0.0],
+        "itls": [[0.1], [0.15], []],
+    }
+    expected = [[0.0, 100.0, 250.0, 2], [500.0, 200.0, 300.0, 2]]
+    assert timeline({}, ours) == expected
+    assert timeline(theirs) == expected
+
+
+def test_crosscheck_ratios_are_of_each_clients_medians() -> None:
+    def pair(ours: tuple[float, float, float], theirs: tuple[float, float, float]) -> dict[str, Any]:
+        return {
+            client: dict(zip(("output_throughput", "mean_ttft_ms", "mean_itl_ms"), figures, strict=True))
+            for client, figures in (("tokenplane_bench", ours), ("vllm_client", theirs))
+        }
+
+    runs = [pair((100, 50, 10), (100, 40, 10)), pair((90, 44, 9), (110, 45, 8)), pair((120, 60, 12), (95, 48, 9))]
+    summary = crosscheck_summary(runs)
+    # Medians: ours 100 tok/s, 50 ms, 10 ms; vLLM's 100, 45, 9.
+    assert summary["oursOverVllmOfMedians"] == pytest.approx(
+        {"output_throughput": 1.0, "mean_ttft_ms": 50 / 45, "mean_itl_ms": 10 / 9}
+    )
+    assert summary["medianOfPairRatios"]["output_throughput"] == pytest.approx(1.0)
+    # Within 10% is judged on throughput and mean TTFT only: 50/45 is 11% off.
+    assert summary["within10Percent"] is False
+    runs[0]["tokenplane_bench"]["mean_ttft_ms"] = 49.0
+    runs[2]["tokenplane_bench"]["mean_ttft_ms"] = 49.0
+    assert crosscheck_summary(runs)["within10Percent"] is True
+
+
+def test_crosscheck_serves_both_without_prefix_cache(tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parents[3] / "deploy" / "examples" / "local-tiny.yaml"
+    assert "--no-enable-prefix-caching" not in bare_vllm_command(_engine_args(example), 8000)
+    copy = without_prefix_caching(example, tmp_path)
+    args = _engine_args(copy)
+    assert args["prefix_caching"] is False and args["max_num_seqs"] == _engine_args(example)["max_num_seqs"]
+    # tokenplane up reads the copy's spec.engine.enablePrefixCaching; bare vLLM gets the flag.
+    assert "--no-enable-prefix-caching" in bare_vllm_command(args, 8000)
