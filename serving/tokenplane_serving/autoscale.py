@@ -21,7 +21,8 @@ Decision, per tick (the reasons are the operator's status reasons):
 - `QueueDepth`: the load, or its trend one start-up ahead, needs more replicas at the per-replica load the
   fleet is sized for. The trend is a least-squares slope over 3 minutes, used only when it stands 3 standard
   errors out of the noise and holds in both halves of the window (a burst's step is not a trend); the horizon
-  is the longest start-up observed (from the order that asked for a replica to its running: a new node), or,
+  is the longest start-up observed (from the order that asked for a replica to its running: a new node; never
+  below half the cold start, the prior, since the start-ups seen may all have been model loads), or,
   when the replicas the load needs fit the nodes the fleet held within the last 10 minutes (an emptied node
   stays in the pool that long), the quickest observed (a model load) plus a latency window, so a ramp is met by
   replicas that are ready when it arrives, and a wave's replicas do not idle a node provisioning ahead.
@@ -34,11 +35,12 @@ Decision, per tick (the reasons are the operator's status reasons):
 - `LatencyBreach`: the fleet P95 exceeds the target and the latency window shows this fleet; grow by the
   breach ratio (at most 2x the running replicas; replicas already starting count towards it). A fleet over the
   target for a minute (its last two disjoint latency windows merged, not one unlucky window) or overloaded
-  shows the *knee* (`capacity`), never below a load proven well within the target: from then on the fleet is
-  sized at 85% of it. Before, it is sized at 1.25x the most a replica has been seen to carry well within the
-  target for a whole window (`proven`): it approaches the knee in steps instead of jumping past it on an
-  optimistic prior; never below the most a replica has carried within the target for a minute (`within`), since
-  a light load proves little and would size a burst's fleet at a fraction of what the replicas do carry.
+  shows the *knee* (`capacity`), never below a load carried within the target for a minute (an overload's
+  first window still averages the load before it): from then on the fleet is sized at 85% of it. Before, it is
+  sized at 1.25x the most a replica has been seen to carry well within the target for a whole window
+  (`proven`): it approaches the knee in steps instead of jumping past it on an optimistic prior; never below the
+  most a replica has carried within the target for a minute (`within`), since a light load proves little and
+  would size a burst's fleet at a fraction of what the replicas do carry.
 - `WaitingForCapacity`: replicas have been pending longer than a cold start takes (no node for them): hold
   at the current target instead of adding more replicas that cannot be placed either.
 - `Idle`: no traffic for a whole downscale window: go to the floor (zero with scale-to-zero; Serve applies
@@ -288,8 +290,8 @@ class TokenplanePolicy:
             stale_after_s: Replica reports older than this are ignored (3 push intervals by default).
             min_samples: Fewer latency samples than this in the fleet histogram are not a P95.
             cold_start_s: Longest a replica takes from pending to running when a node is free (node provisioning
-                plus model loading); pending longer means no capacity. Half of it is the start-up time assumed
-                until one has been observed.
+                plus model loading); pending longer means no capacity. Half of it is the least start-up assumed
+                for a replica that needs a new node (a longer one observed replaces it).
             downscale_delay_s: Scale-in needs the load to have been low this long (CR `downscaleDelaySeconds`):
                 the fleet is sized for the busiest moment of this window, and nothing is removed this long after
                 a scale-out.
@@ -561,7 +563,7 @@ class TokenplanePolicy:
                 # The longest seen: a load beyond the fleet's recent size needs new nodes, the slowest start-up;
                 # the quickest seen is a replica on a node still in the pool (a model load).
                 observed = min(self.cold_start_s, now - orders[0][0])
-                state["startup_s"] = max(observed, float(state.get("startup_longest", 0.0)))
+                state["startup_s"] = max(observed, float(state.get("startup_longest", self.cold_start_s / 2)))
                 state["startup_longest"] = state["startup_s"]
                 state["startup_warm"] = min(observed, float(state.get("startup_warm") or observed))
             elif previous is not None and current < previous:
@@ -657,10 +659,12 @@ class TokenplanePolicy:
                 for index, count in histogram.items():
                     into[int(index)] = into.get(int(index), 0.0) + count
         knee_p95 = self.judged_p95(*merged) if len(windows) == 2 else None
+        # A load a replica carried within the target for a minute is below the knee, whatever shows it later.
+        floor = max(1.0, float(state.get("proven", 0.0)), float(state.get("within", 0.0)))
         if self._breached(p95) and self._breached(knee_p95):
             # This fleet over the target for a minute shows the knee: a replica holds at most this load within
-            # the target. It never goes below a load already proven well within the target.
-            capacity = min(capacity, max(1.0, per_replica, float(state.get("proven", 0.0))))
+            # the target.
+            capacity = min(capacity, max(floor, per_replica))
             state["learned"] = True
         elif p95 is not None and (self.p95_ms is None or p95 < _SCALE_IN_BAND * self.p95_ms):
             # Comfortably within target at this load: a replica holds at least that much.
@@ -671,7 +675,7 @@ class TokenplanePolicy:
             state["within"] = max(float(state.get("within", 0.0)), low / current)
         if queue > self.target_queue * current:
             # Requests wait: the replicas run all they can, and the knee is at most what they run now.
-            capacity = min(capacity, max(1.0, per_replica))
+            capacity = min(capacity, max(floor, per_replica))
             state["learned"] = True
         return capacity
 

@@ -482,10 +482,27 @@ def test_a_trend_is_met_a_model_load_ahead_when_the_pool_still_holds_the_nodes()
     # The fleet's own start-ups are where the two horizons come from.
     pol, grown = policy(cold_start_s=600), stable(2, orders=[(NOW - 47, 3)], fleet_size=2)
     state = pol(context([report([300.0] * 30, running=2)] * 3, ongoing=6, target=3, state=grown))[1]
-    assert (state["startup_warm"], state["startup_s"]) == (47.0, 47.0)
+    # A quick start-up says how long a model load takes, not a new node: that stays at the prior (half the cold
+    # start) until a longer one is seen, or a load beyond the warm pool would be met too late.
+    assert (state["startup_warm"], state["startup_s"]) == (47.0, 300.0)
     later = {**state, "orders": [(NOW + 600 - 347, 4)]}
     state = pol(context([report([300.0] * 30, running=2)] * 4, ongoing=8, target=4, state=later, now=NOW + 600))[1]
     assert (state["startup_warm"], state["startup_s"]) == (47.0, 347.0)
     # A fleet that shrinks notes how many replicas' nodes it leaves in the pool.
     state = pol(context([report([300.0] * 30, running=2)] * 2, ongoing=4, target=2, state=state, now=NOW + 700))[1]
     assert state["freed"] == [(NOW + 700, 4)]
+
+
+def test_the_knee_is_never_below_a_load_carried_within_the_target() -> None:
+    # 2 replicas carried 6 each within the target for a minute. Then a burst overloads them at the moment their
+    # averaged load is still 1 each (the average lags the burst by its window): that is not where the knee is.
+    state = stable(2, within=6.0, recent_running=[(NOW - 29 + s, 2.0) for s in range(29)])
+    burst = [report([900.0] * 20, waiting=10, running=1) for _ in range(2)]
+    _, after = policy()(context(burst, ongoing=22, state=state))
+    assert after["learned"] and after["capacity"] == pytest.approx(6.0)
+    # A knee read from a load above it still lowers the capacity to that load.
+    loaded = stable(2, within=6.0, recent_running=[(NOW - 29 + s, 20.0) for s in range(29)])
+    full = [report([900.0] * 20, waiting=10, running=10) for _ in range(2)]
+    # (their load averaged over the window: 20 running, and now 20 running plus 8 waiting within the tolerated 4 each)
+    knee = (29 * 20.0 + 28.0) / 30 / 2
+    assert policy()(context(full, ongoing=40, state=loaded))[1]["capacity"] == pytest.approx(knee)
