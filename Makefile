@@ -134,7 +134,7 @@ test: prerequisites ## Lint, then the whole suite (real Ray Serve + vLLM on the 
 	$(BIN)/ruff format --check .
 	$(call phase,tests: the whole suite (real Ray Serve + vLLM on the tiny model; about 16 minutes) with mypy + import-linter beside it)
 	@( $(BIN)/mypy && $(BIN)/lint-imports ) > .typecheck.log 2>&1 & typecheck=$$!; \
-	  $(BIN)/pytest; tests=$$?; \
+	  $(BIN)/pytest --durations=25; tests=$$?; \
 	  wait $$typecheck; typed=$$?; \
 	  printf '\033[1m==> mypy + import-linter (ran beside the tests):\033[0m\n'; cat .typecheck.log; \
 	  [ $$tests -eq 0 ] && [ $$typed -eq 0 ]
