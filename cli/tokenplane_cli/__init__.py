@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from tokenplane_cli.bench.cli import bench_app
+from tokenplane_cli.output import Output, OutputFormat
 from tokenplane_operator.main import run_operator
 
 __all__ = ["app", "main"]
@@ -76,7 +77,7 @@ def plan(
     ] = 1,
     quantization: Annotated[str | None, typer.Option("--quantization", help="none, fp8, int8, awq, gptq...")] = None,
     vm_size: Annotated[str | None, typer.Option("--vm-size", help="Plan for this AKS VM size.")] = None,
-    output: Annotated[str, typer.Option("-o", "--output", help="table or json.")] = "table",
+    output: Output = OutputFormat.table,
     explain: Annotated[bool, typer.Option("--explain", help="Show the formulas behind the estimates.")] = False,
     prices: Annotated[
         Path | None, typer.Option("--prices", help="A values file whose `prices:` map overrides hourly list prices.")
@@ -145,7 +146,7 @@ def simulate(
     ] = None,
     rate_scale: Annotated[float, typer.Option("--rate-scale", help="Multiply built-in traces' rates.")] = 1.0,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the built-in traces.")] = 1,
-    output: Annotated[str, typer.Option("-o", "--output", help="table or json.")] = "table",
+    output: Output = OutputFormat.table,
     plots: Annotated[
         Path | None, typer.Option("--plots", help="Write one PNG per trace and results.json here.")
     ] = None,

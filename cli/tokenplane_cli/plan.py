@@ -321,8 +321,6 @@ def plan_command(
     """
     out = console or Console(highlight=False, soft_wrap=True)
     try:
-        if output not in ("table", "json"):
-            raise PlanError(PlanErrorReason.INVALID_WORKLOAD, f"--output must be table or json, not {output!r}")
         prices = load_prices(prices_file) if prices_file else None
         deployment = None
         if file is not None:

@@ -8,6 +8,8 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
+from tokenplane_cli.output import Output, OutputFormat
+
 __all__ = ["bench_app"]
 
 
@@ -95,7 +97,7 @@ def run(
     ignore_eos: IgnoreEos = True,
     content_parts: ContentParts = True,
     timeout: Timeout = 600.0,
-    output: Annotated[str, typer.Option("-o", "--output", help="table or json.")] = "table",
+    output: Output = OutputFormat.table,
     save_requests: Annotated[
         Path | None, typer.Option("--save-requests", help="Write one JSON line per request here.")
     ] = None,
@@ -140,7 +142,7 @@ def sweep(
     ignore_eos: IgnoreEos = True,
     content_parts: ContentParts = True,
     timeout: Timeout = 600.0,
-    output: Annotated[str, typer.Option("-o", "--output", help="table or json.")] = "table",
+    output: Output = OutputFormat.table,
 ) -> None:
     """Step the load up (concurrency or rate) until past saturation; write sweep JSON, curve and CDF PNGs."""
     from tokenplane_cli.bench.commands import sweep_command
@@ -169,7 +171,7 @@ def compare(
     ignore_eos: IgnoreEos = True,
     content_parts: ContentParts = True,
     timeout: Timeout = 600.0,
-    output: Annotated[str, typer.Option("-o", "--output", help="table or json.")] = "table",
+    output: Output = OutputFormat.table,
 ) -> None:
     """One workload against two endpoints, interleaved A B A B; ratios A/B with min/median/max over pairs."""
     from tokenplane_cli.bench.commands import compare_command

@@ -63,11 +63,6 @@ def _endpoint(url: str, o: dict[str, Any], api_key: str | None) -> Endpoint:
         raise BenchInputError(str(error)) from None
 
 
-def _check_output(value: str) -> None:
-    if value not in ("table", "json"):
-        raise BenchInputError(f"--output must be table or json, not {value!r}")
-
-
 @contextmanager
 def _progress(description: str) -> Iterator[tuple[Any, Any]]:
     """Show a progress bar on stderr; yield (on_start(total), on_done(record)) callbacks."""
@@ -102,7 +97,6 @@ def _fail(error: Exception) -> int:
 def run_command(o: dict[str, Any]) -> int:
     """`tokenplane bench URL`: one run, a table or JSON on stdout; exit 1 when any request failed."""
     try:
-        _check_output(o["output"])
         goodput = parse_goodput(o["goodput"])
         cost = resolve_cost(
             vm_size=o["vm_size"], vms=o["vms"], prices_file=o["prices"], gpus=o["gpus"], usd_per_hour=o["usd_per_hour"]
@@ -150,7 +144,6 @@ def _numbers(option: str, text: str, kind: type, *, increasing: bool) -> list[An
 def sweep_command(o: dict[str, Any]) -> int:
     """`tokenplane bench sweep URL`: steps until past saturation; JSON and PNGs under --out-dir."""
     try:
-        _check_output(o["output"])
         if (o["concurrency"] is None) == (o["rate"] is None):
             raise BenchInputError("give exactly one of --concurrency 1,2,4,... and --rate 0.5,1,2,...")
         by = "concurrency" if o["concurrency"] is not None else "rate"
@@ -235,7 +228,6 @@ def write_sweep(out_dir: Path, name: str, by: str, steps: list[RunResult], satur
 def compare_command(o: dict[str, Any]) -> int:
     """`tokenplane bench compare A B`: interleaved runs, ratio table, compare.json and a CDF chart."""
     try:
-        _check_output(o["output"])
         levels = _numbers("--concurrency", o["concurrency"], int, increasing=False)
         if o["pairs"] < 1:
             raise BenchInputError("--pairs must be at least 1")

@@ -79,8 +79,6 @@ def simulate_command(
         The exit code: 0, or 2 for bad input (printed as one line, never a traceback).
     """
     try:
-        if output not in ("table", "json"):
-            raise ValueError(f"--output must be table or json, not {output!r}")
         if plots is not None:
             try:  # before minutes of simulation, not after them
                 plots.mkdir(parents=True, exist_ok=True)

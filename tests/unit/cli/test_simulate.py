@@ -200,7 +200,7 @@ def test_bad_trace_file_is_one_clear_line(tmp_path: Path) -> None:
 def test_a_bad_output_or_plots_folder_is_refused_before_simulating(tmp_path: Path) -> None:
     taken = tmp_path / "a-file"
     taken.write_text("")
-    for args, message in ((["-o", "yaml"], "--output must be table or json"),
+    for args, message in ((["-o", "yaml"], "'yaml' is not one of"),
                           (["--plots", str(taken)], "cannot make that folder")):  # fmt: skip
         result = runner.invoke(app, ["simulate", "--trace", "steady", *args])
         assert result.exit_code == 2 and message in result.stderr, result.output
