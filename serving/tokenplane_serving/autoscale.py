@@ -563,8 +563,7 @@ class TokenplanePolicy:
                 # The longest seen: a load beyond the fleet's recent size needs new nodes, the slowest start-up;
                 # the quickest seen is a replica on a node still in the pool (a model load).
                 observed = min(self.cold_start_s, now - orders[0][0])
-                state["startup_s"] = max(observed, float(state.get("startup_longest", self.cold_start_s / 2)))
-                state["startup_longest"] = state["startup_s"]
+                state["startup_s"] = max(observed, float(state["startup_s"]))
                 state["startup_warm"] = min(observed, float(state.get("startup_warm") or observed))
             elif previous is not None and current < previous:
                 # The nodes of the replicas that stopped stay in the pool for a while: note how many there were.
