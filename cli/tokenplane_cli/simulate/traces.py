@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["BUILTIN_TRACES", "Request", "TraceError", "builtin_trace", "load_trace_file"]
+__all__ = ["BUILTIN_TRACES", "MAX_TRACE_SECONDS", "Request", "TraceError", "builtin_trace", "load_trace_file"]
 
 
 @dataclass(frozen=True)
@@ -172,25 +172,47 @@ def builtin_trace(name: str, *, rate_scale: float = 1.0, seed: int = 1, max_mode
     return BUILTIN_TRACES[name](random.Random(f"{name}-{seed}"), rate_scale, max_model_len)
 
 
+# The simulator steps every second up to the last arrival (a day of trace is about half a minute per policy on a
+# laptop); a Unix timestamp as `t` would be decades of steps.
+MAX_TRACE_SECONDS = 86_400
+
+
 def load_trace_file(path: Path) -> list[Request]:
     """Read a JSONL trace (one `{"t", "input_tokens", "output_tokens", "session"?}` object per line).
 
     Raises:
-        TraceError: With the line number and what is wrong.
+        TraceError: With the file (and line number) and what is wrong: unreadable, not UTF-8, not a request, or
+            `t` not a finite number of seconds within `MAX_TRACE_SECONDS` of the trace's start.
     """
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise TraceError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TraceError(
+            f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); save it as UTF-8 JSONL"
+        ) from None
     out = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
             t, n_in, n_out = float(row["t"]), int(row["input_tokens"]), int(row["output_tokens"])
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, OverflowError) as exc:  # OverflowError: int(Infinity)
             raise TraceError(
                 f"{path}:{number}: expected {{'t': seconds, 'input_tokens': n, 'output_tokens': m}} ({exc})"
             ) from None
-        if t < 0 or n_in < 1 or n_out < 1:
-            raise TraceError(f"{path}:{number}: t must be >= 0 and token counts >= 1")
+        if not math.isfinite(t) or t < 0 or n_in < 1 or n_out < 1:
+            raise TraceError(f"{path}:{number}: t must be a finite number >= 0 and token counts >= 1")
+        if t > MAX_TRACE_SECONDS:
+            raise TraceError(
+                f"{path}:{number}: t is {t:,.0f} s, beyond the {MAX_TRACE_SECONDS:,} s (one day) a trace may span; "
+                "t counts seconds from the trace's start, not a Unix time: subtract the first request's time, "
+                "or split the trace by day"
+            )
         session = row.get("session")
         out.append(Request(t, n_in, n_out, str(session) if session is not None else None))
     if not out:

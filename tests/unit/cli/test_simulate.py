@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,7 @@ from tokenplane_cli.simulate.run import (
     scenario_for,
     score,
 )
-from tokenplane_cli.simulate.traces import BUILTIN_TRACES, Request, builtin_trace
+from tokenplane_cli.simulate.traces import BUILTIN_TRACES, Request, TraceError, builtin_trace, load_trace_file
 from tokenplane_serving import autoscale
 from tokenplane_serving.autoscale import TokenplanePolicy
 
@@ -195,6 +196,34 @@ def test_bad_trace_file_is_one_clear_line(tmp_path: Path) -> None:
     assert "bad.jsonl:2" in result.stderr
     assert "Traceback" not in result.output
     assert runner.invoke(app, ["simulate", "--trace", "nope"]).exit_code == 2
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b'{"t": 0, "input_tokens": 10, "output_tokens": Infinity}', "t.jsonl:1: expected {"),  # int(inf)
+        (b'{"t": 0, "input_tokens": 1e400, "output_tokens": 5}', "t.jsonl:1: expected {"),
+        (b'{"t": NaN, "input_tokens": 10, "output_tokens": 5}', "t.jsonl:1: t must be a finite number"),
+        (b'{"t": Infinity, "input_tokens": 10, "output_tokens": 5}', "t.jsonl:1: t must be a finite number"),
+        (b'{"t": 1764254400, "input_tokens": 10, "output_tokens": 5}', "not a Unix time"),  # decades of steps
+        (b'{"t": 0, "input_tokens": 10, "output_tokens": 5, "session": "caf\xe9"}', "t.jsonl: not UTF-8 text"),
+    ],
+)
+def test_a_trace_file_the_simulator_cannot_replay_is_refused_with_its_line(
+    tmp_path: Path, content: bytes, message: str
+) -> None:
+    trace = tmp_path / "t.jsonl"
+    trace.write_bytes(content + b"\n")
+    with pytest.raises(TraceError, match=re.escape(message)):
+        load_trace_file(trace)
+    result = runner.invoke(app, ["simulate", "--trace-file", str(trace)])
+    assert result.exit_code == 2 and message in result.stderr, result.output  # an uncaught error exits 1
+
+
+def test_a_trace_file_path_that_is_no_file_names_it(tmp_path: Path) -> None:
+    for path in (tmp_path, tmp_path / "missing.jsonl"):
+        with pytest.raises(TraceError, match=f"^{re.escape(str(path))}: cannot read: "):
+            load_trace_file(path)
 
 
 def test_a_bad_output_or_plots_folder_is_refused_before_simulating(tmp_path: Path) -> None:
