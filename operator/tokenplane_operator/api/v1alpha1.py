@@ -300,6 +300,16 @@ SOURCE_FORMS = (
     "or an absolute local path (/models/x or file:///models/x)"
 )
 SOURCE_PATTERN = _pattern("^(" + "|".join(regex for _, regex, _ in _SOURCE_REGEXES) + ")$", SOURCE_FORMS)
+# The serving contract loads an adapter from a directory only (vLLM's LoRA loader does not download from the Hub):
+# the same forms without Hugging Face.
+_ADAPTER_SOURCE_FORMS = (
+    f"{BLOB_URI_FORMS} (Azure Blob), pvc://CLAIM/PATH, or an absolute local path (/adapters/x or file:///adapters/x); "
+    "not Hugging Face: copy the adapter to one of those"
+)
+_ADAPTER_SOURCE_PATTERN = _pattern(
+    "^(" + "|".join(regex for scheme, regex, _ in _SOURCE_REGEXES if scheme is not SourceScheme.HUGGING_FACE) + ")$",
+    _ADAPTER_SOURCE_FORMS,
+)
 _SOURCE_MAX_LENGTH = 2048
 
 
@@ -522,8 +532,8 @@ class LoraAdapterSpec(_Model):
     source: Source = Field(
         min_length=1,
         max_length=_SOURCE_MAX_LENGTH,
-        pattern=SOURCE_PATTERN,
-        description=f"Where the adapter comes from: {SOURCE_FORMS}.",
+        pattern=_ADAPTER_SOURCE_PATTERN,
+        description=f"Where the adapter comes from: {_ADAPTER_SOURCE_FORMS}.",
     )
 
 

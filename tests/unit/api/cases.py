@@ -142,6 +142,7 @@ MISTAKES = [
     Case("abfss on the blob host", with_("spec.model.source", "abfss://models@acct.blob.core.windows.net/x"), "spec.model.source", "expected hf://ORG/NAME", "CRD"),
     Case("blob container over 63 characters", with_("spec.model.source", "az://acct/" + "a" * 64 + "/x"), "spec.model.source", "expected hf://ORG/NAME", "CRD"),
     Case("hyphenated blob container over 63 characters", with_("spec.model.source", "az://acct/" + "a-" * 32 + "a/x"), "spec.model.source", "container: 3-63", "CLI"),
+    Case("adapter from the Hub", with_("spec.lora.adapters", [{"name": "a", "source": "hf://org/sql-lora"}]), "spec.lora.adapters[0].source", "not Hugging Face", "CRD"),  # the serving contract loads directories only
     Case("blob path climbing out", with_("spec.lora.adapters", [{"name": "a", "source": "az://acct/models/../x"}]), "spec.lora.adapters[0].source", "may not contain '..'", "CLI"),
     # conflicting fields: both named, and the way out
     Case("pipeline parallel with MIG", spec(engine={"pipelineParallelSize": 2}, hardware={"vmSize": ND96, "migProfile": "MIG3g"}), "spec.engine.pipelineParallelSize", "remove hardware.migProfile", "CRD"),
