@@ -163,6 +163,7 @@ _LABEL_KEY = (
     r"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
 )
 _LABEL_VALUE = r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?"
+_LABEL_KEY_MAX_LENGTH = 253 + 1 + 63  # DNS subdomain prefix, '/', name
 TAINT_PATTERN = _pattern(
     rf"^{_LABEL_KEY}(={_LABEL_VALUE})?:(NoSchedule|PreferNoSchedule|NoExecute)$",
     "a taint written key=value:Effect or key:Effect, with Effect NoSchedule, PreferNoSchedule or NoExecute "
@@ -630,6 +631,19 @@ class ExistingNodePoolSpec(_Model):
         max_length=64,
         description="Taints (key=value:Effect or key:Effect) the pool carries, tolerated by the workers.",
     )
+
+    @model_validator(mode="after")
+    def _label_keys(self) -> ExistingNodePoolSpec:
+        # A key Kubernetes refuses passes the CR and leaves every worker pod rejected, so nothing ever schedules.
+        # Checked here, not in the CRD: a regex per map key does not fit the CEL cost budget.
+        for key in self.node_selector:
+            if len(key) > _LABEL_KEY_MAX_LENGTH or not re.fullmatch(_LABEL_KEY, key):
+                raise _problem(
+                    f"nodeSelector.{key}",
+                    f"{key!r} is not a label key: an optional DNS prefix and '/', then at most 63 letters, digits, "
+                    "'-', '_' or '.', starting and ending with a letter or digit (e.g. agentpool)",
+                )
+        return self
 
 
 class NodePoolSpec(_Model):

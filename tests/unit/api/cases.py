@@ -3,8 +3,8 @@
 
 Each bad case says who must refuse it besides `tokenplane validate`:
 - `CRD`: the generated CRD by itself (OpenAPI schema or CEL), so `kubectl apply` refuses it without the CLI;
-- `CLI`: only rules that need the GPU catalog, the model's shape or the source URI grammar (the operator applies
-  them at reconcile and reports a Stalled condition);
+- `CLI`: only rules that need the GPU catalog, the model's shape, the source URI grammar or a regex per map key
+  (beyond the CEL cost budget); the operator applies them at reconcile and reports a Stalled condition;
 - `SERVER`: the API server or kubectl outside the CRD (names, namespaces, metadata limits, what JSON cannot hold).
 """
 
@@ -120,6 +120,7 @@ MISTAKES = [
     # formats, without regexes in the message
     Case("toleration without effect", spec(hardware={"vmSize": "Standard_NC40ads_H100_v5", "nodePool": {"existing": {**_BYO, "tolerationsForTaints": ["sku=gpu"]}}}), "spec.hardware.nodePool.existing.tolerationsForTaints[0]", "key=value:Effect", "CRD"),
     Case("toleration effect typo", spec(hardware={"vmSize": "Standard_NC40ads_H100_v5", "nodePool": {"existing": {**_BYO, "tolerationsForTaints": ["sku=gpu:NoSchedul"]}}}), "spec.hardware.nodePool.existing.tolerationsForTaints[0]", "NoSchedule, PreferNoSchedule or NoExecute", "CRD"),
+    Case("node selector key with a space", spec(hardware={"vmSize": "Standard_NC40ads_H100_v5", "nodePool": {"existing": {"nodeSelector": {"agent pool": "gpu"}}}}), "spec.hardware.nodePool.existing.nodeSelector.agent pool", "not a label key", "CLI"),  # the CRD cannot afford a regex per map key; KubeRay's pods would be rejected
     Case("numeric node selector", spec(hardware={"vmSize": "Standard_NC40ads_H100_v5", "nodePool": {"existing": {"nodeSelector": {"gpu": 1}}}}), "spec.hardware.nodePool.existing.nodeSelector.gpu", "expected a string", "CRD"),
     Case("bad allowed namespace", with_("spec.endpoint.allowedNamespaces", ["Team_A"]), "spec.endpoint.allowedNamespaces[0]", "a DNS label", "CRD"),
     Case("served name with a space", with_("spec.model.servedName", "my model"), "spec.model.servedName", "no spaces", "CRD"),
