@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from functools import cache
@@ -189,16 +190,38 @@ def load_prices(path: Path) -> dict[str, float]:
         The prices found, possibly none.
 
     Raises:
-        ValueError: when the file is not YAML or a price is not a number.
+        ValueError: One line naming the file: unreadable, not UTF-8, not YAML (with its line), or a price that is
+            not a positive number (with its VM size).
     """
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text (offset {exc.start}); save it as UTF-8 YAML") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.MarkedYAMLError as exc:
+        where = f":{exc.problem_mark.line + 1}" if exc.problem_mark else ""
+        raise ValueError(f"{path}{where}: invalid YAML: {exc.problem}") from None
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: invalid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a YAML map with a `prices` key")
     section = data.get("planner", data) if isinstance(data.get("planner"), dict) else data
     raw = section.get("prices") or {}
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: `prices` must map VM sizes to USD per hour")
-    try:
-        return {str(k): float(v) for k, v in raw.items()}
-    except (TypeError, ValueError):
-        raise ValueError(f"{path}: every price must be a number (USD per VM hour)") from None
+    prices = {}
+    for size, value in raw.items():
+        # A boolean is an int to Python, and NaN, infinity, zero or a negative price would print as a cost.
+        try:
+            number = math.nan if isinstance(value, bool) else float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if not (math.isfinite(number) and number > 0):
+            raise ValueError(
+                f"{path}: prices.{size} is {value!r}: every price must be a positive number (USD per VM hour)"
+            )
+        prices[str(size)] = number
+    return prices

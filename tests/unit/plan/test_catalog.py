@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -67,8 +68,31 @@ def test_prices_override_from_values_file(tmp_path: Path) -> None:
     assert len(catalog) == len(all_skus())
 
 
-def test_bad_prices_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"prices:\n  Standard_NC24ads_A100_v4: cheap\n", "prices.Standard_NC24ads_A100_v4 is 'cheap': every price"),
+        # Printed as "$-3.00/h" and "$nan/M output tokens" before; a boolean was $1.00/h.
+        (b"prices:\n  Standard_NC24ads_A100_v4: -3\n", "prices.Standard_NC24ads_A100_v4 is -3: every price must"),
+        (b"prices:\n  Standard_NC24ads_A100_v4: .nan\n", "is nan: every price must be a positive number"),
+        (b"prices:\n  Standard_NC24ads_A100_v4: 0\n", "is 0: every price must be a positive number"),
+        (b"prices:\n  Standard_NC24ads_A100_v4: true\n", "is True: every price must be a positive number"),
+        # A traceback from `bench --prices` and "internal error" from `plan --prices` before.
+        (b"prices: {Standard_NC24ads_A100_v4: [\n", "values.yaml:2: invalid YAML"),
+        (b"prices:\n  Standard_NC24ads_A100_v4: 1 # \xe9\n", "values.yaml: not UTF-8 text"),
+    ],
+)
+def test_bad_prices_file(tmp_path: Path, content: bytes, message: str) -> None:
     values = tmp_path / "values.yaml"
-    values.write_text("prices:\n  Standard_NC24ads_A100_v4: cheap\n")
-    with pytest.raises(ValueError, match="number"):
+    values.write_bytes(content)
+    with pytest.raises(ValueError, match=re.escape(message)):
         load_prices(values)
+
+
+def test_a_prices_path_that_is_no_file_is_one_line(tmp_path: Path) -> None:
+    for path in (tmp_path, tmp_path / "missing.yaml"):
+        with pytest.raises(ValueError, match=f"^{re.escape(str(path))}: cannot read: "):
+            load_prices(path)
+    quoted = tmp_path / "quoted.yaml"
+    quoted.write_text("prices: {Standard_NC24ads_A100_v4: '1.5'}\n")
+    assert load_prices(quoted) == {"Standard_NC24ads_A100_v4": 1.5}
