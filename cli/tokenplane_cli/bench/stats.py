@@ -180,8 +180,10 @@ def parse_goodput(text: str | None) -> dict[str, float]:
             ms = float(value)
         except ValueError:
             raise ValueError(f"--goodput: {part!r}: {value!r} is not a number of milliseconds") from None
-        if ms <= 0:
+        if not (math.isfinite(ms) and ms > 0):  # nan would make every request miss, inf every request meet it
             raise ValueError(f"--goodput: {part!r}: the SLO must be a positive number of milliseconds")
+        if name in slos:
+            raise ValueError(f"--goodput: {name} is given twice ({slos[name]:g} and {ms:g} ms); keep one")
         slos[name] = ms
     return slos
 

@@ -126,7 +126,16 @@ def test_goodput_counts_requests_meeting_every_slo() -> None:
 
 @pytest.mark.parametrize(
     ("text", "message"),
-    [("ttft=5", "KEY:MS"), ("itl:5", "KEY:MS"), ("ttft:fast", "not a number"), ("tpot:0", "positive")],
+    [
+        ("ttft=5", "KEY:MS"),
+        ("itl:5", "KEY:MS"),
+        ("ttft:fast", "not a number"),
+        ("tpot:0", "positive"),
+        ("ttft:nan", "positive"),
+        ("e2el:inf", "positive"),
+        ("ttft:1e400", "positive"),  # taken as SLOs before
+        ("ttft:500,tpot:50,ttft:200", "ttft is given twice"),
+    ],
 )
 def test_goodput_option_errors_say_what_to_write(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
