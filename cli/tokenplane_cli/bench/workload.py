@@ -7,6 +7,7 @@ asked for; without it, `calibrate` measures the server's own count (`usage.promp
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol, cast
 
 __all__ = [
+    "MAX_TRACE_SECONDS",
     "BenchInputError",
     "PromptMaker",
     "Session",
@@ -43,6 +45,11 @@ _WORD_TEXT = (
     "window evidence population river"
 )
 _WORDS = tuple(_WORD_TEXT.split())
+
+
+# The longest a trace file may span, here and in `tokenplane simulate`: a benchmark replays it in real time, the
+# simulator steps every second (a day is about half a minute per policy); a Unix timestamp as `t` would be decades.
+MAX_TRACE_SECONDS = 86_400
 
 
 class BenchInputError(ValueError):
@@ -227,6 +234,8 @@ def read_trace(path: Path, maker: PromptMaker) -> list[Session]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as err:
         raise BenchInputError(f"--trace-file {path}: {err.strerror or err}") from None
+    except UnicodeDecodeError as err:
+        raise BenchInputError(f"--trace-file {path}: not UTF-8 text (offset {err.start}); save it as UTF-8") from None
     by_session: dict[str, list[Turn]] = {}
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -241,8 +250,14 @@ def read_trace(path: Path, maker: PromptMaker) -> list[Session]:
         values = {}
         for key, kind, low in (("t", float, 0), ("input_tokens", int, 1), ("output_tokens", int, 1)):
             value = row.get(key)
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < low:
+            # JSON's NaN and Infinity (and 1e400) are floats too: int() of them raises, a wait for them never ends.
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < low:
                 raise BenchInputError(f"{where}: {key} must be a number >= {low}, not {value!r}")
+            if key == "t" and value > MAX_TRACE_SECONDS:
+                raise BenchInputError(
+                    f"{where}: t is {value:,.0f} s, beyond the {MAX_TRACE_SECONDS:,} s (one day) a trace may span; t "
+                    "counts seconds from the trace's start, not a Unix time: subtract the first request's time"
+                )
             if kind is int and value != int(value):
                 raise BenchInputError(f"{where}: {key} must be a whole number of tokens, not {value!r}")
             values[key] = value

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from tokenplane_cli.bench.workload import MAX_TRACE_SECONDS
+
 __all__ = ["BUILTIN_TRACES", "MAX_TRACE_SECONDS", "Request", "TraceError", "builtin_trace", "load_trace_file"]
 
 
@@ -170,11 +172,6 @@ def builtin_trace(name: str, *, rate_scale: float = 1.0, seed: int = 1, max_mode
             "replay a larger load with --trace-file"
         )
     return BUILTIN_TRACES[name](random.Random(f"{name}-{seed}"), rate_scale, max_model_len)
-
-
-# The simulator steps every second up to the last arrival (a day of trace is about half a minute per policy on a
-# laptop); a Unix timestamp as `t` would be decades of steps.
-MAX_TRACE_SECONDS = 86_400
 
 
 def load_trace_file(path: Path) -> list[Request]:

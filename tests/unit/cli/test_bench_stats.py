@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -230,4 +231,22 @@ def test_trace_file_sessions_and_errors(tmp_path: Path) -> None:
         read_trace(trace, PromptMaker())
     trace.write_text('{"t": 0, "input_tokens": 3}\n')
     with pytest.raises(BenchInputError, match=r":1: output_tokens must be a number >= 1, not None"):
+        read_trace(trace, PromptMaker())
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        (b'{"t": 0, "input_tokens": Infinity, "output_tokens": 4}', ":1: input_tokens must be a number >= 1, not inf"),
+        (b'{"t": 0, "input_tokens": 3, "output_tokens": 1e400}', ":1: output_tokens must be a number >= 1, not inf"),
+        (b'{"t": NaN, "input_tokens": 3, "output_tokens": 4}', ":1: t must be a number >= 0, not nan"),
+        (b'{"t": 1764254400, "input_tokens": 3, "output_tokens": 4}', "not a Unix time"),  # a wait of decades
+        (b'{"t": 0, "input_tokens": 3, "output_tokens": 4, "session": "caf\xe9"}', "not UTF-8 text"),
+    ],
+)
+def test_a_trace_line_no_benchmark_can_replay_is_refused(tmp_path: Path, line: bytes, message: str) -> None:
+    # A traceback (OverflowError, UnicodeDecodeError) or an endless wait before.
+    trace = tmp_path / "trace.jsonl"
+    trace.write_bytes(line + b"\n")
+    with pytest.raises(BenchInputError, match=re.escape(message)):
         read_trace(trace, PromptMaker())
