@@ -389,9 +389,7 @@ def _reasons(workload: Workload, chosen: _Candidate, ranked: list[_Candidate]) -
 def _build_plan(workload: Workload, chosen: _Candidate, ranked: list[_Candidate], reasons: list[str]) -> Plan:
     model, p, mem = workload.model, chosen.placement, chosen.memory
     kv_bytes = workload.kv_dtype_bytes
-    fits = (
-        chosen.replicas > 0 and mem.fits and (workload.max_replicas is None or chosen.replicas <= workload.max_replicas)
-    )
+    fits = _feasible(workload, chosen) and mem.fits
     estimates = None
     if fits:
         ctx = workload.avg_context_tokens or max(1, workload.context // 2)
@@ -483,8 +481,13 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
 
 
+# AKS holds at most 1,000 nodes in a node pool (the agent pool's maxCount): a plan needing more cannot be created.
+MAX_POOL_NODES = 1000
+
+
 def _feasible(workload: Workload, c: _Candidate) -> bool:
-    return c.replicas > 0 and (workload.max_replicas is None or c.replicas <= workload.max_replicas)
+    within = workload.max_replicas is None or c.replicas <= workload.max_replicas
+    return c.replicas > 0 and within and c.nodes <= MAX_POOL_NODES
 
 
 def _closest_miss(workload: Workload, candidates: list[_Candidate]) -> str:
@@ -495,6 +498,8 @@ def _closest_miss(workload: Workload, candidates: list[_Candidate]) -> str:
     where = f"{p.sku.vm_size}" + (f" {p.mig.aks_name}" if p.mig else f" TP{p.tp} PP{p.pp}") + f" {p.precision}"
     if best.replicas and workload.max_replicas:
         return f"closest: {where} needs {best.replicas} replicas, above maxReplicas {workload.max_replicas}"
+    if best.nodes > MAX_POOL_NODES:
+        return f"closest: {where} needs {best.nodes:,} VMs, above the {MAX_POOL_NODES:,} an AKS node pool holds"
     need = mem.weights_per_gpu + mem.overhead_per_gpu + mem.kv_per_sequence_per_gpu
     return (
         f"closest: {where} needs {_gib(need)} per GPU for weights + runtime + one {workload.context}-token "

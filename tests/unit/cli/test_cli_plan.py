@@ -94,6 +94,16 @@ def test_impossible_requests_exit_1_without_traceback(
         assert reason in out
 
 
+@pytest.mark.parametrize("vm_size", [None, "Standard_NC24ads_A100_v4"])
+def test_a_load_beyond_one_node_pool_does_not_fit(capsys: pytest.CaptureFixture[str], vm_size: str | None) -> None:
+    # 10^8 concurrent sequences need millions of VMs: a pydantic error from the agent pool's maxCount before.
+    code, out = run(capsys, model="llama-3.1-8b", concurrency=100_000_000, vm_size=vm_size, output="json")
+    doc = json.loads(out)
+    message = doc["error"]["message"] if vm_size is None else doc["reasons"][-1]
+    assert code == 1 and "above the 1,000 an AKS node pool holds" in message, out
+    assert vm_size is None or doc["fits"] is False
+
+
 def test_malformed_config_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text("{oops")
     code, out = run(capsys, model_config=tmp_path, output="json")
