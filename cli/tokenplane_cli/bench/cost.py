@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from tokenplane_cli.bench.stats import Cost
@@ -36,10 +37,11 @@ def resolve_cost(
     """
     if vms < 1:
         raise BenchInputError(f"--vms must be at least 1, not {vms}")
-    if gpus is not None and gpus <= 0:
-        raise BenchInputError(f"--gpus must be positive, not {gpus}")
-    if usd_per_hour is not None and usd_per_hour < 0:
-        raise BenchInputError(f"--usd-per-hour must not be negative, not {usd_per_hour}")
+    # NaN passes any comparison and infinity divides every figure to 0 or inf: refuse both with the signs.
+    if gpus is not None and not (math.isfinite(gpus) and gpus > 0):
+        raise BenchInputError(f"--gpus must be a positive number, not {gpus}")
+    if usd_per_hour is not None and not (math.isfinite(usd_per_hour) and usd_per_hour >= 0):
+        raise BenchInputError(f"--usd-per-hour must be a number >= 0, not {usd_per_hour}")
     if vm_size is None:
         if gpus is None and usd_per_hour is None:
             return None

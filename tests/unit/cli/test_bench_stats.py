@@ -169,6 +169,12 @@ def test_cost_from_the_planners_catalog_and_price_overrides(tmp_path: Path) -> N
         resolve_cost(vm_size="Standard_Nope")
     with pytest.raises(BenchInputError, match="needs --gpus"):
         resolve_cost(usd_per_hour=3.0)
+    for bad in (float("nan"), float("inf"), 0.0):  # NaN and infinity were taken as a cost basis
+        with pytest.raises(BenchInputError, match="--gpus must be a positive number"):
+            resolve_cost(gpus=bad)
+        if bad:
+            with pytest.raises(BenchInputError, match="--usd-per-hour must be a number >= 0"):
+                resolve_cost(gpus=1, usd_per_hour=bad)
 
 
 def test_saturation_is_flat_throughput_with_climbing_ttft() -> None:
