@@ -786,6 +786,9 @@ class HardwareSpec(_Model):
 _TIME_ZONES: list[Any] = sorted(zoneinfo.available_timezones())
 
 
+_HH_MM = _pattern(r"^([01][0-9]|2[0-3]):[0-5][0-9]$", "a time HH:MM with two-digit hours 00-23, e.g. '08:00'")
+
+
 class ScheduleWindowSpec(_Model):
     """A recurring time window that keeps a minimum replica count (e.g. business hours)."""
 
@@ -793,18 +796,32 @@ class ScheduleWindowSpec(_Model):
 
     days: str = Field(
         default="*",
-        pattern=r"^(\*|[0-7](-[0-7])?(,[0-7](-[0-7])?)*)$",
+        pattern=_pattern(
+            r"^(\*|[0-7](-[0-7])?(,[0-7](-[0-7])?)*)$",
+            "a cron day-of-week field: '*', a day 0-7 (0 and 7 are Sunday), a range '1-5' or a list '0,6'",
+        ),
         description="Cron day-of-week field: '*', '1-5', '0,6' (0 and 7 are Sunday).",
     )
-    start: str = Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$", description="Local start time, HH:MM.")
+    start: str = Field(pattern=_HH_MM, description="Local start time, HH:MM.")
     end: str = Field(
-        pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$",
+        pattern=_HH_MM,
         description="Local end time, HH:MM; at or before start means the next day (22:00-06:00).",
     )
     time_zone: str = Field(
         default="UTC", json_schema_extra={"enum": _TIME_ZONES}, description="IANA time zone, e.g. Europe/Berlin."
     )
     min_replicas: int = Field(ge=0, le=1000, description="Replicas kept at least inside the window.")
+
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _sexagesimal(cls, value: Any) -> Any:
+        # YAML 1.1 reads an unquoted 18:00 as the base-60 integer 1080: say so instead of "got the number 1080".
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 24 * 60:
+            written = f"{value // 60:02d}:{value % 60:02d}"
+            raise ValueError(
+                f"expected a quoted 'HH:MM'; YAML reads an unquoted {written} as {value}: write '{written}'"
+            )
+        return value
 
     @model_validator(mode="after")
     def _window(self) -> ScheduleWindowSpec:
