@@ -33,8 +33,46 @@ class Document:
         return str(self.file) if self.index is None else f"{self.file}#{self.index}"
 
 
+# Values a document may expand to through YAML aliases. A manifest has hundreds; nine levels of nine aliases (a
+# "billion laughs", a few hundred bytes) expand to 387 million, which every check walking the document would visit
+# for hours. kubectl refuses such files too ("excessive aliasing").
+MAX_EXPANDED_VALUES = 1_000_000
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """Count the values a node stands for once every alias is expanded (shared nodes counted once per use)."""
+    known = sizes.get(id(node))
+    if known is not None:
+        return known
+    sizes[id(node)] = 0  # a node inside itself (a recursive alias): the constructor refuses it, with its line
+    children: list[yaml.Node] = []
+    if isinstance(node, yaml.SequenceNode):
+        children = node.value
+    elif isinstance(node, yaml.MappingNode):
+        children = [child for pair in node.value for child in pair]
+    total = 1
+    for child in children:
+        total += _expanded_size(child, sizes)
+        if total > MAX_EXPANDED_VALUES:
+            break
+    sizes[id(node)] = total
+    return total
+
+
 class _Loader(yaml.SafeLoader):
     """SafeLoader that refuses duplicate keys (as kubectl does) and keeps timestamps as strings (as JSON does)."""
+
+    def compose_document(self) -> yaml.Node | None:
+        node: yaml.Node | None = super().compose_document()
+        if node is not None and _expanded_size(node, {}) > MAX_EXPANDED_VALUES:
+            raise yaml.composer.ComposerError(
+                None,
+                None,
+                f"its aliases (*name) expand to more than {MAX_EXPANDED_VALUES:,} values (excessive aliasing, as "
+                "kubectl says); write the repeated values out or use fewer aliases",
+                node.start_mark,
+            )
+        return node
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, yaml.Node] = {}

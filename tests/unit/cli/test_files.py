@@ -35,6 +35,14 @@ FILES: dict[str, tuple[bytes, str]] = {
     "binary tag": (b"apiVersion: !!binary aGVsbG8=\nkind: InferenceDeployment\n", "apiVersion"),
     "python tag": (b"spec: !!python/object:os.system {}\n", "invalid YAML"),
     "too large": (b"a: " + b"x" * (MAX_FILE_BYTES + 1), f"the API server accepts at most {MAX_FILE_BYTES:,}"),
+    # 300 bytes of aliases, ten levels of ten: a billion values, hours of walking before (a million: seconds).
+    "billion laughs": (
+        b"a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n"
+        + b"".join(f"a{n}: &a{n} [{', '.join([f'*a{n - 1}'] * 10)}]\n".encode() for n in range(1, 6))
+        + b"spec: {x: *a5}\n",
+        "invalid YAML: its aliases (*name) expand to more than 1,000,000 values",
+    ),
+    "recursive alias": (b"spec: &x {model: *x}\n", ":1:7: invalid YAML: found unconstructable recursive node"),
 }
 
 
