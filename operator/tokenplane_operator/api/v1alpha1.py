@@ -711,6 +711,11 @@ class HardwareSpec(_Model):
             ".accelerator",
         ),
         CelRule(
+            "self.accelerator != 'cpu' || self.gpusPerReplica == 1",
+            "a CPU run uses no GPU; remove gpusPerReplica or set accelerator gpu",
+            ".gpusPerReplica",
+        ),
+        CelRule(
             "self.accelerator != 'cpu' || self.vmSize == 'auto'",
             "a CPU run provisions no VM; remove vmSize or set accelerator gpu",
             ".vmSize",
@@ -775,6 +780,8 @@ class HardwareSpec(_Model):
             for field, value in (("migProfile", self.mig_profile), ("gpuFraction", self.gpu_fraction)):
                 if value is not None:
                     raise _problem(field, f"{field} needs accelerator gpu; remove it for a CPU run")
+            if self.gpus_per_replica != 1:  # ignored on CPU before: the file said 4 GPUs, the replica had none
+                raise _problem("gpusPerReplica", "a CPU run uses no GPU; remove gpusPerReplica or set accelerator gpu")
             if self.vm_size != "auto":
                 raise _problem("vmSize", "a CPU run provisions no VM; remove vmSize or set accelerator gpu")
             if self.node_pool.managed is not None or self.node_pool.existing is not None:

@@ -156,6 +156,7 @@ MISTAKES = [
     Case("CPU with tensor parallel", spec(hardware=_CPU, engine={"tensorParallelSize": 2}), "spec.engine.tensorParallelSize", "use accelerator gpu", "CRD"),
     Case("CPU with fp8", spec(hardware=_CPU, model={"source": "/models/x", "quantization": "fp8"}), "spec.model.quantization", "needs a GPU", "CRD"),
     Case("CPU with disaggregation", spec(hardware=_CPU, disaggregation={"enabled": True}), "spec.disaggregation.enabled", "needs GPUs", "CRD"),
+    Case("CPU with GPUs per replica", spec(hardware={**_CPU, "gpusPerReplica": 4}), "spec.hardware.gpusPerReplica", "a CPU run uses no GPU", "CRD"),  # ignored silently before
     Case("CPU with a node pool", spec(hardware={**_CPU, "nodePool": {"existing": _BYO}}), "spec.hardware.nodePool", "uses no node pool", "CRD"),
     Case("managed and existing pools", with_("spec.hardware.nodePool", {"managed": {}, "existing": _BYO}), "spec.hardware.nodePool.existing", "both set", "CRD"),
     Case("min nodes over max", with_("spec.hardware.nodePool", {"managed": {"minNodes": 3, "maxNodes": 2}}), "spec.hardware.nodePool.managed.minNodes", "exceeds maxNodes", "CRD"),
