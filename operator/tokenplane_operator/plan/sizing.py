@@ -490,6 +490,31 @@ def _feasible(workload: Workload, c: _Candidate) -> bool:
     return c.replicas > 0 and within and c.nodes <= MAX_POOL_NODES
 
 
+def _fixed_miss(workload: Workload) -> str:
+    """Say which fixed placement field the one VM size of `workload` cannot honour, and what to change."""
+    sku = find_sku(workload.vm_size or "")
+    if sku is None:
+        return "no VM size given"
+    if workload.mig_profile is not None:
+        offered = ", ".join(sorted(sku.mig_profiles)) or "no MIG slices"
+        return f"migProfile {workload.mig_profile}: {sku.vm_size} offers {offered}; pick another size or profile"
+    fixed = [
+        f"{name} {value}"
+        for name, value in (
+            ("gpusPerReplica", workload.gpus_per_replica),
+            ("tensorParallelSize", workload.tensor_parallel_size),
+            ("pipelineParallelSize", workload.pipeline_parallel_size),
+        )
+        if value is not None
+    ]
+    pipeline = "; pipeline stages span VMs only on ND sizes" if not sku.nvlink else ""
+    return (
+        f"{', '.join(fixed) or 'the fixed fields'} do not fit {sku.vm_size}'s {sku.gpu_count} GPU(s) and the "
+        f"{workload.model.num_attention_heads} attention heads of {workload.model.name}{pipeline}; "
+        "pick a larger size or change those fields"
+    )
+
+
 def _closest_miss(workload: Workload, candidates: list[_Candidate]) -> str:
     if not candidates:
         return "no catalog VM size matches the fixed placement fields"
@@ -578,7 +603,9 @@ def plan_for_sku(workload: Workload, vm_size: str, *, prices: Mapping[str, float
     skus = with_prices(prices) if prices else all_skus()
     candidates = _candidates(fixed, (find_sku(vm_size, skus) or skus[0],))
     if not candidates:
-        raise PlanError(PlanErrorReason.DOES_NOT_FIT, f"no placement on {vm_size} matches the fixed fields")
+        raise PlanError(
+            PlanErrorReason.DOES_NOT_FIT, f"no placement on {vm_size} matches the fixed fields: {_fixed_miss(fixed)}"
+        )
     best = max(
         candidates, key=lambda c: (c.replicas > 0, c.memory.free_for_kv_per_gpu - c.memory.kv_per_sequence_per_gpu)
     )

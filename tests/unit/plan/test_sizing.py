@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -95,6 +97,25 @@ def test_plan_for_sku_that_cannot_hold_the_model_says_no() -> None:
     plan = plan_for_sku(Workload(model("llama-3.1-70b"), max_model_len=8192), "Standard_NC4as_T4_v3")
     assert not plan.fits and plan.estimates is None
     assert "Does not fit" in plan.reasons[0]
+
+
+@pytest.mark.parametrize(
+    ("fixed", "vm_size", "message"),
+    [
+        ({"mig_profile": "MIG3g"}, "Standard_NV36ads_A10_v5", "MIG3g: Standard_NV36ads_A10_v5 offers no MIG"),
+        (
+            {"gpus_per_replica": 4, "tensor_parallel_size": 4},
+            "Standard_NC24ads_A100_v4",
+            "gpusPerReplica 4, tensorParallelSize 4 do not fit Standard_NC24ads_A100_v4's 1 GPU(s)",
+        ),
+    ],
+)
+def test_fixed_fields_no_placement_on_a_size_honours_are_named(
+    fixed: dict[str, object], vm_size: str, message: str
+) -> None:
+    # `simulate -f CR --vm-size` and `plan CR --vm-size` said only "matches the fixed fields" before.
+    with pytest.raises(PlanError, match=re.escape(message)):
+        plan_for_sku(Workload(model("llama-3.1-8b"), max_model_len=8192, **fixed), vm_size)  # type: ignore[arg-type]
 
 
 def test_estimates_move_with_batch_size() -> None:
