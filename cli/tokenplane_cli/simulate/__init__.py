@@ -90,7 +90,8 @@ def simulate_command(
         limit = physics.max_model_len
         traces = {t: builtin_trace(t, rate_scale=rate_scale, seed=seed, max_model_len=limit) for t in trace}
         if trace_file is not None:
-            traces[trace_file.stem] = load_trace_file(trace_file)
+            # steady.jsonl next to --trace steady: both run, the file under its full name.
+            traces[trace_file.stem if trace_file.stem not in traces else trace_file.name] = load_trace_file(trace_file)
     except (ValueError, PlanError, TraceError, KeyError, OSError) as exc:
         unknown = f"unknown trace {exc}; built in: {', '.join(BUILTIN_TRACES)}" if isinstance(exc, KeyError) else exc
         err.print(f"[red]error:[/] {unknown}")

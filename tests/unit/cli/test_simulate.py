@@ -220,6 +220,15 @@ def test_a_trace_file_the_simulator_cannot_replay_is_refused_with_its_line(
     assert result.exit_code == 2 and message in result.stderr, result.output  # an uncaught error exits 1
 
 
+def test_a_trace_file_named_like_a_built_in_trace_runs_next_to_it(tmp_path: Path) -> None:
+    # The file's results replaced the built-in trace's before: one of the two asked for was never run.
+    trace = write_trace(tmp_path / "steady.jsonl", step_trace(1, 1, start=0, end=0, total=30))
+    result = runner.invoke(app, ["simulate", "--trace", "steady", "--rate-scale", "0.01", "--trace-file", str(trace),
+                                 "-o", "json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert set(json.loads(result.stdout)) == {"steady", "steady.jsonl"}
+
+
 def test_a_trace_file_path_that_is_no_file_names_it(tmp_path: Path) -> None:
     for path in (tmp_path, tmp_path / "missing.jsonl"):
         with pytest.raises(TraceError, match=f"^{re.escape(str(path))}: cannot read: "):
