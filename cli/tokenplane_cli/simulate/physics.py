@@ -107,6 +107,11 @@ def physics_for(
     if spec.hardware.accelerator is AcceleratorKind.CPU and vm_size is None:
         limit = spec.model.max_model_len or TINY_CPU.max_model_len
         return ReplicaPhysics(**{**TINY_CPU.__dict__, "batch_cap": spec.engine.max_num_seqs, "max_model_len": limit})
+    if vm_size is not None and vm_size in ("", "auto"):  # an empty one fell back to the CR's size unnoticed
+        raise PlanError(
+            PlanErrorReason.INVALID_WORKLOAD,
+            f"--vm-size {vm_size!r}: give a GPU VM size such as Standard_NC24ads_A100_v4; the simulator picks none",
+        )
     size = vm_size or spec.hardware.vm_size
     if size == "auto":
         raise PlanError(PlanErrorReason.INVALID_WORKLOAD, "spec.hardware.vmSize is auto: pass --vm-size to simulate")

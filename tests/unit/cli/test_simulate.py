@@ -229,6 +229,13 @@ def test_a_trace_file_named_like_a_built_in_trace_runs_next_to_it(tmp_path: Path
     assert set(json.loads(result.stdout)) == {"steady", "steady.jsonl"}
 
 
+@pytest.mark.parametrize("size", ["auto", ""])
+def test_a_vm_size_that_names_no_size_is_refused(size: str) -> None:
+    # 'auto' was told "spec.hardware.vmSize is auto: pass --vm-size"; '' fell back to the CR's size silently.
+    result = runner.invoke(app, ["simulate", "--trace", "steady", "--vm-size", size])
+    assert result.exit_code == 2 and f"--vm-size {size!r}: give a GPU VM size" in result.stderr, result.output
+
+
 def test_a_trace_file_path_that_is_no_file_names_it(tmp_path: Path) -> None:
     for path in (tmp_path, tmp_path / "missing.jsonl"):
         with pytest.raises(TraceError, match=f"^{re.escape(str(path))}: cannot read: "):
