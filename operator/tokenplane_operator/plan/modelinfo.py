@@ -192,6 +192,9 @@ def model_info_from_config(config: Mapping[str, Any], *, name: str, checkpoint_b
     if kv_heads == 0 or heads % kv_heads:
         raise PlanError(_INVALID, f"{name}: num_key_value_heads ({kv_heads}) must divide num_attention_heads ({heads})")
     head_dim = _int(cfg, "head_dim", hidden // heads)
+    max_pos = _int(cfg, "max_position_embeddings", 2048)
+    if head_dim == 0 or max_pos == 0:  # both divide the KV and context sizing later
+        raise PlanError(_INVALID, f"{name}: head_dim and max_position_embeddings must be > 0 when given")
     intermediate = _int(cfg, "intermediate_size_mlp", cfg.get("intermediate_size") or 4 * hidden)
 
     kv_lora_rank = int(cfg.get("kv_lora_rank") or 0)
@@ -243,7 +246,6 @@ def model_info_from_config(config: Mapping[str, Any], *, name: str, checkpoint_b
     total = embedding + body_common + moe_layers * experts * expert
     active = embedding + body_common + moe_layers * top_k * expert
 
-    max_pos = _int(cfg, "max_position_embeddings", 2048)
     window, sliding_layers = _sliding(cfg, model_type, layers)
     return ModelInfo(
         name=name,

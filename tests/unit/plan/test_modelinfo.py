@@ -86,6 +86,9 @@ def test_single_safetensors_header_is_summed(tmp_path: Path) -> None:
     assert read_model_dir(tmp_path).checkpoint_bytes == 88
 
 
+SMALL = {"hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4, "vocab_size": 9}
+
+
 @pytest.mark.parametrize(
     "content",
     [
@@ -102,6 +105,9 @@ def test_single_safetensors_header_is_summed(tmp_path: Path) -> None:
             }
         ),
         json.dumps({"hidden_size": "big", "num_hidden_layers": 1, "num_attention_heads": 4, "vocab_size": 9}),
+        # Divided by later: plan said "internal error (integer division or modulo by zero)" before.
+        json.dumps({**SMALL, "head_dim": 0}),
+        json.dumps({**SMALL, "max_position_embeddings": 0}),
     ],
 )
 def test_malformed_config_is_invalid_model_config(tmp_path: Path, content: str) -> None:
