@@ -116,6 +116,8 @@ def load_documents(path: Path) -> list[Document]:
         ManifestError: unreadable, too large, not UTF-8 text, invalid YAML (with line and column), duplicate keys,
             or a document that is not a mapping; always one line naming the file.
     """
+    if path.is_dir():  # kubectl apply -f takes a folder; say how to pass one here
+        raise ManifestError(f"{path}: a folder, not a file; pass its files, e.g. {path / '*.yaml'}")
     try:
         if path.is_file() and path.stat().st_size > MAX_FILE_BYTES:
             raise ManifestError(

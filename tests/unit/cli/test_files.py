@@ -60,6 +60,13 @@ def test_bad_files_give_one_line_naming_the_file(tmp_path: Path, command: str, n
     assert problem_lines and any(fragment in line for line in result.output.splitlines()), result.output
 
 
+@pytest.mark.parametrize("command", ["validate", "render", "plan"])
+def test_a_folder_says_to_pass_its_files(tmp_path: Path, command: str) -> None:
+    # "cannot read: Is a directory" before, where kubectl apply -f takes the folder.
+    result = CliRunner().invoke(app, [command, str(tmp_path)])
+    assert result.exit_code == 1 and f"a folder, not a file; pass its files, e.g. {tmp_path}/*.yaml" in result.output
+
+
 def test_timestamps_stay_strings(tmp_path: Path) -> None:
     path = tmp_path / "cr.yaml"
     path.write_text(GOOD_YAML.replace("name: m", "name: m\n  annotations: {built: 2026-11-26T12:00:00Z}"))
