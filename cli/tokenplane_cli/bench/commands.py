@@ -94,6 +94,15 @@ def _fail(error: Exception) -> int:
     return 2
 
 
+def _folder(option: str, path: Path) -> Path:
+    """Make an output folder before measuring, so a path that cannot be one fails now, not after the runs."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise BenchInputError(f"{option} {path}: cannot make that folder ({error.strerror or error})") from None
+    return path
+
+
 def run_command(o: dict[str, Any]) -> int:
     """`tokenplane bench URL`: one run, a table or JSON on stdout; exit 1 when any request failed."""
     try:
@@ -146,6 +155,7 @@ def sweep_command(o: dict[str, Any]) -> int:
     try:
         if (o["concurrency"] is None) == (o["rate"] is None):
             raise BenchInputError("give exactly one of --concurrency 1,2,4,... and --rate 0.5,1,2,...")
+        _folder("--out-dir", o["out_dir"])
         by = "concurrency" if o["concurrency"] is not None else "rate"
         loads = (
             _numbers("--concurrency", o["concurrency"], int, increasing=True)
@@ -231,6 +241,11 @@ def compare_command(o: dict[str, Any]) -> int:
         levels = _numbers("--concurrency", o["concurrency"], int, increasing=False)
         if o["pairs"] < 1:
             raise BenchInputError("--pairs must be at least 1")
+        _folder("--out", o["out"].parent)
+        if o["out"].is_dir():
+            raise BenchInputError(
+                f"--out {o['out']}: a folder; give the JSON file to write, e.g. {o['out']}/compare.json"
+            )
         a = _endpoint(o["url_a"], o, o["api_key"])
         b = _endpoint(o["url_b"], o, o["api_key_b"])
         labels = (o["label_a"], o["label_b"])
@@ -285,7 +300,7 @@ def plot_command(files: list[Path], out_dir: Path, latency_key: str) -> int:
         for file in files:
             try:
                 doc = json.loads(file.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError) as error:
+            except (OSError, ValueError) as error:  # ValueError: not JSON, or not UTF-8
                 raise BenchInputError(f"{file}: cannot read it as JSON ({error})") from None
             reports: list[Any] = doc["steps"] if isinstance(doc, dict) and isinstance(doc.get("steps"), list) else [doc]
             for i, report in enumerate(reports):
@@ -297,8 +312,11 @@ def plot_command(files: list[Path], out_dir: Path, latency_key: str) -> int:
                         f"{file}: no cost figures; run the benchmark with --vm-size or --gpus and --usd-per-hour"
                     )
                 label = file.stem if len(reports) == 1 else f"{file.stem}[{i}]"
+                figures = (report[latency_key], usd)
+                if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in figures):
+                    raise BenchInputError(f"{file}: {latency_key} and the cost must be numbers, not {figures!r}")
                 points.append((label, float(report[latency_key]), float(usd)))
-        path = plot_frontier(points, out_dir / "frontier.png", latency_key)
+        path = plot_frontier(points, _folder("--out-dir", out_dir) / "frontier.png", latency_key)
     except ValueError as error:  # BenchInputError and the option parsers' ValueErrors: bad input, one line
         return _fail(error)
     _out().print(f"wrote {path}")

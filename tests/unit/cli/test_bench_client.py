@@ -309,3 +309,31 @@ class WordTokenizer:
 
     def decode(self, ids: list[int]) -> str:
         return " ".join("w" for _ in ids)
+
+
+@pytest.mark.parametrize(
+    ("content", "args", "message"),
+    [
+        # Each was a Python traceback (UnicodeDecodeError without the file, TypeError, FileExistsError) before.
+        (b'{"p95_e2el_ms": 5 # \xe9}', [], "r.json: cannot read it as JSON ('utf-8' codec"),
+        (b'{"p95_e2el_ms": null, "usd_per_million_output_tokens": 3}', [], "must be numbers, not (None, 3)"),
+        (b'{"p95_e2el_ms": 5, "usd_per_million_output_tokens": 3}', ["--out-dir", "r.json"], "cannot make that folder"),
+    ],
+)
+def test_plot_input_it_cannot_use_is_one_line(tmp_path: Path, content: bytes, args: list[str], message: str) -> None:
+    report = tmp_path / "r.json"
+    report.write_bytes(content)
+    args = [str(tmp_path / a) if a.endswith(".json") else a for a in args]
+    result = CliRunner().invoke(app, ["bench", "plot", str(report), *args])
+    assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_an_output_path_that_cannot_be_written_is_refused_before_measuring(tmp_path: Path) -> None:
+    # An unreachable URL: refused before it is contacted (the sweep failed only after its last step before).
+    taken = tmp_path / "a-file"
+    taken.write_text("")
+    url = "http://127.0.0.1:9/v1"
+    result = CliRunner().invoke(app, ["bench", "sweep", url, "-c", "1,2", "--out-dir", str(taken)])
+    assert result.exit_code == 2 and "--out-dir" in result.output and "cannot make that folder" in result.output
+    result = CliRunner().invoke(app, ["bench", "compare", url, url, "-c", "1", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "a folder; give the JSON file to write" in result.output
