@@ -3,9 +3,8 @@
 
 Each bad case says who must refuse it besides `tokenplane validate`:
 - `CRD`: the generated CRD by itself (OpenAPI schema or CEL), so `kubectl apply` refuses it without the CLI;
-- `CLI`: only rules that need the GPU catalog, the model's shape, the source URI grammar, or a look at every key
-  or item of a map or list (CEL here iterates literal lists only, for its cost budget); the operator applies them
-  at reconcile and reports a Stalled condition;
+- `CLI`: only rules that need the GPU catalog, the model's shape, the source URI grammar or a regex per map key
+  (beyond the CEL cost budget); the operator applies them at reconcile and reports a Stalled condition;
 - `SERVER`: the API server or kubectl outside the CRD (names, namespaces, metadata limits, what JSON cannot hold).
 """
 
@@ -150,7 +149,6 @@ MISTAKES = [
     Case("pipeline parallel with MIG", spec(engine={"pipelineParallelSize": 2}, hardware={"vmSize": ND96, "migProfile": "MIG3g"}), "spec.engine.pipelineParallelSize", "remove hardware.migProfile", "CRD"),
     Case("tensor parallel with a GPU fraction", spec(engine={"tensorParallelSize": 2}, hardware={"vmSize": ND96, "gpuFraction": 0.5}), "spec.engine.tensorParallelSize", "remove hardware.gpuFraction", "CRD"),
     Case("MIG and a fraction", with_("spec.hardware", {"vmSize": ND96, "migProfile": "MIG3g", "gpuFraction": 0.5}), "spec.hardware.gpuFraction", "not both", "CRD"),
-    Case("schedule window above maxReplicas", with_("spec.scaling", {"minReplicas": 1, "maxReplicas": 2, "schedule": [{"start": "08:00", "end": "18:00", "minReplicas": 5}]}), "spec.scaling.schedule[0].minReplicas", "exceeds maxReplicas (2)", "CLI"),  # Serve capped it at 2 silently
     Case("scale to zero with replicas kept", with_("spec.scaling", {"minReplicas": 2, "maxReplicas": 3, "scaleToZero": {"enabled": True}}), "spec.scaling.scaleToZero.enabled", "set minReplicas to 0", "CRD"),
     Case("disaggregation with scale to zero", spec(scaling={"minReplicas": 0, "maxReplicas": 2, "scaleToZero": {"enabled": True}}, disaggregation={"enabled": True}), "spec.scaling.scaleToZero.enabled", "disable one of them", "CRD"),
     Case("CPU with tensor parallel", spec(hardware=_CPU, engine={"tensorParallelSize": 2}), "spec.engine.tensorParallelSize", "use accelerator gpu", "CRD"),
