@@ -9,6 +9,8 @@ from typing import Any
 
 import yaml
 
+from tokenplane_cli.textfile import read_utf8
+
 __all__ = ["MAX_FILE_BYTES", "Document", "ManifestError", "load_documents", "load_one_document"]
 
 # The API server refuses request bodies over 3 MiB; a manifest file larger than that cannot be applied whole.
@@ -118,20 +120,11 @@ def load_documents(path: Path) -> list[Document]:
     """
     if path.is_dir():  # kubectl apply -f takes a folder; say how to pass one here
         raise ManifestError(f"{path}: a folder, not a file; pass its files, e.g. {path / '*.yaml'}")
-    try:
-        if path.is_file() and path.stat().st_size > MAX_FILE_BYTES:
-            raise ManifestError(
-                f"{path}: {path.stat().st_size:,} bytes; the API server accepts at most {MAX_FILE_BYTES:,} per request"
-            )
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ManifestError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
+    if path.is_file() and path.stat().st_size > MAX_FILE_BYTES:
         raise ManifestError(
-            f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); save it as UTF-8 YAML"
-        ) from None
+            f"{path}: {path.stat().st_size:,} bytes; the API server accepts at most {MAX_FILE_BYTES:,} per request"
+        )
+    text = read_utf8(path, ManifestError, "UTF-8 YAML")
     try:
         bodies = [b for b in yaml.load_all(text, Loader=_Loader) if b is not None]  # _Loader is a SafeLoader
     except yaml.MarkedYAMLError as exc:

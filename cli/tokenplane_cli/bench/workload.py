@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, cast
 
+from tokenplane_cli.textfile import read_utf8
+
 __all__ = [
     "MAX_TRACE_SECONDS",
     "BenchInputError",
@@ -230,12 +232,7 @@ def read_trace(path: Path, maker: PromptMaker) -> list[Session]:
     Raises:
         BenchInputError: naming the file, line and field of the first bad line.
     """
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as err:
-        raise BenchInputError(f"--trace-file {path}: {err.strerror or err}") from None
-    except UnicodeDecodeError as err:
-        raise BenchInputError(f"--trace-file {path}: not UTF-8 text (offset {err.start}); save it as UTF-8") from None
+    lines = read_utf8(path, BenchInputError, "UTF-8 JSONL", prefix="--trace-file ").splitlines()
     by_session: dict[str, list[Turn]] = {}
     for number, line in enumerate(lines, start=1):
         if not line.strip():

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tokenplane_cli.bench.workload import MAX_TRACE_SECONDS
+from tokenplane_cli.textfile import read_utf8
 
 __all__ = ["BUILTIN_TRACES", "MAX_TRACE_SECONDS", "Request", "TraceError", "builtin_trace", "load_trace_file"]
 
@@ -181,18 +182,8 @@ def load_trace_file(path: Path) -> list[Request]:
         TraceError: With the file (and line number) and what is wrong: unreadable, not UTF-8, not a request, or
             `t` not a finite number of seconds within `MAX_TRACE_SECONDS` of the trace's start.
     """
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise TraceError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise TraceError(
-            f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); save it as UTF-8 JSONL"
-        ) from None
     out = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(read_utf8(path, TraceError, "UTF-8 JSONL").splitlines(), start=1):
         if not line.strip():
             continue
         try:
