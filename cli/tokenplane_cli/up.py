@@ -76,7 +76,9 @@ def up_command(file: Path, *, host: str, port: int, console: Console) -> int:
     from tokenplane_serving.local import LocalServeError, serve_local
 
     try:
-        serve_local(build_serving_args(deployment, local=True), host=host, port=port, console=console)
+        serve_local(
+            build_serving_args(deployment, local=True), host=host, port=port, console=console, isolate_engine=True
+        )
     except LocalServeError as exc:
         console.print(f"[red]✗[/] {escape(str(exc))}")
         return 1

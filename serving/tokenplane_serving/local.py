@@ -29,6 +29,7 @@ from rich.console import Console
 
 from tokenplane_serving.args import ServingArgs
 from tokenplane_serving.blob_uri import is_blob_uri
+from tokenplane_serving.cpu_placement import keep_off_engine_cpus
 from tokenplane_serving.mapping import FAST_PATH_ENV, HOLD_ENV, ray_environment
 
 __all__ = ["LocalServeError", "LocalServer", "local_cache_store", "main", "serve_local"]
@@ -310,6 +311,19 @@ def _wait_ready(server: LocalServer, app_name: str, deadline: float, console: Co
     console.print(f"[green]✓[/] Model {server.model_id} loaded and generating")
 
 
+def _isolate_engine(console: Console) -> None:
+    placement = keep_off_engine_cpus()
+    if placement is not None:
+        console.print(
+            f"[green]✓[/] Engine on CPU {_cpu_list(placement.engine_cpus)}, "
+            f"Ray and the front end on CPU {_cpu_list(placement.other_cpus)}"
+        )
+
+
+def _cpu_list(cpus: frozenset[int]) -> str:
+    return ",".join(str(cpu) for cpu in sorted(cpus))
+
+
 def _deploy_batch_consumer(args: ServingArgs, console: Console) -> None:
     # After the model is ready, not beside it: its replica (a Ray worker importing the consumer, about 1.2 s
     # on 2 cores) is no part of serving completions, and the endpoint already accepts batches (they wait in
@@ -357,6 +371,7 @@ def serve_local(
     verbose: bool = False,
     console: Console | None = None,
     metrics_port: int | None = None,
+    isolate_engine: bool = False,
 ) -> LocalServer:
     """Run `args` on a local Ray and Ray Serve, exactly as `build_app` runs in the cluster.
 
@@ -377,6 +392,9 @@ def serve_local(
         verbose: Stream Ray and vLLM logs to this terminal (they always go to /tmp/ray/session_latest).
         console: Rich console for progress; a stderr console by default.
         metrics_port: Serve Prometheus metrics on this port (refreshed every 2 s); off if None.
+        isolate_engine: Once ready, move this process and every process it started (Ray's, the replica's, Redis)
+            off the CPUs a CPU engine computes on (`tokenplane_serving.cpu_placement`). For a process that does
+            nothing but serve, like `tokenplane up`: the move applies to all of this process's threads.
 
     Returns:
         The `LocalServer` handle (`base_url`, `openai_base_url`, `model_id`, `startup_s`, `stop()`).
@@ -431,6 +449,8 @@ def serve_local(
             serve.run(build_app(args), name=args.app_name, route_prefix="/", blocking=False)
         _wait_ready(server, args.app_name, started + timeout_s, console)
         server.startup_s = time.monotonic() - started
+        if isolate_engine:
+            _isolate_engine(console)
         if args.batch.enabled:
             _deploy_batch_consumer(args, console)
     except ValueError as err:  # build_app's checks; ValidationError is a ValueError too
@@ -476,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(stderr=True)
     try:
         args = ServingArgs.model_validate(yaml.safe_load(ns.args_file.read_text()))
-        serve_local(args, host=ns.host, port=ns.port, verbose=ns.verbose, console=console)
+        serve_local(args, host=ns.host, port=ns.port, verbose=ns.verbose, console=console, isolate_engine=True)
     except (LocalServeError, OSError) as err:
         console.print(f"[red]error:[/] {err}", highlight=False)
         return 1

@@ -1,0 +1,85 @@
+"""`keep_off_engine_cpus` on a real process tree: an "engine" bound to one CPU, a sibling, a grandchild, a raylet."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tokenplane_serving.cpu_placement import descendants, keep_off_engine_cpus
+
+ALLOWED = frozenset(os.sched_getaffinity(0))
+pytestmark = pytest.mark.skipif(len(ALLOWED) < 2, reason="needs 2 CPUs to split")
+
+# A root that starts: an engine-like child bound to the first CPU (as vLLM's worker binds itself), a plain child
+# with a child of its own, and a program named `raylet`; each writes its pid, then all sleep.
+ROOT = """
+import os, subprocess, sys, time
+engine_cpu, out, raylet = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+bind = f"import os, time; os.sched_setaffinity(0, {{{engine_cpu}}}); time.sleep(60)"
+engine = subprocess.Popen([sys.executable, "-c", bind])
+middle = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time; "
+    "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); print(p.pid, flush=True); "
+    "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+grandchild = int(middle.stdout.readline())
+ray = subprocess.Popen([raylet, "60"])
+with open(out, "w") as f:
+    f.write(f"{engine.pid} {middle.pid} {grandchild} {ray.pid}")
+time.sleep(60)
+"""
+
+
+def _wait_bound(pid: int, cpus: set[int]) -> None:
+    deadline = time.monotonic() + 10
+    while os.sched_getaffinity(pid) != cpus:
+        assert time.monotonic() < deadline, "the engine-like child did not bind itself"
+        time.sleep(0.05)
+
+
+def test_moves_the_tree_off_the_engine_cpu_and_leaves_the_engine_and_raylet(tmp_path: Path) -> None:
+    engine_cpu = min(ALLOWED)
+    raylet = tmp_path / "raylet"  # the kernel names a process after its executable
+    shutil.copy(shutil.which("sleep") or "/bin/sleep", raylet)
+    pids_file = tmp_path / "pids"
+    root = subprocess.Popen([sys.executable, "-c", ROOT, str(engine_cpu), str(pids_file), str(raylet)])
+    try:
+        deadline = time.monotonic() + 20
+        while not pids_file.exists() or len(pids_file.read_text().split()) < 4:
+            assert time.monotonic() < deadline, "the process tree did not start"
+            time.sleep(0.05)
+        engine, middle, grandchild, ray = map(int, pids_file.read_text().split())
+        _wait_bound(engine, {engine_cpu})
+        assert set(descendants(root.pid)) >= {root.pid, engine, middle, grandchild, ray}
+
+        placement = keep_off_engine_cpus(root.pid)
+
+        assert placement is not None
+        assert placement.engine_cpus == {engine_cpu}
+        assert placement.other_cpus == ALLOWED - {engine_cpu}
+        assert placement.moved == 3  # root, middle, grandchild
+        for pid in (root.pid, middle, grandchild):
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                assert os.sched_getaffinity(int(tid)) == ALLOWED - {engine_cpu}, (pid, tid)
+        assert os.sched_getaffinity(engine) == {engine_cpu}
+        assert os.sched_getaffinity(ray) == ALLOWED  # new replicas fork from it and must see every CPU
+    finally:
+        for pid in descendants(root.pid)[::-1]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
+        root.wait()
+
+
+def test_does_nothing_without_a_bound_engine() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import subprocess, sys; subprocess.run(['sleep', '30'])"])
+    try:
+        assert keep_off_engine_cpus(child.pid) is None  # like a GPU engine: nobody is bound
+        assert os.sched_getaffinity(child.pid) == ALLOWED
+    finally:
+        child.kill()
+        child.wait()
