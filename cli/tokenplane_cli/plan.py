@@ -65,7 +65,7 @@ def _workload_from_file(
     except ManifestError as err:
         raise PlanError(PlanErrorReason.INVALID_WORKLOAD, str(err)) from None
     try:
-        deployment = parse_inference_deployment(document.body)
+        deployment = parse_inference_deployment(document.body, document=True)
     except InvalidSpecError as err:
         problems = "; ".join(str(p) for p in err.problems)
         raise PlanError(PlanErrorReason.INVALID_WORKLOAD, f"{file}: {problems}") from None
@@ -178,13 +178,16 @@ def _bytes(value: int) -> str:
     return f"{value / GIB:,.1f} GiB"
 
 
-def render_table(plan: Plan, console: Console, quota: QuotaCheck | str | None = None) -> None:
+def render_table(
+    plan: Plan, console: Console, quota: QuotaCheck | str | None = None, price_source: str = "list price"
+) -> None:
     """Print a plan for humans: placement, memory, estimates by batch size, quota headroom, and the reasons.
 
     Args:
         plan: The plan.
         console: Where to print.
         quota: The region's quota against the plan's VMs, when it could be looked at.
+        price_source: Where the plan's VM price came from, as the cost row names it.
     """
     head = Table(title=f"tokenplane plan: {plan.model}", show_header=False, title_justify="left")
     head.add_column(style="bold")
@@ -221,7 +224,10 @@ def render_table(plan: Plan, console: Console, quota: QuotaCheck | str | None = 
             f"up to {plan.max_sequences_per_replica} x {plan.max_model_len:,}-token sequences per replica; "
             f"{plan.sequences_per_replica} sequences fit up to {plan.max_model_len_at_concurrency:,} tokens",
         ),
-        ("cost", f"${plan.usd_per_hour:,.2f}/h at list price" if plan.usd_per_hour is not None else "no list price"),
+        (
+            "cost",
+            f"${plan.usd_per_hour:,.2f}/h at {price_source}" if plan.usd_per_hour is not None else "no list price",
+        ),
     ]
     if plan.estimates:
         e = plan.estimates
@@ -367,7 +373,8 @@ def plan_command(
         doc |= {"error": _refusal_json(refusal)} if refusal is not None else {}
         print(json.dumps(doc, indent=2))
     else:
-        render_table(result, out, quota)
+        overridden = prices_file is not None and prices is not None and result.vm_size in prices
+        render_table(result, out, quota, f"the price in {prices_file}" if overridden else "list price")
         if explain:
             _explain(result, workload.model, out)
         if refusal is not None and file is not None:

@@ -90,6 +90,7 @@ def render_command(file: Path, out_dir: Path | None, *, err: Console | None = No
     config = RenderConfig()
     failed = 0
     streams: list[str] = []
+    written: dict[str, str] = {}  # file name -> the document that wrote it in this run
     for document in documents:
         checked = check_document(document.body, config)
         if checked.problems or checked.state is None:
@@ -108,10 +109,20 @@ def render_command(file: Path, out_dir: Path | None, *, err: Console | None = No
         if out_dir is None:
             streams.append(render_text(state))
             continue
+        files = render_files(state)
+        taken = sorted(name for name in files if name in written)
+        if taken:  # two documents naming the same objects (e.g. one name in two namespaces) would overwrite
+            failed += 1
+            err.print(
+                f"[red]✗[/] {escape(document.label)}: would overwrite {escape(', '.join(taken))}, written for "
+                f"{escape(written[taken[0]])}; render these documents into separate directories"
+            )
+            continue
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
-            for name, content in render_files(state).items():
+            for name, content in files.items():
                 (out_dir / name).write_text(content, encoding="utf-8")
+                written[name] = document.label
                 err.print(f"[green]✓[/] wrote {escape(str(out_dir / name))}")
         except OSError as exc:
             err.print(f"[red]✗[/] {escape(str(out_dir))}: cannot write: {escape(exc.strerror or str(exc))}")

@@ -48,7 +48,7 @@ def up_command(file: Path, *, host: str, port: int, console: Console) -> int:
         The process exit code: 0 after a clean Ctrl-C, 1 when the file cannot be served.
     """
     try:
-        deployment = parse_inference_deployment(load_one_document(file, "up").body)
+        deployment = parse_inference_deployment(load_one_document(file, "up").body, document=True)
     except ManifestError as exc:
         console.print(f"[red]✗[/] {escape(str(exc))}")
         return 1

@@ -60,7 +60,7 @@ def check_document(body: Mapping[str, Any], config: RenderConfig | None = None) 
     """
     checked = Checked()
     try:
-        checked.deployment = deployment = parse_inference_deployment(body)
+        checked.deployment = deployment = parse_inference_deployment(body, document=True)
     except InvalidSpecError as exc:
         checked.problems = exc.problems
         return checked

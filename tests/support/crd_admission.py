@@ -5,7 +5,7 @@ It follows the documented order of "Extend the Kubernetes API with CustomResourc
 unknown fields are errors (kubectl's default `--validate=strict`, server-side field validation Strict); a null in
 a field that is not `nullable` is pruned before defaulting ("Defaulting and Nullable"); defaults are applied,
 also inside array items; the object is validated against the OpenAPI v3 schema (types, enums, bounds, patterns,
-required, item and property counts); `x-kubernetes-list-type: map` keys must be unique; then every
+required, item and property counts); `x-kubernetes-list-type: map` keys and `set` items must be unique; then every
 `x-kubernetes-validations` rule is evaluated with `self` bound to its node, a `number` field being a CEL double
 and an `integer` a CEL int ("Validation rules", type mapping table). A rule that errors (e.g. a missing field
 without `has()`) fails, as in the API server.
@@ -136,6 +136,8 @@ def _list_map_errors(value: Any, schema: dict[str, Any], path: str) -> list[str]
             seen = [tuple(item.get(k) for k in keys) for item in value]
             if len(seen) != len(set(seen)):
                 errors.append(f"{path}: Duplicate value: list-map keys {keys} must be unique")
+        elif schema.get("x-kubernetes-list-type") == "set" and len(value) != len({repr(v) for v in value}):
+            errors.append(f"{path}: Duplicate value: the items of a list-type set must be unique")
         for item in value:
             errors += _list_map_errors(item, schema.get("items", {}), f"{path}[]")
     elif isinstance(value, dict):

@@ -6,15 +6,13 @@ asked for; without it, `calibrate` measures the server's own count (`usage.promp
 
 from __future__ import annotations
 
-import json
-import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, cast
 
-from tokenplane_cli.textfile import read_utf8
+from tokenplane_cli.tracefile import MAX_TRACE_SECONDS, read_trace_lines
 
 __all__ = [
     "MAX_TRACE_SECONDS",
@@ -47,11 +45,6 @@ _WORD_TEXT = (
     "window evidence population river"
 )
 _WORDS = tuple(_WORD_TEXT.split())
-
-
-# The longest a trace file may span, here and in `tokenplane simulate`: a benchmark replays it in real time, the
-# simulator steps every second (a day is about half a minute per policy); a Unix timestamp as `t` would be decades.
-MAX_TRACE_SECONDS = 86_400
 
 
 class BenchInputError(ValueError):
@@ -232,38 +225,10 @@ def read_trace(path: Path, maker: PromptMaker) -> list[Session]:
     Raises:
         BenchInputError: naming the file, line and field of the first bad line.
     """
-    lines = read_utf8(path, BenchInputError, "UTF-8 JSONL", prefix="--trace-file ").splitlines()
     by_session: dict[str, list[Turn]] = {}
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise BenchInputError(f"{where}: not JSON ({err.msg})") from None
-        if not isinstance(row, dict):
-            raise BenchInputError(f"{where}: expected an object with t, input_tokens, output_tokens")
-        values = {}
-        for key, kind, low in (("t", float, 0), ("input_tokens", int, 1), ("output_tokens", int, 1)):
-            value = row.get(key)
-            # JSON's NaN and Infinity (and 1e400) are floats too: int() of them raises, a wait for them never ends.
-            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < low:
-                raise BenchInputError(f"{where}: {key} must be a number >= {low}, not {value!r}")
-            if key == "t" and value > MAX_TRACE_SECONDS:
-                raise BenchInputError(
-                    f"{where}: t is {value:,.0f} s, beyond the {MAX_TRACE_SECONDS:,} s (one day) a trace may span; t "
-                    "counts seconds from the trace's start, not a Unix time: subtract the first request's time"
-                )
-            if kind is int and value != int(value):
-                raise BenchInputError(f"{where}: {key} must be a whole number of tokens, not {value!r}")
-            values[key] = value
-        session = row.get("session")
-        key = str(session) if session is not None else f"line{number}"
-        turn = Turn(int(values["input_tokens"]), int(values["output_tokens"]), arrival=float(values["t"]))
-        by_session.setdefault(key, []).append(turn)
-    if not by_session:
-        raise BenchInputError(f"--trace-file {path}: no requests in it")
+    for line in read_trace_lines(path, BenchInputError, prefix="--trace-file "):
+        key = line.session if line.session is not None else f"line{line.number}"
+        by_session.setdefault(key, []).append(Turn(line.input_tokens, line.output_tokens, arrival=line.t))
     sessions = []
     for sid, turns in by_session.items():
         turns.sort(key=lambda turn: turn.arrival or 0.0)

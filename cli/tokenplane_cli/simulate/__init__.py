@@ -51,7 +51,7 @@ def _deployment(file: Path | None) -> InferenceDeployment:
         return parse_inference_deployment(DEFAULT_DEPLOYMENT)
     body = load_one_document(file, "simulate").body  # a ManifestError is a ValueError, with the file's name
     try:
-        return parse_inference_deployment(body)
+        return parse_inference_deployment(body, document=True)
     except InvalidSpecError as err:
         raise ValueError(f"{file}: {err}") from None
 

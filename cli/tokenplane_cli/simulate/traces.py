@@ -11,15 +11,13 @@ deployment's context window: no built-in request asks for more (an agent compact
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tokenplane_cli.bench.workload import MAX_TRACE_SECONDS
-from tokenplane_cli.textfile import read_utf8
+from tokenplane_cli.tracefile import MAX_TRACE_SECONDS, read_trace_lines
 
 __all__ = ["BUILTIN_TRACES", "MAX_TRACE_SECONDS", "Request", "TraceError", "builtin_trace", "load_trace_file"]
 
@@ -179,30 +177,8 @@ def load_trace_file(path: Path) -> list[Request]:
     """Read a JSONL trace (one `{"t", "input_tokens", "output_tokens", "session"?}` object per line).
 
     Raises:
-        TraceError: With the file (and line number) and what is wrong: unreadable, not UTF-8, not a request, or
-            `t` not a finite number of seconds within `MAX_TRACE_SECONDS` of the trace's start.
+        TraceError: With the file, line and field of the first bad line (`tokenplane_cli.tracefile`).
     """
-    out = []
-    for number, line in enumerate(read_utf8(path, TraceError, "UTF-8 JSONL").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            t, n_in, n_out = float(row["t"]), int(row["input_tokens"]), int(row["output_tokens"])
-        except (ValueError, KeyError, TypeError, OverflowError) as exc:  # OverflowError: int(Infinity)
-            raise TraceError(
-                f"{path}:{number}: expected {{'t': seconds, 'input_tokens': n, 'output_tokens': m}} ({exc})"
-            ) from None
-        if not math.isfinite(t) or t < 0 or n_in < 1 or n_out < 1:
-            raise TraceError(f"{path}:{number}: t must be a finite number >= 0 and token counts >= 1")
-        if t > MAX_TRACE_SECONDS:
-            raise TraceError(
-                f"{path}:{number}: t is {t:,.0f} s, beyond the {MAX_TRACE_SECONDS:,} s (one day) a trace may span; "
-                "t counts seconds from the trace's start, not a Unix time: subtract the first request's time, "
-                "or split the trace by day"
-            )
-        session = row.get("session")
-        out.append(Request(t, n_in, n_out, str(session) if session is not None else None))
-    if not out:
-        raise TraceError(f"{path}: no requests")
+    lines = read_trace_lines(path, TraceError)
+    out = [Request(line.t, line.input_tokens, line.output_tokens, line.session) for line in lines]
     return sorted(out, key=lambda r: r.t)

@@ -751,13 +751,20 @@ class HardwareSpec(_Model):
     )
     spot: SpotSpec = Field(default_factory=SpotSpec, description="Spot VMs.")
     zones: list[Literal["1", "2", "3"]] = Field(
-        default_factory=list, max_length=3, description="Availability zones, as strings: '1', '2', '3'."
+        default_factory=list,
+        max_length=3,
+        # The API server refuses a zone listed twice by itself: a list of unique values.
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+        description="Availability zones, as strings: '1', '2', '3'.",
     )
     node_pool: NodePoolSpec = Field(default_factory=NodePoolSpec, description="Managed or existing nodes.")
     cpu: CpuSpec = Field(default_factory=CpuSpec, description="CPU replica settings (accelerator cpu).")
 
     @model_validator(mode="after")
     def _consistent(self) -> HardwareSpec:
+        for index, zone in enumerate(self.zones):
+            if zone in self.zones[:index]:
+                raise _problem(f"zones[{index}]", f"zone {zone!r} is listed twice: list each zone once")
         if self.mig_profile is not None and self.gpu_fraction is not None:
             raise _problem(
                 "gpuFraction",

@@ -39,11 +39,13 @@ class InvalidSpecError(ValueError):
         super().__init__("; ".join(str(p) for p in problems))
 
 
-def parse_inference_deployment(body: Mapping[str, Any]) -> InferenceDeployment:
+def parse_inference_deployment(body: Mapping[str, Any], *, document: bool = False) -> InferenceDeployment:
     """Parse a CR body (from the API server or a YAML file).
 
     Args:
         body: the whole object: apiVersion, kind, metadata, spec (and maybe status).
+        document: `body` is a document as written in a file, which kubectl refuses without apiVersion or kind;
+            the API server's list items carry neither.
 
     Returns:
         The typed InferenceDeployment.
@@ -52,10 +54,12 @@ def parse_inference_deployment(body: Mapping[str, Any]) -> InferenceDeployment:
         InvalidSpecError: with every problem found, each naming its field path.
     """
     problems: list[Problem] = []
-    if body.get("apiVersion", API_VERSION) != API_VERSION:
-        problems.append(Problem("apiVersion", f"expected {API_VERSION}, got {body.get('apiVersion')!r}"))
-    if body.get("kind", KIND) != KIND:
-        problems.append(Problem("kind", f"expected {KIND}, got {body.get('kind')!r}"))
+    for field, expected in (("apiVersion", API_VERSION), ("kind", KIND)):
+        if field not in body:
+            if document:
+                problems.append(Problem(field, f"missing: add `{field}: {expected}` at the top of the document"))
+        elif body[field] != expected:
+            problems.append(Problem(field, f"expected {expected}, got {body[field]!r}"))
     if problems:
         raise InvalidSpecError(problems)
     problems = list(_non_json_values(body, ""))

@@ -109,6 +109,7 @@ MISTAKES = [
     Case("quoted boolean", with_("spec.engine.enablePrefixCaching", "true"), "spec.engine.enablePrefixCaching", "expected true or false", "CRD"),
     Case("spec is a string", {**BASE, "spec": "llama"}, "spec", "expected a mapping of fields", "CRD"),
     Case("model is a list", with_("spec.model", ["hf://a/b"]), "spec.model", "expected a mapping of fields", "CRD"),
+    Case("zone listed twice", with_("spec.hardware.zones", ["1", "2", "1"]), "spec.hardware.zones[2]", "listed twice", "CRD"),
     Case("zones as numbers", with_("spec.hardware.zones", [1, 2]), "spec.hardware.zones[0]", "'1', '2' or '3'", "CRD"),
     Case("NaN spot price", with_("spec.hardware.spot", {"enabled": True, "maxPrice": float("nan")}), "spec.hardware.spot.maxPrice", "not a finite number", "SERVER"),
     Case("infinite spot price", with_("spec.hardware.spot", {"enabled": True, "maxPrice": float("inf")}), "spec.hardware.spot.maxPrice", "not a finite number", "SERVER"),

@@ -99,3 +99,39 @@ def test_render_never_writes_names_with_a_slash(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "metadata.name: 'team/llama' is not a valid name" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_render_out_never_overwrites_what_an_earlier_document_wrote(tmp_path: Path) -> None:
+    path = tmp_path / "cr.yaml"
+    first = yaml.safe_load(GOOD_YAML) | {"metadata": {"name": "m", "namespace": "team-a"}}
+    second = yaml.safe_load(GOOD_YAML) | {"metadata": {"name": "m", "namespace": "team-b"}}
+    path.write_text(yaml.safe_dump_all([first, second]))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["render", str(path), "--out", str(out)])
+    assert result.exit_code == 1
+    assert "would overwrite" in result.output and "separate directories" in result.output
+    rendered = [yaml.safe_load(p.read_text()) for p in out.glob("*.yaml")]
+    assert rendered and {doc["metadata"].get("namespace") for doc in rendered} == {"team-a"}
+
+
+def test_a_document_without_api_version_or_kind_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "cr.yaml"
+    body = yaml.safe_load(GOOD_YAML)
+    del body["apiVersion"], body["kind"]
+    path.write_text(yaml.safe_dump(body))
+    result = CliRunner().invoke(app, ["validate", str(path)])
+    assert result.exit_code == 1
+    assert "apiVersion: missing: add `apiVersion: tokenplane.io/v1alpha1`" in result.output
+    assert "kind: missing: add `kind: InferenceDeployment`" in result.output
+
+
+def test_plan_names_the_prices_file_when_it_priced_the_vm(tmp_path: Path) -> None:
+    path = tmp_path / "cr.yaml"
+    path.write_text(GOOD_YAML)
+    vm_size = BASE["spec"]["hardware"]["vmSize"]
+    values = tmp_path / "values.yaml"
+    values.write_text(f"prices:\n  {vm_size}: 1.25\n")
+    priced = CliRunner().invoke(app, ["plan", str(path), "--prices", str(values)])
+    assert "/h at the price in" in priced.output and "at list price" not in priced.output
+    listed = CliRunner().invoke(app, ["plan", str(path)])
+    assert "/h at list price" in listed.output

@@ -201,10 +201,13 @@ def test_bad_trace_file_is_one_clear_line(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        (b'{"t": 0, "input_tokens": 10, "output_tokens": Infinity}', "t.jsonl:1: expected {"),  # int(inf)
-        (b'{"t": 0, "input_tokens": 1e400, "output_tokens": 5}', "t.jsonl:1: expected {"),
-        (b'{"t": NaN, "input_tokens": 10, "output_tokens": 5}', "t.jsonl:1: t must be a finite number"),
-        (b'{"t": Infinity, "input_tokens": 10, "output_tokens": 5}', "t.jsonl:1: t must be a finite number"),
+        (b'{"t": 0, "input_tokens": 10, "output_tokens": Infinity}', "t.jsonl:1: output_tokens must be a number >= 1"),
+        (b'{"t": 0, "input_tokens": 1e400, "output_tokens": 5}', "t.jsonl:1: input_tokens must be a number >= 1"),
+        (b'{"t": NaN, "input_tokens": 10, "output_tokens": 5}', "t.jsonl:1: t must be a number >= 0, not nan"),
+        (b'{"t": Infinity, "input_tokens": 10, "output_tokens": 5}', "t.jsonl:1: t must be a number >= 0, not inf"),
+        # Read as 5 s and 2 tokens before, where bench refused the same file: one reader for both now.
+        (b'{"t": "5", "input_tokens": 10, "output_tokens": 5}', "t.jsonl:1: t must be a number >= 0, not '5'"),
+        (b'{"t": 0, "input_tokens": 2.5, "output_tokens": 5}', "t.jsonl:1: input_tokens must be a whole number"),
         (b'{"t": 1764254400, "input_tokens": 10, "output_tokens": 5}', "not a Unix time"),  # decades of steps
         (b'{"t": 0, "input_tokens": 10, "output_tokens": 5, "session": "caf\xe9"}', "t.jsonl: not UTF-8 text"),
     ],

@@ -1,0 +1,95 @@
+"""The JSONL trace format `tokenplane bench --trace-file` and `tokenplane simulate --trace-file` both replay.
+
+One request per line: `{"t": seconds after the trace's start, "input_tokens": n, "output_tokens": m, "session":
+optional}`. Blank lines are skipped. One reader, so a file one command accepts the other accepts too.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from tokenplane_cli.textfile import read_utf8
+
+__all__ = ["MAX_TRACE_SECONDS", "TraceLine", "read_trace_lines"]
+
+# A day: `t` counts from the trace's start; a Unix time there (decades) would wait, or simulate, forever.
+MAX_TRACE_SECONDS = 86_400
+
+
+@dataclass(frozen=True)
+class TraceLine:
+    """One request of a trace file.
+
+    Attributes:
+        number: Its line in the file (1-based).
+        t: Arrival, seconds after the trace's start.
+        input_tokens: Prompt tokens.
+        output_tokens: Tokens to generate.
+        session: The conversation it belongs to, if the line names one.
+    """
+
+    number: int
+    t: float
+    input_tokens: int
+    output_tokens: int
+    session: str | None
+
+
+def read_trace_lines(path: Path, error_type: type[ValueError], prefix: str = "") -> list[TraceLine]:
+    """Read and check every line of a trace file, in file order.
+
+    Args:
+        path: The JSONL file.
+        error_type: The exception the caller reports as a one-line error.
+        prefix: Put before the path where the message names the file only (e.g. the option it came from).
+
+    Returns:
+        The requests, at least one.
+
+    Raises:
+        error_type: Naming the file, the line and the field of the first bad line: unreadable, not UTF-8, not a
+            JSON object, a count that is not a whole number >= 1, `t` not a finite number of seconds within
+            `MAX_TRACE_SECONDS` of the start; or a file without requests.
+    """
+    out = []
+    for number, line in enumerate(read_utf8(path, error_type, "UTF-8 JSONL", prefix=prefix).splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise error_type(f"{where}: not JSON ({err.msg})") from None
+        if not isinstance(row, dict):
+            raise error_type(f"{where}: expected an object with t, input_tokens, output_tokens")
+        values = {}
+        for key, low in (("t", 0), ("input_tokens", 1), ("output_tokens", 1)):
+            value = row.get(key)
+            # JSON's NaN and Infinity (and 1e400) are floats too: int() of them raises, a wait for them never ends.
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < low:
+                raise error_type(f"{where}: {key} must be a number >= {low}, not {value!r}")
+            if key != "t" and value != int(value):
+                raise error_type(f"{where}: {key} must be a whole number of tokens, not {value!r}")
+            values[key] = value
+        if values["t"] > MAX_TRACE_SECONDS:
+            raise error_type(
+                f"{where}: t is {values['t']:,.0f} s, beyond the {MAX_TRACE_SECONDS:,} s (one day) a trace may span; "
+                "t counts seconds from the trace's start, not a Unix time: subtract the first request's time, "
+                "or split the trace by day"
+            )
+        session = row.get("session")
+        out.append(
+            TraceLine(
+                number,
+                float(values["t"]),
+                int(values["input_tokens"]),
+                int(values["output_tokens"]),
+                str(session) if session is not None else None,
+            )
+        )
+    if not out:
+        raise error_type(f"{prefix}{path}: no requests in it")
+    return out
