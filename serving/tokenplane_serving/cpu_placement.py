@@ -81,8 +81,10 @@ def keep_off_engine_cpus(root: int | None = None, proc: Path = Path("/proc")) ->
 
     Returns:
         What was done, or None when nothing could be: no process is bound (a GPU engine, or none running yet),
-        or the engine holds every CPU.
+        or the engine holds every CPU; and where the system has no CPU affinities or no procfs (macOS).
     """
+    if not hasattr(os, "sched_setaffinity") or not proc.is_dir():  # macOS: no affinities, no procfs
+        return None
     root = os.getpid() if root is None else root
     allowed = frozenset(os.sched_getaffinity(root))
     engine: set[int] = set()

@@ -83,3 +83,7 @@ def test_does_nothing_without_a_bound_engine() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def test_does_nothing_without_procfs(tmp_path: Path) -> None:
+    assert keep_off_engine_cpus(os.getpid(), proc=tmp_path / "no-proc") is None
