@@ -21,6 +21,9 @@ __all__ = ["Placement", "descendants", "keep_off_engine_cpus"]
 # Left where they are: the raylet forks Ray's new workers and an idle worker may become a new replica, whose engine
 # must see every CPU when vLLM picks its own (it binds to the CPUs its process may use).
 _FORKS_REPLICAS = ("raylet", "ray::IDLE")
+# A replica whose engine has not bound its worker yet (it starts later, or is starting): it and its children stay,
+# for the same reason. Once its worker is bound, the replica and its engine core move like the rest.
+_STARTS_AN_ENGINE = "ray::ServeReplica"
 
 
 @dataclass(frozen=True)
@@ -38,21 +41,18 @@ class Placement:
     moved: int
 
 
-def _parents(proc: Path) -> dict[int, int]:
-    parents = {}
+def _children(proc: Path) -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
     for entry in proc.iterdir():
         if entry.name.isdigit():
             with contextlib.suppress(OSError, IndexError, ValueError):
                 stat = (entry / "stat").read_text()
-                parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])  # comm may hold spaces
-    return parents
+                parent = int(stat.rsplit(")", 1)[1].split()[1])  # comm may hold spaces and parentheses
+                children.setdefault(parent, []).append(int(entry.name))
+    return children
 
 
-def descendants(root: int, proc: Path = Path("/proc")) -> list[int]:
-    """Return `root` and every process below it, parents before children."""
-    children: dict[int, list[int]] = {}
-    for pid, parent in _parents(proc).items():
-        children.setdefault(parent, []).append(pid)
+def _walk(root: int, children: dict[int, list[int]]) -> list[int]:
     tree, queue = [], [root]
     while queue:
         pid = queue.pop(0)
@@ -61,23 +61,40 @@ def descendants(root: int, proc: Path = Path("/proc")) -> list[int]:
     return tree
 
 
+def descendants(root: int, proc: Path = Path("/proc")) -> list[int]:
+    """Return `root` and every process below it, parents before children."""
+    return _walk(root, _children(proc))
+
+
 def _comm(pid: int, proc: Path) -> str:
     with contextlib.suppress(OSError):
         return (proc / str(pid) / "comm").read_text().strip()
     return ""
 
 
-def keep_off_engine_cpus(root: int | None = None, proc: Path = Path("/proc")) -> Placement | None:
+def _title(pid: int, proc: Path) -> str:
+    # Ray's titles ("ray::ServeReplica:app:deployment") are longer than the 15 bytes of comm.
+    with contextlib.suppress(OSError):
+        return (proc / str(pid) / "cmdline").read_bytes().split(b"\0", 1)[0].decode(errors="replace")
+    return ""
+
+
+def keep_off_engine_cpus(
+    root: int | None = None, proc: Path = Path("/proc"), previous: Placement | None = None
+) -> Placement | None:
     """Move `root`'s process tree off the CPUs vLLM bound its engine workers to, onto the CPUs left.
 
     The engine's workers are the processes bound to a strict subset of the CPUs `root` may use; every thread of
-    every other process of the tree (except those that start Ray's new workers, `_FORKS_REPLICAS`) gets the rest.
-    Call it once the engine runs, and only in a process whose children are all the deployment's: a replica that
-    starts later is left alone, so its engine still sees every CPU when vLLM binds it.
+    every other process of the tree gets the rest, except those that start Ray's new workers (`_FORKS_REPLICAS`) and
+    replicas whose engine has not bound its worker yet (`_STARTS_AN_ENGINE`): a replica started later must still see
+    every CPU when vLLM binds its engine. Call it once the engine runs, and again as replicas come and go, only in a
+    process whose children are all the deployment's.
 
     Args:
         root: The process whose tree to place (this one by default).
         proc: The procfs mount.
+        previous: What the last call did: the processes it moved are no engine, and the CPUs to share are the
+            ones it shared (the root itself has moved since).
 
     Returns:
         What was done, or None when nothing could be: no process is bound (a GPU engine, or none running yet),
@@ -86,18 +103,26 @@ def keep_off_engine_cpus(root: int | None = None, proc: Path = Path("/proc")) ->
     if not hasattr(os, "sched_setaffinity") or not proc.is_dir():  # macOS: no affinities, no procfs
         return None
     root = os.getpid() if root is None else root
-    allowed = frozenset(os.sched_getaffinity(root))
-    engine: set[int] = set()
-    others = []
-    for pid in descendants(root, proc):
-        try:
+    allowed = (previous.engine_cpus | previous.other_cpus) if previous else frozenset(os.sched_getaffinity(root))
+    moved_before = previous.other_cpus if previous else None
+    children = _children(proc)
+    tree = _walk(root, children)
+    bound: dict[int, set[int]] = {}
+    for pid in tree:
+        with contextlib.suppress(OSError):  # exited meanwhile
             cpus = os.sched_getaffinity(pid)
-        except OSError:  # exited meanwhile
+            if cpus < allowed and frozenset(cpus) != moved_before:
+                bound[pid] = cpus
+    engine = set().union(*bound.values())
+    others, starting = [], set()
+    for pid in tree:
+        if pid in bound or pid in starting or _comm(pid, proc).startswith(_FORKS_REPLICAS):
             continue
-        if cpus < allowed:
-            engine |= cpus
-        elif not _comm(pid, proc).startswith(_FORKS_REPLICAS):
-            others.append(pid)
+        below = _walk(pid, children)
+        if _title(pid, proc).startswith(_STARTS_AN_ENGINE) and not any(p in bound for p in below):
+            starting.update(below)  # its engine is not bound yet: it must still see every CPU
+            continue
+        others.append(pid)
     spare = allowed - engine
     if not engine or not spare:
         return None

@@ -311,13 +311,21 @@ def _wait_ready(server: LocalServer, app_name: str, deadline: float, console: Co
     console.print(f"[green]✓[/] Model {server.model_id} loaded and generating")
 
 
-def _isolate_engine(console: Console) -> None:
+def _isolate_engine(console: Console) -> Callable[[], None]:
+    """Place the processes now and print where; return what places the ones that come later (new replicas)."""
     placement = keep_off_engine_cpus()
     if placement is not None:
         console.print(
             f"[green]✓[/] Engine on CPU {_cpu_list(placement.engine_cpus)}, "
             f"Ray and the front end on CPU {_cpu_list(placement.other_cpus)}"
         )
+
+    def again() -> None:
+        nonlocal placement
+        with contextlib.suppress(OSError):  # an optimisation: never what stops the server
+            placement = keep_off_engine_cpus(previous=placement) or placement
+
+    return again
 
 
 def _cpu_list(cpus: frozenset[int]) -> str:
@@ -345,7 +353,8 @@ def _curl_line(server: LocalServer) -> str:
     )
 
 
-def _wait_for_signal() -> None:
+def _wait_for_signal(tick: Callable[[], None] | None = None, tick_s: float = 30.0) -> None:
+    """Return on SIGINT or SIGTERM; meanwhile call `tick` every `tick_s`."""
     stop = threading.Event()
 
     def _handler(signum: int, frame: FrameType | None) -> None:
@@ -353,8 +362,11 @@ def _wait_for_signal() -> None:
 
     previous = {sig: signal.signal(sig, _handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
+        next_tick = time.monotonic() + tick_s
         while not stop.wait(0.5):
-            pass
+            if tick is not None and time.monotonic() >= next_tick:
+                tick()
+                next_tick = time.monotonic() + tick_s
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -393,8 +405,9 @@ def serve_local(
         console: Rich console for progress; a stderr console by default.
         metrics_port: Serve Prometheus metrics on this port (refreshed every 2 s); off if None.
         isolate_engine: Once ready, move this process and every process it started (Ray's, the replica's, Redis)
-            off the CPUs a CPU engine computes on (`tokenplane_serving.cpu_placement`). For a process that does
-            nothing but serve, like `tokenplane up`: the move applies to all of this process's threads.
+            off the CPUs a CPU engine computes on (`tokenplane_serving.cpu_placement`), and every 30 s while it
+            serves (replicas that started since). For a process that does nothing but serve, like `tokenplane up`:
+            the move applies to all of this process's threads.
 
     Returns:
         The `LocalServer` handle (`base_url`, `openai_base_url`, `model_id`, `startup_s`, `stop()`).
@@ -405,6 +418,7 @@ def serve_local(
     """
     console = console or Console(stderr=True)
     started = time.monotonic()
+    place_processes: Callable[[], None] | None = None
     _preflight(args, host, port)
     if num_cpus is None:
         needed = 2 + (1 + args.accelerator.cpus_per_replica) * args.scaling.max_replicas
@@ -450,7 +464,7 @@ def serve_local(
         _wait_ready(server, args.app_name, started + timeout_s, console)
         server.startup_s = time.monotonic() - started
         if isolate_engine:
-            _isolate_engine(console)
+            place_processes = _isolate_engine(console)
         if args.batch.enabled:
             _deploy_batch_consumer(args, console)
     except ValueError as err:  # build_app's checks; ValidationError is a ValueError too
@@ -465,7 +479,7 @@ def serve_local(
         return server
     console.print("Serving until Ctrl-C")
     try:
-        _wait_for_signal()
+        _wait_for_signal(place_processes)
     finally:
         with console.status("Shutting down"):
             server.stop()

@@ -87,3 +87,59 @@ def test_does_nothing_without_a_bound_engine() -> None:
 
 def test_does_nothing_without_procfs(tmp_path: Path) -> None:
     assert keep_off_engine_cpus(os.getpid(), proc=tmp_path / "no-proc") is None
+
+
+# A root with an engine bound to the first CPU, and a replica (named as Ray names it) whose engine child binds itself
+# only once the file `go` exists: a replica started after the first placement. (Started under another argv[0],
+# Python cannot tell its own executable: the replica is given the path.)
+LATE_REPLICA = """
+import os, subprocess, sys, time
+engine_cpu, out, go = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+bind = f"import os, time; os.sched_setaffinity(0, {{{engine_cpu}}}); time.sleep(60)"
+engine = subprocess.Popen([sys.executable, "-c", bind])
+late = (f"import os, time\\nwhile not os.path.exists({go!r}): time.sleep(0.05)\\n"
+        f"os.sched_setaffinity(0, {{{engine_cpu}}})\\ntime.sleep(60)")
+replica = subprocess.Popen(["ray::ServeReplica:llm:x", "-c", "import subprocess, sys, time; "
+    f"p = subprocess.Popen([{sys.executable!r}, '-c', {late!r}]); print(p.pid, flush=True); time.sleep(60)"],
+    executable=sys.executable, stdout=subprocess.PIPE, text=True)
+child = int(replica.stdout.readline())
+with open(out, "w") as f:
+    f.write(f"{engine.pid} {replica.pid} {child}")
+time.sleep(60)
+"""
+
+
+def test_a_replica_is_left_alone_until_its_engine_is_bound_then_placed_like_the_rest(tmp_path: Path) -> None:
+    engine_cpu = min(ALLOWED)
+    spare = ALLOWED - {engine_cpu}
+    pids_file, go = tmp_path / "pids", tmp_path / "go"
+    root = subprocess.Popen([sys.executable, "-c", LATE_REPLICA, str(engine_cpu), str(pids_file), str(go)])
+    try:
+        deadline = time.monotonic() + 20
+        while not pids_file.exists() or len(pids_file.read_text().split()) < 3:
+            assert time.monotonic() < deadline, "the process tree did not start"
+            time.sleep(0.05)
+        engine, replica, child = map(int, pids_file.read_text().split())
+        _wait_bound(engine, {engine_cpu})
+
+        first = keep_off_engine_cpus(root.pid)
+
+        assert first is not None and first.other_cpus == spare
+        assert os.sched_getaffinity(root.pid) == spare
+        # Its engine will bind from the CPUs it may use: moved now, it would bind to the spare ones.
+        assert os.sched_getaffinity(replica) == ALLOWED and os.sched_getaffinity(child) == ALLOWED
+
+        go.touch()
+        _wait_bound(child, {engine_cpu})
+        second = keep_off_engine_cpus(root.pid, previous=first)
+
+        # The root moved by the first call is no engine, and the CPUs shared are still all of them.
+        assert second is not None and second.engine_cpus == {engine_cpu} and second.other_cpus == spare
+        assert os.sched_getaffinity(replica) == spare
+        assert os.sched_getaffinity(child) == {engine_cpu}
+        assert keep_off_engine_cpus(root.pid) is None  # without `previous`, the moved root sees only the spare CPUs
+    finally:
+        for pid in descendants(root.pid)[::-1]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
+        root.wait()
