@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from tests.serving.conftest import API_KEYS, MODEL_ID
-from tokenplane_operator.converge.economics import Scrape, compute_economics, parse_scrape
+from tokenplane_operator.converge.economics import TTFT, Scrape, compute_economics, parse_scrape
 from tokenplane_serving.local import LocalServer
 
 pytestmark = pytest.mark.serving
@@ -65,6 +65,10 @@ def test_economics_from_two_scrapes_around_real_traffic(tiny_server: LocalServer
     assert 0 < metrics.p95_latency_ms <= metrics.p99_latency_ms
     # The engine's e2e latency is part of what the client waited for (histogram buckets blur the top end).
     assert metrics.p95_latency_ms / 1000 <= max(latencies) * 2
-    assert metrics.p95_ttft_ms is not None and metrics.p95_ttft_ms <= metrics.p99_latency_ms
+    # A TTFT is part of what the client waited for. Each quantile is interpolated within its own histogram's buckets,
+    # so the TTFT P95 may read above the e2e P99 (2,050 against 1,470 ms in one CI run), but never above the top of
+    # the TTFT bucket that holds the slowest request the client saw.
+    top_s = min(le for le in after.bucket_delta(before, TTFT) if le >= max(latencies))
+    assert metrics.p95_ttft_ms is not None and 0 < metrics.p95_ttft_ms <= top_s * 1000
     # Six prompts share a 25-sentence prefix: later ones hit the prefix cache.
     assert metrics.kv_cache_hit_rate is not None and metrics.kv_cache_hit_rate > 0.3
