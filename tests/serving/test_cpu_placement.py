@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -42,37 +43,42 @@ def _wait_bound(pid: int, cpus: set[int]) -> None:
         time.sleep(0.05)
 
 
-def test_moves_the_tree_off_the_engine_cpu_and_leaves_the_engine_and_raylet(tmp_path: Path) -> None:
-    engine_cpu = min(ALLOWED)
-    raylet = tmp_path / "raylet"  # the kernel names a process after its executable
-    shutil.copy(shutil.which("sleep") or "/bin/sleep", raylet)
-    pids_file = tmp_path / "pids"
-    root = subprocess.Popen([sys.executable, "-c", ROOT, str(engine_cpu), str(pids_file), str(raylet)])
+@contextlib.contextmanager
+def _tree(script: str, pids_file: Path, *args: str, count: int) -> Iterator[tuple[int, list[int]]]:
+    """Run `script` as a root process; yield its pid and the `count` pids it writes to `pids_file`; kill the tree."""
+    root = subprocess.Popen([sys.executable, "-c", script, str(min(ALLOWED)), str(pids_file), *args])
     try:
         deadline = time.monotonic() + 20
-        while not pids_file.exists() or len(pids_file.read_text().split()) < 4:
+        while not pids_file.exists() or len(pids_file.read_text().split()) < count:
             assert time.monotonic() < deadline, "the process tree did not start"
             time.sleep(0.05)
-        engine, middle, grandchild, ray = map(int, pids_file.read_text().split())
-        _wait_bound(engine, {engine_cpu})
-        assert set(descendants(root.pid)) >= {root.pid, engine, middle, grandchild, ray}
-
-        placement = keep_off_engine_cpus(root.pid)
-
-        assert placement is not None
-        assert placement.engine_cpus == {engine_cpu}
-        assert placement.other_cpus == ALLOWED - {engine_cpu}
-        assert placement.moved == 3  # root, middle, grandchild
-        for pid in (root.pid, middle, grandchild):
-            for tid in os.listdir(f"/proc/{pid}/task"):
-                assert os.sched_getaffinity(int(tid)) == ALLOWED - {engine_cpu}, (pid, tid)
-        assert os.sched_getaffinity(engine) == {engine_cpu}
-        assert os.sched_getaffinity(ray) == ALLOWED  # new replicas fork from it and must see every CPU
+        yield root.pid, [int(pid) for pid in pids_file.read_text().split()]
     finally:
         for pid in descendants(root.pid)[::-1]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, 9)
         root.wait()
+
+
+def test_moves_the_tree_off_the_engine_cpu_and_leaves_the_engine_and_raylet(tmp_path: Path) -> None:
+    engine_cpu = min(ALLOWED)
+    raylet = tmp_path / "raylet"  # the kernel names a process after its executable
+    shutil.copy(shutil.which("sleep") or "/bin/sleep", raylet)
+    with _tree(ROOT, tmp_path / "pids", str(raylet), count=4) as (root, (engine, middle, grandchild, ray)):
+        _wait_bound(engine, {engine_cpu})
+        assert set(descendants(root)) >= {root, engine, middle, grandchild, ray}
+
+        placement = keep_off_engine_cpus(root)
+
+        assert placement is not None
+        assert placement.engine_cpus == {engine_cpu}
+        assert placement.other_cpus == ALLOWED - {engine_cpu}
+        assert placement.moved == 3  # root, middle, grandchild
+        for pid in (root, middle, grandchild):
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                assert os.sched_getaffinity(int(tid)) == ALLOWED - {engine_cpu}, (pid, tid)
+        assert os.sched_getaffinity(engine) == {engine_cpu}
+        assert os.sched_getaffinity(ray) == ALLOWED  # new replicas fork from it and must see every CPU
 
 
 def test_does_nothing_without_a_bound_engine() -> None:
@@ -112,34 +118,23 @@ time.sleep(60)
 def test_a_replica_is_left_alone_until_its_engine_is_bound_then_placed_like_the_rest(tmp_path: Path) -> None:
     engine_cpu = min(ALLOWED)
     spare = ALLOWED - {engine_cpu}
-    pids_file, go = tmp_path / "pids", tmp_path / "go"
-    root = subprocess.Popen([sys.executable, "-c", LATE_REPLICA, str(engine_cpu), str(pids_file), str(go)])
-    try:
-        deadline = time.monotonic() + 20
-        while not pids_file.exists() or len(pids_file.read_text().split()) < 3:
-            assert time.monotonic() < deadline, "the process tree did not start"
-            time.sleep(0.05)
-        engine, replica, child = map(int, pids_file.read_text().split())
+    go = tmp_path / "go"
+    with _tree(LATE_REPLICA, tmp_path / "pids", str(go), count=3) as (root, (engine, replica, child)):
         _wait_bound(engine, {engine_cpu})
 
-        first = keep_off_engine_cpus(root.pid)
+        first = keep_off_engine_cpus(root)
 
         assert first is not None and first.other_cpus == spare
-        assert os.sched_getaffinity(root.pid) == spare
+        assert os.sched_getaffinity(root) == spare
         # Its engine will bind from the CPUs it may use: moved now, it would bind to the spare ones.
         assert os.sched_getaffinity(replica) == ALLOWED and os.sched_getaffinity(child) == ALLOWED
 
         go.touch()
         _wait_bound(child, {engine_cpu})
-        second = keep_off_engine_cpus(root.pid, previous=first)
+        second = keep_off_engine_cpus(root, previous=first)
 
         # The root moved by the first call is no engine, and the CPUs shared are still all of them.
         assert second is not None and second.engine_cpus == {engine_cpu} and second.other_cpus == spare
         assert os.sched_getaffinity(replica) == spare
         assert os.sched_getaffinity(child) == {engine_cpu}
-        assert keep_off_engine_cpus(root.pid) is None  # without `previous`, the moved root sees only the spare CPUs
-    finally:
-        for pid in descendants(root.pid)[::-1]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, 9)
-        root.wait()
+        assert keep_off_engine_cpus(root) is None  # without `previous`, the moved root sees only the spare CPUs
