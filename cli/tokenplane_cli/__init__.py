@@ -155,18 +155,20 @@ def simulate(
     from tokenplane_cli.simulate import simulate_command
 
     raise typer.Exit(
-        simulate_command(
-            trace=trace or [],
-            trace_file=trace_file,
-            file=file,
-            vm_size=vm_size,
-            model_config=model_config,
-            rate_scale=rate_scale,
-            seed=seed,
-            output=output,
-            plots=plots,
-            console=out,
-            err=err,
+        _one_line_errors(
+            lambda: simulate_command(
+                trace=trace or [],
+                trace_file=trace_file,
+                file=file,
+                vm_size=vm_size,
+                model_config=model_config,
+                rate_scale=rate_scale,
+                seed=seed,
+                output=output,
+                plots=plots,
+                console=out,
+                err=err,
+            )
         )
     )
 

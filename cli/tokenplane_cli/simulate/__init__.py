@@ -8,6 +8,7 @@ oracle run on the same physics. See `engine`, `physics`, `policies`, `run` and `
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,8 @@ def simulate_command(
         err.print(f"[red]error:[/] give --trace NAME (built in: {', '.join(BUILTIN_TRACES)}) or --trace-file FILE")
         return 2
     document: dict[str, Any] = {}
+    # Serve logs each policy it instantiates at INFO, which here is every policy run on every trace.
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
     for name, requests in traces.items():
         results = run_policies(scenario, requests, POLICIES)
         scores = {policy: score(result, scenario.sim) for policy, result in results.items()}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import logging
+import logging.handlers
 import re
 from pathlib import Path
 
@@ -62,6 +64,24 @@ def test_json_contract_is_exact(tmp_path: Path) -> None:
         assert set(numbers) == fields, policy
         assert 0 <= numbers["requestAttainment"] <= 1
         assert numbers["gpuHours"] > 0
+
+
+def test_the_table_fits_80_columns_uncut_and_logs_nothing_else(tmp_path: Path) -> None:
+    trace = write_trace(tmp_path / "t.jsonl", step_trace(1, 4, start=60, end=180, total=300))
+    serve_logger, records = logging.getLogger("ray.serve"), logging.handlers.BufferingHandler(capacity=1000)
+    serve_logger.addHandler(records)  # Ray's own handler keeps the stderr of whoever imported Serve first
+    try:
+        result = runner.invoke(app, ["simulate", "--trace-file", str(trace)], env={"COLUMNS": "80"})
+    finally:
+        serve_logger.removeHandler(records)
+    assert result.exit_code == 0, result.output
+    assert "…" not in result.output
+    assert [r.getMessage() for r in records.buffer] == []  # Ray Serve's INFO line, once per policy run
+    rows = [line.split() for line in result.stdout.splitlines()]
+    named = {row[0]: row[1:] for row in rows if row and row[0] in POLICIES}
+    assert set(named) == set(POLICIES)
+    assert all(len(cells) == 8 for cells in named.values()), named
+    assert max(len(line) for line in result.stdout.splitlines()) <= 80
 
 
 def test_the_policy_simulated_is_the_one_ray_runs() -> None:
