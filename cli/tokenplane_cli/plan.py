@@ -260,7 +260,7 @@ def render_table(
         console.print(batches)
     console.print("[bold]why[/]")
     for reason in plan.reasons:
-        console.print(f"  - {reason}")
+        console.print(f"  - {escape(reason)}")
 
 
 def _explain(plan: Plan, model: ModelInfo, console: Console) -> None:
@@ -362,7 +362,7 @@ def plan_command(
         if output == "json":
             print(json.dumps({"error": {"reason": reason, "message": message}}, indent=2))
         else:
-            out.print(f"[red]cannot plan[/] ({reason}): {message}", markup=True)
+            out.print(f"[red]cannot plan[/] ({reason}): {escape(message)}", markup=True)
         return 1
     pool, checked = _planned_pool(result, deployment) if result.fits else (None, None)
     refusal = checked if checked is not None and checked.problems else None  # the CR as written cannot deploy

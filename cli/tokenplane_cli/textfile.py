@@ -8,7 +8,7 @@ __all__ = ["read_utf8"]
 
 
 def read_utf8(path: Path, error: type[ValueError], save_as: str, prefix: str = "") -> str:
-    """Return the file's text.
+    """Return the file's text, without a leading byte-order mark.
 
     Args:
         path: The file.
@@ -24,7 +24,7 @@ def read_utf8(path: Path, error: type[ValueError], save_as: str, prefix: str = "
     except OSError as exc:
         raise error(f"{prefix}{path}: cannot read: {exc.strerror or exc}") from None
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8-sig")  # a leading byte-order mark (Windows editors write one) is no content
     except UnicodeDecodeError as exc:
         raise error(
             f"{prefix}{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); save it as {save_as}"

@@ -63,14 +63,18 @@ def read_trace_lines(path: Path, error_type: type[ValueError], prefix: str = "")
             row = json.loads(line)
         except json.JSONDecodeError as err:
             raise error_type(f"{where}: not JSON ({err.msg})") from None
+        except ValueError as err:  # an integer of more digits than Python converts
+            raise error_type(f"{where}: not JSON we can read ({err})") from None
         if not isinstance(row, dict):
             raise error_type(f"{where}: expected an object with t, input_tokens, output_tokens")
         values = {}
         for key, low in (("t", 0), ("input_tokens", 1), ("output_tokens", 1)):
             value = row.get(key)
             # JSON's NaN and Infinity (and 1e400) are floats too: int() of them raises, a wait for them never ends.
-            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < low:
-                raise error_type(f"{where}: {key} must be a number >= {low}, not {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int | float) or not _finite(value) or value < low:
+                shown = repr(value)
+                shown = shown if len(shown) <= 40 else f"{shown[:20]}... ({len(shown)} characters)"
+                raise error_type(f"{where}: {key} must be a number >= {low}, not {shown}")
             if key != "t" and value != int(value):
                 raise error_type(f"{where}: {key} must be a whole number of tokens, not {value!r}")
             values[key] = value
@@ -93,3 +97,10 @@ def read_trace_lines(path: Path, error_type: type[ValueError], prefix: str = "")
     if not out:
         raise error_type(f"{prefix}{path}: no requests in it")
     return out
+
+
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer beyond a float's range (1 followed by 400 zeros, written out)
+        return False

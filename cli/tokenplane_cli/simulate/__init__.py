@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from tokenplane_cli.files import load_one_document
 from tokenplane_cli.plan import model_override
-from tokenplane_cli.simulate.physics import physics_for
+from tokenplane_cli.simulate.physics import ReplicaPhysics, physics_for
 from tokenplane_cli.simulate.report import plot, table
 from tokenplane_cli.simulate.run import POLICIES, run_policies, scenario_for, score
 from tokenplane_cli.simulate.traces import BUILTIN_TRACES, TraceError, builtin_trace, load_trace_file
@@ -57,6 +59,32 @@ def _deployment(file: Path | None) -> InferenceDeployment:
         raise ValueError(f"{file}: {err}") from None
 
 
+def _physics(
+    deployment: InferenceDeployment, file: Path | None, vm_size: str | None, model_config: Path | None
+) -> ReplicaPhysics:
+    """Model the replicas; an error names where the problem is: the CR, or --model-config."""
+    source = str(file) if file is not None else "the default deployment"
+    try:
+        model = model_override(model_config, None)
+        return physics_for(deployment, vm_size, model)
+    except PlanError as exc:
+        raise ValueError(f"{source}: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        if model_config is None:
+            raise
+        # A config.json with a wrong type where the planner reads a count (a list of experts, "x" for a size).
+        raise ValueError(f"--model-config {model_config}: cannot read it as a model ({exc})") from None
+
+
+def _check_plots_folder(plots: Path, names: list[str]) -> None:
+    """Refuse, before minutes of simulation, a folder the plots and results.json cannot be written into."""
+    if not os.access(plots, os.W_OK | os.X_OK):
+        raise ValueError(f"--plots {plots}: cannot write into that folder")
+    for name in names:
+        if (plots / name).is_dir():
+            raise ValueError(f"--plots {plots}: {name} there is a folder; remove it or choose another folder")
+
+
 def simulate_command(
     *,
     trace: list[str],
@@ -86,16 +114,19 @@ def simulate_command(
             except OSError as exc:
                 raise ValueError(f"--plots {plots}: cannot make that folder ({exc.strerror or exc})") from None
         deployment = _deployment(file)
-        physics = physics_for(deployment, vm_size, model_override(model_config, None))
+        physics = _physics(deployment, file, vm_size, model_config)
         scenario = scenario_for(deployment, physics)
         limit = physics.max_model_len
         traces = {t: builtin_trace(t, rate_scale=rate_scale, seed=seed, max_model_len=limit) for t in trace}
         if trace_file is not None:
-            # steady.jsonl next to --trace steady: both run, the file under its full name.
-            traces[trace_file.stem if trace_file.stem not in traces else trace_file.name] = load_trace_file(trace_file)
+            # steady.jsonl next to --trace steady: both run, the file under its full name (its path if that too).
+            name = next(n for n in (trace_file.stem, trace_file.name, str(trace_file)) if n not in traces)
+            traces[name] = load_trace_file(trace_file)
+        if plots is not None:
+            _check_plots_folder(plots, [*(f"{name}.png" for name in traces), "results.json"])
     except (ValueError, PlanError, TraceError, KeyError, OSError) as exc:
         unknown = f"unknown trace {exc}; built in: {', '.join(BUILTIN_TRACES)}" if isinstance(exc, KeyError) else exc
-        err.print(f"[red]error:[/] {unknown}")
+        err.print(f"[red]error:[/] {escape(str(unknown))}")
         return 2
     if not traces:
         err.print(f"[red]error:[/] give --trace NAME (built in: {', '.join(BUILTIN_TRACES)}) or --trace-file FILE")
@@ -103,16 +134,21 @@ def simulate_command(
     document: dict[str, Any] = {}
     # Serve logs each policy it instantiates at INFO, which here is every policy run on every trace.
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
-    for name, requests in traces.items():
-        results = run_policies(scenario, requests, POLICIES)
-        scores = {policy: score(result, scenario.sim) for policy, result in results.items()}
-        document[name] = {"policies": {p: s.as_json() for p, s in scores.items()}}
-        if output != "json":
-            console.print(table(name, scores, scenario.sim.target_ms, scenario.sim.metric))
+    try:
+        for name, requests in traces.items():
+            results = run_policies(scenario, requests, POLICIES)
+            scores = {policy: score(result, scenario.sim) for policy, result in results.items()}
+            document[name] = {"policies": {p: s.as_json() for p, s in scores.items()}}
+            if output != "json":
+                console.print(table(name, scores, scenario.sim.target_ms, scenario.sim.metric))
+            if plots is not None:
+                plot(name, results, scores, plots / f"{name}.png")
         if plots is not None:
-            plot(name, results, scores, plots / f"{name}.png")
-    if plots is not None:
-        (plots / "results.json").write_text(json.dumps(document, indent=2) + "\n")
+            (plots / "results.json").write_text(json.dumps(document, indent=2) + "\n")
+    except OSError as exc:  # the folder was checked, but a file system may still refuse (read-only, /sys)
+        reason = escape(exc.strerror or str(exc))
+        err.print(f"[red]error:[/] --plots {escape(str(plots))}: cannot write there ({reason})")
+        return 2
     if output == "json":
         # One trace: exactly the contract. Several: the contract per trace name.
         console.print_json(json.dumps(next(iter(document.values())) if len(document) == 1 else document))

@@ -117,6 +117,14 @@ def physics_for(
         raise PlanError(PlanErrorReason.INVALID_WORKLOAD, "spec.hardware.vmSize is auto: pass --vm-size to simulate")
     workload = workload_from_spec(spec, model=model)
     plan = plan_for_sku(workload, size)  # for the precision; the placement is the CR's, not the cheapest
+    if not plan.fits:  # vLLM would not start: there is nothing to simulate (`tokenplane plan` says the same)
+        raise PlanError(
+            PlanErrorReason.DOES_NOT_FIT,
+            f"{plan.model} needs {plan.total_bytes_per_replica / 2**30:.1f} GiB a replica on {plan.vm_size}, which "
+            f"holds {plan.capacity_bytes_per_replica / 2**30:.1f} GiB; `tokenplane plan` on this file names a size "
+            "that fits (or pass --vm-size)",
+            field="spec.hardware.vmSize",
+        )
     sku = find_sku(plan.vm_size)
     assert sku is not None  # plan_for_sku resolved it
     hardware, engine = spec.hardware, spec.engine

@@ -144,7 +144,7 @@ def score(result: SimResult, cfg: SimConfig) -> Score:
     good = sum(1 for v in latencies if v <= cfg.target_ms)
     minutes = _minute_p95s(result.jobs, cfg.metric)
     per_replica = cfg.physics.gpus or 1.0
-    gpu_s = sum(((r.stopped or result.end) - r.started) * per_replica for r in result.replicas)
+    gpu_s = sum(((result.end if r.stopped is None else r.stopped) - r.started) * per_replica for r in result.replicas)
     return Score(
         request_attainment=good / len(latencies) if latencies else 1.0,
         minute_attainment=sum(1 for v in minutes.values() if v <= cfg.target_ms) / len(minutes) if minutes else 1.0,

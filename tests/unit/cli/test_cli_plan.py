@@ -11,6 +11,8 @@ import yaml
 from tests.unit.api.cases import GOOD, MISTAKES, Case
 from tokenplane_cli.plan import plan_command
 
+REPO = Path(__file__).resolve().parents[3]
+
 
 def run(capsys: pytest.CaptureFixture[str], **kwargs: object) -> tuple[int, str]:
     args: dict[str, object] = {
@@ -189,3 +191,13 @@ def test_cr_file_refused_as_written_whatever_vm_size_plans(capsys: pytest.Captur
     cr.write_text(yaml.safe_dump(GOOD["MIG replicas filling maxNodes exactly"]))
     code, out = run(capsys, file=cr, output="json")
     assert code == 0 and "error" not in json.loads(out), out
+
+
+def test_a_value_that_looks_like_markup_is_shown_as_written(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    # Rich read '[/b]' as a closing tag, and the field's error became "internal error (closing tag ...)".
+    cr = yaml.safe_load((REPO / "deploy/examples/local-tiny.yaml").read_text())
+    cr["spec"]["scaling"]["maxReplicas"] = "[/b]"
+    (tmp_path / "cr.yaml").write_text(yaml.safe_dump(cr))
+    code, out = run(capsys, file=tmp_path / "cr.yaml")
+    assert code == 1
+    assert "spec.scaling.maxReplicas: expected an integer, got the string '[/b]'" in out

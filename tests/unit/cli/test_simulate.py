@@ -84,6 +84,16 @@ def test_the_table_fits_80_columns_uncut_and_logs_nothing_else(tmp_path: Path) -
     assert max(len(line) for line in result.stdout.splitlines()) <= 80
 
 
+def test_a_replica_stopped_at_the_start_costs_nothing_after_it(tmp_path: Path) -> None:
+    # After a quiet start the oracle stops its warm replica at t=0 and starts one a start-up before the request.
+    trace = write_trace(tmp_path / "late.jsonl", [Request(5000.0, 100, 10)])
+    result = runner.invoke(app, ["simulate", "--trace-file", str(trace), "-o", "json"])
+    assert result.exit_code == 0, result.output
+    oracle = json.loads(result.stdout)["policies"]["oracle"]
+    # One replica for about one start-up (5 min provisioning + model load), not the trace's 1.4 hours.
+    assert 0 < oracle["gpuHours"] < 0.25, oracle
+
+
 def test_the_policy_simulated_is_the_one_ray_runs() -> None:
     deployment = _deployment(None)
     scenario = scenario_for(deployment, physics_for(deployment))
@@ -230,6 +240,10 @@ def test_bad_trace_file_is_one_clear_line(tmp_path: Path) -> None:
         (b'{"t": 0, "input_tokens": 2.5, "output_tokens": 5}', "t.jsonl:1: input_tokens must be a whole number"),
         (b'{"t": 1764254400, "input_tokens": 10, "output_tokens": 5}', "not a Unix time"),  # decades of steps
         (b'{"t": 0, "input_tokens": 10, "output_tokens": 5, "session": "caf\xe9"}', "t.jsonl: not UTF-8 text"),
+        # A float's range overflowed in the check (OverflowError); over 4,300 digits, Python's int limit's message.
+        (b'{"t": 1' + b"0" * 400 + b', "input_tokens": 1, "output_tokens": 1}', "t must be a number >= 0, not 1000"),
+        (b'{"t": 1' + b"0" * 5000 + b', "input_tokens": 1, "output_tokens": 1}', "t.jsonl:1: not JSON we can read"),
+        (b'{"t": 0, "input_tokens": "[/b]", "output_tokens": 1}', "input_tokens must be a number >= 1, not '[/b]'"),
     ],
 )
 def test_a_trace_file_the_simulator_cannot_replay_is_refused_with_its_line(
@@ -243,13 +257,31 @@ def test_a_trace_file_the_simulator_cannot_replay_is_refused_with_its_line(
     assert result.exit_code == 2 and message in result.stderr, result.output  # an uncaught error exits 1
 
 
-def test_a_trace_file_named_like_a_built_in_trace_runs_next_to_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("file_name", ["steady.jsonl", "steady"])
+def test_a_trace_file_named_like_a_built_in_trace_runs_next_to_it(tmp_path: Path, file_name: str) -> None:
     # The file's results replaced the built-in trace's before: one of the two asked for was never run.
-    trace = write_trace(tmp_path / "steady.jsonl", step_trace(1, 1, start=0, end=0, total=30))
+    trace = write_trace(tmp_path / file_name, step_trace(1, 1, start=0, end=0, total=30))
     result = runner.invoke(app, ["simulate", "--trace", "steady", "--rate-scale", "0.01", "--trace-file", str(trace),
                                  "-o", "json"])  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert set(json.loads(result.stdout)) == {"steady", "steady.jsonl"}
+    assert set(json.loads(result.stdout)) == {"steady", "steady.jsonl" if file_name.endswith(".jsonl") else str(trace)}
+
+
+def test_a_trace_file_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    trace = tmp_path / "bom.jsonl"
+    trace.write_bytes(b"\xef\xbb\xbf" + json.dumps({"t": 0, "input_tokens": 10, "output_tokens": 5}).encode() + b"\n")
+    assert len(load_trace_file(trace)) == 1
+
+
+def test_a_deployment_that_does_not_fit_its_gpu_is_refused_as_plan_refuses_it(tmp_path: Path) -> None:
+    # Llama-3.1-70B in bf16 on one A100 80GB: 134 GiB a replica. It used to simulate, at whatever speed.
+    cr = json.loads(json.dumps(DEFAULT_DEPLOYMENT))
+    cr["spec"]["model"]["source"] = "hf://meta-llama/Llama-3.1-70B-Instruct"
+    path = tmp_path / "big.yaml"
+    path.write_text(json.dumps(cr))
+    result = runner.invoke(app, ["simulate", "-f", str(path), "--trace", "steady"])
+    assert result.exit_code == 2, result.output
+    assert f"{path}: DoesNotFit: spec.hardware.vmSize: meta-llama/Llama-3.1-70B-Instruct needs" in result.stderr
 
 
 @pytest.mark.parametrize("size", ["auto", ""])
@@ -268,8 +300,10 @@ def test_a_trace_file_path_that_is_no_file_names_it(tmp_path: Path) -> None:
 def test_a_bad_output_or_plots_folder_is_refused_before_simulating(tmp_path: Path) -> None:
     taken = tmp_path / "a-file"
     taken.write_text("")
+    (tmp_path / "plots" / "steady.png").mkdir(parents=True)  # where the plot goes: a traceback after the run, before
     for args, message in ((["-o", "yaml"], "'yaml' is not one of"),
-                          (["--plots", str(taken)], "cannot make that folder")):  # fmt: skip
+                          (["--plots", str(taken)], "cannot make that folder"),
+                          (["--plots", str(tmp_path / "plots")], "steady.png there is a folder")):  # fmt: skip
         result = runner.invoke(app, ["simulate", "--trace", "steady", *args])
         assert result.exit_code == 2 and message in result.stderr, result.output
         assert "tokenplane" not in result.stdout  # no table: refused before any policy ran
