@@ -104,6 +104,15 @@ def physics_for(
         PlanError: When the model is unknown to the planner or does not fit the VM size.
     """
     spec = deployment.spec
+    if spec.disaggregation.enabled:
+        # Fixed prefill and decode pools, and a KV transfer between them: not the one autoscaled replica kind the
+        # simulator models. Numbers for the wrong shape would read as this deployment's.
+        raise PlanError(
+            PlanErrorReason.INVALID_WORKLOAD,
+            "prefill/decode disaggregation is not simulated (fixed pools of each, not one autoscaled replica); "
+            "simulate the deployment with disaggregation.enabled: false for its autoscaling",
+            field="spec.disaggregation.enabled",
+        )
     if spec.hardware.accelerator is AcceleratorKind.CPU and vm_size is None:
         limit = spec.model.max_model_len or TINY_CPU.max_model_len
         return ReplicaPhysics(**{**TINY_CPU.__dict__, "batch_cap": spec.engine.max_num_seqs, "max_model_len": limit})
@@ -139,6 +148,13 @@ def physics_for(
     steps = [(b, point(workload.model, placement, batch=b, context_tokens=context, kv_dtype_bytes=2).step_seconds)
              for b in batches]  # fmt: skip
     prefills = [(n, prefill_seconds(workload.model, placement, n)) for n in (256, 1024, 4096)]
+    shape = compute_worker_shape(deployment, sku)
+    # gpuFraction packs `replicas_per_pod` replicas on one GPU with no isolation (Ray's fractional GPUs): each is
+    # billed its share of the GPU, and computes at that share when its co-tenants are as busy as it (the roofline
+    # is a whole GPU's). Counted a whole GPU at full speed before.
+    sharing = shape.replicas_per_pod
+    steps = [(b, s * sharing) for b, s in steps]
+    prefills = [(n, s * sharing) for n, s in prefills]
     decode_base, decode_per = _fit([(float(b), s) for b, s in steps])
     prefill_base, prefill_per = _fit([(float(n), s) for n, s in prefills])
     load = _ENGINE_INIT_S + weights_bytes(workload.model, precision) / _LOAD_BYTES_PER_S
@@ -150,8 +166,8 @@ def physics_for(
         batch_cap=cap,
         provision_s=GPU_NODE_PROVISION_S,
         load_s=math.ceil(load),
-        gpus=placement.gpu_equivalents,
+        gpus=placement.gpu_equivalents / sharing,
         source=f"{workload.model.name} on {plan.vm_size} ({plan.gpu_model}), planner roofline",
         max_model_len=workload.context,
-        replicas_per_node=max(1, compute_worker_shape(deployment, sku).replicas_on(1)),
+        replicas_per_node=max(1, shape.replicas_on(1)),
     )

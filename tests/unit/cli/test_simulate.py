@@ -218,6 +218,26 @@ def test_mig_deployment_fixture_simulates_on_half_gpus(tmp_path: Path) -> None:
     assert oracle["gpuHours"] < 12 * 0.5 * 300 / 3600  # fewer than 12 half-GPUs held for the trace
 
 
+def test_fractional_replicas_are_billed_and_served_at_their_share_of_a_gpu() -> None:
+    # gpuFraction 0.3: Ray packs 3 replicas on a GPU. They were billed a whole GPU each, at a whole GPU's speed.
+    shared = _deployment(REPO / "tests/data/render/input/spot-fraction.yaml")
+    hardware = shared.spec.hardware.model_copy(update={"gpu_fraction": None})
+    whole = shared.model_copy(update={"spec": shared.spec.model_copy(update={"hardware": hardware})})
+    fraction, alone = physics_for(shared), physics_for(whole)
+    assert fraction.gpus == pytest.approx(1 / 3) and alone.gpus == 1.0
+    assert fraction.replicas_per_node == 3 * alone.replicas_per_node
+    assert fraction.prefill_s(2000) == pytest.approx(3 * alone.prefill_s(2000))
+    assert fraction.decode_base_s == pytest.approx(3 * alone.decode_base_s)
+
+
+def test_a_disaggregated_deployment_is_refused_not_simulated_as_one_pool() -> None:
+    # It simulated as one autoscaled pool of 2-GPU replicas, where the render makes fixed pools of each phase.
+    cr = REPO / "deploy/examples/pd-disaggregation.yaml"
+    result = runner.invoke(app, ["simulate", "-f", str(cr), "--trace", "steady"])
+    assert result.exit_code == 2, result.output
+    assert "spec.disaggregation.enabled: prefill/decode disaggregation is not simulated" in result.stderr
+
+
 def test_bad_trace_file_is_one_clear_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"t": 0, "input_tokens": 10, "output_tokens": 5}\n{"t": 1, "input_tokens": "x"}\n')
