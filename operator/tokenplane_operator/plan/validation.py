@@ -1,12 +1,13 @@
-"""Rules that need the GPU catalog or the model's shape: VM sizes, MIG, GPUs per VM, attention heads, context."""
+"""Rules that need the GPU catalog or the model's shape: VM sizes, MIG, GPUs per VM, heads, context, memory."""
 
 from __future__ import annotations
 
 from tokenplane_operator.api.v1alpha1 import AcceleratorKind, InferenceDeployment, parse_source
 from tokenplane_operator.api.validation import Problem
-from tokenplane_operator.plan.catalog import GpuSku, all_skus, find_sku
+from tokenplane_operator.plan.catalog import GIB, GpuSku, all_skus, find_sku
 from tokenplane_operator.plan.errors import PlanError, PlanErrorReason
 from tokenplane_operator.plan.modelinfo import ModelInfo, resolve_model
+from tokenplane_operator.plan.sizing import plan_for_sku
 from tokenplane_operator.plan.spec import workload_from_spec
 
 __all__ = ["check_deployment"]
@@ -27,7 +28,8 @@ def check_deployment(deployment: InferenceDeployment) -> list[Problem]:
     hardware = deployment.spec.hardware
     if hardware.accelerator is AcceleratorKind.CPU:
         return []
-    problems = _model_problems(deployment, _known_model(deployment))
+    model = _known_model(deployment)
+    problems = _model_problems(deployment, model)
     if hardware.vm_size == "auto":
         return problems
     sku = find_sku(hardware.vm_size)
@@ -39,7 +41,39 @@ def check_deployment(deployment: InferenceDeployment) -> list[Problem]:
                 f"{hardware.vm_size} is not a GPU VM size tokenplane knows; use auto or one of: {known}",
             )
         ]
-    return problems + _sku_problems(deployment, sku)
+    problems += _sku_problems(deployment, sku)
+    if problems or model is None:
+        return problems
+    return _fit_problems(deployment, model, sku)
+
+
+def _fit_problems(deployment: InferenceDeployment, model: ModelInfo, sku: GpuSku) -> list[Problem]:
+    # vLLM refuses to start when one maxModelLen sequence does not fit beside the weights: the pods would load
+    # and crash on the cluster. The planner's memory model, on this VM size with the CR's fixed fields, decides.
+    if deployment.spec.hardware.gpu_fraction is not None:
+        return []  # a share of a GPU is packing the planner does not model: the operator's check at load time
+    workload = workload_from_spec(deployment.spec, model=model)
+    try:
+        plan = plan_for_sku(workload, sku.vm_size)
+    except PlanError as err:
+        return [Problem("spec.hardware", f"{err.message}; `tokenplane plan` on this file shows the sizes that fit")]
+    if plan.fits:
+        return []
+    mig = deployment.spec.hardware.mig_profile
+    devices, larger = (
+        (f"a {mig.value} slice", ("spec.hardware.migProfile", "a larger migProfile"))
+        if mig is not None
+        else (f"{plan.gpus_per_replica} GPU(s)", ("spec.hardware.vmSize", "a larger vmSize or more gpusPerReplica"))
+    )
+    return [
+        Problem(
+            larger[0],
+            f"{model.name} needs {plan.total_bytes_per_replica / GIB:.1f} GiB a replica on {sku.vm_size} as specified "
+            f"({devices}, weights {plan.quantization}, maxModelLen {workload.context:,}), which holds "
+            f"{plan.capacity_bytes_per_replica / GIB:.1f} GiB: choose {larger[1]}, quantize (spec.model.quantization: "
+            "fp8), lower maxModelLen, or set vmSize: auto (`tokenplane plan` on this file shows the sizes that fit)",
+        )
+    ]
 
 
 def _known_model(deployment: InferenceDeployment) -> ModelInfo | None:

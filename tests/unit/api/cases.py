@@ -79,6 +79,10 @@ MISTAKES = [
     Case("unknown top-level spec field", with_("spec.replicas", 3), "spec.replicas", "unknown field", "CRD"),
     Case("missing model", {**BASE, "spec": {"hardware": {"accelerator": "cpu"}}}, "spec.model", "required", "CRD"),
     Case("unknown VM size", with_("spec.hardware.vmSize", "Standard_D4s_v5"), "spec.hardware.vmSize", "not a GPU VM size", "CLI"),
+    # Validate accepted these; the pods would load the weights and crash (vLLM refuses a KV cache without room for one sequence).
+    Case("weights beyond the MIG slice", with_("spec.hardware", {"vmSize": "Standard_ND96isr_H100_v5", "migProfile": "MIG1g"}), "spec.hardware.migProfile", "(a MIG1g slice, weights bf16", "CLI"),
+    Case("weights beyond the GPU", with_("spec.model.source", "hf://meta-llama/Llama-3.1-70B-Instruct"), "spec.hardware.vmSize", "needs 134.1 GiB a replica on Standard_NC40ads_H100_v5", "CLI"),
+    Case("context beyond the GPU", with_("spec.model.maxModelLen", 131072, with_("spec.model.source", "hf://meta-llama/Llama-3.1-70B-Instruct", with_("spec.model.quantization", "fp8"))), "spec.hardware.vmSize", "quantize (spec.model.quantization: fp8), lower maxModelLen", "CLI"),
     Case("TP beyond one node", spec(engine={"tensorParallelSize": 2}, hardware={"vmSize": "Standard_NC40ads_H100_v5", "gpusPerReplica": 2}), "spec.engine.tensorParallelSize", "exceeds the 1 GPU(s)", "CLI"),
     Case("scale to zero not enabled", with_("spec.scaling", {"minReplicas": 0, "maxReplicas": 2}), "spec.scaling.minReplicas", "scaleToZero.enabled", "CRD"),
     Case("MIG with several GPUs", with_("spec.hardware", {"vmSize": ND96, "migProfile": "MIG3g", "gpusPerReplica": 2}), "spec.hardware.gpusPerReplica", "exactly one slice", "CRD"),
@@ -189,7 +193,7 @@ GOOD = {
     "queue depth equal to the batch": spec(engine={"maxNumSeqs": 8}, scaling={"targetQueueDepth": 8}),
     "pass-through engine arguments": with_("spec.engine.extraArgs", {"swap_space": 4, "kv_cache_dtype": "fp8"}),
     "tensor and pipeline parallel": spec(engine={"tensorParallelSize": 8, "pipelineParallelSize": 2}, hardware={"vmSize": ND96, "gpusPerReplica": 16}),
-    "MIG slice": with_("spec.hardware", {"vmSize": ND96, "migProfile": "MIG1g"}),
+    "MIG slice": with_("spec.hardware", {"vmSize": ND96, "migProfile": "MIG3g"}),  # 1g's 10 GB: no 8B model fits
     "MIG replicas filling maxNodes exactly": spec(hardware=_MIG_POOL, scaling={"minReplicas": 4, "maxReplicas": 4}),
     "multi-VM replicas filling pinned node bounds exactly": spec(engine=_TWO_VMS["engine"], hardware={**_TWO_VMS["hardware"], "nodePool": {"managed": {"minNodes": 4, "maxNodes": 4}}}, scaling={"minReplicas": 1, "maxReplicas": 2}),
     "maxNodes above what maxReplicas needs": spec(hardware={**_MIG_POOL, "nodePool": {"managed": {"maxNodes": 5}}}, scaling={"minReplicas": 1, "maxReplicas": 4}),
