@@ -205,7 +205,7 @@ def render_table(
             f"{plan.gpu_model} x {plan.gpus_per_replica} per replica (TP {plan.tensor_parallel_size}, "
             f"PP {plan.pipeline_parallel_size})",
         ),
-        ("replicas", f"{plan.replicas} on {plan.nodes} VM(s), {plan.sequences_per_replica} sequences each"),
+        ("replicas", f"{plan.replicas} on {plan.nodes} VM(s), {plan.sequences_per_replica} sequence(s) each"),
         ("precision", f"weights {plan.quantization}, KV cache {plan.kv_cache_dtype}"),
         ("context", f"{plan.max_model_len:,} tokens x {plan.concurrency} concurrent"),
         ("weights", _bytes(plan.weights_bytes)),
@@ -222,7 +222,7 @@ def render_table(
         (
             "headroom",
             f"up to {plan.max_sequences_per_replica} x {plan.max_model_len:,}-token sequences per replica; "
-            f"{plan.sequences_per_replica} sequences fit up to {plan.max_model_len_at_concurrency:,} tokens",
+            f"{plan.sequences_per_replica} sequence(s) fit up to {plan.max_model_len_at_concurrency:,} tokens",
         ),
         (
             "cost",

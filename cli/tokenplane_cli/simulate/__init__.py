@@ -25,6 +25,7 @@ from tokenplane_cli.simulate.traces import BUILTIN_TRACES, TraceError, builtin_t
 from tokenplane_operator.api.v1alpha1 import InferenceDeployment
 from tokenplane_operator.api.validation import InvalidSpecError, parse_inference_deployment
 from tokenplane_operator.plan.errors import PlanError
+from tokenplane_operator.plan.validation import check_deployment
 
 __all__ = ["DEFAULT_DEPLOYMENT", "simulate_command"]
 
@@ -54,9 +55,15 @@ def _deployment(file: Path | None) -> InferenceDeployment:
         return parse_inference_deployment(DEFAULT_DEPLOYMENT)
     body = load_one_document(file, "simulate").body  # a ManifestError is a ValueError, with the file's name
     try:
-        return parse_inference_deployment(body, document=True)
+        deployment = parse_inference_deployment(body, document=True)
     except InvalidSpecError as err:
         raise ValueError(f"{file}: {err}") from None
+    # What `tokenplane validate` refuses is refused here in its words (field path, what to change): a deployment
+    # that cannot run has no autoscaling to simulate.
+    problems = check_deployment(deployment)
+    if problems:
+        raise ValueError(f"{file}: {'; '.join(map(str, problems))}")
+    return deployment
 
 
 def _physics(

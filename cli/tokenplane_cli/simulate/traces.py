@@ -167,7 +167,7 @@ def builtin_trace(name: str, *, rate_scale: float = 1.0, seed: int = 1, max_mode
     """
     if not 0 < rate_scale <= _MAX_RATE_SCALE:
         raise TraceError(
-            f"--rate-scale must be above 0 and at most {_MAX_RATE_SCALE:g} (got {rate_scale:g}); "
+            f"--rate-scale must be above 0 and at most {_MAX_RATE_SCALE:g} (got {rate_scale!r}); "
             "replay a larger load with --trace-file"
         )
     return BUILTIN_TRACES[name](random.Random(f"{name}-{seed}"), rate_scale, max_model_len)

@@ -293,15 +293,31 @@ def test_a_trace_file_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
     assert len(load_trace_file(trace)) == 1
 
 
-def test_a_deployment_that_does_not_fit_its_gpu_is_refused_as_plan_refuses_it(tmp_path: Path) -> None:
-    # Llama-3.1-70B in bf16 on one A100 80GB: 134 GiB a replica. It used to simulate, at whatever speed.
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        # Llama-3.1-70B in bf16 on one A100 80GB: 134 GiB a replica. It used to simulate, at whatever speed.
+        ("source", "hf://meta-llama/Llama-3.1-70B-Instruct", "spec.hardware.vmSize: meta-llama/Llama-3.1-70B-Instruct"),
+        ("maxModelLen", 1_000_000, "spec.model.maxModelLen: max_model_len 1000000 exceeds"),  # had no field path
+    ],
+)
+def test_a_deployment_validate_refuses_is_refused_in_its_words(
+    tmp_path: Path, field: str, value: object, message: str
+) -> None:
     cr = json.loads(json.dumps(DEFAULT_DEPLOYMENT))
-    cr["spec"]["model"]["source"] = "hf://meta-llama/Llama-3.1-70B-Instruct"
-    path = tmp_path / "big.yaml"
+    cr["spec"]["model"][field] = value
+    path = tmp_path / "cr.yaml"
     path.write_text(json.dumps(cr))
     result = runner.invoke(app, ["simulate", "-f", str(path), "--trace", "steady"])
     assert result.exit_code == 2, result.output
-    assert f"{path}: DoesNotFit: spec.hardware.vmSize: meta-llama/Llama-3.1-70B-Instruct needs" in result.stderr
+    assert f"{path}: {message}" in result.stderr
+
+
+def test_a_vm_size_the_model_does_not_fit_is_refused() -> None:
+    # --vm-size replaces the CR's size after validation: the simulator's own check on the size it simulates.
+    result = runner.invoke(app, ["simulate", "--trace", "steady", "--vm-size", "Standard_NC4as_T4_v3"])
+    assert result.exit_code == 2, result.output
+    assert "DoesNotFit: spec.hardware.vmSize: meta-llama/Llama-3.1-8B-Instruct needs" in result.stderr
 
 
 @pytest.mark.parametrize("size", ["auto", ""])
