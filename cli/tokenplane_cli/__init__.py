@@ -150,6 +150,14 @@ def simulate(
     plots: Annotated[
         Path | None, typer.Option("--plots", help="Write one PNG per trace and results.json here.")
     ] = None,
+    start: Annotated[
+        str | None,
+        typer.Option(
+            "--start",
+            help="Wall-clock time of the trace's t=0, for the CR's schedule windows (ISO 8601, UTC without an "
+            "offset; default 1970-01-01T00:00Z, a Thursday).",
+        ),
+    ] = None,
 ) -> None:
     """Replay request traces against tokenplane's autoscaling policy and the published baselines."""
     from tokenplane_cli.simulate import simulate_command
@@ -168,6 +176,7 @@ def simulate(
                 plots=plots,
                 console=out,
                 err=err,
+                start=start,
             )
         )
     )

@@ -7,14 +7,17 @@ oracle run on the same physics. See `engine`, `physics`, `policies`, `run` and `
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import os
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
+from rich.status import Status
 
 from tokenplane_cli.files import load_one_document
 from tokenplane_cli.plan import model_override
@@ -105,11 +108,13 @@ def simulate_command(
     plots: Path | None,
     console: Console,
     err: Console,
+    start: str | None = None,
 ) -> int:
     """Run every policy on each trace; print a table per trace (or the JSON contract); write plots and JSON.
 
     With `plots`, each trace's PNG and `results.json` (the contract per trace name) go into that folder; with
-    `model_config`, that config.json stands for the model of a CR whose source the planner cannot read here.
+    `model_config`, that config.json stands for the model of a CR whose source the planner cannot read here;
+    `start` (ISO 8601) is the wall-clock time of every trace's t=0, which the CR's schedule windows read.
 
     Returns:
         The exit code: 0, or 2 for bad input (printed as one line, never a traceback).
@@ -120,9 +125,10 @@ def simulate_command(
                 plots.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise ValueError(f"--plots {plots}: cannot make that folder ({exc.strerror or exc})") from None
+        epoch = _start_time(start)
         deployment = _deployment(file)
         physics = _physics(deployment, file, vm_size, model_config)
-        scenario = scenario_for(deployment, physics)
+        scenario = scenario_for(deployment, physics, epoch.timestamp())
         limit = physics.max_model_len
         traces = {t: builtin_trace(t, rate_scale=rate_scale, seed=seed, max_model_len=limit) for t in trace}
         if trace_file is not None:
@@ -143,7 +149,10 @@ def simulate_command(
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
     try:
         for name, requests in traces.items():
-            results = run_policies(scenario, requests, POLICIES)
+            # A spinner on a terminal only (a day's trace takes minutes, mostly the oracle's search); gone before
+            # the trace's table prints.
+            with err.status(f"{name}: starting") as status:
+                results = run_policies(scenario, requests, POLICIES, partial(_show_step, status, name))
             scores = {policy: score(result, scenario.sim) for policy, result in results.items()}
             document[name] = {"policies": {p: s.as_json() for p, s in scores.items()}}
             if output != "json":
@@ -161,4 +170,21 @@ def simulate_command(
         console.print_json(json.dumps(next(iter(document.values())) if len(document) == 1 else document))
     else:
         err.print(f"[dim]replica model: {physics.source}[/]")
+        if scenario.sim.schedule:
+            err.print(f"[dim]schedule windows read from t=0 = {epoch:%a %Y-%m-%d %H:%M %Z} (--start sets it)[/]")
     return 0
+
+
+def _show_step(status: Status, trace: str, step: str) -> None:
+    status.update(f"{escape(trace)}: {step}")
+
+
+def _start_time(start: str | None) -> dt.datetime:
+    """Parse `--start`: an ISO 8601 time, UTC when it names no offset; the Unix epoch without it."""
+    if start is None:
+        return dt.datetime.fromtimestamp(0, tz=dt.UTC)
+    try:
+        when = dt.datetime.fromisoformat(start.strip())
+    except ValueError:
+        raise ValueError(f"--start {start!r}: give an ISO 8601 time such as 2026-11-30T08:00+01:00") from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)

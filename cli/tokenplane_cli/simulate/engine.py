@@ -35,6 +35,7 @@ from ray.serve.config import AutoscalingConfig, AutoscalingContext
 from tokenplane_cli.simulate.physics import ReplicaPhysics
 from tokenplane_cli.simulate.traces import Request
 from tokenplane_serving.autoscale import LATENCY_SERIES, NODE_IDLE_S, latency_histogram
+from tokenplane_serving.schedule import ScheduleWindow
 
 __all__ = ["Controller", "Job", "SimConfig", "SimResult", "Simulation"]
 
@@ -104,6 +105,9 @@ class SimConfig:
     max_queued: int
     hold_s: float  # a request held at zero replicas gets 503 after this long (CR scaleToZero.holdSeconds)
     max_held: int = 100  # requests held at zero replicas at once; one more gets 429 (CR scaleToZero.maxHeldRequests)
+    # The wall-clock time (Unix seconds) of the trace's t=0: the clock the policy and its schedule windows read.
+    epoch_s: float = 0.0
+    schedule: tuple[ScheduleWindow, ...] = ()  # the CR's windows: the policy holds their minimum, the oracle too
     push_interval_s: float = 10.0
     look_back_s: float = 30.0
     tick_s: float = 1.0
@@ -353,7 +357,7 @@ class Simulation:
                 report.update(latency_histogram(which, [v for _, v in getattr(rep, which)]))
             for name, value in report.items():
                 series = self.raw.setdefault(name, {}).setdefault(rep.rid, [])
-                series.append(TimeStampedValue(now, value))
+                series.append(TimeStampedValue(self.cfg.epoch_s + now, value))
                 del series[:-2]
         ongoing = sum(r.active for r in self.replicas if r.state in ("ready", "draining"))
         self.load_samples.append((now, ongoing + len(self.queue), float(len(self.queue))))
@@ -381,7 +385,7 @@ class Simulation:
             policy_state=self.policy_state,
             last_scale_up_time=None,
             last_scale_down_time=None,
-            current_time=now,
+            current_time=self.cfg.epoch_s + now,
             config=config,
         )
 

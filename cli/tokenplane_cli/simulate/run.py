@@ -19,6 +19,10 @@ not assumed. It is a search, not a proof of the optimum: a cheaper plan may exis
 through a minute to absorb the next one's burst, or that the per-minute bound misses. It is the reference of
 every GPU-hours ratio.
 
+Schedules: the CR's schedule windows are read on the wall clock, from `--start` (the time of the trace's t=0;
+1970-01-01 00:00 UTC, a Thursday, without it). tokenplane's policy holds their minimum, and so does the oracle
+(it is a constraint of the deployment, not of a policy); the baselines, which have no schedule, do not.
+
 Warm start: the trace is a window of a deployment's life, not its birth. Every policy starts with the replicas
 the oracle plans at t=0 (the most any minute within one cold start needs), ready; static starts at its peak.
 Nothing is excluded from scoring. (Starting every policy at one replica into full-rate traffic with a 5-minute
@@ -36,7 +40,9 @@ longer than the context window (400).
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,8 +62,12 @@ from tokenplane_operator.api.v1alpha1 import InferenceDeployment
 from tokenplane_operator.desired.serveconfig import build_serving_args
 from tokenplane_serving.autoscale import NODE_IDLE_S
 from tokenplane_serving.mapping import build_llm_config
+from tokenplane_serving.schedule import ScheduleWindow, schedule_minimum
 
-__all__ = ["POLICIES", "Scenario", "Score", "oracle_plan", "run_policies", "scenario_for", "score"]
+__all__ = ["POLICIES", "Progress", "Scenario", "Score", "oracle_plan", "run_policies", "scenario_for", "score"]
+
+# Told what the simulator is doing, a line at a time.
+Progress = Callable[[str], None]
 
 POLICIES = ("tokenplane", "static", "ray-default", "ttft-step", "keda", "slo-keda", "oracle")
 _MINUTE = 60.0
@@ -75,8 +85,11 @@ class Scenario:
     scale_to_zero: bool
 
 
-def scenario_for(deployment: InferenceDeployment, physics: ReplicaPhysics) -> Scenario:
-    """Derive the simulated deployment from an InferenceDeployment through the operator's own mapping."""
+def scenario_for(deployment: InferenceDeployment, physics: ReplicaPhysics, epoch_s: float = 0.0) -> Scenario:
+    """Derive the simulated deployment from an InferenceDeployment through the operator's own mapping.
+
+    `epoch_s` is the wall-clock time (Unix seconds) of the trace's t=0, which the CR's schedule windows read.
+    """
     args = build_serving_args(deployment)
     scaling = deployment.spec.scaling
     autoscaling = dict(build_llm_config(args)["deployment_config"]["autoscaling_config"])
@@ -85,6 +98,7 @@ def scenario_for(deployment: InferenceDeployment, physics: ReplicaPhysics) -> Sc
     plain = {k: v for k, v in autoscaling.items() if k != "policy"}
     plain["downscale_delay_s"] = args.scaling.downscale_delay_s
     latency = scaling.latency_target
+    windows = autoscaling["policy"]["policy_kwargs"].get("schedule", [])
     sim = SimConfig(
         physics=physics,
         metric=latency.metric.value if latency else "ttft",
@@ -95,6 +109,8 @@ def scenario_for(deployment: InferenceDeployment, physics: ReplicaPhysics) -> Sc
         max_queued=physics.batch_cap * args.scaling.max_replicas,
         hold_s=float(scaling.scale_to_zero.hold_seconds),
         max_held=scaling.scale_to_zero.max_held_requests,
+        epoch_s=epoch_s,
+        schedule=tuple(ScheduleWindow.model_validate(w) for w in windows),
     )
     return Scenario(sim, autoscaling, plain, float(scaling.target_queue_depth), scaling.scale_to_zero.enabled)
 
@@ -184,31 +200,34 @@ def _minute_need(cfg: SimConfig, previous: list[Request], current: list[Request]
     return low
 
 
-def oracle_plan(cfg: SimConfig, requests: list[Request]) -> list[int]:
-    """Compute the oracle's target per second (see the module docstring)."""
+def oracle_plan(cfg: SimConfig, requests: list[Request], progress: Progress | None = None) -> list[int]:
+    """Compute the oracle's target per second (see the module docstring); `progress` hears of each step."""
+    report = progress or (lambda _: None)
     if not requests:
         return [cfg.min_replicas]
     buckets: dict[int, list[Request]] = {}
     for r in requests:
         buckets.setdefault(int(r.t // _MINUTE), []).append(r)
     last = max(buckets)
-    need = [
-        _minute_need(cfg, [r for r in buckets.get(k - 1, []) if r.t >= k * _MINUTE - _MINUTE], buckets[k], k * _MINUTE)
-        if k in buckets
-        else 0
-        for k in range(last + 1)
-    ]
+    need = []
+    for k in range(last + 1):
+        report(f"oracle: replicas each minute needs, minute {k + 1}/{last + 1}")
+        previous = [r for r in buckets.get(k - 1, []) if r.t >= k * _MINUTE - _MINUTE]
+        need.append(_minute_need(cfg, previous, buckets[k], k * _MINUTE) if k in buckets else 0)
     bound = list(need)
     misses = _oracle_misses(cfg, requests, need)
-    for _ in range(4 * len(need)):
+    for round_ in range(4 * len(need)):
         raisable = [k for k in misses if need[k] < cfg.max_replicas]
         if not raisable:
             break
+        report(f"oracle: repair round {round_ + 1}, {len(raisable)} minute(s) over the target")
         for k in raisable:
             need[k] += 1
         misses = _oracle_misses(cfg, requests, need)
     # Trim what repair added beyond the per-minute bound, most expensive minutes first.
-    for k in sorted(range(len(need)), key=lambda m: need[m] - bound[m], reverse=True):
+    raised = sorted((m for m in range(len(need)) if need[m] > bound[m]), key=lambda m: need[m] - bound[m], reverse=True)
+    for done, k in enumerate(raised):
+        report(f"oracle: trim, minute {done + 1}/{len(raised)}")
         while need[k] > bound[k]:
             need[k] -= 1
             trial = _oracle_misses(cfg, requests, need)
@@ -250,20 +269,39 @@ def _oracle_schedule(cfg: SimConfig, need: list[int]) -> list[int]:
         for t in range(max(0, math.ceil(begin - lead)), end):
             plan[t] = max(plan[t], n)
     plan[0] = max(plan[0], initial)
+    if cfg.schedule:
+        floors = _schedule_floors(cfg.schedule, cfg.epoch_s, horizon)
+        plan = [max(n, floor) for n, floor in zip(plan, floors, strict=True)]
     return plan
 
 
+@functools.lru_cache(maxsize=4)
+def _schedule_floors(windows: tuple[ScheduleWindow, ...], epoch_s: float, horizon: int) -> list[int]:
+    """Return the replicas the CR's schedule windows hold at least, per second of the trace."""
+    floors, floor = [], 0
+    for t in range(horizon):
+        if t == 0 or (epoch_s + t) % _MINUTE == 0:
+            floor = schedule_minimum(windows, epoch_s + t)[0] or 0
+        floors.append(floor)
+    return floors
+
+
 def run_policies(
-    scenario: Scenario, requests: list[Request], policies: tuple[str, ...] = POLICIES
+    scenario: Scenario, requests: list[Request], policies: tuple[str, ...] = POLICIES, progress: Progress | None = None
 ) -> dict[str, SimResult]:
-    """Simulate each policy on the trace, each from the same warm start (see the module docstring)."""
-    plan = oracle_plan(scenario.sim, requests)
+    """Simulate each policy on the trace, each from the same warm start (see the module docstring).
+
+    `progress` is told what runs, step by step (the oracle's search takes most of a long trace's time).
+    """
+    plan = oracle_plan(scenario.sim, requests, progress)
     peak = max(plan)
     # Warm start: the deployment was serving before the trace began, so every policy starts with the replicas
     # the trace's first minutes need (the oracle's plan at t=0, which looks one cold start ahead), ready.
     cfg = SimConfig(**{**scenario.sim.__dict__, "initial_replicas": max(1, plan[0])})
     results: dict[str, SimResult] = {}
     for name in policies:
+        if progress is not None:
+            progress(f"policy {name}")
         run_cfg, controller = cfg, _controller(name, scenario)
         if name == "static":
             run_cfg = SimConfig(**{**cfg.__dict__, "initial_replicas": peak, "min_replicas": peak})

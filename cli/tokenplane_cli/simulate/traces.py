@@ -163,14 +163,18 @@ def builtin_trace(name: str, *, rate_scale: float = 1.0, seed: int = 1, max_mode
         The requests in arrival order.
 
     Raises:
-        TraceError: `rate_scale` is not above 0 or beyond what a built-in trace is for.
+        TraceError: `rate_scale` is not above 0, beyond what a built-in trace is for, or so small that the
+            trace holds no request.
     """
     if not 0 < rate_scale <= _MAX_RATE_SCALE:
         raise TraceError(
             f"--rate-scale must be above 0 and at most {_MAX_RATE_SCALE:g} (got {rate_scale!r}); "
             "replay a larger load with --trace-file"
         )
-    return BUILTIN_TRACES[name](random.Random(f"{name}-{seed}"), rate_scale, max_model_len)
+    requests = BUILTIN_TRACES[name](random.Random(f"{name}-{seed}"), rate_scale, max_model_len)
+    if not requests:  # every policy would score 100% on it, at no cost
+        raise TraceError(f"--rate-scale {rate_scale!r} leaves trace {name} without a request; raise it")
+    return requests
 
 
 def load_trace_file(path: Path) -> list[Request]:

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import itertools
 import json
 import logging
 import logging.handlers
 import re
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from tokenplane_cli import app
 from tokenplane_cli.plan import model_override
-from tokenplane_cli.simulate import DEFAULT_DEPLOYMENT, _deployment
+from tokenplane_cli.simulate import DEFAULT_DEPLOYMENT, _deployment, physics
 from tokenplane_cli.simulate.engine import Job, SimConfig, Simulation
 from tokenplane_cli.simulate.physics import TINY_CPU, physics_for
 from tokenplane_cli.simulate.policies import FixedController, RayController
@@ -29,6 +32,7 @@ from tokenplane_cli.simulate.run import (
     score,
 )
 from tokenplane_cli.simulate.traces import BUILTIN_TRACES, Request, TraceError, builtin_trace, load_trace_file
+from tokenplane_operator.plan.modelinfo import read_model_dir
 from tokenplane_serving import autoscale
 from tokenplane_serving.autoscale import TokenplanePolicy
 
@@ -351,6 +355,66 @@ def test_a_rate_scale_no_trace_can_take_is_one_clear_line(scale: str) -> None:
     result = runner.invoke(app, ["simulate", "--trace", "steady", "--rate-scale", scale])
     assert result.exit_code == 2, result.output
     assert "--rate-scale must be above 0 and at most 100" in result.stderr
+
+
+def test_a_rate_scale_that_empties_a_trace_is_refused() -> None:
+    # An empty trace scored 100% for every policy (tokenplane at 0.0028 GPU-hours, static at none).
+    result = runner.invoke(app, ["simulate", "--trace", "spike", "--rate-scale", "1e-9", "-o", "json"])
+    assert result.exit_code == 2, result.output
+    assert "--rate-scale 1e-09 leaves trace spike without a request" in result.stderr
+    assert not result.stdout
+
+
+def test_a_cpu_deployment_of_a_model_larger_than_the_tiny_one_is_refused(tmp_path: Path) -> None:
+    # Its speed was the tiny model's, measured here: an 8B model on CPU simulated at 3.6 ms a decode step.
+    body = yaml.safe_load((REPO / "deploy/examples/local-tiny.yaml").read_text())
+    body["spec"]["model"]["source"] = "hf://meta-llama/Llama-3.1-8B-Instruct"
+    cr = tmp_path / "cpu-8b.yaml"
+    cr.write_text(yaml.safe_dump(body))
+    result = runner.invoke(app, ["simulate", "--trace", "steady", "-f", str(cr)])
+    assert result.exit_code == 2, result.output
+    assert "spec.hardware.accelerator" in result.stderr and "--vm-size" in result.stderr
+    # The tiny model itself, and the same CR on a GPU size, still simulate.
+    assert physics_for(_deployment(REPO / "deploy/examples/local-tiny.yaml")).source == TINY_CPU.source
+    assert physics_for(_deployment(cr), "Standard_NC24ads_A100_v4").gpus == 1.0
+
+
+def _scheduled_deployment(tmp_path: Path) -> Path:
+    body = json.loads(json.dumps(DEFAULT_DEPLOYMENT))
+    window = {"days": "1-5", "start": "08:00", "end": "18:00", "timeZone": "Europe/Berlin", "minReplicas": 3}
+    body["spec"]["scaling"]["schedule"] = [window]
+    cr = tmp_path / "office-hours.yaml"
+    cr.write_text(yaml.safe_dump(body))
+    return cr
+
+
+def test_start_places_the_trace_on_the_clock_the_schedule_reads(tmp_path: Path) -> None:
+    # One request every 2 s from 07:50 to 08:10 Berlin time on a Monday: one replica carries it; from 08:00 the
+    # schedule holds 3. The trace's t=0 was always 1970-01-01 00:00 UTC (a Thursday, 01:00 in Berlin).
+    deployment = _deployment(_scheduled_deployment(tmp_path))
+    physics = physics_for(deployment)
+    requests = [Request(float(t), 500, 50) for t in range(0, 1200, 2)]
+    monday = dt.datetime(2026, 11, 30, 7, 50, tzinfo=ZoneInfo("Europe/Berlin")).timestamp()
+    for epoch, floor in ((monday, 3), (0.0, 0)):
+        results = run_policies(scenario_for(deployment, physics, epoch), requests, ("tokenplane", "oracle"))
+        for name, result in results.items():
+            after = [target for t, target, _, _ in result.timeline if 660 <= t < 1200]
+            assert min(after) >= floor, (name, epoch)
+            if not floor:
+                assert max(after) < 3, (name, after)  # the load alone needs fewer
+    trace = write_trace(tmp_path / "t.jsonl", requests)
+    cr = _scheduled_deployment(tmp_path)
+    result = runner.invoke(
+        app, ["simulate", "--trace-file", str(trace), "-f", str(cr), "--start", "2026-11-30T07:50+01:00"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "schedule windows read from t=0 = Mon 2026-11-30 07:50" in result.stderr
+    bad = runner.invoke(app, ["simulate", "--trace", "steady", "--start", "monday"])
+    assert bad.exit_code == 2 and "--start 'monday': give an ISO 8601 time" in bad.stderr, bad.output
+
+
+def test_the_tiny_models_size_is_the_one_the_cpu_speed_was_measured_on() -> None:
+    assert read_model_dir(REPO / "models" / "tiny").params_total == physics._TINY_CPU_PARAMS
 
 
 def test_a_deployment_whose_model_is_on_a_pvc_simulates_with_its_config(tmp_path: Path) -> None:
