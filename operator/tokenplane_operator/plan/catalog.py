@@ -14,6 +14,7 @@ import yaml
 
 __all__ = [
     "GIB",
+    "SERVING_ARCH",
     "GpuSku",
     "MigProfile",
     "all_skus",
@@ -25,6 +26,9 @@ __all__ = [
 GIB = 1 << 30
 _GB = 10**9
 _MEMORY_SLICES_PER_GPU = 8  # MIG splits memory (and its bandwidth) in eighths, compute in sevenths
+# The one CPU architecture the serving image is built for (serving/Dockerfile: a single-platform build FROM an amd64
+# ray-llm image); a VM size whose host is another architecture cannot run its pods (exec format error).
+SERVING_ARCH = "amd64"
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,9 @@ class GpuSku:
         hourly_usd: List price per VM hour, or None when no price is known.
         vcpus: Host vCPUs of one VM.
         memory_gib: Host RAM of one VM, GiB (before AKS reservations; see `allocatable.node_allocatable`).
+        bf16: Whether the GPU computes in bfloat16 (compute capability 8.0 or later); vLLM refuses dtype bfloat16
+            without it.
+        arch: The host's CPU architecture as Kubernetes names it (`kubernetes.io/arch`): amd64 or arm64.
     """
 
     vm_size: str
@@ -96,6 +103,8 @@ class GpuSku:
     hourly_usd: float | None = None
     vcpus: int = 0
     memory_gib: float = 0.0
+    bf16: bool = True
+    arch: str = SERVING_ARCH
 
     @property
     def gpu_memory_bytes(self) -> int:
@@ -134,6 +143,8 @@ def _build(data: Mapping[str, Any]) -> tuple[GpuSku, ...]:
                 hourly_usd=row["hourly_usd"],
                 vcpus=row["vcpus"],
                 memory_gib=float(row["memory_gib"]),
+                bf16=bool(gpu.get("bf16", True)),
+                arch=str(row.get("arch", SERVING_ARCH)),
             )
         )
     return tuple(skus)

@@ -39,8 +39,8 @@ def weights_bytes(model: ModelInfo, precision: Precision) -> int:
     """Bytes of the model's weights at a precision.
 
     Quantized checkpoints keep the embedding and LM head at 16 bits (AWQ, GPTQ and FP8 recipes all do), so
-    only the other parameters shrink. When the precision is the checkpoint's own and safetensors metadata
-    gave exact bytes, those are returned.
+    only the other parameters shrink; int8 applied online to a 16-bit checkpoint shrinks the MoE experts only.
+    When the precision is the checkpoint's own and safetensors metadata gave exact bytes, those are returned.
 
     Args:
         model: The model.
@@ -51,6 +51,11 @@ def weights_bytes(model: ModelInfo, precision: Precision) -> int:
     """
     if precision is model.native_precision and model.checkpoint_bytes:
         return model.checkpoint_bytes
+    if precision is Precision.INT8 and not model.native_precision.is_quantized:
+        # Online int8 (vLLM 0.32's `int8_per_channel_weight_only`) quantizes the routed MoE experts only; every
+        # linear layer stays 16-bit, so a dense model keeps all its bytes.
+        experts = model.moe_layers * model.num_experts * model.expert_params
+        return experts + (model.params_total - experts) * 2
     if not precision.is_quantized:
         return model.params_total * 2
     body = model.params_total - model.params_embedding

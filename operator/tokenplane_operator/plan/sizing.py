@@ -18,7 +18,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from tokenplane_operator.plan.catalog import GIB, GpuSku, all_skus, find_sku, with_prices
+from tokenplane_operator.plan.catalog import GIB, SERVING_ARCH, GpuSku, all_skus, find_sku, with_prices
 from tokenplane_operator.plan.errors import PlanError, PlanErrorReason
 from tokenplane_operator.plan.estimates import (
     COMPUTE_EFFICIENCY,
@@ -52,6 +52,7 @@ __all__ = [
 _MAX_PIPELINE_STAGES = 16
 _TP_SIZES = (1, 2, 4, 8)
 QuantizationChoice = Precision | Literal["auto", "native"]
+DtypeChoice = Literal["auto", "bfloat16", "float16", "float32"]
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ class Workload:
         max_num_batched_tokens: vLLM's per-step token budget.
         avg_context_tokens: Average context during decode for estimates; None means half of max_model_len.
         enforce_eager: Whether CUDA graphs are off.
+        dtype: vLLM's activation dtype; "bfloat16" rules out GPUs without BF16 when the planner chooses the size.
     """
 
     model: ModelInfo
@@ -93,6 +95,7 @@ class Workload:
     max_num_batched_tokens: int = 8192
     avg_context_tokens: int | None = None
     enforce_eager: bool = False
+    dtype: DtypeChoice = "auto"
 
     def __post_init__(self) -> None:
         bad = PlanErrorReason.INVALID_WORKLOAD
@@ -559,7 +562,10 @@ def recommend(
             )
         skus = (sku,)
     unpriced = [s.vm_size for s in skus if s.hourly_usd is None] if workload.vm_size is None else []
-    candidates = _candidates(workload, tuple(s for s in skus if s.vm_size not in unpriced))
+    # A size the replica cannot run on at all is never chosen; one given explicitly is validation's to refuse.
+    unservable = {s.vm_size: why for s in skus if (why := _unservable(workload, s))} if workload.vm_size is None else {}
+    eligible = tuple(s for s in skus if s.vm_size not in unpriced and s.vm_size not in unservable)
+    candidates = _candidates(workload, eligible)
     priced = [c for c in candidates if _feasible(workload, c)]
     if any(c.tier < 2 for c in priced):
         priced = [c for c in priced if c.tier < 2]  # pipeline across VMs only when no single VM holds a replica
@@ -576,7 +582,20 @@ def recommend(
     reasons = _reasons(workload, chosen, ranked)
     if unpriced:
         reasons.append(f"Not considered (no list price; set one in a values file): {', '.join(unpriced)}.")
+    for why in dict.fromkeys(unservable.values()):
+        sizes = [size for size, reason in unservable.items() if reason == why and size not in unpriced]
+        if sizes:
+            reasons.append(f"Not considered ({why}): {', '.join(sizes)}.")
     return _build_plan(workload, chosen, ranked, reasons)
+
+
+def _unservable(workload: Workload, sku: GpuSku) -> str | None:
+    """Why no replica of the workload can run on a VM size whatever its memory, or None when one can."""
+    if sku.arch != SERVING_ARCH:
+        return f"{sku.arch} host; the serving image is {SERVING_ARCH}-only"
+    if workload.dtype == "bfloat16" and not sku.bf16:
+        return f"{sku.gpu_model} has no bfloat16; vLLM refuses dtype bfloat16 there"
+    return None
 
 
 def plan_for_sku(workload: Workload, vm_size: str, *, prices: Mapping[str, float] | None = None) -> Plan:

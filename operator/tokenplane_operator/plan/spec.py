@@ -63,4 +63,5 @@ def workload_from_spec(
         max_replicas=spec.scaling.max_replicas,
         max_num_seqs=engine.max_num_seqs,
         enforce_eager=engine.enforce_eager,
+        dtype=spec.model.dtype.value,
     )

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from tokenplane_operator.api.v1alpha1 import AcceleratorKind, InferenceDeployment, parse_source
+from tokenplane_operator.api.v1alpha1 import AcceleratorKind, Dtype, InferenceDeployment, Quantization, parse_source
 from tokenplane_operator.api.validation import Problem
-from tokenplane_operator.plan.catalog import GIB, GpuSku, all_skus, find_sku
+from tokenplane_operator.plan.catalog import GIB, SERVING_ARCH, GpuSku, all_skus, find_sku
 from tokenplane_operator.plan.errors import PlanError, PlanErrorReason
 from tokenplane_operator.plan.modelinfo import ModelInfo, resolve_model
+from tokenplane_operator.plan.precision import Precision
 from tokenplane_operator.plan.sizing import plan_for_sku
 from tokenplane_operator.plan.spec import workload_from_spec
 
@@ -29,7 +30,7 @@ def check_deployment(deployment: InferenceDeployment) -> list[Problem]:
     if hardware.accelerator is AcceleratorKind.CPU:
         return []
     model = _known_model(deployment)
-    problems = _model_problems(deployment, model)
+    problems = _quantization_problems(deployment, model) + _model_problems(deployment, model)
     if hardware.vm_size == "auto":
         return problems
     sku = find_sku(hardware.vm_size)
@@ -83,6 +84,47 @@ def _known_model(deployment: InferenceDeployment) -> ModelInfo | None:
         return None
 
 
+def _quantization_problems(deployment: InferenceDeployment, model: ModelInfo | None) -> list[Problem]:
+    # What vLLM 0.32 (the serving image's) refuses or ignores at load time, said before any pod pulls weights.
+    quantization = deployment.spec.model.quantization
+    field = "spec.model.quantization"
+    if quantization is Quantization.BITSANDBYTES:
+        # vLLM 0.28 moved it out of tree (vllm-project/vllm#43529) into vllm-bnb-plugin, which the image lacks.
+        return [
+            Problem(
+                field,
+                "bitsandbytes is no longer part of vLLM (0.28 moved it to the vllm-bnb-plugin, which the serving "
+                "image does not install), so the replica would not start: use quantization fp8, or awq/gptq with "
+                "a pre-quantized repository",
+            )
+        ]
+    if model is None:
+        return []  # not readable offline: the operator's planner sizes what the checkpoint holds
+    native = model.native_precision
+    if quantization in (Quantization.AWQ, Quantization.GPTQ) and native not in (Precision.INT4, Precision.INT8):
+        # vLLM reads AWQ/GPTQ scales from the checkpoint ("Cannot find the config file for awq" without them).
+        method = quantization.value.upper()
+        stored = f"an {native} checkpoint" if native.is_quantized else f"an unquantized {native} checkpoint"
+        return [
+            Problem(
+                field,
+                f"{quantization.value} loads weights already quantized with {method}, and {model.name} is {stored} "
+                f"(no {method} quantization_config), so vLLM refuses it: point spec.model.source at a pre-quantized "
+                f"{method} repository of the model (e.g. one named ...-{method}), or use quantization fp8",
+            )
+        ]
+    if quantization is Quantization.INT8 and not model.is_moe:
+        # Ours maps to int8_per_channel_weight_only, which quantizes MoE experts only (vllm/config/quantization.py).
+        return [
+            Problem(
+                field,
+                f"int8 quantizes only MoE expert weights in vLLM 0.32 and {model.name} has no experts, so it would "
+                "quantize nothing and load every weight at full size: use quantization fp8, or none",
+            )
+        ]
+    return []
+
+
 def _model_problems(deployment: InferenceDeployment, model: ModelInfo | None) -> list[Problem]:
     engine = deployment.spec.engine
     tp, pp = engine.tensor_parallel_size, engine.pipeline_parallel_size
@@ -119,6 +161,24 @@ def _model_problems(deployment: InferenceDeployment, model: ModelInfo | None) ->
 def _sku_problems(deployment: InferenceDeployment, sku: GpuSku) -> list[Problem]:
     hardware, engine = deployment.spec.hardware, deployment.spec.engine
     problems = []
+    if sku.arch != SERVING_ARCH:
+        problems.append(
+            Problem(
+                "spec.hardware.vmSize",
+                f"{sku.vm_size} has an {sku.arch} host CPU and the serving image is built for {SERVING_ARCH} only, "
+                "so its pods would not start (exec format error): choose an x86 size such as "
+                "Standard_ND96isr_H200_v5, or vmSize: auto",
+            )
+        )
+    if deployment.spec.model.dtype is Dtype.BFLOAT16 and not sku.bf16:
+        problems.append(
+            Problem(
+                "spec.model.dtype",
+                f"{sku.vm_size} ({sku.gpu_model}) has no bfloat16 (vLLM needs compute capability 8.0 for it): set "
+                "dtype float16 or auto (auto serves a bfloat16 checkpoint in float16 there), or choose an A10, "
+                "A100, H100 or H200 size",
+            )
+        )
     if hardware.mig_profile is not None and hardware.mig_profile.value not in sku.mig_profiles:
         supported = ", ".join(sorted(sku.mig_profiles)) or "none"
         problems.append(

@@ -177,6 +177,13 @@ MISTAKES = [
     Case("GPU-fraction replicas beyond maxNodes", spec(hardware={"vmSize": ND96, "gpuFraction": 0.5, "nodePool": {"managed": {"maxNodes": 1}}}, scaling={"minReplicas": 1, "maxReplicas": 17}), "spec.scaling.maxReplicas", "17 replicas need 2 nodes of Standard_ND96isr_H100_v5 (16 replicas per node)", "CLI"),
     Case("fixed prefill and decode replicas beyond maxNodes", spec(hardware=_MIG_POOL, disaggregation={"enabled": True, "prefillReplicas": 3, "decodeReplicas": 2}), "spec.disaggregation", "lower prefillReplicas + decodeReplicas to 4 or raise maxNodes to 3", "CLI"),
     Case("minNodes no replica can use", spec(hardware={**_MIG_POOL, "nodePool": {"managed": {"minNodes": 2, "maxNodes": 2}}}, scaling={"minReplicas": 1, "maxReplicas": 2}), "spec.hardware.nodePool.managed.minNodes", "2 nodes of Standard_NC40ads_H100_v5 stay up, but maxReplicas 2 uses at most 1 node (2 replicas per node), so 1 GPU node would be billed with nothing to run; lower minNodes to 1 or raise maxReplicas to 4", "CLI"),
+    # what vLLM 0.32 on the serving image refuses or ignores, known from the catalog and the model table
+    Case("bfloat16 on a T4", spec(model={"source": "hf://meta-llama/Llama-3.1-8B-Instruct", "maxModelLen": 8192, "dtype": "bfloat16"}, engine={"tensorParallelSize": 4}, hardware={"vmSize": "Standard_NC64as_T4_v3", "gpusPerReplica": 4}), "spec.model.dtype", "(T4-16GB) has no bfloat16", "CLI"),
+    Case("int8 on a dense model", with_("spec.model.quantization", "int8"), "spec.model.quantization", "has no experts, so it would quantize nothing", "CLI"),
+    Case("awq on an unquantized checkpoint", with_("spec.model.quantization", "awq"), "spec.model.quantization", "is an unquantized bf16 checkpoint (no AWQ quantization_config)", "CLI"),
+    Case("gptq on an FP8 checkpoint", spec(model={"source": "hf://deepseek-ai/DeepSeek-V3", "quantization": "gptq"}, hardware={"vmSize": "Standard_ND96isr_H200_v5"}), "spec.model.quantization", "is an fp8 checkpoint", "CLI"),
+    Case("bitsandbytes", with_("spec.model.quantization", "bitsandbytes"), "spec.model.quantization", "vllm-bnb-plugin", "CLI"),
+    Case("arm64 VM size", with_("spec.hardware.vmSize", "Standard_ND128isr_NDR_GB200_v6"), "spec.hardware.vmSize", "has an arm64 host CPU", "CLI"),
     Case("pipeline stages that split VMs", spec(engine={"tensorParallelSize": 4, "pipelineParallelSize": 3}, hardware={"vmSize": ND96, "gpusPerReplica": 12}), "spec.hardware.gpusPerReplica", "not a multiple of 8", "CLI"),
 ]  # fmt: skip
 
@@ -198,6 +205,10 @@ GOOD = {
     "multi-VM replicas filling pinned node bounds exactly": spec(engine=_TWO_VMS["engine"], hardware={**_TWO_VMS["hardware"], "nodePool": {"managed": {"minNodes": 4, "maxNodes": 4}}}, scaling={"minReplicas": 1, "maxReplicas": 2}),
     "maxNodes above what maxReplicas needs": spec(hardware={**_MIG_POOL, "nodePool": {"managed": {"maxNodes": 5}}}, scaling={"minReplicas": 1, "maxReplicas": 4}),
     "Azure Blob sources with a SAS and a workload identity": spec(model={"source": "abfss://models@acct.dfs.core.windows.net/llama", "accessSecretRef": {"name": "sas", "key": "sas"}}, lora={"adapters": [{"name": "a", "source": "https://acct.blob.core.chinacloudapi.cn/loras/a"}]}, hardware={"vmSize": "Standard_NC40ads_H100_v5"}, serviceAccountName="models-reader"),
+    "float16 on T4s": spec(model={"source": "hf://meta-llama/Llama-3.1-8B-Instruct", "maxModelLen": 8192, "dtype": "float16"}, engine={"tensorParallelSize": 4}, hardware={"vmSize": "Standard_NC64as_T4_v3", "gpusPerReplica": 4}),
+    "dtype auto on T4s": spec(model={"source": "hf://meta-llama/Llama-3.1-8B-Instruct", "maxModelLen": 8192}, engine={"tensorParallelSize": 4}, hardware={"vmSize": "Standard_NC64as_T4_v3", "gpusPerReplica": 4}),
+    "bfloat16 on vmSize auto": with_("spec.hardware.vmSize", "auto", with_("spec.model.dtype", "bfloat16")),
+    "int8 on a MoE model": spec(model={"source": "hf://Qwen/Qwen3-30B-A3B", "maxModelLen": 8192, "quantization": "int8"}, hardware={"vmSize": "Standard_NC40ads_H100_v5"}),
     "CPU run": {**BASE, "spec": {"model": {"source": "./models/tiny", "maxModelLen": 1024}, "hardware": _CPU, "endpoint": {"auth": {"mode": "none"}}}},
     "labels and annotations": with_("metadata", {"name": "m", "namespace": "ai", "labels": {"team": "ml", "app.kubernetes.io/part-of": "chat"}, "annotations": {"note": "free text: anything"}}),
 }  # fmt: skip

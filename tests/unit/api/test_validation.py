@@ -1,5 +1,6 @@
 """`tokenplane validate` accepts every example and rejects mistakes with field-path messages."""
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -87,3 +88,33 @@ def test_multi_document_file_and_broken_yaml(tmp_path: Path) -> None:
     assert "broken.yaml:3:1: invalid YAML" in result.output or "broken.yaml:" in result.output
     assert "missing.yaml: cannot read" in result.output
     assert "Traceback" not in result.output
+
+
+_LLAMA_8B_CONFIG = {
+    "model_type": "llama",
+    "hidden_size": 4096,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "vocab_size": 128256,
+    "intermediate_size": 14336,
+    "max_position_embeddings": 131072,
+    "torch_dtype": "bfloat16",
+}
+
+
+@pytest.mark.parametrize("method", ["awq", "gptq"])
+def test_awq_gptq_need_a_local_checkpoint_quantized_that_way(tmp_path: Path, method: str) -> None:
+    # vLLM reads the AWQ/GPTQ scales from the checkpoint: "Cannot find the config file for awq" on a plain one.
+    plain, quantized = tmp_path / "plain", tmp_path / "quantized"
+    for directory, config in (
+        (plain, _LLAMA_8B_CONFIG),
+        (quantized, {**_LLAMA_8B_CONFIG, "quantization_config": {"quant_method": method, "bits": 4}}),
+    ):
+        directory.mkdir()
+        (directory / "config.json").write_text(json.dumps(config))
+    body = with_("spec.model.quantization", method, with_("spec.model.source", str(plain)))
+    code, output = _run(tmp_path, body)
+    assert code == 1 and f"spec.model.quantization: {method} loads weights already quantized" in output, output
+    code, output = _run(tmp_path, with_("spec.model.source", str(quantized), body))
+    assert code == 0, output

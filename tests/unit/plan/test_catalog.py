@@ -96,3 +96,14 @@ def test_a_prices_path_that_is_no_file_is_one_line(tmp_path: Path) -> None:
     quoted = tmp_path / "quoted.yaml"
     quoted.write_text("prices: {Standard_NC24ads_A100_v4: '1.5'}\n")
     assert load_prices(quoted) == {"Standard_NC24ads_A100_v4": 1.5}
+
+
+def test_gb200_host_is_arm64_with_the_resource_sku_memory() -> None:
+    # The size page says 900 GiB, the resource-SKU list 864: the lower one, so worker requests fit the node.
+    gb200 = find_sku("Standard_ND128isr_NDR_GB200_v6")
+    assert gb200 is not None and gb200.memory_gib == 864 and gb200.arch == "arm64"
+    assert {s.vm_size for s in all_skus() if s.arch != "amd64"} == {gb200.vm_size}
+
+
+def test_only_t4_lacks_bf16() -> None:
+    assert {s.gpu_model for s in all_skus() if not s.bf16} == {"T4-16GB"}

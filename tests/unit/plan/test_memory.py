@@ -163,8 +163,12 @@ def test_memory_is_monotonic_in_context_and_concurrency(name: str, ctx: int, ext
     assert required(ctx, seqs) < required(ctx, seqs + more)  # every sequence costs at least one block
 
 
+# Online int8 is 8-bit on MoE experts only (test_online_int8_shrinks_moe_experts_only): its bits do not order its bytes.
+_BY_BITS = [p for p in Precision if p is not Precision.INT8]
+
+
 @settings(max_examples=30, deadline=None)
-@given(name=st.sampled_from(_MODELS), wider=st.sampled_from(list(Precision)), narrower=st.sampled_from(list(Precision)))
+@given(name=st.sampled_from(_MODELS), wider=st.sampled_from(_BY_BITS), narrower=st.sampled_from(_BY_BITS))
 def test_memory_is_monotonic_in_precision(name: str, wider: Precision, narrower: Precision) -> None:
     info = model(name)
     if wider.bits < narrower.bits:
@@ -173,3 +177,14 @@ def test_memory_is_monotonic_in_precision(name: str, wider: Precision, narrower:
         return  # exact checkpoint bytes replace the formula there
     assert weights_bytes(info, narrower) <= weights_bytes(info, wider)
     assert kv_bytes_per_token(info, kv_dtype_bytes=1) < kv_bytes_per_token(info, kv_dtype_bytes=2)
+
+
+def test_online_int8_shrinks_moe_experts_only() -> None:
+    # vLLM 0.32's int8_per_channel_weight_only has no `linear` spec: only the routed experts' weights become 1 byte.
+    llama = model("llama-3.1-70b")
+    assert weights_bytes(llama, Precision.INT8) == weights_bytes(llama, Precision.BF16) == llama.params_total * 2
+    mixtral = model("mistralai/Mixtral-8x7B-Instruct-v0.1")
+    experts = mixtral.moe_layers * mixtral.num_experts * mixtral.expert_params
+    assert experts > 0.9 * mixtral.params_total
+    assert weights_bytes(mixtral, Precision.INT8) == experts + (mixtral.params_total - experts) * 2
+    assert weights_bytes(mixtral, Precision.FP8) < weights_bytes(mixtral, Precision.INT8) < mixtral.params_total * 2

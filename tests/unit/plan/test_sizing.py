@@ -8,12 +8,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tokenplane_operator.api.validation import parse_inference_deployment
 from tokenplane_operator.plan.catalog import find_sku
 from tokenplane_operator.plan.errors import PlanError, PlanErrorReason
 from tokenplane_operator.plan.memory import compute_memory
 from tokenplane_operator.plan.modelinfo import ModelInfo, find_builtin_model
 from tokenplane_operator.plan.precision import Precision
 from tokenplane_operator.plan.sizing import Plan, Workload, plan_for_sku, recommend
+from tokenplane_operator.plan.spec import workload_from_spec
 
 
 def model(name: str) -> ModelInfo:
@@ -202,3 +204,34 @@ def test_a_recommendation_always_fits_by_the_planners_own_model(
         return
     assert plan.fits and _replica_fits(plan, workload)
     assert plan.total_bytes_per_replica <= plan.capacity_bytes_per_replica
+
+
+def test_auto_never_picks_a_gpu_without_bf16_for_an_explicit_bfloat16() -> None:
+    # vLLM refuses dtype bfloat16 below compute capability 8.0; dtype auto serves the checkpoint in float16 there.
+    gemma = model("gemma-2-2b")
+    assert find_sku(recommend(Workload(gemma, max_model_len=2048)).vm_size).gpu_model == "T4-16GB"  # type: ignore[union-attr]
+    plan = recommend(Workload(gemma, max_model_len=2048, dtype="bfloat16"))
+    assert find_sku(plan.vm_size).bf16  # type: ignore[union-attr]
+    assert any("T4-16GB has no bfloat16" in r and "Standard_NC4as_T4_v3" in r for r in plan.reasons)
+
+
+def test_a_crs_dtype_reaches_the_planner() -> None:
+    # The operator sizes vmSize auto from the CR: its bfloat16 must keep T4 sizes out there too.
+    body = {
+        "apiVersion": "tokenplane.io/v1alpha1",
+        "kind": "InferenceDeployment",
+        "metadata": {"name": "m"},
+        "spec": {"model": {"source": "hf://google/gemma-2-2b-it", "maxModelLen": 2048, "dtype": "bfloat16"}},
+    }
+    workload = workload_from_spec(parse_inference_deployment(body).spec)
+    assert workload.dtype == "bfloat16"
+    assert find_sku(recommend(workload).vm_size).bf16  # type: ignore[union-attr]
+
+
+def test_auto_never_picks_an_arm64_host_even_when_priced() -> None:
+    # ND GB200 v6 runs on Grace (arm64); the serving image is amd64-only. A list price must not make it eligible.
+    gb200 = "Standard_ND128isr_NDR_GB200_v6"
+    plan = recommend(Workload(model("llama-3.1-70b"), max_model_len=4096), prices={gb200: 0.01})
+    assert plan.vm_size != gb200
+    assert gb200 not in {a.vm_size for a in plan.alternatives}
+    assert any("arm64 host" in r and gb200 in r for r in plan.reasons)
