@@ -21,6 +21,7 @@ from tests.support.kuberay_peer import KubeRayPeer
 from tokenplane_operator.api.validation import parse_inference_deployment
 from tokenplane_operator.desired.agentpool import POOL_LABEL
 from tokenplane_operator.desired.bundle import build_desired_state
+from tokenplane_operator.desired.schedulable import SYSTEM_NODE, parse_quantity
 
 pytestmark = pytest.mark.kmock(cls=ApiServerEmulator)
 
@@ -133,3 +134,16 @@ async def test_status_equals_what_is_rendered(op: OperatorHarness, kuberay: Kube
     assert limits["nvidia.com/gpu"] == str(int(status["plan"]["gpusPerReplica"]))
     assert worker["spec"]["nodeSelector"][POOL_LABEL] == status["nodePool"]["name"]
     assert op.arm.pool(status["nodePool"]["name"])["properties"]["vmSize"] == status["plan"]["vmSize"]  # type: ignore[index]
+
+
+async def test_the_head_pod_kuberay_builds_fits_a_system_node(kuberay: KubeRayPeer, op: OperatorHarness) -> None:
+    """KubeRay adds its autoscaler container to the head (in-tree autoscaling): the pod as scheduled still fits."""
+    await op.create(cr_body("m1"))
+    await ready_at(op, 1)
+    (head,) = [p for p in kuberay.pods() if p["metadata"]["name"].endswith("-head")]
+    containers = head["spec"]["containers"]
+    assert [c["name"] for c in containers] == ["ray-head", "autoscaler"]
+    cpu = sum(parse_quantity(c["resources"]["requests"]["cpu"]) for c in containers)
+    memory = sum(parse_quantity(c["resources"]["requests"]["memory"]) for c in containers)
+    assert cpu == 2.5 and cpu <= SYSTEM_NODE.cpu_millis / 1000
+    assert memory == 8.5 * 2**30 and memory <= SYSTEM_NODE.memory_bytes

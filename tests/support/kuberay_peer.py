@@ -16,7 +16,10 @@ Each rule cites the KubeRay v1.7.0 source that defines it (github.com/ray-projec
   (`reconcilePromotionAndServingStatus`); the old cluster is deleted after `rayClusterDeletionDelaySeconds`
   (default 60 s, `cleanUpRayClusterInstance`; the peer's `deletion_delay_s`).
 - Pods: worker pods get `ray.io/serve=true`, the head `false` until its proxy is healthy (common/pod.go
-  `BuildPod`, `updateHeadPodServeLabel`); every pod carries the template's labels and nodeSelector.
+  `BuildPod`, `updateHeadPodServeLabel`); every pod carries the template's labels and nodeSelector. With
+  `enableInTreeAutoscaling` the head pod also gets the `autoscaler` container, in the head's image with 500m CPU
+  and 512Mi requests and limits, or `autoscalerOptions.resources` when set (common/pod.go
+  `DefaultHeadPodTemplate`, `BuildAutoscalerContainer`, `mergeAutoscalerOverrides`).
 - Status (`calculateStatus`, `calculateConditions`): observedGeneration = metadata.generation; Ready is True
   while the serve Service has endpoints (a ready pod labelled ray.io/serve=true), even while an application
   redeploys; UpgradeInProgress is True while both an active and a pending cluster exist; serviceStatus
@@ -59,6 +62,25 @@ def kuberay_cluster_hash(cluster_spec: dict[str, Any]) -> str:
         group["template"]["spec"].pop("tolerations", None)
         group["template"]["spec"].pop("schedulingGates", None)
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _with_autoscaler(cluster_spec: dict[str, Any]) -> dict[str, Any]:
+    """The head pod template as KubeRay builds it: the autoscaler container appended with in-tree autoscaling."""
+    template = copy.deepcopy(cluster_spec["headGroupSpec"]["template"])
+    if not cluster_spec.get("enableInTreeAutoscaling"):
+        return template
+    options = cluster_spec.get("autoscalerOptions") or {}
+    default = {"cpu": "500m", "memory": "512Mi"}
+    resources = options.get("resources")
+    containers = template["spec"]["containers"]
+    containers.append(
+        {
+            "name": "autoscaler",
+            "image": options.get("image") or containers[0]["image"],
+            "resources": {"requests": dict(default), "limits": dict(default)} if resources is None else resources,
+        }
+    )
+    return template
 
 
 @dataclass
@@ -194,7 +216,7 @@ class KubeRayPeer:
     async def _create_cluster(self, ns: str, name: str, spec: dict[str, Any], goal: str, state: _Service) -> _Cluster:
         cluster = _Cluster(f"{name}-{next(self._suffixes):05d}", goal, copy.deepcopy(spec["rayClusterConfig"]))
         state.events.append(f"created {cluster.name}")
-        head = cluster.spec["headGroupSpec"]["template"]
+        head = _with_autoscaler(cluster.spec)
         cluster.pods.append(await self._create_pod(ns, f"{cluster.name}-head", head, cluster.name, "head", name))
         await self._scale(ns, cluster, spec, name)
         return cluster

@@ -489,7 +489,14 @@ class EngineSpec(_Model):
     tensor_parallel_size: int = Field(default=1, ge=1, le=64, description="GPUs a replica's layers are split over.")
     pipeline_parallel_size: int = Field(default=1, ge=1, le=64, description="Stages across nodes.")
     gpu_memory_utilization: float = Field(
-        default=0.9, gt=0.0, le=0.99, description="Fraction of GPU memory vLLM may use (weights + KV cache)."
+        default=0.9,
+        gt=0.0,
+        le=0.99,
+        description=(
+            "Fraction of GPU memory one vLLM engine may use (weights + KV cache). With gpuFraction, the "
+            "floor(1/gpuFraction) replicas on one GPU each get at most 0.9 divided by their number, so that all of "
+            "them pass vLLM's startup free-memory check."
+        ),
     )
     enable_prefix_caching: bool = Field(default=True, description="Reuse KV cache of shared prompt prefixes.")
     enable_chunked_prefill: bool = Field(default=True, description="Interleave long prefills with decode steps.")

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tokenplane_operator.api.v1alpha1 import AcceleratorKind, InferenceDeployment, PlanStatus
+from tokenplane_operator.api.v1alpha1 import AcceleratorKind, InferenceDeployment, PlanStatus, Quantization
 from tokenplane_operator.desired.agentpool import (
     OS_DISK_TIERS_GIB,
     DesiredAgentPool,
@@ -54,25 +54,34 @@ class DesiredState(BaseModel):
 
 
 def _node_weights_disk_gib(
-    deployment: InferenceDeployment, pods_per_node: int, weights_bytes: int | None, config: RenderConfig
+    deployment: InferenceDeployment, pods_per_node: int, download_bytes: int | None, config: RenderConfig
 ) -> int:
     """Ephemeral storage the workers of one node want when they download the weights (0 when they do not).
 
     Each pod wants its weights plus the base share (`worker_ephemeral_storage_gib`), capped at what the largest
-    OS disk offers; the renderer shrinks the base share (to at least 1 GiB) to fit the disk it gets.
+    OS disk offers; the renderer shrinks the base share (to at least 1 GiB) to fit the disk it gets. The
+    weights are the checkpoint's bytes as stored (`download_bytes`): fp8 or int8 on a 16-bit checkpoint is
+    applied while loading, after the 16-bit download.
 
     Raises:
         PlanError: DoesNotFit when no AKS OS disk holds the weights with 1 GiB beside each.
     """
-    weights_gib = -(-weights_disk_bytes(deployment, weights_bytes) // GIB)
+    weights_gib = -(-weights_disk_bytes(deployment, download_bytes) // GIB)
     if not weights_gib:
         return 0
     largest = 0.9 * max(OS_DISK_TIERS_GIB[-1], config.node_os_disk_gib)  # the kubelet keeps 10%
     if pods_per_node * (weights_gib + 1) > largest:
+        quantization = deployment.spec.model.quantization
+        online = (
+            f" (quantization {quantization.value} is applied while loading: the checkpoint is downloaded as "
+            "stored; a checkpoint already quantized to it downloads less)"
+            if quantization is not Quantization.NONE
+            else ""
+        )
         raise PlanError(
             PlanErrorReason.DOES_NOT_FIT,
             f"the {pods_per_node} worker pod(s) of one node download "
-            f"{pods_per_node * weights_gib} GiB of weights, more than the largest OS disk holds "
+            f"{pods_per_node * weights_gib} GiB of weights{online}, more than the largest OS disk holds "
             f"({largest:.0f} GiB allocatable); serve the weights from a PVC (pvc://) or use fewer, larger worker "
             "pods per node",
             field="spec.model.source",
@@ -145,7 +154,7 @@ def desired_agent_pool(
     sku: GpuSku,
     *,
     default_os_sku: Literal["AzureLinux", "Ubuntu"] = "AzureLinux",
-    weights_bytes: int | None = None,
+    download_bytes: int | None = None,
     config: RenderConfig | None = None,
 ) -> DesiredAgentPool:
     """Build the managed agent pool for a deployment's hardware class.
@@ -158,8 +167,9 @@ def desired_agent_pool(
         deployment: A validated GPU InferenceDeployment without `nodePool.existing`.
         sku: The VM size (resolved from `auto` by the planner when needed).
         default_os_sku: Node OS when the CR has no `nodePool.managed` block (the CR's own osSku wins).
-        weights_bytes: The plan's weight bytes. When the workers of one node download more than the default
-            OS disk holds, the pool gets the smallest larger `osDiskSizeGB` tier (and its own name).
+        download_bytes: The checkpoint's bytes as stored (`resolve.checkpoint_bytes`). When the workers of one
+            node download more than the default OS disk holds, the pool gets the smallest larger
+            `osDiskSizeGB` tier (and its own name).
         config: Render settings (default OS disk, a worker's base ephemeral storage); the defaults when None.
 
     Returns:
@@ -183,7 +193,7 @@ def desired_agent_pool(
     spot = hardware.spot.enabled
     config = config or RenderConfig()
     disk = os_disk_tier(
-        _node_weights_disk_gib(deployment, shape.pods_per_node, weights_bytes, config), config.node_os_disk_gib
+        _node_weights_disk_gib(deployment, shape.pods_per_node, download_bytes, config), config.node_os_disk_gib
     )
     return DesiredAgentPool(
         name=pool_name_for(hardware_class_key(sku.vm_size, mig, spot, hardware.zones, disk)),
@@ -227,14 +237,14 @@ def build_desired_state(deployment: InferenceDeployment, config: RenderConfig) -
         # Refuse, with the fix, weights no node disk holds (bring-your-own nodes too; the checker reports
         # weights larger than the configured disk).
         _node_weights_disk_gib(
-            deployment, compute_worker_shape(deployment, sku).pods_per_node, resolved.status.weights_bytes, config
+            deployment, compute_worker_shape(deployment, sku).pods_per_node, resolved.download_bytes, config
         )
         if hardware.node_pool.existing is None:
             pool = desired_agent_pool(
                 deployment,
                 sku,
                 default_os_sku=config.os_sku,
-                weights_bytes=resolved.status.weights_bytes,
+                download_bytes=resolved.download_bytes,
                 config=config,
             )
     serving_args = build_serving_args(deployment)
@@ -249,7 +259,7 @@ def build_desired_state(deployment: InferenceDeployment, config: RenderConfig) -
             pool=pool,
             config=config,
             sku=sku,
-            weights_bytes=resolved.status.weights_bytes,
+            download_bytes=resolved.download_bytes,
         ),
         service=build_service(deployment),
         network_policy=build_network_policy(

@@ -18,7 +18,7 @@ from tokenplane_operator.api.v1alpha1 import (
     UpgradeStrategy,
     parse_source,
 )
-from tokenplane_operator.desired.agentpool import POOL_LABEL, DesiredAgentPool
+from tokenplane_operator.desired.agentpool import POOL_LABEL, SPOT_TAINT, DesiredAgentPool
 from tokenplane_operator.desired.config import RenderConfig
 from tokenplane_operator.desired.naming import (
     CLUSTER_HASH_ANNOTATION,
@@ -39,6 +39,7 @@ from tokenplane_operator.desired.serveconfig import (
     CACHE_REDIS_URL_ENV,
     SourceVolume,
     has_blob_sources,
+    replicas_per_gpu,
     source_volumes,
 )
 from tokenplane_operator.plan.allocatable import node_allocatable
@@ -186,7 +187,7 @@ def compute_worker_shape(deployment: InferenceDeployment, sku: GpuSku | None) ->
         per_node = sku.gpu_count * mig.slices_per_gpu
         return WorkerShape(mig.resource_name, 1, per_node, 1, min_replicas, max_replicas)
     if hardware.gpu_fraction is not None:
-        per_gpu = max(1, math.floor(1 / hardware.gpu_fraction))
+        per_gpu = replicas_per_gpu(hardware.gpu_fraction)
         return WorkerShape(GPU_RESOURCE, 1, sku.gpu_count, 1, min_replicas, max_replicas, replicas_per_pod=per_gpu)
     gpus = hardware.gpus_per_replica
     if gpus <= sku.gpu_count:
@@ -204,20 +205,22 @@ def compute_worker_shape(deployment: InferenceDeployment, sku: GpuSku | None) ->
     )
 
 
-def weights_disk_bytes(deployment: InferenceDeployment, weights_bytes: int | None) -> int:
+def weights_disk_bytes(deployment: InferenceDeployment, download_bytes: int | None) -> int:
     """Node disk one worker pod fills with the model's downloaded weights.
 
     Args:
         deployment: A validated InferenceDeployment.
-        weights_bytes: The plan's weight bytes (status.plan.weightsBytes); None when the model is unknown.
+        download_bytes: The checkpoint's bytes as stored (`resolve.checkpoint_bytes`): with online
+            quantization (fp8 on a bf16 checkpoint) more than status.plan.weightsBytes, which are at the serving
+            precision. None when the model is unknown.
 
     Returns:
-        `ceil(1.1 x weights_bytes)` for `hf://` and Azure Blob sources, which every worker downloads onto its
+        `ceil(1.1 x download_bytes)` for `hf://` and Azure Blob sources, which every worker downloads onto its
         node; 0 for PVC and local sources (read in place) and for unknown weights.
     """
-    if weights_bytes is None or parse_source(deployment.spec.model.source)[0] not in _DOWNLOADED:
+    if download_bytes is None or parse_source(deployment.spec.model.source)[0] not in _DOWNLOADED:
         return 0
-    return math.ceil(_WEIGHTS_DISK_HEADROOM * weights_bytes)
+    return math.ceil(_WEIGHTS_DISK_HEADROOM * download_bytes)
 
 
 def tolerations_for(taints: tuple[str, ...] | list[str]) -> list[dict[str, str]]:
@@ -448,7 +451,12 @@ def _worker_placement(deployment: InferenceDeployment, pool: DesiredAgentPool | 
     if pool is not None:
         return {POOL_LABEL: pool.name}, tolerations_for(pool.effective_taints)
     if existing is not None:
-        return dict(existing.node_selector), tolerations_for(existing.tolerations_for_taints)
+        taints = tuple(existing.tolerations_for_taints)
+        if deployment.spec.hardware.spot.enabled:
+            # AKS taints every spot node itself (SPOT_TAINT; learn.microsoft.com/azure/aks/spot-node-pool), so
+            # workers on a spot pool of the user's need its toleration, as managed spot pools get it.
+            taints = tuple(dict.fromkeys((*taints, SPOT_TAINT)))
+        return dict(existing.node_selector), tolerations_for(taints)
     return {}, []
 
 
@@ -515,7 +523,7 @@ def build_rayservice(
     pool: DesiredAgentPool | None,
     config: RenderConfig,
     sku: GpuSku | None = None,
-    weights_bytes: int | None = None,
+    download_bytes: int | None = None,
 ) -> dict[str, Any]:
     """Build the RayService manifest for one InferenceDeployment.
 
@@ -525,7 +533,8 @@ def build_rayservice(
         pool: The managed agent pool the workers run on, or None (bring-your-own nodes or CPU).
         config: Operator-wide rendering settings (image, Ray version, sizes).
         sku: The VM size of the workers; None for CPU deployments.
-        weights_bytes: The plan's weight bytes; downloaded weights add to the workers' ephemeral storage.
+        download_bytes: The checkpoint's bytes as stored (`resolve.checkpoint_bytes`, not the serving
+            precision's); downloaded weights add to the workers' ephemeral storage.
 
     Returns:
         A `ray.io/v1` RayService dict with spec-hash and cluster-hash annotations and no ownerReferences
@@ -561,7 +570,7 @@ def build_rayservice(
                     sources,
                     serving_args.drain_grace_period_s,
                     sku,
-                    weights_disk_bytes(deployment, weights_bytes),
+                    weights_disk_bytes(deployment, download_bytes),
                     env,
                 )
             ],

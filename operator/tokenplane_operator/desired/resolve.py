@@ -12,11 +12,12 @@ from tokenplane_operator.api.v1alpha1 import AcceleratorKind, InferenceDeploymen
 from tokenplane_operator.plan.catalog import all_skus
 from tokenplane_operator.plan.errors import PlanError
 from tokenplane_operator.plan.memory import weights_bytes
+from tokenplane_operator.plan.modelinfo import ModelInfo
 from tokenplane_operator.plan.precision import Precision
 from tokenplane_operator.plan.sizing import Plan, recommend
 from tokenplane_operator.plan.spec import workload_from_spec
 
-__all__ = ["ResolvedPlan", "resolve_plan"]
+__all__ = ["ResolvedPlan", "checkpoint_bytes", "resolve_plan"]
 
 
 @dataclass(frozen=True)
@@ -25,11 +26,15 @@ class ResolvedPlan:
 
     Attributes:
         deployment: The deployment with `vmSize`, `gpusPerReplica`, `migProfile` and TP/PP as resolved.
-        status: What `status.plan` reports: read from `deployment`, so the two cannot disagree.
+        status: What `status.plan` reports: read from `deployment`, so the two cannot disagree. Its
+            `weightsBytes` are at the serving precision (what the GPUs hold).
+        download_bytes: Bytes of the checkpoint as stored (what a worker downloads; see `checkpoint_bytes`),
+            or None when the model is unknown or the replicas run on CPU.
     """
 
     deployment: InferenceDeployment
     status: PlanStatus
+    download_bytes: int | None = None
 
 
 def resolve_plan(deployment: InferenceDeployment) -> ResolvedPlan:
@@ -53,7 +58,7 @@ def resolve_plan(deployment: InferenceDeployment) -> ResolvedPlan:
         return ResolvedPlan(deployment, PlanStatus(reasons=["CPU replicas"]))
     if hardware.vm_size != "auto":
         status = _status(deployment, reasons=["vmSize set in the spec"], weights=_known_weights_bytes(deployment))
-        return ResolvedPlan(deployment, status)
+        return ResolvedPlan(deployment, status, checkpoint_bytes(deployment))
     catalog = all_skus()
     workload = workload_from_spec(deployment.spec)
     if hardware.gpu_fraction is not None:
@@ -62,7 +67,7 @@ def resolve_plan(deployment: InferenceDeployment) -> ResolvedPlan:
         workload = replace(workload, gpus_per_replica=1, tensor_parallel_size=1, pipeline_parallel_size=1)
     plan = recommend(workload, catalog=catalog)
     resolved = _apply(deployment, plan)
-    return ResolvedPlan(resolved, _status(resolved, plan=plan, reasons=plan.reasons))
+    return ResolvedPlan(resolved, _status(resolved, plan=plan, reasons=plan.reasons), _download_bytes(workload.model))
 
 
 def _known_weights_bytes(deployment: InferenceDeployment) -> int | None:
@@ -77,6 +82,32 @@ def _known_weights_bytes(deployment: InferenceDeployment) -> int | None:
     choice = workload.quantization
     precision = choice if isinstance(choice, Precision) else workload.model.native_precision
     return weights_bytes(workload.model, precision)
+
+
+def checkpoint_bytes(deployment: InferenceDeployment) -> int | None:
+    """Bytes a worker downloads for the model: its checkpoint in the precision it is stored in.
+
+    Not the serving precision's bytes: `quantization: fp8` (or int8) on a 16-bit checkpoint is applied online,
+    while vLLM loads the full checkpoint (vllm/model_executor/model_loader/weight_utils.py,
+    `get_quant_config`: with no quantization config in the repo, fp8 becomes online `fp8_per_tensor`), so
+    Llama-3.1-70B served in fp8 still downloads ~141 GB of bf16 safetensors, not ~71 GB. A pre-quantized
+    checkpoint (AWQ, GPTQ, FP8 repos) is stored at its own precision, which `native_precision` says.
+
+    Args:
+        deployment: A validated InferenceDeployment.
+
+    Returns:
+        The checkpoint's bytes, or None when the planner does not know the model.
+    """
+    try:
+        model = workload_from_spec(deployment.spec).model
+    except PlanError:
+        return None  # a model the planner does not know: nothing to count
+    return _download_bytes(model)
+
+
+def _download_bytes(model: ModelInfo) -> int:
+    return weights_bytes(model, model.native_precision)
 
 
 def _apply(deployment: InferenceDeployment, plan: Plan) -> InferenceDeployment:

@@ -5,7 +5,8 @@ intermediate values), so a rendering bug shows up as a problem here:
 
 - `fits`: every worker pod, times the pods a node of its pool holds, fits the node's allocatable CPU, memory
   and ephemeral storage (on the OS disk, `TOKENPLANE_NODE_OS_DISK_GIB`); a worker that downloads the weights
-  (hf://, az://) requests disk for them and bounds its Blob download volume; the head fits a system node.
+  (hf://, az://) requests disk for them and bounds its Blob download volume; the head, with the autoscaler
+  container KubeRay adds to it, fits a system node.
 - `gpu-resource`: each extended resource a worker asks for exists on the pool's VM size with its MIG profile,
   and Ray is told the same number of GPUs.
 - `parallelism`: vLLM's TP x PP equals the GPUs of one replica, which whole worker pods hold; status.plan
@@ -27,6 +28,7 @@ from typing import Any
 
 import yaml
 
+from tokenplane_operator.desired.agentpool import SPOT_TAINT
 from tokenplane_operator.desired.bundle import DesiredState
 from tokenplane_operator.desired.config import RenderConfig
 from tokenplane_operator.desired.naming import (
@@ -37,13 +39,28 @@ from tokenplane_operator.desired.naming import (
     selector_labels,
 )
 from tokenplane_operator.desired.rayservice import weights_disk_bytes
+from tokenplane_operator.desired.resolve import checkpoint_bytes
 from tokenplane_operator.plan.allocatable import NodeAllocatable, host_allocatable, node_allocatable
 from tokenplane_operator.plan.catalog import find_sku
 
-__all__ = ["SYSTEM_NODE", "Peer", "Problem", "admits", "check_schedulable", "parse_quantity"]
+__all__ = [
+    "KUBERAY_AUTOSCALER_RESOURCES",
+    "SYSTEM_NODE",
+    "Peer",
+    "Problem",
+    "admits",
+    "check_schedulable",
+    "parse_quantity",
+]
 
 # AKS's default system node size for new clusters, Standard_D4ds_v5: 4 vCPUs, 16 GiB (the Ray head runs there).
 SYSTEM_NODE = host_allocatable(4, 16.0)
+# The autoscaler container KubeRay adds to the head pod with enableInTreeAutoscaling, unless
+# autoscalerOptions.resources replaces it (ray-operator/controllers/ray/common/pod.go, BuildAutoscalerContainer).
+KUBERAY_AUTOSCALER_RESOURCES: Mapping[str, Mapping[str, str]] = {
+    "requests": {"cpu": "500m", "memory": "512Mi"},
+    "limits": {"cpu": "500m", "memory": "512Mi"},
+}
 # KubeRay sets this label itself: "true" on RayService worker pods, on the head once its proxy is healthy
 # (ray-operator/controllers/ray/common/pod.go, BuildPod).
 _KUBERAY_SERVE_LABEL = ("ray.io/serve", "true")
@@ -236,15 +253,30 @@ def _where(state: DesiredState, path: str) -> str:
     return f"RayService/{state.rayservice['metadata']['name']} {path}"
 
 
-def _pod_requests(template: Mapping[str, Any]) -> dict[str, float]:
-    """Effective requests of a pod: per container, a limit without a request counts as the request."""
+def _pod_requests(template: Mapping[str, Any], extra: Iterable[Mapping[str, Any]] = ()) -> dict[str, float]:
+    """Effective requests of a pod: per container, a limit without a request counts as the request.
+
+    `extra` are the `resources` of containers a controller adds to the pod (KubeRay's autoscaler sidecar).
+    """
     total: dict[str, float] = {}
-    for container in template["spec"]["containers"]:
-        resources = container.get("resources") or {}
+    for resources in [c.get("resources") or {} for c in template["spec"]["containers"]] + list(extra):
         merged = {**(resources.get("limits") or {}), **(resources.get("requests") or {})}
         for name, value in merged.items():
             total[name] = total.get(name, 0.0) + parse_quantity(value)
     return total
+
+
+def _injected_head_containers(cluster: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """Return the `resources` of the containers KubeRay adds to the head pod (the autoscaler, when in-tree).
+
+    KubeRay appends it to the head pod (ray-operator/controllers/ray/common/pod.go, `DefaultHeadPodTemplate` and
+    `BuildAutoscalerContainer`: 500m CPU and 512Mi requests and limits), and `autoscalerOptions.resources`, when
+    set, replaces those whole (`mergeAutoscalerOverrides`).
+    """
+    if not cluster.get("enableInTreeAutoscaling"):
+        return []
+    resources = (cluster.get("autoscalerOptions") or {}).get("resources")
+    return [KUBERAY_AUTOSCALER_RESOURCES if resources is None else resources]
 
 
 def _worker_node(state: DesiredState, config: RenderConfig) -> NodeAllocatable | None:
@@ -261,8 +293,11 @@ def _worker_node(state: DesiredState, config: RenderConfig) -> NodeAllocatable |
 
 
 def _check_fits(state: DesiredState, config: RenderConfig, system_node: NodeAllocatable) -> list[Problem]:
-    problems = _fit_problems(_pod_requests(_cluster(state)["headGroupSpec"]["template"]), system_node, 1)
-    found = [Problem("fits", _where(state, ".headGroupSpec"), f"{p} of a system node") for p in problems]
+    cluster = _cluster(state)
+    sidecars = _injected_head_containers(cluster)
+    problems = _fit_problems(_pod_requests(cluster["headGroupSpec"]["template"], sidecars), system_node, 1)
+    counted = " (with the autoscaler container KubeRay adds)" if sidecars else ""
+    found = [Problem("fits", _where(state, ".headGroupSpec"), f"{p} of a system node{counted}") for p in problems]
     node = _worker_node(state, config)
     for group in _cluster(state)["workerGroupSpecs"]:
         where = _where(state, f".workerGroupSpecs[{group['groupName']}]")
@@ -290,7 +325,8 @@ def _check_weights_disk(
     state: DesiredState, group: Mapping[str, Any], requests: Mapping[str, float], where: str
 ) -> list[Problem]:
     """Check that a worker which downloads the weights requests disk for them and bounds its Blob volume."""
-    need = weights_disk_bytes(state.deployment, state.plan.weights_bytes)
+    # The checkpoint as stored, re-derived from the model (not status.plan.weightsBytes, at the serving precision).
+    need = weights_disk_bytes(state.deployment, checkpoint_bytes(state.deployment))
     if not need:
         return []
     found = []
@@ -398,6 +434,9 @@ def _check_placement(state: DesiredState) -> list[Problem]:
         if pool is None:
             if not selector:
                 found.append(Problem("placement", where, "no nodeSelector: workers could land on any node"))
+            spot = state.deployment.spec.hardware.spot.enabled
+            if spot and not _tolerates(tolerations, SPOT_TAINT):  # AKS taints the user's spot nodes too
+                found.append(Problem("placement", where, f"spot nodes are tainted {SPOT_TAINT}; no toleration"))
             continue
         labels = pool.effective_labels
         wrong = {k: v for k, v in selector.items() if labels.get(k) != v}

@@ -166,6 +166,34 @@ def test_byo_has_no_pool_and_uses_the_users_selector_and_taints() -> None:
     assert {"claimName": "weights", "readOnly": True} in [v.get("persistentVolumeClaim") for v in volumes.values()]
 
 
+def test_byo_spot_workers_tolerate_the_taint_aks_puts_on_spot_nodes() -> None:
+    # AKS taints every spot node kubernetes.azure.com/scalesetpriority=spot:NoSchedule, the user's pools too:
+    # without the toleration the workers stay Pending (they had only the user's own list).
+    state = desired(INPUTS["byo-private-pvc"], **{"spec.hardware.spot": {"enabled": True}})
+    assert state.agent_pool is None
+    tolerations = worker(state)["template"]["spec"]["tolerations"]
+    assert tolerations == [
+        {"key": "sku", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"},
+        {"key": "dedicated", "operator": "Exists", "effect": "NoExecute"},
+        {"key": "kubernetes.azure.com/scalesetpriority", "operator": "Equal", "value": "spot", "effect": "NoSchedule"},
+    ]
+    # Listed by the user as well: tolerated once.
+    listed = desired(
+        INPUTS["byo-private-pvc"],
+        **{
+            "spec.hardware.spot": {"enabled": True},
+            "spec.hardware.nodePool.existing.tolerationsForTaints": [SPOT_TAINT, "sku=gpu:NoSchedule"],
+        },
+    )
+    assert [t["key"] for t in worker(listed)["template"]["spec"]["tolerations"]] == [
+        "kubernetes.azure.com/scalesetpriority",
+        "sku",
+    ]
+    # Not spot: the user's list only.
+    plain = worker(desired(INPUTS["byo-private-pvc"]))["template"]["spec"]["tolerations"]
+    assert [t["key"] for t in plain] == ["sku", "dedicated"]
+
+
 def test_head_stays_off_gpu_nodes() -> None:
     head = rayservice(desired(INPUTS["example-customer-assistant-70b-fp8"]))["spec"]["rayClusterConfig"][
         "headGroupSpec"

@@ -165,6 +165,30 @@ def test_fits_fails_when_workers_ask_more_than_the_node_has() -> None:
     assert "cpu 6 = 6 exceeds the allocatable 2.86" in str(problems[0])
 
 
+def test_fits_counts_the_autoscaler_container_kuberay_adds_to_the_head() -> None:
+    # In-tree autoscaling: KubeRay appends a 500m / 512Mi autoscaler container to the head pod
+    # (ray-operator/controllers/ray/common/pod.go, BuildAutoscalerContainer). A 2.5-CPU head alone fits the
+    # 2.86 allocatable CPUs of a D4ds_v5 system node; with the sidecar the pod asks 3.
+    config = RenderConfig(head_cpu="2.5")
+    state = render(yaml.safe_load((ROOT / "deploy" / "examples" / "byo-nodes.yaml").read_text()), config)
+    assert state.rayservice["spec"]["rayClusterConfig"]["enableInTreeAutoscaling"] is True
+    (problem,) = check_schedulable(state, config)
+    assert problem.rule == "fits" and problem.where.endswith(".headGroupSpec")
+    assert "cpu 3 = 3 exceeds the allocatable 2.86" in problem.message and "autoscaler" in problem.message
+    # The default head (2 CPUs + 0.5) fits.
+    assert check_schedulable(example("byo-nodes"), CONFIG) == []
+
+    def smaller_sidecar(spec: dict[str, Any]) -> None:  # autoscalerOptions.resources replaces KubeRay's
+        spec["rayClusterConfig"]["autoscalerOptions"] = {"resources": {"requests": {"cpu": "100m", "memory": "256Mi"}}}
+
+    assert check_schedulable(with_rayservice(state, smaller_sidecar), config) == []
+
+    def no_autoscaler(spec: dict[str, Any]) -> None:
+        spec["rayClusterConfig"]["enableInTreeAutoscaling"] = False
+
+    assert check_schedulable(with_rayservice(state, no_autoscaler), config) == []
+
+
 def test_fits_counts_every_pod_a_mig_node_holds() -> None:
     state = example("internal-copilot-mig")  # H100 NVL, MIG3g: two slices, two pods per node
 
@@ -216,6 +240,20 @@ def test_placement_fails_without_the_gpu_toleration() -> None:
 
     problems = check_schedulable(with_rayservice(state, no_tolerations), CONFIG)
     assert rules(problems) == {"placement"} and "sku=gpu:NoSchedule" in str(problems[0])
+
+
+def test_placement_fails_when_byo_spot_workers_do_not_tolerate_the_spot_taint() -> None:
+    body = yaml.safe_load((ROOT / "tests" / "data" / "render" / "input" / "byo-private-pvc.yaml").read_text())
+    body["spec"]["hardware"]["spot"] = {"enabled": True}
+    state = render(body)
+    assert check_schedulable(state, CONFIG) == []
+
+    def users_list_only(spec: dict[str, Any]) -> None:
+        pod = spec["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["spec"]
+        pod["tolerations"] = [t for t in pod["tolerations"] if t["key"] != "kubernetes.azure.com/scalesetpriority"]
+
+    problems = check_schedulable(with_rayservice(state, users_list_only), CONFIG)
+    assert rules(problems) == {"placement"} and "scalesetpriority=spot:NoSchedule" in str(problems[0])
 
 
 def test_placement_fails_when_the_selector_names_another_pool() -> None:

@@ -90,3 +90,62 @@ def test_routing_latency_and_speculation() -> None:
     assistant = build_serving_args(_example("customer-assistant-70b-fp8"))
     assert assistant.routing.policy == "session_affinity"
     assert assistant.routing.session_header == "x-conversation-id"
+
+
+def _fraction(fraction: float, utilization: float | None = None):
+    body = {
+        "apiVersion": "tokenplane.io/v1alpha1",
+        "kind": "InferenceDeployment",
+        "metadata": {"name": "shared", "namespace": "ns"},
+        "spec": {
+            "model": {"source": "hf://meta-llama/Llama-3.1-8B-Instruct", "maxModelLen": 4096},
+            "hardware": {"vmSize": "Standard_NC24ads_A100_v4", "gpuFraction": fraction},
+            "engine": {} if utilization is None else {"gpuMemoryUtilization": utilization},
+        },
+    }
+    return parse_inference_deployment(body)
+
+
+def _all_engines_start(engines: int, utilization: float, total_gib: float = 80.0, context_gib: float = 0.5) -> bool:
+    """vLLM's startup check, engine after engine on one GPU (vllm/v1/worker/utils.py, `request_memory`).
+
+    Each engine needs free memory >= utilization x total after its own CUDA context exists, then holds its
+    budget plus that context (the budget is measured after the context, so does not count it).
+    """
+    used = 0.0
+    for _ in range(engines):
+        used += context_gib
+        if total_gib - used < utilization * total_gib:
+            return False
+        used += utilization * total_gib
+    return True
+
+
+@pytest.mark.parametrize(
+    ("fraction", "configured", "rendered"),
+    [
+        (0.3, None, 0.3),  # 3 engines: was 0.9 each, so the 2nd and 3rd failed vLLM's free-memory check
+        (0.5, None, 0.45),
+        (0.25, None, 0.225),
+        (0.1, None, 0.09),  # 10 engines
+        (0.5, 0.45, 0.45),  # already sized per engine, as vLLM's docs suggest: kept
+        (0.3, 0.2, 0.2),
+        (0.5, 0.95, 0.45),
+        (0.6, None, 0.9),  # one engine per GPU: alone, it keeps the value
+        (0.6, 0.95, 0.95),
+    ],
+)
+def test_engines_sharing_a_gpu_split_its_memory_so_all_of_them_start(
+    fraction: float, configured: float | None, rendered: float
+) -> None:
+    args = build_serving_args(_fraction(fraction, configured))
+    assert args.accelerator.gpus_per_replica == fraction
+    assert args.engine.gpu_memory_utilization == rendered
+    engines = max(1, int(1 / fraction + 1e-9))
+    assert _all_engines_start(engines, rendered)
+    if engines > 1:
+        assert not _all_engines_start(engines, configured or 0.9) or configured == rendered
+
+
+def test_whole_gpus_keep_the_configured_utilization() -> None:
+    assert build_serving_args(_example("customer-assistant-70b-fp8")).engine.gpu_memory_utilization == 0.92

@@ -152,3 +152,68 @@ def test_os_disk_size_cannot_change_in_place() -> None:
     observed = ObservedAgentPool.from_arm({"name": state.agent_pool.name, **body})
     assert observed.os_disk_size_gb == 128
     assert needs_replacement(state.agent_pool, observed) == "osDiskSizeGB cannot change in place (128 -> 256)"
+
+
+# --- online quantization: the checkpoint is downloaded as stored ------------------------------------------
+
+
+def test_fp8_on_a_bf16_checkpoint_sizes_disk_for_the_bf16_download() -> None:
+    # customer-assistant: Llama-3.1-70B, quantization fp8 (online: vLLM downloads the bf16 safetensors and
+    # quantizes while loading), TP 4 on an 8-GPU ND H100 v5 node, so 2 workers per node.
+    state = _render(yaml.safe_load((EXAMPLES / "customer-assistant-70b-fp8.yaml").read_text()))
+    assert state.plan.weights_bytes is not None and state.plan.weights_bytes < 70 * GIB  # the GPUs hold fp8
+    weights_gib = math.ceil(1.1 * 2 * 70.55e9 / GIB)  # 70.55 B parameters in bf16, with 10% headroom
+    assert weights_gib == 145  # was 75: sized at fp8
+    assert _ephemeral_gib(state) == 20 + 145 == 165  # was 95Gi
+    # 2 x 165 GiB: more than 90% of 256 GiB (was the tier), within 90% of 512.
+    assert state.agent_pool is not None and state.agent_pool.os_disk_size_gb == 512
+    assert check_schedulable(state, CONFIG) == []
+
+
+def test_fp8_on_a_bf16_235b_moe_gets_the_1024_gib_os_disk() -> None:
+    state = _render(yaml.safe_load((EXAMPLES / "frontier-moe-qwen3-235b.yaml").read_text()))
+    assert _ephemeral_gib(state) == 20 + math.ceil(1.1 * 2 * 235e9 / GIB) == 502  # was 263Gi
+    assert state.agent_pool is not None and state.agent_pool.os_disk_size_gb == 1024  # was 512
+    assert check_schedulable(state, CONFIG) == []
+
+
+def test_fp8_70b_on_one_h100_nvl_gets_the_256_gib_os_disk() -> None:
+    body = _body("hf://meta-llama/Llama-3.1-70B-Instruct", vmSize="Standard_NC40ads_H100_v5")
+    body["spec"]["model"]["quantization"] = "fp8"
+    state = _render(body)
+    assert _ephemeral_gib(state) == 165  # was 95Gi, on AKS's 128 GB default disk: ENOSPC mid-download
+    assert state.agent_pool is not None and state.agent_pool.os_disk_size_gb == 256
+
+
+def test_a_checkpoint_stored_in_fp8_downloads_its_fp8_bytes() -> None:
+    # DeepSeek-V3 ships FP8 weights: serving it in fp8 downloads the checkpoint as it is, ~1 byte per parameter.
+    body = _body("hf://deepseek-ai/DeepSeek-V3", vmSize="Standard_ND96isr_H200_v5", gpusPerReplica=8)
+    body["spec"]["engine"] = {"tensorParallelSize": 8}
+    plain = _render(body)
+    body["spec"]["model"]["quantization"] = "fp8"
+    fp8 = _render(body)
+    assert plain.plan.weights_bytes == fp8.plan.weights_bytes
+    assert _ephemeral_gib(plain) == _ephemeral_gib(fp8) == 20 + math.ceil(1.1 * fp8.plan.weights_bytes / GIB)
+
+
+def test_checker_counts_the_checkpoint_not_the_serving_precision() -> None:
+    # A rendering that requests disk for the fp8 bytes only (the bug) is reported.
+    state = _render(yaml.safe_load((EXAMPLES / "customer-assistant-70b-fp8.yaml").read_text()))
+    broken = copy.deepcopy(state.rayservice)
+    (group,) = broken["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    group["template"]["spec"]["containers"][0]["resources"]["requests"]["ephemeral-storage"] = "95Gi"
+    (problem,) = check_schedulable(state.model_copy(update={"rayservice": broken}), CONFIG)
+    assert problem.where.endswith("requests.ephemeral-storage")
+    assert "95 GiB does not hold the 144.6 GiB of weights the pod downloads" in problem.message
+
+
+def test_an_online_quantized_download_no_disk_holds_is_refused_saying_why() -> None:
+    # 405B in fp8 (~405 GB on the GPUs) on the 8 one-GPU workers of one ND96 node: each downloads ~810 GB of bf16.
+    body = _body("hf://meta-llama/Llama-3.1-405B", vmSize="Standard_ND96isr_H100_v5", gpuFraction=0.5)
+    body["spec"]["model"]["quantization"] = "fp8"
+    with pytest.raises(PlanError) as err:
+        _render(body)
+    assert err.value.reason is PlanErrorReason.DOES_NOT_FIT
+    message = str(err.value)
+    assert "spec.model.source" in message and "pvc://" in message
+    assert "quantization fp8 is applied while loading" in message and "already quantized" in message
