@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 from tokenplane_operator.api.v1alpha1 import AcceleratorKind, InferenceDeployment
 from tokenplane_operator.desired.rayservice import compute_worker_shape
+from tokenplane_operator.desired.resolve import download_bytes
 from tokenplane_operator.plan.catalog import find_sku
 from tokenplane_operator.plan.errors import PlanError, PlanErrorReason
 from tokenplane_operator.plan.estimates import Placement, decode_point, prefill_seconds
-from tokenplane_operator.plan.memory import weights_bytes
 from tokenplane_operator.plan.modelinfo import ModelInfo
 from tokenplane_operator.plan.precision import parse_precision
 from tokenplane_operator.plan.sizing import plan_for_sku
@@ -183,7 +183,8 @@ def physics_for(
     prefills = [(n, s * sharing) for n, s in prefills]
     decode_base, decode_per = _fit([(float(b), s) for b, s in steps])
     prefill_base, prefill_per = _fit([(float(n), s) for n, s in prefills])
-    load = _ENGINE_INIT_S + weights_bytes(workload.model, precision) / _LOAD_BYTES_PER_S
+    # The checkpoint streams in as stored: fp8 on a bf16 checkpoint is applied after loading the bf16 bytes.
+    load = _ENGINE_INIT_S + download_bytes(workload.model) / _LOAD_BYTES_PER_S
     return ReplicaPhysics(
         prefill_base_s=prefill_base,
         prefill_per_token_s=prefill_per,

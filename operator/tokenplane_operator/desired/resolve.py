@@ -17,7 +17,7 @@ from tokenplane_operator.plan.precision import Precision
 from tokenplane_operator.plan.sizing import Plan, recommend
 from tokenplane_operator.plan.spec import workload_from_spec
 
-__all__ = ["ResolvedPlan", "checkpoint_bytes", "resolve_plan"]
+__all__ = ["ResolvedPlan", "checkpoint_bytes", "download_bytes", "resolve_plan"]
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ def resolve_plan(deployment: InferenceDeployment) -> ResolvedPlan:
         workload = replace(workload, gpus_per_replica=1, tensor_parallel_size=1, pipeline_parallel_size=1)
     plan = recommend(workload, catalog=catalog)
     resolved = _apply(deployment, plan)
-    return ResolvedPlan(resolved, _status(resolved, plan=plan, reasons=plan.reasons), _download_bytes(workload.model))
+    return ResolvedPlan(resolved, _status(resolved, plan=plan, reasons=plan.reasons), download_bytes(workload.model))
 
 
 def _known_weights_bytes(deployment: InferenceDeployment) -> int | None:
@@ -103,10 +103,11 @@ def checkpoint_bytes(deployment: InferenceDeployment) -> int | None:
         model = workload_from_spec(deployment.spec).model
     except PlanError:
         return None  # a model the planner does not know: nothing to count
-    return _download_bytes(model)
+    return download_bytes(model)
 
 
-def _download_bytes(model: ModelInfo) -> int:
+def download_bytes(model: ModelInfo) -> int:
+    """Bytes of a model's checkpoint as stored (see `checkpoint_bytes`): what a worker downloads and loads."""
     return weights_bytes(model, model.native_precision)
 
 

@@ -413,6 +413,14 @@ def test_start_places_the_trace_on_the_clock_the_schedule_reads(tmp_path: Path) 
     assert bad.exit_code == 2 and "--start 'monday': give an ISO 8601 time" in bad.stderr, bad.output
 
 
+def test_a_replica_quantized_online_loads_its_checkpoint_as_stored() -> None:
+    # fp8 on Llama-3.1-70B's bf16 checkpoint: vLLM streams in ~141 GB and quantizes after; the load was timed
+    # from the fp8 bytes (~71 GB), half of it.
+    deployment = _deployment(REPO / "deploy/examples/customer-assistant-70b-fp8.yaml")
+    assert deployment.spec.model.quantization is not None
+    assert physics_for(deployment).load_s >= 30 + 140
+
+
 def test_the_tiny_models_size_is_the_one_the_cpu_speed_was_measured_on() -> None:
     assert read_model_dir(REPO / "models" / "tiny").params_total == physics._TINY_CPU_PARAMS
 
