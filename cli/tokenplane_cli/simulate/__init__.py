@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import math
 import os
 from functools import partial
 from pathlib import Path
@@ -21,10 +22,11 @@ from rich.status import Status
 
 from tokenplane_cli.files import load_one_document
 from tokenplane_cli.plan import model_override
+from tokenplane_cli.simulate.engine import percentile
 from tokenplane_cli.simulate.physics import ReplicaPhysics, physics_for
 from tokenplane_cli.simulate.report import plot, table
-from tokenplane_cli.simulate.run import POLICIES, run_policies, scenario_for, score
-from tokenplane_cli.simulate.traces import BUILTIN_TRACES, TraceError, builtin_trace, load_trace_file
+from tokenplane_cli.simulate.run import POLICIES, Scenario, run_policies, scenario_for, score
+from tokenplane_cli.simulate.traces import BUILTIN_TRACES, Request, TraceError, builtin_trace, load_trace_file
 from tokenplane_operator.api.v1alpha1 import InferenceDeployment
 from tokenplane_operator.api.validation import InvalidSpecError, parse_inference_deployment
 from tokenplane_operator.plan.errors import PlanError
@@ -151,6 +153,9 @@ def simulate_command(
         for name, requests in traces.items():
             # A spinner on a terminal only (a day's trace takes minutes, mostly the oracle's search); gone before
             # the trace's table prints.
+            unreachable = _unreachable_target(scenario, requests)
+            if unreachable:
+                err.print(f"[yellow]warning:[/] {escape(name)}: {unreachable}")
             with err.status(f"{name}: starting") as status:
                 results = run_policies(scenario, requests, POLICIES, partial(_show_step, status, name))
             scores = {policy: score(result, scenario.sim) for policy, result in results.items()}
@@ -173,6 +178,30 @@ def simulate_command(
         if scenario.sim.schedule:
             err.print(f"[dim]schedule windows read from t=0 = {epoch:%a %Y-%m-%d %H:%M %Z} (--start sets it)[/]")
     return 0
+
+
+def _unreachable_target(scenario: Scenario, requests: list[Request]) -> str | None:
+    """Say why no fleet can meet the target, when the requests alone on idle replicas would miss it at P95."""
+    sim = scenario.sim
+    physics, e2e = sim.physics, sim.metric == "e2e"
+    alone = [
+        math.inf  # refused (vLLM's 400), scored as a miss
+        if r.input_tokens + r.output_tokens > physics.max_model_len
+        else physics.prefill_s(r.input_tokens) + (max(0, r.output_tokens - 1) * physics.step_s(1) if e2e else 0.0)
+        for r in requests
+    ]
+    floor_ms = percentile(alone, 0.95) * 1000.0
+    if floor_ms <= sim.target_ms:
+        return None
+    if math.isinf(floor_ms):
+        return (
+            f"over 5% of the requests exceed maxModelLen {physics.max_model_len:,} and are refused: no replica "
+            "count meets the P95 target"
+        )
+    return (
+        f"these requests' own P95 {sim.metric} on an idle replica is {floor_ms:,.0f} ms, above the "
+        f"{sim.target_ms:,.0f} ms target: no replica count meets it (raise the target, or compare GPU-hours only)"
+    )
 
 
 def _show_step(status: Status, trace: str, step: str) -> None:

@@ -421,6 +421,23 @@ def test_a_replica_quantized_online_loads_its_checkpoint_as_stored() -> None:
     assert physics_for(deployment).load_s >= 30 + 140
 
 
+def test_a_target_no_fleet_can_meet_is_said_so(tmp_path: Path) -> None:
+    # 6,000-token prompts prefill in about 0.6 s on an A100: a 200 ms P95 TTFT is out of reach at any size, and
+    # every policy's 0% read as a verdict on the policies.
+    trace = write_trace(tmp_path / "long.jsonl", [Request(float(t), 6000, 50) for t in range(0, 300, 2)])
+    body = json.loads(json.dumps(DEFAULT_DEPLOYMENT))
+    body["spec"]["scaling"]["latencyTarget"]["p95Milliseconds"] = 200
+    tight = tmp_path / "tight.yaml"
+    tight.write_text(yaml.safe_dump(body))
+    result = runner.invoke(app, ["simulate", "--trace-file", str(trace), "-f", str(tight), "-o", "json"])
+    assert result.exit_code == 0, result.output
+    assert "warning: long: these requests' own P95 ttft on an idle replica is" in result.stderr
+    assert "above the 200 ms target" in result.stderr
+    json.loads(result.stdout)  # the contract is untouched
+    reachable = runner.invoke(app, ["simulate", "--trace-file", str(trace), "-o", "json"])
+    assert reachable.exit_code == 0 and "warning" not in reachable.stderr, reachable.output
+
+
 def test_the_tiny_models_size_is_the_one_the_cpu_speed_was_measured_on() -> None:
     assert read_model_dir(REPO / "models" / "tiny").params_total == physics._TINY_CPU_PARAMS
 
