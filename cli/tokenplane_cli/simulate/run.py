@@ -5,7 +5,9 @@ the same node pool). It is the fewest replica-seconds found that meet the SLO: a
 P95 within the target, every minute where that is physically possible. Computed in four steps:
 1. A per-minute lower bound: the fewest warm replicas whose P95 meets the target for the requests arriving in
    that minute, by binary search, each candidate simulated on that minute's requests after the previous
-   minute's (so the work carried over is on the replicas).
+   minute's (so the work carried over is on the replicas). A minute no count meets (prompts whose own prefill
+   exceeds the target, requests beyond the context window) gets the fewest within 5% of the P95 `maxReplicas`
+   reach, and is left out of the repair below: more replicas would only cost.
 2. A schedule for those counts: a replica needed from minute k on is started one start-up before minute k:
    model loading alone when the pool still holds a node freed within the autoscaler's idle time (a node
    lives on that long after its replica stops), node provisioning + model loading otherwise. A dip shorter
@@ -178,26 +180,32 @@ def _fixed_run(cfg: SimConfig, requests: list[Request], replicas: int) -> SimRes
     return Simulation(fixed, requests, FixedController(replicas)).run()
 
 
-def _minute_need(cfg: SimConfig, previous: list[Request], current: list[Request], start: float) -> int:
+def _minute_need(cfg: SimConfig, previous: list[Request], current: list[Request], start: float) -> tuple[int, bool]:
+    """Return the fewest warm replicas whose P95 meets the target for a minute's requests, and whether any does.
+
+    When none does (prompts whose own prefill exceeds the target, requests beyond the context window), it is the
+    fewest whose P95 is within 5% of what `maxReplicas` reach: more would cost without helping.
+    """
     shifted = [Request(r.t - start + _MINUTE, r.input_tokens, r.output_tokens) for r in previous] + [
         Request(r.t - start + _MINUTE, r.input_tokens, r.output_tokens) for r in current
     ]
     judged = len(previous)
 
-    def meets(n: int) -> bool:
+    def p95(n: int) -> float:
         jobs = _fixed_run(cfg, shifted, n).jobs[judged:]
-        return percentile([_latency(j, cfg.metric) for j in jobs], 0.95) <= cfg.target_ms
+        return percentile([_latency(j, cfg.metric) for j in jobs], 0.95)
 
+    best = p95(cfg.max_replicas)
+    reachable = best <= cfg.target_ms
+    bar = cfg.target_ms if reachable else best * 1.05
     low, high = 1, cfg.max_replicas
-    if not meets(high):
-        return high
     while low < high:
         mid = (low + high) // 2
-        if meets(mid):
+        if p95(mid) <= bar:
             high = mid
         else:
             low = mid + 1
-    return low
+    return low, reachable
 
 
 def oracle_plan(cfg: SimConfig, requests: list[Request], progress: Progress | None = None) -> list[int]:
@@ -209,15 +217,20 @@ def oracle_plan(cfg: SimConfig, requests: list[Request], progress: Progress | No
     for r in requests:
         buckets.setdefault(int(r.t // _MINUTE), []).append(r)
     last = max(buckets)
-    need = []
+    need: list[int] = []
+    unreachable: set[int] = set()
     for k in range(last + 1):
         report(f"oracle: replicas each minute needs, minute {k + 1}/{last + 1}")
         previous = [r for r in buckets.get(k - 1, []) if r.t >= k * _MINUTE - _MINUTE]
-        need.append(_minute_need(cfg, previous, buckets[k], k * _MINUTE) if k in buckets else 0)
+        n, reachable = _minute_need(cfg, previous, buckets[k], k * _MINUTE) if k in buckets else (0, True)
+        need.append(n)
+        if not reachable:
+            unreachable.add(k)
     bound = list(need)
     misses = _oracle_misses(cfg, requests, need)
     for round_ in range(4 * len(need)):
-        raisable = [k for k in misses if need[k] < cfg.max_replicas]
+        # A minute no fleet meets alone gets no more replicas: they would cost without meeting it.
+        raisable = [k for k in misses - unreachable if need[k] < cfg.max_replicas]
         if not raisable:
             break
         report(f"oracle: repair round {round_ + 1}, {len(raisable)} minute(s) over the target")

@@ -438,6 +438,19 @@ def test_a_target_no_fleet_can_meet_is_said_so(tmp_path: Path) -> None:
     assert reachable.exit_code == 0 and "warning" not in reachable.stderr, reachable.output
 
 
+def test_the_oracle_spends_nothing_on_a_target_no_fleet_meets(tmp_path: Path) -> None:
+    # 6,000-token prompts every 2 s against a 200 ms P95 TTFT: one replica misses it as 16 do. The oracle planned
+    # maxReplicas for every such minute, and every policy started warm with 16 replicas.
+    body = json.loads(json.dumps(DEFAULT_DEPLOYMENT))
+    body["spec"]["scaling"]["latencyTarget"]["p95Milliseconds"] = 200
+    tight = tmp_path / "tight.yaml"
+    tight.write_text(yaml.safe_dump(body))
+    deployment = _deployment(tight)
+    scenario = scenario_for(deployment, physics_for(deployment))
+    plan = oracle_plan(scenario.sim, [Request(float(t), 6000, 50) for t in range(0, 300, 2)])
+    assert max(plan) <= 2, max(plan)
+
+
 def test_the_tiny_models_size_is_the_one_the_cpu_speed_was_measured_on() -> None:
     assert read_model_dir(REPO / "models" / "tiny").params_total == physics._TINY_CPU_PARAMS
 
