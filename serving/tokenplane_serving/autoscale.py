@@ -36,7 +36,9 @@ Decision, per tick (the reasons are the operator's status reasons):
   breach ratio (at most 2x the running replicas; replicas already starting count towards it). A fleet over the
   target for a minute (its last two disjoint latency windows merged, not one unlucky window) or overloaded
   shows the *knee* (`capacity`), never below a load carried within the target for a minute (an overload's
-  first window still averages the load before it): from then on the fleet is sized at 85% of it. Before, it is
+  first window still averages the load before it): from then on the fleet is sized at 85% of it, and while the
+  fleet runs well within the target the knee is put a step (1.25x) beyond the load it carries (a knee read low,
+  from a window still averaging a quiet phase or from a prefill backlog, is unlearned that way). Before, it is
   sized at 1.25x the most a replica has been seen to carry well within the target for a whole window
   (`proven`): it approaches the knee in steps instead of jumping past it on an optimistic prior; never below the
   most a replica has carried within the target for a minute (`within`), since a light load proves little and
@@ -668,6 +670,11 @@ class TokenplanePolicy:
         elif p95 is not None and (self.p95_ms is None or p95 < _SCALE_IN_BAND * self.p95_ms):
             # Comfortably within target at this load: a replica holds at least that much.
             capacity = min(self.max_ongoing, max(capacity, low / current))
+            if state.get("learned"):
+                # A knee read from a queue or a breach can be read low (the window still averaging the load before
+                # a step, a prefill backlog): comfortably within the target, it is at least one step beyond
+                # this load, so the fleet re-explores upwards instead of holding a low knee for good.
+                capacity = min(self.max_ongoing, max(capacity, _EXPLORE * (low / current) / _HEADROOM))
             state["proven"] = max(float(state.get("proven", 0.0)), low / current)
         if knee_p95 is not None and p95 is not None and not self._breached(p95) and not self._breached(knee_p95):
             # Within the target for a minute at this load (not well within it: not proven, no step beyond it).

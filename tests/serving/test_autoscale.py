@@ -506,3 +506,16 @@ def test_the_knee_is_never_below_a_load_carried_within_the_target() -> None:
     # (their load averaged over the window: 20 running, and now 20 running plus 8 waiting within the tolerated 4 each)
     knee = (29 * 20.0 + 28.0) / 30 / 2
     assert policy()(context(full, ongoing=40, state=loaded))[1]["capacity"] == pytest.approx(knee)
+
+
+def test_a_knee_read_low_is_raised_again_while_the_fleet_is_well_within_the_target() -> None:
+    # A queue once set the knee at 7.06 a replica (the fleet is sized at 85% of it: 6 each). Then 4 replicas
+    # carry 6 each at a P95 of 200 ms for a minute, a fifth of the target: the knee is above that. It used to
+    # stay at 7.06 for good (capacity only rose to the load carried, which sizing keeps at 85% of it), so a fleet
+    # sized on a knee read low held its extra replicas (9-10 where 5 sufficed, on a step after a quiet start).
+    state = stable(4, capacity=7.06, learned=True, recent_running=[(NOW - 29 + s, 24.0) for s in range(29)])
+    calm = [report([200.0] * 20, running=6) for _ in range(4)]
+    first = policy()(context(calm, ongoing=24, state=state, now=NOW - 31))[1]
+    desired, after = policy()(context(calm, ongoing=24, state=first))
+    assert after["capacity"] == pytest.approx(1.25 * 6 / 0.85)
+    assert desired == 4
