@@ -52,6 +52,7 @@ class Job:
     done: float | None = None  # when its answer ended: the last token, or the error status of a refused request
     rejected: bool = False
     cold: bool = False  # arrived while no replica was ready (held)
+    client_error: bool = False  # longer than the context window: vLLM's 400, which no fleet can serve
     prefill_start: float | None = None
 
 
@@ -198,6 +199,7 @@ class Simulation:
     def _arrival(self, now: float, job: Job) -> None:
         self._recent_arrivals.append(now)
         if job.req.input_tokens + job.req.output_tokens > self.phys.max_model_len:
+            job.client_error = True
             self._refuse(job, now)  # vLLM answers 400: the request cannot fit the context window
             return
         ready = self._ready_replicas()

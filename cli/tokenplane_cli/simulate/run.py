@@ -31,7 +31,8 @@ Nothing is excluded from scoring. (Starting every policy at one replica into ful
 node cold start measured the start-up, not the policy.)
 
 Scores: `requestAttainment` is the share of requests meeting the target (rejected ones fail);
-`minuteAttainment` the share of minutes with arrivals whose P95 (rejected counted as infinite) meets it;
+`minuteAttainment` the share of minutes with arrivals whose P95 (rejected counted as infinite) meets it; a request
+longer than the context window (vLLM's 400, a client error no fleet can serve) is left out of both;
 `gpuHours` counts each replica from its start (cold start included) to its stop, times its GPUs (one per
 replica on CPU); `goodputPerGpu` is SLO-meeting requests per second per average GPU held (= good requests /
 GPU-seconds); `scaleEvents` counts target changes; `coldStartWaits` requests that arrived with no replica
@@ -149,16 +150,21 @@ class Score:
         }
 
 
+def _served(jobs: list[Any]) -> list[Any]:
+    """Return the requests a fleet could serve: not those beyond the context window (vLLM's 400)."""
+    return [job for job in jobs if not job.client_error]
+
+
 def _minute_p95s(jobs: list[Any], metric: str) -> dict[int, float]:
     minutes: dict[int, list[float]] = {}
-    for job in jobs:
+    for job in _served(jobs):
         minutes.setdefault(int(job.req.t // _MINUTE), []).append(_latency(job, metric))
     return {m: percentile(v, 0.95) for m, v in minutes.items()}
 
 
 def score(result: SimResult, cfg: SimConfig) -> Score:
     """Score one run."""
-    latencies = [_latency(j, cfg.metric) for j in result.jobs]
+    latencies = [_latency(j, cfg.metric) for j in _served(result.jobs)]
     good = sum(1 for v in latencies if v <= cfg.target_ms)
     minutes = _minute_p95s(result.jobs, cfg.metric)
     per_replica = cfg.physics.gpus or 1.0
@@ -192,7 +198,7 @@ def _minute_need(cfg: SimConfig, previous: list[Request], current: list[Request]
     judged = len(previous)
 
     def p95(n: int) -> float:
-        jobs = _fixed_run(cfg, shifted, n).jobs[judged:]
+        jobs = _served(_fixed_run(cfg, shifted, n).jobs[judged:])
         return percentile([_latency(j, cfg.metric) for j in jobs], 0.95)
 
     best = p95(cfg.max_replicas)

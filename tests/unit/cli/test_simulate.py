@@ -451,6 +451,22 @@ def test_the_oracle_spends_nothing_on_a_target_no_fleet_meets(tmp_path: Path) ->
     assert max(plan) <= 2, max(plan)
 
 
+def test_requests_beyond_the_context_window_are_left_out_of_attainment(tmp_path: Path) -> None:
+    # One request in five is longer than maxModelLen: vLLM's 400, which no fleet serves. They scored as misses,
+    # so every policy, the oracle too, read 80% of requests and 0% of minutes (their P95 infinite).
+    requests = [Request(float(t), 9000 if t % 10 == 0 else 100, 50) for t in range(0, 300, 2)]
+    trace = write_trace(tmp_path / "some-too-long.jsonl", requests)
+    result = runner.invoke(app, ["simulate", "--trace-file", str(trace), "-o", "json"])
+    assert result.exit_code == 0, result.output
+    assert "30 request(s) exceed maxModelLen 8,192: refused (vLLM's 400) and left out of attainment" in result.stderr
+    for name, scores in json.loads(result.stdout)["policies"].items():
+        assert scores["minuteAttainment"] == 1.0 and scores["requestAttainment"] == 1.0, name
+        assert scores["rejected"] == 30, name
+    everything = write_trace(tmp_path / "all-too-long.jsonl", [Request(0.0, 9000, 50)])
+    refused = runner.invoke(app, ["simulate", "--trace-file", str(everything)])
+    assert refused.exit_code == 2 and "every request exceeds maxModelLen 8,192" in refused.stderr, refused.output
+
+
 def test_the_tiny_models_size_is_the_one_the_cpu_speed_was_measured_on() -> None:
     assert read_model_dir(REPO / "models" / "tiny").params_total == physics._TINY_CPU_PARAMS
 
