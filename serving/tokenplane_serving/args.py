@@ -23,6 +23,7 @@ __all__ = [
     "DisaggregationArgs",
     "EngineArgs",
     "HoldArgs",
+    "KvConnector",
     "LatencyTarget",
     "LoraAdapter",
     "LoraArgs",
@@ -53,6 +54,11 @@ MANAGED_ENGINE_KEYS = frozenset(
 MIN_MAX_MODEL_LEN = 16
 # vLLM's accepted LoRA ranks (vllm/config/lora.py).
 LoraRank = Literal[1, 8, 16, 32, 64, 128, 256, 320, 512]
+# vLLM 0.32's KV connectors (vllm/distributed/kv_transfer/kv_connector/factory.py) that move a prefilled cache from
+# a prefill replica to a decode replica with what the serving image carries: NIXL (NixlConnector is the pull
+# variant under its old name). Mooncake and LMCache need packages the image lacks; the others offload to CPU or
+# storage, benchmark, or need per-connector config (MultiConnector) that tokenplane does not render.
+KvConnector = Literal["NixlConnector", "NixlPullConnector", "NixlPushConnector"]
 
 
 def managed_keys_in(extra_engine_args: Mapping[str, Any]) -> list[str]:
@@ -506,7 +512,9 @@ class DisaggregationArgs(_Args):
     enabled: bool = Field(default=False, description="Run prefill and decode in separate replica groups.")
     prefill_replicas: int = Field(default=1, ge=1, description="Prefill replicas.")
     decode_replicas: int = Field(default=1, ge=1, description="Decode replicas.")
-    kv_connector: str = Field(default="NixlConnector", description="vLLM KV connector moving the prefilled cache.")
+    kv_connector: KvConnector = Field(
+        default="NixlConnector", description="vLLM KV connector moving the prefilled cache."
+    )
 
 
 class ServingArgs(_Args):

@@ -28,6 +28,7 @@ __all__ = [
     "check_engine_kwargs",
     "compute_target_ongoing_requests",
     "hold_environment",
+    "lora_engine_kwargs",
     "ray_environment",
 ]
 
@@ -174,6 +175,31 @@ def build_policy_kwargs(args: ServingArgs) -> dict[str, Any]:
     return kwargs
 
 
+def lora_engine_kwargs(*, adapters: int, max_adapters_per_replica: int, max_rank: int) -> dict[str, Any]:
+    """Give the LoRA settings vLLM gets for a deployment: one rule for the engine and the planner's memory model.
+
+    vLLM preallocates `max_loras` GPU slots of `max_lora_rank` on every LoRA-wrapped layer at engine start
+    (`vllm/lora/layers/`), so these two numbers size GPU memory as well as the adapter cache.
+
+    Args:
+        adapters: Adapters the deployment serves (none: LoRA stays off).
+        max_adapters_per_replica: Adapters a replica keeps loaded (the CR's `lora.maxAdaptersPerReplica`).
+        max_rank: Largest adapter rank (the CR's `lora.maxRank`).
+
+    Returns:
+        `enable_lora`, `max_lora_rank`, `max_loras` and `max_cpu_loras`; empty without adapters.
+    """
+    if not adapters:
+        return {}
+    return {
+        "enable_lora": True,
+        "max_lora_rank": max_rank,
+        # Every adapter Ray keeps resident may join a batch: Ray's multiplexing LRU is the only cap.
+        "max_loras": max_adapters_per_replica,
+        "max_cpu_loras": max_adapters_per_replica,
+    }
+
+
 def _engine_kwargs(args: ServingArgs) -> dict[str, Any]:
     engine = args.engine
     kwargs: dict[str, Any] = {
@@ -204,12 +230,13 @@ def _engine_kwargs(args: ServingArgs) -> dict[str, Any]:
             }.items()
             if v is not None
         }
-    if args.lora.adapters:
-        kwargs["enable_lora"] = True
-        kwargs["max_lora_rank"] = args.lora.max_lora_rank
-        # Every adapter Ray keeps resident may join a batch: Ray's multiplexing LRU is the only cap.
-        kwargs["max_loras"] = args.lora.max_adapters_per_replica
-        kwargs["max_cpu_loras"] = args.lora.max_adapters_per_replica
+    kwargs.update(
+        lora_engine_kwargs(
+            adapters=len(args.lora.adapters),
+            max_adapters_per_replica=args.lora.max_adapters_per_replica,
+            max_rank=args.lora.max_lora_rank,
+        )
+    )
     if args.batch.enabled:
         # Batch requests carry a priority above 0: the engine admits interactive requests (0) first.
         kwargs["scheduling_policy"] = "priority"

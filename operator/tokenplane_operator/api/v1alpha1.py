@@ -15,7 +15,7 @@ from pydantic_core import PydanticCustomError
 
 from tokenplane_operator.api.conditions import ConditionType, Phase, Reason
 from tokenplane_operator.api.names import DNS1035_LABEL, DNS1123_LABEL, MAX_NAME_LENGTH
-from tokenplane_serving.args import MANAGED_ENGINE_KEYS, MIN_MAX_MODEL_LEN, LoraRank, managed_keys_in
+from tokenplane_serving.args import MANAGED_ENGINE_KEYS, MIN_MAX_MODEL_LEN, KvConnector, LoraRank, managed_keys_in
 from tokenplane_serving.blob_uri import BLOB_URI_FORMS, BLOB_URI_REGEXES, is_blob_uri, parse_blob_uri
 from tokenplane_serving.schedule import ScheduleWindow
 
@@ -964,7 +964,11 @@ class DisaggregationSpec(_Model):
     enabled: bool = Field(default=False, description="Split prefill and decode.")
     prefill_replicas: int = Field(default=1, ge=1, le=1000, description="Prefill replicas.")
     decode_replicas: int = Field(default=1, ge=1, le=1000, description="Decode replicas.")
-    kv_connector: str = Field(default="NixlConnector", description="vLLM KV transfer connector.")
+    # The serving contract owns the connectors that work on the serving image.
+    kv_connector: KvConnector = Field(
+        default="NixlConnector",
+        description="vLLM KV transfer connector: NixlConnector, NixlPullConnector or NixlPushConnector.",
+    )
 
 
 class AuthSpec(_Model):

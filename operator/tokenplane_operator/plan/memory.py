@@ -23,6 +23,7 @@ __all__ = [
     "compute_memory",
     "kv_bytes_per_sequence",
     "kv_bytes_per_token",
+    "lora_bytes_per_gpu",
     "max_model_len_for",
     "weights_bytes",
     "weights_bytes_per_gpu",
@@ -158,6 +159,60 @@ def activation_bytes(model: ModelInfo, max_num_batched_tokens: int, max_num_seqs
     return hidden_states + logits
 
 
+def _lora_layer_elements(model: ModelInfo, tp: int) -> int:
+    """Elements per LoRA slot and unit of rank one decoder layer holds on one GPU.
+
+    Each wrapped linear keeps `lora_a (rank, in)` and `lora_b (out, rank)` per slice; a column-parallel layer
+    sees its whole input and its shard of outputs, a row-parallel one the reverse (vllm/lora/layers/
+    base_linear.py, column_parallel_linear.py, row_parallel_linear.py). Llama's shape: qkv_proj (3 slices),
+    o_proj, gate_up_proj (2 slices), down_proj; MoE experts each hold the gate_up/down pair (fused_moe.py).
+    """
+    hidden = model.hidden_size
+    q = model.num_attention_heads * model.head_dim
+    kv = _kv_heads_per_gpu(model, tp) * model.head_dim
+    qkv = 3 * hidden + math.ceil(q / tp) + 2 * kv
+    o_proj = math.ceil(q / tp) + hidden
+
+    def mlp(width: int) -> int:  # gate_up (2 slices) + down
+        return 2 * hidden + 2 * math.ceil(width / tp) + math.ceil(width / tp) + hidden
+
+    dense = model.num_layers - model.moe_layers
+    attention = model.num_layers * (qkv + o_proj)
+    if not model.is_moe:
+        return attention + dense * mlp(model.intermediate_size)
+    expert_width = model.expert_params // (3 * hidden) if hidden else 0
+    return attention + dense * mlp(model.intermediate_size) + model.moe_layers * model.num_experts * mlp(expert_width)
+
+
+def lora_bytes_per_gpu(
+    model: ModelInfo, *, max_loras: int, max_lora_rank: int, tp: int = 1, pp: int = 1, dtype_bytes: int = 2
+) -> int:
+    """GPU bytes vLLM preallocates for LoRA slots on the fullest GPU of a replica, before any adapter loads.
+
+    `max_loras x max_lora_rank x (sum over wrapped layers of in + out) x dtype bytes`: every LoRA-wrapped
+    linear layer allocates `lora_a_stacked (max_loras, 1, max_lora_rank, in)` and `lora_b_stacked (max_loras,
+    1, out, max_lora_rank)` at engine start; the embedding (`vocab x rank` and `rank x hidden`) and the LM head's
+    logits processor (`rank x hidden` and `vocab x rank`) are wrapped too, unsharded on every TP rank, on the
+    first and last pipeline stage. Llama-3.1-8B: 2.89M elements per slot and rank, 5.8 MB in bf16.
+
+    Args:
+        model: The model.
+        max_loras: vLLM's `max_loras` (GPU slots); 0 when LoRA is off.
+        max_lora_rank: vLLM's `max_lora_rank`.
+        tp: Tensor-parallel size.
+        pp: Pipeline-parallel size (the fullest stage is counted).
+        dtype_bytes: Bytes per element (vLLM's lora_dtype follows the model dtype).
+
+    Returns:
+        Bytes on one GPU.
+    """
+    if max_loras <= 0 or max_lora_rank <= 0:
+        return 0
+    layers = math.ceil(_lora_layer_elements(model, tp) * math.ceil(model.num_layers / pp) / model.num_layers)
+    vocab_ends = 2 * (model.vocab_size + model.hidden_size) if pp == 1 else model.vocab_size + model.hidden_size
+    return max_loras * max_lora_rank * (layers + vocab_ends) * dtype_bytes
+
+
 @dataclass(frozen=True)
 class MemoryBreakdown:
     """Memory of one replica placement, per GPU (or MIG slice) unless said otherwise.
@@ -166,11 +221,12 @@ class MemoryBreakdown:
         weights_per_gpu: Weight bytes on the fullest GPU.
         kv_per_token_per_gpu: KV bytes per token per GPU.
         kv_per_sequence_per_gpu: KV bytes of one max_model_len sequence per GPU.
-        overhead_per_gpu: Activations + CUDA context + CUDA graphs per GPU.
+        overhead_per_gpu: Activations + CUDA context + CUDA graphs + LoRA slots per GPU.
         capacity_per_gpu: gpu_memory_utilization x device memory.
         sequences: Sequences per replica the check was made for.
         max_sequences: Most max_model_len sequences that fit (0: not even one).
         devices: GPUs (or slices) per replica.
+        lora_per_gpu: LoRA slot buffers per GPU (part of overhead_per_gpu); 0 without LoRA.
     """
 
     weights_per_gpu: int
@@ -181,6 +237,7 @@ class MemoryBreakdown:
     sequences: int
     max_sequences: int
     devices: int
+    lora_per_gpu: int = 0
 
     @property
     def kv_per_gpu(self) -> int:
@@ -217,6 +274,9 @@ def compute_memory(
     max_num_batched_tokens: int = 8192,
     max_num_seqs: int = 256,
     enforce_eager: bool = False,
+    max_loras: int = 0,
+    max_lora_rank: int = 0,
+    lora_dtype_bytes: int = 2,
 ) -> MemoryBreakdown:
     """Check a replica placement against vLLM's memory budget.
 
@@ -233,15 +293,22 @@ def compute_memory(
         max_num_batched_tokens: vLLM's per-step token budget (sizes activations).
         max_num_seqs: vLLM's running-sequence cap (sizes logits).
         enforce_eager: Whether CUDA graphs are off.
+        max_loras: vLLM's LoRA GPU slots (0: LoRA off).
+        max_lora_rank: vLLM's max_lora_rank.
+        lora_dtype_bytes: Bytes per LoRA element.
 
     Returns:
         The per-GPU breakdown.
     """
     weights = weights_bytes_per_gpu(model, precision, tp, pp)
+    lora = lora_bytes_per_gpu(
+        model, max_loras=max_loras, max_lora_rank=max_lora_rank, tp=tp, pp=pp, dtype_bytes=lora_dtype_bytes
+    )
     overhead = (
         activation_bytes(model, max_num_batched_tokens, max_num_seqs, tp)
         + CUDA_CONTEXT_BYTES
         + (0 if enforce_eager else CUDA_GRAPH_BYTES)
+        + lora
     )
     capacity = int(device_memory_bytes * gpu_memory_utilization)
     per_seq = kv_bytes_per_sequence(model, max_model_len, kv_dtype_bytes, tp, pp)
@@ -255,6 +322,7 @@ def compute_memory(
         sequences=sequences,
         max_sequences=max(0, free // per_seq),
         devices=tp * pp,
+        lora_per_gpu=lora,
     )
 
 

@@ -77,6 +77,8 @@ class Workload:
         avg_context_tokens: Average context during decode for estimates; None means half of max_model_len.
         enforce_eager: Whether CUDA graphs are off.
         dtype: vLLM's activation dtype; "bfloat16" rules out GPUs without BF16 when the planner chooses the size.
+        max_loras: vLLM's LoRA GPU slots per replica (0: LoRA off); each preallocates max_lora_rank buffers.
+        max_lora_rank: vLLM's max_lora_rank.
     """
 
     model: ModelInfo
@@ -96,6 +98,8 @@ class Workload:
     avg_context_tokens: int | None = None
     enforce_eager: bool = False
     dtype: DtypeChoice = "auto"
+    max_loras: int = 0
+    max_lora_rank: int = 0
 
     def __post_init__(self) -> None:
         bad = PlanErrorReason.INVALID_WORKLOAD
@@ -287,6 +291,9 @@ def _evaluate(workload: Workload, placement: Placement, tier: int, precision_ran
         max_num_batched_tokens=workload.max_num_batched_tokens,
         max_num_seqs=workload.max_num_seqs,
         enforce_eager=workload.enforce_eager,
+        max_loras=workload.max_loras,
+        max_lora_rank=workload.max_lora_rank,
+        lora_dtype_bytes=4 if workload.dtype == "float32" else 2,
     )
     per_replica = min(probe.max_sequences, workload.max_num_seqs, workload.concurrency)
     replicas = math.ceil(workload.concurrency / per_replica) if per_replica else 0
@@ -355,6 +362,11 @@ def _reasons(workload: Workload, chosen: _Candidate, ranked: list[_Candidate]) -
         f"{_gib(mem.required_per_gpu)} of {_gib(mem.capacity_per_gpu)} "
         f"({workload.gpu_memory_utilization:.0%} of {_gib(p.device_memory_bytes)})."
     )
+    if mem.lora_per_gpu:
+        reasons.append(
+            f"Runtime includes {_gib(mem.lora_per_gpu)} of LoRA slots vLLM preallocates: {workload.max_loras} "
+            f"adapters x rank {workload.max_lora_rank} on every wrapped layer."
+        )
     if chosen.tier == 0:
         reasons.append(f"Fits on {where} of {p.sku.vm_size} ({p.sku.gpu_model}); no sharding needed.")
     elif p.pp == 1:
@@ -529,8 +541,9 @@ def _closest_miss(workload: Workload, candidates: list[_Candidate]) -> str:
     if best.nodes > MAX_POOL_NODES:
         return f"closest: {where} needs {best.nodes:,} VMs, above the {MAX_POOL_NODES:,} an AKS node pool holds"
     need = mem.weights_per_gpu + mem.overhead_per_gpu + mem.kv_per_sequence_per_gpu
+    lora = f" (of which {_gib(mem.lora_per_gpu)} LoRA slots)" if mem.lora_per_gpu else ""
     return (
-        f"closest: {where} needs {_gib(need)} per GPU for weights + runtime + one {workload.context}-token "
+        f"closest: {where} needs {_gib(need)} per GPU for weights + runtime{lora} + one {workload.context}-token "
         f"sequence, but has {_gib(mem.capacity_per_gpu)}"
     )
 

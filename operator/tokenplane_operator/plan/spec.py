@@ -7,6 +7,7 @@ from tokenplane_operator.plan.errors import PlanError, PlanErrorReason
 from tokenplane_operator.plan.modelinfo import ModelInfo, resolve_model
 from tokenplane_operator.plan.precision import Precision
 from tokenplane_operator.plan.sizing import QuantizationChoice, Workload
+from tokenplane_serving.mapping import lora_engine_kwargs
 
 __all__ = ["workload_from_spec"]
 
@@ -49,6 +50,12 @@ def workload_from_spec(
         model = resolve_model(location)
     hardware, engine = spec.hardware, spec.engine
     explicit_hw, explicit_engine = hardware.model_fields_set, engine.model_fields_set
+    # The engine's own LoRA settings (the rule the serving mapping renders): their slots take GPU memory.
+    lora = lora_engine_kwargs(
+        adapters=len(spec.lora.adapters),
+        max_adapters_per_replica=spec.lora.max_adapters_per_replica,
+        max_rank=spec.lora.max_rank,
+    )
     return Workload(
         model=model,
         max_model_len=spec.model.max_model_len,
@@ -64,4 +71,6 @@ def workload_from_spec(
         max_num_seqs=engine.max_num_seqs,
         enforce_eager=engine.enforce_eager,
         dtype=spec.model.dtype.value,
+        max_loras=lora.get("max_loras", 0),
+        max_lora_rank=lora.get("max_lora_rank", 0),
     )

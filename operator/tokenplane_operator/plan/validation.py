@@ -6,12 +6,17 @@ from tokenplane_operator.api.v1alpha1 import AcceleratorKind, Dtype, InferenceDe
 from tokenplane_operator.api.validation import Problem
 from tokenplane_operator.plan.catalog import GIB, SERVING_ARCH, GpuSku, all_skus, find_sku
 from tokenplane_operator.plan.errors import PlanError, PlanErrorReason
+from tokenplane_operator.plan.memory import lora_bytes_per_gpu
 from tokenplane_operator.plan.modelinfo import ModelInfo, resolve_model
 from tokenplane_operator.plan.precision import Precision
 from tokenplane_operator.plan.sizing import plan_for_sku
 from tokenplane_operator.plan.spec import workload_from_spec
 
-__all__ = ["check_deployment"]
+__all__ = ["FLOAT16_REFUSED_MODEL_TYPES", "check_deployment"]
+
+# Model types vLLM 0.32 refuses to run in float16 ("numerical instability"; vllm/config/model.py
+# `_FLOAT16_NOT_SUPPORTED_MODELS`). With dtype auto on a GPU without bfloat16 it runs them in float32.
+FLOAT16_REFUSED_MODEL_TYPES = frozenset({"gemma2", "gemma3", "gemma3_text", "glm4"})
 
 
 def check_deployment(deployment: InferenceDeployment) -> list[Problem]:
@@ -31,9 +36,10 @@ def check_deployment(deployment: InferenceDeployment) -> list[Problem]:
         return []
     model = _known_model(deployment)
     problems = _quantization_problems(deployment, model) + _model_problems(deployment, model)
+    sku = None if hardware.vm_size == "auto" else find_sku(hardware.vm_size)
+    problems += _dtype_problems(deployment, model, sku)
     if hardware.vm_size == "auto":
         return problems
-    sku = find_sku(hardware.vm_size)
     if sku is None:
         known = ", ".join(s.vm_size for s in all_skus())
         return [
@@ -42,7 +48,7 @@ def check_deployment(deployment: InferenceDeployment) -> list[Problem]:
                 f"{hardware.vm_size} is not a GPU VM size tokenplane knows; use auto or one of: {known}",
             )
         ]
-    problems += _sku_problems(deployment, sku)
+    problems += _sku_problems(deployment, sku, model)
     if problems or model is None:
         return problems
     return _fit_problems(deployment, model, sku)
@@ -66,13 +72,30 @@ def _fit_problems(deployment: InferenceDeployment, model: ModelInfo, sku: GpuSku
         if mig is not None
         else (f"{plan.gpus_per_replica} GPU(s)", ("spec.hardware.vmSize", "a larger vmSize or more gpusPerReplica"))
     )
+    lora, lora_fix = "", ""
+    if workload.max_loras:
+        # vLLM preallocates every LoRA slot at engine start, adapters loaded or not.
+        slots = plan.gpus_per_replica * lora_bytes_per_gpu(
+            model,
+            max_loras=workload.max_loras,
+            max_lora_rank=workload.max_lora_rank,
+            tp=plan.tensor_parallel_size,
+            pp=plan.pipeline_parallel_size,
+            dtype_bytes=4 if workload.dtype == "float32" else 2,
+        )
+        lora = (
+            f", {slots / GIB:.1f} GiB of it LoRA slots for {workload.max_loras} adapters x rank "
+            f"{workload.max_lora_rank}"
+        )
+        lora_fix = "lower spec.lora.maxAdaptersPerReplica or spec.lora.maxRank, "
     return [
         Problem(
             larger[0],
             f"{model.name} needs {plan.total_bytes_per_replica / GIB:.1f} GiB a replica on {sku.vm_size} as specified "
-            f"({devices}, weights {plan.quantization}, maxModelLen {workload.context:,}), which holds "
-            f"{plan.capacity_bytes_per_replica / GIB:.1f} GiB: choose {larger[1]}, quantize (spec.model.quantization: "
-            "fp8), lower maxModelLen, or set vmSize: auto (`tokenplane plan` on this file shows the sizes that fit)",
+            f"({devices}, weights {plan.quantization}, maxModelLen {workload.context:,}{lora}), which holds "
+            f"{plan.capacity_bytes_per_replica / GIB:.1f} GiB: {lora_fix}choose {larger[1]}, quantize "
+            "(spec.model.quantization: fp8), lower maxModelLen, or set vmSize: auto (`tokenplane plan` on this file "
+            "shows the sizes that fit)",
         )
     ]
 
@@ -158,7 +181,30 @@ def _model_problems(deployment: InferenceDeployment, model: ModelInfo | None) ->
     return problems
 
 
-def _sku_problems(deployment: InferenceDeployment, sku: GpuSku) -> list[Problem]:
+def _float16_refused(model: ModelInfo | None) -> bool:
+    return model is not None and model.model_type in FLOAT16_REFUSED_MODEL_TYPES
+
+
+def _dtype_problems(deployment: InferenceDeployment, model: ModelInfo | None, sku: GpuSku | None) -> list[Problem]:
+    if deployment.spec.model.dtype is not Dtype.FLOAT16 or model is None or not _float16_refused(model):
+        return []
+    # On a GPU without bfloat16 only float32 is left for these models; elsewhere bfloat16 (what auto picks).
+    fix = (
+        f"set dtype float32 ({sku.gpu_model} has no bfloat16; float32 doubles the weights' memory), or choose an "
+        "A10, A100, H100 or H200 size with dtype bfloat16"
+        if sku is not None and not sku.bf16
+        else "set dtype bfloat16 or auto (auto runs it in bfloat16, or float32 on a GPU without bfloat16)"
+    )
+    return [
+        Problem(
+            "spec.model.dtype",
+            f"vLLM refuses float16 for {model.name} (model type {model.model_type}: numerical instability), so the "
+            f"replica would not start: {fix}",
+        )
+    ]
+
+
+def _sku_problems(deployment: InferenceDeployment, sku: GpuSku, model: ModelInfo | None) -> list[Problem]:
     hardware, engine = deployment.spec.hardware, deployment.spec.engine
     problems = []
     if sku.arch != SERVING_ARCH:
@@ -171,12 +217,18 @@ def _sku_problems(deployment: InferenceDeployment, sku: GpuSku) -> list[Problem]
             )
         )
     if deployment.spec.model.dtype is Dtype.BFLOAT16 and not sku.bf16:
+        fix = (
+            # float16 is refused for these models too: on this GPU only float32 remains (auto picks it as well).
+            f"set dtype float32 or auto (vLLM refuses float16 for {model.model_type} models, so auto runs it in "
+            "float32 there, doubling the weights' memory)"
+            if model is not None and _float16_refused(model)
+            else "set dtype float16 or auto (auto serves a bfloat16 checkpoint in float16 there)"
+        )
         problems.append(
             Problem(
                 "spec.model.dtype",
-                f"{sku.vm_size} ({sku.gpu_model}) has no bfloat16 (vLLM needs compute capability 8.0 for it): set "
-                "dtype float16 or auto (auto serves a bfloat16 checkpoint in float16 there), or choose an A10, "
-                "A100, H100 or H200 size",
+                f"{sku.vm_size} ({sku.gpu_model}) has no bfloat16 (vLLM needs compute capability 8.0 for it): "
+                f"{fix}, or choose an A10, A100, H100 or H200 size",
             )
         )
     if hardware.mig_profile is not None and hardware.mig_profile.value not in sku.mig_profiles:

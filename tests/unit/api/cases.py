@@ -81,6 +81,7 @@ MISTAKES = [
     Case("unknown VM size", with_("spec.hardware.vmSize", "Standard_D4s_v5"), "spec.hardware.vmSize", "not a GPU VM size", "CLI"),
     # Validate accepted these; the pods would load the weights and crash (vLLM refuses a KV cache without room for one sequence).
     Case("weights beyond the MIG slice", with_("spec.hardware", {"vmSize": "Standard_ND96isr_H100_v5", "migProfile": "MIG1g"}), "spec.hardware.migProfile", "(a MIG1g slice, weights bf16", "CLI"),
+    Case("LoRA slots beyond the MIG slice", spec(model={"source": "hf://meta-llama/Llama-3.1-8B-Instruct", "maxModelLen": 8192}, lora={"maxAdaptersPerReplica": 64, "maxRank": 128, "adapters": [{"name": "a", "source": "pvc://adapters/a"}]}, hardware={"vmSize": "Standard_NC24ads_A100_v4", "migProfile": "MIG3g"}), "spec.hardware.migProfile", "44.0 GiB of it LoRA slots for 64 adapters x rank 128), which holds 33.5 GiB: lower spec.lora.maxAdaptersPerReplica or spec.lora.maxRank", "CLI"),
     Case("weights beyond the GPU", with_("spec.model.source", "hf://meta-llama/Llama-3.1-70B-Instruct"), "spec.hardware.vmSize", "needs 134.1 GiB a replica on Standard_NC40ads_H100_v5", "CLI"),
     Case("context beyond the GPU", with_("spec.model.maxModelLen", 131072, with_("spec.model.source", "hf://meta-llama/Llama-3.1-70B-Instruct", with_("spec.model.quantization", "fp8"))), "spec.hardware.vmSize", "quantize (spec.model.quantization: fp8), lower maxModelLen", "CLI"),
     Case("TP beyond one node", spec(engine={"tensorParallelSize": 2}, hardware={"vmSize": "Standard_NC40ads_H100_v5", "gpusPerReplica": 2}), "spec.engine.tensorParallelSize", "exceeds the 1 GPU(s)", "CLI"),
@@ -141,6 +142,7 @@ MISTAKES = [
     Case("context below the serving minimum", with_("spec.model.maxModelLen", 8), "spec.model.maxModelLen", "greater than or equal to 16", "CRD"),
     Case("queue depth above the batch", with_("spec.engine.maxNumSeqs", 4), "spec.scaling.targetQueueDepth", "exceeds engine.maxNumSeqs", "CRD"),
     Case("prompt lookup for eagle", with_("spec.engine.speculativeDecoding", {"method": "eagle", "draftModel": "hf://a/b", "promptLookupMax": 4}), "spec.engine.speculativeDecoding.promptLookupMax", "only to method ngram", "CRD"),
+    Case("KV connector vLLM lacks", with_("spec.disaggregation", {"enabled": True, "kvConnector": "NoSuchConnector"}), "spec.disaggregation.kvConnector", "input should be 'NixlConnector', 'NixlPullConnector' or 'NixlPushConnector'", "CRD"),
     Case("LoRA rank vLLM lacks", with_("spec.lora.maxRank", 12), "spec.lora.maxRank", "12", "CRD"),
     # Azure Blob sources: one grammar with the serving loader; what a regex cannot say is the CLI's
     Case("secret on a pvc source", with_("spec.model", {"source": "pvc://weights/llama", "accessSecretRef": {"name": "x"}}), "spec.model.accessSecretRef", "remove it for pvc://", "CRD"),
@@ -179,6 +181,10 @@ MISTAKES = [
     Case("minNodes no replica can use", spec(hardware={**_MIG_POOL, "nodePool": {"managed": {"minNodes": 2, "maxNodes": 2}}}, scaling={"minReplicas": 1, "maxReplicas": 2}), "spec.hardware.nodePool.managed.minNodes", "2 nodes of Standard_NC40ads_H100_v5 stay up, but maxReplicas 2 uses at most 1 node (2 replicas per node), so 1 GPU node would be billed with nothing to run; lower minNodes to 1 or raise maxReplicas to 4", "CLI"),
     # what vLLM 0.32 on the serving image refuses or ignores, known from the catalog and the model table
     Case("bfloat16 on a T4", spec(model={"source": "hf://meta-llama/Llama-3.1-8B-Instruct", "maxModelLen": 8192, "dtype": "bfloat16"}, engine={"tensorParallelSize": 4}, hardware={"vmSize": "Standard_NC64as_T4_v3", "gpusPerReplica": 4}), "spec.model.dtype", "(T4-16GB) has no bfloat16", "CLI"),
+    Case("float16 on Gemma 2", spec(model={"source": "hf://google/gemma-2-9b-it", "maxModelLen": 4096, "dtype": "float16"}, hardware={"vmSize": "Standard_NC40ads_H100_v5"}), "spec.model.dtype", "vLLM refuses float16 for google/gemma-2-9b-it (model type gemma2: numerical instability), so the replica would not start: set dtype bfloat16 or auto", "CLI"),
+    Case("float16 on Gemma 3 with vmSize auto", spec(model={"source": "hf://google/gemma-3-27b-it", "maxModelLen": 4096, "dtype": "float16"}), "spec.model.dtype", "vLLM refuses float16 for google/gemma-3-27b-it", "CLI"),
+    Case("float16 on Gemma 2 on a T4", spec(model={"source": "hf://google/gemma-2-2b-it", "maxModelLen": 4096, "dtype": "float16"}, hardware={"vmSize": "Standard_NC4as_T4_v3"}), "spec.model.dtype", "set dtype float32 (T4-16GB has no bfloat16", "CLI"),
+    Case("bfloat16 on a T4 for Gemma 2", spec(model={"source": "hf://google/gemma-2-2b-it", "maxModelLen": 4096, "dtype": "bfloat16"}, hardware={"vmSize": "Standard_NC4as_T4_v3"}), "spec.model.dtype", "set dtype float32 or auto (vLLM refuses float16 for gemma2 models", "CLI"),
     Case("int8 on a dense model", with_("spec.model.quantization", "int8"), "spec.model.quantization", "has no experts, so it would quantize nothing", "CLI"),
     Case("awq on an unquantized checkpoint", with_("spec.model.quantization", "awq"), "spec.model.quantization", "is an unquantized bf16 checkpoint (no AWQ quantization_config)", "CLI"),
     Case("gptq on an FP8 checkpoint", spec(model={"source": "hf://deepseek-ai/DeepSeek-V3", "quantization": "gptq"}, hardware={"vmSize": "Standard_ND96isr_H200_v5"}), "spec.model.quantization", "is an fp8 checkpoint", "CLI"),
@@ -207,6 +213,8 @@ GOOD = {
     "Azure Blob sources with a SAS and a workload identity": spec(model={"source": "abfss://models@acct.dfs.core.windows.net/llama", "accessSecretRef": {"name": "sas", "key": "sas"}}, lora={"adapters": [{"name": "a", "source": "https://acct.blob.core.chinacloudapi.cn/loras/a"}]}, hardware={"vmSize": "Standard_NC40ads_H100_v5"}, serviceAccountName="models-reader"),
     "float16 on T4s": spec(model={"source": "hf://meta-llama/Llama-3.1-8B-Instruct", "maxModelLen": 8192, "dtype": "float16"}, engine={"tensorParallelSize": 4}, hardware={"vmSize": "Standard_NC64as_T4_v3", "gpusPerReplica": 4}),
     "dtype auto on T4s": spec(model={"source": "hf://meta-llama/Llama-3.1-8B-Instruct", "maxModelLen": 8192}, engine={"tensorParallelSize": 4}, hardware={"vmSize": "Standard_NC64as_T4_v3", "gpusPerReplica": 4}),
+    "Gemma 2 in bfloat16": spec(model={"source": "hf://google/gemma-2-9b-it", "maxModelLen": 4096, "dtype": "bfloat16"}, hardware={"vmSize": "Standard_NC40ads_H100_v5"}),
+    "LoRA slots within the GPU": spec(model={"source": "hf://meta-llama/Llama-3.1-8B-Instruct", "maxModelLen": 8192}, lora={"maxAdaptersPerReplica": 64, "maxRank": 64, "adapters": [{"name": "a", "source": "pvc://adapters/a"}]}, hardware={"vmSize": "Standard_NC24ads_A100_v4"}),
     "bfloat16 on vmSize auto": with_("spec.hardware.vmSize", "auto", with_("spec.model.dtype", "bfloat16")),
     "int8 on a MoE model": spec(model={"source": "hf://Qwen/Qwen3-30B-A3B", "maxModelLen": 8192, "quantization": "int8"}, hardware={"vmSize": "Standard_NC40ads_H100_v5"}),
     "CPU run": {**BASE, "spec": {"model": {"source": "./models/tiny", "maxModelLen": 1024}, "hardware": _CPU, "endpoint": {"auth": {"mode": "none"}}}},

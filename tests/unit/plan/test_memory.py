@@ -11,6 +11,7 @@ from tokenplane_operator.plan.memory import (
     compute_memory,
     kv_bytes_per_sequence,
     kv_bytes_per_token,
+    lora_bytes_per_gpu,
     weights_bytes,
     weights_bytes_per_gpu,
 )
@@ -188,3 +189,37 @@ def test_online_int8_shrinks_moe_experts_only() -> None:
     assert experts > 0.9 * mixtral.params_total
     assert weights_bytes(mixtral, Precision.INT8) == experts + (mixtral.params_total - experts) * 2
     assert weights_bytes(mixtral, Precision.FP8) < weights_bytes(mixtral, Precision.INT8) < mixtral.params_total * 2
+
+
+def test_lora_slots_match_vllms_buffers_for_llama_3_1_8b() -> None:
+    # vLLM preallocates lora_a (max_loras, 1, rank, in) and lora_b (max_loras, 1, out, rank) per wrapped linear:
+    # qkv_proj 3 x 4096 in + 6144 out, o_proj 4096 + 4096, gate_up_proj 2 x 4096 + 28672, down_proj 14336 + 4096
+    # = 81,920 per layer; the embedding and the LM head's logits processor each add vocab + hidden.
+    llama = model("meta-llama/Llama-3.1-8B-Instruct")
+    layers = 32 * 81_920
+    ends = 2 * (128_256 + 4096)
+    assert lora_bytes_per_gpu(llama, max_loras=1, max_lora_rank=1) == (layers + ends) * 2
+    # The reviewer's figure (linear layers only): 64 adapters x rank 128 is about 43 GB; with both ends 47 GB.
+    assert 64 * 128 * layers * 2 / GB == pytest.approx(43, rel=0.01)
+    assert lora_bytes_per_gpu(llama, max_loras=64, max_lora_rank=128) / GB == pytest.approx(47.3, rel=0.01)
+    assert lora_bytes_per_gpu(llama, max_loras=0, max_lora_rank=128) == 0
+
+
+def test_lora_slots_count_against_the_budget() -> None:
+    llama = model("meta-llama/Llama-3.1-8B-Instruct")
+    slice_bytes = 40 * GIB  # an A100 80GB's 3g.40gb
+    args = {"precision": Precision.BF16, "kv_dtype_bytes": 2, "max_model_len": 8192, "sequences": 1}
+    plain = compute_memory(llama, device_memory_bytes=slice_bytes, gpu_memory_utilization=0.9, **args)  # type: ignore[arg-type]
+    lora = compute_memory(
+        llama,
+        device_memory_bytes=slice_bytes,
+        gpu_memory_utilization=0.9,
+        max_loras=64,
+        max_lora_rank=128,
+        **args,  # type: ignore[arg-type]
+    )
+    assert plain.fits and not lora.fits
+    assert lora.required_per_gpu - plain.required_per_gpu == lora.lora_per_gpu > 40 * GIB
+    # Tensor parallelism shards the layers' outputs, not the vocabulary ends.
+    tp2 = lora_bytes_per_gpu(llama, max_loras=64, max_lora_rank=128, tp=2)
+    assert lora.lora_per_gpu / 2 < tp2 < lora.lora_per_gpu

@@ -235,3 +235,24 @@ def test_auto_never_picks_an_arm64_host_even_when_priced() -> None:
     assert plan.vm_size != gb200
     assert gb200 not in {a.vm_size for a in plan.alternatives}
     assert any("arm64 host" in r and gb200 in r for r in plan.reasons)
+
+
+def test_lora_slots_steer_auto_off_a_gpu_they_do_not_fit() -> None:
+    # 64 adapters x rank 256 preallocate 88 GiB of LoRA buffers on an 8B model: auto chose a 24 GB A10 before.
+    body = {
+        "apiVersion": "tokenplane.io/v1alpha1",
+        "kind": "InferenceDeployment",
+        "metadata": {"name": "m"},
+        "spec": {
+            "model": {"source": "hf://meta-llama/Llama-3.1-8B-Instruct", "maxModelLen": 8192},
+            "lora": {"maxAdaptersPerReplica": 64, "maxRank": 256, "adapters": [{"name": "a", "source": "pvc://l/a"}]},
+        },
+    }
+    workload = workload_from_spec(parse_inference_deployment(body).spec)
+    assert (workload.max_loras, workload.max_lora_rank) == (64, 256)
+    plan = recommend(workload)
+    assert plan.fits and plan.gpus_per_replica * 80 * 2**30 > 88 * 2**30
+    assert any("LoRA slots" in r for r in plan.reasons)
+    # Without adapters vLLM runs without LoRA: the settings alone cost nothing.
+    del body["spec"]["lora"]["adapters"]  # type: ignore[index]
+    assert workload_from_spec(parse_inference_deployment(body).spec).max_loras == 0
