@@ -137,7 +137,7 @@ def simulate_command(
             name = next(n for n in (trace_file.stem, trace_file.name, str(trace_file)) if n not in traces)
             traces[name] = load_trace_file(trace_file)
         for name, requests in traces.items():
-            if all(r.input_tokens + r.output_tokens > limit for r in requests):
+            if not any(map(physics.fits, requests)):
                 raise ValueError(
                     f"{name}: every request exceeds maxModelLen {limit:,} (vLLM refuses them all); raise "
                     "spec.model.maxModelLen or replay shorter requests"
@@ -189,7 +189,7 @@ def _unreachable_target(scenario: Scenario, requests: list[Request]) -> str | No
     """Say what no fleet can serve: requests beyond the context window, or a target they miss even alone."""
     sim = scenario.sim
     physics, e2e = sim.physics, sim.metric == "e2e"
-    fitting = [r for r in requests if r.input_tokens + r.output_tokens <= physics.max_model_len]
+    fitting = list(filter(physics.fits, requests))
     notes = []
     if len(fitting) < len(requests):
         notes.append(

@@ -198,7 +198,7 @@ class Simulation:
 
     def _arrival(self, now: float, job: Job) -> None:
         self._recent_arrivals.append(now)
-        if job.req.input_tokens + job.req.output_tokens > self.phys.max_model_len:
+        if not self.phys.fits(job.req):
             job.client_error = True
             self._refuse(job, now)  # vLLM answers 400: the request cannot fit the context window
             return

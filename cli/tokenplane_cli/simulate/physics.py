@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from tokenplane_operator.api.v1alpha1 import AcceleratorKind, InferenceDeployment
 from tokenplane_operator.desired.rayservice import compute_worker_shape
@@ -22,6 +23,9 @@ from tokenplane_operator.plan.modelinfo import ModelInfo
 from tokenplane_operator.plan.precision import parse_precision
 from tokenplane_operator.plan.sizing import plan_for_sku
 from tokenplane_operator.plan.spec import workload_from_spec
+
+if TYPE_CHECKING:
+    from tokenplane_cli.simulate.traces import Request
 
 __all__ = ["TINY_CPU", "ReplicaPhysics", "physics_for"]
 
@@ -47,6 +51,10 @@ class ReplicaPhysics:
     source: str
     max_model_len: int = 8192  # prompt + output tokens a request may hold (vLLM refuses longer ones)
     replicas_per_node: int = 1  # replicas one node holds (MIG slices, GPUs, fractions), as the renderer packs them
+
+    def fits(self, request: Request) -> bool:
+        """Whether the request's prompt and output fit the context window (vLLM answers 400 otherwise)."""
+        return request.input_tokens + request.output_tokens <= self.max_model_len
 
     def prefill_s(self, input_tokens: int) -> float:
         """Time to prefill one prompt."""
