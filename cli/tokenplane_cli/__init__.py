@@ -54,19 +54,54 @@ def crd() -> None:
     sys.stdout.write(crd_yaml())
 
 
+# kubectl's habit, and `tokenplane simulate`'s option: the file-reading commands take their file as `-f` too.
+_FILENAME = ("-f", "--filename", "--file")
+
+
+def _the_file(command: str, positional: Path | None, option: Path | None) -> Path | None:
+    """Return the one file a command was given, as an argument or with -f; two different ones end the command."""
+    if positional is not None and option is not None and positional != option:
+        err.print(f"[red]error:[/] {command} takes one file: {escape(str(positional))} or {escape(str(option))}")
+        raise typer.Exit(2)
+    return positional if positional is not None else option
+
+
+def _required(command: str, file: Path | None) -> Path:
+    if file is None:
+        err.print(f"[red]error:[/] give the InferenceDeployment: tokenplane {command} FILE (or -f FILE; - reads stdin)")
+        raise typer.Exit(2)
+    return file
+
+
 @app.command()
 def validate(
-    files: Annotated[list[Path], typer.Argument(help="InferenceDeployment YAML files (multi-document allowed).")],
+    files: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            help="InferenceDeployment YAML files (multi-document allowed), folders of them, or - for stdin.",
+            show_default=False,
+        ),
+    ] = None,
+    filenames: Annotated[
+        list[Path] | None, typer.Option(*_FILENAME, help="The same, as kubectl takes them (repeatable).")
+    ] = None,
 ) -> None:
     """Check InferenceDeployment files; print each problem with its field path and exit 1 if any."""
     from tokenplane_cli.validate import validate_files
 
-    raise typer.Exit(_one_line_errors(lambda: validate_files(files, out, err)))
+    given = [*(files or []), *(filenames or [])]
+    if not given:
+        err.print(
+            "[red]error:[/] give InferenceDeployment files: tokenplane validate FILE... (or -f FILE; - reads stdin)"
+        )
+        raise typer.Exit(2)
+    raise typer.Exit(_one_line_errors(lambda: validate_files(given, out, err)))
 
 
 @app.command()
 def plan(
-    file: Annotated[Path | None, typer.Argument(help="An InferenceDeployment YAML file.")] = None,
+    file: Annotated[Path | None, typer.Argument(help="An InferenceDeployment YAML file (- reads stdin).")] = None,
+    filename: Annotated[Path | None, typer.Option(*_FILENAME, help="The same, as kubectl takes it.")] = None,
     model_config: Annotated[
         Path | None, typer.Option("--model-config", help="A Hugging Face config.json (or its directory).")
     ] = None,
@@ -86,10 +121,11 @@ def plan(
     """Answer which GPU, how many, at what precision and at what cost per token, before provisioning."""
     from tokenplane_cli.plan import plan_command
 
+    the_file = _the_file("plan", file, filename)
     raise typer.Exit(
         _one_line_errors(
             lambda: plan_command(
-                file=file,
+                file=the_file,
                 model_config=model_config,
                 model=model,
                 max_model_len=max_model_len,
@@ -106,25 +142,37 @@ def plan(
 
 @app.command()
 def up(
-    file: Annotated[Path, typer.Argument(help="An InferenceDeployment with hardware.accelerator: cpu.")],
+    file: Annotated[
+        Path | None,
+        typer.Argument(help="An InferenceDeployment with hardware.accelerator: cpu.", show_default=False),
+    ] = None,
+    filename: Annotated[Path | None, typer.Option(*_FILENAME, help="The same, as kubectl takes it.")] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
 ) -> None:
     """Serve an InferenceDeployment locally on CPU (Ray Serve + vLLM) until Ctrl-C."""
     from tokenplane_cli.up import up_command
 
-    raise typer.Exit(up_command(file, host=host, port=port, console=err))
+    the_file = _required("up", _the_file("up", file, filename))
+    raise typer.Exit(up_command(the_file, host=host, port=port, console=err))
 
 
 @app.command()
 def render(
-    file: Annotated[Path, typer.Argument(help="An InferenceDeployment YAML file.")],
+    file: Annotated[
+        Path | None,
+        typer.Argument(
+            help="An InferenceDeployment YAML file (multi-document allowed; - reads stdin).", show_default=False
+        ),
+    ] = None,
+    filename: Annotated[Path | None, typer.Option(*_FILENAME, help="The same, as kubectl takes it.")] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Write one file per object into this folder.")] = None,
 ) -> None:
     """Print every object the operator would create (ARM agent pool as JSON, Kubernetes objects as YAML)."""
     from tokenplane_cli.render import render_command
 
-    raise typer.Exit(_one_line_errors(lambda: render_command(file, out_dir)))
+    the_file = _required("render", _the_file("render", file, filename))
+    raise typer.Exit(_one_line_errors(lambda: render_command(the_file, out_dir)))
 
 
 @app.command()

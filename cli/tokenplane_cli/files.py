@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,10 +13,21 @@ import yaml
 
 from tokenplane_cli.textfile import read_utf8
 
-__all__ = ["MAX_FILE_BYTES", "Document", "ManifestError", "load_documents", "load_one_document"]
+__all__ = [
+    "MAX_FILE_BYTES",
+    "STDIN",
+    "Document",
+    "ManifestError",
+    "load_documents",
+    "load_one_document",
+    "manifest_files",
+]
 
 # The API server refuses request bodies over 3 MiB; a manifest file larger than that cannot be applied whole.
 MAX_FILE_BYTES = 3 * 1024 * 1024
+# `-` reads standard input, as `kubectl apply -f -` does (e.g. `helm template ... | tokenplane validate -`).
+STDIN = Path("-")
+_MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 
 
 class ManifestError(ValueError):
@@ -30,9 +43,14 @@ class Document:
     body: dict[str, Any]
 
     @property
+    def source(self) -> str:
+        """The file's name, or `stdin` for `-`."""
+        return "stdin" if self.file == STDIN else str(self.file)
+
+    @property
     def label(self) -> str:
         """`file` for single documents, `file#N` when the file holds several."""
-        return str(self.file) if self.index is None else f"{self.file}#{self.index}"
+        return self.source if self.index is None else f"{self.source}#{self.index}"
 
 
 # Values a document may expand to through YAML aliases. A manifest has hundreds; nine levels of nine aliases (a
@@ -118,34 +136,74 @@ def load_documents(path: Path) -> list[Document]:
         ManifestError: unreadable, too large, not UTF-8 text, invalid YAML (with line and column), duplicate keys,
             or a document that is not a mapping; always one line naming the file.
     """
-    if path.is_dir():  # kubectl apply -f takes a folder; say how to pass one here
-        raise ManifestError(f"{path}: a folder, not a file; pass its files, e.g. {path / '*.yaml'}")
-    if path.is_file() and path.stat().st_size > MAX_FILE_BYTES:
-        raise ManifestError(
-            f"{path}: {path.stat().st_size:,} bytes; the API server accepts at most {MAX_FILE_BYTES:,} per request"
-        )
-    text = read_utf8(path, ManifestError, "UTF-8 YAML")
+    if path == STDIN:
+        text = _read_stdin()
+    else:
+        if path.is_dir():  # commands that take one document; `tokenplane validate` expands folders
+            raise ManifestError(f"{path}: a folder, not a file; pass one of its files, e.g. {path / 'name.yaml'}")
+        if path.is_file() and path.stat().st_size > MAX_FILE_BYTES:
+            raise ManifestError(
+                f"{path}: {path.stat().st_size:,} bytes; the API server accepts at most {MAX_FILE_BYTES:,} per request"
+            )
+        text = read_utf8(path, ManifestError, "UTF-8 YAML")
+    name = "stdin" if path == STDIN else str(path)
     try:
         bodies = [b for b in yaml.load_all(text, Loader=_Loader) if b is not None]  # _Loader is a SafeLoader
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
-        raise ManifestError(f"{path}{where}: invalid YAML: {_one_line(exc.problem)}") from None
+        raise ManifestError(f"{name}{where}: invalid YAML: {_one_line(exc.problem)}") from None
     except yaml.YAMLError as exc:
-        raise ManifestError(f"{path}: invalid YAML: {_one_line(exc)}") from None
+        raise ManifestError(f"{name}: invalid YAML: {_one_line(exc)}") from None
     except RecursionError:
-        raise ManifestError(f"{path}: invalid YAML: nested too deeply") from None
+        raise ManifestError(f"{name}: invalid YAML: nested too deeply") from None
     documents = []
     for index, body in enumerate(bodies):
         if not isinstance(body, dict):
             kind = "list" if isinstance(body, list) else f"{type(body).__name__} value"
             raise ManifestError(
-                f"{path}: document {index} is a {kind}, expected a mapping (apiVersion: ..., kind: ..., spec: ...)"
+                f"{name}: document {index} is a {kind}, expected a mapping (apiVersion: ..., kind: ..., spec: ...)"
             )
         documents.append(Document(path, index if len(bodies) > 1 else None, body))
     if not documents:
-        raise ManifestError(f"{path}: no YAML document found")
+        raise ManifestError(f"{name}: no YAML document found")
     return documents
+
+
+def _read_stdin() -> str:
+    data = sys.stdin.buffer.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise ManifestError(f"stdin: over {MAX_FILE_BYTES:,} bytes; the API server accepts at most that per request")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ManifestError(
+            f"stdin: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); pipe UTF-8 YAML"
+        ) from None
+
+
+def manifest_files(paths: Iterable[Path]) -> list[Path]:
+    """Expand folders into the manifests they hold, as `kubectl apply -f DIR` does (not recursively).
+
+    Args:
+        paths: Files, folders, or `-` (standard input), in the order given.
+
+    Returns:
+        The files, each folder's `.yaml`, `.yml` and `.json` files in name order in its place.
+
+    Raises:
+        ManifestError: A folder holds no such file.
+    """
+    files: list[Path] = []
+    for path in paths:
+        if path != STDIN and path.is_dir():
+            found = sorted(f for f in path.iterdir() if f.suffix in _MANIFEST_SUFFIXES and f.is_file())
+            if not found:
+                raise ManifestError(f"{path}: a folder with no .yaml, .yml or .json file")
+            files.extend(found)
+        else:
+            files.append(path)
+    return files
 
 
 def load_one_document(path: Path, command: str) -> Document:
@@ -157,7 +215,7 @@ def load_one_document(path: Path, command: str) -> Document:
     documents = load_documents(path)
     if len(documents) > 1:
         raise ManifestError(
-            f"{path} holds {len(documents)} documents; {command} takes one InferenceDeployment: put it in a file of "
-            "its own (`tokenplane validate` and `tokenplane render` take several)"
+            f"{documents[0].source} holds {len(documents)} documents; {command} takes one InferenceDeployment: put it "
+            "in a file of its own (`tokenplane validate` and `tokenplane render` take several)"
         )
     return documents[0]

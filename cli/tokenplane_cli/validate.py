@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 
-from tokenplane_cli.files import ManifestError, load_documents
+from tokenplane_cli.files import ManifestError, load_documents, manifest_files
 from tokenplane_operator.api.v1alpha1 import InferenceDeployment
 from tokenplane_operator.api.validation import InvalidSpecError, Problem, parse_inference_deployment
 from tokenplane_operator.desired.bundle import DesiredState, build_desired_state
@@ -113,7 +113,8 @@ def validate_files(files: list[Path], out: Console, err: Console) -> int:
     """Validate each document of each file.
 
     Args:
-        files: YAML files holding InferenceDeployments.
+        files: YAML files holding InferenceDeployments, folders of them (their .yaml, .yml and .json files), or
+            `-` for standard input.
         out: where OK lines go.
         err: where problems go.
 
@@ -123,7 +124,7 @@ def validate_files(files: list[Path], out: Console, err: Console) -> int:
     failed = 0
     for path in files:
         try:
-            documents = load_documents(path)
+            documents = [document for file in manifest_files([path]) for document in load_documents(file)]
         except ManifestError as exc:
             err.print(f"[red]✗[/] {escape(str(exc))}")
             failed += 1

@@ -60,11 +60,49 @@ def test_bad_files_give_one_line_naming_the_file(tmp_path: Path, command: str, n
     assert problem_lines and any(fragment in line for line in result.output.splitlines()), result.output
 
 
-@pytest.mark.parametrize("command", ["validate", "render", "plan"])
-def test_a_folder_says_to_pass_its_files(tmp_path: Path, command: str) -> None:
-    # "cannot read: Is a directory" before, where kubectl apply -f takes the folder.
+@pytest.mark.parametrize("command", ["render", "plan"])
+def test_a_folder_says_to_pass_one_of_its_files(tmp_path: Path, command: str) -> None:
+    # "cannot read: Is a directory" before; these commands take one document (validate takes the folder).
     result = CliRunner().invoke(app, [command, str(tmp_path)])
-    assert result.exit_code == 1 and f"a folder, not a file; pass its files, e.g. {tmp_path}/*.yaml" in result.output
+    assert result.exit_code == 1, result.output
+    assert f"a folder, not a file; pass one of its files, e.g. {tmp_path}/name.yaml" in result.output
+
+
+def test_validate_takes_a_folder_as_kubectl_apply_does(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text(GOOD_YAML)
+    (tmp_path / "b.json").write_text(yaml.safe_dump({**BASE, "metadata": {"name": "bad"}, "spec": {}}))
+    (tmp_path / "notes.txt").write_text("not a manifest")
+    result = CliRunner().invoke(app, ["validate", str(tmp_path)])
+    assert result.exit_code == 1, result.output
+    assert f"{tmp_path}/a.yaml: m is valid" in result.output and f"✗ {tmp_path}/b.json" in result.output
+    assert "notes.txt" not in result.output
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = CliRunner().invoke(app, ["validate", str(empty), str(tmp_path / "a.yaml")])
+    assert "a folder with no .yaml, .yml or .json file" in result.output and "a.yaml: m is valid" in result.output
+
+
+@pytest.mark.parametrize("command", ["validate", "render", "plan"])
+def test_the_file_may_be_given_with_dash_f_or_on_stdin(tmp_path: Path, command: str) -> None:
+    # kubectl's habit (and simulate's option): `No such option: -f` before.
+    path = tmp_path / "cr.yaml"
+    path.write_text(GOOD_YAML)
+    by_option = CliRunner().invoke(app, [command, "-f", str(path)])
+    assert by_option.exit_code == 0, by_option.output
+    by_argument = CliRunner().invoke(app, [command, str(path)])
+    assert by_option.output == by_argument.output
+    piped = CliRunner().invoke(app, [command, "-f", "-"], input=GOOD_YAML)
+    assert piped.exit_code == 0 and piped.output == by_argument.output.replace(str(path), "stdin"), piped.output
+    broken = CliRunner().invoke(app, [command, "-"], input="spec: [")
+    assert broken.exit_code == 1 and "stdin:1:8: invalid YAML" in broken.output, broken.output
+
+
+@pytest.mark.parametrize("command", ["render", "up"])
+def test_one_file_commands_say_what_they_miss(tmp_path: Path, command: str) -> None:
+    missing = CliRunner().invoke(app, [command])
+    assert missing.exit_code == 2 and f"tokenplane {command} FILE (or -f FILE" in missing.output
+    two = CliRunner().invoke(app, [command, str(tmp_path / "a.yaml"), "-f", str(tmp_path / "b.yaml")])
+    assert two.exit_code == 2 and "takes one file" in two.output
 
 
 def test_timestamps_stay_strings(tmp_path: Path) -> None:
