@@ -178,8 +178,8 @@ def physics_for(
     cap = engine.max_num_seqs
     context = max(256, (spec.model.max_model_len or workload.context) // 4)
     batches = sorted({1, max(1, cap // 4), max(1, cap // 2), cap})
-    point = decode_point
-    steps = [(b, point(workload.model, placement, batch=b, context_tokens=context, kv_dtype_bytes=2).step_seconds)
+    point, kv = decode_point, workload.kv_dtype_bytes(precision)
+    steps = [(b, point(workload.model, placement, batch=b, context_tokens=context, kv_dtype_bytes=kv).step_seconds)
              for b in batches]  # fmt: skip
     prefills = [(n, prefill_seconds(workload.model, placement, n)) for n in (256, 1024, 4096)]
     shape = compute_worker_shape(deployment, sku)

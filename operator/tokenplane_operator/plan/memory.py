@@ -58,7 +58,7 @@ def weights_bytes(model: ModelInfo, precision: Precision) -> int:
         experts = model.moe_layers * model.num_experts * model.expert_params
         return experts + (model.params_total - experts) * 2
     if not precision.is_quantized:
-        return model.params_total * 2
+        return math.ceil(model.params_total * precision.bytes_per_param)
     body = model.params_total - model.params_embedding
     return math.ceil(body * precision.bytes_per_param) + model.params_embedding * 2
 

@@ -18,6 +18,7 @@ from tokenplane_operator.plan.errors import PlanError, PlanErrorReason
 from tokenplane_operator.plan.precision import Precision
 
 __all__ = [
+    "FLOAT16_REFUSED_MODEL_TYPES",
     "ModelInfo",
     "builtin_model_names",
     "find_builtin_model",
@@ -27,6 +28,10 @@ __all__ = [
 ]
 
 _INVALID = PlanErrorReason.INVALID_MODEL_CONFIG
+# Model types vLLM 0.32 refuses to run in float16 ("numerical instability"; vllm/config/model.py
+# `_FLOAT16_NOT_SUPPORTED_MODELS`). With dtype auto on a GPU without bfloat16 it runs them in float32
+# (`_resolve_auto_dtype`: the platform's first supported dtype that is valid for the model).
+FLOAT16_REFUSED_MODEL_TYPES = frozenset({"gemma2", "gemma3", "gemma3_text", "glm4"})
 _SAFETENSORS_HEADER_LIMIT = 100 * 1024 * 1024  # a real header is kilobytes; refuse garbage lengths
 
 

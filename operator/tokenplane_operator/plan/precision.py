@@ -13,8 +13,13 @@ INT4_GROUP_SIZE = 128
 
 
 class Precision(StrEnum):
-    """Weight precision, widest first; the order is the planner's quantization order."""
+    """Weight precision, widest first; the order is the planner's quantization order.
 
+    FP32 is no quantization: a 16-bit checkpoint served in float32 (dtype float32, or auto for a model vLLM
+    refuses float16 on a GPU without bfloat16), twice the 16-bit bytes.
+    """
+
+    FP32 = "fp32"
     BF16 = "bf16"
     FP16 = "fp16"
     FP8 = "fp8"
@@ -29,7 +34,14 @@ class Precision(StrEnum):
     @property
     def bits(self) -> int:
         """Nominal bits per weight."""
-        return {Precision.BF16: 16, Precision.FP16: 16, Precision.FP8: 8, Precision.INT8: 8, Precision.INT4: 4}[self]
+        return {
+            Precision.FP32: 32,
+            Precision.BF16: 16,
+            Precision.FP16: 16,
+            Precision.FP8: 8,
+            Precision.INT8: 8,
+            Precision.INT4: 4,
+        }[self]
 
     @property
     def is_quantized(self) -> bool:
@@ -38,6 +50,7 @@ class Precision(StrEnum):
 
 
 _BYTES = {
+    Precision.FP32: 4.0,
     Precision.BF16: 2.0,
     Precision.FP16: 2.0,
     # Per-channel or 128x128-block scales add < 0.1 %; left out.
@@ -47,6 +60,8 @@ _BYTES = {
 }
 
 _ALIASES = {
+    "fp32": Precision.FP32,
+    "float32": Precision.FP32,
     "bf16": Precision.BF16,
     "bfloat16": Precision.BF16,
     "fp16": Precision.FP16,

@@ -36,7 +36,7 @@ from tokenplane_operator.plan.memory import (
     max_model_len_for,
     weights_bytes,
 )
-from tokenplane_operator.plan.modelinfo import ModelInfo
+from tokenplane_operator.plan.modelinfo import FLOAT16_REFUSED_MODEL_TYPES, ModelInfo
 from tokenplane_operator.plan.precision import Precision
 
 __all__ = [
@@ -125,10 +125,23 @@ class Workload:
         """The context per sequence the plan sizes for."""
         return self.max_model_len or self.model.max_position_embeddings
 
-    @property
-    def kv_dtype_bytes(self) -> int:
-        """Bytes per cached KV element."""
-        return 1 if self.kv_cache_dtype == "fp8" else 2
+    def kv_dtype_bytes(self, precision: Precision) -> int:
+        """Bytes per cached KV element with weights at `precision` (vLLM's auto KV cache follows the dtype)."""
+        if self.kv_cache_dtype == "fp8":
+            return 1
+        return 4 if precision is Precision.FP32 else 2
+
+    def served_precision(self, sku: GpuSku, precision: Precision) -> Precision:
+        """Return the weights' precision on a VM size: a 16-bit one is FP32 where vLLM serves the model in float32.
+
+        That is dtype float32, or dtype auto for a model vLLM refuses float16 on a GPU without bfloat16.
+        """
+        if precision.is_quantized:
+            return precision
+        refused = self.model.model_type in FLOAT16_REFUSED_MODEL_TYPES
+        if self.dtype == "float32" or (self.dtype == "auto" and refused and not sku.bf16):
+            return Precision.FP32
+        return precision
 
 
 class _Camel(BaseModel):
@@ -281,7 +294,7 @@ def _evaluate(workload: Workload, placement: Placement, tier: int, precision_ran
     probe = compute_memory(
         workload.model,
         precision=placement.precision,
-        kv_dtype_bytes=workload.kv_dtype_bytes,
+        kv_dtype_bytes=workload.kv_dtype_bytes(placement.precision),
         max_model_len=workload.context,
         sequences=1,
         device_memory_bytes=placement.device_memory_bytes,
@@ -293,7 +306,7 @@ def _evaluate(workload: Workload, placement: Placement, tier: int, precision_ran
         enforce_eager=workload.enforce_eager,
         max_loras=workload.max_loras,
         max_lora_rank=workload.max_lora_rank,
-        lora_dtype_bytes=4 if workload.dtype == "float32" else 2,
+        lora_dtype_bytes=4 if placement.precision is Precision.FP32 else 2,
     )
     per_replica = min(probe.max_sequences, workload.max_num_seqs, workload.concurrency)
     replicas = math.ceil(workload.concurrency / per_replica) if per_replica else 0
@@ -311,8 +324,9 @@ def _candidates(workload: Workload, catalog: tuple[GpuSku, ...]) -> list[_Candid
         if rank and any(c.tier == 0 and _feasible(workload, c) for c in out):
             break  # the checkpoint's precision fits one GPU or slice: no reason to quantize
         for sku in catalog:
+            served = workload.served_precision(sku, precision)
             out.extend(
-                _evaluate(workload, placement, tier, rank) for placement, tier in _placements(workload, sku, precision)
+                _evaluate(workload, placement, tier, rank) for placement, tier in _placements(workload, sku, served)
             )
     return out
 
@@ -335,7 +349,17 @@ def _reasons(workload: Workload, chosen: _Candidate, ranked: list[_Candidate]) -
     if workload.max_model_len is None:
         reasons.append(f"No max_model_len given: sized for the model's full {workload.context}-token context.")
     native = model.native_precision
-    if p.precision is not native:
+    if p.precision is Precision.FP32:
+        why = (
+            "dtype float32"
+            if workload.dtype == "float32"
+            else f"{p.sku.gpu_model} has no bfloat16 and vLLM refuses float16 for {model.model_type} models"
+        )
+        reasons.append(
+            f"Weights and KV cache in float32 ({why}): {_gib(weights_bytes(model, p.precision))} instead of "
+            f"{_gib(weights_bytes(model, native))}."
+        )
+    elif p.precision is not native:
         why = (
             "requested"
             if workload.quantization not in ("auto", "native")
@@ -403,7 +427,7 @@ def _reasons(workload: Workload, chosen: _Candidate, ranked: list[_Candidate]) -
 
 def _build_plan(workload: Workload, chosen: _Candidate, ranked: list[_Candidate], reasons: list[str]) -> Plan:
     model, p, mem = workload.model, chosen.placement, chosen.memory
-    kv_bytes = workload.kv_dtype_bytes
+    kv_bytes = workload.kv_dtype_bytes(p.precision)
     fits = _feasible(workload, chosen) and mem.fits
     estimates = None
     if fits:

@@ -7,16 +7,12 @@ from tokenplane_operator.api.validation import Problem
 from tokenplane_operator.plan.catalog import GIB, SERVING_ARCH, GpuSku, all_skus, find_sku
 from tokenplane_operator.plan.errors import PlanError, PlanErrorReason
 from tokenplane_operator.plan.memory import lora_bytes_per_gpu
-from tokenplane_operator.plan.modelinfo import ModelInfo, resolve_model
+from tokenplane_operator.plan.modelinfo import FLOAT16_REFUSED_MODEL_TYPES, ModelInfo, resolve_model
 from tokenplane_operator.plan.precision import Precision
 from tokenplane_operator.plan.sizing import plan_for_sku
 from tokenplane_operator.plan.spec import workload_from_spec
 
-__all__ = ["FLOAT16_REFUSED_MODEL_TYPES", "check_deployment"]
-
-# Model types vLLM 0.32 refuses to run in float16 ("numerical instability"; vllm/config/model.py
-# `_FLOAT16_NOT_SUPPORTED_MODELS`). With dtype auto on a GPU without bfloat16 it runs them in float32.
-FLOAT16_REFUSED_MODEL_TYPES = frozenset({"gemma2", "gemma3", "gemma3_text", "glm4"})
+__all__ = ["check_deployment"]
 
 
 def check_deployment(deployment: InferenceDeployment) -> list[Problem]:

@@ -175,7 +175,7 @@ def _replica_fits(plan: Plan, workload: Workload) -> bool:
     mem = compute_memory(
         workload.model,
         precision=Precision(plan.quantization),
-        kv_dtype_bytes=workload.kv_dtype_bytes,
+        kv_dtype_bytes=workload.kv_dtype_bytes(Precision(plan.quantization)),
         max_model_len=plan.max_model_len,
         sequences=plan.sequences_per_replica,
         device_memory_bytes=int(device),
@@ -207,12 +207,38 @@ def test_a_recommendation_always_fits_by_the_planners_own_model(
 
 
 def test_auto_never_picks_a_gpu_without_bf16_for_an_explicit_bfloat16() -> None:
-    # vLLM refuses dtype bfloat16 below compute capability 8.0; dtype auto serves the checkpoint in float16 there.
+    # vLLM refuses dtype bfloat16 below compute capability 8.0; dtype auto serves gemma in float32 there.
     gemma = model("gemma-2-2b")
     assert find_sku(recommend(Workload(gemma, max_model_len=2048)).vm_size).gpu_model == "T4-16GB"  # type: ignore[union-attr]
     plan = recommend(Workload(gemma, max_model_len=2048, dtype="bfloat16"))
     assert find_sku(plan.vm_size).bf16  # type: ignore[union-attr]
     assert any("T4-16GB has no bfloat16" in r and "Standard_NC4as_T4_v3" in r for r in plan.reasons)
+
+
+@pytest.mark.parametrize(
+    ("name", "dtype", "vm_size", "served"),
+    [
+        # vLLM refuses float16 for gemma2 and no T4 has bfloat16: auto resolves to float32 there.
+        ("gemma-2-2b", "auto", "Standard_NC4as_T4_v3", Precision.FP32),
+        ("gemma-2-9b", "auto", "Standard_NC64as_T4_v3", Precision.FP32),
+        ("gemma-2-2b", "auto", "Standard_NC24ads_A100_v4", Precision.BF16),
+        ("gemma-2-2b", "float32", "Standard_NC24ads_A100_v4", Precision.FP32),
+        ("llama-3.1-8b", "auto", "Standard_NC16as_T4_v3", Precision.BF16),  # served in float16: the same bytes
+    ],
+)
+def test_weights_and_kv_are_sized_at_the_dtype_vllm_serves(name: str, dtype: str, vm_size: str, served: str) -> None:
+    # Sized at 16 bits before: gemma-2-2b on a T4 planned 4.9 GiB of weights and 106 KB/token of KV where vLLM
+    # loads 9.7 GiB and caches 213 KB/token.
+    info = model(name)
+    workload = Workload(info, max_model_len=2048, dtype=dtype, quantization="native")  # type: ignore[arg-type]
+    plan = plan_for_sku(workload, vm_size)
+    sixteen_bit = plan_for_sku(Workload(info, max_model_len=2048, dtype="bfloat16"), "Standard_NC24ads_A100_v4")
+    assert plan.quantization == served
+    ratio = 2 if served is Precision.FP32 else 1
+    assert plan.weights_bytes == pytest.approx(ratio * info.params_total * 2, rel=0.01)
+    assert plan.kv_bytes_per_token == ratio * sixteen_bit.kv_bytes_per_token
+    if served is Precision.FP32:
+        assert any("in float32" in reason for reason in plan.reasons), plan.reasons
 
 
 def test_a_crs_dtype_reaches_the_planner() -> None:
