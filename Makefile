@@ -26,7 +26,7 @@ REDIS_SERVER := /usr/bin/redis-server
 SYSTEM_DEPS := $(AZURITE) $(CHECKOV) $(REDIS_SERVER)
 
 .PHONY: help install prerequisites run test test-fast test-serving test-e2e lint fmt typecheck imports crd crd-check \
-        chart-schema chart-schema-check dashboard model azurite redis checkov-install system-deps images benchmark bench \
+        chart-schema chart-schema-check engine-args dashboard model azurite redis checkov-install system-deps images benchmark bench \
         bench-crosscheck bench-coldstart simulate clean
 
 help: ## List the targets
@@ -116,6 +116,10 @@ crd: $(STAMP) ## Regenerate the CRD in the chart from the API models
 
 crd-check: $(STAMP) ## Fail if the chart's CRD drifted from the API models
 	diff -u charts/tokenplane/crds/inferencedeployments.tokenplane.io.yaml <($(BIN)/tokenplane crd)
+
+engine-args: $(STAMP) ## Regenerate the vLLM engine argument names extraArgs are checked against (after a vLLM upgrade)
+	$(BIN)/python -c 'import sys; from tokenplane_serving.app import engine_args_file_text; sys.stdout.write(engine_args_file_text())' \
+	  > serving/tokenplane_serving/vllm_engine_args.txt 2>/dev/null
 
 chart-schema: $(STAMP) ## Regenerate charts/tokenplane/values.schema.json from values.yaml
 	$(BIN)/python -m tokenplane_cli.chartschema charts/tokenplane/values.yaml > charts/tokenplane/values.schema.json

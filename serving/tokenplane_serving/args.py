@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from collections.abc import Mapping
+from functools import cache
+from importlib import resources
 from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -34,6 +37,8 @@ __all__ = [
     "ServingArgs",
     "SpeculativeArgs",
     "managed_keys_in",
+    "unknown_engine_args",
+    "vllm_engine_args",
 ]
 
 DEFAULT_SESSION_HEADER = "x-session-id"
@@ -64,6 +69,38 @@ KvConnector = Literal["NixlConnector", "NixlPullConnector", "NixlPushConnector"]
 def managed_keys_in(extra_engine_args: Mapping[str, Any]) -> list[str]:
     """Return the pass-through engine keys that tokenplane sets from typed fields (sorted); empty when none."""
     return sorted(set(extra_engine_args) & MANAGED_ENGINE_KEYS)
+
+
+@cache
+def vllm_engine_args() -> frozenset[str]:
+    """Return the engine argument names of the vLLM the serving image runs (`vllm_engine_args.txt`).
+
+    Generated from vLLM's `AsyncEngineArgs` and `FrontendArgs` by `make engine-args`; a test diffs it against the
+    installed vLLM, so the list cannot drift from the release the image pins.
+    """
+    text = resources.files(__package__).joinpath("vllm_engine_args.txt").read_text(encoding="utf-8")
+    return frozenset(line for line in text.splitlines() if line and not line.startswith("#"))
+
+
+def unknown_engine_args(extra_engine_args: Mapping[str, Any]) -> str | None:
+    """Say which pass-through keys vLLM does not have, with the name each was likely meant as; None if all exist.
+
+    A replica given one fails at start-up in the cluster (Ray builds the engine from them), long after `apply`.
+    """
+    known = vllm_engine_args()
+    unknown = sorted(set(extra_engine_args) - known)
+    if not unknown:
+        return None
+
+    def meant(key: str) -> str:
+        snake = re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", key).replace("-", "_").lower().lstrip("_")
+        close = [snake] if snake in known else difflib.get_close_matches(snake, known, n=1, cutoff=0.75)
+        return f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key)
+
+    return (
+        f"vLLM has no engine argument {', '.join(meant(key) for key in unknown)}: keys are the names `vllm serve "
+        "--help` lists, in snake_case (max_num_batched_tokens for --max-num-batched-tokens)"
+    )
 
 
 class _Args(BaseModel):
@@ -185,8 +222,8 @@ class EngineArgs(_Args):
     extra_engine_args: dict[str, Any] = Field(
         default_factory=dict,
         description=(
-            "Further vLLM engine arguments passed through unchanged. Keys are checked against vLLM's "
-            "`AsyncEngineArgs`/`FrontendArgs` when the Ray app is built; keys tokenplane sets itself are "
+            "Further vLLM engine arguments passed through unchanged. Keys must be vLLM's "
+            "`AsyncEngineArgs`/`FrontendArgs` names (`vllm_engine_args`); keys tokenplane sets itself are "
             "rejected here."
         ),
     )
@@ -197,6 +234,9 @@ class EngineArgs(_Args):
         clash = managed_keys_in(value)
         if clash:
             raise ValueError(f"extra_engine_args may not set {clash}: use the typed engine fields instead")
+        unknown = unknown_engine_args(value)
+        if unknown:
+            raise ValueError(unknown)
         return value
 
 

@@ -281,6 +281,18 @@ def test_check_engine_kwargs() -> None:
         check_engine_kwargs({"dtype": "auto", "device": "auto", "bogus": 1}, {"dtype"})
 
 
+def test_the_engine_argument_list_is_the_installed_vllms() -> None:
+    # extraArgs are checked against this list before anything runs; a vLLM upgrade without `make engine-args`
+    # would refuse its new arguments or let removed ones (swap_space went in 0.32) fail replicas at start-up.
+    pytest.importorskip("vllm")
+    from importlib import resources
+
+    from tokenplane_serving.app import engine_args_file_text
+
+    written = resources.files("tokenplane_serving").joinpath("vllm_engine_args.txt").read_text(encoding="utf-8")
+    assert written == engine_args_file_text(), "run `make engine-args`"
+
+
 def test_engine_kwargs_are_real_vllm_arguments() -> None:
     """Every key mapping can emit (all typed fields set) exists in the installed vLLM."""
     pytest.importorskip("vllm")

@@ -15,7 +15,14 @@ from pydantic_core import PydanticCustomError
 
 from tokenplane_operator.api.conditions import ConditionType, Phase, Reason
 from tokenplane_operator.api.names import DNS1035_LABEL, DNS1123_LABEL, MAX_NAME_LENGTH
-from tokenplane_serving.args import MANAGED_ENGINE_KEYS, MIN_MAX_MODEL_LEN, KvConnector, LoraRank, managed_keys_in
+from tokenplane_serving.args import (
+    MANAGED_ENGINE_KEYS,
+    MIN_MAX_MODEL_LEN,
+    KvConnector,
+    LoraRank,
+    managed_keys_in,
+    unknown_engine_args,
+)
 from tokenplane_serving.blob_uri import BLOB_URI_FORMS, BLOB_URI_REGEXES, is_blob_uri, parse_blob_uri
 from tokenplane_serving.schedule import ScheduleWindow
 
@@ -512,7 +519,7 @@ class EngineSpec(_Model):
     )
 
     @model_validator(mode="after")
-    def _extra_args_not_managed(self) -> EngineSpec:
+    def _extra_args_known_and_not_managed(self) -> EngineSpec:
         # The serving contract owns the list of keys it derives from typed fields.
         clash = managed_keys_in(self.extra_args)
         if clash:
@@ -522,6 +529,9 @@ class EngineSpec(_Model):
                 f"extraArgs may not set {', '.join(owners)}: tokenplane derives "
                 f"{'it' if len(clash) == 1 else 'them'} from typed fields; use those and remove the key",
             )
+        unknown = unknown_engine_args(self.extra_args)
+        if unknown:
+            raise _problem("extraArgs", unknown)
         return self
 
 

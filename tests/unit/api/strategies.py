@@ -43,7 +43,7 @@ _OVERRIDES: dict[str, st.SearchStrategy[Any]] = {
         st.sampled_from(["agentpool", "tokenplane.io/gpu"]), st.sampled_from(["gpu", "a"]), min_size=1, max_size=2
     ),
     "extraArgs": st.dictionaries(
-        st.sampled_from(["swap_space", "kv_cache_dtype", "seed", *sorted(MANAGED_ENGINE_KEYS)[:3]]),
+        st.sampled_from(["block_size", "kv_cache_dtype", "seed", *sorted(MANAGED_ENGINE_KEYS)[:3]]),
         st.integers(0, 8) | st.sampled_from(["fp8", "auto"]),
         max_size=2,
     ),
