@@ -703,6 +703,12 @@ class CpuSpec(_Model):
     )
 
 
+_ZONES_NEED_A_MANAGED_POOL = (
+    "zones place the node pool tokenplane creates; existing nodes are already placed: remove zones and select "
+    "zonal nodes in nodePool.existing.nodeSelector (topology.kubernetes.io/zone: <region>-<zone>)"
+)
+
+
 class HardwareSpec(_Model):
     """Where replicas run."""
 
@@ -742,6 +748,16 @@ class HardwareSpec(_Model):
             "!has(self.nodePool.existing))",
             "a CPU run uses no node pool; remove nodePool or set accelerator gpu",
             ".nodePool",
+        ),
+        CelRule(
+            "self.accelerator != 'cpu' || !has(self.zones) || size(self.zones) == 0",
+            "a CPU run uses no availability zones; remove zones or set accelerator gpu",
+            ".zones",
+        ),
+        CelRule(
+            "!has(self.zones) || size(self.zones) == 0 || !has(self.nodePool) || !has(self.nodePool.existing)",
+            _ZONES_NEED_A_MANAGED_POOL,
+            ".zones",
         ),
     )
 
@@ -810,6 +826,10 @@ class HardwareSpec(_Model):
                 raise _problem("vmSize", "a CPU run provisions no VM; remove vmSize or set accelerator gpu")
             if self.node_pool.managed is not None or self.node_pool.existing is not None:
                 raise _problem("nodePool", "a CPU run uses no node pool; remove nodePool")
+            if self.zones:  # ignored before: nothing is placed in a zone on a laptop
+                raise _problem("zones", "a CPU run uses no availability zones; remove zones or set accelerator gpu")
+        if self.zones and self.node_pool.existing is not None:  # ignored before: no pool is created to place
+            raise _problem("zones", _ZONES_NEED_A_MANAGED_POOL)
         return self
 
 

@@ -165,6 +165,8 @@ MISTAKES = [
     Case("CPU with fp8", spec(hardware=_CPU, model={"source": "/models/x", "quantization": "fp8"}), "spec.model.quantization", "needs a GPU", "CRD"),
     Case("CPU with disaggregation", spec(hardware=_CPU, disaggregation={"enabled": True}), "spec.disaggregation.enabled", "needs GPUs", "CRD"),
     Case("CPU with GPUs per replica", spec(hardware={**_CPU, "gpusPerReplica": 4}), "spec.hardware.gpusPerReplica", "a CPU run uses no GPU", "CRD"),  # ignored silently before
+    Case("CPU with zones", spec(hardware={**_CPU, "zones": ["1"]}), "spec.hardware.zones", "a CPU run uses no availability zones", "CRD"),
+    Case("zones on existing nodes", spec(hardware={"vmSize": "Standard_NC40ads_H100_v5", "zones": ["1", "2"], "nodePool": {"existing": _BYO}}), "spec.hardware.zones", "topology.kubernetes.io/zone", "CRD"),
     Case("CPU with a node pool", spec(hardware={**_CPU, "nodePool": {"existing": _BYO}}), "spec.hardware.nodePool", "uses no node pool", "CRD"),
     Case("managed and existing pools", with_("spec.hardware.nodePool", {"managed": {}, "existing": _BYO}), "spec.hardware.nodePool.existing", "both set", "CRD"),
     Case("min nodes over max", with_("spec.hardware.nodePool", {"managed": {"minNodes": 3, "maxNodes": 2}}), "spec.hardware.nodePool.managed.minNodes", "exceeds maxNodes", "CRD"),
