@@ -57,6 +57,27 @@ def test_parse_input_reports_each_bad_line_with_its_number_and_reason() -> None:
     assert parsed.total == 8  # the blank line is not a request
 
 
+def test_parse_input_splits_lines_at_newlines_only_and_reads_a_bom_or_crlf_file() -> None:
+    # U+2028, U+2029 and U+0085 are legal unescaped inside JSON strings (json.dumps(..., ensure_ascii=False)
+    # writes them so); str.splitlines() broke a request in two at them and shifted later line numbers.
+    odd = "a\u2028b\u2029c\x85d\x1ce\x0bf"
+    first = json.dumps(json.loads(line("a", content=odd)), ensure_ascii=False)
+    data = "\ufeff" + "\r\n".join([first, line("b"), "", line("c")]) + "\r\n"
+    parsed = schema.parse_input(data.encode(), CHAT)
+    assert parsed.errors == []
+    assert [(r.line, r.custom_id) for r in parsed.requests] == [(1, "a"), (2, "b"), (4, "c")]
+    assert parsed.requests[0].body["messages"][0]["content"] == odd
+
+
+def test_parse_input_reports_a_line_that_is_not_utf8_and_runs_the_rest() -> None:
+    latin1 = line("b", content="cafe").replace("cafe", "caf\u00e9").encode("latin-1")  # a lone 0xE9 byte
+    data = line("a").encode() + b"\n" + latin1 + b"\n" + line("c").encode()
+    parsed = schema.parse_input(data, CHAT)
+    assert [(r.line, r.custom_id) for r in parsed.requests] == [(1, "a"), (3, "c")]
+    [error] = parsed.errors
+    assert (error.line, error.code) == (2, "invalid_json_line") and "not UTF-8" in error.message
+
+
 def test_parse_input_caps_the_request_count() -> None:
     parsed = schema.parse_input("\n".join(line(str(i)) for i in range(5)).encode(), CHAT, max_requests=3)
     assert len(parsed.requests) == 3 and [e.code for e in parsed.errors] == ["too_many_requests"] * 2
@@ -214,6 +235,7 @@ def test_a_file_without_a_runnable_request_fails_the_batch_with_line_errors(tmp_
         (lambda j, f: j.create_file("o", "x.jsonl", "fine-tune", b"{}"), 400, "invalid_purpose"),
         (lambda j, f: j.create_file("o", "x.jsonl", "batch", b"x" * 10_001), 413, "file_too_large"),
         (lambda j, f: j.create_file("o", "x.jsonl", "batch", b"\n \n"), 400, "empty_file"),
+        (lambda j, f: j.create_file("o", "x.jsonl", "batch", b"\xef\xbb\xbf\r\n"), 400, "empty_file"),
     ],
 )
 def test_bad_calls_get_openai_errors_that_say_what_to_change(

@@ -102,7 +102,7 @@ class BatchJobs:
         if purpose != "batch":
             message = f"purpose {purpose!r} is not supported here; use 'batch'"
             raise BatchApiError(400, message, "invalid_purpose", "purpose")
-        if not data.strip():
+        if not data.removeprefix(b"\xef\xbb\xbf").strip():  # a byte order mark alone is empty too
             raise BatchApiError(400, "the file is empty; upload JSONL with one request per line", "empty_file", "file")
         if len(data) > self.max_file_bytes:
             raise BatchApiError(

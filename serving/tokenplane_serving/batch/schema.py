@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,10 +115,27 @@ def _check_line(line_no: int, text: str, endpoint: str, seen: set[str]) -> Batch
     return BatchRequest(line_no, custom_id, body)
 
 
+def _jsonl_lines(data: bytes) -> Iterator[tuple[int, str | LineError]]:
+    """Yield a JSONL file's numbered lines: each as text, or an error when it is not UTF-8.
+
+    JSON Lines records end at LF only (CR LF is tolerated). Not `str.splitlines()`: it also breaks at
+    U+2028, U+2029, U+0085 and other characters that JSON strings may hold unescaped (`json.dumps(...,
+    ensure_ascii=False)` writes them so), which cut one request in two and shifted every later line number.
+    A UTF-8 byte order mark at the file's start (Windows editors write one) is not part of the first line.
+    """
+    for line_no, raw in enumerate(data.removeprefix(b"\xef\xbb\xbf").split(b"\n"), start=1):
+        try:
+            yield line_no, raw.removesuffix(b"\r").decode("utf-8")
+        except UnicodeDecodeError as err:
+            message = f"line {line_no}: not UTF-8 (byte {err.start + 1} of the line); save the file as UTF-8"
+            yield line_no, LineError(line_no, None, "invalid_json_line", message)
+
+
 def parse_input(data: bytes, endpoint: str, *, max_requests: int = MAX_REQUESTS) -> ParsedInput:
     """Split a batch input file (JSONL) into runnable requests and per-line errors.
 
-    Blank lines are skipped. A line is runnable when it is a JSON object with a unique non-empty
+    Lines end at LF (a CR before it and a BOM at the file's start are ignored); blank lines are
+    skipped. A line is runnable when it is a JSON object with a unique non-empty
     `custom_id`, `method` `POST`, `url` equal to the batch's endpoint and an object `body` without
     `stream`. The request body itself is checked by the engine when the line runs, as OpenAI does.
 
@@ -132,15 +150,14 @@ def parse_input(data: bytes, endpoint: str, *, max_requests: int = MAX_REQUESTS)
     requests: list[BatchRequest] = []
     errors: list[LineError] = []
     seen: set[str] = set()
-    text = data.decode("utf-8", errors="replace")
-    for line_no, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
+    for line_no, line in _jsonl_lines(data):
+        if isinstance(line, str) and not line.strip():
             continue
         if len(requests) + len(errors) >= max_requests:
             message = f"line {line_no}: over {max_requests} requests"
             errors.append(LineError(line_no, None, "too_many_requests", message))
             continue
-        checked = _check_line(line_no, line, endpoint, seen)
+        checked = line if isinstance(line, LineError) else _check_line(line_no, line, endpoint, seen)
         (requests if isinstance(checked, BatchRequest) else errors).append(checked)  # type: ignore[arg-type]
     return ParsedInput(requests, errors)
 
