@@ -5,8 +5,9 @@ deployment caches every request (`all`); a request asking for logprobs never doe
 them). The key hashes the route, the tenant (unless the cache is shared) and the
 request with whitespace in the messages or prompt collapsed and the stream flags removed, so a streamed and a
 plain request share one entry. The value is the complete (non-streamed) OpenAI response; a streamed request is
-answered from it in the `chat.completion.chunk` / `text_completion` SSE shape, and a streamed miss is assembled
-from its chunks before it is stored.
+answered from it in the `chat.completion.chunk` / `text_completion` SSE shape (tool calls and reasoning included),
+and a streamed miss is assembled from its chunks before it is stored (text only: a stream whose deltas carry tool
+calls or reasoning is not stored).
 
 Redis is optional at all times: any Redis error, or a slow answer, counts as a miss (or a skipped write), and
 Redis is left alone for `backoff_s` so an outage costs clients nothing but the hit ratio. Answers whose JSON exceeds
@@ -309,7 +310,7 @@ def replay_stream(response: Mapping[str, Any], *, include_usage: bool = False) -
         index = choice.get("index", 0)
         if chat:
             message = choice.get("message") or {}
-            deltas = [{"role": message.get("role", "assistant"), "content": ""}, {"content": message.get("content")}]
+            deltas = [{"role": message.get("role", "assistant"), "content": ""}, _content_delta(message)]
             for delta in deltas:
                 yield _event({**base, "choices": [{"index": index, "delta": delta, "finish_reason": None}]})
             end = {"index": index, "delta": {}, "finish_reason": choice.get("finish_reason")}
@@ -323,8 +324,27 @@ def replay_stream(response: Mapping[str, Any], *, include_usage: bool = False) -
     yield b"data: [DONE]\n\n"
 
 
+def _content_delta(message: Mapping[str, Any]) -> dict[str, Any]:
+    """Return the delta that carries a stored message: its content and all else it holds (tool calls, reasoning).
+
+    A tool call in a stream delta carries its position (`index`), as the engine streams it.
+    """
+    delta: dict[str, Any] = {"content": message.get("content")}
+    for name, value in message.items():
+        if name in ("role", "content") or value in (None, [], "", {}):
+            continue
+        if name == "tool_calls" and isinstance(value, list):
+            delta[name] = [{"index": i, **call} if isinstance(call, dict) else call for i, call in enumerate(value)]
+        else:
+            delta[name] = value
+    return delta
+
+
 def assemble_stream(events: Iterable[Mapping[str, Any]]) -> dict[str, Any] | None:
     """Rebuild the complete response from a streamed answer's chunks (the `data:` JSON objects, in order).
+
+    Only text is rebuilt: a chat delta carrying anything else (tool calls, reasoning, a refusal) makes the
+    stream one not to store, rather than store an answer without its tool calls.
 
     Returns:
         The response as a non-streamed request would have had it, or None when the chunks are not an answer.
@@ -341,7 +361,10 @@ def assemble_stream(events: Iterable[Mapping[str, Any]]) -> dict[str, Any] | Non
         usage = chunk.get("usage") or usage
         for choice in chunk.get("choices") or []:
             index = int(choice.get("index", 0))
-            piece = (choice.get("delta") or {}).get("content") if chat else choice.get("text")
+            delta = choice.get("delta") or {}
+            if chat and any(v not in (None, [], "", {}) for k, v in delta.items() if k not in ("role", "content")):
+                return None
+            piece = delta.get("content") if chat else choice.get("text")
             texts.setdefault(index, []).append(piece or "")
             if choice.get("finish_reason") is not None:
                 finish[index] = choice["finish_reason"]

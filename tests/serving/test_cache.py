@@ -196,6 +196,29 @@ def test_replayed_stream_has_the_chunk_shape_and_reassembles() -> None:
     assert all("usage" not in e for e in no_usage)
 
 
+def test_a_replayed_tool_call_reaches_the_openai_client_and_a_streamed_one_is_not_stored_without_it() -> None:
+    # vLLM answers a named tool_choice with finish_reason "stop" and the call in `tool_calls` (or in
+    # `delta.tool_calls` when streamed): replay dropped the call, and assembly stored an empty answer.
+    from openai.lib.streaming.chat import ChatCompletionStreamState
+    from openai.types.chat import ChatCompletionChunk
+
+    call = {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": '{"city":"Oslo"}'}}
+    message = {"role": "assistant", "content": None, "tool_calls": [call], "reasoning_content": "look it up"}
+    answer = {**ANSWER, "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}
+    events = _events(list(replay_stream(answer)))
+    state = ChatCompletionStreamState()
+    for event in events:
+        state.handle_chunk(ChatCompletionChunk.model_validate(event))
+    [tool_call] = state.get_final_completion().choices[0].message.tool_calls or []
+    assert (tool_call.id, tool_call.function.name, tool_call.function.arguments) == (
+        "call_1",
+        "weather",
+        '{"city":"Oslo"}',
+    )
+    assert any(e["choices"] and e["choices"][0]["delta"].get("reasoning_content") == "look it up" for e in events)
+    assert assemble_stream(events) is None
+
+
 def test_completions_replay_as_text_completion_events() -> None:
     answer = {
         "id": "cmpl-1",
