@@ -464,6 +464,13 @@ class CacheArgs(_Args):
     qualify: Literal["deterministic", "all"] = Field(default="deterministic", description="Which requests qualify.")
     shared: bool = Field(default=False, description="Callers share entries (else keyed per API key / subject).")
     redis_url_env: str | None = Field(default=None, description="Environment variable holding the Redis URL.")
+    scope: str | None = Field(
+        default=None,
+        description=(
+            "The deployment's identity (`<namespace>/<name>` from the operator): part of every key, so deployments "
+            "sharing one Redis never answer from each other's entries (nor their same-named API keys)."
+        ),
+    )
 
     @model_validator(mode="after")
     def _needs_redis(self) -> Self:
@@ -516,6 +523,13 @@ class BatchArgs(_Args):
         description="Seconds before a request whose consumer died is handed to another (longer than one request).",
     )
     max_file_mib: int = Field(default=100, ge=1, le=512, description="Largest batch input file accepted, in MiB.")
+    scope: str | None = Field(
+        default=None,
+        description=(
+            "The deployment's identity (`<namespace>/<name>` from the operator): names its queue and Redis keys, so "
+            "deployments sharing one Redis never take each other's work. Unset: `app_name` (local runs)."
+        ),
+    )
 
     @field_validator("store")
     @classmethod

@@ -2,7 +2,8 @@
 
 A request qualifies when its answer is reproducible: temperature 0, or a fixed seed (`deterministic`), unless the
 deployment caches every request (`all`); a request asking for logprobs never does (a replayed stream could not carry
-them). The key hashes the route, the tenant (unless the cache is shared) and the
+them). The key hashes the deployment and its model (`cache_scope`), the route, the tenant (unless the cache is
+shared) and the
 request with whitespace in the messages or prompt collapsed and the stream flags removed, so a streamed and a
 plain request share one entry. The value is the complete (non-streamed) OpenAI response; a streamed request is
 answered from it in the `chat.completion.chunk` / `text_completion` SSE shape (tool calls and reasoning included),
@@ -28,7 +29,7 @@ from urllib.parse import quote
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from tokenplane_serving.args import CacheArgs
+from tokenplane_serving.args import CacheArgs, ServingArgs
 
 __all__ = [
     "MAX_ENTRY_BYTES",
@@ -38,6 +39,7 @@ __all__ = [
     "ResponseCache",
     "assemble_stream",
     "cache_key",
+    "cache_scope",
     "redis_url",
     "replay_stream",
     "settings_from_args",
@@ -65,6 +67,7 @@ class CacheSettings:
         shared: Whether tenants (API keys, token subjects) share entries; by default each has its own.
         timeout_s: Longest wait for Redis before the request goes on without the cache.
         backoff_s: After a Redis error, how long the cache is skipped before Redis is tried again.
+        scope: What answers depend on beyond the request (`cache_scope`): the deployment and its model.
     """
 
     url: str
@@ -73,6 +76,7 @@ class CacheSettings:
     shared: bool = False
     timeout_s: float = 0.25
     backoff_s: float = 5.0
+    scope: str = ""
 
 
 def settings_from_args(args: CacheArgs, environ: Mapping[str, str]) -> CacheSettings | None:
@@ -97,6 +101,26 @@ def settings_from_args(args: CacheArgs, environ: Mapping[str, str]) -> CacheSett
             "portal shows (<name>.redis.cache.windows.net:6380,password=<access key>,ssl=True)"
         )
     return CacheSettings(url=url, ttl_s=args.ttl_s, qualify=args.qualify, shared=args.shared)
+
+
+def cache_scope(args: ServingArgs) -> str:
+    """Return what a deployment's answers depend on beyond the request: which deployment, and which weights.
+
+    The deployment's identity (`cache.scope`, `<namespace>/<name>`) keeps deployments that share one Redis
+    apart: the operator names every app `llm`, served model names repeat across namespaces, and API keys are
+    named by their Secret key (`key:alice` in two namespaces is two callers). The model's source, revision,
+    tokenizer, dtype, quantization, extra engine arguments and adapters make a new model a new cache, rather
+    than serve the old model's answers until their TTL ends.
+    """
+    model = {
+        "deployment": args.cache.scope or args.app_name,
+        "model": args.model.model_dump(mode="json"),
+        "dtype": args.engine.dtype,
+        "quantization": args.engine.quantization,
+        "extra_engine_args": args.engine.extra_engine_args,
+        "adapters": [a.model_dump(mode="json") for a in args.lora.adapters],
+    }
+    return hashlib.sha256(json.dumps(model, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def redis_url(value: str) -> str | None:
@@ -208,7 +232,9 @@ def cache_key(route: str, body: Mapping[str, Any], tenant: str | None, settings:
     elif isinstance(prompt, list) and all(isinstance(p, str) for p in prompt):
         normalized["prompt"] = [_normalize_text(p) for p in prompt]
     scope = "" if settings.shared else hashlib.sha256((tenant or "").encode()).hexdigest()
-    material = json.dumps({"route": route, "tenant": scope, "request": normalized}, sort_keys=True, default=str)
+    material = json.dumps(
+        {"scope": settings.scope, "route": route, "tenant": scope, "request": normalized}, sort_keys=True, default=str
+    )
     return _KEY_PREFIX + hashlib.sha256(material.encode()).hexdigest()
 
 

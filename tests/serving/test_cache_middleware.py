@@ -11,15 +11,17 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
 
 from tests.support.redis_server import RedisServer
+from tokenplane_serving.args import ServingArgs
 from tokenplane_serving.cache import CacheSettings, ResponseCache
-from tokenplane_serving.features.base import BODY_KEY, PRINCIPAL_KEY, Receive, Scope, Send
+from tokenplane_serving.features.base import BODY_KEY, PRINCIPAL_KEY, FeatureContext, Receive, Replica, Scope, Send
 from tokenplane_serving.features.cache import CacheMetrics, CacheMiddleware
+from tokenplane_serving.features.cache import feature as cache_feature
 
 CHAT = "/v1/chat/completions"
 
@@ -170,3 +172,40 @@ async def test_redis_down_serves_every_request_from_the_engine(tmp_path: Path) -
             answer = await http.post(CHAT, json=request(stream=stream))
             assert answer.status_code == 200 and answer.headers["x-tokenplane-cache"] == "miss"
     assert len(peer.bodies) == 4
+
+
+async def test_deployments_sharing_one_redis_never_answer_from_each_others_entries(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Served names repeat across namespaces, API keys are named by their Secret key (key:alice in both), and
+    # the operator names every app `llm`: without the deployment and its model in the key, team-b got team-a's
+    # answers, and a deployment whose model changed served the old model's answers until their TTL.
+    env = "TOKENPLANE_TEST_CACHE_URL"
+    monkeypatch.setenv(env, redis_server.url)
+
+    def replica(scope: str, source: str = "/models/tiny") -> tuple[VllmPeer, httpx.AsyncClient]:
+        cache = {"enabled": True, "redis_url_env": env, "scope": scope}
+        args = ServingArgs.model_validate({"model": {"id": "tiny", "source": source}, "cache": cache})
+        wrap = cache_feature(FeatureContext(args, replica=cast(Replica, None)))
+        assert wrap is not None
+        peer = VllmPeer()
+        app = ParsedBody(wrap(peer), principal="key:alice")
+        return peer, httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://replica")
+
+    outcomes = {}
+    for name, (scope, source) in {
+        "first": ("team-a/copilot", "/models/tiny"),
+        "another replica": ("team-a/copilot", "/models/tiny"),
+        "another namespace": ("team-b/copilot", "/models/tiny"),
+        "a new model": ("team-a/copilot", "/models/tiny-v2"),
+    }.items():
+        peer, http = replica(scope, source)
+        async with http:
+            answer = await http.post(CHAT, json=request())
+        outcomes[name] = (answer.headers["x-tokenplane-cache"], len(peer.bodies))
+    assert outcomes == {
+        "first": ("miss", 1),
+        "another replica": ("hit", 0),
+        "another namespace": ("miss", 1),
+        "a new model": ("miss", 1),
+    }

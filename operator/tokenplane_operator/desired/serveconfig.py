@@ -209,6 +209,7 @@ def build_serving_args(deployment: InferenceDeployment, *, local: bool = False) 
             "qualify": spec.endpoint.cache.qualify.value,
             "shared": spec.endpoint.cache.shared,
             "redis_url_env": CACHE_REDIS_URL_ENV,
+            "scope": f"{deployment.namespace}/{deployment.name}",
         }
         if spec.endpoint.cache.enabled
         else None,
@@ -250,6 +251,8 @@ def _batch(deployment: InferenceDeployment, *, local: bool) -> dict[str, Any] | 
         "concurrency": batch.concurrency,
         "priority": batch.priority,
         "max_replicas": batch.max_replicas,
+        # Deployments may share one Redis: the queue and progress keys are the deployment's own.
+        "scope": f"{deployment.namespace}/{deployment.name}",
     }
 
 

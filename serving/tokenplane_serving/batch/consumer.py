@@ -57,8 +57,14 @@ def redis_url(args: ServingArgs) -> str:
     return url
 
 
+def _scope(args: ServingArgs) -> str:
+    # The operator's app_name is the same for every deployment ("llm"); deployments sharing one Redis must
+    # not consume each other's queue (a task whose batch is in another store was acknowledged and lost).
+    return args.batch.scope or args.app_name
+
+
 def _queue(args: ServingArgs) -> str:
-    return f"tokenplane-batch-{args.app_name}"
+    return f"tokenplane-batch-{_scope(args)}"
 
 
 def task_processor_config(args: ServingArgs) -> TaskProcessorConfig:
@@ -99,7 +105,7 @@ def open_jobs(args: ServingArgs, enqueue: Enqueue | None = None) -> BatchJobs:
         store,
         redis.Redis.from_url(redis_url(args)),
         enqueue or make_enqueue(args),
-        namespace=f"tokenplane:batch:{args.app_name}",
+        namespace=f"tokenplane:batch:{_scope(args)}",
         max_file_bytes=args.batch.max_file_mib * 1024 * 1024,
         model=args.model.id,
     )

@@ -13,7 +13,9 @@ What qualifies and what is kept (where the issue left it open):
   3600: an hour bounds how stale an answer gets after the model or its data change, and Redis evicts earlier
   under memory pressure).
 - Tenant: the principal auth found (`key:<Secret key name>` or `entra:<oid>`); with auth off every caller is one
-  tenant. `shared: true` puts every tenant in one scope.
+  tenant. `shared: true` puts every tenant in one scope. Every key also carries the deployment (`<namespace>/<name>`)
+  and its model's source, dtype and adapters (`cache.cache_scope`): deployments sharing one Redis keep apart, and a
+  new model starts with an empty cache.
 
 Hits: a plain request gets the stored completion with a fresh `id` and `created`; a streamed one gets it replayed
 as `chat.completion.chunk` / `text_completion` SSE events (usage last when `stream_options.include_usage`).
@@ -37,6 +39,7 @@ import os
 import time
 import uuid
 from collections.abc import Mapping
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -45,6 +48,7 @@ from tokenplane_serving.cache import (
     ResponseCache,
     assemble_stream,
     cache_key,
+    cache_scope,
     replay_stream,
     settings_from_args,
     tokens_of,
@@ -326,4 +330,5 @@ def feature(ctx: FeatureContext) -> Wrapper | None:
         return None
     if settings is None:
         return None
+    settings = replace(settings, scope=cache_scope(ctx.args))
     return partial(CacheMiddleware, cache=ResponseCache(settings), metrics=CacheMetrics(ctx.args.model.id))

@@ -43,6 +43,23 @@ def test_enabled_batch_reaches_the_args_a_second_application_and_the_env() -> No
     assert env[STORE_CREDENTIAL_ENV]["valueFrom"] == {"secretKeyRef": {"name": "sas", "key": "sas"}}
 
 
+def test_deployments_sharing_one_redis_consume_only_their_own_queue(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The operator names every Serve app `llm`: the queue was `tokenplane-batch-llm` for all deployments, so two
+    # sharing one Redis took each other's tasks, found no such batch in their own store and dropped them.
+    from tokenplane_serving.batch.consumer import task_processor_config
+
+    monkeypatch.setenv(BATCH_REDIS_URL_ENV, "rediss://:k@shared.redis.cache.windows.net:6380/1")
+    spec = {"enabled": True, "store": STORE, "redisSecretRef": REDIS}
+    queues = {}
+    for namespace in ("team-a", "team-b"):
+        body = with_batch(spec)
+        body["metadata"]["namespace"] = namespace
+        args = build_serving_args(parse_inference_deployment(body))
+        assert args.app_name == "llm" and args.batch.scope == f"{namespace}/copilot"
+        queues[namespace] = task_processor_config(args).queue_name
+    assert queues["team-a"] != queues["team-b"]
+
+
 def test_no_batch_leaves_the_serve_config_as_it_was() -> None:
     deployment = parse_inference_deployment(yaml.safe_load(EXAMPLE.read_text()))
     (app,) = yaml.safe_load(build_desired_state(deployment, RenderConfig()).rayservice["spec"]["serveConfigV2"])[
