@@ -481,7 +481,8 @@ async def _bound_by_quota(
     bounded = bound_pool(merged, snap.quota, settings.quota_policy, snap.observed)
     if bounded is None and snap.quota is not None:
         # Not recorded as a fault: the next round reads the quota again and creates the pool once it fits.
-        snap.fault = CloudFault(Reason.QUOTA_EXCEEDED, snap.quota.describe(), settings.poll_interval_s, stalled=True)
+        message = f"{snap.quota.describe()}. {snap.quota.remedy()}"
+        snap.fault = CloudFault(Reason.QUOTA_EXCEEDED, message, settings.poll_interval_s, stalled=True)
     snap.merged = bounded or merged
 
 

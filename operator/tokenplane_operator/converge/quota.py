@@ -88,6 +88,7 @@ class QuotaCheck:
         needed_vcpus: vCPUs the pool still needs to reach `wanted_nodes`.
         available_vcpus: vCPUs the limiting quota still allows.
         reachable_nodes: Nodes the pool can reach within every quota.
+        short: Every quota that cannot cover `needed_vcpus` (the limiting one first): each must be raised.
     """
 
     reading: QuotaReading
@@ -97,6 +98,7 @@ class QuotaCheck:
     needed_vcpus: int
     available_vcpus: int
     reachable_nodes: int
+    short: tuple[QuotaUsage, ...] = ()
 
     @property
     def sufficient(self) -> bool:
@@ -107,11 +109,26 @@ class QuotaCheck:
         """One sentence naming the family, the region, and the needed and available vCPUs."""
         reading, limiting = self.reading, self.limiting
         which = "" if limiting.name.lower() == reading.family.lower() else f" (limited by the {limiting.name} quota)"
+        kind = "spot vCPUs" if limiting.name.lower() == SPOT_CORES.lower() else f"vCPUs of {reading.family}"
         return (
-            f"{self.wanted_nodes} x {reading.vm_size} need {self.needed_vcpus} more vCPUs of "
-            f"{reading.family} in {reading.region}, {self.available_vcpus} available{which}: "
-            f"limit {limiting.limit}, in use {limiting.current}; {self.reachable_nodes} nodes fit"
+            f"{self.wanted_nodes} x {reading.vm_size} need {self.needed_vcpus} more {kind} "
+            f"in {reading.region}, {self.available_vcpus} available{which}: "
+            f"limit {limiting.limit}, in use {limiting.current}; {_nodes(self.reachable_nodes)} fit"
         )
+
+    def remedy(self) -> str:
+        """Say what to change when the quota falls short: the quotas to raise and to what, or the fields to lower."""
+        rows = self.short or (self.limiting,)
+        raises = " and ".join(f"{row.name} to {row.current + self.needed_vcpus}" for row in rows)
+        return (
+            f"To get all {_nodes(self.wanted_nodes)}, request a quota increase in {self.reading.region} ({raises} "
+            "vCPUs: Azure portal > Quotas > Compute, or `az quota update`); or lower spec.scaling.maxReplicas (or "
+            f"choose another spec.hardware.vmSize) so that the pool needs at most {_nodes(self.reachable_nodes)}"
+        )
+
+
+def _nodes(count: int) -> str:
+    return f"{count} node" if count == 1 else f"{count} nodes"
 
 
 def check_quota(pool: DesiredAgentPool, current_nodes: int, reading: QuotaReading) -> QuotaCheck | None:
@@ -131,14 +148,16 @@ def check_quota(pool: DesiredAgentPool, current_nodes: int, reading: QuotaReadin
         return None
     limiting = min(rows, key=lambda row: row.free)
     vcpus = reading.vcpus_per_node
+    needed = max(0, pool.max_count - current_nodes) * vcpus
     return QuotaCheck(
         reading=reading,
         limiting=limiting,
         wanted_nodes=pool.max_count,
         current_nodes=current_nodes,
-        needed_vcpus=max(0, pool.max_count - current_nodes) * vcpus,
+        needed_vcpus=needed,
         available_vcpus=limiting.free,
         reachable_nodes=current_nodes + limiting.free // vcpus,
+        short=tuple(sorted((row for row in rows if row.free < needed), key=lambda row: row.free)),
     )
 
 

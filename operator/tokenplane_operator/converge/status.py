@@ -363,7 +363,7 @@ def _quota(observed: ObservedState, validated: _Cond) -> _Cond:
         outcome = f"the agent pool is bounded to {observed.pool_bounds[1]} nodes"
     else:
         outcome = "the agent pool is not grown"
-    return _Cond("True", Reason.QUOTA_INSUFFICIENT, f"{check.describe()}; {outcome}")
+    return _Cond("True", Reason.QUOTA_INSUFFICIENT, f"{check.describe()}; {outcome}. {check.remedy()}")
 
 
 def _serving(observed: ObservedState, node_pool: _Cond) -> _Cond:

@@ -60,6 +60,19 @@ def test_too_little_quota_bounds_the_pool_to_what_fits() -> None:
     message = check.describe()
     for part in (FAMILY, "eastus", "160 more vCPUs", "100 available"):
         assert part in message
+    # What to do: the quota to raise and to what (in use + needed), or the field to lower.
+    remedy = check.remedy()
+    for part in (f"{FAMILY} to 160 vCPUs", "spec.scaling.maxReplicas", "at most 2 nodes"):
+        assert part in remedy, remedy
+
+
+def test_the_remedy_names_every_quota_that_falls_short_and_spot_says_spot() -> None:
+    both = check_quota(pool(high=4), 1, reading(family_limit=100, family_used=40, cores=60))
+    assert both is not None and both.limiting.name == "cores"
+    assert "cores to 160 and StandardNCadsH100v5Family to 160 vCPUs" in both.remedy()
+    spot = check_quota(pool(high=4, spot=True), 0, reading(family_limit=0, cores=0, spot=80))
+    assert spot is not None and "160 more spot vCPUs" in spot.describe() and FAMILY not in spot.describe()
+    assert "lowPriorityCores to 160 vCPUs" in spot.remedy()
 
 
 def test_existing_nodes_are_already_in_the_usage() -> None:
@@ -108,6 +121,7 @@ def test_condition_names_family_region_needed_and_available() -> None:
     status, reason, message = _status(state)["QuotaInsufficient"]
     assert (status, reason) == ("True", "QuotaInsufficient")
     assert "bounded to 2 nodes" in message and "160 more vCPUs" in message and "100 available" in message
+    assert f"{FAMILY} to 160 vCPUs" in message and "spec.scaling.maxReplicas" in message
     assert _status(state)["NodePoolReady"][0] == "True"  # bounded, not broken
 
 
