@@ -131,3 +131,28 @@ async def test_a_redis_outage_is_a_503_and_the_rest_keeps_serving(
     answer = await client.post(f"/v1/batches/{batch['id']}/cancel")  # the cancel flag lives in Redis
     assert answer.status_code == 503 and answer.json()["error"]["code"] == "batch_unavailable"
     assert (await client.post("/v1/chat/completions", json={})).json() == {"inner": True}
+
+
+async def test_the_openai_client_lists_and_deletes_its_files(client: httpx.AsyncClient) -> None:
+    # files.list() and files.delete() were 404 "Unknown route": output and input files could never be removed.
+    import openai
+
+    api = openai.AsyncOpenAI(base_url="http://t/v1", api_key="-", http_client=client, max_retries=0)
+    line = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "tiny"}}
+    first = await api.files.create(file=("a.jsonl", json.dumps(line).encode()), purpose="batch")
+    second = await api.files.create(file=("b.jsonl", json.dumps(line).encode()), purpose="batch")
+    other = await client.post("/v1/files", headers={"x-caller": "someone-else"}, **upload(json.dumps(line).encode()))
+    listed = [f.id async for f in api.files.list()]
+    assert sorted(listed) == sorted([first.id, second.id]) and other.json()["id"] not in listed
+    assert [f.id async for f in api.files.list(purpose="batch_output")] == []
+    page = await api.files.list(limit=1, order="asc")
+    assert len(page.data) == 1 and page.has_more
+    deleted = await api.files.delete(first.id)
+    assert (deleted.id, deleted.deleted) == (first.id, True)
+    assert [f.id async for f in api.files.list()] == [second.id]
+    with pytest.raises(openai.NotFoundError):
+        await api.files.retrieve(first.id)
+    with pytest.raises(openai.NotFoundError):
+        await api.files.delete(other.json()["id"])  # another caller's file
+    bad = await client.get("/v1/files?limit=0")
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "limit"

@@ -118,6 +118,9 @@ def test_store_creates_once_and_swaps_only_the_version_it_read(store: Store) -> 
     store.write("a/c.json", b"x")
     store.write("z.json", b"y")
     assert store.list("a/") == ["a/b.json", "a/c.json"]
+    store.delete("a/c.json")
+    store.delete("a/c.json")  # already gone: nothing happens
+    assert store.list("a/") == ["a/b.json"] and not store.exists("a/c.json")
 
 
 class Harness:

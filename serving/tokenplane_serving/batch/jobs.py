@@ -130,6 +130,48 @@ class BatchJobs:
             raise BatchApiError(404, f"No such File object: {file_id}", "file_not_found", "file_id")
         return dict(record["file"])
 
+    def list_files(
+        self,
+        owner: str,
+        *,
+        purpose: str | None = None,
+        after: str | None = None,
+        limit: int = 10_000,
+        order: str = "desc",
+    ) -> dict[str, Any]:
+        """List the caller's files in OpenAI's list shape (`purpose` filters, `after` pages on, by `created_at`)."""
+        files = []
+        for key in self.store.list("files/"):
+            if not key.endswith(".json"):
+                continue
+            raw = self.store.read(key)
+            record = json.loads(raw) if raw else None
+            if record is not None and record["owner"] == owner and purpose in (None, record["file"]["purpose"]):
+                files.append(record["file"])
+        files.sort(key=lambda f: (f["created_at"], f["id"]), reverse=order != "asc")
+        if after is not None:
+            ids = [f["id"] for f in files]
+            files = files[ids.index(after) + 1 :] if after in ids else []
+        page = files[: max(1, min(limit, 10_000))]
+        return {
+            "object": "list",
+            "data": page,
+            "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None,
+            "has_more": len(files) > len(page),
+        }
+
+    def delete_file(self, owner: str, file_id: str) -> dict[str, Any]:
+        """Delete a file (input, output or error) and return OpenAI's deletion object.
+
+        Raises:
+            BatchApiError: 404 if there is no such file for this caller.
+        """
+        self.get_file(owner, file_id)
+        self.store.delete(f"files/{file_id}.json")  # first: a half-deleted file is gone, not listed without bytes
+        self.store.delete(f"files/{file_id}.data")
+        return {"id": file_id, "object": "file", "deleted": True}
+
     def file_content(self, owner: str, file_id: str) -> bytes:
         """Return the file's bytes (input, output or error file)."""
         self.get_file(owner, file_id)

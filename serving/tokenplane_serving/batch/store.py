@@ -49,6 +49,10 @@ class Store(Protocol):
         """Whether the object exists."""
         ...
 
+    def delete(self, key: str) -> None:
+        """Remove the object (nothing happens if it is absent)."""
+        ...
+
     def list(self, prefix: str) -> list[str]:
         """Keys starting with `prefix`, sorted."""
         ...
@@ -124,6 +128,10 @@ class LocalStore:
     def exists(self, key: str) -> bool:
         """Whether the object exists."""
         return self._path(key).is_file()
+
+    def delete(self, key: str) -> None:
+        """Remove the file (nothing happens if it is absent)."""
+        self._path(key).unlink(missing_ok=True)
 
     def list(self, prefix: str) -> list[str]:
         """Keys under the directory part of `prefix` that start with `prefix`."""
@@ -201,6 +209,13 @@ class BlobStore:
     def exists(self, key: str) -> bool:
         """Whether the blob exists."""
         return bool(self._blob(key).exists())
+
+    def delete(self, key: str) -> None:
+        """Delete the blob (nothing happens if it is absent)."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        with contextlib.suppress(ResourceNotFoundError):
+            self._blob(key).delete_blob()
 
     def list(self, prefix: str) -> list[str]:
         """Keys starting with `prefix`, sorted."""

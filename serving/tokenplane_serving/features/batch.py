@@ -1,5 +1,7 @@
 """Feature: the OpenAI Batch API endpoints (`/v1/files`, `/v1/batches`), when `batch.enabled`.
 
+Files: upload, list, retrieve, content, delete. Batches: create, list, retrieve, cancel.
+
 Every replica answers them from the shared store and Redis (`tokenplane_serving.batch.jobs`), so any
 replica HAProxy picks serves any batch; the work itself runs in the batch consumers. Files and batches
 belong to the caller auth found (an API key's name, a token's subject): another caller gets a 404.
@@ -12,6 +14,7 @@ import json
 import logging
 import re
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -36,7 +39,9 @@ logger = logging.getLogger(__name__)
 _ID = r"([A-Za-z0-9_-]{1,128})"
 _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
     ("POST", re.compile(r"^/v1/files$"), "create_file"),
+    ("GET", re.compile(r"^/v1/files$"), "list_files"),
     ("GET", re.compile(rf"^/v1/files/{_ID}$"), "get_file"),
+    ("DELETE", re.compile(rf"^/v1/files/{_ID}$"), "delete_file"),
     ("GET", re.compile(rf"^/v1/files/{_ID}/content$"), "file_content"),
     ("POST", re.compile(r"^/v1/batches$"), "create_batch"),
     ("GET", re.compile(r"^/v1/batches$"), "list_batches"),
@@ -153,6 +158,24 @@ class BatchApiMiddleware:
 
     async def _get_file(self, jobs: BatchJobs, owner: str, scope: Scope, receive: Receive, file_id: str) -> Any:
         return await asyncio.to_thread(jobs.get_file, owner, file_id)
+
+    async def _list_files(self, jobs: BatchJobs, owner: str, scope: Scope, receive: Receive) -> Any:
+        query = parse_qs(scope.get("query_string", b"").decode())
+        limit = query.get("limit", ["10000"])[0]
+        if not limit.isdigit() or not 1 <= int(limit) <= 10_000:
+            raise BatchApiError(
+                400, f"limit must be an integer from 1 to 10000, not {limit!r}", "invalid_limit", "limit"
+            )
+        order = query.get("order", ["desc"])[0]
+        if order not in ("asc", "desc"):
+            raise BatchApiError(400, f"order must be 'asc' or 'desc', not {order!r}", "invalid_order", "order")
+        purpose, after = query.get("purpose", [None])[0], query.get("after", [None])[0]
+        return await asyncio.to_thread(
+            partial(jobs.list_files, owner, purpose=purpose, after=after, limit=int(limit), order=order)
+        )
+
+    async def _delete_file(self, jobs: BatchJobs, owner: str, scope: Scope, receive: Receive, file_id: str) -> Any:
+        return await asyncio.to_thread(jobs.delete_file, owner, file_id)
 
     async def _file_content(self, jobs: BatchJobs, owner: str, scope: Scope, receive: Receive, file_id: str) -> Any:
         return await asyncio.to_thread(jobs.file_content, owner, file_id)
