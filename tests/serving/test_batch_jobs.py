@@ -281,3 +281,14 @@ def test_requests_still_queued_when_the_window_ends_are_reported_expired(tmp_pat
     assert expired["request_counts"] == {"total": 3, "completed": 1, "failed": 2}
     assert len(h.calls) == 1
     assert {e["error"]["code"] for e in h.output("o", expired["error_file_id"])} == {"batch_expired"}
+
+
+def test_a_line_for_an_adapter_not_served_is_a_404_without_reaching_the_engine() -> None:
+    # Ray's LoRA loader failed on it, Celery retried it three times, and the error file said 500.
+    from tokenplane_serving.batch.consumer import _engine_call
+
+    call = _engine_call("no-such-app", "tiny", 10, frozenset({"legal"}))  # no Serve app: reaching it would raise
+    body = {"model": "tiny:nope", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    status, answer = call(CHAT, body)
+    assert status == 404 and answer["error"]["param"] == "model"
+    assert "tiny:nope" in answer["error"]["message"] and "tiny:legal" in answer["error"]["message"]

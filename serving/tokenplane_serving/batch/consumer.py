@@ -111,7 +111,7 @@ def open_jobs(args: ServingArgs, enqueue: Enqueue | None = None) -> BatchJobs:
     )
 
 
-def _engine_call(app_name: str, base_model: str, priority: int) -> Call:
+def _engine_call(app_name: str, base_model: str, priority: int, adapters: frozenset[str] = frozenset()) -> Call:
     from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest, ErrorResponse
 
     models: dict[str, Any] = {"/v1/chat/completions": ChatCompletionRequest, "/v1/completions": CompletionRequest}
@@ -123,6 +123,12 @@ def _engine_call(app_name: str, base_model: str, priority: int) -> Call:
             message = str(err).splitlines()[0] if str(err) else type(err).__name__
             return 400, {"error": {"message": message, "type": "BadRequestError", "param": None, "code": 400}}
         model = str(body.get("model") or "")
+        if model.startswith(base_model + ":") and model.removeprefix(base_model + ":") not in adapters:
+            # As the interactive path answers (features/models.py): otherwise Ray's LoRA loader fails on it,
+            # Celery retries it three times, and the error file says 500 instead of the model being unknown.
+            served = ", ".join([base_model, *(f"{base_model}:{name}" for name in sorted(adapters))])
+            message = f"The model `{model}` does not exist. Served: {served}."
+            return 404, {"error": {"message": message, "type": "NotFoundError", "param": "model", "code": 404}}
         handle = serve.get_app_handle(app_name).options(
             stream=True, multiplexed_model_id=model if model.startswith(base_model + ":") else ""
         )
@@ -143,7 +149,8 @@ class _Consumer:
     def __init__(self, args: dict[str, Any]) -> None:
         self.args = ServingArgs.model_validate(args)
         self.jobs = open_jobs(self.args)
-        self.call: Call = _engine_call(self.args.app_name, self.args.model.id, self.args.batch.priority)
+        adapters = frozenset(adapter.name for adapter in self.args.lora.adapters)
+        self.call: Call = _engine_call(self.args.app_name, self.args.model.id, self.args.batch.priority, adapters)
 
     @task_handler(name=TASK_START)
     def start(self, batch_id: str) -> None:
