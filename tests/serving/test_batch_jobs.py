@@ -239,6 +239,11 @@ def test_a_file_without_a_runnable_request_fails_the_batch_with_line_errors(tmp_
         (lambda j, f: j.create_file("o", "x.jsonl", "batch", b"x" * 10_001), 413, "file_too_large"),
         (lambda j, f: j.create_file("o", "x.jsonl", "batch", b"\n \n"), 400, "empty_file"),
         (lambda j, f: j.create_file("o", "x.jsonl", "batch", b"\xef\xbb\xbf\r\n"), 400, "empty_file"),
+        (
+            lambda j, f: j.create_file("o", "x.jsonl", "batch", ("\ufeff" + line("a") + "\r\n").encode("utf-16-le")),
+            400,
+            "invalid_file_encoding",
+        ),
     ],
 )
 def test_bad_calls_get_openai_errors_that_say_what_to_change(

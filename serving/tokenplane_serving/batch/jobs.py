@@ -104,6 +104,10 @@ class BatchJobs:
             raise BatchApiError(400, message, "invalid_purpose", "purpose")
         if not data.removeprefix(b"\xef\xbb\xbf").strip():  # a byte order mark alone is empty too
             raise BatchApiError(400, "the file is empty; upload JSONL with one request per line", "empty_file", "file")
+        if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+            # Windows PowerShell 5's `>` and Out-File write UTF-16: every line would fail as "not valid JSON".
+            message = "the file is UTF-16 (it starts with a UTF-16 byte order mark); save it as UTF-8 JSONL"
+            raise BatchApiError(400, message, "invalid_file_encoding", "file")
         if len(data) > self.max_file_bytes:
             raise BatchApiError(
                 413, f"the file has {len(data)} bytes; the limit is {self.max_file_bytes}", "file_too_large", "file"
