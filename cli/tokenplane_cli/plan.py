@@ -132,7 +132,7 @@ def quota_headroom(pool: DesiredAgentPool) -> QuotaCheck | str | None:
     if not settings.azure_configured:
         return None
 
-    async def read() -> Any:
+    async def read() -> QuotaCheck | str:
         async with AksAgentPools(
             subscription_id=settings.subscription_id,
             resource_group=settings.resource_group,
@@ -140,22 +140,45 @@ def quota_headroom(pool: DesiredAgentPool) -> QuotaCheck | str | None:
             arm_endpoint=settings.arm_endpoint,
             connection_verify=settings.arm_ca_bundle,
         ) as pools:
-            return await pools.read_quota(pool.vm_size)
+            return await read_headroom(pools, pool)
 
     try:
-        reading = asyncio.run(read())
+        return asyncio.run(read())
+    except TokenplaneError as err:
+        return f"cannot read the quota: {err}"
+
+
+async def read_headroom(pools: Any, pool: DesiredAgentPool) -> QuotaCheck | str:
+    """Check a pool against the region's quota, counting the nodes it already has as the operator does.
+
+    A pool that exists already holds nodes, and they are part of the region's usage: checking its maxCount
+    against what is free beside them counted them twice (a pool running all its nodes read 'short').
+
+    Args:
+        pools: The agent-pool adapter (`AksAgentPools`).
+        pool: The pool the deployment would get.
+
+    Returns:
+        The check, or a sentence saying why the quota could not be read.
+    """
+    try:
+        reading = await pools.read_quota(pool.vm_size)
+        existing = await pools.observe(pool.name) if reading is not None else None
     except TokenplaneError as err:
         return f"cannot read the quota: {err}"
     if reading is None:
         return f"the cluster's region does not list {pool.vm_size}"
-    return check_quota(pool, 0, reading) or "the usage list has no row for this size's family"
+    same_size = existing is not None and existing.vm_size.lower() == pool.vm_size.lower()
+    current = (existing.count or 0) if existing is not None and same_size and existing.spot == pool.spot else 0
+    return check_quota(pool, current, reading) or "the usage list has no row for this size's family"
 
 
 def _quota_text(check: QuotaCheck | str) -> str:
     if isinstance(check, str):
         return f"[yellow]{check}[/]"
-    verdict = "[green]fits[/]" if check.sufficient else f"[red]short[/]: {check.reachable_nodes} node(s) fit"
-    return f"{verdict}; {check.describe()}"
+    if check.sufficient:
+        return f"[green]fits[/]; {check.describe()}"
+    return f"[red]short[/]: {check.reachable_nodes} node(s) fit; {check.describe()}. {check.remedy()}"
 
 
 def _quota_json(check: QuotaCheck | str) -> dict[str, Any]:

@@ -210,6 +210,23 @@ async def test_unreadable_quota_never_blocks_the_pool(op: OperatorHarness) -> No
 # -- tokenplane plan --------------------------------------------------------------------------------
 
 
+async def test_plan_counts_the_nodes_the_pool_already_has(aks_pools: AksAgentPools, arm_emulator: ArmEmulator) -> None:
+    """A pool running all its nodes uses the quota they fill: plan read that as short (its nodes counted twice)."""
+    from tokenplane_cli.plan import read_headroom
+
+    arm_emulator.set_quota(A100_FAMILY, 96)  # exactly 4 x 24 vCPUs, all in use by the pool itself
+    pool = DesiredAgentPool(name="tpquota3", vm_size="Standard_NC24ads_A100_v4", min_count=4, max_count=4)
+    await aks_pools.begin_apply(pool)
+    arm_emulator.settle()
+    check = await read_headroom(aks_pools, pool)
+    assert not isinstance(check, str) and check.sufficient, check
+    assert (check.current_nodes, check.needed_vcpus, check.available_vcpus) == (4, 0, 0)
+    grown = pool.model_copy(update={"max_count": 5})
+    short = await read_headroom(aks_pools, grown)
+    assert not isinstance(short, str) and not short.sufficient and short.reachable_nodes == 4
+    assert f"{A100_FAMILY} to 120 vCPUs" in short.remedy()
+
+
 def _plan(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     code = "import sys; from tokenplane_cli import main; sys.argv = ['tokenplane', *sys.argv[1:]]; main()"
     return subprocess.run(
