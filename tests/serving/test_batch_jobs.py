@@ -297,3 +297,52 @@ def test_a_line_for_an_adapter_not_served_is_a_404_without_reaching_the_engine()
     status, answer = call(CHAT, body)
     assert status == 404 and answer["error"]["param"] == "model"
     assert "tiny:nope" in answer["error"]["message"] and "tiny:legal" in answer["error"]["message"]
+
+
+def test_a_task_rides_out_a_store_outage_longer_than_a_few_seconds(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The batch queue as the consumers run it: Ray's Celery adapter with this deployment's task-processor config,
+    # a real worker and Redis. A handler failing for 10 s (the store or Redis unreachable) was retried three times
+    # (1 + 2 + 4 s) and then dropped: its request never answered and its batch never finished.
+    import gc
+    import time
+
+    from celery.contrib.testing.worker import start_worker
+    from ray.serve.task_consumer import instantiate_adapter_from_config
+
+    from tokenplane_serving.args import ServingArgs
+    from tokenplane_serving.batch.consumer import task_processor_config
+
+    monkeypatch.setenv("TOKENPLANE_BATCH_REDIS_URL", redis_url)
+    args = ServingArgs.model_validate(
+        {
+            "app_name": f"t{uuid.uuid4().hex[:8]}",
+            "model": {"id": "tiny", "source": "/models/tiny"},
+            "batch": {"enabled": True},
+        }
+    )
+    config = task_processor_config(args)
+    adapter: Any = instantiate_adapter_from_config(config)
+    attempts: list[float] = []
+    back_at = time.monotonic() + 10
+
+    def run(line: int) -> int:
+        attempts.append(time.monotonic())
+        if time.monotonic() < back_at:
+            raise ConnectionError("the batch store is unreachable")
+        return line
+
+    adapter.register_task_handle(run, name="tokenplane.test.outage")
+    with start_worker(
+        adapter._app, pool="threads", concurrency=1, perform_ping_check=False, queues=[config.queue_name]
+    ):
+        task = adapter.enqueue_task_sync("tokenplane.test.outage", args=[7])
+        deadline = time.monotonic() + 40
+        while (status := adapter.get_task_status_sync(task.id).status) not in ("SUCCESS", "FAILURE"):
+            assert time.monotonic() < deadline, f"still {status} after {len(attempts)} attempts"
+            time.sleep(0.25)
+        del task
+        gc.collect()  # Celery's results unsubscribe as they are collected: while Redis still runs
+    adapter._app.close()
+    assert status == "SUCCESS" and len(attempts) >= 5, (status, len(attempts))

@@ -36,6 +36,11 @@ _DEFAULT_STORE = "~/.cache/tokenplane/batch"
 # consumer's start before its first request runs.
 _QUEUE_POLL_S = 2.0
 _MAX_RETRIES = 3  # engine errors (e.g. a replica restarting) before a request is written as failed
+# Any other error of a task (the store or Redis unreachable: an outage, a failover, throttling) is retried by
+# Celery with backoff (Ray's adapter: 1 s, doubling, at most 60 s apart) this many times, about an hour, before the
+# task is given up. With 3, an outage of 7 s lost the request (or the start or finalize) for good, and its batch
+# stayed in_progress (or validating) forever.
+_TASK_RETRIES = 64
 
 
 def batch_app_name(args: ServingArgs) -> str:
@@ -82,7 +87,7 @@ def task_processor_config(args: ServingArgs) -> TaskProcessorConfig:
             # and a dying consumer holds few requests back.
             app_custom_config={"worker_prefetch_multiplier": 1, "result_expires": 3600},
         ),
-        max_retries=_MAX_RETRIES,
+        max_retries=_TASK_RETRIES,
     )
 
 
