@@ -216,6 +216,17 @@ def test_cancel_keeps_finished_answers_and_skips_the_rest(store: Store, redis_ur
     assert (err.value.status, err.value.code) == (409, "batch_not_cancellable")
 
 
+def test_a_batch_whose_input_file_was_deleted_before_it_started_fails_saying_so(tmp_path: Path, redis_url: str) -> None:
+    h = Harness(LocalStore(tmp_path), redis_url)
+    batch = h.submit("key:a", [line("a")])
+    h.jobs.delete_file("key:a", batch["input_file_id"])
+    h.drain()
+    failed = h.jobs.get_batch("key:a", batch["id"])
+    assert failed["status"] == "failed" and h.calls == []
+    [error] = failed["errors"]["data"]
+    assert error["code"] == "input_file_deleted" and batch["input_file_id"] in error["message"]
+
+
 def test_a_file_without_a_runnable_request_fails_the_batch_with_line_errors(tmp_path: Path, redis_url: str) -> None:
     h = Harness(LocalStore(tmp_path), redis_url)
     batch = h.submit("", ["{", line("a", url="/v1/completions")])

@@ -292,7 +292,11 @@ class BatchJobs:
         if record is None or record.get("queued") or record["batch"]["status"] not in ("validating", "in_progress"):
             return
         batch = record["batch"]
-        data = self.store.read(f"files/{batch['input_file_id']}.data") or b""
+        data = self.store.read(f"files/{batch['input_file_id']}.data")
+        if data is None:  # deleted (DELETE /v1/files/{id}) before the batch started
+            message = f"the input file {batch['input_file_id']} was deleted before the batch started; upload it again"
+            self._fail(batch_id, schema.ParsedInput([], [schema.LineError(0, None, "input_file_deleted", message)]))
+            return
         parsed = schema.parse_input(data, batch["endpoint"])
         for error in parsed.errors:
             entry = schema.error_line(error.custom_id, error.code, error.message)
