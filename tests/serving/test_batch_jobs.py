@@ -326,14 +326,10 @@ def test_a_task_rides_out_a_store_outage_longer_than_a_few_seconds(
     from tokenplane_serving.batch.consumer import task_processor_config
 
     monkeypatch.setenv("TOKENPLANE_BATCH_REDIS_URL", redis_url)
-    args = ServingArgs.model_validate(
-        {
-            "app_name": f"t{uuid.uuid4().hex[:8]}",
-            "model": {"id": "tiny", "source": "/models/tiny"},
-            "batch": {"enabled": True},
-        }
-    )
+    batch = {"enabled": True, "scope": f"team-{uuid.uuid4().hex[:8]}/copilot"}  # as the operator renders it
+    args = ServingArgs.model_validate({"model": {"id": "tiny", "source": "/models/tiny"}, "batch": batch})
     config = task_processor_config(args)
+    assert config.queue_name == f"tokenplane-batch-{batch['scope']}"
     adapter: Any = instantiate_adapter_from_config(config)
     attempts: list[float] = []
     back_at = time.monotonic() + 10
