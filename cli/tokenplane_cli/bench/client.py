@@ -113,6 +113,7 @@ async def chat(
         headers["x-request-id"] = request_id
     reply = Reply()
     parts: list[str] = []
+    stream = _Stream()
     start = time.perf_counter()
     record.start = start - clock_zero
     last = start
@@ -123,18 +124,27 @@ async def chat(
                     record.error_kind = _error_kind(response.status)
                     record.error = (await response.text())[:300] or response.reason
                     return reply
+                if response.content_type == "application/json":
+                    record.error_kind = "not_streaming"
+                    record.error = (
+                        "the server answered with one JSON body, not an event stream (text/event-stream): token "
+                        "timings need a server that streams chat completions"
+                    )
+                    return reply
                 buffer = b""
                 async for raw in response.content.iter_any():
                     buffer += raw
                     # SSE events end with a blank line; a network chunk may hold several events or part of one.
-                    while b"\n\n" in buffer:
-                        event, buffer = buffer.split(b"\n\n", 1)
+                    # Lines may end in CRLF, LF or CR (the SSE spec; sse-starlette, for one, writes CRLF).
+                    events, buffer = _split_events(buffer)
+                    for event in events:
                         now = time.perf_counter()
-                        if _on_event(event, record, parts, now - start, now - last):
+                        if _on_event(event, record, parts, stream, now - start, now - last):
                             last = now
-                if buffer.strip():
+                events, _ = _split_events(buffer + b"\n\n")
+                for event in events:
                     now = time.perf_counter()
-                    if _on_event(buffer, record, parts, now - start, now - last):
+                    if _on_event(event, record, parts, stream, now - start, now - last):
                         last = now
     except TimeoutError:
         record.error_kind, record.error = "timeout", f"no complete answer within {endpoint.timeout_s:g}s"
@@ -142,14 +152,39 @@ async def chat(
     except aiohttp.ClientError as err:
         record.error_kind, record.error = "connection", f"{type(err).__name__}: {err}"
         return reply
+    except (ValueError, OSError) as err:  # e.g. a header aiohttp refuses to send, a socket error it did not wrap
+        record.error_kind, record.error = "client_error", f"{type(err).__name__}: {err}"
+        return reply
     if record.error_kind is None:
         if record.chunks == 0:
             record.error_kind, record.error = "no_tokens", "the stream ended without a chunk carrying tokens"
+        elif not (stream.done or stream.finished):
+            # A stream closed early (a crashed replica, a proxy's timeout) without chunked-encoding framing to
+            # show it: the answer is cut short, not complete.
+            record.error_kind = "incomplete_stream"
+            record.error = "the stream ended without a finish_reason or data: [DONE]: the answer was cut short"
         else:
             record.success = True
             record.e2el = last - start
     reply.text = "".join(parts)
     return reply
+
+
+@dataclass
+class _Stream:
+    """What a stream said about its own end: `data: [DONE]`, or a choice's `finish_reason`."""
+
+    done: bool = False
+    finished: bool = False
+
+
+def _split_events(buffer: bytes) -> tuple[list[bytes], bytes]:
+    """Complete SSE events in `buffer` (line ends made LF) and the incomplete rest."""
+    # A CR at the very end may be the first half of a CRLF whose LF is in the next read: keep it for then.
+    held = b"\r" if buffer.endswith(b"\r") else b""
+    text = (buffer[:-1] if held else buffer).replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    *events, rest = text.split(b"\n\n")
+    return [e for e in events if e.strip()], rest + held
 
 
 def _as_parts(message: dict[str, str]) -> dict[str, Any]:
@@ -160,36 +195,57 @@ def _as_parts(message: dict[str, str]) -> dict[str, Any]:
     return message
 
 
-def _on_event(event: bytes, record: RequestRecord, parts: list[str], since_start: float, since_last: float) -> bool:
+def _on_event(
+    event: bytes, record: RequestRecord, parts: list[str], stream: _Stream, since_start: float, since_last: float
+) -> bool:
     """Account one SSE event; True when it carried tokens (`choices`)."""
+    carried = False
     for line in event.decode("utf-8", errors="replace").splitlines():
         if not line.startswith("data:"):
             continue  # comments (":" pings), event names
         data = line[5:].strip()
         if data == "[DONE]":
-            return False
+            stream.done = True
+            continue
         try:
             body = json.loads(data)
         except json.JSONDecodeError:
             record.error_kind, record.error = "bad_stream", f"not JSON: {data[:120]}"
-            return False
+            return carried
+        if not isinstance(body, dict):
+            record.error_kind, record.error = "bad_stream", f"not a JSON object: {data[:120]}"
+            return carried
         if "error" in body and not body.get("choices"):
             error = body["error"]
             record.error_kind = "stream_error"
             record.error = str(error.get("message") if isinstance(error, dict) else error)[:300]
-            return False
+            return carried
         usage = body.get("usage")
         if isinstance(usage, dict):
-            record.prompt_tokens = usage.get("prompt_tokens")
-            record.completion_tokens = usage.get("completion_tokens")
+            record.prompt_tokens = _count(usage.get("prompt_tokens"), record.prompt_tokens)
+            record.completion_tokens = _count(usage.get("completion_tokens"), record.completion_tokens)
         choices = body.get("choices")
-        if choices:
-            delta = choices[0].get("delta") or {}
-            parts.append(delta.get("content") or "")
+        if not choices:
+            continue
+        choice = choices[0] if isinstance(choices, list) else None
+        delta = choice.get("delta") if isinstance(choice, dict) else None
+        if not isinstance(delta, dict | None):
+            record.error_kind, record.error = "bad_stream", f"a choice without a delta object: {data[:120]}"
+            return carried
+        content = (delta or {}).get("content")
+        parts.append(content if isinstance(content, str) else "")
+        if isinstance(choice, dict) and choice.get("finish_reason"):
+            stream.finished = True
+        if not carried:  # one event is one token event, however many data lines it holds
             if record.chunks == 0:
                 record.ttft = since_start
             else:
                 record.itl.append(since_last)
             record.chunks += 1
-            return True
-    return False
+            carried = True
+    return carried
+
+
+def _count(value: Any, before: int | None) -> int | None:
+    """Read a token count from `usage`: a whole number >= 0, else keep what was known before."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else before

@@ -9,6 +9,8 @@ queued in the client is not in it; the connection, if a new one is needed, is):
   event holding several tokens is one gap, and events that arrive in one network read are stamped microseconds
   apart (a server that sends tokens in clumps shows near-zero gaps and a long one per clump).
 - E2EL: to the last such event (the trailing `usage` event carries no token).
+- Success: the stream ended with a `finish_reason` or `data: [DONE]` (SSE line ends CRLF, LF or CR); one cut
+  short (`incomplete_stream`), not streamed (`not_streaming`) or malformed (`bad_stream`) is a failure, by kind.
 - Output tokens: the server's `usage.completion_tokens`; without usage, the served model's tokenizer's count of
   the answer text when the run has the tokenizer (vLLM's fallback), else the number of token events.
 - Input tokens: the server's `usage.prompt_tokens`; without usage, the prompt tokens the workload asked for.

@@ -67,8 +67,9 @@ class _Response:
     status = 200
     reason = "OK"
 
-    def __init__(self, content: _Content) -> None:
+    def __init__(self, content: _Content, content_type: str = "text/event-stream") -> None:
         self.content = content
+        self.content_type = content_type
 
     async def __aenter__(self) -> _Response:
         return self
@@ -80,13 +81,13 @@ class _Response:
 class FakeSession:
     """Answers every POST with the same reads; keeps the headers it was sent."""
 
-    def __init__(self, reads: list[tuple[float, bytes]], clock: Clock) -> None:
-        self._reads, self._clock = reads, clock
+    def __init__(self, reads: list[tuple[float, bytes]], clock: Clock, content_type: str = "text/event-stream") -> None:
+        self._reads, self._clock, self._type = reads, clock, content_type
         self.headers: list[dict[str, str]] = []
 
     def post(self, url: str, json: Any = None, headers: dict[str, str] | None = None) -> _Response:
         self.headers.append(dict(headers or {}))
-        return _Response(_Content(self._reads, self._clock))
+        return _Response(_Content(self._reads, self._clock), self._type)
 
 
 # vLLM's chat server: the role chunk goes with the first token, one event per token, then usage and [DONE]; each
@@ -115,8 +116,10 @@ CASES = {
 }
 
 
-def _ours(reads: list[tuple[float, bytes]], clock: Clock) -> tuple[RequestRecord, str, FakeSession]:
-    session = FakeSession(reads, clock)
+def _ours(
+    reads: list[tuple[float, bytes]], clock: Clock, content_type: str = "text/event-stream"
+) -> tuple[RequestRecord, str, FakeSession]:
+    session = FakeSession(reads, clock, content_type)
     record = RequestRecord(index=0, session=None, turn=0, start=0.0, input_tokens_target=128, output_tokens_target=4)
     clock.now = 100.0
     reply = asyncio.run(
@@ -188,8 +191,64 @@ def test_a_ping_in_a_read_of_its_own_hides_no_event(monkeypatch: pytest.MonkeyPa
     clock = Clock()
     monkeypatch.setattr(client_module.time, "perf_counter", clock)
     reads = [(0.5, event(ROLE)), (0.6, b": ping\n\n"), (0.7, event(token(" a"))), (0.8, event(usage(140, 1)))]
+    reads.append((0.9, event("[DONE]")))
     record, answer, _ = _ours(reads, clock)
     assert answer == " a" and record.itl == pytest.approx([0.2]) and record.e2el == pytest.approx(0.7)
+
+
+def _crlf(reads: list[tuple[float, bytes]]) -> list[tuple[float, bytes]]:
+    # The same events with CRLF line ends (sse-starlette's default), each read cut after its first CR: a CR and
+    # its LF arrive in two reads (at the same time).
+    out = []
+    for at, data in reads:
+        crlf = data.replace(b"\n", b"\r\n")
+        cut = crlf.index(b"\r") + 1
+        out += [(at, crlf[:cut]), (at, crlf[cut:])]
+    return out
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_crlf_line_ends_time_alike(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Before, events were split on LF LF only: a CRLF stream was one event at its end (TTFT = E2EL, no usage, 0
+    # output tokens) and still counted as a success.
+    reads, ttft, itl, e2el, tokens, text = CASES[case]
+    clock = Clock()
+    monkeypatch.setattr(client_module.time, "perf_counter", clock)
+    record, answer, _ = _ours(_crlf(reads), clock)
+    assert record.success and answer == text
+    assert record.ttft == pytest.approx(ttft) and record.e2el == pytest.approx(e2el)
+    assert record.itl == pytest.approx(itl)
+    assert record.output_tokens == tokens and record.prompt_tokens == 140
+
+
+@pytest.mark.parametrize(
+    ("reads", "content_type", "kind"),
+    [
+        # Closed cleanly halfway (no chunked framing to show the cut): no finish_reason, no [DONE].
+        ([(0.2, event(ROLE)), (0.3, event(token(" a")))], "text/event-stream", "incomplete_stream"),
+        # JSON that is not an event object, or a choice without a delta object: one failed request, not a crash.
+        ([(0.2, event(ROLE)), (0.3, b'data: "a"\n\n'), (0.4, event("[DONE]"))], "text/event-stream", "bad_stream"),
+        ([(0.2, event({"choices": [{"delta": "a"}]})), (0.4, event("[DONE]"))], "text/event-stream", "bad_stream"),
+        ([(0.2, b"data: [1]\n\n"), (0.4, event("[DONE]"))], "text/event-stream", "bad_stream"),
+        # A server that ignores stream: true.
+        ([(0.2, b'{"choices": [{"message": {"content": "a"}}]}')], "application/json", "not_streaming"),
+    ],
+)
+def test_an_answer_that_is_not_a_whole_stream_fails_by_kind(
+    reads: list[tuple[float, bytes]], content_type: str, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = Clock()
+    monkeypatch.setattr(client_module.time, "perf_counter", clock)
+    record, _, _ = _ours(reads, clock, content_type)
+    assert not record.success and record.error_kind == kind, record
+
+
+def test_a_finish_reason_without_done_is_a_whole_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = Clock()
+    monkeypatch.setattr(client_module.time, "perf_counter", clock)
+    last = {"choices": [{"index": 0, "delta": {"content": " b"}, "finish_reason": "length"}]}
+    record, answer, _ = _ours([(0.2, event(ROLE)), (0.3, event(token(" a"))), (0.4, event(last))], clock)
+    assert record.success and answer == " a b" and record.e2el == pytest.approx(0.4)
 
 
 def test_crosscheck_lays_both_clients_requests_side_by_side() -> None:
