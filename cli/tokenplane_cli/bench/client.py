@@ -12,15 +12,30 @@ import aiohttp
 
 from tokenplane_cli.bench.stats import RequestRecord
 
-__all__ = ["Endpoint", "Reply", "chat", "list_models", "normalize_base_url"]
+__all__ = ["AUTH_HINT", "Endpoint", "Reply", "StatusError", "chat", "list_models", "normalize_base_url"]
 
 
 def normalize_base_url(url: str) -> str:
-    """`http://host:port`, `http://host:port/` or `http://host:port/v1` -> `http://host:port/v1`."""
+    """`http://host:port`, `http://host:port/` or `http://host:port/v1` -> `http://host:port/v1`.
+
+    A URL of the chat endpoint itself (`.../v1/chat/completions`, as pasted from a curl line) means its root too.
+    """
     url = url.rstrip("/")
     if not url.startswith(("http://", "https://")):
         raise ValueError(f"URL {url!r} must start with http:// or https://")
+    url = url.removesuffix("/chat/completions").rstrip("/")
     return url if url.endswith("/v1") else url + "/v1"
+
+
+AUTH_HINT = "check the key (--api-key, or OPENAI_API_KEY)"
+
+
+class StatusError(ValueError):
+    """The endpoint answered with an HTTP error status."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -65,7 +80,8 @@ async def list_models(session: aiohttp.ClientSession, base_url: str, api_key: st
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     async with session.get(f"{base_url}/models", headers=headers) as response:
         if response.status != 200:
-            raise ValueError(f"GET {base_url}/models answered {response.status}: {(await response.text())[:200]}")
+            text = (await response.text())[:200]
+            raise StatusError(f"GET {base_url}/models answered {response.status}: {text}", response.status)
         body = await response.json()
     return [str(m.get("id")) for m in body.get("data", []) if isinstance(m, dict)]
 

@@ -103,6 +103,14 @@ def _folder(option: str, path: Path) -> Path:
     return path
 
 
+def _file(option: str, path: Path) -> Path:
+    """Check an output file's place before measuring: not a folder, in a folder that can be made."""
+    if path.is_dir():
+        raise BenchInputError(f"{option} {path}: a folder; give the file to write, e.g. {path / 'requests.jsonl'}")
+    _folder(option, path.parent)
+    return path
+
+
 def run_command(o: dict[str, Any]) -> int:
     """`tokenplane bench URL`: one run, a table or JSON on stdout; exit 1 when any request failed."""
     try:
@@ -113,6 +121,8 @@ def run_command(o: dict[str, Any]) -> int:
         if o["concurrency"] is None and o["rate"] is None and o["trace_file"] is None:
             raise BenchInputError("give --concurrency N (closed loop), --rate R (open loop) or --trace-file FILE")
         check_load(o["concurrency"], o["rate"])  # before reaching the endpoint, which may be down too
+        if o["save_requests"] is not None:
+            _file("--save-requests", o["save_requests"])
         endpoint = _endpoint(o["url"], o, o["api_key"])
         with _progress(f"{endpoint.model} @ {endpoint.base_url}") as (on_start, on_done):
             result = run_sync(
@@ -127,8 +137,6 @@ def run_command(o: dict[str, Any]) -> int:
             )
     except ValueError as error:  # BenchInputError and the option parsers' ValueErrors: bad input, one line
         return _fail(error)
-    if o["save_requests"] is not None:
-        write_requests(o["save_requests"], result.records)
     if o["output"] == "json":
         sys.stdout.write(json.dumps(result.report, indent=2) + "\n")
     else:
@@ -136,6 +144,11 @@ def run_command(o: dict[str, Any]) -> int:
         if result.report["failed"]:
             first = next(r for r in result.records if not r.success)
             err.print(f"[yellow]first failure[/] ({first.error_kind}): {escape(str(first.error))}")
+    if o["save_requests"] is not None:
+        try:
+            write_requests(o["save_requests"], result.records)
+        except OSError as error:  # after the report, so a full disk does not cost the run's figures
+            return _fail(BenchInputError(f"--save-requests {o['save_requests']}: {error.strerror or error}"))
     return 1 if result.report["failed"] else 0
 
 

@@ -43,6 +43,11 @@ def resolve_cost(
     if usd_per_hour is not None and not (math.isfinite(usd_per_hour) and usd_per_hour >= 0):
         raise BenchInputError(f"--usd-per-hour must be a number >= 0, not {usd_per_hour}")
     if vm_size is None:
+        # Both only mean something for a catalog VM: left alone they were ignored without a word.
+        if prices_file is not None:
+            raise BenchInputError("--prices needs --vm-size: it overrides the price of the VM size named there")
+        if vms != 1:
+            raise BenchInputError(f"--vms {vms} needs --vm-size (or give --gpus and --usd-per-hour of them all)")
         if gpus is None and usd_per_hour is None:
             return None
         if gpus is None:

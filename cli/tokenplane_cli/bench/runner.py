@@ -13,7 +13,7 @@ from typing import Any
 
 import aiohttp
 
-from tokenplane_cli.bench.client import Endpoint, chat, list_models, normalize_base_url
+from tokenplane_cli.bench.client import AUTH_HINT, Endpoint, StatusError, chat, list_models, normalize_base_url
 from tokenplane_cli.bench.stats import Cost, RequestRecord, summarize
 from tokenplane_cli.bench.workload import (
     BenchInputError,
@@ -102,8 +102,11 @@ async def resolve_endpoint(url: str, model: str | None, api_key: str | None, **k
             models = await list_models(session, base, api_key)
         except aiohttp.ClientError as err:
             raise BenchInputError(f"cannot reach {base}/models: {err}") from None
-        except ValueError as err:
-            raise BenchInputError(f"{err}; give the model with --model") from None
+        except StatusError as err:
+            hint = AUTH_HINT if err.status in (401, 403) else "give the model with --model"
+            raise BenchInputError(f"{err}; {hint}") from None
+        except ValueError as err:  # a body that is not JSON
+            raise BenchInputError(f"GET {base}/models: {err}; give the model with --model") from None
     if not models:
         raise BenchInputError(f"{base}/models lists no model; give one with --model")
     return Endpoint(base_url=base, model=models[0], api_key=api_key, **kwargs)
@@ -112,10 +115,17 @@ async def resolve_endpoint(url: str, model: str | None, api_key: str | None, **k
 async def _prompt_tokens(session: aiohttp.ClientSession, endpoint: Endpoint, text: str) -> int:
     record = RequestRecord(index=-1, session=None, turn=0, start=0, input_tokens_target=0, output_tokens_target=1)
     await chat(session, replace(endpoint, ignore_eos=False), [{"role": "user", "content": text}], record, 0.0)
-    if not record.success or record.prompt_tokens is None:
+    if not record.success:
+        # The endpoint refused or failed the request: a tokenizer would not help (it did before this said so).
+        hint = f"; {AUTH_HINT}" if record.error_kind in ("http_401", "http_403") else ""
         raise BenchInputError(
-            f"calibration request to {endpoint.base_url} failed ({record.error_kind}: {record.error}) or sent no "
-            "usage; give the served model's tokenizer with --tokenizer"
+            f"a request to size prompts by the server's count ({endpoint.base_url}/chat/completions, model "
+            f"{endpoint.model}) failed ({record.error_kind}: {record.error}){hint}"
+        )
+    if record.prompt_tokens is None:
+        raise BenchInputError(
+            f"{endpoint.base_url} sent no usage (prompt_tokens) to size prompts by; give the served model's "
+            "tokenizer with --tokenizer"
         )
     return record.prompt_tokens
 

@@ -39,11 +39,21 @@ class Peer:
         self.refuse_every = 0  # answer every n-th workload request (not calibration probes) with 429
         self.counted = 0
         self.no_usage = False  # send no usage, and two tokens per event (a server that batches its chunks)
+        self.key: str | None = None  # refuse requests without this bearer key (401)
+
+    def refused(self, request: web.Request) -> web.Response | None:
+        if self.key and request.headers.get("Authorization") != f"Bearer {self.key}":
+            return web.json_response({"error": {"message": "invalid key"}}, status=401)
+        return None
 
     async def models(self, request: web.Request) -> web.Response:
+        if refused := self.refused(request):
+            return refused
         return web.json_response({"object": "list", "data": [{"id": "peer-model", "object": "model"}]})
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
+        if refused := self.refused(request):
+            return refused
         body = await request.json()
         self.requests.append(body)
         self.request_ids.append(request.headers.get("x-request-id"))
@@ -337,3 +347,47 @@ def test_an_output_path_that_cannot_be_written_is_refused_before_measuring(tmp_p
     assert result.exit_code == 2 and "--out-dir" in result.output and "cannot make that folder" in result.output
     result = CliRunner().invoke(app, ["bench", "compare", url, url, "-c", "1", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "a folder; give the JSON file to write" in result.output
+
+
+def test_a_wrong_key_says_to_check_the_key(peer: tuple[Peer, str]) -> None:
+    # Before, a 401 said "give the model with --model", or "give the served model's tokenizer with --tokenizer".
+    state, url = peer
+    state.key = "right"
+    try:
+        runner = CliRunner()
+        for extra in ([], ["--model", "peer-model"]):
+            result = runner.invoke(app, ["bench", url, "-c", "1", "-n", "1", "--api-key", "wrong", *extra])
+            assert result.exit_code == 2 and "401" in result.output and "--api-key" in result.output, result.output
+            assert "--tokenizer" not in result.output and "give the model" not in result.output
+        result = runner.invoke(app, ["bench", url, "-c", "1", "-n", "1", "--api-key", "right", "-o", "json"])
+        assert result.exit_code == 0 and json.loads(result.stdout)["completed"] == 1
+    finally:
+        state.key = None
+
+
+def test_a_chat_completions_url_means_its_root(peer: tuple[Peer, str]) -> None:
+    _, url = peer
+    result = CliRunner().invoke(app, ["bench", f"{url}/v1/chat/completions/", "-c", "1", "-n", "1", "-o", "json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["base_url"] == f"{url}/v1"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        # A folder: the run went through, then IsADirectoryError ended it with a traceback and no report.
+        (["--save-requests", "."], "--save-requests .: a folder"),
+        # Without --vm-size both were ignored without a word.
+        (["--prices", "prices.yaml"], "--prices needs --vm-size"),
+        (["--vms", "3", "--gpus", "1"], "--vms 3 needs --vm-size"),
+    ],
+)
+def test_options_that_cannot_take_effect_are_refused_before_measuring(
+    peer: tuple[Peer, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], message: str
+) -> None:
+    state, url = peer
+    monkeypatch.chdir(tmp_path)
+    before = len(state.requests)
+    result = CliRunner().invoke(app, ["bench", url, "-c", "1", "-n", "1", *args])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert "Traceback" not in result.output and len(state.requests) == before
