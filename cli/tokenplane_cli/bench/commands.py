@@ -137,6 +137,9 @@ def run_command(o: dict[str, Any]) -> int:
             )
     except ValueError as error:  # BenchInputError and the option parsers' ValueErrors: bad input, one line
         return _fail(error)
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/] before any request was sent")
+        return 130
     if o["output"] == "json":
         sys.stdout.write(json.dumps(result.report, indent=2) + "\n")
     else:
@@ -149,6 +152,12 @@ def run_command(o: dict[str, Any]) -> int:
             write_requests(o["save_requests"], result.records)
         except OSError as error:  # after the report, so a full disk does not cost the run's figures
             return _fail(BenchInputError(f"--save-requests {o['save_requests']}: {error.strerror or error}"))
+    if result.report["interrupted"]:
+        err.print(
+            f"[yellow]interrupted[/]: the report covers the {len(result.records)} requests that finished; "
+            f"{result.report['dropped_in_flight']} in flight were dropped"
+        )
+        return 130
     return 1 if result.report["failed"] else 0
 
 
@@ -202,6 +211,9 @@ def sweep_command(o: dict[str, Any]) -> int:
         doc = write_sweep(o["out_dir"], o["name"], by, steps, saturated)
     except ValueError as error:  # BenchInputError and the option parsers' ValueErrors: bad input, one line
         return _fail(error)
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/] before a step was measured; nothing written")
+        return 130
     if o["output"] == "json":
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
     else:
@@ -221,6 +233,9 @@ def sweep_command(o: dict[str, Any]) -> int:
         if saturated is not None:
             _out().print(f"past saturation at {by} {doc['loads'][saturated]:g}: stopped there")
         _out().print("wrote " + ", ".join(doc["files"].values()))
+    if doc["interrupted"]:
+        err.print(f"[yellow]interrupted[/] in step {len(steps)}: its figures cover the requests that finished")
+        return 130
     return 0
 
 
@@ -241,6 +256,7 @@ def write_sweep(out_dir: Path, name: str, by: str, steps: list[RunResult], satur
         "by": by,
         "loads": loads,
         "saturated_at": saturated,
+        "interrupted": bool(steps) and bool(steps[-1].report.get("interrupted")),
         "steps": [s.report for s in steps],
         "files": files,
     }
@@ -288,6 +304,9 @@ def compare_command(o: dict[str, Any]) -> int:
         out.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     except ValueError as error:  # BenchInputError and the option parsers' ValueErrors: bad input, one line
         return _fail(error)
+    except KeyboardInterrupt:
+        err.print(f"[yellow]interrupted[/]: no ratios without whole pairs; {o['out']} not written")
+        return 130
     if o["output"] == "json":
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
         return 0

@@ -122,6 +122,8 @@ def compare_runs(
                 if before_run is not None:
                     before_run(label)
                 result = run_sync(endpoint, replace(spec, seed=spec.seed + i), concurrency=level, rate=None)
+                if result.report["interrupted"]:  # Ctrl-C: half a pair has no ratio
+                    raise KeyboardInterrupt
                 results.setdefault((label, level), []).append(result)
                 pair.append(result.report)
                 runs.append({"endpoint": label, "pair": i} | {k: result.report[k] for k in _FIGURES})
@@ -162,7 +164,8 @@ def sweep_runs(
         on_step: Called after each step.
 
     Returns:
-        The steps run and the index of the first saturated one (the sweep stopped there), or None.
+        The steps run and the index of the first saturated one (the sweep stopped there), or None. A step
+        interrupted by Ctrl-C (its report's `interrupted`) ends the sweep.
     """
     steps: list[RunResult] = []
     points: list[SweepPoint] = []
@@ -178,6 +181,8 @@ def sweep_runs(
         steps.append(result)
         if on_step is not None:
             on_step(load, result)
+        if result.report["interrupted"]:  # Ctrl-C: keep the steps so far, this one's partial figures marked
+            return steps, None
         points.append(SweepPoint(load, result.report["output_throughput"], result.report["median_ttft_ms"]))
         saturated = saturation_index(points, min_gain=min_gain, ttft_growth=ttft_growth)
         if saturated is not None:

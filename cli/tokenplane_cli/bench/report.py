@@ -53,6 +53,10 @@ def render_report(report: dict[str, Any], console: Console, title: str = "tokenp
         ]
     for kind, count in report["errors_by_kind"].items():
         rows.append((f"errors: {kind}", str(count)))
+    if report.get("not_sent"):
+        rows.append(("not sent (after a failed turn, or a stop)", str(report["not_sent"])))
+    if report.get("dropped_in_flight"):
+        rows.append(("dropped in flight at the stop", str(report["dropped_in_flight"])))
     for key, value in rows:
         head.add_row(key, value)
     console.print(head)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
+import signal
 import time
 import uuid
 from collections.abc import Callable
@@ -201,6 +203,7 @@ async def run(
     on_done: Callable[[RequestRecord], None] | None = None,
     initial_test: bool = True,
     tokenizer: Tokenizer | None = None,
+    stop: asyncio.Event | None = None,
 ) -> RunResult:
     """Send the sessions and measure.
 
@@ -230,9 +233,11 @@ async def run(
             fail and are counted by kind).
         tokenizer: The served model's tokenizer, to count the output tokens of answers that came without
             `usage` (after the clock stops, as vLLM does); None counts their token events.
+        stop: Set to end the run early (Ctrl-C): the clock stops, requests in flight are dropped, and the report
+            covers the requests that finished, with `interrupted` true and the dropped ones' count.
 
     Returns:
-        The report and every request's record.
+        The report and every finished request's record.
     """
     check_load(concurrency, rate)
     starts = poisson_arrivals(len(sessions), rate, seed) if rate else [s.start for s in sessions]
@@ -251,8 +256,26 @@ async def run(
             )  # fmt: skip
             await chat(http, endpoint, [{"role": "user", "content": first.text}], probe, time.perf_counter())
         zero = time.perf_counter()
-        await _send_all(http, endpoint, sessions, starts, rate, limit, records, texts, zero, run_id, on_done)
+        send = asyncio.ensure_future(
+            _send_all(http, endpoint, sessions, starts, rate, limit, records, texts, zero, run_id, on_done)
+        )
+        interrupted = False
+        if stop is not None:
+            stopped = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({send, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            if not send.done():
+                interrupted = True
+                send.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await send
+        if not interrupted:
+            await send  # the run's own exceptions, if any
         duration = time.perf_counter() - zero
+    # A request cut off by the stop has no outcome: it neither completed nor failed.
+    dropped = [r for r in records if not r.success and r.error_kind is None]
+    not_sent = sum(len(s.turns) for s in sessions) - len(records)
+    records = [r for r in records if r.success or r.error_kind is not None]
     if tokenizer is not None:
         for record in records:
             if record.success and record.completion_tokens is None:
@@ -266,6 +289,10 @@ async def run(
             "model": endpoint.model,
             "max_concurrency": concurrency,
             "request_rate": rate if rate is not None else "inf",
+            "interrupted": interrupted,
+            "dropped_in_flight": len(dropped),
+            # Turns never sent: later turns of a session whose earlier turn failed, and all left at a stop.
+            "not_sent": not_sent,
         }
     )
     return RunResult(report=report, records=records)
@@ -298,21 +325,20 @@ async def _send_all(
             if delay > 0:
                 await asyncio.sleep(delay)
             messages.append({"role": "user", "content": turn.text})
-            record = RequestRecord(
-                index=len(records),
-                session=session.id,
-                turn=number,
-                start=0.0,
-                input_tokens_target=turn.input_tokens,
-                output_tokens_target=turn.output_tokens,
-            )
-            records.append(record)
-            request_id = f"{run_id}-{record.index}"
-            if limit is not None:
-                async with limit:
-                    reply = await chat(http, endpoint, list(messages), record, zero, request_id)
-            else:
-                reply = await chat(http, endpoint, list(messages), record, zero, request_id)
+            # The record is made once the concurrency limit lets the request go: one still queued at a stop was
+            # never sent, and is counted as such (`not_sent`), not as dropped in flight.
+            gate: contextlib.AbstractAsyncContextManager[Any] = limit if limit is not None else contextlib.nullcontext()
+            async with gate:
+                record = RequestRecord(
+                    index=len(records),
+                    session=session.id,
+                    turn=number,
+                    start=0.0,
+                    input_tokens_target=turn.input_tokens,
+                    output_tokens_target=turn.output_tokens,
+                )
+                records.append(record)
+                reply = await chat(http, endpoint, list(messages), record, zero, f"{run_id}-{record.index}")
             if record.completion_tokens is None:
                 texts[record.index] = reply.text
             if on_done is not None:
@@ -338,8 +364,11 @@ def run_sync(
     """Build the workload and run it (one event loop); `on_start` gets the number of requests."""
 
     async def main() -> RunResult:
+        stop = _stop_on_ctrl_c()
         tokenizer = load_tokenizer(spec.tokenizer) if spec.tokenizer else None
         sessions, sizing = await build_sessions(spec, endpoint, tokenizer)
+        if stop.is_set():
+            raise KeyboardInterrupt
         if on_start is not None:
             on_start(sum(len(s.turns) for s in sessions))
         result = await run(
@@ -352,8 +381,27 @@ def run_sync(
             cost=cost,
             on_done=on_done,
             tokenizer=tokenizer,
+            stop=stop,
         )
         result.report.update({"workload": spec.describe() | sizing})
         return result
 
     return asyncio.run(main())
+
+
+def _stop_on_ctrl_c() -> asyncio.Event:
+    """Make an event the first Ctrl-C sets (the run then reports what finished); a second one interrupts at once.
+
+    Without it asyncio cancels the run and every figure measured so far is lost. Only the main thread can take
+    the signal; elsewhere the event is never set.
+    """
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def first() -> None:
+        stop.set()
+        loop.remove_signal_handler(signal.SIGINT)  # back to KeyboardInterrupt for a second Ctrl-C
+
+    with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):  # not the main thread; no signals
+        loop.add_signal_handler(signal.SIGINT, first)
+    return stop

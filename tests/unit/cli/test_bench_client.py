@@ -10,7 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from threading import Thread
@@ -391,3 +396,59 @@ def test_options_that_cannot_take_effect_are_refused_before_measuring(
     result = CliRunner().invoke(app, ["bench", url, "-c", "1", "-n", "1", *args])
     assert result.exit_code == 2 and message in result.output, result.output
     assert "Traceback" not in result.output and len(state.requests) == before
+
+
+def test_a_stop_reports_what_finished_and_counts_the_rest(peer: tuple[Peer, str]) -> None:
+    # Ctrl-C sets the stop (runner._stop_on_ctrl_c). Before, asyncio cancelled the run and nothing was reported.
+    _, url = peer
+    endpoint = Endpoint(f"{url}/v1", "peer-model")
+    # 2 quick requests, then 2 slow ones in flight at the stop and 2 queued behind them.
+    sessions = [Session(id=f"s{i}", turns=[Turn(5, 2 if i < 2 else 60, text="a b c d e")]) for i in range(6)]
+
+    async def stopped_at(seconds: float) -> Any:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().call_later(seconds, stop.set)
+        return await run(endpoint, sessions, concurrency=2, stop=stop, initial_test=False)
+
+    result = asyncio.run(stopped_at(0.4))
+    report = result.report
+    assert report["interrupted"] is True
+    assert (report["completed"], report["failed"], report["dropped_in_flight"], report["not_sent"]) == (2, 0, 2, 2)
+    assert len(result.records) == 2 and all(r.success for r in result.records)
+    assert 0.35 < report["duration"] < 0.6
+
+
+def test_turns_after_a_failed_turn_are_counted_as_not_sent(peer: tuple[Peer, str]) -> None:
+    state, url = peer
+    state.refuse_every, state.counted = 2, 0
+    try:
+        spec = WorkloadSpec(num_prompts=6, input_tokens=5, output_tokens=2, turns=3)
+        report = run_sync(Endpoint(f"{url}/v1", "peer-model"), spec, concurrency=1, rate=None).report
+    finally:
+        state.refuse_every = 0
+    assert report["failed"] >= 1 and report["not_sent"] >= 1
+    assert report["completed"] + report["failed"] + report["not_sent"] == 6
+    assert report["interrupted"] is False and report["dropped_in_flight"] == 0
+
+
+def test_ctrl_c_prints_the_partial_report(peer: tuple[Peer, str], tmp_path: Path) -> None:
+    _, url = peer
+    saved = tmp_path / "requests.jsonl"
+    code = "import sys; from tokenplane_cli import main; sys.argv[0] = 'tokenplane'; main()"
+    args = [sys.executable, "-c", code, "bench", url, "-c", "1", "-n", "20", "--output-tokens", "30", "-o", "json"]
+    process = subprocess.Popen(
+        [*args, "--save-requests", str(saved)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        # A test runner may start its children with SIGINT ignored.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509
+    )
+    time.sleep(5.0)  # start-up (imports, sizing), then some requests of 0.35 s each
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err.decode()
+    report = json.loads(out)
+    assert report["interrupted"] is True and 1 <= report["completed"] < 20
+    assert report["completed"] + report["dropped_in_flight"] + report["not_sent"] == 20
+    assert "interrupted" in err.decode() and len(saved.read_text().splitlines()) == report["completed"]
