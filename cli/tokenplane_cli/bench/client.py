@@ -100,8 +100,12 @@ async def chat(
 ) -> Reply:
     """Send one streaming chat completion and fill `record` with its timings, usage and outcome.
 
-    TTFT is taken at the first SSE event that carries `choices`, each later one adds an ITL gap, and E2EL ends at
-    the last such event: vLLM's `async_request_openai_chat_completions` does the same, so the numbers compare.
+    TTFT is taken at the first SSE event with a choice that is not a role-only chunk (`delta` with `role` and no
+    output), each later one adds an ITL gap, and E2EL ends at the last such event. vLLM's
+    `async_request_openai_chat_completions` takes any event with `choices`, the role-only chunk too: against
+    vLLM's server, which sends it with the first token, both read the same TTFT; against a server that sends it on
+    accepting the request, vLLM's client reads a TTFT of about 0 and one long gap, this one the time to the first
+    token.
 
     Args:
         session: The HTTP session (its connector bounds nothing: the caller bounds concurrency).
@@ -211,10 +215,26 @@ def _as_parts(message: dict[str, str]) -> dict[str, Any]:
     return message
 
 
+# Delta fields that carry generated output: the answer, a reasoning parser's split-off thinking (vLLM names it
+# `reasoning`, earlier versions and others `reasoning_content`), tool calls, a refusal.
+_OUTPUT_KEYS = ("content", "reasoning", "reasoning_content", "tool_calls", "refusal")
+
+
+def _role_only(delta: dict[str, Any] | None) -> bool:
+    """Tell a chunk that announces the answer's role and carries no output: the first chunk of a chat stream.
+
+    Every other chunk with a choice is a token event, an empty one too: vLLM sends a chunk per token and holds
+    back the text of a token that ends inside a character (content "", the text comes with a later token).
+    """
+    if not delta or "role" not in delta:
+        return False
+    return not any(delta.get(key) for key in _OUTPUT_KEYS)
+
+
 def _on_event(
     event: bytes, record: RequestRecord, parts: list[str], stream: _Stream, since_start: float, since_last: float
 ) -> bool:
-    """Account one SSE event; True when it carried tokens (`choices`)."""
+    """Account one SSE event; True when it carried a token (a choice, not a role-only chunk)."""
     carried = False
     for line in event.decode("utf-8", errors="replace").splitlines():
         if not line.startswith("data:"):
@@ -252,6 +272,8 @@ def _on_event(
         parts.append(content if isinstance(content, str) else "")
         if isinstance(choice, dict) and choice.get("finish_reason"):
             stream.finished = True
+        if _role_only(delta):
+            continue  # no token in it; vLLM sends it with the first token, other servers on accepting the request
         if not carried:  # one event is one token event, however many data lines it holds
             if record.chunks == 0:
                 record.ttft = since_start

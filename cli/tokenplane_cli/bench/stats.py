@@ -3,8 +3,11 @@
 Per request, timed from just before the request is sent (after the client's concurrency limit let it go, so time
 queued in the client is not in it; the connection, if a new one is needed, is):
 
-- TTFT: to the first streamed SSE event whose `choices` is not empty. vLLM's chat server sends its `delta.role`
-  chunk (empty content) together with the first token, so the role chunk counts, as in vLLM's client.
+- TTFT: to the first streamed SSE event with a choice, except a role-only chunk (`delta.role` and no output),
+  which carries no token. (vLLM's client counts that one too; vLLM's chat server sends it together with the
+  first token, so against it the two agree, while against a server that sends it on accepting the request
+  vLLM's client reads a TTFT of ~0.) An empty-content chunk is a token: vLLM sends one per token and holds back
+  the text of a token that ends inside a character.
 - ITL: the gaps between consecutive such events, pooled over all requests. A gap is per event, not per token: an
   event holding several tokens is one gap, and events that arrive in one network read are stamped microseconds
   apart (a server that sends tokens in clumps shows near-zero gaps and a long one per clump).

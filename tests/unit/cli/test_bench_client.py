@@ -131,8 +131,8 @@ def test_timings_usage_and_closed_loop_concurrency(peer: tuple[Peer, str]) -> No
     for record in result.records:
         assert record.ttft is not None and record.e2el is not None
         assert FIRST_TOKEN_S * 0.9 <= record.ttft < FIRST_TOKEN_S + 0.15
-        # The role chunk and the first token are two events: 8 tokens make 9 chunks and 8 gaps.
-        assert record.chunks == 9 and len(record.itl) == 8
+        # The role chunk carries no token: 8 tokens make 8 token events and 7 gaps.
+        assert record.chunks == 8 and len(record.itl) == 7
         assert record.e2el == pytest.approx(record.ttft + sum(record.itl), abs=1e-6)
         # Prompts sized by the server's own count: 20 content tokens + the template's 5.
         assert record.prompt_tokens == 20 + TEMPLATE_TOKENS
@@ -310,8 +310,8 @@ def test_without_usage_the_tokenizer_counts_the_answer(peer: tuple[Peer, str]) -
         chunks = asyncio.run(run(endpoint, sessions, concurrency=1)).report
     finally:
         state.no_usage = False
-    # 8 words in 4 events of 2 (after the role chunk): the tokenizer counts 8 per answer, the events only 5.
-    assert counted["total_output_tokens"] == 16 and chunks["total_output_tokens"] == 10
+    # 8 words in 4 events of 2 (after the role chunk): the tokenizer counts 8 per answer, the events only 4.
+    assert counted["total_output_tokens"] == 16 and chunks["total_output_tokens"] == 8
     # No usage either for the prompt: the workload's 5 tokens each.
     assert counted["total_input_tokens"] == 10
 

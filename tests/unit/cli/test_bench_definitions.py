@@ -90,18 +90,17 @@ class FakeSession:
         return _Response(_Content(self._reads, self._clock), self._type)
 
 
-# vLLM's chat server: the role chunk goes with the first token, one event per token, then usage and [DONE]; each
-# event in a network read of its own. TTFT 0.20 s, gaps 0.01 (role -> token 0), 0.05, 0.05, E2EL 0.31 s.
+# vLLM's chat server: the role chunk goes with the first token (both written for the engine's first output), one
+# event per token, then usage and [DONE]. TTFT 0.20 s, gaps 0.06, 0.05, E2EL 0.31 s.
 ONE_EVENT_PER_READ = [
-    (0.20, event(ROLE)),
-    (0.21, event(token(" a"))),
+    (0.20, event(ROLE) + event(token(" a"))),
     (0.26, event(token(" b"))),
     (0.31, event(token(" c"))),
     (0.32, event(usage(140, 3))),
     (0.33, event("[DONE]")),
 ]
 # A server that sends tokens in clumps: three events in one read, a ping comment, an event cut across two reads,
-# usage and [DONE] in one read. Events of one read are stamped at that read's time: gaps 0, 0, 0.35, 0. (The ping
+# usage and [DONE] in one read. Events of one read are stamped at that read's time: gaps 0, 0.35, 0. (The ping
 # shares its read with the next event: in a read of its own, vLLM's client strips its blank line and drops the
 # event after it as part of the comment; ours keeps it.)
 CLUMPED = [
@@ -111,8 +110,8 @@ CLUMPED = [
     (0.90, event(usage(140, 4)) + event("[DONE]")),
 ]
 CASES = {
-    "one event per read": (ONE_EVENT_PER_READ, 0.20, [0.01, 0.05, 0.05], 0.31, 3, " a b c"),
-    "clumped": (CLUMPED, 0.50, [0.0, 0.0, 0.35, 0.0], 0.85, 4, " a b c d"),
+    "one event per read": (ONE_EVENT_PER_READ, 0.20, [0.06, 0.05], 0.31, 3, " a b c"),
+    "clumped": (CLUMPED, 0.50, [0.0, 0.35, 0.0], 0.85, 4, " a b c d"),
 }
 
 
@@ -135,14 +134,14 @@ def test_ttft_itl_e2el_and_tokens_on_a_known_stream(case: str, monkeypatch: pyte
     monkeypatch.setattr(client_module.time, "perf_counter", clock)
     record, answer, session = _ours(reads, clock)
     assert record.success and answer == text
-    # The role chunk (empty content) is the first token event, as in vLLM's client.
+    # The role chunk (empty content) carries no token: TTFT is at the first token, and no gap follows the role.
     assert record.ttft == pytest.approx(ttft)
     assert record.itl == pytest.approx(itl)
     # E2EL ends at the last token event, not at the usage event or [DONE] after it.
     assert record.e2el == pytest.approx(e2el)
     assert record.e2el == pytest.approx(record.ttft + sum(record.itl))
     assert record.output_tokens == tokens and record.prompt_tokens == 140
-    assert record.chunks == tokens + 1  # the role chunk is an event, not a token
+    assert record.chunks == tokens  # the role chunk is an event, not a token
     assert session.headers[0]["x-request-id"] == "run-0"
 
 
@@ -160,7 +159,8 @@ def test_vllms_client_reads_the_same_stream_alike(case: str, monkeypatch: pytest
     theirs = asyncio.run(functions.async_request_openai_chat_completions(request, FakeSession(reads, clock)))
     assert theirs.success and theirs.generated_text == answer
     assert ours.ttft == pytest.approx(theirs.ttft)
-    assert ours.itl == pytest.approx(theirs.itl)
+    # vLLM's client counts the role chunk as an event: one more gap, of 0 (the role chunk came with the first token).
+    assert theirs.itl == pytest.approx([0.0, *ours.itl])
     assert ours.e2el == pytest.approx(theirs.latency)
     assert (ours.output_tokens, ours.prompt_tokens) == (theirs.output_tokens, theirs.prompt_len)
 
@@ -174,7 +174,7 @@ def _no_usage(tokens: int, chunks: int, text_tokens: int | None, target: int = 1
 
 
 def test_without_usage_tokens_are_counted_as_vllm_counts_them() -> None:
-    # 64 tokens in 17 events (a role chunk, then 4 tokens per event), the server sent no usage.
+    # 64 tokens in 17 token events (4 in most, fewer in some), the server sent no usage.
     counted = _no_usage(64, 17, text_tokens=64)
     # Output: the tokenizer's count of the answer (vLLM's fallback), not the 17 events.
     assert counted.output_tokens == 64
@@ -190,10 +190,35 @@ def test_without_usage_tokens_are_counted_as_vllm_counts_them() -> None:
 def test_a_ping_in_a_read_of_its_own_hides_no_event(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = Clock()
     monkeypatch.setattr(client_module.time, "perf_counter", clock)
-    reads = [(0.5, event(ROLE)), (0.6, b": ping\n\n"), (0.7, event(token(" a"))), (0.8, event(usage(140, 1)))]
-    reads.append((0.9, event("[DONE]")))
+    reads = [(0.5, event(ROLE) + event(token(" a"))), (0.6, b": ping\n\n"), (0.7, event(token(" b")))]
+    reads += [(0.8, event(usage(140, 2))), (0.9, event("[DONE]"))]
     record, answer, _ = _ours(reads, clock)
-    assert answer == " a" and record.itl == pytest.approx([0.2]) and record.e2el == pytest.approx(0.7)
+    assert answer == " a b" and record.itl == pytest.approx([0.2]) and record.e2el == pytest.approx(0.7)
+
+
+def test_a_role_chunk_sent_before_the_first_token_is_not_the_first_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A server that sends its role chunk on accepting the request and the first token 0.5 s later. Before, TTFT
+    # read 0.05 s (the role chunk), ITL had a 0.45 s gap no token took, and without usage the role chunk counted
+    # as a token (3 for 2).
+    clock = Clock()
+    monkeypatch.setattr(client_module.time, "perf_counter", clock)
+    reasoning = {"choices": [{"index": 0, "delta": {"reasoning_content": "hm"}}]}
+    reads = [(0.05, event(ROLE)), (0.5, event(reasoning)), (0.6, event(token(" a"))), (0.62, event("[DONE]"))]
+    record, answer, _ = _ours(reads, clock)
+    assert record.success and answer == " a"
+    assert record.ttft == pytest.approx(0.5) and record.itl == pytest.approx([0.1])
+    assert record.e2el == pytest.approx(0.6) and record.output_tokens == 2  # no usage, no tokenizer: 2 events
+
+
+def test_an_empty_content_chunk_is_a_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    # vLLM sends a chunk per token, with content "" for a token whose text ends inside a character (the text
+    # comes with a later token); its first token can be one. Role chunk and first token arrive together.
+    clock = Clock()
+    monkeypatch.setattr(client_module.time, "perf_counter", clock)
+    reads = [(0.2, event(ROLE) + event(token(""))), (0.25, event(token(""))), (0.3, event(token("\u00e9")))]
+    record, answer, _ = _ours([*reads, (0.31, event(usage(140, 3))), (0.32, event("[DONE]"))], clock)
+    assert record.success and answer == "\u00e9" and record.chunks == 3
+    assert record.ttft == pytest.approx(0.2) and record.itl == pytest.approx([0.05, 0.05])
 
 
 def _crlf(reads: list[tuple[float, bytes]]) -> list[tuple[float, bytes]]:
