@@ -319,12 +319,19 @@ async def _send_all(
 
     async def one_session(session: Session, start_at: float) -> None:
         messages: list[dict[str, str]] = []
+        conversation = 0  # content tokens of the conversation so far (whole-prompt turns)
         for number, turn in enumerate(session.turns):
             due = turn.arrival if turn.arrival is not None and rate is None else start_at if number == 0 else 0
             delay = zero + due - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            messages.append({"role": "user", "content": turn.text})
+            text = turn.text
+            if turn.whole_prompt and messages and session.shorten is not None:
+                if turn.input_tokens > conversation:  # the new message is what the conversation leaves
+                    text = session.shorten(turn.text, turn.input_tokens - conversation)
+                else:  # a context shorter than the conversation (truncated, compacted): start afresh
+                    messages = []
+            messages.append({"role": "user", "content": text})
             # The record is made once the concurrency limit lets the request go: one still queued at a stop was
             # never sent, and is counted as such (`not_sent`), not as dropped in flight.
             gate: contextlib.AbstractAsyncContextManager[Any] = limit if limit is not None else contextlib.nullcontext()
@@ -346,6 +353,9 @@ async def _send_all(
             if not record.success:
                 return  # the conversation cannot go on without its answer
             messages.append({"role": "assistant", "content": reply.text})
+            # In content tokens, as the workload sizes prompts (the chat template's own tokens come on top, alike
+            # for every turn): a whole-prompt turn's content, and the answer.
+            conversation = turn.input_tokens + record.output_tokens
 
     await asyncio.gather(*(one_session(s, t) for s, t in zip(sessions, starts, strict=True)))
 

@@ -112,6 +112,12 @@ class PromptMaker:
         """`count` random words."""
         return " ".join(self._rng.choice(_WORDS) for _ in range(count))
 
+    def shorten(self, text: str, tokens: int) -> str:
+        """Cut `text` (made by `text`) to its first `tokens` tokens (exactly with a tokenizer, else about)."""
+        if self.tokenizer is None:
+            return " ".join(text.split()[: max(1, round(tokens / self.tokens_per_word))])
+        return self.tokenizer.decode(self.tokenizer.encode(text, add_special_tokens=False)[: max(1, tokens)])
+
     def text(self, tokens: int) -> str:
         """Text of `tokens` tokens (exactly, with a tokenizer; by the calibrated rate without one)."""
         if tokens <= 0:
@@ -134,16 +140,20 @@ class Turn:
     """One request of a session.
 
     Attributes:
-        input_tokens: New prompt content tokens of this turn (a shared prefix included on the first turn).
+        input_tokens: New prompt content tokens of this turn (a shared prefix included on the first turn); for a
+            trace's turn (`whole_prompt`), the whole prompt, the conversation before it included.
         output_tokens: max_tokens of the answer.
         arrival: Seconds after the start when it may be sent (traces), or None to follow the previous turn.
-        text: The new user message (filled by `PromptMaker`).
+        text: The new user message (filled by `PromptMaker`; for a `whole_prompt` turn after the first, cut at
+            send time to what the conversation leaves of `input_tokens`).
+        whole_prompt: `input_tokens` counts the whole prompt, as `tokenplane simulate` reads a trace line.
     """
 
     input_tokens: int
     output_tokens: int
     arrival: float | None = None
     text: str = ""
+    whole_prompt: bool = False
 
 
 @dataclass
@@ -154,11 +164,13 @@ class Session:
         id: Session id (the trace's `session`, or a generated one).
         turns: The turns, in order.
         start: Seconds after the run starts when the first turn may be sent.
+        shorten: Cuts a turn's text to a number of tokens (`PromptMaker.shorten`), for `whole_prompt` turns.
     """
 
     id: str
     turns: list[Turn]
     start: float = 0.0
+    shorten: Callable[[str, int], str] | None = None
 
 
 def synthetic_sessions(
@@ -213,7 +225,11 @@ def synthetic_sessions(
 def read_trace(path: Path, maker: PromptMaker) -> list[Session]:
     """Sessions from a trace: JSONL lines `{"t", "input_tokens", "output_tokens", "session"}` (`session` optional).
 
-    `t` is the arrival in seconds after the start; lines of one session become its turns in order of `t`.
+    `t` is the arrival in seconds after the start; lines of one session become its turns in order of `t`. As in
+    `tokenplane simulate`, `input_tokens` is a request's whole prompt: a later turn of a session resends the
+    conversation so far, and its new message is what that leaves of `input_tokens` (the runner cuts it). Times are
+    shifted so the first request goes at once: a trace's quiet lead-in is not waited through, nor counted in the
+    run's duration.
 
     Args:
         path: The JSONL file.
@@ -226,15 +242,18 @@ def read_trace(path: Path, maker: PromptMaker) -> list[Session]:
         BenchInputError: naming the file, line and field of the first bad line.
     """
     by_session: dict[str, list[Turn]] = {}
-    for line in read_trace_lines(path, BenchInputError, prefix="--trace-file "):
+    lines = read_trace_lines(path, BenchInputError, prefix="--trace-file ")
+    first = min(line.t for line in lines)
+    for line in lines:
         key = line.session if line.session is not None else f"line{line.number}"
-        by_session.setdefault(key, []).append(Turn(line.input_tokens, line.output_tokens, arrival=line.t))
+        turn = Turn(line.input_tokens, line.output_tokens, arrival=line.t - first, whole_prompt=True)
+        by_session.setdefault(key, []).append(turn)
     sessions = []
     for sid, turns in by_session.items():
         turns.sort(key=lambda turn: turn.arrival or 0.0)
         for turn in turns:
             turn.text = maker.text(turn.input_tokens)
-        sessions.append(Session(id=sid, turns=turns, start=turns[0].arrival or 0.0))
+        sessions.append(Session(id=sid, turns=turns, start=turns[0].arrival or 0.0, shorten=maker.shorten))
     return sorted(sessions, key=lambda s: s.start)
 
 

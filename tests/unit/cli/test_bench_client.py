@@ -452,3 +452,26 @@ def test_ctrl_c_prints_the_partial_report(peer: tuple[Peer, str], tmp_path: Path
     assert report["interrupted"] is True and 1 <= report["completed"] < 20
     assert report["completed"] + report["dropped_in_flight"] + report["not_sent"] == 20
     assert "interrupted" in err.decode() and len(saved.read_text().splitlines()) == report["completed"]
+
+
+def test_a_trace_sessions_prompts_are_the_traces_whole_prompts(peer: tuple[Peer, str], tmp_path: Path) -> None:
+    # `tokenplane simulate` reads a trace line's input_tokens as the request's whole prompt (its agentic trace
+    # grows each call's context by the last answer and a tool result). Bench resent the conversation and added
+    # input_tokens on top: the second turn below was 20 + 4 + 40 + 5 = 69 prompt tokens, not 40. The trace starts
+    # at t = 100: the run starts with its first request, not after 100 s of waiting.
+    _, url = peer
+    trace = tmp_path / "trace.jsonl"
+    rows = [
+        {"t": 100.0, "input_tokens": 20, "output_tokens": 4, "session": "a"},
+        {"t": 100.2, "input_tokens": 40, "output_tokens": 4, "session": "a"},
+        {"t": 100.3, "input_tokens": 10, "output_tokens": 4, "session": "a"},  # a compacted context: afresh
+        {"t": 100.1, "input_tokens": 15, "output_tokens": 2},
+    ]
+    trace.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    result = run_sync(Endpoint(f"{url}/v1", "peer-model"), WorkloadSpec(trace_file=trace), concurrency=None, rate=None)
+    report = result.report
+    assert report["completed"] == 4 and report["duration"] < 5
+    prompts = {(r.session, r.turn): r.prompt_tokens for r in result.records}
+    # The peer counts words + 5 (its template): whole prompts as the trace gives them.
+    assert prompts == {("a", 0): 25, ("a", 1): 45, ("a", 2): 15, ("line4", 0): 20}
+    assert [round(r.start, 1) for r in sorted(result.records, key=lambda r: r.start)] == [0.0, 0.1, 0.2, 0.3]
