@@ -432,7 +432,8 @@ def test_turns_after_a_failed_turn_are_counted_as_not_sent(peer: tuple[Peer, str
 
 
 def test_ctrl_c_prints_the_partial_report(peer: tuple[Peer, str], tmp_path: Path) -> None:
-    _, url = peer
+    state, url = peer
+    sent_before = sum(1 for i in state.request_ids if i)  # the timed requests, each with an x-request-id
     saved = tmp_path / "requests.jsonl"
     code = "import sys; from tokenplane_cli import main; sys.argv[0] = 'tokenplane'; main()"
     args = [sys.executable, "-c", code, "bench", url, "-c", "1", "-n", "20", "--output-tokens", "30", "-o", "json"]
@@ -444,7 +445,10 @@ def test_ctrl_c_prints_the_partial_report(peer: tuple[Peer, str], tmp_path: Path
         # A test runner may start its children with SIGINT ignored.
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509
     )
-    time.sleep(5.0)  # start-up (imports, sizing), then some requests of 0.35 s each
+    deadline = time.monotonic() + 60
+    # Start-up (imports, sizing), then wait for 3 timed requests of 0.35 s each to have been sent.
+    while sum(1 for i in state.request_ids if i) < sent_before + 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 130, err.decode()
