@@ -132,7 +132,7 @@ async def _prompt_tokens(session: aiohttp.ClientSession, endpoint: Endpoint, tex
     return record.prompt_tokens
 
 
-async def calibrate(endpoint: Endpoint, seed: int = 0, words: int = 200) -> tuple[float, int]:
+async def calibrate(endpoint: Endpoint, seed: int = 0, words: int = 200) -> tuple[float | None, int]:
     """Tokens per word and chat-template overhead, as the server counts them (two prompts' `usage`).
 
     Args:
@@ -141,12 +141,16 @@ async def calibrate(endpoint: Endpoint, seed: int = 0, words: int = 200) -> tupl
         words: Words in the longer probe.
 
     Returns:
-        (tokens per word, prompt tokens the server adds around the content).
+        (tokens per word, prompt tokens the server adds around the content); tokens per word is None when the
+        server's count did not grow with the prompt (a stub that reports a fixed usage): there is nothing to size
+        by.
     """
     maker = PromptMaker(seed=seed + 7919)
     async with aiohttp.ClientSession() as session:
         short = await _prompt_tokens(session, endpoint, maker.words(words // 4))
         long = await _prompt_tokens(session, endpoint, maker.words(words))
+    if long <= short:
+        return None, short
     per_word = max((long - short) / (words - words // 4), 0.05)
     return per_word, max(0, round(short - per_word * (words // 4)))
 
@@ -163,8 +167,17 @@ async def build_sessions(
         sizing: dict[str, Any] = {"prompt_sizing": "tokenizer", "tokenizer": spec.tokenizer}
     else:
         per_word, overhead = await calibrate(endpoint, spec.seed)
-        maker = PromptMaker(seed=spec.seed, tokens_per_word=per_word)
-        sizing = {"prompt_sizing": "server usage", "tokens_per_word": per_word, "template_tokens": overhead}
+        if per_word is None:
+            # Before, the floor of 0.05 tokens per word applied: prompts of 20 words per token asked for.
+            maker = PromptMaker(seed=spec.seed, tokens_per_word=1.0)
+            sizing = {
+                "prompt_sizing": "1 token per word assumed: the server's usage.prompt_tokens did not grow with the "
+                "prompt (give --tokenizer to size prompts by the model's tokenizer)",
+                "tokens_per_word": 1.0,
+            }
+        else:
+            maker = PromptMaker(seed=spec.seed, tokens_per_word=per_word)
+            sizing = {"prompt_sizing": "server usage", "tokens_per_word": per_word, "template_tokens": overhead}
     if spec.trace_file is not None:
         return read_trace(spec.trace_file, maker), sizing
     sessions = synthetic_sessions(

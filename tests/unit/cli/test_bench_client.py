@@ -45,6 +45,7 @@ class Peer:
         self.counted = 0
         self.no_usage = False  # send no usage, and two tokens per event (a server that batches its chunks)
         self.key: str | None = None  # refuse requests without this bearer key (401)
+        self.fixed_prompt: int | None = None  # report this prompt count whatever the prompt (a stub's usage)
 
     def refused(self, request: web.Request) -> web.Response | None:
         if self.key and request.headers.get("Authorization") != f"Bearer {self.key}":
@@ -69,6 +70,7 @@ class Peer:
         texts = [m["content"] if isinstance(m["content"], str) else " ".join(p["text"] for p in m["content"])
                  for m in body["messages"]]  # fmt: skip
         prompt = sum(len(text.split()) for text in texts) + TEMPLATE_TOKENS
+        prompt = self.fixed_prompt if self.fixed_prompt is not None else prompt
         tokens = body["max_completion_tokens"]
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
@@ -479,3 +481,20 @@ def test_a_trace_sessions_prompts_are_the_traces_whole_prompts(peer: tuple[Peer,
     # The peer counts words + 5 (its template): whole prompts as the trace gives them.
     assert prompts == {("a", 0): 25, ("a", 1): 45, ("a", 2): 15, ("line4", 0): 20}
     assert [round(r.start, 1) for r in sorted(result.records, key=lambda r: r.start)] == [0.0, 0.1, 0.2, 0.3]
+
+
+def test_a_server_whose_usage_ignores_the_prompt_gets_prompts_of_one_token_per_word(peer: tuple[Peer, str]) -> None:
+    # Calibration divides the growth of usage.prompt_tokens by the growth of the prompt: a stub reporting a fixed
+    # count grew by 0, the floor of 0.05 tokens per word applied, and 20-token prompts went out as 400 words.
+    state, url = peer
+    state.fixed_prompt = 7
+    state.requests.clear()
+    try:
+        spec = WorkloadSpec(num_prompts=2, input_tokens=20, output_tokens=2)
+        report = run_sync(Endpoint(f"{url}/v1", "peer-model"), spec, concurrency=1, rate=None).report
+    finally:
+        state.fixed_prompt = None
+    workload = [r for r in state.requests if r["max_completion_tokens"] == 2]
+    sent = [len(r["messages"][0]["content"][0]["text"].split()) for r in workload]
+    assert sent == [20, 20, 20]  # the untimed first request, then the run's two
+    assert report["workload"]["tokens_per_word"] == 1.0 and "assumed" in report["workload"]["prompt_sizing"]
