@@ -76,7 +76,14 @@ def run(
     concurrency: Annotated[
         int | None, typer.Option("--concurrency", "-c", help="Closed loop: requests in flight at most.")
     ] = None,
-    rate: Annotated[float | None, typer.Option("--rate", help="Open loop: Poisson arrivals per second.")] = None,
+    rate: Annotated[
+        float | None,
+        typer.Option(
+            "--rate",
+            help="Open loop: Poisson arrivals per second, of sessions (each then sends its --turns one after "
+            "another); with --trace-file, instead of the trace's t.",
+        ),
+    ] = None,
     model: Model = None,
     api_key: ApiKey = None,
     num_prompts: NumPrompts = 64,
