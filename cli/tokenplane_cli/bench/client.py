@@ -146,9 +146,10 @@ async def chat(
                     return reply
                 if response.content_type == "application/json":
                     record.error_kind = "not_streaming"
+                    body = (await response.text())[:200]
                     record.error = (
                         "the server answered with one JSON body, not an event stream (text/event-stream): token "
-                        "timings need a server that streams chat completions"
+                        f"timings need a server that streams chat completions; it said: {body}"
                     )
                     return reply
                 buffer = b""

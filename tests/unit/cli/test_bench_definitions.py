@@ -77,6 +77,9 @@ class _Response:
     async def __aexit__(self, *exc: object) -> None:
         return None
 
+    async def text(self) -> str:
+        return b"".join(data for _, data in self.content._reads).decode()
+
 
 class FakeSession:
     """Answers every POST with the same reads; keeps the headers it was sent."""
@@ -266,6 +269,8 @@ def test_an_answer_that_is_not_a_whole_stream_fails_by_kind(
     monkeypatch.setattr(client_module.time, "perf_counter", clock)
     record, _, _ = _ours(reads, clock, content_type)
     assert not record.success and record.error_kind == kind, record
+    if kind == "not_streaming":  # what the server said, for a 200 that carries an error
+        assert '"content": "a"' in str(record.error)
 
 
 def test_a_finish_reason_without_done_is_a_whole_answer(monkeypatch: pytest.MonkeyPatch) -> None:
