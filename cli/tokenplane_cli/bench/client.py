@@ -82,8 +82,15 @@ async def list_models(session: aiohttp.ClientSession, base_url: str, api_key: st
         if response.status != 200:
             text = (await response.text())[:200]
             raise StatusError(f"GET {base_url}/models answered {response.status}: {text}", response.status)
-        body = await response.json()
-    return [str(m.get("id")) for m in body.get("data", []) if isinstance(m, dict)]
+        text = await response.text()
+    try:
+        body = json.loads(text)
+    except json.JSONDecodeError:
+        raise ValueError(f"GET {base_url}/models answered what is not JSON: {text[:120]!r}") from None
+    data = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(data, list):
+        raise ValueError(f"GET {base_url}/models answered no OpenAI model list (data: [...]): {text[:120]!r}")
+    return [str(m.get("id")) for m in data if isinstance(m, dict) and m.get("id")]
 
 
 def _error_kind(status: int) -> str:

@@ -40,6 +40,10 @@ __all__ = [
 ]
 
 
+# How long GET /v1/models may take when the model is not given.
+MODELS_TIMEOUT_S = 30.0
+
+
 @dataclass(frozen=True)
 class WorkloadSpec:
     """What to send, independent of how fast.
@@ -99,16 +103,19 @@ async def resolve_endpoint(url: str, model: str | None, api_key: str | None, **k
     base = normalize_base_url(url)
     if model:
         return Endpoint(base_url=base, model=model, api_key=api_key, **kwargs)
-    async with aiohttp.ClientSession() as session:
+    # aiohttp's default is 5 minutes: a mistyped address hung that long before a word.
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=MODELS_TIMEOUT_S)) as session:
         try:
             models = await list_models(session, base, api_key)
+        except TimeoutError:
+            raise BenchInputError(f"{base}/models did not answer within {MODELS_TIMEOUT_S:g}s") from None
         except aiohttp.ClientError as err:
             raise BenchInputError(f"cannot reach {base}/models: {err}") from None
         except StatusError as err:
             hint = AUTH_HINT if err.status in (401, 403) else "give the model with --model"
             raise BenchInputError(f"{err}; {hint}") from None
-        except ValueError as err:  # a body that is not JSON
-            raise BenchInputError(f"GET {base}/models: {err}; give the model with --model") from None
+        except ValueError as err:  # not JSON, or no model list: list_models says which
+            raise BenchInputError(f"{err}; give the model with --model") from None
     if not models:
         raise BenchInputError(f"{base}/models lists no model; give one with --model")
     return Endpoint(base_url=base, model=models[0], api_key=api_key, **kwargs)

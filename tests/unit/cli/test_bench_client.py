@@ -498,3 +498,44 @@ def test_a_server_whose_usage_ignores_the_prompt_gets_prompts_of_one_token_per_w
     sent = [len(r["messages"][0]["content"][0]["text"].split()) for r in workload]
     assert sent == [20, 20, 20]  # the untimed first request, then the run's two
     assert report["workload"]["tokens_per_word"] == 1.0 and "assumed" in report["workload"]["prompt_sizing"]
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        # Before: AttributeError ('list' object has no attribute 'get'), a traceback.
+        ("[]", "no OpenAI model list"),
+        # Before: "cannot reach .../models: 0, message='Attempt to decode JSON with unexpected mimetype'".
+        ("<html>login</html>", "what is not JSON"),
+        # Before: aiohttp's default 5 minutes of silence.
+        ("hang", "did not answer within 0.5s"),
+    ],
+)
+def test_a_models_list_it_cannot_use_is_one_line(answer: str, message: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tokenplane_cli.bench import runner
+
+    monkeypatch.setattr(runner, "MODELS_TIMEOUT_S", 0.5)
+
+    async def models(request: web.Request) -> web.Response:
+        if answer == "hang":
+            await asyncio.sleep(2)
+        return web.Response(text=answer, content_type="text/html")
+
+    application = web.Application()
+    application.router.add_get("/v1/models", models)
+
+    async def main() -> str:
+        server = web.AppRunner(application)
+        await server.setup()
+        site = web.TCPSite(server, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        try:
+            await runner.resolve_endpoint(f"http://127.0.0.1:{port}", None, None)
+        except ValueError as error:
+            return str(error)
+        finally:
+            await server.cleanup()
+        return "no error"
+
+    assert message in asyncio.run(main())
