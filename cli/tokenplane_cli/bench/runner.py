@@ -427,6 +427,8 @@ def _stop_on_ctrl_c() -> asyncio.Event:
     """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    if signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, None):  # a process that ignores it (a background job)
+        return stop
 
     def first() -> None:
         stop.set()
