@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from tokenplane_cli.bench.client import Endpoint
-from tokenplane_cli.bench.compare import RATIOS, compare_runs, sweep_runs
+from tokenplane_cli.bench.compare import RATIOS, SweepInterrupted, compare_runs, sweep_runs
 from tokenplane_cli.bench.cost import resolve_cost
 from tokenplane_cli.bench.plots import plot_cdfs, plot_curves, plot_frontier
 from tokenplane_cli.bench.report import render_report, write_requests
@@ -211,6 +211,11 @@ def sweep_command(o: dict[str, Any]) -> int:
         doc = write_sweep(o["out_dir"], o["name"], by, steps, saturated)
     except ValueError as error:  # BenchInputError and the option parsers' ValueErrors: bad input, one line
         return _fail(error)
+    except SweepInterrupted as stopped:  # between steps: the ones measured are written
+        steps = stopped.steps
+        doc = write_sweep(o["out_dir"], o["name"], by, steps, None, interrupted=True)
+        err.print(f"[yellow]interrupted[/] after step {len(steps)}; wrote " + ", ".join(doc["files"].values()))
+        return 130
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/] before a step was measured; nothing written")
         return 130
@@ -239,8 +244,13 @@ def sweep_command(o: dict[str, Any]) -> int:
     return 0
 
 
-def write_sweep(out_dir: Path, name: str, by: str, steps: list[RunResult], saturated: int | None) -> dict[str, Any]:
-    """Write `<name>.json`, `<name>-curve.png` and `<name>-cdf.png` under out_dir; return the JSON document."""
+def write_sweep(
+    out_dir: Path, name: str, by: str, steps: list[RunResult], saturated: int | None, *, interrupted: bool = False
+) -> dict[str, Any]:
+    """Write `<name>.json`, `<name>-curve.png` and `<name>-cdf.png` under out_dir; return the JSON document.
+
+    `interrupted`: Ctrl-C ended the sweep between steps (within a step, that step's report says so).
+    """
     loads = [s.report["max_concurrency"] if by == "concurrency" else s.report["request_rate"] for s in steps]
     files = {
         "json": str(out_dir / f"{name}.json"),
@@ -256,7 +266,7 @@ def write_sweep(out_dir: Path, name: str, by: str, steps: list[RunResult], satur
         "by": by,
         "loads": loads,
         "saturated_at": saturated,
-        "interrupted": bool(steps) and bool(steps[-1].report.get("interrupted")),
+        "interrupted": interrupted or (bool(steps) and bool(steps[-1].report.get("interrupted"))),
         "steps": [s.report for s in steps],
         "files": files,
     }

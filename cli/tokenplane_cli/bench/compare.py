@@ -11,7 +11,7 @@ from tokenplane_cli.bench.client import Endpoint
 from tokenplane_cli.bench.runner import RunResult, WorkloadSpec, run_sync
 from tokenplane_cli.bench.stats import Cost, SweepPoint, saturation_index
 
-__all__ = ["RATIOS", "compare_runs", "pair_ratios", "sweep_runs"]
+__all__ = ["RATIOS", "SweepInterrupted", "compare_runs", "pair_ratios", "sweep_runs"]
 
 # compare.json key -> report key; each ratio is A over B (above 1 means A is higher: better for throughput only).
 RATIOS = {
@@ -46,6 +46,18 @@ _FIGURES = (
     "mean_e2el_ms",
     "p95_e2el_ms",
 )
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl-C between two steps of a sweep (in the next step's prompt sizing): the steps measured before it.
+
+    Attributes:
+        steps: The steps that finished.
+    """
+
+    def __init__(self, steps: list[RunResult]) -> None:
+        super().__init__()
+        self.steps = steps
 
 
 def _ratio(a: float, b: float) -> float | None:
@@ -166,18 +178,26 @@ def sweep_runs(
     Returns:
         The steps run and the index of the first saturated one (the sweep stopped there), or None. A step
         interrupted by Ctrl-C (its report's `interrupted`) ends the sweep.
+
+    Raises:
+        SweepInterrupted: Ctrl-C after a step and before the next one sent a request.
     """
     steps: list[RunResult] = []
     points: list[SweepPoint] = []
     for i, load in enumerate(loads):
-        result = run_sync(
-            endpoint,
-            replace(spec, seed=spec.seed + i),
-            concurrency=int(load) if by == "concurrency" else None,
-            rate=float(load) if by == "rate" else None,
-            goodput_ms=goodput_ms,
-            cost=cost,
-        )
+        try:
+            result = run_sync(
+                endpoint,
+                replace(spec, seed=spec.seed + i),
+                concurrency=int(load) if by == "concurrency" else None,
+                rate=float(load) if by == "rate" else None,
+                goodput_ms=goodput_ms,
+                cost=cost,
+            )
+        except KeyboardInterrupt:  # before the step sent a request: the steps so far are whole
+            if steps:
+                raise SweepInterrupted(steps) from None
+            raise
         steps.append(result)
         if on_step is not None:
             on_step(load, result)

@@ -539,3 +539,28 @@ def test_a_models_list_it_cannot_use_is_one_line(answer: str, message: str, monk
         return "no error"
 
     assert message in asyncio.run(main())
+
+
+def test_ctrl_c_between_sweep_steps_writes_the_steps_measured(
+    peer: tuple[Peer, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ctrl-C in the second step's prompt sizing (run_sync raises KeyboardInterrupt before a request is sent).
+    # Before, the sweep said "interrupted before a step was measured; nothing written" and step 1 was lost.
+    from tokenplane_cli.bench import compare
+
+    _, url = peer
+    calls = []
+    real = compare.run_sync
+
+    def run_twice(*args: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs["concurrency"])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(compare, "run_sync", run_twice)
+    args = ["bench", "sweep", url, "-c", "1,2,4", "-n", "2", "--output-tokens", "2", "--out-dir", str(tmp_path)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 130, result.output
+    sweep = json.loads((tmp_path / "sweep.json").read_text())
+    assert sweep["interrupted"] is True and sweep["loads"] == [1] and sweep["steps"][0]["completed"] == 2
