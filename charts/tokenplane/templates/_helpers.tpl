@@ -48,6 +48,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if eq (int .Values.operator.metricsPort) (int .Values.operator.healthPort) }}
 {{- fail (printf "operator.metricsPort and operator.healthPort are both %v: give the metrics endpoint another port" .Values.operator.metricsPort) }}
 {{- end }}
+{{- if and .Values.monitoring.alerts.enabled (hasPrefix "azmonitoring." .Values.monitoring.podMonitor.apiVersion) }}
+{{- fail "monitoring.alerts.enabled: Azure Managed Prometheus (monitoring.podMonitor.apiVersion azmonitoring.coreos.com/v1) has no PrometheusRule kind; its rules are Azure prometheusRuleGroups resources. Set monitoring.alerts.enabled=false and create a rule group from templates/prometheusrule.yaml's expressions (az-prom-rules-converter converts them)" }}
+{{- end }}
 {{- $tested := include "tokenplane.testedRayVersion" . }}
 {{- if and (ne (toString .Values.serving.rayVersion) $tested) (not .Values.serving.forceRayVersion) }}
 {{- fail (printf "serving.rayVersion %s is not %s, the Ray version tokenplane's serving code is tested with; use an image built on Ray %s, or set serving.forceRayVersion=true to run it untested" (toString .Values.serving.rayVersion) $tested $tested) }}

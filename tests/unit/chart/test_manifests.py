@@ -22,13 +22,16 @@ CRDS = {
     "tokenplane.io": CHART / "crds" / "inferencedeployments.tokenplane.io.yaml",
     "monitoring.coreos.com/PodMonitor": DATA / "prometheus-operator" / "monitoring.coreos.com_podmonitors.yaml",
     "monitoring.coreos.com/PrometheusRule": DATA / "prometheus-operator" / "monitoring.coreos.com_prometheusrules.yaml",
+    "azmonitoring.coreos.com/PodMonitor": DATA / "azure-monitor" / "azmonitoring.coreos.com_podmonitors.yaml",
 }
 SCENARIOS = {"default": {}} | {p.stem: yaml.safe_load(p.read_text()) for p in sorted((CHART / "ci").glob("*.yaml"))}
 
 
 def crd_for(obj: dict[str, Any]) -> Path | None:
     group = obj["apiVersion"].split("/")[0] if "/" in obj["apiVersion"] else ""
-    return CRDS.get(f"{group}/{obj['kind']}") or CRDS.get(group)
+    crd = CRDS.get(f"{group}/{obj['kind']}") or CRDS.get(group)
+    assert crd is not None or "." not in group or group.endswith(".k8s.io"), f"no CRD defines {group} {obj['kind']}"
+    return crd
 
 
 def validate(obj: dict[str, Any]) -> None:
@@ -83,3 +86,31 @@ def test_lint_strict_reports_nothing(scenario: str) -> None:
 
     result = helm_python.lint(str(CHART), SCENARIOS[scenario], strict=True)
     assert result["errors"] == [] and result["messages"] == [], result
+
+
+AZURE_MONITOR = {"monitoring": {"podMonitor": {"enabled": True, "apiVersion": "azmonitoring.coreos.com/v1"},
+                                "operatorMonitor": {"enabled": True}}}  # fmt: skip
+
+
+def test_azure_managed_prometheus_monitors_validate_against_its_crd() -> None:
+    monitors = [o for o in render(AZURE_MONITOR) if o["kind"] == "PodMonitor"]
+    assert len(monitors) == 2 and {o["apiVersion"] for o in monitors} == {"azmonitoring.coreos.com/v1"}
+    for monitor in monitors:
+        validate(monitor)
+
+
+def test_alerts_with_azure_managed_prometheus_fail_with_the_reason() -> None:
+    """Azure's add-on installs no PrometheusRule CRD (tests/data/azure-monitor/README.md): `kind: PrometheusRule` in
+    azmonitoring.coreos.com/v1 would fail the install with "no matches for kind", after the CRDs went in."""
+    import helm_python
+
+    values = {"monitoring": AZURE_MONITOR["monitoring"] | {"alerts": {"enabled": True}}}
+    with pytest.raises(helm_python.HelmError, match="has no PrometheusRule"):
+        render(values)
+
+
+def test_the_prometheus_rule_is_a_prometheus_operator_kind() -> None:
+    values = {"monitoring": {"alerts": {"enabled": True}}}
+    (rule,) = [o for o in render(values) if o["kind"] == "PrometheusRule"]
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    validate(rule)
