@@ -73,6 +73,11 @@ class OperatorSettings(BaseSettings):
     operator_namespace: str = Field(
         default="tokenplane", description="Namespace of this operator (the chart sets its release namespace)."
     )
+    metrics_namespaces: list[str] = Field(
+        default_factory=list,
+        description="Namespaces of the Prometheus that scrapes the serving pods (JSON list); every deployment's "
+        "NetworkPolicy admits them to the metrics port.",
+    )
     private_source_ranges: list[str] = Field(
         default_factory=lambda: ["10.224.0.0/12"],
         description="CIDRs admitted to private endpoints' serve port (JSON list); never 0.0.0.0/0.",
@@ -127,6 +132,7 @@ class OperatorSettings(BaseSettings):
             | {
                 "kuberay_namespace": self.kuberay_namespace,
                 "operator_namespace": self.operator_namespace,
+                "metrics_namespaces": tuple(self.metrics_namespaces),
                 "private_source_ranges": tuple(self.private_source_ranges),
                 "node_daemonset_cpu_millis": self.node_daemonset_cpu_millis,
                 "node_daemonset_memory_mib": self.node_daemonset_memory_mib,

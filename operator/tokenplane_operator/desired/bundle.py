@@ -266,6 +266,7 @@ def build_desired_state(deployment: InferenceDeployment, config: RenderConfig) -
             deployment,
             kuberay_namespace=config.kuberay_namespace,
             operator_namespace=config.operator_namespace,
+            metrics_namespaces=config.metrics_namespaces,
             private_source_ranges=config.private_source_ranges,
         ),
         serving_args=serving_args,

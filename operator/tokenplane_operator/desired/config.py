@@ -50,6 +50,11 @@ class RenderConfig(BaseModel):
     operator_namespace: str = Field(
         default="tokenplane", description="Namespace of the tokenplane operator (admitted to the metrics port)."
     )
+    metrics_namespaces: tuple[str, ...] = Field(
+        default=(),
+        description="Namespaces of the Prometheus that scrapes the serving pods (admitted to the metrics port, as the "
+        "operator's namespace is).",
+    )
     private_source_ranges: tuple[str, ...] = Field(
         default=("10.224.0.0/12",),
         description="CIDRs admitted to the serve port of private endpoints (the AKS-created VNet's address space).",

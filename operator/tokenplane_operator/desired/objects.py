@@ -67,6 +67,7 @@ def build_network_policy(
     *,
     kuberay_namespace: str = "kuberay-system",
     operator_namespace: str = "tokenplane",
+    metrics_namespaces: tuple[str, ...] = (),
     private_source_ranges: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Build the NetworkPolicy guarding the Ray pods of one deployment: exactly the flows the system needs.
@@ -77,7 +78,8 @@ def build_network_policy(
     - the KubeRay operator's namespace on the dashboard (KubeRay submits serveConfigV2 and reads application
       status there), GCS and serve ports (KubeRay checks the head's Serve proxy health on the serve port:
       `updateHeadPodServeLabel`, ray-operator/controllers/ray/rayservice_controller.go);
-    - the tokenplane operator's namespace on the metrics port (status.metrics scrapes);
+    - the tokenplane operator's namespace on the metrics port (status.metrics scrapes), and Prometheus'
+      namespaces (`metrics_namespaces`: the chart's PodMonitor, the dashboard and the alerts read that port);
     - for a `private` endpoint, `private_source_ranges` (the VNet clients behind the internal load balancer)
       on the serve port. Never 0.0.0.0/0: that would void `allowedNamespaces`.
 
@@ -85,6 +87,7 @@ def build_network_policy(
         deployment: A validated InferenceDeployment.
         kuberay_namespace: Namespace the KubeRay operator runs in.
         operator_namespace: Namespace the tokenplane operator runs in.
+        metrics_namespaces: Namespaces of the Prometheus scraping the serving pods.
         private_source_ranges: CIDRs admitted to the serve port of private endpoints.
 
     Returns:
@@ -97,7 +100,7 @@ def build_network_policy(
         {"from": [{"podSelector": {"matchLabels": selector_labels(name)}}]},
         {"from": [_namespaces(callers)], "ports": serve},
         {"from": [_namespaces([kuberay_namespace])], "ports": _ports(DASHBOARD_PORT, GCS_PORT, SERVE_PORT)},
-        {"from": [_namespaces([operator_namespace])], "ports": _ports(METRICS_PORT)},
+        {"from": [_namespaces(sorted({operator_namespace, *metrics_namespaces}))], "ports": _ports(METRICS_PORT)},
     ]
     if deployment.spec.endpoint.visibility is Visibility.PRIVATE and private_source_ranges:
         ingress.append({"from": [{"ipBlock": {"cidr": cidr}} for cidr in private_source_ranges], "ports": serve})

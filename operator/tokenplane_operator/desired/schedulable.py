@@ -525,6 +525,7 @@ def _flows(
         *((f"KubeRay ({config.kuberay_namespace}) -> {port}", Peer(config.kuberay_namespace), port)
           for port in (DASHBOARD_PORT, GCS_PORT, serve)),
         (f"operator ({config.operator_namespace}) -> {METRICS_PORT}", Peer(config.operator_namespace), METRICS_PORT),
+        *((f"Prometheus ({ns}) -> {METRICS_PORT}", Peer(ns), METRICS_PORT) for ns in config.metrics_namespaces),
         *((f"Ray pod -> Ray pod {port}", own_pods, port) for port in (GCS_PORT, 10001, 12345)),
         *((f"caller in {ns} -> serve {serve}", Peer(ns, {"app": "client"}), serve) for ns in callers),
     ]  # fmt: skip
@@ -536,10 +537,11 @@ def _flows(
         for ns in callers
         if ns not in system
         for port in (DASHBOARD_PORT, GCS_PORT, METRICS_PORT)
+        if port != METRICS_PORT or ns not in config.metrics_namespaces
     ]
     if config.operator_namespace not in {config.kuberay_namespace, *callers}:
         refused += [(f"operator -> {p}", Peer(config.operator_namespace), p) for p in (DASHBOARD_PORT, GCS_PORT)]
-    if config.kuberay_namespace not in {config.operator_namespace, *callers}:
+    if config.kuberay_namespace not in {config.operator_namespace, *config.metrics_namespaces, *callers}:
         refused.append((f"KubeRay -> metrics {METRICS_PORT}", Peer(config.kuberay_namespace), METRICS_PORT))
     if namespace not in system:
         other = Peer(namespace, selector_labels(f"{deployment.name}-other"))

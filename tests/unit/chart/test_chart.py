@@ -230,6 +230,36 @@ def test_network_policy_namespaces_come_from_the_chart(monkeypatch: pytest.Monke
     assert check_schedulable(state, config) == []
 
 
+def test_prometheus_may_scrape_the_serving_pods_the_podmonitor_selects(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The chart's PodMonitor scrapes port 8080 of every Ray pod from Prometheus' namespace; each deployment's
+    NetworkPolicy admitted only the operator's namespace there, so with a policy engine (Azure NPM, Calico, Cilium)
+    every scrape timed out and the dashboard and the serving alerts read nothing."""
+    from tokenplane_operator.api.validation import parse_inference_deployment
+    from tokenplane_operator.desired.bundle import build_desired_state
+    from tokenplane_operator.desired.schedulable import Peer, admits, check_schedulable
+
+    values = yaml.safe_load((CHART / "ci" / "monitoring-values.yaml").read_text())
+    objects = _render(values)
+    monitor = next(o for o in objects if o["kind"] == "PodMonitor" and o["metadata"]["name"].endswith("-serving"))
+    port = monitor["spec"]["podMetricsEndpoints"][0]["portNumber"]
+    container = _kind(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    for name in [n for n in os.environ if n.startswith("TOKENPLANE_")]:
+        monkeypatch.delenv(name)
+    for env in container["env"]:
+        monkeypatch.setenv(env["name"], env["value"])
+    config = OperatorSettings().render_config()
+    body = {"metadata": {"name": "m", "namespace": "ai"},
+            "spec": {"model": {"source": "org/m"}, "hardware": {"vmSize": "Standard_NC24ads_A100_v4"}}}  # fmt: skip
+    state = build_desired_state(parse_inference_deployment(body), config)
+    cluster = state.rayservice["spec"]["rayClusterConfig"]
+    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    for labels in (g["template"]["metadata"]["labels"] for g in groups):
+        for prometheus in ("monitoring", "kube-system"):  # kube-prometheus-stack's; Azure Managed Prometheus'
+            assert admits([state.network_policy], namespace="ai", pod_labels=labels, source=Peer(prometheus), port=port)
+        assert not admits([state.network_policy], namespace="ai", pod_labels=labels, source=Peer("web"), port=port)
+    assert check_schedulable(state, config) == []
+
+
 def test_an_open_private_range_stops_the_operator(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TOKENPLANE_PRIVATE_SOURCE_RANGES", '["0.0.0.0/0"]')
     with pytest.raises(SystemExit):
