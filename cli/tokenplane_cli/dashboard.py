@@ -33,6 +33,17 @@ class Panel:
     queries: tuple[tuple[str, str], ...]
 
 
+# dcgm-exporter labels each GPU's series with the namespace and pod using it; scraped with honorLabels false (its
+# chart's and the GPU operator's ServiceMonitor default) Prometheus renames them exported_namespace and exported_pod,
+# and `namespace` is then the exporter's own. Both spellings are read, as `namespace` and `pod`.
+_DCGM_BY_POD = (
+    'avg by (namespace, pod) (DCGM_FI_DEV_GPU_UTIL{namespace=~"$namespace", pod!=""})'
+    " or avg by (namespace, pod) (label_replace(label_replace("
+    'DCGM_FI_DEV_GPU_UTIL{exported_namespace=~"$namespace", exported_pod!=""},'
+    ' "namespace", "$1", "exported_namespace", "(.+)"), "pod", "$1", "exported_pod", "(.+)"))'
+)
+
+
 def _quantile(q: float, histogram: str) -> str:
     return f"histogram_quantile({q}, sum by (le, {BY}) (rate({histogram}_bucket{{{SEL}}}[5m])))"
 
@@ -188,13 +199,19 @@ PANELS: tuple[Panel, ...] = (
         "Requests by HTTP status",
         "reqps",
         "At the Serve proxy, rejections (401, 413, 429, 503) included.",
-        (("{{inference_deployment}}", f"sum by ({BY}) (rate(ray_serve_num_http_requests_total{{{SEL}}}[5m]))"),),
+        (
+            (
+                "{{status_code}} {{inference_deployment}}",
+                f"sum by ({BY}, status_code) (rate(ray_serve_num_http_requests_total{{{SEL}}}[5m]))",
+            ),
+        ),
     ),
     Panel(
         "GPU utilization (DCGM)",
         "percent",
-        "Needs NVIDIA's DCGM exporter on the GPU nodes; empty without it.",
-        (("{{pod}}", 'avg by (namespace, pod) (DCGM_FI_DEV_GPU_UTIL{namespace=~"$namespace"})'),),
+        "Needs NVIDIA's DCGM exporter on the GPU nodes; empty without it. Per serving pod, whether the exporter's "
+        "scrape keeps its pod labels (honorLabels) or Prometheus renamed them exported_namespace and exported_pod.",
+        (("{{pod}}", _DCGM_BY_POD),),
     ),
 )
 

@@ -71,6 +71,52 @@ def test_every_dashboard_query_parses_and_reads_an_exported_metric() -> None:
         assert not unknown, f"{panel['title']}: {unknown} is exported neither by the serving pods nor the operator"
 
 
+def kept_labels(node: Any) -> set[str]:
+    """The labels an expression's result series carry, read from its outermost `by` aggregation."""
+    if isinstance(node, promql_parser.AggregateExpr):
+        return set(node.modifier.labels) if node.modifier is not None else set()
+    if isinstance(node, promql_parser.BinaryExpr):
+        return kept_labels(node.lhs)
+    if isinstance(node, (promql_parser.ParenExpr, promql_parser.SubqueryExpr)):
+        return kept_labels(node.expr)
+    if isinstance(node, promql_parser.Call):
+        kept = set().union(*(kept_labels(a) for a in node.args))
+        return kept - {"le"} if node.func.name == "histogram_quantile" else kept
+    return set()
+
+
+def test_every_legend_names_a_label_its_query_keeps() -> None:
+    """A legend's {{label}} aggregated away renders empty: series that differ by it read as one."""
+    for panel in build_dashboard()["panels"]:
+        for target in panel["targets"]:
+            legend = set(re.findall(r"{{\s*(\w+)\s*}}", target["legendFormat"]))
+            kept = kept_labels(promql_parser.parse(target["expr"]))
+            assert legend <= kept, f"{panel['title']}: legend {legend - kept} is not kept by {target['expr']}"
+
+
+def test_requests_by_http_status_keep_the_status() -> None:
+    """Ray Serve labels ray_serve_num_http_requests_total with route, method, application and status_code
+    (ray/serve/_private/request_ingress_metrics.py, Ray 2.60): the panel summed the code away."""
+    (panel,) = [p for p in build_dashboard()["panels"] if "HTTP status" in p["title"]]
+    for target in panel["targets"]:
+        assert "status_code" in kept_labels(promql_parser.parse(target["expr"]))
+        assert "{{status_code}}" in target["legendFormat"]
+
+
+def test_gpu_utilization_reads_dcgm_series_labelled_either_way() -> None:
+    """dcgm-exporter's ServiceMonitor defaults to honorLabels false: the GPU's pod and namespace arrive as exported_pod
+    and exported_namespace (NVIDIA/dcgm-exporter#85), and a filter on `namespace` alone matched the exporter's own."""
+    (panel,) = [p for p in build_dashboard()["panels"] if "DCGM" in p["title"]]
+    matchers: list[set[str]] = []
+
+    def visit(node: Any) -> None:
+        if isinstance(node, promql_parser.VectorSelector) and node.name == "DCGM_FI_DEV_GPU_UTIL":
+            matchers.append({m.name for m in node.matchers.matchers})
+
+    promql_parser.walk(promql_parser.parse(panel["targets"][0]["expr"]), visit)
+    assert any("namespace" in m for m in matchers) and any("exported_namespace" in m for m in matchers), matchers
+
+
 def test_dashboard_covers_the_seeds_profitability_figures() -> None:
     titles = " | ".join(p.title for p in PANELS).lower()
     for figure in (
