@@ -45,6 +45,17 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if and .Values.azure.subscriptionId (not .Values.azure.clusterName) }}
 {{- fail "azure.clusterName is required when azure.subscriptionId is set" }}
 {{- end }}
+{{- if and (not .Values.serviceAccount.create) (not .Values.serviceAccount.name) }}
+{{- fail "serviceAccount.name is required when serviceAccount.create is false: the chart binds the operator's RBAC to that account (without a name it would grant it to the namespace's \"default\" account, which every pod there runs as)" }}
+{{- end }}
+{{- range .Values.extraEnv }}
+{{- if hasPrefix "TOKENPLANE_" .name }}
+{{- $set := include "tokenplane.deployment.envNames" $ | fromJsonArray }}
+{{- if has .name $set }}
+{{- fail (printf "extraEnv: %s is set by the chart from values; set the value instead (deploy/README.md names it)" .name) }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- if eq (int .Values.operator.metricsPort) (int .Values.operator.healthPort) }}
 {{- fail (printf "operator.metricsPort and operator.healthPort are both %v: give the metrics endpoint another port" .Values.operator.metricsPort) }}
 {{- end }}
@@ -74,4 +85,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- else }}
 {{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
 {{- end }}
+{{- end }}
+
+{{/* The variables the chart sets from values (deployment.yaml's env, and the watch scope its args set): extraEnv may
+     not set them too (tests/unit/chart/test_chart.py keeps this list equal to the rendered env). */}}
+{{- define "tokenplane.deployment.envNames" -}}
+["TOKENPLANE_SUBSCRIPTION_ID", "TOKENPLANE_RESOURCE_GROUP", "TOKENPLANE_CLUSTER_NAME", "TOKENPLANE_ARM_ENDPOINT", "TOKENPLANE_SERVING_IMAGE", "TOKENPLANE_RAY_VERSION", "TOKENPLANE_POLL_INTERVAL_S", "TOKENPLANE_LOG_LEVEL", "TOKENPLANE_HEALTH_PORT", "TOKENPLANE_METRICS_PORT", "TOKENPLANE_OPERATOR_METRICS_PORT", "TOKENPLANE_NODE_DAEMONSET_CPU_MILLIS", "TOKENPLANE_NODE_DAEMONSET_MEMORY_MIB", "TOKENPLANE_NODE_OS_DISK_GIB", "TOKENPLANE_PEERING_NAME", "TOKENPLANE_KUBERAY_NAMESPACE", "TOKENPLANE_OPERATOR_NAMESPACE", "TOKENPLANE_METRICS_NAMESPACES", "TOKENPLANE_PRIVATE_SOURCE_RANGES", "TOKENPLANE_NAMESPACES", "TOKENPLANE_ALL_NAMESPACES"]
 {{- end }}

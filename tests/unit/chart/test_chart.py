@@ -142,6 +142,16 @@ def test_a_forced_ray_version_renders() -> None:
         ({"serving": {"rayVersion": "2.59.0"}}, "serving.rayVersion 2.59.0 is not 2.60.0"),
         ({"operator": {"metricsPort": 8080}}, "operator.metricsPort and operator.healthPort are both 8080"),
         ({"networkPolicy": {"operator": {"prometheusNamespaces": ["Monitoring"]}}}, "prometheusNamespaces"),
+        # Only KubeRay's metrics-export-port is open on the Ray pods: another port scraped nothing.
+        ({"operator": {"servingMetricsPort": 9090}}, "servingMetricsPort"),
+        # The RBAC would have gone to the namespace's "default" account.
+        ({"serviceAccount": {"create": False}}, "serviceAccount.name is required"),
+        ({"extraEnv": [{"name": "TOKENPLANE_LOG_LEVEL", "value": "DEBUG"}]}, "extraEnv: TOKENPLANE_LOG_LEVEL is set"),
+        ({"extraEnv": [{"value": "x"}]}, "extraEnv"),
+        # The operator refused these at start (CrashLoopBackOff) after a successful install.
+        ({"networkPolicy": {"privateSourceRanges": ["0.0.0.0/0"]}}, "privateSourceRanges"),
+        ({"networkPolicy": {"privateSourceRanges": ["10.0.0.0"]}}, "privateSourceRanges"),
+        ({"imagePullSecrets": [{"secret": "acr"}]}, "imagePullSecrets"),
     ],
     ids=lambda v: "-" if isinstance(v, str) else json.dumps(v)[:40],
 )
@@ -316,3 +326,41 @@ def test_a_taken_metrics_port_stops_the_operator_with_the_variable_named(monkeyp
         with pytest.raises(SystemExit) as exit_info:
             operator_command([], all_namespaces=True)
     assert f"cannot serve metrics on TOKENPLANE_OPERATOR_METRICS_PORT={port}" in str(exit_info.value)
+
+
+def test_every_knob_reaches_the_operator_pod() -> None:
+    """affinity, priorityClassName, podAnnotations and extraEnv were refused by the schema (no such values), and
+    imagePullSecrets given as names rendered `- acr-pull`, a pod spec the API server rejects."""
+    values = yaml.safe_load((CHART / "ci" / "every-knob-values.yaml").read_text())
+    objects = _render(values)
+    deployment = _kind(objects, "Deployment")
+    template = deployment["spec"]["template"]
+    pod = template["spec"]
+    kubernetes_validate.validate(deployment, "1.33", strict=True)
+    assert pod["affinity"] == values["affinity"] and pod["tolerations"] == values["tolerations"]
+    assert pod["nodeSelector"] == values["nodeSelector"] and pod["priorityClassName"] == values["priorityClassName"]
+    assert pod["imagePullSecrets"] == [{"name": "acr-pull"}, {"name": "ghcr-pull"}]
+    assert template["metadata"]["annotations"] == values["podAnnotations"]
+    assert template["metadata"]["labels"]["team"] == "ai"
+    container = pod["containers"][0]
+    assert container["image"] == "myregistry.azurecr.io/tokenplane/operator:0.1.0-rc1"
+    assert container["imagePullPolicy"] == "Always" and container["resources"] == values["resources"]
+    assert container["env"][-2:] == values["extraEnv"]
+    assert pod["serviceAccountName"] == "platform-operators"
+    assert not any(o["kind"] == "ServiceAccount" for o in objects)
+    subjects = [s for o in objects if o["kind"].endswith("RoleBinding") for s in o["subjects"]]
+    assert subjects and {s["name"] for s in subjects} == {"platform-operators"}
+
+
+def test_replicas_spread_over_nodes_unless_told_otherwise() -> None:
+    pod = _kind(_render({}), "Deployment")["spec"]["template"]
+    (term,) = pod["spec"]["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert term["podAffinityTerm"]["labelSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+
+
+def test_extra_env_refuses_exactly_what_the_chart_sets() -> None:
+    helpers = (CHART / "templates" / "_helpers.tpl").read_text()
+    listed = json.loads(re.search(r'define "tokenplane.deployment.envNames" -}}\n(.+)\n', helpers)[1])  # type: ignore[index]
+    container = _kind(_render({}), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert set(listed) == {e["name"] for e in container["env"]} | {"TOKENPLANE_NAMESPACES", "TOKENPLANE_ALL_NAMESPACES"}
