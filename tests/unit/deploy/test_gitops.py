@@ -23,6 +23,7 @@ CRDS = {
     "Kustomization": DATA / "flux" / "kustomize.toolkit.fluxcd.io_kustomizations.yaml",
     "HelmRelease": DATA / "flux" / "helm.toolkit.fluxcd.io_helmreleases.yaml",
     "Application": DATA / "argocd" / "application-crd.yaml",
+    "InferenceDeployment": ROOT / "charts" / "tokenplane" / "crds" / "inferencedeployments.tokenplane.io.yaml",
 }
 
 
@@ -32,7 +33,15 @@ def objects() -> list[dict[str, Any]]:
 
 def test_every_gitops_object_validates() -> None:
     found = objects()
-    assert {o["kind"] for o in found} == {"GitRepository", "Kustomization", "HelmRelease", "Application", "ConfigMap"}
+    assert {o["kind"] for o in found} == {
+        "GitRepository",
+        "Kustomization",
+        "HelmRelease",
+        "Application",
+        "ConfigMap",
+        "Namespace",
+        "InferenceDeployment",
+    }
     for obj in found:
         if obj["kind"] in CRDS:
             version = obj["apiVersion"].split("/")[1]
@@ -67,3 +76,46 @@ def test_argocd_configmap_ships_the_tested_lua() -> None:
     config = next(o for o in objects() if o["kind"] == "ConfigMap")
     lua = config["data"]["resource.customizations.health.tokenplane.io_InferenceDeployment"]
     assert lua == (GITOPS / "argocd" / "inferencedeployment-health.lua").read_text()
+
+
+def synced_paths() -> list[tuple[dict[str, Any], str]]:
+    """Each Flux Kustomization and Argo CD Application with the repository path it syncs."""
+    found = objects()
+    return [(o, o["spec"]["path"]) for o in found if o["kind"] == "Kustomization"] + [
+        (o, o["spec"]["source"]["path"]) for o in found if o["kind"] == "Application"
+    ]
+
+
+def test_alerts_come_with_both_monitors_they_read() -> None:
+    """The readiness, maxReplicas and quota alerts read the operator's metrics: the HelmRelease enabled alerts and the
+    serving PodMonitor only, so three of six alerts could never fire, and a HelmRelease shows no NOTES saying so."""
+    found = objects()
+    values = [o["spec"]["values"] for o in found if o["kind"] == "HelmRelease"] + [
+        o["spec"]["source"]["helm"]["valuesObject"]
+        for o in found
+        if o["kind"] == "Application" and "helm" in o["spec"]["source"]
+    ]
+    for monitoring in (v.get("monitoring") or {} for v in values):
+        if (monitoring.get("alerts") or {}).get("enabled"):
+            assert monitoring["podMonitor"]["enabled"] and monitoring["operatorMonitor"]["enabled"], monitoring
+
+
+def test_synced_inference_deployments_are_one_example_with_its_namespace() -> None:
+    """Both pointed at deploy/examples: all eight examples (a 235B MoE on 8-GPU nodes among them) in four namespaces
+    nothing created, so the first sync failed on the namespaces, or, where they existed, provisioned every pool."""
+    examples = ROOT / "deploy" / "examples"
+    for owner, path in synced_paths():
+        files = sorted((ROOT / path).glob("*.yaml"))
+        docs = [d for f in files for d in yaml.safe_load_all(f.read_text()) if isinstance(d, dict) and "kind" in d]
+        if not any(d["kind"] == "InferenceDeployment" for d in docs):
+            continue
+        assert (ROOT / path) != examples, owner["metadata"]["name"]
+        created = {d["metadata"]["name"] for d in docs if d["kind"] == "Namespace"}
+        used = {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"}
+        assert used <= created, (owner["metadata"]["name"], used - created)
+        if owner["kind"] == "Application":
+            # The CRD comes from the chart's Application: no dry run of a kind the cluster does not know yet.
+            assert "SkipDryRunOnMissingResource=true" in owner["spec"]["syncPolicy"]["syncOptions"]
+        tested = [yaml.safe_load(f.read_text()) for f in sorted(examples.glob("*.yaml"))]
+        for doc in (d for d in docs if d["kind"] == "InferenceDeployment"):
+            assert doc in tested, f"{path}: {doc['metadata']['name']} is not a deploy/examples file (validated there)"
