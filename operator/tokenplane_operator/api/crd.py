@@ -18,7 +18,12 @@ from tokenplane_operator.api.v1alpha1 import (
     InferenceDeploymentStatus,
 )
 
-__all__ = ["build_crd", "crd_yaml", "structural_schema"]
+__all__ = ["ARGOCD_SYNC_OPTIONS", "KEEP_CRD", "build_crd", "crd_yaml", "structural_schema"]
+
+# Argo CD's per-resource sync options: never delete or prune the CRD (argo-cd docs/user-guide/sync-options.md,
+# "No Resource Deletion" and "No Prune Resources"); Helm itself never deletes what crds/ installed.
+ARGOCD_SYNC_OPTIONS = "argocd.argoproj.io/sync-options"
+KEEP_CRD = "Delete=false,Prune=false"
 
 # JSON Schema keywords Kubernetes structural schemas accept; anything else pydantic emits is dropped.
 _KEPT = {
@@ -136,6 +141,9 @@ def build_crd() -> dict[str, Any]:
         "metadata": {
             "name": f"{PLURAL}.{GROUP}",
             "labels": {"app.kubernetes.io/name": "tokenplane", "app.kubernetes.io/component": "crd"},
+            # Argo CD deletes what an Application rendered when the Application is deleted (and prunes what left
+            # its render): deleting this CRD deletes every InferenceDeployment in the cluster with it.
+            "annotations": {ARGOCD_SYNC_OPTIONS: KEEP_CRD},
         },
         "spec": {
             "group": GROUP,

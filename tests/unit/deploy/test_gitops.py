@@ -119,3 +119,20 @@ def test_synced_inference_deployments_are_one_example_with_its_namespace() -> No
         tested = [yaml.safe_load(f.read_text()) for f in sorted(examples.glob("*.yaml"))]
         for doc in (d for d in docs if d["kind"] == "InferenceDeployment"):
             assert doc in tested, f"{path}: {doc['metadata']['name']} is not a deploy/examples file (validated there)"
+
+
+def test_argo_cd_never_deletes_the_charts_crds() -> None:
+    """Argo CD renders crds/ as ordinary resources of the Application: deleting it (cascade, `argocd app delete`'s
+    default) or pruning deleted the InferenceDeployment CRD, and with it every InferenceDeployment in the cluster
+    (their node pools orphaned or torn down, depending on which the operator saw first), and kopf's peering CRDs other
+    kopf operators use."""
+    crds = [
+        d
+        for f in sorted((ROOT / "charts" / "tokenplane" / "crds").glob("*.yaml"))
+        for d in yaml.safe_load_all(f.read_text())
+        if d
+    ]
+    assert len(crds) == 3
+    for crd in crds:
+        options = crd["metadata"].get("annotations", {}).get("argocd.argoproj.io/sync-options", "")
+        assert {"Delete=false", "Prune=false"} <= {o.strip() for o in options.split(",")}, crd["metadata"]["name"]
