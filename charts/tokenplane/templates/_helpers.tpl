@@ -12,6 +12,12 @@
 {{- end }}
 {{- end }}
 
+{{/* Name of cluster-scoped objects (ClusterRole, ClusterRoleBinding): the release's namespace in it, so releases in
+     two namespaces (team-scoped installs) do not claim the same object. */}}
+{{- define "tokenplane.clusterScopedName" -}}
+{{- printf "%s-%s" (include "tokenplane.fullname" .) .Release.Namespace }}
+{{- end }}
+
 {{/* Standard labels on every object. */}}
 {{- define "tokenplane.labels" -}}
 app.kubernetes.io/name: {{ include "tokenplane.name" . }}

@@ -13,7 +13,7 @@ import yaml
 helm_python = pytest.importorskip("helm_python")
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
-from tests.support.chart import CHART, render  # noqa: E402
+from tests.support.chart import CHART, granted, render  # noqa: E402
 from tokenplane_cli.chartschema import build_values_schema  # noqa: E402
 from tokenplane_operator.desired.config import RenderConfig  # noqa: E402
 from tokenplane_operator.main import operator_command  # noqa: E402
@@ -364,3 +364,15 @@ def test_extra_env_refuses_exactly_what_the_chart_sets() -> None:
     listed = json.loads(re.search(r'define "tokenplane.deployment.envNames" -}}\n(.+)\n', helpers)[1])  # type: ignore[index]
     container = _kind(_render({}), "Deployment")["spec"]["template"]["spec"]["containers"][0]
     assert set(listed) == {e["name"] for e in container["env"]} | {"TOKENPLANE_NAMESPACES", "TOKENPLANE_ALL_NAMESPACES"}
+
+
+def test_team_scoped_releases_in_two_namespaces_claim_no_common_object() -> None:
+    """Both releases rendered the ClusterRole and ClusterRoleBinding `tokenplane-operator`: the second install failed
+    (Helm refuses an object another release owns)."""
+    claimed: list[set[tuple[str, str | None, str]]] = []
+    for team in ("team-a", "team-b"):
+        values = {"operator": {"watchNamespaces": [team]}}
+        objects = render(values, namespace=f"{team}-ops", name="tokenplane")
+        claimed.append({(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]) for o in objects})
+        assert granted(objects, "tokenplane-operator", f"{team}-ops"), "the RBAC still binds the operator's account"
+    assert not claimed[0] & claimed[1], claimed[0] & claimed[1]
