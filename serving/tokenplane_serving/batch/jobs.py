@@ -153,17 +153,7 @@ class BatchJobs:
             if record is not None and record["owner"] == owner and purpose in (None, record["file"]["purpose"]):
                 files.append(record["file"])
         files.sort(key=lambda f: (f["created_at"], f["id"]), reverse=order != "asc")
-        if after is not None:
-            ids = [f["id"] for f in files]
-            files = files[ids.index(after) + 1 :] if after in ids else []
-        page = files[: max(1, min(limit, 10_000))]
-        return {
-            "object": "list",
-            "data": page,
-            "first_id": page[0]["id"] if page else None,
-            "last_id": page[-1]["id"] if page else None,
-            "has_more": len(files) > len(page),
-        }
+        return _list_page(files, after, max(1, min(limit, 10_000)))
 
     def delete_file(self, owner: str, file_id: str) -> dict[str, Any]:
         """Delete a file (input, output or error) and return OpenAI's deletion object.
@@ -243,17 +233,7 @@ class BatchJobs:
             if record is not None and record["owner"] == owner:
                 batches.append(record["batch"])
         batches.sort(key=lambda b: (b["created_at"], b["id"]), reverse=True)
-        if after is not None:
-            ids = [b["id"] for b in batches]
-            batches = batches[ids.index(after) + 1 :] if after in ids else []
-        page = batches[: max(1, min(limit, 100))]
-        return {
-            "object": "list",
-            "data": page,
-            "first_id": page[0]["id"] if page else None,
-            "last_id": page[-1]["id"] if page else None,
-            "has_more": len(batches) > len(page),
-        }
+        return _list_page(batches, after, max(1, min(limit, 100)))
 
     def cancel_batch(self, owner: str, batch_id: str) -> dict[str, Any]:
         """Stop a batch: queued requests are skipped, finished ones are kept; status `cancelling`.
@@ -468,3 +448,18 @@ class BatchJobs:
 def _safe_id(object_id: str) -> bool:
     # Ids become store keys: letters, digits, '-' and '_' only.
     return bool(object_id) and len(object_id) <= 128 and all(c.isalnum() or c in "-_" for c in object_id)
+
+
+def _list_page(items: list[dict[str, Any]], after: str | None, size: int) -> dict[str, Any]:
+    """Return OpenAI's list object: up to `size` items after the one with id `after` (none if it is unknown)."""
+    if after is not None:
+        ids = [item["id"] for item in items]
+        items = items[ids.index(after) + 1 :] if after in ids else []
+    page = items[:size]
+    return {
+        "object": "list",
+        "data": page,
+        "first_id": page[0]["id"] if page else None,
+        "last_id": page[-1]["id"] if page else None,
+        "has_more": len(items) > len(page),
+    }
