@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import socket
 import threading
@@ -76,6 +77,19 @@ def declare_resources(k: kmock.KubernetesEmulator) -> None:
     )
 
 
+def _drop_ray_json_root_handler() -> None:
+    """Remove the root handler importing Ray Serve LLM installs in this test process (not in the operator's).
+
+    `ray.llm._internal.serve` replaces the root logger's handlers with one formatting records as JSON
+    (`observability/logging/setup.py`), which cannot encode the `settings` kopf attaches to its records: every
+    kopf log then printed "--- Logging error ---" with a traceback into the suite's output.
+    """
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if type(handler.formatter).__module__.startswith("ray."):
+            root.removeHandler(handler)
+
+
 class OperatorHarness:
     """kopf running in an asyncio task; start, stop (a kill), restart, and helpers to drive CRs."""
 
@@ -109,6 +123,7 @@ class OperatorHarness:
     async def start(self) -> None:
         """Start kopf in its own thread and event loop, as a separate process would be."""
         _LOGIN["url"] = self.url
+        _drop_ray_json_root_handler()
         self._stop = threading.Event()
         ready = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(ready,), name="kopf", daemon=True)
