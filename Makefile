@@ -23,7 +23,8 @@ phase = @printf '\033[1m==> [%3ss] %s\033[0m\n' "$$(( $$(date +%s) - $(START) ))
 # System packages and tools the tests need beyond the venv (CI starts from a bare machine). Add yours here:
 # SYSTEM_DEPS += <a file target that installs it>; `make system-deps` installs them all, idempotently.
 REDIS_SERVER := /usr/bin/redis-server
-SYSTEM_DEPS := $(AZURITE) $(CHECKOV) $(REDIS_SERVER)
+PROMTOOL := /usr/bin/promtool
+SYSTEM_DEPS := $(AZURITE) $(CHECKOV) $(REDIS_SERVER) $(PROMTOOL)
 
 .PHONY: help install prerequisites run test test-fast test-serving test-e2e lint fmt typecheck imports crd crd-check \
         chart-schema chart-schema-check engine-args dashboard model azurite redis checkov-install system-deps images benchmark bench \
@@ -75,6 +76,12 @@ $(REDIS_SERVER):
 	@apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
 
 redis: $(REDIS_SERVER) ## Install redis-server (Debian) for the tests (idempotent)
+
+# Prometheus' promtool evaluates the chart's alerts and the dashboard's queries on made-up series (tests/support/
+# promtool.py). Debian's prometheus package ships it; the server it also installs is not started. Needs root.
+$(PROMTOOL): | $(AZURITE)  # after Azurite (after redis): apt-get runs one at a time
+	$(call phase,installing promtool (apt-get prometheus) for the alert and dashboard tests)
+	@apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 
 $(CHECKOV):
 	$(call phase,installing checkov $(CHECKOV_VERSION) into $(CHECKOV_VENV) (its own venv; about 1.5 min once))

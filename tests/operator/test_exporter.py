@@ -22,6 +22,8 @@ READY = DeploymentGauges(
     node_pool_state="Succeeded",
     scaled=True,
     waiting_for_capacity=False,
+    latency_target_seconds=0.8,
+    latency_target_metric="ttft",
 )
 
 
@@ -41,6 +43,7 @@ def test_every_gauge_field_is_exported_with_the_deployment_labels() -> None:
         f"tokenplane_inferencedeployment_{f.name}": getattr(READY, f.name)
         for f in fields(DeploymentGauges)
         if f.name not in ("node_pool", "node_pool_state", "quota_insufficient")
+        and not f.name.startswith("latency_target")
     }
     for name, wanted in expected.items():
         assert page[name] == [(key, float(wanted))], name
@@ -48,9 +51,11 @@ def test_every_gauge_field_is_exported_with_the_deployment_labels() -> None:
     assert page["tokenplane_inferencedeployment_node_pool_state"] == [
         (key | {"node_pool": "tpabc", "state": "Succeeded"}, 1.0)
     ]
+    assert page["tokenplane_inferencedeployment_latency_target_seconds"] == [(key | {"latency": "ttft"}, 0.8)]
     assert set(page) == set(expected) | {
         "tokenplane_inferencedeployment_quota_insufficient",
         "tokenplane_inferencedeployment_node_pool_state",
+        "tokenplane_inferencedeployment_latency_target_seconds",
     }, "a DeploymentGauges field without a gauge, or a gauge without a field"
 
 

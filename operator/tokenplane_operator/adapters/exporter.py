@@ -2,10 +2,10 @@
 
 Per InferenceDeployment (labels `namespace`, `inference_deployment`, the labels the serving pods' PodMonitor gives
 their series, so the two join): Ready, Stalled, QuotaInsufficient, Scaled (and WaitingForCapacity), replicas ready
-and desired, min and max replicas, and the node pool's provisioning state. Per process: reconciles by trigger and
-result, their errors and duration, and Azure (ARM) and Kubernetes API errors by reason. Only the replica that holds
-kopf's peering reconciles, so only it exports deployment series; every replica exports its process and API-error
-series.
+and desired, min and max replicas, the node pool's provisioning state and the P95 latency target. Per process:
+reconciles by trigger and result, their errors and duration, and Azure (ARM) and Kubernetes API errors by reason.
+Only the replica that holds kopf's peering reconciles, so only it exports deployment series; every replica exports
+its process and API-error series.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ REGISTRY = CollectorRegistry()
 ProcessCollector(registry=REGISTRY)  # memory and CPU of the operator process (the chart's limits)
 
 _DEPLOYMENT_LABELS = ("namespace", "inference_deployment")
-# Gauge per DeploymentGauges field (the node pool's two fields make one state series instead).
+# Gauge per DeploymentGauges field (the node pool's two fields make one state series instead, and so do the latency
+# target's two).
 _GAUGES = {
     "ready": "1 when the Ready condition is True: the endpoint serves at the current spec.",
     "stalled": "1 when the Stalled condition is True: progress needs a human (quota, SKU, invalid spec).",
@@ -119,6 +120,16 @@ class DeploymentGaugeSet:
             if gauges.node_pool is not None and gauges.node_pool_state is not None:
                 pool.add_metric((*key, gauges.node_pool, gauges.node_pool_state), 1.0)
         yield pool
+        target = GaugeMetricFamily(
+            _PREFIX + "latency_target_seconds",
+            "spec.scaling.latencyTarget's P95 in seconds, labelled with the latency it bounds (ttft or e2e); the "
+            "latency alert compares each deployment's P95 with it.",
+            labels=(*_DEPLOYMENT_LABELS, "latency"),
+        )
+        for key, gauges in snapshot:
+            if gauges.latency_target_seconds is not None and gauges.latency_target_metric is not None:
+                target.add_metric((*key, gauges.latency_target_metric), gauges.latency_target_seconds)
+        yield target
 
 
 DEPLOYMENTS = DeploymentGaugeSet()

@@ -26,6 +26,9 @@ class DeploymentGauges:
         node_pool_state: Its Azure provisioningState (or Replacing during a move); None before Azure reported one.
         scaled: The Scaled condition is True (the replicas the autoscaling policy wants run); None while Unknown.
         waiting_for_capacity: Scaled is False because wanted replicas found no node; None while Scaled is Unknown.
+        latency_target_seconds: spec.scaling.latencyTarget's P95 in seconds, the latency alert's threshold; None
+            without a target (or a spec that does not parse).
+        latency_target_metric: Which latency that target is on: `ttft` or `e2e`.
     """
 
     ready: bool
@@ -39,6 +42,8 @@ class DeploymentGauges:
     node_pool_state: str | None
     scaled: bool | None
     waiting_for_capacity: bool | None
+    latency_target_seconds: float | None = None
+    latency_target_metric: str | None = None
 
 
 def deployment_gauges(
@@ -59,6 +64,7 @@ def deployment_gauges(
     pool = status.node_pool if status.node_pool is not None and status.node_pool.managed else None
     scaling = deployment.spec.scaling if deployment is not None else None
     replicas = status.replicas
+    target = scaling.latency_target if scaling is not None else None
     return DeploymentGauges(
         ready=conditions.get(ConditionType.READY) == "True",
         stalled=conditions.get(ConditionType.STALLED) == "True",
@@ -71,4 +77,6 @@ def deployment_gauges(
         node_pool_state=pool.provisioning_state if pool is not None else None,
         scaled=scaled.status == "True" if scaled is not None else None,
         waiting_for_capacity=scaled.reason is Reason.WAITING_FOR_CAPACITY if scaled is not None else None,
+        latency_target_seconds=target.p95_milliseconds / 1000 if target is not None else None,
+        latency_target_metric=target.metric.value if target is not None else None,
     )

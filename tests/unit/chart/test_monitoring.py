@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
 from tests.support.chart import CHART, render
+from tests.support.promtool import alerts_firing
 from tokenplane_cli.dashboard import DCGM_METRICS, PANELS, build_dashboard
 from tokenplane_operator.adapters.exporter import REGISTRY
 
@@ -185,9 +187,44 @@ def test_alert_thresholds_come_from_values() -> None:
         )
     }
     p95 = found["TokenplaneLatencyP95OverTarget"]
-    assert p95["for"] == "3m" and p95["expr"].strip().endswith("> 0.8")
+    assert p95["for"] == "3m" and "> 0.8\n" in p95["expr"]
     promql_parser.parse(p95["expr"])
     assert "> 5 * sum" in found["TokenplaneTokenRateSpike"]["expr"]
+
+
+def _histogram(name: str, labels: str, bounds: dict[str, int]) -> dict[str, str]:
+    """A histogram's bucket series that grow by `count` a minute: every observation in the buckets up to `le`."""
+    return {f'{name}_bucket{{{labels}, le="{le}"}}': f"0+{count}x60" for le, count in bounds.items()}
+
+
+def test_the_latency_alert_holds_each_deployment_to_its_own_target(tmp_path: Path) -> None:
+    """One chart-wide p95LatencySeconds (2 s, end to end) judged every deployment: a chat deployment whose TTFT
+    target is 0.5 s was never reported at a 0.96 s TTFT, and a batch one whose end-to-end target is 30 s was
+    reported at 9.6 s. The operator exports each spec.scaling.latencyTarget; the alert compares the P95 of the
+    latency it names, and only deployments without a target fall back to the chart's value."""
+    series: dict[str, str] = {}
+    for name in ("chat", "batch", "plain"):
+        serving = f'namespace="ai", inference_deployment="{name}", pod="{name}-worker-0"'
+        # TTFT P95 0.96 s (all in (0.25, 1]); end-to-end P95 9.6 s (all in (2.5, 10]).
+        series |= _histogram("ray_vllm_time_to_first_token_seconds", serving, {"0.25": 0, "1": 10, "+Inf": 10})
+        series |= _histogram("ray_vllm_e2e_request_latency_seconds", serving, {"2.5": 0, "10": 10, "+Inf": 10})
+    series |= {
+        'tokenplane_inferencedeployment_latency_target_seconds{namespace="ai", inference_deployment="chat", '
+        'latency="ttft", pod="tokenplane-operator-0"}': "0.5x60",
+        'tokenplane_inferencedeployment_latency_target_seconds{namespace="ai", inference_deployment="batch", '
+        'latency="e2e", pod="tokenplane-operator-0"}': "30x60",
+    }
+    alerts_firing(
+        tmp_path,
+        rules({"monitoring": {"alerts": {"enabled": True, "p95For": "10m"}}}),
+        series,
+        alert="TokenplaneLatencyP95OverTarget",
+        at="30m",
+        expected=[
+            {"severity": "warning", "namespace": "ai", "inference_deployment": "chat", "latency": "ttft"},
+            {"severity": "warning", "namespace": "ai", "inference_deployment": "plain", "latency": "e2e"},
+        ],
+    )
 
 
 def test_bad_promql_is_caught_by_this_parser() -> None:

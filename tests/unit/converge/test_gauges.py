@@ -74,3 +74,15 @@ def test_scaled_and_waiting_for_capacity_follow_the_scaled_condition() -> None:
     steady = ScalingStatus(current=2, desired=2, reason="Steady")
     gauges = deployment_gauges(compute_status(deployment(), observed, generation=1, now=T0, scaling=steady))
     assert (gauges.scaled, gauges.waiting_for_capacity) == (True, False)
+
+
+def test_the_latency_target_is_exported_in_seconds_with_its_metric() -> None:
+    """The latency alert holds each deployment to spec.scaling.latencyTarget: the gauges carry it."""
+    observed = ObservedState(pool_name="tpabc", pool=pool(), rayservice=READY_RS, endpoint_url=URL)
+    spec = deployment().model_dump(by_alias=True, exclude_none=True)
+    spec["spec"]["scaling"] = {"latencyTarget": {"metric": "e2e", "p95Milliseconds": 1500}}
+    targeted = InferenceDeployment.model_validate(spec)
+    gauges = deployment_gauges(compute_status(targeted, observed, generation=1, now=T0), targeted)
+    assert (gauges.latency_target_seconds, gauges.latency_target_metric) == (1.5, "e2e")
+    untargeted = deployment_gauges(compute_status(deployment(), observed, generation=1, now=T0), deployment())
+    assert untargeted.latency_target_seconds is untargeted.latency_target_metric is None
