@@ -52,12 +52,14 @@ PANELS: tuple[Panel, ...] = (
     Panel(
         "Output tokens per GPU-hour",
         "short",
-        "Tokens one GPU-hour buys at the current load; divide the GPU's hourly price by it for the cost per token.",
+        "Tokens one GPU-hour buys at the current load; divide the GPU's hourly price by it for the cost per token. "
+        "Empty for CPU deployments, which hold no GPU.",
         (
             (
                 "{{inference_deployment}}",
+                # Only deployments holding GPUs: a CPU one's 0 made the quotient +Inf.
                 f"sum by ({BY}) (rate(ray_vllm_generation_tokens_total{{{SEL}}}[5m])) * 3600"
-                f" / sum by ({BY}) (ray_tokenplane_replica_gpus{{{SEL}}})",
+                f" / (sum by ({BY}) (ray_tokenplane_replica_gpus{{{SEL}}}) > 0)",
             ),
         ),
     ),

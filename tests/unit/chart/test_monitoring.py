@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from tests.support.chart import CHART, render
-from tests.support.promtool import alerts_firing
+from tests.support.promtool import alerts_firing, samples
 from tokenplane_cli.dashboard import DCGM_METRICS, PANELS, build_dashboard
 from tokenplane_operator.adapters.exporter import REGISTRY
 
@@ -103,6 +103,20 @@ def test_requests_by_http_status_keep_the_status() -> None:
     for target in panel["targets"]:
         assert "status_code" in kept_labels(promql_parser.parse(target["expr"]))
         assert "{{status_code}}" in target["legendFormat"]
+
+
+def test_tokens_per_gpu_hour_is_empty_for_cpu_deployments(tmp_path: Path) -> None:
+    """A CPU deployment's replicas hold no GPU: the panel divided its tokens by 0 and plotted +Inf, which also
+    stretched the axis so the GPU deployments' lines lay flat. It now shows nothing for them."""
+    (panel,) = [p for p in build_dashboard()["panels"] if p["title"] == "Output tokens per GPU-hour"]
+    expr = panel["targets"][0]["expr"].replace("$namespace", ".*").replace("$inference_deployment", ".*")
+    series = {}
+    for name, gpus in (("gpu", 2), ("cpu", 0)):
+        labels = f'namespace="ai", inference_deployment="{name}", pod="{name}-worker-0"'
+        series[f"ray_vllm_generation_tokens_total{{{labels}}}"] = "0+60x60"  # 1 token/s
+        series[f"ray_tokenplane_replica_gpus{{{labels}}}"] = f"{gpus}x60"
+    expected = [{"labels": '{namespace="ai", inference_deployment="gpu"}', "value": 1800}]
+    samples(tmp_path, expr, series, at="30m", expected=expected)
 
 
 def test_gpu_utilization_reads_dcgm_series_labelled_either_way() -> None:
