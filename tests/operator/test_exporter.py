@@ -24,6 +24,7 @@ READY = DeploymentGauges(
     waiting_for_capacity=False,
     latency_target_seconds=0.8,
     latency_target_metric="ttft",
+    created_timestamp_seconds=1_764_320_000.0,
 )
 
 

@@ -2,10 +2,10 @@
 
 Per InferenceDeployment (labels `namespace`, `inference_deployment`, the labels the serving pods' PodMonitor gives
 their series, so the two join): Ready, Stalled, QuotaInsufficient, Scaled (and WaitingForCapacity), replicas ready
-and desired, min and max replicas, the node pool's provisioning state and the P95 latency target. Per process:
-reconciles by trigger and result, their errors and duration, and Azure (ARM) and Kubernetes API errors by reason.
-Only the replica that holds kopf's peering reconciles, so only it exports deployment series; every replica exports
-its process and API-error series.
+and desired, min and max replicas, the node pool's provisioning state, the P95 latency target and the creation
+time. Per process: reconciles by trigger and result, their errors and duration, and Azure (ARM) and Kubernetes API
+errors by reason. Only the replica that holds kopf's peering reconciles, so only it exports deployment series; every
+replica exports its process and API-error series.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ _GAUGES = {
     "max_replicas": "spec.scaling.maxReplicas.",
     "scaled": "1 when the Scaled condition is True: the replicas the autoscaling policy wants are running.",
     "waiting_for_capacity": "1 when wanted replicas stay pending with no node for them (Scaled: WaitingForCapacity).",
+    "created_timestamp_seconds": "metadata.creationTimestamp in Unix seconds (the deployment's age).",
 }
 _PREFIX = "tokenplane_inferencedeployment_"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from tokenplane_operator.api.conditions import ConditionType, Reason
 from tokenplane_operator.api.v1alpha1 import InferenceDeployment, InferenceDeploymentStatus
@@ -29,6 +30,8 @@ class DeploymentGauges:
         latency_target_seconds: spec.scaling.latencyTarget's P95 in seconds, the latency alert's threshold; None
             without a target (or a spec that does not parse).
         latency_target_metric: Which latency that target is on: `ttft` or `e2e`.
+        created_timestamp_seconds: metadata.creationTimestamp as Unix seconds: the token-spike alert leaves
+            deployments younger than its one-day baseline alone. None when the spec does not parse.
     """
 
     ready: bool
@@ -44,6 +47,7 @@ class DeploymentGauges:
     waiting_for_capacity: bool | None
     latency_target_seconds: float | None = None
     latency_target_metric: str | None = None
+    created_timestamp_seconds: float | None = None
 
 
 def deployment_gauges(
@@ -79,4 +83,16 @@ def deployment_gauges(
         waiting_for_capacity=scaled.reason is Reason.WAITING_FOR_CAPACITY if scaled is not None else None,
         latency_target_seconds=target.p95_milliseconds / 1000 if target is not None else None,
         latency_target_metric=target.metric.value if target is not None else None,
+        created_timestamp_seconds=_created(deployment),
     )
+
+
+def _created(deployment: InferenceDeployment | None) -> float | None:
+    """metadata.creationTimestamp (RFC 3339, as the API server writes it) in Unix seconds, if there is one."""
+    stamp = deployment.metadata.get("creationTimestamp") if deployment is not None else None
+    if not isinstance(stamp, str):
+        return None
+    try:
+        return datetime.fromisoformat(stamp).timestamp()
+    except ValueError:
+        return None

@@ -241,6 +241,30 @@ def test_the_latency_alert_holds_each_deployment_to_its_own_target(tmp_path: Pat
     )
 
 
+def test_the_token_spike_alert_waits_for_a_day_of_history(tmp_path: Path) -> None:
+    """The baseline is the rate over the day before the last 15 min: for a deployment created 1.5 h ago that rate
+    spread its 1.25 h of tokens over 24 h, so its steady 200 tokens/s read as 19 times its "daily average" and paged.
+    A day-old deployment that jumps from 200 to 1,000 tokens/s still does."""
+    series: dict[str, str] = {}
+    for name, tokens, created in (
+        ("old", "0+12000x1470 17700000+60000x90", 0),  # 200 tokens/s for 24.5 h, then 1,000
+        ("young", "_x1440 0+12000x120", 86400),  # created at 24 h: 200 tokens/s since
+    ):
+        labels = f'namespace="ai", inference_deployment="{name}", pod="{name}-worker-0"'
+        series[f"ray_vllm_generation_tokens_total{{{labels}}}"] = tokens
+        series[f"ray_vllm_prompt_tokens_total{{{labels}}}"] = "0x1560" if name == "old" else "_x1440 0x120"
+        operator = f'namespace="ai", inference_deployment="{name}", pod="tokenplane-operator-0"'
+        series[f"tokenplane_inferencedeployment_created_timestamp_seconds{{{operator}}}"] = f"{created}x1560"
+    alerts_firing(
+        tmp_path,
+        rules({"monitoring": {"alerts": {"enabled": True}}}),
+        series,
+        alert="TokenplaneTokenRateSpike",
+        at="1530m",
+        expected=[{"severity": "warning", "namespace": "ai", "inference_deployment": "old"}],
+    )
+
+
 def test_bad_promql_is_caught_by_this_parser() -> None:
     with pytest.raises(ValueError):
         metric_names("sum by (le (rate(x[5m]))")

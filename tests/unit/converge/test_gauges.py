@@ -86,3 +86,15 @@ def test_the_latency_target_is_exported_in_seconds_with_its_metric() -> None:
     assert (gauges.latency_target_seconds, gauges.latency_target_metric) == (1.5, "e2e")
     untargeted = deployment_gauges(compute_status(deployment(), observed, generation=1, now=T0), deployment())
     assert untargeted.latency_target_seconds is untargeted.latency_target_metric is None
+
+
+def test_the_creation_time_is_exported_in_unix_seconds() -> None:
+    """The token-spike alert leaves deployments younger than its one-day baseline alone: it needs their age."""
+    observed = ObservedState(pool_name="tpabc", pool=pool(), rayservice=READY_RS, endpoint_url=URL)
+    spec = deployment().model_dump(by_alias=True, exclude_none=True)
+    spec["metadata"]["creationTimestamp"] = "2026-11-28T10:00:00Z"
+    created = InferenceDeployment.model_validate(spec)
+    gauges = deployment_gauges(compute_status(created, observed, generation=1, now=T0), created)
+    assert gauges.created_timestamp_seconds == 1_795_860_000.0
+    unparsed = deployment_gauges(compute_status(None, ObservedState(problems=("x",)), generation=1, now=T0), None)
+    assert unparsed.created_timestamp_seconds is None
