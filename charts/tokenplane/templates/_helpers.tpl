@@ -18,6 +18,13 @@
 {{- printf "%s-%s" (include "tokenplane.fullname" .) .Release.Namespace }}
 {{- end }}
 
+{{/* The dashboard ConfigMap and its file: in a shared namespace (monitoring.dashboard.namespace, where Grafana's
+     sidecar looks) two releases' would be one object, and the sidecar writes every ConfigMap's keys into one folder,
+     so they carry the release's namespace as the cluster-scoped objects do. */}}
+{{- define "tokenplane.dashboardName" -}}
+{{- printf "%s-dashboard" (include "tokenplane.clusterScopedName" .) }}
+{{- end }}
+
 {{/* Standard labels on every object. */}}
 {{- define "tokenplane.labels" -}}
 app.kubernetes.io/name: {{ include "tokenplane.name" . }}

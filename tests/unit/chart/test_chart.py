@@ -376,3 +376,18 @@ def test_team_scoped_releases_in_two_namespaces_claim_no_common_object() -> None
         claimed.append({(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]) for o in objects})
         assert granted(objects, "tokenplane-operator", f"{team}-ops"), "the RBAC still binds the operator's account"
     assert not claimed[0] & claimed[1], claimed[0] & claimed[1]
+
+
+def test_two_releases_share_a_dashboard_namespace_without_clashing() -> None:
+    """Both rendered ConfigMap `tokenplane-operator-dashboard` with the key `tokenplane.json`: with one
+    monitoring.dashboard.namespace for Grafana's sidecar the second install failed (Helm refuses an object another
+    release owns), and one file in the sidecar's folder would have gone with either release's uninstall."""
+    found = []
+    for team in ("team-a", "team-b"):
+        values = {"operator": {"watchNamespaces": [team]}, "monitoring": {"dashboard": {"namespace": "monitoring"}}}
+        (config,) = [o for o in render(values, namespace=f"{team}-ops", name="tokenplane") if o["kind"] == "ConfigMap"]
+        assert config["metadata"]["namespace"] == "monitoring"
+        (text,) = config["data"].values()
+        assert json.loads(text)["title"] == "tokenplane: inference economics"
+        found.append((config["metadata"]["name"], *config["data"]))
+    assert found[0][0] != found[1][0] and found[0][1] != found[1][1], found
