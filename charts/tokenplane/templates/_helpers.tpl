@@ -96,7 +96,13 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if .Values.image.digest }}
 {{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
 {{- else }}
-{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- $tag := .Values.image.tag | default .Chart.AppVersion }}
+{{- /* `--set image.tag=2` is an integer and a values file's `tag: 20240101` a float64, which prints as 2.0240101e+07:
+       the schema admits integers only, printed whole. */}}
+{{- if kindIs "float64" $tag }}
+{{- $tag = int64 $tag }}
+{{- end }}
+{{- printf "%s:%s" .Values.image.repository (toString $tag) }}
 {{- end }}
 {{- end }}
 

@@ -161,6 +161,29 @@ def test_bad_values_fail_the_install_early(values: dict[str, Any], message: str)
     assert message in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("values", "image"),
+    [
+        (helm_python.parse_set_string("image.tag=2"), "ghcr.io/tokenplane/operator:2"),
+        (yaml.safe_load("image: {tag: 20240101}"), "ghcr.io/tokenplane/operator:20240101"),
+        (helm_python.parse_set_string("image.tag=0.2.0"), "ghcr.io/tokenplane/operator:0.2.0"),
+    ],
+    ids=["set-integer", "values-file-integer", "string"],
+)
+def test_an_integer_image_tag_is_used_as_written(values: dict[str, Any], image: str) -> None:
+    """`--set image.tag=2` makes an integer, which the schema refused (type string); a values file's integers reach
+    the templates as float64, which printed as `2.0240101e+07`."""
+    container = _kind(_render(values), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == image
+
+
+def test_a_tag_yaml_reads_as_a_fraction_is_refused() -> None:
+    """`tag: 1.10` in a values file is the number 1.1: refused rather than pulling another image."""
+    with pytest.raises(helm_python.HelmError) as caught:
+        _render(yaml.safe_load("image: {tag: 1.10}"))
+    assert "/image/tag" in str(caught.value)
+
+
 def test_crd_ships_with_the_chart() -> None:
     assert (CHART / "crds" / "inferencedeployments.tokenplane.io.yaml").is_file()
 
