@@ -91,6 +91,17 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 2.60.0
 {{- end }}
 
+{{/* The operator pod's resources when values.yaml's `resources` is empty (values.yaml says why the sizing is not
+     there). */}}
+{{- define "tokenplane.defaultResources" -}}
+requests:
+  cpu: 100m
+  memory: 256Mi
+limits:
+  cpu: "1"
+  memory: 512Mi
+{{- end }}
+
 {{/* The operator image: repository:tag, or repository@digest when a digest is given. */}}
 {{- define "tokenplane.image" -}}
 {{- if .Values.image.digest }}

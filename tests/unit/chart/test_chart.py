@@ -184,6 +184,29 @@ def test_a_tag_yaml_reads_as_a_fraction_is_refused() -> None:
     assert "/image/tag" in str(caught.value)
 
 
+def test_resources_given_replace_the_default_sizing_whole() -> None:
+    """Helm merges values maps key by key: `--set resources.limits.memory=2Gi` kept the default CPU limit of 1 (a
+    throttle nobody asked for) and both default requests; with 128Mi the 256Mi request exceeded the limit and the API
+    server refused the Deployment. What is given is now the whole block; nothing given is the chart's sizing."""
+
+    def resources(values: dict[str, Any]) -> dict[str, Any]:
+        return dict(_kind(_render(values), "Deployment")["spec"]["template"]["spec"]["containers"][0]["resources"])
+
+    assert resources(helm_python.parse_set_string("resources.limits.memory=2Gi")) == {"limits": {"memory": "2Gi"}}
+    given = {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "128Mi"}}
+    assert resources({"resources": given}) == given
+    assert resources({}) == {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}}
+
+
+@pytest.mark.parametrize(
+    "expression", ["resources.limit.memory=1Gi", "resources.limits.memory=1GB", "resources.requests.cpu=half"]
+)
+def test_a_mistyped_resource_is_refused_at_install(expression: str) -> None:
+    with pytest.raises(helm_python.HelmError) as caught:
+        _render(helm_python.parse_set_string(expression))
+    assert "/resources" in str(caught.value)
+
+
 def test_crd_ships_with_the_chart() -> None:
     assert (CHART / "crds" / "inferencedeployments.tokenplane.io.yaml").is_file()
 
