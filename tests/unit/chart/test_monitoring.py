@@ -265,6 +265,35 @@ def test_the_token_spike_alert_waits_for_a_day_of_history(tmp_path: Path) -> Non
     )
 
 
+def test_team_scoped_releases_scrape_and_judge_only_their_namespaces(tmp_path: Path) -> None:
+    """Each release's serving PodMonitor scraped every namespace: with two team-scoped releases every serving pod was
+    scraped twice (a `job` each) and every sum over a deployment counted its tokens twice. Their alerts judged every
+    namespace's deployments too, each with its own thresholds."""
+    series: dict[str, str] = {}
+    for team in ("team-a", "team-b"):
+        labels = f'namespace="{team}", inference_deployment="chat", pod="chat-worker-0"'
+        series |= _histogram("ray_vllm_e2e_request_latency_seconds", labels, {"2.5": 0, "10": 10, "+Inf": 10})
+    for team in ("team-a", "team-b"):
+        values = {
+            "operator": {"watchNamespaces": [team]},
+            "monitoring": {"podMonitor": {"enabled": True}, "alerts": {"enabled": True}},
+        }
+        objects = render(values, namespace=f"{team}-ops", name="tokenplane")
+        (monitor,) = [o for o in objects if o["kind"] == "PodMonitor"]
+        assert monitor["spec"]["namespaceSelector"] == {"matchNames": [team]}
+        found = [
+            r for g in next(o for o in objects if o["kind"] == "PrometheusRule")["spec"]["groups"] for r in g["rules"]
+        ]
+        for rule in found:
+            metric_names(rule["expr"])  # still PromQL
+        labels = {"severity": "warning", "namespace": team, "inference_deployment": "chat", "latency": "e2e"}
+        scratch = tmp_path / team
+        scratch.mkdir()
+        alerts_firing(scratch, found, series, alert="TokenplaneLatencyP95OverTarget", at="30m", expected=[labels])
+    (everywhere,) = [o for o in render({"monitoring": {"podMonitor": {"enabled": True}}}) if o["kind"] == "PodMonitor"]
+    assert everywhere["spec"]["namespaceSelector"] == {"any": True}, "a cluster-wide release scrapes every namespace"
+
+
 def test_bad_promql_is_caught_by_this_parser() -> None:
     with pytest.raises(ValueError):
         metric_names("sum by (le (rate(x[5m]))")
