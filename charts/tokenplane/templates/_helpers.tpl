@@ -69,6 +69,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end }}
 {{- end }}
+{{- range $key, $_ := .Values.podLabels }}
+{{- if has $key (list "app.kubernetes.io/name" "app.kubernetes.io/instance" "azure.workload.identity/use") }}
+{{- fail (printf "podLabels: %s is set by the chart (the Deployment and its monitors select the pods by app.kubernetes.io/name and instance; azure.workload.identity/use gives them the Azure identity): remove it" $key) }}
+{{- end }}
+{{- end }}
 {{- if eq (int .Values.operator.metricsPort) (int .Values.operator.healthPort) }}
 {{- fail (printf "operator.metricsPort and operator.healthPort are both %v: give the metrics endpoint another port" .Values.operator.metricsPort) }}
 {{- end }}

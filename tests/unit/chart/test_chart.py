@@ -152,6 +152,12 @@ def test_a_forced_ray_version_renders() -> None:
         ({"networkPolicy": {"privateSourceRanges": ["0.0.0.0/0"]}}, "privateSourceRanges"),
         ({"networkPolicy": {"privateSourceRanges": ["10.0.0.0"]}}, "privateSourceRanges"),
         ({"imagePullSecrets": [{"secret": "acr"}]}, "imagePullSecrets"),
+        # The selector no longer matched the pods (the API server refused the Deployment), or workload identity was
+        # turned off and every Azure call failed; a number is no label value (refused by the API server).
+        ({"podLabels": {"app.kubernetes.io/name": "ops"}}, "podLabels: app.kubernetes.io/name is set by the chart"),
+        ({"podLabels": {"azure.workload.identity/use": "false"}}, "podLabels: azure.workload.identity/use is set"),
+        ({"podLabels": {"team": 1}}, "podLabels"),
+        ({"nodeSelector": {"agentpool": 1}}, "nodeSelector"),
     ],
     ids=lambda v: "-" if isinstance(v, str) else json.dumps(v)[:40],
 )
