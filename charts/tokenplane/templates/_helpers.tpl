@@ -61,6 +61,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if and (not .Values.serviceAccount.create) (not .Values.serviceAccount.name) }}
 {{- fail "serviceAccount.name is required when serviceAccount.create is false: the chart binds the operator's RBAC to that account (without a name it would grant it to the namespace's \"default\" account, which every pod there runs as)" }}
 {{- end }}
+{{- if and (not .Values.serviceAccount.create) .Values.serviceAccount.azureClientId }}
+{{- fail (printf "serviceAccount.azureClientId is written only on the service account the chart creates: with serviceAccount.create=false annotate %s with azure.workload.identity/client-id yourself and leave azureClientId empty" .Values.serviceAccount.name) }}
+{{- end }}
 {{- range .Values.extraEnv }}
 {{- if hasPrefix "TOKENPLANE_" .name }}
 {{- $set := include "tokenplane.deployment.envNames" $ | fromJsonArray }}

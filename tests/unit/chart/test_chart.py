@@ -158,6 +158,18 @@ def test_a_forced_ray_version_renders() -> None:
         ({"podLabels": {"azure.workload.identity/use": "false"}}, "podLabels: azure.workload.identity/use is set"),
         ({"podLabels": {"team": 1}}, "podLabels"),
         ({"nodeSelector": {"agentpool": 1}}, "nodeSelector"),
+        # The identity was never written anywhere: every Azure call failed after a clean install.
+        ({"serviceAccount": {"azureClientId": "my-identity"}}, "azureClientId"),
+        (
+            {
+                "serviceAccount": {
+                    "create": False,
+                    "name": "ops",
+                    "azureClientId": "11111111-2222-3333-4444-555555555555",
+                }
+            },
+            "serviceAccount.azureClientId is written only on the service account the chart creates",
+        ),
     ],
     ids=lambda v: "-" if isinstance(v, str) else json.dumps(v)[:40],
 )
