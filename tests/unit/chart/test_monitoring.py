@@ -241,6 +241,54 @@ def test_the_latency_alert_holds_each_deployment_to_its_own_target(tmp_path: Pat
     )
 
 
+def test_an_operator_failover_does_not_reset_the_latency_alert(tmp_path: Path) -> None:
+    """Only the operator replica holding the peering exports the target; when it dies the series stop until the
+    standby takes over (60 s and a reconcile). The alert read the target at each instant: the gap resolved a firing
+    alert, restarted its 10 min `for`, and judged the deployment by the chart-wide fallback meanwhile."""
+    labels = 'namespace="ai", inference_deployment="chat", pod="chat-worker-0"'
+    series = _histogram("ray_vllm_time_to_first_token_seconds", labels, {"0.25": 0, "1": 10, "+Inf": 10})
+    series |= _histogram("ray_vllm_e2e_request_latency_seconds", labels, {"2.5": 0, "10": 10, "+Inf": 10})
+    target = 'tokenplane_inferencedeployment_latency_target_seconds{namespace="ai", inference_deployment="chat"'
+    # Prometheus marks a vanished target's series stale at once: no 5 min lookback bridges the gap.
+    series[target + ', latency="ttft", pod="tokenplane-operator-0"}'] = "0.5x25 stale"  # minutes 0-25
+    series[target + ', latency="ttft", pod="tokenplane-operator-1"}'] = "_x28 0.5x10"  # from minute 28
+    alerts_firing(
+        tmp_path,
+        rules({"monitoring": {"alerts": {"enabled": True, "p95For": "10m"}}}),
+        series,
+        alert="TokenplaneLatencyP95OverTarget",
+        at="30m",
+        expected=[{"severity": "warning", "namespace": "ai", "inference_deployment": "chat", "latency": "ttft"}],
+    )
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "at"),
+    [
+        ("1x10 0x15 stale", "_x28 0x20", "30m"),  # not Ready since minute 10, across the gap: fires from minute 20
+        ("1x20 stale", "_x22 0x20", "33m"),  # Ready until the failover, not Ready after it: fires 10 min later
+    ],
+    ids=["outage-across-failover", "outage-from-failover"],
+)
+def test_an_operator_failover_does_not_delay_the_not_serving_alert(
+    tmp_path: Path, before: str, after: str, at: str
+) -> None:
+    """The readiness gauge stops during a failover as the latency target does: the outage alert resolved and waited
+    notServingFor again; and the last value before the gap must not hide the new one after it."""
+    gauge = (
+        'tokenplane_inferencedeployment_ready{namespace="ai", inference_deployment="chat", pod="tokenplane-operator-'
+    )
+    series = {gauge + '0"}': before, gauge + '1"}': after}
+    alerts_firing(
+        tmp_path,
+        rules({"monitoring": {"alerts": {"enabled": True, "notServingFor": "10m"}}}),
+        series,
+        alert="TokenplaneDeploymentNotServing",
+        at=at,
+        expected=[{"severity": "critical", "namespace": "ai", "inference_deployment": "chat"}],
+    )
+
+
 def test_the_token_spike_alert_waits_for_a_day_of_history(tmp_path: Path) -> None:
     """The baseline is the rate over the day before the last 15 min: for a deployment created 1.5 h ago that rate
     spread its 1.25 h of tokens over 24 h, so its steady 200 tokens/s read as 19 times its "daily average" and paged.
