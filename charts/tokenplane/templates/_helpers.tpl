@@ -77,6 +77,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- fail (printf "podLabels: %s is set by the chart (the Deployment and its monitors select the pods by app.kubernetes.io/name and instance; azure.workload.identity/use gives them the Azure identity): remove it" $key) }}
 {{- end }}
 {{- end }}
+{{- if and .Values.podDisruptionBudget.enabled (gt (int .Values.replicaCount) 1) (ge (int .Values.podDisruptionBudget.maxUnavailable) (int .Values.replicaCount)) }}
+{{- fail (printf "podDisruptionBudget.maxUnavailable %v lets a node drain evict all %v operator replicas at once, leaving none to take the peering over: set it below replicaCount" .Values.podDisruptionBudget.maxUnavailable .Values.replicaCount) }}
+{{- end }}
 {{- if eq (int .Values.operator.metricsPort) (int .Values.operator.healthPort) }}
 {{- fail (printf "operator.metricsPort and operator.healthPort are both %v: give the metrics endpoint another port" .Values.operator.metricsPort) }}
 {{- end }}

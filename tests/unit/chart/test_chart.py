@@ -158,6 +158,11 @@ def test_a_forced_ray_version_renders() -> None:
         ({"podLabels": {"azure.workload.identity/use": "false"}}, "podLabels: azure.workload.identity/use is set"),
         ({"podLabels": {"team": 1}}, "podLabels"),
         ({"nodeSelector": {"agentpool": 1}}, "nodeSelector"),
+        # The budget let a drain evict every operator replica at once.
+        (
+            {"replicaCount": 2, "podDisruptionBudget": {"maxUnavailable": 2}},
+            "podDisruptionBudget.maxUnavailable 2 lets a node drain evict all 2 operator replicas",
+        ),
         # The identity was never written anywhere: every Azure call failed after a clean install.
         ({"serviceAccount": {"azureClientId": "my-identity"}}, "azureClientId"),
         (
