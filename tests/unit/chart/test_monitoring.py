@@ -159,8 +159,9 @@ def rules(values: dict[str, Any]) -> list[dict[str, Any]]:
 
 def test_every_alert_parses_and_reads_an_exported_metric() -> None:
     known = exported() | operator_series()
-    found = rules({"monitoring": {"alerts": {"enabled": True}}})
+    found = rules({"monitoring": {"alerts": {"enabled": True}, "operatorMonitor": {"enabled": True}}})
     assert {r["alert"] for r in found} == {
+        "TokenplaneOperatorDown",
         "TokenplaneTokenRateSpike",
         "TokenplaneLatencyP95OverTarget",
         "TokenplaneQueueGrowing",
@@ -172,6 +173,27 @@ def test_every_alert_parses_and_reads_an_exported_metric() -> None:
         names = metric_names(rule["expr"])
         assert names and not names - known - PROMETHEUS_OWN, (rule["alert"], names - known)
         assert rule["labels"]["severity"] and rule["annotations"]["summary"]
+
+
+@pytest.mark.parametrize(
+    ("up", "fires"),
+    [
+        ({}, True),  # no operator pod scraped at all
+        ({"tokenplane-operator-7d9f-abcde": "0x20", "tokenplane-operator-7d9f-fghij": "0x20"}, True),
+        ({"tokenplane-operator-7d9f-abcde": "0x20", "tokenplane-operator-7d9f-fghij": "1x20"}, False),  # a standby
+    ],
+    ids=["absent", "all-down", "one-up"],
+)
+def test_an_operator_that_is_down_is_reported(tmp_path: Path, up: dict[str, str], fires: bool) -> None:
+    """With every operator replica crashing, its gauges vanished and the readiness, maxReplicas and quota alerts,
+    which read them, went quiet: nothing said that nothing reconciled."""
+    series = {
+        f'up{{namespace="tokenplane", pod="{pod}", job="tokenplane/tokenplane-operator"}}': v for pod, v in up.items()
+    }
+    series['up{namespace="tokenplane", pod="web-0", job="web"}'] = "1x20"  # another target in the namespace
+    values = {"monitoring": {"operatorMonitor": {"enabled": True}, "alerts": {"enabled": True}}}
+    expected = [{"severity": "critical", "namespace": "tokenplane"}] if fires else []
+    alerts_firing(tmp_path, rules(values), series, alert="TokenplaneOperatorDown", at="10m", expected=expected)
 
 
 def test_readiness_and_ceiling_alerts_read_the_operator_not_stand_ins() -> None:
