@@ -196,6 +196,16 @@ def test_an_operator_that_is_down_is_reported(tmp_path: Path, up: dict[str, str]
     alerts_firing(tmp_path, rules(values), series, alert="TokenplaneOperatorDown", at="10m", expected=expected)
 
 
+def test_an_upgrade_reusing_older_values_keeps_the_operator_down_delay() -> None:
+    """`helm upgrade --reuse-values` takes the old release's values, which have no operatorDownFor (Helm passes the
+    missing key as null): the rule rendered `for: null`."""
+    values = {
+        "monitoring": {"operatorMonitor": {"enabled": True}, "alerts": {"enabled": True, "operatorDownFor": None}}
+    }
+    (down,) = [r for r in rules(values) if r["alert"] == "TokenplaneOperatorDown"]
+    assert down["for"] == "5m"
+
+
 def test_readiness_and_ceiling_alerts_read_the_operator_not_stand_ins() -> None:
     found = {r["alert"]: metric_names(r["expr"]) for r in rules({"monitoring": {"alerts": {"enabled": True}}})}
     operator = operator_series()
