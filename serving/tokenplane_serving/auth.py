@@ -42,13 +42,13 @@ class AuthError(Exception):
         self.code = code
 
 
-def openai_error_body(message: str, err_type: str, code: str | int | None) -> bytes:
+def openai_error_body(message: str, err_type: str, code: str | int | None, param: str | None = None) -> bytes:
     """Serialise an error in the OpenAI shape `{"error": {"message", "type", "param", "code"}}`.
 
     Returns:
         The JSON body.
     """
-    return json.dumps({"error": {"message": message, "type": err_type, "param": None, "code": code}}).encode()
+    return json.dumps({"error": {"message": message, "type": err_type, "param": param, "code": code}}).encode()
 
 
 class ApiKeyStore:

@@ -78,6 +78,18 @@ def test_parse_input_reports_a_line_that_is_not_utf8_and_runs_the_rest() -> None
     assert (error.line, error.code) == (2, "invalid_json_line") and "not UTF-8" in error.message
 
 
+def test_parse_input_runs_stream_false_and_names_a_stream_flag_that_is_not_a_boolean() -> None:
+    # `"stream": "false"` (a string) was truthy, so the line was refused as "streaming is not available".
+    lines = [line("a", stream=False), line("b", stream=None), line("c", stream="false"), line("d", stream=0)]
+    parsed = schema.parse_input("\n".join(lines).encode(), CHAT)
+    assert [r.custom_id for r in parsed.requests] == ["a", "b"]
+    errors = [(e.line, e.custom_id, e.code) for e in parsed.errors]
+    assert errors == [(3, "c", "invalid_type"), (4, "d", "invalid_type")]
+    message = "line 3: body.stream must be a boolean (false or absent in a batch), not a string"
+    assert parsed.errors[0].message == message
+    assert parsed.errors[1].message.endswith("not an integer")
+
+
 def test_parse_input_caps_the_request_count() -> None:
     parsed = schema.parse_input("\n".join(line(str(i)) for i in range(5)).encode(), CHAT, max_requests=3)
     assert len(parsed.requests) == 3 and [e.code for e in parsed.errors] == ["too_many_requests"] * 2

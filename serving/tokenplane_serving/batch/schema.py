@@ -24,6 +24,7 @@ __all__ = [
     "batch_object",
     "error_line",
     "file_object",
+    "json_type",
     "new_id",
     "output_line",
     "parse_input",
@@ -37,6 +38,16 @@ MAX_REQUESTS = 50_000
 TERMINAL_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
 ACTIVE_STATUSES = frozenset({"validating", "in_progress", "finalizing", "cancelling"})
 _MAX_REPORTED_ERRORS = 100  # batch.errors lists the first ones; the error file has them all
+
+
+def json_type(value: Any) -> str:
+    """Name a parsed JSON value's type as OpenAI's errors do ("a string", "an integer", ...)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    names = ((str, "a string"), (int, "an integer"), (float, "a number"), (list, "an array"), (dict, "an object"))
+    return next((name for kind, name in names if isinstance(value, kind)), type(value).__name__)
 
 
 def new_id(prefix: str) -> str:
@@ -110,8 +121,13 @@ def _check_line(line_no: int, text: str, endpoint: str, seen: set[str]) -> Batch
     body = item.get("body")
     if not isinstance(body, dict):
         return bad("body must be a JSON object (the request for the endpoint)", custom_id)
-    if body.get("stream"):
+    stream = body.get("stream")
+    if stream is True:
         return bad("streaming is not available in a batch; remove body.stream", custom_id)
+    if stream is not False and stream is not None:  # not `in (False, None)`: 0 == False
+        # A string such as "false" was read as true (truthy) and refused as streaming; the engine reads it otherwise.
+        message = f"body.stream must be a boolean (false or absent in a batch), not {json_type(stream)}"
+        return bad(message, custom_id, "invalid_type")
     return BatchRequest(line_no, custom_id, body)
 
 

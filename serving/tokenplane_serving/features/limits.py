@@ -9,6 +9,7 @@ from typing import Any
 import pydantic
 
 from tokenplane_serving.auth import openai_error_body
+from tokenplane_serving.batch.schema import json_type
 from tokenplane_serving.features.base import BODY_KEY, ASGIApp, FeatureContext, Receive, Scope, Send, Wrapper, send_json
 
 __all__ = ["MAX_BODY_BYTES", "BodyLimitMiddleware", "ValidationMiddleware", "body_limit", "validation"]
@@ -97,6 +98,25 @@ def _materialize_contents(request: Any) -> None:
                 raise ValueError("Message `content` must be a string, null, or a list of content parts.") from err
 
 
+def _wrong_flag(body: Any) -> tuple[str, str] | None:
+    """Return (param, message) for a `stream` flag that is not a JSON boolean (or null), as OpenAI refuses it.
+
+    vLLM's pydantic models coerce `"false"`, `"no"`, `0` and `1` to booleans, while the features here (the
+    response cache, the hold at zero, batch input lines) read the JSON value as sent: `"false"` is truthy, so one
+    request was a stream to one reader and not to another.
+    """
+    if not isinstance(body, dict):
+        return None
+    options = body.get("stream_options")
+    flags = [("stream", body.get("stream"))]
+    if isinstance(options, dict):
+        flags.append(("stream_options.include_usage", options.get("include_usage")))
+    for param, value in flags:
+        if value is not None and not isinstance(value, bool):
+            return param, f"Invalid type for '{param}': expected a boolean, but got {json_type(value)} instead."
+    return None
+
+
 class ValidationMiddleware:
     """400 instead of 500 for request bodies that crash validation or error rendering.
 
@@ -104,7 +124,8 @@ class ValidationMiddleware:
     inside validation), and FastAPI only turns `ValidationError` into a 400. `NaN`/`Infinity` (not
     JSON per RFC 8259, but accepted by Python's parser) make the validation-error response itself
     unserialisable. A crash caused by the client's own body is a client error, so POST bodies are
-    checked here first. The parsed body is left in the scope (`BODY_KEY`) for the features inside.
+    checked here first. The parsed body is left in the scope (`BODY_KEY`) for the features inside. A `stream`
+    flag that is not a boolean is refused as OpenAI refuses it (param `stream`), so every reader agrees on it.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -133,6 +154,10 @@ class ValidationMiddleware:
         try:
             parsed = json.loads(body, parse_constant=_reject_constant)
             scope[BODY_KEY] = parsed
+            if model is not None and (wrong := _wrong_flag(parsed)) is not None:
+                param, text = wrong
+                await send_json(send, 400, openai_error_body(text, "invalid_request_error", "invalid_type", param))
+                return
             if model is not None:
                 request = model.model_validate(parsed)
                 if hasattr(request, "messages"):

@@ -1,0 +1,78 @@
+"""Request validation in the feature layer (features/limits.py), before an ASGI peer that records what reached it."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+
+from tokenplane_serving.features.base import Receive, Scope, Send
+from tokenplane_serving.features.limits import ValidationMiddleware
+
+CHAT = "/v1/chat/completions"
+
+
+class Peer:
+    """Stands in for vLLM's server: answers 200 and keeps the bodies it got."""
+
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw = b""
+        while True:
+            message = await receive()
+            raw += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        self.bodies.append(raw)
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+
+@pytest.fixture(scope="module")
+def middleware() -> tuple[Peer, ValidationMiddleware]:
+    peer = Peer()
+    return peer, ValidationMiddleware(peer)
+
+
+def chat(**extra: Any) -> dict[str, Any]:
+    return {"model": "tiny", "messages": [{"role": "user", "content": "Hi"}], **extra}
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "got"),
+    [
+        (chat(stream="false"), "stream", "a string"),
+        (chat(stream="true"), "stream", "a string"),
+        (chat(stream=0), "stream", "an integer"),
+        (chat(stream=1), "stream", "an integer"),
+        (chat(stream=True, stream_options={"include_usage": "false"}), "stream_options.include_usage", "a string"),
+    ],
+)
+async def test_a_stream_flag_that_is_not_a_boolean_is_a_400_naming_the_field(
+    middleware: tuple[Peer, ValidationMiddleware], body: dict[str, Any], param: str, got: str
+) -> None:
+    # vLLM coerced "false" to False, while the cache, the hold at zero and batch lines read it as sent (truthy).
+    peer, app = middleware
+    before = len(peer.bodies)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://replica") as http:
+        answer = await http.post(CHAT, json=body)
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert (error["param"], error["code"], error["type"]) == (param, "invalid_type", "invalid_request_error")
+    assert error["message"] == f"Invalid type for '{param}': expected a boolean, but got {got} instead."
+    assert len(peer.bodies) == before, "the engine never saw it"
+
+
+@pytest.mark.parametrize("stream", [True, False, None])
+async def test_boolean_and_null_stream_flags_reach_the_engine(
+    middleware: tuple[Peer, ValidationMiddleware], stream: bool | None
+) -> None:
+    peer, app = middleware
+    body = chat(stream=stream, stream_options={"include_usage": True} if stream else None)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://replica") as http:
+        answer = await http.post(CHAT, json=body)
+    assert answer.status_code == 200 and json.loads(peer.bodies[-1]) == body
