@@ -107,6 +107,9 @@ async def test_upload_create_and_read_back(client: httpx.AsyncClient) -> None:
             "missing_required_parameter",
         ),
         ({"method": "GET", "url": "/v1/batches?limit=lots"}, 400, "invalid_limit"),
+        ({"method": "GET", "url": "/v1/batches?limit=0"}, 400, "invalid_limit"),  # was one batch (clamped)
+        ({"method": "GET", "url": "/v1/batches?limit=101"}, 400, "invalid_limit"),  # was 100 (clamped)
+        ({"method": "GET", "url": "/v1/files?limit=%C2%B2"}, 400, "invalid_limit"),  # "²": was a 503
         ({"method": "GET", "url": "/v1/files/file-nope/content"}, 404, "file_not_found"),
         ({"method": "POST", "url": "/v1/batches/batch_nope/cancel"}, 404, "batch_not_found"),
     ],

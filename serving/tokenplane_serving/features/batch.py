@@ -59,6 +59,15 @@ def _route(method: str, path: str) -> tuple[str, tuple[str, ...]] | None:
     return None
 
 
+def _limit(query: dict[str, list[str]], default: int, most: int) -> int:
+    """Read a list's `limit` query parameter: an integer from 1 to `most`, else a 400 saying so."""
+    raw = query.get("limit", [str(default)])[0]
+    # ASCII digits only: str.isdigit() also passes "²", which int() refuses (a 503 "store unavailable").
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= most:
+        raise BatchApiError(400, f"limit must be an integer from 1 to {most}, not {raw!r}", "invalid_limit", "limit")
+    return int(raw)
+
+
 class BatchApiMiddleware:
     """Answers the Batch API routes; everything else goes to the inner app."""
 
@@ -161,17 +170,13 @@ class BatchApiMiddleware:
 
     async def _list_files(self, jobs: BatchJobs, owner: str, scope: Scope, receive: Receive) -> Any:
         query = parse_qs(scope.get("query_string", b"").decode())
-        limit = query.get("limit", ["10000"])[0]
-        if not limit.isdigit() or not 1 <= int(limit) <= 10_000:
-            raise BatchApiError(
-                400, f"limit must be an integer from 1 to 10000, not {limit!r}", "invalid_limit", "limit"
-            )
+        limit = _limit(query, 10_000, 10_000)
         order = query.get("order", ["desc"])[0]
         if order not in ("asc", "desc"):
             raise BatchApiError(400, f"order must be 'asc' or 'desc', not {order!r}", "invalid_order", "order")
         purpose, after = query.get("purpose", [None])[0], query.get("after", [None])[0]
         return await asyncio.to_thread(
-            partial(jobs.list_files, owner, purpose=purpose, after=after, limit=int(limit), order=order)
+            partial(jobs.list_files, owner, purpose=purpose, after=after, limit=limit, order=order)
         )
 
     async def _delete_file(self, jobs: BatchJobs, owner: str, scope: Scope, receive: Receive, file_id: str) -> Any:
@@ -192,10 +197,8 @@ class BatchApiMiddleware:
 
     async def _list_batches(self, jobs: BatchJobs, owner: str, scope: Scope, receive: Receive) -> Any:
         query = parse_qs(scope.get("query_string", b"").decode())
-        limit = query.get("limit", ["20"])[0]
-        if not limit.isdigit():
-            raise BatchApiError(400, f"limit must be an integer from 1 to 100, not {limit!r}", "invalid_limit", "limit")
-        return await asyncio.to_thread(jobs.list_batches, owner, query.get("after", [None])[0], int(limit))
+        limit = _limit(query, 20, 100)  # OpenAI's range: 0 and 500 were clamped to 1 and 100
+        return await asyncio.to_thread(jobs.list_batches, owner, query.get("after", [None])[0], limit)
 
     async def _get_batch(self, jobs: BatchJobs, owner: str, scope: Scope, receive: Receive, batch_id: str) -> Any:
         return await asyncio.to_thread(jobs.get_batch, owner, batch_id)
