@@ -255,6 +255,7 @@ def test_a_file_without_a_runnable_request_fails_the_batch_with_line_errors(tmp_
         (lambda j, f: j.create_batch("o", f, "/v1/embeddings", "24h"), 400, "invalid_endpoint"),
         (lambda j, f: j.create_batch("o", f, CHAT, "1h"), 400, "invalid_completion_window"),
         (lambda j, f: j.create_batch("o", f, CHAT, "24h", {"a": 1}), 400, "invalid_metadata"),
+        (lambda j, f: j.create_batch("o", f, CHAT, "24h", ["a"]), 400, "invalid_metadata"),
         (lambda j, f: j.create_batch("o", "file-nope", CHAT, "24h"), 404, "file_not_found"),
         (lambda j, f: j.create_batch("someone-else", f, CHAT, "24h"), 404, "file_not_found"),
         (lambda j, f: j.get_batch("o", "batch_../../x"), 404, "batch_not_found"),
@@ -278,6 +279,29 @@ def test_bad_calls_get_openai_errors_that_say_what_to_change(
         call(h.jobs, file_id)
     assert (err.value.status, err.value.code) == (status, code)
     assert err.value.body()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("metadata", "says"),
+    [
+        ({f"k{i}": "v" for i in range(17)}, "metadata has 17 pairs; at most 16 are allowed"),
+        ({"k" * 65: "v"}, "has 65 characters; keys are at most 64"),
+        ({"note": "v" * 513}, "metadata['note'] has 513 characters; values are at most 512"),
+    ],
+)
+def test_metadata_over_openais_limits_is_refused_naming_the_limit(
+    tmp_path: Path, redis_url: str, metadata: dict[str, str], says: str
+) -> None:
+    # 17 pairs, a 65-character key and a 513-character value were all accepted and stored.
+    h = Harness(LocalStore(tmp_path), redis_url)
+    file_id = h.jobs.create_file("o", "in.jsonl", "batch", line("a").encode())["id"]
+    with pytest.raises(BatchApiError) as err:
+        h.jobs.create_batch("o", file_id, CHAT, "24h", metadata)
+    assert (err.value.status, err.value.code, err.value.param) == (400, "invalid_metadata", "metadata")
+    assert says in err.value.message
+    assert h.queue == [] and h.jobs.list_batches("o")["data"] == []
+    at_the_limits = {f"k{i:063d}": "v" * 512 for i in range(16)}  # 64-character keys
+    assert h.jobs.create_batch("o", file_id, CHAT, "24h", at_the_limits)["metadata"] == at_the_limits
 
 
 def test_list_pages_newest_first_and_only_the_callers_batches(tmp_path: Path, redis_url: str) -> None:

@@ -188,10 +188,7 @@ class BatchJobs:
         if completion_window not in schema.COMPLETION_WINDOWS:
             message = f"completion_window {completion_window!r} is not supported; use '24h'"
             raise BatchApiError(400, message, "invalid_completion_window", "completion_window")
-        if metadata is not None and not (
-            isinstance(metadata, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())
-        ):
-            raise BatchApiError(400, "metadata must map strings to strings", "invalid_metadata", "metadata")
+        _check_metadata(metadata)
         file = self.get_file(owner, input_file_id)
         if file["purpose"] != "batch":
             message = f"file {input_file_id} has purpose {file['purpose']!r}, not 'batch'"
@@ -443,6 +440,35 @@ class BatchJobs:
         data = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
         self._put_file(owner, file_id, filename, "batch_output", data)
         return file_id
+
+
+_METADATA_PAIRS, _METADATA_KEY_CHARS, _METADATA_VALUE_CHARS = 16, 64, 512  # OpenAI's metadata limits
+
+
+def _check_metadata(metadata: Any) -> None:
+    """Refuse metadata OpenAI refuses: not an object of strings, over 16 pairs, keys over 64 or values over 512 chars.
+
+    Raises:
+        BatchApiError: 400 with param `metadata`, naming the pair and the limit.
+    """
+
+    def bad(message: str) -> BatchApiError:
+        return BatchApiError(400, message, "invalid_metadata", "metadata")
+
+    if metadata is None:
+        return
+    if not isinstance(metadata, dict):
+        raise bad(f"metadata must be an object of string keys and string values, not {schema.json_type(metadata)}")
+    if len(metadata) > _METADATA_PAIRS:
+        raise bad(f"metadata has {len(metadata)} pairs; at most {_METADATA_PAIRS} are allowed")
+    for key, value in metadata.items():
+        if len(key) > _METADATA_KEY_CHARS:
+            raise bad(f"metadata key {key[:20]!r}... has {len(key)} characters; keys are at most {_METADATA_KEY_CHARS}")
+        if not isinstance(value, str):
+            raise bad(f"metadata[{key!r}] must be a string, not {schema.json_type(value)}")
+        if len(value) > _METADATA_VALUE_CHARS:
+            limit = _METADATA_VALUE_CHARS
+            raise bad(f"metadata[{key!r}] has {len(value)} characters; values are at most {limit}")
 
 
 def _safe_id(object_id: str) -> bool:
