@@ -124,6 +124,26 @@ async def test_bad_requests_get_openai_errors(
     assert error["code"] == code and error["message"] and error["type"] == "invalid_request_error"
 
 
+@pytest.mark.parametrize("size", [20, 1_500_000])
+async def test_a_file_part_without_a_filename_says_so_and_how_to_send_it(tmp_path: Path, size: int) -> None:
+    # curl's `-F 'file=<batch.jsonl'` sends the content as a text field; the answer was "Missing the `file` part",
+    # or, over 1 MiB, "Part exceeded maximum size of 1024KB." (starlette's limit for text fields).
+    def jobs() -> BatchJobs:
+        unused = redis.Redis(port=1)  # connects on first use: never
+        return BatchJobs(LocalStore(tmp_path), unused, lambda *_: None, namespace="t", max_file_bytes=2 * 1024 * 1024)
+
+    app = BatchApiMiddleware(lambda *_: None, jobs=jobs, max_file_bytes=2 * 1024 * 1024)  # type: ignore[arg-type]
+    content = (b'{"custom_id": "a"}\n' * size)[:size]
+    part = b'--x\r\nContent-Disposition: form-data; name="file"\r\n\r\n' + content + b"\r\n"
+    body = part + b'--x\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n--x--\r\n'
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
+        answer = await http.post("/v1/files", content=body, headers=MULTIPART_X)
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert (error["code"], error["param"]) == ("file_without_filename", "file")
+    assert "has no filename" in error["message"] and "-F file=@batch.jsonl" in error["message"]
+
+
 async def test_a_redis_outage_is_a_503_and_the_rest_keeps_serving(
     client: httpx.AsyncClient, redis_server: RedisServer
 ) -> None:

@@ -152,13 +152,23 @@ class BatchApiMiddleware:
             message = f"The file is over the {self._max} byte limit of batch input files."
             raise BatchApiError(413, message, "file_too_large", "file")
         try:
-            form = await Request(scope, receive).form(max_files=1, max_fields=8)
+            # A text field may be as large as a file: `file` sent as one is then named as such, not as a part
+            # "exceeding 1024KB" (starlette's default for fields).
+            form = await Request(scope, receive).form(max_files=1, max_fields=8, max_part_size=self._max + 1)
         except Exception as err:  # starlette's MultiPartException and parser errors
             message = f"Send multipart/form-data with `file` and `purpose` ({err})."
             raise BatchApiError(400, message, "invalid_form") from None
         upload, purpose = form.get("file"), form.get("purpose")
-        if upload is None or isinstance(upload, str):
-            raise BatchApiError(400, "Missing the `file` part (a JSONL file).", "missing_file", "file")
+        if isinstance(upload, str):
+            # curl's `-F 'file=<batch.jsonl'` (and any part without a filename) sends the content as a text field.
+            message = (
+                "The `file` part has no filename, so it arrived as a text field, not a file. Send the JSONL as a file"
+                " part: curl -F file=@batch.jsonl (from stdin: -F 'file=@-;filename=batch.jsonl'), not -F 'file=<...'."
+            )
+            raise BatchApiError(400, message, "file_without_filename", "file")
+        if upload is None:
+            message = "Missing the `file` part: send the JSONL input as a file part named `file` (curl -F file=@x)."
+            raise BatchApiError(400, message, "missing_file", "file")
         if not isinstance(purpose, str):
             raise BatchApiError(400, "Missing the `purpose` field; use 'batch'.", "missing_purpose", "purpose")
         data = await upload.read()
