@@ -212,13 +212,12 @@ def test_cancel_keeps_finished_answers_and_skips_the_rest(store: Store, redis_ur
     for args in requests[:2]:
         h.jobs.run_request(*args, call=h.engine)
     assert h.jobs.get_batch("key:a", batch["id"])["request_counts"] == {"total": 6, "completed": 2, "failed": 0}
-    cancelling = h.jobs.cancel_batch("key:a", batch["id"])
-    assert cancelling["status"] == "cancelling" and cancelling["cancelling_at"]
+    cancelled = h.jobs.cancel_batch("key:a", batch["id"])  # nothing in flight: closed at once
+    assert cancelled["status"] == "cancelled" and cancelled["cancelling_at"] and cancelled["cancelled_at"]
     for args in requests[2:]:
         assert not h.jobs.run_request(*args, call=h.engine)  # queued requests of a cancelled batch never run
-    h.drain()
-    cancelled = h.jobs.get_batch("key:a", batch["id"])
-    assert cancelled["status"] == "cancelled" and cancelled["request_counts"]["completed"] == 2
+    assert h.queue == [] and h.jobs.get_batch("key:a", batch["id"]) == cancelled
+    assert cancelled["request_counts"] == {"total": 6, "completed": 2, "failed": 0}
     assert [o["custom_id"] for o in h.output("key:a", cancelled["output_file_id"])] == ["r0", "r1"]
     assert h.jobs.cancel_batch("key:a", batch["id"])["status"] == "cancelled"  # cancelling again is a no-op
     finished = h.submit("key:a", [line("x")])
@@ -226,6 +225,59 @@ def test_cancel_keeps_finished_answers_and_skips_the_rest(store: Store, redis_ur
     with pytest.raises(BatchApiError) as err:
         h.jobs.cancel_batch("key:a", finished["id"])
     assert (err.value.status, err.value.code) == (409, "batch_not_cancellable")
+
+
+def test_cancel_lets_requests_in_flight_finish_and_the_last_one_closes_the_batch(store: Store, redis_url: str) -> None:
+    # The cancel queued its finalize behind every request still queued, and a finalize that ran while a request
+    # was in flight closed the batch without that request's answer.
+    h = Harness(store, redis_url)
+    batch = h.submit("key:a", [line(f"r{i}") for i in range(6)])
+    h.jobs.start(batch["id"])
+    h.queue.pop(0)
+    requests = [args for task, args in h.queue if task == TASK_REQUEST]
+    h.queue.clear()
+    h.jobs.run_request(*requests[0], call=h.engine)
+    seen: dict[str, Any] = {}
+
+    def engine_while_cancelled(endpoint: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        seen["cancel"] = h.jobs.cancel_batch("key:a", batch["id"])  # the caller cancels while r1 runs
+        seen["skipped"] = [h.jobs.run_request(*args, call=h.engine) for args in requests[2:]]
+        h.jobs.finalize(batch["id"])  # a finalize task arriving now must not close the batch without r1
+        seen["during"] = h.jobs.get_batch("key:a", batch["id"])
+        return h.engine(endpoint, body)
+
+    assert h.jobs.run_request(*requests[1], call=engine_while_cancelled)
+    assert seen["cancel"]["status"] == "cancelling" and seen["cancel"]["cancelling_at"]
+    assert seen["skipped"] == [False] * 4 and seen["during"]["status"] == "cancelling"
+    cancelled = h.jobs.get_batch("key:a", batch["id"])
+    assert cancelled["status"] == "cancelled" and cancelled["cancelled_at"], "closed when r1 ended, not later"
+    assert cancelled["request_counts"] == {"total": 6, "completed": 2, "failed": 0}
+    assert [o["custom_id"] for o in h.output("key:a", cancelled["output_file_id"])] == ["r0", "r1"]
+    assert h.queue == [], "nothing was queued behind the batch's requests"
+
+
+def test_a_cancelled_batch_closes_after_the_grace_when_a_request_in_flight_never_ends(
+    tmp_path: Path, redis_url: str
+) -> None:
+    from tokenplane_serving.batch.jobs import CANCEL_GRACE_S
+
+    store = LocalStore(tmp_path)
+    h = Harness(store, redis_url)
+    batch = h.submit("o", [line(f"r{i}") for i in range(3)])
+    h.jobs.start(batch["id"])
+    requests = [args for task, args in h.queue if task == TASK_REQUEST]
+    h.queue.clear()
+    h.jobs.run_request(*requests[0], call=h.engine)
+    # r1's consumer died mid-request: it is still registered as in flight (what run_request leaves behind).
+    h.jobs.redis.sadd(f"{h.jobs.namespace}:{batch['id']}:running", requests[1][1])
+    assert h.jobs.cancel_batch("o", batch["id"])["status"] == "cancelling"
+    assert h.jobs.get_batch("o", batch["id"])["status"] == "cancelling"
+    record = json.loads(store.read(f"batches/{batch['id']}.json") or b"{}")
+    record["batch"]["cancelling_at"] -= CANCEL_GRACE_S + 1
+    store.write(f"batches/{batch['id']}.json", json.dumps(record).encode())
+    cancelled = h.jobs.get_batch("o", batch["id"])
+    assert cancelled["status"] == "cancelled"
+    assert [o["custom_id"] for o in h.output("o", cancelled["output_file_id"])] == ["r0"]
 
 
 def test_a_batch_whose_input_file_was_deleted_before_it_started_fails_saying_so(tmp_path: Path, redis_url: str) -> None:

@@ -5,7 +5,9 @@ consumer when the one running it dies. Result writes are idempotent: each reques
 once under its line number (`Store.write_new`), a request whose result exists is not run again, and
 progress is counted in Redis *sets* of line numbers, so a request delivered twice is counted once and
 appears once in the output. Whoever completes the last request queues the finalize task; finalizing is
-idempotent too (output file ids derive from the batch id, the record changes by compare-and-swap).
+idempotent too (output file ids derive from the batch id, the record changes by compare-and-swap). A cancel
+closes its batch at once, or, when requests are in flight, the last of them does (or the first read after
+`CANCEL_GRACE_S`): never a task queued behind the batch's remaining requests.
 
 The API side (`create_file`, `create_batch`, `get_batch`, `cancel_batch`, ...) runs in the serving
 replicas; the worker side (`start`, `run_request`, `finalize`) in the batch consumers.
@@ -22,7 +24,17 @@ from typing import Any, Protocol
 from tokenplane_serving.batch import schema
 from tokenplane_serving.batch.store import Store
 
-__all__ = ["TASK_FINALIZE", "TASK_REQUEST", "TASK_START", "BatchApiError", "BatchJobs", "Call", "Enqueue", "Redis"]
+__all__ = [
+    "CANCEL_GRACE_S",
+    "TASK_FINALIZE",
+    "TASK_REQUEST",
+    "TASK_START",
+    "BatchApiError",
+    "BatchJobs",
+    "Call",
+    "Enqueue",
+    "Redis",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +42,9 @@ TASK_START = "tokenplane.batch.start"
 TASK_REQUEST = "tokenplane.batch.request"
 TASK_FINALIZE = "tokenplane.batch.finalize"
 _PROGRESS_TTL_S = 14 * 24 * 3600  # Redis progress keys outlive any batch's 24 h window
+# OpenAI: a cancelled batch is `cancelling` while its in-flight requests finish, for up to 10 minutes, then
+# `cancelled`. A request whose consumer died stays "in flight" in Redis; the batch closes without it after this.
+CANCEL_GRACE_S = 600
 _CAS_TRIES = 20
 
 Enqueue = Callable[[str, list[Any]], None]
@@ -41,6 +56,7 @@ class Redis(Protocol):
     """The few redis-py calls the lifecycle uses."""
 
     def sadd(self, name: str, *values: Any) -> Any: ...  # noqa: D102
+    def srem(self, name: str, *values: Any) -> Any: ...  # noqa: D102
     def scard(self, name: str) -> Any: ...  # noqa: D102
     def expire(self, name: str, time: int) -> Any: ...  # noqa: D102
     def set(self, name: str, value: Any, ex: int | None = None) -> Any: ...  # noqa: D102
@@ -216,6 +232,7 @@ class BatchJobs:
         record = self._record(batch_id)
         if record is None or record["owner"] != owner:
             raise BatchApiError(404, f"No such Batch object: {batch_id}", "batch_not_found", "batch_id")
+        record = self._settle(batch_id, record)
         batch: dict[str, Any] = record["batch"]
         if batch["status"] in ("in_progress", "finalizing", "cancelling"):
             batch["request_counts"] = self._counts(batch_id, record)
@@ -233,7 +250,12 @@ class BatchJobs:
         return _list_page(batches, after, max(1, min(limit, 100)))
 
     def cancel_batch(self, owner: str, batch_id: str) -> dict[str, Any]:
-        """Stop a batch: queued requests are skipped, finished ones are kept; status `cancelling`.
+        """Stop a batch: queued requests are skipped, finished ones are kept, requests in flight may finish.
+
+        The batch is `cancelling` while requests are in flight (at most `CANCEL_GRACE_S`), and `cancelled`, with
+        the output and error files, once they are done: at once when none is running. The batch is closed by
+        whichever comes last, this call or the last request in flight, not by a task queued behind the rest of
+        the batch's requests.
 
         Raises:
             BatchApiError: 404 for an unknown batch, 409 if it already finished.
@@ -252,9 +274,8 @@ class BatchJobs:
             record["batch"].update(status="cancelling", cancelling_at=int(time.time()))
             return True
 
-        record = self._update(batch_id, cancelling)
-        self.enqueue(TASK_FINALIZE, [batch_id])
-        return self.get_batch(owner, batch_id) if record is None else dict(record["batch"])
+        self._update(batch_id, cancelling)
+        return self.get_batch(owner, batch_id)  # closes it unless requests are in flight
 
     # Batches (worker side) ------------------------------------------------------------------------
 
@@ -320,7 +341,10 @@ class BatchJobs:
         self._update(batch_id, failed)
 
     def run_request(self, batch_id: str, line: int, custom_id: str, body: dict[str, Any], call: Call) -> bool:
-        """Run one request unless it was cancelled or already answered; write its result once.
+        """Run one request unless its batch was cancelled or it was already answered; write its result once.
+
+        While it runs it is registered in flight (a Redis set): a batch cancelled meanwhile stays `cancelling`
+        until it ends, and then this call closes the batch, with its answer, when it was the last one in flight.
 
         A request still queued when the batch's completion window ends is not run: it goes to the error file
         as `batch_expired`, as OpenAI does, and the batch ends `expired`.
@@ -329,8 +353,24 @@ class BatchJobs:
             Whether the engine was called.
         """
         record = self._record(batch_id)
-        if record is None or self.redis.exists(self._key(batch_id, "cancel")):
-            return False
+        if record is None or record["batch"]["status"] in schema.TERMINAL_STATUSES:
+            return False  # e.g. the rest of a cancelled batch's queue: one read each
+        cancel, running = self._key(batch_id, "cancel"), self._key(batch_id, "running")
+        # In flight before the cancel flag is read: a cancel either sees this request running (and leaves closing
+        # the batch to it) or this request sees the flag (and does not run). Never both missed.
+        self.redis.sadd(running, line)
+        self.redis.expire(running, _PROGRESS_TTL_S)
+        try:
+            called = not self.redis.exists(cancel) and self._run(batch_id, line, custom_id, body, call, record)
+        finally:
+            self.redis.srem(running, line)
+        if self.redis.exists(cancel) and (fresh := self._record(batch_id)) is not None:
+            self._settle(batch_id, fresh)  # the last request in flight closes the cancelled batch
+        return called
+
+    def _run(
+        self, batch_id: str, line: int, custom_id: str, body: dict[str, Any], call: Call, record: dict[str, Any]
+    ) -> bool:
         batch, called = record["batch"], False
         if not self.store.exists(self._result_key(batch_id, line)):
             if time.time() > batch["expires_at"]:
@@ -350,7 +390,9 @@ class BatchJobs:
         record = self._record(batch_id)
         if record is None or record["batch"]["status"] in schema.TERMINAL_STATUSES:
             return
-        cancelled = bool(self.redis.exists(self._key(batch_id, "cancel")))
+        if self._in_flight_after_cancel(record):
+            return  # the last request in flight (or the grace's end) closes it
+        cancelled = record["batch"]["status"] == "cancelling" or bool(self.redis.exists(self._key(batch_id, "cancel")))
         ok_lines: list[dict[str, Any]] = []
         error_lines: list[dict[str, Any]] = []
         for key in self.store.list(f"results/{batch_id}/"):
@@ -387,6 +429,20 @@ class BatchJobs:
         self._update(batch_id, closed)
 
     # Helpers --------------------------------------------------------------------------------------
+
+    def _in_flight_after_cancel(self, record: dict[str, Any]) -> bool:
+        """Whether a cancelling batch still waits for requests in flight (within `CANCEL_GRACE_S` of the cancel)."""
+        batch = record["batch"]
+        if batch["status"] != "cancelling" or time.time() >= (batch["cancelling_at"] or 0) + CANCEL_GRACE_S:
+            return False
+        return int(self.redis.scard(self._key(batch["id"], "running"))) > 0
+
+    def _settle(self, batch_id: str, record: dict[str, Any]) -> dict[str, Any]:
+        """Close a cancelling batch whose requests in flight are done (or had their grace); return the record."""
+        if record["batch"]["status"] != "cancelling" or self._in_flight_after_cancel(record):
+            return record
+        self.finalize(batch_id)
+        return self._record(batch_id) or record
 
     def _key(self, batch_id: str, what: str) -> str:
         return f"{self.namespace}:{batch_id}:{what}"
