@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -387,6 +388,39 @@ def test_requests_still_queued_when_the_window_ends_are_reported_expired(tmp_pat
     assert {e["error"]["code"] for e in h.output("o", expired["error_file_id"])} == {"batch_expired"}
 
 
+def test_after_redis_lost_its_data_a_batch_past_its_window_ends_expired_with_what_completed(tmp_path: Path) -> None:
+    # Redis restarted empty: the queued tasks, progress sets and cancel flags were gone, no consumer would ever
+    # finalize the batch, and it stayed `in_progress` for good.
+    with RedisServer(tmp_path) as server:
+        store = LocalStore(tmp_path / "store")
+        h = Harness(store, server.url)
+        batch = h.submit("o", [line(f"r{i}") for i in range(4)] + ["{broken", line("r5")])
+        h.jobs.start(batch["id"])
+        requests = [args for task, args in h.queue if task == TASK_REQUEST]
+        for args in requests[:2]:
+            h.jobs.run_request(*args, call=h.engine)
+        server.stop()
+        server.start()  # no persistence: everything Redis held is lost, the queue (Celery's list) with it
+        h.queue.clear()
+        assert h.jobs.get_batch("o", batch["id"])["status"] == "in_progress", "within its window it may still run"
+        record = json.loads(store.read(f"batches/{batch['id']}.json") or b"{}")
+        record["batch"]["expires_at"] = int(time.time()) - 1  # 24 h later
+        store.write(f"batches/{batch['id']}.json", json.dumps(record).encode())
+        [listed] = h.jobs.list_batches("o")["data"]
+        expired = h.jobs.get_batch("o", batch["id"])
+    assert listed == expired and expired["status"] == "expired" and expired["expired_at"]
+    assert expired["request_counts"] == {"total": 6, "completed": 2, "failed": 4}
+    assert [o["custom_id"] for o in h.output("o", expired["output_file_id"])] == ["r0", "r1"]
+    errors = [(e["custom_id"], e["error"]["code"]) for e in h.output("o", expired["error_file_id"])]
+    assert errors == [
+        ("r2", "batch_expired"),
+        ("r3", "batch_expired"),
+        (None, "invalid_json_line"),
+        ("r5", "batch_expired"),
+    ]
+    assert len(h.calls) == 2
+
+
 def test_a_line_for_an_adapter_not_served_is_a_404_without_reaching_the_engine() -> None:
     # Ray's LoRA loader failed on it, Celery retried it three times, and the error file said 500.
     from tokenplane_serving.batch.consumer import _engine_call
@@ -405,7 +439,6 @@ def test_a_task_rides_out_a_store_outage_longer_than_a_few_seconds(
     # a real worker and Redis. A handler failing for 10 s (the store or Redis unreachable) was retried three times
     # (1 + 2 + 4 s) and then dropped: its request never answered and its batch never finished.
     import gc
-    import time
 
     from celery.contrib.testing.worker import start_worker
     from ray.serve.task_consumer import instantiate_adapter_from_config

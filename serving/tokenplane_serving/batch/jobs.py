@@ -245,7 +245,7 @@ class BatchJobs:
             raw = self.store.read(key)
             record = json.loads(raw) if raw else None
             if record is not None and record["owner"] == owner:
-                batches.append(record["batch"])
+                batches.append(self._settle(record["batch"]["id"], record)["batch"])
         batches.sort(key=lambda b: (b["created_at"], b["id"]), reverse=True)
         return _list_page(batches, after, max(1, min(limit, 100)))
 
@@ -385,22 +385,30 @@ class BatchJobs:
         self._count_and_maybe_finalize(batch_id, line, record)
         return called
 
-    def finalize(self, batch_id: str) -> None:
-        """Write the output and error files from the results and close the batch (idempotent)."""
+    def finalize(self, batch_id: str, *, expire: bool = False) -> None:
+        """Write the output and error files from the results and close the batch (idempotent).
+
+        Args:
+            batch_id: The batch.
+            expire: Close it as `expired` (its window ended): every request of the input file without a result
+                goes to the error file as `batch_expired`, whether or not its task still exists.
+        """
         record = self._record(batch_id)
         if record is None or record["batch"]["status"] in schema.TERMINAL_STATUSES:
             return
         if self._in_flight_after_cancel(record):
             return  # the last request in flight (or the grace's end) closes it
         cancelled = record["batch"]["status"] == "cancelling" or bool(self.redis.exists(self._key(batch_id, "cancel")))
-        ok_lines: list[dict[str, Any]] = []
-        error_lines: list[dict[str, Any]] = []
+        results: dict[int, tuple[bool, dict[str, Any]]] = {}
         for key in self.store.list(f"results/{batch_id}/"):
             raw = self.store.read(key)
             if raw:
                 result = json.loads(raw)
-                (ok_lines if result["ok"] else error_lines).append(result["line"])
-        expired = any((line.get("error") or {}).get("code") == "batch_expired" for line in error_lines)
+                results[int(key.rsplit("/", 1)[-1].removesuffix(".json"))] = (bool(result["ok"]), result["line"])
+        input_total = self._expire_missing(record["batch"], results) if expire and not cancelled else None
+        ok_lines = [entry for _, (ok, entry) in sorted(results.items()) if ok]
+        error_lines = [entry for _, (ok, entry) in sorted(results.items()) if not ok]
+        expired = expire or any((line.get("error") or {}).get("code") == "batch_expired" for line in error_lines)
         owner = record["owner"]
         hex_id = batch_id.removeprefix("batch_")
         output_id = self._result_file(owner, f"file-{hex_id}o", f"{batch_id}_output.jsonl", ok_lines)
@@ -411,7 +419,7 @@ class BatchJobs:
             batch = record["batch"]
             if batch["status"] in schema.TERMINAL_STATUSES:
                 return False
-            total = batch["request_counts"]["total"] or len(ok_lines) + len(error_lines)
+            total = input_total or batch["request_counts"]["total"] or len(ok_lines) + len(error_lines)
             batch.update(
                 output_file_id=output_id,
                 error_file_id=error_id,
@@ -430,6 +438,23 @@ class BatchJobs:
 
     # Helpers --------------------------------------------------------------------------------------
 
+    def _expire_missing(self, batch: dict[str, Any], results: dict[int, tuple[bool, dict[str, Any]]]) -> int | None:
+        """Add a `batch_expired` error for each input line without a result; return the input's request count.
+
+        The input file is the durable list of the batch's requests: the queue and progress sets live in Redis,
+        and after Redis lost its data (a restart without persistence, a failover) nothing else names them.
+        """
+        data = self.store.read(f"files/{batch['input_file_id']}.data")
+        if data is None:
+            return None  # deleted: only what has a result is reported
+        parsed = schema.parse_input(data, batch["endpoint"])
+        for error in parsed.errors:
+            results.setdefault(error.line, (False, schema.error_line(error.custom_id, error.code, error.message)))
+        message = "This request could not be executed before the completion window expired."
+        for request in parsed.requests:
+            results.setdefault(request.line, (False, schema.error_line(request.custom_id, "batch_expired", message)))
+        return parsed.total
+
     def _in_flight_after_cancel(self, record: dict[str, Any]) -> bool:
         """Whether a cancelling batch still waits for requests in flight (within `CANCEL_GRACE_S` of the cancel)."""
         batch = record["batch"]
@@ -438,10 +463,23 @@ class BatchJobs:
         return int(self.redis.scard(self._key(batch["id"], "running"))) > 0
 
     def _settle(self, batch_id: str, record: dict[str, Any]) -> dict[str, Any]:
-        """Close a cancelling batch whose requests in flight are done (or had their grace); return the record."""
-        if record["batch"]["status"] != "cancelling" or self._in_flight_after_cancel(record):
+        """Close a batch nothing else will close; return the record as it is then.
+
+        A cancelling batch closes once its requests in flight are done (or had their grace). A batch still open
+        when its completion window ends is closed `expired`, with what completed in the output file: its tasks
+        may be gone with Redis's data, and then no consumer would ever finalize it.
+        """
+        batch = record["batch"]
+        if batch["status"] in schema.TERMINAL_STATUSES:
             return record
-        self.finalize(batch_id)
+        if batch["status"] == "cancelling":
+            if self._in_flight_after_cancel(record):
+                return record
+            self.finalize(batch_id)
+        elif time.time() >= batch["expires_at"]:
+            self.finalize(batch_id, expire=True)
+        else:
+            return record
         return self._record(batch_id) or record
 
     def _key(self, batch_id: str, what: str) -> str:
