@@ -37,7 +37,7 @@ from tokenplane_operator.converge.diff import (
 )
 from tokenplane_operator.converge.economics import Scrape, compute_economics, gpus_in_pods, merge_window, parse_scrape
 from tokenplane_operator.converge.gauges import DeploymentGauges, deployment_gauges
-from tokenplane_operator.converge.quota import QuotaCheck, QuotaReading, bound_pool, check_quota
+from tokenplane_operator.converge.quota import PoolClaim, QuotaCheck, QuotaReading, bound_pool, check_quota
 from tokenplane_operator.converge.scaling import scaling_from_pages
 from tokenplane_operator.converge.status import (
     CloudFault,
@@ -89,6 +89,7 @@ class AgentPools(Protocol):
     async def begin_apply(self, desired: DesiredAgentPool) -> None: ...  # noqa: D102
     async def begin_delete(self, name: str) -> None: ...  # noqa: D102
     async def read_quota(self, vm_size: str) -> QuotaReading | None: ...  # noqa: D102
+    async def list_managed(self) -> list[ObservedAgentPool]: ...  # noqa: D102
     async def close(self) -> None: ...  # noqa: D102
 
 
@@ -134,6 +135,8 @@ class Clients:
     _scaling: dict[str, ScalingStatus | None] = field(default_factory=dict)  # the policy's last decision read
     # Last quota read per VM size: (reading, or why there is none; when).
     _quota: dict[str, tuple[QuotaReading | str, datetime]] = field(default_factory=dict)
+    # Last list of the cluster's tokenplane pools (their headroom is claimed on the quota), and when.
+    _managed: tuple[list[ObservedAgentPool], datetime] | None = None
     # Operations started per pool: a deployment that waited for the pool's lock sees whether another one wrote.
     _pool_writes: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
 
@@ -452,14 +455,23 @@ async def _observe_pools(
         snap.fault = _record(clients, merged.name if merged else snap.previous_pool or "", err, now, settings)
         snap.new_faults.append(snap.fault)
     if merged is not None and snap.fault is None:
-        await _bound_by_quota(snap, merged, clients, settings, now)
+        await _bound_by_quota(snap, merged, clients, settings, now, demand)
     return snap
 
 
 async def _bound_by_quota(
-    snap: _PoolSnapshot, merged: DesiredAgentPool, clients: Clients, settings: OperatorSettings, now: datetime
+    snap: _PoolSnapshot,
+    merged: DesiredAgentPool,
+    clients: Clients,
+    settings: OperatorSettings,
+    now: datetime,
+    demand: Mapping[str, Collection[PoolDemand]] | None,
 ) -> None:
-    """Check the region's vCPU quota before the pool is created or grown: bound it, or hold it back, by policy."""
+    """Check the region's vCPU quota before the pool is created or grown: bound it, or hold it back, by policy.
+
+    What is free is shared with the operator's other pools (`_quota_claims`): each was checked against the same
+    usage, and the usage counts only the nodes they have now, not those their autoscalers may still add.
+    """
     assert clients.pools is not None
     key = merged.vm_size.lower()
     cached = clients._quota.get(key)
@@ -477,13 +489,57 @@ async def _bound_by_quota(
         snap.quota_error = cached[0]
         return
     current = (snap.observed.count or 0) if snap.observed is not None else 0
-    snap.quota = check_quota(merged, current, cached[0])
+    try:
+        claims = await _quota_claims(merged, snap.observed is not None, clients, settings, now, demand)
+    except TokenplaneError as err:
+        snap.quota_error = f"cannot list the cluster's agent pools: {err}"  # never blocks the pool, as above
+        return
+    snap.quota = check_quota(merged, current, cached[0], claims)
     bounded = bound_pool(merged, snap.quota, settings.quota_policy, snap.observed)
     if bounded is None and snap.quota is not None:
         # Not recorded as a fault: the next round reads the quota again and creates the pool once it fits.
         message = f"{snap.quota.describe()}. {snap.quota.remedy()}"
         snap.fault = CloudFault(Reason.QUOTA_EXCEEDED, message, settings.poll_interval_s, stalled=True)
     snap.merged = bounded or merged
+
+
+async def _quota_claims(
+    merged: DesiredAgentPool,
+    exists: bool,
+    clients: Clients,
+    settings: OperatorSettings,
+    now: datetime,
+    demand: Mapping[str, Collection[PoolDemand]] | None,
+) -> list[PoolClaim]:
+    """Nodes the operator's other pools may still add, which the quota must keep for them.
+
+    Every existing tokenplane pool claims up to its maxCount. A pool not created yet is claimed too, by a pool
+    not created yet either whose name sorts after it: two deployments created together are each checked once
+    against the other, not both against the same free vCPUs (nor each held back for the other).
+    """
+    assert clients.pools is not None
+    listed = clients._managed
+    if listed is None or now - listed[1] >= timedelta(seconds=settings.quota_cache_ttl_s):
+        async with clients._locks["quota:pools"]:
+            if clients._managed is None or clients._managed is listed:
+                clients._managed = (await clients.pools.list_managed(), now)
+            listed = clients._managed
+    pools = {pool.name: pool for pool in listed[0] if pool.provisioning_state != "Deleting"}
+    claims = [
+        PoolClaim(pool.name, pool.vm_size, pool.spot, max(0, (pool.max_count or 0) - (pool.count or 0)))
+        for pool in pools.values()
+        if pool.name != merged.name
+    ]
+    if exists:
+        return claims
+    for name, users in sorted((demand if demand is not None else await _demands(clients, settings)).items()):
+        if name >= merged.name:
+            break
+        if name not in pools and users:
+            ordered = sorted(users, key=lambda d: d.owner)
+            pending = merge_pool_demand([d.pool for d in ordered], max_nodes=settings.max_pool_nodes)
+            claims.append(PoolClaim(name, pending.vm_size, pending.spot, pending.max_count))
+    return claims
 
 
 async def _observe_objects(body: Mapping[str, Any], desired: DesiredState, kube: KubeObjects) -> _ObjectsSnapshot:
@@ -614,6 +670,7 @@ async def _apply_one(
                 clients._pool_writes[merged.name] += 1
             clients._cache.pop(merged.name, None)
             clients._quota.pop(merged.vm_size.lower(), None)  # the pool's nodes change the usage
+            clients._managed = None  # and its bounds what it claims of the quota
     elif action.kind is ActionKind.RELEASE_POOL:
         assert clients.pools is not None
         await clients.pools.begin_delete(action.target)

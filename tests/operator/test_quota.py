@@ -161,6 +161,32 @@ async def test_too_little_quota_bounds_the_pool_then_converges_when_freed(op: Op
 
 
 @pytest.mark.kmock(cls=ApiServerEmulator)
+async def test_two_pools_of_one_family_share_its_free_quota(op: OperatorHarness) -> None:
+    # Two hardware classes of one VM family (zones 1 and 2: two pools) each read the same 144 free vCPUs as theirs:
+    # both pools were created with maxCount 4 and "QuotaSufficient", 8 nodes that the quota could never hold.
+    op.arm.set_quota(A100_FAMILY, 144)  # six of the eight nodes fit
+    bodies = [four_replicas("m1"), four_replicas("m2")]
+    for body, zone in zip(bodies, ("1", "2"), strict=True):
+        body["spec"]["hardware"]["zones"] = [zone]
+        await op.create(body)
+    for name in ("m1", "m2"):
+        await op.wait_ready(name)
+    maxima = sorted((op.arm.pool(name) or {})["properties"]["maxCount"] for name in op.arm.pool_names())
+    assert maxima == [2, 4], "the family's quota holds six nodes, not eight"
+    quota = {name: op.condition(name, "QuotaInsufficient") for name in ("m1", "m2")}
+    [short] = [name for name, condition in quota.items() if condition["status"] == "True"]
+    for part in ("48 available", "limit 144, in use 0, 96 claimed by other tokenplane pools (tp", "bounded to 2 nodes"):
+        assert part in quota[short]["message"], quota[short]["message"]
+
+    op.arm.set_quota(A100_FAMILY, 192)  # raised: both grow to maxReplicas
+    await op.wait_for(lambda: op.condition(short, "QuotaInsufficient").get("status") == "False", message="freed")
+    await op.wait_for(
+        lambda: sorted((op.arm.pool(n) or {})["properties"]["maxCount"] for n in op.arm.pool_names()) == [4, 4],
+        message="both pools at maxCount 4",
+    )
+
+
+@pytest.mark.kmock(cls=ApiServerEmulator)
 async def test_block_policy_creates_nothing_until_the_quota_fits(op_block: OperatorHarness) -> None:
     op = op_block
     op.arm.set_quota(A100_FAMILY, 72)  # three of four nodes would fit; `block` creates none

@@ -187,7 +187,8 @@ class AksAgentPools:
         """
         try:
             region = await self._cluster_region()
-            sku = (await self._region_skus(region)).get(vm_size.lower())
+            skus = await self._region_skus(region)
+            sku = skus.get(vm_size.lower())
             if sku is None:
                 return None
             usages = {
@@ -197,7 +198,9 @@ class AksAgentPools:
             }
         except AzureError as exc:
             raise _convert(exc) from exc
-        return QuotaReading(region=region, vm_size=vm_size, family=sku[0], vcpus_per_node=sku[1], usages=usages)
+        return QuotaReading(
+            region=region, vm_size=vm_size, family=sku[0], vcpus_per_node=sku[1], usages=usages, sizes=skus
+        )
 
     async def _cluster_region(self) -> str:
         if self._region is None:

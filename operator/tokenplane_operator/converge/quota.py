@@ -5,12 +5,17 @@ Azure meters GPU VMs in vCPUs, per region: a regular VM counts against its famil
 the regional spot quota (``lowPriorityCores``). AKS preflight refuses a pool whose nodes would exceed any
 of them (`QuotaExceeded`); the cluster autoscaler silently stops short. Checking first turns both into a
 condition with numbers.
+
+The region's usage counts only the nodes pools have now. Every other tokenplane pool counting against the same
+quota may still grow to its maxCount (or, not created yet, be created): that headroom is claimed (`PoolClaim`),
+and a pool is checked against what is free minus those claims. Without them two pools of one family each read
+the same free vCPUs as theirs, both were created "sufficient", and the autoscaler of one stopped short.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from tokenplane_operator.desired.agentpool import DesiredAgentPool, ObservedAgentPool
@@ -18,6 +23,7 @@ from tokenplane_operator.desired.agentpool import DesiredAgentPool, ObservedAgen
 __all__ = [
     "REGIONAL_CORES",
     "SPOT_CORES",
+    "PoolClaim",
     "QuotaCheck",
     "QuotaPolicy",
     "QuotaReading",
@@ -67,6 +73,7 @@ class QuotaReading:
         family: The quota family of the size (the resource SKU's ``family``).
         vcpus_per_node: vCPUs one VM of the size counts against quota.
         usages: Every usage row of the region, keyed by name in lower case (Azure's case varies).
+        sizes: The region's VM sizes, lower case, to (quota family, vCPUs): how other pools' nodes count.
     """
 
     region: str
@@ -74,6 +81,24 @@ class QuotaReading:
     family: str
     vcpus_per_node: int
     usages: Mapping[str, QuotaUsage]
+    sizes: Mapping[str, tuple[str, int]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PoolClaim:
+    """Nodes another tokenplane pool may still add: quota it can take before this pool's nodes would get it.
+
+    Attributes:
+        name: The other pool.
+        vm_size: Its VM size.
+        spot: Whether its VMs are spot (they count only against the spot quota).
+        nodes: Nodes it may still add: maxCount minus its nodes for an existing pool, maxCount for a pending one.
+    """
+
+    name: str
+    vm_size: str
+    spot: bool
+    nodes: int
 
 
 @dataclass(frozen=True)
@@ -89,6 +114,8 @@ class QuotaCheck:
         available_vcpus: vCPUs the limiting quota still allows.
         reachable_nodes: Nodes the pool can reach within every quota.
         short: Every quota that cannot cover `needed_vcpus` (the limiting one first): each must be raised.
+        claimed: vCPUs other tokenplane pools may still take, per quota (lower-case name); not available here.
+        claimed_by: The pools claiming part of the limiting quota.
     """
 
     reading: QuotaReading
@@ -99,6 +126,8 @@ class QuotaCheck:
     available_vcpus: int
     reachable_nodes: int
     short: tuple[QuotaUsage, ...] = ()
+    claimed: Mapping[str, int] = field(default_factory=dict)
+    claimed_by: tuple[str, ...] = ()
 
     @property
     def sufficient(self) -> bool:
@@ -110,16 +139,20 @@ class QuotaCheck:
         reading, limiting = self.reading, self.limiting
         which = "" if limiting.name.lower() == reading.family.lower() else f" (limited by the {limiting.name} quota)"
         kind = "spot vCPUs" if limiting.name.lower() == SPOT_CORES.lower() else f"vCPUs of {reading.family}"
+        claimed = self.claimed.get(limiting.name.lower(), 0)
+        others = f", {claimed} claimed by other tokenplane pools ({', '.join(self.claimed_by)})" if claimed else ""
         return (
             f"{self.wanted_nodes} x {reading.vm_size} need {self.needed_vcpus} more {kind} "
             f"in {reading.region}, {self.available_vcpus} available{which}: "
-            f"limit {limiting.limit}, in use {limiting.current}; {_nodes(self.reachable_nodes)} fit"
+            f"limit {limiting.limit}, in use {limiting.current}{others}; {_nodes(self.reachable_nodes)} fit"
         )
 
     def remedy(self) -> str:
         """Say what to change when the quota falls short: the quotas to raise and to what, or the fields to lower."""
         rows = self.short or (self.limiting,)
-        raises = " and ".join(f"{row.name} to {row.current + self.needed_vcpus}" for row in rows)
+        raises = " and ".join(
+            f"{row.name} to {row.current + self.claimed.get(row.name.lower(), 0) + self.needed_vcpus}" for row in rows
+        )
         return (
             f"To get all {_nodes(self.wanted_nodes)}, request a quota increase in {self.reading.region} ({raises} "
             "vCPUs: Azure portal > Quotas > Compute, or `az quota update`); or lower spec.scaling.maxReplicas (or "
@@ -131,13 +164,24 @@ def _nodes(count: int) -> str:
     return f"{count} node" if count == 1 else f"{count} nodes"
 
 
-def check_quota(pool: DesiredAgentPool, current_nodes: int, reading: QuotaReading) -> QuotaCheck | None:
+def _counts_against(row: str, spot: bool, family: str) -> bool:
+    """Whether a VM (spot or not, of `family`) counts against the quota named `row`."""
+    if row.lower() == SPOT_CORES.lower():
+        return spot
+    return not spot and row.lower() in (REGIONAL_CORES.lower(), family.lower())
+
+
+def check_quota(
+    pool: DesiredAgentPool, current_nodes: int, reading: QuotaReading, claims: Iterable[PoolClaim] = ()
+) -> QuotaCheck | None:
     """Compare what a pool's maxCount can reach with the quotas its VMs count against.
 
     Args:
         pool: The desired (merged) pool.
         current_nodes: Nodes the pool has now; they are already counted in the usage.
         reading: The region's usage and the size's family and vCPUs.
+        claims: Nodes other tokenplane pools may still add; those counting against a quota of this pool
+            (by their size's family in `reading.sizes`, and spot or not) are not free for it.
 
     Returns:
         The check, or None when none of the applicable quotas is in the reading.
@@ -146,7 +190,21 @@ def check_quota(pool: DesiredAgentPool, current_nodes: int, reading: QuotaReadin
     rows = [row for name in names if (row := reading.usages.get(name.lower())) is not None]
     if not rows or reading.vcpus_per_node <= 0:
         return None
-    limiting = min(rows, key=lambda row: row.free)
+    claimed: dict[str, int] = {}
+    claimers: dict[str, list[str]] = {}
+    for claim in claims:
+        family, vcpus_each = reading.sizes.get(claim.vm_size.lower(), ("", 0))
+        if claim.name == pool.name or claim.nodes <= 0 or vcpus_each <= 0:
+            continue
+        for row in rows:
+            if _counts_against(row.name, claim.spot, family):
+                claimed[row.name.lower()] = claimed.get(row.name.lower(), 0) + claim.nodes * vcpus_each
+                claimers.setdefault(row.name.lower(), []).append(claim.name)
+
+    def free(row: QuotaUsage) -> int:
+        return max(0, row.free - claimed.get(row.name.lower(), 0))
+
+    limiting = min(rows, key=free)
     vcpus = reading.vcpus_per_node
     needed = max(0, pool.max_count - current_nodes) * vcpus
     return QuotaCheck(
@@ -155,9 +213,11 @@ def check_quota(pool: DesiredAgentPool, current_nodes: int, reading: QuotaReadin
         wanted_nodes=pool.max_count,
         current_nodes=current_nodes,
         needed_vcpus=needed,
-        available_vcpus=limiting.free,
-        reachable_nodes=current_nodes + limiting.free // vcpus,
-        short=tuple(sorted((row for row in rows if row.free < needed), key=lambda row: row.free)),
+        available_vcpus=free(limiting),
+        reachable_nodes=current_nodes + free(limiting) // vcpus,
+        short=tuple(sorted((row for row in rows if free(row) < needed), key=free)),
+        claimed=claimed,
+        claimed_by=tuple(sorted(claimers.get(limiting.name.lower(), ()))),
     )
 
 

@@ -7,6 +7,7 @@ import pytest
 from tokenplane_operator.api.conditions import Reason
 from tokenplane_operator.api.v1alpha1 import InferenceDeployment
 from tokenplane_operator.converge.quota import (
+    PoolClaim,
     QuotaPolicy,
     QuotaReading,
     QuotaUsage,
@@ -42,6 +43,27 @@ def observed(count: int, low: int = 1, high: int = 2) -> ObservedAgentPool:
         min_count=low,
         max_count=high,
     )
+
+
+def test_other_pools_headroom_is_not_free_for_this_one() -> None:
+    # Each pool was checked against the whole free quota: two pools of one family both read "sufficient".
+    sizes = {"standard_nc40ads_h100_v5": (FAMILY, 40), "standard_nc24ads_a100_v4": ("StandardNCADSA100v4Family", 24)}
+    base = reading(family_limit=200, cores=1000)
+    read = QuotaReading(base.region, base.vm_size, base.family, base.vcpus_per_node, base.usages, sizes)
+    claims = [
+        PoolClaim("tpother1", "Standard_NC40ads_H100_v5", False, 2),  # same family: 80 vCPUs it may still add
+        PoolClaim("tpspot", "Standard_NC40ads_H100_v5", True, 5),  # spot: only the spot quota
+        PoolClaim("tpa100", "Standard_NC24ads_A100_v4", False, 10),  # another family: only regional cores
+        PoolClaim("tpabc", "Standard_NC40ads_H100_v5", False, 9),  # the pool itself: never its own claim
+    ]
+    check = check_quota(pool(high=4), 0, read, claims)
+    assert check is not None and not check.sufficient
+    assert (check.limiting.name, check.available_vcpus, check.reachable_nodes) == (FAMILY, 120, 3)
+    assert check.claimed == {FAMILY.lower(): 80, "cores": 320} and check.claimed_by == ("tpother1",)
+    assert "in use 0, 80 claimed by other tokenplane pools (tpother1); 3 nodes fit" in check.describe()
+    assert f"{FAMILY} to 240 vCPUs" in check.remedy()  # its use, the claims and this pool's need
+    spot = check_quota(pool(high=4, spot=True), 0, read, claims)
+    assert spot is not None and spot.sufficient and spot.available_vcpus == 800  # 1000 - 5 x 40
 
 
 def test_enough_quota_leaves_the_pool_alone() -> None:
