@@ -144,6 +144,26 @@ async def test_a_file_part_without_a_filename_says_so_and_how_to_send_it(tmp_pat
     assert "has no filename" in error["message"] and "-F file=@batch.jsonl" in error["message"]
 
 
+async def test_a_query_string_that_is_not_utf8_is_read_not_a_503(client: httpx.AsyncClient) -> None:
+    # A raw `?limit=\xff` (a byte not percent-encoded, as a hand-written client may send) failed to decode, and the
+    # list answered 503 "the batch store or queue is unavailable; retry later": a retry never helps.
+    transport = client._transport
+    assert isinstance(transport, httpx.ASGITransport)
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    for path in ("/v1/batches", "/v1/files"):
+        scope = {"type": "http", "method": "GET", "path": path, "query_string": b"limit=\xff", "headers": []}
+        await transport.app(scope, receive, send)
+        status, error = sent[-2]["status"], json.loads(sent[-1]["body"])["error"]
+        assert (status, error["code"], error["param"]) == (400, "invalid_limit", "limit"), error
+
+
 async def test_a_redis_outage_is_a_503_and_the_rest_keeps_serving(
     client: httpx.AsyncClient, redis_server: RedisServer
 ) -> None:

@@ -59,6 +59,11 @@ def _route(method: str, path: str) -> tuple[str, tuple[str, ...]] | None:
     return None
 
 
+def _query(scope: Scope) -> dict[str, list[str]]:
+    """Parse the query string; bytes that are not UTF-8 (a raw client's) become U+FFFD, as parse_qs decodes `%FF`."""
+    return parse_qs(scope.get("query_string", b"").decode("utf-8", "replace"))
+
+
 def _limit(query: dict[str, list[str]], default: int, most: int) -> int:
     """Read a list's `limit` query parameter: an integer from 1 to `most`, else a 400 saying so."""
     raw = query.get("limit", [str(default)])[0]
@@ -179,7 +184,7 @@ class BatchApiMiddleware:
         return await asyncio.to_thread(jobs.get_file, owner, file_id)
 
     async def _list_files(self, jobs: BatchJobs, owner: str, scope: Scope, receive: Receive) -> Any:
-        query = parse_qs(scope.get("query_string", b"").decode())
+        query = _query(scope)
         limit = _limit(query, 10_000, 10_000)
         order = query.get("order", ["desc"])[0]
         if order not in ("asc", "desc"):
@@ -206,7 +211,7 @@ class BatchApiMiddleware:
         return await asyncio.to_thread(create, owner, body["input_file_id"], body["endpoint"], window, metadata)
 
     async def _list_batches(self, jobs: BatchJobs, owner: str, scope: Scope, receive: Receive) -> Any:
-        query = parse_qs(scope.get("query_string", b"").decode())
+        query = _query(scope)
         limit = _limit(query, 20, 100)  # OpenAI's range: 0 and 500 were clamped to 1 and 100
         return await asyncio.to_thread(jobs.list_batches, owner, query.get("after", [None])[0], limit)
 
