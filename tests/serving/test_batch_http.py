@@ -106,6 +106,15 @@ async def test_upload_create_and_read_back(client: httpx.AsyncClient) -> None:
             400,
             "missing_required_parameter",
         ),
+        (
+            {
+                "method": "POST",
+                "url": "/v1/batches",
+                "json": {"input_file_id": "file-1", "endpoint": 5, "completion_window": "24h"},
+            },
+            400,
+            "invalid_type",  # was "Missing required parameter: 'endpoint'", though it was there
+        ),
         ({"method": "GET", "url": "/v1/batches?limit=lots"}, 400, "invalid_limit"),
         ({"method": "GET", "url": "/v1/batches?limit=0"}, 400, "invalid_limit"),  # was one batch (clamped)
         ({"method": "GET", "url": "/v1/batches?limit=101"}, 400, "invalid_limit"),  # was 100 (clamped)

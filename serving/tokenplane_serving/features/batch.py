@@ -21,6 +21,7 @@ from urllib.parse import parse_qs
 from tokenplane_serving.args import ServingArgs
 from tokenplane_serving.auth import openai_error_body
 from tokenplane_serving.batch.jobs import BatchApiError, BatchJobs
+from tokenplane_serving.batch.schema import json_type
 from tokenplane_serving.features.base import (
     PRINCIPAL_KEY,
     ASGIApp,
@@ -203,9 +204,13 @@ class BatchApiMiddleware:
     async def _create_batch(self, jobs: BatchJobs, owner: str, scope: Scope, receive: Receive) -> Any:
         body = await self._read_json(receive)
         for field in ("input_file_id", "endpoint", "completion_window"):
-            if not isinstance(body.get(field), str):
+            if body.get(field) is None:
                 message = f"Missing required parameter: '{field}' (a string)."
                 raise BatchApiError(400, message, "missing_required_parameter", field)
+            if not isinstance(body[field], str):
+                # OpenAI's wording; "missing" sent the caller looking for a field that was there.
+                message = f"Invalid type for '{field}': expected a string, but got {json_type(body[field])} instead."
+                raise BatchApiError(400, message, "invalid_type", field)
         create = jobs.create_batch
         window, metadata = body["completion_window"], body.get("metadata")
         return await asyncio.to_thread(create, owner, body["input_file_id"], body["endpoint"], window, metadata)
