@@ -432,6 +432,24 @@ def test_a_line_for_an_adapter_not_served_is_a_404_without_reaching_the_engine()
     assert "tiny:nope" in answer["error"]["message"] and "tiny:legal" in answer["error"]["message"]
 
 
+@pytest.mark.parametrize(
+    ("messages", "says"),
+    [
+        (None, "Invalid request: TypeError while validating the body"),
+        ([{"role": "user", "content": [None]}], "Message `content` must be a string, null, or a list of content parts"),
+    ],
+)
+def test_a_line_whose_body_crashes_validation_is_a_400_at_once(messages: Any, says: str) -> None:
+    # `"messages": null` raised TypeError out of the engine call: retried three times, then a 500 in the error file;
+    # a `[null]` content part passed validation (a lazy iterator) and failed only inside the engine.
+    from tokenplane_serving.batch.consumer import _engine_call
+
+    call = _engine_call("no-such-app", "tiny", 10)  # no Serve app: reaching it would raise
+    status, answer = call(CHAT, {"model": "tiny", "messages": messages, "max_tokens": 4})
+    assert status == 400 and answer["error"]["code"] == 400
+    assert answer["error"]["message"].startswith(says), answer
+
+
 def test_a_task_rides_out_a_store_outage_longer_than_a_few_seconds(
     redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

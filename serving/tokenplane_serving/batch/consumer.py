@@ -26,6 +26,7 @@ from ray.serve.task_consumer import instantiate_adapter_from_config, task_consum
 from tokenplane_serving.args import ServingArgs
 from tokenplane_serving.batch.jobs import TASK_FINALIZE, TASK_REQUEST, TASK_START, BatchJobs, Call, Enqueue
 from tokenplane_serving.batch.store import open_store
+from tokenplane_serving.features.limits import materialize_contents
 
 __all__ = ["batch_app_name", "build_consumer_app", "make_enqueue", "open_jobs", "redis_url", "task_processor_config"]
 
@@ -124,8 +125,14 @@ def _engine_call(app_name: str, base_model: str, priority: int, adapters: frozen
     def call(endpoint: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         try:
             request = models[endpoint].model_validate({**body, "priority": priority})
-        except ValueError as err:  # pydantic's ValidationError included
+            if hasattr(request, "messages"):
+                materialize_contents(request)  # as the interactive path does: `[null]` parts fail here, not later
+        except Exception as err:  # pydantic's ValidationError, and validators that crash on a mistyped field
+            # Not only ValueError: `"messages": null` raised TypeError, which the consumer retried three times (a
+            # minute of backoff) and then wrote to the error file as a 500 server error.
             message = str(err).splitlines()[0] if str(err) else type(err).__name__
+            if not isinstance(err, ValueError):
+                message = f"Invalid request: {type(err).__name__} while validating the body ({message})"
             return 400, {"error": {"message": message, "type": "BadRequestError", "param": None, "code": 400}}
         model = str(body.get("model") or "")
         if model.startswith(base_model + ":") and model.removeprefix(base_model + ":") not in adapters:

@@ -12,7 +12,14 @@ from tokenplane_serving.auth import openai_error_body
 from tokenplane_serving.batch.schema import json_type
 from tokenplane_serving.features.base import BODY_KEY, ASGIApp, FeatureContext, Receive, Scope, Send, Wrapper, send_json
 
-__all__ = ["MAX_BODY_BYTES", "BodyLimitMiddleware", "ValidationMiddleware", "body_limit", "validation"]
+__all__ = [
+    "MAX_BODY_BYTES",
+    "BodyLimitMiddleware",
+    "ValidationMiddleware",
+    "body_limit",
+    "materialize_contents",
+    "validation",
+]
 
 # Far above any text prompt a 128k-token context can hold, far below what would hurt the replica.
 MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -86,7 +93,12 @@ def _reject_constant(name: str) -> Any:
     raise _NonFiniteNumberError(name)
 
 
-def _materialize_contents(request: Any) -> None:
+def materialize_contents(request: Any) -> None:
+    """Iterate a validated chat request's message contents, raising ValueError for a bad part.
+
+    Raises:
+        ValueError: A content part that is not a string, null, or a content part.
+    """
     # Pydantic keeps `Iterable[...]` message contents as lazy iterators; a bad part such as
     # `"content": [null]` only fails when the server iterates it, as a 500. Iterate here instead.
     for message in request.messages:
@@ -161,7 +173,7 @@ class ValidationMiddleware:
             if model is not None:
                 request = model.model_validate(parsed)
                 if hasattr(request, "messages"):
-                    _materialize_contents(request)
+                    materialize_contents(request)
         except _NonFiniteNumberError as err:
             await send_json(send, 400, openai_error_body(f"Invalid JSON: {err} is not a valid number.", *_BAD))
             return
