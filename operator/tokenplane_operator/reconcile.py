@@ -37,7 +37,14 @@ from tokenplane_operator.converge.diff import (
 )
 from tokenplane_operator.converge.economics import Scrape, compute_economics, gpus_in_pods, merge_window, parse_scrape
 from tokenplane_operator.converge.gauges import DeploymentGauges, deployment_gauges
-from tokenplane_operator.converge.quota import PoolClaim, QuotaCheck, QuotaReading, bound_pool, check_quota
+from tokenplane_operator.converge.quota import (
+    PoolClaim,
+    QuotaCheck,
+    QuotaReading,
+    bound_pool,
+    check_quota,
+    pending_claim,
+)
 from tokenplane_operator.converge.scaling import scaling_from_pages
 from tokenplane_operator.converge.status import (
     CloudFault,
@@ -490,7 +497,7 @@ async def _bound_by_quota(
         return
     current = (snap.observed.count or 0) if snap.observed is not None else 0
     try:
-        claims = await _quota_claims(merged, snap.observed is not None, clients, settings, now, demand)
+        claims = await _quota_claims(merged, snap.observed is not None, cached[0], clients, settings, now, demand)
     except TokenplaneError as err:
         snap.quota_error = f"cannot list the cluster's agent pools: {err}"  # never blocks the pool, as above
         return
@@ -506,6 +513,7 @@ async def _bound_by_quota(
 async def _quota_claims(
     merged: DesiredAgentPool,
     exists: bool,
+    reading: QuotaReading,
     clients: Clients,
     settings: OperatorSettings,
     now: datetime,
@@ -514,8 +522,9 @@ async def _quota_claims(
     """Nodes the operator's other pools may still add, which the quota must keep for them.
 
     Every existing tokenplane pool claims up to its maxCount. A pool not created yet is claimed too, by a pool
-    not created yet either whose name sorts after it: two deployments created together are each checked once
-    against the other, not both against the same free vCPUs (nor each held back for the other).
+    not created yet either whose name sorts after it, with what its own check will let it have
+    (`pending_claim`): two deployments created together are each checked once against the other, not both
+    against the same free vCPUs, nor each held back for the other, nor for a pool the quota holds back.
     """
     assert clients.pools is not None
     listed = clients._managed
@@ -538,7 +547,9 @@ async def _quota_claims(
         if name not in pools and users:
             ordered = sorted(users, key=lambda d: d.owner)
             pending = merge_pool_demand([d.pool for d in ordered], max_nodes=settings.max_pool_nodes)
-            claims.append(PoolClaim(name, pending.vm_size, pending.spot, pending.max_count))
+            claim = pending_claim(pending, reading, claims, settings.quota_policy)
+            if claim is not None:
+                claims.append(claim)
     return claims
 
 

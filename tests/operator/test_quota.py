@@ -187,6 +187,28 @@ async def test_two_pools_of_one_family_share_its_free_quota(op: OperatorHarness)
 
 
 @pytest.mark.kmock(cls=ApiServerEmulator)
+async def test_a_pool_the_quota_holds_back_does_not_hold_back_the_next(op_block: OperatorHarness) -> None:
+    # A pool not created yet claimed its whole maxCount for the pools whose names sort after it, even when `block`
+    # never creates it: one deployment asking for more than the quota held back every other one.
+    op = op_block
+    op.arm.set_quota(A100_FAMILY, 120)  # five nodes
+    big = cr_body("m1", scaling={"minReplicas": 0, "maxReplicas": 8, "scaleToZero": {"enabled": True}})
+    big["spec"]["hardware"]["zones"] = ["1"]  # its pool's name sorts before m2's (tp2f... < tpba...)
+    await op.create(big)
+    await op.wait_for(
+        lambda: op.condition("m1", "NodePoolReady").get("reason") == "QuotaExceeded", message="m1 held back"
+    )
+    small = four_replicas("m2")
+    small["spec"]["hardware"]["zones"] = ["2"]
+    await op.create(small)
+    await op.wait_ready("m2")
+    [name] = op.arm.pool_names()
+    assert (op.arm.pool(name) or {})["properties"]["maxCount"] == 4
+    assert op.condition("m2", "QuotaInsufficient")["status"] == "False"
+    assert op.condition("m1", "NodePoolReady")["reason"] == "QuotaExceeded"
+
+
+@pytest.mark.kmock(cls=ApiServerEmulator)
 async def test_block_policy_creates_nothing_until_the_quota_fits(op_block: OperatorHarness) -> None:
     op = op_block
     op.arm.set_quota(A100_FAMILY, 72)  # three of four nodes would fit; `block` creates none

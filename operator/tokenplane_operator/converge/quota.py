@@ -15,7 +15,7 @@ the same free vCPUs as theirs, both were created "sufficient", and the autoscale
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from tokenplane_operator.desired.agentpool import DesiredAgentPool, ObservedAgentPool
@@ -30,6 +30,7 @@ __all__ = [
     "QuotaUsage",
     "bound_pool",
     "check_quota",
+    "pending_claim",
 ]
 
 REGIONAL_CORES = "cores"  # "Total Regional vCPUs" in the Compute usage API
@@ -249,3 +250,29 @@ def bound_pool(
         low, high = existing.min_count or 0, max(1, existing.max_count or existing.count or 1)
         return pool.model_copy(update={"min_count": min(low, high), "max_count": high})
     return pool.model_copy(update={"max_count": high, "min_count": min(pool.min_count, high)})
+
+
+def pending_claim(
+    pool: DesiredAgentPool, reading: QuotaReading, claims: Iterable[PoolClaim], policy: QuotaPolicy
+) -> PoolClaim | None:
+    """Return what a pool not created yet will take of the quota, once its own check (against `claims`) is applied.
+
+    A pending pool claims the nodes it will be created with, not its maxCount: under `bound` what fits, under
+    `block` nothing unless all of it fits. Claiming a pool that is held back would hold back every pool after it.
+
+    Args:
+        pool: The pending pool (merged demand).
+        reading: A reading of the region (any size's: the usage rows are the region's); its `sizes` give the
+            pool's family and vCPUs.
+        claims: What the pools before it claim.
+        policy: The operator's quota policy.
+
+    Returns:
+        The claim, or None when the pool will not be created.
+    """
+    family, vcpus = reading.sizes.get(pool.vm_size.lower(), ("", 0))
+    if vcpus <= 0:
+        return PoolClaim(pool.name, pool.vm_size, pool.spot, pool.max_count)  # a size check_quota cannot count
+    own = replace(reading, vm_size=pool.vm_size, family=family, vcpus_per_node=vcpus)
+    bounded = bound_pool(pool, check_quota(pool, 0, own, claims), policy, None)
+    return None if bounded is None else PoolClaim(pool.name, pool.vm_size, pool.spot, bounded.max_count)

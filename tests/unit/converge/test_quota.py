@@ -13,6 +13,7 @@ from tokenplane_operator.converge.quota import (
     QuotaUsage,
     bound_pool,
     check_quota,
+    pending_claim,
 )
 from tokenplane_operator.converge.status import CloudFault, ObservedState, compute_status
 from tokenplane_operator.desired.agentpool import DesiredAgentPool, ObservedAgentPool
@@ -64,6 +65,23 @@ def test_other_pools_headroom_is_not_free_for_this_one() -> None:
     assert f"{FAMILY} to 240 vCPUs" in check.remedy()  # its use, the claims and this pool's need
     spot = check_quota(pool(high=4, spot=True), 0, read, claims)
     assert spot is not None and spot.sufficient and spot.available_vcpus == 800  # 1000 - 5 x 40
+
+
+def test_a_pending_pool_claims_what_its_own_check_lets_it_have() -> None:
+    # A pool not created yet claimed its whole maxCount: one the quota holds back (under `block`) held back every
+    # pool after it, though none of its nodes would ever exist.
+    sizes = {"standard_nc40ads_h100_v5": (FAMILY, 40)}
+    base = reading(family_limit=200)  # five nodes
+    read = QuotaReading(base.region, "Standard_NC24ads_A100_v4", "other", 24, base.usages, sizes)
+    wants_eight = pool(low=0, high=8)
+    assert pending_claim(wants_eight, read, [], QuotaPolicy.BLOCK) is None
+    assert pending_claim(wants_eight, read, [], QuotaPolicy.BOUND) == PoolClaim("tpabc", wants_eight.vm_size, False, 5)
+    before = [PoolClaim("tpaaa", "Standard_NC40ads_H100_v5", False, 2)]
+    assert pending_claim(wants_eight, read, before, QuotaPolicy.BOUND) == PoolClaim(
+        "tpabc", wants_eight.vm_size, False, 3
+    )
+    two = pool(low=0, high=2)
+    assert pending_claim(two, read, [], QuotaPolicy.BLOCK) == PoolClaim("tpabc", two.vm_size, False, 2)
 
 
 def test_enough_quota_leaves_the_pool_alone() -> None:
