@@ -48,12 +48,13 @@ Decision, per tick (the reasons are the operator's status reasons):
 - `Idle`: no traffic for a whole downscale window: go to the floor (zero with scale-to-zero; Serve applies
   `downscale_to_zero_delay_s`). Scale-in otherwise needs the P95 under the target (well under it until the
   knee is known), fewer requests waiting than one replica tolerates, no scale-out within the downscale window,
-  and the busiest load of that window to fit the smaller fleet (at 85% of the knee once known); at most half
-  the replicas go per decision. After a clear fall of a load the fleet kept up with (a minute at most 35% of
-  the window's busiest load, with no overload or breach in the window: a wave that broke) the load since sizes
-  the fleet instead, and a minute after a scale-out suffices; a load that outran the fleet is held for. The
-  policy owns this hysteresis: the operator renders Serve's `downscale_delay_s` as 0, so they do not stack.
-  Replicas still starting beyond the most the load needed over a latency window are cancelled
+  and the busiest load of that window to fit the smaller fleet (at 85% of the knee once known, and at the load
+  scale-out sizes for: never below a load carried within the target for a minute unless the window's load
+  outran the fleet); at most half the replicas go per decision. After a clear fall of a load the fleet kept up
+  with (a minute at most 35% of the window's busiest load, with no overload or breach in the window: a wave that
+  broke) the load since sizes the fleet instead, and a minute after a scale-out suffices; a load that outran the
+  fleet is held for. The policy owns this hysteresis: the operator renders Serve's `downscale_delay_s` as 0, so
+  they do not stack. Replicas still starting beyond the most the load needed over a latency window are cancelled
   (`Steady`): they serve nobody yet, so dropping them risks no latency.
 - `Schedule`: a time window's minimum (see `tokenplane_serving.schedule`) holds more replicas than load needs.
 - `Batch`: Batch API requests (which replicas report as `batch_running`) are not demand the fleet grows for: they
@@ -419,7 +420,8 @@ class TokenplanePolicy:
         elif peak <= 0 and queue <= 0 and seen_window:
             desired, reason = 0, "Idle"
         elif grow < current and seen_window and self._may_scale_in(fleet, p95, queue, now, last_up, state, fell):
-            desired = self._scale_in_size(current, recent if fell else peak, per_replica, capacity, state)
+            kept_up = outran >= self.downscale_delay_s
+            desired = self._scale_in_size(current, recent if fell else peak, per_replica, capacity, state, kept_up)
             reason = "Idle" if desired < current else "Steady"
         elif target > still_needed and now - max(last_up, float(state["since"])) >= _WINDOW_S:
             # Replicas still starting that the load has not needed for a window are cancelled: they serve nobody
@@ -617,17 +619,21 @@ class TokenplanePolicy:
         return min(_HEADROOM * capacity, max(_EXPLORE * proven, float(state.get("within", 0.0))))
 
     def _scale_in_size(
-        self, current: int, peak: float, per_replica: float, capacity: float, state: dict[str, Any]
+        self, current: int, peak: float, per_replica: float, capacity: float, state: dict[str, Any], kept_up: bool
     ) -> int:
         # Sized for the busiest moment of the downscale window, so an oscillating load does not flap, at the
         # per-replica load scale-out sizes for (below the knee once it is known), at most half the fleet a step.
         # Beyond proven loads the step is 25%, or one replica when a fleet is too small for 25% to remove one.
         step = max(_EXPLORE, current / max(current - 1, 1))
         proven = float(state.get("proven", 0.0))
+        # Never below a load the replicas carried within the target for a minute, as scale-out sizes, when the load
+        # of the window never outran the fleet: after one that did, the step's margin meets its return.
+        within = float(state.get("within", 0.0)) if kept_up else 0.0
         if state.get("learned"):
-            per_replica = min(_SCALE_IN_UTILIZATION * capacity, step * float(state.get("proven", capacity)))
+            explored = step * float(state.get("proven", capacity))
+            per_replica = min(_SCALE_IN_UTILIZATION * capacity, max(explored, within))
         elif proven > 0:
-            per_replica = min(_HEADROOM * capacity, step * proven)
+            per_replica = min(_HEADROOM * capacity, max(step * proven, within))
         in_fleet = math.ceil(peak / max(per_replica, 1e-9) - 1e-9)
         return min(current, max(in_fleet, math.ceil(current / 2), 1))
 

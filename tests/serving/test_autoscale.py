@@ -378,6 +378,19 @@ def test_a_small_fleet_steps_in_by_one_replica_past_proven_loads() -> None:
     assert (desired, state["reason"]) == (3, "Idle")
 
 
+def test_scale_in_sizes_at_a_load_carried_within_the_target_as_scale_out_does() -> None:
+    # 10 replicas on a slowly falling load (a diurnal evening): 56 requests 200 s ago, 35 now. A replica has carried
+    # 8 within the target for a minute; well within it only 4. Scale-out sizes at 8 (below 85% of the knee,
+    # 8.5); scale-in must too, or it keeps a fleet (56 / (1.25 * 4) -> 12, all 10) scale-out would never choose.
+    calm = [report([600.0] * 30, running=3.5) for _ in range(10)]
+    falling = stable(10, last_up=NOW - 900, capacity=10.0, learned=True, proven=4.0, within=8.0,
+                     recent_load=[(NOW - 200, 56.0), (NOW - 100, 45.0)])  # fmt: skip
+    desired, state = policy()(context(calm, ongoing=35, state=falling))
+    assert (desired, state["reason"]) == (7, "Idle")
+    # A load that breached the target within the window outran the fleet: the step beyond proven loads sizes it.
+    assert policy()(context(calm, ongoing=35, state={**falling, "breached_at": NOW - 250}))[0] == 10
+
+
 def test_arrivals_beyond_what_is_served_are_demand_a_saturated_replica_cannot_show() -> None:
     # One replica at its knee: 10 running, 3 waiting for prefill (within targetQueueDepth), 120 first tokens in the
     # last window at 800 ms; 12 requests a replica is sized for (1.25 x the 9.6 proven). Its counts are the same
