@@ -130,6 +130,13 @@ def sweep(
     ttft_growth: Annotated[
         float, typer.Option("--ttft-growth", help="Median TTFT growth above which it counts as climbing.")
     ] = 0.5,
+    max_failed: Annotated[
+        float,
+        typer.Option(
+            "--max-failed",
+            help="Share of a step's requests that may fail (429, 5xx, timeouts...) before the sweep stops there.",
+        ),
+    ] = 0.05,
     model: Model = None,
     api_key: ApiKey = None,
     num_prompts: NumPrompts = 64,

@@ -21,7 +21,7 @@ from tokenplane_cli.bench.cost import resolve_cost
 from tokenplane_cli.bench.plots import plot_cdfs, plot_curves, plot_frontier
 from tokenplane_cli.bench.report import render_report, write_requests
 from tokenplane_cli.bench.runner import RunResult, WorkloadSpec, check_load, resolve_endpoint, run_sync
-from tokenplane_cli.bench.stats import RequestRecord, parse_goodput
+from tokenplane_cli.bench.stats import RequestRecord, SweepStop, parse_goodput
 from tokenplane_cli.bench.workload import BenchInputError
 
 __all__ = ["compare_command", "plot_command", "run_command", "sweep_command"]
@@ -184,6 +184,10 @@ def sweep_command(o: dict[str, Any]) -> int:
             if by == "concurrency"
             else _numbers("--rate", o["rate"], float, increasing=True)
         )
+        if not 0 <= o["max_failed"] < 1:
+            raise BenchInputError(
+                f"--max-failed is a share of a step's requests, from 0 to below 1, not {o['max_failed']}"
+            )
         goodput = parse_goodput(o["goodput"])
         cost = resolve_cost(
             vm_size=o["vm_size"], vms=o["vms"], prices_file=o["prices"], gpus=o["gpus"], usd_per_hour=o["usd_per_hour"]
@@ -197,18 +201,19 @@ def sweep_command(o: dict[str, Any]) -> int:
                 f"P95 ITL {r['p95_itl_ms']:,.1f} ms, {r['failed']} failed"
             )
 
-        steps, saturated = sweep_runs(
+        steps, stop = sweep_runs(
             endpoint,
             _spec(o),
             loads=loads,
             by=by,
             min_gain=o["min_gain"],
             ttft_growth=o["ttft_growth"],
+            max_failed=o["max_failed"],
             goodput_ms=goodput,
             cost=cost,
             on_step=on_step,
         )
-        doc = write_sweep(o["out_dir"], o["name"], by, steps, saturated)
+        doc = write_sweep(o["out_dir"], o["name"], by, steps, stop)
     except ValueError as error:  # BenchInputError and the option parsers' ValueErrors: bad input, one line
         return _fail(error)
     except SweepInterrupted as stopped:  # between steps: the ones measured are written
@@ -235,8 +240,9 @@ def sweep_command(o: dict[str, Any]) -> int:
                 str(r["failed"]),
             )
         _out().print(table)
-        if saturated is not None:
-            _out().print(f"past saturation at {by} {doc['loads'][saturated]:g}: stopped there")
+        if stop is not None:
+            what = "failing" if stop.reason == "failing" else "past saturation"
+            _out().print(f"{what} at {by} {doc['loads'][stop.index]:g}: stopped there ({escape(stop.message)})")
         _out().print("wrote " + ", ".join(doc["files"].values()))
     if doc["interrupted"]:
         err.print(f"[yellow]interrupted[/] in step {len(steps)}: its figures cover the requests that finished")
@@ -245,10 +251,11 @@ def sweep_command(o: dict[str, Any]) -> int:
 
 
 def write_sweep(
-    out_dir: Path, name: str, by: str, steps: list[RunResult], saturated: int | None, *, interrupted: bool = False
+    out_dir: Path, name: str, by: str, steps: list[RunResult], stop: SweepStop | None, *, interrupted: bool = False
 ) -> dict[str, Any]:
     """Write `<name>.json`, `<name>-curve.png` and `<name>-cdf.png` under out_dir; return the JSON document.
 
+    `stop`: where and why the sweep stopped before its last step (`saturated_at` is its step, whatever the reason);
     `interrupted`: Ctrl-C ended the sweep between steps (within a step, that step's report says so).
     """
     loads = [s.report["max_concurrency"] if by == "concurrency" else s.report["request_rate"] for s in steps]
@@ -265,7 +272,9 @@ def write_sweep(
         "name": name,
         "by": by,
         "loads": loads,
-        "saturated_at": saturated,
+        "saturated_at": stop.index if stop is not None else None,
+        "stop_reason": stop.reason if stop is not None else None,
+        "stop_message": stop.message if stop is not None else None,
         "interrupted": interrupted or (bool(steps) and bool(steps[-1].report.get("interrupted"))),
         "steps": [s.report for s in steps],
         "files": files,

@@ -9,7 +9,7 @@ from typing import Any
 
 from tokenplane_cli.bench.client import Endpoint
 from tokenplane_cli.bench.runner import RunResult, WorkloadSpec, run_sync
-from tokenplane_cli.bench.stats import Cost, SweepPoint, saturation_index
+from tokenplane_cli.bench.stats import Cost, SweepPoint, SweepStop, sweep_stop
 
 __all__ = ["RATIOS", "SweepInterrupted", "compare_runs", "pair_ratios", "sweep_runs"]
 
@@ -158,11 +158,12 @@ def sweep_runs(
     by: str,
     min_gain: float = 0.05,
     ttft_growth: float = 0.5,
+    max_failed: float = 0.05,
     goodput_ms: dict[str, float] | None = None,
     cost: Cost | None = None,
     on_step: Callable[[float, RunResult], None] | None = None,
-) -> tuple[list[RunResult], int | None]:
-    """Step the load up until past saturation (throughput flat while median TTFT climbs) or the last step.
+) -> tuple[list[RunResult], SweepStop | None]:
+    """Step the load up until a step fails too often or is past saturation, or to the last step.
 
     Args:
         endpoint: Where to send.
@@ -171,13 +172,14 @@ def sweep_runs(
         by: "concurrency" or "rate".
         min_gain: See `stats.saturation_index`.
         ttft_growth: See `stats.saturation_index`.
+        max_failed: See `stats.sweep_stop`.
         goodput_ms: SLOs for goodput.
         cost: GPUs and price behind the endpoint.
         on_step: Called after each step.
 
     Returns:
-        The steps run and the index of the first saturated one (the sweep stopped there), or None. A step
-        interrupted by Ctrl-C (its report's `interrupted`) ends the sweep.
+        The steps run and where and why the sweep stopped early, or None. A step interrupted by Ctrl-C (its
+        report's `interrupted`) ends the sweep.
 
     Raises:
         SweepInterrupted: Ctrl-C after a step and before the next one sent a request.
@@ -203,8 +205,10 @@ def sweep_runs(
             on_step(load, result)
         if result.report["interrupted"]:  # Ctrl-C: keep the steps so far, this one's partial figures marked
             return steps, None
-        points.append(SweepPoint(load, result.report["output_throughput"], result.report["median_ttft_ms"]))
-        saturated = saturation_index(points, min_gain=min_gain, ttft_growth=ttft_growth)
-        if saturated is not None:
-            return steps, saturated
+        r = result.report
+        failed_share = r["failed"] / r["num_prompts"] if r["num_prompts"] else 0.0
+        points.append(SweepPoint(load, r["output_throughput"], r["median_ttft_ms"], failed_share))
+        stop = sweep_stop(points, min_gain=min_gain, ttft_growth=ttft_growth, max_failed=max_failed)
+        if stop is not None:
+            return steps, stop
     return steps, None

@@ -312,7 +312,8 @@ def bench(
         for label, endpoint in (("tokenplane", a), ("vllm", b)):
             if pause_idle:
                 pauser.only(label)
-            steps, saturated = sweep_runs(endpoint, spec, loads=sweep, by="concurrency")
+            steps, stop = sweep_runs(endpoint, spec, loads=sweep, by="concurrency")
+            saturated = stop.index if stop is not None else None
             curves[label] = [s.report for s in steps]
             (out / f"sweep-{label}.json").write_text(
                 json.dumps(

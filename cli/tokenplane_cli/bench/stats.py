@@ -44,12 +44,14 @@ __all__ = [
     "Cost",
     "RequestRecord",
     "SweepPoint",
+    "SweepStop",
     "latency_summary",
     "pareto_frontier",
     "parse_goodput",
     "percentile",
     "saturation_index",
     "summarize",
+    "sweep_stop",
 ]
 
 METRICS = ("ttft", "tpot", "itl", "e2el")
@@ -294,11 +296,28 @@ class SweepPoint:
         load: The concurrency or rate of the step.
         output_throughput: Output tokens per second.
         ttft_ms: A TTFT statistic of the step (the sweep uses the median).
+        failed_share: The share of the step's requests that failed (0 to 1).
     """
 
     load: float
     output_throughput: float
     ttft_ms: float
+    failed_share: float = 0.0
+
+
+@dataclass(frozen=True)
+class SweepStop:
+    """Where a sweep stopped, and why.
+
+    Attributes:
+        index: The step it stopped at.
+        reason: `failing` (too many of the step's requests failed) or `saturated` (flat throughput, climbing TTFT).
+        message: The reason in words, with the figures.
+    """
+
+    index: int
+    reason: str
+    message: str
 
 
 def saturation_index(points: Sequence[SweepPoint], *, min_gain: float = 0.05, ttft_growth: float = 0.5) -> int | None:
@@ -316,11 +335,52 @@ def saturation_index(points: Sequence[SweepPoint], *, min_gain: float = 0.05, tt
         The index of the first saturated step, or None.
     """
     for i in range(1, len(points)):
-        best = max(points[:i], key=lambda p: p.output_throughput)
-        flat = points[i].output_throughput < best.output_throughput * (1 + min_gain)
-        climbing = points[i].ttft_ms > max(best.ttft_ms, 1e-9) * (1 + ttft_growth)
-        if flat and climbing:
+        if _saturated(points, i, min_gain, ttft_growth) is not None:
             return i
+    return None
+
+
+def _saturated(points: Sequence[SweepPoint], i: int, min_gain: float, ttft_growth: float) -> SweepPoint | None:
+    """Return the step that step i failed to beat while its TTFT climbed over that step's, or None."""
+    if i == 0:
+        return None
+    best = max(points[:i], key=lambda p: p.output_throughput)
+    flat = points[i].output_throughput < best.output_throughput * (1 + min_gain)
+    climbing = points[i].ttft_ms > max(best.ttft_ms, 1e-9) * (1 + ttft_growth)
+    return best if flat and climbing else None
+
+
+def sweep_stop(
+    points: Sequence[SweepPoint], *, min_gain: float = 0.05, ttft_growth: float = 0.5, max_failed: float = 0.05
+) -> SweepStop | None:
+    """Find the first step a sweep should stop at: failing, or past saturation (see `saturation_index`).
+
+    A step fails when more than `max_failed` of its requests failed. An endpoint that sheds load (429, 503, a
+    proxy's timeouts) keeps the TTFT of the requests it does serve low, so the saturation rule alone never fires
+    while every further step only measures how much it refuses.
+
+    Args:
+        points: The sweep so far, in order of increasing load.
+        min_gain: See `saturation_index`.
+        ttft_growth: See `saturation_index`.
+        max_failed: Share of a step's requests (0 to 1) that may fail before the sweep stops there.
+
+    Returns:
+        The first step to stop at, or None.
+    """
+    for i, point in enumerate(points):
+        if point.failed_share > max_failed:
+            return SweepStop(
+                i, "failing", f"{point.failed_share:.0%} of its requests failed (more than --max-failed {max_failed:g})"
+            )
+        if (best := _saturated(points, i, min_gain, ttft_growth)) is not None:
+            return SweepStop(
+                i,
+                "saturated",
+                f"output throughput {point.output_throughput:,.0f} tok/s, not {min_gain:.0%} above "
+                f"{best.output_throughput:,.0f} at {best.load:g}, while median TTFT climbed from "
+                f"{best.ttft_ms:,.0f} to {point.ttft_ms:,.0f} ms",
+            )
     return None
 
 

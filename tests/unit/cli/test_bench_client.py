@@ -564,3 +564,21 @@ def test_ctrl_c_between_sweep_steps_writes_the_steps_measured(
     assert result.exit_code == 130, result.output
     sweep = json.loads((tmp_path / "sweep.json").read_text())
     assert sweep["interrupted"] is True and sweep["loads"] == [1] and sweep["steps"][0]["completed"] == 2
+
+
+def test_a_sweep_against_an_endpoint_that_sheds_load_stops_where_it_fails(
+    peer: tuple[Peer, str], tmp_path: Path
+) -> None:
+    # Half the requests answered 429 at once: the TTFT of the served half stayed flat, so the sweep went on
+    # through every step (and would through 64 or 128) saying nothing of the failures.
+    state, url = peer
+    state.refuse_every, state.counted = 2, 0
+    try:
+        args = ["bench", "sweep", url, "-c", "1,2,4", "-n", "4", "--output-tokens", "2", "--out-dir", str(tmp_path)]
+        result = CliRunner().invoke(app, args)
+    finally:
+        state.refuse_every = 0
+    assert result.exit_code == 0, result.output
+    sweep = json.loads((tmp_path / "sweep.json").read_text())
+    assert sweep["loads"] == [1] and sweep["saturated_at"] == 0 and sweep["stop_reason"] == "failing"
+    assert "failing at concurrency 1: stopped there (50% of its requests failed" in result.stdout

@@ -21,6 +21,7 @@ from tokenplane_cli.bench.stats import (
     percentile,
     saturation_index,
     summarize,
+    sweep_stop,
 )
 from tokenplane_cli.bench.workload import BenchInputError, PromptMaker, poisson_arrivals, read_trace
 from tokenplane_operator.plan.catalog import find_sku
@@ -186,6 +187,25 @@ def test_saturation_is_flat_throughput_with_climbing_ttft() -> None:
     assert saturation_index([SweepPoint(1, 100, 50), SweepPoint(2, 180, 120)]) is None
     # Throughput falling after the peak counts as flat.
     assert saturation_index([SweepPoint(1, 100, 50), SweepPoint(2, 300, 60), SweepPoint(4, 250, 400)]) == 2
+
+
+def test_a_sweep_stops_at_a_step_that_fails_more_than_max_failed() -> None:
+    # An endpoint shedding load with 429s serves the requests it admits as fast as ever: TTFT stays flat, so the
+    # saturation rule alone never stopped the sweep, however many requests failed.
+    shedding = [SweepPoint(1, 100, 50), SweepPoint(2, 190, 50), SweepPoint(4, 200, 51, 0.40)]
+    assert saturation_index(shedding) is None
+    stop = sweep_stop(shedding)
+    assert stop is not None and (stop.index, stop.reason) == (2, "failing")
+    assert "40% of its requests failed" in stop.message
+    # One stray failure in 64 (1.6%) is not a reason to stop; at the threshold itself neither.
+    assert sweep_stop([SweepPoint(1, 100, 50, 1 / 64), SweepPoint(2, 190, 50, 0.05)]) is None
+    # A first step that fails is a stop too (there is nothing to compare it with, nor a need to).
+    first = sweep_stop([SweepPoint(1, 0, 0, 1.0)])
+    assert first is not None and (first.index, first.reason) == (0, "failing")
+    # The saturation rule still stops, and says why.
+    climbing = [SweepPoint(1, 100, 50), SweepPoint(2, 101, 200)]
+    stop = sweep_stop(climbing)
+    assert stop is not None and (stop.index, stop.reason) == (1, "saturated") and "50 to 200 ms" in stop.message
 
 
 def test_pareto_frontier_keeps_points_nothing_beats_on_both_axes() -> None:
