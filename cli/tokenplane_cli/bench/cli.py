@@ -125,7 +125,12 @@ def sweep(
     out_dir: Annotated[Path, typer.Option("--out-dir", help="Where the JSON and PNGs go.")] = Path("results/bench"),
     name: Annotated[str, typer.Option("--name", help="Name of the run in files and charts.")] = "sweep",
     min_gain: Annotated[
-        float, typer.Option("--min-gain", help="Throughput gain below which a step counts as flat (0.05 = 5%).")
+        float,
+        typer.Option(
+            "--min-gain",
+            help="Throughput gain below which a step counts as flat (0.05 = 5%), over steps of at least twice as "
+            "much less load.",
+        ),
     ] = 0.05,
     ttft_growth: Annotated[
         float, typer.Option("--ttft-growth", help="Median TTFT growth above which it counts as climbing.")

@@ -323,8 +323,12 @@ class SweepStop:
 def saturation_index(points: Sequence[SweepPoint], *, min_gain: float = 0.05, ttft_growth: float = 0.5) -> int | None:
     """Find the first step past saturation: more load bought no throughput but TTFT climbed (guidellm's stop rule).
 
-    A step is past saturation when its output throughput is less than `min_gain` above the best seen before it,
-    while its TTFT is more than `ttft_growth` above the TTFT of the step that gave that best throughput.
+    A step is past saturation when its output throughput is less than `min_gain` above the best of the earlier
+    steps it had room to beat, while its TTFT is more than `ttft_growth` above the TTFT of the step that gave that
+    best throughput. A step has room to beat an earlier one whose load is at least `2 * min_gain` below its own:
+    if throughput still grew with load, it would gain twice `min_gain` over that step, so a gain below `min_gain`
+    is more than throughput noise. Against a closer step (rates 1, 1.02, 1.04...) even a server far from
+    saturation gains less than `min_gain`, and TTFT noise alone decided the stop.
 
     Args:
         points: The sweep so far, in order of increasing load.
@@ -342,9 +346,10 @@ def saturation_index(points: Sequence[SweepPoint], *, min_gain: float = 0.05, tt
 
 def _saturated(points: Sequence[SweepPoint], i: int, min_gain: float, ttft_growth: float) -> SweepPoint | None:
     """Return the step that step i failed to beat while its TTFT climbed over that step's, or None."""
-    if i == 0:
+    room = [p for p in points[:i] if p.load * (1 + 2 * min_gain) <= points[i].load]
+    if not room:
         return None
-    best = max(points[:i], key=lambda p: p.output_throughput)
+    best = max(room, key=lambda p: p.output_throughput)
     flat = points[i].output_throughput < best.output_throughput * (1 + min_gain)
     climbing = points[i].ttft_ms > max(best.ttft_ms, 1e-9) * (1 + ttft_growth)
     return best if flat and climbing else None

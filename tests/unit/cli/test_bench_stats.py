@@ -189,6 +189,19 @@ def test_saturation_is_flat_throughput_with_climbing_ttft() -> None:
     assert saturation_index([SweepPoint(1, 100, 50), SweepPoint(2, 300, 60), SweepPoint(4, 250, 400)]) == 2
 
 
+def test_steps_closer_than_min_gain_do_not_stop_a_sweep_on_ttft_noise() -> None:
+    # Rates 1 and 1.02: 2% more load can buy at most 2% more throughput, under the 5% of --min-gain, so the step
+    # counted as flat whatever the server did, and a TTFT 60% up by noise (50 -> 80 ms) stopped the sweep.
+    assert saturation_index([SweepPoint(1.0, 100, 50), SweepPoint(1.02, 102, 80)]) is None
+    # 5% more load against 5% to gain: throughput noise alone decides "flat"; twice min_gain is needed.
+    assert saturation_index([SweepPoint(1.0, 100, 50), SweepPoint(1.05, 104.5, 80)]) is None
+    # Fine steps still find a real saturation: against the steps 10% or more below it.
+    fine = [SweepPoint(1.0, 100, 50), SweepPoint(1.05, 104, 52), SweepPoint(1.1, 104, 55), SweepPoint(1.2, 104, 90)]
+    assert saturation_index(fine) == 3
+    stop = sweep_stop(fine)
+    assert stop is not None and "not 5% above 104 at 1.05" in stop.message
+
+
 def test_a_sweep_stops_at_a_step_that_fails_more_than_max_failed() -> None:
     # An endpoint shedding load with 429s serves the requests it admits as fast as ever: TTFT stays flat, so the
     # saturation rule alone never stopped the sweep, however many requests failed.
