@@ -32,7 +32,7 @@ bench_app = typer.Typer(
 Url = Annotated[str, typer.Argument(help="Endpoint root, e.g. http://127.0.0.1:8000 (with or without /v1).")]
 Model = Annotated[str | None, typer.Option("--model", help="Model name to send; default: the first in /v1/models.")]
 ApiKey = Annotated[str | None, typer.Option("--api-key", envvar="OPENAI_API_KEY", help="Bearer key, if any.")]
-NumPrompts = Annotated[int, typer.Option("--num-prompts", "-n", help="Requests per run (synthetic workloads).")]
+NumPrompts = Annotated[int, typer.Option("--num-prompts", "-n", help="Requests per run.")]
 InputTokens = Annotated[int, typer.Option("--input-tokens", help="Prompt content tokens per request (turn).")]
 OutputTokens = Annotated[int, typer.Option("--output-tokens", help="Output tokens per request (max_tokens).")]
 Turns = Annotated[int, typer.Option("--turns", help="Turns per session: each resends the conversation so far.")]
@@ -86,7 +86,14 @@ def run(
     ] = None,
     model: Model = None,
     api_key: ApiKey = None,
-    num_prompts: NumPrompts = 64,
+    num_prompts: Annotated[
+        int | None,
+        typer.Option(
+            "--num-prompts",
+            "-n",
+            help="Requests per run (default 64); with --trace-file, the trace's first N by t (default: all).",
+        ),
+    ] = None,
     input_tokens: InputTokens = 128,
     output_tokens: OutputTokens = 64,
     turns: Turns = 1,

@@ -29,6 +29,7 @@ from tokenplane_cli.bench.workload import (
 )
 
 __all__ = [
+    "SYNTHETIC_PROMPTS",
     "RunResult",
     "WorkloadSpec",
     "build_sessions",
@@ -40,6 +41,9 @@ __all__ = [
 ]
 
 
+# Requests of a synthetic workload when --num-prompts is not given (vLLM's default is 1,000; runs here are short).
+SYNTHETIC_PROMPTS = 64
+
 # How long GET /v1/models may take when the model is not given.
 MODELS_TIMEOUT_S = 30.0
 
@@ -49,7 +53,8 @@ class WorkloadSpec:
     """What to send, independent of how fast.
 
     Attributes:
-        num_prompts: Requests in all (synthetic workloads).
+        num_prompts: Requests in all; None for `SYNTHETIC_PROMPTS` of a synthetic workload, or a whole trace (with a
+            trace, the first `num_prompts` requests by arrival).
         input_tokens: Prompt content tokens per turn.
         output_tokens: max_tokens per answer.
         turns: Turns per session.
@@ -60,7 +65,7 @@ class WorkloadSpec:
         seed: Seed of prompts and arrivals.
     """
 
-    num_prompts: int = 64
+    num_prompts: int | None = None
     input_tokens: int = 128
     output_tokens: int = 64
     turns: int = 1
@@ -186,9 +191,9 @@ async def build_sessions(
             maker = PromptMaker(seed=spec.seed, tokens_per_word=per_word)
             sizing = {"prompt_sizing": "server usage", "tokens_per_word": per_word, "template_tokens": overhead}
     if spec.trace_file is not None:
-        return read_trace(spec.trace_file, maker), sizing
+        return read_trace(spec.trace_file, maker, limit=spec.num_prompts), sizing
     sessions = synthetic_sessions(
-        num_prompts=spec.num_prompts,
+        num_prompts=spec.num_prompts if spec.num_prompts is not None else SYNTHETIC_PROMPTS,
         input_tokens=spec.input_tokens,
         output_tokens=spec.output_tokens,
         turns=spec.turns,

@@ -224,7 +224,7 @@ def synthetic_sessions(
     return sessions
 
 
-def read_trace(path: Path, maker: PromptMaker) -> list[Session]:
+def read_trace(path: Path, maker: PromptMaker, limit: int | None = None) -> list[Session]:
     """Sessions from a trace: JSONL lines `{"t", "input_tokens", "output_tokens", "session"}` (`session` optional).
 
     `t` is the arrival in seconds after the start; lines of one session become its turns in order of `t`. As in
@@ -236,15 +236,21 @@ def read_trace(path: Path, maker: PromptMaker) -> list[Session]:
     Args:
         path: The JSONL file.
         maker: Makes the text.
+        limit: Replay only the first `limit` requests by `t` (`--num-prompts`, as vLLM takes the first N of a
+            dataset; a session keeps its turns up to there), or all.
 
     Returns:
         The sessions, ordered by their first arrival.
 
     Raises:
-        BenchInputError: naming the file, line and field of the first bad line.
+        BenchInputError: naming the file, line and field of the first bad line, or a limit below 1.
     """
+    if limit is not None and limit < 1:
+        raise BenchInputError(f"--num-prompts must be at least 1, not {limit}")
     by_session: dict[str, list[Turn]] = {}
     lines = read_trace_lines(path, BenchInputError, prefix="--trace-file ")
+    if limit is not None:
+        lines = sorted(lines, key=lambda line: (line.t, line.number))[:limit]
     first = min(line.t for line in lines)
     for line in lines:
         key = line.session if line.session is not None else f"line{line.number}"

@@ -582,3 +582,31 @@ def test_a_sweep_against_an_endpoint_that_sheds_load_stops_where_it_fails(
     sweep = json.loads((tmp_path / "sweep.json").read_text())
     assert sweep["loads"] == [1] and sweep["saturated_at"] == 0 and sweep["stop_reason"] == "failing"
     assert "failing at concurrency 1: stopped there (50% of its requests failed" in result.stdout
+
+
+def test_num_prompts_caps_a_trace_replay(peer: tuple[Peer, str], tmp_path: Path) -> None:
+    # `-n 3 --trace-file` replayed all 5 requests: --num-prompts was read for synthetic workloads only. It now
+    # takes the trace's first 3 by t, as vLLM takes a dataset's first N; a session keeps its turns up to there.
+    _, url = peer
+    trace = tmp_path / "trace.jsonl"
+    rows = [
+        {"t": 0.3, "input_tokens": 6, "output_tokens": 2, "session": "a"},
+        {"t": 0.0, "input_tokens": 4, "output_tokens": 2, "session": "a"},
+        {"t": 0.1, "input_tokens": 5, "output_tokens": 2},
+        {"t": 0.4, "input_tokens": 7, "output_tokens": 2},
+        {"t": 0.2, "input_tokens": 8, "output_tokens": 2, "session": "a"},
+    ]
+    trace.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    args = ["bench", url, "--trace-file", str(trace), "-n", "3", "-o", "json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["completed"] == 3 and report["not_sent"] == 0
+    assert report["workload"]["num_prompts"] == 3
+    # t 0.0 and 0.2 of session a (its turn at 0.3 is past the cap), and the line at 0.1.
+    assert report["total_input_tokens"] == (4 + 5) + (8 + 5) + (5 + 5)
+    result = CliRunner().invoke(app, ["bench", url, "--trace-file", str(trace), "-n", "0"])
+    assert result.exit_code == 2 and "--num-prompts must be at least 1, not 0" in result.output
+    # Without -n, the whole trace.
+    result = CliRunner().invoke(app, ["bench", url, "--trace-file", str(trace), "-o", "json"])
+    assert result.exit_code == 0 and json.loads(result.stdout)["completed"] == 5
