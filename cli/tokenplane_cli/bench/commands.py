@@ -12,7 +12,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from tokenplane_cli.bench.client import Endpoint
@@ -64,29 +64,41 @@ def _endpoint(url: str, o: dict[str, Any], api_key: str | None) -> Endpoint:
 
 
 @contextmanager
-def _progress(description: str) -> Iterator[tuple[Any, Any]]:
-    """Show a progress bar on stderr; yield (on_start(total), on_done(record)) callbacks."""
+def _progress(description: str) -> Iterator[tuple[Any, Any, Any]]:
+    """Show progress bars on stderr; yield (on_prepare(made, total), on_start(total), on_done(record)) callbacks.
+
+    Prompts are made before the first request (a 200,000-line trace takes about 30 s): a bar of their own.
+    """
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("{task.fields[failed]} failed"),
+        TextColumn("{task.fields[note]}"),
         TimeElapsedColumn(),
         console=err,
         transient=True,
     ) as progress:
-        task = progress.add_task(description, total=None, failed=0)
+        task = progress.add_task(description, total=None, note="")
+        prompts: list[TaskID] = []
         failed = 0
 
+        def on_prepare(made: int, total: int) -> None:
+            if not prompts:
+                prompts.append(progress.add_task("making prompts", total=total, note=""))
+                progress.refresh()
+            progress.update(prompts[0], completed=made, total=total)
+
         def on_start(total: int) -> None:
-            progress.update(task, total=total)
+            if prompts:
+                progress.remove_task(prompts[0])
+            progress.update(task, total=total, note="0 failed")
 
         def on_done(record: RequestRecord) -> None:
             nonlocal failed
             failed += 0 if record.success else 1
-            progress.update(task, advance=1, failed=failed)
+            progress.update(task, advance=1, note=f"{failed} failed")
 
-        yield on_start, on_done
+        yield on_prepare, on_start, on_done
 
 
 def _fail(error: Exception) -> int:
@@ -124,7 +136,7 @@ def run_command(o: dict[str, Any]) -> int:
         if o["save_requests"] is not None:
             _file("--save-requests", o["save_requests"])
         endpoint = _endpoint(o["url"], o, o["api_key"])
-        with _progress(f"{endpoint.model} @ {endpoint.base_url}") as (on_start, on_done):
+        with _progress(f"{endpoint.model} @ {endpoint.base_url}") as (on_prepare, on_start, on_done):
             result = run_sync(
                 endpoint,
                 _spec(o),
@@ -132,6 +144,7 @@ def run_command(o: dict[str, Any]) -> int:
                 rate=o["rate"],
                 goodput_ms=goodput,
                 cost=cost,
+                on_prepare=on_prepare,
                 on_start=on_start,
                 on_done=on_done,
             )

@@ -19,6 +19,7 @@ from tokenplane_cli.bench.client import AUTH_HINT, Endpoint, StatusError, chat, 
 from tokenplane_cli.bench.stats import Cost, RequestRecord, summarize
 from tokenplane_cli.bench.workload import (
     BenchInputError,
+    Progress,
     PromptMaker,
     Session,
     Tokenizer,
@@ -168,11 +169,12 @@ async def calibrate(endpoint: Endpoint, seed: int = 0, words: int = 200) -> tupl
 
 
 async def build_sessions(
-    spec: WorkloadSpec, endpoint: Endpoint, tokenizer: Tokenizer | None = None
+    spec: WorkloadSpec, endpoint: Endpoint, tokenizer: Tokenizer | None = None, on_progress: Progress | None = None
 ) -> tuple[list[Session], dict[str, Any]]:
     """Make the workload's sessions with real token counts; also return how prompts were sized.
 
-    `tokenizer` is `spec.tokenizer` already loaded (loaded here when not given).
+    `tokenizer` is `spec.tokenizer` already loaded (loaded here when not given); `on_progress` gets (prompts made,
+    prompts in all) as the prompts are made.
     """
     if spec.tokenizer:
         maker = PromptMaker(seed=spec.seed, tokenizer=tokenizer or load_tokenizer(spec.tokenizer))
@@ -191,7 +193,7 @@ async def build_sessions(
             maker = PromptMaker(seed=spec.seed, tokens_per_word=per_word)
             sizing = {"prompt_sizing": "server usage", "tokens_per_word": per_word, "template_tokens": overhead}
     if spec.trace_file is not None:
-        return read_trace(spec.trace_file, maker, limit=spec.num_prompts), sizing
+        return read_trace(spec.trace_file, maker, limit=spec.num_prompts, on_progress=on_progress), sizing
     sessions = synthetic_sessions(
         num_prompts=spec.num_prompts if spec.num_prompts is not None else SYNTHETIC_PROMPTS,
         input_tokens=spec.input_tokens,
@@ -200,6 +202,7 @@ async def build_sessions(
         prefix_tokens=spec.prefix_tokens,
         prefix_groups=spec.prefix_groups,
         maker=maker,
+        on_progress=on_progress,
     )
     return sessions, sizing
 
@@ -393,15 +396,20 @@ def run_sync(
     rate: float | None,
     goodput_ms: dict[str, float] | None = None,
     cost: Cost | None = None,
+    on_prepare: Progress | None = None,
     on_start: Callable[[int], None] | None = None,
     on_done: Callable[[RequestRecord], None] | None = None,
 ) -> RunResult:
-    """Build the workload and run it (one event loop); `on_start` gets the number of requests."""
+    """Build the workload and run it (one event loop).
+
+    `on_prepare` gets (prompts made, prompts in all) while the prompts are made, `on_start` the number of requests
+    once they are, `on_done` each request's record.
+    """
 
     async def main() -> RunResult:
         stop = _stop_on_ctrl_c()
         tokenizer = load_tokenizer(spec.tokenizer) if spec.tokenizer else None
-        sessions, sizing = await build_sessions(spec, endpoint, tokenizer)
+        sessions, sizing = await build_sessions(spec, endpoint, tokenizer, on_prepare)
         if stop.is_set():
             raise KeyboardInterrupt
         if on_start is not None:

@@ -17,6 +17,7 @@ from tokenplane_cli.tracefile import MAX_TRACE_SECONDS, read_trace_lines
 __all__ = [
     "MAX_TRACE_SECONDS",
     "BenchInputError",
+    "Progress",
     "PromptMaker",
     "Session",
     "Tokenizer",
@@ -45,6 +46,12 @@ _WORD_TEXT = (
     "window evidence population river"
 )
 _WORDS = tuple(_WORD_TEXT.split())
+
+
+# Prompts made between two progress reports: often enough for a bar, seldom enough to cost nothing.
+PROGRESS_EVERY = 500
+
+Progress = Callable[[int, int], None]
 
 
 class BenchInputError(ValueError):
@@ -184,6 +191,7 @@ def synthetic_sessions(
     prefix_tokens: int = 0,
     prefix_groups: int = 1,
     maker: PromptMaker,
+    on_progress: Progress | None = None,
 ) -> list[Session]:
     """Sessions of synthetic prompts: `num_prompts` requests in all, `turns` per session.
 
@@ -195,6 +203,7 @@ def synthetic_sessions(
         prefix_tokens: Tokens of a prefix shared by the first turns of sessions in the same group (0: none).
         prefix_groups: How many distinct shared prefixes there are; sessions take them round-robin.
         maker: Makes the text.
+        on_progress: Called with (prompts made, prompts in all) as the prompts are made.
 
     Returns:
         The sessions, each starting at 0 (arrivals are set later).
@@ -220,11 +229,17 @@ def synthetic_sessions(
             else:
                 turn.text = maker.text(input_tokens)
             session.turns.append(turn)
+            if on_progress is not None and (s * turns + t + 1) % PROGRESS_EVERY == 0:
+                on_progress(s * turns + t + 1, count * turns)
         sessions.append(session)
+    if on_progress is not None:
+        on_progress(count * turns, count * turns)
     return sessions
 
 
-def read_trace(path: Path, maker: PromptMaker, limit: int | None = None) -> list[Session]:
+def read_trace(
+    path: Path, maker: PromptMaker, limit: int | None = None, on_progress: Progress | None = None
+) -> list[Session]:
     """Sessions from a trace: JSONL lines `{"t", "input_tokens", "output_tokens", "session"}` (`session` optional).
 
     `t` is the arrival in seconds after the start; lines of one session become its turns in order of `t`. As in
@@ -238,6 +253,8 @@ def read_trace(path: Path, maker: PromptMaker, limit: int | None = None) -> list
         maker: Makes the text.
         limit: Replay only the first `limit` requests by `t` (`--num-prompts`, as vLLM takes the first N of a
             dataset; a session keeps its turns up to there), or all.
+        on_progress: Called with (prompts made, prompts in all) as the prompts are made (a 200,000-line trace of
+            ~1,000-token prompts takes about 30 s).
 
     Returns:
         The sessions, ordered by their first arrival.
@@ -257,11 +274,17 @@ def read_trace(path: Path, maker: PromptMaker, limit: int | None = None) -> list
         turn = Turn(line.input_tokens, line.output_tokens, arrival=line.t - first, whole_prompt=True)
         by_session.setdefault(key, []).append(turn)
     sessions = []
+    made = 0
     for sid, turns in by_session.items():
         turns.sort(key=lambda turn: turn.arrival or 0.0)
         for turn in turns:
             turn.text = maker.text(turn.input_tokens)
+            made += 1
+            if on_progress is not None and made % PROGRESS_EVERY == 0:
+                on_progress(made, len(lines))
         sessions.append(Session(id=sid, turns=turns, start=turns[0].arrival or 0.0, shorten=maker.shorten))
+    if on_progress is not None:
+        on_progress(made, len(lines))
     return sorted(sessions, key=lambda s: s.start)
 
 

@@ -9,6 +9,7 @@ words + 5 (a chat template's overhead), so prompt sizing by the server's usage c
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import signal
@@ -610,3 +611,22 @@ def test_num_prompts_caps_a_trace_replay(peer: tuple[Peer, str], tmp_path: Path)
     # Without -n, the whole trace.
     result = CliRunner().invoke(app, ["bench", url, "--trace-file", str(trace), "-o", "json"])
     assert result.exit_code == 0 and json.loads(result.stdout)["completed"] == 5
+
+
+def test_the_prompts_of_a_trace_are_made_under_a_progress_bar(
+    peer: tuple[Peer, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rich.console import Console
+
+    from tokenplane_cli.bench import commands
+
+    _, url = peer
+    screen = io.StringIO()
+    monkeypatch.setattr(commands, "err", Console(file=screen, force_terminal=True, width=120))
+    trace = tmp_path / "trace.jsonl"
+    trace.write_text(
+        "".join(json.dumps({"t": i / 100, "input_tokens": 3, "output_tokens": 1}) + "\n" for i in range(3))
+    )
+    result = CliRunner().invoke(app, ["bench", url, "--trace-file", str(trace), "-o", "json"])
+    assert result.exit_code == 0, result.output
+    assert "making prompts" in screen.getvalue()

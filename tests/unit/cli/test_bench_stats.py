@@ -273,6 +273,21 @@ def test_trace_file_sessions_and_errors(tmp_path: Path) -> None:
         read_trace(trace, PromptMaker())
 
 
+def test_making_a_traces_prompts_reports_progress(tmp_path: Path) -> None:
+    # A 200,000-line trace's prompts took 27 s to make before the first request, with nothing on screen.
+    trace = tmp_path / "trace.jsonl"
+    trace.write_text(
+        "".join(json.dumps({"t": i / 100, "input_tokens": 3, "output_tokens": 1}) + "\n" for i in range(1200))
+    )
+    calls: list[tuple[int, int]] = []
+    sessions = read_trace(trace, PromptMaker(), on_progress=lambda made, total: calls.append((made, total)))
+    assert len(sessions) == 1200
+    assert calls == [(500, 1200), (1000, 1200), (1200, 1200)]
+    calls.clear()
+    read_trace(trace, PromptMaker(), limit=700, on_progress=lambda made, total: calls.append((made, total)))
+    assert calls == [(500, 700), (700, 700)]
+
+
 @pytest.mark.parametrize(
     ("line", "message"),
     [
