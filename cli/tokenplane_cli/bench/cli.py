@@ -68,6 +68,17 @@ ContentParts = Annotated[
     ),
 ]
 Timeout = Annotated[float, typer.Option("--timeout", help="Seconds per request before it counts as failed.")]
+Insecure = Annotated[
+    bool,
+    typer.Option("--insecure", "-k", help="Do not verify an https endpoint's certificate (self-signed), as curl -k."),
+]
+CaBundle = Annotated[
+    Path | None,
+    typer.Option(
+        "--ca-bundle",
+        help="Verify an https endpoint's certificate against these CA certificates (PEM), as curl --cacert.",
+    ),
+]
 
 
 @bench_app.command("run")
@@ -111,6 +122,8 @@ def run(
     ignore_eos: IgnoreEos = True,
     content_parts: ContentParts = True,
     timeout: Timeout = 600.0,
+    insecure: Insecure = False,
+    ca_bundle: CaBundle = None,
     output: Output = OutputFormat.table,
     save_requests: Annotated[
         Path | None, typer.Option("--save-requests", help="Write one JSON line per request here.")
@@ -168,6 +181,8 @@ def sweep(
     ignore_eos: IgnoreEos = True,
     content_parts: ContentParts = True,
     timeout: Timeout = 600.0,
+    insecure: Insecure = False,
+    ca_bundle: CaBundle = None,
     output: Output = OutputFormat.table,
 ) -> None:
     """Step the load up (concurrency or rate) until past saturation; write sweep JSON, curve and CDF PNGs."""
@@ -197,6 +212,8 @@ def compare(
     ignore_eos: IgnoreEos = True,
     content_parts: ContentParts = True,
     timeout: Timeout = 600.0,
+    insecure: Insecure = False,
+    ca_bundle: CaBundle = None,
     output: Output = OutputFormat.table,
 ) -> None:
     """One workload against two endpoints, interleaved A B A B; ratios A/B with min/median/max over pairs."""

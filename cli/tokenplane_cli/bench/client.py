@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from tokenplane_cli.bench.stats import RequestRecord
 
-__all__ = ["AUTH_HINT", "Endpoint", "Reply", "StatusError", "chat", "list_models", "normalize_base_url"]
+__all__ = ["AUTH_HINT", "TLS_HINT", "Endpoint", "Reply", "StatusError", "chat", "list_models", "normalize_base_url"]
 
 
 def normalize_base_url(url: str) -> str:
@@ -28,6 +30,7 @@ def normalize_base_url(url: str) -> str:
 
 
 AUTH_HINT = "check the key (--api-key, or OPENAI_API_KEY)"
+TLS_HINT = "give the CA that signed its certificate with --ca-bundle FILE (PEM), or --insecure not to verify it"
 
 
 class StatusError(ValueError):
@@ -51,6 +54,9 @@ class Endpoint:
         content_parts: Send each user message's content as a list of parts (`[{"type": "text", "text": ...}]`),
             as vLLM's benchmark client does, instead of a string. The server does more work per request for
             parts, so the two shapes do not time alike.
+        insecure: Do not verify an https endpoint's certificate (curl's `-k`, httpx's `verify=False`).
+        ca_bundle: Verify it against the CA certificates in this PEM file instead of the system's (curl's
+            `--cacert`, httpx's `verify=PATH`).
     """
 
     base_url: str
@@ -59,6 +65,30 @@ class Endpoint:
     ignore_eos: bool = True
     timeout_s: float = 600.0
     content_parts: bool = True
+    insecure: bool = False
+    ca_bundle: Path | None = None
+
+    def tls(self) -> ssl.SSLContext | bool:
+        """Return aiohttp's `ssl=`: False not to verify, a context with `ca_bundle`, else True (the system's CAs).
+
+        Raises:
+            ValueError: `ca_bundle` cannot be read as PEM certificates, or comes with `insecure`.
+        """
+        if self.insecure and self.ca_bundle is not None:
+            raise ValueError("give --ca-bundle (verify against it) or --insecure (verify nothing), not both")
+        if self.insecure:
+            return False
+        if self.ca_bundle is None:
+            return True
+        try:
+            return ssl.create_default_context(cafile=str(self.ca_bundle))
+        except ssl.SSLError as err:  # an OSError too: first
+            raise ValueError(
+                f"--ca-bundle {self.ca_bundle}: not PEM certificates ({err.reason or err}); give the CA's "
+                "certificate(s) as PEM, -----BEGIN CERTIFICATE-----"
+            ) from None
+        except OSError as err:
+            raise ValueError(f"--ca-bundle {self.ca_bundle}: cannot read it ({err.strerror or err})") from None
 
     def headers(self) -> dict[str, str]:
         """Request headers (JSON, and the key when there is one)."""
@@ -176,6 +206,9 @@ async def chat(
                         last = now
     except TimeoutError:
         record.error_kind, record.error = "timeout", f"no complete answer within {endpoint.timeout_s:g}s"
+        return reply
+    except aiohttp.ClientSSLError as err:  # a certificate not verified, or TLS spoken to a server without it
+        record.error_kind, record.error = "tls", f"{type(err).__name__}: {err}; {TLS_HINT}"
         return reply
     except aiohttp.ClientError as err:
         record.error_kind, record.error = "connection", f"{type(err).__name__}: {err}"

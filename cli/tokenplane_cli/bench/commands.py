@@ -57,6 +57,8 @@ def _endpoint(url: str, o: dict[str, Any], api_key: str | None) -> Endpoint:
                 ignore_eos=o["ignore_eos"],
                 timeout_s=o["timeout"],
                 content_parts=o.get("content_parts", True),
+                insecure=o["insecure"],
+                ca_bundle=o["ca_bundle"],
             )
         )
     except ValueError as error:

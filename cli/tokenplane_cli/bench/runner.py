@@ -15,7 +15,15 @@ from typing import Any
 
 import aiohttp
 
-from tokenplane_cli.bench.client import AUTH_HINT, Endpoint, StatusError, chat, list_models, normalize_base_url
+from tokenplane_cli.bench.client import (
+    AUTH_HINT,
+    TLS_HINT,
+    Endpoint,
+    StatusError,
+    chat,
+    list_models,
+    normalize_base_url,
+)
 from tokenplane_cli.bench.stats import Cost, RequestRecord, summarize
 from tokenplane_cli.bench.workload import (
     BenchInputError,
@@ -105,16 +113,25 @@ class RunResult:
 
 
 async def resolve_endpoint(url: str, model: str | None, api_key: str | None, **kwargs: Any) -> Endpoint:
-    """Make an Endpoint for `url`, asking the server for its model when none is given."""
-    base = normalize_base_url(url)
+    """Make an Endpoint for `url`, asking the server for its model when none is given.
+
+    Raises:
+        ValueError: a URL, TLS option or answer of GET /v1/models that cannot be used, saying what to do.
+    """
+    endpoint = Endpoint(base_url=normalize_base_url(url), model=model or "", api_key=api_key, **kwargs)
+    tls = endpoint.tls()  # a --ca-bundle that cannot be used is refused before any request
     if model:
-        return Endpoint(base_url=base, model=model, api_key=api_key, **kwargs)
+        return endpoint
+    base = endpoint.base_url
     # aiohttp's default is 5 minutes: a mistyped address hung that long before a word.
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=MODELS_TIMEOUT_S)) as session:
+    timeout = aiohttp.ClientTimeout(total=MODELS_TIMEOUT_S)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls), timeout=timeout) as session:
         try:
             models = await list_models(session, base, api_key)
         except TimeoutError:
             raise BenchInputError(f"{base}/models did not answer within {MODELS_TIMEOUT_S:g}s") from None
+        except aiohttp.ClientSSLError as err:
+            raise BenchInputError(f"cannot reach {base}/models: {err}; {TLS_HINT}") from None
         except aiohttp.ClientError as err:
             raise BenchInputError(f"cannot reach {base}/models: {err}") from None
         except StatusError as err:
@@ -124,7 +141,7 @@ async def resolve_endpoint(url: str, model: str | None, api_key: str | None, **k
             raise BenchInputError(f"{err}; give the model with --model") from None
     if not models:
         raise BenchInputError(f"{base}/models lists no model; give one with --model")
-    return Endpoint(base_url=base, model=models[0], api_key=api_key, **kwargs)
+    return replace(endpoint, model=models[0])
 
 
 async def _prompt_tokens(session: aiohttp.ClientSession, endpoint: Endpoint, text: str) -> int:
@@ -159,7 +176,7 @@ async def calibrate(endpoint: Endpoint, seed: int = 0, words: int = 200) -> tupl
         by.
     """
     maker = PromptMaker(seed=seed + 7919)
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=endpoint.tls())) as session:
         short = await _prompt_tokens(session, endpoint, maker.words(words // 4))
         long = await _prompt_tokens(session, endpoint, maker.words(words))
     if long <= short:
@@ -273,7 +290,9 @@ async def run(
     records: list[RequestRecord] = []
     texts: dict[int, str] = {}
     run_id = f"tokenplane-bench-{uuid.uuid4().hex[:8]}"
-    connector = aiohttp.TCPConnector(limit=concurrency or 0, limit_per_host=concurrency or 0, force_close=False)
+    connector = aiohttp.TCPConnector(
+        limit=concurrency or 0, limit_per_host=concurrency or 0, force_close=False, ssl=endpoint.tls()
+    )
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=30)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
         if initial_test and sessions and sessions[0].turns:

@@ -630,3 +630,87 @@ def test_the_prompts_of_a_trace_are_made_under_a_progress_bar(
     result = CliRunner().invoke(app, ["bench", url, "--trace-file", str(trace), "-o", "json"])
     assert result.exit_code == 0, result.output
     assert "making prompts" in screen.getvalue()
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 signed by its own key (what a test cluster's ingress often has)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tokenplane-test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_file, key_file
+
+
+@pytest.fixture(scope="module")
+def tls_peer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    import ssl
+
+    cert_file, key_file = _self_signed(tmp_path_factory.mktemp("tls"))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_file, key_file)
+    state = Peer()
+    application = web.Application()
+    application.router.add_get("/v1/models", state.models)
+    application.router.add_post("/v1/chat/completions", state.chat)
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(application)
+    loop.run_until_complete(runner.setup())
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+    loop.run_until_complete(site.start())
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    thread = Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    yield f"https://127.0.0.1:{port}", cert_file
+    asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+
+
+def test_an_https_endpoint_with_a_self_signed_certificate(tls_peer: tuple[str, Path], tmp_path: Path) -> None:
+    # There was no way to reach one: every request failed on the certificate, and the message did not say what to
+    # do. --ca-bundle verifies against its CA (curl --cacert, httpx verify=PATH); --insecure verifies nothing.
+    url, cert = tls_peer
+    runner = CliRunner()
+    small = ["-c", "1", "-n", "2", "--input-tokens", "4", "--output-tokens", "2", "-o", "json"]
+    for extra in ([], ["--model", "peer-model"]):  # refused at GET /v1/models, or at the first chat request
+        result = runner.invoke(app, ["bench", url, *small, *extra])
+        assert result.exit_code == 2, result.output
+        assert "certificate" in result.output and "--ca-bundle FILE" in result.output, result.output
+        assert "--insecure" in result.output and "Traceback" not in result.output
+    for extra in (["--ca-bundle", str(cert)], ["--insecure"], ["-k", "--model", "peer-model"]):
+        result = runner.invoke(app, ["bench", url, *small, *extra])
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["completed"] == 2
+    not_pem = tmp_path / "ca.pem"
+    not_pem.write_text("hello")
+    for extra, message in (
+        (["--ca-bundle", str(tmp_path / "missing.pem")], "missing.pem: cannot read it"),
+        (["--ca-bundle", str(not_pem)], "ca.pem: not PEM certificates"),
+        (["--ca-bundle", str(cert), "--insecure"], "not both"),
+    ):
+        result = runner.invoke(app, ["bench", url, *small, *extra])
+        assert result.exit_code == 2 and message in result.output, result.output
