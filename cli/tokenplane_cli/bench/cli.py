@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -68,6 +69,23 @@ ContentParts = Annotated[
     ),
 ]
 Timeout = Annotated[float, typer.Option("--timeout", help="Seconds per request before it counts as failed.")]
+
+
+class MaxTokensField(StrEnum):
+    """The request field that bounds an answer's length."""
+
+    max_completion_tokens = "max_completion_tokens"  # OpenAI's current name; vLLM's benchmark client sends it
+    max_tokens = "max_tokens"  # the older name, all some servers know
+
+
+MaxTokens = Annotated[
+    MaxTokensField,
+    typer.Option(
+        "--max-tokens-field",
+        help="Bound answers with max_completion_tokens (vLLM's client, OpenAI) or max_tokens (servers that know "
+        "only the older name).",
+    ),
+]
 Insecure = Annotated[
     bool,
     typer.Option("--insecure", "-k", help="Do not verify an https endpoint's certificate (self-signed), as curl -k."),
@@ -124,6 +142,7 @@ def run(
     timeout: Timeout = 600.0,
     insecure: Insecure = False,
     ca_bundle: CaBundle = None,
+    max_tokens_field: MaxTokens = MaxTokensField.max_completion_tokens,
     output: Output = OutputFormat.table,
     save_requests: Annotated[
         Path | None, typer.Option("--save-requests", help="Write one JSON line per request here.")
@@ -183,6 +202,7 @@ def sweep(
     timeout: Timeout = 600.0,
     insecure: Insecure = False,
     ca_bundle: CaBundle = None,
+    max_tokens_field: MaxTokens = MaxTokensField.max_completion_tokens,
     output: Output = OutputFormat.table,
 ) -> None:
     """Step the load up (concurrency or rate) until past saturation; write sweep JSON, curve and CDF PNGs."""
@@ -214,6 +234,7 @@ def compare(
     timeout: Timeout = 600.0,
     insecure: Insecure = False,
     ca_bundle: CaBundle = None,
+    max_tokens_field: MaxTokens = MaxTokensField.max_completion_tokens,
     output: Output = OutputFormat.table,
 ) -> None:
     """One workload against two endpoints, interleaved A B A B; ratios A/B with min/median/max over pairs."""

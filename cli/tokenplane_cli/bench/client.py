@@ -14,7 +14,17 @@ import aiohttp
 
 from tokenplane_cli.bench.stats import RequestRecord
 
-__all__ = ["AUTH_HINT", "TLS_HINT", "Endpoint", "Reply", "StatusError", "chat", "list_models", "normalize_base_url"]
+__all__ = [
+    "AUTH_HINT",
+    "TLS_HINT",
+    "Endpoint",
+    "Reply",
+    "StatusError",
+    "chat",
+    "list_models",
+    "max_tokens_hint",
+    "normalize_base_url",
+]
 
 
 def normalize_base_url(url: str) -> str:
@@ -31,6 +41,12 @@ def normalize_base_url(url: str) -> str:
 
 AUTH_HINT = "check the key (--api-key, or OPENAI_API_KEY)"
 TLS_HINT = "give the CA that signed its certificate with --ca-bundle FILE (PEM), or --insecure not to verify it"
+
+
+def max_tokens_hint(field: str) -> str:
+    """Say to try the other name of the field that bounds an answer (the server refused or ignored `field`)."""
+    other = "max_tokens" if field == "max_completion_tokens" else "max_completion_tokens"
+    return f"the server may not take {field}: if it takes {other}, give --max-tokens-field {other}"
 
 
 class StatusError(ValueError):
@@ -57,6 +73,8 @@ class Endpoint:
         insecure: Do not verify an https endpoint's certificate (curl's `-k`, httpx's `verify=False`).
         ca_bundle: Verify it against the CA certificates in this PEM file instead of the system's (curl's
             `--cacert`, httpx's `verify=PATH`).
+        max_tokens_field: The request field that bounds the answer: `max_completion_tokens` (OpenAI's current
+            name, what vLLM's benchmark client sends) or `max_tokens` (servers that know only the older name).
     """
 
     base_url: str
@@ -67,6 +85,7 @@ class Endpoint:
     content_parts: bool = True
     insecure: bool = False
     ca_bundle: Path | None = None
+    max_tokens_field: str = "max_completion_tokens"
 
     def tls(self) -> ssl.SSLContext | bool:
         """Return aiohttp's `ssl=`: False not to verify, a context with `ca_bundle`, else True (the system's CAs).
@@ -159,7 +178,7 @@ async def chat(
     payload: dict[str, Any] = {
         "model": endpoint.model,
         "messages": sent,
-        "max_completion_tokens": record.output_tokens_target,
+        endpoint.max_tokens_field: record.output_tokens_target,
         "stream": True,
         "stream_options": {"include_usage": True},
     }
@@ -179,7 +198,10 @@ async def chat(
             async with session.post(f"{endpoint.base_url}/chat/completions", json=payload, headers=headers) as response:
                 if response.status != 200:
                     record.error_kind = _error_kind(response.status)
-                    record.error = (await response.text())[:300] or response.reason
+                    text = (await response.text())[:300]
+                    if endpoint.max_tokens_field in text and 400 <= response.status < 500:
+                        text += f"; {max_tokens_hint(endpoint.max_tokens_field)}"
+                    record.error = text or response.reason
                     return reply
                 if response.content_type == "application/json":
                     record.error_kind = "not_streaming"

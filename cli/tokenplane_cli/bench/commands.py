@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from tokenplane_cli.bench.client import Endpoint
+from tokenplane_cli.bench.client import Endpoint, max_tokens_hint
 from tokenplane_cli.bench.compare import RATIOS, SweepInterrupted, compare_runs, sweep_runs
 from tokenplane_cli.bench.cost import resolve_cost
 from tokenplane_cli.bench.plots import plot_cdfs, plot_curves, plot_frontier
@@ -59,6 +59,7 @@ def _endpoint(url: str, o: dict[str, Any], api_key: str | None) -> Endpoint:
                 content_parts=o.get("content_parts", True),
                 insecure=o["insecure"],
                 ca_bundle=o["ca_bundle"],
+                max_tokens_field=str(o["max_tokens_field"]),
             )
         )
     except ValueError as error:
@@ -155,6 +156,11 @@ def run_command(o: dict[str, Any]) -> int:
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/] before any request was sent")
         return 130
+    if result.report["over_max_tokens"]:
+        err.print(
+            f"[yellow]{result.report['over_max_tokens']} answers were longer than the {endpoint.max_tokens_field} "
+            f"asked for[/]: {max_tokens_hint(endpoint.max_tokens_field)}"
+        )
     if o["output"] == "json":
         sys.stdout.write(json.dumps(result.report, indent=2) + "\n")
     else:

@@ -270,6 +270,8 @@ def summarize(
         "output_throughput": total_output / duration,
         "total_token_throughput": (total_input + total_output) / duration,
         "output_input_ratio": total_output / total_input if total_input else None,
+        # Answers longer than asked for: a server that ignores the field bounding them (see --max-tokens-field).
+        "over_max_tokens": sum(r.output_tokens > r.output_tokens_target for r in done),
     }
     pct = tuple(percentiles)
     samples: dict[str, list[float]] = {

@@ -47,6 +47,8 @@ class Peer:
         self.no_usage = False  # send no usage, and two tokens per event (a server that batches its chunks)
         self.key: str | None = None  # refuse requests without this bearer key (401)
         self.fixed_prompt: int | None = None  # report this prompt count whatever the prompt (a stub's usage)
+        # A server that knows only max_tokens: refuses max_completion_tokens (400), or ignores it (16 tokens).
+        self.only_max_tokens: str | None = None
 
     def refused(self, request: web.Request) -> web.Response | None:
         if self.key and request.headers.get("Authorization") != f"Bearer {self.key}":
@@ -64,15 +66,19 @@ class Peer:
         body = await request.json()
         self.requests.append(body)
         self.request_ids.append(request.headers.get("x-request-id"))
-        self.counted += body["max_completion_tokens"] > 1
-        if self.refuse_every and body["max_completion_tokens"] > 1 and self.counted % self.refuse_every == 0:
+        limit = body.get("max_tokens", 16) if self.only_max_tokens else body["max_completion_tokens"]
+        if self.only_max_tokens == "refuse" and "max_completion_tokens" in body:
+            message = "Unrecognized request argument supplied: max_completion_tokens"
+            return web.json_response({"error": {"message": message}}, status=400)
+        self.counted += limit > 1
+        if self.refuse_every and limit > 1 and self.counted % self.refuse_every == 0:
             return web.json_response({"error": {"message": "busy"}}, status=429)
         # OpenAI content is a string or a list of parts (vLLM's own benchmark client sends parts).
         texts = [m["content"] if isinstance(m["content"], str) else " ".join(p["text"] for p in m["content"])
                  for m in body["messages"]]  # fmt: skip
         prompt = sum(len(text.split()) for text in texts) + TEMPLATE_TOKENS
         prompt = self.fixed_prompt if self.fixed_prompt is not None else prompt
-        tokens = body["max_completion_tokens"]
+        tokens = limit
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
@@ -714,3 +720,31 @@ def test_an_https_endpoint_with_a_self_signed_certificate(tls_peer: tuple[str, P
     ):
         result = runner.invoke(app, ["bench", url, *small, *extra])
         assert result.exit_code == 2 and message in result.output, result.output
+
+
+@pytest.mark.parametrize("mode", ["refuse", "ignore"])
+def test_a_server_that_knows_only_max_tokens(peer: tuple[Peer, str], mode: str) -> None:
+    # The client sent max_completion_tokens only. A server that refuses it failed every request with its 400; one
+    # that ignores it answered at its own length (16 here, up to max-model-len with ignore_eos) and the report's
+    # token figures were of answers nobody asked for, without a word.
+    state, url = peer
+    state.only_max_tokens = mode
+    state.requests.clear()
+    small = ["-c", "1", "-n", "2", "--input-tokens", "4", "--output-tokens", "3", "-o", "json", "--model", "peer-model"]
+    try:
+        result = CliRunner().invoke(app, ["bench", url, *small])
+        if mode == "refuse":  # refused at the prompt-sizing probe, naming the option to give
+            assert result.exit_code == 2 and "give --max-tokens-field max_tokens" in result.output, result.output
+        else:
+            assert result.exit_code == 0, result.output
+            assert json.loads(result.stdout)["over_max_tokens"] == 2
+            assert "2 answers were longer than the max_completion_tokens asked for" in result.stderr
+            assert "give --max-tokens-field max_tokens" in result.stderr
+        state.requests.clear()
+        result = CliRunner().invoke(app, ["bench", url, *small, "--max-tokens-field", "max_tokens"])
+    finally:
+        state.only_max_tokens = None
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["completed"] == 2 and report["total_output_tokens"] == 6 and report["over_max_tokens"] == 0
+    assert all("max_tokens" in r and "max_completion_tokens" not in r for r in state.requests)
