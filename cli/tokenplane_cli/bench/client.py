@@ -6,7 +6,7 @@ import asyncio
 import json
 import ssl
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -119,9 +119,17 @@ class Endpoint:
 
 @dataclass
 class Reply:
-    """The answer text (for the next turn of a session)."""
+    """What the answer said.
+
+    Attributes:
+        text: The answer's content (sent back in the next turn of a session).
+        other_output: Output beside the content, each piece counted as output tokens when the server sends no
+            usage, never sent back: the reasoning (`reasoning`, or `reasoning_content`), then each tool call's
+            name and arguments, then a refusal.
+    """
 
     text: str = ""
+    other_output: list[str] = field(default_factory=list)
 
 
 async def list_models(session: aiohttp.ClientSession, base_url: str, api_key: str | None) -> list[str]:
@@ -250,15 +258,46 @@ async def chat(
             record.success = True
             record.e2el = last - start
     reply.text = "".join(parts)
+    reply.other_output = stream.other_output()
     return reply
 
 
 @dataclass
 class _Stream:
-    """What a stream said about its own end: `data: [DONE]`, or a choice's `finish_reason`."""
+    """What a stream said beside its content: its own end, and reasoning, tool calls (by index) and refusal.
+
+    `done` is `data: [DONE]`, `finished` a choice's `finish_reason`.
+    """
 
     done: bool = False
     finished: bool = False
+    reasoning: list[str] = field(default_factory=list)
+    tools: dict[int, list[str]] = field(default_factory=dict)
+    refusal: list[str] = field(default_factory=list)
+
+    def take(self, delta: dict[str, Any]) -> None:
+        """Keep the output of a delta that is not content."""
+        # vLLM names it `reasoning`, earlier versions `reasoning_content`; some send both with the same text.
+        reasoning = delta.get("reasoning")
+        reasoning = reasoning if isinstance(reasoning, str) else delta.get("reasoning_content")
+        if isinstance(reasoning, str):
+            self.reasoning.append(reasoning)
+        if isinstance(refusal := delta.get("refusal"), str):
+            self.refusal.append(refusal)
+        calls = delta.get("tool_calls")
+        for number, call in enumerate(calls if isinstance(calls, list) else []):
+            if not isinstance(call, dict):
+                continue
+            index = call.get("index", number)
+            function = call.get("function")
+            pieces = self.tools.setdefault(index if isinstance(index, int) else number, [])
+            if isinstance(function, dict):
+                pieces += [v for k in ("name", "arguments") if isinstance(v := function.get(k), str)]
+
+    def other_output(self) -> list[str]:
+        """Each kind of output beside the content, as text (see `Reply.other_output`)."""
+        texts = ["".join(self.reasoning)] + ["".join(p) for _, p in sorted(self.tools.items())]
+        return [t for t in [*texts, "".join(self.refusal)] if t]
 
 
 def _split_events(buffer: bytes) -> tuple[list[bytes], bytes]:
@@ -333,6 +372,8 @@ def _on_event(
             return carried
         content = (delta or {}).get("content")
         parts.append(content if isinstance(content, str) else "")
+        if delta:
+            stream.take(delta)
         if isinstance(choice, dict) and choice.get("finish_reason"):
             stream.finished = True
         if _role_only(delta):

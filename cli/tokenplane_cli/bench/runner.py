@@ -277,7 +277,8 @@ async def run(
         initial_test: Send the untimed first request (a failure does not stop the run: its own requests then
             fail and are counted by kind).
         tokenizer: The served model's tokenizer, to count the output tokens of answers that came without
-            `usage` (after the clock stops, as vLLM does); None counts their token events.
+            `usage` (after the clock stops, as vLLM does; reasoning and tool calls too, which vLLM leaves out);
+            None counts their token events.
         stop: Set to end the run early (Ctrl-C): the clock stops, requests in flight are dropped, and the report
             covers the requests that finished, with `interrupted` true and the dropped ones' count.
 
@@ -288,7 +289,7 @@ async def run(
     starts = poisson_arrivals(len(sessions), rate, seed) if rate else [s.start for s in sessions]
     limit = asyncio.Semaphore(concurrency) if concurrency else None
     records: list[RequestRecord] = []
-    texts: dict[int, str] = {}
+    texts: dict[int, list[str]] = {}
     run_id = f"tokenplane-bench-{uuid.uuid4().hex[:8]}"
     connector = aiohttp.TCPConnector(
         limit=concurrency or 0, limit_per_host=concurrency or 0, force_close=False, ssl=endpoint.tls()
@@ -326,7 +327,9 @@ async def run(
     if tokenizer is not None:
         for record in records:
             if record.success and record.completion_tokens is None:
-                record.text_tokens = len(tokenizer.encode(texts[record.index], add_special_tokens=False))
+                # Each kind of output on its own, as the server's parsers split it: content, reasoning, tool calls.
+                pieces = texts[record.index]
+                record.text_tokens = sum(len(tokenizer.encode(t, add_special_tokens=False)) for t in pieces if t)
 
     records.sort(key=lambda r: r.start)
     report = summarize(records, duration, goodput_ms=goodput_ms, cost=cost)
@@ -353,15 +356,15 @@ async def _send_all(
     rate: float | None,
     limit: asyncio.Semaphore | None,
     records: list[RequestRecord],
-    texts: dict[int, str],
+    texts: dict[int, list[str]],
     zero: float,
     run_id: str,
     on_done: Callable[[RequestRecord], None] | None,
 ) -> None:
     """Send every session's turns (see `run`).
 
-    Appends one record per request, and keeps the answer text of each that came without `usage` (keyed by record
-    index) for counting its tokens later.
+    Appends one record per request, and keeps the output of each that came without `usage` (keyed by record
+    index: its content, then its reasoning and tool calls, see `Reply.other_output`) for counting its tokens later.
     """
 
     async def one_session(session: Session, start_at: float) -> None:
@@ -394,7 +397,7 @@ async def _send_all(
                 records.append(record)
                 reply = await chat(http, endpoint, list(messages), record, zero, f"{run_id}-{record.index}")
             if record.completion_tokens is None:
-                texts[record.index] = reply.text
+                texts[record.index] = [reply.text, *reply.other_output]
             if on_done is not None:
                 on_done(record)
             if not record.success:

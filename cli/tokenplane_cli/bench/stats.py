@@ -15,7 +15,8 @@ queued in the client is not in it; the connection, if a new one is needed, is):
 - Success: the stream ended with a `finish_reason` or `data: [DONE]` (SSE line ends CRLF, LF or CR); one cut
   short (`incomplete_stream`), not streamed (`not_streaming`) or malformed (`bad_stream`) is a failure, by kind.
 - Output tokens: the server's `usage.completion_tokens`; without usage, the served model's tokenizer's count of
-  the answer text when the run has the tokenizer (vLLM's fallback), else the number of token events.
+  the answer when the run has the tokenizer (vLLM's fallback, which counts the content only; here the reasoning
+  and tool calls' names and arguments too, each kind encoded on its own), else the number of token events.
 - Input tokens: the server's `usage.prompt_tokens`; without usage, the prompt tokens the workload asked for.
 - TPOT: (E2EL - TTFT) / (output tokens - 1) per request with more than one output token; the first token is excluded.
 

@@ -49,6 +49,7 @@ class Peer:
         self.fixed_prompt: int | None = None  # report this prompt count whatever the prompt (a stub's usage)
         # A server that knows only max_tokens: refuses max_completion_tokens (400), or ignores it (16 tokens).
         self.only_max_tokens: str | None = None
+        self.thinks_and_calls = False  # no usage; reasoning, then a tool call, then the content's tokens
 
     def refused(self, request: web.Request) -> web.Response | None:
         if self.key and request.headers.get("Authorization") != f"Bearer {self.key}":
@@ -91,6 +92,15 @@ class Peer:
         try:
             await asyncio.sleep(FIRST_TOKEN_S)
             await send({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})
+            if self.thinks_and_calls:
+                # vLLM 0.10-0.11 sent the reasoning under both names: it is counted once.
+                for word in (" r0", " r1", " r2"):
+                    await send({"choices": [{"index": 0, "delta": {"reasoning": word, "reasoning_content": word}}]})
+                call = {"index": 0, "id": "call-1", "type": "function", "function": {"name": "lookup", "arguments": ""}}
+                await send({"choices": [{"index": 0, "delta": {"tool_calls": [call]}}]})
+                for part in (' {"q":', ' "x"}'):
+                    call = {"index": 0, "function": {"arguments": part}}
+                    await send({"choices": [{"index": 0, "delta": {"tool_calls": [call]}}]})
             step = 2 if self.no_usage else 1
             for i in range(0, tokens, step):
                 if i:
@@ -98,7 +108,7 @@ class Peer:
                 text = "".join(f" w{j}" for j in range(i, min(i + step, tokens)))
                 await send({"choices": [{"index": 0, "delta": {"content": text}}]})
             usage = {"prompt_tokens": prompt, "completion_tokens": tokens, "total_tokens": prompt + tokens}
-            if body.get("stream_options", {}).get("include_usage") and not self.no_usage:
+            if body.get("stream_options", {}).get("include_usage") and not (self.no_usage or self.thinks_and_calls):
                 await send({"choices": [], "usage": usage})
             await send("[DONE]")
         finally:
@@ -323,6 +333,24 @@ def test_without_usage_the_tokenizer_counts_the_answer(peer: tuple[Peer, str]) -
     assert counted["total_output_tokens"] == 16 and chunks["total_output_tokens"] == 8
     # No usage either for the prompt: the workload's 5 tokens each.
     assert counted["total_input_tokens"] == 10
+
+
+def test_without_usage_reasoning_and_tool_calls_count_as_output(peer: tuple[Peer, str]) -> None:
+    # Only `content` was kept for the tokenizer's count: a reasoning model's thinking and its tool calls, which it
+    # generated token by token, counted as no output at all (here 2 tokens of 8).
+    state, url = peer
+    state.thinks_and_calls = True
+    try:
+        endpoint = Endpoint(f"{url}/v1", "peer-model")
+        sessions = [Session(id="s0", turns=[Turn(5, 2, text="a b c d e"), Turn(5, 2, text="f g h i j")])]
+        result = asyncio.run(run(endpoint, sessions, concurrency=1, tokenizer=WordTokenizer()))
+    finally:
+        state.thinks_and_calls = False
+    # 3 reasoning words (sent under two names, counted once), the call `lookup {"q": "x"}` (3), 2 content words.
+    assert [r.output_tokens for r in result.records] == [8, 8]
+    assert result.report["total_output_tokens"] == 16
+    # Only the content goes back in the next turn, as OpenAI asks of reasoning.
+    assert state.requests[-1]["messages"][1]["content"] == " w0 w1"
 
 
 class WordTokenizer:
