@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,6 +49,10 @@ def _spec(o: dict[str, Any]) -> WorkloadSpec:
 
 
 def _endpoint(url: str, o: dict[str, Any], api_key: str | None) -> Endpoint:
+    """Resolve an endpoint (its model from GET /v1/models unless --model); bad options are refused before that."""
+    if not (o["timeout"] > 0 and math.isfinite(o["timeout"])):
+        # 0 or less timed every request out at once, each counted as failed; nan did so too ("within nans").
+        raise BenchInputError(f"--timeout must be a positive number of seconds per request, not {o['timeout']:g}")
     try:
         return asyncio.run(
             resolve_endpoint(

@@ -776,3 +776,23 @@ def test_a_server_that_knows_only_max_tokens(peer: tuple[Peer, str], mode: str) 
     report = json.loads(result.stdout)
     assert report["completed"] == 2 and report["total_output_tokens"] == 6 and report["over_max_tokens"] == 0
     assert all("max_tokens" in r and "max_completion_tokens" not in r for r in state.requests)
+
+
+@pytest.mark.parametrize("command", ["run", "sweep", "compare"])
+@pytest.mark.parametrize("timeout", ["0", "-1", "nan"])
+def test_a_timeout_no_request_can_meet_is_refused_before_any_request(
+    peer: tuple[Peer, str], tmp_path: Path, command: str, timeout: str
+) -> None:
+    # Each was taken: every request (the prompt-sizing probes first) timed out at once, "no complete answer within
+    # nans", and a sweep or compare failed that way only after asking the endpoint for its model.
+    state, url = peer
+    before = len(state.requests)
+    args = {
+        "run": ["bench", url, "-c", "1"],
+        "sweep": ["bench", "sweep", url, "-c", "1,2", "--out-dir", str(tmp_path)],
+        "compare": ["bench", "compare", url, url, "--out", str(tmp_path / "c.json")],
+    }[command]
+    result = CliRunner().invoke(app, [*args, "-n", "1", "--timeout", timeout])
+    assert result.exit_code == 2, result.output
+    assert f"--timeout must be a positive number of seconds per request, not {timeout}" in result.output
+    assert len(state.requests) == before
