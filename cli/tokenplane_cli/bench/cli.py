@@ -101,6 +101,7 @@ CaBundle = Annotated[
 
 @bench_app.command("run")
 def run(
+    ctx: typer.Context,
     url: Url,
     concurrency: Annotated[
         int | None, typer.Option("--concurrency", "-c", help="Closed loop: requests in flight at most.")

@@ -131,9 +131,26 @@ def _file(option: str, path: Path) -> Path:
     return path
 
 
+# Options of a synthetic workload, which a trace replaces: it gives each request's tokens and its session.
+_SYNTHETIC = ("input_tokens", "output_tokens", "turns", "prefix_tokens", "prefix_groups")
+
+
+def _given(o: dict[str, Any], name: str) -> bool:
+    """Tell whether option `name` was given (command line or environment), not left at its default."""
+    ctx = o.get("ctx")
+    source = ctx.get_parameter_source(name) if ctx is not None else None
+    return source is not None and source.name != "DEFAULT"
+
+
 def run_command(o: dict[str, Any]) -> int:
     """`tokenplane bench URL`: one run, a table or JSON on stdout; exit 1 when any request failed."""
     try:
+        if o["trace_file"] is not None and (ignored := [n for n in _SYNTHETIC if _given(o, n)]):
+            flags = ", ".join("--" + n.replace("_", "-") for n in ignored)
+            raise BenchInputError(
+                f"{flags} with --trace-file: the trace gives each request's input and output tokens and its session; "
+                "leave them out (-n N replays its first N requests)"
+            )
         goodput = parse_goodput(o["goodput"])
         cost = resolve_cost(
             vm_size=o["vm_size"], vms=o["vms"], prices_file=o["prices"], gpus=o["gpus"], usd_per_hour=o["usd_per_hour"]

@@ -796,3 +796,20 @@ def test_a_timeout_no_request_can_meet_is_refused_before_any_request(
     assert result.exit_code == 2, result.output
     assert f"--timeout must be a positive number of seconds per request, not {timeout}" in result.output
     assert len(state.requests) == before
+
+
+@pytest.mark.parametrize(
+    "extra", [["--input-tokens", "50"], ["--output-tokens", "9", "--turns", "3"], ["--prefix-tokens", "10"]]
+)
+def test_synthetic_workload_options_with_a_trace_are_refused(
+    peer: tuple[Peer, str], tmp_path: Path, extra: list[str]
+) -> None:
+    # They were ignored without a word: the trace's own tokens and sessions were sent.
+    state, url = peer
+    before = len(state.requests)
+    trace = tmp_path / "trace.jsonl"
+    trace.write_text('{"t": 0, "input_tokens": 4, "output_tokens": 2}\n')
+    result = CliRunner().invoke(app, ["bench", url, "-c", "1", "--trace-file", str(trace), *extra])
+    flags = ", ".join(a for a in extra if a.startswith("--"))
+    assert result.exit_code == 2 and f"{flags} with --trace-file: the trace gives" in result.output, result.output
+    assert len(state.requests) == before
