@@ -155,6 +155,7 @@ def run_command(o: dict[str, Any]) -> int:
         cost = resolve_cost(
             vm_size=o["vm_size"], vms=o["vms"], prices_file=o["prices"], gpus=o["gpus"], usd_per_hour=o["usd_per_hour"]
         )
+        _spec(o).check()
         if o["concurrency"] is None and o["rate"] is None and o["trace_file"] is None:
             raise BenchInputError("give --concurrency N (closed loop), --rate R (open loop) or --trace-file FILE")
         check_load(o["concurrency"], o["rate"])  # before reaching the endpoint, which may be down too
@@ -221,6 +222,7 @@ def sweep_command(o: dict[str, Any]) -> int:
         if (o["concurrency"] is None) == (o["rate"] is None):
             raise BenchInputError("give exactly one of --concurrency 1,2,4,... and --rate 0.5,1,2,...")
         _folder("--out-dir", o["out_dir"])
+        _spec(o).check()
         by = "concurrency" if o["concurrency"] is not None else "rate"
         loads = (
             _numbers("--concurrency", o["concurrency"], int, increasing=True)
@@ -332,6 +334,9 @@ def compare_command(o: dict[str, Any]) -> int:
         levels = _numbers("--concurrency", o["concurrency"], int, increasing=False)
         if o["pairs"] < 1:
             raise BenchInputError("--pairs must be at least 1")
+        if o["warmup"] < 0:
+            raise BenchInputError(f"--warmup must be 0 or more unmeasured requests, not {o['warmup']}")
+        _spec(o).check()
         _folder("--out", o["out"].parent)
         if o["out"].is_dir():
             raise BenchInputError(

@@ -84,6 +84,29 @@ class WorkloadSpec:
     tokenizer: str | None = None
     seed: int = 0
 
+    def check(self) -> None:
+        """Refuse counts no workload can have, naming the option; cheap, so before any request.
+
+        Raises:
+            BenchInputError: The first such option, with its value.
+        """
+        for flag, value in (
+            ("--num-prompts", self.num_prompts),
+            ("--input-tokens", self.input_tokens),
+            ("--output-tokens", self.output_tokens),
+            ("--turns", self.turns),
+            ("--prefix-groups", self.prefix_groups),
+        ):
+            if value is not None and value < 1:
+                raise BenchInputError(f"{flag} must be at least 1, not {value}")
+        if self.prefix_tokens < 0:
+            raise BenchInputError(f"--prefix-tokens must be 0 or more, not {self.prefix_tokens}")
+        if self.trace_file is None and self.prefix_tokens >= self.input_tokens:
+            raise BenchInputError(
+                f"--prefix-tokens ({self.prefix_tokens}) must be below --input-tokens ({self.input_tokens}): the "
+                "prefix is part of the prompt"
+            )
+
     def describe(self) -> dict[str, Any]:
         """Return the spec as JSON-ready settings."""
         return {

@@ -813,3 +813,35 @@ def test_synthetic_workload_options_with_a_trace_are_refused(
     flags = ", ".join(a for a in extra if a.startswith("--"))
     assert result.exit_code == 2 and f"{flags} with --trace-file: the trace gives" in result.output, result.output
     assert len(state.requests) == before
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        # Each said "--num-prompts, --input-tokens, --output-tokens and --turns must be at least 1", after two
+        # prompt-sizing requests to the endpoint.
+        (["-n", "0"], "--num-prompts must be at least 1, not 0"),
+        (["--turns", "0"], "--turns must be at least 1, not 0"),
+        (["--output-tokens", "-1"], "--output-tokens must be at least 1, not -1"),
+        (["--prefix-tokens", "-1"], "--prefix-tokens must be 0 or more, not -1"),
+        (["--prefix-groups", "0"], "--prefix-groups must be at least 1, not 0"),
+        (["--input-tokens", "8", "--prefix-tokens", "8"], "--prefix-tokens (8) must be below --input-tokens (8)"),
+        # compare said "--num-prompts ... must be at least 1": it had made its warm-up run of -1 prompts.
+        (["compare", "--warmup", "-1"], "--warmup must be 0 or more unmeasured requests, not -1"),
+        (["sweep", "--turns", "0"], "--turns must be at least 1, not 0"),
+    ],
+)
+def test_workload_counts_no_run_can_have_are_named_before_any_request(
+    peer: tuple[Peer, str], tmp_path: Path, args: list[str], message: str
+) -> None:
+    state, url = peer
+    before = len(state.requests)
+    if args[0] == "compare":
+        command = ["bench", "compare", url, url, "-c", "1", "--out", str(tmp_path / "c.json"), *args[1:]]
+    elif args[0] == "sweep":
+        command = ["bench", "sweep", url, "-c", "1,2", "--out-dir", str(tmp_path), *args[1:]]
+    else:
+        command = ["bench", url, "-c", "1", *args]
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert len(state.requests) == before
