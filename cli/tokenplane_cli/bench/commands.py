@@ -210,7 +210,8 @@ def _numbers(option: str, text: str, kind: type, *, increasing: bool) -> list[An
         values = [kind(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise BenchInputError(f"{option}: expected a comma-separated list of numbers, not {text!r}") from None
-    if not values or any(v <= 0 for v in values) or (increasing and values != sorted(values)):
+    # inf and nan parse as floats: a step of them failed only when its turn came, and the steps before were lost.
+    if not values or not all(v > 0 and math.isfinite(v) for v in values) or (increasing and values != sorted(values)):
         order = "increasing " if increasing else ""
         raise BenchInputError(f"{option}: expected {order}positive numbers, e.g. 1,2,4,8, not {text!r}")
     return values
@@ -229,6 +230,9 @@ def sweep_command(o: dict[str, Any]) -> int:
             if by == "concurrency"
             else _numbers("--rate", o["rate"], float, increasing=True)
         )
+        for flag, key in (("--min-gain", "min_gain"), ("--ttft-growth", "ttft_growth")):
+            if not (o[key] >= 0 and math.isfinite(o[key])):  # below 0 a step never counted as flat, or as climbing
+                raise BenchInputError(f"{flag} is a relative growth, 0 or more (0.05 = 5%), not {o[key]:g}")
         if not 0 <= o["max_failed"] < 1:
             raise BenchInputError(
                 f"--max-failed is a share of a step's requests, from 0 to below 1, not {o['max_failed']}"

@@ -845,3 +845,25 @@ def test_workload_counts_no_run_can_have_are_named_before_any_request(
     result = CliRunner().invoke(app, command)
     assert result.exit_code == 2 and message in result.output, result.output
     assert len(state.requests) == before
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        # A step of inf or nan failed when its turn came ("--rate must be a positive number"), after the steps before
+        # it had been measured, and those were not written.
+        (["--rate", "1,inf"], "--rate: expected increasing positive numbers"),
+        (["--rate", "0.5,nan"], "--rate: expected increasing positive numbers"),
+        # Below 0 the sweep could never stop on saturation (or stopped on any TTFT), without a word.
+        (["-c", "1,2", "--min-gain", "-1"], "--min-gain is a relative growth, 0 or more (0.05 = 5%), not -1"),
+        (["-c", "1,2", "--ttft-growth", "nan"], "--ttft-growth is a relative growth, 0 or more (0.05 = 5%), not nan"),
+    ],
+)
+def test_sweep_options_no_sweep_can_use_are_refused_before_the_first_step(
+    peer: tuple[Peer, str], tmp_path: Path, args: list[str], message: str
+) -> None:
+    state, url = peer
+    before = len(state.requests)
+    result = CliRunner().invoke(app, ["bench", "sweep", url, *args, "-n", "1", "--out-dir", str(tmp_path)])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert len(state.requests) == before
