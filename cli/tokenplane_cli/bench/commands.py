@@ -338,6 +338,11 @@ def compare_command(o: dict[str, Any]) -> int:
         levels = _numbers("--concurrency", o["concurrency"], int, increasing=False)
         if o["pairs"] < 1:
             raise BenchInputError("--pairs must be at least 1")
+        if o["label_a"] == o["label_b"]:  # the results of both were kept under one name, and one endpoint's URL lost
+            raise BenchInputError(
+                f"--label-a and --label-b are both {o['label_a']!r}: they name the two endpoints in compare.json "
+                "and its chart; give two names"
+            )
         if o["warmup"] < 0:
             raise BenchInputError(f"--warmup must be 0 or more unmeasured requests, not {o['warmup']}")
         _spec(o).check()

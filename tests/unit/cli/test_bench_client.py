@@ -867,3 +867,14 @@ def test_sweep_options_no_sweep_can_use_are_refused_before_the_first_step(
     result = CliRunner().invoke(app, ["bench", "sweep", url, *args, "-n", "1", "--out-dir", str(tmp_path)])
     assert result.exit_code == 2 and message in result.output, result.output
     assert len(state.requests) == before
+
+
+def test_compare_refuses_one_label_for_both_endpoints(peer: tuple[Peer, str], tmp_path: Path) -> None:
+    # Both endpoints' runs went under one name: compare.json's endpoints kept one URL, and its chart drew both
+    # endpoints' requests as one curve.
+    state, url = peer
+    before = len(state.requests)
+    args = ["bench", "compare", url, url, "-c", "1", "-n", "1", "--out", str(tmp_path / "c.json")]
+    result = CliRunner().invoke(app, [*args, "--label-a", "x", "--label-b", "x"])
+    assert result.exit_code == 2 and "--label-a and --label-b are both 'x'" in result.output, result.output
+    assert len(state.requests) == before
