@@ -412,6 +412,10 @@ def plot_command(files: list[Path], out_dir: Path, latency_key: str) -> int:
                 raise BenchInputError(f"{file}: cannot read it as JSON ({error})") from None
             reports: list[Any] = doc["steps"] if isinstance(doc, dict) and isinstance(doc.get("steps"), list) else [doc]
             for i, report in enumerate(reports):
+                if isinstance(report, dict) and "output_throughput" in report and latency_key not in report:
+                    # A report, and the key is what is wrong: it said "is it `tokenplane bench -o json` output?".
+                    keys = ", ".join(k for k in report if k.startswith(("p", "median_", "mean_")) and k.endswith("_ms"))
+                    raise BenchInputError(f"--latency {latency_key}: not a latency of the report; give one of {keys}")
                 if not isinstance(report, dict) or latency_key not in report:
                     raise BenchInputError(f"{file}: no {latency_key} in it; is it `tokenplane bench -o json` output?")
                 usd = report.get("usd_per_million_output_tokens")

@@ -878,3 +878,16 @@ def test_compare_refuses_one_label_for_both_endpoints(peer: tuple[Peer, str], tm
     result = CliRunner().invoke(app, [*args, "--label-a", "x", "--label-b", "x"])
     assert result.exit_code == 2 and "--label-a and --label-b are both 'x'" in result.output, result.output
     assert len(state.requests) == before
+
+
+def test_plot_with_a_latency_key_the_report_lacks_names_the_option(tmp_path: Path) -> None:
+    # --latency p95_e2el (no _ms) said "r.json: no p95_e2el in it; is it `tokenplane bench -o json` output?" of
+    # a report that was.
+    report = tmp_path / "r.json"
+    figures = {"output_throughput": 10, "p95_e2el_ms": 5, "p99_ttft_ms": 4, "usd_per_million_output_tokens": 3}
+    report.write_text(json.dumps(figures))
+    result = CliRunner().invoke(
+        app, ["bench", "plot", str(report), "--latency", "p95_e2el", "--out-dir", str(tmp_path)]
+    )
+    assert result.exit_code == 2, result.output
+    assert "--latency p95_e2el: not a latency of the report; give one of p95_e2el_ms, p99_ttft_ms" in result.output
