@@ -296,6 +296,14 @@ def sweep_command(o: dict[str, Any]) -> int:
     if doc["interrupted"]:
         err.print(f"[yellow]interrupted[/] in step {len(steps)}: its figures cover the requests that finished")
         return 130
+    if stop is not None and stop.reason == "failing" and stop.index == 0:
+        # No step measured the endpoint below its limit: a wrong model, key or URL path, or an endpoint that is down.
+        first = next(r for r in steps[0].records if not r.success)
+        err.print(
+            f"[red]✗[/] the first step failed ({escape(stop.message)}); first failure ({first.error_kind}): "
+            f"{escape(str(first.error))}"
+        )
+        return 1
     return 0
 
 

@@ -49,6 +49,7 @@ class Peer:
         self.fixed_prompt: int | None = None  # report this prompt count whatever the prompt (a stub's usage)
         # A server that knows only max_tokens: refuses max_completion_tokens (400), or ignores it (16 tokens).
         self.only_max_tokens: str | None = None
+        self.admit = 0  # refuse (429) a workload request that finds this many in flight: admission control
         self.thinks_and_calls = False  # no usage; reasoning, then a tool call, then the content's tokens
 
     def refused(self, request: web.Request) -> web.Response | None:
@@ -71,6 +72,8 @@ class Peer:
         if self.only_max_tokens == "refuse" and "max_completion_tokens" in body:
             message = "Unrecognized request argument supplied: max_completion_tokens"
             return web.json_response({"error": {"message": message}}, status=400)
+        if self.admit and limit > 1 and self.in_flight >= self.admit:
+            return web.json_response({"error": {"message": "over capacity"}}, status=429)
         self.counted += limit > 1
         if self.refuse_every and limit > 1 and self.counted % self.refuse_every == 0:
             return web.json_response({"error": {"message": "busy"}}, status=429)
@@ -604,19 +607,20 @@ def test_ctrl_c_between_sweep_steps_writes_the_steps_measured(
 def test_a_sweep_against_an_endpoint_that_sheds_load_stops_where_it_fails(
     peer: tuple[Peer, str], tmp_path: Path
 ) -> None:
-    # Half the requests answered 429 at once: the TTFT of the served half stayed flat, so the sweep went on
-    # through every step (and would through 64 or 128) saying nothing of the failures.
+    # An endpoint that admits one request at a time and answers the rest 429 at once: the TTFT of those it serves
+    # stays flat, so the sweep went on through every step (and would through 64 or 128) saying nothing of them.
     state, url = peer
-    state.refuse_every, state.counted = 2, 0
+    state.admit = 1
     try:
-        args = ["bench", "sweep", url, "-c", "1,2,4", "-n", "4", "--output-tokens", "2", "--out-dir", str(tmp_path)]
+        args = ["bench", "sweep", url, "-c", "1,2,4,8", "-n", "8", "--output-tokens", "4", "--out-dir", str(tmp_path)]
         result = CliRunner().invoke(app, args)
     finally:
-        state.refuse_every = 0
+        state.admit = 0
     assert result.exit_code == 0, result.output
     sweep = json.loads((tmp_path / "sweep.json").read_text())
-    assert sweep["loads"] == [1] and sweep["saturated_at"] == 0 and sweep["stop_reason"] == "failing"
-    assert "failing at concurrency 1: stopped there (50% of its requests failed" in result.stdout
+    assert sweep["loads"] == [1, 2] and sweep["saturated_at"] == 1 and sweep["stop_reason"] == "failing"
+    assert sweep["steps"][0]["failed"] == 0 and sweep["steps"][1]["failed"] >= 1
+    assert "failing at concurrency 2: stopped there (" in result.stdout
 
 
 def test_num_prompts_caps_a_trace_replay(peer: tuple[Peer, str], tmp_path: Path) -> None:
@@ -891,3 +895,19 @@ def test_plot_with_a_latency_key_the_report_lacks_names_the_option(tmp_path: Pat
     )
     assert result.exit_code == 2, result.output
     assert "--latency p95_e2el: not a latency of the report; give one of p95_e2el_ms, p99_ttft_ms" in result.output
+
+
+def test_a_sweep_whose_first_step_fails_exits_1_with_the_first_failure(peer: tuple[Peer, str], tmp_path: Path) -> None:
+    # Every request refused: the sweep stopped at its first step, "failing", and exited 0 as if it had found the
+    # endpoint's limit; nothing said why the requests failed (`bench URL` exits 1 and prints the first failure).
+    state, url = peer
+    state.refuse_every, state.counted = 1, 0
+    try:
+        args = ["bench", "sweep", url, "-c", "1,2", "-n", "2", "--output-tokens", "2", "--out-dir", str(tmp_path)]
+        result = CliRunner().invoke(app, [*args, "-o", "json"])
+    finally:
+        state.refuse_every = 0
+    assert result.exit_code == 1, result.output
+    assert json.loads(result.stdout)["stop_reason"] == "failing"
+    assert "the first step failed (100% of its requests failed" in result.stderr
+    assert "first failure (http_429): " in result.stderr and "busy" in result.stderr
