@@ -88,7 +88,8 @@ def plot_cdfs(runs: Mapping[str, Sequence[RequestRecord]], path: Path) -> Path:
         ax.set_xlabel("ms")
         ax.set_ylim(0, 1.01)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_lines():  # no completed request, no curve: matplotlib warned on stderr of an empty legend
+            ax.legend(fontsize=7)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -897,6 +897,7 @@ def test_plot_with_a_latency_key_the_report_lacks_names_the_option(tmp_path: Pat
     assert "--latency p95_e2el: not a latency of the report; give one of p95_e2el_ms, p99_ttft_ms" in result.output
 
 
+@pytest.mark.filterwarnings("error::UserWarning")  # matplotlib's, on the terminal of a user without a curve
 def test_a_sweep_whose_first_step_fails_exits_1_with_the_first_failure(peer: tuple[Peer, str], tmp_path: Path) -> None:
     # Every request refused: the sweep stopped at its first step, "failing", and exited 0 as if it had found the
     # endpoint's limit; nothing said why the requests failed (`bench URL` exits 1 and prints the first failure).
