@@ -110,7 +110,9 @@ class WorkloadSpec:
     def describe(self) -> dict[str, Any]:
         """Return the spec as JSON-ready settings."""
         return {
-            "num_prompts": self.num_prompts,
+            "num_prompts": SYNTHETIC_PROMPTS
+            if self.num_prompts is None and self.trace_file is None
+            else self.num_prompts,
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
             "turns": self.turns,

@@ -646,9 +646,10 @@ def test_num_prompts_caps_a_trace_replay(peer: tuple[Peer, str], tmp_path: Path)
     assert report["total_input_tokens"] == (4 + 5) + (8 + 5) + (5 + 5)
     result = CliRunner().invoke(app, ["bench", url, "--trace-file", str(trace), "-n", "0"])
     assert result.exit_code == 2 and "--num-prompts must be at least 1, not 0" in result.output
-    # Without -n, the whole trace.
+    # Without -n, the whole trace; and a synthetic workload's 64.
     result = CliRunner().invoke(app, ["bench", url, "--trace-file", str(trace), "-o", "json"])
     assert result.exit_code == 0 and json.loads(result.stdout)["completed"] == 5
+    assert WorkloadSpec().describe()["num_prompts"] == 64
 
 
 def test_the_prompts_of_a_trace_are_made_under_a_progress_bar(
