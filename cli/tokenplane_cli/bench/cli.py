@@ -168,8 +168,8 @@ def sweep(
         float,
         typer.Option(
             "--min-gain",
-            help="Throughput gain below which a step counts as flat (0.05 = 5%), over steps of at least twice as "
-            "much less load.",
+            help="Throughput gain below which a step counts as flat (0.05 = 5%), judged against earlier steps at "
+            "least twice that much lower in load.",
         ),
     ] = 0.05,
     ttft_growth: Annotated[
