@@ -30,12 +30,16 @@ __all__ = [
 def normalize_base_url(url: str) -> str:
     """`http://host:port`, `http://host:port/` or `http://host:port/v1` -> `http://host:port/v1`.
 
-    A URL of the chat endpoint itself (`.../v1/chat/completions`, as pasted from a curl line) means its root too.
+    A URL of an endpoint of the API itself (`.../v1/chat/completions`, `.../v1/models`, `.../v1/completions`, as
+    pasted from a curl line) means its root too.
     """
     url = url.rstrip("/")
     if not url.startswith(("http://", "https://")):
         raise ValueError(f"URL {url!r} must start with http:// or https://")
     url = url.removesuffix("/chat/completions").rstrip("/")
+    for endpoint in ("/models", "/completions"):  # `/v1/models/v1/models` answered 404: "give --model"
+        if url.endswith("/v1" + endpoint):
+            url = url.removesuffix(endpoint)
     return url if url.endswith("/v1") else url + "/v1"
 
 

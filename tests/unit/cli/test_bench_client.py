@@ -913,3 +913,13 @@ def test_a_sweep_whose_first_step_fails_exits_1_with_the_first_failure(peer: tup
     assert json.loads(result.stdout)["stop_reason"] == "failing"
     assert "the first step failed (100% of its requests failed" in result.stderr
     assert "first failure (http_429): " in result.stderr and "busy" in result.stderr
+
+
+@pytest.mark.parametrize("path", ["/v1/models", "/v1/completions/"])
+def test_a_models_or_completions_url_means_its_root(peer: tuple[Peer, str], path: str) -> None:
+    # Only .../v1/chat/completions was read as the root: .../v1/models became .../v1/models/v1, whose GET
+    # /models answered 404, and the error said to give --model.
+    _, url = peer
+    result = CliRunner().invoke(app, ["bench", f"{url}{path}", "-c", "1", "-n", "1", "-o", "json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["base_url"] == f"{url}/v1"
