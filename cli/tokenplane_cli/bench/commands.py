@@ -261,6 +261,7 @@ def sweep_command(o: dict[str, Any]) -> int:
             goodput_ms=goodput,
             cost=cost,
             on_step=on_step,
+            watch=lambda load: _progress(f"{by} {load:g}"),
         )
         doc = write_sweep(o["out_dir"], o["name"], by, steps, stop)
     except ValueError as error:  # BenchInputError and the option parsers' ValueErrors: bad input, one line

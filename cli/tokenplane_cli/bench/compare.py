@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from typing import Any
 
 from tokenplane_cli.bench.client import Endpoint
 from tokenplane_cli.bench.runner import RunResult, WorkloadSpec, run_sync
-from tokenplane_cli.bench.stats import Cost, SweepPoint, SweepStop, sweep_stop
+from tokenplane_cli.bench.stats import Cost, RequestRecord, SweepPoint, SweepStop, sweep_stop
 
-__all__ = ["RATIOS", "SweepInterrupted", "compare_runs", "pair_ratios", "sweep_runs"]
+__all__ = ["RATIOS", "StepCallbacks", "SweepInterrupted", "compare_runs", "pair_ratios", "sweep_runs"]
 
 # compare.json key -> report key; each ratio is A over B (above 1 means A is higher: better for throughput only).
 RATIOS = {
@@ -46,6 +48,12 @@ _FIGURES = (
     "mean_e2el_ms",
     "p95_e2el_ms",
 )
+
+
+# run_sync's progress callbacks: (on_prepare(made, total), on_start(total), on_done(record)).
+StepCallbacks = tuple[
+    Callable[[int, int], None] | None, Callable[[int], None] | None, Callable[[RequestRecord], None] | None
+]
 
 
 class SweepInterrupted(KeyboardInterrupt):
@@ -162,6 +170,7 @@ def sweep_runs(
     goodput_ms: dict[str, float] | None = None,
     cost: Cost | None = None,
     on_step: Callable[[float, RunResult], None] | None = None,
+    watch: Callable[[float], AbstractContextManager[StepCallbacks]] | None = None,
 ) -> tuple[list[RunResult], SweepStop | None]:
     """Step the load up until a step fails too often or is past saturation, or to the last step.
 
@@ -176,6 +185,8 @@ def sweep_runs(
         goodput_ms: SLOs for goodput.
         cost: GPUs and price behind the endpoint.
         on_step: Called after each step.
+        watch: Called with each step's load; the context it returns is held while the step runs and gives
+            run_sync's (on_prepare, on_start, on_done) callbacks (the progress bar).
 
     Returns:
         The steps run and where and why the sweep stopped early, or None. A step interrupted by Ctrl-C (its
@@ -188,14 +199,19 @@ def sweep_runs(
     points: list[SweepPoint] = []
     for i, load in enumerate(loads):
         try:
-            result = run_sync(
-                endpoint,
-                replace(spec, seed=spec.seed + i),
-                concurrency=int(load) if by == "concurrency" else None,
-                rate=float(load) if by == "rate" else None,
-                goodput_ms=goodput_ms,
-                cost=cost,
-            )
+            with watch(load) if watch is not None else contextlib.nullcontext(None) as callbacks:
+                on_prepare, on_start, on_done = callbacks or (None, None, None)
+                result = run_sync(
+                    endpoint,
+                    replace(spec, seed=spec.seed + i),
+                    concurrency=int(load) if by == "concurrency" else None,
+                    rate=float(load) if by == "rate" else None,
+                    goodput_ms=goodput_ms,
+                    cost=cost,
+                    on_prepare=on_prepare,
+                    on_start=on_start,
+                    on_done=on_done,
+                )
         except KeyboardInterrupt:  # before the step sent a request: the steps so far are whole
             if steps:
                 raise SweepInterrupted(steps) from None

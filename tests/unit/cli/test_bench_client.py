@@ -923,3 +923,22 @@ def test_a_models_or_completions_url_means_its_root(peer: tuple[Peer, str], path
     result = CliRunner().invoke(app, ["bench", f"{url}{path}", "-c", "1", "-n", "1", "-o", "json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["base_url"] == f"{url}/v1"
+
+
+def test_a_sweep_step_runs_under_a_progress_bar(
+    peer: tuple[Peer, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A sweep showed nothing while a step ran (minutes at 64 requests of long answers), only a line after it.
+    from rich.console import Console
+
+    from tokenplane_cli.bench import commands
+
+    _, url = peer
+    screen = io.StringIO()
+    monkeypatch.setattr(commands, "err", Console(file=screen, force_terminal=True, width=120))
+    args = ["bench", "sweep", url, "-c", "1,2", "-n", "2", "--output-tokens", "2", "--out-dir", str(tmp_path)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    bars = [line for line in screen.getvalue().split("\r") if "━" in line]
+    assert any("concurrency 1" in line and "2/2" in line for line in bars), screen.getvalue()
+    assert any("concurrency 2" in line and "2/2" in line for line in bars), screen.getvalue()
