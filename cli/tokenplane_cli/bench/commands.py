@@ -394,7 +394,7 @@ def compare_command(o: dict[str, Any]) -> int:
         return 130
     if o["output"] == "json":
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
-        return 0
+        return _compare_failures(results)
     table = Table(title=f"{labels[0]} / {labels[1]} over {o['pairs']} interleaved pairs (min / median / max)")
     table.add_column("concurrency", justify="right")
     for name in RATIOS:
@@ -407,7 +407,26 @@ def compare_command(o: dict[str, Any]) -> int:
         table.add_row(str(level["concurrency"]), *cells)
     _out().print(table)
     _out().print(f"wrote {out} and {cdf}")
-    return 0
+    return _compare_failures(results)
+
+
+def _compare_failures(results: dict[tuple[str, int], list[RunResult]]) -> int:
+    """Name each endpoint and level whose runs had failed requests, with the first failure; 1 if any, else 0.
+
+    Ratios of runs with failures compare what each endpoint chose to serve, not the two endpoints (`bench URL`
+    exits 1 on any failed request too).
+    """
+    code = 0
+    for (label, level), runs in results.items():
+        failed = [r for run in runs for r in run.records if not r.success]
+        if failed:
+            code = 1
+            total = sum(len(run.records) for run in runs)
+            err.print(
+                f"[yellow]{label} at concurrency {level}: {len(failed)} of {total} requests failed[/]; first "
+                f"({failed[0].error_kind}): {escape(str(failed[0].error))}"
+            )
+    return code
 
 
 def plot_command(files: list[Path], out_dir: Path, latency_key: str) -> int:

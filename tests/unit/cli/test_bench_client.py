@@ -942,3 +942,19 @@ def test_a_sweep_step_runs_under_a_progress_bar(
     bars = [line for line in screen.getvalue().split("\r") if "━" in line]
     assert any("concurrency 1" in line and "2/2" in line for line in bars), screen.getvalue()
     assert any("concurrency 2" in line and "2/2" in line for line in bars), screen.getvalue()
+
+
+def test_compare_with_failed_requests_exits_1_and_names_them(peer: tuple[Peer, str], tmp_path: Path) -> None:
+    # Half of every run refused: compare printed its ratios of what was served and exited 0, without a word of
+    # the failures (in compare.json's runs only).
+    state, url = peer
+    state.refuse_every, state.counted = 2, 0
+    try:
+        args = ["bench", "compare", url, url, "-c", "1", "--pairs", "1", "--warmup", "0", "-n", "2"]
+        result = CliRunner().invoke(app, [*args, "--output-tokens", "2", "--out", str(tmp_path / "c.json")])
+    finally:
+        state.refuse_every = 0
+    assert result.exit_code == 1, result.output
+    assert "tokenplane at concurrency 1: 1 of 2 requests failed; first (http_429): " in result.stderr
+    assert "vllm at concurrency 1: 1 of 2 requests failed" in result.stderr
+    assert (tmp_path / "c.json").exists()
