@@ -16,6 +16,7 @@ from typing import Any, cast
 import httpx
 import pytest
 
+from tests.support.asgi import read_body
 from tests.support.redis_server import RedisServer
 from tokenplane_serving.args import ServingArgs
 from tokenplane_serving.cache import CacheSettings, ResponseCache
@@ -34,12 +35,7 @@ class VllmPeer:
         self.fail_stream = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        raw = b""
-        while True:
-            message = await receive()
-            raw += message.get("body", b"")
-            if not message.get("more_body", False):
-                break
+        raw = await read_body(receive)
         body = json.loads(raw)
         self.bodies.append(body)
         if body.get("max_tokens", 1) < 1:
@@ -84,12 +80,7 @@ class ParsedBody:
         self.app, self.principal = app, principal
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        raw = b""
-        while True:
-            message = await receive()
-            raw += message.get("body", b"")
-            if not message.get("more_body", False):
-                break
+        raw = await read_body(receive)
         sent = False
 
         async def replay() -> Any:

@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.asgi import read_body
 from tokenplane_serving.features.base import Receive, Scope, Send
 from tokenplane_serving.features.limits import ValidationMiddleware
 
@@ -21,12 +22,7 @@ class Peer:
         self.bodies: list[bytes] = []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        raw = b""
-        while True:
-            message = await receive()
-            raw += message.get("body", b"")
-            if not message.get("more_body", False):
-                break
+        raw = await read_body(receive)
         self.bodies.append(raw)
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
         await send({"type": "http.response.body", "body": b"{}"})
