@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import kombu.exceptions
 import pytest
 import redis
 
@@ -183,6 +184,33 @@ async def test_a_redis_outage_is_a_503_and_the_rest_keeps_serving(
     answer = await client.post(f"/v1/batches/{batch['id']}/cancel")  # the cancel flag lives in Redis
     assert answer.status_code == 503 and answer.json()["error"]["code"] == "batch_unavailable"
     assert (await client.post("/v1/chat/completions", json={})).json() == {"inner": True}
+
+
+@pytest.mark.parametrize(
+    ("failure", "status", "code"),
+    [
+        (kombu.exceptions.OperationalError("broker unreachable"), 503, "batch_unavailable"),
+        (TypeError("a bug in the hand-off"), 500, "internal_error"),
+    ],
+)
+async def test_a_broker_outage_is_a_503_and_a_bug_a_500(
+    tmp_path: Path, redis_server: RedisServer, failure: Exception, status: int, code: str
+) -> None:
+    # A bug answered 503 "retry later", and clients retried what failed the same way every time.
+    def enqueue(task: str, args: list[Any]) -> None:
+        raise failure
+
+    def jobs() -> BatchJobs:
+        client = redis.Redis.from_url(redis_server.url, socket_timeout=1)
+        return BatchJobs(LocalStore(tmp_path / "store"), client, enqueue, namespace="t", max_file_bytes=MAX_FILE)
+
+    app = BatchApiMiddleware(None, jobs=jobs, max_file_bytes=MAX_FILE)  # type: ignore[arg-type]
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        file = (await c.post("/v1/files", **upload(b'{"custom_id": "a"}\n'))).json()
+        body = {"input_file_id": file["id"], "endpoint": "/v1/completions", "completion_window": "24h"}
+        answer = await c.post("/v1/batches", json=body)
+    assert (answer.status_code, answer.json()["error"]["code"]) == (status, code)
+    assert ("retry later" in answer.json()["error"]["message"]) == (status == 503)
 
 
 async def test_the_openai_client_lists_and_deletes_its_files(client: httpx.AsyncClient) -> None:

@@ -63,6 +63,10 @@ class Redis(Protocol):
     def exists(self, *names: str) -> Any: ...  # noqa: D102
 
 
+class StoreContention(RuntimeError):
+    """A batch record other writers kept changing: retrying later succeeds."""
+
+
 class BatchApiError(Exception):
     """A client error in the OpenAI error shape."""
 
@@ -504,7 +508,7 @@ class BatchJobs:
                 return None
             if self.store.replace(f"batches/{batch_id}.json", _dumps(record), found[1]):
                 return record
-        raise RuntimeError(f"batch {batch_id}: the record kept changing under {_CAS_TRIES} updates")
+        raise StoreContention(f"batch {batch_id}: the record kept changing under {_CAS_TRIES} updates")
 
     def _write_result(self, batch_id: str, line: int, ok: bool, entry: dict[str, Any]) -> bool:
         return self.store.write_new(self._result_key(batch_id, line), _dumps({"ok": ok, "line": entry}))

@@ -20,7 +20,7 @@ from urllib.parse import parse_qs
 
 from tokenplane_serving.args import ServingArgs
 from tokenplane_serving.auth import openai_error_body
-from tokenplane_serving.batch.jobs import BatchApiError, BatchJobs
+from tokenplane_serving.batch.jobs import BatchApiError, BatchJobs, StoreContention
 from tokenplane_serving.batch.schema import json_type
 from tokenplane_serving.features.base import (
     PRINCIPAL_KEY,
@@ -74,6 +74,18 @@ def _limit(query: dict[str, list[str]], default: int, most: int) -> int:
     return int(raw)
 
 
+# Where an outage's exceptions come from: the Blob store (azure), the local store (OSError), Redis, and the Celery
+# broker. Told apart by module, so this layer imports none of them (only the store talks to Azure).
+_OUTAGE_PACKAGES = frozenset({"azure", "redis", "kombu", "celery"})
+
+
+def _is_outage(err: Exception) -> bool:
+    """Whether `err` is the store, Redis or the broker failing (503, retry later), not a bug (500)."""
+    if isinstance(err, (OSError, StoreContention)):
+        return True
+    return any(cls.__module__.split(".")[0] in _OUTAGE_PACKAGES for cls in type(err).__mro__)
+
+
 class BatchApiMiddleware:
     """Answers the Batch API routes; everything else goes to the inner app."""
 
@@ -112,10 +124,15 @@ class BatchApiMiddleware:
         except BatchApiError as err:
             await send_json(send, err.status, json.dumps(err.body()).encode())
             return
-        except Exception as err:  # the store or Redis is unreachable: say so, keep serving the rest
-            logger.warning("batch API %s %s failed: %s", scope["method"], scope["path"], err)
-            message = f"The batch store or queue is unavailable ({type(err).__name__}); retry later."
-            await send_json(send, 503, openai_error_body(message, "server_error", "batch_unavailable"))
+        except Exception as err:  # answer, and keep serving the rest
+            if _is_outage(err):
+                logger.warning("batch API %s %s failed: %s", scope["method"], scope["path"], err)
+                message = f"The batch store or queue is unavailable ({type(err).__name__}); retry later."
+                await send_json(send, 503, openai_error_body(message, "server_error", "batch_unavailable"))
+            else:  # a bug: a retry meets it again, so no Retry-After, and the traceback goes to the log
+                logger.exception("batch API %s %s failed", scope["method"], scope["path"])
+                message = f"The batch API failed on this request ({type(err).__name__}); see the server's log."
+                await send_json(send, 500, openai_error_body(message, "server_error", "internal_error"))
             return
         if isinstance(result, bytes):
             await send(
