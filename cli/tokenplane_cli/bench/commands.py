@@ -223,6 +223,13 @@ def sweep_command(o: dict[str, Any]) -> int:
         if (o["concurrency"] is None) == (o["rate"] is None):
             raise BenchInputError("give exactly one of --concurrency 1,2,4,... and --rate 0.5,1,2,...")
         _folder("--out-dir", o["out_dir"])
+        name = o["name"]
+        if not name.strip() or name.startswith(".") or any(sep in name for sep in ("/", "\\")):
+            # "." wrote hidden files (..json), "a/b" into a folder of --out-dir that may not exist
+            raise BenchInputError(
+                f"--name {name!r} names the sweep's files under --out-dir: a plain name such as 'prefix-on', "
+                "without a leading dot or a path separator"
+            )
         _spec(o).check()
         by = "concurrency" if o["concurrency"] is not None else "rate"
         loads = (

@@ -862,6 +862,10 @@ def test_workload_counts_no_run_can_have_are_named_before_any_request(
         # Below 0 the sweep could never stop on saturation (or stopped on any TTFT), without a word.
         (["-c", "1,2", "--min-gain", "-1"], "--min-gain is a relative growth, 0 or more (0.05 = 5%), not -1"),
         (["-c", "1,2", "--ttft-growth", "nan"], "--ttft-growth is a relative growth, 0 or more (0.05 = 5%), not nan"),
+        # "." wrote the hidden files ..json and .-curve.png; "a/b" failed after the steps, on a missing folder.
+        (["-c", "1", "--name", "."], "--name '.' names the sweep's files under --out-dir"),
+        (["-c", "1", "--name", "runs/a"], "--name 'runs/a' names the sweep's files under --out-dir"),
+        (["-c", "1", "--name", " "], "--name ' ' names the sweep's files under --out-dir"),
     ],
 )
 def test_sweep_options_no_sweep_can_use_are_refused_before_the_first_step(
