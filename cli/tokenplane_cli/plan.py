@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from tokenplane_operator.api.v1alpha1 import InferenceDeployment
-from tokenplane_operator.converge.quota import PoolClaim, QuotaCheck, check_quota
+from tokenplane_operator.converge.quota import QuotaCheck, check_quota, existing_claims
 from tokenplane_operator.desired.agentpool import DesiredAgentPool
 from tokenplane_operator.errors import TokenplaneError
 from tokenplane_operator.plan.catalog import GIB, load_prices
@@ -172,11 +172,7 @@ async def read_headroom(pools: Any, pool: DesiredAgentPool) -> QuotaCheck | str:
     same_size = existing is not None and existing.vm_size.lower() == pool.vm_size.lower()
     current = (existing.count or 0) if existing is not None and same_size and existing.spot == pool.spot else 0
     # As the operator counts them: the other tokenplane pools may still grow to their maxCount.
-    claims = [
-        PoolClaim(other.name, other.vm_size, other.spot, max(0, (other.max_count or 0) - (other.count or 0)))
-        for other in managed
-        if other.name != pool.name and other.provisioning_state != "Deleting"
-    ]
+    claims = existing_claims(managed, pool.name)
     return check_quota(pool, current, reading, claims) or "the usage list has no row for this size's family"
 
 

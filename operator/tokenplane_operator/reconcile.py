@@ -43,6 +43,7 @@ from tokenplane_operator.converge.quota import (
     QuotaReading,
     bound_pool,
     check_quota,
+    existing_claims,
     pending_claim,
 )
 from tokenplane_operator.converge.scaling import scaling_from_pages
@@ -533,12 +534,8 @@ async def _quota_claims(
             if clients._managed is None or clients._managed is listed:
                 clients._managed = (await clients.pools.list_managed(), now)
             listed = clients._managed
-    pools = {pool.name: pool for pool in listed[0] if pool.provisioning_state != "Deleting"}
-    claims = [
-        PoolClaim(pool.name, pool.vm_size, pool.spot, max(0, (pool.max_count or 0) - (pool.count or 0)))
-        for pool in pools.values()
-        if pool.name != merged.name
-    ]
+    pools = {pool.name for pool in listed[0] if pool.provisioning_state != "Deleting"}
+    claims = existing_claims(listed[0], merged.name)
     if exists:
         return claims
     for name, users in sorted((demand if demand is not None else await _demands(clients, settings)).items()):

@@ -30,6 +30,7 @@ __all__ = [
     "QuotaUsage",
     "bound_pool",
     "check_quota",
+    "existing_claims",
     "pending_claim",
 ]
 
@@ -165,11 +166,14 @@ def _nodes(count: int) -> str:
     return f"{count} node" if count == 1 else f"{count} nodes"
 
 
+def _quotas_of(spot: bool, family: str) -> tuple[str, ...]:
+    """Name the quotas a VM counts against: the spot quota alone, or its family's and the regional total."""
+    return (SPOT_CORES,) if spot else (family, REGIONAL_CORES)
+
+
 def _counts_against(row: str, spot: bool, family: str) -> bool:
     """Whether a VM (spot or not, of `family`) counts against the quota named `row`."""
-    if row.lower() == SPOT_CORES.lower():
-        return spot
-    return not spot and row.lower() in (REGIONAL_CORES.lower(), family.lower())
+    return row.lower() in {name.lower() for name in _quotas_of(spot, family)}
 
 
 def check_quota(
@@ -187,7 +191,7 @@ def check_quota(
     Returns:
         The check, or None when none of the applicable quotas is in the reading.
     """
-    names = (SPOT_CORES,) if pool.spot else (reading.family, REGIONAL_CORES)
+    names = _quotas_of(pool.spot, reading.family)
     rows = [row for name in names if (row := reading.usages.get(name.lower())) is not None]
     if not rows or reading.vcpus_per_node <= 0:
         return None
@@ -250,6 +254,15 @@ def bound_pool(
         low, high = existing.min_count or 0, max(1, existing.max_count or existing.count or 1)
         return pool.model_copy(update={"min_count": min(low, high), "max_count": high})
     return pool.model_copy(update={"max_count": high, "min_count": min(pool.min_count, high)})
+
+
+def existing_claims(pools: Iterable[ObservedAgentPool], pool_name: str) -> list[PoolClaim]:
+    """Return what the other existing tokenplane pools may still add: each up to its maxCount (deleting ones none)."""
+    return [
+        PoolClaim(other.name, other.vm_size, other.spot, max(0, (other.max_count or 0) - (other.count or 0)))
+        for other in pools
+        if other.name != pool_name and other.provisioning_state != "Deleting"
+    ]
 
 
 def pending_claim(
