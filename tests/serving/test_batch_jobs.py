@@ -175,6 +175,14 @@ class Harness:
         file = self.jobs.create_file(owner, "in.jsonl", "batch", "\n".join(lines).encode())
         return self.jobs.create_batch(owner, file["id"], CHAT, "24h", {"run": "test"})
 
+    def started(self, owner: str, lines: list[str]) -> tuple[dict[str, Any], list[list[Any]]]:
+        """Submit and start a batch; return it and its queued requests' task arguments (the queue left empty)."""
+        batch = self.submit(owner, lines)
+        self.jobs.start(batch["id"])
+        requests = [args for task, args in self.queue if task == TASK_REQUEST]
+        self.queue.clear()
+        return batch, requests
+
     def output(self, owner: str, file_id: str | None) -> list[dict[str, Any]]:
         assert file_id is not None
         return [json.loads(x) for x in self.jobs.file_content(owner, file_id).splitlines()]
@@ -205,11 +213,7 @@ def test_batch_completes_with_one_answer_per_request_even_when_delivered_twice(s
 
 def test_cancel_keeps_finished_answers_and_skips_the_rest(store: Store, redis_url: str) -> None:
     h = Harness(store, redis_url)
-    batch = h.submit("key:a", [line(f"r{i}") for i in range(6)])
-    h.jobs.start(batch["id"])
-    h.queue.pop(0)
-    requests = [args for task, args in h.queue if task == TASK_REQUEST]
-    h.queue.clear()
+    batch, requests = h.started("key:a", [line(f"r{i}") for i in range(6)])
     for args in requests[:2]:
         h.jobs.run_request(*args, call=h.engine)
     assert h.jobs.get_batch("key:a", batch["id"])["request_counts"] == {"total": 6, "completed": 2, "failed": 0}
@@ -232,11 +236,7 @@ def test_cancel_lets_requests_in_flight_finish_and_the_last_one_closes_the_batch
     # The cancel queued its finalize behind every request still queued, and a finalize that ran while a request
     # was in flight closed the batch without that request's answer.
     h = Harness(store, redis_url)
-    batch = h.submit("key:a", [line(f"r{i}") for i in range(6)])
-    h.jobs.start(batch["id"])
-    h.queue.pop(0)
-    requests = [args for task, args in h.queue if task == TASK_REQUEST]
-    h.queue.clear()
+    batch, requests = h.started("key:a", [line(f"r{i}") for i in range(6)])
     h.jobs.run_request(*requests[0], call=h.engine)
     seen: dict[str, Any] = {}
 
@@ -264,10 +264,7 @@ def test_a_cancelled_batch_closes_after_the_grace_when_a_request_in_flight_never
 
     store = LocalStore(tmp_path)
     h = Harness(store, redis_url)
-    batch = h.submit("o", [line(f"r{i}") for i in range(3)])
-    h.jobs.start(batch["id"])
-    requests = [args for task, args in h.queue if task == TASK_REQUEST]
-    h.queue.clear()
+    batch, requests = h.started("o", [line(f"r{i}") for i in range(3)])
     h.jobs.run_request(*requests[0], call=h.engine)
     # r1's consumer died mid-request: it is still registered as in flight (what run_request leaves behind).
     h.jobs.redis.sadd(f"{h.jobs.namespace}:{batch['id']}:running", requests[1][1])
@@ -394,9 +391,7 @@ def test_after_redis_lost_its_data_a_batch_past_its_window_ends_expired_with_wha
     with RedisServer(tmp_path) as server:
         store = LocalStore(tmp_path / "store")
         h = Harness(store, server.url)
-        batch = h.submit("o", [line(f"r{i}") for i in range(4)] + ["{broken", line("r5")])
-        h.jobs.start(batch["id"])
-        requests = [args for task, args in h.queue if task == TASK_REQUEST]
+        batch, requests = h.started("o", [line(f"r{i}") for i in range(4)] + ["{broken", line("r5")])
         for args in requests[:2]:
             h.jobs.run_request(*args, call=h.engine)
         server.stop()
