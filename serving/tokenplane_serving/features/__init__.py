@@ -28,6 +28,7 @@ from tokenplane_serving.features.base import (
     Wrapper,
     send_json,
 )
+from tokenplane_serving.features.errors import install_openai_http_errors
 
 __all__ = [
     "BODY_KEY",
@@ -66,7 +67,7 @@ def build_wrappers(ctx: FeatureContext) -> list[Wrapper]:
 
 
 def install(app: Any, ctx: FeatureContext) -> Any:
-    """Put the feature layer outermost on a built Starlette/FastAPI app (vLLM's).
+    """Put the feature layer outermost on a built Starlette/FastAPI app (vLLM's); its routing errors in OpenAI's shape.
 
     vLLM's `build_app` builds the middleware stack eagerly; clearing it lets Starlette rebuild it with
     ours, and `app` stays the FastAPI app Serve expects (exception handlers, lifespan).
@@ -76,4 +77,5 @@ def install(app: Any, ctx: FeatureContext) -> Any:
     """
     app.middleware_stack = None
     app.add_middleware(FeatureStack, wrappers=build_wrappers(ctx))
+    install_openai_http_errors(app)
     return app
