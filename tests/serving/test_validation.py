@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from typing import Any
 
@@ -72,3 +73,33 @@ async def test_boolean_and_null_stream_flags_reach_the_engine(
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://replica") as http:
         answer = await http.post(CHAT, json=body)
     assert answer.status_code == 200 and json.loads(peer.bodies[-1]) == body
+
+
+async def test_a_compressed_body_is_a_415_that_names_the_encoding(
+    middleware: tuple[Peer, ValidationMiddleware],
+) -> None:
+    # It said "'utf-8' codec can't decode byte 0x8b in position 1", which tells a client nothing.
+    peer, app = middleware
+    before = len(peer.bodies)
+    body = gzip.compress(json.dumps(chat()).encode())
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://replica") as http:
+        answer = await http.post(CHAT, content=body, headers={"Content-Encoding": "gzip"})
+        plain = await http.post(CHAT, content=b'{"model": "\xff"}')
+    assert answer.status_code == 415, answer.text
+    expected = "Content-Encoding 'gzip' is not supported: send the JSON body uncompressed."
+    assert answer.json()["error"]["message"] == expected
+    assert plain.status_code == 400 and plain.json()["error"]["message"] == "Invalid JSON: the body is not UTF-8 text."
+    assert len(peer.bodies) == before
+
+
+async def test_a_body_vllm_refuses_while_validating_says_why_and_names_the_parameter(
+    middleware: tuple[Peer, ValidationMiddleware],
+) -> None:
+    # vLLM raises its own VLLMValidationError here (not a pydantic one); the answer named only the class.
+    _, app = middleware
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://replica") as http:
+        answer = await http.post(CHAT, json=chat(response_format={"type": "json_schema"}))
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert error["param"] == "response_format"
+    assert "the 'json_schema' field must be provided" in error["message"]

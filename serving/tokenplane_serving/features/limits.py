@@ -179,6 +179,9 @@ class ValidationMiddleware:
             return
         except pydantic.ValidationError:
             pass  # a normal validation error: vLLM answers 400 with details
+        except UnicodeDecodeError:
+            await _refuse_undecodable(scope, send)
+            return
         except ValueError as err:
             if isinstance(err, json.JSONDecodeError):
                 pass  # malformed JSON: vLLM answers 400
@@ -186,13 +189,30 @@ class ValidationMiddleware:
                 await send_json(send, 400, openai_error_body(str(err), *_BAD))
                 return
         except Exception as err:
-            detail = f"Invalid request: {type(err).__name__} while validating the body."
-            await send_json(send, 400, openai_error_body(detail, *_BAD))
+            # vLLM's own validation errors (VLLMValidationError) carry the reason and the parameter; other
+            # crashes at least name their type.
+            reason = str(err).strip()
+            detail = f"Invalid request: {type(err).__name__} while validating the body" + (
+                f": {reason}" if reason else "."
+            )
+            named = getattr(err, "parameter", None)
+            answer = openai_error_body(detail, "invalid_request_error", 400, named if isinstance(named, str) else None)
+            await send_json(send, 400, answer)
             return
         await self.app(scope, _replay(body, receive), send)
 
 
 _BAD = ("invalid_request_error", 400)
+
+
+async def _refuse_undecodable(scope: Scope, send: Send) -> None:
+    # A compressed body is the usual cause: say so, rather than echo the decoder's byte offset.
+    encoding = next((v.decode("latin-1") for k, v in scope.get("headers", []) if k.lower() == b"content-encoding"), "")
+    if encoding and encoding.lower() != "identity":
+        message = f"Content-Encoding {encoding!r} is not supported: send the JSON body uncompressed."
+        await send_json(send, 415, openai_error_body(message, "invalid_request_error", 415))
+        return
+    await send_json(send, 400, openai_error_body("Invalid JSON: the body is not UTF-8 text.", *_BAD))
 
 
 def body_limit(ctx: FeatureContext) -> Wrapper:
