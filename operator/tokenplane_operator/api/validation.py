@@ -197,6 +197,11 @@ def _is_scalar(value: object) -> bool:
 
 def _unknown_field_message(loc: tuple[int | str, ...]) -> str:
     known = _known_fields(loc[:-1])
+    # A field typed one level off (spec.cache for spec.endpoint.cache) is named exactly elsewhere: say where.
+    homes = [path for path in _paths_of(str(loc[-1])) if len(path) > 1 and path[0] == loc[0]]
+    if homes:
+        nearest = [list(path) for path in homes if len(path) == len(homes[0])]
+        return "unknown field here; move it to " + " or ".join(_join(path) for path in nearest)
     name = str(loc[-1]).lower()
     hint = (
         difflib.get_close_matches(str(loc[-1]), known, n=1)
@@ -222,6 +227,26 @@ def _known_fields(parent: tuple[int | str, ...]) -> list[str]:
         if model is None:
             return []
     return [f.alias or name for name, f in model.model_fields.items()]
+
+
+def _paths_of(name: str) -> list[tuple[str, ...]]:
+    """Every path from the top-level model to a field whose alias is `name`, shortest first."""
+    found: list[tuple[str, ...]] = []
+    queue: list[tuple[type[BaseModel], tuple[str, ...]]] = [(InferenceDeployment, ())]
+    seen: set[type[BaseModel]] = set()
+    while queue:
+        model, path = queue.pop(0)
+        if model in seen:
+            continue
+        seen.add(model)
+        for field_name, field in model.model_fields.items():
+            alias = field.alias or field_name
+            if alias == name:
+                found.append((*path, alias))
+            nested = _model_in(field.annotation)
+            if nested is not None:
+                queue.append((nested, (*path, alias)))
+    return found
 
 
 def _model_in(annotation: Any) -> type[BaseModel] | None:

@@ -77,6 +77,8 @@ MISTAKES = [
     Case("negative context", with_("spec.model.maxModelLen", -8), "spec.model.maxModelLen", "greater than or equal to 16", "CRD"),
     Case("unknown field with a hint", with_("spec.scaling.maxReplica", 3), "spec.scaling.maxReplica", "did you mean 'maxReplicas'", "CRD"),
     Case("unknown top-level spec field", with_("spec.replicas", 3), "spec.replicas", "unknown field", "CRD"),
+    Case("a field one level off", with_("spec.cache", {"enabled": True}), "spec.cache", "unknown field here; move it to spec.endpoint.cache", "CRD"),
+    Case("an engine field under endpoint", with_("spec.endpoint.dtype", "float16"), "spec.endpoint.dtype", "move it to spec.model.dtype", "CRD"),
     Case("missing model", {**BASE, "spec": {"hardware": {"accelerator": "cpu"}}}, "spec.model", "required", "CRD"),
     Case("unknown VM size", with_("spec.hardware.vmSize", "Standard_D4s_v5"), "spec.hardware.vmSize", "not a GPU VM size", "CLI"),
     # Validate accepted these; the pods would load the weights and crash (vLLM refuses a KV cache without room for one sequence).
