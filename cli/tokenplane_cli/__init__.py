@@ -150,7 +150,10 @@ def up(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
 ) -> None:
-    """Serve an InferenceDeployment locally on CPU (Ray Serve + vLLM) until Ctrl-C."""
+    """Serve an InferenceDeployment locally on CPU (Ray Serve + vLLM) until Ctrl-C.
+
+    With endpoint.auth.mode apiKey, the key is $TOKENPLANE_API_KEY, or one generated and printed for the run.
+    """
     from tokenplane_cli.up import up_command
 
     the_file = _required("up", _the_file("up", file, filename))

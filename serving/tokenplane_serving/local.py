@@ -7,6 +7,7 @@ import importlib
 import json
 import logging
 import os
+import secrets
 import shlex
 import shutil
 import signal
@@ -26,13 +27,22 @@ from types import FrameType, ModuleType, TracebackType
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from tokenplane_serving.args import ServingArgs
 from tokenplane_serving.blob_uri import is_blob_uri
 from tokenplane_serving.cpu_placement import keep_off_engine_cpus
 from tokenplane_serving.mapping import FAST_PATH_ENV, HOLD_ENV, ray_environment
 
-__all__ = ["LocalServeError", "LocalServer", "local_cache_store", "main", "serve_local"]
+__all__ = [
+    "API_KEY_ENV",
+    "LocalServeError",
+    "LocalServer",
+    "local_api_keys",
+    "local_cache_store",
+    "main",
+    "serve_local",
+]
 
 
 class LocalServeError(RuntimeError):
@@ -49,12 +59,14 @@ class LocalServer:
         startup_s: Seconds from `serve_local` to ready (a replica generated a token; see `serve_local`).
         metrics_url: Prometheus endpoint of Ray's metrics agent (vLLM, Serve and tokenplane metrics),
             when `serve_local` was given a `metrics_port`.
+        api_key: The key a client sends, when `local_api_keys` made the run's keys (auth mode api_key).
     """
 
     base_url: str
     model_id: str
     startup_s: float = 0.0
     metrics_url: str | None = None
+    api_key: str | None = None
     _stopped: bool = field(default=False, repr=False)
     _cleanup: list[Callable[[], None]] = field(default_factory=list, repr=False)
 
@@ -292,6 +304,34 @@ def local_cache_store(args: ServingArgs, console: Console) -> tuple[ServingArgs,
     return args, stop
 
 
+API_KEY_ENV = "TOKENPLANE_API_KEY"
+
+
+def local_api_keys(args: ServingArgs, console: Console) -> tuple[ServingArgs, str | None, Callable[[], None] | None]:
+    """Give a local run of an `apiKey` deployment a key a client can send.
+
+    The CR's keys live in a Kubernetes Secret that the cluster mounts at `api_keys_dir`; on this machine that
+    directory does not exist, and every request would be refused. A directory that exists is used as it is.
+    Otherwise the run's one key is `$TOKENPLANE_API_KEY`, or a random one printed here, in a private temporary
+    directory removed when the server stops.
+
+    Returns:
+        The args to serve, the key made for this run (None when none was made), and how to remove its directory.
+    """
+    directory = args.auth.api_keys_dir
+    if args.auth.mode != "api_key" or (directory and Path(directory).is_dir()):
+        return args, None, None
+    key = os.environ.get(API_KEY_ENV, "").strip()
+    chosen = bool(key)
+    key = key or f"tp-local-{secrets.token_urlsafe(18)}"
+    workdir = tempfile.mkdtemp(prefix="tp-keys-")  # mode 0700: only this user reads the key
+    (Path(workdir) / "local").write_text(key, encoding="utf-8")
+    where = f"from ${API_KEY_ENV}" if chosen else f"generated for this run; set ${API_KEY_ENV} to choose it"
+    console.print(f"[green]✓[/] API key ({where}): {escape(key)}", highlight=False, soft_wrap=True)
+    served = args.model_copy(update={"auth": args.auth.model_copy(update={"api_keys_dir": workdir})})
+    return served, key, lambda: shutil.rmtree(workdir, ignore_errors=True)
+
+
 def _wait_ready(server: LocalServer, app_name: str, deadline: float, console: Console) -> None:
     # /-/ready answers 200 only once a replica generated a token, and it needs no credential.
     with console.status(f"Loading model [bold]{server.model_id}[/] (vLLM engine starting)"):
@@ -347,8 +387,9 @@ def _deploy_batch_consumer(args: ServingArgs, console: Console) -> None:
 
 def _curl_line(server: LocalServer) -> str:
     body = {"model": server.model_id, "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 32}
+    auth = f"-H {shlex.quote('Authorization: Bearer ' + server.api_key)} " if server.api_key else ""
     return (
-        f"curl {server.openai_base_url}/chat/completions -H 'Content-Type: application/json' "
+        f"curl {server.openai_base_url}/chat/completions -H 'Content-Type: application/json' {auth}"
         f"-d {shlex.quote(json.dumps(body))}"
     )
 
@@ -440,6 +481,9 @@ def serve_local(
     args, stop_redis = local_cache_store(args, console)
     if stop_redis is not None:
         server._cleanup.append(stop_redis)
+    args, server.api_key, remove_keys = local_api_keys(args, console)
+    if remove_keys is not None:
+        server._cleanup.append(remove_keys)
     metrics: dict[str, Any] = {}
     if metrics_port is not None:
         server.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"

@@ -8,9 +8,19 @@ import sys
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from tokenplane_serving.args import ServingArgs
-from tokenplane_serving.local import LocalServeError, LocalServer, main, serve_local
+from tokenplane_serving.auth import ApiKeyStore, AuthError
+from tokenplane_serving.local import (
+    API_KEY_ENV,
+    LocalServeError,
+    LocalServer,
+    _curl_line,
+    local_api_keys,
+    main,
+    serve_local,
+)
 
 
 def args_for(source: str) -> ServingArgs:
@@ -96,3 +106,43 @@ def test_the_telemetry_agent_boots_while_vllm_starts_not_after(
         assert engine_processes, "the replica has no vLLM processes"
         last_started = max(int(_stat(pid)[19]) for pid in engine_processes)
         assert int(_stat(agent_pid)[19]) < last_started
+
+
+def _key_args(tmp_path: Path, keys_dir: str) -> ServingArgs:
+    return ServingArgs.model_validate(
+        {
+            "model": {"id": "tiny", "source": str(tmp_path)},
+            "accelerator": {"kind": "cpu"},
+            "auth": {"mode": "api_key", "api_keys_dir": keys_dir},
+        }
+    )
+
+
+@pytest.mark.parametrize("chosen", ["tp-mine-0123456789", None])
+def test_a_local_api_key_deployment_serves_a_key_the_client_can_send(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chosen: str | None
+) -> None:
+    # The CR's keys are a Secret the cluster mounts at /etc/tokenplane/api-keys: locally every request was a 401.
+    if chosen:
+        monkeypatch.setenv(API_KEY_ENV, chosen)
+    else:
+        monkeypatch.delenv(API_KEY_ENV, raising=False)
+    console = Console(record=True, width=200)
+    served, key, remove = local_api_keys(_key_args(tmp_path, "/etc/tokenplane/api-keys"), console)
+    assert key is not None and remove is not None
+    assert key == chosen if chosen else key.startswith("tp-local-") and len(key) > 25
+    keys_dir = Path(str(served.auth.api_keys_dir))
+    assert ApiKeyStore(keys_dir).check(key) == "key:local"  # the replica's own check accepts it
+    with pytest.raises(AuthError):
+        ApiKeyStore(keys_dir).check("tp-something-else")
+    assert key in console.export_text()
+    server = LocalServer(base_url="http://127.0.0.1:8000", model_id="tiny", api_key=key)
+    assert f"-H 'Authorization: Bearer {key}'" in _curl_line(server)
+    remove()
+    assert not keys_dir.exists()
+
+
+def test_a_keys_directory_that_exists_is_served_as_it_is(tmp_path: Path) -> None:
+    args = _key_args(tmp_path, str(tmp_path))
+    served, key, remove = local_api_keys(args, Console(record=True))
+    assert (served, key, remove) == (args, None, None)
