@@ -53,6 +53,9 @@ def render_report(report: dict[str, Any], console: Console, title: str = "tokenp
         ]
     for kind, count in report["errors_by_kind"].items():
         rows.append((f"errors: {kind}", str(count)))
+    if report.get("over_max_tokens"):
+        # Their tokens are in every figure above: a server that ignored the field bounding answers.
+        rows.append(("answers longer than the max tokens asked", str(report["over_max_tokens"])))
     if report.get("not_sent"):
         rows.append(("not sent (after a failed turn, or a stop)", str(report["not_sent"])))
     if report.get("dropped_in_flight"):

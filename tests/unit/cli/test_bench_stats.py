@@ -111,6 +111,23 @@ def test_rates_token_totals_and_errors_by_kind() -> None:
     assert report["request_goodput"] is None
 
 
+def test_the_table_shows_answers_longer_than_asked() -> None:
+    """over_max_tokens was in the JSON report only: the table's token figures counted the extra tokens unexplained."""
+    from rich.console import Console
+
+    from tokenplane_cli.bench.report import render_report
+
+    records = [record(i, ttft=0.1, e2el=1.0, tokens=8) for i in range(3)]
+    for r in records[:2]:
+        r.output_tokens_target = 4  # asked for 4, answered 8
+    screen = Console(record=True, width=200)
+    render_report(summarize(records, duration_s=1.0), screen)
+    assert re.search(r"answers longer than the max tokens asked\s*│\s*2 ", screen.export_text())
+    quiet = Console(record=True, width=200)
+    render_report(summarize(records[2:], duration_s=1.0), quiet)
+    assert "longer than" not in quiet.export_text()
+
+
 def test_goodput_counts_requests_meeting_every_slo() -> None:
     records = [
         record(0, ttft=0.1, e2el=1.0, tokens=10),  # TPOT 100 ms
