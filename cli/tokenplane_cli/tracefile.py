@@ -1,7 +1,9 @@
 """The JSONL trace format `tokenplane bench --trace-file` and `tokenplane simulate --trace-file` both replay.
 
 One request per line: `{"t": seconds after the trace's start, "input_tokens": n, "output_tokens": m, "session":
-optional}`. Blank lines are skipped. One reader, so a file one command accepts the other accepts too.
+optional}`. Blank lines are skipped. One reader, so a file one command accepts the other accepts too, and reads its
+sessions alike: a session id is a string or a whole number, kept as written, so `1` and `"1"` are two sessions (as
+they are two JSON values).
 """
 
 from __future__ import annotations
@@ -28,14 +30,15 @@ class TraceLine:
         t: Arrival, seconds after the trace's start.
         input_tokens: Prompt tokens.
         output_tokens: Tokens to generate.
-        session: The conversation it belongs to, if the line names one.
+        session: The conversation it belongs to, if the line names one: a string, or a whole number (never equal to
+            a string: `1` and `"1"` are two sessions).
     """
 
     number: int
     t: float
     input_tokens: int
     output_tokens: int
-    session: str | None
+    session: str | int | None
 
 
 def read_trace_lines(path: Path, error_type: type[ValueError], prefix: str = "") -> list[TraceLine]:
@@ -52,7 +55,8 @@ def read_trace_lines(path: Path, error_type: type[ValueError], prefix: str = "")
     Raises:
         error_type: Naming the file, the line and the field of the first bad line: unreadable, not UTF-8, not a
             JSON object, a count that is not a whole number >= 1, `t` not a finite number of seconds within
-            `MAX_TRACE_SECONDS` of the start; or a file without requests.
+            `MAX_TRACE_SECONDS` of the start, a session that is neither a string nor a whole number; or a file
+            without requests.
     """
     out = []
     for number, line in enumerate(read_utf8(path, error_type, "UTF-8 JSONL", prefix=prefix).splitlines(), start=1):
@@ -84,19 +88,30 @@ def read_trace_lines(path: Path, error_type: type[ValueError], prefix: str = "")
                 "t counts seconds from the trace's start, not a Unix time: subtract the first request's time, "
                 "or split the trace by day"
             )
-        session = row.get("session")
         out.append(
             TraceLine(
                 number,
                 float(values["t"]),
                 int(values["input_tokens"]),
                 int(values["output_tokens"]),
-                str(session) if session is not None else None,
+                _session(row.get("session"), where, error_type),
             )
         )
     if not out:
         raise error_type(f"{prefix}{path}: no requests in it")
     return out
+
+
+def _session(value: object, where: str, error_type: type[ValueError]) -> str | int | None:
+    """Return a line's session id as written (str() made `1` and `"1"` one session, and `true` the session "True")."""
+    if value is None or isinstance(value, str):
+        return value
+    # 2.0 is the JSON number 2 written another way; bool is an int subclass, and no id.
+    if isinstance(value, int | float) and not isinstance(value, bool) and _finite(value) and value == int(value):
+        return int(value)
+    shown = json.dumps(value)
+    shown = shown if len(shown) <= 40 else f"{shown[:20]}... ({len(shown)} characters)"
+    raise error_type(f"{where}: session must be a string or a whole number, not {shown}")
 
 
 def _finite(value: int | float) -> bool:

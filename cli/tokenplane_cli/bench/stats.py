@@ -66,7 +66,7 @@ class RequestRecord:
 
     Attributes:
         index: Position in the workload.
-        session: Session id (multi-turn and traces), or None.
+        session: Session id (multi-turn and traces: a trace's as written, a string or a number), or None.
         turn: Turn within the session (0 for single-turn).
         start: When it was sent, seconds since the run started.
         input_tokens_target: Prompt content tokens the workload asked for.
@@ -85,7 +85,7 @@ class RequestRecord:
     """
 
     index: int
-    session: str | None
+    session: str | int | None
     turn: int
     start: float
     input_tokens_target: int

@@ -170,13 +170,13 @@ class Session:
     """Turns sent one after another, each with the whole conversation so far.
 
     Attributes:
-        id: Session id (the trace's `session`, or a generated one).
+        id: Session id (the trace's `session` as written, a string or a number; or a generated one).
         turns: The turns, in order.
         start: Seconds after the run starts when the first turn may be sent.
         shorten: Cuts a turn's text to a number of tokens (`PromptMaker.shorten`), for `whole_prompt` turns.
     """
 
-    id: str
+    id: str | int
     turns: list[Turn]
     start: float = 0.0
     shorten: Callable[[str, int], str] | None = None
@@ -264,13 +264,15 @@ def read_trace(
     """
     if limit is not None and limit < 1:
         raise BenchInputError(f"--num-prompts must be at least 1, not {limit}")
-    by_session: dict[str, list[Turn]] = {}
+    # Keyed by the id as the trace writes it (`1` and `"1"` are two sessions); a line without one is a session of
+    # its own, named after its line, which a trace's session "line4" does not join.
+    by_session: dict[str | int | tuple[str, int], list[Turn]] = {}
     lines = read_trace_lines(path, BenchInputError, prefix="--trace-file ")
     if limit is not None:
         lines = sorted(lines, key=lambda line: (line.t, line.number))[:limit]
     first = min(line.t for line in lines)
     for line in lines:
-        key = line.session if line.session is not None else f"line{line.number}"
+        key = line.session if line.session is not None else ("line", line.number)
         turn = Turn(line.input_tokens, line.output_tokens, arrival=line.t - first, whole_prompt=True)
         by_session.setdefault(key, []).append(turn)
     sessions = []
@@ -282,7 +284,8 @@ def read_trace(
             made += 1
             if on_progress is not None and made % PROGRESS_EVERY == 0:
                 on_progress(made, len(lines))
-        sessions.append(Session(id=sid, turns=turns, start=turns[0].arrival or 0.0, shorten=maker.shorten))
+        name = f"line{sid[1]}" if isinstance(sid, tuple) else sid
+        sessions.append(Session(id=name, turns=turns, start=turns[0].arrival or 0.0, shorten=maker.shorten))
     if on_progress is not None:
         on_progress(made, len(lines))
     return sorted(sessions, key=lambda s: s.start)

@@ -29,7 +29,7 @@ class Request:
     t: float
     input_tokens: int
     output_tokens: int
-    session: str | None = None
+    session: str | int | None = None
 
 
 class TraceError(ValueError):

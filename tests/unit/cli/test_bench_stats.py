@@ -290,6 +290,38 @@ def test_trace_file_sessions_and_errors(tmp_path: Path) -> None:
         read_trace(trace, PromptMaker())
 
 
+def test_a_traces_session_ids_are_kept_as_written_by_both_readers(tmp_path: Path) -> None:
+    """Both readers took str() of the id: `1` and `"1"` were one session (bench resent one's conversation in the
+    other's turns), `true` was the session "True", and bench merged a session "line2" into the line 2 that names none.
+    """
+    from tokenplane_cli.simulate.traces import TraceError, load_trace_file
+
+    trace = tmp_path / "trace.jsonl"
+    rows = [
+        {"t": 0.0, "input_tokens": 1, "output_tokens": 1, "session": 1},
+        {"t": 0.1, "input_tokens": 2, "output_tokens": 1},
+        {"t": 0.2, "input_tokens": 3, "output_tokens": 1, "session": "1"},
+        {"t": 0.3, "input_tokens": 4, "output_tokens": 1, "session": "line2"},
+        {"t": 0.4, "input_tokens": 5, "output_tokens": 1, "session": 1.0},  # the number 1, written another way
+    ]
+    trace.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    sessions = read_trace(trace, PromptMaker(tokens_per_word=1.0))
+    assert [(s.id, [t.input_tokens for t in s.turns]) for s in sessions] == [
+        (1, [1, 5]),
+        ("line2", [2]),
+        ("1", [3]),
+        ("line2", [4]),
+    ]
+    assert [r.session for r in load_trace_file(trace)] == [1, None, "1", "line2", 1]
+    for bad, shown in (("true", "true"), ("[1]", "[1]"), ("1.5", "1.5")):
+        trace.write_text(f'{{"t": 0, "input_tokens": 1, "output_tokens": 1, "session": {bad}}}\n')
+        message = f":1: session must be a string or a whole number, not {shown}"
+        with pytest.raises(BenchInputError, match=re.escape(message)):
+            read_trace(trace, PromptMaker())
+        with pytest.raises(TraceError, match=re.escape(message)):
+            load_trace_file(trace)
+
+
 def test_making_a_traces_prompts_reports_progress(tmp_path: Path) -> None:
     # A 200,000-line trace's prompts took 27 s to make before the first request, with nothing on screen.
     trace = tmp_path / "trace.jsonl"
