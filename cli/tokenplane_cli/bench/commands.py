@@ -21,7 +21,14 @@ from tokenplane_cli.bench.compare import RATIOS, SweepInterrupted, compare_runs,
 from tokenplane_cli.bench.cost import resolve_cost
 from tokenplane_cli.bench.plots import plot_cdfs, plot_curves, plot_frontier
 from tokenplane_cli.bench.report import render_report, write_requests
-from tokenplane_cli.bench.runner import RunResult, WorkloadSpec, check_load, resolve_endpoint, run_sync
+from tokenplane_cli.bench.runner import (
+    RunResult,
+    WorkloadSpec,
+    check_load,
+    check_rate_span,
+    resolve_endpoint,
+    run_sync,
+)
 from tokenplane_cli.bench.stats import RequestRecord, SweepStop, parse_goodput
 from tokenplane_cli.bench.workload import BenchInputError
 
@@ -159,6 +166,7 @@ def run_command(o: dict[str, Any]) -> int:
         if o["concurrency"] is None and o["rate"] is None and o["trace_file"] is None:
             raise BenchInputError("give --concurrency N (closed loop), --rate R (open loop) or --trace-file FILE")
         check_load(o["concurrency"], o["rate"])  # before reaching the endpoint, which may be down too
+        check_rate_span(_spec(o).synthetic_sessions(), o["rate"])  # a trace's, once it is read
         if o["save_requests"] is not None:
             _file("--save-requests", o["save_requests"])
         endpoint = _endpoint(o["url"], o, o["api_key"])
@@ -244,6 +252,8 @@ def sweep_command(o: dict[str, Any]) -> int:
             raise BenchInputError(
                 f"--max-failed is a share of a step's requests, from 0 to below 1, not {o['max_failed']}"
             )
+        if by == "rate":
+            check_rate_span(_spec(o).synthetic_sessions(), loads[0])  # the slowest step
         goodput = parse_goodput(o["goodput"])
         cost = resolve_cost(
             vm_size=o["vm_size"], vms=o["vms"], prices_file=o["prices"], gpus=o["gpus"], usd_per_hour=o["usd_per_hour"]

@@ -36,6 +36,7 @@ from tokenplane_cli.bench.workload import (
     read_trace,
     synthetic_sessions,
 )
+from tokenplane_cli.tracefile import MAX_TRACE_SECONDS
 
 __all__ = [
     "SYNTHETIC_PROMPTS",
@@ -44,6 +45,7 @@ __all__ = [
     "build_sessions",
     "calibrate",
     "check_load",
+    "check_rate_span",
     "resolve_endpoint",
     "run",
     "run_sync",
@@ -106,6 +108,12 @@ class WorkloadSpec:
                 f"--prefix-tokens ({self.prefix_tokens}) must be below --input-tokens ({self.input_tokens}): the "
                 "prefix is part of the prompt"
             )
+
+    def synthetic_sessions(self) -> int | None:
+        """Return how many sessions a synthetic workload starts; None for a trace (known once it is read)."""
+        if self.trace_file is not None:
+            return None
+        return -(-(self.num_prompts if self.num_prompts is not None else SYNTHETIC_PROMPTS) // self.turns)
 
     def describe(self) -> dict[str, Any]:
         """Return the spec as JSON-ready settings."""
@@ -261,6 +269,24 @@ def check_load(concurrency: int | None, rate: float | None) -> None:
         raise BenchInputError(f"--rate must be a positive number of requests per second, not {rate}")
 
 
+def check_rate_span(sessions: int | None, rate: float | None) -> None:
+    """Refuse an open-loop rate that spreads the sessions' starts over more than a day, as a trace may span.
+
+    The arrivals are rescaled so the last starts at `sessions / rate` (`poisson_arrivals`): `--rate 0.0001` with
+    100 requests waited 11.6 days, with nothing said.
+
+    Raises:
+        BenchInputError: Naming the rate, the sessions and how long their starts would take.
+    """
+    if rate is None or sessions is None or sessions / rate <= MAX_TRACE_SECONDS:
+        return
+    span = sessions / rate
+    raise BenchInputError(
+        f"--rate {rate:g} starts {sessions:,} sessions over {span / 3600:,.1f} h ({span / 86400:,.1f} days; the last "
+        f"at sessions / rate), beyond the day a run may take: raise --rate (requests per second), or lower -n"
+    )
+
+
 async def run(
     endpoint: Endpoint,
     sessions: list[Session],
@@ -311,6 +337,7 @@ async def run(
         The report and every finished request's record.
     """
     check_load(concurrency, rate)
+    check_rate_span(len(sessions), rate)
     starts = poisson_arrivals(len(sessions), rate, seed) if rate else [s.start for s in sessions]
     limit = asyncio.Semaphore(concurrency) if concurrency else None
     records: list[RequestRecord] = []

@@ -652,6 +652,32 @@ def test_num_prompts_caps_a_trace_replay(peer: tuple[Peer, str], tmp_path: Path)
     assert WorkloadSpec().describe()["num_prompts"] == 64
 
 
+@pytest.mark.parametrize("workload", ["synthetic", "trace", "sweep"])
+def test_a_rate_whose_arrivals_span_days_is_refused_before_any_measured_request(
+    peer: tuple[Peer, str], tmp_path: Path, workload: str
+) -> None:
+    # --rate 0.0001 with 100 requests spread their starts over 1,000,000 s (11.6 days), and waited through them.
+    state, url = peer
+    trace = tmp_path / "trace.jsonl"
+    trace.write_text("".join(json.dumps({"t": i, "input_tokens": 3, "output_tokens": 1}) + "\n" for i in range(100)))
+    args = {
+        "synthetic": ["bench", url, "--rate", "0.0001", "-n", "100"],
+        "trace": ["bench", url, "--rate", "0.0001", "--trace-file", str(trace)],
+        "sweep": ["bench", "sweep", url, "--rate", "0.0001,1", "-n", "100", "--out-dir", str(tmp_path)],
+    }[workload]
+    # A trace's length is known once it is read, after the prompts are sized; a synthetic workload's at once,
+    # before its tokenizer is loaded.
+    early = [] if workload == "trace" else ["--tokenizer", "tokenizer-never-loaded"]
+    before = len(state.requests)
+    result = CliRunner().invoke(app, [*args, "--model", "peer-model", *early])
+    assert result.exit_code == 2, result.output
+    assert "--rate 0.0001 starts 100 sessions over 277.8 h (11.6 days" in result.output
+    measured = [r for r in state.requests[before:] if r["max_completion_tokens"] > 1]
+    assert not measured, "no workload request may be sent"
+    result = CliRunner().invoke(app, ["bench", url, "--rate", "1000", "-n", "2", "-o", "json"])
+    assert result.exit_code == 0, result.output
+
+
 def test_the_prompts_of_a_trace_are_made_under_a_progress_bar(
     peer: tuple[Peer, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
