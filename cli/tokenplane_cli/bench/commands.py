@@ -171,6 +171,14 @@ def run_command(o: dict[str, Any]) -> int:
             _file("--save-requests", o["save_requests"])
         endpoint = _endpoint(o["url"], o, o["api_key"])
         with _progress(f"{endpoint.model} @ {endpoint.base_url}") as (on_prepare, on_start, on_done):
+
+            def starting(total: int) -> None:
+                on_start(total)
+                asked = o["num_prompts"]
+                if o["trace_file"] is not None and asked is not None and total < asked:
+                    # -n caps a trace; above its length the whole trace went, as if -n had not been given.
+                    err.print(f"[yellow]-n {asked} is more than the trace's {total} requests[/]: replaying all {total}")
+
             result = run_sync(
                 endpoint,
                 _spec(o),
@@ -179,7 +187,7 @@ def run_command(o: dict[str, Any]) -> int:
                 goodput_ms=goodput,
                 cost=cost,
                 on_prepare=on_prepare,
-                on_start=on_start,
+                on_start=starting,
                 on_done=on_done,
             )
     except ValueError as error:  # BenchInputError and the option parsers' ValueErrors: bad input, one line

@@ -652,6 +652,19 @@ def test_num_prompts_caps_a_trace_replay(peer: tuple[Peer, str], tmp_path: Path)
     assert WorkloadSpec().describe()["num_prompts"] == 64
 
 
+def test_num_prompts_beyond_a_trace_says_the_whole_trace_was_replayed(peer: tuple[Peer, str], tmp_path: Path) -> None:
+    # -n 500 of a 3-line trace replayed the 3 without a word: the run looked like the 500 asked for.
+    _, url = peer
+    trace = tmp_path / "trace.jsonl"
+    trace.write_text("".join(json.dumps({"t": i / 10, "input_tokens": 3, "output_tokens": 1}) + "\n" for i in range(3)))
+    result = CliRunner().invoke(app, ["bench", url, "--trace-file", str(trace), "-n", "500", "-o", "json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["completed"] == 3
+    assert "-n 500 is more than the trace's 3 requests: replaying all 3" in result.stderr
+    result = CliRunner().invoke(app, ["bench", url, "--trace-file", str(trace), "-n", "3", "-o", "json"])
+    assert result.exit_code == 0 and "replaying all" not in result.stderr
+
+
 @pytest.mark.parametrize("workload", ["synthetic", "trace", "sweep"])
 def test_a_rate_whose_arrivals_span_days_is_refused_before_any_measured_request(
     peer: tuple[Peer, str], tmp_path: Path, workload: str
