@@ -15,6 +15,9 @@ Each rule cites the KubeRay v1.7.0 source that defines it (github.com/ray-projec
 - Promotion: a pending cluster whose Serve applications run is promoted to active
   (`reconcilePromotionAndServingStatus`); the old cluster is deleted after `rayClusterDeletionDelaySeconds`
   (default 60 s, `cleanUpRayClusterInstance`; the peer's `deletion_delay_s`).
+- Ports: the Ray container (the first) of every pod gets the port `metrics`, 8080, unless it names one already
+  (common/pod.go `DefaultHeadPodTemplate`, `DefaultWorkerPodTemplate`: utils.MetricsPortName,
+  utils.DefaultMetricsPort); `with_metrics_port`.
 - Pods: worker pods get `ray.io/serve=true`, the head `false` until its proxy is healthy (common/pod.go
   `BuildPod`, `updateHeadPodServeLabel`); every pod carries the template's labels and nodeSelector. With
   `enableInTreeAutoscaling` the head pod also gets the `autoscaler` container, in the head's image with 500m CPU
@@ -42,7 +45,7 @@ from typing import Any
 
 import kmock
 
-__all__ = ["KubeRayPeer"]
+__all__ = ["KubeRayPeer", "with_metrics_port"]
 
 _RS_PLURAL = "rayservices"
 _TICK_S = 0.05
@@ -62,6 +65,15 @@ def kuberay_cluster_hash(cluster_spec: dict[str, Any]) -> str:
         group["template"]["spec"].pop("tolerations", None)
         group["template"]["spec"].pop("schedulingGates", None)
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def with_metrics_port(template: dict[str, Any]) -> dict[str, Any]:
+    """Return a pod template as KubeRay builds its pods: with the port `metrics` (8080) on its Ray container."""
+    template = copy.deepcopy(template)
+    ray = template["spec"]["containers"][0]
+    if not any(port.get("name") == "metrics" for port in ray.get("ports") or []):
+        ray["ports"] = [*(ray.get("ports") or []), {"name": "metrics", "containerPort": 8080}]
+    return template
 
 
 def _with_autoscaler(cluster_spec: dict[str, Any]) -> dict[str, Any]:
@@ -233,6 +245,7 @@ class KubeRayPeer:
     async def _create_pod(
         self, ns: str, pod: str, template: dict[str, Any], cluster: str, node_type: str, rs_name: str
     ) -> str:
+        template = with_metrics_port(template)
         labels = {
             **(template.get("metadata") or {}).get("labels", {}),
             "ray.io/cluster": cluster,

@@ -14,6 +14,7 @@ helm_python = pytest.importorskip("helm_python")
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
 from tests.support.chart import CHART, granted, render  # noqa: E402
+from tests.support.kuberay_peer import with_metrics_port  # noqa: E402
 from tokenplane_cli.chartschema import build_values_schema  # noqa: E402
 from tokenplane_operator.desired.config import RenderConfig  # noqa: E402
 from tokenplane_operator.main import operator_command  # noqa: E402
@@ -320,7 +321,7 @@ def test_prometheus_may_scrape_the_serving_pods_the_podmonitor_selects(monkeypat
     values = yaml.safe_load((CHART / "ci" / "monitoring-values.yaml").read_text())
     objects = _render(values)
     monitor = next(o for o in objects if o["kind"] == "PodMonitor" and o["metadata"]["name"].endswith("-serving"))
-    port = monitor["spec"]["podMetricsEndpoints"][0]["portNumber"]
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
     container = _kind(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
     for name in [n for n in os.environ if n.startswith("TOKENPLANE_")]:
         monkeypatch.delenv(name)
@@ -332,7 +333,13 @@ def test_prometheus_may_scrape_the_serving_pods_the_podmonitor_selects(monkeypat
     state = build_desired_state(parse_inference_deployment(body), config)
     cluster = state.rayservice["spec"]["rayClusterConfig"]
     groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
-    for labels in (g["template"]["metadata"]["labels"] for g in groups):
+    for pod in (with_metrics_port(g["template"]) for g in groups):
+        # The port by name, on every pod as KubeRay makes it: `portNumber` needs a Prometheus Operator from late
+        # 2024 or later, whose PodMonitor CRD has the field (older ones refused the chart's PodMonitor).
+        assert "portNumber" not in endpoint
+        (port,) = [p["containerPort"] for p in pod["spec"]["containers"][0]["ports"] if p["name"] == endpoint["port"]]
+        assert port == OperatorSettings().metrics_port
+        labels = pod["metadata"]["labels"]
         for prometheus in ("monitoring", "kube-system"):  # kube-prometheus-stack's; Azure Managed Prometheus'
             assert admits([state.network_policy], namespace="ai", pod_labels=labels, source=Peer(prometheus), port=port)
         assert not admits([state.network_policy], namespace="ai", pod_labels=labels, source=Peer("web"), port=port)

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from tests.support.chart import CHART, render
+from tests.support.kuberay_peer import with_metrics_port
 from tests.support.promtool import alerts_firing, samples
 from tokenplane_cli.dashboard import DCGM_METRICS, PANELS, build_dashboard
 from tokenplane_operator.adapters.exporter import REGISTRY
@@ -388,7 +389,11 @@ def test_podmonitor_labels_what_the_queries_group_by() -> None:
     assert endpoint["relabelings"][0]["targetLabel"] == "inference_deployment"
     deployment = next(o for o in render(values) if o["kind"] == "Deployment")
     env = {e["name"]: e["value"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert str(endpoint["portNumber"]) == env["TOKENPLANE_METRICS_PORT"], "scraped where the operator scrapes"
+    # By name, as KubeRay names the port on a worker the operator renders without ports (test_chart.py checks every
+    # rendered pod): 8080, where the operator scrapes.
+    worker = with_metrics_port({"spec": {"containers": [{"name": "ray-worker"}]}})
+    named = {p["name"]: p["containerPort"] for p in worker["spec"]["containers"][0]["ports"]}
+    assert str(named[endpoint["port"]]) == env["TOKENPLANE_METRICS_PORT"], "scraped where the operator scrapes"
 
 
 def test_operator_monitor_scrapes_the_port_the_operator_serves_and_the_policy_admits() -> None:
