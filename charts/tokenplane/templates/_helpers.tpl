@@ -25,6 +25,18 @@
 {{- printf "%s-dashboard" (include "tokenplane.clusterScopedName" .) }}
 {{- end }}
 
+{{/* The dashboard's uid and title in Grafana: every release shipped uid tokenplane-economics, so a second release's
+     dashboard replaced the first's (Grafana keys dashboards by uid) and one title stood for both. Both come from the
+     release's namespace and name, so an upgrade keeps them (bookmarks and links stay good). A uid has at most 40
+     characters. */}}
+{{- define "tokenplane.dashboardUid" -}}
+{{- printf "tokenplane-%s" (printf "%s/%s" .Release.Namespace .Release.Name | sha256sum | trunc 16) }}
+{{- end }}
+
+{{- define "tokenplane.dashboardTitle" -}}
+{{- printf "tokenplane: inference economics (%s/%s)" .Release.Namespace .Release.Name }}
+{{- end }}
+
 {{/* Standard labels on every object. */}}
 {{- define "tokenplane.labels" -}}
 app.kubernetes.io/name: {{ include "tokenplane.name" . }}

@@ -16,6 +16,7 @@ kubernetes_validate = pytest.importorskip("kubernetes_validate")
 from tests.support.chart import CHART, granted, render  # noqa: E402
 from tests.support.kuberay_peer import with_metrics_port  # noqa: E402
 from tokenplane_cli.chartschema import build_values_schema  # noqa: E402
+from tokenplane_cli.dashboard import build_dashboard  # noqa: E402
 from tokenplane_operator.desired.config import RenderConfig  # noqa: E402
 from tokenplane_operator.main import operator_command  # noqa: E402
 from tokenplane_operator.plan.allocatable import NodeOverhead  # noqa: E402
@@ -464,6 +465,12 @@ def test_two_releases_share_a_dashboard_namespace_without_clashing() -> None:
         (config,) = [o for o in render(values, namespace=f"{team}-ops", name="tokenplane") if o["kind"] == "ConfigMap"]
         assert config["metadata"]["namespace"] == "monitoring"
         (text,) = config["data"].values()
-        assert json.loads(text)["title"] == "tokenplane: inference economics"
-        found.append((config["metadata"]["name"], *config["data"]))
-    assert found[0][0] != found[1][0] and found[0][1] != found[1][1], found
+        board = json.loads(text)
+        assert board["title"] == f"tokenplane: inference economics ({team}-ops/tokenplane)"
+        assert board["panels"] == build_dashboard()["panels"], "the generated dashboard, as it is"
+        # Grafana keys dashboards by uid: with one uid, the second release's replaced the first's.
+        assert re.fullmatch(r"[a-zA-Z0-9_-]{1,40}", board["uid"])
+        again = [o for o in render(values, namespace=f"{team}-ops", name="tokenplane") if o["kind"] == "ConfigMap"]
+        assert json.loads(next(iter(again[0]["data"].values())))["uid"] == board["uid"], "an upgrade keeps the uid"
+        found.append((config["metadata"]["name"], *config["data"], board["uid"], board["title"]))
+    assert all(a != b for a, b in zip(*found, strict=True)), found
