@@ -62,8 +62,30 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end }}
 
+{{/* Every value the templates read: values.yaml's settings, an open map (labels) counting as one
+     (tests/unit/chart/test_chart.py keeps the list equal to values.yaml). */}}
+{{- define "tokenplane.valuePaths" -}}
+["nameOverride", "fullnameOverride", "image.repository", "image.tag", "image.digest", "image.pullPolicy", "replicaCount", "podDisruptionBudget.enabled", "podDisruptionBudget.maxUnavailable", "imagePullSecrets", "serviceAccount.create", "serviceAccount.name", "serviceAccount.azureClientId", "azure.subscriptionId", "azure.resourceGroup", "azure.clusterName", "azure.armEndpoint", "operator.watchNamespaces", "operator.pollIntervalSeconds", "operator.logLevel", "operator.servingMetricsPort", "operator.healthPort", "operator.metricsPort", "operator.nodeOverhead.daemonsetCpuMillis", "operator.nodeOverhead.daemonsetMemoryMiB", "operator.nodeOverhead.osDiskGiB", "monitoring.dashboard.enabled", "monitoring.dashboard.namespace", "monitoring.dashboard.labels", "monitoring.podMonitor.enabled", "monitoring.podMonitor.apiVersion", "monitoring.podMonitor.interval", "monitoring.podMonitor.labels", "monitoring.operatorMonitor.enabled", "monitoring.alerts.enabled", "monitoring.alerts.labels", "monitoring.alerts.tokenRateSpikeFactor", "monitoring.alerts.tokenRateMinPerSecond", "monitoring.alerts.p95LatencySeconds", "monitoring.alerts.p95For", "monitoring.alerts.queueDepth", "monitoring.alerts.queueFor", "monitoring.alerts.notServingFor", "monitoring.alerts.replicasAtMaxFor", "monitoring.alerts.operatorDownFor", "serving.image", "serving.rayVersion", "serving.forceRayVersion", "networkPolicy.kubeRayNamespace", "networkPolicy.prometheusNamespaces", "networkPolicy.privateSourceRanges", "networkPolicy.operator.enabled", "networkPolicy.operator.dnsNamespace", "networkPolicy.operator.egressCIDRs", "networkPolicy.operator.apiServerPorts", "networkPolicy.operator.prometheusNamespaces", "resources", "nodeSelector", "tolerations", "affinity", "priorityClassName", "podLabels", "podAnnotations", "extraEnv"]
+{{- end }}
+
+{{/* Refuse values without one of them: `helm upgrade --reuse-values` from a chart version that lacked it reuses that
+     version's defaults too, and the templates read nil (an empty port, a `for:` without a duration, a nil map's
+     field that stops the render with no word of why). */}}
+{{- define "tokenplane.checkValuePaths" -}}
+{{- range $path := include "tokenplane.valuePaths" . | fromJsonArray }}
+{{- $node := $.Values }}
+{{- range $key := splitList "." $path }}
+{{- if not (and (kindIs "map" $node) (hasKey $node $key)) }}
+{{- fail (printf "%s is missing from the values: `helm upgrade --reuse-values` from a chart version without it reuses that version's defaults too; upgrade with --reset-then-reuse-values (Helm 3.14+), or give your values with -f (a value set to null is missing too)" $path) }}
+{{- end }}
+{{- $node = index $node $key }}
+{{- end }}
+{{- end }}
+{{- end }}
+
 {{/* Fail the install early on values that cannot work. */}}
 {{- define "tokenplane.validateValues" -}}
+{{- include "tokenplane.checkValuePaths" . }}
 {{- if and .Values.azure.subscriptionId (not .Values.azure.resourceGroup) }}
 {{- fail "azure.resourceGroup is required when azure.subscriptionId is set" }}
 {{- end }}

@@ -5,6 +5,7 @@ import os
 import re
 import socket
 import tomllib
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -474,3 +475,46 @@ def test_two_releases_share_a_dashboard_namespace_without_clashing() -> None:
         assert json.loads(next(iter(again[0]["data"].values())))["uid"] == board["uid"], "an upgrade keeps the uid"
         found.append((config["metadata"]["name"], *config["data"], board["uid"], board["title"]))
     assert all(a != b for a, b in zip(*found, strict=True)), found
+
+
+def _value_paths() -> list[str]:
+    """Every setting of values.yaml, by dotted path; an open map (labels) or a list counts as one."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+
+    def walk(values: dict[str, Any], node: dict[str, Any], path: str) -> list[str]:
+        found = []
+        for key, value in values.items():
+            child = node.get("properties", {}).get(key, {})
+            closed = child.get("additionalProperties") is False and child.get("properties")
+            found += walk(value, child, f"{path}{key}.") if value and closed else [f"{path}{key}"]
+        return found
+
+    return walk(yaml.safe_load((CHART / "values.yaml").read_text()), schema, "")
+
+
+def test_the_chart_checks_every_value_it_has() -> None:
+    helpers = (CHART / "templates" / "_helpers.tpl").read_text()
+    listed = json.loads(re.search(r'define "tokenplane.valuePaths" -}}\n(.+)\n', helpers)[1])  # type: ignore[index]
+    assert listed == _value_paths()
+
+
+@pytest.mark.parametrize("path", _value_paths())
+def test_a_value_an_older_chart_lacked_is_named_under_reuse_values(path: str, tmp_path: Path) -> None:
+    """`helm upgrade --reuse-values` renders the new templates with the old release's values, defaults included: a
+    value added since was nil. `for: {{ $a.p95For }}` rendered `for: null`, a nil section stopped the render with
+    "nil pointer evaluating interface {}.enabled", and others rendered empty fields. Each is now named, with the fix.
+    """
+    import shutil
+
+    chart = shutil.copytree(CHART, tmp_path / "tokenplane")
+    values = yaml.safe_load((chart / "values.yaml").read_text())
+    *parents, leaf = path.split(".")
+    node = values
+    for key in parents:
+        node = node[key]
+    del node[leaf]  # the values of a chart version without it
+    (chart / "values.yaml").write_text(yaml.safe_dump(values))
+    with pytest.raises(helm_python.HelmError) as caught:
+        helm_python.Chart.load(str(chart)).render(values={}, name="tp", namespace="tokenplane")
+    assert f"{path} is missing from the values" in str(caught.value)
+    assert "--reset-then-reuse-values" in str(caught.value)
