@@ -56,7 +56,8 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
       kmock stores them all under one empty name and refuses every Event after the first).
     - `refuse` answers writes with 409 Conflict and changes nothing, as an API server refuses a stale
       write. A kmock DSL reaction cannot: kmock applies intercepted writes anyway.
-    - LIST and WATCH honour an equality ``labelSelector`` (``a=b,c=d``); kmock returns every object.
+    - LIST and WATCH honour an equality ``labelSelector`` (``a=b,c=d``); kmock returns every object. A LIST names its
+      kind (``ClusterKopfPeeringList``) and apiVersion, which client-go requires (Helm's ``lookup``).
     - Reads and writes of one object are dictionary look-ups; kmock scans every object for each.
     - `accessed` records the RBAC grant (`Access`) each authenticated resource request needed, as an API
       server's authorizer sees it: the operator's, which carry its bearer token, not the test's own (which play
@@ -131,6 +132,12 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
         if listing is None:
             listing = await super()._serve_list(request)  # kmock's answer for an unknown resource (404)
         listing["items"] = [item for item in listing["items"] if _selected(item, request.params)]
+        # A list names its kind, as every API server's does (client-go's decoder, Helm's `lookup`, refuses one
+        # without); kmock leaves it out.
+        info = self.resources.get(resource) if resource is not None else None
+        if info is not None and info.kind:
+            group_version = f"{resource.group}/{resource.version}" if resource.group else resource.version
+            listing.update(apiVersion=group_version, kind=f"{info.kind}List")
         return listing
 
     async def _serve_watch(self, request: Any) -> Any:

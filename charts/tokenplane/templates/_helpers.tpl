@@ -83,9 +83,34 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end }}
 
+{{/* Refuse a release whose operator would reconcile InferenceDeployments another tokenplane release's already does:
+     both would create, scale and delete the same RayServices and node pools. Each release's peering objects say what
+     it watches (peering.yaml: a ClusterKopfPeering for every namespace, a KopfPeering in each watched one) and, by
+     Helm's annotations, whose they are. Helm's `lookup` sees them at install and upgrade; `helm template` and client
+     dry runs see none, so they check nothing. */}}
+{{- define "tokenplane.checkOverlap" -}}
+{{- $watch := .Values.operator.watchNamespaces }}
+{{- $self := printf "%s/%s" .Release.Namespace .Release.Name }}
+{{- $scope := ternary (printf "namespaces %s" (join ", " $watch)) "every namespace" (gt (len $watch) 0) }}
+{{- $cluster := (lookup "kopf.dev/v1" "ClusterKopfPeering" "" "").items | default list }}
+{{- $namespaced := (lookup "kopf.dev/v1" "KopfPeering" "" "").items | default list }}
+{{- range concat $cluster $namespaced }}
+{{- $labels := .metadata.labels | default dict }}
+{{- $notes := .metadata.annotations | default dict }}
+{{- $other := printf "%s/%s" (get $notes "meta.helm.sh/release-namespace") (get $notes "meta.helm.sh/release-name") }}
+{{- if and (hasPrefix (printf "%s-" $.Chart.Name) (get $labels "helm.sh/chart")) (ne $other $self) }}
+{{- $theirs := ternary "every namespace" (printf "namespace %s" .metadata.namespace) (eq .kind "ClusterKopfPeering") }}
+{{- if or (eq .kind "ClusterKopfPeering") (not $watch) (has .metadata.namespace $watch) }}
+{{- fail (printf "operator.watchNamespaces: release %s's operator already watches %s, and this release's (%s, watching %s) would reconcile the same InferenceDeployments; give the two releases namespaces of their own, or uninstall %s first" $other $theirs $self $scope $other) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
 {{/* Fail the install early on values that cannot work. */}}
 {{- define "tokenplane.validateValues" -}}
 {{- include "tokenplane.checkValuePaths" . }}
+{{- include "tokenplane.checkOverlap" . }}
 {{- if and .Values.azure.subscriptionId (not .Values.azure.resourceGroup) }}
 {{- fail "azure.resourceGroup is required when azure.subscriptionId is set" }}
 {{- end }}
