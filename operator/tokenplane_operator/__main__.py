@@ -1,4 +1,4 @@
-"""`python -m tokenplane_operator operator [-n NS | -A]`: the operator process, as the chart starts it."""
+"""`python -m tokenplane_operator operator [-n NS | -A]`, and `uninstall-check`: the chart's operator and hook."""
 
 from tokenplane_operator.main import operator_app
 

@@ -5,14 +5,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from pydantic import ValidationError
 
+from tokenplane_operator.errors import TokenplaneError
 from tokenplane_operator.settings import OperatorSettings
 
-__all__ = ["operator_app", "operator_command", "run_operator"]
+if TYPE_CHECKING:
+    from tokenplane_operator.adapters.kube import KubeObjects
+
+__all__ = ["operator_app", "operator_command", "remaining_deployments", "run_operator", "uninstall_check"]
 
 
 def operator_command(namespaces: list[str], all_namespaces: bool) -> int:
@@ -99,9 +103,62 @@ def run_operator(
     raise typer.Exit(operator_command(namespaces=namespace or [], all_namespaces=all_namespaces))
 
 
-# The operator image's entry point: the one command, without the client-side tools of `tokenplane`.
+async def remaining_deployments(kube: KubeObjects, namespaces: list[str]) -> list[str]:
+    """Return the InferenceDeployments in these namespaces (all namespaces when none), as sorted `namespace/name`.
+
+    Raises:
+        TransientKubeError: The API server could not answer.
+        KubeRejectedError: The request was refused (e.g. RBAC).
+    """
+    found = [(d["metadata"]["namespace"], d["metadata"]["name"]) for d in await kube.list_inference_deployments()]
+    return [f"{ns}/{name}" for ns, name in sorted(found) if not namespaces or ns in namespaces]
+
+
+def uninstall_check(
+    namespace: Annotated[
+        list[str] | None, typer.Option("--namespace", "-n", help="Check this namespace (repeatable).")
+    ] = None,
+    all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A", help="Check every namespace.")] = False,
+) -> None:
+    """Exit 1 while InferenceDeployments remain: the chart's pre-delete hook, so uninstalling cannot orphan them.
+
+    Without the operator, deleting one hangs on its finalizer and its GPU node pool is never deleted (still billed).
+    """
+    if bool(namespace) == all_namespaces:
+        typer.echo("✗ give --namespace NS (repeatable) or --all-namespaces, not both and not neither", err=True)
+        raise typer.Exit(2)
+    from tokenplane_operator.adapters.kube import KubeObjects
+
+    async def check() -> list[str]:
+        kube = await KubeObjects.from_environment()
+        try:
+            return await remaining_deployments(kube, namespace or [])
+        finally:
+            await kube.close()
+
+    try:
+        remaining = asyncio.run(check())
+    except TokenplaneError as err:  # the API server down or refusing: the uninstall waits until it can tell
+        typer.echo(f"✗ cannot list the InferenceDeployments: {err}; retry the uninstall", err=True)
+        raise typer.Exit(1) from None
+    if remaining:
+        shown = ", ".join(remaining[:10]) + (f" and {len(remaining) - 10} more" if len(remaining) > 10 else "")
+        typer.echo(
+            f"✗ {len(remaining)} InferenceDeployment(s) remain ({shown}): delete them first, with the operator still "
+            "running, so it deletes their GPU node pools (kubectl delete infd --all -A); uninstalled now, their "
+            "finalizers and node pools would stay with nothing to remove them. To uninstall anyway: "
+            "helm uninstall --no-hooks",
+            err=True,
+        )
+        raise typer.Exit(1)
+    typer.echo("no InferenceDeployments remain: the operator may go")
+
+
+# The operator image's entry point: the operator, and the chart's uninstall check; no client-side tools of
+# `tokenplane`.
 operator_app = typer.Typer(name="tokenplane-operator", no_args_is_help=True, add_completion=False)
 operator_app.command("operator")(run_operator)
+operator_app.command("uninstall-check")(uninstall_check)
 
 
 @operator_app.callback()

@@ -151,6 +151,16 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end }}
 
+{{/* What the operator watches, as its command line says it (the operator, and the uninstall check of the same
+     scope). */}}
+{{- define "tokenplane.watchArgs" -}}
+{{- range .Values.operator.watchNamespaces }}
+- --namespace={{ . }}
+{{- else }}
+- --all-namespaces
+{{- end }}
+{{- end }}
+
 {{/* The kopf peering object the replicas share. */}}
 {{- define "tokenplane.peeringName" -}}
 {{- include "tokenplane.fullname" . }}
