@@ -103,3 +103,22 @@ async def test_a_body_vllm_refuses_while_validating_says_why_and_names_the_param
     error = answer.json()["error"]
     assert error["param"] == "response_format"
     assert "the 'json_schema' field must be provided" in error["message"]
+
+
+@pytest.mark.parametrize(("n", "refused"), [(128, False), (129, True), (1000, True), (2, False)])
+async def test_n_above_openais_limit_is_refused_before_the_engine(
+    middleware: tuple[Peer, ValidationMiddleware], n: int, refused: bool
+) -> None:
+    # n=1000 ran 1,000 sequences for one admission slot, and the engine's queue of them grew the fleet.
+    peer, app = middleware
+    before = len(peer.bodies)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://replica") as http:
+        answer = await http.post(CHAT, json=chat(n=n, max_tokens=1))
+    if refused:
+        assert answer.status_code == 400, answer.text
+        error = answer.json()["error"]
+        assert (error["param"], error["code"]) == ("n", "integer_above_max_value")
+        assert f"<= 128, but got {n}" in error["message"]
+        assert len(peer.bodies) == before
+    else:
+        assert answer.status_code == 200 and len(peer.bodies) == before + 1

@@ -23,6 +23,7 @@ __all__ = [
 
 # Far above any text prompt a 128k-token context can hold, far below what would hurt the replica.
 MAX_BODY_BYTES = 16 * 1024 * 1024
+MAX_CHOICES = 128  # OpenAI's limit on `n`
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
@@ -110,6 +111,20 @@ def materialize_contents(request: Any) -> None:
                 raise ValueError("Message `content` must be a string, null, or a list of content parts.") from err
 
 
+def _too_many_choices(body: Any) -> bytes | None:
+    """OpenAI's 400 for `n` above `MAX_CHOICES`, or None.
+
+    vLLM takes any `n` and runs each choice as a request of its own: one request with `n: 1000` held one slot
+    of the replica's admission while 1,000 sequences queued in the engine, where the autoscaler reads them as
+    demand and grows the fleet for one caller.
+    """
+    n = body.get("n") if isinstance(body, dict) else None
+    if isinstance(n, int) and not isinstance(n, bool) and n > MAX_CHOICES:
+        message = f"Invalid 'n': integer above maximum value. Expected a value <= {MAX_CHOICES}, but got {n} instead."
+        return openai_error_body(message, "invalid_request_error", "integer_above_max_value", "n")
+    return None
+
+
 def _wrong_flag(body: Any) -> tuple[str, str] | None:
     """Return (param, message) for a `stream` flag that is not a JSON boolean (or null), as OpenAI refuses it.
 
@@ -166,6 +181,9 @@ class ValidationMiddleware:
         try:
             parsed = json.loads(body, parse_constant=_reject_constant)
             scope[BODY_KEY] = parsed
+            if model is not None and (too_many := _too_many_choices(parsed)) is not None:
+                await send_json(send, 400, too_many)
+                return
             if model is not None and (wrong := _wrong_flag(parsed)) is not None:
                 param, text = wrong
                 await send_json(send, 400, openai_error_body(text, "invalid_request_error", "invalid_type", param))
