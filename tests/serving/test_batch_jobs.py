@@ -354,6 +354,24 @@ def test_metadata_over_openais_limits_is_refused_naming_the_limit(
     assert h.jobs.create_batch("o", file_id, CHAT, "24h", at_the_limits)["metadata"] == at_the_limits
 
 
+def test_a_file_of_more_than_50000_requests_is_refused_when_the_batch_is_created(
+    tmp_path: Path, redis_url: str
+) -> None:
+    # It was accepted, and its batch ran the first 50,000 lines and wrote one `too_many_requests` error per extra
+    # line; OpenAI refuses the batch at creation with a 400.
+    h = Harness(LocalStore(tmp_path), redis_url)
+    h.jobs.max_file_bytes = 10 * 1024 * 1024
+    at_limit = "\n".join([line("x")] * schema.MAX_REQUESTS).encode() + b"\n\n"  # blank lines are no requests
+    over = h.jobs.create_file("o", "big.jsonl", "batch", at_limit + line("y").encode())
+    with pytest.raises(BatchApiError) as err:
+        h.jobs.create_batch("o", over["id"], CHAT, "24h")
+    assert (err.value.status, err.value.code, err.value.param) == (400, "too_many_requests", "input_file_id")
+    assert "has 50001 requests; a batch holds at most 50000" in err.value.message
+    assert h.queue == [] and h.jobs.list_batches("o")["data"] == []
+    fits = h.jobs.create_file("o", "fits.jsonl", "batch", at_limit)
+    assert h.jobs.create_batch("o", fits["id"], CHAT, "24h")["status"] == "validating"
+
+
 def test_list_pages_newest_first_and_only_the_callers_batches(tmp_path: Path, redis_url: str) -> None:
     h = Harness(LocalStore(tmp_path), redis_url)
     mine = [h.submit("me", [line("a")])["id"] for _ in range(3)]

@@ -133,13 +133,16 @@ class BatchJobs:
                 413, f"the file has {len(data)} bytes; the limit is {self.max_file_bytes}", "file_too_large", "file"
             )
         file_id = schema.new_id("file-")
-        return self._put_file(owner, file_id, filename, purpose, data)
+        # Counted while the bytes are at hand, so creating a batch need not read the file back (up to 100 MiB).
+        return self._put_file(owner, file_id, filename, purpose, data, requests=schema.count_requests(data))
 
-    def _put_file(self, owner: str, file_id: str, filename: str, purpose: str, data: bytes) -> dict[str, Any]:
+    def _put_file(
+        self, owner: str, file_id: str, filename: str, purpose: str, data: bytes, requests: int | None = None
+    ) -> dict[str, Any]:
         created = int(time.time())
         obj = schema.file_object(file_id, size=len(data), created_at=created, filename=filename, purpose=purpose)
         self.store.write(f"files/{file_id}.data", data)
-        self.store.write(f"files/{file_id}.json", _dumps({"file": obj, "owner": owner}))
+        self.store.write(f"files/{file_id}.json", _dumps({"file": obj, "owner": owner, "requests": requests}))
         return obj
 
     def get_file(self, owner: str, file_id: str) -> dict[str, Any]:
@@ -148,11 +151,14 @@ class BatchJobs:
         Raises:
             BatchApiError: 404 if there is no such file for this caller.
         """
+        return dict(self._file_record(owner, file_id)["file"])
+
+    def _file_record(self, owner: str, file_id: str) -> dict[str, Any]:
         raw = self.store.read(f"files/{file_id}.json") if _safe_id(file_id) else None
         record = json.loads(raw) if raw else None
         if record is None or record["owner"] != owner:
             raise BatchApiError(404, f"No such File object: {file_id}", "file_not_found", "file_id")
-        return dict(record["file"])
+        return dict(record)
 
     def list_files(
         self,
@@ -199,7 +205,9 @@ class BatchJobs:
         """Record a batch (status `validating`) and queue its start.
 
         Raises:
-            BatchApiError: Unsupported endpoint or window, bad metadata, unknown input file.
+            BatchApiError: Unsupported endpoint or window, bad metadata, unknown input file, or one of more than
+                `schema.MAX_REQUESTS` requests (OpenAI refuses the batch; it used to run the first 50,000 and
+                write one error per extra line).
         """
         if endpoint not in schema.SUPPORTED_ENDPOINTS:
             supported = ", ".join(schema.SUPPORTED_ENDPOINTS)
@@ -209,10 +217,20 @@ class BatchJobs:
             message = f"completion_window {completion_window!r} is not supported; use '24h'"
             raise BatchApiError(400, message, "invalid_completion_window", "completion_window")
         _check_metadata(metadata)
-        file = self.get_file(owner, input_file_id)
+        file_record = self._file_record(owner, input_file_id)
+        file = file_record["file"]
         if file["purpose"] != "batch":
             message = f"file {input_file_id} has purpose {file['purpose']!r}, not 'batch'"
             raise BatchApiError(400, message, "invalid_input_file", "input_file_id")
+        requests = file_record.get("requests")
+        if requests is None:  # uploaded before files recorded their count
+            requests = schema.count_requests(self.store.read(f"files/{input_file_id}.data") or b"")
+        if requests > schema.MAX_REQUESTS:
+            message = (
+                f"file {input_file_id} has {requests} requests; a batch holds at most {schema.MAX_REQUESTS}:"
+                " split it into several files and batches"
+            )
+            raise BatchApiError(400, message, "too_many_requests", "input_file_id")
         batch_id = schema.new_id("batch_")
         batch = schema.batch_object(
             batch_id,

@@ -22,6 +22,7 @@ __all__ = [
     "LineError",
     "ParsedInput",
     "batch_object",
+    "count_requests",
     "error_line",
     "file_object",
     "json_type",
@@ -145,6 +146,11 @@ def _jsonl_lines(data: bytes) -> Iterator[tuple[int, str | LineError]]:
         except UnicodeDecodeError as err:
             message = f"line {line_no}: not UTF-8 (byte {err.start + 1} of the line); save the file as UTF-8"
             yield line_no, LineError(line_no, None, "invalid_json_line", message)
+
+
+def count_requests(data: bytes) -> int:
+    """Count a batch input file's requests as `parse_input` does: its non-blank lines."""
+    return sum(1 for _, line in _jsonl_lines(data) if not isinstance(line, str) or line.strip())
 
 
 def parse_input(data: bytes, endpoint: str, *, max_requests: int = MAX_REQUESTS) -> ParsedInput:
