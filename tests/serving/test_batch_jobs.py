@@ -257,6 +257,28 @@ def test_cancel_lets_requests_in_flight_finish_and_the_last_one_closes_the_batch
     assert h.queue == [], "nothing was queued behind the batch's requests"
 
 
+def test_a_cancel_while_the_batch_is_being_queued_stops_queueing_its_requests(tmp_path: Path, redis_url: str) -> None:
+    # The start queued all 2,000 requests after a cancel that came in after the fifth: 2,000 tasks that only woke
+    # consumers (they scale on the queue's length) to skip them.
+    h = Harness(LocalStore(tmp_path), redis_url)
+    h.jobs.max_file_bytes = 1024 * 1024
+    batch = h.submit("o", [line(f"r{i}") for i in range(2000)])
+    h.queue.clear()
+
+    def enqueue(task: str, args: list[Any]) -> None:
+        h.queue.append((task, args))
+        if len(h.queue) == 5:
+            assert h.jobs.cancel_batch("o", batch["id"])["status"] == "cancelled"
+
+    h.jobs.enqueue = enqueue
+    h.jobs.start(batch["id"])
+    assert 5 <= len(h.queue) <= 100
+    h.drain()
+    cancelled = h.jobs.get_batch("o", batch["id"])
+    assert cancelled["status"] == "cancelled" and h.calls == []
+    assert cancelled["request_counts"] == {"total": 2000, "completed": 0, "failed": 0}
+
+
 def test_a_cancelled_batch_closes_after_the_grace_when_a_request_in_flight_never_ends(
     tmp_path: Path, redis_url: str
 ) -> None:

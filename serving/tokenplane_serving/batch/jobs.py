@@ -46,6 +46,7 @@ _PROGRESS_TTL_S = 14 * 24 * 3600  # Redis progress keys outlive any batch's 24 h
 # `cancelled`. A request whose consumer died stays "in flight" in Redis; the batch closes without it after this.
 CANCEL_GRACE_S = 600
 _CAS_TRIES = 20
+_CANCEL_CHECK_EVERY = 100  # requests queued between reads of the cancel flag while a batch is queued
 
 Enqueue = Callable[[str, list[Any]], None]
 # (endpoint, body) -> (HTTP status, JSON body): one request through the engine.
@@ -339,8 +340,13 @@ class BatchJobs:
             return True
 
         if self._update(batch_id, in_progress) is None:
-            return  # cancelled meanwhile: the cancel queued the finalize
-        for request in parsed.requests:
+            return  # cancelled meanwhile: the cancel closed it
+        cancel = self._key(batch_id, "cancel")
+        for i, request in enumerate(parsed.requests):
+            # A cancel arriving while a large batch is queued stops the rest: every task queued after it would only
+            # scale the consumers up (they scale on the queue's length) to skip it.
+            if i % _CANCEL_CHECK_EVERY == 0 and self.redis.exists(cancel):
+                return
             self.enqueue(TASK_REQUEST, [batch_id, request.line, request.custom_id, request.body])
 
         def queued(record: dict[str, Any]) -> bool:
