@@ -185,8 +185,8 @@ class _Consumer:
         self.jobs.run_request(batch_id, line, custom_id, body, call)
 
     @task_handler(name=TASK_FINALIZE)
-    def finalize(self, batch_id: str) -> None:
-        self.jobs.finalize(batch_id)
+    def finalize(self, batch_id: str, expire: bool = False) -> None:
+        self.jobs.finalize(batch_id, expire=expire)
 
 
 def build_consumer_app(args: dict[str, Any] | ServingArgs) -> Application:

@@ -6,8 +6,13 @@ once under its line number (`Store.write_new`), a request whose result exists is
 progress is counted in Redis *sets* of line numbers, so a request delivered twice is counted once and
 appears once in the output. Whoever completes the last request queues the finalize task; finalizing is
 idempotent too (output file ids derive from the batch id, the record changes by compare-and-swap). A cancel
-closes its batch at once, or, when requests are in flight, the last of them does (or the first read after
-`CANCEL_GRACE_S`): never a task queued behind the batch's remaining requests.
+queues its batch's close at once, or, when requests are in flight, the last of them closes it (or the first read
+after `CANCEL_GRACE_S` queues it): never a task queued behind the batch's remaining requests.
+
+Closing reads every result (2,500 of them on Azurite: 12 s), so the API side never closes a batch in the
+caller's request: it queues the finalize task, which scales a consumer up from zero. Nothing sweeps batches in
+the background: a batch's state is seen only through a retrieve or a list, and each of them queues the close
+of a batch whose window ended or whose cancel's grace is over.
 
 The API side (`create_file`, `create_batch`, `get_batch`, `cancel_batch`, ...) runs in the serving
 replicas; the worker side (`start`, `run_request`, `finalize`) in the batch consumers.
@@ -46,6 +51,8 @@ _PROGRESS_TTL_S = 14 * 24 * 3600  # Redis progress keys outlive any batch's 24 h
 # `cancelled`. A request whose consumer died stays "in flight" in Redis; the batch closes without it after this.
 CANCEL_GRACE_S = 600
 _CAS_TRIES = 20
+# A close queued this long ago and still not done (its task lost with Redis's data) is queued again.
+_CLOSE_RETRY_S = 900
 _CANCEL_CHECK_EVERY = 100  # requests queued between reads of the cancel flag while a batch is queued
 
 Enqueue = Callable[[str, list[Any]], None]
@@ -276,29 +283,29 @@ class BatchJobs:
         """Stop a batch: queued requests are skipped, finished ones are kept, requests in flight may finish.
 
         The batch is `cancelling` while requests are in flight (at most `CANCEL_GRACE_S`), and `cancelled`, with
-        the output and error files, once they are done: at once when none is running. The batch is closed by
-        whichever comes last, this call or the last request in flight, not by a task queued behind the rest of
-        the batch's requests.
+        the output and error files, once they are done and a consumer closed it. The close is queued by whichever
+        comes last, this call or the last request in flight (which closes it itself), not behind the rest of the
+        batch's requests.
 
         Raises:
-            BatchApiError: 404 for an unknown batch, 409 if it already finished.
+            BatchApiError: 404 for an unknown batch, 409 if it already finished or is finalizing.
         """
         batch = self.get_batch(owner, batch_id)
         if batch["status"] in ("cancelling", "cancelled"):
             return batch
-        if batch["status"] in schema.TERMINAL_STATUSES:
+        if batch["status"] in schema.TERMINAL_STATUSES or batch["status"] == "finalizing":
             message = f"Cannot cancel a batch with status {batch['status']!r}"
             raise BatchApiError(409, message, "batch_not_cancellable", "batch_id")
         self.redis.set(self._key(batch_id, "cancel"), "1", ex=_PROGRESS_TTL_S)
 
         def cancelling(record: dict[str, Any]) -> bool:
-            if record["batch"]["status"] in schema.TERMINAL_STATUSES:
+            if record["batch"]["status"] in schema.TERMINAL_STATUSES or record["batch"]["status"] == "finalizing":
                 return False
             record["batch"].update(status="cancelling", cancelling_at=int(time.time()))
             return True
 
         self._update(batch_id, cancelling)
-        return self.get_batch(owner, batch_id)  # closes it unless requests are in flight
+        return self.get_batch(owner, batch_id)  # queues its close unless requests are in flight
 
     # Batches (worker side) ------------------------------------------------------------------------
 
@@ -392,8 +399,9 @@ class BatchJobs:
             called = not self.redis.exists(cancel) and self._run(batch_id, line, custom_id, body, call, record)
         finally:
             self.redis.srem(running, line)
-        if self.redis.exists(cancel) and (fresh := self._record(batch_id)) is not None:
-            self._settle(batch_id, fresh)  # the last request in flight closes the cancelled batch
+        fresh = self._record(batch_id) if self.redis.exists(cancel) else None
+        if fresh is not None and fresh["batch"]["status"] == "cancelling":
+            self.finalize(batch_id)  # the last request in flight closes the cancelled batch (finalize waits for it)
         return called
 
     def _run(
@@ -491,11 +499,11 @@ class BatchJobs:
         return int(self.redis.scard(self._key(batch["id"], "running"))) > 0
 
     def _settle(self, batch_id: str, record: dict[str, Any]) -> dict[str, Any]:
-        """Close a batch nothing else will close; return the record as it is then.
+        """Queue the close of a batch nothing else will close, once; return the record as it is then.
 
         A cancelling batch closes once its requests in flight are done (or had their grace). A batch still open
-        when its completion window ends is closed `expired`, with what completed in the output file: its tasks
-        may be gone with Redis's data, and then no consumer would ever finalize it.
+        when its completion window ends is `finalizing` until a consumer closes it `expired`, with what completed
+        in the output file: its tasks may be gone with Redis's data, and then no consumer would ever finalize it.
         """
         batch = record["batch"]
         if batch["status"] in schema.TERMINAL_STATUSES:
@@ -503,12 +511,26 @@ class BatchJobs:
         if batch["status"] == "cancelling":
             if self._in_flight_after_cancel(record):
                 return record
-            self.finalize(batch_id)
+            expire = False
         elif time.time() >= batch["expires_at"]:
-            self.finalize(batch_id, expire=True)
+            expire = True
         else:
             return record
-        return self._record(batch_id) or record
+        now = int(time.time())
+
+        def closing(record: dict[str, Any]) -> bool:
+            batch = record["batch"]
+            if batch["status"] in schema.TERMINAL_STATUSES or now - (record.get("closing_at") or 0) < _CLOSE_RETRY_S:
+                return False  # closed, or its close is queued: every read would queue another
+            record["closing_at"] = now
+            if expire:
+                batch.update(status="finalizing", finalizing_at=batch["finalizing_at"] or now)
+            return True
+
+        if (closed := self._update(batch_id, closing)) is None:
+            return self._record(batch_id) or record
+        self.enqueue(TASK_FINALIZE, [batch_id, expire])
+        return closed
 
     def _key(self, batch_id: str, what: str) -> str:
         return f"{self.namespace}:{batch_id}:{what}"
