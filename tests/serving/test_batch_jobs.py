@@ -260,6 +260,38 @@ def test_cancel_lets_requests_in_flight_finish_and_the_last_one_closes_the_batch
     assert h.queue == [], "nothing was queued behind the batch's requests"
 
 
+def test_a_cancel_arriving_as_the_last_request_finishes_leaves_the_batch_completed(
+    store: Store, redis_url: str
+) -> None:
+    # Whether a batch whose every request was answered ended `cancelled` or `completed` (and the cancel a 409)
+    # depended on whether the cancel came before or after its finalize task ran.
+    h = Harness(store, redis_url)
+    late, requests = h.started("o", [line(f"r{i}") for i in range(3)])
+    for args in requests:
+        h.jobs.run_request(*args, call=h.engine)
+    assert h.jobs.get_batch("o", late["id"])["status"] == "finalizing"  # the finalize task is queued
+    with pytest.raises(BatchApiError) as err:
+        h.jobs.cancel_batch("o", late["id"])
+    assert (err.value.status, err.value.code) == (409, "batch_not_cancellable")
+    h.drain()
+    during, requests = h.started("o", [line(f"r{i}") for i in range(3)])
+    for args in requests[:2]:
+        h.jobs.run_request(*args, call=h.engine)
+
+    def engine_then_cancel(endpoint: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        answer = h.engine(endpoint, body)
+        assert h.jobs.cancel_batch("o", during["id"])["status"] == "cancelling"  # the last request is still in flight
+        return answer
+
+    h.jobs.run_request(*requests[2], call=engine_then_cancel)
+    h.drain()
+    for batch in (late, during):
+        done = h.jobs.get_batch("o", batch["id"])
+        assert done["status"] == "completed", batch
+        assert done["request_counts"] == {"total": 3, "completed": 3, "failed": 0}
+        assert len(h.output("o", done["output_file_id"])) == 3
+
+
 def test_a_cancel_while_the_batch_is_being_queued_stops_queueing_its_requests(tmp_path: Path, redis_url: str) -> None:
     # The start queued all 2,000 requests after a cancel that came in after the fifth: 2,000 tasks that only woke
     # consumers (they scale on the queue's length) to skip them.

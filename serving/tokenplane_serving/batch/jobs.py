@@ -265,7 +265,9 @@ class BatchJobs:
         record = self._settle(batch_id, record)
         batch: dict[str, Any] = record["batch"]
         if batch["status"] in ("in_progress", "finalizing", "cancelling"):
-            batch["request_counts"] = self._counts(batch_id, record)
+            batch["request_counts"] = counts = self._counts(batch_id, record)
+            if batch["status"] == "in_progress" and 0 < counts["total"] <= counts["completed"] + counts["failed"]:
+                batch["status"] = "finalizing"  # every request is answered and the finalize task queued
         return batch
 
     def list_batches(self, owner: str, after: str | None = None, limit: int = 20) -> dict[str, Any]:
@@ -434,13 +436,17 @@ class BatchJobs:
             return
         if self._in_flight_after_cancel(record):
             return  # the last request in flight (or the grace's end) closes it
-        cancelled = record["batch"]["status"] == "cancelling" or bool(self.redis.exists(self._key(batch_id, "cancel")))
         results: dict[int, tuple[bool, dict[str, Any]]] = {}
         for key in self.store.list(f"results/{batch_id}/"):
             raw = self.store.read(key)
             if raw:
                 result = json.loads(raw)
                 results[int(key.rsplit("/", 1)[-1].removesuffix(".json"))] = (bool(result["ok"]), result["line"])
+        # A cancel that came after the last request was answered (a moment before this task ran) cancelled nothing:
+        # the batch is `completed`, as it was when this task ran first and the cancel got a 409.
+        all_answered = 0 < record["batch"]["request_counts"]["total"] <= len(results)
+        cancel = record["batch"]["status"] == "cancelling" or bool(self.redis.exists(self._key(batch_id, "cancel")))
+        cancelled = cancel and not all_answered
         input_total = self._expire_missing(record["batch"], results) if expire and not cancelled else None
         ok_lines = [entry for _, (ok, entry) in sorted(results.items()) if ok]
         error_lines = [entry for _, (ok, entry) in sorted(results.items()) if not ok]
