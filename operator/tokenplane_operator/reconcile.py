@@ -498,7 +498,11 @@ async def _bound_by_quota(
         return
     current = (snap.observed.count or 0) if snap.observed is not None else 0
     try:
+        # The pool this one replaces goes once the move is done (unless another deployment keeps it): the headroom
+        # it may still add is not kept from its replacement.
+        replaced = snap.previous_pool if not snap.previous_claimed else None
         claims = await _quota_claims(merged, snap.observed is not None, cached[0], clients, settings, now, demand)
+        claims = [claim for claim in claims if claim.name != replaced]
     except TokenplaneError as err:
         snap.quota_error = f"cannot list the cluster's agent pools: {err}"  # never blocks the pool, as above
         return

@@ -187,6 +187,21 @@ async def test_two_pools_of_one_family_share_its_free_quota(op: OperatorHarness)
 
 
 @pytest.mark.kmock(cls=ApiServerEmulator)
+async def test_a_pool_being_replaced_keeps_no_quota_from_its_replacement(op: OperatorHarness) -> None:
+    # The old pool (moving to another VM size of the family) claimed the 4 x 24 vCPUs it may still add, against
+    # the very pool replacing it: the replacement was bounded to 1 of its 2 nodes although the old one goes away.
+    op.arm.set_quota(A100_FAMILY, 144)
+    await op.create(four_replicas())
+    old = (await op.wait_ready("m1"))["status"]["nodePool"]["name"]
+    await op.patch("m1", {"spec": {"hardware": {"vmSize": "Standard_NC48ads_A100_v4"}}})
+    await op.wait_for(lambda: len(op.arm.pool_names()) == 2, message="the new pool next to the old one")
+    [new] = [name for name in op.arm.pool_names() if name != old]
+    assert (op.arm.pool(new) or {})["properties"]["maxCount"] == 2  # 4 one-GPU replicas on 2-GPU VMs
+    await op.wait_for(lambda: op.condition("m1", "QuotaInsufficient").get("status") == "False", message="sufficient")
+    assert all(r.body["properties"]["maxCount"] == 2 for r in op.arm.calls("PUT", f"/agentPools/{new}$"))
+
+
+@pytest.mark.kmock(cls=ApiServerEmulator)
 async def test_a_pool_the_quota_holds_back_does_not_hold_back_the_next(op_block: OperatorHarness) -> None:
     # A pool not created yet claimed its whole maxCount for the pools whose names sort after it, even when `block`
     # never creates it: one deployment asking for more than the quota held back every other one.
