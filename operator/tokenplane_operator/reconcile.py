@@ -85,6 +85,9 @@ __all__ = [
     "status_patch",
 ]
 
+# A failed list of the cluster's pools (ARM throttling, a blip) falls back on the last one up to this old: without
+# it the round skipped the quota check, and a pool bounded by quota was grown to its full maxCount.
+_POOL_LIST_FALLBACK_S = 600
 _THROTTLE_KEY = "*"  # ARM throttles per subscription: one 429 holds back every pool
 # A pool whose operation ended Failed for these is re-sent once the backoff ran out.
 _RETRIED_FAILURES = frozenset({Reason.PROVISIONING_FAILED, Reason.QUOTA_EXCEEDED})
@@ -535,9 +538,15 @@ async def _quota_claims(
     listed = clients._managed
     if listed is None or now - listed[1] >= timedelta(seconds=settings.quota_cache_ttl_s):
         async with clients._locks["quota:pools"]:
-            if clients._managed is None or clients._managed is listed:
-                clients._managed = (await clients.pools.list_managed(), now)
-            listed = clients._managed
+            current = clients._managed
+            if current is None or current is listed:
+                try:
+                    current = clients._managed = (await clients.pools.list_managed(), now)
+                except TokenplaneError:
+                    if listed is None or now - listed[1] >= timedelta(seconds=_POOL_LIST_FALLBACK_S):
+                        raise
+                    current = listed
+            listed = current
     pools = {pool.name for pool in listed[0] if pool.provisioning_state != "Deleting"}
     claims = existing_claims(listed[0], merged.name)
     if exists:

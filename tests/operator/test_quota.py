@@ -202,6 +202,22 @@ async def test_a_pool_being_replaced_keeps_no_quota_from_its_replacement(op: Ope
 
 
 @pytest.mark.kmock(cls=ApiServerEmulator)
+async def test_a_throttled_pool_list_keeps_the_pool_bounded_on_the_last_list(op: OperatorHarness) -> None:
+    # A 429 on the list of the cluster's pools skipped the round's quota check: QuotaInsufficient went Unknown and
+    # the pool bounded to 2 nodes was PUT with its full maxCount 4, which the quota cannot hold.
+    op.arm.set_quota(A100_FAMILY, 100, other=52)  # two of the four nodes fit
+    await op.create(four_replicas())
+    await op.wait_ready("m1")
+    assert pool_bounds(op) == (0, 2)
+    lists = len(op.arm.calls("GET", "/agentPools$"))
+    op.arm.throttle("GET", "/agentPools$", retry_after_s=1, times=3)
+    await op.wait_for(lambda: len(op.arm.calls("GET", "/agentPools$")) >= lists + 4, message="three 429s, then a list")
+    assert pool_bounds(op) == (0, 2)
+    assert all(r.body["properties"]["maxCount"] <= 2 for r in op.arm.calls("PUT", POOL_PUT))
+    assert op.condition("m1", "QuotaInsufficient")["status"] == "True"
+
+
+@pytest.mark.kmock(cls=ApiServerEmulator)
 async def test_a_pool_the_quota_holds_back_does_not_hold_back_the_next(op_block: OperatorHarness) -> None:
     # A pool not created yet claimed its whole maxCount for the pools whose names sort after it, even when `block`
     # never creates it: one deployment asking for more than the quota held back every other one.
