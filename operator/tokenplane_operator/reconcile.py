@@ -111,10 +111,12 @@ class PoolDemand:
     Attributes:
         owner: `namespace/name` of the deployment.
         pool: Its desired pool (bounds for itself alone).
+        created: The deployment's `metadata.creationTimestamp` (RFC 3339, UTC: it sorts as the time does).
     """
 
     owner: str
     pool: DesiredAgentPool
+    created: str = ""
 
 
 @dataclass
@@ -229,7 +231,7 @@ def pool_demand(body: Mapping[str, Any], settings: OperatorSettings) -> PoolDema
     meta = body.get("metadata") or {}
     spec = json.dumps(body.get("spec"), sort_keys=True)
     pool = _desired_pool(str(meta.get("namespace")), str(meta.get("name")), spec, settings.render_config())
-    return None if pool is None else PoolDemand(_owner(body), pool)
+    return None if pool is None else PoolDemand(_owner(body), pool, str(meta.get("creationTimestamp") or ""))
 
 
 @functools.lru_cache(maxsize=8192)
@@ -530,9 +532,11 @@ async def _quota_claims(
     """Nodes the operator's other pools may still add, which the quota must keep for them.
 
     Every existing tokenplane pool claims up to its maxCount. A pool not created yet is claimed too, by a pool
-    not created yet either whose name sorts after it, with what its own check will let it have
-    (`pending_claim`): two deployments created together are each checked once against the other, not both
-    against the same free vCPUs, nor each held back for the other, nor for a pool the quota holds back.
+    not created yet either that was asked for later (its first deployment's creation time, then the pool's name),
+    with what its own check will let it have (`pending_claim`): two deployments created together are each checked
+    once against the other, not both against the same free vCPUs, nor each held back for the other, nor for a pool
+    the quota holds back. First come, first served: by name (a hash), a deployment created later took the quota
+    from one waiting for it.
     """
     assert clients.pools is not None
     listed = clients._managed
@@ -551,8 +555,14 @@ async def _quota_claims(
     claims = existing_claims(listed[0], merged.name)
     if exists:
         return claims
-    for name, users in sorted((demand if demand is not None else await _demands(clients, settings)).items()):
-        if name >= merged.name:
+    demands = demand if demand is not None else await _demands(clients, settings)
+
+    def asked(name: str) -> tuple[str, str]:
+        return min((d.created for d in demands.get(name, ())), default=""), name
+
+    own = asked(merged.name)
+    for name, users in sorted(demands.items(), key=lambda item: asked(item[0])):
+        if asked(name) >= own:
             break
         if name not in pools and users:
             ordered = sorted(users, key=lambda d: d.owner)

@@ -218,13 +218,39 @@ async def test_a_throttled_pool_list_keeps_the_pool_bounded_on_the_last_list(op:
 
 
 @pytest.mark.kmock(cls=ApiServerEmulator)
+async def test_pending_pools_get_the_quota_in_the_order_they_were_asked_for(
+    kmock: kmock.KubernetesEmulator, arm_emulator: ArmEmulator, kuberay: KubeRayPeer
+) -> None:
+    # Pending pools were served by name (a hash): the deployment created second took 4 of the 6 nodes that fit
+    # and the one created first, waiting already, was bounded to 2.
+    declare_resources(kmock)
+    op = OperatorHarness(kmock, arm_emulator, quota_cache_ttl_s=0.0)
+    op.arm.set_quota(A100_FAMILY, 144)  # six of the eight nodes fit
+    first, second = four_replicas("m2"), four_replicas("m1")
+    first["spec"]["hardware"]["zones"] = ["2"]  # its pool's name sorts after the second's (tpba... > tp2f...)
+    second["spec"]["hardware"]["zones"] = ["1"]
+    await op.create(first)
+    await asyncio.sleep(1.1)  # creationTimestamp has whole seconds
+    await op.create(second)
+    await op.start()  # both pending when the operator first sees them
+    try:
+        for name in ("m1", "m2"):
+            await op.wait_ready(name)
+        maxima = {name: (op.arm.pool(op.get(name)["status"]["nodePool"]["name"]) or {}) for name in ("m1", "m2")}  # type: ignore[index]
+        assert {name: pool["properties"]["maxCount"] for name, pool in maxima.items()} == {"m2": 4, "m1": 2}
+        assert op.condition("m2", "QuotaInsufficient")["status"] == "False"
+    finally:
+        await op.stop(kill=True)
+
+
+@pytest.mark.kmock(cls=ApiServerEmulator)
 async def test_a_pool_the_quota_holds_back_does_not_hold_back_the_next(op_block: OperatorHarness) -> None:
     # A pool not created yet claimed its whole maxCount for the pools whose names sort after it, even when `block`
     # never creates it: one deployment asking for more than the quota held back every other one.
     op = op_block
     op.arm.set_quota(A100_FAMILY, 120)  # five nodes
     big = cr_body("m1", scaling={"minReplicas": 0, "maxReplicas": 8, "scaleToZero": {"enabled": True}})
-    big["spec"]["hardware"]["zones"] = ["1"]  # its pool's name sorts before m2's (tp2f... < tpba...)
+    big["spec"]["hardware"]["zones"] = ["1"]  # asked for before m2 (and its pool name sorts first: tp2f... < tpba...)
     await op.create(big)
     await op.wait_for(
         lambda: op.condition("m1", "NodePoolReady").get("reason") == "QuotaExceeded", message="m1 held back"

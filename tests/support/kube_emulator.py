@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import attrs
@@ -51,7 +52,8 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
     - Every write bumps ``metadata.resourceVersion``; a change of ``spec`` bumps ``metadata.generation``
       (kstatus and ``kubectl wait`` compare it with ``status.observedGeneration``). kmock sets neither.
     - A JSON patch whose ``test`` op fails gets 422 Invalid, as kopf expects of an API server.
-    - Every created object gets a ``metadata.uid`` unless it brings one (a re-created object is a new object).
+    - Every created object gets a ``metadata.uid`` unless it brings one (a re-created object is a new object),
+      and a ``metadata.creationTimestamp`` (RFC 3339, whole seconds, as the API server writes it).
     - ``metadata.generateName`` gets a unique suffix on create (kopf names its Events this way; plain
       kmock stores them all under one empty name and refuses every Event after the first).
     - `refuse` answers writes with 409 Conflict and changes nothing, as an API server refuses a stale
@@ -173,6 +175,7 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
                 meta["name"] = f"{meta['generateName']}{next(self._suffixes):05d}"
             meta.update(resourceVersion=str(next(self._versions)), generation=1)
             meta.setdefault("uid", str(uuid.uuid4()))  # the API server names every object uniquely
+            meta["creationTimestamp"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         elif request.action == kmock.action.UPDATE and (obj := self._exact(request)) is not None:
             self._version(request, obj)
         try:
