@@ -26,7 +26,7 @@ from tokenplane_operator.plan.sizing import Plan, QuantizationChoice, Workload, 
 if TYPE_CHECKING:
     from tokenplane_cli.validate import Checked
 
-__all__ = ["plan_command", "render_table"]
+__all__ = ["plan_command", "quota_json", "render_table"]
 
 
 def _quantization(value: str | None) -> QuantizationChoice:
@@ -184,7 +184,8 @@ def _quota_text(check: QuotaCheck | str) -> str:
     return f"[red]short[/]: {check.reachable_nodes} node(s) fit; {check.describe()}. {check.remedy()}"
 
 
-def _quota_json(check: QuotaCheck | str) -> dict[str, Any]:
+def quota_json(check: QuotaCheck | str) -> dict[str, Any]:
+    """Build the `quota` object of `tokenplane plan -o json`: the check's numbers, or `error` saying why none."""
     if isinstance(check, str):
         return {"error": check}
     return {
@@ -195,6 +196,9 @@ def _quota_json(check: QuotaCheck | str) -> dict[str, Any]:
         "neededVcpus": check.needed_vcpus,
         "availableVcpus": check.available_vcpus,
         "limitingQuota": check.limiting.name,
+        # What other tokenplane pools may still add of the limiting quota: kept from this pool, as the operator does.
+        "claimedVcpus": check.claimed.get(check.limiting.name.lower(), 0),
+        "claimedBy": list(check.claimed_by),
         "reachableNodes": check.reachable_nodes,
         "sufficient": check.sufficient,
     }
@@ -395,7 +399,7 @@ def plan_command(
     quota = quota_headroom(pool) if pool is not None else None
     if output == "json":
         doc = result.model_dump(mode="json", by_alias=True)
-        doc |= {"quota": _quota_json(quota)} if quota is not None else {}
+        doc |= {"quota": quota_json(quota)} if quota is not None else {}
         doc |= {"error": _refusal_json(refusal)} if refusal is not None else {}
         print(json.dumps(doc, indent=2))
     else:

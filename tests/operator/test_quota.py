@@ -332,6 +332,21 @@ async def test_plan_counts_the_nodes_the_pool_already_has(aks_pools: AksAgentPoo
     assert f"{A100_FAMILY} to 120 vCPUs" in short.remedy()
 
 
+async def test_plan_json_shows_the_vcpus_other_pools_claim(aks_pools: AksAgentPools, arm_emulator: ArmEmulator) -> None:
+    # `-o json` said 48 available of a 144-vCPU quota with nothing in use and no word of the 96 another tokenplane
+    # pool may still add (only the table's sentence named them).
+    from tokenplane_cli.plan import quota_json, read_headroom
+
+    arm_emulator.set_quota(A100_FAMILY, 144)
+    other = DesiredAgentPool(name="tpother1", vm_size="Standard_NC24ads_A100_v4", min_count=0, max_count=4)
+    await aks_pools.begin_apply(other)
+    arm_emulator.settle()
+    pool = DesiredAgentPool(name="tpquota4", vm_size="Standard_NC24ads_A100_v4", min_count=0, max_count=4)
+    doc = quota_json(await read_headroom(aks_pools, pool))
+    assert (doc["availableVcpus"], doc["claimedVcpus"], doc["claimedBy"]) == (48, 96, ["tpother1"])
+    assert (doc["reachableNodes"], doc["sufficient"]) == (2, False)
+
+
 def _plan(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     code = "import sys; from tokenplane_cli import main; sys.argv = ['tokenplane', *sys.argv[1:]]; main()"
     return subprocess.run(
@@ -369,6 +384,8 @@ def test_plan_shows_quota_headroom_with_the_operators_identity(wi_arm: ArmEmulat
         "neededVcpus": 80,
         "availableVcpus": 60,
         "limitingQuota": "StandardNCadsH100v5Family",
+        "claimedVcpus": 0,
+        "claimedBy": [],
         "reachableNodes": 1,
         "sufficient": False,
     }, result.stderr
