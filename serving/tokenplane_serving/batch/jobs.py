@@ -349,7 +349,7 @@ class BatchJobs:
             return True
 
         if self._update(batch_id, in_progress) is None:
-            return  # cancelled meanwhile: the cancel closed it
+            return  # cancelled meanwhile: the cancel queued its close
         cancel = self._key(batch_id, "cancel")
         for i, request in enumerate(parsed.requests):
             # A cancel arriving while a large batch is queued stops the rest: every task queued after it would only
