@@ -52,6 +52,7 @@ from tokenplane_serving.mapping import FAST_PATH_ENV, hold_environment
 __all__ = [
     "GPU_RESOURCE",
     "IMPORT_PATH",
+    "SYSTEM_POOL_TAINT",
     "WORKER_GROUP",
     "WORKLOAD_IDENTITY_LABEL",
     "WorkerShape",
@@ -68,6 +69,9 @@ IMPORT_PATH = "tokenplane_serving.app:build_app"
 BATCH_IMPORT_PATH = "tokenplane_serving.batch.consumer:build_consumer_app"
 GPU_RESOURCE = "nvidia.com/gpu"
 WORKER_GROUP = "gpu"
+# AKS's only NoSchedule taint allowed on a system pool (learn.microsoft.com/azure/aks/use-system-pools).
+SYSTEM_POOL_TAINT = "CriticalAddonsOnly=true:NoSchedule"
+SYSTEM_POOL_TOLERATION = {"key": "CriticalAddonsOnly", "operator": "Exists", "effect": "NoSchedule"}
 CPU_WORKER_GROUP = "cpu"
 _SHM_VOLUME = "dshm"
 _API_KEYS_VOLUME = "api-keys"
@@ -409,6 +413,10 @@ def _head_group(
             "spec": {
                 **identity,
                 "nodeSelector": {"kubernetes.io/os": "linux"},
+                # The head belongs on the system pool, which production AKS clusters often taint
+                # CriticalAddonsOnly=true:NoSchedule (learn.microsoft.com/azure/aks/use-system-pools); the
+                # GPU pools are tainted too, so without this the head stayed Pending and nothing served.
+                "tolerations": [SYSTEM_POOL_TOLERATION],
                 "containers": [container],
                 "volumes": volumes,
             },

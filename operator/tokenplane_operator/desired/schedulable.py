@@ -38,7 +38,7 @@ from tokenplane_operator.desired.naming import (
     METRICS_PORT,
     selector_labels,
 )
-from tokenplane_operator.desired.rayservice import weights_disk_bytes
+from tokenplane_operator.desired.rayservice import SYSTEM_POOL_TAINT, weights_disk_bytes
 from tokenplane_operator.desired.resolve import checkpoint_bytes
 from tokenplane_operator.plan.allocatable import NodeAllocatable, host_allocatable, node_allocatable
 from tokenplane_operator.plan.catalog import find_sku
@@ -424,6 +424,10 @@ def _tolerates(tolerations: list[Mapping[str, Any]], taint: str) -> bool:
 
 def _check_placement(state: DesiredState) -> list[Problem]:
     found = []
+    head = _cluster(state)["headGroupSpec"]["template"]["spec"]
+    if not _tolerates(head.get("tolerations") or [], SYSTEM_POOL_TAINT):
+        where = _where(state, ".headGroupSpec.template.spec")
+        found.append(Problem("placement", where, f"no toleration for the system pool's taint {SYSTEM_POOL_TAINT}"))
     for group in _cluster(state)["workerGroupSpecs"]:
         if group["groupName"] != "gpu":
             continue

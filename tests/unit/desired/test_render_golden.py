@@ -200,7 +200,8 @@ def test_head_stays_off_gpu_nodes() -> None:
     ]
     assert head["rayStartParams"]["num-gpus"] == "0"
     assert head["rayStartParams"]["dashboard-host"] == "0.0.0.0"
-    assert "tolerations" not in head["template"]["spec"]
+    # The system pool's CriticalAddonsOnly taint only: none of a GPU pool's.
+    assert [t["key"] for t in head["template"]["spec"]["tolerations"]] == ["CriticalAddonsOnly"]
     assert POOL_LABEL not in head["template"]["spec"]["nodeSelector"]
     assert not any("nvidia.com" in k for k in head["template"]["spec"]["containers"][0]["resources"]["limits"])
 

@@ -242,6 +242,20 @@ def test_placement_fails_without_the_gpu_toleration() -> None:
     assert rules(problems) == {"placement"} and "sku=gpu:NoSchedule" in str(problems[0])
 
 
+def test_placement_the_head_schedules_on_a_system_pool_tainted_critical_addons_only() -> None:
+    # AKS system pools may carry CriticalAddonsOnly=true:NoSchedule and GPU pools their own taint: the head,
+    # without a toleration for it, had no node to land on.
+    state = example("department-lora")
+    assert check_schedulable(state, CONFIG) == []
+
+    def head_without_tolerations(spec: dict[str, Any]) -> None:
+        del spec["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["tolerations"]
+
+    problems = check_schedulable(with_rayservice(state, head_without_tolerations), CONFIG)
+    assert rules(problems) == {"placement"} and "CriticalAddonsOnly=true:NoSchedule" in str(problems[0])
+    assert ".headGroupSpec" in problems[0].where
+
+
 def test_placement_fails_when_byo_spot_workers_do_not_tolerate_the_spot_taint() -> None:
     body = yaml.safe_load((ROOT / "tests" / "data" / "render" / "input" / "byo-private-pvc.yaml").read_text())
     body["spec"]["hardware"]["spot"] = {"enabled": True}
