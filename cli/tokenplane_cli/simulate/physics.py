@@ -23,6 +23,7 @@ from tokenplane_operator.plan.modelinfo import ModelInfo
 from tokenplane_operator.plan.precision import parse_precision
 from tokenplane_operator.plan.sizing import plan_for_sku
 from tokenplane_operator.plan.spec import workload_from_spec
+from tokenplane_operator.plan.validation import fit_problems
 
 if TYPE_CHECKING:
     from tokenplane_cli.simulate.traces import Request
@@ -160,16 +161,11 @@ def physics_for(
         raise PlanError(PlanErrorReason.INVALID_WORKLOAD, "spec.hardware.vmSize is auto: pass --vm-size to simulate")
     workload = workload_from_spec(spec, model=model)
     plan = plan_for_sku(workload, size)  # for the precision; the placement is the CR's, not the cheapest
-    if not plan.fits:  # vLLM would not start: there is nothing to simulate (`tokenplane plan` says the same)
-        raise PlanError(
-            PlanErrorReason.DOES_NOT_FIT,
-            f"{plan.model} needs {plan.total_bytes_per_replica / 2**30:.1f} GiB a replica on {plan.vm_size}, which "
-            f"holds {plan.capacity_bytes_per_replica / 2**30:.1f} GiB; `tokenplane plan` on this file names a size "
-            "that fits (or pass --vm-size)",
-            field="spec.hardware.vmSize",
-        )
     sku = find_sku(plan.vm_size)
     assert sku is not None  # plan_for_sku resolved it
+    # vLLM would not start: there is nothing to simulate (validation's rule, so both say the same).
+    if problems := fit_problems(deployment, workload.model, sku):
+        raise PlanError(PlanErrorReason.DOES_NOT_FIT, problems[0].message, field=problems[0].path)
     hardware, engine = spec.hardware, spec.engine
     mig = sku.mig_profiles.get(hardware.mig_profile.value) if hardware.mig_profile else None
     tp = engine.tensor_parallel_size if "tensor_parallel_size" in engine.model_fields_set else hardware.gpus_per_replica

@@ -12,7 +12,7 @@ from tokenplane_operator.plan.precision import Precision
 from tokenplane_operator.plan.sizing import plan_for_sku
 from tokenplane_operator.plan.spec import workload_from_spec
 
-__all__ = ["check_deployment"]
+__all__ = ["check_deployment", "fit_problems"]
 
 
 def check_deployment(deployment: InferenceDeployment) -> list[Problem]:
@@ -47,14 +47,25 @@ def check_deployment(deployment: InferenceDeployment) -> list[Problem]:
     problems += _sku_problems(deployment, sku, model)
     if problems or model is None:
         return problems
-    return _fit_problems(deployment, model, sku)
+    return fit_problems(deployment, model, sku)
 
 
-def _fit_problems(deployment: InferenceDeployment, model: ModelInfo, sku: GpuSku) -> list[Problem]:
-    # vLLM refuses to start when one maxModelLen sequence does not fit beside the weights: the pods would load
-    # and crash on the cluster. The planner's memory model, on this VM size with the CR's fixed fields, decides.
-    if deployment.spec.hardware.gpu_fraction is not None:
-        return []  # a share of a GPU is packing the planner does not model: the operator's check at load time
+def fit_problems(deployment: InferenceDeployment, model: ModelInfo, sku: GpuSku) -> list[Problem]:
+    """Check that one replica fits its devices on a VM size: the one rule `validate` and `simulate` share.
+
+    vLLM refuses to start when one maxModelLen sequence does not fit beside the weights: the pods would load and
+    crash on the cluster. The planner's memory model, on this VM size with the CR's fixed fields, decides. A
+    gpuFraction replica is held to a whole GPU (its share is packing the planner does not model; the operator
+    checks it at load time), which it cannot exceed either.
+
+    Args:
+        deployment: The parsed InferenceDeployment.
+        model: Its model's shape.
+        sku: The VM size to place it on (the CR's, or `simulate --vm-size`).
+
+    Returns:
+        One problem naming the field to change and the GiB needed and held; empty when it fits.
+    """
     workload = workload_from_spec(deployment.spec, model=model)
     try:
         plan = plan_for_sku(workload, sku.vm_size)
