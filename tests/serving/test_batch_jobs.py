@@ -91,6 +91,16 @@ def test_parse_input_runs_stream_false_and_names_a_stream_flag_that_is_not_a_boo
     assert parsed.errors[1].message.endswith("not an integer")
 
 
+def test_parse_input_applies_the_servers_stream_flag_rule_to_stream_options_too() -> None:
+    # The server refuses a non-boolean stream_options.include_usage (400, that param); a batch line ran with it.
+    lines = [line("a", stream_options={"include_usage": "false"}), line("b", stream_options={"include_usage": False})]
+    parsed = schema.parse_input("\n".join(lines).encode(), CHAT)
+    assert [r.custom_id for r in parsed.requests] == ["b"]
+    [error] = parsed.errors
+    assert (error.line, error.code) == (1, "invalid_type")
+    assert error.message == "line 1: body.stream_options.include_usage must be a boolean, not a string"
+
+
 def test_parse_input_caps_the_request_count() -> None:
     parsed = schema.parse_input("\n".join(line(str(i)) for i in range(5)).encode(), CHAT, max_requests=3)
     assert len(parsed.requests) == 3 and [e.code for e in parsed.errors] == ["too_many_requests"] * 2

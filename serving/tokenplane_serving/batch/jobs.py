@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 from tokenplane_serving.batch import schema
 from tokenplane_serving.batch.store import Store
+from tokenplane_serving.openai_json import json_type
 
 __all__ = [
     "CANCEL_GRACE_S",
@@ -608,14 +609,14 @@ def _check_metadata(metadata: Any) -> None:
     if metadata is None:
         return
     if not isinstance(metadata, dict):
-        raise bad(f"metadata must be an object of string keys and string values, not {schema.json_type(metadata)}")
+        raise bad(f"metadata must be an object of string keys and string values, not {json_type(metadata)}")
     if len(metadata) > _METADATA_PAIRS:
         raise bad(f"metadata has {len(metadata)} pairs; at most {_METADATA_PAIRS} are allowed")
     for key, value in metadata.items():
         if len(key) > _METADATA_KEY_CHARS:
             raise bad(f"metadata key {key[:20]!r}... has {len(key)} characters; keys are at most {_METADATA_KEY_CHARS}")
         if not isinstance(value, str):
-            raise bad(f"metadata[{key!r}] must be a string, not {schema.json_type(value)}")
+            raise bad(f"metadata[{key!r}] must be a string, not {json_type(value)}")
         if len(value) > _METADATA_VALUE_CHARS:
             limit = _METADATA_VALUE_CHARS
             raise bad(f"metadata[{key!r}] has {len(value)} characters; values are at most {limit}")

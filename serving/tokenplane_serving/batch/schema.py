@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from tokenplane_serving.openai_json import json_type, non_boolean_flag
+
 __all__ = [
     "ACTIVE_STATUSES",
     "COMPLETION_WINDOWS",
@@ -25,7 +27,6 @@ __all__ = [
     "count_requests",
     "error_line",
     "file_object",
-    "json_type",
     "new_id",
     "output_line",
     "parse_input",
@@ -39,16 +40,6 @@ MAX_REQUESTS = 50_000
 TERMINAL_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
 ACTIVE_STATUSES = frozenset({"validating", "in_progress", "finalizing", "cancelling"})
 _MAX_REPORTED_ERRORS = 100  # batch.errors lists the first ones; the error file has them all
-
-
-def json_type(value: Any) -> str:
-    """Name a parsed JSON value's type as OpenAI's errors do ("a string", "an integer", ...)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    names = ((str, "a string"), (int, "an integer"), (float, "a number"), (list, "an array"), (dict, "an object"))
-    return next((name for kind, name in names if isinstance(value, kind)), type(value).__name__)
 
 
 def new_id(prefix: str) -> str:
@@ -122,13 +113,12 @@ def _check_line(line_no: int, text: str, endpoint: str, seen: set[str]) -> Batch
     body = item.get("body")
     if not isinstance(body, dict):
         return bad("body must be a JSON object (the request for the endpoint)", custom_id)
-    stream = body.get("stream")
-    if stream is True:
+    if (wrong := non_boolean_flag(body)) is not None:
+        param, value = wrong
+        must = "a boolean (false or absent in a batch)" if param == "stream" else "a boolean"
+        return bad(f"body.{param} must be {must}, not {json_type(value)}", custom_id, "invalid_type")
+    if body.get("stream") is True:
         return bad("streaming is not available in a batch; remove body.stream", custom_id)
-    if stream is not False and stream is not None:  # not `in (False, None)`: 0 == False
-        # A string such as "false" was read as true (truthy) and refused as streaming; the engine reads it otherwise.
-        message = f"body.stream must be a boolean (false or absent in a batch), not {json_type(stream)}"
-        return bad(message, custom_id, "invalid_type")
     return BatchRequest(line_no, custom_id, body)
 
 

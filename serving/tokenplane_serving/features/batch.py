@@ -21,7 +21,6 @@ from urllib.parse import parse_qs
 from tokenplane_serving.args import ServingArgs
 from tokenplane_serving.auth import openai_error_body
 from tokenplane_serving.batch.jobs import BatchApiError, BatchJobs, StoreContention
-from tokenplane_serving.batch.schema import json_type
 from tokenplane_serving.features.base import (
     PRINCIPAL_KEY,
     ASGIApp,
@@ -32,6 +31,7 @@ from tokenplane_serving.features.base import (
     Wrapper,
     send_json,
 )
+from tokenplane_serving.openai_json import json_type
 
 __all__ = ["BatchApiMiddleware", "feature"]
 

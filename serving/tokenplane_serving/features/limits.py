@@ -9,8 +9,8 @@ from typing import Any
 import pydantic
 
 from tokenplane_serving.auth import openai_error_body
-from tokenplane_serving.batch.schema import json_type
 from tokenplane_serving.features.base import BODY_KEY, ASGIApp, FeatureContext, Receive, Scope, Send, Wrapper, send_json
+from tokenplane_serving.openai_json import json_type, non_boolean_flag
 
 __all__ = [
     "MAX_BODY_BYTES",
@@ -125,25 +125,6 @@ def _too_many_choices(body: Any) -> bytes | None:
     return None
 
 
-def _wrong_flag(body: Any) -> tuple[str, str] | None:
-    """Return (param, message) for a `stream` flag that is not a JSON boolean (or null), as OpenAI refuses it.
-
-    vLLM's pydantic models coerce `"false"`, `"no"`, `0` and `1` to booleans, while the features here (the
-    response cache, the hold at zero, batch input lines) read the JSON value as sent: `"false"` is truthy, so one
-    request was a stream to one reader and not to another.
-    """
-    if not isinstance(body, dict):
-        return None
-    options = body.get("stream_options")
-    flags = [("stream", body.get("stream"))]
-    if isinstance(options, dict):
-        flags.append(("stream_options.include_usage", options.get("include_usage")))
-    for param, value in flags:
-        if value is not None and not isinstance(value, bool):
-            return param, f"Invalid type for '{param}': expected a boolean, but got {json_type(value)} instead."
-    return None
-
-
 class ValidationMiddleware:
     """400 instead of 500 for request bodies that crash validation or error rendering.
 
@@ -184,8 +165,9 @@ class ValidationMiddleware:
             if model is not None and (too_many := _too_many_choices(parsed)) is not None:
                 await send_json(send, 400, too_many)
                 return
-            if model is not None and (wrong := _wrong_flag(parsed)) is not None:
-                param, text = wrong
+            if model is not None and (wrong := non_boolean_flag(parsed)) is not None:
+                param, value = wrong
+                text = f"Invalid type for '{param}': expected a boolean, but got {json_type(value)} instead."
                 await send_json(send, 400, openai_error_body(text, "invalid_request_error", "invalid_type", param))
                 return
             if model is not None:
