@@ -175,16 +175,21 @@ def build_policy_kwargs(args: ServingArgs) -> dict[str, Any]:
     return kwargs
 
 
-def lora_engine_kwargs(*, adapters: int, max_adapters_per_replica: int, max_rank: int) -> dict[str, Any]:
+def lora_engine_kwargs(
+    *, adapters: int, max_adapters_per_replica: int, max_rank: int, max_num_seqs: int
+) -> dict[str, Any]:
     """Give the LoRA settings vLLM gets for a deployment: one rule for the engine and the planner's memory model.
 
     vLLM preallocates `max_loras` GPU slots of `max_lora_rank` on every LoRA-wrapped layer at engine start
-    (`vllm/lora/layers/`), so these two numbers size GPU memory as well as the adapter cache.
+    (`vllm/lora/layers/`), so these two numbers size GPU memory. `max_loras` is the adapters one batch may mix
+    and `max_cpu_loras` the adapters the engine keeps loaded (`vllm/config/lora.py`): Ray's multiplexing keeps
+    `maxAdaptersPerReplica` loaded, and a batch of `max_num_seqs` sequences mixes at most that many of them.
 
     Args:
         adapters: Adapters the deployment serves (none: LoRA stays off).
         max_adapters_per_replica: Adapters a replica keeps loaded (the CR's `lora.maxAdaptersPerReplica`).
         max_rank: Largest adapter rank (the CR's `lora.maxRank`).
+        max_num_seqs: Most sequences one batch holds (the CR's `engine.maxNumSeqs`).
 
     Returns:
         `enable_lora`, `max_lora_rank`, `max_loras` and `max_cpu_loras`; empty without adapters.
@@ -194,8 +199,9 @@ def lora_engine_kwargs(*, adapters: int, max_adapters_per_replica: int, max_rank
     return {
         "enable_lora": True,
         "max_lora_rank": max_rank,
-        # Every adapter Ray keeps resident may join a batch: Ray's multiplexing LRU is the only cap.
-        "max_loras": max_adapters_per_replica,
+        # GPU slots beyond the batch's sequences would never hold an adapter: 128 adapters at the default 64
+        # sequences preallocated 128 slots, half of them never used.
+        "max_loras": min(max_adapters_per_replica, max_num_seqs),
         "max_cpu_loras": max_adapters_per_replica,
     }
 
@@ -235,6 +241,7 @@ def _engine_kwargs(args: ServingArgs) -> dict[str, Any]:
             adapters=len(args.lora.adapters),
             max_adapters_per_replica=args.lora.max_adapters_per_replica,
             max_rank=args.lora.max_lora_rank,
+            max_num_seqs=args.engine.max_num_seqs,
         )
     )
     if args.batch.enabled:

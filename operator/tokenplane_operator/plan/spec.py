@@ -55,6 +55,7 @@ def workload_from_spec(
         adapters=len(spec.lora.adapters),
         max_adapters_per_replica=spec.lora.max_adapters_per_replica,
         max_rank=spec.lora.max_rank,
+        max_num_seqs=spec.engine.max_num_seqs,
     )
     return Workload(
         model=model,

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tokenplane_operator.api.validation import parse_inference_deployment
+from tokenplane_operator.desired.serveconfig import build_serving_args
 from tokenplane_operator.plan.catalog import find_sku
 from tokenplane_operator.plan.errors import PlanError, PlanErrorReason
 from tokenplane_operator.plan.memory import compute_memory
@@ -16,6 +17,7 @@ from tokenplane_operator.plan.modelinfo import ModelInfo, find_builtin_model
 from tokenplane_operator.plan.precision import Precision
 from tokenplane_operator.plan.sizing import Plan, Workload, plan_for_sku, recommend
 from tokenplane_operator.plan.spec import workload_from_spec
+from tokenplane_serving.mapping import build_llm_config
 
 
 def model(name: str) -> ModelInfo:
@@ -282,3 +284,25 @@ def test_lora_slots_steer_auto_off_a_gpu_they_do_not_fit() -> None:
     # Without adapters vLLM runs without LoRA: the settings alone cost nothing.
     del body["spec"]["lora"]["adapters"]  # type: ignore[index]
     assert workload_from_spec(parse_inference_deployment(body).spec).max_loras == 0
+
+
+def test_lora_gpu_slots_stop_at_the_batch_and_the_engine_gets_what_the_planner_sized() -> None:
+    # vLLM's max_loras is the adapters one batch mixes; 16 sequences mix at most 16. 128 slots x rank 64 were
+    # preallocated before (47.3 GB on an 8B model, 5.9 GB now), 112 never used; max_cpu_loras keeps 128 loaded.
+    adapters = [{"name": "a", "source": "pvc://l/a"}]
+    body = {
+        "apiVersion": "tokenplane.io/v1alpha1",
+        "kind": "InferenceDeployment",
+        "metadata": {"name": "m"},
+        "spec": {
+            "model": {"source": "hf://meta-llama/Llama-3.1-8B-Instruct", "maxModelLen": 8192},
+            "engine": {"maxNumSeqs": 16},
+            "lora": {"maxAdaptersPerReplica": 128, "maxRank": 64, "adapters": adapters},
+            "hardware": {"vmSize": "Standard_NC24ads_A100_v4"},
+        },
+    }
+    deployment = parse_inference_deployment(body)
+    workload = workload_from_spec(deployment.spec)
+    engine = build_llm_config(build_serving_args(deployment))["engine_kwargs"]
+    assert workload.max_loras == engine["max_loras"] == 16
+    assert engine["max_cpu_loras"] == 128
