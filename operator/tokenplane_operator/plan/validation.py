@@ -95,14 +95,16 @@ def fit_problems(deployment: InferenceDeployment, model: ModelInfo, sku: GpuSku)
             f"{workload.max_lora_rank}"
         )
         lora_fix = "lower spec.lora.maxAdaptersPerReplica or spec.lora.maxRank, "
+    # Told to weights already quantized (fp8 asked, or an fp8/int4 checkpoint), the hint changed nothing.
+    unquantized = deployment.spec.model.quantization is Quantization.NONE and not model.native_precision.is_quantized
+    quantize = "quantize (spec.model.quantization: fp8), " if unquantized else ""
     return [
         Problem(
             larger[0],
             f"{model.name} needs {plan.total_bytes_per_replica / GIB:.1f} GiB a replica on {sku.vm_size} as specified "
             f"({devices}, weights {plan.quantization}, maxModelLen {workload.context:,}{lora}), which holds "
-            f"{plan.capacity_bytes_per_replica / GIB:.1f} GiB: {lora_fix}choose {larger[1]}, quantize "
-            "(spec.model.quantization: fp8), lower maxModelLen, or set vmSize: auto (`tokenplane plan` on this file "
-            "shows the sizes that fit)",
+            f"{plan.capacity_bytes_per_replica / GIB:.1f} GiB: {lora_fix}choose {larger[1]}, {quantize}lower "
+            "maxModelLen, or set vmSize: auto (`tokenplane plan` on this file shows the sizes that fit)",
         )
     ]
 
