@@ -44,7 +44,7 @@ def check_deployment(deployment: InferenceDeployment) -> list[Problem]:
                 f"{hardware.vm_size} is not a GPU VM size tokenplane knows; use auto or one of: {known}",
             )
         ]
-    problems += _sku_problems(deployment, sku, model)
+    problems += _sku_problems(deployment, sku, model) + _batch_problems(deployment, sku)
     if problems or model is None:
         return problems
     return fit_problems(deployment, model, sku)
@@ -105,6 +105,41 @@ def fit_problems(deployment: InferenceDeployment, model: ModelInfo, sku: GpuSku)
             f"({devices}, weights {plan.quantization}, maxModelLen {workload.context:,}{lora}), which holds "
             f"{plan.capacity_bytes_per_replica / GIB:.1f} GiB: {lora_fix}choose {larger[1]}, {quantize}lower "
             "maxModelLen, or set vmSize: auto (`tokenplane plan` on this file shows the sizes that fit)",
+        )
+    ]
+
+
+def _batched_tokens_default(sku: GpuSku, mig_profile: str | None) -> int:
+    # vLLM 0.32's tokens per scheduler step for the OpenAI server (Ray Serve LLM's usage context), by the
+    # memory torch reports (a MIG slice's own) and the name (vllm/engine/arg_utils.py, get_batch_defaults).
+    mig = sku.mig_profiles.get(mig_profile) if mig_profile else None
+    memory = mig.memory_gib if mig else sku.gpu_memory_gib
+    if memory >= 160:
+        return 16384
+    return 8192 if memory >= 70 and "A100" not in sku.gpu_model else 2048
+
+
+def _batch_problems(deployment: InferenceDeployment, sku: GpuSku) -> list[Problem]:
+    # vLLM refuses to start when max_num_seqs exceeds max_num_batched_tokens (vllm/config/scheduler.py): one
+    # step must fit a token of every sequence. tokenplane always sets max_num_seqs, so vLLM never lowers it.
+    engine, hardware = deployment.spec.engine, deployment.spec.hardware
+    mig = hardware.mig_profile.value if hardware.mig_profile else None
+    explicit = engine.extra_args.get("max_num_batched_tokens")
+    budget = explicit if isinstance(explicit, int) else _batched_tokens_default(sku, mig)
+    if engine.max_num_seqs <= budget:
+        return []
+    source = (
+        "spec.engine.extraArgs.max_num_batched_tokens"
+        if explicit is not None
+        else (f"vLLM's default max_num_batched_tokens on {sku.vm_size}" + (f" {mig}" if mig else ""))
+    )
+    return [
+        Problem(
+            "spec.engine.maxNumSeqs",
+            f"{engine.max_num_seqs:,} sequences exceed the {budget:,} tokens one engine step schedules ({source}), "
+            f"and vLLM refuses max_num_seqs above max_num_batched_tokens, so the replica would not start: lower "
+            f"maxNumSeqs to {budget:,} or set spec.engine.extraArgs.max_num_batched_tokens to at least "
+            f"{engine.max_num_seqs:,}",
         )
     ]
 
