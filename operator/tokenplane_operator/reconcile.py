@@ -54,7 +54,13 @@ from tokenplane_operator.converge.status import (
     RayServiceObservation,
     compute_status,
 )
-from tokenplane_operator.desired.agentpool import POOL_LABEL, DesiredAgentPool, ObservedAgentPool, needs_replacement
+from tokenplane_operator.desired.agentpool import (
+    MANAGED_BY_TAG,
+    POOL_LABEL,
+    DesiredAgentPool,
+    ObservedAgentPool,
+    needs_replacement,
+)
 from tokenplane_operator.desired.bundle import DesiredState, build_desired_state
 from tokenplane_operator.desired.config import RenderConfig
 from tokenplane_operator.desired.naming import CLUSTER_HASH_ANNOTATION, SPEC_HASH_ANNOTATION, selector_labels
@@ -462,7 +468,15 @@ async def _observe_pools(
             snap.previous_claimed = snap.previous_pool is not None and bool(
                 await _users(snap.previous_pool, owner, clients, settings)
             )
-        if merged is not None and snap.observed is not None:
+        if merged is not None and snap.observed is not None and not snap.observed.managed:
+            # Not ours (no managed-by tag): updating it would take it over, and releasing it delete someone's nodes.
+            message = (
+                f"agent pool {merged.name} exists but tokenplane did not create it (no {MANAGED_BY_TAG} tag); "
+                "rename or delete that pool"
+            )
+            snap.fault = CloudFault(Reason.CLOUD_ERROR, message, settings.rejected_retry_s, stalled=True)
+            snap.observed = None  # nor is it a pool to schedule onto
+        elif merged is not None and snap.observed is not None:
             snap.fault = _note_pool_failure(clients, merged.name, snap.observed, now, settings, snap.new_faults)
     except TokenplaneError as err:
         snap.fault = _record(clients, merged.name if merged else snap.previous_pool or "", err, now, settings)

@@ -198,11 +198,11 @@ def compute_release(pool: str, observed: ObservedAgentPool | None, users: Sequen
 
     Returns:
         Detach when others use it, Release to start the deletion, Wait while it is being deleted,
-        or None when it is gone.
+        or None when it is gone or is not tokenplane's (someone else's pool of the same name is never deleted).
     """
     if users:
         return Action(ActionKind.DETACH_POOL, pool, f"still used by {', '.join(sorted(users))}")
-    if observed is None:
+    if observed is None or not observed.managed:
         return None
     if observed.provisioning_state == "Deleting":
         return Action(ActionKind.WAIT, pool, "agent pool is Deleting")
