@@ -596,11 +596,24 @@ async def _observe_objects(body: Mapping[str, Any], desired: DesiredState, kube:
     owned = {
         object_key(obj["kind"], obj["metadata"]["name"]): _owned(obj, body) for obj in desired.kubernetes_objects()
     }
+    found = await asyncio.gather(*(_get(kube, obj) for obj in owned.values()))
+    uid = (body.get("metadata") or {}).get("uid")
     return _ObjectsSnapshot(
         desired=owned,
         desired_hashes={key: obj["metadata"]["annotations"][SPEC_HASH_ANNOTATION] for key, obj in owned.items()},
-        existing=dict(zip(owned, await asyncio.gather(*(_get(kube, obj) for obj in owned.values())), strict=True)),
+        # One a deleted namesake owned (the CR recreated at once) is as good as gone: the garbage collector deletes
+        # it once it sees that owner's uid gone. Applying it again hands it to this CR before that.
+        existing={
+            key: None if obj is not None and _controller_uid(obj) not in (None, uid) else obj
+            for key, obj in zip(owned, found, strict=True)
+        },
     )
+
+
+def _controller_uid(obj: Mapping[str, Any]) -> str | None:
+    """Return the uid of the InferenceDeployment controlling an object, or None."""
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return next((r.get("uid") for r in refs if r.get("controller") and r.get("kind") == "InferenceDeployment"), None)
 
 
 def _observed_state(

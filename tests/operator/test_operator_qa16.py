@@ -7,9 +7,10 @@ import pytest
 
 from tests.operator.conftest import CLUSTER, RESOURCE_GROUP, SUBSCRIPTION
 from tests.support.arm_emulator import ArmEmulator
-from tests.support.kopf_harness import OperatorHarness, cr_body, declare_resources
+from tests.support.kopf_harness import RS_RESOURCE, OperatorHarness, cr_body, declare_resources
 from tests.support.kube_emulator import ApiServerEmulator
 from tests.support.kuberay_peer import KubeRayPeer
+from tokenplane_operator.adapters.azure import AksAgentPools
 from tokenplane_operator.reconcile import pool_demand
 
 pytestmark = pytest.mark.kmock(cls=ApiServerEmulator)
@@ -45,3 +46,79 @@ async def test_a_pool_of_our_name_that_we_did_not_make_is_neither_taken_over_nor
     await op.wait_for(lambda: op.get("m1") is None, message="m1 deleted")
     assert not op.arm.calls("DELETE"), "someone else's pool must not be deleted"
     assert op.arm.pool(name)["properties"]["tags"] == {"team": "ml"}  # type: ignore[index]
+
+
+async def test_pool_deleted_out_of_band_is_recreated_and_status_says_so_meanwhile(
+    op: OperatorHarness, aks_pools: AksAgentPools
+) -> None:
+    await op.create(cr_body("m1"))
+    name = (await op.wait_ready("m1"))["status"]["nodePool"]["name"]
+    await aks_pools.begin_delete(name)  # someone in the portal
+    op.arm.settle()
+    await op.wait_for(lambda: op.condition("m1", "Ready").get("status") == "False", message="Ready=False")
+    await op.wait_ready("m1")
+    assert op.arm.pool_names() == [name]
+    assert len(op.arm.calls("PUT", f"/agentPools/{name}$")) == 2
+
+
+async def test_rayservice_deleted_by_hand_is_recreated(op: OperatorHarness) -> None:
+    await op.create(cr_body("m1"))
+    await op.wait_ready("m1")
+    async with op.k.request("DELETE", "/apis/ray.io/v1/namespaces/default/rayservices/m1") as resp:
+        assert resp.status in (200, 202)
+    await op.wait_for(lambda: op.get("m1", resource=RS_RESOURCE) is not None, message="RayService back")
+    await op.wait_ready("m1")
+
+
+async def test_an_invalid_edit_keeps_what_runs_and_a_fix_resumes_it(op: OperatorHarness) -> None:
+    await op.create(cr_body("m1"))
+    name = (await op.wait_ready("m1"))["status"]["nodePool"]["name"]
+    await op.patch("m1", {"spec": {"scaling": {"minReplicas": 3, "maxReplicas": 1}}})
+    await op.wait_for(lambda: op.condition("m1", "Validated").get("reason") == "InvalidSpec", message="InvalidSpec")
+    assert op.condition("m1", "Ready")["status"] == "False"
+    await op.patch("m1", {"spec": {"scaling": {"minReplicas": 1, "maxReplicas": 2}}})
+    await op.wait_for(lambda: op.condition("m1", "Validated").get("reason") == "Valid", message="Valid")
+    await op.wait_ready("m1")
+    assert op.arm.pool_names() == [name] and not op.arm.calls("DELETE")
+    assert op.get("m1", resource=RS_RESOURCE) is not None
+    await op.wait_for(lambda: op.arm.pool(name)["properties"]["maxCount"] == 2, message="maxCount 2")  # type: ignore[index]
+
+
+async def test_same_name_in_two_namespaces_are_two_deployments(op: OperatorHarness) -> None:
+    await op.create(cr_body("m1"))
+    await op.create(cr_body("m1", namespace="team"))
+    await op.wait_ready("m1")
+    await op.wait_ready("m1", namespace="team")
+    await op.delete("m1")
+    await op.wait_for(lambda: op.get("m1") is None, message="default/m1 gone")
+    assert op.get("m1", namespace="team", resource=RS_RESOURCE) is not None
+    assert len(op.arm.pool_names()) == 1 and not op.arm.calls("DELETE")
+    assert op.condition("m1", "Ready", namespace="team")["status"] == "True"
+
+
+async def test_recreated_at_once_adopts_what_its_namesake_left_before_the_gc_deletes_it(op: OperatorHarness) -> None:
+    await op.create(cr_body("m1"))
+    name = (await op.wait_ready("m1"))["status"]["nodePool"]["name"]
+    await op.delete("m1")
+    await op.wait_for(lambda: op.get("m1") is None, message="m1 gone")
+    body = cr_body("m1")
+    body["metadata"]["uid"] = "uid-default-m1-again"
+    await op.create(body)
+    await op.wait_ready("m1")
+    await op.wait_for(lambda: op.arm.pool(name) is not None, message="a pool")
+    assert op.arm.pool_names() == [name]
+    rs = op.get("m1", resource=RS_RESOURCE)
+    assert rs is not None and rs["metadata"]["ownerReferences"][0]["uid"] == "uid-default-m1-again"
+
+
+async def test_a_crd_edit_made_while_the_operator_was_down_is_applied_on_restart(op: OperatorHarness) -> None:
+    await op.create(cr_body("m1"))
+    await op.wait_ready("m1")
+    before = (op.get("m1", resource=RS_RESOURCE) or {})["spec"]["serveConfigV2"]
+    await op.stop(kill=True)
+    await op.patch("m1", {"spec": {"engine": {"maxNumSeqs": 32}}})
+    await op.start()
+    await op.wait_for(
+        lambda: (op.get("m1", resource=RS_RESOURCE) or {})["spec"]["serveConfigV2"] != before, message="applied"
+    )
+    await op.wait_ready("m1")
