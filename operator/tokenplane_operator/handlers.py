@@ -28,6 +28,7 @@ from tokenplane_operator.reconcile import (
     reconcile,
     reconcile_owner,
     release,
+    release_abandoned,
     status_patch,
 )
 from tokenplane_operator.settings import OperatorSettings
@@ -117,6 +118,15 @@ async def pool_demands(body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict[str, 
 async def on_change(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **kwargs: Any) -> None:
     """Reconcile on every spec change and on operator start; faults come back after their delay."""
     result = await _reconcile(body, patch, memo, kwargs["pool_demands"], "change")
+    if kwargs.get("old"):
+        try:
+            async with memo.slots:
+                abandoned = await release_abandoned(kwargs["old"], body, clients=memo.clients, settings=memo.config)
+        except TokenplaneError as err:  # kopf keeps `old` until the handler succeeds: the retry sees it again
+            message = f"releasing a pool the edit abandoned: {err}"
+            raise kopf.TemporaryError(message, delay=memo.config.backoff_base_s) from err
+        for action in abandoned:
+            kopf.info(body, reason=action.kind.value, message=f"{action.target}: {action.reason}")
     if result.invalid:
         raise kopf.PermanentError(_ready_message(result))
     if result.retry_after_s is not None:

@@ -88,6 +88,7 @@ __all__ = [
     "reconcile",
     "reconcile_owner",
     "release",
+    "release_abandoned",
     "status_patch",
 ]
 
@@ -805,6 +806,42 @@ async def release(body: Mapping[str, Any], *, clients: Clients, settings: Operat
                 clients._cache.pop(name, None)
             pending |= action.kind in (ActionKind.RELEASE_POOL, ActionKind.WAIT)
     return ReleaseResult(actions, not pending, settings.poll_interval_s)
+
+
+async def release_abandoned(
+    old: Mapping[str, Any], body: Mapping[str, Any], *, clients: Clients, settings: OperatorSettings
+) -> list[Action]:
+    """Release the pool an edit moved away from before the deployment ever ran on it.
+
+    Status names only the pool served from (the old one, during a move), so a pool created for a spec that was
+    edited again before the move finished (vmSize A -> B -> A, or -> C) was named nowhere and left running.
+
+    Args:
+        old: The spec as last handled (kopf's `old`): the pool it wanted may have been created.
+        body: The InferenceDeployment now.
+        clients: Shared clients.
+        settings: Operator settings.
+
+    Returns:
+        What was done for each abandoned pool (release, detach, or wait while it is Deleting).
+
+    Raises:
+        TokenplaneError: Azure or Kubernetes failed; the caller retries.
+    """
+    if clients.pools is None:
+        return []
+    before = {"metadata": body.get("metadata") or {}, "spec": old.get("spec")}
+    actions = []
+    async with clients._locks[f"cr:{_owner(body)}"]:
+        for name in sorted(_pools_in_use(before, settings) - _pools_in_use(body, settings)):
+            users = await _users(name, _owner(body), clients, settings)
+            action = compute_release(name, None if users else await clients.pools.observe(name), users)
+            if action is not None and action.kind is ActionKind.RELEASE_POOL:
+                await clients.pools.begin_delete(name)
+                clients._cache.pop(name, None)
+            if action is not None:
+                actions.append(action)
+    return actions
 
 
 async def collect_metrics(

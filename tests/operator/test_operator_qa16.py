@@ -7,7 +7,7 @@ import pytest
 
 from tests.operator.conftest import CLUSTER, RESOURCE_GROUP, SUBSCRIPTION
 from tests.support.arm_emulator import ArmEmulator
-from tests.support.kopf_harness import RS_RESOURCE, OperatorHarness, cr_body, declare_resources
+from tests.support.kopf_harness import A100, RS_RESOURCE, OperatorHarness, cr_body, declare_resources
 from tests.support.kube_emulator import ApiServerEmulator
 from tests.support.kuberay_peer import KubeRayPeer
 from tokenplane_operator.adapters.azure import AksAgentPools
@@ -122,3 +122,21 @@ async def test_a_crd_edit_made_while_the_operator_was_down_is_applied_on_restart
         lambda: (op.get("m1", resource=RS_RESOURCE) or {})["spec"]["serveConfigV2"] != before, message="applied"
     )
     await op.wait_ready("m1")
+
+
+async def test_vm_size_edited_and_reverted_while_provisioning_leaves_one_pool(op: OperatorHarness) -> None:
+    op.arm.provisioning_polls = 10_000  # every pool stays Creating until settled
+    await op.create(cr_body("m1"))
+    await op.wait_for(lambda: len(op.arm.pool_names()) == 1, message="the first pool PUT")
+    first = op.arm.pool_names()[0]
+    await op.wait_for(lambda: (op.get("m1") or {}).get("status", {}).get("nodePool"), message="status pool")
+    await op.patch("m1", {"spec": {"hardware": {"vmSize": "Standard_NC40ads_H100_v5"}}})
+    await op.wait_for(lambda: len(op.arm.pool_names()) == 2, message="the second pool PUT")
+    second = next(name for name in op.arm.pool_names() if name != first)
+    await op.patch("m1", {"spec": {"hardware": {"vmSize": A100}}})
+    op.arm.provisioning_polls = 2
+    op.arm.settle()
+    body = await op.wait_ready("m1")
+    assert body["status"]["nodePool"]["name"] == first
+    await op.wait_for(lambda: op.arm.calls("DELETE", f"/agentPools/{second}$"), message="the H100 pool released")
+    assert not op.arm.calls("DELETE", f"/agentPools/{first}$")
