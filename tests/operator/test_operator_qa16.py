@@ -1,6 +1,7 @@
 """CR lifecycles a platform engineer plausibly goes through, beyond the happy paths of the lifecycle tests."""
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import kmock
 import pytest
@@ -140,3 +141,85 @@ async def test_vm_size_edited_and_reverted_while_provisioning_leaves_one_pool(op
     assert body["status"]["nodePool"]["name"] == first
     await op.wait_for(lambda: op.arm.calls("DELETE", f"/agentPools/{second}$"), message="the H100 pool released")
     assert not op.arm.calls("DELETE", f"/agentPools/{first}$")
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"model": {"source": "org/model"}, "hardware": "big"},
+        {"model": {"source": "org/model"}, "hardware": {"vmSize": A100}, "scaling": {"maxReplicas": "lots"}},
+        {"model": {"source": "org/model"}, "hardware": {"vmSize": "Standard_Nope_v9"}},
+    ],
+)
+async def test_malformed_spec_is_one_line_invalid_spec_and_no_traceback(
+    op: OperatorHarness, spec: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    body = cr_body("bad")
+    body["spec"] = spec
+    await op.create(body)
+    await op.wait_for(lambda: op.condition("bad", "Validated").get("status") == "False", message="refused")
+    message = op.condition("bad", "Validated")["message"]
+    assert message.startswith("spec.") and "\n" not in message, message
+    assert not [r for r in caplog.records if r.exc_info or "Traceback" in r.getMessage()]
+    await op.create(cr_body("good"))
+    await op.wait_ready("good")  # the operator stays up
+
+
+async def test_scale_to_zero_and_back_moves_the_pool_floor_in_place(op: OperatorHarness) -> None:
+    await op.create(cr_body("m1", scaling={"minReplicas": 1, "maxReplicas": 2}))
+    name = (await op.wait_ready("m1"))["status"]["nodePool"]["name"]
+
+    def floor(count: int) -> bool:
+        pool = op.arm.pool(name) or {}
+        return pool.get("properties", {}).get("minCount") == count and op.condition("m1", "Ready")["status"] == "True"
+
+    zero = {"minReplicas": 0, "maxReplicas": 2, "scaleToZero": {"enabled": True}}
+    await op.patch("m1", {"spec": {"scaling": zero}})
+    await op.wait_for(lambda: floor(0), message="minCount 0")
+    await op.patch("m1", {"spec": {"scaling": {"minReplicas": 1, "scaleToZero": {"enabled": False}}}})
+    await op.wait_for(lambda: floor(1), message="minCount 1")
+    assert op.arm.pool_names() == [name] and not op.arm.calls("DELETE")
+    assert (op.get("m1") or {})["status"]["nodePool"]["minCount"] == 1
+
+
+async def test_restart_mid_move_still_releases_the_old_pool(op: OperatorHarness) -> None:
+    await op.create(cr_body("m1"))
+    old = (await op.wait_ready("m1"))["status"]["nodePool"]["name"]
+    op.arm.provisioning_polls = 10_000
+    await op.patch("m1", {"spec": {"hardware": {"vmSize": "Standard_NC40ads_H100_v5"}}})
+    await op.wait_for(lambda: len(op.arm.pool_names()) == 2, message="the new pool PUT")
+    await op.stop(kill=True)
+    op.arm.provisioning_polls = 2
+    await op.start()
+    await op.wait_for(lambda: op.arm.calls("DELETE", f"/agentPools/{old}$"), message="the old pool released")
+    body = await op.wait_ready("m1")
+    assert body["status"]["nodePool"]["name"] != old
+    assert len(op.arm.calls("PUT", "/agentPools/tp")) == 2, "no pool created twice"
+
+
+async def test_restart_while_deleting_lets_the_cr_go(op: OperatorHarness) -> None:
+    await op.create(cr_body("m1"))
+    name = (await op.wait_ready("m1"))["status"]["nodePool"]["name"]
+    op.arm.provisioning_polls = 10_000  # the DELETE stays Deleting
+    await op.delete("m1")
+    await op.wait_for(lambda: op.arm.calls("DELETE", f"/agentPools/{name}$"), message="the pool DELETE")
+    await op.stop(kill=True)
+    op.arm.provisioning_polls = 2
+    await op.start()
+    await op.wait_for(lambda: op.get("m1") is None, message="the CR gone after the restart")
+    assert op.arm.pool_names() == []
+
+
+async def test_bounds_edited_while_creating_are_applied_once_it_is_done(op: OperatorHarness) -> None:
+    op.arm.provisioning_polls = 10_000
+    await op.create(cr_body("m1", scaling={"maxReplicas": 1}))
+    await op.wait_for(lambda: op.condition("m1", "NodePoolReady").get("reason") == "Provisioning", message="prov")
+    name = op.arm.pool_names()[0]
+    await op.patch("m1", {"spec": {"scaling": {"maxReplicas": 3}}})
+    await op.wait_for(lambda: (op.get("m1") or {})["status"].get("observedGeneration") == 2, message="gen 2 seen")
+    assert len(op.arm.calls("PUT", f"/agentPools/{name}$")) == 1, "no PUT into a running operation"
+    op.arm.provisioning_polls = 2
+    op.arm.settle()
+    await op.wait_for(lambda: op.arm.pool(name)["properties"]["maxCount"] == 3, message="maxCount 3")  # type: ignore[index]
+    await op.wait_ready("m1")
+    assert (op.get("m1") or {})["status"]["nodePool"]["maxCount"] == 3
