@@ -63,7 +63,12 @@ from tokenplane_operator.desired.agentpool import (
 )
 from tokenplane_operator.desired.bundle import DesiredState, build_desired_state
 from tokenplane_operator.desired.config import RenderConfig
-from tokenplane_operator.desired.naming import CLUSTER_HASH_ANNOTATION, SPEC_HASH_ANNOTATION, selector_labels
+from tokenplane_operator.desired.naming import (
+    CLUSTER_HASH_ANNOTATION,
+    SPEC_HASH_ANNOTATION,
+    selector_labels,
+    spec_hash,
+)
 from tokenplane_operator.errors import (
     CloudRejectedError,
     OperationFailedError,
@@ -377,10 +382,20 @@ class _ObjectsSnapshot:
     existing: dict[str, dict[str, Any] | None]
 
     def observed_hashes(self) -> dict[str, str | None]:
-        return {
-            key: ((obj.get("metadata") or {}).get("annotations") or {}).get(SPEC_HASH_ANNOTATION) if obj else None
-            for key, obj in self.existing.items()
-        }
+        """Return the spec hash of each existing object: its annotation, or the hash of its spec if edited by hand."""
+        hashes: dict[str, str | None] = {}
+        for key, obj in self.existing.items():
+            if obj is None:
+                hashes[key] = None
+                continue
+            spec = obj.get("spec") or {}
+            want = self.desired[key]["spec"].get("serveConfigV2")
+            # `kubectl edit` keeps our annotation: the Serve config (one string, which the API server neither
+            # defaults nor prunes) is compared itself, so a hand edit of the model or engine is undone.
+            edited = want is not None and spec.get("serveConfigV2") != want
+            annotated = ((obj.get("metadata") or {}).get("annotations") or {}).get(SPEC_HASH_ANNOTATION)
+            hashes[key] = spec_hash(spec) if edited else annotated
+        return hashes
 
 
 async def _reconcile_valid(
@@ -645,7 +660,9 @@ def _observed_state(
         replace_reason=pools.replace_reason,
         existing_selector=hardware.node_pool.existing.node_selector if hardware.node_pool.existing else {},
         cloud_fault=pools.fault,
-        rayservice=_rayservice(objects.existing.get(rs_key), objects.desired_hashes[rs_key]),
+        rayservice=_rayservice(
+            objects.existing.get(rs_key), objects.observed_hashes()[rs_key], objects.desired_hashes[rs_key]
+        ),
         endpoint_url=desired.endpoint_url if service_exists else None,
         plan=plan,
         quota=pools.quota,
@@ -980,12 +997,11 @@ async def _get(kube: KubeObjects, obj: Mapping[str, Any]) -> dict[str, Any] | No
     return await kube.get(obj["kind"], obj["apiVersion"], meta["namespace"], meta["name"])
 
 
-def _rayservice(obj: Mapping[str, Any] | None, want_hash: str) -> RayServiceObservation | None:
+def _rayservice(obj: Mapping[str, Any] | None, have_hash: str | None, want_hash: str) -> RayServiceObservation | None:
     if obj is None:
         return None
     meta = obj.get("metadata") or {}
     status = obj.get("status") or {}
-    have_hash = (meta.get("annotations") or {}).get(SPEC_HASH_ANNOTATION)
     # KubeRay's observedGeneration lags metadata.generation until it has acted on our last write.
     seen = status.get("observedGeneration")
     caught_up = seen is None or int(seen) >= int(meta.get("generation") or 0)

@@ -223,3 +223,15 @@ async def test_bounds_edited_while_creating_are_applied_once_it_is_done(op: Oper
     await op.wait_for(lambda: op.arm.pool(name)["properties"]["maxCount"] == 3, message="maxCount 3")  # type: ignore[index]
     await op.wait_ready("m1")
     assert (op.get("m1") or {})["status"]["nodePool"]["maxCount"] == 3
+
+
+async def test_a_hand_edit_of_the_serve_config_is_undone(op: OperatorHarness) -> None:
+    await op.create(cr_body("m1"))
+    await op.wait_ready("m1")
+    want = (op.get("m1", resource=RS_RESOURCE) or {})["spec"]["serveConfigV2"]
+    edit = {"spec": {"serveConfigV2": "applications: []"}}  # `kubectl edit` keeps the spec-hash annotation
+    async with op.k.request("PATCH", "/apis/ray.io/v1/namespaces/default/rayservices/m1", json=edit) as resp:
+        assert resp.status == 200
+    await op.wait_for(
+        lambda: (op.get("m1", resource=RS_RESOURCE) or {})["spec"]["serveConfigV2"] == want, message="undone"
+    )
