@@ -2,7 +2,7 @@
 
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import kmock
 import pytest
@@ -12,6 +12,9 @@ from azure.core.credentials import AccessToken, AccessTokenInfo
 from tests.support.arm_emulator import ArmEmulator
 from tests.support.kuberay_peer import KubeRayPeer
 from tokenplane_operator.adapters.azure import AksAgentPools
+
+if TYPE_CHECKING:
+    from tests.support.kopf_harness import OperatorHarness
 
 SUBSCRIPTION = "00000000-0000-0000-0000-000000000001"
 RESOURCE_GROUP = "rg-tokenplane"
@@ -91,3 +94,20 @@ async def kuberay(kmock: kmock.KubernetesEmulator) -> AsyncIterator[KubeRayPeer]
     await peer.start()
     yield peer
     await peer.stop()
+
+
+@pytest.fixture
+async def op(
+    kmock: kmock.KubernetesEmulator, arm_emulator: ArmEmulator, kuberay: KubeRayPeer
+) -> AsyncIterator["OperatorHarness"]:
+    """The real operator in this process, default settings, on the emulated API server, ARM and KubeRay.
+
+    Test modules that need other settings (metrics, quota cache, a subprocess) define their own `op`.
+    """
+    from tests.support.kopf_harness import OperatorHarness, declare_resources  # it imports this module's constants
+
+    declare_resources(kmock)
+    harness = OperatorHarness(kmock, arm_emulator)
+    await harness.start()
+    yield harness
+    await harness.stop(kill=True)

@@ -10,17 +10,13 @@ InProgress, Stalled=True -> Failed, otherwise Current), transcribed below.
 from __future__ import annotations
 
 import copy
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import kmock
 import pytest
 
-from tests.support.arm_emulator import ArmEmulator
-from tests.support.kopf_harness import OperatorHarness, cr_body, declare_resources
+from tests.support.kopf_harness import OperatorHarness, cr_body
 from tests.support.kube_emulator import ApiServerEmulator
-from tests.support.kuberay_peer import KubeRayPeer
 
 lupa = pytest.importorskip("lupa")
 pytestmark = pytest.mark.kmock(cls=ApiServerEmulator)
@@ -61,17 +57,6 @@ def kstatus(body: dict[str, Any]) -> str:
 
 
 AGREE = {"Healthy": "Current", "Progressing": "InProgress", "Degraded": "Failed"}
-
-
-@pytest.fixture
-async def op(
-    kmock: kmock.KubernetesEmulator, arm_emulator: ArmEmulator, kuberay: KubeRayPeer
-) -> AsyncIterator[OperatorHarness]:
-    declare_resources(kmock)
-    harness = OperatorHarness(kmock, arm_emulator)
-    await harness.start()
-    yield harness
-    await harness.stop(kill=True)
 
 
 async def test_argocd_lua_and_kstatus_agree_on_real_status_bodies(op: OperatorHarness) -> None:

@@ -1,34 +1,18 @@
 """Each injected Azure fault shows up as its condition and converges once it clears."""
 
 import asyncio
-from collections.abc import AsyncIterator
 
-import kmock
 import pytest
 
-from tests.support.arm_emulator import ArmEmulator
 from tests.support.kopf_harness import (
     RS_RESOURCE,
     OperatorHarness,
     cr_body,
-    declare_resources,
 )
 from tests.support.kube_emulator import ApiServerEmulator
-from tests.support.kuberay_peer import KubeRayPeer
 
 POOL_PUT = "/agentPools/tp[0-9a-f]+$"
 pytestmark = pytest.mark.kmock(cls=ApiServerEmulator)
-
-
-@pytest.fixture
-async def op(
-    kmock: kmock.KubernetesEmulator, arm_emulator: ArmEmulator, kuberay: KubeRayPeer
-) -> AsyncIterator[OperatorHarness]:
-    declare_resources(kmock)
-    harness = OperatorHarness(kmock, arm_emulator)
-    await harness.start()
-    yield harness
-    await harness.stop(kill=True)
 
 
 def reason_seen(op: OperatorHarness, reason: str) -> bool:

@@ -1,28 +1,13 @@
 """kopf + kmock + the ARM emulator: create to Ready, updates, sharing, deletion, restarts."""
 
 import asyncio
-from collections.abc import AsyncIterator
 
-import kmock
 import pytest
 
-from tests.support.arm_emulator import ArmEmulator
-from tests.support.kopf_harness import RS_RESOURCE, OperatorHarness, cr_body, declare_resources
+from tests.support.kopf_harness import RS_RESOURCE, OperatorHarness, cr_body
 from tests.support.kube_emulator import ApiServerEmulator
-from tests.support.kuberay_peer import KubeRayPeer
 
 pytestmark = pytest.mark.kmock(cls=ApiServerEmulator)
-
-
-@pytest.fixture
-async def op(
-    kmock: kmock.KubernetesEmulator, arm_emulator: ArmEmulator, kuberay: KubeRayPeer
-) -> AsyncIterator[OperatorHarness]:
-    declare_resources(kmock)
-    harness = OperatorHarness(kmock, arm_emulator)
-    await harness.start()
-    yield harness
-    await harness.stop(kill=True)
 
 
 async def test_create_to_ready(op: OperatorHarness) -> None:

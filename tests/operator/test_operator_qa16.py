@@ -1,31 +1,16 @@
 """CR lifecycles a platform engineer plausibly goes through, beyond the happy paths of the lifecycle tests."""
 
-from collections.abc import AsyncIterator
 from typing import Any
 
-import kmock
 import pytest
 
 from tests.operator.conftest import CLUSTER, RESOURCE_GROUP, SUBSCRIPTION
-from tests.support.arm_emulator import ArmEmulator
-from tests.support.kopf_harness import A100, RS_RESOURCE, OperatorHarness, cr_body, declare_resources
+from tests.support.kopf_harness import A100, RS_RESOURCE, OperatorHarness, cr_body
 from tests.support.kube_emulator import ApiServerEmulator
-from tests.support.kuberay_peer import KubeRayPeer
 from tokenplane_operator.adapters.azure import AksAgentPools
 from tokenplane_operator.reconcile import pool_demand
 
 pytestmark = pytest.mark.kmock(cls=ApiServerEmulator)
-
-
-@pytest.fixture
-async def op(
-    kmock: kmock.KubernetesEmulator, arm_emulator: ArmEmulator, kuberay: KubeRayPeer
-) -> AsyncIterator[OperatorHarness]:
-    declare_resources(kmock)
-    harness = OperatorHarness(kmock, arm_emulator)
-    await harness.start()
-    yield harness
-    await harness.stop(kill=True)
 
 
 async def test_a_pool_of_our_name_that_we_did_not_make_is_neither_taken_over_nor_deleted(
