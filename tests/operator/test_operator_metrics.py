@@ -16,6 +16,9 @@ from tests.support.operator_process import free_port
 
 pytestmark = pytest.mark.kmock(cls=ApiServerEmulator)
 
+# Relative tolerance of a token rate over one 0.5-s scrape window (see the first test).
+WINDOW_TOLERANCE = 0.25
+
 
 class MetricsPages:
     """Serves a Ray worker's /metrics; every scrape finds 10 more requests, and tokens flow at a steady rate.
@@ -137,8 +140,10 @@ async def test_status_metrics_report_the_economics_of_the_serving_pods(
     assert reported["p95LatencyMs"] == 1750.0
     assert reported["p99LatencyMs"] == 2350.0
     assert reported["tokensPerGpuHour"] == pytest.approx(reported["tokensPerSecondPerGpu"] * 3600, rel=1e-3)
-    # Two pods (head and worker), each page 2,000 output tokens/s, on 1 GPU: 4,000 tokens/s per GPU.
-    assert reported["tokensPerSecondPerGpu"] == pytest.approx(4000, rel=0.1)
+    # Two pods (head and worker), each page 2,000 output tokens/s, on 1 GPU: 4,000 tokens/s per GPU. The wrong sums
+    # are 2,000 (one pod) and 8,000 (two GPUs); the tolerance is wide because the window is 0.5 s, where a 60 ms
+    # stall of this process under CI's load between a page and the operator's clock moves the rate by 12%.
+    assert reported["tokensPerSecondPerGpu"] == pytest.approx(4000, rel=WINDOW_TOLERANCE)
     assert served.hosts == {f"127.0.0.1:{port}"}
     # The reconcile timer keeps writing its own fields without erasing the collector's.
     await op.wait_for(lambda: served.scrapes >= 4, message="more scrapes")
@@ -167,7 +172,7 @@ async def test_no_throughput_per_gpu_is_reported_until_a_gpu_worker_spans_the_wi
         for version in cr.history
         if version is not None and "tokensPerSecondPerGpu" in ((version.get("status") or {}).get("metrics") or {})
     ]
-    assert reported and all(value == pytest.approx(4000, rel=0.1) for value in reported), reported
+    assert reported and all(value == pytest.approx(4000, rel=WINDOW_TOLERANCE) for value in reported), reported
 
 
 async def test_the_policys_decision_reaches_status_and_the_scaled_condition(
