@@ -45,8 +45,10 @@ __all__ = [
     "Estimates",
     "Plan",
     "Workload",
+    "default_step_tokens",
     "plan_for_sku",
     "recommend",
+    "step_tokens",
 ]
 
 _MAX_PIPELINE_STAGES = 16
@@ -73,7 +75,8 @@ class Workload:
         pipeline_parallel_size: Fixed PP, or None.
         max_replicas: Most replicas allowed, or None for no limit.
         max_num_seqs: vLLM's per-replica running-sequence cap.
-        max_num_batched_tokens: vLLM's per-step token budget.
+        max_num_batched_tokens: vLLM's per-step token budget when set (extraArgs); None: vLLM's default for the
+            placement (`step_tokens`).
         avg_context_tokens: Average context during decode for estimates; None means half of max_model_len.
         enforce_eager: Whether CUDA graphs are off.
         dtype: vLLM's activation dtype; "bfloat16" rules out GPUs without BF16 when the planner chooses the size.
@@ -94,7 +97,7 @@ class Workload:
     pipeline_parallel_size: int | None = None
     max_replicas: int | None = None
     max_num_seqs: int = 256
-    max_num_batched_tokens: int = 8192
+    max_num_batched_tokens: int | None = None
     avg_context_tokens: int | None = None
     enforce_eager: bool = False
     dtype: DtypeChoice = "auto"
@@ -301,7 +304,8 @@ def _evaluate(workload: Workload, placement: Placement, tier: int, precision_ran
         gpu_memory_utilization=workload.gpu_memory_utilization,
         tp=placement.tp,
         pp=placement.pp,
-        max_num_batched_tokens=workload.max_num_batched_tokens,
+        # Unset, activations are sized for an 8,192-token step: vLLM's default on most GPUs, 4x the A100's.
+        max_num_batched_tokens=workload.max_num_batched_tokens or 8192,
         max_num_seqs=workload.max_num_seqs,
         enforce_eager=workload.enforce_eager,
         max_loras=workload.max_loras,
@@ -524,9 +528,36 @@ def _round(value: float | None) -> float | None:
 MAX_POOL_NODES = 1000
 
 
+def default_step_tokens(device_memory_bytes: int | None, gpu_model: str | None) -> int:
+    """Return vLLM's default tokens per engine step for its OpenAI server (Ray Serve LLM's usage context).
+
+    vLLM 0.32 goes by the memory torch reports (a MIG slice's own) and the GPU's name, and on CPUs gives 2,048
+    per rank (vllm/engine/arg_utils.py `get_batch_defaults`). vLLM refuses to start with max_num_seqs above the
+    step (vllm/config/scheduler.py: one step holds a token of every sequence), and tokenplane always sets
+    max_num_seqs, so vLLM never lowers it to fit.
+
+    Args:
+        device_memory_bytes: Memory of one GPU or MIG slice; None for a CPU rank.
+        gpu_model: The GPU's name (A100s keep the small default whatever their memory); None for a CPU rank.
+    """
+    if device_memory_bytes is None or gpu_model is None:
+        return 2048
+    if device_memory_bytes >= 160 * GIB:
+        return 16384
+    return 8192 if device_memory_bytes >= 70 * GIB and "A100" not in gpu_model else 2048
+
+
+def step_tokens(workload: Workload, placement: Placement) -> int:
+    """Return the tokens one engine step of a replica schedules: max_num_batched_tokens if set, else vLLM's default."""
+    if workload.max_num_batched_tokens is not None:
+        return workload.max_num_batched_tokens
+    return default_step_tokens(placement.device_memory_bytes, placement.sku.gpu_model)
+
+
 def _feasible(workload: Workload, c: _Candidate) -> bool:
     within = workload.max_replicas is None or c.replicas <= workload.max_replicas
-    return c.replicas > 0 and within and c.nodes <= MAX_POOL_NODES
+    steps = workload.max_num_seqs <= step_tokens(workload, c.placement)
+    return c.replicas > 0 and within and steps and c.nodes <= MAX_POOL_NODES
 
 
 def _fixed_miss(workload: Workload) -> str:
@@ -560,6 +591,12 @@ def _closest_miss(workload: Workload, candidates: list[_Candidate]) -> str:
     best = max(candidates, key=lambda c: c.memory.free_for_kv_per_gpu - c.memory.kv_per_sequence_per_gpu)
     p, mem = best.placement, best.memory
     where = f"{p.sku.vm_size}" + (f" {p.mig.aks_name}" if p.mig else f" TP{p.tp} PP{p.pp}") + f" {p.precision}"
+    if best.replicas and workload.max_num_seqs > (step := step_tokens(workload, p)):
+        return (
+            f"closest: {where} holds the sequences, but maxNumSeqs {workload.max_num_seqs:,} exceeds the {step:,} "
+            "tokens one engine step schedules there and vLLM would not start; lower maxNumSeqs or set "
+            "spec.engine.extraArgs.max_num_batched_tokens"
+        )
     if best.replicas and workload.max_replicas:
         return f"closest: {where} needs {best.replicas} replicas, above maxReplicas {workload.max_replicas}"
     if best.nodes > MAX_POOL_NODES:

@@ -57,6 +57,7 @@ def workload_from_spec(
         max_rank=spec.lora.max_rank,
         max_num_seqs=spec.engine.max_num_seqs,
     )
+    step = engine.extra_args.get("max_num_batched_tokens")
     return Workload(
         model=model,
         max_model_len=spec.model.max_model_len,
@@ -70,6 +71,7 @@ def workload_from_spec(
         pipeline_parallel_size=engine.pipeline_parallel_size if "pipeline_parallel_size" in explicit_engine else None,
         max_replicas=spec.scaling.max_replicas,
         max_num_seqs=engine.max_num_seqs,
+        max_num_batched_tokens=step if isinstance(step, int) else None,
         enforce_eager=engine.enforce_eager,
         dtype=spec.model.dtype.value,
         max_loras=lora.get("max_loras", 0),

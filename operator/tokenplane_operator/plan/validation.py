@@ -9,7 +9,7 @@ from tokenplane_operator.plan.errors import PlanError, PlanErrorReason
 from tokenplane_operator.plan.memory import lora_bytes_per_gpu
 from tokenplane_operator.plan.modelinfo import FLOAT16_REFUSED_MODEL_TYPES, ModelInfo, resolve_model
 from tokenplane_operator.plan.precision import Precision
-from tokenplane_operator.plan.sizing import plan_for_sku
+from tokenplane_operator.plan.sizing import default_step_tokens, plan_for_sku
 from tokenplane_operator.plan.spec import workload_from_spec
 
 __all__ = ["check_deployment", "fit_problems"]
@@ -29,7 +29,7 @@ def check_deployment(deployment: InferenceDeployment) -> list[Problem]:
     """
     hardware = deployment.spec.hardware
     if hardware.accelerator is AcceleratorKind.CPU:
-        return []
+        return _batch_problems(deployment, None)
     model = _known_model(deployment)
     problems = _quantization_problems(deployment, model) + _model_problems(deployment, model)
     sku = None if hardware.vm_size == "auto" else find_sku(hardware.vm_size)
@@ -109,29 +109,26 @@ def fit_problems(deployment: InferenceDeployment, model: ModelInfo, sku: GpuSku)
     ]
 
 
-def _batched_tokens_default(sku: GpuSku, mig_profile: str | None) -> int:
-    # vLLM 0.32's tokens per scheduler step for the OpenAI server (Ray Serve LLM's usage context), by the
-    # memory torch reports (a MIG slice's own) and the name (vllm/engine/arg_utils.py, get_batch_defaults).
-    mig = sku.mig_profiles.get(mig_profile) if mig_profile else None
-    memory = mig.memory_gib if mig else sku.gpu_memory_gib
-    if memory >= 160:
-        return 16384
-    return 8192 if memory >= 70 and "A100" not in sku.gpu_model else 2048
-
-
-def _batch_problems(deployment: InferenceDeployment, sku: GpuSku) -> list[Problem]:
-    # vLLM refuses to start when max_num_seqs exceeds max_num_batched_tokens (vllm/config/scheduler.py): one
-    # step must fit a token of every sequence. tokenplane always sets max_num_seqs, so vLLM never lowers it.
+def _batch_problems(deployment: InferenceDeployment, sku: GpuSku | None) -> list[Problem]:
+    # vLLM refuses max_num_seqs above one step's tokens (`default_step_tokens`); `sku` None is a CPU run.
     engine, hardware = deployment.spec.engine, deployment.spec.hardware
     mig = hardware.mig_profile.value if hardware.mig_profile else None
+    slice_ = sku.mig_profiles.get(mig) if sku and mig else None
     explicit = engine.extra_args.get("max_num_batched_tokens")
-    budget = explicit if isinstance(explicit, int) else _batched_tokens_default(sku, mig)
+    if isinstance(explicit, int):
+        budget = explicit
+    elif sku is None:  # CPU: 2,048 tokens per rank
+        budget = default_step_tokens(None, None) * engine.tensor_parallel_size * engine.pipeline_parallel_size
+    else:
+        memory = int(slice_.memory_gib * GIB) if slice_ else sku.gpu_memory_bytes
+        budget = default_step_tokens(memory, sku.gpu_model)
     if engine.max_num_seqs <= budget:
         return []
+    on = "CPU" if sku is None else sku.vm_size + (f" {mig}" if mig else "")
     source = (
         "spec.engine.extraArgs.max_num_batched_tokens"
         if explicit is not None
-        else (f"vLLM's default max_num_batched_tokens on {sku.vm_size}" + (f" {mig}" if mig else ""))
+        else f"vLLM's default max_num_batched_tokens on {on}"
     )
     return [
         Problem(

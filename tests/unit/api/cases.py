@@ -169,6 +169,7 @@ MISTAKES = [
     Case("CPU with fp8", spec(hardware=_CPU, model={"source": "/models/x", "quantization": "fp8"}), "spec.model.quantization", "needs a GPU", "CRD"),
     Case("CPU with disaggregation", spec(hardware=_CPU, disaggregation={"enabled": True}), "spec.disaggregation.enabled", "needs GPUs", "CRD"),
     Case("CPU with GPUs per replica", spec(hardware={**_CPU, "gpusPerReplica": 4}), "spec.hardware.gpusPerReplica", "a CPU run uses no GPU", "CRD"),  # ignored silently before
+    Case("sequences beyond a CPU step", spec(engine={"maxNumSeqs": 4096}, hardware=_CPU), "spec.engine.maxNumSeqs", "exceed the 2,048 tokens one engine step schedules (vLLM's default max_num_batched_tokens on CPU)", "CLI"),
     Case("CPU with zones", spec(hardware={**_CPU, "zones": ["1"]}), "spec.hardware.zones", "a CPU run uses no availability zones", "CRD"),
     Case("zones on existing nodes", spec(hardware={"vmSize": "Standard_NC40ads_H100_v5", "zones": ["1", "2"], "nodePool": {"existing": _BYO}}), "spec.hardware.zones", "topology.kubernetes.io/zone", "CRD"),
     Case("CPU with a node pool", spec(hardware={**_CPU, "nodePool": {"existing": _BYO}}), "spec.hardware.nodePool", "uses no node pool", "CRD"),

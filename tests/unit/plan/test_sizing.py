@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -263,6 +264,22 @@ def test_auto_never_picks_an_arm64_host_even_when_priced() -> None:
     assert plan.vm_size != gb200
     assert gb200 not in {a.vm_size for a in plan.alternatives}
     assert any("arm64 host" in r and gb200 in r for r in plan.reasons)
+
+
+def test_auto_never_picks_a_gpu_whose_engine_step_is_below_max_num_seqs() -> None:
+    # vLLM refuses max_num_seqs above max_num_batched_tokens, whose default is 2,048 on A100s and small GPUs
+    # and MIG slices, 8,192 on H100s. 4,096 sequences of a 2B model on A100s were the cheapest plan, and chosen.
+    small = Workload(model("gemma-2-2b"), max_model_len=512, concurrency=4096, max_num_seqs=4096)
+    plan = recommend(small)
+    assert plan.fits and plan.mig_profile is None
+    assert "A100" not in find_sku(plan.vm_size).gpu_model  # type: ignore[union-attr]
+    assert find_sku(plan.vm_size).gpu_memory_gib >= 70  # type: ignore[union-attr]
+    # The same load with the step raised to match may use the cheapest GPU again.
+    raised = recommend(replace(small, max_num_batched_tokens=4096))
+    assert raised.usd_per_hour < plan.usd_per_hour  # type: ignore[operator]
+    # One fixed size that cannot take it says why.
+    with pytest.raises(PlanError, match=r"maxNumSeqs 4,096 exceeds the 2,048 tokens one engine step"):
+        recommend(replace(small, vm_size="Standard_NC24ads_A100_v4"))
 
 
 def test_lora_slots_steer_auto_off_a_gpu_they_do_not_fit() -> None:
