@@ -8,7 +8,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tokenplane_operator.converge.quota import QuotaPolicy
-from tokenplane_operator.desired.config import RenderConfig
+from tokenplane_operator.desired.config import CPU_QUANTITY, MEMORY_QUANTITY, RenderConfig
 from tokenplane_operator.desired.naming import METRICS_PORT
 from tokenplane_operator.plan.allocatable import NodeOverhead
 
@@ -103,6 +103,16 @@ class OperatorSettings(BaseSettings):
         le=2048,
         description="OS disk of GPU nodes (GiB): the kubelet's ephemeral storage, which holds downloaded weights.",
     )
+    head_cpu: str = Field(
+        default=RenderConfig.model_fields["head_cpu"].default,
+        pattern=CPU_QUANTITY,
+        description="CPU request of every Ray head (a Kubernetes quantity); the heads run on the system pool.",
+    )
+    head_memory: str = Field(
+        default=RenderConfig.model_fields["head_memory"].default,
+        pattern=MEMORY_QUANTITY,
+        description="Memory request and limit of every Ray head (a Kubernetes quantity).",
+    )
     quota_cache_ttl_s: float = Field(
         default=60.0, ge=0, description="Reuse one read of the region's vCPU quota and usage for this long."
     )
@@ -137,5 +147,7 @@ class OperatorSettings(BaseSettings):
                 "node_daemonset_cpu_millis": self.node_daemonset_cpu_millis,
                 "node_daemonset_memory_mib": self.node_daemonset_memory_mib,
                 "node_os_disk_gib": self.node_os_disk_gib,
+                "head_cpu": self.head_cpu,
+                "head_memory": self.head_memory,
             }
         )

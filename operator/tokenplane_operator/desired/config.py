@@ -9,7 +9,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tokenplane_operator.plan.allocatable import NodeOverhead
 
-__all__ = ["RenderConfig"]
+__all__ = ["CPU_QUANTITY", "MEMORY_QUANTITY", "RenderConfig"]
+
+# Kubernetes quantities the head's requests may take: whole or decimal cores or millicores ("300m", "1.5"), and
+# bytes with a suffix ("3Gi", "3072Mi"). Narrower than Kubernetes' grammar, so a typo ("3GB", "half") is refused at
+# start-up, naming the setting, not by the API server on every RayService write.
+CPU_QUANTITY = r"^([1-9][0-9]*m|[0-9]+(\.[0-9]+)?)$"
+MEMORY_QUANTITY = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$"
 
 
 class RenderConfig(BaseModel):
@@ -24,8 +30,18 @@ class RenderConfig(BaseModel):
     os_sku: Literal["AzureLinux", "Ubuntu"] = Field(
         default="AzureLinux", description="Node OS of managed pools whose CR has no nodePool.managed block."
     )
-    head_cpu: str = Field(default="2", description="Ray head CPU request.")
-    head_memory: str = Field(default="8Gi", description="Ray head memory request and limit.")
+    # The head runs no Serve replica (num-cpus 0): GCS, the dashboard, the Serve controller and a proxy, and beside
+    # it KubeRay's 500m / 512Mi autoscaler container. Every head runs on the system pool, so the old 2 CPUs / 8Gi
+    # never fit a 2-vCPU node (Standard_D2s_v3, older `az aks create` clusters) and left 0.36 CPU on a D4s_v5.
+    # KubeRay's RayService sample asks 2 CPUs and 2Gi (limit 5Gi) for a head that also runs tasks
+    # (ray-operator/config/samples/ray-service.sample.yaml); ours runs none, and a CPU request is no limit: an idle
+    # head uses a fraction of a core and the proxy may burst into idle CPU. 300m and 3Gi, with the sidecar 0.8 CPU
+    # and 3.5 GiB, fit a D2s_v3's 0.9 CPU and 3.9 GiB left after AKS's reservations and the 1000m / 2 GiB
+    # DaemonSet budget (desired/schedulable.py checks it). Memory is also the limit, and Ray's head grows
+    # (the dashboard's event cache, docs.ray.io/en/master/ray-core/head-node-memory-management.html) and may build
+    # the app (importing Ray Serve LLM): hence 3Gi, not the sample's 2Gi.
+    head_cpu: str = Field(default="300m", pattern=CPU_QUANTITY, description="Ray head CPU request.")
+    head_memory: str = Field(default="3Gi", pattern=MEMORY_QUANTITY, description="Ray head memory request and limit.")
     node_daemonset_cpu_millis: int = Field(
         default=NodeOverhead.daemonset_cpu_millis, ge=0, description="CPU the DaemonSets of a GPU node request."
     )

@@ -297,7 +297,13 @@ def _check_fits(state: DesiredState, config: RenderConfig, system_node: NodeAllo
     sidecars = _injected_head_containers(cluster)
     problems = _fit_problems(_pod_requests(cluster["headGroupSpec"]["template"], sidecars), system_node, 1)
     counted = " (with the autoscaler container KubeRay adds)" if sidecars else ""
-    found = [Problem("fits", _where(state, ".headGroupSpec"), f"{p} of a system node{counted}") for p in problems]
+    # The head's requests are operator settings, not the CR's: name them, as the OS disk's fix does.
+    fix = (
+        "; lower TOKENPLANE_HEAD_CPU / TOKENPLANE_HEAD_MEMORY (chart serving.head.cpu / serving.head.memory) or "
+        "give the system pool a larger VM size"
+    )
+    where = _where(state, ".headGroupSpec.template.spec.containers[ray-head].resources")
+    found = [Problem("fits", where, f"{p} of a system node{counted}{fix}") for p in problems]
     node = _worker_node(state, config)
     for group in _cluster(state)["workerGroupSpecs"]:
         where = _where(state, f".workerGroupSpecs[{group['groupName']}]")

@@ -312,6 +312,53 @@ def test_network_policy_namespaces_come_from_the_chart(monkeypatch: pytest.Monke
     assert check_schedulable(state, config) == []
 
 
+def _settings_from(objects: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> OperatorSettings:
+    """The operator's settings as the chart's Deployment sets them (and nothing from this process' environment)."""
+    container = _kind(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    for name in [n for n in os.environ if n.startswith("TOKENPLANE_")]:
+        monkeypatch.delenv(name)
+    for env in container["env"]:
+        monkeypatch.setenv(env["name"], env["value"])
+    return OperatorSettings()
+
+
+def test_the_ray_head_size_comes_from_the_chart(monkeypatch: pytest.MonkeyPatch) -> None:
+    """serving.head reaches every rendered head (the heads share the system pool, which may be 2-vCPU nodes), and
+    the chart's defaults are the renderer's, which `tokenplane validate`, `render` and `plan` use."""
+    from tokenplane_operator.api.validation import parse_inference_deployment
+    from tokenplane_operator.desired.bundle import build_desired_state
+
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())["serving"]["head"]
+    assert (
+        defaults
+        == {"cpu": RenderConfig().head_cpu, "memory": RenderConfig().head_memory}
+        == {
+            "cpu": "300m",
+            "memory": "3Gi",
+        }
+    )
+    default = _settings_from(_render({}), monkeypatch).render_config()
+    assert (default.head_cpu, default.head_memory) == ("300m", "3Gi")
+    config = _settings_from(_render({"serving": {"head": {"cpu": 2, "memory": "6Gi"}}}), monkeypatch).render_config()
+    body = {"metadata": {"name": "m", "namespace": "ai"},
+            "spec": {"model": {"source": "org/m"}, "hardware": {"vmSize": "Standard_NC24ads_A100_v4"}}}  # fmt: skip
+    state = build_desired_state(parse_inference_deployment(body), config)
+    head = state.rayservice["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert head["resources"] == {"requests": {"cpu": "2", "memory": "6Gi"}, "limits": {"memory": "6Gi"}}
+
+
+@pytest.mark.parametrize(("key", "value"), [("cpu", "half"), ("cpu", "1.5 cores"), ("memory", "3GB")])
+def test_a_mistyped_head_size_is_refused(key: str, value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(helm_python.HelmError) as caught:
+        _render({"serving": {"head": {key: value}}})
+    assert f"/serving/head/{key}" in str(caught.value)
+    variable = f"TOKENPLANE_HEAD_{key.upper()}"
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SystemExit) as exit_info:
+        operator_command([], all_namespaces=True)
+    assert f"{variable}: String should match pattern" in str(exit_info.value)
+
+
 def test_prometheus_may_scrape_the_serving_pods_the_podmonitor_selects(monkeypatch: pytest.MonkeyPatch) -> None:
     """The chart's PodMonitor scrapes port 8080 of every Ray pod from Prometheus' namespace; each deployment's
     NetworkPolicy admitted only the operator's namespace there, so with a policy engine (Azure NPM, Calico, Cilium)

@@ -16,6 +16,7 @@ from tokenplane_operator.api.validation import InvalidSpecError, parse_inference
 from tokenplane_operator.desired.bundle import DesiredState, build_desired_state
 from tokenplane_operator.desired.config import RenderConfig
 from tokenplane_operator.desired.schedulable import Peer, Problem, admits, check_schedulable
+from tokenplane_operator.plan.allocatable import host_allocatable
 from tokenplane_operator.plan.catalog import all_skus, find_sku
 from tokenplane_operator.plan.errors import PlanError
 from tokenplane_operator.plan.modelinfo import builtin_model_names
@@ -173,9 +174,10 @@ def test_fits_counts_the_autoscaler_container_kuberay_adds_to_the_head() -> None
     state = render(yaml.safe_load((ROOT / "deploy" / "examples" / "byo-nodes.yaml").read_text()), config)
     assert state.rayservice["spec"]["rayClusterConfig"]["enableInTreeAutoscaling"] is True
     (problem,) = check_schedulable(state, config)
-    assert problem.rule == "fits" and problem.where.endswith(".headGroupSpec")
+    assert problem.rule == "fits"
+    assert problem.where.endswith(".headGroupSpec.template.spec.containers[ray-head].resources")
     assert "cpu 3 = 3 exceeds the allocatable 2.86" in problem.message and "autoscaler" in problem.message
-    # The default head (2 CPUs + 0.5) fits.
+    # The default head (300m + 0.5) fits.
     assert check_schedulable(example("byo-nodes"), CONFIG) == []
 
     def smaller_sidecar(spec: dict[str, Any]) -> None:  # autoscalerOptions.resources replaces KubeRay's
@@ -187,6 +189,25 @@ def test_fits_counts_the_autoscaler_container_kuberay_adds_to_the_head() -> None
         spec["rayClusterConfig"]["enableInTreeAutoscaling"] = False
 
     assert check_schedulable(with_rayservice(state, no_autoscaler), config) == []
+
+
+def test_the_default_head_fits_a_two_vcpu_system_node() -> None:
+    # Standard_D2s_v3 (2 vCPUs, 8 GiB; older `az aks create` clusters' system pools): 0.9 CPU and 3.90 GiB
+    # allocatable after AKS's reservations and the DaemonSet budget. The old head (2 CPUs, 8Gi) never scheduled.
+    d2s_v3 = host_allocatable(2, 8.0)
+    state = example("byo-nodes")
+    head = state.rayservice["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert head["resources"] == {"requests": {"cpu": "300m", "memory": "3Gi"}, "limits": {"memory": "3Gi"}}
+    assert check_schedulable(state, CONFIG, system_node=d2s_v3) == []
+    old = RenderConfig(head_cpu="2", head_memory="8Gi")
+    problems = check_schedulable(render(yaml.safe_load((ROOT / "deploy/examples/byo-nodes.yaml").read_text()), old),
+                                 old, system_node=d2s_v3)  # fmt: skip
+    assert [p.where for p in problems] == [
+        "RayService/byo .headGroupSpec.template.spec.containers[ray-head].resources"
+    ] * 2
+    assert "cpu 2.5 = 2.5 exceeds the allocatable 0.90 of a system node" in problems[0].message
+    assert "memory 8.5 GiB = 8.5 GiB exceeds the allocatable 3.90 GiB" in problems[1].message
+    assert all("TOKENPLANE_HEAD_CPU" in p.message and "serving.head.cpu" in p.message for p in problems)
 
 
 def test_fits_counts_every_pod_a_mig_node_holds() -> None:
