@@ -233,6 +233,22 @@ def test_a_mistyped_resource_is_refused_at_install(expression: str) -> None:
     assert "/resources" in str(caught.value)
 
 
+def test_argo_cd_runs_the_uninstall_check_too() -> None:
+    """Argo CD 3.3+ runs the check before deleting the Application, as Helm does before uninstalling; it reads none of
+    an object's Helm hook annotations once it has one of its own, so the delete policy is given in both words."""
+    (job,) = [o for o in _render({}) if o["kind"] == "Job"]
+    notes = job["metadata"]["annotations"]
+    assert (notes["helm.sh/hook"], notes["argocd.argoproj.io/hook"]) == ("pre-delete", "PreDelete")
+    words = {
+        "before-hook-creation": "BeforeHookCreation",
+        "hook-succeeded": "HookSucceeded",
+        "hook-failed": "HookFailed",
+    }
+    helm = {words[policy] for policy in notes["helm.sh/hook-delete-policy"].split(",")}
+    argo = set(notes["argocd.argoproj.io/hook-delete-policy"].split(","))
+    assert helm == argo == {"BeforeHookCreation", "HookSucceeded"}, "a failed check stays for its log under both"
+
+
 def test_crd_ships_with_the_chart() -> None:
     assert (CHART / "crds" / "inferencedeployments.tokenplane.io.yaml").is_file()
 
