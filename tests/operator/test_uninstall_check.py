@@ -70,6 +70,10 @@ async def test_uninstall_waits_for_the_deployments_it_watches(
     code, stderr = await _run_hook(kmock, job, tmp_path)
     assert code == 1, stderr
     assert remaining in stderr and "helm uninstall --no-hooks" in stderr
+    # Helm's error names only the Job ("job failed: BackoffLimitExceeded"); Helm 3.18+ prints the failed Job's log,
+    # these lines, when the hook asks for it, and `kubectl describe pod` shows their tail as the termination message.
+    assert job["metadata"]["annotations"]["helm.sh/hook-output-log-policy"] == "hook-failed"
+    assert job["spec"]["template"]["spec"]["containers"][0]["terminationMessagePolicy"] == "FallbackToLogsOnError"
     account = job["spec"]["template"]["spec"]["serviceAccountName"]
     assert kmock.accessed and kmock.accessed <= granted(objects, account, "tokenplane"), "its RBAC lets it look"
     del kmock.objects[CR_RESOURCE, "ai", "chat"]
