@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -45,6 +46,7 @@ def operator_command(namespaces: list[str], all_namespaces: bool) -> int:
     )
     if config.all_namespaces and config.namespaces:
         raise SystemExit("use either --namespace or --all-namespaces")
+    _refuse_overlap(config)
     from tokenplane_operator.adapters import exporter
 
     # Its own thread: a scrape is answered even while the event loop is busy with 1,000 reconciles.
@@ -59,6 +61,44 @@ def operator_command(namespaces: list[str], all_namespaces: bool) -> int:
     finally:
         metrics_server.shutdown()
     return 0
+
+
+def _refuse_overlap(config: OperatorSettings) -> None:
+    """Stop before kopf starts when another tokenplane release's live operator watches a namespace this one does.
+
+    The chart's install-time check (Helm's `lookup`) never runs under `helm template` or Argo CD; two releases have
+    two peering objects, so kopf lets both reconcile the same InferenceDeployments. Only the newcomer stops: it
+    never joins its own peering, so the running release, restarted later, does not see it as live.
+    """
+    if not config.peering_name:
+        return  # not run by the chart (tests, a developer's shell): no release to tell apart
+    from kubernetes.aio.config import ConfigException
+
+    from tokenplane_operator.adapters.kube import KubeObjects
+    from tokenplane_operator.converge.overlap import overlapping_operators
+
+    async def read() -> list[dict[str, object]]:
+        kube = await KubeObjects.from_environment()
+        try:
+            return await kube.list_peerings(config.namespaces)
+        finally:
+            await kube.close()
+
+    try:
+        peerings = asyncio.run(read())
+    except (TokenplaneError, ConfigException) as err:  # e.g. an RBAC edited by hand: kopf's peering still works
+        logging.getLogger(__name__).warning("cannot check for another tokenplane release's operator: %s", err)
+        return
+    scope = ", ".join(config.namespaces) if config.namespaces else "every namespace"
+    others = overlapping_operators(
+        peerings, own=config.peering_name, namespaces=config.namespaces, now=datetime.now(UTC)
+    )
+    if others:
+        raise SystemExit(
+            f"error: {'; '.join(others)}; this operator, watching {scope}, would reconcile the same "
+            "InferenceDeployments: give each release namespaces of its own "
+            "(operator.watchNamespaces), or uninstall the other release first"
+        )
 
 
 def _run_kopf(config: OperatorSettings) -> None:

@@ -151,6 +151,29 @@ class KubeObjects:
             raise _convert(exc) from exc
         return list(listing.get("items") or [])
 
+    async def list_peerings(self, namespaces: list[str]) -> list[dict[str, Any]]:
+        """List the kopf peering objects an operator watching these namespaces (none: every one) overlaps with.
+
+        Every ClusterKopfPeering (a cluster-wide operator's), and the KopfPeerings of these namespaces (of every
+        namespace when none are named). List items carry no kind of their own here: each gets its kind set.
+
+        Raises:
+            TransientKubeError: Retry soon.
+            KubeRejectedError: The request is wrong (e.g. RBAC, or kopf's peering CRDs are not installed).
+        """
+        paths = [("ClusterKopfPeering", "/apis/kopf.dev/v1/clusterkopfpeerings")]
+        paths += [("KopfPeering", f"/apis/kopf.dev/v1/namespaces/{ns}/kopfpeerings") for ns in namespaces] or [
+            ("KopfPeering", "/apis/kopf.dev/v1/kopfpeerings")
+        ]
+        found = []
+        for kind, path in paths:
+            try:
+                listing = await self._request("GET", path)
+            except ApiException as exc:
+                raise _convert(exc) from exc
+            found += [{**item, "kind": kind} for item in listing.get("items") or []]
+        return found
+
     async def list_pods(self, namespace: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:
         """List the pods in a namespace that carry all these labels.
 
