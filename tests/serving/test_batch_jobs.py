@@ -619,3 +619,28 @@ def test_a_task_rides_out_a_store_outage_longer_than_a_few_seconds(
         gc.collect()  # Celery's results unsubscribe as they are collected: while Redis still runs
     adapter._app.close()
     assert status == "SUCCESS" and len(attempts) >= 5, (status, len(attempts))
+
+
+def test_a_close_lost_with_redis_is_queued_again_by_the_next_read(tmp_path: Path) -> None:
+    # The cancel queued the close, Redis restarted empty (the task gone with it), and every read for the next
+    # 15 minutes left the batch `cancelling`, believing the close still queued.
+    with RedisServer(tmp_path) as server:
+        store = LocalStore(tmp_path / "store")
+        h = Harness(store, server.url)
+        batch, requests = h.started("o", [line(f"r{i}") for i in range(3)])
+        h.jobs.run_request(*requests[0], call=h.engine)
+        assert h.jobs.cancel_batch("o", batch["id"])["status"] == "cancelling"
+        assert h.queue == [(TASK_FINALIZE, [batch["id"], False])]
+        assert h.jobs.get_batch("o", batch["id"])["status"] == "cancelling"
+        assert len(h.queue) == 1, "a read while the close is queued queues no other"
+        server.stop()
+        server.start()  # no persistence: the queued close is lost
+        h.queue.clear()
+        assert h.jobs.get_batch("o", batch["id"])["status"] == "cancelling"
+        assert h.queue == [(TASK_FINALIZE, [batch["id"], False])], "queued again at once, not 15 minutes later"
+        h.jobs.list_batches("o")
+        assert len(h.queue) == 1
+        h.drain()
+        cancelled = h.jobs.get_batch("o", batch["id"])
+    assert cancelled["status"] == "cancelled"
+    assert [o["custom_id"] for o in h.output("o", cancelled["output_file_id"])] == ["r0"]

@@ -12,7 +12,7 @@ after `CANCEL_GRACE_S` queues it): never a task queued behind the batch's remain
 Closing reads every result (2,500 of them on Azurite: 12 s), so the API side never closes a batch in the
 caller's request: it queues the finalize task, which scales a consumer up from zero. Nothing sweeps batches in
 the background: a batch's state is seen only through a retrieve or a list, and each of them queues the close
-of a batch whose window ended or whose cancel's grace is over.
+of a batch whose window ended or whose cancel's grace is over, or whose queued close Redis lost.
 
 The API side (`create_file`, `create_batch`, `get_batch`, `cancel_batch`, ...) runs in the serving
 replicas; the worker side (`start`, `run_request`, `finalize`) in the batch consumers.
@@ -52,7 +52,9 @@ _PROGRESS_TTL_S = 14 * 24 * 3600  # Redis progress keys outlive any batch's 24 h
 # `cancelled`. A request whose consumer died stays "in flight" in Redis; the batch closes without it after this.
 CANCEL_GRACE_S = 600
 _CAS_TRIES = 20
-# A close queued this long ago and still not done (its task lost with Redis's data) is queued again.
+# A close queued this long ago and still not done is queued again, whatever Redis says. A close lost with Redis's data
+# (a restart without persistence, a failover) is queued again sooner: by the first read after the loss, which
+# finds the close's marker gone from Redis along with its task.
 _CLOSE_RETRY_S = 900
 _CANCEL_CHECK_EVERY = 100  # requests queued between reads of the cancel flag while a batch is queued
 
@@ -523,12 +525,15 @@ class BatchJobs:
             expire = True
         else:
             return record
-        now = int(time.time())
+        now, marker = int(time.time()), self._key(batch_id, "closing")
+        queued_at = record.get("closing_at")
+        if queued_at is not None and now - queued_at < _CLOSE_RETRY_S and self.redis.exists(marker):
+            return record  # its close is queued (or running): every read would queue another
 
         def closing(record: dict[str, Any]) -> bool:
             batch = record["batch"]
-            if batch["status"] in schema.TERMINAL_STATUSES or now - (record.get("closing_at") or 0) < _CLOSE_RETRY_S:
-                return False  # closed, or its close is queued: every read would queue another
+            if batch["status"] in schema.TERMINAL_STATUSES or record.get("closing_at") != queued_at:
+                return False  # closed, or another read queued the close since this one read the record
             record["closing_at"] = now
             if expire:
                 batch.update(status="finalizing", finalizing_at=batch["finalizing_at"] or now)
@@ -536,6 +541,8 @@ class BatchJobs:
 
         if (closed := self._update(batch_id, closing)) is None:
             return self._record(batch_id) or record
+        # Lives in the queue's Redis: lost with the task, and then the next read queues the close again.
+        self.redis.set(marker, now, ex=_CLOSE_RETRY_S)
         self.enqueue(TASK_FINALIZE, [batch_id, expire])
         return closed
 
