@@ -644,3 +644,29 @@ def test_a_close_lost_with_redis_is_queued_again_by_the_next_read(tmp_path: Path
         cancelled = h.jobs.get_batch("o", batch["id"])
     assert cancelled["status"] == "cancelled"
     assert [o["custom_id"] for o in h.output("o", cancelled["output_file_id"])] == ["r0"]
+
+
+def test_a_copy_delivered_again_while_the_first_runs_does_not_close_the_cancelled_batch_without_its_answer(
+    store: Store, redis_url: str
+) -> None:
+    # The queue redelivered r1 (its first copy outlived the visibility timeout); the cancel came in meanwhile, the
+    # second copy skipped it and removed r1 from the in-flight set as it ended, while the first still ran: the
+    # batch closed `cancelled` without r1, whose answer came a moment later and was in no file.
+    h = Harness(store, redis_url)
+    batch, requests = h.started("o", [line(f"r{i}") for i in range(3)])
+    h.jobs.run_request(*requests[0], call=h.engine)
+    seen: dict[str, Any] = {}
+
+    def engine_while_redelivered(endpoint: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        assert h.jobs.cancel_batch("o", batch["id"])["status"] == "cancelling"
+        seen["second copy ran"] = h.jobs.run_request(*requests[1], call=h.engine)
+        h.drain()  # whatever the second copy or the cancel queued
+        seen["during"] = h.jobs.get_batch("o", batch["id"])["status"]
+        return h.engine(endpoint, body)
+
+    assert h.jobs.run_request(*requests[1], call=engine_while_redelivered)
+    assert seen == {"second copy ran": False, "during": "cancelling"}
+    cancelled = h.jobs.get_batch("o", batch["id"])
+    assert cancelled["status"] == "cancelled"
+    assert cancelled["request_counts"] == {"total": 3, "completed": 2, "failed": 0}
+    assert [o["custom_id"] for o in h.output("o", cancelled["output_file_id"])] == ["r0", "r1"]

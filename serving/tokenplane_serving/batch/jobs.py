@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -397,13 +398,16 @@ class BatchJobs:
             return False  # e.g. the rest of a cancelled batch's queue: one read each
         cancel, running = self._key(batch_id, "cancel"), self._key(batch_id, "running")
         # In flight before the cancel flag is read: a cancel either sees this request running (and leaves closing
-        # the batch to it) or this request sees the flag (and does not run). Never both missed.
-        self.redis.sadd(running, line)
+        # the batch to it) or this request sees the flag (and does not run). Never both missed. One member per
+        # delivery, not per line: a copy delivered again while the first still runs would remove the line's
+        # member as it ends, and the batch would close without the first copy's answer.
+        delivery = f"{line}:{uuid.uuid4().hex}"
+        self.redis.sadd(running, delivery)
         self.redis.expire(running, _PROGRESS_TTL_S)
         try:
             called = not self.redis.exists(cancel) and self._run(batch_id, line, custom_id, body, call, record)
         finally:
-            self.redis.srem(running, line)
+            self.redis.srem(running, delivery)
         fresh = self._record(batch_id) if self.redis.exists(cancel) else None
         if fresh is not None and fresh["batch"]["status"] == "cancelling":
             self.finalize(batch_id)  # the last request in flight closes the cancelled batch (finalize waits for it)
