@@ -670,3 +670,30 @@ def test_a_copy_delivered_again_while_the_first_runs_does_not_close_the_cancelle
     assert cancelled["status"] == "cancelled"
     assert cancelled["request_counts"] == {"total": 3, "completed": 2, "failed": 0}
     assert [o["custom_id"] for o in h.output("o", cancelled["output_file_id"])] == ["r0", "r1"]
+
+
+def test_a_cancel_during_validation_closes_with_every_line_error(store: Store, redis_url: str) -> None:
+    # The cancel's close ran while the start was still writing line errors: the batch said `cancelled` with an
+    # error file holding the first bad line only, and the start's later errors were in no file.
+    h = Harness(store, redis_url)
+    batch = h.submit("o", [line("a"), "{one", line("b"), "{two", line("a"), "[3]"])
+    h.queue.clear()
+    write_new = store.write_new
+    seen: dict[str, Any] = {}
+
+    def cancel_after_the_first_line_error(key: str, data: bytes) -> bool:
+        created = write_new(key, data)
+        if key.startswith("results/") and "cancel" not in seen:
+            seen["cancel"] = h.jobs.cancel_batch("o", batch["id"])["status"]
+            h.drain()  # the close it queued runs now, while the start still validates
+            seen["closed"] = h.jobs.get_batch("o", batch["id"])
+        return created
+
+    store.write_new = cancel_after_the_first_line_error  # type: ignore[method-assign]
+    h.jobs.start(batch["id"])
+    assert seen["cancel"] == "cancelling" and h.calls == []
+    for cancelled in (seen["closed"], h.jobs.get_batch("o", batch["id"])):
+        assert cancelled["status"] == "cancelled"
+        assert cancelled["request_counts"] == {"total": 6, "completed": 0, "failed": 4}
+        errors = h.output("o", cancelled["error_file_id"])
+        assert [e["error"]["message"].split(":")[0] for e in errors] == ["line 2", "line 4", "line 5", "line 6"]

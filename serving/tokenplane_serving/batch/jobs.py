@@ -454,7 +454,14 @@ class BatchJobs:
         all_answered = 0 < record["batch"]["request_counts"]["total"] <= len(results)
         cancel = record["batch"]["status"] == "cancelling" or bool(self.redis.exists(self._key(batch_id, "cancel")))
         cancelled = cancel and not all_answered
-        input_total = self._expire_missing(record["batch"], results) if expire and not cancelled else None
+        input_total = None
+        if expire and not cancelled:
+            input_total = self._expire_missing(record["batch"], results)
+        elif cancelled and not record.get("valid"):
+            # Cancelled while validating: the start may still be writing the line errors (or not have begun), and
+            # nothing writes them once the batch is closed. The input file names them all.
+            parsed = self._input_errors(record["batch"], results)
+            input_total = parsed.total if parsed else None
         ok_lines = [entry for _, (ok, entry) in sorted(results.items()) if ok]
         error_lines = [entry for _, (ok, entry) in sorted(results.items()) if not ok]
         expired = expire or any((line.get("error") or {}).get("code") == "batch_expired" for line in error_lines)
@@ -493,16 +500,25 @@ class BatchJobs:
         The input file is the durable list of the batch's requests: the queue and progress sets live in Redis,
         and after Redis lost its data (a restart without persistence, a failover) nothing else names them.
         """
-        data = self.store.read(f"files/{batch['input_file_id']}.data")
-        if data is None:
+        parsed = self._input_errors(batch, results)
+        if parsed is None:
             return None  # deleted: only what has a result is reported
-        parsed = schema.parse_input(data, batch["endpoint"])
-        for error in parsed.errors:
-            results.setdefault(error.line, (False, schema.error_line(error.custom_id, error.code, error.message)))
         message = "This request could not be executed before the completion window expired."
         for request in parsed.requests:
             results.setdefault(request.line, (False, schema.error_line(request.custom_id, "batch_expired", message)))
         return parsed.total
+
+    def _input_errors(
+        self, batch: dict[str, Any], results: dict[int, tuple[bool, dict[str, Any]]]
+    ) -> schema.ParsedInput | None:
+        """Add each of the input file's line errors without a result; return the parsed input (None if deleted)."""
+        data = self.store.read(f"files/{batch['input_file_id']}.data")
+        if data is None:
+            return None
+        parsed = schema.parse_input(data, batch["endpoint"])
+        for error in parsed.errors:
+            results.setdefault(error.line, (False, schema.error_line(error.custom_id, error.code, error.message)))
+        return parsed
 
     def _in_flight_after_cancel(self, record: dict[str, Any]) -> bool:
         """Whether a cancelling batch still waits for requests in flight (within `CANCEL_GRACE_S` of the cancel)."""
