@@ -697,3 +697,25 @@ def test_a_cancel_during_validation_closes_with_every_line_error(store: Store, r
         assert cancelled["request_counts"] == {"total": 6, "completed": 0, "failed": 4}
         errors = h.output("o", cancelled["error_file_id"])
         assert [e["error"]["message"].split(":")[0] for e in errors] == ["line 2", "line 4", "line 5", "line 6"]
+
+
+def test_listings_order_same_second_creations_newest_first_and_pages_see_each_once(
+    tmp_path: Path, redis_url: str
+) -> None:
+    # Batches created in the same second were ordered by their random ids: not newest first, and a batch created
+    # while a caller paged could land below the cursor among the older ones.
+    h = Harness(LocalStore(tmp_path), redis_url)
+    created = [h.submit("me", [line("a")]) for _ in range(8)]
+    newest_first = [b["id"] for b in reversed(created)]
+    assert [b["id"] for b in h.jobs.list_batches("me", limit=100)["data"]] == newest_first
+    seen: list[str] = []
+    page = h.jobs.list_batches("me", limit=3)
+    while True:
+        seen += [b["id"] for b in page["data"]]
+        h.submit("me", [line("a")])  # created while paging: listed first, above every cursor
+        if not page["has_more"]:
+            break
+        page = h.jobs.list_batches("me", after=page["last_id"], limit=3)
+    assert seen == newest_first
+    files = h.jobs.list_files("me", order="asc", limit=8)["data"]
+    assert [f["id"] for f in files] == [b["input_file_id"] for b in created]

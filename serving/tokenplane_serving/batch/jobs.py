@@ -151,10 +151,13 @@ class BatchJobs:
     def _put_file(
         self, owner: str, file_id: str, filename: str, purpose: str, data: bytes, requests: int | None = None
     ) -> dict[str, Any]:
-        created = int(time.time())
-        obj = schema.file_object(file_id, size=len(data), created_at=created, filename=filename, purpose=purpose)
+        created_ns = time.time_ns()
+        obj = schema.file_object(
+            file_id, size=len(data), created_at=created_ns // 10**9, filename=filename, purpose=purpose
+        )
         self.store.write(f"files/{file_id}.data", data)
-        self.store.write(f"files/{file_id}.json", _dumps({"file": obj, "owner": owner, "requests": requests}))
+        record = {"file": obj, "owner": owner, "requests": requests, "created_ns": created_ns}
+        self.store.write(f"files/{file_id}.json", _dumps(record))
         return obj
 
     def get_file(self, owner: str, file_id: str) -> dict[str, Any]:
@@ -189,9 +192,9 @@ class BatchJobs:
             raw = self.store.read(key)
             record = json.loads(raw) if raw else None
             if record is not None and record["owner"] == owner and purpose in (None, record["file"]["purpose"]):
-                files.append(record["file"])
-        files.sort(key=lambda f: (f["created_at"], f["id"]), reverse=order != "asc")
-        return _list_page(files, after, max(1, min(limit, 10_000)))
+                files.append((_created_key(record, record["file"]), record["file"]))
+        files.sort(key=lambda found: found[0], reverse=order != "asc")
+        return _list_page([file for _, file in files], after, max(1, min(limit, 10_000)))
 
     def delete_file(self, owner: str, file_id: str) -> dict[str, Any]:
         """Delete a file (input, output or error) and return OpenAI's deletion object.
@@ -243,17 +246,18 @@ class BatchJobs:
                 " split it into several files and batches"
             )
             raise BatchApiError(400, message, "too_many_requests", "input_file_id")
-        batch_id = schema.new_id("batch_")
+        batch_id, created_ns = schema.new_id("batch_"), time.time_ns()
         batch = schema.batch_object(
             batch_id,
             endpoint=endpoint,
             input_file_id=input_file_id,
             completion_window=completion_window,
-            created_at=int(time.time()),
+            created_at=created_ns // 10**9,
             metadata=metadata,
             model=self.model,
         )
-        self.store.write(f"batches/{batch_id}.json", _dumps({"batch": batch, "owner": owner, "valid": 0}))
+        record = {"batch": batch, "owner": owner, "valid": 0, "created_ns": created_ns}
+        self.store.write(f"batches/{batch_id}.json", _dumps(record))
         self.enqueue(TASK_START, [batch_id])
         return batch
 
@@ -281,9 +285,11 @@ class BatchJobs:
             raw = self.store.read(key)
             record = json.loads(raw) if raw else None
             if record is not None and record["owner"] == owner:
-                batches.append(self._settle(record["batch"]["id"], record)["batch"])
-        batches.sort(key=lambda b: (b["created_at"], b["id"]), reverse=True)
-        return _list_page(batches, after, max(1, min(limit, 100)))
+                batches.append(
+                    (_created_key(record, record["batch"]), self._settle(record["batch"]["id"], record)["batch"])
+                )
+        batches.sort(key=lambda found: found[0], reverse=True)
+        return _list_page([batch for _, batch in batches], after, max(1, min(limit, 100)))
 
     def cancel_batch(self, owner: str, batch_id: str) -> dict[str, Any]:
         """Stop a batch: queued requests are skipped, finished ones are kept, requests in flight may finish.
@@ -652,6 +658,16 @@ def _check_metadata(metadata: Any) -> None:
 def _safe_id(object_id: str) -> bool:
     # Ids become store keys: letters, digits, '-' and '_' only.
     return bool(object_id) and len(object_id) <= 128 and all(c.isalnum() or c in "-_" for c in object_id)
+
+
+def _created_key(record: dict[str, Any], obj: dict[str, Any]) -> tuple[int, str]:
+    """Order files and batches by creation to the nanosecond, then id: a total order that later creations only extend.
+
+    `created_at` is in whole seconds (OpenAI's field); ordered by it and then by the random id, a batch created
+    later in the same second could land in the middle of a listing. Records written before `created_ns` existed
+    count from the start of their second.
+    """
+    return int(record.get("created_ns") or obj["created_at"] * 10**9), str(obj["id"])
 
 
 def _list_page(items: list[dict[str, Any]], after: str | None, size: int) -> dict[str, Any]:
