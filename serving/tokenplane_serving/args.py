@@ -522,7 +522,16 @@ class BatchArgs(_Args):
         ge=5,
         description="Seconds before a request whose consumer died is handed to another (longer than one request).",
     )
-    max_file_mib: int = Field(default=100, ge=1, le=512, description="Largest batch input file accepted, in MiB.")
+    max_file_mib: int = Field(
+        default=200,
+        ge=1,
+        le=512,
+        description=(
+            "Largest batch input file accepted, in MiB: 200 holds every file OpenAI accepts (200 MB). An upload is held"
+            " in the API replica's memory once (200 MiB), and a batch's start holds the file and its parsed requests"
+            " (about 2.2x the file: 450 MiB); both run next to the engine, so lower it on small nodes."
+        ),
+    )
     scope: str | None = Field(
         default=None,
         description=(

@@ -236,3 +236,24 @@ async def test_the_openai_client_lists_and_deletes_its_files(client: httpx.Async
         await api.files.delete(other.json()["id"])  # another caller's file
     bad = await client.get("/v1/files?limit=0")
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "limit"
+
+
+@pytest.mark.parametrize("extra", [1, 70_000])  # read and measured; refused on its Content-Length alone
+async def test_an_oversize_file_is_refused_naming_both_sizes_and_what_to_do(
+    client: httpx.AsyncClient, extra: int
+) -> None:
+    # It said "the file has 4097 bytes; the limit is 4096", or "over the 4096 byte limit", and not what to do.
+    answer = await client.post("/v1/files", **upload(b"x" * (MAX_FILE + extra)))
+    assert answer.status_code == 413, answer.text
+    error = answer.json()["error"]
+    assert (error["code"], error["param"]) == ("file_too_large", "file")
+    assert "batch input files are at most 4,096 bytes here (batch.max_file_mib)" in error["message"]
+    assert error["message"].endswith("split it into several files and create a batch for each")
+
+
+def test_the_default_file_limit_holds_every_file_openai_accepts() -> None:
+    # 100 MiB refused files OpenAI's Batch API takes (up to 200 MB).
+    from tokenplane_serving.args import ServingArgs
+
+    args = ServingArgs.model_validate({"model": {"id": "tiny", "source": "/models/tiny"}, "batch": {"enabled": True}})
+    assert args.batch.max_file_mib * 2**20 >= 200 * 10**6

@@ -41,6 +41,7 @@ __all__ = [
     "Call",
     "Enqueue",
     "Redis",
+    "file_too_large",
 ]
 
 logger = logging.getLogger(__name__)
@@ -93,6 +94,19 @@ class BatchApiError(Exception):
         return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
 
 
+def file_too_large(size: int, limit: int) -> BatchApiError:
+    """Make the 413 for an upload of `size` bytes over the `limit`: both sizes, and what to do instead."""
+
+    def amount(n: int) -> str:
+        return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n:,} bytes"
+
+    message = (
+        f"the file is {amount(size)}; batch input files are at most {amount(limit)} here (batch.max_file_mib):"
+        " split it into several files and create a batch for each"
+    )
+    return BatchApiError(413, message, "file_too_large", "file")
+
+
 def _dumps(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
 
@@ -141,11 +155,9 @@ class BatchJobs:
             message = "the file is UTF-16 (it starts with a UTF-16 byte order mark); save it as UTF-8 JSONL"
             raise BatchApiError(400, message, "invalid_file_encoding", "file")
         if len(data) > self.max_file_bytes:
-            raise BatchApiError(
-                413, f"the file has {len(data)} bytes; the limit is {self.max_file_bytes}", "file_too_large", "file"
-            )
+            raise file_too_large(len(data), self.max_file_bytes)
         file_id = schema.new_id("file-")
-        # Counted while the bytes are at hand, so creating a batch need not read the file back (up to 100 MiB).
+        # Counted while the bytes are at hand, so creating a batch need not read the file back (up to 200 MiB).
         return self._put_file(owner, file_id, filename, purpose, data, requests=schema.count_requests(data))
 
     def _put_file(

@@ -20,7 +20,7 @@ from urllib.parse import parse_qs
 
 from tokenplane_serving.args import ServingArgs
 from tokenplane_serving.auth import openai_error_body
-from tokenplane_serving.batch.jobs import BatchApiError, BatchJobs, StoreContention
+from tokenplane_serving.batch.jobs import BatchApiError, BatchJobs, StoreContention, file_too_large
 from tokenplane_serving.features.base import (
     PRINCIPAL_KEY,
     ASGIApp,
@@ -172,8 +172,7 @@ class BatchApiMiddleware:
 
         length = dict(scope.get("headers", [])).get(b"content-length", b"0")
         if length.isdigit() and int(length) > self._max + _MULTIPART_SLACK:
-            message = f"The file is over the {self._max} byte limit of batch input files."
-            raise BatchApiError(413, message, "file_too_large", "file")
+            raise file_too_large(int(length), self._max)  # refused before the replica reads it
         try:
             # A text field may be as large as a file: `file` sent as one is then named as such, not as a part
             # "exceeding 1024KB" (starlette's default for fields).
