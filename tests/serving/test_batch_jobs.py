@@ -719,3 +719,29 @@ def test_listings_order_same_second_creations_newest_first_and_pages_see_each_on
     assert seen == newest_first
     files = h.jobs.list_files("me", order="asc", limit=8)["data"]
     assert [f["id"] for f in files] == [b["input_file_id"] for b in created]
+
+
+def test_a_cancel_during_validation_of_a_file_without_a_runnable_line_stays_cancelled(
+    tmp_path: Path, redis_url: str
+) -> None:
+    # The start, finding no runnable line, wrote `failed` over the record whatever it said: a batch the cancel had
+    # already closed `cancelled` (its files written) turned `failed`.
+    store = LocalStore(tmp_path)
+    h = Harness(store, redis_url)
+    batch = h.submit("o", ["{one", "{two"])
+    h.queue.clear()
+    write_new = store.write_new
+
+    def cancel_after_the_first_line_error(key: str, data: bytes) -> bool:
+        created = write_new(key, data)
+        if key.startswith("results/") and not h.queue and h.jobs.get_batch("o", batch["id"])["status"] == "validating":
+            h.jobs.cancel_batch("o", batch["id"])
+            h.drain()
+        return created
+
+    store.write_new = cancel_after_the_first_line_error  # type: ignore[method-assign]
+    h.jobs.start(batch["id"])
+    cancelled = h.jobs.get_batch("o", batch["id"])
+    assert cancelled["status"] == "cancelled" and not cancelled["failed_at"]
+    assert cancelled["request_counts"] == {"total": 2, "completed": 0, "failed": 2}
+    assert len(h.output("o", cancelled["error_file_id"])) == 2

@@ -388,6 +388,8 @@ class BatchJobs:
 
     def _fail(self, batch_id: str, parsed: schema.ParsedInput) -> None:
         def failed(record: dict[str, Any]) -> bool:
+            if record["batch"]["status"] not in ("validating", "in_progress"):
+                return False  # cancelled while validating: it closes (or closed) `cancelled`, with these errors
             record["batch"].update(
                 status="failed",
                 failed_at=int(time.time()),
