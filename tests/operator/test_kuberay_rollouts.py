@@ -21,6 +21,7 @@ from tests.support.kuberay_peer import KubeRayPeer
 from tokenplane_operator.api.validation import parse_inference_deployment
 from tokenplane_operator.desired.agentpool import POOL_LABEL
 from tokenplane_operator.desired.bundle import build_desired_state
+from tokenplane_operator.desired.config import RenderConfig
 from tokenplane_operator.desired.schedulable import SYSTEM_NODE, parse_quantity
 
 pytestmark = pytest.mark.kmock(cls=ApiServerEmulator)
@@ -145,5 +146,7 @@ async def test_the_head_pod_kuberay_builds_fits_a_system_node(kuberay: KubeRayPe
     assert [c["name"] for c in containers] == ["ray-head", "autoscaler"]
     cpu = sum(parse_quantity(c["resources"]["requests"]["cpu"]) for c in containers)
     memory = sum(parse_quantity(c["resources"]["requests"]["memory"]) for c in containers)
-    assert cpu == 2.5 and cpu <= SYSTEM_NODE.cpu_millis / 1000
-    assert memory == 8.5 * 2**30 and memory <= SYSTEM_NODE.memory_bytes
+    # The operator's head request plus KubeRay's sidecar (500m, 512Mi): 0.8 cores and 3.5 GiB by default.
+    head_request = RenderConfig()
+    assert cpu == parse_quantity(head_request.head_cpu) + 0.5 and cpu <= SYSTEM_NODE.cpu_millis / 1000
+    assert memory == parse_quantity(head_request.head_memory) + 512 * 2**20 and memory <= SYSTEM_NODE.memory_bytes
