@@ -1,6 +1,7 @@
 """The operator as a pod runs it: its own process, kubeconfig, workload identity, /healthz, /metrics, SIGTERM."""
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -177,3 +178,23 @@ async def op_wait_scrape(
             return page
         assert asyncio.get_running_loop().time() < deadline, f"metrics never matched:\n{op.log_tail()}"
         await asyncio.sleep(0.1)
+
+
+async def test_a_port_taken_before_the_operator_binds_it_is_replaced(
+    kmock: kmock.KubernetesEmulator, wi_arm: ArmEmulator, tmp_path: Path, kuberay: KubeRayPeer
+) -> None:
+    # The harness's own guard: a port free_port chose can be taken by another process before the operator binds
+    # it (stop 30's CI: `address already in use` on the health port); the start retries on new ports.
+    declare_resources(kmock)
+    process = OperatorProcess(kmock, wi_arm, tmp_path, FAST)
+    taken = process.health_port
+    with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind(("0.0.0.0", taken))
+        squatter.listen()
+        try:
+            await process.start()
+        finally:
+            await process.stop(kill=True)
+    assert process.health_port != taken
+    assert "address already in use" in process.log_path.read_text()

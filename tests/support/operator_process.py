@@ -93,7 +93,23 @@ class OperatorProcess(OperatorHarness):
         }
 
     async def start(self) -> None:
-        """Start the process and wait until its /healthz answers."""
+        """Start the process and wait until its /healthz answers.
+
+        `free_port` only finds a port free when asked: another process on the machine (a Ray test, a parallel
+        run) may bind it before the operator does. A start that fails on that alone is retried on new ports.
+        """
+        for attempt in range(3):
+            logged = self.log_path.stat().st_size if self.log_path.exists() else 0
+            try:
+                await self._start_once()
+                return
+            except RuntimeError:
+                tail = self.log_path.read_bytes()[logged:].decode(errors="replace")
+                if attempt == 2 or "address already in use" not in tail:
+                    raise
+            self.health_port, self.metrics_port = free_port(), free_port()
+
+    async def _start_once(self) -> None:
         with self.log_path.open("ab") as log:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -106,11 +122,12 @@ class OperatorProcess(OperatorHarness):
                 stderr=asyncio.subprocess.STDOUT,
             )
         deadline = time.monotonic() + 60
-        async with aiohttp.ClientSession() as session:
+        # A short timeout: whatever else holds the port may take the connection and never answer.
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
             while time.monotonic() < deadline:
                 if self.process.returncode is not None:
                     raise RuntimeError(f"the operator exited with {self.process.returncode}:\n{self.log_tail()}")
-                with contextlib.suppress(aiohttp.ClientError):
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
                     async with session.get(f"http://127.0.0.1:{self.health_port}/healthz") as response:
                         if response.status == 200 and self._watching():
                             return
