@@ -227,6 +227,12 @@ def status_patch(status: InferenceDeploymentStatus, current: Mapping[str, Any] |
     patch = {key: dumped.get(key) for key in keys}
     if current is None:
         return patch
+    for key, value in patch.items():
+        had = current.get(key)
+        if isinstance(value, dict) and isinstance(had, dict):
+            # A merge patch merges objects: a field now empty (nodePool.movingTo once the move is done) is removed
+            # only by naming it null.
+            patch[key] = {**dict.fromkeys(had.keys() - value.keys()), **value}
     return {key: value for key, value in patch.items() if current.get(key) != value}
 
 
@@ -367,6 +373,7 @@ class _PoolSnapshot:
     previous_pool: str | None = None  # the pool status named, while a move away from it is unfinished
     replace_reason: str | None = None
     previous_claimed: bool = False  # another deployment still needs the previous pool
+    turned_away: str | None = None  # the pool a move headed to (status names it) that the spec no longer asks for
     fault: CloudFault | None = None
     new_faults: list[CloudFault] = field(default_factory=list)
     quota: QuotaCheck | None = None
@@ -418,7 +425,14 @@ async def _reconcile_valid(
     observed = _observed_state(deployment, desired, plan, pools, objects)
     if pools.previous_pool is not None:
         observed = _replace(observed, previous_pool_pods=await _pods_on(clients.kube, deployment, pools.previous_pool))
-    actions = compute_actions(
+    released: list[Action] = []
+    if pools.turned_away is not None:
+        try:
+            released = await _release_turned_away(pools.turned_away, _owner(body), clients, settings)
+        except TokenplaneError as err:  # status keeps naming it: the next round tries again
+            pools.new_faults.append(_record(clients, pools.turned_away, err, now, settings))
+            observed = _replace(observed, turned_away_pool=pools.turned_away)
+    actions = released + compute_actions(
         desired_pool=pools.merged,
         desired_hashes=objects.desired_hashes,
         observed_hashes=objects.observed_hashes(),
@@ -442,6 +456,26 @@ async def _reconcile_valid(
     )
 
 
+async def _release_turned_away(name: str, owner: str, clients: Clients, settings: OperatorSettings) -> list[Action]:
+    """Release a pool a move headed to when the spec no longer asks for it and no other deployment needs it.
+
+    Edits kopf merges into no change (vmSize A -> B -> A) after a poll created B reach no change handler, so
+    `release_abandoned` never sees them: status, which named B as the pool moved to, is what remembers it.
+
+    Raises:
+        TokenplaneError: Azure or Kubernetes failed.
+    """
+    assert clients.pools is not None
+    users = await _users(name, owner, clients, settings)
+    action = compute_release(name, None if users else await clients.pools.observe(name), users)
+    if action is None:
+        return []
+    if action.kind is ActionKind.RELEASE_POOL:
+        await clients.pools.begin_delete(name)
+        clients._cache.pop(name, None)
+    return [action]
+
+
 async def _observe_pools(
     body: Mapping[str, Any],
     desired: DesiredState,
@@ -454,9 +488,8 @@ async def _observe_pools(
     """Read the deployment's pool and any pool it is moving away from; a failure becomes a fault, never raises."""
     owner = _owner(body)
     previous_status = _previous_status(body)
-    snap = _PoolSnapshot(
-        previous_pool=previous_status.node_pool.name if previous_status and previous_status.node_pool else None
-    )
+    status_pool = previous_status.node_pool if previous_status else None
+    snap = _PoolSnapshot(previous_pool=status_pool.name if status_pool else None)
     if desired.agent_pool is not None and clients.pools is None:
         snap.fault = CloudFault(
             Reason.CLOUD_ERROR, "the operator has no Azure settings (TOKENPLANE_SUBSCRIPTION_ID...)", 3600, True
@@ -467,6 +500,8 @@ async def _observe_pools(
     if desired.agent_pool is not None:
         snap.merged = await _merged_demand(desired.agent_pool, owner, clients, settings, demand)
     merged = snap.merged
+    if status_pool is not None and status_pool.moving_to not in (None, status_pool.name, merged and merged.name):
+        snap.turned_away = status_pool.moving_to
     if snap.previous_pool is not None and (merged is None or snap.previous_pool == merged.name):
         snap.previous_pool = None
     snap.fault = _active_fault(clients, merged.name if merged else "", now)
@@ -1037,14 +1072,14 @@ async def _demands(clients: Clients, settings: OperatorSettings) -> dict[str, li
 
 
 def _pools_in_use(body: Mapping[str, Any], settings: OperatorSettings) -> set[str]:
-    """Pools a deployment uses: the one its spec asks for and the one its status names (maybe mid-move)."""
+    """Pools a deployment uses: the one its spec asks for and those its status names (maybe mid-move)."""
     names = set()
     demand = pool_demand(body, settings)
     if demand is not None:
         names.add(demand.pool.name)
     status = _previous_status(body)
-    if status is not None and status.node_pool is not None and status.node_pool.managed and status.node_pool.name:
-        names.add(status.node_pool.name)
+    if status is not None and status.node_pool is not None and status.node_pool.managed:
+        names.update(name for name in (status.node_pool.name, status.node_pool.moving_to) if name)
     return names
 
 

@@ -1367,6 +1367,11 @@ class NodePoolStatus(_Model):
     min_count: int | None = Field(default=None, description="Autoscaler lower bound.")
     max_count: int | None = Field(default=None, description="Autoscaler upper bound.")
     managed: bool | None = Field(default=None, description="False when the pool is brought by the user.")
+    moving_to: str | None = Field(
+        default=None,
+        description="Agent pool a move is heading to, created before the deployment runs on it: released if an "
+        "edit turns away from it.",
+    )
 
 
 class EndpointStatus(_Model):

@@ -171,6 +171,8 @@ class ObservedState:
         deleting: The deployment is being deleted.
         rollout: A rollout in progress the operator drives (why, and how far), for the ServingReady message.
         previous_pool_pods: Pods of the deployment still on `previous_pool` (it is released only at 0).
+        turned_away_pool: A pool a move headed to before an edit turned away from it, whose release failed this
+            round: status keeps naming it so the next round releases it.
     """
 
     problems: tuple[str, ...] = ()
@@ -191,6 +193,7 @@ class ObservedState:
     deleting: bool = False
     rollout: str | None = None
     previous_pool_pods: int = 0
+    turned_away_pool: str | None = None
 
     @property
     def pool_ready(self) -> bool:
@@ -415,7 +418,9 @@ def _node_pool_status(observed: ObservedState) -> NodePoolStatus | None:
     # operator remembers to release it.
     name = observed.previous_pool or observed.pool_name
     if observed.previous_pool is not None:
-        return NodePoolStatus(name=name, managed=True, provisioning_state="Replacing")
+        # The pool moved to is named too: it may exist before the deployment runs on it, and an edit the operator
+        # never saw as one (vmSize A -> B -> A merged into no change) must still find it to release it.
+        return NodePoolStatus(name=name, managed=True, provisioning_state="Replacing", moving_to=observed.pool_name)
     low, high = observed.pool_bounds or (None, None)
     return NodePoolStatus(
         name=name,
@@ -424,6 +429,7 @@ def _node_pool_status(observed: ObservedState) -> NodePoolStatus | None:
         min_count=pool.min_count if pool and pool.min_count is not None else low,
         max_count=pool.max_count if pool and pool.max_count is not None else high,
         managed=True,
+        moving_to=observed.turned_away_pool,
     )
 
 
