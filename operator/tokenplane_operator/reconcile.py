@@ -32,6 +32,7 @@ from tokenplane_operator.converge.diff import (
     ActionKind,
     compute_actions,
     compute_release,
+    drifted,
     merge_pool_demand,
     object_key,
 )
@@ -396,12 +397,10 @@ class _ObjectsSnapshot:
                 hashes[key] = None
                 continue
             spec = obj.get("spec") or {}
-            want = self.desired[key]["spec"].get("serveConfigV2")
-            # `kubectl edit` keeps our annotation: the Serve config (one string, which the API server neither
-            # defaults nor prunes) is compared itself, so a hand edit of the model or engine is undone.
-            edited = want is not None and spec.get("serveConfigV2") != want
+            # `kubectl edit` keeps our annotation: the fields we set are compared themselves (those alone, so what
+            # the API server defaults or KubeRay adds is no edit), and a hand edit of any of them is undone.
             annotated = ((obj.get("metadata") or {}).get("annotations") or {}).get(SPEC_HASH_ANNOTATION)
-            hashes[key] = spec_hash(spec) if edited else annotated
+            hashes[key] = spec_hash(spec) if drifted(self.desired[key]["spec"], spec) else annotated
         return hashes
 
 

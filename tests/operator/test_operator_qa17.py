@@ -1,11 +1,14 @@
 """CR lifecycles and hand edits last session's scenarios did not reach: merged edits, drifted objects, KubeRay and
 ARM failures, quota."""
 
+import asyncio
+import copy
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
-from tests.support.kopf_harness import CR_RESOURCE, OperatorHarness, cr_body
+from tests.support.kopf_harness import CR_RESOURCE, RS_RESOURCE, OperatorHarness, cr_body
 from tests.support.kube_emulator import ApiServerEmulator
 from tokenplane_operator.adapters.azure import AksAgentPools
 from tokenplane_operator.adapters.kube import KubeObjects
@@ -43,3 +46,95 @@ async def test_a_pool_a_poll_made_for_an_edit_kopf_merged_into_no_change_is_rele
     body = await op.wait_ready("m1")
     assert body["status"]["nodePool"]["name"] == first and "movingTo" not in body["status"]["nodePool"]
     assert not op.arm.calls("DELETE", f"/agentPools/{first}$")
+
+
+# What the operator owns for deployment m1: kmock resource, name, and the API path a person edits it at.
+OWNED = {
+    "RayService": (RS_RESOURCE, "m1", "/apis/ray.io/v1/namespaces/default/rayservices/m1"),
+    "Service": ("v1/services", "m1-openai", "/api/v1/namespaces/default/services/m1-openai"),
+    "NetworkPolicy": (
+        "networking.k8s.io/v1/networkpolicies",
+        "m1-ingress",
+        "/apis/networking.k8s.io/v1/namespaces/default/networkpolicies/m1-ingress",
+    ),
+}
+
+
+def _spec(op: OperatorHarness, kind: str) -> dict[str, Any]:
+    resource, name, _ = OWNED[kind]
+    return copy.deepcopy((op.get(name, resource=resource) or {}).get("spec") or {})
+
+
+async def _edit(op: OperatorHarness, kind: str, patch: dict[str, Any]) -> None:
+    """Merge-patch an owned object without the operator's token: as a person, the API server or KubeRay would."""
+    headers = {"Content-Type": "application/merge-patch+json"}
+    async with op.k.request("PATCH", OWNED[kind][2], json=patch, headers=headers) as resp:
+        assert resp.status == 200, await resp.text()
+
+
+def _writes(op: OperatorHarness) -> dict[str, int]:
+    assert isinstance(op.k, ApiServerEmulator)
+    return {kind: op.k.writes[path] for kind, (_, _, path) in OWNED.items()}
+
+
+async def test_defaulted_fields_are_left_alone_and_a_hand_edit_of_any_field_we_set_is_undone_once(
+    op: OperatorHarness,
+) -> None:
+    await op.create(cr_body("m1"))
+    await op.wait_ready("m1")
+    want = {kind: _spec(op, kind) for kind in OWNED}
+    # What the API server and KubeRay add: defaults inside what we set, and fields we never set.
+    head = want["RayService"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+    containers = [
+        {**c, "imagePullPolicy": "IfNotPresent", "terminationMessagePath": "/dev/termination-log"}
+        for c in head["containers"]
+    ]
+    await _edit(
+        op,
+        "RayService",
+        {
+            "spec": {
+                "serviceUnhealthySecondThreshold": 900,
+                "rayClusterConfig": {
+                    "headGroupSpec": {"template": {"spec": {"containers": containers, "restartPolicy": "Always"}}}
+                },
+            }
+        },
+    )
+    await _edit(op, "Service", {"spec": {"clusterIP": "10.0.0.17", "sessionAffinity": "None", "ipFamilies": ["IPv4"]}})
+    await _edit(
+        op,
+        "NetworkPolicy",
+        {
+            "spec": {
+                "ingress": [
+                    {**rule, "ports": [{**p, "endPort": p["port"]} for p in rule.get("ports") or []]}
+                    if rule.get("ports")
+                    else rule
+                    for rule in want["NetworkPolicy"]["ingress"]
+                ]
+            }
+        },
+    )
+    before = _writes(op)
+    await asyncio.sleep(2.0)  # six polls
+    assert _writes(op) == before, "a field the operator does not set was written back"
+
+    await _edit(op, "RayService", {"spec": {"rayClusterConfig": {"enableInTreeAutoscaling": False}}})
+    await _edit(
+        op, "Service", {"spec": {"ports": [{"name": "http", "port": 9999, "targetPort": 9999, "protocol": "TCP"}]}}
+    )
+    await _edit(op, "NetworkPolicy", {"spec": {"policyTypes": ["Ingress", "Egress"]}})
+
+    def undone() -> bool:
+        specs = {kind: _spec(op, kind) for kind in OWNED}
+        return (
+            specs["RayService"]["rayClusterConfig"]["enableInTreeAutoscaling"] is True
+            and specs["Service"]["ports"] == want["Service"]["ports"]
+            and specs["NetworkPolicy"]["policyTypes"] == ["Ingress"]
+        )
+
+    await op.wait_for(undone, within=5.0, message="every hand edit undone")
+    await asyncio.sleep(2.0)
+    # The edit, then the one write that undid it: no re-apply loop.
+    assert _writes(op) == {kind: count + 2 for kind, count in before.items()}, "one write undoes each edit"

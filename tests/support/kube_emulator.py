@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import itertools
 import uuid
 from datetime import UTC, datetime
@@ -64,6 +65,7 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
     - `accessed` records the RBAC grant (`Access`) each authenticated resource request needed, as an API
       server's authorizer sees it: the operator's, which carry its bearer token, not the test's own (which play
       the user and KubeRay, unauthenticated). Discovery (/api, /apis) is left out (`system:discovery` allows it).
+    - `writes` counts the writes per path (a test proves an object is not rewritten every poll).
     - ``forget = True`` keeps only the newest request and object version. kmock 0.8 matches every new
       request against every recorded one (O(n^2) overall), so at benchmark scale the emulator, not the
       operator, would be what is measured.
@@ -152,7 +154,14 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
         """The grants the requests so far needed."""
         return self.__dict__.setdefault("_accessed", set())  # type: ignore[no-any-return]
 
+    @property
+    def writes(self) -> collections.Counter[str]:
+        """The writes (POST, PUT, PATCH, DELETE) so far, by URL path: the operator's and the test's own."""
+        return self.__dict__.setdefault("_writes", collections.Counter())  # type: ignore[no-any-return]
+
     def _record(self, request: Any) -> None:
+        if request.method in ("POST", "PUT", "PATCH", "DELETE"):
+            self.writes[request.url.path] += 1
         resource = request.resource
         if not request.headers.get("Authorization") or request.action not in _VERBS:
             return

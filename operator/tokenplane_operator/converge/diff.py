@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from tokenplane_operator.converge.status import ObservedState
 from tokenplane_operator.desired.agentpool import DesiredAgentPool, ObservedAgentPool, needs_replacement
@@ -14,6 +15,7 @@ __all__ = [
     "ActionKind",
     "compute_actions",
     "compute_release",
+    "drifted",
     "merge_pool_demand",
     "object_key",
     "pool_drift",
@@ -53,6 +55,37 @@ class Action:
     def changes_something(self) -> bool:
         """Whether the action writes (and deserves an event), as opposed to waiting."""
         return self.kind is not ActionKind.WAIT
+
+
+def drifted(desired: Any, observed: Any) -> bool:
+    """Whether a field the operator sets reads back different from what it wrote.
+
+    Only what `desired` names is compared: a key it lacks (an API-server default such as a Service's clusterIP or
+    a port's nodePort, or a field KubeRay adds) is not drift, so a defaulted object is not rewritten every round,
+    and a hand edit of any field we set is. A list must keep its length, each item compared the same way; a null,
+    empty object or empty list the operator sets matches an absent field (the API server drops them).
+
+    Args:
+        desired: What the operator writes (a `spec`, or any part of one).
+        observed: What the API server has at the same place.
+
+    Returns:
+        True when a field the operator sets is missing or holds another value.
+    """
+    if desired is None or desired == {}:
+        return False
+    if desired == []:
+        return observed not in (None, [])
+    if isinstance(desired, dict):
+        have = observed if isinstance(observed, dict) else {}
+        return not isinstance(observed, dict) or any(drifted(value, have.get(key)) for key, value in desired.items())
+    if isinstance(desired, list):
+        return (
+            not isinstance(observed, list)
+            or len(observed) != len(desired)
+            or any(drifted(want, have) for want, have in zip(desired, observed, strict=True))
+        )
+    return bool(desired != observed or type(desired) is not type(observed))
 
 
 def object_key(kind: str, name: str) -> str:

@@ -1,11 +1,14 @@
 """compute_actions / compute_release / merge_pool_demand: the ordered actions and their reasons."""
 
+import pytest
+
 from tokenplane_operator.api.conditions import Reason
 from tokenplane_operator.converge.diff import (
     Action,
     ActionKind,
     compute_actions,
     compute_release,
+    drifted,
     merge_pool_demand,
     pool_drift,
 )
@@ -131,3 +134,21 @@ def test_release() -> None:
     waiting = compute_release("tpnew", observed_pool(state="Deleting"), [])
     assert waiting is not None and waiting.kind is ActionKind.WAIT
     assert compute_release("tpnew", None, []) is None
+
+
+@pytest.mark.parametrize(
+    ("desired", "observed", "expected"),
+    [
+        ({"a": 1, "b": {"c": "x"}}, {"a": 1, "b": {"c": "x", "d": 2}, "e": 3}, False),  # defaults and extra fields
+        ({"ports": [{"port": 80}]}, {"ports": [{"port": 80, "protocol": "TCP"}]}, False),  # defaulted in a list item
+        ({"x": None, "y": {}, "z": []}, {}, False),  # what the API server drops
+        ({"a": 1}, {"a": 2}, True),
+        ({"a": 1}, {"a": "1"}, True),
+        ({"a": True}, {"a": 1}, True),
+        ({"b": {"c": "x"}}, {}, True),
+        ({"ports": [{"port": 80}]}, {"ports": [{"port": 80}, {"port": 81}]}, True),
+        ({"z": []}, {"z": [1]}, True),
+    ],
+)
+def test_drifted_compares_only_the_fields_the_operator_sets(desired: object, observed: object, expected: bool) -> None:
+    assert drifted(desired, observed) is expected
