@@ -10,6 +10,7 @@ import pytest
 
 from tests.support.kopf_harness import CR_RESOURCE, RS_RESOURCE, OperatorHarness, cr_body
 from tests.support.kube_emulator import ApiServerEmulator
+from tests.support.kuberay_peer import KubeRayPeer
 from tokenplane_operator.adapters.azure import AksAgentPools
 from tokenplane_operator.adapters.kube import KubeObjects
 from tokenplane_operator.reconcile import Clients, reconcile, status_patch
@@ -138,3 +139,24 @@ async def test_defaulted_fields_are_left_alone_and_a_hand_edit_of_any_field_we_s
     await asyncio.sleep(2.0)
     # The edit, then the one write that undid it: no re-apply loop.
     assert _writes(op) == {kind: count + 2 for kind, count in before.items()}, "one write undoes each edit"
+
+
+async def test_kuberay_refusing_the_rayservice_is_serving_failed_with_its_error_until_it_accepts_it(
+    op: OperatorHarness, kuberay: KubeRayPeer
+) -> None:
+    kuberay.invalid = "worker group gpu has minReplicas 3 greater than maxReplicas 2"
+
+    def failed() -> bool:
+        return op.condition("m1", "ServingReady").get("reason") == "ServingFailed"
+
+    await op.create(cr_body("m1"))
+    await op.wait_for(failed, message="ServingFailed")
+    message = op.condition("m1", "ServingReady")["message"]
+    assert message == f"KubeRay refused the RayService: {kuberay.invalid}", message
+    assert (op.get("m1") or {})["status"]["phase"] == "Degraded"  # as for a Serve application DEPLOY_FAILED
+    before = _writes(op)
+    await asyncio.sleep(1.5)  # five polls
+    assert _writes(op)["RayService"] == before["RayService"], "the refused RayService is not rewritten every poll"
+    assert failed()
+    kuberay.invalid = None  # KubeRay upgraded, or its validation fixed
+    await op.wait_ready("m1")

@@ -27,6 +27,9 @@ Each rule cites the KubeRay v1.7.0 source that defines it (github.com/ray-projec
   while the serve Service has endpoints (a ready pod labelled ray.io/serve=true), even while an application
   redeploys; UpgradeInProgress is True while both an active and a pending cluster exist; serviceStatus
   Running mirrors Ready; applicationStatuses report each app's status.
+- Validation (`validateRayService`, called first in `Reconcile`): a RayService KubeRay refuses gets Ready False,
+  reason ValidationFailed, the error as message (`setCondition`, then `Status().Update` of the rest as it was), and
+  nothing else is done: no cluster, no observedGeneration. The peer's `invalid` is that error.
 - Deleting the RayService deletes its clusters at once (deletion delay 0 when the RayService is deleted).
 """
 
@@ -127,6 +130,8 @@ class KubeRayPeer:
         deploy_s: Seconds Serve takes to turn a submitted application RUNNING.
         ready_at: When (event-loop time) the peer first reported each RayService Ready.
         paused: While True, KubeRay does nothing (down, or busy elsewhere).
+        invalid: While set, KubeRay's validation refuses every RayService with this error (a spec this KubeRay
+            version does not accept).
     """
 
     _suffixes = itertools.count(1)
@@ -147,6 +152,7 @@ class KubeRayPeer:
         self.history: dict[tuple[str, str], list[str]] = {}
         self.ready_at: dict[tuple[str, str], float] = {}  # when the peer first reported each RayService Ready
         self.paused = False  # KubeRay not acting (down, or slow to get to it): nothing reconciles while set
+        self.invalid: str | None = None
         self._seen: dict[tuple[str, str], str] = {}  # resourceVersion last reconciled, per RayService
         self._task: asyncio.Task[None] | None = None
 
@@ -192,6 +198,9 @@ class KubeRayPeer:
         return bool(state.pending or state.retired) or any(c.app_status != "RUNNING" for c in clusters)
 
     async def _reconcile(self, ns: str, name: str, rs: dict[str, Any]) -> None:
+        if self.invalid is not None:
+            await self._refuse(ns, name, rs, self.invalid)
+            return
         uid = (rs.get("metadata") or {}).get("uid")
         state = self.services.get((ns, name))
         if state is not None and state.uid != uid:
@@ -293,6 +302,14 @@ class KubeRayPeer:
         for cluster in (c for c in (state.active, state.pending, *state.retired) if c is not None):
             await self._delete_cluster(ns, cluster)
             state.events.append(f"deleted {cluster.name}")
+
+    async def _refuse(self, ns: str, name: str, rs: dict[str, Any], error: str) -> None:
+        status = copy.deepcopy(rs.get("status") or {})
+        others = [c for c in status.get("conditions") or [] if c.get("type") != "Ready"]
+        ready = {"type": "Ready", "status": "False", "reason": "ValidationFailed", "message": error}
+        status["conditions"] = [ready, *others]
+        if (rs.get("status") or {}) != status:
+            await self._send("PATCH", f"/apis/ray.io/v1/namespaces/{ns}/{_RS_PLURAL}/{name}/status", {"status": status})
 
     async def _write_status(self, ns: str, name: str, rs: dict[str, Any], state: _Service) -> None:
         active, pending = state.active, state.pending

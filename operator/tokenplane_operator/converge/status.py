@@ -39,6 +39,13 @@ ConditionStatus = Literal["True", "False", "Unknown"]
 # Reasons that need a human: kstatus Stalled=True, phase Failed, slow retry.
 _STALLING = frozenset({Reason.INVALID_SPEC, Reason.DOES_NOT_FIT, Reason.QUOTA_EXCEEDED, Reason.SKU_NOT_AVAILABLE})
 _FAILED_APP_STATES = frozenset({"DEPLOY_FAILED", "UNHEALTHY"})
+# KubeRay's terminal Ready reasons (ray-operator/controllers/ray/rayservice_controller.go): it refused the spec
+# (validateRayService; nothing runs until the spec changes), or gave up initializing (the ray.io/initializing-timeout
+# annotation; it deletes the clusters and waits for the RayService to be deleted and created again).
+_KUBERAY_FAILURES = {
+    "ValidationFailed": "KubeRay refused the RayService",
+    "InitializingTimeout": "KubeRay gave up starting the RayService (delete it: the operator creates it again)",
+}
 # An existing pool under an in-place operation still has its nodes: replicas keep running there.
 _USABLE_POOL_STATES = frozenset({"Succeeded", "Updating", "Scaling", "Upgrading"})
 
@@ -125,9 +132,11 @@ class RayServiceObservation:
         ready = ready_cond.get("status") == "True" if ready_cond else status.get("serviceStatus") == "Running"
         active: Mapping[str, Any] = status.get("activeServiceStatus") or {}
         failure = None
+        if not ready and ready_cond.get("reason") in _KUBERAY_FAILURES:
+            failure = f"{_KUBERAY_FAILURES[ready_cond['reason']]}: {ready_cond.get('message') or ready_cond['reason']}"
         apps = active.get("applicationStatuses") or {}
         for app_name, app in apps.items():
-            if app.get("status") in _FAILED_APP_STATES:
+            if failure is None and app.get("status") in _FAILED_APP_STATES:
                 failure = f"Serve application {app_name} is {app['status']}: {app.get('message', '')}".strip()
                 break
         cluster: Mapping[str, Any] = active.get("rayClusterStatus") or {}

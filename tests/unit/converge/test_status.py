@@ -207,6 +207,19 @@ def test_status_always_lists_every_condition_once() -> None:
             False,
             "Serve application app is DEPLOY_FAILED: m",
         ),
+        (
+            {"conditions": [{"type": "Ready", "status": "False", "reason": "ValidationFailed", "message": "bad"}]},
+            False,
+            False,
+            "KubeRay refused the RayService: bad",
+        ),
+        (
+            {"conditions": [{"type": "Ready", "status": "False", "reason": "InitializingTimeout", "message": "5m"}]},
+            False,
+            False,
+            "KubeRay gave up starting the RayService (delete it: the operator creates it again): 5m",
+        ),
+        ({"conditions": [{"type": "Ready", "status": "False", "reason": "Initializing"}]}, False, False, None),
         (None, False, False, None),
     ],
 )
