@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from tests.operator.test_quota import A100_FAMILY
 from tests.support.kopf_harness import CR_RESOURCE, RS_RESOURCE, OperatorHarness, cr_body
 from tests.support.kube_emulator import ApiServerEmulator
 from tests.support.kuberay_peer import KubeRayPeer
@@ -160,3 +161,24 @@ async def test_kuberay_refusing_the_rayservice_is_serving_failed_with_its_error_
     assert failed()
     kuberay.invalid = None  # KubeRay upgraded, or its validation fixed
     await op.wait_ready("m1")
+
+
+async def test_min_replicas_raised_above_the_quota_is_said_plainly_and_not_retried_in_a_loop(
+    op: OperatorHarness,
+) -> None:
+    op.arm.set_quota(A100_FAMILY, 48)  # two Standard_NC24ads_A100_v4 nodes (24 vCPUs each)
+    await op.create(cr_body("m1", scaling={"minReplicas": 1, "maxReplicas": 2}))
+    name = (await op.wait_ready("m1"))["status"]["nodePool"]["name"]
+    await op.patch("m1", {"spec": {"scaling": {"minReplicas": 3, "maxReplicas": 3}}})
+    await op.wait_for(
+        lambda: op.condition("m1", "QuotaInsufficient").get("status") == "True", message="QuotaInsufficient"
+    )
+    quota = op.condition("m1", "QuotaInsufficient")["message"]
+    for part in ("not even the pool's floor of 3 nodes (spec.scaling.minReplicas)", "bounded to 2 nodes", "to 72"):
+        assert part in quota, quota
+    assert "lower spec.scaling.maxReplicas and spec.scaling.minReplicas" in quota, quota
+    puts = len(op.arm.calls("PUT", f"/agentPools/{name}$"))
+    await asyncio.sleep(2.0)  # six polls
+    assert len(op.arm.calls("PUT", f"/agentPools/{name}$")) == puts == 2, "created, then bounded to (2, 2): no loop"
+    assert op.arm.pool(name)["properties"]["minCount"] == 2  # type: ignore[index]
+    assert op.condition("m1", "Stalled")["status"] == "False"

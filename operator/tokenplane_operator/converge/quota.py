@@ -111,6 +111,7 @@ class QuotaCheck:
         reading: What the check is based on.
         limiting: The quota with the least room (family, regional, or spot).
         wanted_nodes: The pool's maxCount as the deployments sharing it ask for it.
+        floor_nodes: The pool's minCount (their minReplicas): below it replicas the spec requires stay Pending.
         current_nodes: Nodes the pool has now (already part of the usage).
         needed_vcpus: vCPUs the pool still needs to reach `wanted_nodes`.
         available_vcpus: vCPUs the limiting quota still allows.
@@ -130,6 +131,7 @@ class QuotaCheck:
     short: tuple[QuotaUsage, ...] = ()
     claimed: Mapping[str, int] = field(default_factory=dict)
     claimed_by: tuple[str, ...] = ()
+    floor_nodes: int = 0
 
     @property
     def sufficient(self) -> bool:
@@ -147,7 +149,18 @@ class QuotaCheck:
             f"{self.wanted_nodes} x {reading.vm_size} need {self.needed_vcpus} more {kind} "
             f"in {reading.region}, {self.available_vcpus} available{which}: "
             f"limit {limiting.limit}, in use {limiting.current}{others}; {_nodes(self.reachable_nodes)} fit"
+            + (
+                f", not even the pool's floor of {_nodes(self.floor_nodes)} (spec.scaling.minReplicas): the replicas "
+                "it holds beyond those stay Pending"
+                if self.floor_below
+                else ""
+            )
         )
+
+    @property
+    def floor_below(self) -> bool:
+        """Whether the quota cannot hold even the pool's minCount (minReplicas raised past it)."""
+        return self.reachable_nodes < self.floor_nodes
 
     def remedy(self) -> str:
         """Say what to change when the quota falls short: the quotas to raise and to what, or the fields to lower."""
@@ -157,8 +170,9 @@ class QuotaCheck:
         )
         return (
             f"To get all {_nodes(self.wanted_nodes)}, request a quota increase in {self.reading.region} ({raises} "
-            "vCPUs: Azure portal > Quotas > Compute, or `az quota update`); or lower spec.scaling.maxReplicas (or "
-            f"choose another spec.hardware.vmSize) so that the pool needs at most {_nodes(self.reachable_nodes)}"
+            "vCPUs: Azure portal > Quotas > Compute, or `az quota update`); or lower spec.scaling.maxReplicas"
+            + (" and spec.scaling.minReplicas" if self.floor_below else "")
+            + f" (or choose another spec.hardware.vmSize) so that the pool needs at most {_nodes(self.reachable_nodes)}"
         )
 
 
@@ -223,6 +237,7 @@ def check_quota(
         short=tuple(sorted((row for row in rows if free(row) < needed), key=free)),
         claimed=claimed,
         claimed_by=tuple(sorted(claimers.get(limiting.name.lower(), ()))),
+        floor_nodes=pool.min_count,
     )
 
 

@@ -106,6 +106,16 @@ def test_too_little_quota_bounds_the_pool_to_what_fits() -> None:
         assert part in remedy, remedy
 
 
+def test_a_floor_the_quota_cannot_hold_is_said_and_min_replicas_named_in_the_remedy() -> None:
+    check = check_quota(pool(low=3, high=4), 0, reading(family_limit=100))
+    assert check is not None and check.floor_below
+    assert "not even the pool's floor of 3 nodes (spec.scaling.minReplicas)" in check.describe(), check.describe()
+    assert "lower spec.scaling.maxReplicas and spec.scaling.minReplicas" in check.remedy(), check.remedy()
+    fits = check_quota(pool(low=2, high=4), 0, reading(family_limit=100))
+    assert fits is not None and not fits.floor_below
+    assert "floor" not in fits.describe() and "minReplicas" not in fits.remedy()
+
+
 def test_the_remedy_names_every_quota_that_falls_short_and_spot_says_spot() -> None:
     both = check_quota(pool(high=4), 1, reading(family_limit=100, family_used=40, cores=60))
     assert both is not None and both.limiting.name == "cores"
