@@ -163,6 +163,28 @@ async def test_kuberay_refusing_the_rayservice_is_serving_failed_with_its_error_
     await op.wait_ready("m1")
 
 
+async def test_arm_409_another_operation_in_progress_is_retried_and_said_in_a_condition(op: OperatorHarness) -> None:
+    await op.create(cr_body("m1", scaling={"maxReplicas": 1}))
+    name = (await op.wait_ready("m1"))["status"]["nodePool"]["name"]
+    # Someone (an AKS upgrade, the portal) started an operation on the pool between the operator's read and its PUT.
+    busy = (
+        f"Operation is not allowed because there's an in progress upgrade node pool operation on agent pool '{name}'."
+    )
+    op.arm.arm_error("PUT", f"/agentPools/{name}$", code="OperationNotAllowed", message=busy, status=409, times=3)
+    messages: list[str] = []
+
+    def said() -> bool:
+        conditions = (op.get("m1") or {}).get("status", {}).get("conditions") or []
+        messages.extend(f"{c['type']} {c.get('reason')}: {c.get('message')}" for c in conditions)
+        return any("in progress upgrade node pool operation" in m for m in messages)
+
+    await op.patch("m1", {"spec": {"scaling": {"maxReplicas": 3}}})
+    await op.wait_for(said, message="the conflict in a condition")
+    await op.wait_for(lambda: op.arm.pool(name)["properties"]["maxCount"] == 3, message="maxCount 3")  # type: ignore[index]
+    await op.wait_ready("m1")
+    assert len(op.arm.calls("PUT", f"/agentPools/{name}$")) == 5, "1 create, 3 refused, 1 accepted"
+
+
 async def test_min_replicas_raised_above_the_quota_is_said_plainly_and_not_retried_in_a_loop(
     op: OperatorHarness,
 ) -> None:
