@@ -63,7 +63,7 @@ def drifted(desired: Any, observed: Any) -> bool:
     Only what `desired` names is compared: a key it lacks (an API-server default such as a Service's clusterIP or
     a port's nodePort, or a field KubeRay adds) is not drift, so a defaulted object is not rewritten every round,
     and a hand edit of any field we set is. A list must keep its length, each item compared the same way; a null,
-    empty object or empty list the operator sets matches an absent field (the API server drops them).
+    empty object or list, or zero value the operator sets matches an absent field (the API server drops them).
 
     Args:
         desired: What the operator writes (a `spec`, or any part of one).
@@ -85,6 +85,8 @@ def drifted(desired: Any, observed: Any) -> bool:
             or len(observed) != len(desired)
             or any(drifted(want, have) for want, have in zip(desired, observed, strict=True))
         )
+    if observed is None and not desired:
+        return False  # false, 0 or "": a Go API server omits a zero value (omitempty) when it answers
     return bool(desired != observed or type(desired) is not type(observed))
 
 

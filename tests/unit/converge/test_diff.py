@@ -141,7 +141,8 @@ def test_release() -> None:
     [
         ({"a": 1, "b": {"c": "x"}}, {"a": 1, "b": {"c": "x", "d": 2}, "e": 3}, False),  # defaults and extra fields
         ({"ports": [{"port": 80}]}, {"ports": [{"port": 80, "protocol": "TCP"}]}, False),  # defaulted in a list item
-        ({"x": None, "y": {}, "z": []}, {}, False),  # what the API server drops
+        ({"x": None, "y": {}, "z": [], "f": False, "n": 0, "s": ""}, {}, False),  # what the API server drops
+        ({"f": False}, {"f": True}, True),
         ({"a": 1}, {"a": 2}, True),
         ({"a": 1}, {"a": "1"}, True),
         ({"a": True}, {"a": 1}, True),
