@@ -382,6 +382,11 @@ class TokenplanePolicy:
         outran = now - max(float(state.get("breached_at", -math.inf)), float(state.get("overloaded_at", -math.inf)))
         recent = max([running, *(v for t, v in history if now - t < _FALL_S)])
         fell = recent <= _FALL * peak and now - history[0][0] >= _FALL_S and outran >= self.downscale_delay_s
+        if current > 0 and outran >= self.downscale_delay_s and now - state["fleet_changed"] >= self.downscale_delay_s:
+            # This many replicas carried the busiest moment of a whole downscale window, within the target throughout.
+            carried_by = dict(state.get("carried", {}))
+            carried_by[str(current)] = max(float(carried_by.get(str(current), 0.0)), peak)
+            state["carried"] = carried_by
         # Overloaded, the backlog hides the trend (the arrival rate sizes the fleet instead); draining, it would
         # make one up, were it not capped above.
         calm = since_overload > 2 * _WINDOW_S
@@ -421,7 +426,7 @@ class TokenplanePolicy:
             desired, reason = 0, "Idle"
         elif grow < current and seen_window and self._may_scale_in(fleet, p95, queue, now, last_up, state, fell):
             kept_up = outran >= self.downscale_delay_s
-            desired = self._scale_in_size(current, recent if fell else peak, per_replica, capacity, state, kept_up)
+            desired = self._scale_in_size(current, recent if fell else peak, per_replica, capacity, state, kept_up, fell)
             reason = "Idle" if desired < current else "Steady"
         elif target > still_needed and now - max(last_up, float(state["since"])) >= _WINDOW_S:
             # Replicas still starting that the load has not needed for a window are cancelled: they serve nobody
@@ -619,7 +624,14 @@ class TokenplanePolicy:
         return min(_HEADROOM * capacity, max(_EXPLORE * proven, float(state.get("within", 0.0))))
 
     def _scale_in_size(
-        self, current: int, peak: float, per_replica: float, capacity: float, state: dict[str, Any], kept_up: bool
+        self,
+        current: int,
+        peak: float,
+        per_replica: float,
+        capacity: float,
+        state: dict[str, Any],
+        kept_up: bool,
+        fell: bool = False,
     ) -> int:
         # Sized for the busiest moment of the downscale window, so an oscillating load does not flap, at the
         # per-replica load scale-out sizes for (below the knee once it is known), at most half the fleet a step.
@@ -635,6 +647,12 @@ class TokenplanePolicy:
         elif proven > 0:
             per_replica = min(_HEADROOM * capacity, max(step * proven, within))
         in_fleet = math.ceil(peak / max(per_replica, 1e-9) - 1e-9)
+        if kept_up and not fell:
+            # Like for like: a smaller fleet that itself carried a window whose busiest moment was at least this
+            # one's, within the target throughout, carries this one (on a noisy flat load the least of a window,
+            # which `within` is read from, sits well below its busiest moment, and would keep an extra replica).
+            shown = [int(n) for n, load in state.get("carried", {}).items() if float(load) >= peak]
+            in_fleet = min([in_fleet, *(n for n in shown if n > 0)])
         return min(current, max(in_fleet, math.ceil(current / 2), 1))
 
     def _learn_capacity(

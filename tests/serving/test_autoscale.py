@@ -391,6 +391,29 @@ def test_scale_in_sizes_at_a_load_carried_within_the_target_as_scale_out_does() 
     assert policy()(context(calm, ongoing=35, state={**falling, "breached_at": NOW - 250}))[0] == 10
 
 
+def test_scale_in_to_a_fleet_that_carried_a_window_as_busy_within_the_target() -> None:
+    # 6 replicas on a flat, noisy load for a whole downscale window, well within the target throughout; the 30-s
+    # load averages swung 24-34, and their least per replica (within, 4.0) is far below their busiest (34 / 6).
+    flat = [(NOW - 290 + 10 * s, 34.0 if s == 9 else 24.0 + s % 3) for s in range(29)]
+    calm = [report([600.0] * 30, running=29 / 6) for _ in range(6)]
+    state = stable(6, last_up=NOW - 900, proven=4.0, within=4.0, recent_load=flat)
+    assert policy()(context(calm, ongoing=29, state=state))[1]["carried"] == {"6": 34.0}
+    # A 7th replica later, on the same load: the window's busiest moment (33) is one 6 replicas carried; sized
+    # at the least of a window instead (33 / (1.25 * 4) -> 7), the 7th would stay for good.
+    seven = [report([600.0] * 30, running=29 / 7) for _ in range(7)]
+    peaked = [(t, 33.0 if v == 34.0 else v) for t, v in flat]
+    held = stable(7, last_up=NOW - 900, proven=4.0, within=4.0, carried={"6": 34.0}, recent_load=peaked)
+    desired, after = policy()(context(seven, ongoing=29, state=held))
+    assert (desired, after["reason"]) == (6, "Idle")
+    # A busier window than 6 carried (35) is no such evidence; nor is a window that breached the target or held
+    # another fleet for part of it.
+    busier = [(t, 35.0 if v == 34.0 else v) for t, v in flat]
+    assert policy()(context(seven, ongoing=29, state={**held, "recent_load": busier}))[0] == 7
+    breached = policy()(context(calm, ongoing=29, state={**state, "breached_at": NOW - 100}))[1]
+    changed = policy()(context(calm, ongoing=29, state={**state, "fleet_changed": NOW - 200}))[1]
+    assert "carried" not in breached and "carried" not in changed
+
+
 def test_arrivals_beyond_what_is_served_are_demand_a_saturated_replica_cannot_show() -> None:
     # One replica at its knee: 10 running, 3 waiting for prefill (within targetQueueDepth), 120 first tokens in the
     # last window at 800 ms; 12 requests a replica is sized for (1.25 x the 9.6 proven). Its counts are the same
