@@ -426,7 +426,9 @@ class TokenplanePolicy:
             desired, reason = 0, "Idle"
         elif grow < current and seen_window and self._may_scale_in(fleet, p95, queue, now, last_up, state, fell):
             kept_up = outran >= self.downscale_delay_s
-            desired = self._scale_in_size(current, recent if fell else peak, per_replica, capacity, state, kept_up, fell)
+            desired = self._scale_in_size(
+                current, recent if fell else peak, per_replica, capacity, state, kept_up=kept_up, fell=fell
+            )
             reason = "Idle" if desired < current else "Steady"
         elif target > still_needed and now - max(last_up, float(state["since"])) >= _WINDOW_S:
             # Replicas still starting that the load has not needed for a window are cancelled: they serve nobody
@@ -630,8 +632,9 @@ class TokenplanePolicy:
         per_replica: float,
         capacity: float,
         state: dict[str, Any],
+        *,
         kept_up: bool,
-        fell: bool = False,
+        fell: bool,
     ) -> int:
         # Sized for the busiest moment of the downscale window, so an oscillating load does not flap, at the
         # per-replica load scale-out sizes for (below the knee once it is known), at most half the fleet a step.
