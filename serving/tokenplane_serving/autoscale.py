@@ -379,6 +379,10 @@ class TokenplanePolicy:
         # target within the window outran the fleet's start-up, and when it comes back it would again.
         if self._breached(p95):
             state["breached_at"] = now
+            if now - float(state.get("carried_used_at", -math.inf)) < self.downscale_delay_s:
+                # A fleet sized by what it once carried breached soon after: the requests have grown heavier since,
+                # and the evidence would shrink the fleet into a breach after every downscale window.
+                state["carried"] = {n: v for n, v in state.get("carried", {}).items() if int(n) > current}
         outran = now - max(float(state.get("breached_at", -math.inf)), float(state.get("overloaded_at", -math.inf)))
         recent = max([running, *(v for t, v in history if now - t < _FALL_S)])
         fell = recent <= _FALL * peak and now - history[0][0] >= _FALL_S and outran >= self.downscale_delay_s
@@ -427,7 +431,7 @@ class TokenplanePolicy:
         elif grow < current and seen_window and self._may_scale_in(fleet, p95, queue, now, last_up, state, fell):
             kept_up = outran >= self.downscale_delay_s
             desired = self._scale_in_size(
-                current, recent if fell else peak, per_replica, capacity, state, kept_up=kept_up, fell=fell
+                current, recent if fell else peak, per_replica, capacity, state, now, kept_up=kept_up, fell=fell
             )
             reason = "Idle" if desired < current else "Steady"
         elif target > still_needed and now - max(last_up, float(state["since"])) >= _WINDOW_S:
@@ -632,6 +636,7 @@ class TokenplanePolicy:
         per_replica: float,
         capacity: float,
         state: dict[str, Any],
+        now: float,
         *,
         kept_up: bool,
         fell: bool,
@@ -654,8 +659,10 @@ class TokenplanePolicy:
             # Like for like: a smaller fleet that itself carried a window whose busiest moment was at least this
             # one's, within the target throughout, carries this one (on a noisy flat load the least of a window,
             # which `within` is read from, sits well below its busiest moment, and would keep an extra replica).
-            shown = [int(n) for n, load in state.get("carried", {}).items() if float(load) >= peak]
-            in_fleet = min([in_fleet, *(n for n in shown if n > 0)])
+            shown = [int(n) for n, load in state.get("carried", {}).items() if float(load) >= peak and int(n) > 0]
+            if shown and min(shown) < min(in_fleet, current):
+                in_fleet = min(shown)
+                state["carried_used_at"] = now
         return min(current, max(in_fleet, math.ceil(current / 2), 1))
 
     def _learn_capacity(

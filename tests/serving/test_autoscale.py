@@ -404,7 +404,7 @@ def test_scale_in_to_a_fleet_that_carried_a_window_as_busy_within_the_target() -
     peaked = [(t, 33.0 if v == 34.0 else v) for t, v in flat]
     held = stable(7, last_up=NOW - 900, proven=4.0, within=4.0, carried={"6": 34.0}, recent_load=peaked)
     desired, after = policy()(context(seven, ongoing=29, state=held))
-    assert (desired, after["reason"]) == (6, "Idle")
+    assert (desired, after["reason"]) == (6, "Idle") and after["carried_used_at"] == NOW
     # A busier window than 6 carried (35) is no such evidence; nor is a window that breached the target or held
     # another fleet for part of it.
     busier = [(t, 35.0 if v == 34.0 else v) for t, v in flat]
@@ -412,6 +412,19 @@ def test_scale_in_to_a_fleet_that_carried_a_window_as_busy_within_the_target() -
     breached = policy()(context(calm, ongoing=29, state={**state, "breached_at": NOW - 100}))[1]
     changed = policy()(context(calm, ongoing=29, state={**state, "fleet_changed": NOW - 200}))[1]
     assert "carried" not in breached and "carried" not in changed
+
+
+def test_a_fleet_sized_by_what_it_once_carried_that_breaches_soon_after_forgets_it() -> None:
+    # 6 replicas, sized by what 6 carried an hour ago, breach 100 s later at a lighter load: the requests are
+    # heavier now, and the old evidence would shrink the fleet into the same breach after every downscale window.
+    hot = [report([1600.0] * 30, running=4.5) for _ in range(6)]
+    old = stable(6, last_up=NOW - 900, proven=4.0, within=4.0, carried={"6": 34.0, "9": 50.0})
+    after = policy()(context(hot, ongoing=27, state={**old, "carried_used_at": NOW - 100}))[1]
+    assert after["carried"] == {"9": 50.0}
+    # A breach long after the evidence was last used (noise on a load 6 replicas carry) leaves it.
+    assert (
+        policy()(context(hot, ongoing=27, state={**old, "carried_used_at": NOW - 900}))[1]["carried"] == old["carried"]
+    )
 
 
 def test_arrivals_beyond_what_is_served_are_demand_a_saturated_replica_cannot_show() -> None:
