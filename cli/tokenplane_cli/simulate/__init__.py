@@ -23,7 +23,7 @@ from tokenplane_cli.files import load_one_document
 from tokenplane_cli.plan import model_override
 from tokenplane_cli.simulate.engine import percentile
 from tokenplane_cli.simulate.physics import ReplicaPhysics, physics_for
-from tokenplane_cli.simulate.report import plot, table
+from tokenplane_cli.simulate.report import billed, plot, table
 from tokenplane_cli.simulate.run import POLICIES, Scenario, run_policies, scenario_for, score
 from tokenplane_cli.simulate.traces import BUILTIN_TRACES, Request, TraceError, builtin_trace, load_trace_file
 from tokenplane_operator.api.v1alpha1 import InferenceDeployment
@@ -167,6 +167,7 @@ def simulate_command(
             document[name] = {"policies": {p: s.as_json() for p, s in scores.items()}}
             if output != "json":
                 console.print(table(name, scores, scenario.sim.target_ms, scenario.sim.metric))
+                console.print(billed(scores), soft_wrap=False)
             if plots is not None:
                 plot(name, results, scores, plots / f"{name}.png")
         if plots is not None:

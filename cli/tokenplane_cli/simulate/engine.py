@@ -82,9 +82,10 @@ class Replica:
 
 @dataclass(eq=False)  # nodes are told apart by identity
 class Node:
-    """A GPU node of the pool: provisioned at `ready_at`, running `replicas` (at most `replicas_per_node`)."""
+    """A GPU node of the pool: ordered at `ordered_at`, up at `ready_at`, running `replicas` (at most a node's)."""
 
     ready_at: float
+    ordered_at: float = 0.0
     replicas: int = 0
     idle_since: float = 0.0  # when its last replica stopped, or when it comes up if that is later
 
@@ -130,6 +131,7 @@ class SimResult:
     timeline: list[tuple[float, int, int, float]]  # (t, target, ready, arrivals/s over the last minute)
     scale_events: int
     end: float
+    node_seconds: float  # what the cloud bills: each node from its order until NODE_IDLE_S after it emptied
 
 
 class Simulation:
@@ -149,6 +151,7 @@ class Simulation:
         self.target = config.initial_replicas
         self.scale_events = 0
         self.nodes: list[Node] = []  # the pool: nodes running replicas, and emptied ones for NODE_IDLE_S
+        self.ordered_nodes: list[Node] = []  # every node the run ordered, for its bill
         self.raw: dict[str, dict[ReplicaID, list[TimeStampedValue]]] = {}
         self.load_samples: deque[tuple[float, float, float]] = deque()  # (t, ongoing+queued, queued)
         self.policy_state: dict[str, Any] = {}
@@ -187,7 +190,13 @@ class Simulation:
         for rep in self.replicas:
             if rep.stopped is None:
                 rep.stopped = now
-        return SimResult(self.jobs, self.replicas, self.timeline, self.scale_events, now)
+        # An emptied node is billed until the cluster autoscaler removes it, whether or not a replica ever ran on
+        # it (one ordered for a replica cancelled while it provisioned comes up anyway).
+        billed = sum(
+            (now if node.replicas else min(now, node.idle_since + NODE_IDLE_S)) - node.ordered_at
+            for node in self.ordered_nodes
+        )
+        return SimResult(self.jobs, self.replicas, self.timeline, self.scale_events, now, billed)
 
     def _idle(self) -> bool:
         return not self.queue and all(r.active == 0 for r in self.replicas)
@@ -290,14 +299,17 @@ class Simulation:
             node, delay = next((n for n in roomy if n.free_at() <= now), None) or Node(ready_at=now), 0.0
             if node not in self.nodes:
                 self.nodes.append(node)
+                self.ordered_nodes.append(node)
         elif roomy:
             # A node with room (a free slice or GPU, an emptied node, or one still provisioning for a replica
             # cancelled meanwhile: it comes up anyway): the model loads once the node is up.
             node = min(roomy, key=Node.free_at)
             delay = max(0.0, node.free_at() - now) + self.phys.load_s
         else:
-            node, delay = Node(ready_at=now + self.phys.provision_s), self.phys.provision_s + self.phys.load_s
+            node = Node(ready_at=now + self.phys.provision_s, ordered_at=now)
+            delay = self.phys.provision_s + self.phys.load_s
             self.nodes.append(node)
+            self.ordered_nodes.append(node)
         node.replicas += 1
         rep = Replica(rid, started=now, ready_at=now + delay, v_time=now, node=node)
         self.replicas.append(rep)

@@ -32,6 +32,17 @@ def table(trace: str, scores: dict[str, Score], target_ms: float, metric: str) -
     return out
 
 
+def billed(scores: dict[str, Score]) -> str:
+    """Return the cloud's bill per policy, a line under the table: GPU-hours of the nodes until their removal.
+
+    Scale-in stops paying only when the cluster autoscaler removes the emptied node, 10 minutes later, and a
+    cancelled start still brings its node up; the table's GPU-hours (what the ratios compare) count replicas.
+    """
+    return "billed GPU-h (nodes until removed): " + ", ".join(
+        f"{n} {s.billed_gpu_hours:.2f}" for n, s in scores.items()
+    )
+
+
 def plot(trace: str, results: dict[str, SimResult], scores: dict[str, Score], path: Path) -> None:
     """Replicas and load over time for every policy, and attainment against GPU-hours (one point per policy)."""
     import matplotlib

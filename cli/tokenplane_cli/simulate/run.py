@@ -34,11 +34,14 @@ Scores: `requestAttainment` is the share of requests meeting the target (rejecte
 `minuteAttainment` the share of minutes with arrivals whose P95 (rejected counted as infinite) meets it; a request
 longer than the context window (vLLM's 400, a client error no fleet can serve) is left out of both;
 `gpuHours` counts each replica from its start (cold start included) to its stop, times its GPUs (one per
-replica on CPU); `goodputPerGpu` is SLO-meeting requests per second per average GPU held (= good requests /
-GPU-seconds); `scaleEvents` counts target changes; `coldStartWaits` requests that arrived with no replica
-ready (held by Ray's fallback proxy); `rejected` the requests refused: Serve's queue full, more than
-`scaleToZero.maxHeldRequests` held (429), held past `scaleToZero.holdSeconds` with no replica running (503), or
-longer than the context window (400).
+replica on CPU); the line under the table adds what the cloud bills for the same run (not in the JSON contract):
+each node from its order until the cluster autoscaler removes it, 10 minutes (`NODE_IDLE_S`, AKS's default
+`scale-down-unneeded-time`) after its last replica stopped, whether a replica ever ran on it or not, times the
+node's GPUs (every ratio, and the oracle's search, use `gpuHours`); `goodputPerGpu` is SLO-meeting requests per
+second per average GPU held (= good requests / GPU-seconds); `scaleEvents` counts target changes; `coldStartWaits`
+requests that arrived with no replica ready (held by Ray's fallback proxy); `rejected` the requests refused:
+Serve's queue full, more than `scaleToZero.maxHeldRequests` held (429), held past `scaleToZero.holdSeconds` with no
+replica running (503), or longer than the context window (400).
 """
 
 from __future__ import annotations
@@ -132,6 +135,7 @@ class Score:
     request_attainment: float
     minute_attainment: float
     gpu_hours: float
+    billed_gpu_hours: float
     goodput_per_gpu: float
     scale_events: int
     cold_start_waits: int
@@ -173,6 +177,7 @@ def score(result: SimResult, cfg: SimConfig) -> Score:
         request_attainment=good / len(latencies) if latencies else 1.0,
         minute_attainment=sum(1 for v in minutes.values() if v <= cfg.target_ms) / len(minutes) if minutes else 1.0,
         gpu_hours=gpu_s / 3600.0,
+        billed_gpu_hours=result.node_seconds * per_replica * cfg.physics.replicas_per_node / 3600.0,
         goodput_per_gpu=good / gpu_s if gpu_s else 0.0,
         scale_events=result.scale_events,
         cold_start_waits=sum(1 for j in result.jobs if j.cold),

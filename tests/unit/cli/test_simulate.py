@@ -22,7 +22,7 @@ from tokenplane_cli.plan import model_override
 from tokenplane_cli.simulate import DEFAULT_DEPLOYMENT, _deployment, physics
 from tokenplane_cli.simulate.engine import Job, SimConfig, Simulation
 from tokenplane_cli.simulate.physics import TINY_CPU, physics_for
-from tokenplane_cli.simulate.policies import FixedController, RayController
+from tokenplane_cli.simulate.policies import FixedController, RayController, ScheduleController
 from tokenplane_cli.simulate.run import (
     POLICIES,
     _controller,
@@ -176,6 +176,24 @@ def test_a_replica_starts_on_a_node_with_room_after_loading_the_model_only() -> 
     plan = _oracle_schedule(cfg, [1] * 10 + [2] * 10 + [3] * 10)
     assert plan[10 * 60 - warm] == 2 > plan[10 * 60 - warm - 1]
     assert plan[20 * 60 - start] == 3 > plan[20 * 60 - start - 1]
+
+
+def test_the_bill_counts_nodes_until_removed_not_replicas_until_stopped() -> None:
+    # One replica all along; a second ordered at t=10 s and cancelled at t=40 s, its node still provisioning; a
+    # third from 1,000 s to 1,300 s. The replicas cost 30 s and 300 s beyond the first; the cloud bills the
+    # second's node from its order until 10 minutes after it came up (it comes up anyway), the third's until
+    # 10 minutes after its replica stopped, or the run's end.
+    base = scenario_for(_deployment(None), physics_for(_deployment(None))).sim
+    cfg = SimConfig(**{**base.__dict__, "initial_replicas": 1, "min_replicas": 0})
+    plan = [1] * 10 + [2] * 30 + [1] * 960 + [2] * 300 + [1] * 1000
+    requests = [Request(float(t), 100, 10) for t in range(0, 2300, 30)]
+    result = Simulation(cfg, requests, ScheduleController(plan)).run()
+    replica_s = sum((r.stopped or result.end) - r.started for r in result.replicas)
+    assert replica_s == pytest.approx(result.end + 30 + 300, abs=2)
+    second = base.physics.provision_s + autoscale.NODE_IDLE_S  # from 10 s until 10 minutes after it came up
+    third = min(result.end, 1300 + autoscale.NODE_IDLE_S) - 1000  # a new node: the second's left the pool at 910 s
+    assert result.node_seconds == pytest.approx(result.end + second + third, abs=2)
+    assert score(result, cfg).billed_gpu_hours == pytest.approx(result.node_seconds / 3600)
 
 
 def test_physics_tiny_cpu_and_gpu_roofline() -> None:
