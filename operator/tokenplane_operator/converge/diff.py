@@ -9,6 +9,7 @@ from typing import Any
 
 from tokenplane_operator.converge.status import ObservedState
 from tokenplane_operator.desired.agentpool import DesiredAgentPool, ObservedAgentPool, needs_replacement
+from tokenplane_operator.desired.schedulable import parse_quantity
 
 __all__ = [
     "Action",
@@ -64,6 +65,8 @@ def drifted(desired: Any, observed: Any) -> bool:
     a port's nodePort, or a field KubeRay adds) is not drift, so a defaulted object is not rewritten every round,
     and a hand edit of any field we set is. A list must keep its length, each item compared the same way; a null,
     empty object or list, or zero value the operator sets matches an absent field (the API server drops them).
+    Resource quantities (`requests`, `limits`, `sizeLimit`) compare by value: `0.5` and `500m` are one amount,
+    whichever spelling reads back (apimachinery's resource.Quantity re-emits a canonical form).
 
     Args:
         desired: What the operator writes (a `spec`, or any part of one).
@@ -78,7 +81,9 @@ def drifted(desired: Any, observed: Any) -> bool:
         return observed not in (None, [])
     if isinstance(desired, dict):
         have = observed if isinstance(observed, dict) else {}
-        return not isinstance(observed, dict) or any(drifted(value, have.get(key)) for key, value in desired.items())
+        return not isinstance(observed, dict) or any(
+            _field_drifted(key, value, have.get(key)) for key, value in desired.items()
+        )
     if isinstance(desired, list):
         return (
             not isinstance(observed, list)
@@ -88,6 +93,22 @@ def drifted(desired: Any, observed: Any) -> bool:
     if observed is None and not desired:
         return False  # false, 0 or "": a Go API server omits a zero value (omitempty) when it answers
     return bool(desired != observed or type(desired) is not type(observed))
+
+
+def _field_drifted(key: str, desired: Any, observed: Any) -> bool:
+    """`drifted` for one field, comparing the resource quantities a Pod spec holds by value."""
+    if key in ("requests", "limits") and isinstance(desired, dict) and isinstance(observed, dict):
+        return any(_quantity_drifted(want, observed.get(name)) for name, want in desired.items())
+    if key == "sizeLimit":
+        return _quantity_drifted(desired, observed)
+    return drifted(desired, observed)
+
+
+def _quantity_drifted(desired: Any, observed: Any) -> bool:
+    try:
+        return parse_quantity(desired) != parse_quantity(observed)
+    except (TypeError, ValueError):  # absent, or not a quantity: only the same value matches
+        return drifted(desired, observed)
 
 
 def object_key(kind: str, name: str) -> str:

@@ -149,6 +149,12 @@ def test_release() -> None:
         ({"b": {"c": "x"}}, {}, True),
         ({"ports": [{"port": 80}]}, {"ports": [{"port": 80}, {"port": 81}]}, True),
         ({"z": []}, {"z": [1]}, True),
+        # Quantities by value, as apimachinery's resource.Quantity canonicalises them: 0.5 -> 500m, 1024Mi -> 1Gi.
+        ({"limits": {"cpu": "0.5", "memory": "1024Mi"}}, {"limits": {"cpu": "500m", "memory": "1Gi"}}, False),
+        ({"requests": {"cpu": "2.0"}, "sizeLimit": "1024Gi"}, {"requests": {"cpu": 2}, "sizeLimit": "1Ti"}, False),
+        ({"requests": {"cpu": "0.5"}}, {"requests": {"cpu": "600m"}}, True),
+        ({"requests": {"cpu": "1"}}, {"requests": {}}, True),
+        ({"env": [{"name": "X", "value": "0.5"}]}, {"env": [{"name": "X", "value": "500m"}]}, True),  # not a quantity
     ],
 )
 def test_drifted_compares_only_the_fields_the_operator_sets(desired: object, observed: object, expected: bool) -> None:
