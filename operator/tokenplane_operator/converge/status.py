@@ -254,8 +254,13 @@ def compute_status(
     stalled = blocking is not None and (
         blocking.reason in _STALLING or (observed.cloud_fault is not None and observed.cloud_fault.stalled)
     )
+    short = _short_of_floor(deployment, observed, scaling)
     if blocking is None:
         ready = _Cond("True", Reason.SERVING, "the endpoint serves at the desired spec")
+        if short is not None:
+            # It serves, so Ready stays True (`kubectl wait`, Argo CD health), but with fewer replicas than
+            # spec.scaling.minReplicas promises: the reason, the message and the Degraded phase say so.
+            ready = _Cond("True", Reason.WAITING_FOR_CAPACITY, f"the endpoint serves, below minReplicas: {short}")
         reconciling = _Cond("False", Reason.RECONCILED, "")
         if observed.pool is not None and observed.pool.in_progress:
             # Serving, but an in-place pool update (e.g. a new deployment joined the pool) still runs.
@@ -295,7 +300,7 @@ def compute_status(
     ]
     return InferenceDeploymentStatus(
         observed_generation=generation,
-        phase=_phase(observed, validated, node_pool, serving, stalled, previous.get(ConditionType.READY)),
+        phase=_phase(observed, validated, node_pool, serving, stalled, previous.get(ConditionType.READY), short),
         conditions=conditions,
         plan=observed.plan,
         node_pool=_node_pool_status(observed),
@@ -378,6 +383,24 @@ def _quota(observed: ObservedState, validated: _Cond) -> _Cond:
     return _Cond("True", Reason.QUOTA_INSUFFICIENT, f"{check.describe()}; {outcome}. {check.remedy()}")
 
 
+def _short_of_floor(
+    deployment: InferenceDeployment | None, observed: ObservedState, scaling: ScalingStatus | None
+) -> str | None:
+    """Why replicas spec.scaling.minReplicas asks for cannot be placed, or None when nothing says they cannot."""
+    if deployment is None:
+        return None
+    floor = deployment.spec.scaling.min_replicas
+    check = observed.quota
+    if check is not None and check.floor_below:
+        return (
+            f"the vCPU quota holds {check.reachable_nodes} of the {check.floor_nodes} nodes "
+            "spec.scaling.minReplicas needs; the rest stay Pending (see QuotaInsufficient)"
+        )
+    if scaling is not None and scaling.reason == Reason.WAITING_FOR_CAPACITY and (scaling.current or 0) < floor:
+        return f"{scaling.current or 0} of {floor} replicas run, the rest pending with no node for them (see Scaled)"
+    return None
+
+
 def _serving(observed: ObservedState, node_pool: _Cond) -> _Cond:
     rayservice = observed.rayservice
     waiting = _Cond("False", Reason.WAITING_FOR_NODE_POOL, "the RayService is applied once its node pool is ready")
@@ -402,13 +425,14 @@ def _phase(
     serving: _Cond,
     stalled: bool,
     previous_ready: Condition | None,
+    short: str | None,
 ) -> Phase:
     if observed.deleting:
         return Phase.DELETING
     if stalled or validated.status != "True":
         return Phase.FAILED
     if node_pool.status == "True" and serving.status == "True":
-        return Phase.READY
+        return Phase.READY if short is None else Phase.DEGRADED
     was_ready = previous_ready is not None and previous_ready.status == "True"
     if serving.reason == Reason.SERVING_FAILED or (was_ready and observed.rayservice is not None):
         return Phase.DEGRADED

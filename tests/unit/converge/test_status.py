@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from tokenplane_operator.api.conditions import ConditionType, Phase, Reason
-from tokenplane_operator.api.v1alpha1 import InferenceDeployment
+from tokenplane_operator.api.v1alpha1 import InferenceDeployment, ScalingStatus
 from tokenplane_operator.converge.status import (
     CloudFault,
     NodeSource,
@@ -232,3 +232,14 @@ def test_rayservice_replicas_from_active_cluster() -> None:
     kuberay = {"activeServiceStatus": {"rayClusterStatus": {"readyWorkerReplicas": 2, "desiredWorkerReplicas": 3}}}
     obs = RayServiceObservation.from_status(kuberay, current=True)
     assert (obs.ready_replicas, obs.desired_replicas) == (2, 3)
+
+
+def test_serving_below_min_replicas_for_want_of_nodes_is_ready_but_degraded() -> None:
+    body = deployment().model_dump(by_alias=True, exclude_none=True)
+    body["spec"]["scaling"] = {"minReplicas": 3, "maxReplicas": 3}
+    observed = ObservedState(pool_name="tpabc", pool=pool(), rayservice=READY_RS, endpoint_url=URL)
+    waiting = ScalingStatus(current=1, desired=3, reason="WaitingForCapacity", updated_at=T0)
+    status = compute_status(InferenceDeployment.model_validate(body), observed, generation=3, now=T0, scaling=waiting)
+    ready = next(c for c in status.conditions if c.type is ConditionType.READY)
+    assert (ready.status, ready.reason) == ("True", Reason.WAITING_FOR_CAPACITY)
+    assert "1 of 3 replicas run" in ready.message and status.phase is Phase.DEGRADED
