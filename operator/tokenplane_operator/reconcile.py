@@ -440,7 +440,7 @@ async def _reconcile_valid(
         cluster_change=_cluster_change(objects, desired),
     )
     applied = await _apply_actions(
-        actions, desired, objects, pools, observed, clients=clients, settings=settings, now=now
+        actions, desired, objects, pools, observed, owner=body, clients=clients, settings=settings, now=now
     )
     if applied.stop is not None:
         return done(deployment, applied.observed, actions=actions, **applied.stop)
@@ -723,6 +723,7 @@ async def _apply_actions(
     pools: _PoolSnapshot,
     observed: ObservedState,
     *,
+    owner: Mapping[str, Any],
     clients: Clients,
     settings: OperatorSettings,
     now: datetime,
@@ -732,7 +733,9 @@ async def _apply_actions(
     merged = pools.merged
     for action in actions:
         try:
-            await _apply_one(action, desired, objects, merged, applied, clients=clients, settings=settings, now=now)
+            await _apply_one(
+                action, desired, objects, merged, applied, owner=owner, clients=clients, settings=settings, now=now
+            )
         except TransientKubeError as err:
             applied.stop = {"retry_after_s": err.retry_after_s or 5.0}
             return applied
@@ -761,6 +764,7 @@ async def _apply_one(
     merged: DesiredAgentPool | None,
     applied: _Applied,
     *,
+    owner: Mapping[str, Any],
     clients: Clients,
     settings: OperatorSettings,
     now: datetime,
@@ -775,6 +779,14 @@ async def _apply_one(
                 # now, and a later round sends what this deployment adds (one PUT, not one per deployment).
                 return
             fresh = await _observe(clients, merged.name, now, settings, fresh=True)
+            if fresh is None and action.kind is ActionKind.REPLACE_POOL:
+                # Write-ahead: status names the new pool before it is billed, so an operator that dies before this
+                # round's status patch still finds it (and releases it if the spec went back to the old pool).
+                meta = owner.get("metadata") or {}
+                moving = {"nodePool": {"movingTo": merged.name}}
+                await clients.kube.patch_status(
+                    "InferenceDeployment", f"{GROUP}/{VERSION}", meta.get("namespace", ""), meta.get("name", ""), moving
+                )
             if fresh is None or not fresh.in_progress:
                 await clients.pools.begin_apply(merged)
                 clients._pool_writes[merged.name] += 1

@@ -50,6 +50,27 @@ async def test_a_pool_a_poll_made_for_an_edit_kopf_merged_into_no_change_is_rele
     assert not op.arm.calls("DELETE", f"/agentPools/{first}$")
 
 
+async def test_a_pool_put_just_before_a_crash_is_released_when_the_spec_goes_back(
+    op: OperatorHarness, aks_pools: AksAgentPools
+) -> None:
+    await op.create(cr_body("m1"))
+    first = (await op.wait_ready("m1"))["status"]["nodePool"]["name"]
+    await op.stop(kill=True)
+    # A round moving to H100 PUTs the new pool, then the operator dies before its status patch; the spec goes back.
+    kube = KubeObjects.for_host(op.url)
+    try:
+        seen = await kube.get("InferenceDeployment", CR_RESOURCE.rsplit("/", 1)[0], "default", "m1")
+        assert seen is not None
+        seen["spec"]["hardware"]["vmSize"] = H100
+        await reconcile(seen, clients=Clients(kube=kube, pools=aks_pools), settings=op.config, now=datetime.now(UTC))
+    finally:
+        await kube.close()
+    second = next(name for name in op.arm.pool_names() if name != first)
+    await op.start()
+    await op.wait_for(lambda: op.arm.calls("DELETE", f"/agentPools/{second}$"), message="the H100 pool released")
+    assert (await op.wait_ready("m1"))["status"]["nodePool"]["name"] == first
+
+
 # What the operator owns for deployment m1: kmock resource, name, and the API path a person edits it at.
 OWNED = {
     "RayService": (RS_RESOURCE, "m1", "/apis/ray.io/v1/namespaces/default/rayservices/m1"),
