@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated
 
@@ -17,7 +18,14 @@ from tokenplane_operator.settings import OperatorSettings
 if TYPE_CHECKING:
     from tokenplane_operator.adapters.kube import KubeObjects
 
-__all__ = ["operator_app", "operator_command", "remaining_deployments", "run_operator", "uninstall_check"]
+__all__ = [
+    "operator_app",
+    "operator_command",
+    "peering_priority",
+    "remaining_deployments",
+    "run_operator",
+    "uninstall_check",
+]
 
 
 def operator_command(namespaces: list[str], all_namespaces: bool) -> int:
@@ -101,6 +109,23 @@ def _refuse_overlap(config: OperatorSettings) -> None:
         )
 
 
+_PRIORITY_EPOCH_MS = 2**42  # a moment (year 2109) after every start time, so a priority stays positive
+
+
+def peering_priority(started_s: float) -> int:
+    """Return a replica's kopf peering priority: the earlier it started, the higher.
+
+    kopf's active replica is the live one of highest priority. A random one (kopf's advice) let a replica that
+    joined (a rolling update's new pod, a rescheduled standby) outrank the one acting, and both acted until the
+    old one read the newcomer's entry; a newcomer now starts paused. The random low part keeps two replicas that
+    start in the same millisecond apart (equal priorities all pause, kopf's rule).
+
+    Args:
+        started_s: The process's start, in seconds since the Unix epoch.
+    """
+    return (_PRIORITY_EPOCH_MS - int(started_s * 1000)) * 1024 + secrets.randbelow(1024)
+
+
 def _run_kopf(config: OperatorSettings) -> None:
     import kopf  # here, not at the top: `tokenplane validate` and friends should not pay for kopf's import
 
@@ -111,8 +136,7 @@ def _run_kopf(config: OperatorSettings) -> None:
     import tokenplane_operator.handlers  # noqa: F401  (registers the handlers)
 
     clusterwide = config.all_namespaces or not config.namespaces
-    # Replicas of equal priority would all pause (kopf's peering rule): each draws its own, as kopf's docs advise.
-    priority = config.peering_priority if config.peering_priority is not None else secrets.randbelow(2**31)
+    priority = config.peering_priority if config.peering_priority is not None else peering_priority(time.time())
     settings = kopf.OperatorSettings()
     # Watching named namespaces needs no cluster-wide reads: no namespace or CRD scan (the chart installs the CRD
     # before the operator starts), so its RBAC can stay in Roles in those namespaces.

@@ -65,7 +65,9 @@ class OperatorSettings(BaseSettings):
         "share; only the highest-priority live one reconciles. Empty: kopf's `default` object if present, else none.",
     )
     peering_priority: int | None = Field(
-        default=None, ge=0, description="This replica's peering priority; unset draws a random one (kopf's advice)."
+        default=None,
+        ge=0,
+        description="This replica's peering priority; unset: from its start time, the oldest replica highest.",
     )
     kuberay_namespace: str = Field(
         default="kuberay-system", description="Namespace of the KubeRay operator; NetworkPolicies admit it."

@@ -1,8 +1,8 @@
 """Two operator replicas, as the chart runs them (replicaCount 2, one peering object): only one ever acts.
 
-kopf peering (its ClusterKopfPeering, which the chart creates): each replica draws a random priority; the lower
-one pauses while the higher one is alive, and resumes when it leaves (SIGTERM removes it from the peering object
-at once; a killed one expires after the peering lifetime).
+kopf peering (its ClusterKopfPeering, which the chart creates): the replica that started first has the higher
+priority; the other starts paused while it is alive, and resumes when it leaves (SIGTERM removes it from the
+peering object at once; a killed one expires after the peering lifetime).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from tests.support.kopf_harness import cr_body, declare_resources
 from tests.support.kube_emulator import ApiServerEmulator
 from tests.support.kuberay_peer import KubeRayPeer
 from tests.support.operator_process import OperatorProcess
+from tokenplane_operator.main import peering_priority
 
 pytest.importorskip("helm_python")
 pytestmark = pytest.mark.kmock(cls=ApiServerEmulator)
@@ -71,21 +72,16 @@ async def test_two_replicas_never_both_act_and_the_standby_takes_over(
 ) -> None:
     a, b, a_identity = replicas
     joined = await a.wait_for(lambda: len(peers(a)) == 2 and peers(a), within=30, message="both replicas peered")
-    if max(joined.values()) > joined[a_identity]:
-        # b resumes as soon as it reads the peering object; a, alone and active until then, goes on acting until its
-        # own watch of that object brings b's entry (a second or more on a loaded machine). A CR created in between
-        # is handled by both: wait for a to stand down. (A lower-priority b starts paused and stays so.)
-        await a.wait_for(
-            lambda: "Pausing operations in favour of" in a.log_path.read_text(errors="replace"),
-            within=30,
-            message="a pausing for the higher-priority b",
-        )
+    # a started first, so it outranks b: b starts paused and a never hands over (with a random priority, a b drawing
+    # higher resumed at once while a acted on until its watch brought b's entry, and both handled a CR).
+    assert joined[a_identity] == max(joined.values()), joined
     for name in ("m1", "m2", "m3"):
         await a.create(cr_body(name))
     for name in ("m1", "m2", "m3"):
         await a.wait_ready(name, within=120)
     assert handled(a).isdisjoint(handled(b)), (handled(a), handled(b))
-    active, standby = (a, b) if handled(a) else (b, a)
+    active, standby = a, b
+    assert "Pausing operations in favour of" not in a.log_path.read_text(errors="replace")
     assert handled(active) == {"m1", "m2", "m3"} and handled(standby) == set()
     assert len(a.arm.pool_names()) == 1, "the three share one pool"
 
@@ -93,3 +89,10 @@ async def test_two_replicas_never_both_act_and_the_standby_takes_over(
     await standby.create(cr_body("m4"))
     await standby.wait_ready("m4", within=120)
     assert "m4" in handled(standby) and "m4" not in handled(active)
+
+
+def test_a_replica_started_a_millisecond_earlier_outranks_every_later_one() -> None:
+    started = 1_800_000_000.0
+    earlier = [peering_priority(started) for _ in range(100)]
+    assert min(earlier) > max(peering_priority(started + 0.001) for _ in range(100)) > 0
+    assert len(set(earlier)) > 1, "a random low part keeps same-millisecond replicas apart"
