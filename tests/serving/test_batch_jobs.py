@@ -745,3 +745,46 @@ def test_a_cancel_during_validation_of_a_file_without_a_runnable_line_stays_canc
     assert cancelled["status"] == "cancelled" and not cancelled["failed_at"]
     assert cancelled["request_counts"] == {"total": 2, "completed": 0, "failed": 2}
     assert len(h.output("o", cancelled["error_file_id"])) == 2
+
+
+def test_paging_on_from_a_file_deleted_since_or_filtered_out_continues_at_its_place(
+    tmp_path: Path, redis_url: str
+) -> None:
+    # A cleanup loop deleting each file of a page passed the deleted last_id as `after` and got an empty page:
+    # it stopped after the first page, leaving the rest. An id not listed for the purpose filter did the same.
+    h = Harness(LocalStore(tmp_path), redis_url)
+    ids = [h.jobs.create_file("me", f"{i}.jsonl", "batch", line("a").encode())["id"] for i in range(5)]
+    newest_first = list(reversed(ids))
+    deleted: list[str] = []
+    page = h.jobs.list_files("me", limit=2)
+    while True:
+        for file in page["data"]:
+            h.jobs.delete_file("me", file["id"])
+            deleted.append(file["id"])
+        if not page["has_more"]:
+            break
+        page = h.jobs.list_files("me", after=page["last_id"], limit=2)
+    assert deleted == newest_first and h.jobs.list_files("me")["data"] == []
+    asc = h.jobs.list_files("me", order="asc", after=ids[1])
+    assert asc["data"] == [] and not asc["has_more"]
+    kept = [h.jobs.create_file("me", "k.jsonl", "batch", line("a").encode())["id"] for _ in range(2)]
+    assert [f["id"] for f in h.jobs.list_files("me", order="asc", after=ids[4])["data"]] == kept
+    batch = h.jobs.create_batch("me", kept[0], CHAT, "24h")
+    h.drain()
+    output = h.jobs.get_batch("me", batch["id"])["output_file_id"]
+    after_output = h.jobs.list_files("me", purpose="batch", after=output)  # newest first: both inputs are older
+    assert [f["id"] for f in after_output["data"]] == list(reversed(kept))
+
+
+@pytest.mark.parametrize("kind", ["files", "batches"])
+def test_an_after_that_names_none_of_the_callers_objects_is_a_400_naming_the_cursor(
+    tmp_path: Path, redis_url: str, kind: str
+) -> None:
+    h = Harness(LocalStore(tmp_path), redis_url)
+    theirs = h.submit("other", [line("a")])
+    h.submit("me", [line("a")])
+    for after in ("file-doesnotexist", theirs["input_file_id"], theirs["id"]):
+        with pytest.raises(BatchApiError) as err:
+            h.jobs.list_files("me", after=after) if kind == "files" else h.jobs.list_batches("me", after=after)
+        assert (err.value.status, err.value.param, err.value.code) == (400, "after", "invalid_cursor")
+        assert err.value.message.startswith(f"after {after!r} is not one of your")

@@ -205,8 +205,20 @@ class BatchJobs:
             record = json.loads(raw) if raw else None
             if record is not None and record["owner"] == owner and purpose in (None, record["file"]["purpose"]):
                 files.append((_created_key(record, record["file"]), record["file"]))
-        files.sort(key=lambda found: found[0], reverse=order != "asc")
-        return _list_page([file for _, file in files], after, max(1, min(limit, 10_000)))
+        return _list_page(files, after, max(1, min(limit, 10_000)), order != "asc", self._file_position(owner), "file")
+
+    def _file_position(self, owner: str) -> Callable[[str], tuple[int, str] | None]:
+        """Where a file id sits in the caller's listings: its record's, or its tombstone's once deleted."""
+
+        def position(file_id: str) -> tuple[int, str] | None:
+            for key in (f"files/{file_id}.json", f"deleted/files/{file_id}.json"):
+                raw = self.store.read(key) if _safe_id(file_id) else None
+                record = json.loads(raw) if raw else None
+                if record is not None and record["owner"] == owner:
+                    return _created_key(record, record["file"])
+            return None
+
+        return position
 
     def delete_file(self, owner: str, file_id: str) -> dict[str, Any]:
         """Delete a file (input, output or error) and return OpenAI's deletion object.
@@ -214,7 +226,11 @@ class BatchJobs:
         Raises:
             BatchApiError: 404 if there is no such file for this caller.
         """
-        self.get_file(owner, file_id)
+        record = self._file_record(owner, file_id)
+        # A tombstone keeps the file's place: a caller paging with it as `after` (deleting each file of a page, as
+        # a cleanup loop does) got an empty page, and stopped after the first page.
+        tombstone = {"file": {"id": file_id, "created_at": record["file"]["created_at"]}, "owner": owner}
+        self.store.write(f"deleted/files/{file_id}.json", _dumps({**tombstone, "created_ns": record.get("created_ns")}))
         self.store.delete(f"files/{file_id}.json")  # first: a half-deleted file is gone, not listed without bytes
         self.store.delete(f"files/{file_id}.data")
         return {"id": file_id, "object": "file", "deleted": True}
@@ -300,8 +316,8 @@ class BatchJobs:
                 batches.append(
                     (_created_key(record, record["batch"]), self._settle(record["batch"]["id"], record)["batch"])
                 )
-        batches.sort(key=lambda found: found[0], reverse=True)
-        return _list_page([batch for _, batch in batches], after, max(1, min(limit, 100)))
+        # Batches are never deleted (OpenAI has no DELETE for them): an `after` not listed here is none of theirs.
+        return _list_page(batches, after, max(1, min(limit, 100)), True, lambda _: None, "batch")
 
     def cancel_batch(self, owner: str, batch_id: str) -> dict[str, Any]:
         """Stop a batch: queued requests are skipped, finished ones are kept, requests in flight may finish.
@@ -684,11 +700,30 @@ def _created_key(record: dict[str, Any], obj: dict[str, Any]) -> tuple[int, str]
     return int(record.get("created_ns") or obj["created_at"] * 10**9), str(obj["id"])
 
 
-def _list_page(items: list[dict[str, Any]], after: str | None, size: int) -> dict[str, Any]:
-    """Return OpenAI's list object: up to `size` items after the one with id `after` (none if it is unknown)."""
+def _list_page(
+    keyed: list[tuple[tuple[int, str], dict[str, Any]]],
+    after: str | None,
+    size: int,
+    descending: bool,
+    position: Callable[[str], tuple[int, str] | None],
+    kind: str,
+) -> dict[str, Any]:
+    """Return OpenAI's list object: up to `size` items after the one with id `after`, in creation order.
+
+    `keyed` pairs each item with its `_created_key`; `position` finds the key of an id not in `keyed` (filtered out,
+    or deleted since the caller's last page), and the page continues from its place.
+
+    Raises:
+        BatchApiError: 400 if `after` names no item of the caller's, now or before.
+    """
+    keyed = sorted(keyed, key=lambda found: found[0], reverse=descending)
     if after is not None:
-        ids = [item["id"] for item in items]
-        items = items[ids.index(after) + 1 :] if after in ids else []
+        cursor = next((key for key, item in keyed if item["id"] == after), None) or position(after)
+        if cursor is None:
+            message = f"after {after!r} is not one of your {kind} ids: pass the last_id of a page this list returned"
+            raise BatchApiError(400, message, "invalid_cursor", "after")
+        keyed = [(key, item) for key, item in keyed if (key < cursor if descending else key > cursor)]
+    items = [item for _, item in keyed]
     page = items[:size]
     return {
         "object": "list",
