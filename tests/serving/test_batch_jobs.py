@@ -526,6 +526,8 @@ def test_after_redis_lost_its_data_a_batch_past_its_window_ends_expired_with_wha
         server.start()  # no persistence: everything Redis held is lost, the queue (Celery's list) with it
         h.queue.clear()
         assert h.jobs.get_batch("o", batch["id"])["status"] == "in_progress", "within its window it may still run"
+        assert h.queue == [(TASK_START, [batch["id"], True])]  # queued again from the input file...
+        h.queue.clear()  # ...but no consumer ran it before the window ended
         record = json.loads(store.read(f"batches/{batch['id']}.json") or b"{}")
         record["batch"]["expires_at"] = int(time.time()) - 1  # 24 h later
         store.write(f"batches/{batch['id']}.json", json.dumps(record).encode())
@@ -788,3 +790,43 @@ def test_an_after_that_names_none_of_the_callers_objects_is_a_400_naming_the_cur
             h.jobs.list_files("me", after=after) if kind == "files" else h.jobs.list_batches("me", after=after)
         assert (err.value.status, err.value.param, err.value.code) == (400, "after", "invalid_cursor")
         assert err.value.message.startswith(f"after {after!r} is not one of your")
+
+
+def test_a_batch_whose_tasks_redis_lost_mid_way_is_queued_again_for_the_unanswered_lines_only(tmp_path: Path) -> None:
+    # Redis restarted empty within the window: the batch's queued tasks and progress sets were gone, and it stayed
+    # `in_progress` for 24 h, then expired with 3 of its 5 requests never run.
+    with RedisServer(tmp_path) as server:
+        store = LocalStore(tmp_path / "store")
+        h = Harness(store, server.url)
+        batch, requests = h.started("o", [line(f"r{i}") for i in range(5)] + ["{broken"])
+        for args in requests[:2]:
+            h.jobs.run_request(*args, call=h.engine)
+        server.stop()
+        server.start()  # no persistence: the 3 queued tasks and the progress sets are lost
+        h.queue.clear()
+        assert h.jobs.get_batch("o", batch["id"])["status"] == "in_progress"
+        assert h.queue == [(TASK_START, [batch["id"], True])]
+        h.jobs.list_batches("o")
+        assert len(h.queue) == 1, "one read queues it again, not every read"
+        h.jobs.start(batch["id"], True)  # counts the two answered again, queues the three others
+        assert [args[1] for task, args in h.queue if task == TASK_REQUEST] == [3, 4, 5]
+        assert h.jobs.get_batch("o", batch["id"])["request_counts"] == {"total": 6, "completed": 2, "failed": 1}
+        h.jobs.run_request(*requests[3], call=h.engine)  # a consumer still held this one when Redis restarted
+        h.drain()
+        done = h.jobs.get_batch("o", batch["id"])
+    assert done["status"] == "completed" and done["request_counts"] == {"total": 6, "completed": 5, "failed": 1}
+    assert [o["custom_id"] for o in h.output("o", done["output_file_id"])] == [f"r{i}" for i in range(5)]
+    assert len(h.calls) == 5, "each request ran once: the one run meanwhile was not run again"
+
+
+def test_a_batch_whose_start_redis_lost_is_started_by_the_next_read(tmp_path: Path) -> None:
+    with RedisServer(tmp_path) as server:
+        h = Harness(LocalStore(tmp_path / "store"), server.url)
+        batch = h.submit("o", [line("r0"), line("r1")])
+        server.stop()
+        server.start()
+        h.queue.clear()  # the start task is gone
+        assert h.jobs.get_batch("o", batch["id"])["status"] == "validating"
+        h.drain()
+        done = h.jobs.get_batch("o", batch["id"])
+    assert done["status"] == "completed" and done["request_counts"] == {"total": 2, "completed": 2, "failed": 0}

@@ -12,7 +12,9 @@ after `CANCEL_GRACE_S` queues it): never a task queued behind the batch's remain
 Closing reads every result (2,500 of them on Azurite: 12 s), so the API side never closes a batch in the
 caller's request: it queues the finalize task, which scales a consumer up from zero. Nothing sweeps batches in
 the background: a batch's state is seen only through a retrieve or a list, and each of them queues the close
-of a batch whose window ended or whose cancel's grace is over, or whose queued close Redis lost.
+of a batch whose window ended or whose cancel's grace is over, or whose queued close Redis lost. A running batch
+whose `queued` marker is gone from Redis lost its tasks with it: the read queues its start again, which counts the
+stored results and queues only the requests without one.
 
 The API side (`create_file`, `create_batch`, `get_batch`, `cancel_batch`, ...) runs in the serving
 replicas; the worker side (`start`, `run_request`, `finalize`) in the batch consumers.
@@ -72,7 +74,7 @@ class Redis(Protocol):
     def srem(self, name: str, *values: Any) -> Any: ...  # noqa: D102
     def scard(self, name: str) -> Any: ...  # noqa: D102
     def expire(self, name: str, time: int) -> Any: ...  # noqa: D102
-    def set(self, name: str, value: Any, ex: int | None = None) -> Any: ...  # noqa: D102
+    def set(self, name: str, value: Any, ex: int | None = None, *, nx: bool = False) -> Any: ...  # noqa: D102
     def exists(self, *names: str) -> Any: ...  # noqa: D102
 
 
@@ -286,6 +288,7 @@ class BatchJobs:
         )
         record = {"batch": batch, "owner": owner, "valid": 0, "created_ns": created_ns}
         self.store.write(f"batches/{batch_id}.json", _dumps(record))
+        self.redis.set(self._key(batch_id, "queued"), created_ns // 10**9, ex=_PROGRESS_TTL_S)
         self.enqueue(TASK_START, [batch_id])
         return batch
 
@@ -349,15 +352,23 @@ class BatchJobs:
 
     # Batches (worker side) ------------------------------------------------------------------------
 
-    def start(self, batch_id: str) -> None:
-        """Validate the input file, record line errors as results, queue one task per runnable request.
+    def start(self, batch_id: str, resume: bool = False) -> None:
+        """Validate the input file, record line errors as results, queue one task per request without a result.
 
         The record says `in_progress` (with the count the finalize trigger needs) before any request is
         queued, and `queued` once all are: a start redelivered in between queues them again (results are
         written once, so a request queued twice is still answered once in the output).
+
+        Args:
+            batch_id: The batch.
+            resume: Queue the batch again after Redis lost its tasks and progress sets: the input file and the
+                stored results are the truth; progress is counted again from the results, and only the requests
+                without one are queued.
         """
         record = self._record(batch_id)
-        if record is None or record.get("queued") or record["batch"]["status"] not in ("validating", "in_progress"):
+        if record is None or record["batch"]["status"] not in ("validating", "in_progress"):
+            return
+        if record.get("queued") and not resume:
             return
         batch = record["batch"]
         data = self.store.read(f"files/{batch['input_file_id']}.data")
@@ -388,8 +399,12 @@ class BatchJobs:
 
         if self._update(batch_id, in_progress) is None:
             return  # cancelled meanwhile: the cancel queued its close
+        self.redis.set(self._key(batch_id, "queued"), int(time.time()), ex=_PROGRESS_TTL_S)
+        answered = self._recount(batch_id, parsed.requests)
+        if len(answered) == len(parsed.requests):
+            self.enqueue(TASK_FINALIZE, [batch_id])  # every request was answered before Redis lost the close
         cancel = self._key(batch_id, "cancel")
-        for i, request in enumerate(parsed.requests):
+        for i, request in enumerate(r for r in parsed.requests if r.line not in answered):
             # A cancel arriving while a large batch is queued stops the rest: every task queued after it would only
             # scale the consumers up (they scale on the queue's length) to skip it.
             if i % _CANCEL_CHECK_EVERY == 0 and self.redis.exists(cancel):
@@ -401,6 +416,17 @@ class BatchJobs:
             return True
 
         self._update(batch_id, queued)
+
+    def _recount(self, batch_id: str, requests: list[schema.BatchRequest]) -> set[int]:
+        """Count the requests that have a result into the progress sets (lost with Redis's data); return their lines."""
+        lines = {request.line for request in requests}
+        answered = set()
+        for key in self.store.list(f"results/{batch_id}/"):
+            line = int(key.rsplit("/", 1)[-1].removesuffix(".json"))
+            if line in lines:  # not a line error: those are counted in the record's `failed_lines`
+                self._count(batch_id, line)
+                answered.add(line)
+        return answered
 
     def _fail(self, batch_id: str, parsed: schema.ParsedInput) -> None:
         def failed(record: dict[str, Any]) -> bool:
@@ -580,6 +606,11 @@ class BatchJobs:
         elif time.time() >= batch["expires_at"]:
             expire = True
         else:
+            # Its `queued` marker lives in the queue's Redis: gone, so are its tasks and progress (a restart without
+            # persistence, a failover), and nothing would ever run the rest. One reader (NX) queues it again.
+            if self.redis.set(self._key(batch_id, "queued"), int(time.time()), ex=_PROGRESS_TTL_S, nx=True):
+                logger.warning("batch %s: its tasks were lost with Redis's data; queueing the rest again", batch_id)
+                self.enqueue(TASK_START, [batch_id, True])
             return record
         now, marker = int(time.time()), self._key(batch_id, "closing")
         queued_at = record.get("closing_at")
@@ -629,7 +660,7 @@ class BatchJobs:
     def _write_result(self, batch_id: str, line: int, ok: bool, entry: dict[str, Any]) -> bool:
         return self.store.write_new(self._result_key(batch_id, line), _dumps({"ok": ok, "line": entry}))
 
-    def _count_and_maybe_finalize(self, batch_id: str, line: int, record: dict[str, Any]) -> None:
+    def _count(self, batch_id: str, line: int) -> None:
         done = self._key(batch_id, "done")
         self.redis.sadd(done, line)
         self.redis.expire(done, _PROGRESS_TTL_S)
@@ -638,6 +669,10 @@ class BatchJobs:
             failed = self._key(batch_id, "failed")
             self.redis.sadd(failed, line)
             self.redis.expire(failed, _PROGRESS_TTL_S)
+
+    def _count_and_maybe_finalize(self, batch_id: str, line: int, record: dict[str, Any]) -> None:
+        self._count(batch_id, line)
+        done = self._key(batch_id, "done")
         if int(self.redis.scard(done)) >= int(record.get("valid") or 0) > 0:
             self.enqueue(TASK_FINALIZE, [batch_id])
 
