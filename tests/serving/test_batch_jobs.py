@@ -830,3 +830,26 @@ def test_a_batch_whose_start_redis_lost_is_started_by_the_next_read(tmp_path: Pa
         h.drain()
         done = h.jobs.get_batch("o", batch["id"])
     assert done["status"] == "completed" and done["request_counts"] == {"total": 2, "completed": 2, "failed": 0}
+
+
+def test_the_sweep_moves_open_batches_on_without_anyone_reading_them(tmp_path: Path) -> None:
+    # Expiry, a cancel's grace and tasks lost with Redis acted only when the batch's owner read it: a batch nobody
+    # polled stayed `in_progress` past its window, and one whose tasks Redis lost never ran them.
+    with RedisServer(tmp_path) as server:
+        store = LocalStore(tmp_path / "store")
+        h = Harness(store, server.url)
+        lost, requests = h.started("o", [line("r0"), line("r1")])
+        h.jobs.run_request(*requests[0], call=h.engine)
+        late, _ = h.started("o", [line("r0")])
+        record = json.loads(store.read(f"batches/{late['id']}.json") or b"{}")
+        record["batch"]["expires_at"] = int(time.time()) - 1
+        store.write(f"batches/{late['id']}.json", json.dumps(record).encode())
+        server.stop()
+        server.start()
+        assert h.jobs.sweep() == 2
+        assert sorted(h.queue) == sorted([(TASK_START, [lost["id"], True]), (TASK_FINALIZE, [late["id"], True])])
+        assert h.jobs.sweep() == 2 and len(h.queue) == 2, "a second sweep queues nothing again"
+        h.drain()
+        assert h.jobs.sweep() == 0 and store.list("open/") == [], "closed batches leave the sweep's index"
+        statuses = [h.jobs.get_batch("o", b["id"])["status"] for b in (lost, late)]
+    assert statuses == ["completed", "expired"] and len(h.calls) == 2

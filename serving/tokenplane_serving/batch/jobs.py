@@ -10,11 +10,11 @@ queues its batch's close at once, or, when requests are in flight, the last of t
 after `CANCEL_GRACE_S` queues it): never a task queued behind the batch's remaining requests.
 
 Closing reads every result (2,500 of them on Azurite: 12 s), so the API side never closes a batch in the
-caller's request: it queues the finalize task, which scales a consumer up from zero. Nothing sweeps batches in
-the background: a batch's state is seen only through a retrieve or a list, and each of them queues the close
-of a batch whose window ended or whose cancel's grace is over, or whose queued close Redis lost. A running batch
-whose `queued` marker is gone from Redis lost its tasks with it: the read queues its start again, which counts the
-stored results and queues only the requests without one.
+caller's request: it queues the finalize task, which scales a consumer up from zero. A retrieve, a list and each
+API replica's background `sweep` of the open batches queue the close of a batch whose window ended or whose
+cancel's grace is over, or whose queued close Redis lost. A running batch whose `queued` marker is gone from
+Redis lost its tasks with it: the read or sweep queues its start again, which counts the stored results and
+queues only the requests without one.
 
 The API side (`create_file`, `create_batch`, `get_batch`, `cancel_batch`, ...) runs in the serving
 replicas; the worker side (`start`, `run_request`, `finalize`) in the batch consumers.
@@ -288,6 +288,7 @@ class BatchJobs:
         )
         record = {"batch": batch, "owner": owner, "valid": 0, "created_ns": created_ns}
         self.store.write(f"batches/{batch_id}.json", _dumps(record))
+        self.store.write(f"open/{batch_id}", b"")  # what `sweep` visits: not every batch ever made
         self.redis.set(self._key(batch_id, "queued"), created_ns // 10**9, ex=_PROGRESS_TTL_S)
         self.enqueue(TASK_START, [batch_id])
         return batch
@@ -321,6 +322,23 @@ class BatchJobs:
                 )
         # Batches are never deleted (OpenAI has no DELETE for them): an `after` not listed here is none of theirs.
         return _list_page(batches, after, max(1, min(limit, 100)), True, lambda _: None, "batch")
+
+    def sweep(self) -> int:
+        """Do for every open batch what a read of it does (see `_settle`); return how many are still open.
+
+        Without it a batch moved on only when its owner read it: an expiry, a cancel's grace, a lost close or
+        tasks lost with Redis waited for the next retrieve or list. Safe in every replica at once: `_settle`
+        queues each close or restart once (compare-and-swap, SET NX).
+        """
+        still_open = 0
+        for key in self.store.list("open/"):
+            batch_id = key.removeprefix("open/")
+            record = self._record(batch_id)
+            if record is None or self._settle(batch_id, record)["batch"]["status"] in schema.TERMINAL_STATUSES:
+                self.store.delete(key)
+            else:
+                still_open += 1
+        return still_open
 
     def cancel_batch(self, owner: str, batch_id: str) -> dict[str, Any]:
         """Stop a batch: queued requests are skipped, finished ones are kept, requests in flight may finish.
