@@ -853,3 +853,20 @@ def test_the_sweep_moves_open_batches_on_without_anyone_reading_them(tmp_path: P
         assert h.jobs.sweep() == 0 and store.list("open/") == [], "closed batches leave the sweep's index"
         statuses = [h.jobs.get_batch("o", b["id"])["status"] for b in (lost, late)]
     assert statuses == ["completed", "expired"] and len(h.calls) == 2
+
+
+def test_a_read_while_the_batch_is_being_created_does_not_queue_a_second_start(tmp_path: Path, redis_url: str) -> None:
+    # The `queued` marker was set after the record was written: a read in between took its absence for a Redis
+    # loss and queued a resume, which queued every request a second time.
+    store = LocalStore(tmp_path)
+    h = Harness(store, redis_url)
+    real_write, reads = store.write, []
+
+    def read_as_it_is_written(key: str, data: bytes) -> None:
+        real_write(key, data)
+        if key.startswith("batches/"):
+            reads.append(h.jobs.get_batch("o", key.removeprefix("batches/").removesuffix(".json"))["status"])
+
+    store.write = read_as_it_is_written  # type: ignore[method-assign]
+    batch = h.submit("o", [line("a")])
+    assert reads == ["validating"] and h.queue == [(TASK_START, [batch["id"]])]

@@ -287,9 +287,10 @@ class BatchJobs:
             model=self.model,
         )
         record = {"batch": batch, "owner": owner, "valid": 0, "created_ns": created_ns}
+        # The marker first: a read between the two writes would take its absence for a loss and queue a second start.
+        self.redis.set(self._key(batch_id, "queued"), created_ns // 10**9, ex=_PROGRESS_TTL_S)
         self.store.write(f"batches/{batch_id}.json", _dumps(record))
         self.store.write(f"open/{batch_id}", b"")  # what `sweep` visits: not every batch ever made
-        self.redis.set(self._key(batch_id, "queued"), created_ns // 10**9, ex=_PROGRESS_TTL_S)
         self.enqueue(TASK_START, [batch_id])
         return batch
 
