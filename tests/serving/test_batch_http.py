@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -257,3 +258,27 @@ def test_the_default_file_limit_holds_every_file_openai_accepts() -> None:
 
     args = ServingArgs.model_validate({"model": {"id": "tiny", "source": "/models/tiny"}, "batch": {"enabled": True}})
     assert args.batch.max_file_mib * 2**20 >= 200 * 10**6
+
+
+def test_each_replica_sweeps_open_batches_in_the_background(tmp_path: Path, redis_server: RedisServer) -> None:
+    queued: list[tuple[str, list[Any]]] = []
+    client = redis.Redis.from_url(redis_server.url, socket_timeout=1)
+    store = LocalStore(tmp_path / "store")
+    jobs = BatchJobs(
+        store, client, lambda task, args: queued.append((task, args)), namespace="t", max_file_bytes=MAX_FILE
+    )
+    file = jobs.create_file(
+        "o", "in.jsonl", "batch", b'{"custom_id":"a","method":"POST","url":"/v1/completions","body":{}}'
+    )
+    batch = jobs.create_batch("o", file["id"], "/v1/completions", "24h")
+    redis_server.stop()
+    redis_server.start()  # the start task is lost, and nobody reads the batch
+    queued.clear()
+    app = BatchApiMiddleware(None, jobs=lambda: jobs, max_file_bytes=MAX_FILE, sweep_interval_s=0.05)  # type: ignore[arg-type]
+    try:
+        deadline = time.monotonic() + 3
+        while not queued and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        app.stop()
+    assert queued == [("tokenplane.batch.start", [batch["id"], True])]

@@ -526,6 +526,8 @@ def test_after_redis_lost_its_data_a_batch_past_its_window_ends_expired_with_wha
         server.start()  # no persistence: everything Redis held is lost, the queue (Celery's list) with it
         h.queue.clear()
         assert h.jobs.get_batch("o", batch["id"])["status"] == "in_progress", "within its window it may still run"
+        assert h.queue == [(TASK_START, [batch["id"], True])]  # queued again from the input file...
+        h.queue.clear()  # ...but no consumer ran it before the window ended
         record = json.loads(store.read(f"batches/{batch['id']}.json") or b"{}")
         record["batch"]["expires_at"] = int(time.time()) - 1  # 24 h later
         store.write(f"batches/{batch['id']}.json", json.dumps(record).encode())
@@ -745,3 +747,126 @@ def test_a_cancel_during_validation_of_a_file_without_a_runnable_line_stays_canc
     assert cancelled["status"] == "cancelled" and not cancelled["failed_at"]
     assert cancelled["request_counts"] == {"total": 2, "completed": 0, "failed": 2}
     assert len(h.output("o", cancelled["error_file_id"])) == 2
+
+
+def test_paging_on_from_a_file_deleted_since_or_filtered_out_continues_at_its_place(
+    tmp_path: Path, redis_url: str
+) -> None:
+    # A cleanup loop deleting each file of a page passed the deleted last_id as `after` and got an empty page:
+    # it stopped after the first page, leaving the rest. An id not listed for the purpose filter did the same.
+    h = Harness(LocalStore(tmp_path), redis_url)
+    ids = [h.jobs.create_file("me", f"{i}.jsonl", "batch", line("a").encode())["id"] for i in range(5)]
+    newest_first = list(reversed(ids))
+    deleted: list[str] = []
+    page = h.jobs.list_files("me", limit=2)
+    while True:
+        for file in page["data"]:
+            h.jobs.delete_file("me", file["id"])
+            deleted.append(file["id"])
+        if not page["has_more"]:
+            break
+        page = h.jobs.list_files("me", after=page["last_id"], limit=2)
+    assert deleted == newest_first and h.jobs.list_files("me")["data"] == []
+    asc = h.jobs.list_files("me", order="asc", after=ids[1])
+    assert asc["data"] == [] and not asc["has_more"]
+    kept = [h.jobs.create_file("me", "k.jsonl", "batch", line("a").encode())["id"] for _ in range(2)]
+    assert [f["id"] for f in h.jobs.list_files("me", order="asc", after=ids[4])["data"]] == kept
+    batch = h.jobs.create_batch("me", kept[0], CHAT, "24h")
+    h.drain()
+    output = h.jobs.get_batch("me", batch["id"])["output_file_id"]
+    after_output = h.jobs.list_files("me", purpose="batch", after=output)  # newest first: both inputs are older
+    assert [f["id"] for f in after_output["data"]] == list(reversed(kept))
+
+
+@pytest.mark.parametrize("kind", ["files", "batches"])
+def test_an_after_that_names_none_of_the_callers_objects_is_a_400_naming_the_cursor(
+    tmp_path: Path, redis_url: str, kind: str
+) -> None:
+    h = Harness(LocalStore(tmp_path), redis_url)
+    theirs = h.submit("other", [line("a")])
+    h.submit("me", [line("a")])
+    for after in ("file-doesnotexist", theirs["input_file_id"], theirs["id"]):
+        with pytest.raises(BatchApiError) as err:
+            h.jobs.list_files("me", after=after) if kind == "files" else h.jobs.list_batches("me", after=after)
+        assert (err.value.status, err.value.param, err.value.code) == (400, "after", "invalid_cursor")
+        assert err.value.message.startswith(f"after {after!r} is not one of your")
+
+
+def test_a_batch_whose_tasks_redis_lost_mid_way_is_queued_again_for_the_unanswered_lines_only(tmp_path: Path) -> None:
+    # Redis restarted empty within the window: the batch's queued tasks and progress sets were gone, and it stayed
+    # `in_progress` for 24 h, then expired with 3 of its 5 requests never run.
+    with RedisServer(tmp_path) as server:
+        store = LocalStore(tmp_path / "store")
+        h = Harness(store, server.url)
+        batch, requests = h.started("o", [line(f"r{i}") for i in range(5)] + ["{broken"])
+        for args in requests[:2]:
+            h.jobs.run_request(*args, call=h.engine)
+        server.stop()
+        server.start()  # no persistence: the 3 queued tasks and the progress sets are lost
+        h.queue.clear()
+        assert h.jobs.get_batch("o", batch["id"])["status"] == "in_progress"
+        assert h.queue == [(TASK_START, [batch["id"], True])]
+        h.jobs.list_batches("o")
+        assert len(h.queue) == 1, "one read queues it again, not every read"
+        h.jobs.start(batch["id"], True)  # counts the two answered again, queues the three others
+        assert [args[1] for task, args in h.queue if task == TASK_REQUEST] == [3, 4, 5]
+        assert h.jobs.get_batch("o", batch["id"])["request_counts"] == {"total": 6, "completed": 2, "failed": 1}
+        h.jobs.run_request(*requests[3], call=h.engine)  # a consumer still held this one when Redis restarted
+        h.drain()
+        done = h.jobs.get_batch("o", batch["id"])
+    assert done["status"] == "completed" and done["request_counts"] == {"total": 6, "completed": 5, "failed": 1}
+    assert [o["custom_id"] for o in h.output("o", done["output_file_id"])] == [f"r{i}" for i in range(5)]
+    assert len(h.calls) == 5, "each request ran once: the one run meanwhile was not run again"
+
+
+def test_a_batch_whose_start_redis_lost_is_started_by_the_next_read(tmp_path: Path) -> None:
+    with RedisServer(tmp_path) as server:
+        h = Harness(LocalStore(tmp_path / "store"), server.url)
+        batch = h.submit("o", [line("r0"), line("r1")])
+        server.stop()
+        server.start()
+        h.queue.clear()  # the start task is gone
+        assert h.jobs.get_batch("o", batch["id"])["status"] == "validating"
+        h.drain()
+        done = h.jobs.get_batch("o", batch["id"])
+    assert done["status"] == "completed" and done["request_counts"] == {"total": 2, "completed": 2, "failed": 0}
+
+
+def test_the_sweep_moves_open_batches_on_without_anyone_reading_them(tmp_path: Path) -> None:
+    # Expiry, a cancel's grace and tasks lost with Redis acted only when the batch's owner read it: a batch nobody
+    # polled stayed `in_progress` past its window, and one whose tasks Redis lost never ran them.
+    with RedisServer(tmp_path) as server:
+        store = LocalStore(tmp_path / "store")
+        h = Harness(store, server.url)
+        lost, requests = h.started("o", [line("r0"), line("r1")])
+        h.jobs.run_request(*requests[0], call=h.engine)
+        late, _ = h.started("o", [line("r0")])
+        record = json.loads(store.read(f"batches/{late['id']}.json") or b"{}")
+        record["batch"]["expires_at"] = int(time.time()) - 1
+        store.write(f"batches/{late['id']}.json", json.dumps(record).encode())
+        server.stop()
+        server.start()
+        assert h.jobs.sweep() == 2
+        assert sorted(h.queue) == sorted([(TASK_START, [lost["id"], True]), (TASK_FINALIZE, [late["id"], True])])
+        assert h.jobs.sweep() == 2 and len(h.queue) == 2, "a second sweep queues nothing again"
+        h.drain()
+        assert h.jobs.sweep() == 0 and store.list("open/") == [], "closed batches leave the sweep's index"
+        statuses = [h.jobs.get_batch("o", b["id"])["status"] for b in (lost, late)]
+    assert statuses == ["completed", "expired"] and len(h.calls) == 2
+
+
+def test_a_read_while_the_batch_is_being_created_does_not_queue_a_second_start(tmp_path: Path, redis_url: str) -> None:
+    # The `queued` marker was set after the record was written: a read in between took its absence for a Redis
+    # loss and queued a resume, which queued every request a second time.
+    store = LocalStore(tmp_path)
+    h = Harness(store, redis_url)
+    real_write, reads = store.write, []
+
+    def read_as_it_is_written(key: str, data: bytes) -> None:
+        real_write(key, data)
+        if key.startswith("batches/"):
+            reads.append(h.jobs.get_batch("o", key.removeprefix("batches/").removesuffix(".json"))["status"])
+
+    store.write = read_as_it_is_written  # type: ignore[method-assign]
+    batch = h.submit("o", [line("a")])
+    assert reads == ["validating"] and h.queue == [(TASK_START, [batch["id"]])]

@@ -165,8 +165,8 @@ class _Consumer:
         self.call: Call = _engine_call(self.args.app_name, self.args.model.id, self.args.batch.priority, adapters)
 
     @task_handler(name=TASK_START)
-    def start(self, batch_id: str) -> None:
-        self.jobs.start(batch_id)
+    def start(self, batch_id: str, resume: bool = False) -> None:
+        self.jobs.start(batch_id, resume)
 
     @task_handler(name=TASK_REQUEST)
     def request(self, batch_id: str, line: int, custom_id: str, body: dict[str, Any]) -> None:

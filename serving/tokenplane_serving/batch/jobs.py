@@ -10,9 +10,11 @@ queues its batch's close at once, or, when requests are in flight, the last of t
 after `CANCEL_GRACE_S` queues it): never a task queued behind the batch's remaining requests.
 
 Closing reads every result (2,500 of them on Azurite: 12 s), so the API side never closes a batch in the
-caller's request: it queues the finalize task, which scales a consumer up from zero. Nothing sweeps batches in
-the background: a batch's state is seen only through a retrieve or a list, and each of them queues the close
-of a batch whose window ended or whose cancel's grace is over, or whose queued close Redis lost.
+caller's request: it queues the finalize task, which scales a consumer up from zero. A retrieve, a list and each
+API replica's background `sweep` of the open batches queue the close of a batch whose window ended or whose
+cancel's grace is over, or whose queued close Redis lost. A running batch whose `queued` marker is gone from
+Redis lost its tasks with it: the read or sweep queues its start again, which counts the stored results and
+queues only the requests without one.
 
 The API side (`create_file`, `create_batch`, `get_batch`, `cancel_batch`, ...) runs in the serving
 replicas; the worker side (`start`, `run_request`, `finalize`) in the batch consumers.
@@ -72,7 +74,7 @@ class Redis(Protocol):
     def srem(self, name: str, *values: Any) -> Any: ...  # noqa: D102
     def scard(self, name: str) -> Any: ...  # noqa: D102
     def expire(self, name: str, time: int) -> Any: ...  # noqa: D102
-    def set(self, name: str, value: Any, ex: int | None = None) -> Any: ...  # noqa: D102
+    def set(self, name: str, value: Any, ex: int | None = None, *, nx: bool = False) -> Any: ...  # noqa: D102
     def exists(self, *names: str) -> Any: ...  # noqa: D102
 
 
@@ -205,8 +207,20 @@ class BatchJobs:
             record = json.loads(raw) if raw else None
             if record is not None and record["owner"] == owner and purpose in (None, record["file"]["purpose"]):
                 files.append((_created_key(record, record["file"]), record["file"]))
-        files.sort(key=lambda found: found[0], reverse=order != "asc")
-        return _list_page([file for _, file in files], after, max(1, min(limit, 10_000)))
+        return _list_page(files, after, max(1, min(limit, 10_000)), order != "asc", self._file_position(owner), "file")
+
+    def _file_position(self, owner: str) -> Callable[[str], tuple[int, str] | None]:
+        """Where a file id sits in the caller's listings: its record's, or its tombstone's once deleted."""
+
+        def position(file_id: str) -> tuple[int, str] | None:
+            for key in (f"files/{file_id}.json", f"deleted/files/{file_id}.json"):
+                raw = self.store.read(key) if _safe_id(file_id) else None
+                record = json.loads(raw) if raw else None
+                if record is not None and record["owner"] == owner:
+                    return _created_key(record, record["file"])
+            return None
+
+        return position
 
     def delete_file(self, owner: str, file_id: str) -> dict[str, Any]:
         """Delete a file (input, output or error) and return OpenAI's deletion object.
@@ -214,7 +228,11 @@ class BatchJobs:
         Raises:
             BatchApiError: 404 if there is no such file for this caller.
         """
-        self.get_file(owner, file_id)
+        record = self._file_record(owner, file_id)
+        # A tombstone keeps the file's place: a caller paging with it as `after` (deleting each file of a page, as
+        # a cleanup loop does) got an empty page, and stopped after the first page.
+        tombstone = {"file": {"id": file_id, "created_at": record["file"]["created_at"]}, "owner": owner}
+        self.store.write(f"deleted/files/{file_id}.json", _dumps({**tombstone, "created_ns": record.get("created_ns")}))
         self.store.delete(f"files/{file_id}.json")  # first: a half-deleted file is gone, not listed without bytes
         self.store.delete(f"files/{file_id}.data")
         return {"id": file_id, "object": "file", "deleted": True}
@@ -269,7 +287,10 @@ class BatchJobs:
             model=self.model,
         )
         record = {"batch": batch, "owner": owner, "valid": 0, "created_ns": created_ns}
+        # The marker first: a read between the two writes would take its absence for a loss and queue a second start.
+        self.redis.set(self._key(batch_id, "queued"), created_ns // 10**9, ex=_PROGRESS_TTL_S)
         self.store.write(f"batches/{batch_id}.json", _dumps(record))
+        self.store.write(f"open/{batch_id}", b"")  # what `sweep` visits: not every batch ever made
         self.enqueue(TASK_START, [batch_id])
         return batch
 
@@ -300,8 +321,25 @@ class BatchJobs:
                 batches.append(
                     (_created_key(record, record["batch"]), self._settle(record["batch"]["id"], record)["batch"])
                 )
-        batches.sort(key=lambda found: found[0], reverse=True)
-        return _list_page([batch for _, batch in batches], after, max(1, min(limit, 100)))
+        # Batches are never deleted (OpenAI has no DELETE for them): an `after` not listed here is none of theirs.
+        return _list_page(batches, after, max(1, min(limit, 100)), True, lambda _: None, "batch")
+
+    def sweep(self) -> int:
+        """Do for every open batch what a read of it does (see `_settle`); return how many are still open.
+
+        Without it a batch moved on only when its owner read it: an expiry, a cancel's grace, a lost close or
+        tasks lost with Redis waited for the next retrieve or list. Safe in every replica at once: `_settle`
+        queues each close or restart once (compare-and-swap, SET NX).
+        """
+        still_open = 0
+        for key in self.store.list("open/"):
+            batch_id = key.removeprefix("open/")
+            record = self._record(batch_id)
+            if record is None or self._settle(batch_id, record)["batch"]["status"] in schema.TERMINAL_STATUSES:
+                self.store.delete(key)
+            else:
+                still_open += 1
+        return still_open
 
     def cancel_batch(self, owner: str, batch_id: str) -> dict[str, Any]:
         """Stop a batch: queued requests are skipped, finished ones are kept, requests in flight may finish.
@@ -333,15 +371,23 @@ class BatchJobs:
 
     # Batches (worker side) ------------------------------------------------------------------------
 
-    def start(self, batch_id: str) -> None:
-        """Validate the input file, record line errors as results, queue one task per runnable request.
+    def start(self, batch_id: str, resume: bool = False) -> None:
+        """Validate the input file, record line errors as results, queue one task per request without a result.
 
         The record says `in_progress` (with the count the finalize trigger needs) before any request is
         queued, and `queued` once all are: a start redelivered in between queues them again (results are
         written once, so a request queued twice is still answered once in the output).
+
+        Args:
+            batch_id: The batch.
+            resume: Queue the batch again after Redis lost its tasks and progress sets: the input file and the
+                stored results are the truth; progress is counted again from the results, and only the requests
+                without one are queued.
         """
         record = self._record(batch_id)
-        if record is None or record.get("queued") or record["batch"]["status"] not in ("validating", "in_progress"):
+        if record is None or record["batch"]["status"] not in ("validating", "in_progress"):
+            return
+        if record.get("queued") and not resume:
             return
         batch = record["batch"]
         data = self.store.read(f"files/{batch['input_file_id']}.data")
@@ -372,8 +418,12 @@ class BatchJobs:
 
         if self._update(batch_id, in_progress) is None:
             return  # cancelled meanwhile: the cancel queued its close
+        self.redis.set(self._key(batch_id, "queued"), int(time.time()), ex=_PROGRESS_TTL_S)
+        answered = self._recount(batch_id, parsed.requests)
+        if len(answered) == len(parsed.requests):
+            self.enqueue(TASK_FINALIZE, [batch_id])  # every request was answered before Redis lost the close
         cancel = self._key(batch_id, "cancel")
-        for i, request in enumerate(parsed.requests):
+        for i, request in enumerate(r for r in parsed.requests if r.line not in answered):
             # A cancel arriving while a large batch is queued stops the rest: every task queued after it would only
             # scale the consumers up (they scale on the queue's length) to skip it.
             if i % _CANCEL_CHECK_EVERY == 0 and self.redis.exists(cancel):
@@ -385,6 +435,17 @@ class BatchJobs:
             return True
 
         self._update(batch_id, queued)
+
+    def _recount(self, batch_id: str, requests: list[schema.BatchRequest]) -> set[int]:
+        """Count the requests that have a result into the progress sets (lost with Redis's data); return their lines."""
+        lines = {request.line for request in requests}
+        answered = set()
+        for key in self.store.list(f"results/{batch_id}/"):
+            line = int(key.rsplit("/", 1)[-1].removesuffix(".json"))
+            if line in lines:  # not a line error: those are counted in the record's `failed_lines`
+                self._count(batch_id, line)
+                answered.add(line)
+        return answered
 
     def _fail(self, batch_id: str, parsed: schema.ParsedInput) -> None:
         def failed(record: dict[str, Any]) -> bool:
@@ -564,6 +625,11 @@ class BatchJobs:
         elif time.time() >= batch["expires_at"]:
             expire = True
         else:
+            # Its `queued` marker lives in the queue's Redis: gone, so are its tasks and progress (a restart without
+            # persistence, a failover), and nothing would ever run the rest. One reader (NX) queues it again.
+            if self.redis.set(self._key(batch_id, "queued"), int(time.time()), ex=_PROGRESS_TTL_S, nx=True):
+                logger.warning("batch %s: its tasks were lost with Redis's data; queueing the rest again", batch_id)
+                self.enqueue(TASK_START, [batch_id, True])
             return record
         now, marker = int(time.time()), self._key(batch_id, "closing")
         queued_at = record.get("closing_at")
@@ -613,7 +679,7 @@ class BatchJobs:
     def _write_result(self, batch_id: str, line: int, ok: bool, entry: dict[str, Any]) -> bool:
         return self.store.write_new(self._result_key(batch_id, line), _dumps({"ok": ok, "line": entry}))
 
-    def _count_and_maybe_finalize(self, batch_id: str, line: int, record: dict[str, Any]) -> None:
+    def _count(self, batch_id: str, line: int) -> None:
         done = self._key(batch_id, "done")
         self.redis.sadd(done, line)
         self.redis.expire(done, _PROGRESS_TTL_S)
@@ -622,6 +688,10 @@ class BatchJobs:
             failed = self._key(batch_id, "failed")
             self.redis.sadd(failed, line)
             self.redis.expire(failed, _PROGRESS_TTL_S)
+
+    def _count_and_maybe_finalize(self, batch_id: str, line: int, record: dict[str, Any]) -> None:
+        self._count(batch_id, line)
+        done = self._key(batch_id, "done")
         if int(self.redis.scard(done)) >= int(record.get("valid") or 0) > 0:
             self.enqueue(TASK_FINALIZE, [batch_id])
 
@@ -684,11 +754,30 @@ def _created_key(record: dict[str, Any], obj: dict[str, Any]) -> tuple[int, str]
     return int(record.get("created_ns") or obj["created_at"] * 10**9), str(obj["id"])
 
 
-def _list_page(items: list[dict[str, Any]], after: str | None, size: int) -> dict[str, Any]:
-    """Return OpenAI's list object: up to `size` items after the one with id `after` (none if it is unknown)."""
+def _list_page(
+    keyed: list[tuple[tuple[int, str], dict[str, Any]]],
+    after: str | None,
+    size: int,
+    descending: bool,
+    position: Callable[[str], tuple[int, str] | None],
+    kind: str,
+) -> dict[str, Any]:
+    """Return OpenAI's list object: up to `size` items after the one with id `after`, in creation order.
+
+    `keyed` pairs each item with its `_created_key`; `position` finds the key of an id not in `keyed` (filtered out,
+    or deleted since the caller's last page), and the page continues from its place.
+
+    Raises:
+        BatchApiError: 400 if `after` names no item of the caller's, now or before.
+    """
+    keyed = sorted(keyed, key=lambda found: found[0], reverse=descending)
     if after is not None:
-        ids = [item["id"] for item in items]
-        items = items[ids.index(after) + 1 :] if after in ids else []
+        cursor = next((key for key, item in keyed if item["id"] == after), None) or position(after)
+        if cursor is None:
+            message = f"after {after!r} is not one of your {kind} ids: pass the last_id of a page this list returned"
+            raise BatchApiError(400, message, "invalid_cursor", "after")
+        keyed = [(key, item) for key, item in keyed if (key < cursor if descending else key > cursor)]
+    items = [item for _, item in keyed]
     page = items[:size]
     return {
         "object": "list",

@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import re
+import threading
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -50,6 +51,9 @@ _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
     ("POST", re.compile(rf"^/v1/batches/{_ID}/cancel$"), "cancel_batch"),
 ]
 _MULTIPART_SLACK = 64 * 1024  # form fields and part headers around the file
+# How often each replica moves open batches on (expiry, a cancel's grace, lost closes and tasks): a batch's owner
+# need not read it for that. Each sweep reads the open batches' records once.
+SWEEP_INTERVAL_S = 60.0
 
 
 def _route(method: str, path: str) -> tuple[str, tuple[str, ...]] | None:
@@ -89,18 +93,43 @@ def _is_outage(err: Exception) -> bool:
 class BatchApiMiddleware:
     """Answers the Batch API routes; everything else goes to the inner app."""
 
-    def __init__(self, app: ASGIApp, *, jobs: Callable[[], BatchJobs], max_file_bytes: int) -> None:
-        """Wrap `app`.
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        jobs: Callable[[], BatchJobs],
+        max_file_bytes: int,
+        sweep_interval_s: float = 0,
+    ) -> None:
+        """Wrap `app` and start sweeping open batches in the background.
 
         Args:
             app: The inner ASGI app.
             jobs: Returns the batch lifecycle (connected on first use, so a replica starts without Redis).
             max_file_bytes: Largest accepted upload.
+            sweep_interval_s: Seconds between `BatchJobs.sweep` runs (0: none; replicas use `SWEEP_INTERVAL_S`).
         """
         self.app = app
         self._make_jobs = jobs
         self._jobs: BatchJobs | None = None
         self._max = max_file_bytes
+        self._stopped = threading.Event()
+        if sweep_interval_s > 0:
+            threading.Thread(target=self._sweep, args=(sweep_interval_s,), name="batch-sweep", daemon=True).start()
+
+    def _sweep(self, interval_s: float) -> None:
+        # Its own lifecycle (own Redis connection): the API's is made on an event loop's worker thread.
+        jobs: BatchJobs | None = None
+        while not self._stopped.wait(interval_s):
+            try:
+                jobs = jobs or self._make_jobs()
+                jobs.sweep()
+            except Exception as err:  # an outage: the next sweep tries again
+                logger.warning("batch sweep failed: %s: %s", type(err).__name__, err)
+
+    def stop(self) -> None:
+        """Stop the background sweep (after the current one)."""
+        self._stopped.set()
 
     async def _lifecycle(self) -> BatchJobs:
         if self._jobs is None:
@@ -255,6 +284,7 @@ def feature(ctx: FeatureContext) -> Wrapper | None:
         return open_jobs(args)
 
     def wrap(app: ASGIApp) -> ASGIApp:
-        return BatchApiMiddleware(app, jobs=make_jobs, max_file_bytes=args.batch.max_file_mib * 1024 * 1024)
+        max_file_bytes = args.batch.max_file_mib * 1024 * 1024
+        return BatchApiMiddleware(app, jobs=make_jobs, max_file_bytes=max_file_bytes, sweep_interval_s=SWEEP_INTERVAL_S)
 
     return wrap
