@@ -11,10 +11,9 @@ from rich.console import Console
 from rich.markup import escape
 
 from tokenplane_cli.files import ManifestError, load_documents
-from tokenplane_cli.validate import check_document
+from tokenplane_cli.validate import check_document, operator_render_config
 from tokenplane_operator.desired.agentpool import to_arm_body
 from tokenplane_operator.desired.bundle import DesiredState
-from tokenplane_operator.desired.config import RenderConfig
 
 __all__ = ["render_command", "render_files", "render_text"]
 
@@ -87,7 +86,7 @@ def render_command(file: Path, out_dir: Path | None, *, err: Console | None = No
     except ManifestError as exc:
         err.print(f"[red]✗[/] {escape(str(exc))}")
         return 1
-    config = RenderConfig()
+    config = operator_render_config()
     failed = 0
     streams: list[str] = []
     written: dict[str, str] = {}  # file name -> the document that wrote it in this run

@@ -24,7 +24,7 @@ from tokenplane_operator.desired.config import RenderConfig
 from tokenplane_operator.plan.errors import PlanError, PlanErrorReason
 from tokenplane_operator.plan.validation import check_deployment
 
-__all__ = ["Checked", "check_document", "print_problems", "render_checked", "validate_files"]
+__all__ = ["Checked", "check_document", "operator_render_config", "print_problems", "render_checked", "validate_files"]
 
 # Where a planning failure points in the spec, by reason, when it names no field itself.
 _PLAN_FIELD = {
@@ -53,7 +53,7 @@ def check_document(body: Mapping[str, Any], config: RenderConfig | None = None) 
 
     Args:
         body: the document.
-        config: rendering settings (defaults).
+        config: rendering settings; None reads the operator's (`operator_render_config`).
 
     Returns:
         The outcome; `problems` is empty when the document is valid.
@@ -70,6 +70,26 @@ def check_document(body: Mapping[str, Any], config: RenderConfig | None = None) 
     return render_checked(deployment, config)
 
 
+def operator_render_config() -> RenderConfig:
+    """Return the render settings the operator uses, read from the same ``TOKENPLANE_*`` environment (chart values).
+
+    Unset variables keep the renderer's defaults, so the CLI and the operator render one CR the same way.
+
+    Raises:
+        SystemExit: a variable is invalid; the message names it and what is wrong, on one line each.
+    """
+    from tokenplane_operator.settings import OperatorSettings
+
+    try:
+        return OperatorSettings().render_config()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"TOKENPLANE_{str(e['loc'][0]).upper()}: {_one_line(e['msg'])}" if e["loc"] else _one_line(e["msg"])
+            for e in exc.errors()
+        )
+        raise SystemExit(f"error: invalid operator settings in the environment: {problems}") from None
+
+
 def render_checked(deployment: InferenceDeployment, config: RenderConfig | None = None) -> Checked:
     """Render a parsed deployment as the operator would, and report a refusal as validate reports it.
 
@@ -77,7 +97,7 @@ def render_checked(deployment: InferenceDeployment, config: RenderConfig | None 
 
     Args:
         deployment: a deployment the API models and the catalog checks accepted.
-        config: rendering settings (defaults).
+        config: rendering settings; None reads the operator's (`operator_render_config`).
 
     Returns:
         The outcome: `state`, or `problems` naming the field to change (and `refused`, the renderer's PlanError),
@@ -85,7 +105,8 @@ def render_checked(deployment: InferenceDeployment, config: RenderConfig | None 
     """
     checked = Checked(deployment=deployment)
     try:
-        checked.state = build_desired_state(deployment, config or RenderConfig())  # resolves `vmSize: auto` too
+        # Resolves `vmSize: auto` too.
+        checked.state = build_desired_state(deployment, config or operator_render_config())
     except PlanError as exc:
         if exc.reason is PlanErrorReason.UNKNOWN_MODEL and deployment.spec.hardware.vm_size == "auto":
             checked.unplanned = exc  # the operator reads the checkpoint's config.json in the cluster

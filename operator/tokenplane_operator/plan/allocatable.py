@@ -48,8 +48,8 @@ class NodeOverhead:
     driver DaemonSets (`gpuProfile.driver: Install`), and the Container Insights / managed Prometheus node agents
     when enabled. Their requests change between AKS releases, so this is a budget with headroom, not a measured
     sum: the operator settings `TOKENPLANE_NODE_DAEMONSET_CPU_MILLIS`, `..._MEMORY_MIB` and
-    `TOKENPLANE_NODE_OS_DISK_GIB` (chart: `operator.nodeOverhead`) override it; `tokenplane render` and `plan` use
-    these defaults.
+    `TOKENPLANE_NODE_OS_DISK_GIB` (chart: `operator.nodeOverhead`) override it; `tokenplane validate`, `render`
+    and `plan` read the same variables.
 
     Attributes:
         daemonset_cpu_millis: CPU requested by the node's DaemonSets.

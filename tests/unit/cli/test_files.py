@@ -173,3 +173,32 @@ def test_plan_names_the_prices_file_when_it_priced_the_vm(tmp_path: Path) -> Non
     assert "/h at the price in" in priced.output and "at list price" not in priced.output
     listed = CliRunner().invoke(app, ["plan", str(path)])
     assert "/h at list price" in listed.output
+
+
+def test_render_uses_the_operators_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tokenplane_cli.render import render_text
+    from tokenplane_operator.api.validation import parse_inference_deployment
+    from tokenplane_operator.desired.bundle import build_desired_state
+    from tokenplane_operator.settings import OperatorSettings
+
+    monkeypatch.setenv("TOKENPLANE_HEAD_CPU", "1500m")
+    monkeypatch.setenv("TOKENPLANE_SERVING_IMAGE", "registry.example/serving:9")
+    path = tmp_path / "cr.yaml"
+    path.write_text(GOOD_YAML)
+    result = CliRunner().invoke(app, ["render", str(path)])
+    assert result.exit_code == 0, result.output
+    operator = build_desired_state(
+        parse_inference_deployment(yaml.safe_load(GOOD_YAML)), OperatorSettings().render_config()
+    )
+    assert result.stdout == render_text(operator)
+    assert "1500m" in result.stdout and "registry.example/serving:9" in result.stdout
+
+
+@pytest.mark.parametrize("command", ["validate", "render"])
+def test_bad_operator_settings_give_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str) -> None:
+    monkeypatch.setenv("TOKENPLANE_HEAD_CPU", "lots")
+    path = tmp_path / "cr.yaml"
+    path.write_text(GOOD_YAML)
+    result = CliRunner().invoke(app, [command, str(path)])
+    assert result.exit_code == 1
+    assert "TOKENPLANE_HEAD_CPU:" in str(result.exception) and "Traceback" not in result.output
