@@ -21,6 +21,7 @@ from tokenplane_operator.api.v1alpha1 import InferenceDeployment
 from tokenplane_operator.api.validation import InvalidSpecError, Problem, parse_inference_deployment
 from tokenplane_operator.desired.bundle import DesiredState, build_desired_state
 from tokenplane_operator.desired.config import RenderConfig
+from tokenplane_operator.desired.schedulable import check_head_fits
 from tokenplane_operator.plan.errors import PlanError, PlanErrorReason
 from tokenplane_operator.plan.validation import check_deployment
 
@@ -107,6 +108,8 @@ def render_checked(deployment: InferenceDeployment, config: RenderConfig | None 
     try:
         # Resolves `vmSize: auto` too.
         checked.state = build_desired_state(deployment, config or operator_render_config())
+        # The head's size is the operator's setting, not the CR's: a head too big for a system node never starts.
+        checked.problems = [Problem(p.where, p.message) for p in check_head_fits(checked.state)]
     except PlanError as exc:
         if exc.reason is PlanErrorReason.UNKNOWN_MODEL and deployment.spec.hardware.vm_size == "auto":
             checked.unplanned = exc  # the operator reads the checkpoint's config.json in the cluster

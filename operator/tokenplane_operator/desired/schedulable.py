@@ -49,6 +49,7 @@ __all__ = [
     "Peer",
     "Problem",
     "admits",
+    "check_head_fits",
     "check_schedulable",
     "parse_quantity",
 ]
@@ -292,7 +293,16 @@ def _worker_node(state: DesiredState, config: RenderConfig) -> NodeAllocatable |
     return node_allocatable(sku, mig, overhead)
 
 
-def _check_fits(state: DesiredState, config: RenderConfig, system_node: NodeAllocatable) -> list[Problem]:
+def check_head_fits(state: DesiredState, system_node: NodeAllocatable = SYSTEM_NODE) -> list[Problem]:
+    """Check that the Ray head (with any container KubeRay adds) fits a system node; `validate` runs this too.
+
+    Args:
+        state: What `build_desired_state` rendered.
+        system_node: Allocatable of the nodes the Ray head runs on.
+
+    Returns:
+        One problem per resource the head asks more of than the node has, naming the settings to change.
+    """
     cluster = _cluster(state)
     sidecars = _injected_head_containers(cluster)
     problems = _fit_problems(_pod_requests(cluster["headGroupSpec"]["template"], sidecars), system_node, 1)
@@ -303,7 +313,11 @@ def _check_fits(state: DesiredState, config: RenderConfig, system_node: NodeAllo
         "give the system pool a larger VM size"
     )
     where = _where(state, ".headGroupSpec.template.spec.containers[ray-head].resources")
-    found = [Problem("fits", where, f"{p} of a system node{counted}{fix}") for p in problems]
+    return [Problem("fits", where, f"{p} of a system node{counted}{fix}") for p in problems]
+
+
+def _check_fits(state: DesiredState, config: RenderConfig, system_node: NodeAllocatable) -> list[Problem]:
+    found = check_head_fits(state, system_node)
     node = _worker_node(state, config)
     for group in _cluster(state)["workerGroupSpecs"]:
         where = _where(state, f".workerGroupSpecs[{group['groupName']}]")

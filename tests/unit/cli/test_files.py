@@ -202,3 +202,13 @@ def test_bad_operator_settings_give_one_line(tmp_path: Path, monkeypatch: pytest
     result = CliRunner().invoke(app, [command, str(path)])
     assert result.exit_code == 1
     assert "TOKENPLANE_HEAD_CPU:" in str(result.exception) and "Traceback" not in result.output
+
+
+def test_validate_reports_a_head_too_big_for_a_system_node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOKENPLANE_HEAD_CPU", "8")
+    path = tmp_path / "cr.yaml"
+    path.write_text(GOOD_YAML)
+    result = CliRunner().invoke(app, ["validate", str(path)])
+    assert result.exit_code == 1
+    assert "headGroupSpec.template.spec.containers[ray-head].resources" in result.output
+    assert "cpu 8" in result.output and "lower TOKENPLANE_HEAD_CPU" in result.output
