@@ -66,7 +66,7 @@ def drifted(desired: Any, observed: Any) -> bool:
     and a hand edit of any field we set is. A list must keep its length, each item compared the same way; a null,
     empty object or list, or zero value the operator sets matches an absent field (the API server drops them).
     Resource quantities (`requests`, `limits`, `sizeLimit`) compare by value: `0.5` and `500m` are one amount,
-    whichever spelling reads back (apimachinery's resource.Quantity re-emits a canonical form).
+    whichever spelling reads back (a custom resource keeps what was written; a hand edit or webhook may respell it).
 
     Args:
         desired: What the operator writes (a `spec`, or any part of one).
