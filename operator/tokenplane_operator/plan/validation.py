@@ -29,9 +29,10 @@ def check_deployment(deployment: InferenceDeployment) -> list[Problem]:
     """
     hardware = deployment.spec.hardware
     if hardware.accelerator is AcceleratorKind.CPU:
-        return _batch_problems(deployment, None)
+        return _prefill_problems(deployment, None) + _batch_problems(deployment, None)
     model = _known_model(deployment)
-    problems = _quantization_problems(deployment, model) + _model_problems(deployment, model)
+    problems = _prefill_problems(deployment, model) + _quantization_problems(deployment, model)
+    problems += _model_problems(deployment, model)
     sku = None if hardware.vm_size == "auto" else find_sku(hardware.vm_size)
     problems += _dtype_problems(deployment, model, sku)
     if hardware.vm_size == "auto":
@@ -105,6 +106,24 @@ def fit_problems(deployment: InferenceDeployment, model: ModelInfo, sku: GpuSku)
             f"({devices}, weights {plan.quantization}, maxModelLen {workload.context:,}{lora}), which holds "
             f"{plan.capacity_bytes_per_replica / GIB:.1f} GiB: {lora_fix}choose {larger[1]}, {quantize}lower "
             "maxModelLen, or set vmSize: auto (`tokenplane plan` on this file shows the sizes that fit)",
+        )
+    ]
+
+
+def _prefill_problems(deployment: InferenceDeployment, model: ModelInfo | None) -> list[Problem]:
+    # Without chunked prefill a prompt is prefilled in one step, so vLLM refuses a step budget below
+    # max_model_len at start-up (SchedulerConfig.verify_max_model_len).
+    engine = deployment.spec.engine
+    explicit = engine.extra_args.get("max_num_batched_tokens")
+    context = deployment.spec.model.max_model_len or (model.max_position_embeddings if model else None)
+    if engine.enable_chunked_prefill or not isinstance(explicit, int) or context is None or explicit >= context:
+        return []
+    return [
+        Problem(
+            "spec.engine.extraArgs.max_num_batched_tokens",
+            f"{explicit:,} tokens a step is below maxModelLen {context:,} with enableChunkedPrefill false, so a "
+            "long prompt could never be prefilled and vLLM refuses to start: raise max_num_batched_tokens to at "
+            f"least {context:,}, lower maxModelLen, or enable chunked prefill",
         )
     ]
 
