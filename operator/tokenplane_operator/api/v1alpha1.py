@@ -971,6 +971,15 @@ class ScalingSpec(_Model):
                 f"scaleToZero.enabled needs minReplicas: 0, but minReplicas is {self.min_replicas}: set minReplicas "
                 "to 0 to let the last replica go when idle, or disable scaleToZero",
             )
+        # Serve caps every decision at maxReplicas, so a larger window minimum would be dropped without a word.
+        # Not a CEL rule: ours iterate only literal lists (the API server's cost estimate).
+        for index, window in enumerate(self.schedule):
+            if window.min_replicas > self.max_replicas:
+                raise _problem(
+                    f"schedule[{index}].minReplicas",
+                    f"the window's minReplicas ({window.min_replicas}) exceeds maxReplicas ({self.max_replicas}), "
+                    "which caps it; raise maxReplicas or lower the window's minReplicas",
+                )
         return self
 
 

@@ -3,7 +3,7 @@
 
 Each bad case says who must refuse it besides `tokenplane validate`:
 - `CRD`: the generated CRD by itself (OpenAPI schema or CEL), so `kubectl apply` refuses it without the CLI;
-- `CLI`: only rules that need the GPU catalog, the model's shape, the source URI grammar or a regex per map key
+- `CLI`: only rules that need the GPU catalog, the model's shape, the source URI grammar, a regex per map key or a loop over a list field
   (beyond the CEL cost budget); the operator applies them at reconcile and reports a Stalled condition;
 - `SERVER`: the API server or kubectl outside the CRD (names, namespaces, metadata limits, what JSON cannot hold).
 """
@@ -70,6 +70,7 @@ _CPU = {"accelerator": "cpu"}
 
 MISTAKES = [
     Case("min > max replicas", with_("spec.scaling", {"minReplicas": 3, "maxReplicas": 2}), "spec.scaling.minReplicas", "exceeds maxReplicas", "CRD"),
+    Case("schedule minimum above maxReplicas", with_("spec.scaling", {"minReplicas": 1, "maxReplicas": 2, "schedule": [{"days": "1-5", "start": "08:00", "end": "18:00", "minReplicas": 9}]}), "spec.scaling.schedule[0].minReplicas", "minReplicas (9) exceeds maxReplicas (2)", "CLI"),
     Case("MIG on a SKU without MIG", with_("spec.hardware", {"vmSize": "Standard_NV36ads_A10_v5", "migProfile": "MIG1g"}), "spec.hardware.migProfile", "does not support MIG", "CLI"),
     Case("TP x PP != GPUs", with_("spec.engine", {"tensorParallelSize": 2, "pipelineParallelSize": 2}), "spec.hardware.gpusPerReplica", "must equal tensorParallelSize x pipelineParallelSize", "CRD"),
     Case("unknown quantization", with_("spec.model.quantization", "int3"), "spec.model.quantization", "'int3'", "CRD"),
