@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from tokenplane_operator.api.v1alpha1 import AcceleratorKind, Dtype, InferenceDeployment, Quantization, parse_source
 from tokenplane_operator.api.validation import Problem
 from tokenplane_operator.plan.catalog import GIB, SERVING_ARCH, GpuSku, all_skus, find_sku
@@ -67,7 +69,15 @@ def fit_problems(deployment: InferenceDeployment, model: ModelInfo, sku: GpuSku)
     Returns:
         One problem naming the field to change and the GiB needed and held; empty when it fits.
     """
-    workload = workload_from_spec(deployment.spec, model=model)
+    hardware, engine = deployment.spec.hardware, deployment.spec.engine
+    # The operator renders a set vmSize as written: gpusPerReplica, TP and PP left unset are one GPU, unsharded,
+    # not the planner's choice (which put Llama-3.1-70B on TP 2 here while the pods got one GPU each).
+    workload = replace(
+        workload_from_spec(deployment.spec, model=model),
+        gpus_per_replica=hardware.gpus_per_replica,
+        tensor_parallel_size=engine.tensor_parallel_size,
+        pipeline_parallel_size=engine.pipeline_parallel_size,
+    )
     try:
         plan = plan_for_sku(workload, sku.vm_size)
     except PlanError as err:
