@@ -68,7 +68,8 @@ def _workload_from_file(
         deployment = parse_inference_deployment(document.body, document=True)
     except InvalidSpecError as err:
         problems = "; ".join(str(p) for p in err.problems)
-        raise PlanError(PlanErrorReason.INVALID_WORKLOAD, f"{file}: {problems}") from None
+        field = err.problems[0].path if err.problems else None
+        raise PlanError(PlanErrorReason.INVALID_WORKLOAD, f"{file}: {problems}", field=field) from None
     workload = workload_from_spec(deployment.spec, model=model, concurrency=concurrency)
     return (workload if vm_size is None else replace(workload, vm_size=vm_size)), deployment
 
@@ -389,8 +390,11 @@ def plan_command(
     except (PlanError, ValueError) as err:
         message = err.message if isinstance(err, PlanError) else str(err)
         reason = err.reason.value if isinstance(err, PlanError) else "InvalidInput"
+        field = err.field if isinstance(err, PlanError) else None
         if output == "json":
-            print(json.dumps({"error": {"reason": reason, "message": message}}, indent=2))
+            # The README's error shape: {reason, field, message}, field when one field is the one to change.
+            error = {"reason": reason} | ({"field": field} if field else {}) | {"message": message}
+            print(json.dumps({"error": error}, indent=2))
         else:
             out.print(f"[red]cannot plan[/] ({reason}): {escape(message)}", markup=True)
         return 1

@@ -178,6 +178,18 @@ def test_cr_file_validate_refuses_still_plans_but_exits_1(
     assert case.fragment in data["error"]["message"]
 
 
+def test_cr_file_the_schema_refuses_names_its_field_in_json(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    # Nothing to plan, but the error keeps the documented {reason, field, message} shape.
+    case = next(case for case in MISTAKES if case.id == "min > max replicas")
+    cr = tmp_path / "cr.yaml"
+    cr.write_text(yaml.safe_dump(case.body))
+    code, out = run(capsys, file=cr, output="json")
+    assert code == 1
+    error = json.loads(out)["error"]
+    assert error["reason"] == "InvalidWorkload" and error["field"] == case.path
+    assert case.fragment in error["message"]
+
+
 def test_cr_file_refused_as_written_whatever_vm_size_plans(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     # The pool is rendered from the CR's own vmSize, as validate and the operator render it: the file is refused.
     case = next(case for case in MISTAKES if case.id == "MIG replicas beyond maxNodes")
