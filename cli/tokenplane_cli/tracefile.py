@@ -15,10 +15,13 @@ from pathlib import Path
 
 from tokenplane_cli.textfile import read_utf8
 
-__all__ = ["MAX_TRACE_SECONDS", "TraceLine", "read_trace_lines"]
+__all__ = ["MAX_REQUEST_TOKENS", "MAX_TRACE_SECONDS", "TraceLine", "read_trace_lines"]
 
 # A day: `t` counts from the trace's start; a Unix time there (decades) would wait, or simulate, forever.
 MAX_TRACE_SECONDS = 86_400
+# The longest context of any model the planner knows (Llama 4 Scout's 10M): bench writes a prompt's words before
+# sending it, and 100 billion of them filled memory for minutes instead of failing.
+MAX_REQUEST_TOKENS = 10_485_760
 
 
 @dataclass(frozen=True)
@@ -54,9 +57,9 @@ def read_trace_lines(path: Path, error_type: type[ValueError], prefix: str = "")
 
     Raises:
         error_type: Naming the file, the line and the field of the first bad line: unreadable, not UTF-8, not a
-            JSON object, a count that is not a whole number >= 1, `t` not a finite number of seconds within
-            `MAX_TRACE_SECONDS` of the start, a session that is neither a string nor a whole number; or a file
-            without requests.
+            JSON object, a count that is not a whole number from 1 to `MAX_REQUEST_TOKENS`, `t` not a finite
+            number of seconds within `MAX_TRACE_SECONDS` of the start, a session that is neither a string nor a
+            whole number; or a file without requests.
     """
     out = []
     for number, line in enumerate(read_utf8(path, error_type, "UTF-8 JSONL", prefix=prefix).splitlines(), start=1):
@@ -81,6 +84,11 @@ def read_trace_lines(path: Path, error_type: type[ValueError], prefix: str = "")
                 raise error_type(f"{where}: {key} must be a number >= {low}, not {shown}")
             if key != "t" and value != int(value):
                 raise error_type(f"{where}: {key} must be a whole number of tokens, not {value!r}")
+            if key != "t" and value > MAX_REQUEST_TOKENS:
+                raise error_type(
+                    f"{where}: {key} is {value:,.0f}, beyond the {MAX_REQUEST_TOKENS:,} tokens of the longest "
+                    "context any model has: no server takes such a request"
+                )
             values[key] = value
         if values["t"] > MAX_TRACE_SECONDS:
             raise error_type(

@@ -36,7 +36,7 @@ from tokenplane_cli.bench.workload import (
     read_trace,
     synthetic_sessions,
 )
-from tokenplane_cli.tracefile import MAX_TRACE_SECONDS
+from tokenplane_cli.tracefile import MAX_REQUEST_TOKENS, MAX_TRACE_SECONDS
 
 __all__ = [
     "SYNTHETIC_PROMPTS",
@@ -101,6 +101,11 @@ class WorkloadSpec:
         ):
             if value is not None and value < 1:
                 raise BenchInputError(f"{flag} must be at least 1, not {value}")
+        for flag, value in (("--input-tokens", self.input_tokens), ("--output-tokens", self.output_tokens)):
+            if value > MAX_REQUEST_TOKENS:
+                raise BenchInputError(
+                    f"{flag} must be at most {MAX_REQUEST_TOKENS:,} (the longest context), not {value:,}"
+                )
         if self.prefix_tokens < 0:
             raise BenchInputError(f"--prefix-tokens must be 0 or more, not {self.prefix_tokens}")
         if self.trace_file is None and self.prefix_tokens >= self.input_tokens:

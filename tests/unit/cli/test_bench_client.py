@@ -248,7 +248,11 @@ def test_cli_bad_input_is_one_line_not_a_traceback(peer: tuple[Peer, str]) -> No
     result = runner.invoke(app, ["bench", url, "-c", "1", "--vm-size", "Standard_Nope"])
     assert result.exit_code == 2 and "not in the planner's catalog" in result.output
     # A load no run can take is named as such, even when the endpoint is down too (port 9: discard, closed here).
-    for args, message in ((["-c", "0"], "--concurrency must be at least 1"), (["--rate", "-1"], "--rate must be")):
+    for args, message in (
+        (["-c", "0"], "--concurrency must be at least 1"),
+        (["--rate", "-1"], "--rate must be"),
+        (["-c", "1", "--input-tokens", "100000000000"], "--input-tokens must be at most 10,485,760"),
+    ):
         result = runner.invoke(app, ["bench", "http://127.0.0.1:9", *args])
         assert result.exit_code == 2 and message in result.output, result.output
 

@@ -288,6 +288,10 @@ def test_trace_file_sessions_and_errors(tmp_path: Path) -> None:
     trace.write_text('{"t": 0, "input_tokens": 3}\n')
     with pytest.raises(BenchInputError, match=r":1: output_tokens must be a number >= 1, not None"):
         read_trace(trace, PromptMaker())
+    # Refused when read, not after minutes of writing 100 billion words of prompt.
+    trace.write_text('{"t": 0, "input_tokens": 100000000000, "output_tokens": 5}\n')
+    with pytest.raises(BenchInputError, match=r":1: input_tokens is 100,000,000,000, beyond the 10,485,760 tokens"):
+        read_trace(trace, PromptMaker())
 
 
 def test_a_traces_session_ids_are_kept_as_written_by_both_readers(tmp_path: Path) -> None:
