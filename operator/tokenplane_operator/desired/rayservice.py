@@ -39,12 +39,12 @@ from tokenplane_operator.desired.serveconfig import (
     CACHE_REDIS_URL_ENV,
     SourceVolume,
     has_blob_sources,
-    replicas_per_gpu,
     source_volumes,
 )
 from tokenplane_operator.plan.allocatable import node_allocatable
 from tokenplane_operator.plan.catalog import GIB, GpuSku
 from tokenplane_operator.plan.errors import PlanError, PlanErrorReason
+from tokenplane_operator.plan.spec import replicas_per_gpu
 from tokenplane_serving.args import ServingArgs
 from tokenplane_serving.blob_uri import BLOB_CREDENTIAL_ENV, STORE_CREDENTIAL_ENV
 from tokenplane_serving.mapping import FAST_PATH_ENV, hold_environment

@@ -18,6 +18,7 @@ from tokenplane_operator.api.v1alpha1 import (
     parse_source,
 )
 from tokenplane_operator.plan.errors import PlanError, PlanErrorReason
+from tokenplane_operator.plan.spec import engine_gpu_memory_utilization
 from tokenplane_serving.args import ServingArgs
 
 __all__ = [
@@ -27,9 +28,7 @@ __all__ = [
     "MODELS_ROOT",
     "SourceVolume",
     "build_serving_args",
-    "engine_gpu_memory_utilization",
     "has_blob_sources",
-    "replicas_per_gpu",
     "resolve_source",
     "source_volumes",
 ]
@@ -41,11 +40,6 @@ BLOB_DOWNLOAD_DIR = f"{MODELS_ROOT}/blob"
 API_KEYS_DIR = "/etc/tokenplane/api-keys"
 CACHE_REDIS_URL_ENV = "TOKENPLANE_CACHE_REDIS_URL"  # from spec.endpoint.cache.redisSecretRef
 BATCH_REDIS_URL_ENV = "TOKENPLANE_BATCH_REDIS_URL"  # from spec.batch.redisSecretRef
-
-# What the engines packed onto one GPU by gpuFraction may use together. The other 10% holds each engine's CUDA
-# context and NCCL buffers, which vLLM's budget does not count (its memory snapshot is taken after they are
-# created: vllm/v1/worker/gpu_worker.py, `init_device`).
-_SHARED_GPU_BUDGET = 0.9
 
 _ROUTING = {
     RoutingPolicy.POWER_OF_TWO: "power_of_two",
@@ -254,32 +248,6 @@ def _batch(deployment: InferenceDeployment, *, local: bool) -> dict[str, Any] | 
         # Deployments may share one Redis: the queue and progress keys are the deployment's own.
         "scope": f"{deployment.namespace}/{deployment.name}",
     }
-
-
-def replicas_per_gpu(gpu_fraction: float) -> int:
-    """Replicas Ray packs onto one GPU at a `gpuFraction`: `floor(1 / gpuFraction)`, at least 1."""
-    return max(1, math.floor(1 / gpu_fraction))
-
-
-def engine_gpu_memory_utilization(deployment: InferenceDeployment) -> float:
-    """Return the `gpu_memory_utilization` each vLLM engine of a GPU deployment is started with.
-
-    vLLM's value is per engine ("a per-instance limit": vllm/config/cache.py), and each engine checks at
-    startup that the GPU's free memory is at least its `gpu_memory_utilization x total`
-    (vllm/v1/worker/utils.py, `request_memory`: "Free memory on device ... is less than desired GPU memory
-    utilization"). A `gpuFraction` packs `n = floor(1 / gpuFraction)` engines onto one GPU: with 0.9 each, the
-    first takes 90% and the others fail that check and restart forever. So each engine gets at most its share
-    of `_SHARED_GPU_BUDGET`, `0.9 / n` (rounded down to 1e-4); a smaller value the spec gives (already sized
-    per engine, as vLLM's docs suggest: 0.45 for two) is kept. A fraction above 0.5 packs one engine: it keeps
-    the spec's value.
-    """
-    configured = deployment.spec.engine.gpu_memory_utilization
-    fraction = deployment.spec.hardware.gpu_fraction
-    engines = 1 if fraction is None else replicas_per_gpu(fraction)
-    if engines == 1:
-        return configured
-    share = math.floor(_SHARED_GPU_BUDGET / engines * 10_000 + 1e-9) / 10_000
-    return min(configured, share)
 
 
 def _accelerator(deployment: InferenceDeployment) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from tokenplane_operator.plan.memory import lora_bytes_per_gpu
 from tokenplane_operator.plan.modelinfo import FLOAT16_REFUSED_MODEL_TYPES, ModelInfo, resolve_model
 from tokenplane_operator.plan.precision import Precision
 from tokenplane_operator.plan.sizing import default_step_tokens, plan_for_sku
-from tokenplane_operator.plan.spec import workload_from_spec
+from tokenplane_operator.plan.spec import engine_gpu_memory_utilization, workload_from_spec
 
 __all__ = ["check_deployment", "fit_problems"]
 
@@ -58,8 +58,7 @@ def fit_problems(deployment: InferenceDeployment, model: ModelInfo, sku: GpuSku)
 
     vLLM refuses to start when one maxModelLen sequence does not fit beside the weights: the pods would load and
     crash on the cluster. The planner's memory model, on this VM size with the CR's fixed fields, decides. A
-    gpuFraction replica is held to a whole GPU (its share is packing the planner does not model; the operator
-    checks it at load time), which it cannot exceed either.
+    gpuFraction replica is held to the share of one GPU its engine is started with.
 
     Args:
         deployment: The parsed InferenceDeployment.
@@ -77,6 +76,8 @@ def fit_problems(deployment: InferenceDeployment, model: ModelInfo, sku: GpuSku)
         gpus_per_replica=hardware.gpus_per_replica,
         tensor_parallel_size=engine.tensor_parallel_size,
         pipeline_parallel_size=engine.pipeline_parallel_size,
+        # A gpuFraction engine is started with its share of the GPU (0.09 of it at 0.1), not the spec's 0.9.
+        gpu_memory_utilization=engine_gpu_memory_utilization(deployment),
     )
     try:
         plan = plan_for_sku(workload, sku.vm_size)
@@ -84,12 +85,14 @@ def fit_problems(deployment: InferenceDeployment, model: ModelInfo, sku: GpuSku)
         return [Problem("spec.hardware", f"{err.message}; `tokenplane plan` on this file shows the sizes that fit")]
     if plan.fits:
         return []
-    mig = deployment.spec.hardware.mig_profile
-    devices, larger = (
-        (f"a {mig.value} slice", ("spec.hardware.migProfile", "a larger migProfile"))
-        if mig is not None
-        else (f"{plan.gpus_per_replica} GPU(s)", ("spec.hardware.vmSize", "a larger vmSize or more gpusPerReplica"))
-    )
+    mig, fraction = hardware.mig_profile, hardware.gpu_fraction
+    if mig is not None:
+        devices, larger = f"a {mig.value} slice", ("spec.hardware.migProfile", "a larger migProfile")
+    elif fraction is not None:
+        devices, larger = f"a {fraction} share of one GPU", ("spec.hardware.gpuFraction", "a larger gpuFraction")
+    else:
+        devices = f"{plan.gpus_per_replica} GPU(s)"
+        larger = ("spec.hardware.vmSize", "a larger vmSize or more gpusPerReplica")
     lora, lora_fix = "", ""
     if workload.max_loras:
         # vLLM preallocates every LoRA slot at engine start, adapters loaded or not.
