@@ -16,7 +16,7 @@ from tokenplane_operator.api.v1alpha1 import InferenceDeployment
 from tokenplane_operator.converge.quota import QuotaCheck, check_quota, existing_claims
 from tokenplane_operator.desired.agentpool import DesiredAgentPool
 from tokenplane_operator.errors import TokenplaneError
-from tokenplane_operator.plan.catalog import GIB, load_prices
+from tokenplane_operator.plan.catalog import GIB, GpuSku, load_prices
 from tokenplane_operator.plan.errors import PlanError, PlanErrorReason
 from tokenplane_operator.plan.estimates import COMPUTE_EFFICIENCY, MEMORY_BANDWIDTH_EFFICIENCY
 from tokenplane_operator.plan.modelinfo import ModelInfo, read_model_dir, resolve_model
@@ -55,10 +55,11 @@ def model_override(model_config: Path | None, model: str | None) -> ModelInfo | 
 
 def _workload_from_file(
     file: Path, concurrency: int, vm_size: str | None, model: ModelInfo | None = None
-) -> tuple[Workload, InferenceDeployment]:
+) -> tuple[Workload, InferenceDeployment, tuple[GpuSku, ...] | None]:
+    """Return the CR's workload, the CR, and the catalog to size it in (None: all of it, for vmSize auto)."""
     from tokenplane_cli.files import ManifestError, load_one_document
     from tokenplane_operator.api.validation import InvalidSpecError, parse_inference_deployment
-    from tokenplane_operator.plan.spec import workload_from_spec
+    from tokenplane_operator.plan.spec import workload_as_rendered, workload_from_spec
 
     try:
         document = load_one_document(file, "plan")
@@ -70,8 +71,12 @@ def _workload_from_file(
         problems = "; ".join(str(p) for p in err.problems)
         field = err.problems[0].path if err.problems else None
         raise PlanError(PlanErrorReason.INVALID_WORKLOAD, f"{file}: {problems}", field=field) from None
-    workload = workload_from_spec(deployment.spec, model=model, concurrency=concurrency)
-    return (workload if vm_size is None else replace(workload, vm_size=vm_size)), deployment
+    catalog = None
+    if deployment.spec.hardware.vm_size == "auto":
+        workload = workload_from_spec(deployment.spec, model=model, concurrency=concurrency)
+    else:  # sized as the operator renders it, on its own size or on --vm-size
+        workload, catalog = workload_as_rendered(deployment, model=model, concurrency=concurrency)
+    return (workload if vm_size is None else replace(workload, vm_size=vm_size)), deployment, catalog
 
 
 def _planned_pool(plan: Plan, deployment: InferenceDeployment | None) -> tuple[DesiredAgentPool | None, Checked | None]:
@@ -359,7 +364,7 @@ def plan_command(
     out = console or Console(highlight=False, soft_wrap=True)
     try:
         prices = load_prices(prices_file) if prices_file else None
-        deployment = None
+        deployment, catalog = None, None
         if file is not None:
             ignored = [flag for flag, value in (("--max-model-len", max_model_len), ("--quantization", quantization))
                        if value is not None]  # fmt: skip
@@ -369,7 +374,9 @@ def plan_command(
                     f"{' and '.join(ignored)} apply without a FILE; with one, set spec.model.maxModelLen and "
                     "spec.model.quantization in it",
                 )
-            workload, deployment = _workload_from_file(file, concurrency, vm_size, model_override(model_config, model))
+            workload, deployment, catalog = _workload_from_file(
+                file, concurrency, vm_size, model_override(model_config, model)
+            )
         else:
             info = model_override(model_config, model)
             if info is None:
@@ -384,7 +391,7 @@ def plan_command(
                 vm_size=vm_size,
             )
         if workload.vm_size is not None:
-            result = plan_for_sku(workload, workload.vm_size, prices=prices)
+            result = plan_for_sku(workload, workload.vm_size, prices=prices, catalog=catalog)
         else:
             result = recommend(workload, prices=prices)
     except (PlanError, ValueError) as err:

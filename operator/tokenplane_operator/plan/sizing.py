@@ -672,13 +672,20 @@ def _unservable(workload: Workload, sku: GpuSku) -> str | None:
     return None
 
 
-def plan_for_sku(workload: Workload, vm_size: str, *, prices: Mapping[str, float] | None = None) -> Plan:
+def plan_for_sku(
+    workload: Workload,
+    vm_size: str,
+    *,
+    prices: Mapping[str, float] | None = None,
+    catalog: tuple[GpuSku, ...] | None = None,
+) -> Plan:
     """Size a workload on one VM size: the best placement there, or the closest miss with fits=False.
 
     Args:
         workload: The model and load.
         vm_size: The VM size to use.
         prices: USD per VM hour overrides keyed by VM size.
+        catalog: VM sizes to find it in (e.g. without MIG slices); the built-in catalog by default.
 
     Returns:
         A Plan; `fits` says whether the workload fits, `maxSequencesPerReplica` and
@@ -689,11 +696,11 @@ def plan_for_sku(workload: Workload, vm_size: str, *, prices: Mapping[str, float
     """
     fixed = replace(workload, vm_size=vm_size)
     try:
-        return recommend(fixed, prices=prices)
+        return recommend(fixed, catalog=catalog, prices=prices)
     except PlanError as err:
         if err.reason is not PlanErrorReason.DOES_NOT_FIT:
             raise
-    skus = with_prices(prices) if prices else all_skus()
+    skus = with_prices(prices, catalog) if prices else (catalog or all_skus())
     candidates = _candidates(fixed, (find_sku(vm_size, skus) or skus[0],))
     if not candidates:
         raise PlanError(

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from tokenplane_operator.api.v1alpha1 import InferenceDeployment, InferenceDeploymentSpec, Quantization, parse_source
+from tokenplane_operator.plan.catalog import GpuSku, all_skus
 from tokenplane_operator.plan.errors import PlanError, PlanErrorReason
 from tokenplane_operator.plan.modelinfo import ModelInfo, resolve_model
 from tokenplane_operator.plan.precision import Precision
 from tokenplane_operator.plan.sizing import QuantizationChoice, Workload
 from tokenplane_serving.mapping import lora_engine_kwargs
 
-__all__ = ["engine_gpu_memory_utilization", "replicas_per_gpu", "workload_from_spec"]
+__all__ = ["engine_gpu_memory_utilization", "replicas_per_gpu", "workload_as_rendered", "workload_from_spec"]
 
 # What the engines packed onto one GPU by gpuFraction may use together. The other 10% holds each engine's CUDA
 # context and NCCL buffers, which vLLM's budget does not count (its memory snapshot is taken after they are
@@ -110,3 +112,38 @@ def engine_gpu_memory_utilization(deployment: InferenceDeployment) -> float:
         return configured
     share = math.floor(_SHARED_GPU_BUDGET / engines * 10_000 + 1e-9) / 10_000
     return min(configured, share)
+
+
+def workload_as_rendered(
+    deployment: InferenceDeployment, *, model: ModelInfo | None = None, concurrency: int = 1
+) -> tuple[Workload, tuple[GpuSku, ...]]:
+    """Return the Workload and catalog that size a deployment with a set vmSize as the operator renders it.
+
+    The operator renders a set vmSize as written: gpusPerReplica, TP and PP left unset are one whole GPU,
+    unsharded, with no MIG slice unless migProfile names one, not whatever the planner would pick (which put
+    Llama-3.1-70B on TP 2 while the pods got one GPU each, and an 8B model on a MIG slice of a whole A100). A
+    gpuFraction engine gets its share of the GPU's memory (`engine_gpu_memory_utilization`).
+
+    Args:
+        deployment: The InferenceDeployment (its vmSize set, not auto).
+        model: The model, when the caller already has its shape; otherwise resolved from the source.
+        concurrency: Concurrent max_model_len sequences the deployment must hold.
+
+    Returns:
+        The pinned Workload, and the catalog to size it in (MIG slices removed unless migProfile is set).
+
+    Raises:
+        PlanError: As `workload_from_spec`.
+    """
+    hardware, engine = deployment.spec.hardware, deployment.spec.engine
+    workload = replace(
+        workload_from_spec(deployment.spec, model=model, concurrency=concurrency),
+        gpus_per_replica=hardware.gpus_per_replica,
+        tensor_parallel_size=engine.tensor_parallel_size,
+        pipeline_parallel_size=engine.pipeline_parallel_size,
+        gpu_memory_utilization=engine_gpu_memory_utilization(deployment),
+    )
+    catalog = all_skus()
+    if hardware.mig_profile is None:
+        catalog = tuple(replace(sku, mig_profiles={}) for sku in catalog)
+    return workload, catalog

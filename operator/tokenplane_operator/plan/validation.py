@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from tokenplane_operator.api.v1alpha1 import AcceleratorKind, Dtype, InferenceDeployment, Quantization, parse_source
 from tokenplane_operator.api.validation import Problem
 from tokenplane_operator.plan.catalog import GIB, SERVING_ARCH, GpuSku, all_skus, find_sku
@@ -12,7 +10,7 @@ from tokenplane_operator.plan.memory import lora_bytes_per_gpu
 from tokenplane_operator.plan.modelinfo import FLOAT16_REFUSED_MODEL_TYPES, ModelInfo, resolve_model
 from tokenplane_operator.plan.precision import Precision
 from tokenplane_operator.plan.sizing import default_step_tokens, plan_for_sku
-from tokenplane_operator.plan.spec import engine_gpu_memory_utilization, workload_from_spec
+from tokenplane_operator.plan.spec import workload_as_rendered, workload_from_spec
 
 __all__ = ["check_deployment", "fit_problems"]
 
@@ -68,19 +66,10 @@ def fit_problems(deployment: InferenceDeployment, model: ModelInfo, sku: GpuSku)
     Returns:
         One problem naming the field to change and the GiB needed and held; empty when it fits.
     """
-    hardware, engine = deployment.spec.hardware, deployment.spec.engine
-    # The operator renders a set vmSize as written: gpusPerReplica, TP and PP left unset are one GPU, unsharded,
-    # not the planner's choice (which put Llama-3.1-70B on TP 2 here while the pods got one GPU each).
-    workload = replace(
-        workload_from_spec(deployment.spec, model=model),
-        gpus_per_replica=hardware.gpus_per_replica,
-        tensor_parallel_size=engine.tensor_parallel_size,
-        pipeline_parallel_size=engine.pipeline_parallel_size,
-        # A gpuFraction engine is started with its share of the GPU (0.09 of it at 0.1), not the spec's 0.9.
-        gpu_memory_utilization=engine_gpu_memory_utilization(deployment),
-    )
+    hardware = deployment.spec.hardware
+    workload, catalog = workload_as_rendered(deployment, model=model)
     try:
-        plan = plan_for_sku(workload, sku.vm_size)
+        plan = plan_for_sku(workload, sku.vm_size, catalog=catalog)
     except PlanError as err:
         return [Problem("spec.hardware", f"{err.message}; `tokenplane plan` on this file shows the sizes that fit")]
     if plan.fits:

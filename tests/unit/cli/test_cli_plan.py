@@ -125,6 +125,28 @@ def test_cr_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert data["migProfile"] == "MIG3g" and data["vmSize"] == "Standard_NC40ads_H100_v5"
 
 
+def test_cr_file_with_a_set_vm_size_is_planned_as_rendered(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    # The operator renders a set vmSize as written: one whole GPU a replica. The plan showed a MIG 3g slice of the
+    # A100 (33.5 GiB, 47 tok/s) for the first, and TP 2 for the second, which would not fit its one GPU.
+    cr = tmp_path / "cr.yaml"
+    body = yaml.safe_load(
+        "apiVersion: tokenplane.io/v1alpha1\nkind: InferenceDeployment\nmetadata: {name: a}\nspec:\n"
+        "  model: {source: 'hf://meta-llama/Llama-3.1-8B-Instruct', maxModelLen: 8192}\n"
+        "  hardware: {vmSize: Standard_NC24ads_A100_v4}\n"
+    )
+    cr.write_text(yaml.safe_dump(body))
+    code, out = run(capsys, file=cr, output="json")
+    data = json.loads(out)
+    assert code == 0, out
+    assert data["migProfile"] is None and data["gpusPerReplica"] == 1 and data["capacityBytesPerReplica"] > 70 * 2**30
+    body["spec"]["model"]["source"] = "hf://meta-llama/Llama-3.1-70B-Instruct"
+    body["spec"]["hardware"]["vmSize"] = "Standard_NC96ads_A100_v4"
+    cr.write_text(yaml.safe_dump(body))
+    code, out = run(capsys, file=cr, output="json")
+    data = json.loads(out)
+    assert code == 1 and data["fits"] is False and data["tensorParallelSize"] == 1, out
+
+
 def test_cr_file_for_a_model_plan_cannot_know(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     cr = tmp_path / "cr.yaml"
     cr.write_text(
