@@ -107,9 +107,10 @@ def render_checked(deployment: InferenceDeployment, config: RenderConfig | None 
     checked = Checked(deployment=deployment)
     try:
         # Resolves `vmSize: auto` too.
-        checked.state = build_desired_state(deployment, config or operator_render_config())
+        config = config or operator_render_config()
+        checked.state = build_desired_state(deployment, config)
         # The head's size is the operator's setting, not the CR's: a head too big for a system node never starts.
-        checked.problems = [Problem(p.where, p.message) for p in check_head_fits(checked.state)]
+        checked.problems = [Problem(p.where, p.message) for p in check_head_fits(checked.state, config)]
     except PlanError as exc:
         if exc.reason is PlanErrorReason.UNKNOWN_MODEL and deployment.spec.hardware.vm_size == "auto":
             checked.unplanned = exc  # the operator reads the checkpoint's config.json in the cluster

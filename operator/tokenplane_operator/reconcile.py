@@ -70,6 +70,7 @@ from tokenplane_operator.desired.naming import (
     selector_labels,
     spec_hash,
 )
+from tokenplane_operator.desired.schedulable import check_head_fits
 from tokenplane_operator.errors import (
     CloudRejectedError,
     OperationFailedError,
@@ -314,12 +315,17 @@ async def reconcile(
     if problems:
         return result(None, ObservedState(problems=tuple(map(str, problems))), actions=[], invalid=True)
 
+    config = settings.render_config()
     try:
-        desired = build_desired_state(deployment, settings.render_config())
+        desired = build_desired_state(deployment, config)
     except PlanError as err:
         reason = Reason.DOES_NOT_FIT if err.reason is PlanErrorReason.DOES_NOT_FIT else Reason.INVALID_SPEC
         message = err.message if err.field is None else f"{err.field}: {err.message}"
         return result(deployment, ObservedState(plan_error=(reason, message)), actions=[], invalid=True)
+    # The head's requests and the system node are operator settings: a head no system node holds stays Pending.
+    if head := check_head_fits(desired, config):
+        message = "; ".join(f"{p.where}: {p.message}" for p in head)
+        return result(deployment, ObservedState(plan_error=(Reason.DOES_NOT_FIT, message)), actions=[], invalid=True)
 
     async with clients._locks[f"cr:{_owner(body)}"]:
         return await _reconcile_valid(

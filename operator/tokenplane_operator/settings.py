@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tokenplane_operator.converge.quota import QuotaPolicy
 from tokenplane_operator.desired.config import CPU_QUANTITY, MEMORY_QUANTITY, RenderConfig
 from tokenplane_operator.desired.naming import METRICS_PORT
 from tokenplane_operator.plan.allocatable import NodeOverhead
+from tokenplane_operator.plan.catalog import host_size
 
 __all__ = ["OperatorSettings"]
 
@@ -115,9 +116,19 @@ class OperatorSettings(BaseSettings):
         pattern=MEMORY_QUANTITY,
         description="Memory request and limit of every Ray head (a Kubernetes quantity).",
     )
+    system_node_vm_size: str = Field(
+        default=RenderConfig.model_fields["system_node_vm_size"].default,
+        description="VM size of the system pool the Ray heads run on; the head's requests must fit its allocatable.",
+    )
     quota_cache_ttl_s: float = Field(
         default=60.0, ge=0, description="Reuse one read of the region's vCPU quota and usage for this long."
     )
+
+    @field_validator("system_node_vm_size")
+    @classmethod
+    def _known_system_size(cls, vm_size: str) -> str:
+        host_size(vm_size)  # here, not only in RenderConfig, so the error names TOKENPLANE_SYSTEM_NODE_VM_SIZE
+        return vm_size
 
     @model_validator(mode="after")
     def _scope(self) -> OperatorSettings:
@@ -151,5 +162,6 @@ class OperatorSettings(BaseSettings):
                 "node_os_disk_gib": self.node_os_disk_gib,
                 "head_cpu": self.head_cpu,
                 "head_memory": self.head_memory,
+                "system_node_vm_size": self.system_node_vm_size,
             }
         )

@@ -22,7 +22,7 @@ from tokenplane_operator.api.validation import parse_inference_deployment
 from tokenplane_operator.desired.agentpool import POOL_LABEL
 from tokenplane_operator.desired.bundle import build_desired_state
 from tokenplane_operator.desired.config import RenderConfig
-from tokenplane_operator.desired.schedulable import SYSTEM_NODE, parse_quantity
+from tokenplane_operator.desired.schedulable import parse_quantity
 
 pytestmark = pytest.mark.kmock(cls=ApiServerEmulator)
 
@@ -148,5 +148,23 @@ async def test_the_head_pod_kuberay_builds_fits_a_system_node(kuberay: KubeRayPe
     memory = sum(parse_quantity(c["resources"]["requests"]["memory"]) for c in containers)
     # The operator's head request plus KubeRay's sidecar (500m, 512Mi): 0.8 cores and 3.5 GiB by default.
     head_request = RenderConfig()
-    assert cpu == parse_quantity(head_request.head_cpu) + 0.5 and cpu <= SYSTEM_NODE.cpu_millis / 1000
-    assert memory == parse_quantity(head_request.head_memory) + 512 * 2**20 and memory <= SYSTEM_NODE.memory_bytes
+    system_node = head_request.system_node()
+    assert cpu == parse_quantity(head_request.head_cpu) + 0.5 and cpu <= system_node.cpu_millis / 1000
+    assert memory == parse_quantity(head_request.head_memory) + 512 * 2**20 and memory <= system_node.memory_bytes
+
+
+async def test_a_head_the_system_node_cannot_hold_is_refused(
+    kmock: kmock.KubernetesEmulator, arm_emulator: ArmEmulator, kuberay: KubeRayPeer
+) -> None:
+    """A 2-CPU head (2.5 with the autoscaler) on a Standard_D2s_v3 system pool (0.9 allocatable) would stay Pending."""
+    harness = OperatorHarness(kmock, arm_emulator, head_cpu="2", system_node_vm_size="Standard_D2s_v3")
+    await harness.start()
+    try:
+        arm_emulator.clear_requests()
+        await harness.create(cr_body("big-head"))
+        await harness.wait_for(lambda: harness.condition("big-head", "Validated").get("reason") == "DoesNotFit")
+        message = harness.condition("big-head", "Validated")["message"]
+        assert "cpu 2.5 = 2.5 exceeds the allocatable 0.90 of a system node (Standard_D2s_v3)" in message, message
+        assert harness.get("big-head", resource=RS_RESOURCE) is None and arm_emulator.requests == []
+    finally:
+        await harness.stop()

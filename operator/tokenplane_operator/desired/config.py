@@ -7,7 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from tokenplane_operator.plan.allocatable import NodeOverhead
+from tokenplane_operator.plan.allocatable import NodeAllocatable, NodeOverhead, host_allocatable
+from tokenplane_operator.plan.catalog import host_size
 
 __all__ = ["CPU_QUANTITY", "MEMORY_QUANTITY", "RenderConfig"]
 
@@ -42,6 +43,13 @@ class RenderConfig(BaseModel):
     # the app (importing Ray Serve LLM): hence 3Gi, not the sample's 2Gi.
     head_cpu: str = Field(default="300m", pattern=CPU_QUANTITY, description="Ray head CPU request.")
     head_memory: str = Field(default="3Gi", pattern=MEMORY_QUANTITY, description="Ray head memory request and limit.")
+    # AKS has no one system node size: the resource provider picks the default by quota and capacity (az aks create
+    # --node-vm-size; Azure/azure-powershell#27663 dropped the client-side Standard_DS2_v2 default for that reason).
+    # The default is the smallest size the head defaults are sized for (2 vCPUs, 8 GiB), so a check that passes here
+    # passes on any larger system node; set the real size to allow a bigger head.
+    system_node_vm_size: str = Field(
+        default="Standard_D2s_v3", description="VM size of the system pool the Ray heads run on (their fit is checked)."
+    )
     node_daemonset_cpu_millis: int = Field(
         default=NodeOverhead.daemonset_cpu_millis, ge=0, description="CPU the DaemonSets of a GPU node request."
     )
@@ -84,6 +92,16 @@ class RenderConfig(BaseModel):
             if network.prefixlen == 0:
                 raise ValueError(f"{cidr} admits every address and would void allowedNamespaces; use the VNet's range")
         return ranges
+
+    @field_validator("system_node_vm_size")
+    @classmethod
+    def _known_system_size(cls, vm_size: str) -> str:
+        host_size(vm_size)  # ValueError names the size
+        return vm_size
+
+    def system_node(self) -> NodeAllocatable:
+        """Return what pods can request on one system node, where every Ray head runs."""
+        return host_allocatable(*host_size(self.system_node_vm_size))
 
     def node_overhead(self) -> NodeOverhead:
         """Return what every GPU node keeps from our workers besides AKS's own reservations."""

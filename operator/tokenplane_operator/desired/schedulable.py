@@ -40,12 +40,11 @@ from tokenplane_operator.desired.naming import (
 )
 from tokenplane_operator.desired.rayservice import SYSTEM_POOL_TAINT, weights_disk_bytes
 from tokenplane_operator.desired.resolve import checkpoint_bytes
-from tokenplane_operator.plan.allocatable import NodeAllocatable, host_allocatable, node_allocatable
+from tokenplane_operator.plan.allocatable import NodeAllocatable, node_allocatable
 from tokenplane_operator.plan.catalog import find_sku
 
 __all__ = [
     "KUBERAY_AUTOSCALER_RESOURCES",
-    "SYSTEM_NODE",
     "Peer",
     "Problem",
     "admits",
@@ -54,8 +53,6 @@ __all__ = [
     "parse_quantity",
 ]
 
-# AKS's default system node size for new clusters, Standard_D4ds_v5: 4 vCPUs, 16 GiB (the Ray head runs there).
-SYSTEM_NODE = host_allocatable(4, 16.0)
 # The autoscaler container KubeRay adds to the head pod with enableInTreeAutoscaling, unless
 # autoscalerOptions.resources replaces it (ray-operator/controllers/ray/common/pod.go, BuildAutoscalerContainer).
 KUBERAY_AUTOSCALER_RESOURCES: Mapping[str, Mapping[str, str]] = {
@@ -222,21 +219,18 @@ def admits(
 # --- the checker --------------------------------------------------------------------------------------------
 
 
-def check_schedulable(
-    state: DesiredState, config: RenderConfig, *, system_node: NodeAllocatable = SYSTEM_NODE
-) -> list[Problem]:
+def check_schedulable(state: DesiredState, config: RenderConfig) -> list[Problem]:
     """Check every rule against one rendered deployment.
 
     Args:
         state: What `build_desired_state` rendered.
-        config: The render settings it used (node overhead, system namespaces, private ranges).
-        system_node: Allocatable of the nodes the Ray head runs on.
+        config: The render settings it used (node overhead, system node size, system namespaces, private ranges).
 
     Returns:
         The problems found; empty when it would schedule and serve as intended.
     """
     return [
-        *_check_fits(state, config, system_node),
+        *_check_fits(state, config),
         *_check_parallelism(state),
         *_check_placement(state),
         *_check_names(state),
@@ -293,31 +287,33 @@ def _worker_node(state: DesiredState, config: RenderConfig) -> NodeAllocatable |
     return node_allocatable(sku, mig, overhead)
 
 
-def check_head_fits(state: DesiredState, system_node: NodeAllocatable = SYSTEM_NODE) -> list[Problem]:
-    """Check that the Ray head (with any container KubeRay adds) fits a system node; `validate` runs this too.
+def check_head_fits(state: DesiredState, config: RenderConfig) -> list[Problem]:
+    """Check that the Ray head (with any container KubeRay adds) fits a system node; validate and the operator check it.
 
     Args:
         state: What `build_desired_state` rendered.
-        system_node: Allocatable of the nodes the Ray head runs on.
+        config: The render settings it used; `system_node_vm_size` is the node the head runs on.
 
     Returns:
         One problem per resource the head asks more of than the node has, naming the settings to change.
     """
     cluster = _cluster(state)
     sidecars = _injected_head_containers(cluster)
-    problems = _fit_problems(_pod_requests(cluster["headGroupSpec"]["template"], sidecars), system_node, 1)
+    problems = _fit_problems(_pod_requests(cluster["headGroupSpec"]["template"], sidecars), config.system_node(), 1)
     counted = " (with the autoscaler container KubeRay adds)" if sidecars else ""
     # The head's requests are operator settings, not the CR's: name them, as the OS disk's fix does.
     fix = (
         "; lower TOKENPLANE_HEAD_CPU / TOKENPLANE_HEAD_MEMORY (chart serving.head.cpu / serving.head.memory) or "
-        "give the system pool a larger VM size"
+        f"give the system pool a larger VM size than {config.system_node_vm_size} and set it in "
+        "TOKENPLANE_SYSTEM_NODE_VM_SIZE (chart serving.head.systemNodeVmSize)"
     )
     where = _where(state, ".headGroupSpec.template.spec.containers[ray-head].resources")
-    return [Problem("fits", where, f"{p} of a system node{counted}{fix}") for p in problems]
+    node = f"a system node ({config.system_node_vm_size})"
+    return [Problem("fits", where, f"{p} of {node}{counted}{fix}") for p in problems]
 
 
-def _check_fits(state: DesiredState, config: RenderConfig, system_node: NodeAllocatable) -> list[Problem]:
-    found = check_head_fits(state, system_node)
+def _check_fits(state: DesiredState, config: RenderConfig) -> list[Problem]:
+    found = check_head_fits(state, config)
     node = _worker_node(state, config)
     for group in _cluster(state)["workerGroupSpecs"]:
         where = _where(state, f".workerGroupSpecs[{group['groupName']}]")

@@ -19,6 +19,7 @@ __all__ = [
     "MigProfile",
     "all_skus",
     "find_sku",
+    "host_size",
     "load_prices",
     "with_prices",
 ]
@@ -173,6 +174,33 @@ def find_sku(vm_size: str, catalog: tuple[GpuSku, ...] | None = None) -> GpuSku 
     """
     wanted = vm_size.lower()
     return next((s for s in catalog or all_skus() if s.vm_size.lower() == wanted), None)
+
+
+@cache
+def _host_sizes() -> dict[str, tuple[int, float]]:
+    """Return every VM size the catalog knows the host of, lower-cased: the system sizes and the GPU sizes."""
+    text = resources.files(__package__).joinpath("catalog.yaml").read_text(encoding="utf-8")
+    rows = yaml.safe_load(text)["system_sizes"]
+    sizes = {r["vm_size"].lower(): (int(r["vcpus"]), float(r["memory_gib"])) for r in rows}
+    return sizes | {s.vm_size.lower(): (s.vcpus, s.memory_gib) for s in all_skus()}
+
+
+def host_size(vm_size: str) -> tuple[int, float]:
+    """Look up the host vCPUs and RAM (GiB) of a VM size, ignoring case; system pool sizes as well as GPU sizes.
+
+    Args:
+        vm_size: An Azure VM size such as "Standard_D2s_v3".
+
+    Returns:
+        (vCPUs, memory GiB).
+
+    Raises:
+        ValueError: The catalog does not know the size; the message names it.
+    """
+    found = _host_sizes().get(vm_size.lower())
+    if found is None:
+        raise ValueError(f"unknown VM size {vm_size!r}: the catalog (plan/catalog.yaml system_sizes) does not list it")
+    return found
 
 
 def with_prices(prices: Mapping[str, float], catalog: tuple[GpuSku, ...] | None = None) -> tuple[GpuSku, ...]:

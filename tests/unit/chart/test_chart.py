@@ -351,15 +351,18 @@ def test_the_ray_head_size_comes_from_the_chart(monkeypatch: pytest.MonkeyPatch)
     defaults = yaml.safe_load((CHART / "values.yaml").read_text())["serving"]["head"]
     assert (
         defaults
-        == {"cpu": RenderConfig().head_cpu, "memory": RenderConfig().head_memory}
         == {
-            "cpu": "300m",
-            "memory": "3Gi",
+            "cpu": RenderConfig().head_cpu,
+            "memory": RenderConfig().head_memory,
+            "systemNodeVmSize": RenderConfig().system_node_vm_size,
         }
+        == {"cpu": "300m", "memory": "3Gi", "systemNodeVmSize": "Standard_D2s_v3"}
     )
     default = _settings_from(_render({}), monkeypatch).render_config()
-    assert (default.head_cpu, default.head_memory) == ("300m", "3Gi")
-    config = _settings_from(_render({"serving": {"head": {"cpu": 2, "memory": "6Gi"}}}), monkeypatch).render_config()
+    assert (default.head_cpu, default.head_memory, default.system_node_vm_size) == ("300m", "3Gi", "Standard_D2s_v3")
+    head = {"cpu": 2, "memory": "6Gi", "systemNodeVmSize": "Standard_D8ds_v5"}
+    config = _settings_from(_render({"serving": {"head": head}}), monkeypatch).render_config()
+    assert config.system_node_vm_size == "Standard_D8ds_v5"
     body = {"metadata": {"name": "m", "namespace": "ai"},
             "spec": {"model": {"source": "org/m"}, "hardware": {"vmSize": "Standard_NC24ads_A100_v4"}}}  # fmt: skip
     state = build_desired_state(parse_inference_deployment(body), config)

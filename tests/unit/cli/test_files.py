@@ -182,6 +182,7 @@ def test_render_uses_the_operators_settings(tmp_path: Path, monkeypatch: pytest.
     from tokenplane_operator.settings import OperatorSettings
 
     monkeypatch.setenv("TOKENPLANE_HEAD_CPU", "1500m")
+    monkeypatch.setenv("TOKENPLANE_SYSTEM_NODE_VM_SIZE", "Standard_D4ds_v5")  # 1.5 + 0.5 CPUs: more than a D2s_v3
     monkeypatch.setenv("TOKENPLANE_SERVING_IMAGE", "registry.example/serving:9")
     path = tmp_path / "cr.yaml"
     path.write_text(GOOD_YAML)
@@ -212,3 +213,18 @@ def test_validate_reports_a_head_too_big_for_a_system_node(tmp_path: Path, monke
     assert result.exit_code == 1
     assert "headGroupSpec.template.spec.containers[ray-head].resources" in result.output
     assert "cpu 8" in result.output and "lower TOKENPLANE_HEAD_CPU" in result.output
+
+
+def test_validate_checks_the_head_against_the_system_node_size_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TOKENPLANE_HEAD_CPU", "2")
+    path = tmp_path / "cr.yaml"
+    path.write_text(GOOD_YAML)
+    assert "Standard_D2s_v3" in CliRunner().invoke(app, ["validate", str(path)]).output  # 2.5 CPUs > 0.9
+    monkeypatch.setenv("TOKENPLANE_SYSTEM_NODE_VM_SIZE", "Standard_D4ds_v5")
+    assert CliRunner().invoke(app, ["validate", str(path)]).exit_code == 0
+    monkeypatch.setenv("TOKENPLANE_SYSTEM_NODE_VM_SIZE", "Standard_Z9")
+    result = CliRunner().invoke(app, ["validate", str(path)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "TOKENPLANE_SYSTEM_NODE_VM_SIZE: Value error, unknown VM size 'Standard_Z9'" in str(result.exception)

@@ -170,7 +170,7 @@ def test_fits_counts_the_autoscaler_container_kuberay_adds_to_the_head() -> None
     # In-tree autoscaling: KubeRay appends a 500m / 512Mi autoscaler container to the head pod
     # (ray-operator/controllers/ray/common/pod.go, BuildAutoscalerContainer). A 2.5-CPU head alone fits the
     # 2.86 allocatable CPUs of a D4ds_v5 system node; with the sidecar the pod asks 3.
-    config = RenderConfig(head_cpu="2.5")
+    config = RenderConfig(head_cpu="2.5", system_node_vm_size="Standard_D4ds_v5")
     state = render(yaml.safe_load((ROOT / "deploy" / "examples" / "byo-nodes.yaml").read_text()), config)
     assert state.rayservice["spec"]["rayClusterConfig"]["enableInTreeAutoscaling"] is True
     (problem,) = check_schedulable(state, config)
@@ -192,22 +192,35 @@ def test_fits_counts_the_autoscaler_container_kuberay_adds_to_the_head() -> None
 
 
 def test_the_default_head_fits_a_two_vcpu_system_node() -> None:
-    # Standard_D2s_v3 (2 vCPUs, 8 GiB; older `az aks create` clusters' system pools): 0.9 CPU and 3.90 GiB
-    # allocatable after AKS's reservations and the DaemonSet budget. The old head (2 CPUs, 8Gi) never scheduled.
-    d2s_v3 = host_allocatable(2, 8.0)
+    # Standard_D2s_v3 (2 vCPUs, 8 GiB; the default system_node_vm_size): 0.9 CPU and 3.90 GiB allocatable after
+    # AKS's reservations and the DaemonSet budget. The old head (2 CPUs, 8Gi) never scheduled.
+    assert CONFIG.system_node_vm_size == "Standard_D2s_v3" and CONFIG.system_node() == host_allocatable(2, 8.0)
     state = example("byo-nodes")
     head = state.rayservice["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
     assert head["resources"] == {"requests": {"cpu": "300m", "memory": "3Gi"}, "limits": {"memory": "3Gi"}}
-    assert check_schedulable(state, CONFIG, system_node=d2s_v3) == []
+    assert check_schedulable(state, CONFIG) == []
     old = RenderConfig(head_cpu="2", head_memory="8Gi")
     problems = check_schedulable(render(yaml.safe_load((ROOT / "deploy/examples/byo-nodes.yaml").read_text()), old),
-                                 old, system_node=d2s_v3)  # fmt: skip
+                                 old)  # fmt: skip
     assert [p.where for p in problems] == [
         "RayService/byo .headGroupSpec.template.spec.containers[ray-head].resources"
     ] * 2
-    assert "cpu 2.5 = 2.5 exceeds the allocatable 0.90 of a system node" in problems[0].message
+    assert "cpu 2.5 = 2.5 exceeds the allocatable 0.90 of a system node (Standard_D2s_v3)" in problems[0].message
     assert "memory 8.5 GiB = 8.5 GiB exceeds the allocatable 3.90 GiB" in problems[1].message
     assert all("TOKENPLANE_HEAD_CPU" in p.message and "serving.head.cpu" in p.message for p in problems)
+    assert all("serving.head.systemNodeVmSize" in p.message for p in problems)
+
+
+def test_the_system_node_size_is_what_the_head_must_fit() -> None:
+    # 2 CPUs + the autoscaler's 500m: more than a D2s_v3's 0.9 allocatable, less than a D4ds_v5's 2.86.
+    body = yaml.safe_load((ROOT / "deploy/examples/byo-nodes.yaml").read_text())
+    small = RenderConfig(head_cpu="2")
+    assert [p.rule for p in check_schedulable(render(body, small), small)] == ["fits"]
+    larger = RenderConfig(head_cpu="2", system_node_vm_size="standard_d4ds_v5")  # AKS sizes are case-insensitive
+    assert larger.system_node().cpu_millis == 2860
+    assert check_schedulable(render(body, larger), larger) == []
+    with pytest.raises(ValueError, match="unknown VM size 'Standard_D3_nope'"):
+        RenderConfig(system_node_vm_size="Standard_D3_nope")
 
 
 def test_fits_counts_every_pod_a_mig_node_holds() -> None:
