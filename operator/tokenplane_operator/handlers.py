@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
@@ -30,6 +32,7 @@ from tokenplane_operator.reconcile import (
     release,
     release_abandoned,
     status_patch,
+    sweep_orphaned_pools,
 )
 from tokenplane_operator.settings import OperatorSettings
 
@@ -86,11 +89,38 @@ async def startup(
     memo.rayservices_seen = {}  # RayService namespace/name -> fingerprint of what KubeRay last reported
     if memo.clients.pools is None:
         logger.warning("no Azure settings: managed node pools are reported as CloudError, BYO and CPU work")
+    else:
+        memo.sweeper = asyncio.create_task(_sweep_orphans(memo, logger))
+
+
+async def _sweep_orphans(memo: kopf.Memo, logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
+    """Every `orphan_sweep_interval_s`, release the tagged pools no InferenceDeployment uses (after the grace)."""
+    unused_since: dict[str, datetime] = {}  # in memory: a restart only restarts each pool's grace
+    # Events need an object: this operator's pod (HOSTNAME is the pod's name in Kubernetes).
+    meta = {"namespace": memo.config.operator_namespace, "name": os.environ.get("HOSTNAME", "")}
+    pod = kopf.Body(cast(kopf.RawBody, {"apiVersion": "v1", "kind": "Pod", "metadata": meta}))
+    while True:
+        await asyncio.sleep(memo.config.orphan_sweep_interval_s)  # first after one interval: start-up stays quiet
+        try:
+            async with memo.slots:
+                actions = await sweep_orphaned_pools(
+                    clients=memo.clients, settings=memo.config, unused_since=unused_since, now=datetime.now(UTC)
+                )
+        except TokenplaneError as err:
+            logger.warning("orphaned node pool sweep failed (the next one retries): %s", err)
+            actions = []
+        for action in actions:
+            logger.warning("released orphaned agent pool %s: %s", action.target, action.reason)
+            kopf.warn(pod, reason="OrphanedPoolReleased", message=f"{action.target}: {action.reason}")
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    """Close the HTTP sessions."""
+    """Stop the sweep and close the HTTP sessions."""
+    if "sweeper" in memo:
+        memo.sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await memo.sweeper
     if "clients" in memo and not memo.get("keep_clients"):
         await memo.clients.close()
 

@@ -97,6 +97,7 @@ __all__ = [
     "release",
     "release_abandoned",
     "status_patch",
+    "sweep_orphaned_pools",
 ]
 
 # A failed list of the cluster's pools (ARM throttling, a blip) falls back on the last one up to this old: without
@@ -875,6 +876,55 @@ async def release(body: Mapping[str, Any], *, clients: Clients, settings: Operat
                 clients._cache.pop(name, None)
             pending |= action.kind in (ActionKind.RELEASE_POOL, ActionKind.WAIT)
     return ReleaseResult(actions, not pending, settings.poll_interval_s)
+
+
+async def sweep_orphaned_pools(
+    *, clients: Clients, settings: OperatorSettings, unused_since: dict[str, datetime], now: datetime
+) -> list[Action]:
+    """Release tokenplane's agent pools that no InferenceDeployment uses, once unused for `orphan_grace_s`.
+
+    A pool is created before its deployment's status names it; a crash between the two, then a deletion or a
+    spec edit, left a billed pool that no CR's finalizer would release. Only pools carrying our managed-by tag
+    are candidates (never the system pool nor BYO pools). A pool in use by any CR of the cluster (its spec asks for
+    it, or its status names it, also mid-move and while it is being deleted) is kept, as is one with an operation
+    in flight (being created right now).
+
+    Args:
+        clients: Shared clients.
+        settings: Operator settings (rendering, to know the pool each spec asks for; the grace period).
+        unused_since: When each pool was first seen unused; the caller keeps it between sweeps.
+        now: The current time.
+
+    Returns:
+        The releases started (and the pools still being deleted).
+
+    Raises:
+        TokenplaneError: Azure or Kubernetes failed; the next sweep tries again.
+    """
+    if clients.pools is None:
+        return []
+    pools = await clients.pools.list_managed()
+    # Listed after the pools: a pool in that list was created for a CR this list holds (or that is gone since).
+    used = {name for item in await clients.kube.list_inference_deployments() for name in _pools_in_use(item, settings)}
+    unused = {pool.name: pool for pool in pools if pool.name not in used}
+    for name in set(unused_since) - set(unused):
+        del unused_since[name]  # used again (or gone): its grace starts over if it is ever unused again
+    actions = []
+    for name, pool in sorted(unused.items()):
+        first = unused_since.setdefault(name, now)
+        if pool.in_progress or now - first < timedelta(seconds=settings.orphan_grace_s):
+            continue
+        async with clients._locks[f"pool:{name}"]:
+            # Read both again: a CR may have claimed it since the listing.
+            users = await _users(name, "", clients, settings)
+            action = compute_release(name, None if users else await clients.pools.observe(name), users)
+            if action is None or action.kind is not ActionKind.RELEASE_POOL:
+                continue
+            await clients.pools.begin_delete(name)
+            clients._cache.pop(name, None)
+        unused_since.pop(name, None)
+        actions.append(replace(action, reason=f"no InferenceDeployment has used it for {now - first}"))
+    return actions
 
 
 async def release_abandoned(

@@ -120,6 +120,17 @@ class OperatorSettings(BaseSettings):
         default=RenderConfig.model_fields["system_node_vm_size"].default,
         description="VM size of the system pool the Ray heads run on; the head's requests must fit its allocatable.",
     )
+    orphan_sweep_interval_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="How often the cluster's tokenplane-tagged agent pools are compared with the InferenceDeployments "
+        "that use them, to release the ones none does (a crash between creating a pool and recording it).",
+    )
+    orphan_grace_s: float = Field(
+        default=900.0,
+        ge=0,
+        description="How long a tagged pool must stay unused by every InferenceDeployment before the sweep frees it.",
+    )
     quota_cache_ttl_s: float = Field(
         default=60.0, ge=0, description="Reuse one read of the region's vCPU quota and usage for this long."
     )

@@ -1,11 +1,17 @@
 """kopf + kmock + the ARM emulator: create to Ready, updates, sharing, deletion, restarts."""
 
 import asyncio
+import time
 
+import kmock
 import pytest
 
-from tests.support.kopf_harness import RS_RESOURCE, OperatorHarness, cr_body
+from tests.operator.conftest import CLUSTER, RESOURCE_GROUP, SUBSCRIPTION
+from tests.support.arm_emulator import ArmEmulator
+from tests.support.kopf_harness import A100, RS_RESOURCE, OperatorHarness, cr_body
 from tests.support.kube_emulator import ApiServerEmulator
+from tests.support.kuberay_peer import KubeRayPeer
+from tokenplane_operator.desired.agentpool import DesiredAgentPool, to_arm_body
 
 pytestmark = pytest.mark.kmock(cls=ApiServerEmulator)
 
@@ -191,3 +197,28 @@ async def test_replicas_beyond_pinned_max_nodes_are_refused_before_any_azure_cal
     await op.delete("capped")
     await op.wait_for(lambda: op.get("capped") is None, message="deleted")
     assert op.arm.requests == []
+
+
+async def test_a_tagged_pool_no_deployment_uses_is_released_after_the_grace(
+    kmock: kmock.KubernetesEmulator, arm_emulator: ArmEmulator, kuberay: KubeRayPeer
+) -> None:
+    """A pool created, then the operator killed before status named it and its CR deleted: a billed orphan.
+
+    The operator, restarted, releases it once unused for the grace period; the pool a CR is being created for, and
+    an untagged pool (the system pool, BYO), are never touched.
+    """
+    orphan = DesiredAgentPool(name="orphan", vm_size=A100, min_count=0, max_count=1)
+    arm_emulator.seed(SUBSCRIPTION, RESOURCE_GROUP, CLUSTER, "orphan", to_arm_body(orphan)["properties"])
+    arm_emulator.seed(SUBSCRIPTION, RESOURCE_GROUP, CLUSTER, "system", {"mode": "System", "vmSize": "Standard_D2s_v3"})
+    op = OperatorHarness(kmock, arm_emulator, orphan_sweep_interval_s=0.1, orphan_grace_s=0.8)
+    await op.create(cr_body("m1"))  # its pool is created while the sweeps run
+    started = time.monotonic()
+    await op.start()
+    try:
+        await op.wait_for(lambda: arm_emulator.calls("DELETE"), message="a DELETE")
+        assert time.monotonic() - started >= 0.8  # not before the grace period
+        used = (await op.wait_ready("m1"))["status"]["nodePool"]["name"]
+        assert [c.path.rsplit("/", 1)[-1] for c in arm_emulator.calls("DELETE")] == ["orphan"]
+        assert {used, "system"} <= set(arm_emulator.pool_names())
+    finally:
+        await op.stop(kill=True)
