@@ -17,6 +17,7 @@ from tokenplane_operator.adapters import exporter
 from tokenplane_operator.adapters.azure import AksAgentPools
 from tokenplane_operator.adapters.kube import KubeObjects
 from tokenplane_operator.api.v1alpha1 import GROUP, PLURAL, VERSION
+from tokenplane_operator.converge.overlap import outranking_operators
 from tokenplane_operator.converge.status import rayservice_fingerprint
 from tokenplane_operator.desired.naming import MANAGED_BY, MANAGED_BY_LABEL
 from tokenplane_operator.errors import TokenplaneError
@@ -91,6 +92,39 @@ async def startup(
         logger.warning("no Azure settings: managed node pools are reported as CloudError, BYO and CPU work")
     else:
         memo.sweeper = asyncio.create_task(_sweep_orphans(memo, logger))
+    if memo.config.peering_name and "stop_flag" in memo:
+        memo.overlap_watch = asyncio.create_task(_yield_to_another_release(memo, logger))
+
+
+async def _yield_to_another_release(memo: kopf.Memo, logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
+    """Stop when another release's operator over a namespace of ours outranks this one (both passed the start check).
+
+    main._refuse_overlap runs before kopf joins its peering, so two releases started together both pass it; once
+    both have joined, each sees the other here, and the peering priorities decide the same way on both sides.
+    """
+    config: OperatorSettings = memo.config
+    while True:
+        await asyncio.sleep(config.poll_interval_s)
+        try:
+            peerings = await memo.clients.kube.list_peerings(config.namespaces)
+        except TokenplaneError as err:
+            logger.warning("cannot check for another tokenplane release's operator (retrying): %s", err)
+            continue
+        others = outranking_operators(
+            peerings,
+            own=config.peering_name,
+            namespaces=config.namespaces,
+            priority=memo.peering_priority,
+            now=datetime.now(UTC),
+        )
+        if others:
+            memo.yielded = (
+                f"{'; '.join(others)}; it started first, so this operator stops: give each release namespaces of "
+                "its own (operator.watchNamespaces), or uninstall one"
+            )
+            logger.error("%s", memo.yielded)
+            memo.stop_flag.set()
+            return
 
 
 async def _sweep_orphans(memo: kopf.Memo, logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
@@ -116,11 +150,12 @@ async def _sweep_orphans(memo: kopf.Memo, logger: logging.Logger | logging.Logge
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    """Stop the sweep and close the HTTP sessions."""
-    if "sweeper" in memo:
-        memo.sweeper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await memo.sweeper
+    """Stop the background tasks and close the HTTP sessions."""
+    for task in (memo.get("sweeper"), memo.get("overlap_watch")):
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
     if "clients" in memo and not memo.get("keep_clients"):
         await memo.clients.close()
 

@@ -141,6 +141,11 @@ def _run_kopf(config: OperatorSettings) -> None:
     # Watching named namespaces needs no cluster-wide reads: no namespace or CRD scan (the chart installs the CRD
     # before the operator starts), so its RBAC can stay in Roles in those namespaces.
     settings.scanning.disabled = not clusterwide
+    # The handlers set it when another release's operator outranks this one (handlers._yield_to_another_release).
+    # An asyncio.Event: kopf waits for a threading.Event in an executor thread, which would keep a SIGTERMed process
+    # from exiting (asyncio.run joins that thread).
+    stop = asyncio.Event()
+    memo = kopf.Memo(config=config, peering_priority=priority, stop_flag=stop)
     asyncio.run(
         kopf.operator(
             clusterwide=clusterwide,
@@ -148,10 +153,13 @@ def _run_kopf(config: OperatorSettings) -> None:
             peering_name=config.peering_name or None,  # a name makes peering mandatory: no silent standalone
             priority=priority,
             settings=settings,
-            memo=kopf.Memo(config=config),
+            memo=memo,
+            stop_flag=stop,
             liveness_endpoint=f"http://0.0.0.0:{config.health_port}/healthz",
         )
     )
+    if "yielded" in memo:
+        raise SystemExit(f"error: {memo.yielded}")
 
 
 def run_operator(

@@ -17,7 +17,9 @@ from typing import Any
 import pytest
 
 from tests.operator.test_rbac import declare_peering, operator_container
+from tests.support.arm_emulator import ArmEmulator
 from tests.support.chart import render
+from tests.support.kopf_harness import OperatorHarness
 from tests.support.kube_emulator import ApiServerEmulator
 
 pytest.importorskip("helm_python")
@@ -73,3 +75,25 @@ async def test_an_operator_over_a_running_releases_namespace_refuses_to_start(
         "operator, watching every namespace, would reconcile the same InferenceDeployments" in stderr
     ), stderr
     assert "Traceback" not in stderr
+
+
+async def test_a_release_started_beside_another_stops_once_it_sees_the_older_one(
+    kmock: ApiServerEmulator, arm_emulator: ArmEmulator
+) -> None:
+    """Both passed the start-up check (neither had joined its peering): the lower priority stops, the higher runs on."""
+    declare_peering(kmock)
+    other = _running(render({}, namespace="ops", name="tp"), seen_s_ago=1)  # cluster-wide, one replica, priority 3
+    key = ("kopf.dev/v1/clusterkopfpeerings", None, other["metadata"]["name"])
+    kmock.objects[key] = other
+    op = OperatorHarness(kmock, arm_emulator, peering_name="tokenplane", peering_priority=5)
+    await op.start()
+    thread = op._thread
+    assert thread is not None
+    try:
+        await asyncio.sleep(1.0)  # three checks: this one outranks the other, it runs on
+        assert thread.is_alive()
+        (replica,) = other["status"].values()
+        kmock.objects[key] = {**other, "status": {"tp-1": {**replica, "priority": 8}}}
+        await op.wait_for(lambda: not thread.is_alive(), within=5, message="the operator stopped")
+    finally:
+        await op.stop(kill=True)

@@ -152,7 +152,14 @@ class OperatorHarness:
                 polling_interval_s=0.01,
             )
             clients = Clients(kube=KubeObjects.for_host(self.url), pools=pools)
-            memo = kopf.Memo(config=self.config, clients=clients, keep_clients=True)
+            # As main._run_kopf: the handlers stop kopf through the stop flag when another release outranks it.
+            memo = kopf.Memo(
+                config=self.config,
+                clients=clients,
+                keep_clients=True,
+                stop_flag=self._stop,
+                peering_priority=self.config.peering_priority or 0,
+            )
             try:
                 await kopf.operator(
                     clusterwide=True,

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tokenplane_operator.converge.overlap import overlapping_operators
+from tokenplane_operator.converge.overlap import outranking_operators, overlapping_operators
 
 NOW = datetime(2026, 11, 28, 18, 0, tzinfo=UTC)
 
@@ -59,3 +59,13 @@ def test_a_live_release_over_a_shared_namespace_is_named(theirs: Any, ours: list
 )
 def test_nothing_else_counts(theirs: Any, ours: list[str]) -> None:
     assert overlapping_operators([theirs], own="b", namespaces=ours, now=NOW) == []
+
+
+def test_of_two_releases_started_together_exactly_one_yields() -> None:
+    # Neither was live at the other's start-up check; now both are. Their priorities (7 and 9) order them alike.
+    theirs = peering("a", "ai")  # a live replica of priority 7
+    assert outranking_operators([theirs], own="b", namespaces=["ai"], priority=9, now=NOW) == []
+    (found,) = outranking_operators([theirs], own="b", namespaces=["ai"], priority=5, now=NOW)
+    assert found.startswith("release ops/a's operator is running and watches namespace ai")
+    assert outranking_operators([theirs], own="b", namespaces=["ai"], priority=7, now=NOW) == [found]  # tie: both
+    assert outranking_operators([theirs], own="b", namespaces=["web"], priority=5, now=NOW) == []
