@@ -45,10 +45,12 @@ class RenderConfig(BaseModel):
     head_memory: str = Field(default="3Gi", pattern=MEMORY_QUANTITY, description="Ray head memory request and limit.")
     # AKS has no one system node size: the resource provider picks the default by quota and capacity (az aks create
     # --node-vm-size; Azure/azure-powershell#27663 dropped the client-side Standard_DS2_v2 default for that reason).
-    # The default is the smallest size the head defaults are sized for (2 vCPUs, 8 GiB), so a check that passes here
-    # passes on any larger system node; set the real size to allow a bigger head.
+    # The default is the size the head's fit was checked against before this setting (Standard_D4ds_v5, 4 vCPUs,
+    # 16 GiB): an upgrade refuses no head that passed before, including the 2-CPU / 8Gi one docs/rollouts.md pins to
+    # keep running clusters. The head defaults also fit a 2-vCPU node; set the real size to check against it.
     system_node_vm_size: str = Field(
-        default="Standard_D2s_v3", description="VM size of the system pool the Ray heads run on (their fit is checked)."
+        default="Standard_D4ds_v5",
+        description="VM size of the system pool the Ray heads run on (their fit is checked).",
     )
     node_daemonset_cpu_millis: int = Field(
         default=NodeOverhead.daemonset_cpu_millis, ge=0, description="CPU the DaemonSets of a GPU node request."

@@ -356,10 +356,10 @@ def test_the_ray_head_size_comes_from_the_chart(monkeypatch: pytest.MonkeyPatch)
             "memory": RenderConfig().head_memory,
             "systemNodeVmSize": RenderConfig().system_node_vm_size,
         }
-        == {"cpu": "300m", "memory": "3Gi", "systemNodeVmSize": "Standard_D2s_v3"}
+        == {"cpu": "300m", "memory": "3Gi", "systemNodeVmSize": "Standard_D4ds_v5"}
     )
     default = _settings_from(_render({}), monkeypatch).render_config()
-    assert (default.head_cpu, default.head_memory, default.system_node_vm_size) == ("300m", "3Gi", "Standard_D2s_v3")
+    assert (default.head_cpu, default.head_memory, default.system_node_vm_size) == ("300m", "3Gi", "Standard_D4ds_v5")
     head = {"cpu": 2, "memory": "6Gi", "systemNodeVmSize": "Standard_D8ds_v5"}
     config = _settings_from(_render({"serving": {"head": head}}), monkeypatch).render_config()
     assert config.system_node_vm_size == "Standard_D8ds_v5"

@@ -192,14 +192,15 @@ def test_fits_counts_the_autoscaler_container_kuberay_adds_to_the_head() -> None
 
 
 def test_the_default_head_fits_a_two_vcpu_system_node() -> None:
-    # Standard_D2s_v3 (2 vCPUs, 8 GiB; the default system_node_vm_size): 0.9 CPU and 3.90 GiB allocatable after
-    # AKS's reservations and the DaemonSet budget. The old head (2 CPUs, 8Gi) never scheduled.
-    assert CONFIG.system_node_vm_size == "Standard_D2s_v3" and CONFIG.system_node() == host_allocatable(2, 8.0)
+    # Standard_D2s_v3 (2 vCPUs, 8 GiB): 0.9 CPU and 3.90 GiB allocatable after AKS's reservations and the DaemonSet
+    # budget. The old head (2 CPUs, 8Gi) never scheduled there.
+    d2 = RenderConfig(system_node_vm_size="Standard_D2s_v3")
+    assert d2.system_node() == host_allocatable(2, 8.0)
     state = example("byo-nodes")
     head = state.rayservice["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
     assert head["resources"] == {"requests": {"cpu": "300m", "memory": "3Gi"}, "limits": {"memory": "3Gi"}}
-    assert check_schedulable(state, CONFIG) == []
-    old = RenderConfig(head_cpu="2", head_memory="8Gi")
+    assert check_schedulable(state, d2) == []
+    old = RenderConfig(head_cpu="2", head_memory="8Gi", system_node_vm_size="Standard_D2s_v3")
     problems = check_schedulable(render(yaml.safe_load((ROOT / "deploy/examples/byo-nodes.yaml").read_text()), old),
                                  old)  # fmt: skip
     assert [p.where for p in problems] == [
@@ -214,11 +215,14 @@ def test_the_default_head_fits_a_two_vcpu_system_node() -> None:
 def test_the_system_node_size_is_what_the_head_must_fit() -> None:
     # 2 CPUs + the autoscaler's 500m: more than a D2s_v3's 0.9 allocatable, less than a D4ds_v5's 2.86.
     body = yaml.safe_load((ROOT / "deploy/examples/byo-nodes.yaml").read_text())
-    small = RenderConfig(head_cpu="2")
+    small = RenderConfig(head_cpu="2", system_node_vm_size="Standard_D2s_v3")
     assert [p.rule for p in check_schedulable(render(body, small), small)] == ["fits"]
     larger = RenderConfig(head_cpu="2", system_node_vm_size="standard_d4ds_v5")  # AKS sizes are case-insensitive
     assert larger.system_node().cpu_millis == 2860
     assert check_schedulable(render(body, larger), larger) == []
+    # The default refuses no head the fixed check passed before: the 2-CPU / 8Gi one docs/rollouts.md pins on upgrade.
+    pinned = RenderConfig(head_cpu="2", head_memory="8Gi")
+    assert check_schedulable(render(body, pinned), pinned) == []
     with pytest.raises(ValueError, match="unknown VM size 'Standard_D3_nope'"):
         RenderConfig(system_node_vm_size="Standard_D3_nope")
 
