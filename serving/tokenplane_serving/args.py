@@ -13,6 +13,7 @@ from typing import Any, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tokenplane_serving.blob_uri import BLOB_URI_FORMS, is_blob_uri, parse_blob_uri
+from tokenplane_serving.engine_arg_rules import engine_arg_problems
 from tokenplane_serving.schedule import ScheduleWindow
 
 __all__ = [
@@ -237,6 +238,9 @@ class EngineArgs(_Args):
         unknown = unknown_engine_args(value)
         if unknown:
             raise ValueError(unknown)
+        bad = engine_arg_problems(value)
+        if bad:
+            raise ValueError("; ".join(f"extra_engine_args.{key}: {problem}" for key, problem in bad))
         return value
 
 

@@ -1,0 +1,88 @@
+"""The extraArgs type table against the installed vLLM's own argparse types and pydantic bounds."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any
+
+import pytest
+
+from tokenplane_serving.args import MANAGED_ENGINE_KEYS
+from tokenplane_serving.engine_arg_rules import ENGINE_ARG_RULES, EngineArgRule
+
+
+@pytest.fixture(scope="module")
+def vllm_actions() -> dict[str, argparse.Action]:
+    pytest.importorskip("vllm")
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    return {action.dest: action for action in AsyncEngineArgs.add_cli_args(FlexibleArgumentParser())._actions}
+
+
+def _vllm_bounds(name: str) -> dict[str, float]:
+    import vllm.config
+
+    bounds: dict[str, float] = {}
+    for cls in vars(vllm.config).values():
+        field = getattr(cls, "__pydantic_fields__", {}).get(name)
+        for constraint in field.metadata if field else ():
+            for kind in ("ge", "gt", "le", "lt"):
+                if getattr(constraint, kind, None) is not None:
+                    bounds[kind] = getattr(constraint, kind)
+    return bounds
+
+
+def _kind(action: argparse.Action) -> type:
+    if isinstance(action, argparse.BooleanOptionalAction | argparse._StoreTrueAction):
+        return bool
+    parsed = action.type("7") if action.type else "7"
+    if isinstance(parsed, int):
+        return int
+    return float if isinstance(parsed, float) else str
+
+
+@pytest.mark.parametrize("name", sorted(ENGINE_ARG_RULES))
+def test_rule_matches_vllm(name: str, vllm_actions: dict[str, argparse.Action]) -> None:
+    """Kind, choices, nullability and bounds are what vLLM declares; a vLLM upgrade that changes one fails here."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    rule = ENGINE_ARG_RULES[name]
+    assert name in vllm_actions, f"vLLM dropped --{name.replace('_', '-')}: remove it from ENGINE_ARG_RULES"
+    action = vllm_actions[name]
+    assert name not in MANAGED_ENGINE_KEYS
+    assert rule.kind is _kind(action)
+    assert rule.choices == tuple(action.choices or ())
+    default = {f.name: f.default for f in dataclasses.fields(AsyncEngineArgs)}[name]
+    assert rule.nullable == (default is None)
+    declared = {k: v for k, v in (("ge", rule.ge), ("gt", rule.gt)) if v is not None}
+    assert declared == _vllm_bounds(name)
+
+
+@pytest.mark.parametrize(
+    ("rule", "value", "fragment"),
+    [
+        (EngineArgRule(int, ge=1), "lots", "expected an integer, got 'lots'; remove the quotes"),
+        (EngineArgRule(int, ge=1), True, "expected an integer, got True"),
+        (EngineArgRule(int, ge=1), 2.5, "expected an integer"),
+        (EngineArgRule(int, ge=1), 0, "must be at least 1, got 0"),
+        (EngineArgRule(int, gt=0), 0, "must be greater than 0"),
+        (EngineArgRule(int), None, "must not be null"),
+        (EngineArgRule(bool), "yes please", "expected true or false"),
+        (EngineArgRule(float, ge=0), -1, "must be at least 0"),
+        (EngineArgRule(str, choices=("fcfs", "priority")), "lifo", "not one of vLLM's values: fcfs, priority"),
+    ],
+)
+def test_rule_refuses(rule: EngineArgRule, value: Any, fragment: str) -> None:
+    """Each refusal says what was expected and what was given."""
+    assert fragment in (rule.problem(value) or "")
+
+
+@pytest.mark.parametrize(
+    ("rule", "value"),
+    [(EngineArgRule(int, ge=1, nullable=True), None), (EngineArgRule(float, ge=0), 4), (EngineArgRule(bool), False)],
+)
+def test_rule_accepts(rule: EngineArgRule, value: Any) -> None:
+    """Null where vLLM defaults to it, an integer for a float, and false for a flag are fine."""
+    assert rule.problem(value) is None
