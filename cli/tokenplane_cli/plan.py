@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import difflib
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -19,7 +20,7 @@ from tokenplane_operator.errors import TokenplaneError
 from tokenplane_operator.plan.catalog import GIB, GpuSku, load_prices
 from tokenplane_operator.plan.errors import PlanError, PlanErrorReason
 from tokenplane_operator.plan.estimates import COMPUTE_EFFICIENCY, MEMORY_BANDWIDTH_EFFICIENCY
-from tokenplane_operator.plan.modelinfo import ModelInfo, read_model_dir, resolve_model
+from tokenplane_operator.plan.modelinfo import ModelInfo, builtin_model_names, read_model_dir, resolve_model
 from tokenplane_operator.plan.precision import parse_precision
 from tokenplane_operator.plan.sizing import Plan, QuantizationChoice, Workload, plan_for_sku, recommend
 
@@ -53,6 +54,38 @@ def model_override(model_config: Path | None, model: str | None) -> ModelInfo | 
     return resolve_model(model) if model is not None else None
 
 
+def _model_of_source(source: str) -> ModelInfo:
+    """Resolve `spec.model.source` as plan can on this machine: a built-in name or a local path.
+
+    Raises:
+        PlanError: UnknownModel saying, in one line, why plan cannot read the source and what to pass instead.
+    """
+    from tokenplane_operator.api.v1alpha1 import SourceScheme, parse_source
+
+    scheme, location = parse_source(source)  # the CR was validated, so the source has one of the forms
+    try:
+        return resolve_model(location)
+    except PlanError as err:
+        if err.reason is not PlanErrorReason.UNKNOWN_MODEL:
+            raise
+    where = {
+        SourceScheme.PVC: "on a PVC, which plan cannot read from here",
+        SourceScheme.AZURE_BLOB: "in Azure Blob storage, which plan does not read",
+        SourceScheme.LOCAL: f"a local path that does not exist from {Path.cwd()} (relative paths resolve from the "
+        "current directory: run plan where it does)",
+        SourceScheme.HUGGING_FACE: "not a model plan knows offline (it does not download from Hugging Face)",
+    }[scheme]
+    names = {name.rsplit("/", 1)[-1].lower(): name for name in builtin_model_names()}
+    close = difflib.get_close_matches(location.rstrip("/").rsplit("/", 1)[-1].lower(), list(names), n=1, cutoff=0.6)
+    guess = f" (did you mean --model {names[close[0]]}?)" if close else ""
+    raise PlanError(
+        PlanErrorReason.UNKNOWN_MODEL,
+        f"spec.model.source {source!r} is {where}; pass --model NAME if it holds a built-in model{guess}, "
+        "or --model-config with the model's config.json",
+        field="spec.model.source",
+    )
+
+
 def _workload_from_file(
     file: Path, concurrency: int, vm_size: str | None, model: ModelInfo | None = None
 ) -> tuple[Workload, InferenceDeployment, tuple[GpuSku, ...] | None]:
@@ -72,6 +105,7 @@ def _workload_from_file(
         field = err.problems[0].path if err.problems else None
         raise PlanError(PlanErrorReason.INVALID_WORKLOAD, f"{file}: {problems}", field=field) from None
     catalog = None
+    model = model or _model_of_source(deployment.spec.model.source)
     if deployment.spec.hardware.vm_size == "auto":
         workload = workload_from_spec(deployment.spec, model=model, concurrency=concurrency)
     else:  # sized as the operator renders it, on its own size or on --vm-size

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -235,3 +236,38 @@ def test_a_value_that_looks_like_markup_is_shown_as_written(capsys: pytest.Captu
     code, out = run(capsys, file=tmp_path / "cr.yaml")
     assert code == 1
     assert "spec.scaling.maxReplicas: expected an integer, got the string '[/b]'" in out
+
+
+# The tiny model `tokenplane model tiny` writes (tokenplane_serving.tinymodel defaults), as its config.json reads.
+TINY_CONFIG = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_size": 256,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 4,
+    "intermediate_size": 688,
+    "vocab_size": 2048,
+    "max_position_embeddings": 4096,
+    "torch_dtype": "bfloat16",
+}
+
+
+@pytest.mark.parametrize("example", sorted((REPO / "deploy/examples").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_example_plans_or_says_in_one_line_what_to_pass(
+    example: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # byo-nodes (a PVC) and local-tiny away from the repo said only "not a built-in model and not a local path".
+    monkeypatch.chdir(tmp_path)  # away from the repo's models/, as an engineer with only the example would be
+    code, out = run(capsys, file=example)
+    if code == 0:
+        return
+    assert code == 1 and out.count("\n") == 1, out
+    assert out.startswith("cannot plan (UnknownModel): spec.model.source ") and "--model-config" in out, out
+    guess = re.search(r"did you mean --model (\S+)\?", out)
+    if guess:
+        code, out = run(capsys, file=example, model=guess[1])
+    else:
+        (tmp_path / "config.json").write_text(json.dumps(TINY_CONFIG))
+        code, out = run(capsys, file=example, model_config=tmp_path)
+    assert code == 0, out
