@@ -234,8 +234,9 @@ def _batch(deployment: InferenceDeployment, *, local: bool) -> dict[str, Any] | 
             if value is None:
                 raise PlanError(
                     PlanErrorReason.INVALID_WORKLOAD,
-                    f"spec.batch.{field}: a cluster deployment with batch enabled needs it "
+                    "a cluster deployment with batch enabled needs it "
                     "(redisSecretRef: the Secret key holding the queue's Redis URL; store: an Azure Blob directory)",
+                    field=f"spec.batch.{field}",
                 )
     return {
         "enabled": True,
