@@ -271,3 +271,18 @@ def test_every_example_plans_or_says_in_one_line_what_to_pass(
         (tmp_path / "config.json").write_text(json.dumps(TINY_CONFIG))
         code, out = run(capsys, file=example, model_config=tmp_path)
     assert code == 0, out
+
+
+@pytest.mark.parametrize("case", [case for case in MISTAKES if case.who == "CLI"], ids=lambda case: case.id)
+def test_plan_file_exits_1_on_every_cr_validate_refuses(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, case: Case
+) -> None:
+    # A T4 CR with dtype bfloat16 planned "fits" and exit 0 while validate refused it (the catalog checks ran only
+    # in validate); a platform engineer scripting plan took it as deployable.
+    cr = tmp_path / "cr.yaml"
+    cr.write_text(yaml.safe_dump(case.body))
+    code, out = run(capsys, file=cr, output="json")
+    assert code == 1, out
+    data = json.loads(out)
+    if data.get("fits", False):  # sized, but not deployable as written: validate's own problem is the error
+        assert data["error"]["field"] == case.path and case.fragment in data["error"]["message"], out
