@@ -592,6 +592,11 @@ class SpotSpec(_Model):
             "maxPrice is a price > 0 in USD per hour, or -1 for up to the on-demand price",
             ".maxPrice",
         ),
+        CelRule(
+            "!has(self.maxPrice) || (has(self.enabled) && self.enabled)",
+            "maxPrice applies only to Spot VMs: set enabled: true, or remove maxPrice for on-demand VMs",
+            ".maxPrice",
+        ),
     )
 
     enabled: bool = Field(default=False, description="Use Spot priority for the node pool.")
@@ -603,6 +608,11 @@ class SpotSpec(_Model):
     def _price_is_positive_or_minus_one(self) -> SpotSpec:
         if self.max_price is not None and self.max_price != -1 and self.max_price <= 0:
             raise _problem("maxPrice", f"{self.max_price:g} is invalid: use a price > 0, or -1 for on-demand")
+        # A price without Spot would be ignored: the pool runs on-demand VMs at the full price, silently.
+        if self.max_price is not None and not self.enabled:
+            raise _problem(
+                "maxPrice", "maxPrice applies only to Spot VMs: set enabled: true, or remove maxPrice for on-demand VMs"
+            )
         return self
 
 

@@ -151,6 +151,7 @@ MISTAKES = [
     Case("extraArgs removed from vLLM", with_("spec.engine.extraArgs", {"swap_space": 4}), "spec.engine.extraArgs", "vLLM has no engine argument 'swap_space'", "CLI"),
     Case("extraArgs sets the model", with_("spec.engine.extraArgs", {"model": "x", "seed": 4}), "spec.engine.extraArgs", "remove the key", "CRD"),
     Case("batch on a cluster without its Redis", with_("spec.batch", {"enabled": True, "store": "az://acct/batch/jobs"}), "spec.batch.redisSecretRef", "a cluster deployment with batch enabled needs it", "CLI"),
+    Case("spot price without spot", with_("spec.hardware.spot", {"maxPrice": 2.5}), "spec.hardware.spot.maxPrice", "set enabled: true, or remove maxPrice", "CRD"),
     Case("extraArgs step budget as words", with_("spec.engine.extraArgs", {"max_num_batched_tokens": "lots"}), "spec.engine.extraArgs.max_num_batched_tokens", "expected an integer, got 'lots'", "CLI"),
     Case("extraArgs step budget of zero", with_("spec.engine.extraArgs", {"max_num_batched_tokens": 0}), "spec.engine.extraArgs.max_num_batched_tokens", "must be at least 1", "CLI"),
     Case("extraArgs flag as a sentence", with_("spec.engine.extraArgs", {"trust_remote_code": "yes please"}), "spec.engine.extraArgs.trust_remote_code", "expected true or false", "CLI"),
