@@ -71,6 +71,10 @@ def test_hf_prefix_is_stripped() -> None:
         ({"accelerator": {"kind": "gpu", "cpu_kv_cache_gib": 2}}, "applies only when kind is 'cpu'"),
         ({"disaggregation": {"enabled": True}}, "disaggregation needs GPUs"),
         ({"engine": {"extra_engine_args": {"max_num_seqs": 3}}}, "may not set ['max_num_seqs']"),
+        (
+            {"engine": {"extra_engine_args": {"max_num_batched_tokens": "lots"}}},
+            "extra_engine_args.max_num_batched_tokens: expected an integer, got 'lots'",
+        ),
         ({"engine": {"speculative": {"method": "eagle"}}}, "needs `model`"),
         ({"engine": {"speculative": {"method": "mtp", "prompt_lookup_max": 3}}}, "applies only to"),
         ({"engine": {"quantization": "nf4"}}, "Input should be"),
