@@ -34,8 +34,7 @@ class EngineArgRule:
         if self.kind is float and isinstance(value, int) and not isinstance(value, bool):
             ok = True
         if not ok:
-            quoted = isinstance(value, str) and self.kind is not str
-            return f"{self._expected()}, got {value!r}" + ("; remove the quotes" if quoted else "")
+            return f"{self._expected()}, got {value!r}" + ("; remove the quotes" if self._quoted(value) else "")
         if self.choices and value not in self.choices:
             return f"{value!r} is not one of vLLM's values: {', '.join(self.choices)}"
         if self.ge is not None and value < self.ge:
@@ -43,6 +42,20 @@ class EngineArgRule:
         if self.gt is not None and value <= self.gt:
             return f"must be greater than {self.gt:g}, got {value!r}"
         return None
+
+    def _quoted(self, value: Any) -> bool:
+        """Whether `value` is the right kind written in quotes ("4096", "true"), not text such as 1e5 or "lots"."""
+        if not isinstance(value, str) or self.kind is str:
+            return False
+        if self.kind is bool:
+            return value.lower() in ("true", "false")
+        if self.kind is int:
+            return value.removeprefix("-").isdigit()
+        try:
+            float(value)
+        except ValueError:
+            return False
+        return True
 
     def _expected(self) -> str:
         return {bool: "expected true or false", int: "expected an integer", float: "expected a number"}.get(

@@ -63,7 +63,8 @@ def test_rule_matches_vllm(name: str, vllm_actions: dict[str, argparse.Action]) 
 @pytest.mark.parametrize(
     ("rule", "value", "fragment"),
     [
-        (EngineArgRule(int, ge=1), "lots", "expected an integer, got 'lots'; remove the quotes"),
+        (EngineArgRule(int, ge=1), "4096", "expected an integer, got '4096'; remove the quotes"),
+        (EngineArgRule(bool), "true", "expected true or false, got 'true'; remove the quotes"),
         (EngineArgRule(int, ge=1), True, "expected an integer, got True"),
         (EngineArgRule(int, ge=1), 2.5, "expected an integer"),
         (EngineArgRule(int, ge=1), 0, "must be at least 1, got 0"),
@@ -77,6 +78,13 @@ def test_rule_matches_vllm(name: str, vllm_actions: dict[str, argparse.Action]) 
 def test_rule_refuses(rule: EngineArgRule, value: Any, fragment: str) -> None:
     """Each refusal says what was expected and what was given."""
     assert fragment in (rule.problem(value) or "")
+
+
+@pytest.mark.parametrize("value", ["lots", "1e5", "4k"])
+def test_text_is_not_told_to_lose_quotes_it_never_had(value: str) -> None:
+    """YAML reads 1e5 (no dot) as text: removing quotes would not make it a number, so the hint is not given."""
+    problem = EngineArgRule(int).problem(value) or ""
+    assert problem.startswith(f"expected an integer, got {value!r}") and "quotes" not in problem
 
 
 @pytest.mark.parametrize(
