@@ -24,7 +24,6 @@ from tokenplane_serving.args import (
     unknown_engine_args,
 )
 from tokenplane_serving.blob_uri import BLOB_URI_FORMS, BLOB_URI_REGEXES, is_blob_uri, parse_blob_uri
-from tokenplane_serving.engine_arg_rules import engine_arg_problems
 from tokenplane_serving.schedule import ScheduleWindow
 
 __all__ = [
@@ -533,9 +532,6 @@ class EngineSpec(_Model):
         unknown = unknown_engine_args(self.extra_args)
         if unknown:
             raise _problem("extraArgs", unknown)
-        # A pydantic validator raises one error: the first bad value is named, the rest follow once it is fixed.
-        for key, problem in engine_arg_problems(self.extra_args)[:1]:
-            raise _problem(f"extraArgs.{key}", problem)
         return self
 
 

@@ -11,6 +11,7 @@ from tokenplane_operator.plan.modelinfo import FLOAT16_REFUSED_MODEL_TYPES, Mode
 from tokenplane_operator.plan.precision import Precision
 from tokenplane_operator.plan.sizing import default_step_tokens, plan_for_sku
 from tokenplane_operator.plan.spec import workload_as_rendered, workload_from_spec
+from tokenplane_serving.engine_arg_rules import engine_arg_problems
 
 __all__ = ["check_deployment", "fit_problems"]
 
@@ -27,6 +28,14 @@ def check_deployment(deployment: InferenceDeployment) -> list[Problem]:
     Returns:
         The problems found, each with its field path; empty when the spec is valid.
     """
+    # The CRD cannot type a free map's values (nor can the model, which must agree with the CRD): checked here, first,
+    # since the rules below read these values.
+    arg_problems = [
+        Problem(f"spec.engine.extraArgs.{key}", problem)
+        for key, problem in engine_arg_problems(deployment.spec.engine.extra_args)
+    ]
+    if arg_problems:
+        return arg_problems
     hardware = deployment.spec.hardware
     if hardware.accelerator is AcceleratorKind.CPU:
         return _prefill_problems(deployment, None) + _batch_problems(deployment, None)
