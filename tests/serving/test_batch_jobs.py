@@ -20,7 +20,14 @@ import redis
 from tests.support.azurite import Azurite
 from tests.support.redis_server import RedisServer
 from tokenplane_serving.batch import schema
-from tokenplane_serving.batch.jobs import TASK_FINALIZE, TASK_REQUEST, TASK_START, BatchApiError, BatchJobs
+from tokenplane_serving.batch.jobs import (
+    TASK_FINALIZE,
+    TASK_REQUEST,
+    TASK_START,
+    TOMBSTONE_TTL_S,
+    BatchApiError,
+    BatchJobs,
+)
 from tokenplane_serving.batch.store import STORE_CREDENTIAL_ENV, BlobStore, LocalStore, Store
 
 CHAT = "/v1/chat/completions"
@@ -776,6 +783,30 @@ def test_paging_on_from_a_file_deleted_since_or_filtered_out_continues_at_its_pl
     output = h.jobs.get_batch("me", batch["id"])["output_file_id"]
     after_output = h.jobs.list_files("me", purpose="batch", after=output)  # newest first: both inputs are older
     assert [f["id"] for f in after_output["data"]] == list(reversed(kept))
+
+
+def test_the_sweep_expires_tombstones_past_their_ttl_and_keeps_newer_ones(tmp_path: Path, redis_url: str) -> None:
+    # Every deleted file left a tombstone for good: a deployment deleting its batch files grew them without bound.
+    store = LocalStore(tmp_path)
+    h = Harness(store, redis_url)
+    old, recent, legacy, kept = (
+        h.jobs.create_file("me", "x.jsonl", "batch", line("a").encode())["id"] for _ in range(4)
+    )
+    for file_id in (old, recent, legacy):
+        h.jobs.delete_file("me", file_id)
+    tombstone = json.loads(store.read(f"deleted/files/{old}.json") or b"{}")
+    tombstone["deleted_ns"] -= TOMBSTONE_TTL_S * 10**9
+    store.write(f"deleted/files/{old}.json", json.dumps(tombstone).encode())
+    tombstone = json.loads(store.read(f"deleted/files/{legacy}.json") or b"{}")
+    del tombstone["deleted_ns"]  # written by a version before tombstones carried their deletion time
+    store.write(f"deleted/files/{legacy}.json", json.dumps(tombstone).encode())
+    assert h.jobs.sweep() == 0
+    assert store.list("deleted/files/") == sorted(f"deleted/files/{f}.json" for f in (recent, legacy))
+    assert "deleted_ns" in json.loads(store.read(f"deleted/files/{legacy}.json") or b"{}"), "its TTL starts now"
+    assert [f["id"] for f in h.jobs.list_files("me", order="asc", after=recent)["data"]] == [kept]
+    with pytest.raises(BatchApiError) as err:
+        h.jobs.list_files("me", after=old)
+    assert (err.value.status, err.value.code, err.value.param) == (400, "invalid_cursor", "after")
 
 
 @pytest.mark.parametrize("kind", ["files", "batches"])

@@ -38,6 +38,7 @@ __all__ = [
     "TASK_FINALIZE",
     "TASK_REQUEST",
     "TASK_START",
+    "TOMBSTONE_TTL_S",
     "BatchApiError",
     "BatchJobs",
     "Call",
@@ -61,6 +62,10 @@ _CAS_TRIES = 20
 # finds the close's marker gone from Redis along with its task.
 _CLOSE_RETRY_S = 900
 _CANCEL_CHECK_EVERY = 100  # requests queued between reads of the cancel flag while a batch is queued
+# A deleted file's tombstone keeps its place for a caller paging on from it: a cleanup loop pages on within seconds,
+# so a week covers any pause, and the tombstones kept are those of the last week's deletions, not of every one.
+TOMBSTONE_TTL_S = 7 * 24 * 3600
+_TOMBSTONE_SWEEP_S = 3600  # a sweep reads every tombstone: hourly, not on each (minutely) sweep
 
 Enqueue = Callable[[str, list[Any]], None]
 # (endpoint, body) -> (HTTP status, JSON body): one request through the engine.
@@ -138,6 +143,7 @@ class BatchJobs:
         """
         self.store, self.redis, self.enqueue = store, redis, enqueue
         self.namespace, self.max_file_bytes, self.model = namespace, max_file_bytes, model
+        self._tombstones_swept_at: float | None = None  # time.monotonic() of the last `expire_tombstones` by `sweep`
 
     # Files ---------------------------------------------------------------------------------------
 
@@ -231,11 +237,37 @@ class BatchJobs:
         record = self._file_record(owner, file_id)
         # A tombstone keeps the file's place: a caller paging with it as `after` (deleting each file of a page, as
         # a cleanup loop does) got an empty page, and stopped after the first page.
-        tombstone = {"file": {"id": file_id, "created_at": record["file"]["created_at"]}, "owner": owner}
-        self.store.write(f"deleted/files/{file_id}.json", _dumps({**tombstone, "created_ns": record.get("created_ns")}))
+        tombstone = {
+            "file": {"id": file_id, "created_at": record["file"]["created_at"]},
+            "owner": owner,
+            "created_ns": record.get("created_ns"),
+            "deleted_ns": time.time_ns(),  # `expire_tombstones` drops it after TOMBSTONE_TTL_S
+        }
+        self.store.write(f"deleted/files/{file_id}.json", _dumps(tombstone))
         self.store.delete(f"files/{file_id}.json")  # first: a half-deleted file is gone, not listed without bytes
         self.store.delete(f"files/{file_id}.data")
         return {"id": file_id, "object": "file", "deleted": True}
+
+    def expire_tombstones(self) -> int:
+        """Remove the tombstones of files deleted `TOMBSTONE_TTL_S` ago or more; return how many are kept.
+
+        Paging on from such a file is then a 400 `invalid_cursor`, as from any id the caller never had. A tombstone
+        written before tombstones carried their deletion time gets one now: it is kept for the full TTL from here.
+        """
+        now, kept = time.time_ns(), 0
+        for key in self.store.list("deleted/files/"):
+            raw = self.store.read(key)
+            tombstone = json.loads(raw) if raw else None
+            if tombstone is None:
+                continue
+            deleted_ns = tombstone.get("deleted_ns")
+            if deleted_ns is not None and now - deleted_ns >= TOMBSTONE_TTL_S * 10**9:
+                self.store.delete(key)
+                continue
+            if deleted_ns is None:
+                self.store.write(key, _dumps({**tombstone, "deleted_ns": now}))
+            kept += 1
+        return kept
 
     def file_content(self, owner: str, file_id: str) -> bytes:
         """Return the file's bytes (input, output or error file)."""
@@ -329,8 +361,11 @@ class BatchJobs:
 
         Without it a batch moved on only when its owner read it: an expiry, a cancel's grace, a lost close or
         tasks lost with Redis waited for the next retrieve or list. Safe in every replica at once: `_settle`
-        queues each close or restart once (compare-and-swap, SET NX).
+        queues each close or restart once (compare-and-swap, SET NX). Hourly, it also runs `expire_tombstones`.
         """
+        if self._tombstones_swept_at is None or time.monotonic() - self._tombstones_swept_at >= _TOMBSTONE_SWEEP_S:
+            self._tombstones_swept_at = time.monotonic()
+            self.expire_tombstones()
         still_open = 0
         for key in self.store.list("open/"):
             batch_id = key.removeprefix("open/")
