@@ -526,6 +526,16 @@ class BatchArgs(_Args):
         ge=5,
         description="Seconds before a request whose consumer died is handed to another (longer than one request).",
     )
+    sweep_interval_s: int = Field(
+        default=60,
+        ge=1,
+        le=3600,
+        description=(
+            "Seconds between each API replica's sweep of the open batches: a batch nobody reads still expires, closes"
+            " after its cancel's grace and recovers from a Redis loss within it. Each sweep reads every open batch's"
+            " record from the store once."
+        ),
+    )
     max_file_mib: int = Field(
         default=200,
         ge=1,

@@ -282,3 +282,39 @@ def test_each_replica_sweeps_open_batches_in_the_background(tmp_path: Path, redi
     finally:
         app.stop()
     assert queued == [("tokenplane.batch.start", [batch["id"], True])]
+
+
+def test_the_sweep_runs_at_the_deployments_batch_sweep_interval(
+    tmp_path: Path, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The interval was a constant (60 s): no deployment could sweep sooner, nor less often on a slow store.
+    from tokenplane_serving.args import ServingArgs
+    from tokenplane_serving.batch import consumer
+    from tokenplane_serving.features.base import FeatureContext
+    from tokenplane_serving.features.batch import feature
+
+    queued: list[tuple[str, list[Any]]] = []
+    client = redis.Redis.from_url(redis_server.url, socket_timeout=1)
+    jobs = BatchJobs(
+        LocalStore(tmp_path),
+        client,
+        lambda task, args: queued.append((task, args)),
+        namespace="t",
+        max_file_bytes=MAX_FILE,
+    )
+    file = jobs.create_file("o", "in.jsonl", "batch", b'{"custom_id":"a","method":"POST","url":"/v1/completions"}')
+    batch = jobs.create_batch("o", file["id"], "/v1/completions", "24h")
+    client.flushall()  # the start task and its marker are lost, and nobody reads the batch
+    queued.clear()
+    monkeypatch.setattr(consumer, "open_jobs", lambda args: jobs)
+    body = {"model": {"id": "tiny", "source": "/models/tiny"}, "batch": {"enabled": True, "sweep_interval_s": 1}}
+    wrap = feature(FeatureContext(ServingArgs.model_validate(body), replica=None))  # type: ignore[arg-type]
+    assert wrap is not None
+    app = wrap(None)  # type: ignore[arg-type]
+    try:
+        deadline = time.monotonic() + 2.5
+        while not queued and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        app.stop()  # type: ignore[attr-defined]
+    assert queued == [("tokenplane.batch.start", [batch["id"], True])]

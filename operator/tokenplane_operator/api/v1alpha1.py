@@ -1175,6 +1175,16 @@ class BatchSpec(_Model):
             "keeps; 0 runs batch only there."
         ),
     )
+    sweep_interval_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        le=3600,
+        description=(
+            "Seconds between each API replica's sweep of the open batches (unset: 60): a batch nobody reads still "
+            "expires, closes after its cancel's grace and recovers from a Redis loss within one interval. Each "
+            "sweep reads every open batch's record from the store once."
+        ),
+    )
 
 
 class UpgradeStrategy(StrEnum):

@@ -246,6 +246,7 @@ def _batch(deployment: InferenceDeployment, *, local: bool) -> dict[str, Any] | 
         "concurrency": batch.concurrency,
         "priority": batch.priority,
         "max_replicas": batch.max_replicas,
+        "sweep_interval_s": batch.sweep_interval_seconds,  # unset: left out, the serving default
         # Deployments may share one Redis: the queue and progress keys are the deployment's own.
         "scope": f"{deployment.namespace}/{deployment.name}",
     }

@@ -51,9 +51,6 @@ _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
     ("POST", re.compile(rf"^/v1/batches/{_ID}/cancel$"), "cancel_batch"),
 ]
 _MULTIPART_SLACK = 64 * 1024  # form fields and part headers around the file
-# How often each replica moves open batches on (expiry, a cancel's grace, lost closes and tasks): a batch's owner
-# need not read it for that. Each sweep reads the open batches' records once.
-SWEEP_INTERVAL_S = 60.0
 
 
 def _route(method: str, path: str) -> tuple[str, tuple[str, ...]] | None:
@@ -107,7 +104,7 @@ class BatchApiMiddleware:
             app: The inner ASGI app.
             jobs: Returns the batch lifecycle (connected on first use, so a replica starts without Redis).
             max_file_bytes: Largest accepted upload.
-            sweep_interval_s: Seconds between `BatchJobs.sweep` runs (0: none; replicas use `SWEEP_INTERVAL_S`).
+            sweep_interval_s: Seconds between `BatchJobs.sweep` runs (0: none; replicas use `batch.sweep_interval_s`).
         """
         self.app = app
         self._make_jobs = jobs
@@ -284,7 +281,7 @@ def feature(ctx: FeatureContext) -> Wrapper | None:
         return open_jobs(args)
 
     def wrap(app: ASGIApp) -> ASGIApp:
-        max_file_bytes = args.batch.max_file_mib * 1024 * 1024
-        return BatchApiMiddleware(app, jobs=make_jobs, max_file_bytes=max_file_bytes, sweep_interval_s=SWEEP_INTERVAL_S)
+        max_file_bytes, sweep_interval_s = args.batch.max_file_mib * 1024 * 1024, args.batch.sweep_interval_s
+        return BatchApiMiddleware(app, jobs=make_jobs, max_file_bytes=max_file_bytes, sweep_interval_s=sweep_interval_s)
 
     return wrap

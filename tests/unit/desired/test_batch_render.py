@@ -68,6 +68,24 @@ def test_no_batch_leaves_the_serve_config_as_it_was() -> None:
     assert "batch" not in app["args"]
 
 
+def test_the_sweep_interval_reaches_the_args_and_unset_is_the_serving_default() -> None:
+    spec = {"enabled": True, "store": STORE, "redisSecretRef": REDIS}
+    for batch, interval in (({**spec, "sweepIntervalSeconds": 15}, 15), (spec, 60)):
+        assert build_serving_args(parse_inference_deployment(with_batch(batch))).batch.sweep_interval_s == interval
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [(0, "greater than or equal to 1 (got 0)"), (-5, "greater than or equal to 1 (got -5)"), ("1m", "an integer")],
+)
+def test_a_sweep_interval_that_is_not_a_positive_integer_is_refused_with_its_field_path(value: Any, says: str) -> None:
+    batch = {"enabled": True, "store": STORE, "redisSecretRef": REDIS, "sweepIntervalSeconds": value}
+    with pytest.raises(InvalidSpecError) as err:
+        parse_inference_deployment(with_batch(batch))
+    assert str(err.value).startswith("spec.batch.sweepIntervalSeconds: ") and says in str(err.value)
+    assert "\n" not in str(err.value)
+
+
 @pytest.mark.parametrize("missing", ["redisSecretRef", "store"])
 def test_a_cluster_batch_without_queue_or_store_is_refused_with_its_field_path(missing: str) -> None:
     batch = {"enabled": True, "store": STORE, "redisSecretRef": REDIS}
