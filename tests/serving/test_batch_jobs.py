@@ -886,6 +886,33 @@ def test_the_sweep_moves_open_batches_on_without_anyone_reading_them(tmp_path: P
     assert statuses == ["completed", "expired"] and len(h.calls) == 2
 
 
+def test_batches_an_earlier_version_created_are_adopted_without_queueing_their_requests_again(
+    tmp_path: Path, redis_url: str
+) -> None:
+    # A batch created before the `queued` marker and the open/ index had neither: after the upgrade its first read
+    # took the missing marker for a Redis loss and queued its unanswered requests a second time (3 of 3 here), and
+    # the sweep never visited it.
+    store = LocalStore(tmp_path)
+    h = Harness(store, redis_url)
+    olds = [h.started("o", [line(f"r{i}") for i in range(3)]) for _ in range(2)]
+    client = redis.Redis.from_url(redis_url)
+    for batch, _ in olds:  # as the earlier version left them
+        record = json.loads(store.read(f"batches/{batch['id']}.json") or b"{}")
+        record.pop("indexed", None)
+        store.write(f"batches/{batch['id']}.json", json.dumps(record).encode())
+        store.delete(f"open/{batch['id']}")
+        client.delete(f"{h.jobs.namespace}:{batch['id']}:queued")
+    (read, requests), (unread, _) = olds
+    assert h.jobs.get_batch("o", read["id"])["status"] == "in_progress"
+    assert h.queue == [] and store.exists(f"open/{read['id']}"), "adopted: indexed, nothing queued again"
+    assert h.jobs.sweep() == 2 and h.queue == [] and store.exists(f"open/{unread['id']}")
+    for args in requests:  # the earlier version's tasks, still in the queue
+        h.jobs.run_request(*args, call=h.engine)
+    h.drain()
+    done = h.jobs.get_batch("o", read["id"])
+    assert done["status"] == "completed" and len(h.calls) == 3
+
+
 def test_a_read_while_the_batch_is_being_created_does_not_queue_a_second_start(tmp_path: Path, redis_url: str) -> None:
     # The `queued` marker was set after the record was written: a read in between took its absence for a Redis
     # loss and queued a resume, which queued every request a second time.

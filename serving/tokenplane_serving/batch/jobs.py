@@ -66,6 +66,7 @@ _CANCEL_CHECK_EVERY = 100  # requests queued between reads of the cancel flag wh
 # so a week covers any pause, and the tombstones kept are those of the last week's deletions, not of every one.
 TOMBSTONE_TTL_S = 7 * 24 * 3600
 _TOMBSTONE_SWEEP_S = 3600  # a sweep reads every tombstone: hourly, not on each (minutely) sweep
+_ADOPTED_KEY = "meta/adopted-unindexed-batches"  # the first sweep after the upgrade adopted every older open batch
 
 Enqueue = Callable[[str, list[Any]], None]
 # (endpoint, body) -> (HTTP status, JSON body): one request through the engine.
@@ -318,7 +319,8 @@ class BatchJobs:
             metadata=metadata,
             model=self.model,
         )
-        record = {"batch": batch, "owner": owner, "valid": 0, "created_ns": created_ns}
+        # `indexed`: this version's batch, with its `queued` marker and open/ entry (`_adopt` takes in older ones).
+        record = {"batch": batch, "owner": owner, "valid": 0, "created_ns": created_ns, "indexed": True}
         # The marker first: a read between the two writes would take its absence for a loss and queue a second start.
         self.redis.set(self._key(batch_id, "queued"), created_ns // 10**9, ex=_PROGRESS_TTL_S)
         self.store.write(f"batches/{batch_id}.json", _dumps(record))
@@ -366,6 +368,8 @@ class BatchJobs:
         if self._tombstones_swept_at is None or time.monotonic() - self._tombstones_swept_at >= _TOMBSTONE_SWEEP_S:
             self._tombstones_swept_at = time.monotonic()
             self.expire_tombstones()
+        if not self.store.exists(_ADOPTED_KEY):
+            self._adopt_all()
         still_open = 0
         for key in self.store.list("open/"):
             batch_id = key.removeprefix("open/")
@@ -375,6 +379,33 @@ class BatchJobs:
             else:
                 still_open += 1
         return still_open
+
+    def _adopt_all(self) -> None:
+        """Adopt every open batch an earlier version created (once per store: a marker records the scan)."""
+        for key in self.store.list("batches/"):
+            raw = self.store.read(key)
+            record = json.loads(raw) if raw else None
+            if record and not record.get("indexed") and record["batch"]["status"] not in schema.TERMINAL_STATUSES:
+                self._adopt(record["batch"]["id"])
+        self.store.write(_ADOPTED_KEY, b"")
+
+    def _adopt(self, batch_id: str) -> dict[str, Any] | None:
+        """Take in a batch created before the `queued` marker and the open/ index existed; return its record.
+
+        Its tasks are in the queue (an upgrade keeps Redis), but without the marker the first read took it for a
+        Redis loss and queued every unanswered request again: twice the engine work for requests run meanwhile.
+        Its marker is set (NX: a resume already queued stays the only one), it joins the sweep's index, and its
+        record says so. A batch whose tasks Redis lost before the upgrade is not told apart: it expires at the end
+        of its window with what completed, as under the version that made it.
+        """
+        self.redis.set(self._key(batch_id, "queued"), int(time.time()), ex=_PROGRESS_TTL_S, nx=True)
+        self.store.write(f"open/{batch_id}", b"")
+
+        def indexed(record: dict[str, Any]) -> bool:
+            record["indexed"] = True
+            return True
+
+        return self._update(batch_id, indexed)
 
     def cancel_batch(self, owner: str, batch_id: str) -> dict[str, Any]:
         """Stop a batch: queued requests are skipped, finished ones are kept, requests in flight may finish.
@@ -650,6 +681,8 @@ class BatchJobs:
         when its completion window ends is `finalizing` until a consumer closes it `expired`, with what completed
         in the output file: its tasks may be gone with Redis's data, and then no consumer would ever finalize it.
         """
+        if record["batch"]["status"] not in schema.TERMINAL_STATUSES and not record.get("indexed"):
+            record = self._adopt(batch_id) or record
         batch = record["batch"]
         if batch["status"] in schema.TERMINAL_STATUSES:
             return record
