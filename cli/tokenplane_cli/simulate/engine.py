@@ -116,7 +116,12 @@ class SimConfig:
 
 
 class Controller(Protocol):
-    """Decides the target replica count; called every tick with the simulation."""
+    """Decides the target replica count; called every tick with the simulation.
+
+    A controller whose class sets `reads_reports = False` never reads the replicas' autoscaling reports
+    (`Simulation.raw`), and the run skips building them: most of a fixed fleet's run time, which the oracle's
+    search repeats hundreds of times.
+    """
 
     def decide(self, sim: Simulation, now: float) -> int | None:
         """Return a new target replica count, or None to keep the current one."""
@@ -158,6 +163,7 @@ class Simulation:
         self.timeline: list[tuple[float, int, int, float]] = []
         self._recent_arrivals: deque[float] = deque()
         self._held: set[int] = set()  # ids of the jobs held now: arrived at zero replicas, no replica ran since
+        self._reports = bool(getattr(controller, "reads_reports", True))
 
     # -- events ---------------------------------------------------------------------------------------------
     def _at(self, t: float, kind: int, payload: Any = None) -> None:
@@ -360,6 +366,8 @@ class Simulation:
                 rep.prefill_starts.popleft()
             while rep.arrivals and rep.arrivals[0] < cutoff:
                 rep.arrivals.popleft()
+            if not self._reports:
+                continue
             # vLLM's num_requests_waiting: admitted, not yet scheduled (here: waiting for the prefill server).
             waiting = float(len(rep.prefill_starts))
             report = {

@@ -93,6 +93,8 @@ class TtftStepPolicy:
 class HpaController:
     """KEDA + HPA on a per-replica metric (`keda`), or llm-d's SLO signal (`slo-keda`)."""
 
+    reads_reports = False  # it reads the fleet's latencies and queue directly
+
     def __init__(self, *, slo: bool, target_queue: float, target_ms: float, metric: str, scale_to_zero: bool) -> None:
         """Configure the HPA behaviour of one baseline."""
         self.slo, self.target_queue, self.target_ms, self.metric = slo, target_queue, target_ms, metric
@@ -164,6 +166,8 @@ class HpaController:
 class FixedController:
     """`static`: one replica count, all the time."""
 
+    reads_reports = False
+
     def __init__(self, replicas: int) -> None:
         """Hold `replicas`."""
         self.replicas = replicas
@@ -175,6 +179,8 @@ class FixedController:
 
 class ScheduleController:
     """Follows a precomputed target per second (the oracle's plan)."""
+
+    reads_reports = False
 
     def __init__(self, plan: list[int]) -> None:
         """`plan[s]` is the target at second s; after its end, the last value."""

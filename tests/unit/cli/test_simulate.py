@@ -26,7 +26,9 @@ from tokenplane_cli.simulate.policies import FixedController, RayController, Sch
 from tokenplane_cli.simulate.run import (
     POLICIES,
     _controller,
+    _oracle_misses,
     _oracle_schedule,
+    _trim_pass,
     oracle_plan,
     run_policies,
     scenario_for,
@@ -132,6 +134,39 @@ def test_oracle_meets_the_target_with_fewer_gpu_hours_than_static() -> None:
     oracle, static = score(results["oracle"], scenario.sim), score(results["static"], scenario.sim)
     assert oracle.minute_attainment == 1.0  # every minute: the full run is repaired until it meets the target
     assert oracle.gpu_hours < static.gpu_hours
+
+
+def test_the_oracle_trims_far_apart_minutes_together_and_keeps_a_replica_a_minute_needs() -> None:
+    # 2 requests/s all along (one replica's load), 10/s in minutes 30-31. Repair left one replica too many in
+    # minutes 5, 17, 40 and 52 (far enough apart to be tried in one run) and in minute 30, which needs it.
+    deployment = _deployment(None)
+    cfg = scenario_for(deployment, physics_for(deployment)).sim
+    trace = step_trace(2, 10, start=1800, end=1920, total=3600)
+    bound = [1] * 60
+    bound[30] = bound[31] = 0  # a per-minute bound below what the minute needs: only the full run shows it
+    need = [3 if k in (30, 31) else 1 for k in range(60)]
+    assert not _oracle_misses(cfg, trace, need)
+    for k in (5, 17, 40, 52):
+        need[k] = 2
+    misses, trimmed = _trim_pass(cfg, trace, need, bound, set(), kept := set())
+    assert misses == set() and not _oracle_misses(cfg, trace, need)
+    assert [need[k] for k in (5, 17, 40, 52)] == [1, 1, 1, 1]
+    assert need[30] == 3 or need[31] == 3  # lowering both would miss minute 30
+    assert kept and kept <= {30, 31} and trimmed == 4 + (2 - len(kept))
+
+
+def test_a_fleet_whose_controller_reads_no_reports_runs_the_same_without_building_them() -> None:
+    deployment = _deployment(None)
+    cfg = dataclasses.replace(scenario_for(deployment, physics_for(deployment)).sim, initial_replicas=2)
+    trace = step_trace(2, 6, start=60, end=120, total=240)
+
+    class Reading(FixedController):
+        reads_reports = True
+
+    quiet, reading = Simulation(cfg, trace, FixedController(2)), Simulation(cfg, trace, Reading(2))
+    fast, full = quiet.run(), reading.run()
+    assert not quiet.raw and reading.raw["engine_waiting"]
+    assert [(j.first_token, j.done) for j in fast.jobs] == [(j.first_token, j.done) for j in full.jobs]
 
 
 def test_oracle_restarts_a_replica_on_a_warm_node_one_model_load_ahead() -> None:
