@@ -2,7 +2,7 @@
 
 vLLM checks these only when a replica builds its engine, long after `kubectl apply`; a wrong type there is a crash
 loop. The table mirrors vLLM's own argparse types and pydantic bounds, and a test compares them with the installed
-vLLM (`tests/unit/test_engine_arg_rules.py`), so it cannot drift from the release the image pins. Arguments not
+vLLM (`tests/unit/api/test_engine_arg_rules.py`), so it cannot drift from the release the image pins. Arguments not
 in the table are passed through as-is after the name check (`unknown_engine_args`).
 """
 
