@@ -121,13 +121,11 @@ def _planned_pool(plan: Plan, deployment: InferenceDeployment | None) -> tuple[D
     if deployment is None:
         vms = DesiredAgentPool(name="tpplan", vm_size=plan.vm_size, min_count=0, max_count=max(1, plan.nodes))
         return vms, None
-    from tokenplane_cli.validate import Checked, render_checked
-    from tokenplane_operator.plan.validation import check_deployment
+    from tokenplane_cli.validate import render_checked
 
     # Checked and rendered from the CR as written (its own vmSize), as validate and the operator do: a refusal is
     # the file's, whatever `--vm-size` asks.
-    problems = check_deployment(deployment)
-    checked = Checked(deployment=deployment, problems=problems) if problems else render_checked(deployment)
+    checked = render_checked(deployment)
     pool = checked.state.agent_pool if checked.state is not None else None
     # `--vm-size` plans the CR on another size: the pool is the CR's, on that size.
     return (pool.model_copy(update={"vm_size": plan.vm_size}) if pool is not None else None), checked

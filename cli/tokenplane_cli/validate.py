@@ -65,9 +65,6 @@ def check_document(body: Mapping[str, Any], config: RenderConfig | None = None) 
     except InvalidSpecError as exc:
         checked.problems = exc.problems
         return checked
-    checked.problems = check_deployment(deployment)
-    if checked.problems:
-        return checked
     return render_checked(deployment, config)
 
 
@@ -92,19 +89,21 @@ def operator_render_config() -> RenderConfig:
 
 
 def render_checked(deployment: InferenceDeployment, config: RenderConfig | None = None) -> Checked:
-    """Render a parsed deployment as the operator would, and report a refusal as validate reports it.
+    """Check a parsed deployment against the catalog and the model, then render it as the operator would.
 
     `tokenplane plan FILE` calls this too, so plan and validate refuse the same CRs with the same words.
 
     Args:
-        deployment: a deployment the API models and the catalog checks accepted.
+        deployment: a deployment the API models accepted.
         config: rendering settings; None reads the operator's (`operator_render_config`).
 
     Returns:
         The outcome: `state`, or `problems` naming the field to change (and `refused`, the renderer's PlanError),
         or `unplanned` when only the cluster can read the model.
     """
-    checked = Checked(deployment=deployment)
+    checked = Checked(deployment=deployment, problems=check_deployment(deployment))
+    if checked.problems:
+        return checked
     try:
         # Resolves `vmSize: auto` too.
         config = config or operator_render_config()
