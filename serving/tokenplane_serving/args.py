@@ -20,6 +20,7 @@ __all__ = [
     "DEFAULT_SESSION_HEADER",
     "MANAGED_ENGINE_KEYS",
     "MIN_MAX_MODEL_LEN",
+    "VLLM_SERVER_KEYS",
     "AcceleratorArgs",
     "AuthArgs",
     "BackpressureArgs",
@@ -38,6 +39,7 @@ __all__ = [
     "ServingArgs",
     "SpeculativeArgs",
     "managed_keys_in",
+    "server_engine_args",
     "unknown_engine_args",
     "vllm_engine_args",
 ]
@@ -81,6 +83,74 @@ def vllm_engine_args() -> frozenset[str]:
     """
     text = resources.files(__package__).joinpath("vllm_engine_args.txt").read_text(encoding="utf-8")
     return frozenset(line for line in text.splitlines() if line and not line.startswith("#"))
+
+
+# vLLM's own HTTP server's settings (its `FrontendArgs`). Under Ray Serve that server never starts: Ray's proxy
+# serves HTTP, tokenplane's endpoint authenticates, and Ray reads only the chat-template and tool-call FrontendArgs
+# (ray/llm/_internal/serve/engines/vllm/vllm_engine.py). Passed through they would be ignored without a word (an
+# `api_key` would leave the endpoint as open as spec.endpoint.auth has it), so each is refused with where its
+# setting lives instead.
+_SERVE_ELSEWHERE = "Ray Serve's proxy serves HTTP, not vLLM's server"
+_TLS = "TLS terminates in front of the Service (an ingress or gateway), not in vLLM"
+_CORS = "CORS belongs to the ingress or gateway in front of the Service"
+_DP_SUPERVISOR = "tokenplane runs no data-parallel supervisor (data parallelism is replicas: spec.scaling)"
+VLLM_SERVER_KEYS: Mapping[str, str] = {
+    "api_key": "spec.endpoint.auth sets who may call (mode: apiKey with apiKeySecretRef, or entraId)",
+    "host": "spec.endpoint.visibility sets who can reach the endpoint",
+    "uds": "spec.endpoint.visibility sets who can reach the endpoint",
+    "port": "spec.endpoint.port sets the Service's port",
+    "grpc_port": "the endpoint serves HTTP on spec.endpoint.port",
+    **dict.fromkeys(
+        ("ssl_keyfile", "ssl_certfile", "ssl_ca_certs", "ssl_cert_reqs", "ssl_ciphers", "enable_ssl_refresh"), _TLS
+    ),
+    **dict.fromkeys(("allow_credentials", "allowed_origins", "allowed_methods", "allowed_headers"), _CORS),
+    **dict.fromkeys(
+        (
+            "root_path",
+            "middleware",
+            "uvicorn_log_level",
+            "disable_uvicorn_access_log",
+            "disable_access_log_for_endpoints",
+            "enable_request_id_headers",
+            "disable_fastapi_docs",
+            "enable_offline_docs",
+            "h11_max_incomplete_event_size",
+            "h11_max_header_count",
+        ),
+        _SERVE_ELSEWHERE,
+    ),
+    **dict.fromkeys(
+        (
+            "data_parallel_supervisor_port",
+            "dp_supervisor_probe_interval_s",
+            "dp_supervisor_probe_timeout_s",
+            "dp_supervisor_probe_failure_threshold",
+        ),
+        _DP_SUPERVISOR,
+    ),
+}
+
+
+def server_engine_args(extra_engine_args: Mapping[str, Any]) -> str | None:
+    """Say which pass-through keys do not work under Ray Serve as under `vllm serve`, and why; None if none.
+
+    Those are vLLM's own HTTP server's settings (`VLLM_SERVER_KEYS`), and a `data_parallel_size` above 1: a
+    replica's resources are sized for one engine, and tokenplane runs data parallelism as replicas.
+    """
+    found = [
+        f"{key!r} configures vLLM's own HTTP server, which does not run under Ray Serve ({VLLM_SERVER_KEYS[key]})"
+        for key in sorted(extra_engine_args)
+        if key in VLLM_SERVER_KEYS
+    ]
+    parallel = extra_engine_args.get("data_parallel_size")
+    if isinstance(parallel, int) and not isinstance(parallel, bool) and parallel > 1:
+        found.append(
+            f"'data_parallel_size' {parallel} would start {parallel} engines in a replica whose GPUs are sized for "
+            "one (tokenplane runs data parallelism as replicas: raise spec.scaling.maxReplicas)"
+        )
+    if not found:
+        return None
+    return "; ".join(found) + ("; remove the key" if len(found) == 1 else "; remove these keys")
 
 
 def unknown_engine_args(extra_engine_args: Mapping[str, Any]) -> str | None:
@@ -235,7 +305,7 @@ class EngineArgs(_Args):
         clash = managed_keys_in(value)
         if clash:
             raise ValueError(f"extra_engine_args may not set {clash}: use the typed engine fields instead")
-        unknown = unknown_engine_args(value)
+        unknown = unknown_engine_args(value) or server_engine_args(value)
         if unknown:
             raise ValueError(unknown)
         bad = engine_arg_problems(value)

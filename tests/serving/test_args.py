@@ -75,6 +75,8 @@ def test_hf_prefix_is_stripped() -> None:
             {"engine": {"extra_engine_args": {"max_num_batched_tokens": "lots"}}},
             "extra_engine_args.max_num_batched_tokens: expected an integer, got 'lots'",
         ),
+        ({"engine": {"extra_engine_args": {"api_key": "k"}}}, "'api_key' configures vLLM's own HTTP server"),
+        ({"engine": {"extra_engine_args": {"data_parallel_size": 2}}}, "raise spec.scaling.maxReplicas"),
         ({"engine": {"speculative": {"method": "eagle"}}}, "needs `model`"),
         ({"engine": {"speculative": {"method": "mtp", "prompt_lookup_max": 3}}}, "applies only to"),
         ({"engine": {"quantization": "nf4"}}, "Input should be"),

@@ -21,6 +21,7 @@ from tokenplane_serving.args import (
     KvConnector,
     LoraRank,
     managed_keys_in,
+    server_engine_args,
     unknown_engine_args,
 )
 from tokenplane_serving.blob_uri import BLOB_URI_FORMS, BLOB_URI_REGEXES, is_blob_uri, parse_blob_uri
@@ -529,7 +530,7 @@ class EngineSpec(_Model):
                 f"extraArgs may not set {', '.join(owners)}: tokenplane derives "
                 f"{'it' if len(clash) == 1 else 'them'} from typed fields; use those and remove the key",
             )
-        unknown = unknown_engine_args(self.extra_args)
+        unknown = unknown_engine_args(self.extra_args) or server_engine_args(self.extra_args)
         if unknown:
             raise _problem("extraArgs", unknown)
         return self

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tokenplane_serving.args import MANAGED_ENGINE_KEYS
+from tokenplane_serving.args import MANAGED_ENGINE_KEYS, VLLM_SERVER_KEYS
 from tokenplane_serving.engine_arg_rules import ENGINE_ARG_RULES, EngineArgRule
 
 
@@ -94,3 +97,22 @@ def test_text_is_not_told_to_lose_quotes_it_never_had(value: str) -> None:
 def test_rule_accepts(rule: EngineArgRule, value: Any) -> None:
     """Null where vLLM defaults to it, an integer for a float, and false for a flag are fine."""
     assert rule.problem(value) is None
+
+
+def test_refused_server_keys_are_frontend_args_ray_serve_llm_never_reads() -> None:
+    """Each key refused as vLLM's own server's is a FrontendArgs field, and no Ray Serve LLM module reads it."""
+    pytest.importorskip("vllm")
+    from vllm.entrypoints.launchers.cli_args import FrontendArgs
+
+    frontend = {field.name for field in dataclasses.fields(FrontendArgs)}
+    assert set(VLLM_SERVER_KEYS) <= frontend, set(VLLM_SERVER_KEYS) - frontend
+    spec = importlib.util.find_spec("ray.llm._internal.serve")
+    assert spec is not None and spec.submodule_search_locations
+    read: set[str] = set()
+    for root in spec.submodule_search_locations:
+        for source in Path(root).rglob("*.py"):
+            text = source.read_text(encoding="utf-8")
+            read |= set(re.findall(r"frontend_args\.(\w+)", text))
+            read |= set(re.findall(r"frontend_kwargs(?:\.get\(|\[)[\"'](\w+)", text))
+    assert "chat_template" in read, "the scan found none of the FrontendArgs Ray does read"
+    assert not read & set(VLLM_SERVER_KEYS), read & set(VLLM_SERVER_KEYS)
