@@ -46,16 +46,18 @@ Decision, per tick (the reasons are the operator's status reasons):
 - `WaitingForCapacity`: replicas have been pending longer than a cold start takes (no node for them): hold
   at the current target instead of adding more replicas that cannot be placed either.
 - `Idle`: no traffic for a whole downscale window: go to the floor (zero with scale-to-zero; Serve applies
-  `downscale_to_zero_delay_s`). Scale-in otherwise needs the P95 under the target (well under it until the
-  knee is known), fewer requests waiting than one replica tolerates, no scale-out within the downscale window,
-  and the busiest load of that window to fit the smaller fleet (at 85% of the knee once known, and at the load
-  scale-out sizes for: never below a load carried within the target for a minute unless the window's load
-  outran the fleet); at most half the replicas go per decision. After a clear fall of a load the fleet kept up
-  with (a minute at most 35% of the window's busiest load, with no overload or breach in the window: a wave that
-  broke) the load since sizes the fleet instead, and a minute after a scale-out suffices; a load that outran the
-  fleet is held for. The policy owns this hysteresis: the operator renders Serve's `downscale_delay_s` as 0, so
-  they do not stack. Replicas still starting beyond the most the load needed over a latency window are cancelled
-  (`Steady`): they serve nobody yet, so dropping them risks no latency.
+  `downscale_to_zero_delay_s`). Scale-in otherwise needs the P95 under the target (well under it until the knee is
+  known), fewer requests waiting than one replica tolerates, no scale-out within the downscale window, and the
+  busiest load of that window to fit the smaller fleet (at 85% of the knee once known, and at the load scale-out
+  sizes for: never below a load carried within the target for a minute unless the window's load outran the fleet),
+  and, once an overload has measured what a saturated replica serves, the window's busiest arrival rate at 85% of
+  that (a load read on the bigger fleet understates the smaller one's: the same requests run in bigger, slower
+  batches there); at most half the replicas go per decision. After a clear fall of a load the fleet kept up with (a
+  minute at most 35% of the window's busiest load, with no overload or breach in the window: a wave that broke) the
+  load since sizes the fleet instead, and a minute after a scale-out suffices; a load that outran the fleet is held
+  for. The policy owns this hysteresis: the operator renders Serve's `downscale_delay_s` as 0, so they do not stack.
+  Replicas still starting beyond the most the load needed over a latency window are cancelled (`Steady`): they serve
+  nobody yet, so dropping them risks no latency.
 - `Schedule`: a time window's minimum (see `tokenplane_serving.schedule`) holds more replicas than load needs.
 - `Batch`: Batch API requests (which replicas report as `batch_running`) are not demand the fleet grows for: they
   fill the capacity interactive traffic keeps. Alone, they hold at most `batch_max_replicas` replicas (the
@@ -364,6 +366,7 @@ class TokenplanePolicy:
             previous = self._per_replica_target(state, float(state.get("capacity") or self.max_ongoing))
             running = min(running, float(state["arrival_need"]) * previous)
         history = [(t, v) for t, v in state.get("recent_load", []) if now - t < max(self.downscale_delay_s, _TREND_S)]
+        peak_rate = self._peak_arrival_rate(state, fleet, now)
         if not history or now - history[-1][0] >= 1.0:  # Serve ticks every 0.1 s: keep one point a second
             history.append((now, running))
         else:
@@ -431,8 +434,9 @@ class TokenplanePolicy:
         elif grow < current and seen_window and self._may_scale_in(fleet, p95, queue, now, last_up, state, fell):
             kept_up = outran >= self.downscale_delay_s
             desired = self._scale_in_size(
-                current, recent if fell else peak, per_replica, capacity, state, now, kept_up=kept_up, fell=fell
-            )
+                current, recent if fell else peak, per_replica, capacity, state, now, kept_up=kept_up, fell=fell,
+                peak_rate=peak_rate,
+            )  # fmt: skip
             reason = "Idle" if desired < current else "Steady"
         elif target > still_needed and now - max(last_up, float(state["since"])) >= _WINDOW_S:
             # Replicas still starting that the load has not needed for a window are cancelled: they serve nobody
@@ -508,6 +512,21 @@ class TokenplanePolicy:
         ahead = _forecast(arrivals, now, rate, float(state["startup_s"]))
         # Every request in the backlog is late already: drained within a minute (what attainment is counted in).
         return ahead / (_HEADROOM * per_replica), queue / (per_replica * _BACKLOG_S)
+
+    def _peak_arrival_rate(self, state: dict[str, Any], fleet: FleetMetrics, now: float) -> float | None:
+        """Return the busiest arrival rate (requests/s, as the replicas count them) of the downscale window.
+
+        None unless every point of a whole window is known: a window partly unmeasured (replicas of an older
+        version, or none fresh) says nothing of its busiest moment.
+        """
+        rate = fleet.arrivals / _WINDOW_S if fleet.arrivals is not None and fleet.fresh_replicas else None
+        rates = [(t, r) for t, r in state.get("recent_rate", []) if now - t < self.downscale_delay_s]
+        if not rates or now - rates[-1][0] >= 1.0:
+            rates.append((now, rate))
+        state["recent_rate"] = rates
+        if any(r is None for _, r in rates) or now - rates[0][0] < self.downscale_delay_s - 2.0:
+            return None
+        return max(float(r) for _, r in rates)
 
     def _arrival_ratio(self, fleet: FleetMetrics) -> float:
         """Return the requests that arrived per request served in the replicas' last latency window (at least 1).
@@ -640,6 +659,7 @@ class TokenplanePolicy:
         *,
         kept_up: bool,
         fell: bool,
+        peak_rate: float | None,
     ) -> int:
         # Sized for the busiest moment of the downscale window, so an oscillating load does not flap, at the
         # per-replica load scale-out sizes for (below the knee once it is known), at most half the fleet a step.
@@ -663,6 +683,12 @@ class TokenplanePolicy:
             if shown and min(shown) < min(in_fleet, current):
                 in_fleet = min(shown)
                 state["carried_used_at"] = now
+        saturated = float(state.get("saturated_rate") or 0.0)
+        if peak_rate is not None and saturated > 0:
+            # The same requests on fewer replicas run in bigger, slower batches: a load read on this fleet
+            # understates the smaller one's. Once an overload has measured what a saturated replica serves, the
+            # smaller fleet must also serve the window's busiest arrival rate at the fleet's headroom.
+            in_fleet = max(in_fleet, math.ceil(peak_rate / (_HEADROOM * saturated) - 1e-9))
         return min(current, max(in_fleet, math.ceil(current / 2), 1))
 
     def _learn_capacity(

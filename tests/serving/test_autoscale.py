@@ -568,3 +568,20 @@ def test_a_knee_read_low_is_raised_again_while_the_fleet_is_well_within_the_targ
     desired, after = policy()(context(calm, ongoing=24, state=first))
     assert after["capacity"] == pytest.approx(1.25 * 6 / 0.85)
     assert desired == 4
+
+
+def test_scale_in_keeps_the_replicas_a_measured_saturation_rate_says_the_arrivals_need() -> None:
+    # 2 replicas at 10 requests each, well within the target, where one replica's batch would hold 20 (27 at the
+    # knee's headroom): by load, one replica carries it. But an earlier overload measured what a saturated replica
+    # serves (10 requests/s), and 19/s arrived all window: one replica would run the same requests in a batch twice
+    # as big, slower, into a queue a whole start-up long (a 235B MoE lost 5 minutes so in the simulator).
+    reports = [{**report([600.0] * 285, running=10), "arrivals": 285.0} for _ in range(2)]
+    window = [(NOW - 299 + s, 19.0) for s in range(299)]
+    state = stable(2, last_up=NOW - 900, capacity=32.0, learned=True, proven=16.0, within=16.0,
+                   recent_load=[(t, 20.0) for t, _ in window], recent_rate=window)  # fmt: skip
+    assert policy()(context(reports, ongoing=20, state=state))[0] == 1
+    desired, after = policy()(context(reports, ongoing=20, state={**state, "saturated_rate": 10.0}))
+    assert (desired, after["reason"]) == (2, "Steady")
+    # A window not measured throughout (a replica of an older version counted no arrivals) is no such evidence.
+    gap = [*window[:100], (NOW - 199, None), *window[101:]]
+    assert policy()(context(reports, ongoing=20, state={**state, "saturated_rate": 10.0, "recent_rate": gap}))[0] == 1
