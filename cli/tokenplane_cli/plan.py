@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from tokenplane_operator.api.v1alpha1 import InferenceDeployment
+from tokenplane_operator.api.v1alpha1 import AcceleratorKind, InferenceDeployment
 from tokenplane_operator.converge.quota import QuotaCheck, check_quota, existing_claims
 from tokenplane_operator.desired.agentpool import DesiredAgentPool
 from tokenplane_operator.errors import TokenplaneError
@@ -129,6 +129,16 @@ def _planned_pool(plan: Plan, deployment: InferenceDeployment | None) -> tuple[D
     pool = checked.state.agent_pool if checked.state is not None else None
     # `--vm-size` plans the CR on another size: the pool is the CR's, on that size.
     return (pool.model_copy(update={"vm_size": plan.vm_size}) if pool is not None else None), checked
+
+
+def _cpu_note(deployment: InferenceDeployment | None) -> str | None:
+    """Say that a CPU CR provisions no GPU VM, so the plan sizes the model for `accelerator: gpu`; None otherwise."""
+    if deployment is None or deployment.spec.hardware.accelerator is not AcceleratorKind.CPU:
+        return None
+    return (
+        "spec.hardware.accelerator is cpu: this CR runs on CPU and provisions no GPU VM (no pool, no quota); the "
+        "plan above sizes its model on a GPU VM, for when you set accelerator: gpu"
+    )
 
 
 def _refusal_json(checked: Checked) -> dict[str, str]:
@@ -439,6 +449,7 @@ def plan_command(
         else:
             out.print(f"[red]cannot plan[/] ({reason}): {escape(message)}", markup=True)
         return 1
+    cpu_note = _cpu_note(deployment) if vm_size is None else None
     pool, checked = _planned_pool(result, deployment) if result.fits else (None, None)
     refusal = checked if checked is not None and checked.problems else None  # the CR as written cannot deploy
     quota = quota_headroom(pool) if pool is not None else None
@@ -446,6 +457,7 @@ def plan_command(
         doc = result.model_dump(mode="json", by_alias=True)
         doc |= {"quota": quota_json(quota)} if quota is not None else {}
         doc |= {"error": _refusal_json(refusal)} if refusal is not None else {}
+        doc |= {"note": cpu_note} if cpu_note is not None else {}
         print(json.dumps(doc, indent=2))
     else:
         overridden = prices_file is not None and prices is not None and result.vm_size in prices
@@ -454,4 +466,6 @@ def plan_command(
             _explain(result, workload.model, out)
         if refusal is not None and file is not None:
             _print_refusal(refusal, file, vm_size, out)
+        if cpu_note is not None:
+            out.print(f"note: {cpu_note}", markup=False)
     return 0 if result.fits and refusal is None else 1

@@ -286,3 +286,17 @@ def test_plan_file_exits_1_on_every_cr_validate_refuses(
     data = json.loads(out)
     if data.get("fits", False):  # sized, but not deployable as written: validate's own problem is the error
         assert data["error"]["field"] == case.path and case.fragment in data["error"]["message"], out
+
+
+def test_a_cpu_cr_is_told_it_provisions_no_gpu_vm(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    # The plan of local-tiny recommended an A10 VM at $3.20/h with no word that the CR itself runs on CPU.
+    (tmp_path / "config.json").write_text(json.dumps(TINY_CONFIG))
+    code, out = run(capsys, file=REPO / "deploy/examples/local-tiny.yaml", model_config=tmp_path, output="json")
+    assert code == 0 and "accelerator is cpu: this CR runs on CPU and provisions no GPU VM" in json.loads(out)["note"]
+    code, out = run(capsys, file=REPO / "deploy/examples/local-tiny.yaml", model_config=tmp_path)
+    assert code == 0 and "\nnote: spec.hardware.accelerator is cpu" in out
+    gpu = yaml.safe_load((REPO / "deploy/examples/local-tiny.yaml").read_text())
+    gpu["spec"]["hardware"] = {"accelerator": "gpu"}
+    (tmp_path / "gpu.yaml").write_text(yaml.safe_dump(gpu))
+    code, out = run(capsys, file=tmp_path / "gpu.yaml", model_config=tmp_path, output="json")
+    assert code == 0 and "note" not in json.loads(out)
