@@ -19,6 +19,7 @@ from tokenplane_operator.plan.precision import Precision
 
 __all__ = [
     "FLOAT16_REFUSED_MODEL_TYPES",
+    "NO_MTP_MODEL_TYPES",
     "ModelInfo",
     "builtin_model_names",
     "find_builtin_model",
@@ -32,6 +33,15 @@ _INVALID = PlanErrorReason.INVALID_MODEL_CONFIG
 # `_FLOAT16_NOT_SUPPORTED_MODELS`). With dtype auto on a GPU without bfloat16 it runs them in float32
 # (`_resolve_auto_dtype`: the platform's first supported dtype that is valid for the model).
 FLOAT16_REFUSED_MODEL_TYPES = frozenset({"gemma2", "gemma3", "gemma3_text", "glm4"})
+# Model types vLLM 0.32 has no multi-token-prediction draft for (`SpeculativeConfig.hf_config_override` maps none
+# of them to an `MTPModelTypes` draft): speculative method mtp on them fails at engine start. The families of the
+# built-in catalog and their kin; a model type not listed is left to vLLM (a test checks the list against it).
+NO_MTP_MODEL_TYPES = frozenset(
+    {
+        "llama", "llama4", "llama4_text", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "phi3",
+        "gemma", "gemma2", "gemma3", "gemma3_text",
+    }
+)  # fmt: skip
 _SAFETENSORS_HEADER_LIMIT = 100 * 1024 * 1024  # a real header is kilobytes; refuse garbage lengths
 
 

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
-from tokenplane_operator.api.v1alpha1 import AcceleratorKind, Dtype, InferenceDeployment, Quantization, parse_source
+from tokenplane_operator.api.v1alpha1 import (
+    AcceleratorKind,
+    Dtype,
+    InferenceDeployment,
+    Quantization,
+    SpeculativeMethod,
+    parse_source,
+)
 from tokenplane_operator.api.validation import Problem
 from tokenplane_operator.plan.catalog import GIB, SERVING_ARCH, GpuSku, all_skus, find_sku
 from tokenplane_operator.plan.errors import PlanError, PlanErrorReason
 from tokenplane_operator.plan.memory import lora_bytes_per_gpu
-from tokenplane_operator.plan.modelinfo import FLOAT16_REFUSED_MODEL_TYPES, ModelInfo, resolve_model
+from tokenplane_operator.plan.modelinfo import (
+    FLOAT16_REFUSED_MODEL_TYPES,
+    NO_MTP_MODEL_TYPES,
+    ModelInfo,
+    resolve_model,
+)
 from tokenplane_operator.plan.precision import Precision
 from tokenplane_operator.plan.sizing import default_step_tokens, plan_for_sku
 from tokenplane_operator.plan.spec import workload_as_rendered, workload_from_spec
@@ -239,6 +251,17 @@ def _model_problems(deployment: InferenceDeployment, model: ModelInfo | None) ->
                 "spec.engine.tensorParallelSize",
                 f"tensorParallelSize {tp} does not divide the {model.num_attention_heads} attention heads of "
                 f"{model.name} (vLLM splits heads evenly); use one of {', '.join(map(str, divisors))}",
+            )
+        )
+    speculative = engine.speculative_decoding
+    mtp = speculative is not None and speculative.method is SpeculativeMethod.MTP
+    if mtp and model.model_type in NO_MTP_MODEL_TYPES:
+        problems.append(
+            Problem(
+                "spec.engine.speculativeDecoding.method",
+                f"mtp drafts with the model's own multi-token-prediction layers, and {model.name} (model type "
+                f"{model.model_type}) has none that vLLM can use, so the replica would not start: use eagle with an "
+                "EAGLE head trained for it (draftModel), draftModel with a smaller model of its family, or ngram",
             )
         )
     if pp > model.num_layers:

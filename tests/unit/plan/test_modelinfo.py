@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
+import typing
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import yaml
 
 from tokenplane_operator.plan.errors import PlanError, PlanErrorReason
 from tokenplane_operator.plan.modelinfo import (
+    NO_MTP_MODEL_TYPES,
     builtin_model_names,
     find_builtin_model,
     model_info_from_config,
@@ -129,3 +131,19 @@ def test_unknown_model_name() -> None:
         resolve_model("acme/does-not-exist-70b")
     assert err.value.reason is PlanErrorReason.UNKNOWN_MODEL
     assert "--model-config" in err.value.message
+
+
+def test_model_types_refused_for_mtp_have_no_mtp_draft_in_the_installed_vllm() -> None:
+    """Each type in NO_MTP_MODEL_TYPES is one vLLM maps to no MTP draft; DeepSeek-V3, which has one, is seen."""
+    pytest.importorskip("vllm")
+    from transformers import PretrainedConfig
+    from vllm.config.speculative import MTPModelTypes, SpeculativeConfig
+
+    def drafted(model_type: str, architecture: str) -> bool:
+        config = PretrainedConfig(architectures=[architecture])
+        config.model_type = model_type
+        return SpeculativeConfig.hf_config_override(config).model_type in typing.get_args(MTPModelTypes)
+
+    assert drafted("deepseek_v3", "DeepseekV3ForCausalLM")
+    # vLLM also keys some drafts on the architecture (MiMo, GLM-4 MoE): none of these types' own architectures is one.
+    assert not [t for t in sorted(NO_MTP_MODEL_TYPES) if drafted(t, f"{t.title().replace('_', '')}ForCausalLM")]
