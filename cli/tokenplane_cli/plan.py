@@ -449,7 +449,7 @@ def plan_command(
         else:
             out.print(f"[red]cannot plan[/] ({reason}): {escape(message)}", markup=True)
         return 1
-    cpu_note = _cpu_note(deployment) if vm_size is None else None
+    cpu_note = _cpu_note(deployment)
     pool, checked = _planned_pool(result, deployment) if result.fits else (None, None)
     refusal = checked if checked is not None and checked.problems else None  # the CR as written cannot deploy
     quota = quota_headroom(pool) if pool is not None else None

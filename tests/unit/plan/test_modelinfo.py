@@ -145,5 +145,6 @@ def test_model_types_refused_for_mtp_have_no_mtp_draft_in_the_installed_vllm() -
         return SpeculativeConfig.hf_config_override(config).model_type in typing.get_args(MTPModelTypes)
 
     assert drafted("deepseek_v3", "DeepseekV3ForCausalLM")
-    # vLLM also keys some drafts on the architecture (MiMo, GLM-4 MoE): none of these types' own architectures is one.
+    # vLLM also keys some drafts on the architecture (MiMo, GLM-4 MoE); a placeholder of the type's name stands in
+    # for the listed families' own, which are none of those.
     assert not [t for t in sorted(NO_MTP_MODEL_TYPES) if drafted(t, f"{t.title().replace('_', '')}ForCausalLM")]
