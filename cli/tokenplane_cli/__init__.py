@@ -195,7 +195,12 @@ def simulate(
         Path | None,
         typer.Option("--model-config", help="The model's config.json (or its directory), when -f's source is a PVC."),
     ] = None,
-    rate_scale: Annotated[float, typer.Option("--rate-scale", help="Multiply built-in traces' rates.")] = 1.0,
+    rate_scale: Annotated[
+        float,
+        typer.Option(
+            "--rate-scale", help="Multiply built-in traces' rates (after fitting them to -f's or --vm-size's fleet)."
+        ),
+    ] = 1.0,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the built-in traces.")] = 1,
     output: Output = OutputFormat.table,
     plots: Annotated[

@@ -8,6 +8,7 @@ oracle run on the same physics. See `engine`, `physics`, `policies`, `run` and `
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
 import os
@@ -21,10 +22,17 @@ from rich.status import Status
 
 from tokenplane_cli.files import load_one_document
 from tokenplane_cli.plan import model_override
-from tokenplane_cli.simulate.engine import percentile
 from tokenplane_cli.simulate.physics import ReplicaPhysics, physics_for
 from tokenplane_cli.simulate.report import billed, plot, table
-from tokenplane_cli.simulate.run import POLICIES, Scenario, run_policies, scenario_for, score
+from tokenplane_cli.simulate.run import (
+    POLICIES,
+    Scenario,
+    idle_p95_ms,
+    replica_capacity,
+    run_policies,
+    scenario_for,
+    score,
+)
 from tokenplane_cli.simulate.traces import BUILTIN_TRACES, Request, TraceError, builtin_trace, load_trace_file
 from tokenplane_operator.api.v1alpha1 import InferenceDeployment
 from tokenplane_operator.api.validation import InvalidSpecError, parse_inference_deployment
@@ -87,6 +95,28 @@ def _physics(
         raise ValueError(f"--model-config {model_config}: cannot read it as a model ({exc})") from None
 
 
+@functools.cache
+def _default_fleet_rate() -> float:
+    """Requests/s of the built-in traces' usual request the default deployment's whole fleet serves within target."""
+    deployment = parse_inference_deployment(DEFAULT_DEPLOYMENT)
+    sim = scenario_for(deployment, physics_for(deployment)).sim
+    return sim.max_replicas * replica_capacity(sim)
+
+
+def _fit_note(scenario: Scenario) -> tuple[float, str]:
+    """How much to scale the built-in traces for this deployment's fleet (they are sized for the default's), and why."""
+    sim = scenario.sim
+    per_replica = replica_capacity(sim)
+    fit = sim.max_replicas * per_replica / _default_fleet_rate()
+    note = (
+        f"built-in traces fitted to this deployment: rates x{fit:.3g} (a replica serves {per_replica:.3g} requests/s "
+        f"of their usual request within P95 {sim.metric} {sim.target_ms:,.0f} ms, up to {sim.max_replicas} "
+        f"replica{'s' if sim.max_replicas != 1 else ''}; the default deployment's 16: {_default_fleet_rate():.3g} "
+        "requests/s)"
+    )
+    return fit, note
+
+
 def _check_plots_folder(plots: Path, names: list[str]) -> None:
     """Refuse, before minutes of simulation, a folder the plots and results.json cannot be written into."""
     if not os.access(plots, os.W_OK | os.X_OK):
@@ -131,7 +161,9 @@ def simulate_command(
         physics = _physics(deployment, file, vm_size, model_config)
         scenario = scenario_for(deployment, physics, epoch.timestamp())
         limit = physics.max_model_len
-        traces = {t: builtin_trace(t, rate_scale=rate_scale, seed=seed, max_model_len=limit) for t in trace}
+        # Built-in traces are sized for the default deployment: another one gets the same load relative to its fleet.
+        fit, fit_note = _fit_note(scenario) if trace and (file is not None or vm_size is not None) else (1.0, "")
+        traces = {t: builtin_trace(t, rate_scale=rate_scale, seed=seed, max_model_len=limit, fit=fit) for t in trace}
         if trace_file is not None:
             # steady.jsonl next to --trace steady: both run, the file under its full name (its path if that too).
             name = next(n for n in (trace_file.stem, trace_file.name, str(trace_file)) if n not in traces)
@@ -181,6 +213,8 @@ def simulate_command(
         console.print_json(json.dumps(next(iter(document.values())) if len(document) == 1 else document))
     else:
         err.print(f"[dim]replica model: {physics.source}[/]")
+        if fit_note:
+            err.print(f"[dim]{escape(fit_note)}[/]")
         if scenario.sim.schedule:
             err.print(f"[dim]schedule windows read from t=0 = {epoch:%a %Y-%m-%d %H:%M %Z} (--start sets it)[/]")
     return 0
@@ -189,7 +223,7 @@ def simulate_command(
 def _unreachable_target(scenario: Scenario, requests: list[Request]) -> str | None:
     """Say what no fleet can serve: requests beyond the context window, or a target they miss even alone."""
     sim = scenario.sim
-    physics, e2e = sim.physics, sim.metric == "e2e"
+    physics = sim.physics
     fitting = list(filter(physics.fits, requests))
     notes = []
     if len(fitting) < len(requests):
@@ -197,12 +231,8 @@ def _unreachable_target(scenario: Scenario, requests: list[Request]) -> str | No
             f"{len(requests) - len(fitting):,} request(s) exceed maxModelLen {physics.max_model_len:,}: refused "
             "(vLLM's 400) and left out of attainment"
         )
-    alone = [
-        physics.prefill_s(r.input_tokens) + (max(0, r.output_tokens - 1) * physics.step_s(1) if e2e else 0.0)
-        for r in fitting
-    ]
-    floor_ms = percentile(alone, 0.95) * 1000.0
-    if alone and floor_ms > sim.target_ms:
+    floor_ms = idle_p95_ms(sim, fitting)
+    if fitting and floor_ms > sim.target_ms:
         notes.append(
             f"these requests' own P95 {sim.metric} on an idle replica is {floor_ms:,.0f} ms, above the "
             f"{sim.target_ms:,.0f} ms target: no replica count meets it (raise the target, or compare GPU-hours only)"

@@ -65,14 +65,25 @@ from tokenplane_cli.simulate.policies import (
     ScheduleController,
     TtftStepPolicy,
 )
-from tokenplane_cli.simulate.traces import Request
+from tokenplane_cli.simulate.traces import Request, reference_mix
 from tokenplane_operator.api.v1alpha1 import InferenceDeployment
 from tokenplane_operator.desired.serveconfig import build_serving_args
 from tokenplane_serving.autoscale import NODE_IDLE_S
 from tokenplane_serving.mapping import build_llm_config
 from tokenplane_serving.schedule import ScheduleWindow, schedule_minimum
 
-__all__ = ["POLICIES", "Progress", "Scenario", "Score", "oracle_plan", "run_policies", "scenario_for", "score"]
+__all__ = [
+    "POLICIES",
+    "Progress",
+    "Scenario",
+    "Score",
+    "idle_p95_ms",
+    "oracle_plan",
+    "replica_capacity",
+    "run_policies",
+    "scenario_for",
+    "score",
+]
 
 # Told what the simulator is doing, a line at a time.
 Progress = Callable[[str], None]
@@ -191,6 +202,47 @@ def _fixed_run(cfg: SimConfig, requests: list[Request], replicas: int) -> SimRes
     fixed = SimConfig(**{**cfg.__dict__, "initial_replicas": replicas, "min_replicas": replicas,
                          "max_replicas": replicas, "max_queued": 10**9})  # fmt: skip
     return Simulation(fixed, requests, FixedController(replicas)).run()
+
+
+def idle_p95_ms(cfg: SimConfig, requests: list[Request]) -> float:
+    """Return the P95 latency `requests` would have each alone on an idle replica: the floor no fleet lowers."""
+    physics = cfg.physics
+    e2e = cfg.metric == "e2e"
+    alone = [
+        physics.prefill_s(r.input_tokens) + (max(0, r.output_tokens - 1) * physics.step_s(1) if e2e else 0.0)
+        for r in requests
+        if physics.fits(r)
+    ]
+    return percentile(alone, 0.95) * 1000.0
+
+
+# Requests in a capacity probe: enough for a steady P95, few enough for a second's search.
+_PROBE_REQUESTS = 4000
+
+
+def replica_capacity(cfg: SimConfig) -> float:
+    """Return the rate (requests/s) of the built-in traces' usual request one warm replica serves within target.
+
+    Bisection over steady Poisson loads (`reference_mix`) on one replica of this physics. When even an idle
+    replica misses the target, "within" means within 5% of that idle P95, as the oracle's per-minute bound reads it.
+    """
+
+    def probe(rate: float) -> list[Request]:
+        return reference_mix(rate, min(7200.0, max(300.0, _PROBE_REQUESTS / rate)), cfg.physics.max_model_len)
+
+    bar = max(cfg.target_ms, 1.05 * idle_p95_ms(cfg, probe(1.0)))
+
+    def meets(rate: float) -> bool:
+        jobs = _served(_fixed_run(cfg, probe(rate), 1).jobs)
+        return percentile([_latency(j, cfg.metric) for j in jobs], 0.95) <= bar
+
+    low, high = 0.0, 1.0
+    while high < 1e4 and meets(high):
+        low, high = high, 2 * high
+    for _ in range(10):
+        mid = (low + high) / 2
+        low, high = (mid, high) if meets(mid) else (low, mid)
+    return low or high
 
 
 def _minute_need(cfg: SimConfig, previous: list[Request], current: list[Request], start: float) -> tuple[int, bool]:

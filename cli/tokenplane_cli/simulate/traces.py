@@ -3,10 +3,12 @@
 A trace file has one request per line: `{"t": seconds, "input_tokens": n, "output_tokens": m, "session": "id"}`
 (`session` optional). Arrivals are open-loop: each request arrives at its own `t`, whatever the server does.
 
-Built-in traces are sized for the default deployment (Llama-3.1-8B on one A100 80GB per replica, P95 TTFT 1 s):
-prompts around 2,000 tokens and answers around 150, so a replica holds about 3-4 requests/s and peaks need
-several replicas. `rate_scale` multiplies every rate (e.g. 0.05 for the tiny CPU model). `max_model_len` is the
-deployment's context window: no built-in request asks for more (an agent compacts its context to fit).
+Built-in traces are sized for the default deployment (Llama-3.1-8B on one A100 80GB per replica, P95 TTFT 1 s,
+up to 16 replicas): prompts around 2,000 tokens and answers around 150, so a replica holds about 2 requests/s
+within target and peaks need several replicas. For another deployment, `fit` scales every rate by what its fleet
+serves against the default's, so a trace loads it as much as it loads the default; `rate_scale` multiplies on
+top. `max_model_len` is the deployment's context window: no built-in request asks for more (an agent compacts its
+context to fit).
 """
 
 from __future__ import annotations
@@ -19,7 +21,15 @@ from pathlib import Path
 
 from tokenplane_cli.tracefile import MAX_TRACE_SECONDS, read_trace_lines
 
-__all__ = ["BUILTIN_TRACES", "MAX_TRACE_SECONDS", "Request", "TraceError", "builtin_trace", "load_trace_file"]
+__all__ = [
+    "BUILTIN_TRACES",
+    "MAX_TRACE_SECONDS",
+    "Request",
+    "TraceError",
+    "builtin_trace",
+    "load_trace_file",
+    "reference_mix",
+]
 
 
 @dataclass(frozen=True)
@@ -58,6 +68,15 @@ def _requests(rng: random.Random, times: list[float], max_len: int, prompt: floa
         n_in, n_out = _tokens(rng, prompt, 0.6, 64, 7000), _tokens(rng, 150, 0.7, 8, 1000)
         out.append(Request(t, max(1, min(n_in, max_len - n_out)), n_out))
     return out
+
+
+def reference_mix(rate: float, duration_s: float, max_model_len: int) -> list[Request]:
+    """Steady Poisson arrivals at `rate` requests/s of the built-in traces' usual request (prompt ~2,000, answer ~150).
+
+    The yardstick the built-in traces are fitted to a deployment with (`tokenplane_cli.simulate.run.fleet_fit`).
+    """
+    rng = random.Random("reference-mix")
+    return _requests(rng, _poisson(rng, lambda t: rate, duration_s, rate), max_model_len)
 
 
 def _steady(rng: random.Random, k: float, max_len: int) -> list[Request]:
@@ -150,14 +169,18 @@ BUILTIN_TRACES: dict[str, Callable[[random.Random, float, int], list[Request]]] 
 _MAX_RATE_SCALE = 100.0
 
 
-def builtin_trace(name: str, *, rate_scale: float = 1.0, seed: int = 1, max_model_len: int = 8192) -> list[Request]:
+def builtin_trace(
+    name: str, *, rate_scale: float = 1.0, seed: int = 1, max_model_len: int = 8192, fit: float = 1.0
+) -> list[Request]:
     """Generate a built-in trace.
 
     Args:
         name: One of `BUILTIN_TRACES`.
-        rate_scale: Multiplies every arrival rate.
+        rate_scale: Multiplies every arrival rate (the user's `--rate-scale`).
         seed: The random seed (the same seed gives the same trace).
         max_model_len: The deployment's context window; every request's prompt + output fits it.
+        fit: What the deployment's fleet serves against the default deployment's, which the traces are sized
+            for (`tokenplane_cli.simulate.run.replica_capacity`); multiplies every rate too.
 
     Returns:
         The requests in arrival order.
@@ -171,9 +194,15 @@ def builtin_trace(name: str, *, rate_scale: float = 1.0, seed: int = 1, max_mode
             f"--rate-scale must be above 0 and at most {_MAX_RATE_SCALE:g} (got {rate_scale!r}); "
             "replay a larger load with --trace-file"
         )
-    requests = BUILTIN_TRACES[name](random.Random(f"{name}-{seed}"), rate_scale, max_model_len)
+    fitted = f" on a fleet fitted at {fit:.3g}x the default deployment's" if fit != 1.0 else ""
+    if rate_scale * fit > _MAX_RATE_SCALE:
+        raise TraceError(
+            f"--rate-scale {rate_scale!r}{fitted} asks for {rate_scale * fit:.3g}x the built-in rates, beyond "
+            f"{_MAX_RATE_SCALE:g}x; lower it, or replay that load with --trace-file"
+        )
+    requests = BUILTIN_TRACES[name](random.Random(f"{name}-{seed}"), rate_scale * fit, max_model_len)
     if not requests:  # every policy would score 100% on it, at no cost
-        raise TraceError(f"--rate-scale {rate_scale!r} leaves trace {name} without a request; raise it")
+        raise TraceError(f"--rate-scale {rate_scale!r}{fitted} leaves trace {name} without a request; raise it")
     return requests
 
 

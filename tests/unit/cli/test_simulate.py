@@ -19,17 +19,20 @@ from typer.testing import CliRunner
 
 from tokenplane_cli import app
 from tokenplane_cli.plan import model_override
-from tokenplane_cli.simulate import DEFAULT_DEPLOYMENT, _deployment, physics
-from tokenplane_cli.simulate.engine import Job, SimConfig, Simulation
+from tokenplane_cli.simulate import DEFAULT_DEPLOYMENT, _deployment, _fit_note, physics
+from tokenplane_cli.simulate.engine import Job, SimConfig, Simulation, percentile
 from tokenplane_cli.simulate.physics import TINY_CPU, physics_for
 from tokenplane_cli.simulate.policies import FixedController, RayController, ScheduleController
 from tokenplane_cli.simulate.run import (
     POLICIES,
     _controller,
+    _fixed_run,
+    _minute_p95s,
     _oracle_misses,
     _oracle_schedule,
     _trim_pass,
     oracle_plan,
+    replica_capacity,
     run_policies,
     scenario_for,
     score,
@@ -275,6 +278,57 @@ def test_mig_deployment_fixture_simulates_on_half_gpus(tmp_path: Path) -> None:
     oracle = json.loads(result.stdout)["policies"]["oracle"]
     assert oracle["minuteAttainment"] == 1.0
     assert oracle["gpuHours"] < 12 * 0.5 * 300 / 3600  # fewer than 12 half-GPUs held for the trace
+
+
+def test_replica_capacity_is_the_rate_where_the_p95_crosses_the_target() -> None:
+    scenario = scenario_for(_deployment(None), physics_for(_deployment(None)))
+    capacity = replica_capacity(scenario.sim)
+
+    def p95(rate: float) -> float:
+        jobs = _fixed_run(scenario.sim, builtin_trace("steady", rate_scale=rate / 12), 1).jobs
+        return percentile([j.first_token - j.req.t for j in jobs], 0.95) * 1000
+
+    # Another draw of the same mix: within target below the capacity, over it above.
+    assert p95(0.8 * capacity) <= 1000 < p95(1.4 * capacity)
+
+
+def test_built_in_traces_load_a_cr_fleet_as_they_load_the_default_one(tmp_path: Path) -> None:
+    # Sized for 16 replicas of 8B on A100s, the diurnal trace overloaded a 4-replica CR at every policy, the oracle's
+    # included (internal-copilot-mig: 0-97% of minutes). Fitted, its peak fits the CR's fleet as it fits the default's.
+    body = yaml.safe_load((REPO / "tests/data/simulate/copilot-mig.yaml").read_text())
+    body["spec"]["scaling"] |= {"maxReplicas": 4}
+    small = tmp_path / "small.yaml"
+    small.write_text(yaml.safe_dump(body))
+    shares = []
+    for file in (None, small):
+        deployment = _deployment(file)
+        scenario = scenario_for(deployment, physics_for(deployment))
+        fit = _fit_note(scenario)[0] if file else 1.0
+        # The fewest replicas that serve the afternoon peak (minutes 25-35) within target, as a share of the fleet.
+        peak = [
+            Request(r.t - 1500, r.input_tokens, r.output_tokens)
+            for r in builtin_trace("diurnal", fit=fit)
+            if 1500 <= r.t < 2100
+        ]
+        sim = scenario.sim
+        need = next(
+            n
+            for n in range(1, sim.max_replicas + 1)
+            if max(_minute_p95s(_fixed_run(sim, peak, n).jobs, sim.metric).values()) <= sim.target_ms
+        )
+        shares.append(need / sim.max_replicas)
+    assert shares[0] == pytest.approx(shares[1], abs=0.25), shares
+    assert all(share < 1 for share in shares), shares
+
+
+def test_a_fitted_rate_scale_beyond_what_a_built_in_trace_is_for_is_refused() -> None:
+    fixture = REPO / "tests/data/simulate/copilot-mig.yaml"
+    result = runner.invoke(app, ["simulate", "-f", str(fixture), "--trace", "steady", "--rate-scale", "90"])
+    assert result.exit_code == 2, result.output
+    asked = re.search(
+        r"--rate-scale 90.0 on a fleet fitted at ([0-9.]+)x the default deployment's asks for", result.stderr
+    )
+    assert asked and float(asked[1]) > 100 / 90, result.stderr  # its 12 H100 slices serve more than 16 A100s
 
 
 def test_fractional_replicas_are_billed_and_served_at_their_share_of_a_gpu() -> None:
