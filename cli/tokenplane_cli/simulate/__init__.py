@@ -25,6 +25,7 @@ from tokenplane_cli.plan import model_override
 from tokenplane_cli.simulate.physics import ReplicaPhysics, physics_for
 from tokenplane_cli.simulate.report import billed, plot, table
 from tokenplane_cli.simulate.run import (
+    DEFAULT_TARGET_MS,
     POLICIES,
     Scenario,
     idle_p95_ms,
@@ -183,6 +184,12 @@ def simulate_command(
     if not traces:
         err.print(f"[red]error:[/] give --trace NAME (built in: {', '.join(BUILTIN_TRACES)}) or --trace-file FILE")
         return 2
+    if file is not None and deployment.spec.scaling.latency_target is None:
+        err.print(
+            f"[yellow]warning:[/] {escape(str(file))} sets no spec.scaling.latencyTarget: its policy scales on queue "
+            f"depth alone, and attainment is judged against a P95 TTFT of {DEFAULT_TARGET_MS:,.0f} ms it does not aim "
+            "for; set latencyTarget to simulate the target you mean"
+        )
     document: dict[str, Any] = {}
     # Serve logs each policy it instantiates at INFO, which here is every policy run on every trace.
     logging.getLogger("ray.serve").setLevel(logging.WARNING)

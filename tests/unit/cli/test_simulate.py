@@ -547,6 +547,23 @@ def test_a_target_no_fleet_can_meet_is_said_so(tmp_path: Path) -> None:
     assert reachable.exit_code == 0 and "warning" not in reachable.stderr, reachable.output
 
 
+def test_a_cr_without_a_latency_target_is_told_what_attainment_is_judged_against(tmp_path: Path) -> None:
+    # department-lora sets none: its policy scales on queue depth, and its 62-90% of minutes at 0.72-0.85x the
+    # oracle's GPU-hours (judged at 1 s TTFT) read as the policy missing a target the CR never asked for.
+    trace = write_trace(tmp_path / "t.jsonl", step_trace(1, 2, start=60, end=120, total=180))
+    body = json.loads(json.dumps(DEFAULT_DEPLOYMENT))
+    del body["spec"]["scaling"]["latencyTarget"]
+    untargeted = tmp_path / "untargeted.yaml"
+    untargeted.write_text(yaml.safe_dump(body))
+    result = runner.invoke(app, ["simulate", "--trace-file", str(trace), "-f", str(untargeted), "-o", "json"])
+    assert result.exit_code == 0, result.output
+    assert "untargeted.yaml sets no spec.scaling.latencyTarget" in result.stderr
+    assert "judged against a P95 TTFT of 1,000 ms it does not aim for" in result.stderr
+    json.loads(result.stdout)  # the contract is untouched
+    targeted = runner.invoke(app, ["simulate", "--trace-file", str(trace), "-o", "json"])
+    assert targeted.exit_code == 0 and "warning" not in targeted.stderr, targeted.output
+
+
 def test_the_oracle_spends_nothing_on_a_target_no_fleet_meets(tmp_path: Path) -> None:
     # 6,000-token prompts every 2 s against a 200 ms P95 TTFT: one replica misses it as 16 do. The oracle planned
     # maxReplicas for every such minute, and every policy started warm with 16 replicas.
