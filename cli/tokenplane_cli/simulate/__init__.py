@@ -190,6 +190,8 @@ def simulate_command(
             f"depth alone, and attainment is judged against a P95 TTFT of {DEFAULT_TARGET_MS:,.0f} ms it does not aim "
             "for; set latencyTarget to simulate the target you mean"
         )
+    if fit_note:  # before the run and in either output, so a JSON reader also knows what load was simulated
+        err.print(f"[dim]{escape(fit_note)}[/]")
     document: dict[str, Any] = {}
     # Serve logs each policy it instantiates at INFO, which here is every policy run on every trace.
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
@@ -220,8 +222,6 @@ def simulate_command(
         console.print_json(json.dumps(next(iter(document.values())) if len(document) == 1 else document))
     else:
         err.print(f"[dim]replica model: {physics.source}[/]")
-        if fit_note:
-            err.print(f"[dim]{escape(fit_note)}[/]")
         if scenario.sim.schedule:
             err.print(f"[dim]schedule windows read from t=0 = {epoch:%a %Y-%m-%d %H:%M %Z} (--start sets it)[/]")
     return 0

@@ -11,6 +11,7 @@ import logging
 import logging.handlers
 import re
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -54,6 +55,11 @@ def step_trace(low: float, high: float, *, start: float, end: float, total: floa
         out.append(Request(t, 2000, 150))
         t += 1.0 / (high if start <= t < end else low)
     return out
+
+
+def write_cr(path: Path, body: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(body))
+    return path
 
 
 def write_trace(path: Path, requests: list[Request]) -> Path:
@@ -297,8 +303,7 @@ def test_built_in_traces_load_a_cr_fleet_as_they_load_the_default_one(tmp_path: 
     # included (internal-copilot-mig: 0-97% of minutes). Fitted, its peak fits the CR's fleet as it fits the default's.
     body = yaml.safe_load((REPO / "tests/data/simulate/copilot-mig.yaml").read_text())
     body["spec"]["scaling"] |= {"maxReplicas": 4}
-    small = tmp_path / "small.yaml"
-    small.write_text(yaml.safe_dump(body))
+    small = write_cr(tmp_path / "small.yaml", body)
     shares = []
     for file in (None, small):
         deployment = _deployment(file)
@@ -319,6 +324,12 @@ def test_built_in_traces_load_a_cr_fleet_as_they_load_the_default_one(tmp_path: 
         shares.append(need / sim.max_replicas)
     assert shares[0] == pytest.approx(shares[1], abs=0.25), shares
     assert all(share < 1 for share in shares), shares
+    # The command fits them so, and says by how much on stderr, in JSON mode too (the contract is untouched).
+    result = runner.invoke(app, ["simulate", "-f", str(small), "--trace", "spike", "-o", "json"])
+    assert result.exit_code == 0, result.output
+    said = re.search(r"rates x([0-9.]+)", result.stderr)
+    assert said and float(said[1]) == pytest.approx(fit, rel=0.01), result.stderr
+    assert set(json.loads(result.stdout)["policies"]) == set(POLICIES)
 
 
 def test_a_fitted_rate_scale_beyond_what_a_built_in_trace_is_for_is_refused() -> None:
@@ -478,8 +489,7 @@ def test_a_cpu_deployment_of_a_model_larger_than_the_tiny_one_is_refused(tmp_pat
     # Its speed was the tiny model's, measured here: an 8B model on CPU simulated at 3.6 ms a decode step.
     body = yaml.safe_load((REPO / "deploy/examples/local-tiny.yaml").read_text())
     body["spec"]["model"]["source"] = "hf://meta-llama/Llama-3.1-8B-Instruct"
-    cr = tmp_path / "cpu-8b.yaml"
-    cr.write_text(yaml.safe_dump(body))
+    cr = write_cr(tmp_path / "cpu-8b.yaml", body)
     result = runner.invoke(app, ["simulate", "--trace", "steady", "-f", str(cr)])
     assert result.exit_code == 2, result.output
     assert "spec.hardware.accelerator" in result.stderr and "--vm-size" in result.stderr
@@ -492,8 +502,7 @@ def _scheduled_deployment(tmp_path: Path) -> Path:
     body = json.loads(json.dumps(DEFAULT_DEPLOYMENT))
     window = {"days": "1-5", "start": "08:00", "end": "18:00", "timeZone": "Europe/Berlin", "minReplicas": 3}
     body["spec"]["scaling"]["schedule"] = [window]
-    cr = tmp_path / "office-hours.yaml"
-    cr.write_text(yaml.safe_dump(body))
+    cr = write_cr(tmp_path / "office-hours.yaml", body)
     return cr
 
 
@@ -536,8 +545,7 @@ def test_a_target_no_fleet_can_meet_is_said_so(tmp_path: Path) -> None:
     trace = write_trace(tmp_path / "long.jsonl", [Request(float(t), 6000, 50) for t in range(0, 300, 2)])
     body = json.loads(json.dumps(DEFAULT_DEPLOYMENT))
     body["spec"]["scaling"]["latencyTarget"]["p95Milliseconds"] = 200
-    tight = tmp_path / "tight.yaml"
-    tight.write_text(yaml.safe_dump(body))
+    tight = write_cr(tmp_path / "tight.yaml", body)
     result = runner.invoke(app, ["simulate", "--trace-file", str(trace), "-f", str(tight), "-o", "json"])
     assert result.exit_code == 0, result.output
     assert "warning: long: these requests' own P95 ttft on an idle replica is" in result.stderr
@@ -553,8 +561,7 @@ def test_a_cr_without_a_latency_target_is_told_what_attainment_is_judged_against
     trace = write_trace(tmp_path / "t.jsonl", step_trace(1, 2, start=60, end=120, total=180))
     body = json.loads(json.dumps(DEFAULT_DEPLOYMENT))
     del body["spec"]["scaling"]["latencyTarget"]
-    untargeted = tmp_path / "untargeted.yaml"
-    untargeted.write_text(yaml.safe_dump(body))
+    untargeted = write_cr(tmp_path / "untargeted.yaml", body)
     result = runner.invoke(app, ["simulate", "--trace-file", str(trace), "-f", str(untargeted), "-o", "json"])
     assert result.exit_code == 0, result.output
     assert "untargeted.yaml sets no spec.scaling.latencyTarget" in result.stderr
@@ -569,8 +576,7 @@ def test_the_oracle_spends_nothing_on_a_target_no_fleet_meets(tmp_path: Path) ->
     # maxReplicas for every such minute, and every policy started warm with 16 replicas.
     body = json.loads(json.dumps(DEFAULT_DEPLOYMENT))
     body["spec"]["scaling"]["latencyTarget"]["p95Milliseconds"] = 200
-    tight = tmp_path / "tight.yaml"
-    tight.write_text(yaml.safe_dump(body))
+    tight = write_cr(tmp_path / "tight.yaml", body)
     deployment = _deployment(tight)
     scenario = scenario_for(deployment, physics_for(deployment))
     plan = oracle_plan(scenario.sim, [Request(float(t), 6000, 50) for t in range(0, 300, 2)])
