@@ -73,7 +73,7 @@ def _requests(rng: random.Random, times: list[float], max_len: int, prompt: floa
 def reference_mix(rate: float, duration_s: float, max_model_len: int) -> list[Request]:
     """Steady Poisson arrivals at `rate` requests/s of the built-in traces' usual request (prompt ~2,000, answer ~150).
 
-    The yardstick the built-in traces are fitted to a deployment with (`tokenplane_cli.simulate.run.fleet_fit`).
+    The yardstick the built-in traces are fitted to a deployment with (`tokenplane_cli.simulate.run.replica_capacity`).
     """
     rng = random.Random("reference-mix")
     return _requests(rng, _poisson(rng, lambda t: rate, duration_s, rate), max_model_len)
@@ -164,7 +164,7 @@ BUILTIN_TRACES: dict[str, Callable[[random.Random, float, int], list[Request]]] 
 }
 
 
-# The busiest built-in trace peaks at 16 requests/s: 100x is about 6 million requests an hour, already minutes of
+# The busiest built-in trace peaks at 24 requests/s: 100x is about 9 million requests an hour, already minutes of
 # simulation per policy; beyond, a trace file says what load is meant.
 _MAX_RATE_SCALE = 100.0
 

@@ -39,6 +39,7 @@ from tokenplane_cli.simulate.run import (
     score,
 )
 from tokenplane_cli.simulate.traces import BUILTIN_TRACES, Request, TraceError, builtin_trace, load_trace_file
+from tokenplane_operator.api.validation import parse_inference_deployment
 from tokenplane_operator.plan.modelinfo import model_info_from_config
 from tokenplane_serving import autoscale
 from tokenplane_serving.autoscale import TokenplanePolicy
@@ -288,7 +289,8 @@ def test_mig_deployment_fixture_simulates_on_half_gpus(tmp_path: Path) -> None:
 
 def test_replica_capacity_is_the_rate_where_the_p95_crosses_the_target() -> None:
     scenario = scenario_for(_deployment(None), physics_for(_deployment(None)))
-    capacity = replica_capacity(scenario.sim)
+    capacity, bar_ms = replica_capacity(scenario.sim)
+    assert bar_ms == 1000  # the target: an idle replica meets it
 
     def p95(rate: float) -> float:
         jobs = _fixed_run(scenario.sim, builtin_trace("steady", rate_scale=rate / 12), 1).jobs
@@ -330,6 +332,16 @@ def test_built_in_traces_load_a_cr_fleet_as_they_load_the_default_one(tmp_path: 
     said = re.search(r"rates x([0-9.]+)", result.stderr)
     assert said and float(said[1]) == pytest.approx(fit, rel=0.01), result.stderr
     assert set(json.loads(result.stdout)["policies"]) == set(POLICIES)
+
+
+def test_a_fit_for_a_target_no_replica_meets_says_what_it_held_the_replica_to() -> None:
+    # A 50 ms P95 TTFT: the traces' 2,000-token prompts prefill in more on an A100; the note said "within 50 ms".
+    body = json.loads(json.dumps(DEFAULT_DEPLOYMENT))
+    body["spec"]["scaling"]["latencyTarget"]["p95Milliseconds"] = 50
+    deployment = parse_inference_deployment(body)
+    fit, note = _fit_note(scenario_for(deployment, physics_for(deployment)))
+    assert fit > 0
+    assert "within 5% of its idle P95 ttft" in note and "the 50 ms target is out of reach" in note, note
 
 
 def test_a_fitted_rate_scale_beyond_what_a_built_in_trace_is_for_is_refused() -> None:
@@ -567,7 +579,18 @@ def test_a_cr_without_a_latency_target_is_told_what_attainment_is_judged_against
     assert "untargeted.yaml sets no spec.scaling.latencyTarget" in result.stderr
     assert "judged against a P95 TTFT of 1,000 ms it does not aim for" in result.stderr
     json.loads(result.stdout)  # the contract is untouched
-    targeted = runner.invoke(app, ["simulate", "--trace-file", str(trace), "-o", "json"])
+    targeted = runner.invoke(
+        app,
+        [
+            "simulate",
+            "--trace-file",
+            str(trace),
+            "-f",
+            str(write_cr(tmp_path / "t.yaml", DEFAULT_DEPLOYMENT)),
+            "-o",
+            "json",
+        ],
+    )
     assert targeted.exit_code == 0 and "warning" not in targeted.stderr, targeted.output
 
 
