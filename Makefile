@@ -146,7 +146,10 @@ test: prerequisites ## Lint, then the whole suite (real Ray Serve + vLLM on the 
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(call phase,tests: the serving tests (real Ray Serve + vLLM on the tiny model) with the rest and mypy + import-linter beside them; about 14 minutes)
-	@( nice -n 10 $(BIN)/mypy && nice -n 10 $(BIN)/lint-imports ) > .typecheck.log 2>&1 & typecheck=$$!; \
+	@# Background jobs of a non-interactive shell ignore Ctrl-C (SIGINT): on it, or on TERM, the whole process group
+	@# (this recipe's shell, its jobs, make) is terminated instead of leaving the rest of the suite running.
+	@trap 'trap - INT TERM; kill 0' INT TERM; \
+	  ( nice -n 10 $(BIN)/mypy && nice -n 10 $(BIN)/lint-imports ) > .typecheck.log 2>&1 & typecheck=$$!; \
 	  nice -n 10 $(BIN)/pytest -m 'not serving' -p no:cacheprovider --durations=10 > .tests-rest.log 2>&1 & rest=$$!; \
 	  $(BIN)/pytest -m serving --durations=15; serving=$$?; \
 	  wait $$rest; others=$$?; wait $$typecheck; typed=$$?; \
