@@ -185,7 +185,8 @@ def simulate(
         typer.Option("--trace", help="Built-in trace: steady, diurnal, spike, agentic, ramp, bursty, sawtooth."),
     ] = None,
     trace_file: Annotated[
-        Path | None, typer.Option("--trace-file", help='JSONL, one {"t", "input_tokens", "output_tokens"} per line.')
+        Path | None,
+        typer.Option("--trace-file", help="JSONL lines {t, input_tokens, output_tokens}, or an Azure LLM trace CSV."),
     ] = None,
     file: Annotated[
         Path | None, typer.Option("-f", "--file", help="InferenceDeployment whose scaling and hardware to simulate.")

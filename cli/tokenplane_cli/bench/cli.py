@@ -43,7 +43,9 @@ PrefixTokens = Annotated[
 PrefixGroups = Annotated[int, typer.Option("--prefix-groups", help="Distinct shared prefixes (round-robin).")]
 TraceFile = Annotated[
     Path | None,
-    typer.Option("--trace-file", help='Replay JSONL lines {"t", "input_tokens", "output_tokens", "session"}.'),
+    typer.Option(
+        "--trace-file", help="Replay JSONL lines {t, input_tokens, output_tokens, session}, or an Azure LLM trace CSV."
+    ),
 ]
 Tokenizer = Annotated[
     str | None,

@@ -240,7 +240,9 @@ def synthetic_sessions(
 def read_trace(
     path: Path, maker: PromptMaker, limit: int | None = None, on_progress: Progress | None = None
 ) -> list[Session]:
-    """Sessions from a trace: JSONL lines `{"t", "input_tokens", "output_tokens", "session"}` (`session` optional).
+    """Sessions from a trace file: JSONL lines `{"t", "input_tokens", "output_tokens", "session"?}`, or Azure's CSV.
+
+    The formats are `tokenplane_cli.tracefile`'s.
 
     `t` is the arrival in seconds after the start; lines of one session become its turns in order of `t`. As in
     `tokenplane simulate`, `input_tokens` is a request's whole prompt: a later turn of a session resends the
@@ -249,7 +251,7 @@ def read_trace(
     run's duration.
 
     Args:
-        path: The JSONL file.
+        path: The trace file.
         maker: Makes the text.
         limit: Replay only the first `limit` requests by `t` (`--num-prompts`, as vLLM takes the first N of a
             dataset; a session keeps its turns up to there), or all.

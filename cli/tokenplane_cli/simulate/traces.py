@@ -1,7 +1,8 @@
-"""Request traces: the built-in ones (seeded, reproducible) and JSONL files.
+"""Request traces: the built-in ones (seeded, reproducible) and trace files (`tokenplane_cli.tracefile`).
 
-A trace file has one request per line: `{"t": seconds, "input_tokens": n, "output_tokens": m, "session": "id"}`
-(`session` optional). Arrivals are open-loop: each request arrives at its own `t`, whatever the server does.
+A JSONL trace file has one request per line: `{"t": seconds, "input_tokens": n, "output_tokens": m, "session":
+"id"}` (`session` optional); Azure's public LLM trace CSV is read too. Arrivals are open-loop: each request arrives at
+its own `t`, whatever the server does.
 
 Built-in traces are sized for the default deployment (Llama-3.1-8B on one A100 80GB per replica, P95 TTFT 1 s,
 up to 16 replicas): prompts around 2,000 tokens and answers around 150, so a replica holds about 2 requests/s
@@ -207,7 +208,7 @@ def builtin_trace(
 
 
 def load_trace_file(path: Path) -> list[Request]:
-    """Read a JSONL trace (one `{"t", "input_tokens", "output_tokens", "session"?}` object per line).
+    """Read a trace file: JSONL (`{"t", "input_tokens", "output_tokens", "session"?}` per line) or Azure's CSV.
 
     Raises:
         TraceError: With the file, line and field of the first bad line (`tokenplane_cli.tracefile`).

@@ -423,6 +423,58 @@ def test_a_trace_file_named_like_a_built_in_trace_runs_next_to_it(tmp_path: Path
     assert set(json.loads(result.stdout)) == {"steady", "steady.jsonl" if file_name.endswith(".jsonl") else str(trace)}
 
 
+def test_azures_public_llm_trace_csv_is_replayed_as_published(tmp_path: Path) -> None:
+    # AzureLLMInferenceTrace_{conv,code}.csv's header and time format (rows made up here): wall-clock times in the
+    # dataset's order, replayed from the earliest.
+    trace = tmp_path / "AzureLLMInferenceTrace_conv.csv"
+    trace.write_text(
+        "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+        "2023-11-16 18:15:46.6805900,374,44\n"
+        "2023-11-16 18:15:50.9951690,396,109\n"
+        "\n"
+        "2023-11-16 18:16:46.0000000,4085,62\n"
+    )
+    requests = load_trace_file(trace)
+    assert [(round(r.t, 4), r.input_tokens, r.output_tokens) for r in requests] == [
+        (0.0, 374, 44), (4.3146, 396, 109), (59.3194, 4085, 62)
+    ]  # fmt: skip
+    result = runner.invoke(app, ["simulate", "--trace-file", str(trace), "-o", "json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["policies"]["tokenplane"]["minuteAttainment"] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ("2023-11-16 18:15:46.68,374,0", "t.csv:3: GeneratedTokens must be a number >= 1, not 0"),
+        ("2023-11-16 18:15:46.68,many,4", "t.csv:3: ContextTokens must be a number >= 1, not 'many'"),
+        ("2023-11-16 18:15:46.68,37.5,4", "t.csv:3: ContextTokens must be a whole number of tokens, not 37.5"),
+        ("16/11/2023 18:15,374,4", "t.csv:3: TIMESTAMP must be a time such as 2023-11-16 18:15:46.68, not '16/11/2023"),
+        ("2023-11-16 18:15:46.68,374", "t.csv:3: expected 3 columns (TIMESTAMP,ContextTokens,GeneratedTokens)"),
+        # The 2024 traces span a week: one day at most, as for JSONL, and said in the CSV's terms.
+        ("2023-11-18 18:15:46.68,374,4", "t.csv:3: t is 172,800 s, beyond the 86,400 s (one day) a trace may span; "
+                                         "split the trace by day"),
+    ],
+)  # fmt: skip
+def test_a_bad_azure_trace_row_is_refused_with_its_line_and_column(tmp_path: Path, rows: str, message: str) -> None:
+    trace = tmp_path / "t.csv"
+    trace.write_text(f"TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.68,374,44\n{rows}\n")
+    with pytest.raises(TraceError, match=re.escape(message)):
+        load_trace_file(trace)
+
+
+def test_a_trace_line_without_the_fields_says_which_and_what_a_line_is(tmp_path: Path) -> None:
+    # Another tool's field names read as "t must be a number >= 0, not None" before.
+    trace = tmp_path / "t.jsonl"
+    trace.write_text('{"timestamp": 0, "prompt_tokens": 100, "completion_tokens": 10}\n')
+    result = runner.invoke(app, ["simulate", "--trace-file", str(trace)])
+    assert result.exit_code == 2
+    assert (
+        "t.jsonl:1: no t, input_tokens, output_tokens (the line has timestamp, prompt_tokens, completion_tokens); "
+        'a trace line is {"t": seconds from the start, "input_tokens": n, "output_tokens": m}'
+    ) in " ".join(result.stderr.split())
+
+
 def test_a_trace_file_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
     trace = tmp_path / "bom.jsonl"
     trace.write_bytes(b"\xef\xbb\xbf" + json.dumps({"t": 0, "input_tokens": 10, "output_tokens": 5}).encode() + b"\n")
