@@ -224,8 +224,14 @@ async def test_min_replicas_raised_above_the_quota_is_said_plainly_and_not_retri
     assert len(op.arm.calls("PUT", f"/agentPools/{name}$")) == puts == 2, "created, then bounded to (2, 2): no loop"
     assert op.arm.pool(name)["properties"]["minCount"] == 2  # type: ignore[index]
     assert op.condition("m1", "Stalled")["status"] == "False"
-    # It serves on 2 nodes, so Ready stays True, but not as if the 3 minReplicas asks for ran.
-    ready = op.condition("m1", "Ready")
-    assert (ready["status"], ready["reason"]) == ("True", "WaitingForCapacity"), ready
+
+    # It serves on 2 nodes, so Ready stays True, but not as if the 3 minReplicas asks for ran. Waited for, not read
+    # once: the reconcile that writes it can still be running (starved beside the live engines, a CI run read
+    # "Deploying" here).
+    def waiting_for_capacity() -> dict[str, Any] | None:
+        ready = op.condition("m1", "Ready")
+        return ready if (ready.get("status"), ready.get("reason")) == ("True", "WaitingForCapacity") else None
+
+    ready = await op.wait_for(waiting_for_capacity, message="Ready True with WaitingForCapacity")
     assert "holds 2 of the 3 nodes spec.scaling.minReplicas needs" in ready["message"], ready
     assert (op.get("m1") or {})["status"]["phase"] == "Degraded"
