@@ -70,8 +70,10 @@ def read_trace_lines(path: Path, error_type: type[ValueError], prefix: str = "")
     """
     lines = read_utf8(path, error_type, "UTF-8 JSONL", prefix=prefix).splitlines()
     header = next((number for number, line in enumerate(lines) if line.strip()), None)
-    azure = header is not None and [c.strip() for c in lines[header].split(",")] == list(AZURE_TRACE_COLUMNS)
-    rows = _azure_rows(path, lines, header, error_type) if azure else _jsonl_rows(path, lines, error_type)
+    if header is not None and [column.strip() for column in lines[header].split(",")] == list(AZURE_TRACE_COLUMNS):
+        azure, rows = True, _azure_rows(path, lines, header, error_type)
+    else:
+        azure, rows = False, _jsonl_rows(path, lines, error_type)
     out = [
         TraceLine(number, *_checked(row, f"{path}:{number}", error_type, azure=azure), _session(
             row.get("session"), f"{path}:{number}", error_type))
@@ -109,11 +111,11 @@ def _jsonl_rows(path: Path, lines: list[str], error_type: type[ValueError]) -> l
 
 
 def _azure_rows(
-    path: Path, lines: list[str], header: int | None, error_type: type[ValueError]
+    path: Path, lines: list[str], header: int, error_type: type[ValueError]
 ) -> list[tuple[int, dict[str, object]]]:
     """Azure's CSV rows as trace fields: `t` in seconds from the earliest `TIMESTAMP`, the counts as written."""
     stamped = []
-    for index, fields in enumerate(csv.reader(lines[(header or 0) + 1 :]), start=(header or 0) + 2):
+    for index, fields in enumerate(csv.reader(lines[header + 1 :]), start=header + 2):
         if not any(field.strip() for field in fields):
             continue
         where = f"{path}:{index}"
@@ -130,8 +132,10 @@ def _azure_rows(
         stamp = stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=dt.UTC)  # the dataset's times are UTC
         row = {"input_tokens": _count(context), "output_tokens": _count(generated)}
         stamped.append((index, stamp, row))
-    first = min((stamp for _, stamp, _ in stamped), default=None)
-    return [(index, {**row, "t": (stamp - first).total_seconds()}) for index, stamp, row in stamped if first]
+    if not stamped:
+        return []
+    first = min(stamp for _, stamp, _ in stamped)
+    return [(index, {**row, "t": (stamp - first).total_seconds()}) for index, stamp, row in stamped]
 
 
 def _count(text: str) -> object:
@@ -169,15 +173,16 @@ def _checked(
     t = float(values["t"])
     if t > MAX_TRACE_SECONDS:
         shown = f"{t:,.0f}" if t < 1e15 else f"{t:.3g}"
-        hint = (
-            "split the trace by day"
+        what, hint = (
+            (f"TIMESTAMP is {shown} s after the earliest", "split the trace by day")
             if azure
-            else "t counts seconds from the trace's start, not a Unix time: subtract the first request's time, "
-            "or split the trace by day"
+            else (
+                f"t is {shown} s",
+                "t counts seconds from the trace's start, not a Unix time: subtract the first request's time, "
+                "or split the trace by day",
+            )
         )
-        raise error_type(
-            f"{where}: t is {shown} s, beyond the {MAX_TRACE_SECONDS:,} s (one day) a trace may span; {hint}"
-        )
+        raise error_type(f"{where}: {what}, beyond the {MAX_TRACE_SECONDS:,} s (one day) a trace may span; {hint}")
     return t, int(values["input_tokens"]), int(values["output_tokens"])
 
 

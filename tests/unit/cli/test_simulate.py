@@ -452,8 +452,8 @@ def test_azures_public_llm_trace_csv_is_replayed_as_published(tmp_path: Path) ->
         ("16/11/2023 18:15,374,4", "t.csv:3: TIMESTAMP must be a time such as 2023-11-16 18:15:46.68, not '16/11/2023"),
         ("2023-11-16 18:15:46.68,374", "t.csv:3: expected 3 columns (TIMESTAMP,ContextTokens,GeneratedTokens)"),
         # The 2024 traces span a week: one day at most, as for JSONL, and said in the CSV's terms.
-        ("2023-11-18 18:15:46.68,374,4", "t.csv:3: t is 172,800 s, beyond the 86,400 s (one day) a trace may span; "
-                                         "split the trace by day"),
+        ("2023-11-18 18:15:46.68,374,4", "t.csv:3: TIMESTAMP is 172,800 s after the earliest, beyond the 86,400 s "
+                                         "(one day) a trace may span; split the trace by day"),
     ],
 )  # fmt: skip
 def test_a_bad_azure_trace_row_is_refused_with_its_line_and_column(tmp_path: Path, rows: str, message: str) -> None:
