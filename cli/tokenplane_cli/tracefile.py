@@ -74,11 +74,11 @@ def read_trace_lines(path: Path, error_type: type[ValueError], prefix: str = "")
         azure, rows = True, _azure_rows(path, lines, header, error_type)
     else:
         azure, rows = False, _jsonl_rows(path, lines, error_type)
-    out = [
-        TraceLine(number, *_checked(row, f"{path}:{number}", error_type, azure=azure), _session(
-            row.get("session"), f"{path}:{number}", error_type))
-        for number, row in rows
-    ]  # fmt: skip
+    out = []
+    for number, row in rows:
+        where = f"{path}:{number}"
+        checked = _checked(row, where, error_type, azure=azure)
+        out.append(TraceLine(number, *checked, _session(row.get("session"), where, error_type)))
     if not out:
         raise error_type(f"{prefix}{path}: no requests in it")
     return out
