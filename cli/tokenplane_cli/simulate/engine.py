@@ -190,8 +190,12 @@ class Simulation:
         now = 0.0
         while self.events:
             now, _, kind, payload = heapq.heappop(self.events)
-            if kind in (_TICK, _PUSH) and now > last and (self._idle() or now > last + 900):
-                continue  # nothing left to serve: let the clock stop
+            if kind in (_TICK, _PUSH) and now > last and self._idle():
+                # Nothing left to serve: the run ends here. Replicas still starting stop now, so a start ordered at
+                # the trace's last moment is not billed until it would have been ready, for nobody.
+                break
+            if kind in (_TICK, _PUSH) and now > last + 900:
+                continue  # a backlog past 15 minutes: let the requests finish, the policy no longer decides
             handlers[kind](now, payload)
         for rep in self.replicas:
             if rep.stopped is None:

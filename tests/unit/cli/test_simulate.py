@@ -241,6 +241,19 @@ def test_the_bill_counts_nodes_until_removed_not_replicas_until_stopped() -> Non
     assert score(result, cfg).billed_gpu_hours == pytest.approx(result.node_seconds / 3600)
 
 
+def test_replicas_ordered_at_the_end_of_the_trace_stop_when_the_last_request_is_served() -> None:
+    # Three more replicas ordered 10 s before the last request: they would be ready a cold start later, for nobody.
+    # The run ends when the last request is served, and they cost only the seconds until then.
+    base = scenario_for(_deployment(None), physics_for(_deployment(None))).sim
+    cfg = SimConfig(**{**base.__dict__, "initial_replicas": 1, "min_replicas": 0})
+    requests = [Request(float(t), 100, 10) for t in range(0, 601, 30)]
+    result = Simulation(cfg, requests, ScheduleController([1] * 590 + [4] * 3000)).run()
+    served = max(j.done for j in result.jobs if j.done is not None)
+    assert served <= result.end < served + 2, (served, result.end)
+    replica_s = sum((r.stopped or result.end) - r.started for r in result.replicas)
+    assert replica_s == pytest.approx(result.end + 3 * (result.end - 590), abs=6)
+
+
 def test_physics_tiny_cpu_and_gpu_roofline() -> None:
     tiny = _deployment(REPO / "deploy/examples/local-tiny.yaml")
     assert physics_for(tiny).decode_base_s == TINY_CPU.decode_base_s
