@@ -170,7 +170,7 @@ class Simulation:
         heapq.heappush(self.events, (t, next(self._seq), kind, payload))
 
     def run(self) -> SimResult:
-        """Run to the end of the trace plus the time its last requests need (at most 15 minutes more)."""
+        """Run until the last request is served; past 15 minutes after the last arrival the policy stops deciding."""
         for _ in range(self.cfg.initial_replicas):
             self._start_replica(0.0, warm=True)
         for job in self.jobs:
@@ -189,11 +189,12 @@ class Simulation:
         }
         now = 0.0
         while self.events:
-            now, _, kind, payload = heapq.heappop(self.events)
-            if kind in (_TICK, _PUSH) and now > last and self._idle():
-                # Nothing left to serve: the run ends here. Replicas still starting stop now, so a start ordered at
-                # the trace's last moment is not billed until it would have been ready, for nobody.
+            at, _, kind, payload = heapq.heappop(self.events)
+            if at > last and self._idle():
+                # Nothing left to serve: the run ends with the last event handled (the last request's answer).
+                # Replicas still starting stop there, not billed until they would have run, for nobody.
                 break
+            now = at
             if kind in (_TICK, _PUSH) and now > last + 900:
                 continue  # a backlog past 15 minutes: let the requests finish, the policy no longer decides
             handlers[kind](now, payload)
