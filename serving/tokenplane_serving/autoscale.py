@@ -42,7 +42,9 @@ Decision, per tick (the reasons are the operator's status reasons):
   sized at 1.25x the most a replica has been seen to carry well within the target for a whole window
   (`proven`): it approaches the knee in steps instead of jumping past it on an optimistic prior; never below the
   most a replica has carried within the target for a minute (`within`), since a light load proves little and
-  would size a burst's fleet at a fraction of what the replicas do carry.
+  would size a burst's fleet at a fraction of what the replicas do carry. Without a latency target there is no knee
+  to look for: the fleet is sized at 85% of the batch cap until requests waiting beyond `targetQueueDepth` show less
+  (scaling on queue depth alone, as the CR asks; exploring would order a replica for every load not carried before).
 - `WaitingForCapacity`: replicas have been pending longer than a cold start takes (no node for them): hold
   at the current target instead of adding more replicas that cannot be placed either.
 - `Idle`: no traffic for a whole downscale window: go to the floor (zero with scale-to-zero; Serve applies
@@ -638,9 +640,10 @@ class TokenplanePolicy:
         After a breach has shown the knee (`capacity`), a margin below it. Before, the knee is unknown: the
         most a replica has been seen to carry well within the target (`proven`), plus a step, so that the
         fleet approaches the knee step by step (each step is proven or breaches, and then the knee is known);
-        with nothing seen yet, a margin below the batch cap.
+        with nothing seen yet, or without a latency target (no knee to look for: the queue shows saturation), a
+        margin below the batch cap.
         """
-        if state.get("learned"):
+        if state.get("learned") or self.p95_ms is None:
             return _HEADROOM * capacity
         proven = float(state.get("proven", 0.0))
         if proven <= 0:

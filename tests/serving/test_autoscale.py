@@ -167,6 +167,21 @@ def test_requests_waiting_inside_replicas_are_queue() -> None:
     assert policy()(context(blind, ongoing=64, queued=0, state=growing))[0] == 3
 
 
+def test_without_a_latency_target_the_fleet_grows_for_waiting_requests_not_for_record_loads() -> None:
+    # No latencyTarget: the policy scales on queue depth alone. A replica that has carried 5 requests runs 10, none
+    # waiting: a load it never carried, but no latency knee to look for, so it stays one replica (it used to order a
+    # second, at 1.25x the most it had carried, as if exploring for a knee).
+    quick = [report([30.0] * 30, running=10)]
+    before = [(NOW - 20, 5.0), (NOW - 10, 5.0)]  # the last latency window ran 5
+    history = stable(1, proven=5.0, recent_load=before, recent_running=before)
+    desired, state = policy(p95_ms=None)(context(quick, ongoing=10, state=history))
+    assert (desired, state["reason"]) == (1, "Steady")
+    # Near the batch cap (85% of 32 is 27.2 a replica), or with requests waiting beyond targetQueueDepth (4), it grows.
+    assert policy(p95_ms=None)(context([report([30.0] * 30, running=30)], ongoing=30, state=stable(1)))[0] == 2
+    waiting = [report([30.0] * 30, waiting=12, running=32)]
+    assert policy(p95_ms=None)(context(waiting, ongoing=44, state=stable(1, proven=5.0)))[0] >= 2
+
+
 def test_recovery_holds_then_scales_in_slowly() -> None:
     calm = [report([200.0] * 30, running=2) for _ in range(8)]
     # Right after a scale-out: no scale-in during the cooldown even though the load is low.
