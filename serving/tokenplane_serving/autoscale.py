@@ -51,7 +51,9 @@ Decision, per tick (the reasons are the operator's status reasons):
   `downscale_to_zero_delay_s`). Scale-in otherwise needs the P95 under the target (well under it until the knee is
   known), fewer requests waiting than one replica tolerates, no scale-out within the downscale window, and the
   busiest load of that window to fit the smaller fleet (at 85% of the knee once known, and at the load scale-out
-  sizes for: never below a load carried within the target for a minute unless the window's load outran the fleet),
+  sizes for: never below a load carried within the target for a minute unless the window's load outran the fleet;
+  without a latency target, also at most a step beyond the most a replica has carried: sizing at the batch cap,
+  as scale-out does, would pack replicas into batches whose latency no signal watches),
   and, once an overload has measured what a saturated replica serves, the window's busiest arrival rate at 85% of
   that (a load read on the bigger fleet understates the smaller one's: the same requests run in bigger, slower
   batches there); at most half the replicas go per decision. After a clear fall of a load the fleet kept up with (a

@@ -182,6 +182,19 @@ def test_without_a_latency_target_the_fleet_grows_for_waiting_requests_not_for_r
     assert policy(p95_ms=None)(context(waiting, ongoing=44, state=stable(1, proven=5.0)))[0] >= 2
 
 
+def test_without_a_latency_target_scale_in_packs_replicas_a_step_beyond_what_they_carried() -> None:
+    # No latencyTarget, so no latency watches how dense the batches get. 4 replicas ran 20 requests all window (5
+    # a replica, the most they carried): a step beyond that, one replica goes (20 on 3 is 6.7 a replica). Scale-out's
+    # 85% of the batch cap (27.2 a replica) would fit the 20 in 1 replica, and half the fleet would go at once.
+    load = [(NOW - age, 20.0) for age in range(300, 0, -10)]
+    fleet = [report([30.0] * 30, running=5) for _ in range(4)]
+    state = stable(4, last_up=NOW - 600, proven=4.0, recent_load=load, recent_running=load[-3:])
+    assert policy(p95_ms=None)(context(fleet, ongoing=20, state=state))[0] == 3
+    # A busier moment of the window (28 requests, 7 a replica) beyond a step of what they carried keeps all 4.
+    busier = [(t, 28.0 if NOW - t == 200 else v) for t, v in load]
+    assert policy(p95_ms=None)(context(fleet, ongoing=20, state={**state, "recent_load": busier}))[0] == 4
+
+
 def test_recovery_holds_then_scales_in_slowly() -> None:
     calm = [report([200.0] * 30, running=2) for _ in range(8)]
     # Right after a scale-out: no scale-in during the cooldown even though the load is low.
