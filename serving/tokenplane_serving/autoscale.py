@@ -45,6 +45,11 @@ Decision, per tick (the reasons are the operator's status reasons):
   would size a burst's fleet at a fraction of what the replicas do carry. Without a latency target there is no knee
   to look for: the fleet is sized at 85% of the batch cap until requests waiting beyond `targetQueueDepth` show less
   (scaling on queue depth alone, as the CR asks; exploring would order a replica for every load not carried before).
+  An end-to-end breach the fleet's size does not move is a *floor* (`_find_floor`: two fleet sizes half again apart,
+  both over the target for a minute, the larger running at most 2/3 the load per replica yet less than a quarter of
+  the way to the target: long answers decode about as long on any replica): growing for it would buy nothing, so
+  from then on only the excess over the floor is judged. A TTFT's floor, the prompts' own prefill, is taken out by
+  the judged P95 above.
 - `WaitingForCapacity`: replicas have been pending longer than a cold start takes (no node for them): hold
   at the current target instead of adding more replicas that cannot be placed either.
 - `Idle`: no traffic for a whole downscale window: go to the floor (zero with scale-to-zero; Serve applies
@@ -115,6 +120,7 @@ _FALL_S = 60.0
 # An emptied node stays in an AKS pool this long (the cluster autoscaler's default scale-down-unneeded-time,
 # 10 minutes): a replica started on it loads the model only. The simulator's pool keeps nodes as long.
 NODE_IDLE_S = 600.0
+_FLOOR_MOVED = 0.25  # a larger fleet that takes the P95 less of the way to the target than this shows a floor
 _EXPLORE = 1.25  # scale-in may load a replica this much beyond the most it has been seen to carry within target
 
 
@@ -379,6 +385,7 @@ class TokenplanePolicy:
         # A knee or a proven load is what the replicas carried, never the demand beyond it.
         low = min(carried, *(v for t, v in history if now - t <= _WINDOW_S))
         capacity = self._learn_capacity(state, current, carried, low, queue, p95, fleet, now)
+        p95 = self._beyond_floor(state, p95)
         peak = max([running, *(v for t, v in history if now - t < self.downscale_delay_s)])
         # A clear fall: the load of the last `_FALL_S` is at most `_FALL` of the window's busiest moment, and that
         # moment is older. The busiest moment no longer sizes the fleet: the load since does, and so soon after a
@@ -579,6 +586,59 @@ class TokenplanePolicy:
         budget = max(self.p95_ms - floor, _MIN_BUDGET * self.p95_ms)
         return min(raw, self.p95_ms * waited / budget)
 
+    def _find_floor(
+        self, state: dict[str, Any], current: int, minute_p95: float, per_replica: float, now: float
+    ) -> bool:
+        """Note a latency floor: a breach the fleet's size does not move (long answers against an e2e target).
+
+        Each fleet size's last minute-long P95 (two latency windows merged) is kept with its load per replica. A
+        fleet over the target for a minute sits at a floor when another size, seen within the last `NODE_IDLE_S`
+        and at least half again larger or smaller, was over it too, and the larger fleet, at a load per replica at
+        most 2/3 of the smaller's, took its P95 less than a quarter of the way to the target: the latency follows
+        the requests, not the load. A downscale window
+        within the target clears the floor (one minute does not: a P95 among a few long answers swings across the
+        target from minute to minute).
+
+        Returns:
+            Whether a floor was found in this call.
+        """
+        if self.p95_ms is None or self.metric == "ttft":
+            return False  # no target, no breach; a TTFT's own floor, the prompts' prefill, is `judged_p95`'s
+        if minute_p95 > self.p95_ms:
+            state["floor_within_since"] = None
+        elif state.get("floor_within_since") is None:
+            state["floor_within_since"] = now
+        elif now - float(state["floor_within_since"]) >= self.downscale_delay_s:
+            state.pop("latency_floor", None)
+        seen = {n: v for n, v in state.get("minute_p95", {}).items() if now - float(v[0]) < NODE_IDLE_S}
+        seen[str(current)] = (now, minute_p95, per_replica)
+        state["minute_p95"] = seen
+        if minute_p95 <= self.p95_ms or state.get("latency_floor") is not None:
+            return False
+        for size, (_, other_p95, other_load) in seen.items():
+            # The larger fleet ran the lighter load per replica (on a rising load it may run a heavier one).
+            pair = sorted([(int(size), other_load, other_p95), (current, per_replica, minute_p95)])
+            (small, small_load, small_p95), (large, large_load, large_p95) = pair
+            apart = large >= 1.5 * small and small_load >= 1.5 * large_load
+            moved = small_p95 - large_p95  # towards the target, by the larger fleet
+            if apart and other_p95 > self.p95_ms and moved < _FLOOR_MOVED * (small_p95 - self.p95_ms):
+                state["latency_floor"] = max(minute_p95, other_p95)
+                state.pop("learned", None)
+                return True
+        return False
+
+    def _beyond_floor(self, state: Mapping[str, Any], p95: float | None) -> float | None:
+        """Return the P95 to judge: past a latency floor (`_find_floor`), only its excess, against a quarter of it.
+
+        The excess over the floor is what more replicas can remove; it is scaled to the target, as `judged_p95`
+        scales waits, so that the bands apply unchanged (at the floor the fleet runs comfortably within target,
+        and scales in on load alone; 25% beyond it, a load-driven rise, is a breach again).
+        """
+        floor = state.get("latency_floor")
+        if p95 is None or floor is None or self.p95_ms is None:
+            return p95
+        return min(p95, self.p95_ms * max(0.0, p95 - float(floor)) / (0.25 * float(floor)))
+
     def _breached(self, p95: float | None) -> bool:
         return p95 is not None and self.p95_ms is not None and p95 > self.p95_ms
 
@@ -725,6 +785,10 @@ class TokenplanePolicy:
                 for index, count in histogram.items():
                     into[int(index)] = into.get(int(index), 0.0) + count
         knee_p95 = self.judged_p95(*merged) if len(windows) == 2 else None
+        not_waiting = queue <= self.target_queue * current
+        if knee_p95 is not None and not_waiting and self._find_floor(state, current, knee_p95, per_replica, now):
+            capacity = self.max_ongoing  # a knee read from those breaches was the floor, not a load
+        p95, knee_p95 = self._beyond_floor(state, p95), self._beyond_floor(state, knee_p95)
         # A load a replica carried within the target for a minute is below the knee, whatever shows it later.
         floor = max(1.0, float(state.get("proven", 0.0)), float(state.get("within", 0.0)))
         if self._breached(p95) and self._breached(knee_p95):

@@ -140,6 +140,40 @@ def test_breach_scales_out_in_proportion_and_says_why() -> None:
     assert policy()(context(mild, ongoing=50, state=stable(10)))[0] in (13, 14)  # 1.3x within the bucket resolution
 
 
+def test_an_end_to_end_breach_the_fleet_size_does_not_move_is_a_floor_not_a_reason_to_grow() -> None:
+    # P95 end-to-end target 1 s. 6 replicas running 1 request each are over it (P95 ~2 s) for a minute; 3 replicas
+    # showed about the same P95 at 2 requests each 100 s ago. The latency follows the requests (long answers decode
+    # about as long on any replica), not the load: no growth, the knee read from those breaches is dropped, and only
+    # the excess over that floor is judged from now on.
+    def slow(ms: float) -> list[dict[str, float]]:
+        return [{**report([300.0] * 30, running=1), **latency_histogram("e2e", [ms] * 30)} for _ in range(6)]
+
+    e2e = policy(metric="e2e")
+    previous = [(NOW - 35, {int(k.split("_h")[1]): v for k, v in latency_histogram("e2e", [1800.0] * 180).items()})]
+    seen = {"3": (NOW - 100, 1950.0, 2.0)}
+    state = stable(6, windows=previous, minute_p95=seen, learned=True, capacity=1.0)
+    desired, after = e2e(context(slow(1800.0), ongoing=6, state=state))
+    assert after["latency_floor"] == pytest.approx(2000, rel=0.08)
+    assert desired <= 6 and after["reason"] != "LatencyBreach"
+    assert after["capacity"] == 32 and not after.get("learned")
+    # Alone (no other size seen), the same breach grows the fleet by its ratio.
+    assert e2e(context(slow(1800.0), ongoing=6, state={**state, "minute_p95": {}}))[0] == 12
+    # So it does when the smaller fleet ran about the same load each (a rising load: the breach follows it) ...
+    rising = {"3": (NOW - 100, 1950.0, 1.3)}
+    assert e2e(context(slow(1800.0), ongoing=6, state={**state, "minute_p95": rising}))[0] == 12
+    # ... or was much slower (twice the replicas took the P95 half the way to the target: more would take it further),
+    # or was seen longer ago than a node stays.
+    slower = {"3": (NOW - 100, 3000.0, 2.0)}
+    assert e2e(context(slow(1800.0), ongoing=6, state={**state, "minute_p95": slower}))[0] == 12
+    old = {"3": (NOW - 700, 1950.0, 2.0)}
+    assert e2e(context(slow(1800.0), ongoing=6, state={**state, "minute_p95": old}))[0] == 12
+    # Past the floor by more than a quarter, a load-driven rise, it is a breach again.
+    assert e2e(context(slow(3000.0), ongoing=6, state={**after, "windows": previous}))[1]["reason"] == "LatencyBreach"
+    # A TTFT's floor is the prompts' prefill, which the judged P95 takes out: the same evidence finds none.
+    ttft = [report([1800.0] * 30, running=1) for _ in range(6)]
+    assert "latency_floor" not in policy()(context(ttft, ongoing=6, state=state))[1]
+
+
 def test_queue_depth_scales_out_from_rates_not_from_the_backlog_count() -> None:
     # 2 replicas full (32 running each) with 40 waiting in the engines and 24 queued in Serve; each served 30
     # requests in the last 30 s window (1/s). A backlog that does not grow: arrivals are what the fleet serves.
