@@ -121,6 +121,7 @@ _FALL_S = 60.0
 # 10 minutes): a replica started on it loads the model only. The simulator's pool keeps nodes as long.
 NODE_IDLE_S = 600.0
 _FLOOR_MOVED = 0.25  # a larger fleet that takes the P95 less of the way to the target than this shows a floor
+_FLOOR_BAND = 0.25  # past a latency floor, this fraction of it beyond it is judged as the whole target
 _EXPLORE = 1.25  # scale-in may load a replica this much beyond the most it has been seen to carry within target
 
 
@@ -595,9 +596,9 @@ class TokenplanePolicy:
         fleet over the target for a minute sits at a floor when another size, seen within the last `NODE_IDLE_S`
         and at least half again larger or smaller, was over it too, and the larger fleet, at a load per replica at
         most 2/3 of the smaller's, took its P95 less than a quarter of the way to the target: the latency follows
-        the requests, not the load. A downscale window
-        within the target clears the floor (one minute does not: a P95 among a few long answers swings across the
-        target from minute to minute).
+        the requests, not the load. Past a floor, the same test may find a higher one (the answers grew longer). A
+        downscale window within the target clears the floor (one minute does not: a P95 among a few long answers
+        swings across the target from minute to minute).
 
         Returns:
             Whether a floor was found in this call.
@@ -613,7 +614,7 @@ class TokenplanePolicy:
         seen = {n: v for n, v in state.get("minute_p95", {}).items() if now - float(v[0]) < NODE_IDLE_S}
         seen[str(current)] = (now, minute_p95, per_replica)
         state["minute_p95"] = seen
-        if minute_p95 <= self.p95_ms or state.get("latency_floor") is not None:
+        if not self._breached(self._beyond_floor(state, minute_p95)):
             return False
         for size, (_, other_p95, other_load) in seen.items():
             # The larger fleet ran the lighter load per replica (on a rising load it may run a heavier one).
@@ -637,7 +638,7 @@ class TokenplanePolicy:
         floor = state.get("latency_floor")
         if p95 is None or floor is None or self.p95_ms is None:
             return p95
-        return min(p95, self.p95_ms * max(0.0, p95 - float(floor)) / (0.25 * float(floor)))
+        return min(p95, self.p95_ms * max(0.0, p95 - float(floor)) / (_FLOOR_BAND * float(floor)))
 
     def _breached(self, p95: float | None) -> bool:
         return p95 is not None and self.p95_ms is not None and p95 > self.p95_ms

@@ -145,8 +145,8 @@ def test_an_end_to_end_breach_the_fleet_size_does_not_move_is_a_floor_not_a_reas
     # showed about the same P95 at 2 requests each 100 s ago. The latency follows the requests (long answers decode
     # about as long on any replica), not the load: no growth, the knee read from those breaches is dropped, and only
     # the excess over that floor is judged from now on.
-    def slow(ms: float) -> list[dict[str, float]]:
-        return [{**report([300.0] * 30, running=1), **latency_histogram("e2e", [ms] * 30)} for _ in range(6)]
+    def slow(ms: float, running: float = 1.0) -> list[dict[str, float]]:
+        return [{**report([300.0] * 30, running=running), **latency_histogram("e2e", [ms] * 30)} for _ in range(6)]
 
     e2e = policy(metric="e2e")
     previous = [(NOW - 35, {int(k.split("_h")[1]): v for k, v in latency_histogram("e2e", [1800.0] * 180).items()})]
@@ -167,8 +167,12 @@ def test_an_end_to_end_breach_the_fleet_size_does_not_move_is_a_floor_not_a_reas
     assert e2e(context(slow(1800.0), ongoing=6, state={**state, "minute_p95": slower}))[0] == 12
     old = {"3": (NOW - 700, 1950.0, 2.0)}
     assert e2e(context(slow(1800.0), ongoing=6, state={**state, "minute_p95": old}))[0] == 12
-    # Past the floor by more than a quarter, a load-driven rise, it is a breach again.
-    assert e2e(context(slow(3000.0), ongoing=6, state={**after, "windows": previous}))[1]["reason"] == "LatencyBreach"
+    # Past the floor by more than a quarter with more load per replica than the smaller fleet carried (a load-driven
+    # rise), it is a breach again; at the same light load, the answers grew longer: a higher floor.
+    rise = e2e(context(slow(3000.0, 3.0), ongoing=18, state={**after, "windows": previous}))[1]
+    assert rise["reason"] == "LatencyBreach" and rise["latency_floor"] == after["latency_floor"]
+    longer = e2e(context(slow(3000.0), ongoing=6, state={**after, "windows": previous}))[1]
+    assert longer["reason"] != "LatencyBreach" and longer["latency_floor"] > 1.2 * after["latency_floor"]
     # A TTFT's floor is the prompts' prefill, which the judged P95 takes out: the same evidence finds none.
     ttft = [report([1800.0] * 30, running=1) for _ in range(6)]
     assert "latency_floor" not in policy()(context(ttft, ongoing=6, state=state))[1]
