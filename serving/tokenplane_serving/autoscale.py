@@ -33,8 +33,9 @@ Decision, per tick (the reasons are the operator's status reasons):
   overload the load is capped at what those arrivals need: the backlog being served is not demand, and no trend
   is read from it.
 - `LatencyBreach`: the fleet P95 exceeds the target and the latency window shows this fleet; grow by the
-  breach ratio (at most 2x the running replicas; replicas already starting count towards it). A fleet over the
-  target for a minute (its last two disjoint latency windows merged, not one unlucky window) or overloaded
+  breach ratio (at most 2x the running replicas; replicas already starting count towards it). An end-to-end P95
+  must breach at its lower 95% confidence bound too (`_breach_stands_out`): long answers make it swing. A fleet
+  over the target for a minute (its last two disjoint latency windows merged, not one unlucky window) or overloaded
   shows the *knee* (`capacity`), never below a load carried within the target for a minute (an overload's
   first window still averages the load before it): from then on the fleet is sized at 85% of it, and while the
   fleet runs well within the target the knee is put a step (1.25x) beyond the load it carries (a knee read low,
@@ -122,6 +123,7 @@ _FALL_S = 60.0
 NODE_IDLE_S = 600.0
 _FLOOR_MOVED = 0.25  # a larger fleet that takes the P95 less of the way to the target than this shows a floor
 _FLOOR_BAND = 0.25  # past a latency floor, this fraction of it beyond it is judged as the whole target
+_BREACH_Z = 1.645  # an end-to-end breach holds this many standard errors below the P95 (one-sided 95%)
 _EXPLORE = 1.25  # scale-in may load a replica this much beyond the most it has been seen to carry within target
 
 
@@ -417,7 +419,7 @@ class TokenplanePolicy:
         elif overloaded:
             needs["QueueDepth"] = max(needs["QueueDepth"], float(state["arrival_need"]) + backlog_need)
         last_up = float(state.get("last_up", -math.inf))
-        if self._breached(p95) and state["stable"]:
+        if self._breached(p95) and state["stable"] and self._breach_stands_out(state, fleet):
             # The latency window shows this fleet (not the one before) over the target; replicas starting count
             # towards the growth (it acts only past the target, which includes them).
             needs["LatencyBreach"] = max(current + 1.0, current * min(_MAX_GROWTH_PER_TICK, p95 / self.p95_ms))  # type: ignore[operator]
@@ -639,6 +641,19 @@ class TokenplanePolicy:
         if p95 is None or floor is None or self.p95_ms is None:
             return p95
         return min(p95, self.p95_ms * max(0.0, p95 - float(floor)) / (_FLOOR_BAND * float(floor)))
+
+    def _breach_stands_out(self, state: Mapping[str, Any], fleet: FleetMetrics) -> bool:
+        """Whether an end-to-end breach holds at the P95's lower confidence bound, from the window's sample count.
+
+        A window's P95 is one order statistic, and with a few long answers in the tail it swings across the target
+        from one window to the next; the quantile `_BREACH_Z` binomial standard errors lower (the 91.7th percentile
+        of 120 samples) must breach too. A TTFT's judged P95 reads queue waits, which do not swing so, and does not
+        need it (there it traded minutes on sawtooth and diurnal for GPU-hours elsewhere).
+        """
+        if self.metric == "ttft":
+            return True
+        q = 0.95 - _BREACH_Z * math.sqrt(0.95 * 0.05 / max(fleet.samples, 1.0))
+        return self._breached(self._beyond_floor(state, quantile_from_histogram(fleet.histogram, q)))
 
     def _breached(self, p95: float | None) -> bool:
         return p95 is not None and self.p95_ms is not None and p95 > self.p95_ms

@@ -178,6 +178,24 @@ def test_an_end_to_end_breach_the_fleet_size_does_not_move_is_a_floor_not_a_reas
     assert "latency_floor" not in policy()(context(ttft, ongoing=6, state=state))[1]
 
 
+def test_an_end_to_end_breach_must_stand_out_of_the_windows_sampling_noise() -> None:
+    # P95 end-to-end target 1 s; 4 replicas, 120 answers in the window, 7 of them long (3 s): the P95 (rank 114) is
+    # a long one, but 1.645 standard errors lower (the 91.7th percentile, rank 110) it is a short one (400 ms). One
+    # long answer more or less moves such a P95 across the target: no growth.
+    def window(long: int) -> list[dict[str, float]]:
+        latencies = [3000.0] * long + [400.0] * (120 - long)
+        return [{**report([300.0] * 30, running=2), **latency_histogram("e2e", latencies[i::4])} for i in range(4)]
+
+    e2e = policy(metric="e2e")
+    assert e2e(context(window(7), ongoing=8, state=stable(4)))[1]["reason"] != "LatencyBreach"
+    # 12 long answers in 120 (the 91.7th percentile is long too): a breach, and the fleet grows.
+    desired, state = e2e(context(window(12), ongoing=8, state=stable(4)))
+    assert (desired, state["reason"]) == (8, "LatencyBreach")
+    # A TTFT target reads the point P95 (its judged P95 reads queue waits, which do not swing so).
+    slow_tail = [report(([3000.0] * 7 + [400.0] * 113)[i::4], running=2) for i in range(4)]
+    assert policy()(context(slow_tail, ongoing=8, state=stable(4)))[1]["reason"] == "LatencyBreach"
+
+
 def test_queue_depth_scales_out_from_rates_not_from_the_backlog_count() -> None:
     # 2 replicas full (32 running each) with 40 waiting in the engines and 24 queued in Serve; each served 30
     # requests in the last 30 s window (1/s). A backlog that does not grow: arrivals are what the fleet serves.
