@@ -626,7 +626,6 @@ class TokenplanePolicy:
             moved = small_p95 - large_p95  # towards the target, by the larger fleet
             if apart and other_p95 > self.p95_ms and moved < _FLOOR_MOVED * (small_p95 - self.p95_ms):
                 state["latency_floor"] = max(minute_p95, other_p95)
-                state.pop("learned", None)
                 return True
         return False
 
@@ -803,7 +802,9 @@ class TokenplanePolicy:
         knee_p95 = self.judged_p95(*merged) if len(windows) == 2 else None
         not_waiting = queue <= self.target_queue * current
         if knee_p95 is not None and not_waiting and self._find_floor(state, current, knee_p95, per_replica, now):
-            capacity = self.max_ongoing  # a knee read from those breaches was the floor, not a load
+            # A knee read from those breaches was the floor, not a load.
+            capacity = self.max_ongoing
+            state.pop("learned", None)
         p95, knee_p95 = self._beyond_floor(state, p95), self._beyond_floor(state, knee_p95)
         # A load a replica carried within the target for a minute is below the knee, whatever shows it later.
         floor = max(1.0, float(state.get("proven", 0.0)), float(state.get("within", 0.0)))
