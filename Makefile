@@ -151,11 +151,16 @@ test: prerequisites ## Lint, then the whole suite (real Ray Serve + vLLM on the 
 	@trap 'trap - INT TERM; kill 0' INT TERM; \
 	  ( nice -n 10 $(BIN)/mypy && nice -n 10 $(BIN)/lint-imports ) > .typecheck.log 2>&1 & typecheck=$$!; \
 	  nice -n 10 $(BIN)/pytest -m 'not serving' -p no:cacheprovider --durations=10 > .tests-rest.log 2>&1 & rest=$$!; \
-	  $(BIN)/pytest -m serving --durations=15; serving=$$?; \
+	  $(BIN)/pytest -m serving --durations=15 2>&1 | tee .tests-serving.log; serving=$${PIPESTATUS[0]}; \
 	  wait $$rest; others=$$?; wait $$typecheck; typed=$$?; \
 	  printf '\033[1m==> the rest of the suite (ran beside the serving tests):\033[0m\n'; cat .tests-rest.log; \
 	  printf '\033[1m==> mypy + import-linter (ran beside the tests):\033[0m\n'; cat .typecheck.log; \
-	  [ $$serving -eq 0 ] && [ $$others -eq 0 ] && [ $$typed -eq 0 ]
+	  [ $$serving -eq 0 ] && [ $$others -eq 0 ] && [ $$typed -eq 0 ] || { \
+	    printf '\033[1m==> what failed (again, last, for a log read from its end): serving %s, the rest %s, mypy + import-linter %s\033[0m\n' \
+	      "$$serving" "$$others" "$$typed"; \
+	    [ $$typed -eq 0 ] || tail -n 15 .typecheck.log; \
+	    grep -h '^E  ' .tests-serving.log .tests-rest.log | cut -c1-200 | tail -n 12; \
+	    grep -hE '^(FAILED|ERROR) ' .tests-serving.log .tests-rest.log | cut -c1-400; exit 1; }
 	$(call phase,all tests passed. Next: make run  (serves deploy/examples/local-tiny.yaml on 127.0.0.1:8000))
 
 test-fast: prerequisites ## The suite without the real serving stack
