@@ -140,7 +140,8 @@ chart-schema-check: $(STAMP) ## Fail if values.schema.json drifted from values.y
 # The serving tests (real Ray Serve + vLLM, about 12 minutes alone) wait on engines much of the time; the rest
 # (operator against kmock and the ARM emulator, units; about 8 minutes alone) mostly on timers. They run side by side,
 # the rest niced so the live engines keep the CPU, and so do mypy and import-linter (about 1.5 min of one core). The
-# other reports follow the serving tests'; any of them failing fails `make test`.
+# other reports follow the serving tests'; any of them failing fails `make test`, and then what failed is printed again
+# last (CI shows a log's end).
 test: prerequisites ## Lint, then the whole suite (real Ray Serve + vLLM on the tiny model included)
 	$(call phase,lint: ruff)
 	$(BIN)/ruff check .
