@@ -652,7 +652,7 @@ class TokenplanePolicy:
         if self.metric == "ttft":
             return True
         q = 0.95 - _BREACH_Z * math.sqrt(0.95 * 0.05 / max(fleet.samples, 1.0))
-        return self._breached(self._beyond_floor(state, quantile_from_histogram(fleet.histogram, q)))
+        return self._breached(self._beyond_floor(state, fleet.p95_ms(q)))
 
     def _breached(self, p95: float | None) -> bool:
         return p95 is not None and self.p95_ms is not None and p95 > self.p95_ms
