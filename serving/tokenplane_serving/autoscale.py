@@ -438,7 +438,7 @@ class TokenplanePolicy:
         still_needed = max(current, *(n for _, n in needed))
         pending_since = state.get("pending_since")
         starved = pending_since is not None and now - float(pending_since) > self.cold_start_s
-        floor, window = schedule_minimum(self.schedule, now)
+        scheduled_min, window = schedule_minimum(self.schedule, now)
         # Scale-in is sized for the busiest moment of the downscale window: only once the policy has seen one.
         seen_window = now - float(state.setdefault("since", now)) >= self.downscale_delay_s
         if grow > target and not starved:
@@ -461,8 +461,8 @@ class TokenplanePolicy:
         if starved and desired >= target:
             # More replicas would wait for nodes too: hold, and say so (the operator reports this reason).
             desired, reason = target, "WaitingForCapacity"
-        if floor is not None and floor > max(desired, self.min_replicas):
-            desired, reason = floor, "Schedule"
+        if scheduled_min is not None and scheduled_min > max(desired, self.min_replicas):
+            desired, reason = scheduled_min, "Schedule"
         batch_hold = min(self.batch_max_replicas, math.ceil(batch / (_HEADROOM * capacity) - 1e-9))
         if batch_hold > desired:
             desired, reason = batch_hold, "Batch"
@@ -583,10 +583,10 @@ class TokenplanePolicy:
         if self.metric != "ttft" or self.p95_ms is None or raw is None:
             return raw
         waited = quantile_from_histogram(wait, 0.95) if sum(wait.values()) >= self.min_samples else None
-        floor = quantile_from_histogram(prefill, 0.95) if sum(prefill.values()) >= self.min_samples else None
-        if waited is None or floor is None:
+        prefill_p95 = quantile_from_histogram(prefill, 0.95) if sum(prefill.values()) >= self.min_samples else None
+        if waited is None or prefill_p95 is None:
             return raw
-        budget = max(self.p95_ms - floor, _MIN_BUDGET * self.p95_ms)
+        budget = max(self.p95_ms - prefill_p95, _MIN_BUDGET * self.p95_ms)
         return min(raw, self.p95_ms * waited / budget)
 
     def _find_floor(
@@ -807,11 +807,11 @@ class TokenplanePolicy:
             state.pop("learned", None)
         p95, knee_p95 = self._beyond_floor(state, p95), self._beyond_floor(state, knee_p95)
         # A load a replica carried within the target for a minute is below the knee, whatever shows it later.
-        floor = max(1.0, float(state.get("proven", 0.0)), float(state.get("within", 0.0)))
+        carried_within = max(1.0, float(state.get("proven", 0.0)), float(state.get("within", 0.0)))
         if self._breached(p95) and self._breached(knee_p95):
             # This fleet over the target for a minute shows the knee: a replica holds at most this load within
             # the target.
-            capacity = min(capacity, max(floor, per_replica))
+            capacity = min(capacity, max(carried_within, per_replica))
             state["learned"] = True
         elif p95 is not None and (self.p95_ms is None or p95 < _SCALE_IN_BAND * self.p95_ms):
             # Comfortably within target at this load: a replica holds at least that much.
@@ -827,7 +827,7 @@ class TokenplanePolicy:
             state["within"] = max(float(state.get("within", 0.0)), low / current)
         if queue > self.target_queue * current:
             # Requests wait: the replicas run all they can, and the knee is at most what they run now.
-            capacity = min(capacity, max(floor, per_replica))
+            capacity = min(capacity, max(carried_within, per_replica))
             state["learned"] = True
         return capacity
 
