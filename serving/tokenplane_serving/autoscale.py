@@ -35,9 +35,10 @@ Decision, per tick (the reasons are the operator's status reasons):
 - `LatencyBreach`: the fleet P95 exceeds the target and the latency window shows this fleet; grow by the
   breach ratio (at most 2x the running replicas; replicas already starting count towards it). An end-to-end P95
   must breach at its lower 95% confidence bound too (`_breach_stands_out`): long answers make it swing. A fleet
-  over the target for a minute (its last two disjoint latency windows merged, not one unlucky window) or overloaded
-  shows the *knee* (`capacity`), never below a load carried within the target for a minute (an overload's
-  first window still averages the load before it): from then on the fleet is sized at 85% of it, and while the
+  over the target for a minute (its last two disjoint latency windows merged, not one unlucky window; an
+  end-to-end minute at its lower bound too) or overloaded shows the *knee* (`capacity`), never below a load
+  carried within the target for a minute (an overload's first window still averages the load before it): from
+  then on the fleet is sized at 85% of it, and while the
   fleet runs well within the target the knee is put a step (1.25x) beyond the load it carries (a knee read low,
   from a window still averaging a quiet phase or from a prefill backlog, is unlearned that way). Before, it is
   sized at 1.25x the most a replica has been seen to carry well within the target for a whole window
@@ -419,7 +420,7 @@ class TokenplanePolicy:
         elif overloaded:
             needs["QueueDepth"] = max(needs["QueueDepth"], float(state["arrival_need"]) + backlog_need)
         last_up = float(state.get("last_up", -math.inf))
-        if self._breached(p95) and state["stable"] and self._breach_stands_out(state, fleet):
+        if self._breached(p95) and state["stable"] and self._breach_stands_out(state, fleet.histogram):
             # The latency window shows this fleet (not the one before) over the target; replicas starting count
             # towards the growth (it acts only past the target, which includes them).
             needs["LatencyBreach"] = max(current + 1.0, current * min(_MAX_GROWTH_PER_TICK, p95 / self.p95_ms))  # type: ignore[operator]
@@ -641,18 +642,19 @@ class TokenplanePolicy:
             return p95
         return min(p95, self.p95_ms * max(0.0, p95 - float(floor)) / (_FLOOR_BAND * float(floor)))
 
-    def _breach_stands_out(self, state: Mapping[str, Any], fleet: FleetMetrics) -> bool:
-        """Whether an end-to-end breach holds at the P95's lower confidence bound, from the window's sample count.
+    def _breach_stands_out(self, state: Mapping[str, Any], histogram: Mapping[int, float]) -> bool:
+        """Whether an end-to-end breach holds at the P95's lower confidence bound, from the histogram's sample count.
 
-        A window's P95 is one order statistic, and with a few long answers in the tail it swings across the target
-        from one window to the next; the quantile `_BREACH_Z` binomial standard errors lower (the 91.7th percentile
-        of 120 samples) must breach too. A TTFT's judged P95 reads queue waits, which do not swing so, and does not
-        need it (there it traded minutes on sawtooth and diurnal for GPU-hours elsewhere).
+        A P95 is one order statistic, and with a few long answers in the tail it swings across the target from one
+        window to the next; the quantile `_BREACH_Z` binomial standard errors lower (the 91.7th percentile of 120
+        samples) must breach too, both for growth (a window) and for the knee (a minute). A TTFT's judged P95 reads
+        queue waits, which do not swing so, and does not need it (there it traded minutes on sawtooth and diurnal
+        for GPU-hours elsewhere).
         """
         if self.metric == "ttft":
             return True
-        q = 0.95 - _BREACH_Z * math.sqrt(0.95 * 0.05 / max(fleet.samples, 1.0))
-        return self._breached(self._beyond_floor(state, fleet.p95_ms(q)))
+        q = 0.95 - _BREACH_Z * math.sqrt(0.95 * 0.05 / max(sum(histogram.values()), 1.0))
+        return self._breached(self._beyond_floor(state, quantile_from_histogram(histogram, q)))
 
     def _breached(self, p95: float | None) -> bool:
         return p95 is not None and self.p95_ms is not None and p95 > self.p95_ms
@@ -808,9 +810,9 @@ class TokenplanePolicy:
         p95, knee_p95 = self._beyond_floor(state, p95), self._beyond_floor(state, knee_p95)
         # A load a replica carried within the target for a minute is below the knee, whatever shows it later.
         carried_within = max(1.0, float(state.get("proven", 0.0)), float(state.get("within", 0.0)))
-        if self._breached(p95) and self._breached(knee_p95):
-            # This fleet over the target for a minute shows the knee: a replica holds at most this load within
-            # the target.
+        if self._breached(p95) and self._breached(knee_p95) and self._breach_stands_out(state, merged[0]):
+            # This fleet over the target for a minute, beyond its sampling noise, shows the knee: a replica holds
+            # at most this load within the target.
             capacity = min(capacity, max(carried_within, per_replica))
             state["learned"] = True
         elif p95 is not None and (self.p95_ms is None or p95 < _SCALE_IN_BAND * self.p95_ms):

@@ -196,6 +196,26 @@ def test_an_end_to_end_breach_must_stand_out_of_the_windows_sampling_noise() -> 
     assert policy()(context(slow_tail, ongoing=8, state=stable(4)))[1]["reason"] == "LatencyBreach"
 
 
+def test_an_end_to_end_knee_is_learned_only_from_a_minute_that_breaches_beyond_its_sampling_noise() -> None:
+    # P95 end-to-end target 1 s; 4 replicas running 2 each. Two windows of 120 answers with 7 long ones (3 s) each:
+    # the minute's P95 (rank 228 of 240) is a long answer, but its lower 95% bound (the 92.7th percentile) is a
+    # short one. Such a minute swings across the target: no knee, as no growth.
+    def window(long: int) -> list[dict[str, float]]:
+        latencies = [3000.0] * long + [400.0] * (120 - long)
+        return [{**report([300.0] * 30, running=2), **latency_histogram("e2e", latencies[i::4])} for i in range(4)]
+
+    def before(long: int) -> list[tuple[float, dict[int, float]]]:
+        histogram = latency_histogram("e2e", [3000.0] * long + [400.0] * (120 - long))
+        return [(NOW - 35, {int(k.split("_h")[1]): v for k, v in histogram.items()})]
+
+    e2e = policy(metric="e2e")
+    noisy = e2e(context(window(7), ongoing=8, state=stable(4, windows=before(7))))[1]
+    assert noisy["capacity"] == 32 and not noisy.get("learned")
+    # 12 long answers in each window: a breach beyond the noise, and the knee is this load (2 requests a replica).
+    clear = e2e(context(window(12), ongoing=8, state=stable(4, windows=before(12))))[1]
+    assert clear["learned"] and clear["capacity"] == pytest.approx(2.0)
+
+
 def test_queue_depth_scales_out_from_rates_not_from_the_backlog_count() -> None:
     # 2 replicas full (32 running each) with 40 waiting in the engines and 24 queued in Serve; each served 30
     # requests in the last 30 s window (1/s). A backlog that does not grow: arrivals are what the fleet serves.
