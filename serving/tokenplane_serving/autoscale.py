@@ -32,20 +32,19 @@ Decision, per tick (the reasons are the operator's status reasons):
   that drain the backlog within a minute. For two windows after an
   overload the load is capped at what those arrivals need: the backlog being served is not demand, and no trend
   is read from it.
-- `LatencyBreach`: the fleet P95 exceeds the target and the latency window shows this fleet; grow by the
-  breach ratio (at most 2x the running replicas; replicas already starting count towards it). An end-to-end P95
-  must breach at its lower 95% confidence bound too (`_breach_stands_out`): long answers make it swing. A fleet
-  over the target for a minute (its last two disjoint latency windows merged, not one unlucky window; an
-  end-to-end minute at its lower bound too) or overloaded shows the *knee* (`capacity`), never below a load
-  carried within the target for a minute (an overload's first window still averages the load before it): from
-  then on the fleet is sized at 85% of it, and while the
-  fleet runs well within the target the knee is put a step (1.25x) beyond the load it carries (a knee read low,
-  from a window still averaging a quiet phase or from a prefill backlog, is unlearned that way). Before, it is
-  sized at 1.25x the most a replica has been seen to carry well within the target for a whole window
+- `LatencyBreach`: the fleet P95 exceeds the target and the latency window shows this fleet; grow by the breach
+  ratio (at most 2x the running replicas; replicas already starting count towards it). An end-to-end P95 must breach
+  at its lower 95% confidence bound too (`_breach_stands_out`): long answers make it swing. A fleet over the target
+  for a minute (its last two disjoint latency windows merged, not one unlucky window; an end-to-end minute at its
+  lower bound too) or overloaded shows the *knee* (`capacity`), never below a load carried within the target for a
+  minute (an overload's first window still averages the load before it): from then on the fleet is sized at 85% of
+  it, and while the fleet runs well within the target the knee is put a step (1.25x) beyond the load it carries (a
+  knee read low, from a window still averaging a quiet phase or from a prefill backlog, is unlearned that way).
+  Before, it is sized at 1.25x the most a replica has been seen to carry well within the target for a whole window
   (`proven`): it approaches the knee in steps instead of jumping past it on an optimistic prior; never below the
-  most a replica has carried within the target for a minute (`within`), since a light load proves little and
-  would size a burst's fleet at a fraction of what the replicas do carry. Without a latency target there is no knee
-  to look for: the fleet is sized at 85% of the batch cap until requests waiting beyond `targetQueueDepth` show less
+  most a replica has carried within the target for a minute (`within`), since a light load proves little and would
+  size a burst's fleet at a fraction of what the replicas do carry. Without a latency target there is no knee to
+  look for: the fleet is sized at 85% of the batch cap until requests waiting beyond `targetQueueDepth` show less
   (scaling on queue depth alone, as the CR asks; exploring would order a replica for every load not carried before).
   An end-to-end breach the fleet's size does not move is a *floor* (`_find_floor`: two fleet sizes half again apart,
   both over the target for a minute, the larger running at most 2/3 the load per replica yet less than a quarter of

@@ -178,18 +178,20 @@ def test_an_end_to_end_breach_the_fleet_size_does_not_move_is_a_floor_not_a_reas
     assert "latency_floor" not in policy()(context(ttft, ongoing=6, state=state))[1]
 
 
+def long_answers(long: int) -> list[dict[str, float]]:
+    """4 replicas running 2 each, whose last window finished 120 answers end to end: `long` at 3 s, the rest 400 ms."""
+    latencies = [3000.0] * long + [400.0] * (120 - long)
+    return [{**report([300.0] * 30, running=2), **latency_histogram("e2e", latencies[i::4])} for i in range(4)]
+
+
 def test_an_end_to_end_breach_must_stand_out_of_the_windows_sampling_noise() -> None:
     # P95 end-to-end target 1 s; 4 replicas, 120 answers in the window, 7 of them long (3 s): the P95 (rank 114) is
     # a long one, but 1.645 standard errors lower (the 91.7th percentile, rank 110) it is a short one (400 ms). One
     # long answer more or less moves such a P95 across the target: no growth.
-    def window(long: int) -> list[dict[str, float]]:
-        latencies = [3000.0] * long + [400.0] * (120 - long)
-        return [{**report([300.0] * 30, running=2), **latency_histogram("e2e", latencies[i::4])} for i in range(4)]
-
     e2e = policy(metric="e2e")
-    assert e2e(context(window(7), ongoing=8, state=stable(4)))[1]["reason"] != "LatencyBreach"
+    assert e2e(context(long_answers(7), ongoing=8, state=stable(4)))[1]["reason"] != "LatencyBreach"
     # 12 long answers in 120 (the 91.7th percentile is long too): a breach, and the fleet grows.
-    desired, state = e2e(context(window(12), ongoing=8, state=stable(4)))
+    desired, state = e2e(context(long_answers(12), ongoing=8, state=stable(4)))
     assert (desired, state["reason"]) == (8, "LatencyBreach")
     # A TTFT target reads the point P95 (its judged P95 reads queue waits, which do not swing so).
     slow_tail = [report(([3000.0] * 7 + [400.0] * 113)[i::4], running=2) for i in range(4)]
@@ -200,19 +202,15 @@ def test_an_end_to_end_knee_is_learned_only_from_a_minute_that_breaches_beyond_i
     # P95 end-to-end target 1 s; 4 replicas running 2 each. Two windows of 120 answers with 7 long ones (3 s) each:
     # the minute's P95 (rank 228 of 240) is a long answer, but its lower 95% bound (the 92.7th percentile) is a
     # short one. Such a minute swings across the target: no knee, as no growth.
-    def window(long: int) -> list[dict[str, float]]:
-        latencies = [3000.0] * long + [400.0] * (120 - long)
-        return [{**report([300.0] * 30, running=2), **latency_histogram("e2e", latencies[i::4])} for i in range(4)]
-
     def before(long: int) -> list[tuple[float, dict[int, float]]]:
         histogram = latency_histogram("e2e", [3000.0] * long + [400.0] * (120 - long))
         return [(NOW - 35, {int(k.split("_h")[1]): v for k, v in histogram.items()})]
 
     e2e = policy(metric="e2e")
-    noisy = e2e(context(window(7), ongoing=8, state=stable(4, windows=before(7))))[1]
+    noisy = e2e(context(long_answers(7), ongoing=8, state=stable(4, windows=before(7))))[1]
     assert noisy["capacity"] == 32 and not noisy.get("learned")
     # 12 long answers in each window: a breach beyond the noise, and the knee is this load (2 requests a replica).
-    clear = e2e(context(window(12), ongoing=8, state=stable(4, windows=before(12))))[1]
+    clear = e2e(context(long_answers(12), ongoing=8, state=stable(4, windows=before(12))))[1]
     assert clear["learned"] and clear["capacity"] == pytest.approx(2.0)
 
 
