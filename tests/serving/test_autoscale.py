@@ -103,10 +103,15 @@ def policy(**kwargs: Any) -> TokenplanePolicy:
     return TokenplanePolicy(**{"max_ongoing_requests": 32, "target_queue_depth": 4, "p95_ms": TARGET_MS, **kwargs})
 
 
+def bucket_counts(metric: str, samples_ms: list[float]) -> dict[int, float]:
+    """The samples' histogram as the policy keeps it in its state: bucket index -> count."""
+    return {int(key.split("_h")[1]): count for key, count in latency_histogram(metric, samples_ms).items()}
+
+
 def test_histogram_quantile_is_within_a_bucket_of_the_exact_one() -> None:
     rng = random.Random(7)
     samples = [rng.lognormvariate(6, 1) for _ in range(5000)]
-    counts = {int(k.split("_h")[1]): v for k, v in latency_histogram("ttft", samples).items()}
+    counts = bucket_counts("ttft", samples)
     exact = sorted(samples)[int(0.95 * len(samples))]
     assert quantile_from_histogram(counts, 0.95) == pytest.approx(exact, rel=0.08)
     assert quantile_from_histogram({}, 0.95) is None
@@ -149,7 +154,7 @@ def test_an_end_to_end_breach_the_fleet_size_does_not_move_is_a_floor_not_a_reas
         return [{**report([300.0] * 30, running=running), **latency_histogram("e2e", [ms] * 30)} for _ in range(6)]
 
     e2e = policy(metric="e2e")
-    previous = [(NOW - 35, {int(k.split("_h")[1]): v for k, v in latency_histogram("e2e", [1800.0] * 180).items()})]
+    previous = [(NOW - 35, bucket_counts("e2e", [1800.0] * 180))]
     seen = {"3": (NOW - 100, 1950.0, 2.0)}
     state = stable(6, windows=previous, minute_p95=seen, learned=True, capacity=1.0)
     desired, after = e2e(context(slow(1800.0), ongoing=6, state=state))
@@ -203,8 +208,7 @@ def test_an_end_to_end_knee_is_learned_only_from_a_minute_that_breaches_beyond_i
     # the minute's P95 (rank 228 of 240) is a long answer, but its lower 95% bound (the 92.7th percentile) is a
     # short one. Such a minute swings across the target: no knee, as no growth.
     def before(long: int) -> list[tuple[float, dict[int, float]]]:
-        histogram = latency_histogram("e2e", [3000.0] * long + [400.0] * (120 - long))
-        return [(NOW - 35, {int(k.split("_h")[1]): v for k, v in histogram.items()})]
+        return [(NOW - 35, bucket_counts("e2e", [3000.0] * long + [400.0] * (120 - long)))]
 
     e2e = policy(metric="e2e")
     noisy = e2e(context(long_answers(7), ongoing=8, state=stable(4, windows=before(7))))[1]
