@@ -41,9 +41,10 @@ Decision, per tick (the reasons are the operator's status reasons):
   it, and while the fleet runs well within the target the knee is put a step (1.25x) beyond the load it carries (a
   knee read low, from a window still averaging a quiet phase or from a prefill backlog, is unlearned that way).
   Before, it is sized at 1.25x the most a replica has been seen to carry well within the target for a whole window
-  (`proven`): it approaches the knee in steps instead of jumping past it on an optimistic prior; never below the
-  most a replica has carried within the target for a minute (`within`), since a light load proves little and would
-  size a burst's fleet at a fraction of what the replicas do carry. Without a latency target there is no knee to
+  (`proven`, the window's least load, and only from a window whose least is at least half its average: a ramp out of
+  silence proves nothing): it approaches the knee in steps instead of jumping past it on an optimistic prior; never
+  below the most a replica has carried within the target for a minute (`within`), since a light load proves little and
+  would size a burst's fleet at a fraction of what the replicas do carry. Without a latency target there is no knee to
   look for: the fleet is sized at 85% of the batch cap until requests waiting beyond `targetQueueDepth` show less
   (scaling on queue depth alone, as the CR asks; exploring would order a replica for every load not carried before).
   An end-to-end breach the fleet's size does not move is a *floor* (`_find_floor`: two fleet sizes half again apart,
@@ -125,6 +126,7 @@ _FLOOR_MOVED = 0.25  # a larger fleet that takes the P95 less of the way to the 
 _FLOOR_BAND = 0.25  # past a latency floor, this fraction of it beyond it is judged as the whole target
 _BREACH_Z = 1.645  # an end-to-end breach holds this many standard errors below the P95 (one-sided 95%)
 _EXPLORE = 1.25  # scale-in may load a replica this much beyond the most it has been seen to carry within target
+_LEVEL = 0.5  # a latency window proves the least load it saw only if that is at least this fraction of its average
 
 
 # The latency series each replica reports as histograms (`latency_histogram`): TTFT and end-to-end, and of the
@@ -807,6 +809,9 @@ class TokenplanePolicy:
             capacity = self.max_ongoing
             state.pop("learned", None)
         p95, knee_p95 = self._beyond_floor(state, p95), self._beyond_floor(state, knee_p95)
+        # A window proves the least load it saw only if its load held level enough for that to say so: a ramp out of
+        # silence would prove the silence, and a fleet sized a step beyond it would be many times what the load needs.
+        level = low >= _LEVEL * running
         # A load a replica carried within the target for a minute is below the knee, whatever shows it later.
         carried_within = max(1.0, float(state.get("proven", 0.0)), float(state.get("within", 0.0)))
         if self._breached(p95) and self._breached(knee_p95) and self._breach_stands_out(state, merged[0]):
@@ -814,7 +819,7 @@ class TokenplanePolicy:
             # at most this load within the target.
             capacity = min(capacity, max(carried_within, per_replica))
             state["learned"] = True
-        elif p95 is not None and (self.p95_ms is None or p95 < _SCALE_IN_BAND * self.p95_ms):
+        elif p95 is not None and level and (self.p95_ms is None or p95 < _SCALE_IN_BAND * self.p95_ms):
             # Comfortably within target at this load: a replica holds at least that much.
             capacity = min(self.max_ongoing, max(capacity, low / current))
             if state.get("learned"):

@@ -676,6 +676,25 @@ def test_a_knee_read_low_is_raised_again_while_the_fleet_is_well_within_the_targ
     assert desired == 4
 
 
+def test_a_window_whose_load_rose_out_of_silence_proves_no_load() -> None:
+    # A trace starts: within 30 s the load on 5 replicas rises from 1 to 4.6, served at a fifth of the target.
+    # The least load of that window, 0.2 a replica, was proven; the fleet sized a step beyond it (0.25 a replica)
+    # ordered 12 replicas for a load 5 carried at 200 ms (on sawtooth: 16 ordered, 12 started, 7 needed).
+    ramp = [(NOW - 29 + s, 1.0 + 0.124 * s) for s in range(29)]
+    calm = [report([200.0] * 20, running=0.92) for _ in range(5)]
+    start = {"since": NOW - 30}  # not yet a downscale window watched: no scale-in
+    desired, after = policy()(
+        context(calm, ongoing=4.6, state=stable(5, recent_running=ramp, recent_load=ramp, **start))
+    )
+    assert (desired, after.get("proven", 0.0)) == (5, 0.0)
+    # A window whose load held level proves it.
+    level = [(NOW - 29 + s, 4.6 + 0.5 * (s % 2)) for s in range(29)]
+    desired, after = policy()(
+        context(calm, ongoing=4.6, state=stable(5, recent_running=level, recent_load=level, **start))
+    )
+    assert (desired, after["proven"]) == (5, pytest.approx(4.6 / 5))
+
+
 def test_scale_in_keeps_the_replicas_a_measured_saturation_rate_says_the_arrivals_need() -> None:
     # 2 replicas at 10 requests each, well within the target, where one replica's batch would hold 20 (27 at the
     # knee's headroom): by load, one replica carries it. But an earlier overload measured what a saturated replica
