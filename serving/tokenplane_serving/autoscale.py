@@ -778,7 +778,7 @@ class TokenplanePolicy:
         self,
         state: dict[str, Any],
         current: int,
-        running: float,
+        carried: float,
         low: float,
         queue: float,
         p95: float | None,
@@ -796,7 +796,7 @@ class TokenplanePolicy:
         if not windows or now - windows[-1][0] >= _WINDOW_S:
             windows.append((now, dict(fleet.histogram), dict(fleet.wait_histogram), dict(fleet.prefill_histogram)))
         state["windows"] = windows
-        per_replica = running / current
+        per_replica = carried / current
         merged: list[dict[int, float]] = [{}, {}, {}]
         for _, *histograms in windows:
             for into, histogram in zip(merged, histograms, strict=False):  # a 2-tuple: an older version's state
@@ -811,7 +811,7 @@ class TokenplanePolicy:
         p95, knee_p95 = self._beyond_floor(state, p95), self._beyond_floor(state, knee_p95)
         # A window proves the least load it saw only if its load held level enough for that to say so: a ramp out of
         # silence would prove the silence, and a fleet sized a step beyond it would be many times what the load needs.
-        level = low >= _LEVEL * running
+        level = low >= _LEVEL * carried
         # A load a replica carried within the target for a minute is below the knee, whatever shows it later.
         carried_within = max(1.0, float(state.get("proven", 0.0)), float(state.get("within", 0.0)))
         if self._breached(p95) and self._breached(knee_p95) and self._breach_stands_out(state, merged[0]):
