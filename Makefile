@@ -188,10 +188,11 @@ bench-coldstart: $(STAMP) $(TINY_MODEL)/config.json ## Cold starts alone, bare v
 	$(LIVE_LOCK) timeout 1800 $(BIN)/python -m tokenplane_cli.bench.local coldstart --example $(EXAMPLE) --out $(BENCH_OUT) --pairs 3
 
 SIM_TRACES := steady diurnal spike agentic ramp bursty sawtooth
-simulate: $(STAMP) ## Replay every built-in trace against tokenplane's autoscaling and the baselines (results/simulate/)
+SIM_SEEDS ?= 1
+simulate: $(STAMP) ## Replay every built-in trace against tokenplane's autoscaling and the baselines (results/simulate/; SIM_SEEDS=1-8 for means over seeds)
 	@mkdir -p results/simulate
-	COLUMNS=160 $(BIN)/tokenplane simulate $(foreach t,$(SIM_TRACES),--trace $(t)) --plots results/simulate \
-		| tee results/simulate/table.txt
+	COLUMNS=160 $(BIN)/tokenplane simulate $(foreach t,$(SIM_TRACES),--trace $(t)) --seed $(SIM_SEEDS) \
+		--plots results/simulate | tee results/simulate/table.txt
 
 clean: ## Remove the venvs, caches, the tiny model and Azurite
 	rm -rf $(VENV) $(CHECKOV_VENV) models .mypy_cache .ruff_cache .pytest_cache $(AZURITE_DIR)/node_modules

@@ -202,7 +202,14 @@ def simulate(
             "--rate-scale", help="Multiply built-in traces' rates (after fitting them to -f's or --vm-size's fleet)."
         ),
     ] = 1.0,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the built-in traces.")] = 1,
+    seed: Annotated[
+        str,
+        typer.Option(
+            "--seed",
+            help="Seed of the built-in traces, or several (1-8, 1,3,5): each runs once per seed, and a table per trace "
+            "gives means and ranges over them.",
+        ),
+    ] = "1",
     output: Output = OutputFormat.table,
     plots: Annotated[
         Path | None, typer.Option("--plots", help="Write one PNG per trace and results.json here.")

@@ -11,7 +11,9 @@ import datetime as dt
 import functools
 import json
 import logging
+import multiprocessing
 import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -23,16 +25,18 @@ from rich.status import Status
 from tokenplane_cli.files import load_one_document
 from tokenplane_cli.plan import model_override
 from tokenplane_cli.simulate.physics import ReplicaPhysics, physics_for
-from tokenplane_cli.simulate.report import billed, plot, table
+from tokenplane_cli.simulate.report import billed, plot, seeds_table, table
 from tokenplane_cli.simulate.run import (
     DEFAULT_TARGET_MS,
     POLICIES,
     Scenario,
+    Score,
     idle_p95_ms,
     replica_capacity,
     run_policies,
     scenario_for,
     score,
+    summarize,
 )
 from tokenplane_cli.simulate.traces import BUILTIN_TRACES, Request, TraceError, builtin_trace, load_trace_file
 from tokenplane_operator.api.v1alpha1 import InferenceDeployment
@@ -141,7 +145,7 @@ def simulate_command(
     vm_size: str | None,
     model_config: Path | None = None,
     rate_scale: float,
-    seed: int,
+    seed: str,
     output: str,
     plots: Path | None,
     console: Console,
@@ -152,7 +156,10 @@ def simulate_command(
 
     With `plots`, each trace's PNG and `results.json` (the contract per trace name) go into that folder; with
     `model_config`, that config.json stands for the model of a CR whose source the planner cannot read here;
-    `start` (ISO 8601) is the wall-clock time of every trace's t=0, which the CR's schedule windows read.
+    `start` (ISO 8601) is the wall-clock time of every trace's t=0, which the CR's schedule windows read. `seed`
+    is one seed of the built-in traces, or several (`1-8`, `1,3,5`): then each built-in trace runs once per seed,
+    in parallel processes, and prints one table of means and ranges over the seeds (`seeds_table`); its JSON is
+    `{"seeds": {"<seed>": contract}, "summary": {"<policy>": SeedSummary}}` and its plots `<trace>-seed<n>.png`.
 
     Returns:
         The exit code: 0, or 2 for bad input (printed as one line, never a traceback).
@@ -164,16 +171,25 @@ def simulate_command(
             except OSError as exc:
                 raise ValueError(f"--plots {plots}: cannot make that folder ({exc.strerror or exc})") from None
         epoch = _start_time(start)
+        seeds = parse_seeds(seed)
         deployment = _deployment(file)
         physics = _physics(deployment, file, vm_size, model_config)
         scenario = scenario_for(deployment, physics, epoch.timestamp())
         limit = physics.max_model_len
         # Built-in traces are sized for the default deployment: another one gets the same load relative to its fleet.
         fit, fit_note = _fit_note(scenario) if trace and (file is not None or vm_size is not None) else (1.0, "")
-        traces = {t: builtin_trace(t, rate_scale=rate_scale, seed=seed, max_model_len=limit, fit=fit) for t in trace}
+        drawn = {
+            (t, s): builtin_trace(t, rate_scale=rate_scale, seed=s, max_model_len=limit, fit=fit)
+            for t in dict.fromkeys(trace)
+            for s in seeds
+        }
+        several = len(seeds) > 1 and bool(drawn)
+        # One seed: the traces run one by one as before; several: the built-in ones run apart, in `_run_seeds`.
+        traces = {} if several else {t: requests for (t, _), requests in drawn.items()}
         if trace_file is not None:
             # steady.jsonl next to --trace steady: both run, the file under its full name (its path if that too).
-            name = next(n for n in (trace_file.stem, trace_file.name, str(trace_file)) if n not in traces)
+            taken = {*traces, *(t for t, _ in drawn)}
+            name = next(n for n in (trace_file.stem, trace_file.name, str(trace_file)) if n not in taken)
             traces[name] = load_trace_file(trace_file)
         for name, requests in traces.items():
             if not any(map(physics.fits, requests)):
@@ -182,12 +198,13 @@ def simulate_command(
                     "spec.model.maxModelLen or replay shorter requests"
                 )
         if plots is not None:
-            _check_plots_folder(plots, [*(f"{name}.png" for name in traces), "results.json"])
+            per_seed = [f"{t}-seed{s}.png" for t, s in drawn] if several else []
+            _check_plots_folder(plots, [*per_seed, *(f"{name}.png" for name in traces), "results.json"])
     except (ValueError, PlanError, TraceError, KeyError, OSError) as exc:
         unknown = f"unknown trace {exc}; built in: {', '.join(BUILTIN_TRACES)}" if isinstance(exc, KeyError) else exc
         err.print(f"[red]error:[/] {escape(str(unknown))}")
         return 2
-    if not traces:
+    if not traces and not drawn:
         err.print(f"[red]error:[/] give --trace NAME (built in: {', '.join(BUILTIN_TRACES)}) or --trace-file FILE")
         return 2
     if file is not None and deployment.spec.scaling.latency_target is None:
@@ -202,6 +219,8 @@ def simulate_command(
     # Serve logs each policy it instantiates at INFO, which here is every policy run on every trace.
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
     try:
+        if several:
+            document.update(_run_seeds(scenario, drawn, seeds, output, plots, console, err))
         for name, requests in traces.items():
             # A spinner on a terminal only (a day's trace takes minutes, mostly the oracle's search); gone before
             # the trace's table prints.
@@ -231,6 +250,82 @@ def simulate_command(
         if scenario.sim.schedule:
             err.print(f"[dim]schedule windows read from t=0 = {epoch:%a %Y-%m-%d %H:%M %Z} (--start sets it)[/]")
     return 0
+
+
+# Each seed is seven simulations of a trace; a hundred seeds of one trace is already an hour on two cores.
+_MAX_SEEDS = 100
+
+
+def parse_seeds(text: str) -> list[int]:
+    """Parse `--seed`: a number, a range (`1-8`) or a comma list of either; the seeds in order, each once."""
+    seeds: list[int] = []
+    for part in (p.strip() for p in str(text).split(",")):
+        low, dash, high = part.partition("-")
+        if not (low.strip().isdigit() and (not dash or high.strip().isdigit())):
+            raise ValueError(f"--seed {text!r}: give a number, a range such as 1-8, or a list such as 1,3,5")
+        first, last = int(low), int(high) if dash else int(low)
+        if last < first:
+            raise ValueError(f"--seed {text!r}: the range {part} runs backwards; write {last}-{first}")
+        if last - first >= _MAX_SEEDS:
+            raise ValueError(f"--seed {text!r}: at most {_MAX_SEEDS} seeds")
+        seeds.extend(range(first, last + 1))
+    unique = sorted(set(seeds))
+    if len(unique) > _MAX_SEEDS:
+        raise ValueError(f"--seed {text!r}: at most {_MAX_SEEDS} seeds")
+    return unique
+
+
+def _run_seeds(
+    scenario: Scenario,
+    drawn: dict[tuple[str, int], list[Request]],
+    seeds: list[int],
+    output: str,
+    plots: Path | None,
+    console: Console,
+    err: Console,
+) -> dict[str, Any]:
+    """Run every (built-in trace, seed) in parallel processes; print and return each trace's summary over seeds."""
+    for name in dict.fromkeys(t for t, _ in drawn):
+        unreachable = _unreachable_target(scenario, drawn[name, seeds[0]])
+        if unreachable:
+            err.print(f"[yellow]warning:[/] {escape(name)}: {unreachable}")
+    scores: dict[tuple[str, int], dict[str, Score]] = {}
+    # Spawned, not forked: the parent may hold a spinner's thread. A run is minutes of pure Python: one per core.
+    workers = min(len(drawn), len(os.sched_getaffinity(0)))
+    context = multiprocessing.get_context("spawn")
+    with (
+        err.status(f"{len(drawn)} runs on {workers} processes") as status,
+        ProcessPoolExecutor(workers, mp_context=context) as pool,
+    ):
+        futures = {
+            pool.submit(_run_one, scenario, name, requests, plots / f"{name}-seed{s}.png" if plots else None): (name, s)
+            for (name, s), requests in drawn.items()
+        }
+        for done in as_completed(futures):
+            name, s = futures[done]
+            scores[name, s] = done.result()
+            status.update(f"{len(scores)} of {len(drawn)} runs done (last: {name}, seed {s})")
+    document: dict[str, Any] = {}
+    for name in dict.fromkeys(t for t, _ in drawn):
+        by_seed = {s: scores[name, s] for s in seeds}
+        summary = summarize(by_seed)
+        document[name] = {
+            "seeds": {str(s): {"policies": {p: v.as_json() for p, v in run.items()}} for s, run in by_seed.items()},
+            "summary": {p: v.as_json() for p, v in summary.items()},
+        }
+        if output != "json":
+            console.print(seeds_table(name, seeds, summary, scenario.sim.target_ms, scenario.sim.metric))
+    return document
+
+
+def _run_one(scenario: Scenario, name: str, requests: list[Request], plot_path: Path | None) -> dict[str, Score]:
+    """Run every policy on one trace (in a worker process); plot it there, so that only the scores come back."""
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
+    results = run_policies(scenario, requests, POLICIES)
+    scores = {policy: score(result, scenario.sim) for policy, result in results.items()}
+    if plot_path is not None:
+        plot(name, results, scores, plot_path)
+    return scores
 
 
 def _unreachable_target(scenario: Scenario, requests: list[Request]) -> str | None:

@@ -8,9 +8,9 @@ from rich import box
 from rich.table import Table
 
 from tokenplane_cli.simulate.engine import SimResult
-from tokenplane_cli.simulate.run import Score
+from tokenplane_cli.simulate.run import Score, SeedSummary
 
-__all__ = ["plot", "table"]
+__all__ = ["plot", "seeds_table", "table"]
 
 
 def table(trace: str, scores: dict[str, Score], target_ms: float, metric: str) -> Table:
@@ -30,6 +30,31 @@ def table(trace: str, scores: dict[str, Score], target_ms: float, metric: str) -
                  f"{s.goodput_per_gpu:.3f}", str(s.scale_events), str(s.cold_start_waits), str(s.rejected))  # fmt: skip
         out.add_row(name, *cells)
     return out
+
+
+def seeds_table(trace: str, seeds: list[int], summary: dict[str, SeedSummary], target_ms: float, metric: str) -> Table:
+    """One row per policy over several seeds: means and ranges, and the seeds on which a baseline beats tokenplane."""
+    title = f"{trace}, {len(seeds)} seeds ({_seed_list(seeds)}): P95 {metric.upper()} target {target_ms:g} ms"
+    out = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 0), pad_edge=False)
+    out.add_column("policy", no_wrap=True)
+    for column in ("minutes\nin SLO", "least-\nmost", "x\noracle", "least-\nmost", "requests\nin SLO",
+                   "beats\ntokenplane"):  # fmt: skip
+        out.add_column(column, justify="right", overflow="fold")
+    for name, s in summary.items():
+        minutes, ratio = s.minute_attainment, s.over_oracle
+        beats = "-" if s.beats_tokenplane is None else f"{s.beats_tokenplane}/{len(seeds)}"
+        cells = (f"{minutes.mean:.1%}", f"{minutes.least * 100:.3g}-{minutes.most * 100:.3g}%",
+                 f"{ratio.mean:.2f}" if ratio else "-", f"{ratio.least:.2f}-{ratio.most:.2f}" if ratio else "-",
+                 f"{s.request_attainment.mean:.1%}", beats)  # fmt: skip
+        out.add_row(name, *cells)
+    return out
+
+
+def _seed_list(seeds: list[int]) -> str:
+    """`1-8` for a run of seeds, else the list."""
+    if seeds == list(range(seeds[0], seeds[0] + len(seeds))):
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ",".join(map(str, seeds))
 
 
 def billed(scores: dict[str, Score]) -> str:

@@ -50,7 +50,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -167,6 +167,71 @@ class Score:
             "coldStartWaits": self.cold_start_waits,
             "rejected": self.rejected,
         }
+
+
+@dataclass(frozen=True)
+class Spread:
+    """A number over several seeds: its mean, least and most."""
+
+    mean: float
+    least: float
+    most: float
+
+    @classmethod
+    def of(cls, values: list[float]) -> Spread:
+        """Return the spread of `values` (at least one)."""
+        return cls(sum(values) / len(values), min(values), max(values))
+
+    def as_json(self, digits: int) -> dict[str, float]:
+        """Return `{"mean", "min", "max"}`, rounded like the contract's field."""
+        return {"mean": round(self.mean, digits), "min": round(self.least, digits), "max": round(self.most, digits)}
+
+
+@dataclass(frozen=True)
+class SeedSummary:
+    """One policy on several seeds of one built-in trace."""
+
+    minute_attainment: Spread
+    request_attainment: Spread
+    over_oracle: Spread | None  # GPU-hours over the oracle's on the same seed (None: the oracle ran no replica)
+    beats_tokenplane: int | None  # seeds where it meets the target in as many minutes as tokenplane on fewer GPU-hours
+
+    def as_json(self) -> dict[str, Any]:
+        """Return the JSON shape `simulate --seed A-B -o json` prints under each trace's `summary`."""
+        return {
+            "minuteAttainment": self.minute_attainment.as_json(5),
+            "requestAttainment": self.request_attainment.as_json(5),
+            "gpuHoursOverOracle": self.over_oracle.as_json(4) if self.over_oracle else None,
+            "beatsTokenplane": self.beats_tokenplane,
+        }
+
+
+def summarize(by_seed: Mapping[int, Mapping[str, Score]]) -> dict[str, SeedSummary]:
+    """Summarize each policy's scores over the seeds of one trace (a seed is one draw of its random arrivals).
+
+    `beats_tokenplane` counts, for a baseline, the seeds on which it meets the target in at least as many minutes as
+    tokenplane on fewer GPU-hours (the issue's "no baseline both meeting the SLO at least as often and using fewer
+    GPU-hours"); None for tokenplane itself and the oracle, which knows the trace in advance.
+    """
+    runs = list(by_seed.values())
+    summary = {}
+    for policy in runs[0]:
+        ratios = [r[policy].gpu_hours / r["oracle"].gpu_hours for r in runs if r["oracle"].gpu_hours > 0]
+        beats = None
+        if policy not in ("tokenplane", "oracle"):
+            beats = sum(
+                1
+                for r in runs
+                if r[policy].minute_attainment >= r["tokenplane"].minute_attainment
+                and r[policy].gpu_hours < r["tokenplane"].gpu_hours
+            )
+        summary[policy] = SeedSummary(
+            minute_attainment=Spread.of([r[policy].minute_attainment for r in runs]),
+            request_attainment=Spread.of([r[policy].request_attainment for r in runs]),
+            over_oracle=Spread.of(ratios) if ratios else None,
+            beats_tokenplane=beats,
+        )
+    return summary
 
 
 def _served(jobs: list[Any]) -> list[Any]:

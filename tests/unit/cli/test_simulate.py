@@ -20,12 +20,13 @@ from typer.testing import CliRunner
 
 from tokenplane_cli import app
 from tokenplane_cli.plan import model_override
-from tokenplane_cli.simulate import DEFAULT_DEPLOYMENT, _deployment, _fit_note, physics
+from tokenplane_cli.simulate import DEFAULT_DEPLOYMENT, _deployment, _fit_note, parse_seeds, physics
 from tokenplane_cli.simulate.engine import Job, SimConfig, Simulation, percentile
 from tokenplane_cli.simulate.physics import TINY_CPU, physics_for
 from tokenplane_cli.simulate.policies import FixedController, RayController, ScheduleController
 from tokenplane_cli.simulate.run import (
     POLICIES,
+    Score,
     _controller,
     _fixed_run,
     _minute_p95s,
@@ -37,6 +38,7 @@ from tokenplane_cli.simulate.run import (
     run_policies,
     scenario_for,
     score,
+    summarize,
 )
 from tokenplane_cli.simulate.traces import BUILTIN_TRACES, Request, TraceError, builtin_trace, load_trace_file
 from tokenplane_operator.api.validation import parse_inference_deployment
@@ -829,3 +831,78 @@ def test_long_prompts_own_prefill_is_not_latency_more_replicas_remove() -> None:
     ready = [r for _, _, r, _ in result.timeline]
     assert ready[-1] <= 5 < ready[0] == 8
     assert score(result, cfg).minute_attainment == 1.0
+
+
+@pytest.mark.parametrize(
+    ("text", "seeds"), [("4", [4]), ("1-3", [1, 2, 3]), ("3, 1-2,2", [1, 2, 3]), ("0-1,9", [0, 1, 9])]
+)
+def test_seeds_are_a_number_a_range_or_a_list(text: str, seeds: list[int]) -> None:
+    assert parse_seeds(text) == seeds
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("x", "give a number, a range such as 1-8"),
+        ("1-", "give a number"),
+        ("-3", "give a number"),
+        ("5-2", "the range 5-2 runs backwards; write 2-5"),
+        ("1-500", "at most 100 seeds"),
+        ("1-60,61-120", "at most 100 seeds"),
+    ],
+)
+def test_a_seed_list_that_names_no_seeds_is_one_clear_line(text: str, message: str) -> None:
+    result = runner.invoke(app, ["simulate", "--trace", "steady", "--seed", text])
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and "Traceback" not in result.output
+    assert "tokenplane" not in result.stdout
+
+
+def _score(minutes: float, gpu_hours: float) -> Score:
+    return Score(1.0, minutes, gpu_hours, gpu_hours, 1.0, 0, 0, 0)
+
+
+def test_a_summary_over_seeds_counts_the_seeds_a_baseline_beats_tokenplane_on() -> None:
+    # Seed 1: static as many minutes on fewer GPU-hours (beats); seed 2: fewer GPU-hours but a minute less (does not);
+    # keda: more minutes, more GPU-hours (never).
+    runs = {
+        1: {"tokenplane": _score(0.9, 2.0), "static": _score(0.9, 1.5), "keda": _score(1.0, 3.0),
+            "oracle": _score(1.0, 1.0)},
+        2: {"tokenplane": _score(1.0, 4.0), "static": _score(0.95, 3.0), "keda": _score(1.0, 5.0),
+            "oracle": _score(1.0, 2.0)},
+    }  # fmt: skip
+    summary = summarize(runs)
+    assert summary["static"].beats_tokenplane == 1
+    assert summary["keda"].beats_tokenplane == 0
+    assert summary["tokenplane"].beats_tokenplane is None and summary["oracle"].beats_tokenplane is None
+    ratio = summary["tokenplane"].over_oracle
+    assert ratio is not None and (ratio.mean, ratio.least, ratio.most) == (2.0, 2.0, 2.0)
+    minutes = summary["static"].minute_attainment
+    assert (minutes.least, minutes.most) == (0.9, 0.95) and minutes.mean == pytest.approx(0.925)
+
+
+def test_several_seeds_run_each_trace_per_seed_as_one_seed_runs_it_and_summarize_them(tmp_path: Path) -> None:
+    common = ["simulate", "--trace", "steady", "--rate-scale", "0.05", "-o", "json"]
+    result = runner.invoke(app, [*common, "--seed", "1-2", "--plots", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert list(document) == ["seeds", "summary"]
+    assert list(document["seeds"]) == ["1", "2"]
+    for seed in ("1", "2"):  # the parallel runs are the runs `--seed N` makes, one by one
+        alone = runner.invoke(app, [*common, "--seed", seed])
+        assert alone.exit_code == 0, alone.output
+        assert document["seeds"][seed] == json.loads(alone.stdout)
+        assert (tmp_path / f"steady-seed{seed}.png").stat().st_size > 0
+    runs = [document["seeds"][s]["policies"] for s in ("1", "2")]
+    assert list(document["summary"]) == list(POLICIES)
+    for policy, summary in document["summary"].items():
+        minutes = [run[policy]["minuteAttainment"] for run in runs]
+        assert summary["minuteAttainment"] == pytest.approx({"mean": sum(minutes) / 2, "min": min(minutes),
+                                                              "max": max(minutes)}, abs=1e-5)  # fmt: skip
+        beats = sum(run[policy]["minuteAttainment"] >= run["tokenplane"]["minuteAttainment"]
+                    and run[policy]["gpuHours"] < run["tokenplane"]["gpuHours"] for run in runs)  # fmt: skip
+        assert summary["beatsTokenplane"] == (None if policy in ("tokenplane", "oracle") else beats)
+    table = runner.invoke(app, [*common[:-2], "--seed", "1-2"], env={"COLUMNS": "80"})
+    assert table.exit_code == 0, table.output
+    assert "steady, 2 seeds (1-2)" in table.stdout and "…" not in table.stdout
+    assert max(len(line) for line in table.stdout.splitlines()) <= 80
