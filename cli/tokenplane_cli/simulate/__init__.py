@@ -291,7 +291,8 @@ def _run_seeds(
             err.print(f"[yellow]warning:[/] {escape(name)}: {unreachable}")
     scores: dict[tuple[str, int], dict[str, Score]] = {}
     # Spawned, not forked: the parent may hold a spinner's thread. A run is minutes of pure Python: one per core.
-    workers = min(len(drawn), len(os.sched_getaffinity(0)))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # macOS: none
+    workers = min(len(drawn), cores)
     context = multiprocessing.get_context("spawn")
     with (
         err.status(f"{len(drawn)} runs on {workers} processes") as status,
