@@ -38,14 +38,15 @@ def seeds_table(trace: str, seeds: list[int], summary: dict[str, SeedSummary], t
     out = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 0), pad_edge=False)
     out.add_column("policy", no_wrap=True)
     for column in ("minutes\nin SLO", "least-\nmost", "x\noracle", "least-\nmost", "requests\nin SLO",
-                   "beats\ntokenplane"):  # fmt: skip
+                   "goodput\nx static", "beats\ntokenplane"):  # fmt: skip
         out.add_column(column, justify="right", overflow="fold")
     for name, s in summary.items():
         minutes, ratio = s.minute_attainment, s.over_oracle
         beats = "-" if s.beats_tokenplane is None else f"{s.beats_tokenplane}/{len(seeds)}"
         cells = (f"{minutes.mean:.1%}", f"{minutes.least * 100:.3g}-{minutes.most * 100:.3g}%",
                  f"{ratio.mean:.2f}" if ratio else "-", f"{ratio.least:.2f}-{ratio.most:.2f}" if ratio else "-",
-                 f"{s.request_attainment.mean:.1%}", beats)  # fmt: skip
+                 f"{s.request_attainment.mean:.1%}",
+                 f"{s.goodput_over_static.mean:.2f}" if s.goodput_over_static else "-", beats)  # fmt: skip
         out.add_row(name, *cells)
     return out
 

@@ -194,6 +194,7 @@ class SeedSummary:
     minute_attainment: Spread
     request_attainment: Spread
     over_oracle: Spread | None  # GPU-hours over the oracle's on the same seed (None: the oracle ran no replica)
+    goodput_over_static: Spread | None  # goodput per GPU over static's on the same seed (None: static served none)
     beats_tokenplane: int | None  # seeds where it meets the target in as many minutes as tokenplane on fewer GPU-hours
 
     def as_json(self) -> dict[str, Any]:
@@ -202,6 +203,7 @@ class SeedSummary:
             "minuteAttainment": self.minute_attainment.as_json(5),
             "requestAttainment": self.request_attainment.as_json(5),
             "gpuHoursOverOracle": self.over_oracle.as_json(4) if self.over_oracle else None,
+            "goodputOverStatic": self.goodput_over_static.as_json(4) if self.goodput_over_static else None,
             "beatsTokenplane": self.beats_tokenplane,
         }
 
@@ -217,6 +219,7 @@ def summarize(by_seed: Mapping[int, Mapping[str, Score]]) -> dict[str, SeedSumma
     summary = {}
     for policy in runs[0]:
         ratios = [r[policy].gpu_hours / r["oracle"].gpu_hours for r in runs if r["oracle"].gpu_hours > 0]
+        goodput = [r[policy].goodput_per_gpu / r["static"].goodput_per_gpu for r in runs if r["static"].goodput_per_gpu]
         beats = None
         if policy not in ("tokenplane", "oracle"):
             beats = sum(
@@ -229,6 +232,7 @@ def summarize(by_seed: Mapping[int, Mapping[str, Score]]) -> dict[str, SeedSumma
             minute_attainment=Spread.of([r[policy].minute_attainment for r in runs]),
             request_attainment=Spread.of([r[policy].request_attainment for r in runs]),
             over_oracle=Spread.of(ratios) if ratios else None,
+            goodput_over_static=Spread.of(goodput) if goodput else None,
             beats_tokenplane=beats,
         )
     return summary

@@ -859,7 +859,7 @@ def test_a_seed_list_that_names_no_seeds_is_one_clear_line(text: str, message: s
 
 
 def _score(minutes: float, gpu_hours: float) -> Score:
-    return Score(1.0, minutes, gpu_hours, gpu_hours, 1.0, 0, 0, 0)
+    return Score(1.0, minutes, gpu_hours, gpu_hours, 1.0 / gpu_hours, 0, 0, 0)
 
 
 def test_a_summary_over_seeds_counts_the_seeds_a_baseline_beats_tokenplane_on() -> None:
@@ -879,6 +879,8 @@ def test_a_summary_over_seeds_counts_the_seeds_a_baseline_beats_tokenplane_on() 
     assert ratio is not None and (ratio.mean, ratio.least, ratio.most) == (2.0, 2.0, 2.0)
     minutes = summary["static"].minute_attainment
     assert (minutes.least, minutes.most) == (0.9, 0.95) and minutes.mean == pytest.approx(0.925)
+    goodput = summary["keda"].goodput_over_static  # half static's on seed 1 (1.5 / 3 GPU-hours), 0.6x on seed 2
+    assert goodput is not None and (goodput.least, goodput.most, goodput.mean) == pytest.approx((0.5, 0.6, 0.55))
 
 
 def test_several_seeds_run_each_trace_per_seed_as_one_seed_runs_it_and_summarize_them(tmp_path: Path) -> None:
