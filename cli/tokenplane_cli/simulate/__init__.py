@@ -29,6 +29,7 @@ from tokenplane_cli.simulate.report import billed, plot, seeds_table, table
 from tokenplane_cli.simulate.run import (
     DEFAULT_TARGET_MS,
     POLICIES,
+    Progress,
     Scenario,
     Score,
     idle_p95_ms,
@@ -216,26 +217,20 @@ def simulate_command(
     if fit_note:  # before the run and in either output, so -o json says it too (stderr)
         err.print(f"[dim]{escape(fit_note)}[/]")
     document: dict[str, Any] = {}
-    # Serve logs each policy it instantiates at INFO, which here is every policy run on every trace.
-    logging.getLogger("ray.serve").setLevel(logging.WARNING)
     try:
         if several:
             document.update(_run_seeds(scenario, drawn, seeds, output, plots, console, err))
         for name, requests in traces.items():
             # A spinner on a terminal only (a day's trace takes minutes, mostly the oracle's search); gone before
             # the trace's table prints.
-            unreachable = _unreachable_target(scenario, requests)
-            if unreachable:
-                err.print(f"[yellow]warning:[/] {escape(name)}: {unreachable}")
+            _warn_unreachable(scenario, name, requests, err)
             with err.status(f"{name}: starting") as status:
-                results = run_policies(scenario, requests, POLICIES, partial(_show_step, status, name))
-            scores = {policy: score(result, scenario.sim) for policy, result in results.items()}
-            document[name] = {"policies": {p: s.as_json() for p, s in scores.items()}}
+                plot_path = plots / f"{name}.png" if plots else None
+                scores = _run_one(scenario, name, requests, plot_path, partial(_show_step, status, name))
+            document[name] = _contract(scores)
             if output != "json":
                 console.print(table(name, scores, scenario.sim.target_ms, scenario.sim.metric))
                 console.print(billed(scores), soft_wrap=False)
-            if plots is not None:
-                plot(name, results, scores, plots / f"{name}.png")
         if plots is not None:
             (plots / "results.json").write_text(json.dumps(document, indent=2) + "\n")
     except OSError as exc:  # the folder was checked, but a file system may still refuse (read-only, /sys)
@@ -286,9 +281,7 @@ def _run_seeds(
 ) -> dict[str, Any]:
     """Run every (built-in trace, seed) in parallel processes; print and return each trace's summary over seeds."""
     for name in dict.fromkeys(t for t, _ in drawn):
-        unreachable = _unreachable_target(scenario, drawn[name, seeds[0]])
-        if unreachable:
-            err.print(f"[yellow]warning:[/] {escape(name)}: {unreachable}")
+        _warn_unreachable(scenario, name, drawn[name, seeds[0]], err)
     scores: dict[tuple[str, int], dict[str, Score]] = {}
     # Spawned, not forked: the parent may hold a spinner's thread. A run is minutes of pure Python: one per core.
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # macOS: none
@@ -311,7 +304,7 @@ def _run_seeds(
         by_seed = {s: scores[name, s] for s in seeds}
         summary = summarize(by_seed)
         document[name] = {
-            "seeds": {str(s): {"policies": {p: v.as_json() for p, v in run.items()}} for s, run in by_seed.items()},
+            "seeds": {str(s): _contract(run) for s, run in by_seed.items()},
             "summary": {p: v.as_json() for p, v in summary.items()},
         }
         if output != "json":
@@ -319,14 +312,31 @@ def _run_seeds(
     return document
 
 
-def _run_one(scenario: Scenario, name: str, requests: list[Request], plot_path: Path | None) -> dict[str, Score]:
-    """Run every policy on one trace (in a worker process); plot it there, so that only the scores come back."""
-    logging.getLogger("ray.serve").setLevel(logging.WARNING)
-    results = run_policies(scenario, requests, POLICIES)
+def _run_one(
+    scenario: Scenario,
+    name: str,
+    requests: list[Request],
+    plot_path: Path | None,
+    progress: Progress | None = None,
+) -> dict[str, Score]:
+    """Run and score every policy on one trace, and plot it; in a worker process, only the scores come back."""
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # Serve logs every policy it instantiates at INFO
+    results = run_policies(scenario, requests, POLICIES, progress)
     scores = {policy: score(result, scenario.sim) for policy, result in results.items()}
     if plot_path is not None:
         plot(name, results, scores, plot_path)
     return scores
+
+
+def _contract(scores: dict[str, Score]) -> dict[str, Any]:
+    """Return one trace's JSON contract: `{"policies": {"<policy>": {...}}}`."""
+    return {"policies": {policy: s.as_json() for policy, s in scores.items()}}
+
+
+def _warn_unreachable(scenario: Scenario, name: str, requests: list[Request], err: Console) -> None:
+    unreachable = _unreachable_target(scenario, requests)
+    if unreachable:
+        err.print(f"[yellow]warning:[/] {escape(name)}: {unreachable}")
 
 
 def _unreachable_target(scenario: Scenario, requests: list[Request]) -> str | None:
